@@ -1,0 +1,417 @@
+//! `freshet-log`: the storage engine behind one shard — an append-only,
+//! checksummed, fsynced record log on local disk. No networking: the storage
+//! worker wraps it with RPC, routing and (later) replication.
+//!
+//! # On disk
+//! A shard is a directory of segment files named after the offset of their
+//! first record (`00000000000000000000.log`). Each record is framed as
+//!
+//! ```text
+//! u32 body_len | u32 crc32(body) | body = u64 offset | i64 arrival_ms | u16 key_len | key | data
+//! ```
+//!
+//! all little-endian. Offsets are dense (0, 1, 2, ...) and arrival times never
+//! decrease, which makes both indexes below a binary search.
+//!
+//! # Invariants
+//! - A batch is acknowledged only after `write` + `fsync` of the whole batch
+//!   (group commit: one fsync per batch, not per record).
+//! - Readers only ever see records that were fsynced: the in-memory index is
+//!   extended after the fsync, and reads go through the index.
+//! - On open, the last segment is scanned; a torn or corrupt tail (a crash in
+//!   the middle of a write) is truncated away, never served. Corruption in an
+//!   earlier, sealed segment is an error: it would mean losing acknowledged
+//!   records, so the log refuses to open rather than hide it.
+//! - Retention removes whole sealed segments only.
+
+mod segment;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+
+use segment::{Segment, FRAME_HEADER_LEN};
+
+/// Errors from the log; I/O errors carry what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("failed to {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("segment {path} is corrupt at byte {position}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+    #[error("record of {0} bytes with a partition key of {1} bytes cannot be framed")]
+    RecordTooLarge(usize, usize),
+    #[error("the log is unusable after an earlier write failure that could not be rolled back")]
+    Poisoned,
+}
+
+pub type LogResult<T> = Result<T, LogError>;
+
+fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LogError + 'a {
+    move |source| LogError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Tunables of a shard log.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A segment is sealed and a new one started once it reaches this size.
+    pub segment_max_bytes: u64,
+    /// ... or once its first record is this old (so retention can trim it).
+    pub segment_max_age_ms: i64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_max_bytes: 64 * 1024 * 1024,
+            segment_max_age_ms: 60 * 60 * 1000,
+        }
+    }
+}
+
+/// A record handed to [`ShardLog::append`].
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub partition_key: String,
+    pub data: Bytes,
+}
+
+/// A record as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub offset: u64,
+    pub arrival_ms: i64,
+    pub partition_key: String,
+    pub data: Bytes,
+}
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the batch's first record; the rest follow densely.
+    pub first_offset: u64,
+    /// Arrival time given to every record of the batch.
+    pub arrival_ms: i64,
+}
+
+/// Result of a read.
+#[derive(Debug, Clone)]
+pub struct ReadBatch {
+    pub records: Vec<StoredRecord>,
+    /// The offset the next read should start from.
+    pub next_offset: u64,
+    /// Arrival time of the newest record in the log, if any.
+    pub latest_arrival_ms: Option<i64>,
+}
+
+/// The mutable end of the log: one writer at a time.
+struct Writer {
+    active: File,
+    active_path: PathBuf,
+    active_len: u64,
+    active_first_arrival_ms: Option<i64>,
+    next_offset: u64,
+    last_arrival_ms: i64,
+    poisoned: bool,
+}
+
+/// What readers see: sealed and active segments with their committed indexes.
+struct View {
+    segments: Vec<Arc<Segment>>,
+    next_offset: u64,
+}
+
+/// One shard's durable record log.
+pub struct ShardLog {
+    dir: PathBuf,
+    config: LogConfig,
+    writer: Mutex<Writer>,
+    view: RwLock<View>,
+}
+
+impl ShardLog {
+    /// Opens (or creates) the log in `dir`, recovering from a crash: the
+    /// torn tail of the last segment, if any, is truncated.
+    pub fn open(dir: &Path, config: LogConfig) -> LogResult<ShardLog> {
+        fs::create_dir_all(dir).map_err(io_error("create log directory", dir))?;
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_error("list log directory", dir))? {
+            let entry = entry.map_err(io_error("list log directory", dir))?;
+            let name = entry.file_name();
+            let Some(base) = name
+                .to_str()
+                .and_then(|name| name.strip_suffix(".log"))
+                .and_then(|stem| stem.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            bases.push(base);
+        }
+        bases.sort_unstable();
+
+        let mut segments = Vec::with_capacity(bases.len());
+        let mut expected_offset = bases.first().copied().unwrap_or(0);
+        for (index, base) in bases.iter().copied().enumerate() {
+            let path = segment_path(dir, base);
+            let is_last = index + 1 == bases.len();
+            if base != expected_offset {
+                return Err(LogError::Corrupt {
+                    path,
+                    position: 0,
+                    reason: format!("segment starts at offset {base}, expected {expected_offset}"),
+                });
+            }
+            let segment = Segment::recover(&path, base, is_last)?;
+            expected_offset = segment.next_offset();
+            segments.push(Arc::new(segment));
+        }
+        if segments.is_empty() {
+            segments.push(Arc::new(Segment::create(dir, 0)?));
+        }
+
+        let last = segments.last().expect("at least one segment").clone();
+        let active_path = last.path().to_owned();
+        let active = OpenOptions::new()
+            .append(true)
+            .open(&active_path)
+            .map_err(io_error("open active segment", &active_path))?;
+        let next_offset = last.next_offset();
+        let last_arrival_ms = segments
+            .iter()
+            .rev()
+            .find_map(|segment| segment.last_arrival_ms())
+            .unwrap_or(i64::MIN);
+        let writer = Writer {
+            active,
+            active_path,
+            active_len: last.committed_len(),
+            active_first_arrival_ms: last.first_arrival_ms(),
+            next_offset,
+            last_arrival_ms,
+            poisoned: false,
+        };
+        Ok(ShardLog {
+            dir: dir.to_owned(),
+            config,
+            writer: Mutex::new(writer),
+            view: RwLock::new(View {
+                segments,
+                next_offset,
+            }),
+        })
+    }
+
+    /// Appends a batch and returns once it is durable. All records of the
+    /// batch get consecutive offsets and one arrival time, never earlier
+    /// than any record already in the log.
+    pub fn append(&self, records: &[NewRecord], now_ms: i64) -> LogResult<Appended> {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if writer.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        let arrival_ms = now_ms.max(writer.last_arrival_ms);
+        if self.active_segment_is_full(&writer, arrival_ms) {
+            self.roll_segment(&mut writer)?;
+        }
+
+        let first_offset = writer.next_offset;
+        let mut buffer = Vec::with_capacity(
+            records
+                .iter()
+                .map(|r| FRAME_HEADER_LEN + 18 + r.partition_key.len() + r.data.len())
+                .sum(),
+        );
+        let mut positions = Vec::with_capacity(records.len());
+        for (index, record) in records.iter().enumerate() {
+            positions.push(writer.active_len + buffer.len() as u64);
+            segment::encode_record(
+                &mut buffer,
+                first_offset + index as u64,
+                arrival_ms,
+                &record.partition_key,
+                &record.data,
+            )?;
+        }
+
+        let write_result = writer
+            .active
+            .write_all(&buffer)
+            .and_then(|()| writer.active.sync_data());
+        if let Err(source) = write_result {
+            // Roll back whatever part of the batch reached the file, so the
+            // next append does not land after garbage.
+            let rollback = writer.active.set_len(writer.active_len);
+            if rollback.is_err() {
+                writer.poisoned = true;
+            }
+            return Err(LogError::Io {
+                action: "write and fsync",
+                path: writer.active_path.clone(),
+                source,
+            });
+        }
+
+        writer.active_len += buffer.len() as u64;
+        writer.next_offset += records.len() as u64;
+        writer.last_arrival_ms = arrival_ms;
+        writer.active_first_arrival_ms.get_or_insert(arrival_ms);
+
+        // Only now, after the fsync, do readers get to see the records.
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        let active = view.segments.last().expect("at least one segment").clone();
+        active.publish(&positions, arrival_ms, writer.active_len);
+        view.next_offset = writer.next_offset;
+        Ok(Appended {
+            first_offset,
+            arrival_ms,
+        })
+    }
+
+    fn active_segment_is_full(&self, writer: &Writer, arrival_ms: i64) -> bool {
+        if writer.active_len == 0 {
+            return false;
+        }
+        writer.active_len >= self.config.segment_max_bytes
+            || writer
+                .active_first_arrival_ms
+                .is_some_and(|first| arrival_ms - first >= self.config.segment_max_age_ms)
+    }
+
+    fn roll_segment(&self, writer: &mut Writer) -> LogResult<()> {
+        let segment = Segment::create(&self.dir, writer.next_offset)?;
+        let path = segment.path().to_owned();
+        let active = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_error("open new segment", &path))?;
+        writer.active = active;
+        writer.active_path = path;
+        writer.active_len = 0;
+        writer.active_first_arrival_ms = None;
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        view.segments.push(Arc::new(segment));
+        Ok(())
+    }
+
+    /// The offset the next appended record will get.
+    pub fn next_offset(&self) -> u64 {
+        self.view
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_offset
+    }
+
+    /// The oldest offset still stored.
+    pub fn trim_horizon(&self) -> u64 {
+        let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+        view.segments
+            .first()
+            .map(|segment| segment.base_offset())
+            .unwrap_or(view.next_offset)
+    }
+
+    /// The first offset whose arrival time is at or after `timestamp_ms`
+    /// (the log's end if there is none).
+    pub fn offset_at_timestamp(&self, timestamp_ms: i64) -> u64 {
+        let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+        for segment in &view.segments {
+            if let Some(offset) = segment.first_offset_at_or_after(timestamp_ms) {
+                return offset;
+            }
+        }
+        view.next_offset
+    }
+
+    /// Reads committed records starting at `from_offset` (moved up to the
+    /// trim horizon if older), at most `max_records` and about `max_bytes`
+    /// of data — always at least one record when one is available.
+    pub fn read(
+        &self,
+        from_offset: u64,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> LogResult<ReadBatch> {
+        let (segments, next_offset) = {
+            let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+            (view.segments.clone(), view.next_offset)
+        };
+        let latest_arrival_ms = segments.iter().rev().find_map(|s| s.last_arrival_ms());
+        let horizon = segments
+            .first()
+            .map(|s| s.base_offset())
+            .unwrap_or(next_offset);
+        let mut offset = from_offset.max(horizon);
+        let mut records = Vec::new();
+        let mut bytes = 0u64;
+        for segment in &segments {
+            if records.len() >= max_records || offset >= next_offset {
+                break;
+            }
+            if offset >= segment.next_offset() {
+                continue;
+            }
+            let budget = max_bytes.saturating_sub(bytes);
+            let chunk = segment.read(
+                offset,
+                max_records - records.len(),
+                budget,
+                records.is_empty(),
+            )?;
+            for record in chunk {
+                bytes += (record.data.len() + record.partition_key.len()) as u64;
+                offset = record.offset + 1;
+                records.push(record);
+            }
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(ReadBatch {
+            records,
+            next_offset: offset,
+            latest_arrival_ms,
+        })
+    }
+
+    /// Deletes sealed segments whose newest record arrived before
+    /// `cutoff_ms`. Returns how many segments were removed.
+    pub fn trim_older_than(&self, cutoff_ms: i64) -> LogResult<usize> {
+        let removable: Vec<Arc<Segment>> = {
+            let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+            let sealed = view.segments.len().saturating_sub(1);
+            let count = view.segments[..sealed]
+                .iter()
+                .take_while(|s| s.last_arrival_ms().is_some_and(|last| last < cutoff_ms))
+                .count();
+            view.segments.drain(..count).collect()
+        };
+        for segment in &removable {
+            fs::remove_file(segment.path())
+                .map_err(io_error("remove expired segment", segment.path()))?;
+        }
+        Ok(removable.len())
+    }
+}
+
+fn segment_path(dir: &Path, base_offset: u64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.log"))
+}
+
+#[cfg(test)]
+mod tests;

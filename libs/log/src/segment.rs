@@ -1,0 +1,306 @@
+//! One segment file and its in-memory indexes (offset → file position, and
+//! offset → arrival time). See the crate docs for the frame layout.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use bytes::Bytes;
+
+use crate::{io_error, segment_path, LogError, LogResult, StoredRecord};
+
+/// `u32 body_len | u32 crc32`.
+pub(crate) const FRAME_HEADER_LEN: usize = 8;
+/// `u64 offset | i64 arrival_ms | u16 key_len`.
+const BODY_FIXED_LEN: usize = 18;
+
+/// Appends one framed record to `buffer`.
+pub(crate) fn encode_record(
+    buffer: &mut Vec<u8>,
+    offset: u64,
+    arrival_ms: i64,
+    partition_key: &str,
+    data: &[u8],
+) -> LogResult<()> {
+    let key_len = u16::try_from(partition_key.len())
+        .map_err(|_| LogError::RecordTooLarge(data.len(), partition_key.len()))?;
+    let body_len = u32::try_from(BODY_FIXED_LEN + partition_key.len() + data.len())
+        .map_err(|_| LogError::RecordTooLarge(data.len(), partition_key.len()))?;
+    let header_at = buffer.len();
+    buffer.extend_from_slice(&body_len.to_le_bytes());
+    buffer.extend_from_slice(&[0; 4]);
+    let body_at = buffer.len();
+    buffer.extend_from_slice(&offset.to_le_bytes());
+    buffer.extend_from_slice(&arrival_ms.to_le_bytes());
+    buffer.extend_from_slice(&key_len.to_le_bytes());
+    buffer.extend_from_slice(partition_key.as_bytes());
+    buffer.extend_from_slice(data);
+    let crc = crc32fast::hash(&buffer[body_at..]);
+    buffer[header_at + 4..body_at].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// A frame decoded from bytes, or why it could not be.
+enum Decoded {
+    Record {
+        record: StoredRecord,
+        frame_len: usize,
+    },
+    /// Not enough bytes for the frame the header announces (a torn write).
+    Incomplete,
+    Corrupt(String),
+}
+
+fn decode_record(bytes: &Bytes, at: usize) -> Decoded {
+    let rest = &bytes[at..];
+    if rest.len() < FRAME_HEADER_LEN {
+        return Decoded::Incomplete;
+    }
+    let body_len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+    if body_len < BODY_FIXED_LEN {
+        return Decoded::Corrupt(format!("body length {body_len} is too short"));
+    }
+    if rest.len() < FRAME_HEADER_LEN + body_len {
+        return Decoded::Incomplete;
+    }
+    let body = &rest[FRAME_HEADER_LEN..FRAME_HEADER_LEN + body_len];
+    if crc32fast::hash(body) != crc {
+        return Decoded::Corrupt("checksum mismatch".to_owned());
+    }
+    let offset = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
+    let arrival_ms = i64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+    let key_len = u16::from_le_bytes(body[16..18].try_into().expect("2 bytes")) as usize;
+    if BODY_FIXED_LEN + key_len > body_len {
+        return Decoded::Corrupt(format!("key length {key_len} exceeds the body"));
+    }
+    let Ok(partition_key) = std::str::from_utf8(&body[BODY_FIXED_LEN..BODY_FIXED_LEN + key_len])
+    else {
+        return Decoded::Corrupt("partition key is not UTF-8".to_owned());
+    };
+    let data_start = at + FRAME_HEADER_LEN + BODY_FIXED_LEN + key_len;
+    let data_end = at + FRAME_HEADER_LEN + body_len;
+    Decoded::Record {
+        record: StoredRecord {
+            offset,
+            arrival_ms,
+            partition_key: partition_key.to_owned(),
+            data: bytes.slice(data_start..data_end),
+        },
+        frame_len: FRAME_HEADER_LEN + body_len,
+    }
+}
+
+#[derive(Default)]
+struct SegmentIndex {
+    /// File position of each record, by `offset - base_offset`.
+    positions: Vec<u64>,
+    /// Arrival time of each record; never decreasing.
+    arrivals: Vec<i64>,
+    /// Bytes of the file that hold fsynced, published records.
+    committed_len: u64,
+}
+
+pub(crate) struct Segment {
+    path: PathBuf,
+    base_offset: u64,
+    file: File,
+    index: RwLock<SegmentIndex>,
+}
+
+impl Segment {
+    /// Creates an empty segment file and makes its directory entry durable.
+    pub(crate) fn create(dir: &Path, base_offset: u64) -> LogResult<Segment> {
+        let path = segment_path(dir, base_offset);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_error("create segment", &path))?;
+        file.sync_all()
+            .map_err(io_error("fsync new segment", &path))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error("fsync log directory", dir))?;
+        Ok(Segment {
+            path,
+            base_offset,
+            file,
+            index: RwLock::new(SegmentIndex::default()),
+        })
+    }
+
+    /// Scans an existing segment and rebuilds its indexes. In the last
+    /// segment a torn or corrupt tail is truncated; elsewhere it is an error.
+    pub(crate) fn recover(path: &Path, base_offset: u64, is_last: bool) -> LogResult<Segment> {
+        let bytes = Bytes::from(fs::read(path).map_err(io_error("read segment", path))?);
+        let mut index = SegmentIndex::default();
+        let mut position = 0usize;
+        let mut problem = None;
+        while position < bytes.len() {
+            match decode_record(&bytes, position) {
+                Decoded::Record { record, frame_len } => {
+                    let expected = base_offset + index.positions.len() as u64;
+                    if record.offset != expected {
+                        problem = Some(format!(
+                            "record has offset {}, expected {expected}",
+                            record.offset
+                        ));
+                        break;
+                    }
+                    index.positions.push(position as u64);
+                    index.arrivals.push(record.arrival_ms);
+                    position += frame_len;
+                }
+                Decoded::Incomplete => {
+                    problem = Some("incomplete frame".to_owned());
+                    break;
+                }
+                Decoded::Corrupt(reason) => {
+                    problem = Some(reason);
+                    break;
+                }
+            }
+        }
+        if let Some(reason) = problem {
+            if !is_last {
+                return Err(LogError::Corrupt {
+                    path: path.to_owned(),
+                    position: position as u64,
+                    reason,
+                });
+            }
+            tracing::warn!(
+                path = %path.display(),
+                position,
+                dropped_bytes = bytes.len() - position,
+                %reason,
+                "truncating torn tail of segment"
+            );
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io_error("open segment for truncation", path))?;
+            file.set_len(position as u64)
+                .and_then(|()| file.sync_all())
+                .map_err(io_error("truncate torn tail of", path))?;
+        }
+        index.committed_len = position as u64;
+        let file = File::open(path).map_err(io_error("open segment", path))?;
+        Ok(Segment {
+            path: path.to_owned(),
+            base_offset,
+            file,
+            index: RwLock::new(index),
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn base_offset(&self) -> u64 {
+        self.base_offset
+    }
+
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, SegmentIndex> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn next_offset(&self) -> u64 {
+        self.base_offset + self.index().positions.len() as u64
+    }
+
+    pub(crate) fn committed_len(&self) -> u64 {
+        self.index().committed_len
+    }
+
+    pub(crate) fn first_arrival_ms(&self) -> Option<i64> {
+        self.index().arrivals.first().copied()
+    }
+
+    pub(crate) fn last_arrival_ms(&self) -> Option<i64> {
+        self.index().arrivals.last().copied()
+    }
+
+    /// Makes fsynced records visible to readers.
+    pub(crate) fn publish(&self, positions: &[u64], arrival_ms: i64, committed_len: u64) {
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        index.positions.extend_from_slice(positions);
+        index
+            .arrivals
+            .extend(std::iter::repeat_n(arrival_ms, positions.len()));
+        index.committed_len = committed_len;
+    }
+
+    pub(crate) fn first_offset_at_or_after(&self, timestamp_ms: i64) -> Option<u64> {
+        let index = self.index();
+        let at = index
+            .arrivals
+            .partition_point(|arrival| *arrival < timestamp_ms);
+        (at < index.arrivals.len()).then(|| self.base_offset + at as u64)
+    }
+
+    /// Reads up to `max_records` records from `from_offset`, stopping before
+    /// `max_bytes` of frames unless `at_least_one` and nothing was read yet.
+    pub(crate) fn read(
+        &self,
+        from_offset: u64,
+        max_records: usize,
+        max_bytes: u64,
+        at_least_one: bool,
+    ) -> LogResult<Vec<StoredRecord>> {
+        let (start, end) = {
+            let index = self.index();
+            let first = (from_offset - self.base_offset) as usize;
+            if first >= index.positions.len() {
+                return Ok(Vec::new());
+            }
+            let start = index.positions[first];
+            let frame_end = |i: usize| {
+                index
+                    .positions
+                    .get(i + 1)
+                    .copied()
+                    .unwrap_or(index.committed_len)
+            };
+            let mut last = first;
+            if !at_least_one && frame_end(first) - start > max_bytes {
+                return Ok(Vec::new());
+            }
+            while last + 1 < index.positions.len()
+                && last + 1 - first < max_records
+                && frame_end(last + 1) - start <= max_bytes
+            {
+                last += 1;
+            }
+            (start, frame_end(last))
+        };
+        let mut buffer = vec![0u8; (end - start) as usize];
+        self.file
+            .read_exact_at(&mut buffer, start)
+            .map_err(io_error("read segment", &self.path))?;
+        let bytes = Bytes::from(buffer);
+        let mut records = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            match decode_record(&bytes, at) {
+                Decoded::Record { record, frame_len } => {
+                    records.push(record);
+                    at += frame_len;
+                }
+                Decoded::Incomplete | Decoded::Corrupt(_) => {
+                    return Err(LogError::Corrupt {
+                        path: self.path.clone(),
+                        position: start + at as u64,
+                        reason: "committed record failed to decode".to_owned(),
+                    })
+                }
+            }
+        }
+        Ok(records)
+    }
+}

@@ -1,0 +1,222 @@
+use std::fs::OpenOptions;
+use std::io::Write;
+
+use super::*;
+
+fn record(key: &str, data: &str) -> NewRecord {
+    NewRecord {
+        partition_key: key.to_owned(),
+        data: Bytes::copy_from_slice(data.as_bytes()),
+    }
+}
+
+fn small_segments() -> LogConfig {
+    LogConfig {
+        segment_max_bytes: 200,
+        segment_max_age_ms: i64::MAX,
+    }
+}
+
+fn read_all(log: &ShardLog) -> Vec<StoredRecord> {
+    log.read(0, usize::MAX, u64::MAX).expect("read").records
+}
+
+#[test]
+fn appended_records_read_back_in_order_with_dense_offsets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+    let first = log
+        .append(&[record("a", "1"), record("b", "2")], 1_000)
+        .expect("append");
+    let second = log.append(&[record("c", "3")], 2_000).expect("append");
+    assert_eq!(first.first_offset, 0);
+    assert_eq!(second.first_offset, 2);
+    let records = read_all(&log);
+    let summary: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r.offset,
+                r.partition_key.as_str(),
+                &r.data[..],
+                r.arrival_ms,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (0, "a", &b"1"[..], 1_000),
+            (1, "b", &b"2"[..], 1_000),
+            (2, "c", &b"3"[..], 2_000)
+        ]
+    );
+    assert_eq!(log.next_offset(), 3);
+}
+
+#[test]
+fn arrival_times_never_go_backwards() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+    log.append(&[record("a", "1")], 5_000).expect("append");
+    let late = log.append(&[record("a", "2")], 4_000).expect("append");
+    assert_eq!(late.arrival_ms, 5_000);
+}
+
+#[test]
+fn reopening_recovers_every_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = ShardLog::open(dir.path(), small_segments()).expect("open");
+        for i in 0..50 {
+            log.append(&[record("k", &format!("value-{i}"))], i)
+                .expect("append");
+        }
+    }
+    let log = ShardLog::open(dir.path(), small_segments()).expect("reopen");
+    let records = read_all(&log);
+    assert_eq!(records.len(), 50);
+    assert_eq!(records[49].data, Bytes::from("value-49"));
+    let next = log
+        .append(&[record("k", "after")], 100)
+        .expect("append after reopen");
+    assert_eq!(next.first_offset, 50);
+}
+
+fn last_segment(dir: &Path) -> PathBuf {
+    let mut paths: Vec<_> = fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    paths.sort();
+    paths.pop().expect("a segment")
+}
+
+#[test]
+fn a_torn_tail_is_truncated_not_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+        log.append(&[record("a", "kept-1"), record("b", "kept-2")], 1)
+            .expect("append");
+    }
+    let segment = last_segment(dir.path());
+    let intact_len = fs::metadata(&segment).expect("stat").len();
+    // A crash halfway through the next frame: a header announcing 100 bytes
+    // of body, followed by only a few of them.
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .expect("open");
+    file.write_all(&100u32.to_le_bytes()).expect("write");
+    file.write_all(&[1, 2, 3, 4, 5, 6, 7]).expect("write");
+    drop(file);
+
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("reopen");
+    assert_eq!(read_all(&log).len(), 2);
+    assert_eq!(fs::metadata(&segment).expect("stat").len(), intact_len);
+    let next = log.append(&[record("c", "new")], 2).expect("append");
+    assert_eq!(next.first_offset, 2);
+    assert_eq!(read_all(&log)[2].data, Bytes::from("new"));
+}
+
+#[test]
+fn a_tail_with_a_bad_checksum_is_truncated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+        log.append(&[record("a", "good")], 1).expect("append");
+        log.append(&[record("b", "flipped")], 2).expect("append");
+    }
+    let segment = last_segment(dir.path());
+    let mut bytes = fs::read(&segment).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&segment, &bytes).expect("write");
+
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("reopen");
+    let records = read_all(&log);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].data, Bytes::from("good"));
+}
+
+#[test]
+fn corruption_in_a_sealed_segment_refuses_to_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = ShardLog::open(dir.path(), small_segments()).expect("open");
+        for i in 0..20 {
+            log.append(
+                &[record("k", "0123456789012345678901234567890123456789")],
+                i,
+            )
+            .expect("append");
+        }
+    }
+    let mut paths: Vec<_> = fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("e").path())
+        .collect();
+    paths.sort();
+    assert!(paths.len() > 2, "expected several segments");
+    let mut bytes = fs::read(&paths[0]).expect("read");
+    bytes[12] ^= 0xff;
+    fs::write(&paths[0], &bytes).expect("write");
+    assert!(matches!(
+        ShardLog::open(dir.path(), small_segments()),
+        Err(LogError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn reads_respect_record_and_byte_limits_but_return_at_least_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), small_segments()).expect("open");
+    for i in 0..30 {
+        log.append(&[record("k", &format!("{i:040}"))], i)
+            .expect("append");
+    }
+    let batch = log.read(5, 10, u64::MAX).expect("read");
+    assert_eq!(batch.records.len(), 10);
+    assert_eq!(batch.records[0].offset, 5);
+    assert_eq!(batch.next_offset, 15);
+    let tiny = log.read(0, 100, 1).expect("read");
+    assert_eq!(tiny.records.len(), 1);
+    let across_segments = log.read(0, 100, u64::MAX).expect("read");
+    assert_eq!(across_segments.records.len(), 30);
+    assert_eq!(across_segments.latest_arrival_ms, Some(29));
+}
+
+#[test]
+fn timestamps_find_the_first_record_at_or_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), small_segments()).expect("open");
+    for i in 0..20 {
+        log.append(&[record("k", "0123456789")], i * 10)
+            .expect("append");
+    }
+    assert_eq!(log.offset_at_timestamp(0), 0);
+    assert_eq!(log.offset_at_timestamp(55), 6);
+    assert_eq!(log.offset_at_timestamp(60), 6);
+    assert_eq!(log.offset_at_timestamp(10_000), 20);
+}
+
+#[test]
+fn retention_removes_only_old_sealed_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), small_segments()).expect("open");
+    for i in 0..30 {
+        log.append(&[record("k", &format!("{i:040}"))], i * 1_000)
+            .expect("append");
+    }
+    let removed = log.trim_older_than(10_000).expect("trim");
+    assert!(removed > 0);
+    let horizon = log.trim_horizon();
+    assert!(horizon > 0 && horizon <= 10);
+    let records = read_all(&log);
+    assert_eq!(records[0].offset, horizon);
+    assert_eq!(records.last().map(|r| r.offset), Some(29));
+    // Everything is old now, but the active segment stays.
+    log.trim_older_than(i64::MAX).expect("trim");
+    assert!(log.read(0, 100, u64::MAX).expect("read").records.len() > 0);
+}

@@ -1,0 +1,535 @@
+//! `freshet-metastore`: Freshet's Postgres schema (embedded sqlx migrations)
+//! and the queries the metadata services run against it.
+//!
+//! Postgres is the source of truth for accounts, streams, shards and their
+//! placement, storage workers, and the shard-map change log. Entries in the
+//! change log are opaque bytes here (encoded `ShardMapEntry` messages);
+//! membership, the only writer, encodes them.
+//!
+//! Invariant: change-log versions are assigned under a transaction-scoped
+//! advisory lock, so they commit in increasing order with no gaps, and a
+//! subscriber that sees version `v + 2` before `v + 1` knows it missed one.
+
+use anyhow::Context as _;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+/// Advisory-lock key that serialises change-log writers ("fresh" in ASCII).
+const CHANGE_LOG_LOCK: i64 = 0x0066_7265_7368;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connects to Postgres and applies the migrations (idempotent, and safe
+/// when several services start at once: sqlx takes a lock).
+pub async fn connect_and_migrate(
+    options: PgConnectOptions,
+    max_connections: u32,
+) -> anyhow::Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .context("connect to postgres")?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .context("apply postgres migrations")?;
+    Ok(pool)
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamRow {
+    pub stream_uid: i64,
+    pub account_id: String,
+    pub stream_name: String,
+    pub stream_arn: String,
+    pub status: String,
+    pub stream_mode: String,
+    pub retention_hours: i32,
+    pub max_record_size_kib: i32,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShardRow {
+    pub stream_uid: i64,
+    pub shard_id: String,
+    pub starting_hash_key: String,
+    pub ending_hash_key: String,
+    pub parent_shard_id: Option<String>,
+    pub adjacent_parent_shard_id: Option<String>,
+    pub sequence_base: u64,
+    pub ending_sequence_number: Option<String>,
+    pub state: String,
+    pub leader_worker_id: String,
+    pub replica_worker_ids: Vec<String>,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerRow {
+    pub worker_id: String,
+    pub availability_zone: String,
+    pub address: String,
+    /// Seconds since the last heartbeat, by Postgres's clock.
+    pub seconds_since_heartbeat: f64,
+}
+
+/// A new stream to insert.
+#[derive(Debug, Clone)]
+pub struct NewStream<'a> {
+    pub account_id: &'a str,
+    pub stream_name: &'a str,
+    pub stream_arn: &'a str,
+    pub stream_mode: &'a str,
+    pub retention_hours: i32,
+    pub max_record_size_kib: i32,
+    pub created_at_ms: i64,
+}
+
+const STREAM_COLUMNS: &str =
+    "stream_uid, account_id, stream_name, stream_arn, status, stream_mode, \
+     retention_hours, max_record_size_kib, created_at_ms";
+
+const SHARD_SELECT: &str = "SELECT stream_uid, shard_id, starting_hash_key, ending_hash_key, parent_shard_id, \
+     adjacent_parent_shard_id, sequence_base, ending_sequence_number, state, leader_worker_id, replica_worker_ids, epoch \
+     FROM shards";
+
+fn shard_from_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<ShardRow> {
+    Ok(ShardRow {
+        stream_uid: row.try_get("stream_uid")?,
+        shard_id: row.try_get("shard_id")?,
+        starting_hash_key: row.try_get("starting_hash_key")?,
+        ending_hash_key: row.try_get("ending_hash_key")?,
+        parent_shard_id: row.try_get("parent_shard_id")?,
+        adjacent_parent_shard_id: row.try_get("adjacent_parent_shard_id")?,
+        sequence_base: row.try_get::<i64, _>("sequence_base")? as u64,
+        ending_sequence_number: row.try_get("ending_sequence_number")?,
+        state: row.try_get("state")?,
+        leader_worker_id: row.try_get("leader_worker_id")?,
+        replica_worker_ids: row.try_get("replica_worker_ids")?,
+        epoch: row.try_get::<i64, _>("epoch")? as u64,
+    })
+}
+
+fn stream_from_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<StreamRow> {
+    Ok(StreamRow {
+        stream_uid: row.try_get("stream_uid")?,
+        account_id: row.try_get("account_id")?,
+        stream_name: row.try_get("stream_name")?,
+        stream_arn: row.try_get("stream_arn")?,
+        status: row.try_get("status")?,
+        stream_mode: row.try_get("stream_mode")?,
+        retention_hours: row.try_get("retention_hours")?,
+        max_record_size_kib: row.try_get("max_record_size_kib")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+/// Typed access to the metadata tables.
+#[derive(Clone)]
+pub struct MetaStore {
+    pool: PgPool,
+}
+
+impl MetaStore {
+    pub fn new(pool: PgPool) -> MetaStore {
+        MetaStore { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn resolve_access_key(&self, access_key_id: &str) -> anyhow::Result<Option<String>> {
+        let row = sqlx::query("SELECT account_id FROM accounts WHERE access_key_id = $1")
+            .bind(access_key_id)
+            .fetch_optional(&self.pool)
+            .await
+            .context("look up access key")?;
+        Ok(row.map(|row| row.try_get("account_id")).transpose()?)
+    }
+
+    pub async fn add_access_key(
+        &self,
+        access_key_id: &str,
+        account_id: &str,
+    ) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO accounts (access_key_id, account_id) VALUES ($1, $2) ON CONFLICT (access_key_id) DO UPDATE SET account_id = EXCLUDED.account_id")
+            .bind(access_key_id)
+            .bind(account_id)
+            .execute(&self.pool)
+            .await
+            .context("insert access key")?;
+        Ok(())
+    }
+
+    /// Inserts a stream in CREATING; `None` if the name is taken.
+    pub async fn insert_stream(&self, stream: &NewStream<'_>) -> anyhow::Result<Option<i64>> {
+        let row = sqlx::query(
+            "INSERT INTO streams (account_id, stream_name, stream_arn, status, stream_mode, retention_hours, max_record_size_kib, created_at_ms) \
+             VALUES ($1, $2, $3, 'CREATING', $4, $5, $6, $7) ON CONFLICT (account_id, stream_name) DO NOTHING RETURNING stream_uid",
+        )
+        .bind(stream.account_id)
+        .bind(stream.stream_name)
+        .bind(stream.stream_arn)
+        .bind(stream.stream_mode)
+        .bind(stream.retention_hours)
+        .bind(stream.max_record_size_kib)
+        .bind(stream.created_at_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .context("insert stream")?;
+        Ok(row.map(|row| row.try_get("stream_uid")).transpose()?)
+    }
+
+    pub async fn set_stream_status(&self, stream_uid: i64, status: &str) -> anyhow::Result<()> {
+        sqlx::query("UPDATE streams SET status = $2 WHERE stream_uid = $1")
+            .bind(stream_uid)
+            .bind(status)
+            .execute(&self.pool)
+            .await
+            .context("update stream status")?;
+        Ok(())
+    }
+
+    /// Deletes the stream row (its shards go with it).
+    pub async fn delete_stream(&self, stream_uid: i64) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM streams WHERE stream_uid = $1")
+            .bind(stream_uid)
+            .execute(&self.pool)
+            .await
+            .context("delete stream")?;
+        Ok(())
+    }
+
+    pub async fn get_stream(
+        &self,
+        account_id: &str,
+        stream_name: &str,
+    ) -> anyhow::Result<Option<StreamRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {STREAM_COLUMNS} FROM streams WHERE account_id = $1 AND stream_name = $2"
+        ))
+        .bind(account_id)
+        .bind(stream_name)
+        .fetch_optional(&self.pool)
+        .await
+        .context("read stream")?;
+        Ok(row.as_ref().map(stream_from_row).transpose()?)
+    }
+
+    pub async fn get_stream_by_uid(&self, stream_uid: i64) -> anyhow::Result<Option<StreamRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {STREAM_COLUMNS} FROM streams WHERE stream_uid = $1"
+        ))
+        .bind(stream_uid)
+        .fetch_optional(&self.pool)
+        .await
+        .context("read stream")?;
+        Ok(row.as_ref().map(stream_from_row).transpose()?)
+    }
+
+    /// The account's streams, sorted by name.
+    pub async fn list_streams(&self, account_id: &str) -> anyhow::Result<Vec<StreamRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STREAM_COLUMNS} FROM streams WHERE account_id = $1 ORDER BY stream_name"
+        ))
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await
+        .context("list streams")?;
+        Ok(rows
+            .iter()
+            .map(stream_from_row)
+            .collect::<sqlx::Result<_>>()?)
+    }
+
+    /// Open shards across all of an account's streams (for the shard quota).
+    pub async fn count_open_shards(&self, account_id: &str) -> anyhow::Result<i64> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n FROM shards JOIN streams USING (stream_uid) WHERE streams.account_id = $1 AND shards.state = 'OPEN'",
+        )
+        .bind(account_id)
+        .fetch_one(&self.pool)
+        .await
+        .context("count open shards")?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// A stream's shards in shard-id order.
+    pub async fn shards_of(&self, stream_uid: i64) -> anyhow::Result<Vec<ShardRow>> {
+        let rows = sqlx::query(&format!(
+            "{SHARD_SELECT} WHERE stream_uid = $1 ORDER BY shard_id"
+        ))
+        .bind(stream_uid)
+        .fetch_all(&self.pool)
+        .await
+        .context("read shards")?;
+        Ok(rows
+            .iter()
+            .map(shard_from_row)
+            .collect::<sqlx::Result<_>>()?)
+    }
+
+    /// Every shard a worker leads or replicates, by stream then shard id.
+    pub async fn shards_on_worker(&self, worker_id: &str) -> anyhow::Result<Vec<ShardRow>> {
+        let rows = sqlx::query(&format!(
+            "{SHARD_SELECT} WHERE leader_worker_id = $1 OR $1 = ANY(replica_worker_ids) ORDER BY stream_uid, shard_id"
+        ))
+        .bind(worker_id)
+        .fetch_all(&self.pool)
+        .await
+        .context("read a worker's shards")?;
+        Ok(rows
+            .iter()
+            .map(shard_from_row)
+            .collect::<sqlx::Result<_>>()?)
+    }
+
+    pub async fn upsert_worker(
+        &self,
+        worker_id: &str,
+        availability_zone: &str,
+        address: &str,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO workers (worker_id, availability_zone, address) VALUES ($1, $2, $3) \
+             ON CONFLICT (worker_id) DO UPDATE SET availability_zone = EXCLUDED.availability_zone, \
+             address = EXCLUDED.address, last_heartbeat_at = now()",
+        )
+        .bind(worker_id)
+        .bind(availability_zone)
+        .bind(address)
+        .execute(&self.pool)
+        .await
+        .context("register worker")?;
+        Ok(())
+    }
+
+    /// Records a heartbeat; false if the worker is unknown.
+    pub async fn heartbeat(&self, worker_id: &str) -> anyhow::Result<bool> {
+        let result =
+            sqlx::query("UPDATE workers SET last_heartbeat_at = now() WHERE worker_id = $1")
+                .bind(worker_id)
+                .execute(&self.pool)
+                .await
+                .context("record heartbeat")?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    pub async fn list_workers(&self) -> anyhow::Result<Vec<WorkerRow>> {
+        let rows = sqlx::query(
+            "SELECT worker_id, availability_zone, address, \
+             EXTRACT(EPOCH FROM (now() - last_heartbeat_at))::float8 AS age FROM workers ORDER BY worker_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .context("list workers")?;
+        rows.iter()
+            .map(|row| {
+                Ok(WorkerRow {
+                    worker_id: row.try_get("worker_id")?,
+                    availability_zone: row.try_get("availability_zone")?,
+                    address: row.try_get("address")?,
+                    seconds_since_heartbeat: row.try_get("age")?,
+                })
+            })
+            .collect::<sqlx::Result<_>>()
+            .map_err(Into::into)
+    }
+
+    /// Starts a change-log transaction; see [`ChangeBatch`].
+    pub async fn begin_changes(&self) -> anyhow::Result<ChangeBatch> {
+        let mut transaction = self
+            .pool
+            .begin()
+            .await
+            .context("begin change-log transaction")?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHANGE_LOG_LOCK)
+            .execute(&mut *transaction)
+            .await
+            .context("lock the change log")?;
+        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM shard_map_changes")
+            .fetch_one(&mut *transaction)
+            .await
+            .context("read change-log head")?;
+        let head: i64 = row.try_get("v")?;
+        Ok(ChangeBatch {
+            transaction,
+            next_version: head + 1,
+        })
+    }
+
+    /// The change-log head (0 when empty).
+    pub async fn latest_version(&self) -> anyhow::Result<i64> {
+        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM shard_map_changes")
+            .fetch_one(&self.pool)
+            .await
+            .context("read change-log head")?;
+        Ok(row.try_get("v")?)
+    }
+
+    /// Changes with version > `after`, oldest first, at most `limit`.
+    pub async fn changes_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<(i64, Vec<u8>)>> {
+        let rows = sqlx::query("SELECT version, entry FROM shard_map_changes WHERE version > $1 ORDER BY version LIMIT $2")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .context("read change log")?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("version")?, row.try_get("entry")?)))
+            .collect::<sqlx::Result<_>>()
+            .map_err(Into::into)
+    }
+
+    /// Every live entry and the version they are current as of, read in one
+    /// repeatable-read transaction so the two agree.
+    pub async fn snapshot(&self) -> anyhow::Result<(Vec<Vec<u8>>, i64)> {
+        let mut transaction = self.pool.begin().await.context("begin snapshot")?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *transaction)
+            .await
+            .context("set snapshot isolation")?;
+        let head: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM shard_map_changes")
+            .fetch_one(&mut *transaction)
+            .await
+            .context("read change-log head")?
+            .try_get("v")?;
+        let entries =
+            sqlx::query("SELECT entry FROM shard_map_entries ORDER BY stream_uid, shard_id")
+                .fetch_all(&mut *transaction)
+                .await
+                .context("read shard map")?
+                .iter()
+                .map(|row| row.try_get("entry"))
+                .collect::<sqlx::Result<Vec<Vec<u8>>>>()?;
+        transaction.commit().await.context("end snapshot")?;
+        Ok((entries, head))
+    }
+
+    /// The live entries of one stream.
+    pub async fn stream_entries(
+        &self,
+        account_id: &str,
+        stream_name: &str,
+    ) -> anyhow::Result<Vec<Vec<u8>>> {
+        let rows = sqlx::query(
+            "SELECT entry FROM shard_map_entries WHERE account_id = $1 AND stream_name = $2 ORDER BY shard_id",
+        )
+        .bind(account_id)
+        .bind(stream_name)
+        .fetch_all(&self.pool)
+        .await
+        .context("read stream entries")?;
+        rows.iter()
+            .map(|row| row.try_get("entry"))
+            .collect::<sqlx::Result<_>>()
+            .map_err(Into::into)
+    }
+}
+
+/// One atomic group of shard-map changes. Versions are handed out in order
+/// with [`ChangeBatch::next_version`]; nothing is visible until `commit`.
+pub struct ChangeBatch {
+    transaction: Transaction<'static, Postgres>,
+    next_version: i64,
+}
+
+/// Identity of a change-log entry.
+#[derive(Debug, Clone)]
+pub struct EntryKey<'a> {
+    pub stream_uid: i64,
+    pub shard_id: &'a str,
+    pub account_id: &'a str,
+    pub stream_name: &'a str,
+}
+
+impl ChangeBatch {
+    /// The version the next recorded change will get.
+    pub fn next_version(&self) -> i64 {
+        self.next_version
+    }
+
+    pub async fn insert_shard(&mut self, shard: &ShardRow) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO shards (stream_uid, shard_id, starting_hash_key, ending_hash_key, parent_shard_id, \
+             adjacent_parent_shard_id, sequence_base, ending_sequence_number, state, leader_worker_id, replica_worker_ids, epoch) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(shard.stream_uid)
+        .bind(&shard.shard_id)
+        .bind(&shard.starting_hash_key)
+        .bind(&shard.ending_hash_key)
+        .bind(&shard.parent_shard_id)
+        .bind(&shard.adjacent_parent_shard_id)
+        .bind(shard.sequence_base as i64)
+        .bind(&shard.ending_sequence_number)
+        .bind(&shard.state)
+        .bind(&shard.leader_worker_id)
+        .bind(&shard.replica_worker_ids)
+        .bind(shard.epoch as i64)
+        .execute(&mut *self.transaction)
+        .await
+        .with_context(|| format!("insert shard {}", shard.shard_id))?;
+        Ok(())
+    }
+
+    /// Records a change whose encoded entry carries `next_version()`;
+    /// a tombstone removes the entry from the live map.
+    pub async fn record(
+        &mut self,
+        key: &EntryKey<'_>,
+        entry: &[u8],
+        tombstone: bool,
+    ) -> anyhow::Result<i64> {
+        let version = self.next_version;
+        sqlx::query("INSERT INTO shard_map_changes (version, stream_uid, shard_id, entry) VALUES ($1, $2, $3, $4)")
+            .bind(version)
+            .bind(key.stream_uid)
+            .bind(key.shard_id)
+            .bind(entry)
+            .execute(&mut *self.transaction)
+            .await
+            .context("append to change log")?;
+        if tombstone {
+            sqlx::query("DELETE FROM shard_map_entries WHERE stream_uid = $1 AND shard_id = $2")
+                .bind(key.stream_uid)
+                .bind(key.shard_id)
+                .execute(&mut *self.transaction)
+                .await
+                .context("remove live entry")?;
+        } else {
+            sqlx::query(
+                "INSERT INTO shard_map_entries (stream_uid, shard_id, account_id, stream_name, version, entry) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (stream_uid, shard_id) \
+                 DO UPDATE SET version = EXCLUDED.version, entry = EXCLUDED.entry",
+            )
+            .bind(key.stream_uid)
+            .bind(key.shard_id)
+            .bind(key.account_id)
+            .bind(key.stream_name)
+            .bind(version)
+            .bind(entry)
+            .execute(&mut *self.transaction)
+            .await
+            .context("update live entry")?;
+        }
+        self.next_version += 1;
+        Ok(version)
+    }
+
+    pub async fn commit(self) -> anyhow::Result<()> {
+        self.transaction
+            .commit()
+            .await
+            .context("commit change-log transaction")
+    }
+}

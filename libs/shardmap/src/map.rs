@@ -1,0 +1,278 @@
+//! The snapshot itself: entries keyed by shard, applied by version.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use freshet_proto::v1::{ShardMapEntry, ShardState};
+
+/// `(stream_uid, shard_id)`.
+pub type EntryId = (i64, String);
+
+fn entry_id(entry: &ShardMapEntry) -> EntryId {
+    let key = entry.key.as_ref();
+    (
+        key.map(|k| k.stream_uid).unwrap_or_default(),
+        key.map(|k| k.shard_id.clone()).unwrap_or_default(),
+    )
+}
+
+/// What applying one change-log entry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// The next change in sequence; applied.
+    Applied,
+    /// Already seen (its version is not newer than what is held): ignored.
+    Duplicate,
+    /// Newer than anything held but not the next in sequence: at least one
+    /// change was missed. The entry itself was applied (it is newer), but
+    /// the subscriber must resync to recover what it missed.
+    Gap { expected: i64, received: i64 },
+}
+
+/// A versioned snapshot of the shard map.
+#[derive(Debug, Default)]
+pub struct ShardMap {
+    live: HashMap<EntryId, ShardMapEntry>,
+    /// Versions of deleted entries, so a reordered older change cannot
+    /// bring a deleted shard back.
+    tombstones: HashMap<EntryId, i64>,
+    /// Every change-log version up to this one has been applied.
+    applied_version: i64,
+}
+
+impl ShardMap {
+    pub fn applied_version(&self) -> i64 {
+        self.applied_version
+    }
+
+    /// Applies `entry` if it is newer than what is held for its shard.
+    /// Returns whether it was applied. Does not touch `applied_version`:
+    /// use it for entries that arrive outside the change stream (from the
+    /// cache).
+    pub fn upsert(&mut self, entry: ShardMapEntry) -> bool {
+        let id = entry_id(&entry);
+        let held = self
+            .live
+            .get(&id)
+            .map(|e| e.version)
+            .or_else(|| self.tombstones.get(&id).copied());
+        if held.is_some_and(|held| held >= entry.version) {
+            return false;
+        }
+        if entry.state() == ShardState::Deleted {
+            self.live.remove(&id);
+            self.tombstones.insert(id, entry.version);
+        } else {
+            self.tombstones.remove(&id);
+            self.live.insert(id, entry);
+        }
+        true
+    }
+
+    /// Applies the next entry of the change stream.
+    pub fn apply_change(&mut self, entry: ShardMapEntry) -> ApplyOutcome {
+        let version = entry.version;
+        if version <= self.applied_version {
+            self.upsert(entry);
+            return ApplyOutcome::Duplicate;
+        }
+        let expected = self.applied_version + 1;
+        self.upsert(entry);
+        if version == expected {
+            self.applied_version = version;
+            ApplyOutcome::Applied
+        } else {
+            ApplyOutcome::Gap {
+                expected,
+                received: version,
+            }
+        }
+    }
+
+    /// Replaces everything with a snapshot taken at `version`. Entries held
+    /// that are newer than the snapshot (learnt from the cache) are kept.
+    pub fn replace_with_snapshot(&mut self, entries: Vec<ShardMapEntry>, version: i64) {
+        let newer: Vec<ShardMapEntry> = self
+            .live
+            .values()
+            .filter(|e| e.version > version)
+            .cloned()
+            .collect();
+        self.live.clear();
+        self.tombstones
+            .retain(|_, tombstone_version| *tombstone_version > version);
+        for entry in entries.into_iter().chain(newer) {
+            self.upsert(entry);
+        }
+        self.applied_version = version;
+    }
+
+    pub fn get(&self, stream_uid: i64, shard_id: &str) -> Option<&ShardMapEntry> {
+        self.live.get(&(stream_uid, shard_id.to_owned()))
+    }
+
+    /// The entries of the newest incarnation of a stream, by shard id.
+    pub fn stream_entries(&self, account_id: &str, stream_name: &str) -> Vec<ShardMapEntry> {
+        let matching = self
+            .live
+            .values()
+            .filter(|e| e.account_id == account_id && e.stream_name == stream_name);
+        let newest_uid = matching
+            .clone()
+            .filter_map(|e| e.key.as_ref().map(|k| k.stream_uid))
+            .max();
+        let mut entries: Vec<ShardMapEntry> = matching
+            .filter(|e| e.key.as_ref().map(|k| k.stream_uid) == newest_uid)
+            .cloned()
+            .collect();
+        entries.sort_by(|a, b| entry_id(a).cmp(&entry_id(b)));
+        entries
+    }
+
+    /// Whether a tombstone says this shard's stream was deleted.
+    pub fn is_deleted(&self, stream_uid: i64, shard_id: &str) -> bool {
+        self.tombstones
+            .contains_key(&(stream_uid, shard_id.to_owned()))
+    }
+
+    /// Every live entry (for tests and diagnostics).
+    pub fn entries(&self) -> impl Iterator<Item = &ShardMapEntry> {
+        self.live.values()
+    }
+
+    /// Forces the stream's entries to be revalidated on next use.
+    pub fn expire_stream(&mut self, account_id: &str, stream_name: &str) {
+        for entry in self.live.values_mut() {
+            if entry.account_id == account_id && entry.stream_name == stream_name {
+                entry.valid_until_micros = 0;
+            }
+        }
+    }
+}
+
+/// A [`ShardMap`] shared between a subscriber task and its readers, with a
+/// notification whenever it changes.
+#[derive(Clone, Default)]
+pub struct SharedShardMap {
+    inner: Arc<RwLock<ShardMap>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl SharedShardMap {
+    pub fn read<T>(&self, f: impl FnOnce(&ShardMap) -> T) -> T {
+        f(&self.inner.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn write<T>(&self, f: impl FnOnce(&mut ShardMap) -> T) -> T {
+        let result = f(&mut self.inner.write().unwrap_or_else(|p| p.into_inner()));
+        self.changed.notify_waiters();
+        result
+    }
+
+    /// Resolves at the next change (register before checking the condition).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use freshet_proto::v1::ShardKey;
+
+    use super::*;
+
+    fn entry(shard: &str, version: i64, leader: &str) -> ShardMapEntry {
+        ShardMapEntry {
+            key: Some(ShardKey {
+                stream_uid: 1,
+                shard_id: shard.to_owned(),
+            }),
+            version,
+            account_id: "000000000000".to_owned(),
+            stream_name: "s".to_owned(),
+            leader_worker_id: leader.to_owned(),
+            state: ShardState::Open as i32,
+            ..Default::default()
+        }
+    }
+
+    fn leader_of(map: &ShardMap, shard: &str) -> Option<String> {
+        map.get(1, shard).map(|e| e.leader_worker_id.clone())
+    }
+
+    #[test]
+    fn changes_in_order_are_applied() {
+        let mut map = ShardMap::default();
+        assert_eq!(map.apply_change(entry("a", 1, "w1")), ApplyOutcome::Applied);
+        assert_eq!(map.apply_change(entry("a", 2, "w2")), ApplyOutcome::Applied);
+        assert_eq!(leader_of(&map, "a").as_deref(), Some("w2"));
+        assert_eq!(map.applied_version(), 2);
+    }
+
+    #[test]
+    fn a_duplicated_change_is_absorbed() {
+        let mut map = ShardMap::default();
+        map.apply_change(entry("a", 1, "w1"));
+        map.apply_change(entry("a", 2, "w2"));
+        assert_eq!(
+            map.apply_change(entry("a", 1, "w1")),
+            ApplyOutcome::Duplicate
+        );
+        assert_eq!(leader_of(&map, "a").as_deref(), Some("w2"));
+        assert_eq!(map.applied_version(), 2);
+    }
+
+    #[test]
+    fn a_reordered_change_never_overwrites_a_newer_one_and_the_gap_is_reported() {
+        let mut map = ShardMap::default();
+        map.apply_change(entry("a", 1, "w1"));
+        // Version 3 overtakes version 2.
+        assert_eq!(
+            map.apply_change(entry("a", 3, "w3")),
+            ApplyOutcome::Gap {
+                expected: 2,
+                received: 3
+            }
+        );
+        assert_eq!(map.apply_change(entry("a", 2, "w2")), ApplyOutcome::Applied);
+        assert_eq!(leader_of(&map, "a").as_deref(), Some("w3"));
+    }
+
+    #[test]
+    fn a_deleted_shard_is_not_resurrected_by_an_older_change() {
+        let mut map = ShardMap::default();
+        map.apply_change(entry("a", 1, "w1"));
+        let mut tombstone = entry("a", 3, "");
+        tombstone.state = ShardState::Deleted as i32;
+        map.apply_change(tombstone);
+        map.apply_change(entry("a", 2, "w2"));
+        assert_eq!(leader_of(&map, "a"), None);
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_map_but_keeps_newer_entries() {
+        let mut map = ShardMap::default();
+        map.apply_change(entry("gone", 1, "w1"));
+        map.upsert(entry("b", 9, "from-cache"));
+        map.replace_with_snapshot(vec![entry("a", 5, "w5"), entry("b", 4, "w4")], 5);
+        assert_eq!(leader_of(&map, "gone"), None);
+        assert_eq!(leader_of(&map, "a").as_deref(), Some("w5"));
+        assert_eq!(leader_of(&map, "b").as_deref(), Some("from-cache"));
+        assert_eq!(map.applied_version(), 5);
+    }
+
+    #[test]
+    fn stream_entries_come_from_the_newest_incarnation() {
+        let mut map = ShardMap::default();
+        map.upsert(entry("shardId-000000000000", 1, "old"));
+        let mut newer = entry("shardId-000000000000", 2, "new");
+        newer.key = Some(ShardKey {
+            stream_uid: 2,
+            shard_id: "shardId-000000000000".to_owned(),
+        });
+        map.upsert(newer);
+        let entries = map.stream_entries("000000000000", "s");
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].leader_worker_id, "new");
+    }
+}

@@ -1,0 +1,209 @@
+//! The routing lookup: fresh snapshot hit → stale, so re-read from the cache
+//! service → the cache fills a Redis miss from Postgres.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use freshet_proto::v1::shard_map_cache_client::ShardMapCacheClient;
+use freshet_proto::v1::{CacheSource, GetStreamShardsRequest, ShardMapEntry, ShardState};
+use freshet_telemetry::TracedChannel;
+use freshet_timer_client::TimerClient;
+use freshet_types::{HashKey, HashKeyRange};
+
+use crate::map::SharedShardMap;
+
+/// Where a route came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteSource {
+    /// The local snapshot, every entry valid by the timer's clock.
+    FreshSnapshot,
+    /// The cache service answered from Redis.
+    CacheRedis,
+    /// The cache service missed Redis and read Postgres.
+    CacheDatabase,
+    /// The cache service was unreachable; the stale snapshot was used.
+    StaleSnapshot,
+}
+
+/// The shards of one stream, as routing knows them.
+#[derive(Debug, Clone)]
+pub struct StreamRoute {
+    /// Sorted by shard id.
+    pub entries: Vec<ShardMapEntry>,
+    pub source: RouteSource,
+}
+
+impl StreamRoute {
+    /// The open shard whose hash-key range holds `hash_key`.
+    pub fn shard_for_hash_key(&self, hash_key: HashKey) -> Option<&ShardMapEntry> {
+        self.entries
+            .iter()
+            .filter(|e| e.state() == ShardState::Open)
+            .find(|e| {
+                match (
+                    HashKey::parse_decimal(&e.starting_hash_key),
+                    HashKey::parse_decimal(&e.ending_hash_key),
+                ) {
+                    (Ok(start), Ok(end)) => HashKeyRange { start, end }.contains(hash_key),
+                    _ => false,
+                }
+            })
+    }
+
+    pub fn shard(&self, shard_id: &str) -> Option<&ShardMapEntry> {
+        self.entries
+            .iter()
+            .find(|e| e.key.as_ref().is_some_and(|k| k.shard_id == shard_id))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("shard map unavailable: the cache service failed ({0}) and no local entry exists")]
+    Unavailable(String),
+}
+
+/// Counters of which branch each lookup took.
+#[derive(Debug, Default)]
+pub struct RouterStats {
+    pub fresh_hits: AtomicU64,
+    pub cache_redis: AtomicU64,
+    pub cache_database: AtomicU64,
+    pub stale_served: AtomicU64,
+    pub not_found: AtomicU64,
+}
+
+impl RouterStats {
+    pub fn snapshot(&self) -> [u64; 5] {
+        [
+            self.fresh_hits.load(Ordering::Relaxed),
+            self.cache_redis.load(Ordering::Relaxed),
+            self.cache_database.load(Ordering::Relaxed),
+            self.stale_served.load(Ordering::Relaxed),
+            self.not_found.load(Ordering::Relaxed),
+        ]
+    }
+}
+
+/// Answers "where are this stream's shards?".
+#[derive(Clone)]
+pub struct Router {
+    map: SharedShardMap,
+    cache: ShardMapCacheClient<TracedChannel>,
+    timer: TimerClient,
+    stats: Arc<RouterStats>,
+}
+
+impl Router {
+    pub fn new(map: SharedShardMap, cache_channel: TracedChannel, timer: TimerClient) -> Router {
+        Router {
+            map,
+            cache: ShardMapCacheClient::new(cache_channel),
+            timer,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn map(&self) -> &SharedShardMap {
+        &self.map
+    }
+
+    pub fn stats(&self) -> &RouterStats {
+        &self.stats
+    }
+
+    /// The stream's shards, or `None` if the stream does not exist.
+    pub async fn stream_route(
+        &self,
+        account_id: &str,
+        stream_name: &str,
+    ) -> Result<Option<StreamRoute>, RouteError> {
+        let local = self.map.read(|m| m.stream_entries(account_id, stream_name));
+        // Fresh only if the timer proves every entry is still within its
+        // validity; an unsynchronised timer proves nothing.
+        let fresh = !local.is_empty()
+            && self.timer.now().is_some_and(|now| {
+                local
+                    .iter()
+                    .all(|e| now.is_surely_before(e.valid_until_micros))
+            });
+        if fresh {
+            self.stats.fresh_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(StreamRoute {
+                entries: local,
+                source: RouteSource::FreshSnapshot,
+            }));
+        }
+
+        let mut request = tonic::Request::new(GetStreamShardsRequest {
+            account_id: account_id.to_owned(),
+            stream_name: stream_name.to_owned(),
+        });
+        request.set_timeout(Duration::from_secs(2));
+        let mut cache = self.cache.clone();
+        match cache.get_stream_shards(request).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                let source = match response.source() {
+                    CacheSource::Database => {
+                        self.stats.cache_database.fetch_add(1, Ordering::Relaxed);
+                        RouteSource::CacheDatabase
+                    }
+                    _ => {
+                        self.stats.cache_redis.fetch_add(1, Ordering::Relaxed);
+                        RouteSource::CacheRedis
+                    }
+                };
+                if response.entries.is_empty() {
+                    self.stats.not_found.fetch_add(1, Ordering::Relaxed);
+                    // The stream may have been deleted: drop what we held.
+                    if !local.is_empty() {
+                        self.map.write(|m| m.expire_stream(account_id, stream_name));
+                    }
+                    return Ok(None);
+                }
+                let served_uid = response
+                    .entries
+                    .iter()
+                    .filter_map(|e| e.key.as_ref().map(|k| k.stream_uid))
+                    .max();
+                let entries = self.map.write(|m| {
+                    for entry in response.entries {
+                        m.upsert(entry);
+                    }
+                    m.stream_entries(account_id, stream_name)
+                });
+                // If the local map knows a newer incarnation than the cache
+                // served, it wins (the cache will catch up).
+                let entries = if entries
+                    .iter()
+                    .any(|e| e.key.as_ref().map(|k| k.stream_uid) >= served_uid)
+                {
+                    entries
+                } else {
+                    Vec::new()
+                };
+                Ok((!entries.is_empty()).then_some(StreamRoute { entries, source }))
+            }
+            Err(status) if !local.is_empty() => {
+                tracing::warn!(code = ?status.code(), message = status.message(), stream_name, "cache unavailable, routing with a stale entry");
+                self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(StreamRoute {
+                    entries: local,
+                    source: RouteSource::StaleSnapshot,
+                }))
+            }
+            Err(status) => Err(RouteError::Unavailable(format!(
+                "{:?}: {}",
+                status.code(),
+                status.message()
+            ))),
+        }
+    }
+
+    /// Marks a stream's entries stale (after a worker said "not leader").
+    pub fn invalidate(&self, account_id: &str, stream_name: &str) {
+        self.map.write(|m| m.expire_stream(account_id, stream_name));
+    }
+}

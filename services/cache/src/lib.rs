@@ -1,0 +1,329 @@
+//! `freshet-cache`: the shard-map cache tier. Frontends ask it for a
+//! stream's shards when their own snapshot entry is stale.
+//!
+//! - Reads are read-through over Redis: a hit answers from Redis; a miss
+//!   reads Postgres (the source of truth) and fills Redis.
+//! - The node also subscribes to membership's change log and mirrors every
+//!   change into the Redis entries that exist, so Redis rarely serves an old
+//!   placement. Writes are conditional on the entry's version (a Lua script),
+//!   so duplicated or reordered changes and racing fills are harmless.
+//! - Redis keys expire (`key_ttl`), which bounds how long a race between a
+//!   fill and a new shard can hide that shard.
+//!
+//! Layout: one hash per stream, `<prefix>stream:<account>:<name>`, with the
+//! field `filled` (complete), and per shard `v:<uid>/<shard>` (version) and
+//! `e:<uid>/<shard>` (encoded entry; absent for a deleted shard).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use freshet_metastore::MetaStore;
+use freshet_proto::prost::Message as _;
+use freshet_proto::v1::shard_map_cache_server::{ShardMapCache, ShardMapCacheServer};
+use freshet_proto::v1::shard_map_event::Event;
+use freshet_proto::v1::{
+    CacheSource, GetStreamShardsRequest, GetStreamShardsResponse, ShardMapEntry, ShardMapEvent,
+    ShardState,
+};
+use freshet_shardmap::SharedShardMap;
+use freshet_timer_client::{TimerClient, TimerClientConfig};
+use redis::aio::ConnectionManager;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "freshet-cache", about = "Freshet shard-map cache service")]
+pub struct Config {
+    #[arg(long, env = "FRESHET_CACHE_LISTEN", default_value = "127.0.0.1:50053")]
+    pub listen: String,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/freshet"
+    )]
+    pub database_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of every Redis key this node writes.
+    #[arg(long, env = "FRESHET_REDIS_PREFIX", default_value = "freshet:")]
+    pub redis_prefix: String,
+    #[arg(
+        long,
+        env = "FRESHET_MEMBERSHIP_ADDR",
+        default_value = "127.0.0.1:50052"
+    )]
+    pub membership_addr: String,
+    #[arg(long, env = "FRESHET_TIMER_ADDR", default_value = "127.0.0.1:50051")]
+    pub timer_addr: String,
+    /// Validity given to entries this node hands out.
+    #[arg(long, env = "FRESHET_ROUTE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub route_ttl: Duration,
+    /// Expiry of a stream's Redis hash.
+    #[arg(long, env = "FRESHET_CACHE_KEY_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub key_ttl: Duration,
+}
+
+/// Sets one shard's entry if its version is newer. With `ARGV[5] == '1'`
+/// only when the stream's hash already exists (mirroring changes must not
+/// create a partial hash that looks complete).
+const UPSERT_SCRIPT: &str = r#"
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local held = redis.call('HGET', KEYS[1], 'v:' .. ARGV[1])
+if held and tonumber(held) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'v:' .. ARGV[1], ARGV[2])
+if ARGV[4] == '1' then
+  redis.call('HDEL', KEYS[1], 'e:' .. ARGV[1])
+else
+  redis.call('HSET', KEYS[1], 'e:' .. ARGV[1], ARGV[3])
+end
+return 1
+"#;
+
+/// The ShardMapCache gRPC service.
+#[derive(Clone)]
+pub struct CacheService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    redis: ConnectionManager,
+    prefix: String,
+    store: MetaStore,
+    timer: TimerClient,
+    route_ttl_micros: i64,
+    key_ttl_seconds: i64,
+    upsert: redis::Script,
+}
+
+fn field_of(entry: &ShardMapEntry) -> String {
+    let key = entry.key.clone().unwrap_or_default();
+    format!("{}/{}", key.stream_uid, key.shard_id)
+}
+
+impl CacheService {
+    pub fn new(
+        redis: ConnectionManager,
+        prefix: String,
+        store: MetaStore,
+        timer: TimerClient,
+        route_ttl: Duration,
+        key_ttl: Duration,
+    ) -> CacheService {
+        CacheService {
+            inner: Arc::new(Inner {
+                redis,
+                prefix,
+                store,
+                timer,
+                route_ttl_micros: i64::try_from(route_ttl.as_micros()).unwrap_or(i64::MAX),
+                key_ttl_seconds: i64::try_from(key_ttl.as_secs()).unwrap_or(300).max(1),
+                upsert: redis::Script::new(UPSERT_SCRIPT),
+            }),
+        }
+    }
+
+    fn stream_key(&self, account_id: &str, stream_name: &str) -> String {
+        format!("{}stream:{account_id}:{stream_name}", self.inner.prefix)
+    }
+
+    async fn upsert(&self, entry: &ShardMapEntry, only_if_cached: bool) -> redis::RedisResult<()> {
+        let mut redis = self.inner.redis.clone();
+        let tombstone = entry.state() == ShardState::Deleted;
+        self.inner
+            .upsert
+            .key(self.stream_key(&entry.account_id, &entry.stream_name))
+            .arg(field_of(entry))
+            .arg(entry.version)
+            .arg(entry.encode_to_vec())
+            .arg(if tombstone { "1" } else { "0" })
+            .arg(if only_if_cached { "1" } else { "0" })
+            .invoke_async::<i64>(&mut redis)
+            .await?;
+        Ok(())
+    }
+
+    /// Mirrors one change-log event into Redis.
+    pub async fn mirror(&self, event: ShardMapEvent) {
+        let entries = match event.event {
+            Some(Event::Change(entry)) => vec![entry],
+            Some(Event::Snapshot(snapshot)) => snapshot.entries,
+            None => Vec::new(),
+        };
+        for entry in entries {
+            if let Err(error) = self.upsert(&entry, true).await {
+                tracing::warn!(%error, stream_name = entry.stream_name, "failed to mirror shard-map change into redis");
+            }
+        }
+    }
+
+    /// Reads a stream's entries from Redis; `None` on a miss.
+    async fn read_redis(&self, key: &str) -> anyhow::Result<Option<Vec<ShardMapEntry>>> {
+        let mut redis = self.inner.redis.clone();
+        let fields: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut redis)
+            .await
+            .context("read stream hash from redis")?;
+        if !fields.iter().any(|(field, _)| field == "filled") {
+            return Ok(None);
+        }
+        let mut entries = Vec::new();
+        for (field, value) in fields {
+            if field.starts_with("e:") {
+                entries
+                    .push(ShardMapEntry::decode(value.as_slice()).context("decode cached entry")?);
+            }
+        }
+        Ok(Some(entries))
+    }
+
+    /// Reads a stream's entries from Postgres and fills Redis.
+    async fn fill_from_database(
+        &self,
+        key: &str,
+        account_id: &str,
+        stream_name: &str,
+    ) -> anyhow::Result<Vec<ShardMapEntry>> {
+        let entries = self
+            .inner
+            .store
+            .stream_entries(account_id, stream_name)
+            .await?
+            .iter()
+            .map(|bytes| ShardMapEntry::decode(bytes.as_slice()))
+            .collect::<Result<Vec<_>, _>>()
+            .context("decode entry from postgres")?;
+        for entry in &entries {
+            self.upsert(entry, false).await.context("fill redis")?;
+        }
+        let mut redis = self.inner.redis.clone();
+        redis::pipe()
+            .hset(key, "filled", "1")
+            .expire(key, self.inner.key_ttl_seconds)
+            .query_async::<()>(&mut redis)
+            .await
+            .context("mark stream hash filled")?;
+        Ok(entries)
+    }
+
+    fn stamp(&self, mut entries: Vec<ShardMapEntry>) -> Vec<ShardMapEntry> {
+        let valid_until = self
+            .inner
+            .timer
+            .now()
+            .map(|now| {
+                now.earliest_micros
+                    .saturating_add(self.inner.route_ttl_micros)
+            })
+            .unwrap_or(0);
+        for entry in &mut entries {
+            entry.valid_until_micros = valid_until;
+        }
+        entries
+    }
+}
+
+#[tonic::async_trait]
+impl ShardMapCache for CacheService {
+    async fn get_stream_shards(
+        &self,
+        request: Request<GetStreamShardsRequest>,
+    ) -> Result<Response<GetStreamShardsResponse>, Status> {
+        let request = request.into_inner();
+        let key = self.stream_key(&request.account_id, &request.stream_name);
+        let cached = match self.read_redis(&key).await {
+            Ok(cached) => cached,
+            Err(error) => {
+                // Redis down: the database still answers.
+                tracing::warn!("cache failed to {error:#}; reading postgres");
+                None
+            }
+        };
+        let (entries, source) = match cached {
+            Some(entries) => (entries, CacheSource::Redis),
+            None => {
+                let entries = match self
+                    .fill_from_database(&key, &request.account_id, &request.stream_name)
+                    .await
+                {
+                    Ok(entries) => entries,
+                    Err(error) => {
+                        let entries = self
+                            .inner
+                            .store
+                            .stream_entries(&request.account_id, &request.stream_name)
+                            .await
+                            .map_err(|e| Status::unavailable(format!("{e:#} (after {error:#})")))?;
+                        entries
+                            .iter()
+                            .map(|bytes| ShardMapEntry::decode(bytes.as_slice()))
+                            .collect::<Result<_, _>>()
+                            .map_err(|e| Status::internal(format!("corrupt entry: {e}")))?
+                    }
+                };
+                (entries, CacheSource::Database)
+            }
+        };
+        Ok(Response::new(GetStreamShardsResponse {
+            entries: self.stamp(entries),
+            source: source as i32,
+        }))
+    }
+}
+
+/// Serves the cache on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let options: sqlx::postgres::PgConnectOptions =
+        config.database_url.parse().context("parse DATABASE_URL")?;
+    let pool = freshet_metastore::connect_and_migrate(options, 10).await?;
+    let redis_client = redis::Client::open(config.redis_url.as_str()).context("parse REDIS_URL")?;
+    let redis = ConnectionManager::new(redis_client)
+        .await
+        .context("connect to redis")?;
+    let timer = TimerClient::spawn(
+        freshet_server::grpc_channel(&config.timer_addr)?,
+        TimerClientConfig::default(),
+    );
+    let service = CacheService::new(
+        redis,
+        config.redis_prefix,
+        MetaStore::new(pool),
+        timer,
+        config.route_ttl,
+        config.key_ttl,
+    );
+    serve(service, &config.membership_addr, listener, shutdown).await
+}
+
+/// Serves an already-built service, mirroring membership's change log.
+pub async fn serve(
+    service: CacheService,
+    membership_addr: &str,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (events, mut event_receiver) = mpsc::unbounded_channel();
+    let _subscription = freshet_shardmap::follow_change_log(
+        freshet_server::grpc_channel(membership_addr)?,
+        SharedShardMap::default(),
+        Some(events),
+    );
+    let mirror = service.clone();
+    let mirror_task = tokio::spawn(async move {
+        while let Some(event) = event_receiver.recv().await {
+            mirror.mirror(event).await;
+        }
+    });
+    tracing::info!(addr = %listener.local_addr()?, "cache serving grpc");
+    let router = freshet_server::grpc_server().add_service(ShardMapCacheServer::new(service));
+    let result = freshet_server::serve_grpc(router, listener, shutdown).await;
+    mirror_task.abort();
+    result
+}

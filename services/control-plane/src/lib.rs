@@ -1,0 +1,398 @@
+//! `freshet-control-plane`: stream lifecycle (create, delete, describe,
+//! list), the access-key → account table, and — in a later issue — the
+//! scaler (splits, merges, on-demand capacity, warm throughput), which will
+//! live in `scaler.rs` beside this file.
+//!
+//! A stream's shards split the 128-bit hash-key space evenly; membership
+//! places each on workers in distinct availability zones and publishes the
+//! placement in the change log. Requests arrive already validated by the
+//! frontend; errors are gRPC codes the frontend maps to Kinesis exceptions:
+//! `NOT_FOUND` → ResourceNotFoundException, `ALREADY_EXISTS` and
+//! `FAILED_PRECONDITION` → ResourceInUseException, `RESOURCE_EXHAUSTED` →
+//! LimitExceededException, `INVALID_ARGUMENT` → InvalidArgumentException.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use freshet_metastore::{MetaStore, NewStream, StreamRow};
+use freshet_proto::v1::control_plane_server::{ControlPlane, ControlPlaneServer};
+use freshet_proto::v1::membership_client::MembershipClient;
+use freshet_proto::v1::*;
+use freshet_server::TracedChannel;
+use freshet_types::{HashKeyRange, SequenceNumber, ShardId, StreamArn};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+/// Shards a new on-demand stream starts with (4 MiB/s, 4,000 records/s).
+pub const ON_DEMAND_INITIAL_SHARDS: u32 = 4;
+pub const DEFAULT_RETENTION_HOURS: i32 = 24;
+pub const DEFAULT_MAX_RECORD_SIZE_KIB: u32 = 1024;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "freshet-control-plane", about = "Freshet control plane")]
+pub struct Config {
+    #[arg(
+        long,
+        env = "FRESHET_CONTROL_PLANE_LISTEN",
+        default_value = "127.0.0.1:50054"
+    )]
+    pub listen: String,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/freshet"
+    )]
+    pub database_url: String,
+    #[arg(
+        long,
+        env = "FRESHET_MEMBERSHIP_ADDR",
+        default_value = "127.0.0.1:50052"
+    )]
+    pub membership_addr: String,
+    /// Open shards an account may have across its streams.
+    #[arg(long, env = "FRESHET_SHARD_LIMIT", default_value_t = 1000)]
+    pub shard_limit: u32,
+}
+
+/// The ControlPlane gRPC service.
+#[derive(Clone)]
+pub struct ControlPlaneService {
+    store: MetaStore,
+    membership: MembershipClient<TracedChannel>,
+    shard_limit: u32,
+}
+
+fn internal(error: anyhow::Error) -> Status {
+    tracing::error!("control-plane request failed to {error:#}");
+    Status::internal(format!("{error:#}"))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn not_found(stream_name: &str, account_id: &str) -> Status {
+    Status::not_found(format!(
+        "Stream {stream_name} under account {account_id} not found."
+    ))
+}
+
+fn mode_name(mode: StreamMode) -> &'static str {
+    match mode {
+        StreamMode::OnDemand => "ON_DEMAND",
+        StreamMode::Provisioned | StreamMode::Unspecified => "PROVISIONED",
+    }
+}
+
+fn mode_of(row: &StreamRow) -> StreamMode {
+    if row.stream_mode == "ON_DEMAND" {
+        StreamMode::OnDemand
+    } else {
+        StreamMode::Provisioned
+    }
+}
+
+/// Every sequence number of a shard is `base << 64 | offset`. The stream's
+/// uid in the high bits keeps incarnations apart; the shard number below it
+/// makes children (always numbered after their parents) sort after them.
+pub fn sequence_base(stream_uid: i64, shard: ShardId) -> u64 {
+    ((stream_uid as u64) << 24) | (u64::from(shard.0) + 1)
+}
+
+impl ControlPlaneService {
+    pub fn new(
+        store: MetaStore,
+        membership_channel: TracedChannel,
+        shard_limit: u32,
+    ) -> ControlPlaneService {
+        ControlPlaneService {
+            store,
+            membership: MembershipClient::new(membership_channel),
+            shard_limit,
+        }
+    }
+
+    fn stream_info(
+        &self,
+        row: &StreamRow,
+        shards: Vec<ShardInfo>,
+        open_shard_count: u32,
+    ) -> StreamInfo {
+        StreamInfo {
+            stream_name: row.stream_name.clone(),
+            stream_arn: row.stream_arn.clone(),
+            status: row.status.clone(),
+            stream_mode: mode_of(row) as i32,
+            retention_hours: u32::try_from(row.retention_hours).unwrap_or(24),
+            created_at_ms: row.created_at_ms,
+            max_record_size_kib: u32::try_from(row.max_record_size_kib)
+                .unwrap_or(DEFAULT_MAX_RECORD_SIZE_KIB),
+            open_shard_count,
+            consumer_count: 0,
+            shards,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ControlPlane for ControlPlaneService {
+    async fn resolve_access_key(
+        &self,
+        request: Request<ResolveAccessKeyRequest>,
+    ) -> Result<Response<ResolveAccessKeyResponse>, Status> {
+        let account = self
+            .store
+            .resolve_access_key(&request.into_inner().access_key_id)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(ResolveAccessKeyResponse {
+            found: account.is_some(),
+            account_id: account.unwrap_or_default(),
+        }))
+    }
+
+    async fn create_stream(
+        &self,
+        request: Request<CreateStreamRequest>,
+    ) -> Result<Response<CreateStreamResponse>, Status> {
+        let request = request.into_inner();
+        let mode = request.stream_mode();
+        let shard_count = match (mode, request.shard_count) {
+            (StreamMode::OnDemand, 0) => ON_DEMAND_INITIAL_SHARDS,
+            (_, 0) => {
+                return Err(Status::invalid_argument(
+                    "ShardCount is required for a PROVISIONED stream",
+                ))
+            }
+            (_, count) => count,
+        };
+        let open = self
+            .store
+            .count_open_shards(&request.account_id)
+            .await
+            .map_err(internal)?;
+        if open + i64::from(shard_count) > i64::from(self.shard_limit) {
+            return Err(Status::resource_exhausted(format!(
+                "This request would exceed the shard limit for the account {} in {}. Current shard count for the account: {open}. \
+                 Limit: {}. Number of additional shards that would have resulted from this request: {shard_count}. \
+                 Refer to the AWS Service Limits page (https://docs.aws.amazon.com/general/latest/gr/aws_service_limits.html) \
+                 for current limits and how to request higher limits.",
+                request.account_id, request.region, self.shard_limit
+            )));
+        }
+        let arn =
+            StreamArn::new(&request.region, &request.account_id, &request.stream_name).to_string();
+        let max_record_size_kib = if request.max_record_size_kib == 0 {
+            DEFAULT_MAX_RECORD_SIZE_KIB
+        } else {
+            request.max_record_size_kib
+        };
+        let new_stream = NewStream {
+            account_id: &request.account_id,
+            stream_name: &request.stream_name,
+            stream_arn: &arn,
+            stream_mode: mode_name(mode),
+            retention_hours: DEFAULT_RETENTION_HOURS,
+            max_record_size_kib: i32::try_from(max_record_size_kib).unwrap_or(1024),
+            created_at_ms: now_ms(),
+        };
+        let Some(stream_uid) = self
+            .store
+            .insert_stream(&new_stream)
+            .await
+            .map_err(internal)?
+        else {
+            return Err(Status::already_exists(format!(
+                "Stream {} under account {} already exists.",
+                request.stream_name, request.account_id
+            )));
+        };
+
+        let shards = HashKeyRange::split_evenly(shard_count)
+            .into_iter()
+            .enumerate()
+            .map(|(index, range)| {
+                let shard_id = ShardId(index as u32);
+                ShardToPlace {
+                    shard_id: shard_id.to_string(),
+                    starting_hash_key: range.start.to_string(),
+                    ending_hash_key: range.end.to_string(),
+                    parent_shard_id: String::new(),
+                    adjacent_parent_shard_id: String::new(),
+                    sequence_base: sequence_base(stream_uid, shard_id),
+                }
+            })
+            .collect();
+        let placement = PlaceShardsRequest {
+            stream_uid,
+            account_id: request.account_id.clone(),
+            stream_name: request.stream_name.clone(),
+            stream_arn: arn.clone(),
+            stream_created_at_ms: new_stream.created_at_ms,
+            retention_hours: DEFAULT_RETENTION_HOURS as u32,
+            max_record_size_kib,
+            shards,
+        };
+        let mut membership = self.membership.clone();
+        if let Err(status) = membership.place_shards(placement).await {
+            // Leave nothing behind: the stream never became usable.
+            if let Err(error) = self.store.delete_stream(stream_uid).await {
+                tracing::error!("failed to {error:#} after a failed placement");
+            }
+            return Err(Status::unavailable(format!(
+                "could not place the stream's shards: {}",
+                status.message()
+            )));
+        }
+        self.store
+            .set_stream_status(stream_uid, "ACTIVE")
+            .await
+            .map_err(internal)?;
+        tracing::info!(
+            account_id = request.account_id,
+            stream_name = request.stream_name,
+            shard_count,
+            "stream created"
+        );
+        Ok(Response::new(CreateStreamResponse {}))
+    }
+
+    async fn delete_stream(
+        &self,
+        request: Request<DeleteStreamRequest>,
+    ) -> Result<Response<DeleteStreamResponse>, Status> {
+        let request = request.into_inner();
+        let stream = self
+            .store
+            .get_stream(&request.account_id, &request.stream_name)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| not_found(&request.stream_name, &request.account_id))?;
+        self.store
+            .set_stream_status(stream.stream_uid, "DELETING")
+            .await
+            .map_err(internal)?;
+        let mut membership = self.membership.clone();
+        membership
+            .remove_stream(RemoveStreamRequest {
+                stream_uid: stream.stream_uid,
+            })
+            .await
+            .map_err(|status| {
+                Status::unavailable(format!(
+                    "could not remove the stream's shards: {}",
+                    status.message()
+                ))
+            })?;
+        self.store
+            .delete_stream(stream.stream_uid)
+            .await
+            .map_err(internal)?;
+        tracing::info!(
+            account_id = request.account_id,
+            stream_name = request.stream_name,
+            "stream deleted"
+        );
+        Ok(Response::new(DeleteStreamResponse {}))
+    }
+
+    async fn describe_stream(
+        &self,
+        request: Request<DescribeStreamRequest>,
+    ) -> Result<Response<DescribeStreamResponse>, Status> {
+        let request = request.into_inner();
+        let stream = self
+            .store
+            .get_stream(&request.account_id, &request.stream_name)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| not_found(&request.stream_name, &request.account_id))?;
+        let rows = self
+            .store
+            .shards_of(stream.stream_uid)
+            .await
+            .map_err(internal)?;
+        let open = rows.iter().filter(|s| s.state == "OPEN").count() as u32;
+        let shards = rows
+            .into_iter()
+            .map(|row| ShardInfo {
+                starting_sequence_number: SequenceNumber {
+                    base: row.sequence_base,
+                    offset: 0,
+                }
+                .to_string(),
+                ending_sequence_number: row.ending_sequence_number.unwrap_or_default(),
+                shard_id: row.shard_id,
+                parent_shard_id: row.parent_shard_id.unwrap_or_default(),
+                adjacent_parent_shard_id: row.adjacent_parent_shard_id.unwrap_or_default(),
+                starting_hash_key: row.starting_hash_key,
+                ending_hash_key: row.ending_hash_key,
+            })
+            .collect();
+        Ok(Response::new(DescribeStreamResponse {
+            stream: Some(self.stream_info(&stream, shards, open)),
+        }))
+    }
+
+    async fn list_streams(
+        &self,
+        request: Request<ListStreamsRequest>,
+    ) -> Result<Response<ListStreamsResponse>, Status> {
+        let rows = self
+            .store
+            .list_streams(&request.into_inner().account_id)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(ListStreamsResponse {
+            streams: rows
+                .iter()
+                .map(|row| self.stream_info(row, Vec::new(), 0))
+                .collect(),
+        }))
+    }
+}
+
+/// Serves the control plane on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let options: sqlx::postgres::PgConnectOptions =
+        config.database_url.parse().context("parse DATABASE_URL")?;
+    let pool = freshet_metastore::connect_and_migrate(options, 10).await?;
+    let service = ControlPlaneService::new(
+        MetaStore::new(pool),
+        freshet_server::grpc_channel(&config.membership_addr)?,
+        config.shard_limit,
+    );
+    serve(service, listener, shutdown).await
+}
+
+/// Serves an already-built service.
+pub async fn serve(
+    service: ControlPlaneService,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "control plane serving grpc");
+    let router = freshet_server::grpc_server()
+        .timeout(Duration::from_secs(30))
+        .add_service(ControlPlaneServer::new(service).max_encoding_message_size(64 * 1024 * 1024));
+    freshet_server::serve_grpc(router, listener, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_sequence_bases_exceed_parents_and_streams_stay_apart() {
+        assert!(sequence_base(7, ShardId(5)) > sequence_base(7, ShardId(4)));
+        assert!(sequence_base(8, ShardId(0)) > sequence_base(7, ShardId(1000)));
+    }
+}

@@ -1,0 +1,10 @@
+//! The `freshet-control-plane` binary: see the library for what it does.
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let config = freshet_control_plane::Config::parse();
+    let listen = config.listen.clone();
+    freshet_server::run_main("freshet-control-plane", &listen, |listener, shutdown| {
+        freshet_control_plane::run(config, listener, shutdown)
+    })
+}

@@ -1,0 +1,190 @@
+//! Kinesis errors as the wire carries them: an HTTP status and a JSON body
+//! `{"__type": "<ExceptionName>", "message": "..."}`.
+
+use http::StatusCode;
+
+/// One Kinesis error response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KinesisError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+pub type KinesisResult<T> = Result<T, KinesisError>;
+
+impl KinesisError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> KinesisError {
+        KinesisError {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn validation(message: impl Into<String>) -> KinesisError {
+        KinesisError::new("ValidationException", message)
+    }
+
+    pub fn serialization(message: impl Into<String>) -> KinesisError {
+        KinesisError::new("SerializationException", message)
+    }
+
+    pub fn invalid_argument(message: impl Into<String>) -> KinesisError {
+        KinesisError::new("InvalidArgumentException", message)
+    }
+
+    pub fn resource_not_found(message: impl Into<String>) -> KinesisError {
+        KinesisError::new("ResourceNotFoundException", message)
+    }
+
+    pub fn stream_not_found(stream_name: &str, account_id: &str) -> KinesisError {
+        KinesisError::resource_not_found(format!(
+            "Stream {stream_name} under account {account_id} not found."
+        ))
+    }
+
+    pub fn internal(message: impl Into<String>) -> KinesisError {
+        KinesisError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "InternalFailure",
+            message: message.into(),
+        }
+    }
+
+    /// An operation of the Kinesis API that Freshet does not serve yet.
+    pub fn not_implemented(operation: &str) -> KinesisError {
+        KinesisError {
+            status: StatusCode::NOT_IMPLEMENTED,
+            code: "NotImplemented",
+            message: format!("Freshet does not implement {operation} yet"),
+        }
+    }
+
+    /// Maps an error from an internal service. The control plane and the
+    /// storage workers use these codes on purpose (see their crate docs);
+    /// anything else is an internal failure.
+    pub fn from_status(status: &tonic::Status) -> KinesisError {
+        let message = status.message().to_owned();
+        match status.code() {
+            tonic::Code::NotFound => KinesisError::resource_not_found(message),
+            tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition => {
+                KinesisError::new("ResourceInUseException", message)
+            }
+            tonic::Code::ResourceExhausted => KinesisError::new("LimitExceededException", message),
+            tonic::Code::InvalidArgument => KinesisError::invalid_argument(message),
+            code => {
+                tracing::warn!(?code, %message, "internal service call failed");
+                KinesisError::internal(format!("Internal service failure: {message}"))
+            }
+        }
+    }
+}
+
+/// Collects constraint violations into Kinesis's ValidationException text:
+/// `N validation error(s) detected: Value '...' at 'field' failed to satisfy constraint: ...`.
+#[derive(Debug, Default)]
+pub struct Violations {
+    messages: Vec<String>,
+}
+
+impl Violations {
+    pub fn add(&mut self, value: Option<&str>, field: &str, constraint: &str) {
+        let value = match value {
+            Some(value) => format!("'{value}'"),
+            None => "null".to_owned(),
+        };
+        self.messages.push(format!(
+            "Value {value} at '{field}' failed to satisfy constraint: {constraint}"
+        ));
+    }
+
+    pub fn check_length(&mut self, value: Option<&str>, field: &str, min: usize, max: usize) {
+        if let Some(text) = value {
+            let length = text.chars().count();
+            if length < min {
+                self.add(
+                    value,
+                    field,
+                    &format!("Member must have length greater than or equal to {min}"),
+                );
+            } else if length > max {
+                self.add(
+                    value,
+                    field,
+                    &format!("Member must have length less than or equal to {max}"),
+                );
+            }
+        }
+    }
+
+    pub fn check_range(&mut self, value: Option<i64>, field: &str, min: i64, max: i64) {
+        if let Some(number) = value {
+            let text = number.to_string();
+            if number < min {
+                self.add(
+                    Some(&text),
+                    field,
+                    &format!("Member must have value greater than or equal to {min}"),
+                );
+            } else if number > max {
+                self.add(
+                    Some(&text),
+                    field,
+                    &format!("Member must have value less than or equal to {max}"),
+                );
+            }
+        }
+    }
+
+    pub fn check_required<T: ?Sized>(&mut self, value: Option<&T>, field: &str) {
+        if value.is_none() {
+            self.add(None, field, "Member must not be null");
+        }
+    }
+
+    pub fn check_stream_name(&mut self, value: Option<&str>, field: &str) {
+        self.check_length(value, field, 1, 128);
+        if let Some(name) = value {
+            if !name.is_empty() && name.len() <= 128 && !freshet_types::is_valid_stream_name(name) {
+                self.add(
+                    value,
+                    field,
+                    "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+",
+                );
+            }
+        }
+    }
+
+    pub fn into_result(self) -> KinesisResult<()> {
+        if self.messages.is_empty() {
+            return Ok(());
+        }
+        let count = self.messages.len();
+        let noun = if count == 1 { "error" } else { "errors" };
+        Err(KinesisError::validation(format!(
+            "{count} validation {noun} detected: {}",
+            self.messages.join("; ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn violations_read_like_kinesis() {
+        let mut violations = Violations::default();
+        violations.check_stream_name(Some("bad name"), "streamName");
+        violations.check_range(Some(0), "shardCount", 1, 100_000);
+        let error = violations.into_result().unwrap_err();
+        assert_eq!(error.code, "ValidationException");
+        assert_eq!(
+            error.message,
+            "2 validation errors detected: Value 'bad name' at 'streamName' failed to satisfy constraint: \
+             Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+; Value '0' at 'shardCount' \
+             failed to satisfy constraint: Member must have value greater than or equal to 1"
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! The wire: one `POST /` endpoint that reads `X-Amz-Target`, checks the
+//! content type and credentials, dispatches, and writes Kinesis-shaped
+//! responses and errors.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use tracing::Instrument as _;
+
+use crate::error::{KinesisError, KinesisResult};
+use crate::{auth, ops, Frontend};
+
+/// Kinesis allows 10 MiB of records per request; base64 makes that ~13.4 MiB.
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+const TARGET_PREFIX: &str = "Kinesis_20131202.";
+const JSON_CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+
+/// Operations of the current Kinesis API that are not served yet: they get
+/// a clear "not implemented" error rather than UnknownOperationException.
+const NOT_YET_IMPLEMENTED: &[&str] = &[
+    "AcknowledgeDeadLetterQueueRecords",
+    "AcknowledgeQueueRecords",
+    "AddTagsToStream",
+    "CreateChannel",
+    "CreateQueue",
+    "DecreaseStreamRetentionPeriod",
+    "DeleteChannel",
+    "DeleteQueue",
+    "DeleteResourcePolicy",
+    "DeregisterStreamConsumer",
+    "DescribeAccountSettings",
+    "DescribeChannel",
+    "DescribeLimits",
+    "DescribeQueue",
+    "DescribeStreamConsumer",
+    "DisableEnhancedMonitoring",
+    "EnableEnhancedMonitoring",
+    "GetResourcePolicy",
+    "IncreaseStreamRetentionPeriod",
+    "ListChannels",
+    "ListQueues",
+    "ListStreamConsumers",
+    "ListTagsForResource",
+    "ListTagsForStream",
+    "MergeShards",
+    "PutResourcePolicy",
+    "ReceiveDeadLetterQueueRecords",
+    "ReceiveQueueRecords",
+    "RegisterStreamConsumer",
+    "RemoveTagsFromStream",
+    "RestoreDeadLetterQueueRecords",
+    "SplitShard",
+    "StartStreamEncryption",
+    "StopStreamEncryption",
+    "SubscribeToShard",
+    "TagResource",
+    "UntagResource",
+    "UpdateAccountSettings",
+    "UpdateChannel",
+    "UpdateDeadLetterQueueRecordsVisibility",
+    "UpdateMaxRecordSize",
+    "UpdateQueue",
+    "UpdateQueueRecordsVisibility",
+    "UpdateShardCount",
+    "UpdateStreamMode",
+    "UpdateStreamRecordDistributionStrategy",
+    "UpdateStreamWarmThroughput",
+];
+
+/// The caller of a request, once authenticated.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub account_id: String,
+}
+
+pub fn router(frontend: Arc<Frontend>) -> axum::Router {
+    axum::Router::new()
+        .fallback(handle)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(frontend)
+}
+
+fn error_response(error: &KinesisError, request_id: &str) -> Response {
+    let body = serde_json::json!({ "__type": error.code, "message": error.message }).to_string();
+    response(error.status, body, request_id)
+}
+
+fn response(status: StatusCode, body: String, request_id: &str) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(JSON_CONTENT_TYPE),
+    );
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert("x-amzn-RequestId", value);
+    }
+    response
+}
+
+async fn handle(
+    State(frontend): State<Arc<Frontend>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    if method == Method::GET && uri.path() == "/health" {
+        return (StatusCode::OK, "ok").into_response();
+    }
+    let operation = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|target| target.strip_prefix(TARGET_PREFIX))
+        .unwrap_or("")
+        .to_owned();
+    let span = tracing::info_span!("kinesis", operation = %operation, request_id = %request_id);
+    freshet_telemetry::set_parent_from_headers(&span, &headers);
+    let result = async {
+        if method != Method::POST {
+            return Err(KinesisError {
+                status: StatusCode::FORBIDDEN,
+                code: "AccessDeniedException",
+                message: "Unable to determine service/operation name to be authorized".to_owned(),
+            });
+        }
+        check_content_type(&headers)?;
+        let credential = auth::parse_credential(&headers, uri.query())?;
+        let account_id = frontend
+            .accounts
+            .account_of(&credential.access_key_id)
+            .await?;
+        let caller = Caller { account_id };
+        ops::dispatch(&frontend, &operation, &caller, &body).await
+    }
+    .instrument(span.clone())
+    .await;
+    match result {
+        Ok(Some(value)) => response(StatusCode::OK, value.to_string(), &request_id),
+        Ok(None) => response(StatusCode::OK, String::new(), &request_id),
+        Err(error) => {
+            span.in_scope(|| {
+                if error.status.is_server_error() {
+                    tracing::warn!(code = error.code, message = %error.message, "request failed");
+                } else {
+                    tracing::debug!(code = error.code, message = %error.message, "request rejected");
+                }
+            });
+            error_response(&error, &request_id)
+        }
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> KinesisResult<()> {
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    match essence {
+        "application/x-amz-json-1.1" | "application/json" | "" => Ok(()),
+        "application/x-amz-cbor-1.1" => Err(KinesisError::serialization(
+            "Freshet does not speak CBOR yet; disable it in the client (aws.cborEnabled=false or AWS_CBOR_DISABLE=1)",
+        )),
+        other => Err(KinesisError::serialization(format!("Unsupported content type {other}"))),
+    }
+}
+
+/// Decides what an `X-Amz-Target` names, for the dispatcher's fallback.
+pub fn unknown_operation(operation: &str) -> KinesisError {
+    if NOT_YET_IMPLEMENTED.contains(&operation) {
+        KinesisError::not_implemented(operation)
+    } else {
+        KinesisError::new("UnknownOperationException", "")
+    }
+}

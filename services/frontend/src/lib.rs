@@ -1,0 +1,164 @@
+//! `freshet-frontend`: the one public API, the Kinesis Data Streams JSON 1.1
+//! protocol (`POST /`, `X-Amz-Target: Kinesis_20131202.<Operation>`), served
+//! over HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on one port.
+//!
+//! For each request it: identifies the caller (SigV4 access key → account),
+//! validates the input completely before anything changes, and then either
+//! forwards a control-plane call or routes a data call to the storage worker
+//! that leads the shard. Routing uses this node's own shard-map snapshot
+//! (kept current from membership's change log) while its entries are valid
+//! by the timer service's clock, and the cache service otherwise — see
+//! `freshet-shardmap`.
+//!
+//! Layout: `http.rs` (the wire: targets, content types, error bodies),
+//! `auth.rs`, `error.rs`, `iterator.rs` (signed iterators and tokens),
+//! `ops/streams.rs` (control-plane operations), `ops/records.rs` (data plane).
+
+mod auth;
+mod error;
+mod http_api;
+mod iterator;
+mod ops;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use freshet_proto::v1::control_plane_client::ControlPlaneClient;
+use freshet_shardmap::{Router, SharedShardMap, Subscription};
+use freshet_timer_client::{TimerClient, TimerClientConfig};
+use tokio::net::TcpListener;
+
+pub use error::KinesisError;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "freshet-frontend", about = "Freshet Kinesis-compatible API")]
+pub struct Config {
+    #[arg(
+        long,
+        env = "FRESHET_FRONTEND_LISTEN",
+        default_value = "127.0.0.1:4567"
+    )]
+    pub listen: String,
+    /// Region written into stream ARNs.
+    #[arg(long, env = "FRESHET_REGION", default_value = "us-east-1")]
+    pub region: String,
+    #[arg(
+        long,
+        env = "FRESHET_CONTROL_PLANE_ADDR",
+        default_value = "127.0.0.1:50054"
+    )]
+    pub control_plane_addr: String,
+    #[arg(long, env = "FRESHET_CACHE_ADDR", default_value = "127.0.0.1:50053")]
+    pub cache_addr: String,
+    #[arg(
+        long,
+        env = "FRESHET_MEMBERSHIP_ADDR",
+        default_value = "127.0.0.1:50052"
+    )]
+    pub membership_addr: String,
+    #[arg(long, env = "FRESHET_TIMER_ADDR", default_value = "127.0.0.1:50051")]
+    pub timer_addr: String,
+    /// Key that signs shard iterators and pagination tokens; every frontend
+    /// of a deployment must share it.
+    #[arg(
+        long,
+        env = "FRESHET_ITERATOR_SECRET",
+        default_value = "freshet-development-secret"
+    )]
+    pub iterator_secret: String,
+    /// How long the timer client may go without a successful poll before
+    /// its time is considered unknown.
+    #[arg(long, env = "FRESHET_TIMER_MAX_UNSYNCED", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timer_max_unsynced: Duration,
+}
+
+/// Everything a request handler needs.
+pub struct Frontend {
+    pub(crate) region: String,
+    pub(crate) accounts: auth::AccountResolver,
+    pub(crate) control_plane: ControlPlaneClient<freshet_server::TracedChannel>,
+    pub(crate) router: Router,
+    pub(crate) timer: TimerClient,
+    pub(crate) signer: iterator::TokenSigner,
+    pub(crate) storage: ops::StoragePool,
+    _subscription: Subscription,
+}
+
+impl Frontend {
+    /// Connects (lazily) to the internal services and starts following the
+    /// shard-map change log.
+    pub fn new(config: &Config) -> anyhow::Result<Arc<Frontend>> {
+        let control_plane =
+            ControlPlaneClient::new(freshet_server::grpc_channel(&config.control_plane_addr)?)
+                .max_decoding_message_size(64 * 1024 * 1024);
+        let timer = TimerClient::spawn(
+            freshet_server::grpc_channel(&config.timer_addr)?,
+            TimerClientConfig {
+                max_unsynced: config.timer_max_unsynced,
+                ..TimerClientConfig::default()
+            },
+        );
+        let map = SharedShardMap::default();
+        let subscription = freshet_shardmap::follow_change_log(
+            freshet_server::grpc_channel(&config.membership_addr)?,
+            map.clone(),
+            None,
+        );
+        let router = Router::new(
+            map,
+            freshet_server::grpc_channel(&config.cache_addr)?,
+            timer.clone(),
+        );
+        Ok(Arc::new(Frontend {
+            region: config.region.clone(),
+            accounts: auth::AccountResolver::new(control_plane.clone()),
+            control_plane,
+            router,
+            timer,
+            signer: iterator::TokenSigner::new(config.iterator_secret.as_bytes()),
+            storage: ops::StoragePool::default(),
+            _subscription: subscription,
+        }))
+    }
+
+    /// The routing layer (tests inspect which branch lookups took).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Milliseconds since the epoch by the timer service (the local clock
+    /// only while the timer is unreachable).
+    pub(crate) fn now_ms(&self) -> i64 {
+        match self.timer.now() {
+            Some(now) => now.earliest_micros / 1000,
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// Serves the Kinesis API on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve(Frontend::new(&config)?, listener, shutdown).await
+}
+
+/// Serves an already-built frontend (HTTP/1.1 and h2c on one port).
+pub async fn serve(
+    frontend: Arc<Frontend>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "frontend serving the kinesis api");
+    axum::serve(listener, http_api::router(frontend))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serve http")
+}

@@ -1,0 +1,10 @@
+//! The `freshet-frontend` binary: see the library for what it does.
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let config = freshet_frontend::Config::parse();
+    let listen = config.listen.clone();
+    freshet_server::run_main("freshet-frontend", &listen, |listener, shutdown| {
+        freshet_frontend::run(config, listener, shutdown)
+    })
+}

@@ -1,0 +1,170 @@
+//! Operation dispatch and what the operations share: request parsing,
+//! stream addressing (StreamName or StreamARN), and storage clients.
+
+mod records;
+mod streams;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use freshet_proto::v1::storage_client::StorageClient;
+use freshet_server::TracedChannel;
+use freshet_types::StreamArn;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{KinesisError, KinesisResult, Violations};
+use crate::http_api::{unknown_operation, Caller};
+use crate::Frontend;
+
+/// Parses a JSON request body; malformed JSON or a wrongly typed member is a
+/// SerializationException, as in Kinesis.
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> KinesisResult<T> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|error| KinesisError::serialization(error.to_string()))
+}
+
+/// Runs one operation; `Ok(None)` is an empty 200 response.
+pub async fn dispatch(
+    frontend: &Frontend,
+    operation: &str,
+    caller: &Caller,
+    body: &[u8],
+) -> KinesisResult<Option<Value>> {
+    match operation {
+        "CreateStream" => streams::create_stream(frontend, caller, parse(body)?)
+            .await
+            .map(|()| None),
+        "DeleteStream" => streams::delete_stream(frontend, caller, parse(body)?)
+            .await
+            .map(|()| None),
+        "DescribeStream" => streams::describe_stream(frontend, caller, parse(body)?)
+            .await
+            .map(Some),
+        "DescribeStreamSummary" => streams::describe_stream_summary(frontend, caller, parse(body)?)
+            .await
+            .map(Some),
+        "ListStreams" => streams::list_streams(frontend, caller, parse(body)?)
+            .await
+            .map(Some),
+        "ListShards" => streams::list_shards(frontend, caller, parse(body)?)
+            .await
+            .map(Some),
+        "PutRecord" => records::put_record(frontend, caller, parse(body)?)
+            .await
+            .map(Some),
+        "PutRecords" => records::put_records(frontend, caller, parse(body)?)
+            .await
+            .map(Some),
+        "GetShardIterator" => records::get_shard_iterator(frontend, caller, parse(body)?)
+            .await
+            .map(Some),
+        "GetRecords" => records::get_records(frontend, caller, parse(body)?)
+            .await
+            .map(Some),
+        other => Err(unknown_operation(other)),
+    }
+}
+
+/// How a request names its stream. `StreamId` is accepted (and checked)
+/// but never used or returned: returning it makes newer AWS clients send
+/// requests to AWS's own endpoints instead of ours.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct StreamTarget {
+    pub stream_name: Option<String>,
+    #[serde(rename = "StreamARN")]
+    pub stream_arn: Option<String>,
+    pub stream_id: Option<String>,
+}
+
+impl StreamTarget {
+    pub fn check(&self, violations: &mut Violations) {
+        violations.check_stream_name(self.stream_name.as_deref(), "streamName");
+        violations.check_length(self.stream_arn.as_deref(), "streamARN", 1, 2048);
+        if let Some(arn) = self.stream_arn.as_deref() {
+            if !arn.is_empty() && StreamArn::parse(arn).is_none() {
+                violations.add(Some(arn), "streamARN", "Member must satisfy regular expression pattern: arn:aws.*:kinesis:.*:\\d{12}:stream/\\S+");
+            }
+        }
+        if let Some(id) = self.stream_id.as_deref() {
+            let valid = id.len() == 24
+                && id.bytes().enumerate().all(|(i, b)| {
+                    if i == 20 {
+                        b == b'-'
+                    } else {
+                        b.is_ascii_lowercase() || b.is_ascii_digit()
+                    }
+                });
+            if !valid {
+                violations.add(
+                    Some(id),
+                    "streamId",
+                    "Member must satisfy regular expression pattern: [a-z0-9]{20}-[a-z0-9]{3}",
+                );
+            }
+        }
+    }
+
+    /// The stream's name within the caller's account.
+    pub fn resolve(&self, caller: &Caller) -> KinesisResult<String> {
+        let from_arn = self.stream_arn.as_deref().and_then(StreamArn::parse);
+        match (&self.stream_name, from_arn) {
+            (None, None) => Err(KinesisError::invalid_argument(
+                "Either StreamName or StreamARN must be provided.",
+            )),
+            (Some(name), None) => Ok(name.clone()),
+            (name, Some(arn)) => {
+                if arn.account_id != caller.account_id {
+                    return Err(KinesisError::new(
+                        "AccessDeniedException",
+                        format!(
+                            "Account {} is not authorized to access stream {} in account {}",
+                            caller.account_id, arn.stream_name, arn.account_id
+                        ),
+                    ));
+                }
+                if name.as_ref().is_some_and(|name| *name != arn.stream_name) {
+                    return Err(KinesisError::invalid_argument(
+                        "StreamName and StreamARN name different streams.",
+                    ));
+                }
+                Ok(arn.stream_name)
+            }
+        }
+    }
+}
+
+/// One lazily connected client per storage worker address.
+#[derive(Default)]
+pub struct StoragePool {
+    clients: Mutex<HashMap<String, StorageClient<TracedChannel>>>,
+}
+
+impl StoragePool {
+    pub fn client(&self, address: &str) -> KinesisResult<StorageClient<TracedChannel>> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(address) {
+            return Ok(client.clone());
+        }
+        let channel = freshet_server::grpc_channel(address).map_err(|error| {
+            KinesisError::internal(format!("bad storage worker address {address}: {error:#}"))
+        })?;
+        let client = StorageClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024);
+        clients.insert(address.to_owned(), client.clone());
+        Ok(client)
+    }
+}
+
+/// Epoch seconds with millisecond precision, as the JSON protocol writes timestamps.
+pub(crate) fn epoch_seconds(ms: i64) -> Value {
+    serde_json::Number::from_f64(ms as f64 / 1000.0)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
+}

@@ -1,0 +1,672 @@
+//! Data-plane operations: PutRecord, PutRecords, GetShardIterator,
+//! GetRecords.
+//!
+//! # The write path
+//! validate every record → look up the stream's route (snapshot, else
+//! cache) → pick each record's shard by MD5(partition key) or its
+//! ExplicitHashKey → one `Append` per shard to its leader, in parallel,
+//! carrying the epoch the route names → answer with sequence numbers.
+//!
+//! A write refused with FAILED_PRECONDITION (stale epoch, not the leader) or
+//! ABORTED (the worker does not know the placement yet) was refused before
+//! anything was written, so it is retried once on a freshly read route; no
+//! other failure is retried, since the write may have happened.
+
+use std::collections::BTreeMap;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bytes::Bytes;
+use freshet_proto::v1::read_request::Start;
+use freshet_proto::v1::{
+    AppendRequest, AppendResponse, GetShardTailRequest, ReadRequest, RecordToAppend, ShardKey,
+    ShardMapEntry,
+};
+use freshet_shardmap::StreamRoute;
+use freshet_types::{HashKey, SequenceNumber};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::streams::normalize_shard_id;
+use super::{epoch_seconds, StreamTarget};
+use crate::error::{KinesisError, KinesisResult, Violations};
+use crate::http_api::Caller;
+use crate::iterator::{Position, ShardIterator};
+use crate::Frontend;
+
+/// Shard iterators are valid for five minutes.
+const ITERATOR_LIFETIME_MS: i64 = 300_000;
+/// A PutRecords request carries at most this much data plus keys.
+const MAX_PUT_RECORDS_BYTES: usize = 10 * 1024 * 1024;
+/// The largest record the API model allows (MaxRecordSizeInKiB = 10240).
+const MAX_RECORD_BYTES_MODEL: usize = 10 * 1024 * 1024;
+
+fn dry_run_error() -> KinesisError {
+    KinesisError::new(
+        "DryRunOperationException",
+        "The request was rejected because the DryRun parameter was specified",
+    )
+}
+
+fn decode_data(data: Option<&str>) -> KinesisResult<Option<Bytes>> {
+    data.map(|text| {
+        STANDARD.decode(text).map(Bytes::from).map_err(|error| {
+            KinesisError::serialization(format!("Base64 decoding of Data failed: {error}"))
+        })
+    })
+    .transpose()
+}
+
+/// A record after validation: which key it hashes to and what it carries.
+struct CheckedRecord {
+    partition_key: String,
+    hash_key: HashKey,
+    data: Bytes,
+}
+
+/// Validates one record's members (`field_prefix` is e.g. `records.3.member.`).
+fn check_record(
+    partition_key: Option<&str>,
+    explicit_hash_key: Option<&str>,
+    data: Option<Bytes>,
+    field_prefix: &str,
+    violations: &mut Violations,
+) -> KinesisResult<Option<CheckedRecord>> {
+    violations.check_required(partition_key, &format!("{field_prefix}partitionKey"));
+    violations.check_length(
+        partition_key,
+        &format!("{field_prefix}partitionKey"),
+        1,
+        256,
+    );
+    violations.check_required(data.as_ref(), &format!("{field_prefix}data"));
+    if let Some(data) = &data {
+        if data.len() > MAX_RECORD_BYTES_MODEL {
+            violations.add(
+                None,
+                &format!("{field_prefix}data"),
+                &format!("Member must have length less than or equal to {MAX_RECORD_BYTES_MODEL}"),
+            );
+        }
+    }
+    let explicit = match explicit_hash_key {
+        Some(text) => {
+            let well_formed = !text.is_empty()
+                && text.len() <= 39
+                && text.bytes().all(|b| b.is_ascii_digit())
+                && (text == "0" || !text.starts_with('0'));
+            if !well_formed {
+                violations.add(
+                    Some(text),
+                    &format!("{field_prefix}explicitHashKey"),
+                    "Member must satisfy regular expression pattern: 0|([1-9]\\d{0,38})",
+                );
+                None
+            } else {
+                Some(HashKey::parse_decimal(text).map_err(|_| {
+                    KinesisError::invalid_argument(format!(
+                        "Invalid ExplicitHashKey. ExplicitHashKey must be in the range: [0, 2^128-1]. Specified value was {text}"
+                    ))
+                })?)
+            }
+        }
+        None => None,
+    };
+    let (Some(partition_key), Some(data)) = (partition_key, data) else {
+        return Ok(None);
+    };
+    Ok(Some(CheckedRecord {
+        partition_key: partition_key.to_owned(),
+        hash_key: explicit.unwrap_or_else(|| HashKey::of_partition_key(partition_key)),
+        data,
+    }))
+}
+
+/// Looks the stream up; `ResourceNotFoundException` if it does not exist.
+async fn route(
+    frontend: &Frontend,
+    caller: &Caller,
+    stream_name: &str,
+) -> KinesisResult<StreamRoute> {
+    frontend
+        .router
+        .stream_route(&caller.account_id, stream_name)
+        .await
+        .map_err(|error| KinesisError::internal(error.to_string()))?
+        .ok_or_else(|| KinesisError::stream_not_found(stream_name, &caller.account_id))
+}
+
+fn shard_key(entry: &ShardMapEntry) -> Option<ShardKey> {
+    entry.key.clone()
+}
+
+fn shard_id_of(entry: &ShardMapEntry) -> String {
+    entry
+        .key
+        .as_ref()
+        .map(|k| k.shard_id.clone())
+        .unwrap_or_default()
+}
+
+/// Whether a storage error means "refused before writing" (safe to retry).
+fn refused_before_writing(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::FailedPrecondition | tonic::Code::Aborted
+    )
+}
+
+/// Appends records to one shard's leader, retrying once on a fresh route
+/// when the worker refused before writing.
+async fn append_to_shard(
+    frontend: &Frontend,
+    caller: &Caller,
+    stream_name: &str,
+    entry: ShardMapEntry,
+    records: Vec<RecordToAppend>,
+) -> KinesisResult<(AppendResponse, String)> {
+    let shard_id = shard_id_of(&entry);
+    let mut entry = entry;
+    for attempt in 0..2 {
+        let mut client = frontend.storage.client(&entry.leader_address)?;
+        let request = AppendRequest {
+            shard: shard_key(&entry),
+            epoch: entry.epoch,
+            records: records.clone(),
+        };
+        match client.append(request).await {
+            Ok(response) => return Ok((response.into_inner(), shard_id)),
+            Err(status) if attempt == 0 && refused_before_writing(&status) => {
+                tracing::debug!(
+                    shard_id,
+                    message = status.message(),
+                    "append refused, re-reading the route"
+                );
+                frontend.router.invalidate(&caller.account_id, stream_name);
+                let fresh = route(frontend, caller, stream_name).await?;
+                entry = fresh.shard(&shard_id).cloned().ok_or_else(|| {
+                    KinesisError::stream_not_found(stream_name, &caller.account_id)
+                })?;
+            }
+            Err(status) => {
+                return Err(KinesisError::internal(format!(
+                    "append to {shard_id} failed: {}",
+                    status.message()
+                )));
+            }
+        }
+    }
+    Err(KinesisError::internal(format!(
+        "append to {shard_id} was refused twice"
+    )))
+}
+
+/// Checks the stream's own maximum record size (MaxRecordSizeInKiB).
+fn check_stream_record_size(route: &StreamRoute, records: &[&CheckedRecord]) -> KinesisResult<()> {
+    let max_kib = route
+        .entries
+        .first()
+        .map(|e| e.max_record_size_kib)
+        .filter(|k| *k > 0)
+        .unwrap_or(1024);
+    let max_bytes = max_kib as usize * 1024;
+    for record in records {
+        if record.data.len() + record.partition_key.len() > max_bytes {
+            return Err(KinesisError::validation(format!(
+                "1 validation error detected: Value at 'data' failed to satisfy constraint: Member must have length less than or equal to {max_bytes}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PutRecordInput {
+    #[serde(flatten)]
+    pub target: StreamTarget,
+    pub data: Option<String>,
+    pub partition_key: Option<String>,
+    pub explicit_hash_key: Option<String>,
+    pub sequence_number_for_ordering: Option<String>,
+    pub dry_run: Option<bool>,
+}
+
+pub async fn put_record(
+    frontend: &Frontend,
+    caller: &Caller,
+    input: PutRecordInput,
+) -> KinesisResult<Value> {
+    let mut violations = Violations::default();
+    input.target.check(&mut violations);
+    let data = decode_data(input.data.as_deref())?;
+    let record = check_record(
+        input.partition_key.as_deref(),
+        input.explicit_hash_key.as_deref(),
+        data,
+        "",
+        &mut violations,
+    )?;
+    if let Some(ordering) = input.sequence_number_for_ordering.as_deref() {
+        if !freshet_types::is_sequence_number_pattern(ordering) {
+            violations.add(
+                Some(ordering),
+                "sequenceNumberForOrdering",
+                "Member must satisfy regular expression pattern: 0|([1-9]\\d{0,128})",
+            );
+        }
+    }
+    violations.into_result()?;
+    let record = record.ok_or_else(|| KinesisError::validation("record is incomplete"))?;
+    let stream_name = input.target.resolve(caller)?;
+    let route = route(frontend, caller, &stream_name).await?;
+    check_stream_record_size(&route, &[&record])?;
+    if input.dry_run == Some(true) {
+        return Err(dry_run_error());
+    }
+    // SequenceNumberForOrdering needs no extra work: every sequence number
+    // we assign is larger than any this stream has returned before on the
+    // same shard (and children's are larger than their parents').
+    let entry = route
+        .shard_for_hash_key(record.hash_key)
+        .cloned()
+        .ok_or_else(|| {
+            KinesisError::internal(format!("no open shard covers hash key {}", record.hash_key))
+        })?;
+    let (appended, shard_id) = append_to_shard(
+        frontend,
+        caller,
+        &stream_name,
+        entry,
+        vec![RecordToAppend {
+            partition_key: record.partition_key,
+            data: record.data,
+        }],
+    )
+    .await?;
+    let sequence_number = SequenceNumber {
+        base: appended.sequence_base,
+        offset: appended.first_offset,
+    };
+    Ok(json!({
+        "ShardId": shard_id,
+        "SequenceNumber": sequence_number.to_string(),
+        "EncryptionType": "NONE",
+    }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PutRecordsEntry {
+    pub data: Option<String>,
+    pub partition_key: Option<String>,
+    pub explicit_hash_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PutRecordsInput {
+    #[serde(flatten)]
+    pub target: StreamTarget,
+    pub records: Option<Vec<PutRecordsEntry>>,
+    pub dry_run: Option<bool>,
+}
+
+pub async fn put_records(
+    frontend: &Frontend,
+    caller: &Caller,
+    input: PutRecordsInput,
+) -> KinesisResult<Value> {
+    let mut violations = Violations::default();
+    input.target.check(&mut violations);
+    violations.check_required(input.records.as_ref(), "records");
+    let entries = input.records.unwrap_or_default();
+    if entries.is_empty() {
+        violations.add(
+            Some("[]"),
+            "records",
+            "Member must have length greater than or equal to 1",
+        );
+    } else if entries.len() > 500 {
+        violations.add(
+            None,
+            "records",
+            "Member must have length less than or equal to 500",
+        );
+    }
+    let mut checked = Vec::with_capacity(entries.len());
+    if entries.len() <= 500 {
+        for (index, entry) in entries.iter().enumerate() {
+            let data = decode_data(entry.data.as_deref())?;
+            let prefix = format!("records.{}.member.", index + 1);
+            checked.push(check_record(
+                entry.partition_key.as_deref(),
+                entry.explicit_hash_key.as_deref(),
+                data,
+                &prefix,
+                &mut violations,
+            )?);
+        }
+    }
+    violations.into_result()?;
+    let records: Vec<CheckedRecord> = checked.into_iter().flatten().collect();
+    let total: usize = records
+        .iter()
+        .map(|r| r.data.len() + r.partition_key.len())
+        .sum();
+    if total > MAX_PUT_RECORDS_BYTES {
+        return Err(KinesisError::invalid_argument(format!(
+            "Records size exceeds 10 MiB limit: the request carries {total} bytes of data and partition keys"
+        )));
+    }
+    let stream_name = input.target.resolve(caller)?;
+    let route = route(frontend, caller, &stream_name).await?;
+    check_stream_record_size(&route, &records.iter().collect::<Vec<_>>())?;
+    if input.dry_run == Some(true) {
+        return Err(dry_run_error());
+    }
+
+    // Group by shard, keeping each record's position in the request.
+    let mut by_shard: BTreeMap<String, (ShardMapEntry, Vec<usize>, Vec<RecordToAppend>)> =
+        BTreeMap::new();
+    for (index, record) in records.into_iter().enumerate() {
+        let entry = route.shard_for_hash_key(record.hash_key).ok_or_else(|| {
+            KinesisError::internal(format!("no open shard covers hash key {}", record.hash_key))
+        })?;
+        let group = by_shard
+            .entry(shard_id_of(entry))
+            .or_insert_with(|| (entry.clone(), Vec::new(), Vec::new()));
+        group.1.push(index);
+        group.2.push(RecordToAppend {
+            partition_key: record.partition_key,
+            data: record.data,
+        });
+    }
+    let count = by_shard.values().map(|g| g.1.len()).sum::<usize>();
+    let appends = by_shard.into_values().map(|(entry, indexes, records)| {
+        let stream_name = &stream_name;
+        async move {
+            (
+                indexes,
+                append_to_shard(frontend, caller, stream_name, entry, records).await,
+            )
+        }
+    });
+    let mut results = vec![Value::Null; count];
+    let mut failed = 0;
+    for (indexes, outcome) in futures::future::join_all(appends).await {
+        match outcome {
+            Ok((appended, shard_id)) => {
+                for (position, index) in indexes.into_iter().enumerate() {
+                    let sequence_number = SequenceNumber {
+                        base: appended.sequence_base,
+                        offset: appended.first_offset + position as u64,
+                    };
+                    results[index] = json!({ "SequenceNumber": sequence_number.to_string(), "ShardId": shard_id });
+                }
+            }
+            Err(error) => {
+                tracing::warn!(code = error.code, message = %error.message, "part of a PutRecords failed");
+                for index in indexes {
+                    failed += 1;
+                    results[index] = json!({ "ErrorCode": "InternalFailure", "ErrorMessage": "Internal service failure." });
+                }
+            }
+        }
+    }
+    Ok(json!({ "FailedRecordCount": failed, "Records": results, "EncryptionType": "NONE" }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetShardIteratorInput {
+    #[serde(flatten)]
+    pub target: StreamTarget,
+    pub shard_id: Option<String>,
+    pub shard_iterator_type: Option<String>,
+    pub starting_sequence_number: Option<String>,
+    pub timestamp: Option<f64>,
+    pub dry_run: Option<bool>,
+}
+
+const ITERATOR_TYPES: [&str; 5] = [
+    "AT_SEQUENCE_NUMBER",
+    "AFTER_SEQUENCE_NUMBER",
+    "TRIM_HORIZON",
+    "LATEST",
+    "AT_TIMESTAMP",
+];
+
+pub async fn get_shard_iterator(
+    frontend: &Frontend,
+    caller: &Caller,
+    input: GetShardIteratorInput,
+) -> KinesisResult<Value> {
+    let mut violations = Violations::default();
+    input.target.check(&mut violations);
+    violations.check_required(input.shard_id.as_ref(), "shardId");
+    violations.check_length(input.shard_id.as_deref(), "shardId", 1, 128);
+    violations.check_required(input.shard_iterator_type.as_ref(), "shardIteratorType");
+    if let Some(kind) = input.shard_iterator_type.as_deref() {
+        if !ITERATOR_TYPES.contains(&kind) {
+            violations.add(Some(kind), "shardIteratorType", "Member must satisfy enum value set: [AFTER_SEQUENCE_NUMBER, AT_SEQUENCE_NUMBER, AT_TIMESTAMP, TRIM_HORIZON, LATEST]");
+        }
+    }
+    if let Some(sequence) = input.starting_sequence_number.as_deref() {
+        if !freshet_types::is_sequence_number_pattern(sequence) {
+            violations.add(
+                Some(sequence),
+                "startingSequenceNumber",
+                "Member must satisfy regular expression pattern: 0|([1-9]\\d{0,128})",
+            );
+        }
+    }
+    violations.into_result()?;
+    let kind = input.shard_iterator_type.as_deref().unwrap_or_default();
+    let stream_name = input.target.resolve(caller)?;
+    let shard_id = normalize_shard_id(input.shard_id.as_deref().unwrap_or_default());
+    let needs_sequence = matches!(kind, "AT_SEQUENCE_NUMBER" | "AFTER_SEQUENCE_NUMBER");
+    if needs_sequence && input.starting_sequence_number.is_none() {
+        return Err(KinesisError::invalid_argument(format!(
+            "StartingSequenceNumber must be specified for ShardIteratorType {kind}."
+        )));
+    }
+    if !needs_sequence && input.starting_sequence_number.is_some() {
+        return Err(KinesisError::invalid_argument(format!(
+            "StartingSequenceNumber cannot be specified for ShardIteratorType {kind}."
+        )));
+    }
+    if kind == "AT_TIMESTAMP" && input.timestamp.is_none() {
+        return Err(KinesisError::invalid_argument(
+            "Timestamp must be specified for ShardIteratorType AT_TIMESTAMP.",
+        ));
+    }
+    if kind != "AT_TIMESTAMP" && input.timestamp.is_some() {
+        return Err(KinesisError::invalid_argument(format!(
+            "Timestamp cannot be specified for ShardIteratorType {kind}."
+        )));
+    }
+    let route = route(frontend, caller, &stream_name).await?;
+    let entry = route.shard(&shard_id).cloned().ok_or_else(|| {
+        KinesisError::resource_not_found(format!(
+            "Shard {shard_id} in stream {stream_name} under account {} does not exist",
+            caller.account_id
+        ))
+    })?;
+    let position = match kind {
+        "TRIM_HORIZON" => Position::AtOffset(0),
+        "AT_TIMESTAMP" => {
+            Position::AtTimestampMs((input.timestamp.unwrap_or_default() * 1000.0).round() as i64)
+        }
+        "LATEST" => {
+            let mut client = frontend.storage.client(&entry.leader_address)?;
+            let tail = client
+                .get_shard_tail(GetShardTailRequest {
+                    shard: shard_key(&entry),
+                    epoch: entry.epoch,
+                })
+                .await
+                .map_err(|status| {
+                    KinesisError::internal(format!(
+                        "read the tail of {shard_id}: {}",
+                        status.message()
+                    ))
+                })?
+                .into_inner();
+            Position::AtOffset(tail.next_offset)
+        }
+        _ => {
+            let text = input
+                .starting_sequence_number
+                .as_deref()
+                .unwrap_or_default();
+            let sequence = SequenceNumber::parse(text)
+                .ok()
+                .flatten()
+                .filter(|s| s.base == entry.sequence_base)
+                .ok_or_else(|| {
+                    KinesisError::invalid_argument(format!(
+                        "StartingSequenceNumber {text} used in GetShardIterator on shard {shard_id} in stream {stream_name} under account {} is invalid because it did not come from this stream.",
+                        caller.account_id
+                    ))
+                })?;
+            if kind == "AFTER_SEQUENCE_NUMBER" {
+                Position::AtOffset(sequence.offset.saturating_add(1))
+            } else {
+                Position::AtOffset(sequence.offset)
+            }
+        }
+    };
+    if input.dry_run == Some(true) {
+        return Err(dry_run_error());
+    }
+    let iterator = ShardIterator {
+        issued_ms: frontend.now_ms(),
+        stream_uid: entry.key.as_ref().map(|k| k.stream_uid).unwrap_or_default(),
+        stream_created_ms: entry.stream_created_at_ms,
+        position,
+        account_id: caller.account_id.clone(),
+        stream_name,
+        shard_id,
+    };
+    Ok(json!({ "ShardIterator": frontend.signer.encode_iterator(&iterator) }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetRecordsInput {
+    pub shard_iterator: Option<String>,
+    pub limit: Option<i64>,
+    #[serde(rename = "StreamARN")]
+    pub stream_arn: Option<String>,
+    pub stream_id: Option<String>,
+    pub dry_run: Option<bool>,
+}
+
+pub async fn get_records(
+    frontend: &Frontend,
+    caller: &Caller,
+    input: GetRecordsInput,
+) -> KinesisResult<Value> {
+    let mut violations = Violations::default();
+    violations.check_required(input.shard_iterator.as_ref(), "shardIterator");
+    violations.check_length(input.shard_iterator.as_deref(), "shardIterator", 1, 512);
+    violations.check_range(input.limit, "limit", 1, 10_000);
+    StreamTarget {
+        stream_name: None,
+        stream_arn: input.stream_arn.clone(),
+        stream_id: input.stream_id.clone(),
+    }
+    .check(&mut violations);
+    violations.into_result()?;
+    let text = input.shard_iterator.as_deref().unwrap_or_default();
+    let iterator = frontend
+        .signer
+        .decode_iterator(text)
+        .filter(|it| it.account_id == caller.account_id)
+        .ok_or_else(|| KinesisError::invalid_argument("Invalid ShardIterator."))?;
+    let now = frontend.now_ms();
+    if now - iterator.issued_ms > ITERATOR_LIFETIME_MS {
+        return Err(KinesisError::new(
+            "ExpiredIteratorException",
+            format!(
+                "Iterator expired. The iterator was created at time {} while right now it is {} which is further in the future than the tolerated delay of {ITERATOR_LIFETIME_MS} milliseconds.",
+                iterator.issued_ms, now
+            ),
+        ));
+    }
+    if input.dry_run == Some(true) {
+        return Err(dry_run_error());
+    }
+    let not_found = || {
+        KinesisError::resource_not_found(format!(
+            "Shard {} in stream {} under account {} does not exist",
+            iterator.shard_id, iterator.stream_name, caller.account_id
+        ))
+    };
+    let stream_route = route(frontend, caller, &iterator.stream_name).await?;
+    let mut entry = stream_route
+        .shard(&iterator.shard_id)
+        .filter(|e| e.key.as_ref().map(|k| k.stream_uid) == Some(iterator.stream_uid))
+        .cloned()
+        .ok_or_else(not_found)?;
+    let start = match iterator.position {
+        Position::AtOffset(offset) => Start::AtOffset(offset),
+        Position::AtTimestampMs(ms) => Start::AtTimestampMs(ms),
+    };
+    let limit = input.limit.unwrap_or(10_000) as u32;
+    let mut attempt = 0;
+    let read = loop {
+        let mut client = frontend.storage.client(&entry.leader_address)?;
+        let request = ReadRequest {
+            shard: shard_key(&entry),
+            epoch: entry.epoch,
+            start: Some(start),
+            max_records: limit,
+            max_bytes: 10 * 1024 * 1024,
+        };
+        match client.read(request).await {
+            Ok(response) => break response.into_inner(),
+            Err(status) if attempt == 0 && refused_before_writing(&status) => {
+                attempt += 1;
+                frontend
+                    .router
+                    .invalidate(&caller.account_id, &iterator.stream_name);
+                let fresh = route(frontend, caller, &iterator.stream_name).await?;
+                entry = fresh
+                    .shard(&iterator.shard_id)
+                    .cloned()
+                    .ok_or_else(not_found)?;
+            }
+            Err(status) => {
+                return Err(KinesisError::internal(format!(
+                    "read from {} failed: {}",
+                    iterator.shard_id,
+                    status.message()
+                )));
+            }
+        }
+    };
+    let records: Vec<Value> = read
+        .records
+        .iter()
+        .map(|record| {
+            json!({
+                "SequenceNumber": SequenceNumber { base: read.sequence_base, offset: record.offset }.to_string(),
+                "ApproximateArrivalTimestamp": epoch_seconds(record.arrival_ms),
+                "Data": STANDARD.encode(&record.data),
+                "PartitionKey": record.partition_key,
+            })
+        })
+        .collect();
+    let next = ShardIterator {
+        issued_ms: now,
+        position: Position::AtOffset(read.next_offset),
+        ..iterator
+    };
+    Ok(json!({
+        "Records": records,
+        "NextShardIterator": frontend.signer.encode_iterator(&next),
+        "MillisBehindLatest": read.millis_behind_latest,
+    }))
+}

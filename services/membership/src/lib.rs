@@ -1,0 +1,528 @@
+//! `freshet-membership`: which storage workers exist, and which of them lead
+//! and replicate each shard.
+//!
+//! - Workers register with their availability zone and address and then
+//!   heartbeat; a worker is alive while its last heartbeat is recent.
+//! - The shard map is owned here. Every change (a placement, a tombstone) is
+//!   written to the Postgres change log in one transaction with the shard
+//!   rows it describes, and only after the commit is it broadcast to
+//!   subscribers, in version order.
+//! - `Subscribe` streams the log from any version: the missing changes from
+//!   Postgres, then live ones; a snapshot first when the subscriber is new or
+//!   too far behind.
+//!
+//! Every entry handed out is stamped with a validity time on the timer
+//! service's clock (`route_ttl` from now); receivers must revalidate it after.
+
+mod placement;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use freshet_metastore::{EntryKey, MetaStore, ShardRow, StreamRow, WorkerRow};
+use freshet_proto::prost::Message as _;
+use freshet_proto::v1::membership_server::{Membership, MembershipServer};
+use freshet_proto::v1::shard_map_event::Event;
+use freshet_proto::v1::*;
+use freshet_timer_client::{TimerClient, TimerClientConfig};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, Mutex};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Subscribers further behind than this many versions get a snapshot.
+const SNAPSHOT_THRESHOLD: i64 = 1_000;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "freshet-membership", about = "Freshet membership service")]
+pub struct Config {
+    #[arg(
+        long,
+        env = "FRESHET_MEMBERSHIP_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
+    pub listen: String,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/freshet"
+    )]
+    pub database_url: String,
+    #[arg(long, env = "FRESHET_TIMER_ADDR", default_value = "127.0.0.1:50051")]
+    pub timer_addr: String,
+    /// A worker with no heartbeat for this long is considered dead.
+    #[arg(long, env = "FRESHET_HEARTBEAT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub heartbeat_timeout: Duration,
+    /// How long a handed-out shard-map entry stays valid.
+    #[arg(long, env = "FRESHET_ROUTE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub route_ttl: Duration,
+}
+
+/// The Membership gRPC service.
+#[derive(Clone)]
+pub struct MembershipService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: MetaStore,
+    timer: TimerClient,
+    heartbeat_timeout: Duration,
+    route_ttl_micros: i64,
+    /// Committed changes, in version order.
+    changes: broadcast::Sender<ShardMapEntry>,
+    /// Serialises change batches so commits and broadcasts keep one order.
+    write_lock: Mutex<()>,
+}
+
+fn internal(error: anyhow::Error) -> Status {
+    tracing::error!("membership request failed to {error:#}");
+    Status::internal(format!("{error:#}"))
+}
+
+impl MembershipService {
+    pub fn new(
+        store: MetaStore,
+        timer: TimerClient,
+        heartbeat_timeout: Duration,
+        route_ttl: Duration,
+    ) -> MembershipService {
+        let (changes, _) = broadcast::channel(4096);
+        MembershipService {
+            inner: Arc::new(Inner {
+                store,
+                timer,
+                heartbeat_timeout,
+                route_ttl_micros: i64::try_from(route_ttl.as_micros()).unwrap_or(i64::MAX),
+                changes,
+                write_lock: Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Stamps an entry with its validity: `route_ttl` past the earliest
+    /// possible timer time; already stale if the timer is unreachable.
+    fn stamp(&self, mut entry: ShardMapEntry) -> ShardMapEntry {
+        entry.valid_until_micros = self
+            .inner
+            .timer
+            .now()
+            .map(|now| {
+                now.earliest_micros
+                    .saturating_add(self.inner.route_ttl_micros)
+            })
+            .unwrap_or(0);
+        entry
+    }
+
+    fn alive(&self, worker: &WorkerRow) -> bool {
+        worker.seconds_since_heartbeat < self.inner.heartbeat_timeout.as_secs_f64()
+    }
+
+    /// Writes shard rows and their change-log entries in one transaction,
+    /// then broadcasts the entries.
+    async fn publish(
+        &self,
+        stream: &StreamRow,
+        shards: Vec<ShardRow>,
+        tombstones: bool,
+        insert_rows: bool,
+    ) -> anyhow::Result<Vec<ShardMapEntry>> {
+        let workers: HashMap<String, WorkerRow> = self
+            .inner
+            .store
+            .list_workers()
+            .await?
+            .into_iter()
+            .map(|w| (w.worker_id.clone(), w))
+            .collect();
+        let _serialised = self.inner.write_lock.lock().await;
+        let mut batch = self.inner.store.begin_changes().await?;
+        let mut entries = Vec::with_capacity(shards.len());
+        for shard in &shards {
+            if insert_rows {
+                batch.insert_shard(shard).await?;
+            }
+            let state = match (tombstones, shard.state.as_str()) {
+                (true, _) => ShardState::Deleted,
+                (false, "CLOSED") => ShardState::Closed,
+                (false, _) => ShardState::Open,
+            };
+            let entry = entry_for(stream, shard, &workers, batch.next_version(), state);
+            let key = EntryKey {
+                stream_uid: stream.stream_uid,
+                shard_id: &shard.shard_id,
+                account_id: &stream.account_id,
+                stream_name: &stream.stream_name,
+            };
+            batch
+                .record(&key, &entry.encode_to_vec(), tombstones)
+                .await?;
+            entries.push(entry);
+        }
+        batch.commit().await?;
+        for entry in &entries {
+            // No receivers is fine: nobody is subscribed yet.
+            let _ = self.inner.changes.send(entry.clone());
+        }
+        Ok(entries)
+    }
+}
+
+/// Builds the entry describing `shard` at `version`.
+fn entry_for(
+    stream: &StreamRow,
+    shard: &ShardRow,
+    workers: &HashMap<String, WorkerRow>,
+    version: i64,
+    state: ShardState,
+) -> ShardMapEntry {
+    ShardMapEntry {
+        key: Some(ShardKey {
+            stream_uid: stream.stream_uid,
+            shard_id: shard.shard_id.clone(),
+        }),
+        version,
+        account_id: stream.account_id.clone(),
+        stream_name: stream.stream_name.clone(),
+        stream_arn: stream.stream_arn.clone(),
+        stream_created_at_ms: stream.created_at_ms,
+        starting_hash_key: shard.starting_hash_key.clone(),
+        ending_hash_key: shard.ending_hash_key.clone(),
+        state: state as i32,
+        parent_shard_id: shard.parent_shard_id.clone().unwrap_or_default(),
+        adjacent_parent_shard_id: shard.adjacent_parent_shard_id.clone().unwrap_or_default(),
+        sequence_base: shard.sequence_base,
+        leader_worker_id: shard.leader_worker_id.clone(),
+        leader_address: workers
+            .get(&shard.leader_worker_id)
+            .map(|w| w.address.clone())
+            .unwrap_or_default(),
+        replica_worker_ids: shard.replica_worker_ids.clone(),
+        epoch: shard.epoch,
+        valid_until_micros: 0,
+        retention_hours: u32::try_from(stream.retention_hours).unwrap_or(24),
+        max_record_size_kib: u32::try_from(stream.max_record_size_kib).unwrap_or(1024),
+    }
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<ShardMapEntry, Status> {
+    ShardMapEntry::decode(bytes)
+        .map_err(|error| Status::internal(format!("corrupt change-log entry: {error}")))
+}
+
+type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ShardMapEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Membership for MembershipService {
+    async fn register_worker(
+        &self,
+        request: Request<RegisterWorkerRequest>,
+    ) -> Result<Response<RegisterWorkerResponse>, Status> {
+        let request = request.into_inner();
+        if request.worker_id.is_empty()
+            || request.address.is_empty()
+            || request.availability_zone.is_empty()
+        {
+            return Err(Status::invalid_argument(
+                "worker_id, availability_zone and address are required",
+            ));
+        }
+        let previous_address = self
+            .inner
+            .store
+            .list_workers()
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .find(|w| w.worker_id == request.worker_id)
+            .map(|w| w.address);
+        self.inner
+            .store
+            .upsert_worker(
+                &request.worker_id,
+                &request.availability_zone,
+                &request.address,
+            )
+            .await
+            .map_err(internal)?;
+        tracing::info!(
+            worker_id = request.worker_id,
+            az = request.availability_zone,
+            address = request.address,
+            "worker registered"
+        );
+        if previous_address.is_some_and(|previous| previous != request.address) {
+            // A restarted worker may come back on a new address: republish its
+            // shards so routes follow it.
+            self.republish_worker_shards(&request.worker_id)
+                .await
+                .map_err(internal)?;
+        }
+        Ok(Response::new(RegisterWorkerResponse {}))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let known = self
+            .inner
+            .store
+            .heartbeat(&request.into_inner().worker_id)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(HeartbeatResponse { known }))
+    }
+
+    async fn list_workers(
+        &self,
+        _request: Request<ListWorkersRequest>,
+    ) -> Result<Response<ListWorkersResponse>, Status> {
+        let workers = self.inner.store.list_workers().await.map_err(internal)?;
+        Ok(Response::new(ListWorkersResponse {
+            workers: workers
+                .iter()
+                .map(|w| Worker {
+                    worker_id: w.worker_id.clone(),
+                    availability_zone: w.availability_zone.clone(),
+                    address: w.address.clone(),
+                    alive: self.alive(w),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn place_shards(
+        &self,
+        request: Request<PlaceShardsRequest>,
+    ) -> Result<Response<PlaceShardsResponse>, Status> {
+        let request = request.into_inner();
+        let stream = self
+            .inner
+            .store
+            .get_stream_by_uid(request.stream_uid)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                Status::not_found(format!("stream {} does not exist", request.stream_uid))
+            })?;
+        let alive: Vec<WorkerRow> = self
+            .inner
+            .store
+            .list_workers()
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter(|w| self.alive(w))
+            .collect();
+        let plan = placement::place(&alive, request.shards.len(), request.stream_uid as u64)
+            .map_err(|reason| Status::unavailable(reason.to_string()))?;
+        let rows = request
+            .shards
+            .iter()
+            .zip(plan)
+            .map(|(shard, chosen)| ShardRow {
+                stream_uid: stream.stream_uid,
+                shard_id: shard.shard_id.clone(),
+                starting_hash_key: shard.starting_hash_key.clone(),
+                ending_hash_key: shard.ending_hash_key.clone(),
+                parent_shard_id: Some(shard.parent_shard_id.clone()).filter(|s| !s.is_empty()),
+                adjacent_parent_shard_id: Some(shard.adjacent_parent_shard_id.clone())
+                    .filter(|s| !s.is_empty()),
+                sequence_base: shard.sequence_base,
+                ending_sequence_number: None,
+                state: "OPEN".to_owned(),
+                leader_worker_id: chosen.leader,
+                replica_worker_ids: chosen.replicas,
+                epoch: 1,
+            })
+            .collect();
+        let entries = self
+            .publish(&stream, rows, false, true)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(PlaceShardsResponse {
+            entries: entries.into_iter().map(|e| self.stamp(e)).collect(),
+        }))
+    }
+
+    async fn remove_stream(
+        &self,
+        request: Request<RemoveStreamRequest>,
+    ) -> Result<Response<RemoveStreamResponse>, Status> {
+        let stream_uid = request.into_inner().stream_uid;
+        let Some(stream) = self
+            .inner
+            .store
+            .get_stream_by_uid(stream_uid)
+            .await
+            .map_err(internal)?
+        else {
+            return Ok(Response::new(RemoveStreamResponse {}));
+        };
+        let shards = self
+            .inner
+            .store
+            .shards_of(stream_uid)
+            .await
+            .map_err(internal)?;
+        self.publish(&stream, shards, true, false)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(RemoveStreamResponse {}))
+    }
+
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let from_version = request.into_inner().from_version.max(0);
+        // Listen before reading Postgres so nothing committed in between is
+        // missed; versions already sent are skipped below.
+        let mut live = self.inner.changes.subscribe();
+        let (sender, receiver) = mpsc::channel::<Result<ShardMapEvent, Status>>(256);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut last_sent = match service.catch_up(from_version, &sender).await {
+                Ok(last) => last,
+                Err(status) => {
+                    let _ = sender.send(Err(status)).await;
+                    return;
+                }
+            };
+            loop {
+                match live.recv().await {
+                    Ok(entry) if entry.version <= last_sent => {}
+                    Ok(entry) => {
+                        last_sent = entry.version;
+                        let event = ShardMapEvent {
+                            event: Some(Event::Change(service.stamp(entry))),
+                        };
+                        if sender.send(Ok(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                        // End the stream; the subscriber resubscribes from its
+                        // last applied version and catches up from Postgres.
+                        tracing::warn!(skipped, "subscriber lagged behind the change log");
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+impl MembershipService {
+    async fn republish_worker_shards(&self, worker_id: &str) -> anyhow::Result<()> {
+        let shards = self.inner.store.shards_on_worker(worker_id).await?;
+        let mut by_stream: std::collections::BTreeMap<i64, Vec<ShardRow>> =
+            std::collections::BTreeMap::new();
+        for shard in shards {
+            by_stream.entry(shard.stream_uid).or_default().push(shard);
+        }
+        for (stream_uid, shards) in by_stream {
+            if let Some(stream) = self.inner.store.get_stream_by_uid(stream_uid).await? {
+                self.publish(&stream, shards, false, false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what a subscriber at `from_version` is missing; returns the
+    /// last version sent.
+    async fn catch_up(
+        &self,
+        from_version: i64,
+        sender: &mpsc::Sender<Result<ShardMapEvent, Status>>,
+    ) -> Result<i64, Status> {
+        let store = &self.inner.store;
+        let head = store.latest_version().await.map_err(internal)?;
+        if from_version == 0 || head - from_version > SNAPSHOT_THRESHOLD || from_version > head {
+            let (entries, version) = store.snapshot().await.map_err(internal)?;
+            let entries = entries
+                .iter()
+                .map(|bytes| decode_entry(bytes).map(|e| self.stamp(e)))
+                .collect::<Result<_, _>>()?;
+            let event = ShardMapEvent {
+                event: Some(Event::Snapshot(ShardMapSnapshot { entries, version })),
+            };
+            sender
+                .send(Ok(event))
+                .await
+                .map_err(|_| Status::cancelled("subscriber left"))?;
+            return Ok(version);
+        }
+        let mut last_sent = from_version;
+        loop {
+            let changes = store
+                .changes_after(last_sent, 500)
+                .await
+                .map_err(internal)?;
+            if changes.is_empty() {
+                return Ok(last_sent);
+            }
+            for (version, bytes) in changes {
+                let event = ShardMapEvent {
+                    event: Some(Event::Change(self.stamp(decode_entry(&bytes)?))),
+                };
+                sender
+                    .send(Ok(event))
+                    .await
+                    .map_err(|_| Status::cancelled("subscriber left"))?;
+                last_sent = version;
+            }
+        }
+    }
+}
+
+/// Serves membership on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let options: sqlx::postgres::PgConnectOptions =
+        config.database_url.parse().context("parse DATABASE_URL")?;
+    let pool = freshet_metastore::connect_and_migrate(options, 10).await?;
+    let timer = TimerClient::spawn(
+        freshet_server::grpc_channel(&config.timer_addr)?,
+        TimerClientConfig::default(),
+    );
+    serve(
+        MembershipService::new(
+            MetaStore::new(pool),
+            timer,
+            config.heartbeat_timeout,
+            config.route_ttl,
+        ),
+        listener,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves an already-built service (tests build their own).
+pub async fn serve(
+    service: MembershipService,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "membership serving grpc");
+    let router = freshet_server::grpc_server().add_service(
+        MembershipServer::new(service)
+            .max_encoding_message_size(256 * 1024 * 1024)
+            .max_decoding_message_size(16 * 1024 * 1024),
+    );
+    freshet_server::serve_grpc(router, listener, shutdown).await
+}

@@ -1,0 +1,126 @@
+//! Where a new shard goes: a pure decision over the live workers.
+//!
+//! Each shard gets one worker per availability zone, up to three zones: the
+//! leader in one zone and replicas in two others. Successive shards rotate
+//! the leader's zone and the worker within each zone, so leadership spreads
+//! evenly. With fewer than three zones a shard gets fewer copies (a
+//! development setup with one worker still works).
+
+use std::collections::BTreeMap;
+
+use freshet_metastore::WorkerRow;
+
+/// Copies per shard, in distinct zones.
+pub const COPIES: usize = 3;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub leader: String,
+    pub replicas: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("no live storage worker is registered with membership")]
+pub struct NoLiveWorkers;
+
+/// Places `shard_count` shards on `workers` (all alive). `seed` varies the
+/// rotation between streams.
+pub fn place(
+    workers: &[WorkerRow],
+    shard_count: usize,
+    seed: u64,
+) -> Result<Vec<Placement>, NoLiveWorkers> {
+    let mut zones: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for worker in workers {
+        zones
+            .entry(&worker.availability_zone)
+            .or_default()
+            .push(&worker.worker_id);
+    }
+    if zones.is_empty() {
+        return Err(NoLiveWorkers);
+    }
+    for members in zones.values_mut() {
+        members.sort_unstable();
+    }
+    let zones: Vec<Vec<&str>> = zones.into_values().collect();
+    let zone_count = zones.len();
+    let copies = COPIES.min(zone_count);
+    let placements = (0..shard_count)
+        .map(|shard| {
+            let turn = seed as usize + shard;
+            let chosen: Vec<String> = (0..copies)
+                .map(|copy| {
+                    let zone = &zones[(turn + copy) % zone_count];
+                    zone[(turn / zone_count) % zone.len()].to_owned()
+                })
+                .collect();
+            Placement {
+                leader: chosen[0].clone(),
+                replicas: chosen[1..].to_vec(),
+            }
+        })
+        .collect();
+    Ok(placements)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+
+    use super::*;
+
+    fn worker(id: &str, zone: &str) -> WorkerRow {
+        WorkerRow {
+            worker_id: id.to_owned(),
+            availability_zone: zone.to_owned(),
+            address: format!("{id}:1"),
+            seconds_since_heartbeat: 0.0,
+        }
+    }
+
+    #[test]
+    fn copies_land_in_distinct_zones() {
+        let workers = [
+            worker("a1", "a"),
+            worker("a2", "a"),
+            worker("b1", "b"),
+            worker("c1", "c"),
+        ];
+        let zone_of: HashMap<&str, &str> = workers
+            .iter()
+            .map(|w| (w.worker_id.as_str(), w.availability_zone.as_str()))
+            .collect();
+        for placement in place(&workers, 12, 7).expect("placed") {
+            let zones: HashSet<&str> = std::iter::once(&placement.leader)
+                .chain(&placement.replicas)
+                .map(|w| zone_of[w.as_str()])
+                .collect();
+            assert_eq!(zones.len(), 3);
+        }
+    }
+
+    #[test]
+    fn leadership_rotates_across_zones() {
+        let workers = [worker("a1", "a"), worker("b1", "b"), worker("c1", "c")];
+        let leaders: HashSet<String> = place(&workers, 3, 0)
+            .expect("placed")
+            .into_iter()
+            .map(|p| p.leader)
+            .collect();
+        assert_eq!(leaders.len(), 3);
+    }
+
+    #[test]
+    fn a_single_worker_takes_everything() {
+        let placements = place(&[worker("solo", "a")], 2, 0).expect("placed");
+        assert!(placements
+            .iter()
+            .all(|p| p.leader == "solo" && p.replicas.is_empty()));
+    }
+
+    #[test]
+    fn no_workers_is_an_error() {
+        assert_eq!(place(&[], 1, 0), Err(NoLiveWorkers));
+    }
+}

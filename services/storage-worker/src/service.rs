@@ -1,0 +1,194 @@
+//! The Storage gRPC service: epoch and leadership checks, then the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use freshet_log::NewRecord;
+use freshet_proto::v1::read_request::Start;
+use freshet_proto::v1::storage_server::Storage;
+use freshet_proto::v1::*;
+use freshet_shardmap::SharedShardMap;
+use tonic::{Request, Response, Status};
+
+use crate::shards::{OpenShard, ShardKey, ShardRegistry};
+
+/// How long a request waits for this worker's snapshot to learn of a
+/// placement the caller already knows about.
+const PLACEMENT_WAIT: Duration = Duration::from_secs(3);
+
+/// Largest read a single call returns.
+const MAX_READ_BYTES: u64 = 10 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct StorageService {
+    pub(crate) worker_id: String,
+    pub(crate) map: SharedShardMap,
+    pub(crate) shards: Arc<ShardRegistry>,
+}
+
+/// What a request may do with the shard.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Write,
+    Read,
+}
+
+impl StorageService {
+    /// Checks the caller's epoch and this worker's role against this
+    /// worker's own view of the shard map, waiting briefly if that view is
+    /// behind the caller's, and opens the shard.
+    async fn authorize(
+        &self,
+        shard: Option<&freshet_proto::v1::ShardKey>,
+        epoch: u64,
+        access: Access,
+    ) -> Result<Arc<OpenShard>, Status> {
+        let shard = shard.ok_or_else(|| Status::invalid_argument("shard is required"))?;
+        let key: ShardKey = (shard.stream_uid, shard.shard_id.clone());
+        let deadline = tokio::time::Instant::now() + PLACEMENT_WAIT;
+        let entry = loop {
+            let changed = self.map.changed();
+            let (entry, deleted) = self
+                .map
+                .read(|m| (m.get(key.0, &key.1).cloned(), m.is_deleted(key.0, &key.1)));
+            if deleted {
+                return Err(Status::not_found(format!(
+                    "shard {} of stream {} was deleted",
+                    key.1, key.0
+                )));
+            }
+            match entry {
+                Some(entry) if entry.epoch >= epoch => break entry,
+                _ => {
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        // ABORTED: refused before anything was written, so the
+                        // caller may safely retry elsewhere.
+                        return Err(Status::aborted(format!(
+                            "shard {} of stream {} at epoch {epoch} is not (yet) known to worker {}",
+                            key.1, key.0, self.worker_id
+                        )));
+                    }
+                }
+            }
+        };
+        if entry.epoch > epoch {
+            return Err(Status::failed_precondition(format!(
+                "stale epoch: the request carries epoch {epoch}, shard {} is at epoch {}",
+                key.1, entry.epoch
+            )));
+        }
+        if entry.leader_worker_id != self.worker_id {
+            return Err(Status::failed_precondition(format!(
+                "not leader: shard {} is led by {}",
+                key.1, entry.leader_worker_id
+            )));
+        }
+        if access == Access::Write && entry.state() != ShardState::Open {
+            return Err(Status::failed_precondition(format!(
+                "shard {} is closed",
+                key.1
+            )));
+        }
+        self.shards
+            .get_or_open(&key, entry.sequence_base)
+            .await
+            .map_err(|error| Status::internal(format!("open shard {}: {error}", key.1)))
+    }
+}
+
+#[tonic::async_trait]
+impl Storage for StorageService {
+    async fn append(
+        &self,
+        request: Request<AppendRequest>,
+    ) -> Result<Response<AppendResponse>, Status> {
+        let request = request.into_inner();
+        if request.records.is_empty() {
+            return Err(Status::invalid_argument(
+                "an append needs at least one record",
+            ));
+        }
+        let shard = self
+            .authorize(request.shard.as_ref(), request.epoch, Access::Write)
+            .await?;
+        let records = request
+            .records
+            .into_iter()
+            .map(|record| NewRecord {
+                partition_key: record.partition_key,
+                data: record.data,
+            })
+            .collect();
+        let appended = shard.append(records).await.map_err(Status::internal)?;
+        Ok(Response::new(AppendResponse {
+            first_offset: appended.first_offset,
+            sequence_base: shard.sequence_base,
+            arrival_ms: appended.arrival_ms,
+        }))
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
+        let request = request.into_inner();
+        let shard = self
+            .authorize(request.shard.as_ref(), request.epoch, Access::Read)
+            .await?;
+        let log = shard.log.clone();
+        let max_records = request.max_records.clamp(1, 10_000) as usize;
+        let max_bytes = if request.max_bytes == 0 {
+            MAX_READ_BYTES
+        } else {
+            request.max_bytes.min(MAX_READ_BYTES)
+        };
+        let start = request.start;
+        let batch = tokio::task::spawn_blocking(move || {
+            let from = match start {
+                Some(Start::AtOffset(offset)) => offset,
+                Some(Start::AtTimestampMs(timestamp)) => log.offset_at_timestamp(timestamp),
+                None => log.trim_horizon(),
+            };
+            let next_in_log = log.next_offset();
+            log.read(from, max_records, max_bytes)
+                .map(|batch| (batch, next_in_log))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("read task failed: {e}")))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let (batch, next_in_log) = batch;
+        let millis_behind_latest = match (batch.records.last(), batch.latest_arrival_ms) {
+            (Some(last), Some(latest)) if batch.next_offset < next_in_log => {
+                (latest - last.arrival_ms).max(0)
+            }
+            _ => 0,
+        };
+        Ok(Response::new(ReadResponse {
+            records: batch
+                .records
+                .into_iter()
+                .map(|r| StoredRecord {
+                    offset: r.offset,
+                    arrival_ms: r.arrival_ms,
+                    partition_key: r.partition_key,
+                    data: r.data,
+                })
+                .collect(),
+            next_offset: batch.next_offset,
+            millis_behind_latest,
+            sequence_base: shard.sequence_base,
+        }))
+    }
+
+    async fn get_shard_tail(
+        &self,
+        request: Request<GetShardTailRequest>,
+    ) -> Result<Response<GetShardTailResponse>, Status> {
+        let request = request.into_inner();
+        let shard = self
+            .authorize(request.shard.as_ref(), request.epoch, Access::Read)
+            .await?;
+        Ok(Response::new(GetShardTailResponse {
+            next_offset: shard.log.next_offset(),
+            trim_horizon_offset: shard.log.trim_horizon(),
+            sequence_base: shard.sequence_base,
+        }))
+    }
+}

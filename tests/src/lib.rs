@@ -1,1 +1,550 @@
-//! placeholder
+//! `freshet-e2e`: the test harness and the black-box tests of Freshet.
+//!
+//! [`Cluster::start`] brings up the whole topology on loopback with every
+//! server bound to port 0: timer, membership, cache, control plane, storage
+//! workers (in-process, or real child processes for kill -9 tests) and the
+//! frontend. Each cluster gets its own Postgres database (created on the
+//! shared server, dropped at shutdown) and its own Redis key prefix, so
+//! tests run in parallel against the one Postgres and Redis of the machine.
+//!
+//! Tests drive it like a user would, through `aws-sdk-kinesis` (see
+//! [`Cluster::kinesis`]) or raw HTTP for malformed requests.
+
+pub mod raw_http;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
+use freshet_frontend::Frontend;
+use freshet_proto::v1::membership_client::MembershipClient;
+use freshet_proto::v1::ListWorkersRequest;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// Postgres server the clusters create their databases on.
+pub fn test_database_url() -> String {
+    std::env::var("FRESHET_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub fn test_redis_url() -> String {
+    std::env::var("FRESHET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// How a storage worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerMode {
+    /// A task in the test process.
+    InProcess,
+    /// The real `freshet-storage-worker` binary as a child process.
+    Process,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// One worker per entry, in that availability zone.
+    pub worker_zones: Vec<&'static str>,
+    pub worker_mode: WorkerMode,
+    /// Validity of handed-out shard-map entries.
+    pub route_ttl: Duration,
+    /// How long the frontend trusts its last timer poll.
+    pub timer_max_unsynced: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            worker_zones: vec!["az-a", "az-b", "az-c"],
+            worker_mode: WorkerMode::InProcess,
+            route_ttl: Duration::from_secs(30),
+            timer_max_unsynced: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A running in-process service and the way to stop it.
+struct RunningService {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningService {
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match tokio::time::timeout(Duration::from_secs(10), &mut self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!("service stopped with {error:#}"),
+            Ok(Err(join_error)) => tracing::warn!("service task failed: {join_error}"),
+            Err(_) => self.task.abort(),
+        }
+    }
+}
+
+async fn bind() -> anyhow::Result<(TcpListener, String)> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("bind loopback port")?;
+    let address = listener.local_addr()?.to_string();
+    Ok((listener, address))
+}
+
+fn spawn_service<F, Fut>(listener: TcpListener, run: F) -> RunningService
+where
+    F: FnOnce(TcpListener, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let (stop, stopped) = oneshot::channel::<()>();
+    let shutdown = Box::pin(async move {
+        let _ = stopped.await;
+    });
+    let task = tokio::spawn(run(listener, shutdown));
+    RunningService {
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// A storage worker of the cluster.
+pub struct WorkerHandle {
+    pub worker_id: String,
+    pub zone: &'static str,
+    pub data_dir: PathBuf,
+    running: Option<RunningWorker>,
+}
+
+enum RunningWorker {
+    InProcess(RunningService),
+    Process(tokio::process::Child),
+}
+
+/// Path of a workspace binary next to the test executable
+/// (`target/<profile>/<name>`); `just test` builds them first.
+pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("find the test executable")?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no target directory")?;
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: build it first (cargo build --workspace)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A whole Freshet on loopback.
+pub struct Cluster {
+    pub endpoint: String,
+    pub frontend: Arc<Frontend>,
+    pub database_url: String,
+    pub database_name: String,
+    pub redis_prefix: String,
+    pub membership_addr: String,
+    pub timer_addr: String,
+    pub workers: Vec<WorkerHandle>,
+    options: ClusterOptions,
+    timer: Option<RunningService>,
+    services: Vec<RunningService>,
+    _temp: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub async fn start() -> anyhow::Result<Cluster> {
+        Cluster::start_with(ClusterOptions::default()).await
+    }
+
+    pub async fn start_with(options: ClusterOptions) -> anyhow::Result<Cluster> {
+        freshet_telemetry::init_for_tests();
+        let database_name = format!("freshet_test_{}", uuid::Uuid::new_v4().simple());
+        let admin_url = test_database_url();
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+            .await
+            .context("connect to the test postgres server")?;
+        sqlx::query(&format!("CREATE DATABASE {database_name}"))
+            .execute(&mut admin)
+            .await
+            .context("create the test database")?;
+        let database_url = match admin_url.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{database_name}"),
+            None => anyhow::bail!("FRESHET_TEST_DATABASE_URL must name a database"),
+        };
+        let redis_prefix = format!("freshet-test-{}:", uuid::Uuid::new_v4().simple());
+        let temp = tempfile::tempdir().context("create temp dir")?;
+
+        let (timer_listener, timer_addr) = bind().await?;
+        let timer = spawn_service(timer_listener, |listener, shutdown| {
+            freshet_timer::run(
+                freshet_timer::Config {
+                    listen: String::new(),
+                    uncertainty: Duration::from_millis(1),
+                },
+                listener,
+                shutdown,
+            )
+        });
+
+        let (membership_listener, membership_addr) = bind().await?;
+        let membership = spawn_service(membership_listener, {
+            let config = freshet_membership::Config {
+                listen: String::new(),
+                database_url: database_url.clone(),
+                timer_addr: timer_addr.clone(),
+                heartbeat_timeout: Duration::from_secs(10),
+                route_ttl: options.route_ttl,
+            };
+            move |listener, shutdown| freshet_membership::run(config, listener, shutdown)
+        });
+
+        let (cache_listener, cache_addr) = bind().await?;
+        let cache = spawn_service(cache_listener, {
+            let config = freshet_cache::Config {
+                listen: String::new(),
+                database_url: database_url.clone(),
+                redis_url: test_redis_url(),
+                redis_prefix: redis_prefix.clone(),
+                membership_addr: membership_addr.clone(),
+                timer_addr: timer_addr.clone(),
+                route_ttl: options.route_ttl,
+                key_ttl: Duration::from_secs(300),
+            };
+            move |listener, shutdown| freshet_cache::run(config, listener, shutdown)
+        });
+
+        let (control_plane_listener, control_plane_addr) = bind().await?;
+        let control_plane = spawn_service(control_plane_listener, {
+            let config = freshet_control_plane::Config {
+                listen: String::new(),
+                database_url: database_url.clone(),
+                membership_addr: membership_addr.clone(),
+                shard_limit: 1000,
+            };
+            move |listener, shutdown| freshet_control_plane::run(config, listener, shutdown)
+        });
+
+        let frontend_config = freshet_frontend::Config {
+            listen: String::new(),
+            region: "us-east-1".to_owned(),
+            control_plane_addr,
+            cache_addr,
+            membership_addr: membership_addr.clone(),
+            timer_addr: timer_addr.clone(),
+            iterator_secret: "test-secret".to_owned(),
+            timer_max_unsynced: options.timer_max_unsynced,
+        };
+        let frontend = Frontend::new(&frontend_config)?;
+        let (frontend_listener, frontend_addr) = bind().await?;
+        let frontend_service = spawn_service(frontend_listener, {
+            let frontend = frontend.clone();
+            move |listener, shutdown| freshet_frontend::serve(frontend, listener, shutdown)
+        });
+
+        let workers = options
+            .worker_zones
+            .iter()
+            .enumerate()
+            .map(|(index, zone)| WorkerHandle {
+                worker_id: format!("worker-{index}-{zone}"),
+                zone,
+                data_dir: temp.path().join(format!("worker-{index}")),
+                running: None,
+            })
+            .collect();
+        let mut cluster = Cluster {
+            endpoint: format!("http://{frontend_addr}"),
+            frontend,
+            database_url,
+            database_name,
+            redis_prefix,
+            membership_addr,
+            timer_addr,
+            workers,
+            options,
+            timer: Some(timer),
+            services: vec![frontend_service, control_plane, cache, membership],
+            _temp: temp,
+        };
+        for index in 0..cluster.workers.len() {
+            cluster.start_worker(index).await?;
+        }
+        cluster.wait_for_workers_alive().await?;
+        Ok(cluster)
+    }
+
+    /// Starts (or restarts) worker `index` on a fresh port with its data dir.
+    pub async fn start_worker(&mut self, index: usize) -> anyhow::Result<()> {
+        let membership_addr = self.membership_addr.clone();
+        let mode = self.options.worker_mode;
+        let worker = &mut self.workers[index];
+        anyhow::ensure!(
+            worker.running.is_none(),
+            "worker {index} is already running"
+        );
+        let running = match mode {
+            WorkerMode::InProcess => {
+                let (listener, _) = bind().await?;
+                let config = freshet_storage_worker::Config {
+                    listen: String::new(),
+                    advertise: None,
+                    worker_id: worker.worker_id.clone(),
+                    availability_zone: worker.zone.to_owned(),
+                    data_dir: worker.data_dir.clone(),
+                    membership_addr,
+                    heartbeat_interval: Duration::from_millis(500),
+                    retention_check_interval: Duration::from_secs(60),
+                    segment_bytes: 64 * 1024 * 1024,
+                };
+                RunningWorker::InProcess(spawn_service(listener, move |listener, shutdown| {
+                    freshet_storage_worker::run(config, listener, shutdown)
+                }))
+            }
+            WorkerMode::Process => {
+                let child =
+                    tokio::process::Command::new(workspace_binary("freshet-storage-worker")?)
+                        .args([
+                            "--listen",
+                            "127.0.0.1:0",
+                            "--worker-id",
+                            &worker.worker_id,
+                            "--availability-zone",
+                            worker.zone,
+                        ])
+                        .arg("--data-dir")
+                        .arg(&worker.data_dir)
+                        .args([
+                            "--membership-addr",
+                            &membership_addr,
+                            "--heartbeat-interval",
+                            "500ms",
+                        ])
+                        .env("RUST_LOG", "warn")
+                        .stdin(Stdio::null())
+                        .kill_on_drop(true)
+                        .spawn()
+                        .context("spawn freshet-storage-worker")?;
+                RunningWorker::Process(child)
+            }
+        };
+        worker.running = Some(running);
+        Ok(())
+    }
+
+    /// kill -9 a process worker (or abort an in-process one).
+    pub async fn kill_worker(&mut self, index: usize) -> anyhow::Result<()> {
+        match self.workers[index].running.take() {
+            Some(RunningWorker::Process(mut child)) => {
+                child.start_kill().context("send SIGKILL")?;
+                child.wait().await.context("reap killed worker")?;
+            }
+            Some(RunningWorker::InProcess(service)) => service.task.abort(),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// The process id of a process worker.
+    pub fn worker_pid(&self, index: usize) -> Option<u32> {
+        match &self.workers[index].running {
+            Some(RunningWorker::Process(child)) => child.id(),
+            _ => None,
+        }
+    }
+
+    /// Waits until membership sees every running worker alive at its
+    /// current address.
+    pub async fn wait_for_workers_alive(&self) -> anyhow::Result<()> {
+        let channel = freshet_server::grpc_channel(&self.membership_addr)?;
+        let mut membership = MembershipClient::new(channel);
+        let wanted: Vec<&str> = self
+            .workers
+            .iter()
+            .filter(|w| w.running.is_some())
+            .map(|w| w.worker_id.as_str())
+            .collect();
+        wait_until(Duration::from_secs(30), || {
+            let mut membership = membership.clone();
+            let wanted = wanted.clone();
+            async move {
+                let Ok(response) = membership.list_workers(ListWorkersRequest {}).await else {
+                    return false;
+                };
+                let workers = response.into_inner().workers;
+                wanted
+                    .iter()
+                    .all(|id| workers.iter().any(|w| w.worker_id == *id && w.alive))
+            }
+        })
+        .await
+        .context("storage workers did not register")?;
+        let _ = membership.list_workers(ListWorkersRequest {}).await;
+        Ok(())
+    }
+
+    /// Stops the timer service (the "timer unreachable" scenario).
+    pub async fn stop_timer(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            timer.stop().await;
+        }
+    }
+
+    /// An AWS SDK client pointed at this cluster, as a user would build it.
+    pub fn kinesis(&self) -> aws_sdk_kinesis::Client {
+        kinesis_client(&self.endpoint)
+    }
+
+    /// Stops everything and drops the database and Redis keys.
+    pub async fn shutdown(mut self) {
+        for index in 0..self.workers.len() {
+            match self.workers[index].running.take() {
+                Some(RunningWorker::InProcess(service)) => service.stop().await,
+                Some(RunningWorker::Process(mut child)) => {
+                    if let Some(pid) = child.id() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGTERM,
+                        );
+                    }
+                    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                        .await
+                        .is_err()
+                    {
+                        let _ = child.start_kill();
+                    }
+                }
+                None => {}
+            }
+        }
+        for service in self.services.drain(..) {
+            service.stop().await;
+        }
+        self.stop_timer().await;
+        if let Ok(mut admin) =
+            <sqlx::PgConnection as sqlx::Connection>::connect(&test_database_url()).await
+        {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.database_name
+            ))
+            .execute(&mut admin)
+            .await;
+        }
+        if let Ok(client) = redis::Client::open(test_redis_url()) {
+            if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{}*", self.redis_prefix))
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<(), _> = redis::cmd("DEL")
+                        .arg(keys)
+                        .query_async(&mut connection)
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// An AWS SDK for Rust Kinesis client for `endpoint`, with the dev key.
+pub fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
+    let config = aws_sdk_kinesis::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "freshet-tests",
+        ))
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
+        .build();
+    aws_sdk_kinesis::Client::from_conf(config)
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("condition not met within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Creates a stream and waits until DescribeStreamSummary says ACTIVE.
+pub async fn create_active_stream(
+    client: &aws_sdk_kinesis::Client,
+    name: &str,
+    shards: i32,
+) -> anyhow::Result<()> {
+    client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .context("create stream")?;
+    wait_until(Duration::from_secs(10), || async {
+        client
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await
+            .ok()
+            .and_then(|r| r.stream_description_summary)
+            .is_some_and(|s| s.stream_status == aws_sdk_kinesis::types::StreamStatus::Active)
+    })
+    .await
+}
+
+/// Reads a whole shard from TRIM_HORIZON until a read returns nothing.
+pub async fn read_shard(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    shard_id: &str,
+) -> anyhow::Result<Vec<aws_sdk_kinesis::types::Record>> {
+    let mut iterator = client
+        .get_shard_iterator()
+        .stream_name(stream)
+        .shard_id(shard_id)
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .context("get shard iterator")?
+        .shard_iterator;
+    let mut records = Vec::new();
+    while let Some(current) = iterator {
+        let page = client
+            .get_records()
+            .shard_iterator(current)
+            .send()
+            .await
+            .context("get records")?;
+        let empty = page.records.is_empty();
+        records.extend(page.records);
+        iterator = page.next_shard_iterator;
+        if empty {
+            break;
+        }
+    }
+    Ok(records)
+}

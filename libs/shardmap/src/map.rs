@@ -45,12 +45,20 @@ impl ShardMap {
         self.applied_version
     }
 
-    /// Applies `entry` if it is newer than what is held for its shard.
-    /// Returns whether it was applied. Does not touch `applied_version`:
+    /// Applies `entry` if it is newer than what is held for its shard (the
+    /// same version only extends the held entry's validity). Returns
+    /// whether it was applied. Does not touch `applied_version`:
     /// use it for entries that arrive outside the change stream (from the
     /// cache).
     pub fn upsert(&mut self, entry: ShardMapEntry) -> bool {
         let id = entry_id(&entry);
+        if let Some(held) = self.live.get_mut(&id) {
+            if held.version == entry.version {
+                // The same entry again, revalidated: only its validity moves.
+                held.valid_until_micros = held.valid_until_micros.max(entry.valid_until_micros);
+                return false;
+            }
+        }
         let held = self
             .live
             .get(&id)
@@ -87,6 +95,12 @@ impl ShardMap {
                 received: version,
             }
         }
+    }
+
+    /// Forgets everything: the subscriber will notice the gap at the next
+    /// change and resync from a snapshot.
+    pub fn reset(&mut self) {
+        *self = ShardMap::default();
     }
 
     /// Replaces everything with a snapshot taken at `version`. Entries held
@@ -236,6 +250,20 @@ mod tests {
         );
         assert_eq!(map.apply_change(entry("a", 2, "w2")), ApplyOutcome::Applied);
         assert_eq!(leader_of(&map, "a").as_deref(), Some("w3"));
+    }
+
+    #[test]
+    fn a_revalidated_entry_keeps_its_data_and_gains_validity() {
+        let mut map = ShardMap::default();
+        map.apply_change(entry("a", 1, "w1"));
+        let mut again = entry("a", 1, "ignored");
+        again.valid_until_micros = 99;
+        assert!(!map.upsert(again));
+        let held = map.get(1, "a").expect("held");
+        assert_eq!(
+            (held.leader_worker_id.as_str(), held.valid_until_micros),
+            ("w1", 99)
+        );
     }
 
     #[test]

@@ -68,6 +68,12 @@ impl HashKeyRange {
     /// size (the last takes the remainder), as CreateStream does.
     pub fn split_evenly(count: u32) -> Vec<HashKeyRange> {
         assert!(count > 0, "a stream has at least one shard");
+        if count == 1 {
+            return vec![HashKeyRange {
+                start: HashKey(0),
+                end: HashKey::MAX,
+            }];
+        }
         let count = u128::from(count);
         // (2^128) / count without overflowing: (MAX / count) plus a correction.
         let mut width = u128::MAX / count;

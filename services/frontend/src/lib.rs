@@ -17,7 +17,7 @@
 mod auth;
 mod error;
 mod http_api;
-mod iterator;
+pub mod iterator;
 mod ops;
 
 use std::future::Future;

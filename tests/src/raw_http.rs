@@ -1,0 +1,138 @@
+//! Hand-written HTTP requests, for what an SDK will not send: malformed
+//! bodies, missing credentials, unknown operations, and HTTP/2 with prior
+//! knowledge (what the JS SDK v3 and the Java SDK v2 speak).
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A response: status code and body.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawResponse {
+    /// The `__type` of an error body.
+    pub fn error_type(&self) -> String {
+        serde_json::from_str::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["__type"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+/// A SigV4-shaped Authorization header for the dev key (not a valid
+/// signature: Freshet does not verify signatures yet).
+pub const DEV_AUTHORIZATION: &str =
+    "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date, Signature=00";
+
+/// Sends one HTTP/1.1 request and reads the whole response.
+pub async fn post_http1(
+    address: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<RawResponse> {
+    let mut stream = TcpStream::connect(address).await.context("connect")?;
+    let mut request = format!(
+        "POST / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("response has no header end")?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .context("response has no status")?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    Ok(RawResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}
+
+/// A Kinesis call over HTTP/1.1 with the dev credentials.
+pub async fn kinesis_http1(
+    address: &str,
+    operation: &str,
+    body: &str,
+) -> anyhow::Result<RawResponse> {
+    let target = format!("Kinesis_20131202.{operation}");
+    post_http1(
+        address,
+        &[
+            ("Content-Type", "application/x-amz-json-1.1"),
+            ("X-Amz-Target", &target),
+            ("Authorization", DEV_AUTHORIZATION),
+        ],
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// A Kinesis call over cleartext HTTP/2 with prior knowledge.
+pub async fn kinesis_h2c(
+    address: &str,
+    operation: &str,
+    body: &str,
+) -> anyhow::Result<RawResponse> {
+    let stream = TcpStream::connect(address).await.context("connect")?;
+    let (client, connection) = h2::client::handshake(stream)
+        .await
+        .context("h2 handshake")?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.context("h2 ready")?;
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{address}/"))
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amz-target", format!("Kinesis_20131202.{operation}"))
+        .header("authorization", DEV_AUTHORIZATION)
+        .body(())?;
+    let (response, mut send) = client.send_request(request, false)?;
+    send.send_data(bytes::Bytes::copy_from_slice(body.as_bytes()), true)?;
+    let response = response.await.context("h2 response")?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.to_string(),
+                value.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let mut body_stream = response.into_body();
+    let mut body = Vec::new();
+    while let Some(chunk) = body_stream.data().await {
+        let chunk = chunk?;
+        let _ = body_stream.flow_control().release_capacity(chunk.len());
+        body.extend_from_slice(&chunk);
+    }
+    Ok(RawResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}

@@ -139,7 +139,7 @@ impl ShardMap {
             .filter(|e| e.key.as_ref().map(|k| k.stream_uid) == newest_uid)
             .cloned()
             .collect();
-        entries.sort_by(|a, b| entry_id(a).cmp(&entry_id(b)));
+        entries.sort_by_key(entry_id);
         entries
     }
 

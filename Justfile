@@ -1,0 +1,52 @@
+# Freshet's commands. `just --list` shows them all.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export FRESHET_TEST_DATABASE_URL := env_var_or_default("FRESHET_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+export FRESHET_TEST_REDIS_URL := env_var_or_default("FRESHET_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+default:
+    @just --list
+
+# Build everything once, then run the whole test suite against local Postgres and Redis.
+test: infra
+    cargo build --workspace --all-targets
+    cargo test --workspace
+
+# Run the whole topology as local processes (frontend on 127.0.0.1:4567).
+dev: infra
+    cargo build --workspace --bins
+    deploy/dev.sh
+
+# boto3 smoke check against a running Freshet (`just dev` in another terminal).
+smoke endpoint="http://127.0.0.1:4567":
+    python3 tests/smoke/boto3_smoke.py {{endpoint}}
+
+# Make sure Postgres and Redis answer; start them from docker-compose.yml if not.
+infra:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+    if up 5432 && up 6379; then exit 0; fi
+    echo "Postgres or Redis is not reachable: starting them with docker compose"
+    docker compose up -d postgres redis
+    for _ in $(seq 1 60); do
+        if up 5432 && up 6379; then exit 0; fi
+        sleep 1
+    done
+    echo "Postgres (5432) and Redis (6379) did not come up" >&2
+    exit 1
+
+# Formatting, lints and tests, as CI runs them.
+ci: check test
+
+# Formatting and lints only.
+check:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+    cargo fmt --all
+
+# Validate docker-compose.yml (needs docker-compose or docker compose).
+compose-check:
+    docker-compose -f docker-compose.yml config -q

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Runs the whole Freshet topology as local processes: timer, membership,
+# cache, control plane, three storage workers (az-a, az-b, az-c) and the
+# frontend. Logs are prefixed by service; Ctrl-C (or SIGTERM) stops all.
+# Ready when ListStreams answers on the frontend and all three workers
+# have registered with membership.
+#
+# `just dev` builds the binaries and runs this. Everything is overridable
+# through the environment (the test suite runs it on free ports):
+#   FRESHET_BIN_DIR        where the binaries are        (target/debug)
+#   FRESHET_DEV_DIR        worker data directories        (.dev)
+#   FRESHET_DEV_PORT       frontend port                  (4567)
+#   FRESHET_DEV_BASE_PORT  first internal gRPC port       (50051)
+#   FRESHET_DEV_DATABASE   Postgres database, created if missing (freshet)
+#   FRESHET_PG_SERVER      Postgres server URL without a database
+#                          (postgres://postgres@127.0.0.1:5432)
+#   REDIS_URL, FRESHET_REDIS_PREFIX, OTEL_EXPORTER_OTLP_ENDPOINT, RUST_LOG
+set -euo pipefail
+
+bin_dir=${FRESHET_BIN_DIR:-target/debug}
+dev_dir=${FRESHET_DEV_DIR:-.dev}
+frontend_port=${FRESHET_DEV_PORT:-4567}
+base=${FRESHET_DEV_BASE_PORT:-50051}
+database=${FRESHET_DEV_DATABASE:-freshet}
+pg_server=${FRESHET_PG_SERVER:-postgres://postgres@127.0.0.1:5432}
+export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+export FRESHET_REDIS_PREFIX=${FRESHET_REDIS_PREFIX:-freshet:}
+export DATABASE_URL="$pg_server/$database"
+export FRESHET_TIMER_ADDR="127.0.0.1:$base"
+export FRESHET_MEMBERSHIP_ADDR="127.0.0.1:$((base + 1))"
+export FRESHET_CACHE_ADDR="127.0.0.1:$((base + 2))"
+export FRESHET_CONTROL_PLANE_ADDR="127.0.0.1:$((base + 3))"
+
+for binary in timer membership cache control-plane storage-worker frontend; do
+  if [ ! -x "$bin_dir/freshet-$binary" ]; then
+    echo "missing $bin_dir/freshet-$binary: run 'cargo build --workspace --bins' (just dev does)" >&2
+    exit 1
+  fi
+done
+
+if command -v psql >/dev/null 2>&1; then
+  if ! psql "$pg_server/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$database'" | grep -q 1; then
+    psql "$pg_server/postgres" -qc "CREATE DATABASE \"$database\""
+  fi
+else
+  echo "psql not found: make sure database '$database' exists on $pg_server" >&2
+fi
+
+pids=()
+stop_all() {
+  trap - INT TERM EXIT
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait
+}
+trap 'stop_all; exit 0' INT TERM
+trap stop_all EXIT
+
+# start NAME COMMAND...: runs COMMAND with its output prefixed by [NAME].
+start() {
+  local name=$1; shift
+  "$@" > >(sed -u "s/^/[$name] /") 2>&1 &
+  pids+=("$!")
+}
+
+start timer "$bin_dir/freshet-timer" --listen "$FRESHET_TIMER_ADDR"
+start membership "$bin_dir/freshet-membership" --listen "$FRESHET_MEMBERSHIP_ADDR"
+start cache "$bin_dir/freshet-cache" --listen "$FRESHET_CACHE_ADDR"
+start control-plane "$bin_dir/freshet-control-plane" --listen "$FRESHET_CONTROL_PLANE_ADDR"
+zone_index=0
+for zone in az-a az-b az-c; do
+  start "worker-$zone" "$bin_dir/freshet-storage-worker" \
+    --listen "127.0.0.1:$((base + 10 + zone_index))" \
+    --worker-id "worker-$zone" --availability-zone "$zone" \
+    --data-dir "$dev_dir/data/worker-$zone"
+  zone_index=$((zone_index + 1))
+done
+start frontend "$bin_dir/freshet-frontend" --listen "127.0.0.1:$frontend_port"
+
+endpoint="http://127.0.0.1:$frontend_port"
+ready=0
+for _ in $(seq 1 300); do
+  if curl -sf -o /dev/null -X POST "$endpoint/" \
+      -H 'Content-Type: application/x-amz-json-1.1' \
+      -H 'X-Amz-Target: Kinesis_20131202.ListStreams' \
+      -H 'Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host, Signature=0' \
+      -d '{}'; then
+    ready=1
+    break
+  fi
+  sleep 0.1
+done
+if [ "$ready" != 1 ]; then
+  echo "[dev] frontend did not answer ListStreams within 30s" >&2
+  exit 1
+fi
+# Streams are placed on live workers only: wait until all three heartbeat.
+if command -v psql >/dev/null 2>&1; then
+  ready=0
+  for _ in $(seq 1 300); do
+    live=$(psql "$DATABASE_URL" -tAc "SELECT count(*) FROM workers WHERE worker_id LIKE 'worker-az-_' AND last_heartbeat_at > now() - interval '3 seconds'" 2>/dev/null || echo 0)
+    if [ "$live" = 3 ]; then ready=1; break; fi
+    sleep 0.1
+  done
+  if [ "$ready" != 1 ]; then
+    echo "[dev] the three storage workers did not register within 30s" >&2
+    exit 1
+  fi
+else
+  sleep 3
+fi
+echo "[dev] Freshet is ready at $endpoint"
+echo "[dev]   AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws --region us-east-1 --endpoint-url $endpoint kinesis list-streams"
+wait

@@ -1,0 +1,51 @@
+"""A boto3 smoke check: what a Python user does, against a running Freshet.
+
+Usage: python3 tests/smoke/boto3_smoke.py [ENDPOINT]   (default http://127.0.0.1:4567)
+Exits non-zero with a message on the first thing that does not work.
+"""
+import sys
+import uuid
+
+import boto3
+
+endpoint = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:4567"
+kinesis = boto3.client(
+    "kinesis",
+    endpoint_url=endpoint,
+    region_name="us-east-1",
+    aws_access_key_id="test",
+    aws_secret_access_key="test",
+)
+name = "smoke-" + uuid.uuid4().hex[:8]
+kinesis.create_stream(StreamName=name, ShardCount=2)
+kinesis.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+
+first = kinesis.put_record(StreamName=name, PartitionKey="alpha", Data=b"hello")
+batch = kinesis.put_records(
+    StreamName=name,
+    Records=[{"PartitionKey": "key-%d" % i, "Data": ("record-%d" % i).encode()} for i in range(20)],
+)
+assert batch["FailedRecordCount"] == 0, batch
+
+seen = []
+for shard in kinesis.list_shards(StreamName=name)["Shards"]:
+    iterator = kinesis.get_shard_iterator(
+        StreamName=name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    records = kinesis.get_records(ShardIterator=iterator, Limit=1000)["Records"]
+    seen.extend(r["Data"] for r in records)
+assert b"hello" in seen, seen
+assert len(seen) == 21, len(seen)
+
+summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+assert summary["OpenShardCount"] == 2, summary
+assert "StreamId" not in summary, summary
+
+try:
+    kinesis.describe_stream(StreamName="does-not-exist-" + name)
+    raise AssertionError("describing a missing stream must fail")
+except kinesis.exceptions.ResourceNotFoundException:
+    pass
+
+kinesis.delete_stream(StreamName=name)
+print("boto3 smoke: ok (%s, first sequence number %s)" % (name, first["SequenceNumber"]))

@@ -1,0 +1,176 @@
+//! `just dev` as a user runs it: the real binaries as separate processes,
+//! started by `deploy/dev.sh`, driven by the AWS SDK and by boto3, then
+//! stopped with SIGTERM — every service must exit cleanly.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aws_sdk_kinesis::primitives::Blob;
+use freshet_e2e::{
+    create_active_stream, kinesis_client, read_shard, test_database_url, workspace_binary,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A block of `count` consecutive free loopback ports.
+fn free_port_block(count: u16) -> anyhow::Result<u16> {
+    for attempt in 0..200u32 {
+        let base = 20_000 + ((std::process::id() * 7 + attempt * 97) % 30_000) as u16;
+        let all_free = (base..base + count)
+            .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if all_free {
+            return Ok(base);
+        }
+    }
+    anyhow::bail!("no block of {count} free ports")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_topology_serves_real_clients_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin_dir = workspace_binary("freshet-frontend")?
+        .parent()
+        .context("bin dir")?
+        .to_owned();
+    let base = free_port_block(14)?;
+    let frontend_port = base + 13;
+    let database = format!("freshet_dev_test_{}", std::process::id());
+    let database_url = test_database_url();
+    let (pg_server, _) = database_url.rsplit_once('/').context("database url")?;
+    let data_dir = tempfile::tempdir()?;
+
+    let mut script = tokio::process::Command::new("bash")
+        .arg(workspace.join("deploy/dev.sh"))
+        .current_dir(&workspace)
+        .env("FRESHET_BIN_DIR", &bin_dir)
+        .env("FRESHET_DEV_DIR", data_dir.path())
+        .env("FRESHET_DEV_PORT", frontend_port.to_string())
+        .env("FRESHET_DEV_BASE_PORT", base.to_string())
+        .env("FRESHET_DEV_DATABASE", &database)
+        .env("FRESHET_PG_SERVER", pg_server)
+        .env(
+            "FRESHET_REDIS_PREFIX",
+            format!("freshet-dev-test-{}:", std::process::id()),
+        )
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("run deploy/dev.sh")?;
+
+    let output: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (ready_sender, ready) = tokio::sync::oneshot::channel();
+    let mut ready_sender = Some(ready_sender);
+    let mut lines = BufReader::new(script.stdout.take().context("stdout")?).lines();
+    let mut errors = BufReader::new(script.stderr.take().context("stderr")?).lines();
+    let collected = output.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("Freshet is ready") {
+                if let Some(sender) = ready_sender.take() {
+                    let _ = sender.send(());
+                }
+            }
+            collected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(line);
+        }
+    });
+    let collected = output.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = errors.next_line().await {
+            collected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(line);
+        }
+    });
+    let logs = || output.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
+    if tokio::time::timeout(Duration::from_secs(60), ready)
+        .await
+        .is_err()
+    {
+        anyhow::bail!("dev topology never became ready:\n{}", logs());
+    }
+
+    let endpoint = format!("http://127.0.0.1:{frontend_port}");
+    let client = kinesis_client(&endpoint);
+    create_active_stream(&client, "dev-check", 3).await?;
+    client
+        .put_record()
+        .stream_name("dev-check")
+        .partition_key("k")
+        .data(Blob::new("across processes"))
+        .send()
+        .await?;
+    let mut total = 0;
+    for shard in [
+        "shardId-000000000000",
+        "shardId-000000000001",
+        "shardId-000000000002",
+    ] {
+        total += read_shard(&client, "dev-check", shard).await?.len();
+    }
+    assert_eq!(total, 1);
+
+    let boto3_available = std::process::Command::new("python3")
+        .args(["-c", "import boto3"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if boto3_available {
+        let smoke = tokio::process::Command::new("python3")
+            .arg(workspace.join("tests/smoke/boto3_smoke.py"))
+            .arg(&endpoint)
+            .output()
+            .await?;
+        assert!(
+            smoke.status.success(),
+            "boto3 smoke failed:\n{}\n{}",
+            String::from_utf8_lossy(&smoke.stdout),
+            String::from_utf8_lossy(&smoke.stderr)
+        );
+    } else {
+        eprintln!("boto3 is not installed: the boto3 smoke check was not run (pip install boto3)");
+    }
+
+    let pid = script.id().context("script pid")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let status = tokio::time::timeout(Duration::from_secs(30), script.wait())
+        .await
+        .context("services did not stop within 30s of SIGTERM")??;
+    assert!(status.success(), "dev.sh exited with {status}:\n{}", logs());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = logs();
+    for service in [
+        "timer",
+        "membership",
+        "cache",
+        "control-plane",
+        "worker-az-a",
+        "worker-az-b",
+        "worker-az-c",
+        "frontend",
+    ] {
+        assert!(
+            logs.lines()
+                .any(|line| line.starts_with(&format!("[{service}]"))
+                    && line.contains("received SIGTERM")),
+            "{service} did not shut down on SIGTERM:\n{logs}"
+        );
+    }
+    assert!(!logs.contains("panicked"), "a service panicked:\n{logs}");
+
+    if let Ok(mut admin) = <sqlx::PgConnection as sqlx::Connection>::connect(&database_url).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+    }
+    Ok(())
+}

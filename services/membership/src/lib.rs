@@ -32,6 +32,7 @@ use freshet_timer_client::{TimerClient, TimerClientConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, Mutex};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 /// Subscribers further behind than this many versions get a snapshot.
@@ -77,6 +78,8 @@ struct Inner {
     changes: broadcast::Sender<ShardMapEntry>,
     /// Serialises change batches so commits and broadcasts keep one order.
     write_lock: Mutex<()>,
+    /// Cancelled at shutdown so subscriptions end and the server can drain.
+    closing: CancellationToken,
 }
 
 fn internal(error: anyhow::Error) -> Status {
@@ -100,6 +103,7 @@ impl MembershipService {
                 route_ttl_micros: i64::try_from(route_ttl.as_micros()).unwrap_or(i64::MAX),
                 changes,
                 write_lock: Mutex::new(()),
+                closing: CancellationToken::new(),
             }),
         }
     }
@@ -398,7 +402,11 @@ impl Membership for MembershipService {
                 }
             };
             loop {
-                match live.recv().await {
+                let received = tokio::select! {
+                    received = live.recv() => received,
+                    () = service.inner.closing.cancelled() => return,
+                };
+                match received {
                     Ok(entry) if entry.version <= last_sent => {}
                     Ok(entry) => {
                         last_sent = entry.version;
@@ -519,6 +527,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "membership serving grpc");
+    let closing = service.inner.closing.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Subscriptions never end on their own: end them so draining can finish.
+        closing.cancel();
+    };
     let router = freshet_server::grpc_server().add_service(
         MembershipServer::new(service)
             .max_encoding_message_size(256 * 1024 * 1024)

@@ -585,6 +585,18 @@ pub async fn get_records(
         .decode_iterator(text)
         .filter(|it| it.account_id == caller.account_id)
         .ok_or_else(|| KinesisError::invalid_argument("Invalid ShardIterator."))?;
+    if let Some(arn) = input
+        .stream_arn
+        .as_deref()
+        .and_then(freshet_types::StreamArn::parse)
+    {
+        if arn.account_id != caller.account_id || arn.stream_name != iterator.stream_name {
+            return Err(KinesisError::invalid_argument(format!(
+                "The shard iterator does not belong to stream {}.",
+                arn.stream_name
+            )));
+        }
+    }
     let now = frontend.now_ms();
     if now - iterator.issued_ms > ITERATOR_LIFETIME_MS {
         return Err(KinesisError::new(

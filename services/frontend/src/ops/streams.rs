@@ -254,7 +254,8 @@ pub async fn describe_stream(
     );
     violations.into_result()?;
     let stream = fetch_stream(frontend, caller, input.target.resolve(caller)?).await?;
-    let limit = input.limit.unwrap_or(100) as usize;
+    // The default is 100, and so is the most one call returns.
+    let limit = input.limit.unwrap_or(100).min(100) as usize;
     let after = input
         .exclusive_start_shard_id
         .as_deref()
@@ -311,6 +312,7 @@ pub async fn describe_stream_summary(
             "OpenShardCount": stream.open_shard_count,
             "ConsumerCount": stream.consumer_count,
             "MaxRecordSizeInKiB": stream.max_record_size_kib,
+            "RecordDistributionStrategy": "USER_PARTITION_KEY",
         }
     }))
 }
@@ -387,7 +389,8 @@ pub async fn list_streams(
         Some(token) => Some(open_token(frontend, token)?.a),
         None => input.exclusive_start_stream_name,
     };
-    let limit = input.limit.unwrap_or(100) as usize;
+    // The default is 100, and so is the most one call returns.
+    let limit = input.limit.unwrap_or(100).min(100) as usize;
     let streams = frontend
         .control_plane
         .clone()
@@ -568,7 +571,8 @@ pub async fn list_shards(
             filter_type.as_deref() != Some("AT_LATEST") || s.ending_sequence_number.is_empty()
         })
         .collect();
-    let limit = input.max_results.unwrap_or(1000) as usize;
+    // The default is 1,000, and so is the most one call returns.
+    let limit = input.max_results.unwrap_or(1000).min(1000) as usize;
     let page = &remaining[..remaining.len().min(limit)];
     let mut output = json!({ "Shards": page.iter().map(|s| shard_json(s)).collect::<Vec<_>>() });
     if let (true, Some(last)) = (remaining.len() > limit, page.last()) {

@@ -1,0 +1,80 @@
+//! One PutRecord is one trace: the frontend's request span is the parent of
+//! the storage worker's Append span, and of the cache lookup when the route
+//! was stale — across real gRPC hops, carried by `traceparent` metadata.
+
+use std::time::Duration;
+
+use aws_sdk_kinesis::primitives::Blob;
+use freshet_e2e::{create_active_stream, wait_until, Cluster};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+fn attribute(span: &SpanData, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.as_str().into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_put_record_is_one_trace_across_services() -> anyhow::Result<()> {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("info"))
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("freshet-test")))
+        .try_init()?;
+
+    let cluster = Cluster::start().await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "traced", 1).await?;
+    let map = cluster.frontend.router().map().clone();
+    wait_until(Duration::from_secs(10), || {
+        let map = map.clone();
+        async move { !map.read(|m| m.stream_entries("000000000000", "traced").is_empty()) }
+    })
+    .await?;
+    // Stale route: this PutRecord also asks the cache.
+    cluster
+        .frontend
+        .router()
+        .invalidate("000000000000", "traced");
+    client
+        .put_record()
+        .stream_name("traced")
+        .partition_key("k")
+        .data(Blob::new("x"))
+        .send()
+        .await?;
+    provider.force_flush()?;
+
+    let spans = exporter.get_finished_spans()?;
+    let put = spans
+        .iter()
+        .find(|s| s.name == "kinesis" && attribute(s, "operation").as_deref() == Some("PutRecord"))
+        .ok_or_else(|| anyhow::anyhow!("no PutRecord span among {} spans", spans.len()))?;
+    let trace_id = put.span_context.trace_id();
+    let methods: Vec<String> = spans
+        .iter()
+        .filter(|s| s.span_context.trace_id() == trace_id && s.name == "grpc")
+        .filter_map(|s| attribute(s, "rpc.method"))
+        .collect();
+    assert!(
+        methods.iter().any(|m| m == "/freshet.v1.Storage/Append"),
+        "{methods:?}"
+    );
+    assert!(
+        methods
+            .iter()
+            .any(|m| m == "/freshet.v1.ShardMapCache/GetStreamShards"),
+        "{methods:?}"
+    );
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -19,6 +19,15 @@ const CHANGE_LOG_LOCK: i64 = 0x0066_7265_7368;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Connects to the Postgres `database_url` and applies the migrations.
+pub async fn connect_url_and_migrate(
+    database_url: &str,
+    max_connections: u32,
+) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = database_url.parse().context("parse DATABASE_URL")?;
+    connect_and_migrate(options, max_connections).await
+}
+
 /// Connects to Postgres and applies the migrations (idempotent, and safe
 /// when several services start at once: sqlx takes a lock).
 pub async fn connect_and_migrate(

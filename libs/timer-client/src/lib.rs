@@ -107,6 +107,16 @@ impl TimerClient {
         })
     }
 
+    /// A validity deadline `ttl` from now: from the *earliest* the timer's
+    /// clock may read, so the holder's view can only be shorter. `0` (already
+    /// past) when the time is unknown.
+    pub fn deadline_after(&self, ttl: Duration) -> i64 {
+        let ttl_micros = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
+        self.now()
+            .map(|now| now.earliest_micros.saturating_add(ttl_micros))
+            .unwrap_or(0)
+    }
+
     /// Waits until the first successful poll (or `timeout`).
     pub async fn wait_synced(&self, timeout: Duration) -> anyhow::Result<TimeInterval> {
         let deadline = Instant::now() + timeout;

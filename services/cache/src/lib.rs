@@ -93,7 +93,7 @@ struct Inner {
     prefix: String,
     store: MetaStore,
     timer: TimerClient,
-    route_ttl_micros: i64,
+    route_ttl: Duration,
     key_ttl_seconds: i64,
     upsert: redis::Script,
 }
@@ -118,7 +118,7 @@ impl CacheService {
                 prefix,
                 store,
                 timer,
-                route_ttl_micros: i64::try_from(route_ttl.as_micros()).unwrap_or(i64::MAX),
+                route_ttl,
                 key_ttl_seconds: i64::try_from(key_ttl.as_secs()).unwrap_or(300).max(1),
                 upsert: redis::Script::new(UPSERT_SCRIPT),
             }),
@@ -210,15 +210,7 @@ impl CacheService {
     }
 
     fn stamp(&self, mut entries: Vec<ShardMapEntry>) -> Vec<ShardMapEntry> {
-        let valid_until = self
-            .inner
-            .timer
-            .now()
-            .map(|now| {
-                now.earliest_micros
-                    .saturating_add(self.inner.route_ttl_micros)
-            })
-            .unwrap_or(0);
+        let valid_until = self.inner.timer.deadline_after(self.inner.route_ttl);
         for entry in &mut entries {
             entry.valid_until_micros = valid_until;
         }
@@ -280,9 +272,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let options: sqlx::postgres::PgConnectOptions =
-        config.database_url.parse().context("parse DATABASE_URL")?;
-    let pool = freshet_metastore::connect_and_migrate(options, 10).await?;
+    let pool = freshet_metastore::connect_url_and_migrate(&config.database_url, 10).await?;
     let redis_client = redis::Client::open(config.redis_url.as_str()).context("parse REDIS_URL")?;
     let redis = ConnectionManager::new(redis_client)
         .await

@@ -14,7 +14,6 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
 use freshet_metastore::{MetaStore, NewStream, StreamRow};
 use freshet_proto::v1::control_plane_server::{ControlPlane, ControlPlaneServer};
 use freshet_proto::v1::membership_client::MembershipClient;
@@ -114,6 +113,19 @@ impl ControlPlaneService {
             membership: MembershipClient::new(membership_channel),
             shard_limit,
         }
+    }
+
+    /// The stream, or NOT_FOUND with Kinesis's message.
+    async fn existing_stream(
+        &self,
+        account_id: &str,
+        stream_name: &str,
+    ) -> Result<StreamRow, Status> {
+        self.store
+            .get_stream(account_id, stream_name)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| not_found(stream_name, account_id))
     }
 
     fn stream_info(
@@ -267,11 +279,8 @@ impl ControlPlane for ControlPlaneService {
     ) -> Result<Response<DeleteStreamResponse>, Status> {
         let request = request.into_inner();
         let stream = self
-            .store
-            .get_stream(&request.account_id, &request.stream_name)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| not_found(&request.stream_name, &request.account_id))?;
+            .existing_stream(&request.account_id, &request.stream_name)
+            .await?;
         self.store
             .set_stream_status(stream.stream_uid, "DELETING")
             .await
@@ -306,11 +315,8 @@ impl ControlPlane for ControlPlaneService {
     ) -> Result<Response<DescribeStreamResponse>, Status> {
         let request = request.into_inner();
         let stream = self
-            .store
-            .get_stream(&request.account_id, &request.stream_name)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| not_found(&request.stream_name, &request.account_id))?;
+            .existing_stream(&request.account_id, &request.stream_name)
+            .await?;
         let rows = self
             .store
             .shards_of(stream.stream_uid)
@@ -362,9 +368,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let options: sqlx::postgres::PgConnectOptions =
-        config.database_url.parse().context("parse DATABASE_URL")?;
-    let pool = freshet_metastore::connect_and_migrate(options, 10).await?;
+    let pool = freshet_metastore::connect_url_and_migrate(&config.database_url, 10).await?;
     let service = ControlPlaneService::new(
         MetaStore::new(pool),
         freshet_server::grpc_channel(&config.membership_addr)?,

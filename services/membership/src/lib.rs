@@ -22,7 +22,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use freshet_metastore::{EntryKey, MetaStore, ShardRow, StreamRow, WorkerRow};
 use freshet_proto::prost::Message as _;
 use freshet_proto::v1::membership_server::{Membership, MembershipServer};
@@ -73,7 +72,7 @@ struct Inner {
     store: MetaStore,
     timer: TimerClient,
     heartbeat_timeout: Duration,
-    route_ttl_micros: i64,
+    route_ttl: Duration,
     /// Committed changes, in version order.
     changes: broadcast::Sender<ShardMapEntry>,
     /// Serialises change batches so commits and broadcasts keep one order.
@@ -100,7 +99,7 @@ impl MembershipService {
                 store,
                 timer,
                 heartbeat_timeout,
-                route_ttl_micros: i64::try_from(route_ttl.as_micros()).unwrap_or(i64::MAX),
+                route_ttl,
                 changes,
                 write_lock: Mutex::new(()),
                 closing: CancellationToken::new(),
@@ -111,15 +110,7 @@ impl MembershipService {
     /// Stamps an entry with its validity: `route_ttl` past the earliest
     /// possible timer time; already stale if the timer is unreachable.
     fn stamp(&self, mut entry: ShardMapEntry) -> ShardMapEntry {
-        entry.valid_until_micros = self
-            .inner
-            .timer
-            .now()
-            .map(|now| {
-                now.earliest_micros
-                    .saturating_add(self.inner.route_ttl_micros)
-            })
-            .unwrap_or(0);
+        entry.valid_until_micros = self.inner.timer.deadline_after(self.inner.route_ttl);
         entry
     }
 
@@ -500,9 +491,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let options: sqlx::postgres::PgConnectOptions =
-        config.database_url.parse().context("parse DATABASE_URL")?;
-    let pool = freshet_metastore::connect_and_migrate(options, 10).await?;
+    let pool = freshet_metastore::connect_url_and_migrate(&config.database_url, 10).await?;
     let timer = TimerClient::spawn(
         freshet_server::grpc_channel(&config.timer_addr)?,
         TimerClientConfig::default(),

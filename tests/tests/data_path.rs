@@ -328,3 +328,55 @@ async fn explicit_hash_keys_pick_the_shard_and_arns_address_the_stream() -> anyh
     cluster.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_records_response_is_capped_at_10_mib() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "large", 1).await?;
+    for batch in 0..2 {
+        let entries = (0..6)
+            .map(|i| {
+                PutRecordsRequestEntry::builder()
+                    .partition_key(format!("k{batch}-{i}"))
+                    .data(Blob::new(vec![b'a' + i as u8; 1_000_000]))
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let output = client
+            .put_records()
+            .stream_name("large")
+            .set_records(Some(entries))
+            .send()
+            .await?;
+        assert_eq!(output.failed_record_count, Some(0));
+    }
+    let iterator = client
+        .get_shard_iterator()
+        .stream_name("large")
+        .shard_id("shardId-000000000000")
+        .shard_iterator_type(ShardIteratorType::TrimHorizon)
+        .send()
+        .await?
+        .shard_iterator;
+    let first = client
+        .get_records()
+        .shard_iterator(iterator.expect("iterator"))
+        .send()
+        .await?;
+    let first_bytes: usize = first.records.iter().map(|r| r.data.as_ref().len()).sum();
+    assert!(
+        first_bytes <= 10 * 1024 * 1024,
+        "{first_bytes} bytes in one response"
+    );
+    assert!(first.records.len() < 12);
+    assert!(first.millis_behind_latest.is_some());
+    let rest = client
+        .get_records()
+        .shard_iterator(first.next_shard_iterator.expect("next"))
+        .send()
+        .await?;
+    assert_eq!(first.records.len() + rest.records.len(), 12);
+    cluster.shutdown().await;
+    Ok(())
+}

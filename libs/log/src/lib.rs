@@ -256,7 +256,13 @@ impl ShardLog {
         if let Err(source) = write_result {
             // Roll back whatever part of the batch reached the file, so the
             // next append does not land after garbage.
-            let rollback = writer.active.set_len(writer.active_len);
+            // The truncation must itself be durable: otherwise a crash could
+            // resurrect the partial frames in a segment that is later sealed.
+            let active_len = writer.active_len;
+            let rollback = writer
+                .active
+                .set_len(active_len)
+                .and_then(|()| writer.active.sync_all());
             if rollback.is_err() {
                 writer.poisoned = true;
             }
@@ -374,11 +380,13 @@ impl ShardLog {
                 records.is_empty(),
             )?;
             for record in chunk {
-                bytes += (record.data.len() + record.partition_key.len()) as u64;
+                bytes += segment::frame_len(&record) as u64;
                 offset = record.offset + 1;
                 records.push(record);
             }
-            if bytes >= max_bytes {
+            // A segment that stopped short ran out of budget: the next
+            // segment must not be read past the gap.
+            if offset < segment.next_offset() {
                 break;
             }
         }
@@ -407,6 +415,27 @@ impl ShardLog {
         }
         Ok(removable.len())
     }
+}
+
+/// Creates `dir` (under `root`, which must exist) and fsyncs every directory
+/// from `dir`'s parent up to `root`, so the new directory entries survive a
+/// crash along with the first records written into them.
+pub fn create_dir_durably(root: &Path, dir: &Path) -> LogResult<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(io_error("create log directory", dir))?;
+    let mut current = dir.parent();
+    while let Some(parent) = current {
+        File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error("fsync directory", parent))?;
+        if parent == root || !parent.starts_with(root) {
+            break;
+        }
+        current = parent.parent();
+    }
+    Ok(())
 }
 
 fn segment_path(dir: &Path, base_offset: u64) -> PathBuf {

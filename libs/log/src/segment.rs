@@ -15,6 +15,11 @@ pub(crate) const FRAME_HEADER_LEN: usize = 8;
 /// `u64 offset | i64 arrival_ms | u16 key_len`.
 const BODY_FIXED_LEN: usize = 18;
 
+/// Bytes a record takes on disk, frame included.
+pub(crate) fn frame_len(record: &StoredRecord) -> usize {
+    FRAME_HEADER_LEN + BODY_FIXED_LEN + record.partition_key.len() + record.data.len()
+}
+
 /// Appends one framed record to `buffer`.
 pub(crate) fn encode_record(
     buffer: &mut Vec<u8>,
@@ -92,6 +97,14 @@ fn decode_record(bytes: &Bytes, at: usize) -> Decoded {
     }
 }
 
+/// Whether any well-formed frame with an offset at or after `expected`
+/// starts at or after byte `from` (a recovery-time scan).
+fn valid_frame_after(bytes: &Bytes, from: usize, expected: u64) -> bool {
+    (from..bytes.len().saturating_sub(FRAME_HEADER_LEN + BODY_FIXED_LEN)).any(|at| {
+        matches!(decode_record(bytes, at), Decoded::Record { record, .. } if record.offset >= expected)
+    })
+}
+
 #[derive(Default)]
 struct SegmentIndex {
     /// File position of each record, by `offset - base_offset`.
@@ -139,15 +152,16 @@ impl Segment {
         let bytes = Bytes::from(fs::read(path).map_err(io_error("read segment", path))?);
         let mut index = SegmentIndex::default();
         let mut position = 0usize;
-        let mut problem = None;
+        // (why, whether the frame simply runs past the end of the file)
+        let mut problem: Option<(String, bool)> = None;
         while position < bytes.len() {
             match decode_record(&bytes, position) {
                 Decoded::Record { record, frame_len } => {
                     let expected = base_offset + index.positions.len() as u64;
                     if record.offset != expected {
-                        problem = Some(format!(
-                            "record has offset {}, expected {expected}",
-                            record.offset
+                        problem = Some((
+                            format!("record has offset {}, expected {expected}", record.offset),
+                            false,
                         ));
                         break;
                     }
@@ -156,17 +170,22 @@ impl Segment {
                     position += frame_len;
                 }
                 Decoded::Incomplete => {
-                    problem = Some("incomplete frame".to_owned());
+                    problem = Some(("incomplete frame".to_owned(), true));
                     break;
                 }
                 Decoded::Corrupt(reason) => {
-                    problem = Some(reason);
+                    problem = Some((reason, false));
                     break;
                 }
             }
         }
-        if let Some(reason) = problem {
-            if !is_last {
+        if let Some((reason, runs_past_end)) = problem {
+            // Only a torn *tail* may be cut: a bad frame followed by a good
+            // one is corruption of acknowledged data, not a crashed write.
+            let expected = base_offset + index.positions.len() as u64;
+            let is_torn_tail =
+                is_last && (runs_past_end || !valid_frame_after(&bytes, position + 1, expected));
+            if !is_torn_tail {
                 return Err(LogError::Corrupt {
                     path: path.to_owned(),
                     position: position as u64,
@@ -255,7 +274,10 @@ impl Segment {
     ) -> LogResult<Vec<StoredRecord>> {
         let (start, end) = {
             let index = self.index();
-            let first = (from_offset - self.base_offset) as usize;
+            let Some(first) = from_offset.checked_sub(self.base_offset) else {
+                return Ok(Vec::new());
+            };
+            let first = first as usize;
             if first >= index.positions.len() {
                 return Ok(Vec::new());
             }

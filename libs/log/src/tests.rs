@@ -220,3 +220,43 @@ fn retention_removes_only_old_sealed_segments() {
     log.trim_older_than(i64::MAX).expect("trim");
     assert!(!log.read(0, 100, u64::MAX).expect("read").records.is_empty());
 }
+
+#[test]
+fn a_bad_frame_followed_by_good_ones_is_corruption_not_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+        for i in 0..5 {
+            log.append(&[record("k", &format!("acknowledged-{i}"))], i)
+                .expect("append");
+        }
+    }
+    let segment = last_segment(dir.path());
+    let mut bytes = fs::read(&segment).expect("read");
+    // Flip a byte inside the second record's body.
+    let second_record_body = 8 + 18 + 1 + "acknowledged-0".len() + 8 + 20;
+    bytes[second_record_body] ^= 0xff;
+    fs::write(&segment, &bytes).expect("write");
+    assert!(matches!(
+        ShardLog::open(dir.path(), LogConfig::default()),
+        Err(LogError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn a_byte_limited_read_does_not_skip_into_the_next_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), small_segments()).expect("open");
+    for i in 0..30 {
+        log.append(&[record("k", &format!("{i:040}"))], i)
+            .expect("append");
+    }
+    // Budgets that run out inside a segment, at every size.
+    for budget in 1..400 {
+        let batch = log.read(0, 100, budget).expect("read");
+        let offsets: Vec<u64> = batch.records.iter().map(|r| r.offset).collect();
+        let expected: Vec<u64> = (0..offsets.len() as u64).collect();
+        assert_eq!(offsets, expected, "budget {budget}");
+        assert_eq!(batch.next_offset, offsets.len() as u64);
+    }
+}

@@ -187,6 +187,7 @@ impl CacheService {
         account_id: &str,
         stream_name: &str,
     ) -> anyhow::Result<Vec<ShardMapEntry>> {
+        let head_before = self.inner.store.latest_version().await?;
         let entries = self
             .inner
             .store
@@ -206,6 +207,17 @@ impl CacheService {
             .query_async::<()>(&mut redis)
             .await
             .context("mark stream hash filled")?;
+        // A change committed while we filled may have been mirrored before
+        // the hash existed (and so dropped): then the fill is not known to
+        // be complete, and the next read must fill again.
+        if self.inner.store.latest_version().await? != head_before {
+            redis::cmd("HDEL")
+                .arg(key)
+                .arg("filled")
+                .query_async::<()>(&mut redis)
+                .await
+                .context("unmark stream hash")?;
+        }
         Ok(entries)
     }
 

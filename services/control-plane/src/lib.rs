@@ -251,7 +251,15 @@ impl ControlPlane for ControlPlaneService {
         };
         let mut membership = self.membership.clone();
         if let Err(status) = membership.place_shards(placement).await {
-            // Leave nothing behind: the stream never became usable.
+            // Leave nothing behind: the placement may have committed even
+            // if its answer was lost, so publish tombstones before the row goes.
+            let removal = RemoveStreamRequest { stream_uid };
+            if let Err(status) = membership.remove_stream(removal).await {
+                tracing::error!(
+                    message = status.message(),
+                    "failed to remove shards after a failed placement"
+                );
+            }
             if let Err(error) = self.store.delete_stream(stream_uid).await {
                 tracing::error!("failed to {error:#} after a failed placement");
             }

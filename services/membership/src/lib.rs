@@ -127,6 +127,9 @@ impl MembershipService {
         tombstones: bool,
         insert_rows: bool,
     ) -> anyhow::Result<Vec<ShardMapEntry>> {
+        let _serialised = self.inner.write_lock.lock().await;
+        // Read addresses under the lock, so a concurrent re-registration's
+        // republish cannot be overtaken by entries carrying the old address.
         let workers: HashMap<String, WorkerRow> = self
             .inner
             .store
@@ -135,7 +138,6 @@ impl MembershipService {
             .into_iter()
             .map(|w| (w.worker_id.clone(), w))
             .collect();
-        let _serialised = self.inner.write_lock.lock().await;
         let mut batch = self.inner.store.begin_changes().await?;
         let mut entries = Vec::with_capacity(shards.len());
         for shard in &shards {
@@ -227,15 +229,6 @@ impl Membership for MembershipService {
                 "worker_id, availability_zone and address are required",
             ));
         }
-        let previous_address = self
-            .inner
-            .store
-            .list_workers()
-            .await
-            .map_err(internal)?
-            .into_iter()
-            .find(|w| w.worker_id == request.worker_id)
-            .map(|w| w.address);
         self.inner
             .store
             .upsert_worker(
@@ -251,13 +244,12 @@ impl Membership for MembershipService {
             address = request.address,
             "worker registered"
         );
-        if previous_address.is_some_and(|previous| previous != request.address) {
-            // A restarted worker may come back on a new address: republish its
-            // shards so routes follow it.
-            self.republish_worker_shards(&request.worker_id)
-                .await
-                .map_err(internal)?;
-        }
+        // A restarted worker may come back on a new address: republish its
+        // shards so routes follow it. Done on every registration, so a
+        // failed republish is repaired by the worker's next attempt.
+        self.republish_worker_shards(&request.worker_id)
+            .await
+            .map_err(internal)?;
         Ok(Response::new(RegisterWorkerResponse {}))
     }
 
@@ -396,6 +388,8 @@ impl Membership for MembershipService {
                 let received = tokio::select! {
                     received = live.recv() => received,
                     () = service.inner.closing.cancelled() => return,
+                    // The subscriber went away: do not wait for a change to notice.
+                    () = sender.closed() => return,
                 };
                 match received {
                     Ok(entry) if entry.version <= last_sent => {}
@@ -431,8 +425,12 @@ impl MembershipService {
             by_stream.entry(shard.stream_uid).or_default().push(shard);
         }
         for (stream_uid, shards) in by_stream {
+            // A stream being deleted already has (or is about to get) its
+            // tombstones; republishing would bring it back to life.
             if let Some(stream) = self.inner.store.get_stream_by_uid(stream_uid).await? {
-                self.publish(&stream, shards, false, false).await?;
+                if stream.status != "DELETING" {
+                    self.publish(&stream, shards, false, false).await?;
+                }
             }
         }
         Ok(())

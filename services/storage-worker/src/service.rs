@@ -16,6 +16,9 @@ use crate::shards::{OpenShard, ShardKey, ShardRegistry};
 /// placement the caller already knows about.
 const PLACEMENT_WAIT: Duration = Duration::from_secs(3);
 
+/// 256 characters of up to 4 UTF-8 bytes each.
+const MAX_PARTITION_KEY_BYTES: usize = 1024;
+
 /// Largest read a single call returns.
 const MAX_READ_BYTES: u64 = 10 * 1024 * 1024;
 
@@ -107,6 +110,18 @@ impl Storage for StorageService {
             return Err(Status::invalid_argument(
                 "an append needs at least one record",
             ));
+        }
+        // Refuse what the log cannot frame before it joins a group commit,
+        // where it would fail every other caller's records too.
+        if let Some(record) = request
+            .records
+            .iter()
+            .find(|r| r.partition_key.len() > MAX_PARTITION_KEY_BYTES)
+        {
+            return Err(Status::invalid_argument(format!(
+                "partition key of {} bytes exceeds {MAX_PARTITION_KEY_BYTES}",
+                record.partition_key.len()
+            )));
         }
         let shard = self
             .authorize(request.shard.as_ref(), request.epoch, Access::Write)

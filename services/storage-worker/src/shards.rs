@@ -117,6 +117,10 @@ pub struct ShardRegistry {
     data_dir: PathBuf,
     log_config: LogConfig,
     open: Mutex<HashMap<ShardKey, Arc<OpenShard>>>,
+    /// Held while a log is being opened: recovery may truncate a torn tail,
+    /// so two recoveries of one shard must never run at once (the second
+    /// could cut records the first already acknowledged).
+    opening: tokio::sync::Mutex<()>,
 }
 
 impl ShardRegistry {
@@ -125,6 +129,7 @@ impl ShardRegistry {
             data_dir,
             log_config,
             open: Mutex::new(HashMap::new()),
+            opening: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -144,17 +149,22 @@ impl ShardRegistry {
         if let Some(shard) = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
             return Ok(shard.clone());
         }
-        let dir = self.shard_dir(key);
-        let config = self.log_config.clone();
-        let log = tokio::task::spawn_blocking(move || ShardLog::open(&dir, config))
-            .await
-            .map_err(|e| format!("open task failed: {e}"))?
-            .map_err(|e| e.to_string())?;
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        // Another request may have opened it meanwhile; keep the first.
-        if let Some(shard) = open.get(key) {
+        let _opening = self.opening.lock().await;
+        // Another request may have opened it while this one waited.
+        if let Some(shard) = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
             return Ok(shard.clone());
         }
+        let data_dir = self.data_dir.clone();
+        let dir = self.shard_dir(key);
+        let config = self.log_config.clone();
+        let log = tokio::task::spawn_blocking(move || {
+            freshet_log::create_dir_durably(&data_dir, &dir)?;
+            ShardLog::open(&dir, config)
+        })
+        .await
+        .map_err(|e| format!("open task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let log = Arc::new(log);
         let (writer, jobs) = mpsc::channel(1024);
         tokio::spawn(write_loop(log.clone(), jobs));

@@ -647,6 +647,7 @@ pub async fn get_records(
                 let fresh = route(frontend, caller, &iterator.stream_name).await?;
                 entry = fresh
                     .shard(&iterator.shard_id)
+                    .filter(|e| e.key.as_ref().map(|k| k.stream_uid) == Some(iterator.stream_uid))
                     .cloned()
                     .ok_or_else(not_found)?;
             }

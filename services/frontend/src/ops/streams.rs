@@ -313,6 +313,8 @@ pub async fn describe_stream_summary(
             "ConsumerCount": stream.consumer_count,
             "MaxRecordSizeInKiB": stream.max_record_size_kib,
             "RecordDistributionStrategy": "USER_PARTITION_KEY",
+            "ChannelCount": 0,
+            "QueueCount": 0,
         }
     }))
 }

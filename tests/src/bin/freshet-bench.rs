@@ -1,0 +1,365 @@
+//! `freshet-bench` (run by `just bench`): throughput and latency of the data
+//! path through the frontend, against the `just dev` topology of release
+//! binaries on this machine, next to what the disk itself allows.
+//!
+//! Every scenario is bounded in time and stops by itself; all traffic stays
+//! on 127.0.0.1. Prints one Markdown table.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
+use freshet_e2e::{create_active_stream, kinesis_client, test_database_url};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const SCENARIO_SECONDS: u64 = 10;
+const SHARDS: i32 = 4;
+
+/// Latencies of completed calls, and what they carried.
+#[derive(Default)]
+struct Samples {
+    latencies: Vec<Duration>,
+    records: u64,
+    bytes: u64,
+}
+
+impl Samples {
+    fn merge(&mut self, other: Samples) {
+        self.latencies.extend(other.latencies);
+        self.records += other.records;
+        self.bytes += other.bytes;
+    }
+
+    fn percentile(&mut self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        self.latencies.sort_unstable();
+        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[index].as_secs_f64() * 1000.0
+    }
+}
+
+struct Row {
+    scenario: String,
+    calls_per_second: f64,
+    records_per_second: f64,
+    megabytes_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+}
+
+fn row(scenario: &str, mut samples: Samples, elapsed: Duration) -> Row {
+    let seconds = elapsed.as_secs_f64();
+    Row {
+        scenario: scenario.to_owned(),
+        calls_per_second: samples.latencies.len() as f64 / seconds,
+        records_per_second: samples.records as f64 / seconds,
+        megabytes_per_second: samples.bytes as f64 / seconds / 1_000_000.0,
+        p50_ms: samples.percentile(0.50),
+        p99_ms: samples.percentile(0.99),
+        p999_ms: samples.percentile(0.999),
+    }
+}
+
+/// `clients` concurrent loops of PutRecords with `batch` records of `size`
+/// bytes each, for the scenario's duration.
+async fn put_records(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    clients: usize,
+    batch: usize,
+    size: usize,
+) -> anyhow::Result<(Samples, Duration)> {
+    let payload = Blob::new(vec![b'f'; size]);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(SCENARIO_SECONDS);
+    let mut tasks = Vec::new();
+    for worker in 0..clients {
+        let client = client.clone();
+        let stream = stream.to_owned();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Samples::default();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let entries = (0..batch)
+                    .map(|i| {
+                        n += 1;
+                        PutRecordsRequestEntry::builder()
+                            .partition_key(format!("{worker}-{n}-{i}"))
+                            .data(payload.clone())
+                            .build()
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let sent = Instant::now();
+                let output = client
+                    .put_records()
+                    .stream_name(&stream)
+                    .set_records(Some(entries))
+                    .send()
+                    .await?;
+                samples.latencies.push(sent.elapsed());
+                let ok = (batch as i32 - output.failed_record_count.unwrap_or(0)) as u64;
+                samples.records += ok;
+                samples.bytes += ok * size as u64;
+            }
+            anyhow::Ok(samples)
+        }));
+    }
+    let mut all = Samples::default();
+    for task in tasks {
+        all.merge(task.await??);
+    }
+    Ok((all, start.elapsed()))
+}
+
+async fn put_record(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    clients: usize,
+    size: usize,
+) -> anyhow::Result<(Samples, Duration)> {
+    let payload = Blob::new(vec![b'f'; size]);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(SCENARIO_SECONDS);
+    let mut tasks = Vec::new();
+    for worker in 0..clients {
+        let client = client.clone();
+        let stream = stream.to_owned();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Samples::default();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                n += 1;
+                let sent = Instant::now();
+                client
+                    .put_record()
+                    .stream_name(&stream)
+                    .partition_key(format!("{worker}-{n}"))
+                    .data(payload.clone())
+                    .send()
+                    .await?;
+                samples.latencies.push(sent.elapsed());
+                samples.records += 1;
+                samples.bytes += size as u64;
+            }
+            anyhow::Ok(samples)
+        }));
+    }
+    let mut all = Samples::default();
+    for task in tasks {
+        all.merge(task.await??);
+    }
+    Ok((all, start.elapsed()))
+}
+
+/// Reads every shard from TRIM_HORIZON to its end, one reader per shard.
+async fn get_records(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> anyhow::Result<(Samples, Duration)> {
+    let shards = client
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await?
+        .shards
+        .unwrap_or_default();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(6 * SCENARIO_SECONDS);
+    let mut tasks = Vec::new();
+    for shard in shards {
+        let client = client.clone();
+        let stream = stream.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Samples::default();
+            let mut iterator = client
+                .get_shard_iterator()
+                .stream_name(&stream)
+                .shard_id(&shard.shard_id)
+                .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                .send()
+                .await?
+                .shard_iterator;
+            while let Some(current) = iterator {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let sent = Instant::now();
+                let page = client
+                    .get_records()
+                    .shard_iterator(current)
+                    .limit(10_000)
+                    .send()
+                    .await?;
+                samples.latencies.push(sent.elapsed());
+                if page.records.is_empty() {
+                    break;
+                }
+                samples.records += page.records.len() as u64;
+                samples.bytes += page
+                    .records
+                    .iter()
+                    .map(|r| r.data.as_ref().len() as u64)
+                    .sum::<u64>();
+                iterator = page.next_shard_iterator;
+            }
+            anyhow::Ok(samples)
+        }));
+    }
+    let mut all = Samples::default();
+    for task in tasks {
+        all.merge(task.await??);
+    }
+    Ok((all, start.elapsed()))
+}
+
+/// The disk's own limits: 4 KiB write+fdatasync per second, and sequential
+/// write bandwidth with one fsync at the end.
+fn measure_disk(dir: &std::path::Path) -> anyhow::Result<(f64, f64)> {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let block = vec![7u8; 4096];
+    let start = Instant::now();
+    let mut syncs = 0u64;
+    while start.elapsed() < Duration::from_secs(3) {
+        file.write_all(&block)?;
+        file.sync_data()?;
+        syncs += 1;
+    }
+    let fsyncs_per_second = syncs as f64 / start.elapsed().as_secs_f64();
+    let path = dir.join("bandwidth-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let chunk = vec![9u8; 1024 * 1024];
+    let start = Instant::now();
+    for _ in 0..512 {
+        file.write_all(&chunk)?;
+    }
+    file.sync_all()?;
+    let megabytes_per_second = 512.0 * 1.048_576 / start.elapsed().as_secs_f64();
+    std::fs::remove_file(&path)?;
+    Ok((fsyncs_per_second, megabytes_per_second))
+}
+
+fn free_port_block(count: u16) -> anyhow::Result<u16> {
+    for attempt in 0..200u32 {
+        let base = 21_000 + ((std::process::id() * 13 + attempt * 101) % 28_000) as u16;
+        if (base..base + count).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        {
+            return Ok(base);
+        }
+    }
+    anyhow::bail!("no block of {count} free ports")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin_dir = std::env::var("FRESHET_BIN_DIR")
+        .unwrap_or_else(|_| workspace.join("target/release").display().to_string());
+    let data_dir = tempfile::tempdir_in(&workspace).context("temp dir on the workspace's disk")?;
+    let (fsyncs, disk_mbps) = measure_disk(data_dir.path())?;
+
+    let base = free_port_block(14)?;
+    let frontend_port = base + 13;
+    let database = format!("freshet_bench_{}", std::process::id());
+    let database_url = test_database_url();
+    let (pg_server, _) = database_url.rsplit_once('/').context("database url")?;
+    let mut topology = tokio::process::Command::new("bash")
+        .arg(workspace.join("deploy/dev.sh"))
+        .current_dir(&workspace)
+        .env("FRESHET_BIN_DIR", &bin_dir)
+        .env("FRESHET_DEV_DIR", data_dir.path())
+        .env("FRESHET_DEV_PORT", frontend_port.to_string())
+        .env("FRESHET_DEV_BASE_PORT", base.to_string())
+        .env("FRESHET_DEV_DATABASE", &database)
+        .env("FRESHET_PG_SERVER", pg_server)
+        .env(
+            "FRESHET_REDIS_PREFIX",
+            format!("freshet-bench-{}:", std::process::id()),
+        )
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("run deploy/dev.sh")?;
+    let mut lines = BufReader::new(topology.stdout.take().context("stdout")?).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("Freshet is ready") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    anyhow::ensure!(
+        matches!(ready, Ok(true)),
+        "the topology did not become ready"
+    );
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let client = kinesis_client(&format!("http://127.0.0.1:{frontend_port}"));
+    let client = Arc::new(client);
+    let mut rows = Vec::new();
+    create_active_stream(&client, "bench-small", SHARDS).await?;
+    let (samples, elapsed) = put_records(&client, "bench-small", 8, 500, 100).await?;
+    rows.push(row("PutRecords 500 × 100 B, 8 clients", samples, elapsed));
+    let (samples, elapsed) = get_records(&client, "bench-small").await?;
+    rows.push(row(
+        "GetRecords (Limit 10000), 1 reader per shard",
+        samples,
+        elapsed,
+    ));
+    create_active_stream(&client, "bench-large", SHARDS).await?;
+    let (samples, elapsed) = put_records(&client, "bench-large", 8, 10, 100 * 1024).await?;
+    rows.push(row("PutRecords 10 × 100 KiB, 8 clients", samples, elapsed));
+    create_active_stream(&client, "bench-single", SHARDS).await?;
+    let (samples, elapsed) = put_record(&client, "bench-single", 16, 100).await?;
+    rows.push(row("PutRecord 100 B, 16 clients", samples, elapsed));
+
+    println!("| scenario | calls/s | records/s | MB/s | p50 ms | p99 ms | p99.9 ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            r.scenario,
+            r.calls_per_second,
+            r.records_per_second,
+            r.megabytes_per_second,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms
+        );
+    }
+    println!();
+    println!("disk under the data directory: {fsyncs:.0} fsyncs/s (4 KiB write + fdatasync), {disk_mbps:.0} MB/s sequential write");
+    println!(
+        "machine: {} cores; everything (client, services, Postgres, Redis) on it",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+
+    if let Some(pid) = topology.id() {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), topology.wait()).await;
+    if let Ok(mut admin) = <sqlx::PgConnection as sqlx::Connection>::connect(&database_url).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+    }
+    Ok(())
+}

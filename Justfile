@@ -50,3 +50,8 @@ fmt:
 # Validate docker-compose.yml (needs docker-compose or docker compose).
 compose-check:
     docker-compose -f docker-compose.yml config -q
+
+# Throughput and latency through the frontend (release build, `just dev` topology); prints a table.
+bench: infra
+    cargo build --release --workspace --bins
+    cargo run --release -p freshet-e2e --bin freshet-bench

@@ -10,7 +10,7 @@
 #   FRESHET_BIN_DIR        where the binaries are        (target/debug)
 #   FRESHET_DEV_DIR        worker data directories        (.dev)
 #   FRESHET_DEV_PORT       frontend port                  (4567)
-#   FRESHET_DEV_BASE_PORT  first internal gRPC port       (50051)
+#   FRESHET_DEV_BASE_PORT  first internal gRPC port       (7051)
 #   FRESHET_DEV_DATABASE   Postgres database, created if missing (freshet)
 #   FRESHET_PG_SERVER      Postgres server URL without a database
 #                          (postgres://postgres@127.0.0.1:5432)
@@ -20,7 +20,7 @@ set -euo pipefail
 bin_dir=${FRESHET_BIN_DIR:-target/debug}
 dev_dir=${FRESHET_DEV_DIR:-.dev}
 frontend_port=${FRESHET_DEV_PORT:-4567}
-base=${FRESHET_DEV_BASE_PORT:-50051}
+base=${FRESHET_DEV_BASE_PORT:-7051}
 database=${FRESHET_DEV_DATABASE:-freshet}
 pg_server=${FRESHET_PG_SERVER:-postgres://postgres@127.0.0.1:5432}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
@@ -78,7 +78,16 @@ start frontend "$bin_dir/freshet-frontend" --listen "127.0.0.1:$frontend_port"
 
 endpoint="http://127.0.0.1:$frontend_port"
 ready=0
+all_running() {
+  for pid in "${pids[@]}"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "[dev] a service exited during startup; see its log above" >&2
+      return 1
+    fi
+  done
+}
 for _ in $(seq 1 300); do
+  all_running || exit 1
   if curl -sf -o /dev/null -X POST "$endpoint/" \
       -H 'Content-Type: application/x-amz-json-1.1' \
       -H 'X-Amz-Target: Kinesis_20131202.ListStreams' \
@@ -99,6 +108,7 @@ if command -v psql >/dev/null 2>&1; then
   for _ in $(seq 1 300); do
     live=$(psql "$DATABASE_URL" -tAc "SELECT count(*) FROM workers WHERE worker_id LIKE 'worker-az-_' AND last_heartbeat_at > now() - interval '3 seconds'" 2>/dev/null || echo 0)
     if [ "$live" = 3 ]; then ready=1; break; fi
+    all_running || exit 1
     sleep 0.1
   done
   if [ "$ready" != 1 ]; then

@@ -454,6 +454,17 @@ impl Cluster {
     }
 }
 
+/// Kills a whole process group when dropped, so a failing test never leaves
+/// the services of a spawned topology running.
+pub struct ProcessGroupGuard(pub u32);
+
+impl Drop for ProcessGroupGuard {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(-(self.0 as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// An AWS SDK for Rust Kinesis client for `endpoint`, with the dev key.
 pub fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
     let config = aws_sdk_kinesis::Config::builder()

@@ -58,8 +58,10 @@ async fn the_dev_topology_serves_real_clients_and_stops_cleanly_on_sigterm() -> 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        .process_group(0)
         .spawn()
         .context("run deploy/dev.sh")?;
+    let _group = freshet_e2e::ProcessGroupGuard(script.id().context("script pid")?);
 
     let output: Arc<Mutex<Vec<String>>> = Arc::default();
     let (ready_sender, ready) = tokio::sync::oneshot::channel();

@@ -37,7 +37,7 @@ use tonic::{Request, Response, Status};
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "freshet-cache", about = "Freshet shard-map cache service")]
 pub struct Config {
-    #[arg(long, env = "FRESHET_CACHE_LISTEN", default_value = "127.0.0.1:50053")]
+    #[arg(long, env = "FRESHET_CACHE_LISTEN", default_value = "127.0.0.1:7053")]
     pub listen: String,
     #[arg(
         long,
@@ -53,10 +53,10 @@ pub struct Config {
     #[arg(
         long,
         env = "FRESHET_MEMBERSHIP_ADDR",
-        default_value = "127.0.0.1:50052"
+        default_value = "127.0.0.1:7052"
     )]
     pub membership_addr: String,
-    #[arg(long, env = "FRESHET_TIMER_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "FRESHET_TIMER_ADDR", default_value = "127.0.0.1:7051")]
     pub timer_addr: String,
     /// Validity given to entries this node hands out.
     #[arg(long, env = "FRESHET_ROUTE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]

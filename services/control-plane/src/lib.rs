@@ -34,7 +34,7 @@ pub struct Config {
     #[arg(
         long,
         env = "FRESHET_CONTROL_PLANE_LISTEN",
-        default_value = "127.0.0.1:50054"
+        default_value = "127.0.0.1:7054"
     )]
     pub listen: String,
     #[arg(
@@ -46,7 +46,7 @@ pub struct Config {
     #[arg(
         long,
         env = "FRESHET_MEMBERSHIP_ADDR",
-        default_value = "127.0.0.1:50052"
+        default_value = "127.0.0.1:7052"
     )]
     pub membership_addr: String,
     /// Open shards an account may have across its streams.

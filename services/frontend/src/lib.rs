@@ -47,18 +47,18 @@ pub struct Config {
     #[arg(
         long,
         env = "FRESHET_CONTROL_PLANE_ADDR",
-        default_value = "127.0.0.1:50054"
+        default_value = "127.0.0.1:7054"
     )]
     pub control_plane_addr: String,
-    #[arg(long, env = "FRESHET_CACHE_ADDR", default_value = "127.0.0.1:50053")]
+    #[arg(long, env = "FRESHET_CACHE_ADDR", default_value = "127.0.0.1:7053")]
     pub cache_addr: String,
     #[arg(
         long,
         env = "FRESHET_MEMBERSHIP_ADDR",
-        default_value = "127.0.0.1:50052"
+        default_value = "127.0.0.1:7052"
     )]
     pub membership_addr: String,
-    #[arg(long, env = "FRESHET_TIMER_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "FRESHET_TIMER_ADDR", default_value = "127.0.0.1:7051")]
     pub timer_addr: String,
     /// Key that signs shard iterators and pagination tokens; every frontend
     /// of a deployment must share it.

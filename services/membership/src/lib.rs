@@ -43,7 +43,7 @@ pub struct Config {
     #[arg(
         long,
         env = "FRESHET_MEMBERSHIP_LISTEN",
-        default_value = "127.0.0.1:50052"
+        default_value = "127.0.0.1:7052"
     )]
     pub listen: String,
     #[arg(
@@ -52,7 +52,7 @@ pub struct Config {
         default_value = "postgres://postgres@127.0.0.1:5432/freshet"
     )]
     pub database_url: String,
-    #[arg(long, env = "FRESHET_TIMER_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "FRESHET_TIMER_ADDR", default_value = "127.0.0.1:7051")]
     pub timer_addr: String,
     /// A worker with no heartbeat for this long is considered dead.
     #[arg(long, env = "FRESHET_HEARTBEAT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]

@@ -41,7 +41,7 @@ pub use shards::GROUP_COMMIT_MAX_BYTES;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "freshet-storage-worker", about = "Freshet storage worker")]
 pub struct Config {
-    #[arg(long, env = "FRESHET_WORKER_LISTEN", default_value = "127.0.0.1:50061")]
+    #[arg(long, env = "FRESHET_WORKER_LISTEN", default_value = "127.0.0.1:7061")]
     pub listen: String,
     /// Address other services reach this worker at (default: the bound one).
     #[arg(long, env = "FRESHET_WORKER_ADVERTISE")]
@@ -55,7 +55,7 @@ pub struct Config {
     #[arg(
         long,
         env = "FRESHET_MEMBERSHIP_ADDR",
-        default_value = "127.0.0.1:50052"
+        default_value = "127.0.0.1:7052"
     )]
     pub membership_addr: String,
     #[arg(long, env = "FRESHET_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]

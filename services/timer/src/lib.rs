@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 #[command(name = "freshet-timer", about = "Freshet timer service")]
 pub struct Config {
     /// Address to serve gRPC on.
-    #[arg(long, env = "FRESHET_TIMER_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "FRESHET_TIMER_LISTEN", default_value = "127.0.0.1:7051")]
     pub listen: String,
     /// Bound on how far this host's clock may be from true time.
     #[arg(long, env = "FRESHET_TIMER_UNCERTAINTY", default_value = "1ms", value_parser = humantime::parse_duration)]

@@ -289,8 +289,10 @@ async fn main() -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
+        .process_group(0)
         .spawn()
         .context("run deploy/dev.sh")?;
+    let _group = freshet_e2e::ProcessGroupGuard(topology.id().context("topology pid")?);
     let mut lines = BufReader::new(topology.stdout.take().context("stdout")?).lines();
     let ready = tokio::time::timeout(Duration::from_secs(60), async {
         while let Ok(Some(line)) = lines.next_line().await {

@@ -301,6 +301,7 @@ impl Cluster {
                     heartbeat_interval: Duration::from_millis(500),
                     retention_check_interval: Duration::from_secs(60),
                     segment_bytes: 64 * 1024 * 1024,
+                    ack_copies: freshet_storage_worker::AckCopies::Majority,
                 };
                 RunningWorker::InProcess(spawn_service(listener, move |listener, shutdown| {
                     freshet_storage_worker::run(config, listener, shutdown)
@@ -348,6 +349,32 @@ impl Cluster {
             None => {}
         }
         Ok(())
+    }
+
+    /// Stops every worker gracefully (SIGTERM for processes) and keeps their
+    /// data directories, so a test can inspect the logs on disk.
+    pub async fn stop_workers(&mut self) {
+        for worker in &mut self.workers {
+            match worker.running.take() {
+                Some(RunningWorker::InProcess(service)) => service.stop().await,
+                Some(RunningWorker::Process(mut child)) => {
+                    if let Some(pid) = child.id() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGTERM,
+                        );
+                    }
+                    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                        .await
+                        .is_err()
+                    {
+                        let _ = child.start_kill();
+                        let _ = child.wait().await;
+                    }
+                }
+                None => {}
+            }
+        }
     }
 
     /// The process id of a process worker.

@@ -55,6 +55,8 @@ pub enum LogError {
     RecordTooLarge(usize, usize),
     #[error("the log is unusable after an earlier write failure that could not be rolled back")]
     Poisoned,
+    #[error("a replicated batch starts at offset {offered}, but this log continues at {expected}")]
+    OffsetMismatch { offered: u64, expected: u64 },
 }
 
 pub type LogResult<T> = Result<T, LogError>;
@@ -134,7 +136,11 @@ struct Writer {
 /// What readers see: sealed and active segments with their committed indexes.
 struct View {
     segments: Vec<Arc<Segment>>,
+    /// End of the durable records.
     next_offset: u64,
+    /// End of the committed records (durable on enough copies): readers
+    /// see offsets below it only. Never above `next_offset`.
+    committed: u64,
 }
 
 /// One shard's durable record log.
@@ -210,9 +216,11 @@ impl ShardLog {
             dir: dir.to_owned(),
             config,
             writer: Mutex::new(writer),
+            // Whatever survived on disk counts as committed after a restart.
             view: RwLock::new(View {
                 segments,
                 next_offset,
+                committed: next_offset,
             }),
         })
     }
@@ -221,9 +229,59 @@ impl ShardLog {
     /// batch get consecutive offsets and one arrival time, never earlier
     /// than any record already in the log.
     pub fn append(&self, records: &[NewRecord], now_ms: i64) -> LogResult<Appended> {
+        let appended = self.write_batch(records, now_ms, None)?;
+        self.commit(appended.first_offset + records.len() as u64);
+        Ok(appended)
+    }
+
+    /// Appends a batch durably but keeps it invisible to readers until
+    /// [`ShardLog::commit`] passes it (a leader, before its replicas confirm).
+    pub fn append_uncommitted(&self, records: &[NewRecord], now_ms: i64) -> LogResult<Appended> {
+        self.write_batch(records, now_ms, None)
+    }
+
+    /// Appends a batch a leader sent, exactly at `first_offset` (a replica).
+    /// Refused with [`LogError::OffsetMismatch`] unless the log ends there.
+    pub fn append_replicated(
+        &self,
+        first_offset: u64,
+        arrival_ms: i64,
+        records: &[NewRecord],
+    ) -> LogResult<Appended> {
+        self.write_batch(records, arrival_ms, Some(first_offset))
+    }
+
+    /// Makes records below `upto` visible to readers (clamped to what is durable).
+    pub fn commit(&self, upto: u64) {
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        view.committed = view.committed.max(upto.min(view.next_offset));
+    }
+
+    /// The end of the committed records.
+    pub fn committed_offset(&self) -> u64 {
+        self.view
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .committed
+    }
+
+    fn write_batch(
+        &self,
+        records: &[NewRecord],
+        now_ms: i64,
+        expected_first: Option<u64>,
+    ) -> LogResult<Appended> {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if writer.poisoned {
             return Err(LogError::Poisoned);
+        }
+        if let Some(offered) = expected_first {
+            if offered != writer.next_offset {
+                return Err(LogError::OffsetMismatch {
+                    offered,
+                    expected: writer.next_offset,
+                });
+            }
         }
         let arrival_ms = now_ms.max(writer.last_arrival_ms);
         if self.active_segment_is_full(&writer, arrival_ms) {
@@ -353,9 +411,35 @@ impl ShardLog {
         max_records: usize,
         max_bytes: u64,
     ) -> LogResult<ReadBatch> {
+        self.read_below(from_offset, max_records, max_bytes, true)
+    }
+
+    /// Like [`ShardLog::read`], but includes durable records not yet
+    /// committed (a leader sending a lagging replica what it misses).
+    pub fn read_uncommitted(
+        &self,
+        from_offset: u64,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> LogResult<ReadBatch> {
+        self.read_below(from_offset, max_records, max_bytes, false)
+    }
+
+    fn read_below(
+        &self,
+        from_offset: u64,
+        max_records: usize,
+        max_bytes: u64,
+        committed_only: bool,
+    ) -> LogResult<ReadBatch> {
         let (segments, next_offset) = {
             let view = self.view.read().unwrap_or_else(|p| p.into_inner());
-            (view.segments.clone(), view.next_offset)
+            let end = if committed_only {
+                view.committed
+            } else {
+                view.next_offset
+            };
+            (view.segments.clone(), end)
         };
         let latest_arrival_ms = segments.iter().rev().find_map(|s| s.last_arrival_ms());
         let horizon = segments
@@ -373,12 +457,8 @@ impl ShardLog {
                 continue;
             }
             let budget = max_bytes.saturating_sub(bytes);
-            let chunk = segment.read(
-                offset,
-                max_records - records.len(),
-                budget,
-                records.is_empty(),
-            )?;
+            let wanted = (max_records - records.len()).min((next_offset - offset) as usize);
+            let chunk = segment.read(offset, wanted, budget, records.is_empty())?;
             for record in chunk {
                 bytes += segment::frame_len(&record) as u64;
                 offset = record.offset + 1;

@@ -260,3 +260,59 @@ fn a_byte_limited_read_does_not_skip_into_the_next_segment() {
         assert_eq!(batch.next_offset, offsets.len() as u64);
     }
 }
+
+#[test]
+fn uncommitted_records_are_durable_but_unread_until_committed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+    log.append(&[record("a", "committed")], 1).expect("append");
+    let pending = log
+        .append_uncommitted(&[record("b", "pending")], 2)
+        .expect("append");
+    assert_eq!(pending.first_offset, 1);
+    assert_eq!(
+        read_all(&log).len(),
+        1,
+        "a pending record must not be served"
+    );
+    assert_eq!(
+        log.read_uncommitted(0, 10, u64::MAX)
+            .expect("read")
+            .records
+            .len(),
+        2
+    );
+    assert_eq!((log.committed_offset(), log.next_offset()), (1, 2));
+    log.commit(2);
+    assert_eq!(read_all(&log).len(), 2);
+    // Commit never runs ahead of what is durable.
+    log.commit(99);
+    assert_eq!(log.committed_offset(), 2);
+}
+
+#[test]
+fn a_replica_appends_only_where_its_log_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+    log.append_replicated(0, 10, &[record("a", "0"), record("a", "1")])
+        .expect("append at the end");
+    assert!(matches!(
+        log.append_replicated(5, 11, &[record("a", "5")]),
+        Err(LogError::OffsetMismatch {
+            offered: 5,
+            expected: 2
+        })
+    ));
+    assert!(matches!(
+        log.append_replicated(1, 11, &[record("a", "again")]),
+        Err(LogError::OffsetMismatch {
+            offered: 1,
+            expected: 2
+        })
+    ));
+    let appended = log
+        .append_replicated(2, 12, &[record("a", "2")])
+        .expect("append");
+    assert_eq!((appended.first_offset, appended.arrival_ms), (2, 12));
+    assert_eq!(log.next_offset(), 3);
+}

@@ -200,6 +200,16 @@ fn entry_for(
             .map(|w| w.address.clone())
             .unwrap_or_default(),
         replica_worker_ids: shard.replica_worker_ids.clone(),
+        replica_addresses: shard
+            .replica_worker_ids
+            .iter()
+            .map(|id| {
+                workers
+                    .get(id)
+                    .map(|w| w.address.clone())
+                    .unwrap_or_default()
+            })
+            .collect(),
         epoch: shard.epoch,
         valid_until_micros: 0,
         retention_hours: u32::try_from(stream.retention_hours).unwrap_or(24),

@@ -14,9 +14,13 @@
 //! - `freshet-log` (libs/log) — segments, checksums, torn-tail recovery,
 //!   indexes, retention.
 //!
-//! In this version the leader writes alone; placements already name two
-//! replicas in other zones, and replication arrives with them.
+//! - `replication.rs` — the leader sends each batch to the shard's replicas
+//!   (in other zones) and commits it once enough copies have fsynced it;
+//!   lagging replicas are caught up from the leader's log.
+//!
+//! Leader failover (epoch bumps, fencing of a deposed leader) is not here yet.
 
+mod replication;
 mod service;
 mod shards;
 
@@ -34,6 +38,7 @@ use freshet_server::TracedChannel;
 use freshet_shardmap::SharedShardMap;
 use tokio::net::TcpListener;
 
+pub use replication::AckCopies;
 pub use service::StorageService;
 use shards::ShardRegistry;
 pub use shards::GROUP_COMMIT_MAX_BYTES;
@@ -63,6 +68,14 @@ pub struct Config {
     /// How often expired segments are looked for.
     #[arg(long, env = "FRESHET_RETENTION_CHECK_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub retention_check_interval: Duration,
+    /// Copies that must hold a batch before it is acknowledged.
+    #[arg(
+        long,
+        env = "FRESHET_ACK_COPIES",
+        value_enum,
+        default_value = "majority"
+    )]
+    pub ack_copies: AckCopies,
     /// A segment is sealed at this size.
     #[arg(long, env = "FRESHET_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub segment_bytes: u64,
@@ -166,7 +179,16 @@ pub async fn run(
         segment_max_bytes: config.segment_bytes,
         ..LogConfig::default()
     };
-    let shards = Arc::new(ShardRegistry::new(config.data_dir.clone(), log_config));
+    let replication = Arc::new(replication::ReplicationContext::new(
+        config.worker_id.clone(),
+        map.clone(),
+        config.ack_copies,
+    ));
+    let shards = Arc::new(ShardRegistry::new(
+        config.data_dir.clone(),
+        log_config,
+        replication,
+    ));
 
     let registration = RegisterWorkerRequest {
         worker_id: config.worker_id.clone(),

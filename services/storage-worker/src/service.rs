@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use freshet_log::NewRecord;
+use freshet_log::{LogError, NewRecord};
 use freshet_proto::v1::read_request::Start;
 use freshet_proto::v1::storage_server::Storage;
 use freshet_proto::v1::*;
@@ -32,8 +32,12 @@ pub struct StorageService {
 /// What a request may do with the shard.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Access {
+    /// Appends from the frontend: the leader of an open shard only.
     Write,
+    /// Reads: the leader only (replicas serve reads after failover arrives).
     Read,
+    /// Batches from the leader: a replica of the shard only.
+    Replicate,
 }
 
 impl StorageService {
@@ -80,7 +84,11 @@ impl StorageService {
                 key.1, entry.epoch
             )));
         }
-        if entry.leader_worker_id != self.worker_id {
+        let role_ok = match access {
+            Access::Write | Access::Read => entry.leader_worker_id == self.worker_id,
+            Access::Replicate => entry.replica_worker_ids.contains(&self.worker_id),
+        };
+        if !role_ok {
             return Err(Status::failed_precondition(format!(
                 "not leader: shard {} is led by {}",
                 key.1, entry.leader_worker_id
@@ -161,7 +169,7 @@ impl Storage for StorageService {
                 Some(Start::AtTimestampMs(timestamp)) => log.offset_at_timestamp(timestamp),
                 None => log.trim_horizon(),
             };
-            let next_in_log = log.next_offset();
+            let next_in_log = log.committed_offset();
             log.read(from, max_records, max_bytes)
                 .map(|batch| (batch, next_in_log))
         })
@@ -201,9 +209,54 @@ impl Storage for StorageService {
             .authorize(request.shard.as_ref(), request.epoch, Access::Read)
             .await?;
         Ok(Response::new(GetShardTailResponse {
-            next_offset: shard.log.next_offset(),
+            next_offset: shard.log.committed_offset(),
             trim_horizon_offset: shard.log.trim_horizon(),
             sequence_base: shard.sequence_base,
+        }))
+    }
+
+    async fn replicate(
+        &self,
+        request: Request<ReplicateRequest>,
+    ) -> Result<Response<ReplicateResponse>, Status> {
+        let request = request.into_inner();
+        let shard = self
+            .authorize(request.shard.as_ref(), request.epoch, Access::Replicate)
+            .await?;
+        let log = shard.log.clone();
+        let records: Vec<NewRecord> = request
+            .records
+            .into_iter()
+            .map(|record| NewRecord {
+                partition_key: record.partition_key,
+                data: record.data,
+            })
+            .collect();
+        let (first_offset, arrival_ms, committed) = (
+            request.first_offset,
+            request.arrival_ms,
+            request.leader_committed_offset,
+        );
+        let (accepted, next_offset) = tokio::task::spawn_blocking(move || {
+            let accepted = if records.is_empty() {
+                true
+            } else {
+                match log.append_replicated(first_offset, arrival_ms, &records) {
+                    Ok(_) => true,
+                    Err(LogError::OffsetMismatch { .. }) => false,
+                    Err(error) => return Err(error),
+                }
+            };
+            // A replica never commits past what its leader has.
+            log.commit(committed);
+            Ok((accepted, log.next_offset()))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("replicate task failed: {e}")))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(ReplicateResponse {
+            accepted,
+            next_offset,
         }))
     }
 }

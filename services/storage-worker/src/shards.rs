@@ -6,18 +6,23 @@
 //!    through a channel and waits.
 //! 2. The writer task takes every append waiting in its channel (up to
 //!    [`GROUP_COMMIT_MAX_BYTES`]), appends them to the log as one batch with
-//!    one fsync, and answers each caller with where its records landed.
-//! 3. Only then does the caller acknowledge: an acknowledged record is on
-//!    disk. Under load many requests share one fsync; alone, a request pays
-//!    for its own.
+//!    one fsync (still invisible to readers), and sends the batch to the
+//!    shard's replicas (`replication.rs`), which fsync it too.
+//! 3. Once enough copies hold it (a majority by default), the batch is
+//!    committed — readers may see it — and each caller is answered with
+//!    where its records landed. An acknowledged record is on disk in a
+//!    majority of zones. Under load many requests share one fsync and one
+//!    replication round; alone, a request pays for its own.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use freshet_log::{Appended, LogConfig, NewRecord, ShardLog};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::replication::{LocalBatch, ReplicationContext, Replicator};
 
 /// A batch stops collecting appends once it holds this many bytes.
 pub const GROUP_COMMIT_MAX_BYTES: usize = 16 * 1024 * 1024;
@@ -59,8 +64,29 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-async fn write_loop(log: Arc<ShardLog>, mut jobs: mpsc::Receiver<AppendJob>) {
-    while let Some(first) = jobs.recv().await {
+/// How long the writer waits for work before it checks on its replicas.
+const IDLE_CATCH_UP_INTERVAL: Duration = Duration::from_millis(500);
+/// How long one idle check may spend on one replica.
+const IDLE_CATCH_UP_DEADLINE: Duration = Duration::from_millis(500);
+
+async fn write_loop(
+    log: Arc<ShardLog>,
+    mut replicator: Replicator,
+    mut jobs: mpsc::Receiver<AppendJob>,
+) {
+    loop {
+        let first = tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => return,
+            },
+            () = tokio::time::sleep(IDLE_CATCH_UP_INTERVAL) => {
+                // Idle: a replica that restarted catches up now, not only
+                // when the next write arrives.
+                replicator.catch_up(&log, IDLE_CATCH_UP_DEADLINE).await;
+                continue;
+            }
+        };
         let mut size: usize = first
             .records
             .iter()
@@ -83,11 +109,9 @@ async fn write_loop(log: Arc<ShardLog>, mut jobs: mpsc::Receiver<AppendJob>) {
             records.extend(job.records);
             replies.push(job.reply);
         }
-        let log_for_write = log.clone();
-        let result =
-            tokio::task::spawn_blocking(move || log_for_write.append(&records, now_ms())).await;
+        let result = commit_batch(&log, &mut replicator, records).await;
         match result {
-            Ok(Ok(appended)) => {
+            Ok(appended) => {
                 let mut offset = appended.first_offset;
                 for (reply, count) in replies.into_iter().zip(counts) {
                     let _ = reply.send(Ok(Appended {
@@ -97,25 +121,45 @@ async fn write_loop(log: Arc<ShardLog>, mut jobs: mpsc::Receiver<AppendJob>) {
                     offset += count as u64;
                 }
             }
-            Ok(Err(error)) => {
-                tracing::error!(%error, "shard append failed");
+            Err(error) => {
+                tracing::warn!(%error, "shard append failed");
                 for reply in replies {
-                    let _ = reply.send(Err(error.to_string()));
-                }
-            }
-            Err(join_error) => {
-                for reply in replies {
-                    let _ = reply.send(Err(format!("append task failed: {join_error}")));
+                    let _ = reply.send(Err(error.clone()));
                 }
             }
         }
     }
 }
 
+/// Writes and fsyncs a batch locally, replicates it, and commits it once
+/// enough copies hold it.
+async fn commit_batch(
+    log: &Arc<ShardLog>,
+    replicator: &mut Replicator,
+    records: Vec<NewRecord>,
+) -> Result<Appended, String> {
+    let records = Arc::new(records);
+    let for_write = (log.clone(), records.clone());
+    let appended =
+        tokio::task::spawn_blocking(move || for_write.0.append_uncommitted(&for_write.1, now_ms()))
+            .await
+            .map_err(|e| format!("append task failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+    let batch = LocalBatch {
+        first_offset: appended.first_offset,
+        arrival_ms: appended.arrival_ms,
+        records: &records,
+    };
+    replicator.replicate(log, batch).await?;
+    log.commit(appended.first_offset + records.len() as u64);
+    Ok(appended)
+}
+
 /// The shards open on this worker.
 pub struct ShardRegistry {
     data_dir: PathBuf,
     log_config: LogConfig,
+    replication: Arc<ReplicationContext>,
     open: Mutex<HashMap<ShardKey, Arc<OpenShard>>>,
     /// Held while a log is being opened: recovery may truncate a torn tail,
     /// so two recoveries of one shard must never run at once (the second
@@ -124,10 +168,15 @@ pub struct ShardRegistry {
 }
 
 impl ShardRegistry {
-    pub fn new(data_dir: PathBuf, log_config: LogConfig) -> ShardRegistry {
+    pub fn new(
+        data_dir: PathBuf,
+        log_config: LogConfig,
+        replication: Arc<ReplicationContext>,
+    ) -> ShardRegistry {
         ShardRegistry {
             data_dir,
             log_config,
+            replication,
             open: Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
         }
@@ -167,7 +216,14 @@ impl ShardRegistry {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let log = Arc::new(log);
         let (writer, jobs) = mpsc::channel(1024);
-        tokio::spawn(write_loop(log.clone(), jobs));
+        let replicator = Replicator::new(
+            self.replication.clone(),
+            freshet_proto::v1::ShardKey {
+                stream_uid: key.0,
+                shard_id: key.1.clone(),
+            },
+        );
+        tokio::spawn(write_loop(log.clone(), replicator, jobs));
         let shard = Arc::new(OpenShard {
             log,
             sequence_base,

@@ -267,16 +267,39 @@ async fn main() -> anyhow::Result<()> {
     let data_dir = tempfile::tempdir_in(&workspace).context("temp dir on the workspace's disk")?;
     let (fsyncs, disk_mbps) = measure_disk(data_dir.path())?;
 
+    for ack_copies in ["majority", "all"] {
+        run_scenarios(&workspace, &bin_dir, data_dir.path(), ack_copies).await?;
+    }
+    println!();
+    println!("disk under the data directory: {fsyncs:.0} fsyncs/s (4 KiB write + fdatasync), {disk_mbps:.0} MB/s sequential write");
+    println!(
+        "machine: {} cores; everything (client, services, Postgres, Redis) on it",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    Ok(())
+}
+
+/// Starts the topology with the given acknowledgement policy, runs every
+/// scenario against it, prints the table, and stops it.
+async fn run_scenarios(
+    workspace: &std::path::Path,
+    bin_dir: &str,
+    data_root: &std::path::Path,
+    ack_copies: &str,
+) -> anyhow::Result<()> {
+    let data_dir = data_root.join(ack_copies);
     let base = free_port_block(14)?;
     let frontend_port = base + 13;
-    let database = format!("freshet_bench_{}", std::process::id());
+    let database = format!("freshet_bench_{}_{ack_copies}", std::process::id());
     let database_url = test_database_url();
     let (pg_server, _) = database_url.rsplit_once('/').context("database url")?;
     let mut topology = tokio::process::Command::new("bash")
         .arg(workspace.join("deploy/dev.sh"))
-        .current_dir(&workspace)
-        .env("FRESHET_BIN_DIR", &bin_dir)
-        .env("FRESHET_DEV_DIR", data_dir.path())
+        .current_dir(workspace)
+        .env("FRESHET_BIN_DIR", bin_dir)
+        .env("FRESHET_DEV_DIR", &data_dir)
         .env("FRESHET_DEV_PORT", frontend_port.to_string())
         .env("FRESHET_DEV_BASE_PORT", base.to_string())
         .env("FRESHET_DEV_DATABASE", &database)
@@ -286,6 +309,7 @@ async fn main() -> anyhow::Result<()> {
             format!("freshet-bench-{}:", std::process::id()),
         )
         .env("RUST_LOG", "warn")
+        .env("FRESHET_ACK_COPIES", ack_copies)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -328,6 +352,9 @@ async fn main() -> anyhow::Result<()> {
     let (samples, elapsed) = put_record(&client, "bench-single", 16, 100).await?;
     rows.push(row("PutRecord 100 B, 16 clients", samples, elapsed));
 
+    println!();
+    println!("acknowledged when durable on: {ack_copies} of the copies");
+    println!();
     println!("| scenario | calls/s | records/s | MB/s | p50 ms | p99 ms | p99.9 ms |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
@@ -342,14 +369,6 @@ async fn main() -> anyhow::Result<()> {
             r.p999_ms
         );
     }
-    println!();
-    println!("disk under the data directory: {fsyncs:.0} fsyncs/s (4 KiB write + fdatasync), {disk_mbps:.0} MB/s sequential write");
-    println!(
-        "machine: {} cores; everything (client, services, Postgres, Redis) on it",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    );
 
     if let Some(pid) = topology.id() {
         nix::sys::signal::kill(

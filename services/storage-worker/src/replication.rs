@@ -1,0 +1,412 @@
+//! Leader → replica replication of one shard's batches.
+//!
+//! After the leader has written and fsynced a batch (still invisible to
+//! readers), it sends the batch to every replica named in its shard-map
+//! entry and waits until enough of them have fsynced it too: a majority of
+//! the copies by default (the leader counts as one), or all of them. Only
+//! then is the batch committed (visible to readers) and acknowledged.
+//!
+//! A replica that restarted or fell behind answers with where its log ends;
+//! the leader then sends it the missing records (read from its own log,
+//! committed or not) before the new batch, so a replica's log is always a
+//! prefix of the leader's — no gap, no duplicate.
+//!
+//! A batch that did not reach enough replicas is not acknowledged, but it
+//! stays in the leader's log and becomes visible once a later batch commits
+//! (as after a client timeout: unacknowledged is not the same as absent).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use freshet_log::{NewRecord, ShardLog};
+use freshet_proto::v1::storage_client::StorageClient;
+use freshet_proto::v1::{RecordToAppend, ReplicateRequest, ShardKey, ShardMapEntry};
+use freshet_server::TracedChannel;
+use freshet_shardmap::SharedShardMap;
+
+/// How long the leader waits for one replica's answer.
+const REPLICA_TIMEOUT: Duration = Duration::from_secs(2);
+/// Records per catch-up request.
+const CATCH_UP_RECORDS: usize = 1_000;
+const CATCH_UP_BYTES: u64 = 4 * 1024 * 1024;
+/// Requests one replica may take to catch up before this batch gives up on it.
+const MAX_ROUNDS: usize = 64;
+
+/// How many copies must hold a batch before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AckCopies {
+    /// More than half of the shard's copies (2 of 3).
+    Majority,
+    /// Every copy.
+    All,
+}
+
+impl AckCopies {
+    /// Replica acknowledgements needed, the leader's own copy aside.
+    pub fn replicas_needed(self, replicas: usize) -> usize {
+        match self {
+            // A majority of `replicas + 1` copies, less the leader's own.
+            AckCopies::Majority => replicas.div_ceil(2),
+            AckCopies::All => replicas,
+        }
+    }
+}
+
+/// What every shard's replicator shares.
+pub struct ReplicationContext {
+    /// This worker: only a shard's leader replicates it.
+    pub worker_id: String,
+    pub map: SharedShardMap,
+    pub ack_copies: AckCopies,
+    clients: Mutex<HashMap<String, StorageClient<TracedChannel>>>,
+}
+
+impl ReplicationContext {
+    pub fn new(
+        worker_id: String,
+        map: SharedShardMap,
+        ack_copies: AckCopies,
+    ) -> ReplicationContext {
+        ReplicationContext {
+            worker_id,
+            map,
+            ack_copies,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self, address: &str) -> Result<StorageClient<TracedChannel>, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(address) {
+            return Ok(client.clone());
+        }
+        let channel = freshet_server::grpc_channel(address).map_err(|e| format!("{e:#}"))?;
+        let client = StorageClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024);
+        clients.insert(address.to_owned(), client.clone());
+        Ok(client)
+    }
+}
+
+/// The replication state of one shard on its leader.
+pub struct Replicator {
+    context: Arc<ReplicationContext>,
+    shard: ShardKey,
+    /// Where each replica's log ends, as far as the leader knows.
+    replica_ends: HashMap<String, u64>,
+}
+
+/// A batch the leader has made durable locally.
+pub struct LocalBatch<'a> {
+    pub first_offset: u64,
+    pub arrival_ms: i64,
+    pub records: &'a [NewRecord],
+}
+
+impl Replicator {
+    pub fn new(context: Arc<ReplicationContext>, shard: ShardKey) -> Replicator {
+        Replicator {
+            context,
+            shard,
+            replica_ends: HashMap::new(),
+        }
+    }
+
+    fn entry(&self) -> Option<ShardMapEntry> {
+        self.context
+            .map
+            .read(|m| m.get(self.shard.stream_uid, &self.shard.shard_id).cloned())
+    }
+
+    /// Sends `batch` to the replicas; Ok once enough have it durably.
+    pub async fn replicate(
+        &mut self,
+        log: &Arc<ShardLog>,
+        batch: LocalBatch<'_>,
+    ) -> Result<(), String> {
+        let entry = self
+            .entry()
+            .ok_or("the shard is no longer in this worker's shard map")?;
+        let replicas: Vec<(String, String)> = entry
+            .replica_worker_ids
+            .iter()
+            .cloned()
+            .zip(entry.replica_addresses.iter().cloned())
+            .collect();
+        let needed = self.context.ack_copies.replicas_needed(replicas.len());
+        if replicas.is_empty() {
+            return Ok(());
+        }
+        let committed = log.committed_offset();
+        let records: Vec<RecordToAppend> = batch
+            .records
+            .iter()
+            .map(|r| RecordToAppend {
+                partition_key: r.partition_key.clone(),
+                data: r.data.clone(),
+            })
+            .collect();
+        let sends = replicas.iter().map(|(worker_id, address)| {
+            let known_end = self.replica_ends.get(worker_id).copied();
+            let replica = ReplicaTarget {
+                context: &self.context,
+                shard: &self.shard,
+                epoch: entry.epoch,
+                address,
+            };
+            let records = &records;
+            let batch = &batch;
+            async move {
+                let outcome = tokio::time::timeout(
+                    REPLICA_TIMEOUT,
+                    replica.send(log, known_end, batch, records, committed),
+                )
+                .await
+                .unwrap_or(SendOutcome {
+                    acknowledged: false,
+                    end: None,
+                });
+                (worker_id.clone(), outcome)
+            }
+        });
+        let mut acknowledged = 0;
+        for (worker_id, outcome) in futures::future::join_all(sends).await {
+            match outcome.end {
+                Some(end) => {
+                    self.replica_ends.insert(worker_id, end);
+                }
+                None => {
+                    self.replica_ends.remove(&worker_id);
+                }
+            }
+            if outcome.acknowledged {
+                acknowledged += 1;
+            }
+        }
+        if acknowledged >= needed {
+            Ok(())
+        } else {
+            Err(format!(
+                "only {acknowledged} of the {needed} replica acknowledgements needed arrived"
+            ))
+        }
+    }
+}
+
+impl Replicator {
+    /// While the shard is idle: brings every replica whose log end is not
+    /// known to match the leader's up to date, and passes on the commit
+    /// point. Bounded by `deadline` per replica.
+    pub async fn catch_up(&mut self, log: &Arc<ShardLog>, deadline: Duration) {
+        let Some(entry) = self
+            .entry()
+            .filter(|e| e.leader_worker_id == self.context.worker_id)
+        else {
+            return;
+        };
+        let target = log.next_offset();
+        let committed = log.committed_offset();
+        for (worker_id, address) in entry
+            .replica_worker_ids
+            .iter()
+            .zip(&entry.replica_addresses)
+        {
+            if self.replica_ends.get(worker_id) == Some(&target) {
+                continue;
+            }
+            let replica = ReplicaTarget {
+                context: &self.context,
+                shard: &self.shard,
+                epoch: entry.epoch,
+                address,
+            };
+            let known = self.replica_ends.get(worker_id).copied();
+            let outcome =
+                tokio::time::timeout(deadline, replica.bring_up_to(log, known, target, committed))
+                    .await;
+            match outcome {
+                Ok(Some(end)) => {
+                    self.replica_ends.insert(worker_id.clone(), end);
+                }
+                Ok(None) | Err(_) => {
+                    self.replica_ends.remove(worker_id);
+                }
+            }
+        }
+    }
+}
+
+struct ReplicaTarget<'a> {
+    context: &'a ReplicationContext,
+    shard: &'a ShardKey,
+    epoch: u64,
+    address: &'a str,
+}
+
+struct SendOutcome {
+    acknowledged: bool,
+    /// Where the replica's log ends now, if known.
+    end: Option<u64>,
+}
+
+impl ReplicaTarget<'_> {
+    async fn call(
+        &self,
+        first_offset: u64,
+        arrival_ms: i64,
+        records: Vec<RecordToAppend>,
+        committed: u64,
+    ) -> Result<(bool, u64), String> {
+        let mut client = self.context.client(self.address)?;
+        let response = client
+            .replicate(ReplicateRequest {
+                shard: Some(self.shard.clone()),
+                epoch: self.epoch,
+                first_offset,
+                arrival_ms,
+                records,
+                leader_committed_offset: committed,
+            })
+            .await
+            .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?
+            .into_inner();
+        Ok((response.accepted, response.next_offset))
+    }
+
+    /// Brings the replica up to `batch.first_offset` if needed, then sends
+    /// the batch.
+    async fn send(
+        &self,
+        log: &Arc<ShardLog>,
+        known_end: Option<u64>,
+        batch: &LocalBatch<'_>,
+        records: &[RecordToAppend],
+        committed: u64,
+    ) -> SendOutcome {
+        let mut end = known_end.unwrap_or(batch.first_offset);
+        for _ in 0..MAX_ROUNDS {
+            if end > batch.first_offset {
+                // The replica holds records this leader never wrote there:
+                // only a leadership change (a later issue) can explain it.
+                tracing::warn!(
+                    shard_id = self.shard.shard_id,
+                    replica = self.address,
+                    end,
+                    "replica log is ahead of the leader's batch"
+                );
+                return SendOutcome {
+                    acknowledged: false,
+                    end: Some(end),
+                };
+            }
+            let result = if end == batch.first_offset {
+                self.call(
+                    batch.first_offset,
+                    batch.arrival_ms,
+                    records.to_vec(),
+                    committed,
+                )
+                .await
+            } else {
+                self.catch_up_step(log, end, batch.first_offset, committed)
+                    .await
+            };
+            match result {
+                Ok((true, new_end)) if end == batch.first_offset => {
+                    return SendOutcome {
+                        acknowledged: new_end >= batch.first_offset + records.len() as u64,
+                        end: Some(new_end),
+                    };
+                }
+                Ok((_, new_end)) => end = new_end,
+                Err(error) => {
+                    tracing::debug!(shard_id = self.shard.shard_id, replica = self.address, %error, "replication failed");
+                    return SendOutcome {
+                        acknowledged: false,
+                        end: None,
+                    };
+                }
+            }
+        }
+        SendOutcome {
+            acknowledged: false,
+            end: Some(end),
+        }
+    }
+
+    /// Probes the replica's log end if unknown, then sends what it misses
+    /// up to `target`. Returns where its log ends, if it answered.
+    async fn bring_up_to(
+        &self,
+        log: &Arc<ShardLog>,
+        known: Option<u64>,
+        target: u64,
+        committed: u64,
+    ) -> Option<u64> {
+        let mut end = match known {
+            Some(end) => end,
+            None => self.call(target, 0, Vec::new(), committed).await.ok()?.1,
+        };
+        for _ in 0..MAX_ROUNDS {
+            if end >= target {
+                break;
+            }
+            end = self
+                .catch_up_step(log, end, target, committed)
+                .await
+                .ok()?
+                .1;
+        }
+        Some(end)
+    }
+
+    /// Sends the replica the next run of records it misses (one run shares
+    /// one arrival time, as the leader's batch did).
+    async fn catch_up_step(
+        &self,
+        log: &Arc<ShardLog>,
+        from: u64,
+        until: u64,
+        committed: u64,
+    ) -> Result<(bool, u64), String> {
+        let reader = log.clone();
+        let missing = tokio::task::spawn_blocking(move || {
+            reader.read_uncommitted(from, CATCH_UP_RECORDS, CATCH_UP_BYTES)
+        })
+        .await
+        .map_err(|e| format!("catch-up read task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+        let Some(first) = missing.records.first().filter(|r| r.offset == from) else {
+            return Err(format!(
+                "the leader's log no longer holds offset {from} (trimmed by retention?)"
+            ));
+        };
+        let arrival_ms = first.arrival_ms;
+        let run: Vec<RecordToAppend> = missing
+            .records
+            .iter()
+            .take_while(|r| r.arrival_ms == arrival_ms && r.offset < until)
+            .map(|r| RecordToAppend {
+                partition_key: r.partition_key.clone(),
+                data: r.data.clone(),
+            })
+            .collect();
+        self.call(from, arrival_ms, run, committed).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AckCopies;
+
+    #[test]
+    fn a_majority_counts_the_leader_as_one_copy() {
+        assert_eq!(AckCopies::Majority.replicas_needed(2), 1, "2 of 3 copies");
+        assert_eq!(AckCopies::Majority.replicas_needed(1), 1, "2 of 2 copies");
+        assert_eq!(AckCopies::Majority.replicas_needed(0), 0, "a lone copy");
+        assert_eq!(AckCopies::Majority.replicas_needed(4), 2, "3 of 5 copies");
+        assert_eq!(AckCopies::All.replicas_needed(2), 2);
+    }
+}

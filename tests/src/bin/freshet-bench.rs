@@ -220,6 +220,42 @@ async fn get_records(
     Ok((all, start.elapsed()))
 }
 
+/// Peak resident memory (VmHWM) of every Freshet process in the process
+/// group `group`, as `name: MiB` pairs.
+fn peak_memory(group: u32) -> Vec<(String, u64)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state, ppid, pgrp, ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        let pgrp: Option<u32> = rest.split_whitespace().nth(2).and_then(|v| v.parse().ok());
+        let name = std::fs::read_to_string(path.join("comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        if pgrp != Some(group) || !name.starts_with("freshet-") {
+            continue;
+        }
+        let peak_kib = std::fs::read_to_string(path.join("status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        found.push((name, peak_kib / 1024));
+    }
+    found.sort();
+    found
+}
+
 /// The disk's own limits: 4 KiB write+fdatasync per second, and sequential
 /// write bandwidth with one fsync at the end.
 fn measure_disk(dir: &std::path::Path) -> anyhow::Result<(f64, f64)> {
@@ -370,6 +406,14 @@ async fn run_scenarios(
         );
     }
 
+    if let Some(pid) = topology.id() {
+        let memory: Vec<String> = peak_memory(pid)
+            .into_iter()
+            .map(|(name, mib)| format!("{name} {mib} MiB"))
+            .collect();
+        println!();
+        println!("peak resident memory: {}", memory.join(", "));
+    }
     if let Some(pid) = topology.id() {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),

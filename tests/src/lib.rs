@@ -54,6 +54,12 @@ pub struct ClusterOptions {
     pub route_ttl: Duration,
     /// How long the frontend trusts its last timer poll.
     pub timer_max_unsynced: Duration,
+    /// Membership declares a worker dead after this long without a heartbeat.
+    pub heartbeat_timeout: Duration,
+    /// How long one heartbeat lets a worker lead.
+    pub lease_duration: Duration,
+    /// How often workers heartbeat.
+    pub worker_heartbeat_interval: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -63,6 +69,9 @@ impl Default for ClusterOptions {
             worker_mode: WorkerMode::InProcess,
             route_ttl: Duration::from_secs(30),
             timer_max_unsynced: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(10),
+            lease_duration: Duration::from_secs(3),
+            worker_heartbeat_interval: Duration::from_millis(500),
         }
     }
 }
@@ -198,8 +207,10 @@ impl Cluster {
                 listen: String::new(),
                 database_url: database_url.clone(),
                 timer_addr: timer_addr.clone(),
-                heartbeat_timeout: Duration::from_secs(10),
+                heartbeat_timeout: options.heartbeat_timeout,
                 route_ttl: options.route_ttl,
+                lease_duration: options.lease_duration,
+                failover_check_interval: Duration::from_millis(200),
             };
             move |listener, shutdown| freshet_membership::run(config, listener, shutdown)
         });
@@ -239,6 +250,7 @@ impl Cluster {
             timer_addr: timer_addr.clone(),
             iterator_secret: "test-secret".to_owned(),
             timer_max_unsynced: options.timer_max_unsynced,
+            storage_timeout: Duration::from_secs(5),
         };
         let frontend = Frontend::new(&frontend_config)?;
         let (frontend_listener, frontend_addr) = bind().await?;
@@ -283,6 +295,7 @@ impl Cluster {
     pub async fn start_worker(&mut self, index: usize) -> anyhow::Result<()> {
         let membership_addr = self.membership_addr.clone();
         let mode = self.options.worker_mode;
+        let heartbeat_interval = self.options.worker_heartbeat_interval;
         let worker = &mut self.workers[index];
         anyhow::ensure!(
             worker.running.is_none(),
@@ -298,7 +311,7 @@ impl Cluster {
                     availability_zone: worker.zone.to_owned(),
                     data_dir: worker.data_dir.clone(),
                     membership_addr,
-                    heartbeat_interval: Duration::from_millis(500),
+                    heartbeat_interval,
                     retention_check_interval: Duration::from_secs(60),
                     segment_bytes: 64 * 1024 * 1024,
                     ack_copies: freshet_storage_worker::AckCopies::Majority,
@@ -320,12 +333,9 @@ impl Cluster {
                         ])
                         .arg("--data-dir")
                         .arg(&worker.data_dir)
-                        .args([
-                            "--membership-addr",
-                            &membership_addr,
-                            "--heartbeat-interval",
-                            "500ms",
-                        ])
+                        .args(["--membership-addr", &membership_addr])
+                        .arg("--heartbeat-interval")
+                        .arg(format!("{}ms", heartbeat_interval.as_millis()))
                         .env("RUST_LOG", "warn")
                         .stdin(Stdio::null())
                         .kill_on_drop(true)

@@ -57,6 +57,8 @@ pub enum LogError {
     Poisoned,
     #[error("a replicated batch starts at offset {offered}, but this log continues at {expected}")]
     OffsetMismatch { offered: u64, expected: u64 },
+    #[error("cannot truncate to offset {offset}: records up to {committed} are committed")]
+    TruncatesCommitted { offset: u64, committed: u64 },
 }
 
 pub type LogResult<T> = Result<T, LogError>;
@@ -255,6 +257,56 @@ impl ShardLog {
     pub fn commit(&self, upto: u64) {
         let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
         view.committed = view.committed.max(upto.min(view.next_offset));
+    }
+
+    /// Removes every record at or after `offset`: a replica dropping a tail
+    /// its new leader never had (those records were never acknowledged, or
+    /// the leader would hold them). Committed records are never removed.
+    pub fn truncate_to(&self, offset: u64) -> LogResult<()> {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if offset >= writer.next_offset {
+            return Ok(());
+        }
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        if offset < view.committed {
+            return Err(LogError::TruncatesCommitted {
+                offset,
+                committed: view.committed,
+            });
+        }
+        let keep = view
+            .segments
+            .iter()
+            .rposition(|segment| segment.base_offset() <= offset)
+            .unwrap_or(0);
+        let dropped: Vec<Arc<Segment>> = view.segments.drain(keep + 1..).collect();
+        for segment in &dropped {
+            fs::remove_file(segment.path())
+                .map_err(io_error("remove truncated segment", segment.path()))?;
+        }
+        let segment = view.segments[keep].clone();
+        let length = segment.truncate_index(offset);
+        let path = segment.path().to_owned();
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_error("open segment for truncation", &path))?;
+        file.set_len(length)
+            .and_then(|()| file.sync_all())
+            .map_err(io_error("truncate", &path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error("fsync log directory", &self.dir))?;
+        writer.active = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_error("reopen active segment", &path))?;
+        writer.active_path = path;
+        writer.active_len = length;
+        writer.active_first_arrival_ms = segment.first_arrival_ms();
+        writer.next_offset = offset;
+        view.next_offset = offset;
+        Ok(())
     }
 
     /// The end of the committed records.

@@ -245,6 +245,19 @@ impl Segment {
         self.index().arrivals.last().copied()
     }
 
+    /// Forgets every record at or after `offset` and returns the file length
+    /// that keeps the rest (the caller truncates the file).
+    pub(crate) fn truncate_index(&self, offset: u64) -> u64 {
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        let keep = offset.saturating_sub(self.base_offset) as usize;
+        if keep < index.positions.len() {
+            index.committed_len = index.positions[keep];
+            index.positions.truncate(keep);
+            index.arrivals.truncate(keep);
+        }
+        index.committed_len
+    }
+
     /// Makes fsynced records visible to readers.
     pub(crate) fn publish(&self, positions: &[u64], arrival_ms: i64, committed_len: u64) {
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());

@@ -316,3 +316,40 @@ fn a_replica_appends_only_where_its_log_ends() {
     assert_eq!((appended.first_offset, appended.arrival_ms), (2, 12));
     assert_eq!(log.next_offset(), 3);
 }
+
+#[test]
+fn truncation_drops_an_uncommitted_tail_across_segments_and_appending_continues() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = ShardLog::open(dir.path(), small_segments()).expect("open");
+        for i in 0..10 {
+            log.append(&[record("k", &format!("{i:040}"))], i)
+                .expect("append");
+        }
+        for i in 10..20 {
+            log.append_uncommitted(&[record("k", &format!("tail-{i:035}"))], i)
+                .expect("append");
+        }
+        assert!(matches!(
+            log.truncate_to(5),
+            Err(LogError::TruncatesCommitted { .. })
+        ));
+        log.truncate_to(12).expect("truncate");
+        assert_eq!(log.next_offset(), 12);
+        let appended = log
+            .append(&[record("k", "after truncation")], 30)
+            .expect("append");
+        assert_eq!(appended.first_offset, 12);
+        let records = log
+            .read_uncommitted(0, 100, u64::MAX)
+            .expect("read")
+            .records;
+        assert_eq!(records.len(), 13);
+        assert_eq!(records[12].data, Bytes::from("after truncation"));
+    }
+    // And it all survives a reopen.
+    let log = ShardLog::open(dir.path(), small_segments()).expect("reopen");
+    let records = read_all(&log);
+    assert_eq!(records.len(), 13);
+    assert_eq!(records[11].data, Bytes::from(format!("tail-{:035}", 11)));
+}

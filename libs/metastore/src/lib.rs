@@ -282,6 +282,21 @@ impl MetaStore {
             .collect::<sqlx::Result<_>>()?)
     }
 
+    /// The open shards a worker leads.
+    pub async fn open_shards_led_by(&self, worker_id: &str) -> anyhow::Result<Vec<ShardRow>> {
+        let rows = sqlx::query(&format!(
+            "{SHARD_SELECT} WHERE leader_worker_id = $1 AND state = 'OPEN' ORDER BY stream_uid, shard_id"
+        ))
+        .bind(worker_id)
+        .fetch_all(&self.pool)
+        .await
+        .context("read a worker's led shards")?;
+        Ok(rows
+            .iter()
+            .map(shard_from_row)
+            .collect::<sqlx::Result<_>>()?)
+    }
+
     /// Every shard a worker leads or replicates, by stream then shard id.
     pub async fn shards_on_worker(&self, worker_id: &str) -> anyhow::Result<Vec<ShardRow>> {
         let rows = sqlx::query(&format!(
@@ -488,6 +503,23 @@ impl ChangeBatch {
         .execute(&mut *self.transaction)
         .await
         .with_context(|| format!("insert shard {}", shard.shard_id))?;
+        Ok(())
+    }
+
+    /// Moves a shard's leadership: new leader, replicas and epoch.
+    pub async fn update_placement(&mut self, shard: &ShardRow) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE shards SET leader_worker_id = $3, replica_worker_ids = $4, epoch = $5 \
+             WHERE stream_uid = $1 AND shard_id = $2",
+        )
+        .bind(shard.stream_uid)
+        .bind(&shard.shard_id)
+        .bind(&shard.leader_worker_id)
+        .bind(&shard.replica_worker_ids)
+        .bind(shard.epoch as i64)
+        .execute(&mut *self.transaction)
+        .await
+        .with_context(|| format!("move shard {}", shard.shard_id))?;
         Ok(())
     }
 

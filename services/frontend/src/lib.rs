@@ -72,6 +72,10 @@ pub struct Config {
     /// its time is considered unknown.
     #[arg(long, env = "FRESHET_TIMER_MAX_UNSYNCED", default_value = "5s", value_parser = humantime::parse_duration)]
     pub timer_max_unsynced: Duration,
+    /// Deadline of each call to a storage worker: a hung or frozen worker
+    /// fails the request (InternalFailure) instead of holding it forever.
+    #[arg(long, env = "FRESHET_STORAGE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub storage_timeout: Duration,
 }
 
 /// Everything a request handler needs.
@@ -83,6 +87,7 @@ pub struct Frontend {
     pub(crate) timer: TimerClient,
     pub(crate) signer: iterator::TokenSigner,
     pub(crate) storage: ops::StoragePool,
+    storage_timeout: Duration,
     _subscription: Subscription,
 }
 
@@ -119,6 +124,7 @@ impl Frontend {
             timer,
             signer: iterator::TokenSigner::new(config.iterator_secret.as_bytes()),
             storage: ops::StoragePool::default(),
+            storage_timeout: config.storage_timeout,
             _subscription: subscription,
         }))
     }
@@ -126,6 +132,13 @@ impl Frontend {
     /// The routing layer (tests inspect which branch lookups took).
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// A storage-worker request with the configured deadline.
+    pub(crate) fn storage_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.storage_timeout);
+        request
     }
 
     /// Milliseconds since the epoch by the timer service (the local clock

@@ -14,6 +14,7 @@
 //! Every entry handed out is stamped with a validity time on the timer
 //! service's clock (`route_ttl` from now); receivers must revalidate it after.
 
+mod failover;
 mod placement;
 
 use std::collections::HashMap;
@@ -60,6 +61,27 @@ pub struct Config {
     /// How long a handed-out shard-map entry stays valid.
     #[arg(long, env = "FRESHET_ROUTE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub route_ttl: Duration,
+    /// How long one heartbeat lets a worker act as a leader. Must be shorter
+    /// than the heartbeat timeout: see the safety argument in `failover.rs`.
+    #[arg(long, env = "FRESHET_LEASE_DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// How often dead leaders are looked for.
+    #[arg(long, env = "FRESHET_FAILOVER_CHECK_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub failover_check_interval: Duration,
+}
+
+impl Config {
+    /// Checks the settings that safety depends on.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.lease_duration + failover::LEASE_MARGIN < self.heartbeat_timeout,
+            "--lease-duration ({:?}) plus a {:?} margin must be shorter than --heartbeat-timeout ({:?})",
+            self.lease_duration,
+            failover::LEASE_MARGIN,
+            self.heartbeat_timeout
+        );
+        Ok(())
+    }
 }
 
 /// The Membership gRPC service.
@@ -73,12 +95,23 @@ struct Inner {
     timer: TimerClient,
     heartbeat_timeout: Duration,
     route_ttl: Duration,
+    failover_check_interval: Duration,
     /// Committed changes, in version order.
     changes: broadcast::Sender<ShardMapEntry>,
     /// Serialises change batches so commits and broadcasts keep one order.
     write_lock: Mutex<()>,
     /// Cancelled at shutdown so subscriptions end and the server can drain.
     closing: CancellationToken,
+    /// How long a heartbeat lets a worker lead (see `failover.rs`).
+    lease_duration: Duration,
+    /// Timer time (latest bound) each worker was last heard from.
+    last_heard: std::sync::Mutex<HashMap<String, i64>>,
+    storage: std::sync::Mutex<
+        HashMap<
+            String,
+            freshet_proto::v1::storage_client::StorageClient<freshet_server::TracedChannel>,
+        >,
+    >,
 }
 
 fn internal(error: anyhow::Error) -> Status {
@@ -87,22 +120,21 @@ fn internal(error: anyhow::Error) -> Status {
 }
 
 impl MembershipService {
-    pub fn new(
-        store: MetaStore,
-        timer: TimerClient,
-        heartbeat_timeout: Duration,
-        route_ttl: Duration,
-    ) -> MembershipService {
+    pub fn new(store: MetaStore, timer: TimerClient, config: &Config) -> MembershipService {
         let (changes, _) = broadcast::channel(4096);
         MembershipService {
             inner: Arc::new(Inner {
                 store,
                 timer,
-                heartbeat_timeout,
-                route_ttl,
+                heartbeat_timeout: config.heartbeat_timeout,
+                route_ttl: config.route_ttl,
+                failover_check_interval: config.failover_check_interval,
                 changes,
                 write_lock: Mutex::new(()),
                 closing: CancellationToken::new(),
+                lease_duration: config.lease_duration,
+                last_heard: std::sync::Mutex::new(HashMap::new()),
+                storage: std::sync::Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -124,9 +156,9 @@ impl MembershipService {
         &self,
         stream: &StreamRow,
         shards: Vec<ShardRow>,
-        tombstones: bool,
-        insert_rows: bool,
+        change: Change,
     ) -> anyhow::Result<Vec<ShardMapEntry>> {
+        let tombstones = change == Change::Remove;
         let _serialised = self.inner.write_lock.lock().await;
         // Read addresses under the lock, so a concurrent re-registration's
         // republish cannot be overtaken by entries carrying the old address.
@@ -141,8 +173,10 @@ impl MembershipService {
         let mut batch = self.inner.store.begin_changes().await?;
         let mut entries = Vec::with_capacity(shards.len());
         for shard in &shards {
-            if insert_rows {
-                batch.insert_shard(shard).await?;
+            match change {
+                Change::Place => batch.insert_shard(shard).await?,
+                Change::MoveLeadership => batch.update_placement(shard).await?,
+                Change::Republish | Change::Remove => {}
             }
             let state = match (tombstones, shard.state.as_str()) {
                 (true, _) => ShardState::Deleted,
@@ -168,6 +202,19 @@ impl MembershipService {
         }
         Ok(entries)
     }
+}
+
+/// What a published change does to the shard rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// New shards: insert their rows.
+    Place,
+    /// Same rows, fresh entries (a worker's address changed).
+    Republish,
+    /// New leader, replicas and epoch (failover).
+    MoveLeadership,
+    /// The stream is gone: tombstones.
+    Remove,
 }
 
 /// Builds the entry describing `shard` at `version`.
@@ -254,6 +301,7 @@ impl Membership for MembershipService {
             address = request.address,
             "worker registered"
         );
+        failover::heard_from(&self.inner, &request.worker_id);
         // A restarted worker may come back on a new address: republish its
         // shards so routes follow it. Done on every registration, so a
         // failed republish is repaired by the worker's next attempt.
@@ -267,13 +315,26 @@ impl Membership for MembershipService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        let worker_id = request.into_inner().worker_id;
         let known = self
             .inner
             .store
-            .heartbeat(&request.into_inner().worker_id)
+            .heartbeat(&worker_id)
             .await
             .map_err(internal)?;
-        Ok(Response::new(HeartbeatResponse { known }))
+        if !known {
+            return Ok(Response::new(HeartbeatResponse::default()));
+        }
+        failover::heard_from(&self.inner, &worker_id);
+        // Every change committed so far — a failover of this worker's shards
+        // included — must reach the worker before its new lease counts.
+        let lease_min_version = self.inner.store.latest_version().await.map_err(internal)?;
+        Ok(Response::new(HeartbeatResponse {
+            known,
+            lease_duration_micros: i64::try_from(self.inner.lease_duration.as_micros())
+                .unwrap_or(i64::MAX),
+            lease_min_version,
+        }))
     }
 
     async fn list_workers(
@@ -340,7 +401,7 @@ impl Membership for MembershipService {
             })
             .collect();
         let entries = self
-            .publish(&stream, rows, false, true)
+            .publish(&stream, rows, Change::Place)
             .await
             .map_err(internal)?;
         Ok(Response::new(PlaceShardsResponse {
@@ -368,7 +429,7 @@ impl Membership for MembershipService {
             .shards_of(stream_uid)
             .await
             .map_err(internal)?;
-        self.publish(&stream, shards, true, false)
+        self.publish(&stream, shards, Change::Remove)
             .await
             .map_err(internal)?;
         Ok(Response::new(RemoveStreamResponse {}))
@@ -439,7 +500,7 @@ impl MembershipService {
             // tombstones; republishing would bring it back to life.
             if let Some(stream) = self.inner.store.get_stream_by_uid(stream_uid).await? {
                 if stream.status != "DELETING" {
-                    self.publish(&stream, shards, false, false).await?;
+                    self.publish(&stream, shards, Change::Republish).await?;
                 }
             }
         }
@@ -504,13 +565,9 @@ pub async fn run(
         freshet_server::grpc_channel(&config.timer_addr)?,
         TimerClientConfig::default(),
     );
+    config.validate()?;
     serve(
-        MembershipService::new(
-            MetaStore::new(pool),
-            timer,
-            config.heartbeat_timeout,
-            config.route_ttl,
-        ),
+        MembershipService::new(MetaStore::new(pool), timer, &config),
         listener,
         shutdown,
     )
@@ -524,6 +581,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "membership serving grpc");
+    let failover = tokio::spawn(failover::watch_leaders(service.clone()));
     let closing = service.inner.closing.clone();
     let shutdown = async move {
         shutdown.await;
@@ -535,5 +593,7 @@ pub async fn serve(
             .max_encoding_message_size(256 * 1024 * 1024)
             .max_decoding_message_size(16 * 1024 * 1024),
     );
-    freshet_server::serve_grpc(router, listener, shutdown).await
+    let result = freshet_server::serve_grpc(router, listener, shutdown).await;
+    failover.abort();
+    result
 }

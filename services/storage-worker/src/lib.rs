@@ -20,6 +20,7 @@
 //!
 //! Leader failover (epoch bumps, fencing of a deposed leader) is not here yet.
 
+mod lease;
 mod replication;
 mod service;
 mod shards;
@@ -87,22 +88,37 @@ async fn stay_registered(
     mut membership: MembershipClient<TracedChannel>,
     registration: RegisterWorkerRequest,
     interval: Duration,
+    lease: Arc<lease::Lease>,
 ) {
     let mut must_register = true;
     loop {
         if must_register {
             match membership.register_worker(registration.clone()).await {
+                // Heartbeat at once: the lease comes with heartbeats.
                 Ok(_) => must_register = false,
                 Err(status) => {
                     tracing::warn!(code = ?status.code(), message = status.message(), "failed to register with membership")
                 }
             }
-        } else {
+        }
+        if !must_register {
             let heartbeat = HeartbeatRequest {
                 worker_id: registration.worker_id.clone(),
             };
+            let sent_at = tokio::time::Instant::now();
             match membership.heartbeat(heartbeat).await {
-                Ok(response) => must_register = !response.into_inner().known,
+                Ok(response) => {
+                    let response = response.into_inner();
+                    if response.known {
+                        let duration = Duration::from_micros(
+                            u64::try_from(response.lease_duration_micros).unwrap_or(0),
+                        );
+                        lease.renew(sent_at, duration, response.lease_min_version);
+                    } else {
+                        lease.revoke();
+                        must_register = true;
+                    }
+                }
                 Err(status) => {
                     tracing::warn!(code = ?status.code(), message = status.message(), "heartbeat failed")
                 }
@@ -179,10 +195,12 @@ pub async fn run(
         segment_max_bytes: config.segment_bytes,
         ..LogConfig::default()
     };
+    let lease = Arc::new(lease::Lease::default());
     let replication = Arc::new(replication::ReplicationContext::new(
         config.worker_id.clone(),
         map.clone(),
         config.ack_copies,
+        lease.clone(),
     ));
     let shards = Arc::new(ShardRegistry::new(
         config.data_dir.clone(),
@@ -200,6 +218,7 @@ pub async fn run(
             MembershipClient::new(membership_channel),
             registration,
             config.heartbeat_interval,
+            lease.clone(),
         )),
         tokio::spawn(enforce_retention(
             map.clone(),
@@ -213,6 +232,7 @@ pub async fn run(
         worker_id: config.worker_id.clone(),
         map,
         shards,
+        lease,
     };
     tracing::info!(worker_id = config.worker_id, az = config.availability_zone, %address, "storage worker serving grpc");
     let router = freshet_server::grpc_server().add_service(

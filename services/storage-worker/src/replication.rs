@@ -25,6 +25,8 @@ use freshet_proto::v1::{RecordToAppend, ReplicateRequest, ShardKey, ShardMapEntr
 use freshet_server::TracedChannel;
 use freshet_shardmap::SharedShardMap;
 
+use crate::lease::Lease;
+
 /// How long the leader waits for one replica's answer.
 const REPLICA_TIMEOUT: Duration = Duration::from_secs(2);
 /// Records per catch-up request.
@@ -58,6 +60,8 @@ pub struct ReplicationContext {
     /// This worker: only a shard's leader replicates it.
     pub worker_id: String,
     pub map: SharedShardMap,
+    /// A batch is committed only while this worker holds its leader lease.
+    pub lease: Arc<Lease>,
     pub ack_copies: AckCopies,
     clients: Mutex<HashMap<String, StorageClient<TracedChannel>>>,
 }
@@ -67,10 +71,12 @@ impl ReplicationContext {
         worker_id: String,
         map: SharedShardMap,
         ack_copies: AckCopies,
+        lease: Arc<Lease>,
     ) -> ReplicationContext {
         ReplicationContext {
             worker_id,
             map,
+            lease,
             ack_copies,
             clients: Mutex::new(HashMap::new()),
         }
@@ -112,6 +118,11 @@ impl Replicator {
             shard,
             replica_ends: HashMap::new(),
         }
+    }
+
+    /// Whether this worker may commit as a leader right now.
+    pub fn holds_lease(&self) -> bool {
+        self.context.lease.is_held(&self.context.map)
     }
 
     fn entry(&self) -> Option<ShardMapEntry> {
@@ -288,18 +299,10 @@ impl ReplicaTarget<'_> {
         let mut end = known_end.unwrap_or(batch.first_offset);
         for _ in 0..MAX_ROUNDS {
             if end > batch.first_offset {
-                // The replica holds records this leader never wrote there:
-                // only a leadership change (a later issue) can explain it.
-                tracing::warn!(
-                    shard_id = self.shard.shard_id,
-                    replica = self.address,
-                    end,
-                    "replica log is ahead of the leader's batch"
-                );
-                return SendOutcome {
-                    acknowledged: false,
-                    end: Some(end),
-                };
+                // The replica holds a tail this leader does not have (it
+                // was written under an earlier leader and never
+                // acknowledged): sending the batch makes it truncate.
+                end = batch.first_offset;
             }
             let result = if end == batch.first_offset {
                 self.call(

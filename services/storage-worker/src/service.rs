@@ -10,6 +10,7 @@ use freshet_proto::v1::*;
 use freshet_shardmap::SharedShardMap;
 use tonic::{Request, Response, Status};
 
+use crate::lease::Lease;
 use crate::shards::{OpenShard, ShardKey, ShardRegistry};
 
 /// How long a request waits for this worker's snapshot to learn of a
@@ -27,6 +28,7 @@ pub struct StorageService {
     pub(crate) worker_id: String,
     pub(crate) map: SharedShardMap,
     pub(crate) shards: Arc<ShardRegistry>,
+    pub(crate) lease: Arc<Lease>,
 }
 
 /// What a request may do with the shard.
@@ -41,6 +43,21 @@ enum Access {
 }
 
 impl StorageService {
+    /// A freshly started worker gets its lease with its first heartbeat;
+    /// wait for it briefly rather than refuse.
+    async fn wait_for_lease(&self, deadline: tokio::time::Instant) -> Result<(), Status> {
+        while !self.lease.is_held(&self.map) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::failed_precondition(format!(
+                    "not leader: worker {} holds no leader lease",
+                    self.worker_id
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
     /// Checks the caller's epoch and this worker's role against this
     /// worker's own view of the shard map, waiting briefly if that view is
     /// behind the caller's, and opens the shard.
@@ -93,6 +110,10 @@ impl StorageService {
                 "not leader: shard {} is led by {}",
                 key.1, entry.leader_worker_id
             )));
+        }
+        if access == Access::Write {
+            // Refused before anything is written, so the caller may retry.
+            self.wait_for_lease(deadline).await?;
         }
         if access == Access::Write && entry.state() != ShardState::Open {
             return Err(Status::failed_precondition(format!(
@@ -241,6 +262,15 @@ impl Storage for StorageService {
             let accepted = if records.is_empty() {
                 true
             } else {
+                // A tail beyond the leader's batch was never acknowledged
+                // (the leader would hold it): drop it, as KIP-101 does.
+                match log.truncate_to(first_offset) {
+                    Ok(()) => {}
+                    Err(LogError::TruncatesCommitted { .. }) => {
+                        return Ok((false, log.next_offset()))
+                    }
+                    Err(error) => return Err(error),
+                }
                 match log.append_replicated(first_offset, arrival_ms, &records) {
                     Ok(_) => true,
                     Err(LogError::OffsetMismatch { .. }) => false,
@@ -257,6 +287,35 @@ impl Storage for StorageService {
         Ok(Response::new(ReplicateResponse {
             accepted,
             next_offset,
+        }))
+    }
+
+    async fn describe_shard(
+        &self,
+        request: Request<DescribeShardRequest>,
+    ) -> Result<Response<DescribeShardResponse>, Status> {
+        let shard = request
+            .into_inner()
+            .shard
+            .ok_or_else(|| Status::invalid_argument("shard is required"))?;
+        let entry = self
+            .map
+            .read(|m| m.get(shard.stream_uid, &shard.shard_id).cloned())
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "shard {} is not in this worker's shard map",
+                    shard.shard_id
+                ))
+            })?;
+        let key: ShardKey = (shard.stream_uid, shard.shard_id);
+        let open = self
+            .shards
+            .get_or_open(&key, entry.sequence_base)
+            .await
+            .map_err(|error| Status::internal(format!("open shard {}: {error}", key.1)))?;
+        Ok(Response::new(DescribeShardResponse {
+            next_offset: open.log.next_offset(),
+            committed_offset: open.log.committed_offset(),
         }))
     }
 }

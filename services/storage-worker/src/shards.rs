@@ -151,6 +151,12 @@ async fn commit_batch(
         records: &records,
     };
     replicator.replicate(log, batch).await?;
+    // The lease is checked last, right before the batch becomes visible and
+    // acknowledged: a leader that lost it while replicating must not commit.
+    // (Not retried by the frontend: the batch is already on disk here.)
+    if !replicator.holds_lease() {
+        return Err("the leader lease expired before the batch could be committed".to_owned());
+    }
     log.commit(appended.first_offset + records.len() as u64);
     Ok(appended)
 }

@@ -174,7 +174,7 @@ async fn append_to_shard(
             epoch: entry.epoch,
             records: records.clone(),
         };
-        match client.append(request).await {
+        match client.append(frontend.storage_request(request)).await {
             Ok(response) => return Ok((response.into_inner(), shard_id)),
             Err(status) if attempt == 0 && refused_before_writing(&status) => {
                 tracing::debug!(
@@ -501,10 +501,10 @@ pub async fn get_shard_iterator(
         "LATEST" => {
             let mut client = frontend.storage.client(&entry.leader_address)?;
             let tail = client
-                .get_shard_tail(GetShardTailRequest {
+                .get_shard_tail(frontend.storage_request(GetShardTailRequest {
                     shard: shard_key(&entry),
                     epoch: entry.epoch,
-                })
+                }))
                 .await
                 .map_err(|status| {
                     KinesisError::internal(format!(
@@ -637,7 +637,7 @@ pub async fn get_records(
             max_records: limit,
             max_bytes: 10 * 1024 * 1024,
         };
-        match client.read(request).await {
+        match client.read(frontend.storage_request(request)).await {
             Ok(response) => break response.into_inner(),
             Err(status) if attempt == 0 && refused_before_writing(&status) => {
                 attempt += 1;

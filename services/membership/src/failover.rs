@@ -1,0 +1,211 @@
+//! Leader failover: a shard whose leader stopped heartbeating is handed to
+//! its most up-to-date live replica, under a new epoch.
+//!
+//! # Safety argument (why a deposed leader can never acknowledge a write)
+//!
+//! A leader may acknowledge (commit) a batch only while it holds a **lease**
+//! (`services/storage-worker/src/lease.rs`). A lease comes with each
+//! heartbeat answer and lasts `lease_duration`, measured on the worker's own
+//! monotonic clock from the moment it *sent* that heartbeat, shortened by a
+//! drift allowance. Membership fails a leader over only when
+//!
+//! 1. Postgres has recorded no heartbeat from it for `heartbeat_timeout`, and
+//! 2. the **timer service's** clock proves it: the earliest possible timer
+//!    time is more than `heartbeat_timeout` past the latest possible timer
+//!    time at which membership last heard from it.
+//!
+//! Every heartbeat was sent before membership heard it, so the worker's last
+//! lease ended at most `lease_duration` after (2)'s reference point; since
+//! `lease_duration + LEASE_MARGIN < heartbeat_timeout` (checked at start),
+//! the old lease has surely run out before the new epoch is published, even
+//! allowing for clock drift up to the margin. A worker that comes back (a
+//! SIGSTOPped process, a healed partition) gets a new lease only together
+//! with the change-log version current at that moment, and may use it only
+//! once its shard map has applied that version — by then it knows it was
+//! deposed. Independently, replicas refuse batches from an older epoch, and
+//! the promoted replica has every committed record (the leader acknowledged
+//! a batch only when a majority, so at least one live replica, held it; the
+//! replica with the longest log holds every batch any replica holds).
+//!
+//! If the timer service is unreachable, (2) cannot be proven and nothing
+//! fails over: availability waits, safety does not.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use freshet_metastore::{ShardRow, WorkerRow};
+use freshet_proto::v1::storage_client::StorageClient;
+use freshet_proto::v1::{DescribeShardRequest, ShardKey};
+use freshet_server::TracedChannel;
+
+use crate::{Change, Inner, MembershipService};
+
+/// Allowance for clock drift and message delay between a lease's end on the
+/// worker and membership's view of it.
+pub const LEASE_MARGIN: Duration = Duration::from_millis(500);
+
+/// Copies a shard keeps when enough zones are alive.
+const COPIES: usize = crate::placement::COPIES;
+
+/// Records that a worker was heard from just now (by the timer's clock).
+pub(crate) fn heard_from(inner: &Inner, worker_id: &str) {
+    if let Some(now) = inner.timer.now() {
+        inner
+            .last_heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(worker_id.to_owned(), now.latest_micros);
+    }
+}
+
+/// Whether the timer proves `worker` has been silent longer than the timeout.
+fn surely_silent(inner: &Inner, worker_id: &str) -> bool {
+    let Some(now) = inner.timer.now() else {
+        return false;
+    };
+    let timeout = i64::try_from(inner.heartbeat_timeout.as_micros()).unwrap_or(i64::MAX);
+    let mut last_heard = inner.last_heard.lock().unwrap_or_else(|p| p.into_inner());
+    // Never heard since this process started: start counting now.
+    let heard = *last_heard
+        .entry(worker_id.to_owned())
+        .or_insert(now.latest_micros);
+    now.earliest_micros > heard.saturating_add(timeout)
+}
+
+/// Runs forever: looks for dead leaders and fails their shards over.
+pub(crate) async fn watch_leaders(service: MembershipService) {
+    loop {
+        tokio::time::sleep(service.inner.failover_check_interval).await;
+        if let Err(error) = check_once(&service).await {
+            tracing::warn!("failover check failed to {error:#}");
+        }
+    }
+}
+
+async fn check_once(service: &MembershipService) -> anyhow::Result<()> {
+    let inner = &service.inner;
+    let workers = inner.store.list_workers().await?;
+    let live: HashMap<String, WorkerRow> = workers
+        .iter()
+        .filter(|w| service.alive(w))
+        .map(|w| (w.worker_id.clone(), w.clone()))
+        .collect();
+    for worker in workers.iter().filter(|w| !service.alive(w)) {
+        if !surely_silent(inner, &worker.worker_id) {
+            continue;
+        }
+        for shard in inner.store.open_shards_led_by(&worker.worker_id).await? {
+            if let Err(error) = fail_over(service, shard, &live).await {
+                tracing::warn!("failover failed to {error:#}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn storage_client(inner: &Inner, address: &str) -> anyhow::Result<StorageClient<TracedChannel>> {
+    let mut clients = inner.storage.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(client) = clients.get(address) {
+        return Ok(client.clone());
+    }
+    let client = StorageClient::new(freshet_server::grpc_channel(address)?);
+    clients.insert(address.to_owned(), client.clone());
+    Ok(client)
+}
+
+/// Where a live replica's copy of the shard ends; `None` if it did not say.
+async fn copy_end(inner: &Inner, address: &str, shard: &ShardRow) -> Option<u64> {
+    let mut client = storage_client(inner, address).ok()?;
+    let mut request = tonic::Request::new(DescribeShardRequest {
+        shard: Some(ShardKey {
+            stream_uid: shard.stream_uid,
+            shard_id: shard.shard_id.clone(),
+        }),
+    });
+    request.set_timeout(Duration::from_secs(2));
+    client
+        .describe_shard(request)
+        .await
+        .ok()
+        .map(|r| r.into_inner().next_offset)
+}
+
+/// Promotes the live replica with the longest log, keeps the other live
+/// replicas, and adds replacements in unused zones.
+async fn fail_over(
+    service: &MembershipService,
+    shard: ShardRow,
+    live: &HashMap<String, WorkerRow>,
+) -> anyhow::Result<()> {
+    let inner = &service.inner;
+    let Some(stream) = inner.store.get_stream_by_uid(shard.stream_uid).await? else {
+        return Ok(());
+    };
+    if stream.status == "DELETING" {
+        return Ok(());
+    }
+    let mut candidates = Vec::new();
+    for replica in shard
+        .replica_worker_ids
+        .iter()
+        .filter_map(|id| live.get(id))
+    {
+        if let Some(end) = copy_end(inner, &replica.address, &shard).await {
+            candidates.push((end, replica.clone()));
+        }
+    }
+    // Longest log first; the order of the replica list breaks ties.
+    candidates.sort_by_key(|candidate| std::cmp::Reverse(candidate.0));
+    let Some((end, new_leader)) = candidates.first().cloned() else {
+        tracing::warn!(
+            shard_id = shard.shard_id,
+            leader = shard.leader_worker_id,
+            "leader is dead and no replica answers: the shard is unavailable"
+        );
+        return Ok(());
+    };
+    let mut replicas: Vec<String> = candidates[1..]
+        .iter()
+        .map(|(_, w)| w.worker_id.clone())
+        .collect();
+    let mut zones: BTreeSet<String> = std::iter::once(&new_leader)
+        .chain(candidates[1..].iter().map(|(_, w)| w))
+        .map(|w| w.availability_zone.clone())
+        .collect();
+    let mut spares: Vec<&WorkerRow> = live
+        .values()
+        .filter(|w| {
+            w.worker_id != new_leader.worker_id
+                && !replicas.contains(&w.worker_id)
+                && w.worker_id != shard.leader_worker_id
+        })
+        .collect();
+    spares.sort_by_key(|w| w.worker_id.clone());
+    for spare in spares {
+        if replicas.len() + 1 >= COPIES {
+            break;
+        }
+        if zones.insert(spare.availability_zone.clone()) {
+            replicas.push(spare.worker_id.clone());
+        }
+    }
+    let moved = ShardRow {
+        leader_worker_id: new_leader.worker_id.clone(),
+        replica_worker_ids: replicas,
+        epoch: shard.epoch + 1,
+        ..shard.clone()
+    };
+    tracing::warn!(
+        stream_name = stream.stream_name,
+        shard_id = shard.shard_id,
+        old_leader = shard.leader_worker_id,
+        new_leader = moved.leader_worker_id,
+        epoch = moved.epoch,
+        copy_end = end,
+        "failing over shard"
+    );
+    service
+        .publish(&stream, vec![moved], Change::MoveLeadership)
+        .await?;
+    Ok(())
+}

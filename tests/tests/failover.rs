@@ -1,0 +1,290 @@
+//! Leader failover with real processes: kill -9 the leader of a shard while
+//! producers write; membership promotes the most up-to-date replica under a
+//! new epoch; every acknowledged record is read back exactly once. And a
+//! leader frozen with SIGSTOP past its lease acknowledges nothing once it
+//! wakes up.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use freshet_e2e::{
+    create_active_stream, read_shard, wait_until, Cluster, ClusterOptions, WorkerMode,
+};
+use freshet_proto::v1::storage_client::StorageClient;
+use freshet_proto::v1::{AppendRequest, RecordToAppend};
+use freshet_shardmap::ShardMapEntry;
+
+const ACCOUNT: &str = "000000000000";
+
+fn fast_failover() -> ClusterOptions {
+    ClusterOptions {
+        worker_mode: WorkerMode::Process,
+        heartbeat_timeout: Duration::from_secs(2),
+        lease_duration: Duration::from_secs(1),
+        worker_heartbeat_interval: Duration::from_millis(200),
+        ..ClusterOptions::default()
+    }
+}
+
+async fn entries(
+    cluster: &Cluster,
+    stream: &str,
+    shards: usize,
+) -> anyhow::Result<Vec<ShardMapEntry>> {
+    let map = cluster.frontend.router().map().clone();
+    wait_until(Duration::from_secs(10), || {
+        let map = map.clone();
+        async move { map.read(|m| m.stream_entries(ACCOUNT, stream).len()) == shards }
+    })
+    .await?;
+    Ok(map.read(|m| m.stream_entries(ACCOUNT, stream)))
+}
+
+/// Waits until shard `shard_id` is led by someone other than `old_leader`.
+async fn wait_for_new_leader(
+    cluster: &Cluster,
+    stream: &str,
+    shard_id: &str,
+    old_leader: &str,
+) -> anyhow::Result<ShardMapEntry> {
+    let map = cluster.frontend.router().map().clone();
+    let moved = || {
+        map.read(|m| m.stream_entries(ACCOUNT, stream))
+            .into_iter()
+            .find(|e| {
+                e.key.as_ref().is_some_and(|k| k.shard_id == shard_id)
+                    && e.leader_worker_id != old_leader
+            })
+    };
+    wait_until(Duration::from_secs(60), || async { moved().is_some() }).await?;
+    moved().ok_or_else(|| anyhow::anyhow!("no new leader"))
+}
+
+struct Producers {
+    acknowledged: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Producers {
+    fn start(client: &aws_sdk_kinesis::Client, stream: &str, count: usize) -> Producers {
+        let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..count)
+            .map(|producer| {
+                let (client, stream, acknowledged, stop) = (
+                    client.clone(),
+                    stream.to_owned(),
+                    acknowledged.clone(),
+                    stop.clone(),
+                );
+                tokio::spawn(async move {
+                    // Bounded: stops when told, or after 2,000 batches.
+                    for batch in 0..2_000 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let payloads: Vec<String> = (0..20)
+                            .map(|i| format!("p{producer}-b{batch}-r{i}"))
+                            .collect();
+                        let entries = payloads
+                            .iter()
+                            .map(|p| {
+                                PutRecordsRequestEntry::builder()
+                                    .partition_key(p)
+                                    .data(Blob::new(p.as_bytes()))
+                                    .build()
+                            })
+                            .collect::<Result<Vec<_>, _>>()?;
+                        let Ok(output) = client
+                            .put_records()
+                            .stream_name(&stream)
+                            .set_records(Some(entries))
+                            .send()
+                            .await
+                        else {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        };
+                        let mut acked = acknowledged.lock().unwrap_or_else(|p| p.into_inner());
+                        for (payload, result) in payloads.into_iter().zip(output.records) {
+                            if result.error_code.is_none() {
+                                acked.push(payload);
+                            }
+                        }
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        Producers {
+            acknowledged,
+            stop,
+            tasks,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.acknowledged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    async fn stop(self) -> anyhow::Result<HashSet<String>> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await??;
+        }
+        let acknowledged = self
+            .acknowledged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(acknowledged.into_iter().collect())
+    }
+}
+
+/// Every acknowledged record is in the stream exactly once.
+async fn assert_all_readable_once(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    acknowledged: &HashSet<String>,
+) -> anyhow::Result<()> {
+    let shards = client
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await?
+        .shards
+        .unwrap_or_default();
+    let mut seen = HashSet::new();
+    for shard in shards {
+        for record in read_shard(client, stream, &shard.shard_id).await? {
+            let payload = String::from_utf8(record.data.into_inner())?;
+            assert!(seen.insert(payload.clone()), "{payload} read twice");
+        }
+    }
+    let missing: Vec<&String> = acknowledged.difference(&seen).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged records lost, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_leader_under_load_loses_no_acknowledged_record() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with(fast_failover()).await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "failover", 3).await?;
+    let before = entries(&cluster, "failover", 3).await?;
+    let producers = Producers::start(&client, "failover", 4);
+    wait_until(Duration::from_secs(60), || async {
+        producers.count() >= 400
+    })
+    .await?;
+
+    let victim_id = before[0].leader_worker_id.clone();
+    let shard_id = before[0].key.clone().unwrap_or_default().shard_id;
+    let victim = cluster
+        .workers
+        .iter()
+        .position(|w| w.worker_id == victim_id)
+        .expect("victim");
+    let killed_at = Instant::now();
+    cluster.kill_worker(victim).await?;
+    let moved = wait_for_new_leader(&cluster, "failover", &shard_id, &victim_id).await?;
+    let window = killed_at.elapsed();
+    assert_eq!(
+        moved.epoch,
+        before[0].epoch + 1,
+        "a failover bumps the epoch"
+    );
+    assert!(
+        before[0]
+            .replica_worker_ids
+            .contains(&moved.leader_worker_id),
+        "a replica is promoted"
+    );
+    eprintln!(
+        "shard {shard_id} was without a leader for {window:?} (heartbeat timeout 2 s, lease 1 s)"
+    );
+
+    // Writes to the failed-over shard flow again.
+    let resumed_from = producers.count();
+    wait_until(Duration::from_secs(60), || async {
+        producers.count() >= resumed_from + 400
+    })
+    .await?;
+    let acknowledged = producers.stop().await?;
+    assert_all_readable_once(&client, "failover", &acknowledged).await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_frozen_past_its_lease_acknowledges_nothing_when_it_wakes() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(fast_failover()).await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "frozen", 1).await?;
+    let before = entries(&cluster, "frozen", 1).await?.remove(0);
+    let producers = Producers::start(&client, "frozen", 2);
+    wait_until(Duration::from_secs(60), || async {
+        producers.count() >= 200
+    })
+    .await?;
+
+    let victim = cluster
+        .workers
+        .iter()
+        .position(|w| w.worker_id == before.leader_worker_id)
+        .expect("victim");
+    let pid = nix::unistd::Pid::from_raw(cluster.worker_pid(victim).expect("a process") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
+    let shard_id = before.key.clone().unwrap_or_default().shard_id;
+    let moved =
+        wait_for_new_leader(&cluster, "frozen", &shard_id, &before.leader_worker_id).await?;
+    let resumed_from = producers.count();
+    wait_until(Duration::from_secs(60), || async {
+        producers.count() >= resumed_from + 200
+    })
+    .await?;
+
+    // Wake the deposed leader and hammer it with the old epoch, as a
+    // frontend with a stale route would: it must acknowledge nothing.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;
+    let mut old_leader = StorageClient::new(freshet_server::grpc_channel(&before.leader_address)?);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut attempts = 0;
+    while Instant::now() < deadline {
+        attempts += 1;
+        let append = AppendRequest {
+            shard: before.key.clone(),
+            epoch: before.epoch,
+            records: vec![RecordToAppend {
+                partition_key: "stale".to_owned(),
+                data: bytes::Bytes::from_static(b"written through a deposed leader"),
+            }],
+        };
+        let outcome = old_leader.append(append).await;
+        assert!(
+            outcome.is_err(),
+            "the deposed leader acknowledged a write: {outcome:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(attempts > 5);
+    assert_eq!(moved.epoch, before.epoch + 1);
+
+    let acknowledged = producers.stop().await?;
+    assert_all_readable_once(&client, "frozen", &acknowledged).await?;
+    cluster.shutdown().await;
+    Ok(())
+}

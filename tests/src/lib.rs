@@ -10,6 +10,7 @@
 //! Tests drive it like a user would, through `aws-sdk-kinesis` (see
 //! [`Cluster::kinesis`]) or raw HTTP for malformed requests.
 
+pub mod proxy;
 pub mod raw_http;
 
 use std::future::Future;
@@ -60,6 +61,10 @@ pub struct ClusterOptions {
     pub lease_duration: Duration,
     /// How often workers heartbeat.
     pub worker_heartbeat_interval: Duration,
+    /// Reach Postgres through a proxy the test can cut.
+    pub postgres_proxy: bool,
+    /// Reach Redis through a proxy the test can cut.
+    pub redis_proxy: bool,
 }
 
 impl Default for ClusterOptions {
@@ -72,6 +77,8 @@ impl Default for ClusterOptions {
             heartbeat_timeout: Duration::from_secs(10),
             lease_duration: Duration::from_secs(3),
             worker_heartbeat_interval: Duration::from_millis(500),
+            postgres_proxy: false,
+            redis_proxy: false,
         }
     }
 }
@@ -160,6 +167,9 @@ pub struct Cluster {
     pub membership_addr: String,
     pub timer_addr: String,
     pub workers: Vec<WorkerHandle>,
+    /// The proxies in front of Postgres and Redis, when asked for.
+    pub postgres_proxy: Option<proxy::TcpProxy>,
+    pub redis_proxy: Option<proxy::TcpProxy>,
     options: ClusterOptions,
     timer: Option<RunningService>,
     services: Vec<RunningService>,
@@ -185,6 +195,29 @@ impl Cluster {
         let database_url = match admin_url.rsplit_once('/') {
             Some((server, _)) => format!("{server}/{database_name}"),
             None => anyhow::bail!("FRESHET_TEST_DATABASE_URL must name a database"),
+        };
+        let (database_url, postgres_proxy) = if options.postgres_proxy {
+            let (scheme_and_user, rest) = database_url
+                .split_once('@')
+                .context("database url has no host")?;
+            let (server, database) = rest
+                .split_once('/')
+                .context("database url has no database")?;
+            let proxy = proxy::TcpProxy::start(server).await?;
+            let url = format!("{scheme_and_user}@{}/{database}", proxy.address);
+            (url, Some(proxy))
+        } else {
+            (database_url, None)
+        };
+        let (redis_url, redis_proxy) = if options.redis_proxy {
+            let server = test_redis_url()
+                .trim_start_matches("redis://")
+                .trim_end_matches('/')
+                .to_owned();
+            let proxy = proxy::TcpProxy::start(&server).await?;
+            (format!("redis://{}", proxy.address), Some(proxy))
+        } else {
+            (test_redis_url(), None)
         };
         let redis_prefix = format!("freshet-test-{}:", uuid::Uuid::new_v4().simple());
         let temp = tempfile::tempdir().context("create temp dir")?;
@@ -220,7 +253,7 @@ impl Cluster {
             let config = freshet_cache::Config {
                 listen: String::new(),
                 database_url: database_url.clone(),
-                redis_url: test_redis_url(),
+                redis_url: redis_url.clone(),
                 redis_prefix: redis_prefix.clone(),
                 membership_addr: membership_addr.clone(),
                 timer_addr: timer_addr.clone(),
@@ -279,6 +312,8 @@ impl Cluster {
             membership_addr,
             timer_addr,
             workers,
+            postgres_proxy,
+            redis_proxy,
             options,
             timer: Some(timer),
             services: vec![frontend_service, control_plane, cache, membership],

@@ -29,7 +29,7 @@ use freshet_proto::v1::{
 };
 use freshet_shardmap::SharedShardMap;
 use freshet_timer_client::{TimerClient, TimerClientConfig};
-use redis::aio::ConnectionManager;
+use redis::aio::MultiplexedConnection;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
@@ -66,6 +66,9 @@ pub struct Config {
     pub key_ttl: Duration,
 }
 
+/// Longest a Redis read may take before the cache answers from Postgres.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// Sets one shard's entry if its version is newer. With `ARGV[5] == '1'`
 /// only when the stream's hash already exists (mirroring changes must not
 /// create a partial hash that looks complete).
@@ -82,6 +85,31 @@ end
 return 1
 "#;
 
+/// One multiplexed Redis connection, made on first use and dropped after
+/// any failure, so the next call connects afresh (bounded by the callers'
+/// timeouts) instead of waiting on a connection that is gone.
+struct RedisConnection {
+    client: redis::Client,
+    connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+}
+
+impl RedisConnection {
+    async fn get(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let mut connection = self.connection.lock().await;
+        if let Some(connection) = connection.as_ref() {
+            return Ok(connection.clone());
+        }
+        let fresh = self.client.get_multiplexed_async_connection().await?;
+        *connection = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Forgets the connection after a failure.
+    async fn reset(&self) {
+        *self.connection.lock().await = None;
+    }
+}
+
 /// The ShardMapCache gRPC service.
 #[derive(Clone)]
 pub struct CacheService {
@@ -89,7 +117,7 @@ pub struct CacheService {
 }
 
 struct Inner {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     prefix: String,
     store: MetaStore,
     timer: TimerClient,
@@ -105,7 +133,7 @@ fn field_of(entry: &ShardMapEntry) -> String {
 
 impl CacheService {
     pub fn new(
-        redis: ConnectionManager,
+        redis: redis::Client,
         prefix: String,
         store: MetaStore,
         timer: TimerClient,
@@ -114,7 +142,10 @@ impl CacheService {
     ) -> CacheService {
         CacheService {
             inner: Arc::new(Inner {
-                redis,
+                redis: RedisConnection {
+                    client: redis,
+                    connection: tokio::sync::Mutex::new(None),
+                },
                 prefix,
                 store,
                 timer,
@@ -130,7 +161,7 @@ impl CacheService {
     }
 
     async fn upsert(&self, entry: &ShardMapEntry, only_if_cached: bool) -> redis::RedisResult<()> {
-        let mut redis = self.inner.redis.clone();
+        let mut redis = self.inner.redis.get().await?;
         let tombstone = entry.state() == ShardState::Deleted;
         self.inner
             .upsert
@@ -155,13 +186,14 @@ impl CacheService {
         for entry in entries {
             if let Err(error) = self.upsert(&entry, true).await {
                 tracing::warn!(%error, stream_name = entry.stream_name, "failed to mirror shard-map change into redis");
+                self.inner.redis.reset().await;
             }
         }
     }
 
     /// Reads a stream's entries from Redis; `None` on a miss.
     async fn read_redis(&self, key: &str) -> anyhow::Result<Option<Vec<ShardMapEntry>>> {
-        let mut redis = self.inner.redis.clone();
+        let mut redis = self.inner.redis.get().await?;
         let fields: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
             .arg(key)
             .query_async(&mut redis)
@@ -200,7 +232,7 @@ impl CacheService {
         for entry in &entries {
             self.upsert(entry, false).await.context("fill redis")?;
         }
-        let mut redis = self.inner.redis.clone();
+        let mut redis = self.inner.redis.get().await?;
         redis::pipe()
             .hset(key, "filled", "1")
             .expire(key, self.inner.key_ttl_seconds)
@@ -238,29 +270,39 @@ impl ShardMapCache for CacheService {
     ) -> Result<Response<GetStreamShardsResponse>, Status> {
         let request = request.into_inner();
         let key = self.stream_key(&request.account_id, &request.stream_name);
-        let cached = match self.read_redis(&key).await {
-            Ok(cached) => cached,
-            Err(error) => {
-                // Redis down: the database still answers.
+        // Redis down or slow: the database still answers. A Redis call is
+        // bounded so that a hung connection cannot stall routing.
+        let cached = match tokio::time::timeout(REDIS_TIMEOUT, self.read_redis(&key)).await {
+            Ok(Ok(cached)) => cached,
+            Ok(Err(error)) => {
                 tracing::warn!("cache failed to {error:#}; reading postgres");
+                self.inner.redis.reset().await;
+                None
+            }
+            Err(_) => {
+                tracing::warn!("redis did not answer within {REDIS_TIMEOUT:?}; reading postgres");
+                self.inner.redis.reset().await;
                 None
             }
         };
         let (entries, source) = match cached {
             Some(entries) => (entries, CacheSource::Redis),
             None => {
-                let entries = match self
-                    .fill_from_database(&key, &request.account_id, &request.stream_name)
-                    .await
-                {
-                    Ok(entries) => entries,
-                    Err(error) => {
+                let fill = self.fill_from_database(&key, &request.account_id, &request.stream_name);
+                let entries = match tokio::time::timeout(REDIS_TIMEOUT * 4, fill).await {
+                    Ok(Ok(entries)) => entries,
+                    result => {
+                        self.inner.redis.reset().await;
+                        let error = match result {
+                            Ok(Err(error)) => format!("{error:#}"),
+                            _ => "filling redis timed out".to_owned(),
+                        };
                         let entries = self
                             .inner
                             .store
                             .stream_entries(&request.account_id, &request.stream_name)
                             .await
-                            .map_err(|e| Status::unavailable(format!("{e:#} (after {error:#})")))?;
+                            .map_err(|e| Status::unavailable(format!("{e:#} (after {error})")))?;
                         entries
                             .iter()
                             .map(|bytes| ShardMapEntry::decode(bytes.as_slice()))
@@ -285,10 +327,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let pool = freshet_metastore::connect_url_and_migrate(&config.database_url, 10).await?;
-    let redis_client = redis::Client::open(config.redis_url.as_str()).context("parse REDIS_URL")?;
-    let redis = ConnectionManager::new(redis_client)
-        .await
-        .context("connect to redis")?;
+    let redis = redis::Client::open(config.redis_url.as_str()).context("parse REDIS_URL")?;
     let timer = TimerClient::spawn(
         freshet_server::grpc_channel(&config.timer_addr)?,
         TimerClientConfig::default(),

@@ -58,6 +58,15 @@ pub(crate) fn heard_from(inner: &Inner, worker_id: &str) {
     }
 }
 
+/// Whether this process has heard from the worker since it started.
+pub(crate) fn was_heard(inner: &Inner, worker_id: &str) -> bool {
+    inner
+        .last_heard
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains_key(worker_id)
+}
+
 /// Whether the timer proves `worker` has been silent longer than the timeout.
 fn surely_silent(inner: &Inner, worker_id: &str) -> bool {
     let Some(now) = inner.timer.now() else {

@@ -104,6 +104,8 @@ struct Inner {
     closing: CancellationToken,
     /// How long a heartbeat lets a worker lead (see `failover.rs`).
     lease_duration: Duration,
+    /// The newest change-log version committed (this is its only writer).
+    head_version: std::sync::atomic::AtomicI64,
     /// Timer time (latest bound) each worker was last heard from.
     last_heard: std::sync::Mutex<HashMap<String, i64>>,
     storage: std::sync::Mutex<
@@ -133,6 +135,7 @@ impl MembershipService {
                 write_lock: Mutex::new(()),
                 closing: CancellationToken::new(),
                 lease_duration: config.lease_duration,
+                head_version: std::sync::atomic::AtomicI64::new(0),
                 last_heard: std::sync::Mutex::new(HashMap::new()),
                 storage: std::sync::Mutex::new(HashMap::new()),
             }),
@@ -196,6 +199,11 @@ impl MembershipService {
             entries.push(entry);
         }
         batch.commit().await?;
+        if let Some(last) = entries.last() {
+            self.inner
+                .head_version
+                .fetch_max(last.version, std::sync::atomic::Ordering::AcqRel);
+        }
         for entry in &entries {
             // No receivers is fine: nobody is subscribed yet.
             let _ = self.inner.changes.send(entry.clone());
@@ -316,19 +324,26 @@ impl Membership for MembershipService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let worker_id = request.into_inner().worker_id;
-        let known = self
-            .inner
-            .store
-            .heartbeat(&worker_id)
-            .await
-            .map_err(internal)?;
+        let known = match self.inner.store.heartbeat(&worker_id).await {
+            Ok(known) => known,
+            // Postgres unreachable: nothing can fail over meanwhile (that
+            // needs Postgres), so a worker heard from before keeps leading.
+            Err(error) if failover::was_heard(&self.inner, &worker_id) => {
+                tracing::warn!("heartbeat from {worker_id} not recorded: failed to {error:#}");
+                true
+            }
+            Err(error) => return Err(internal(error)),
+        };
         if !known {
             return Ok(Response::new(HeartbeatResponse::default()));
         }
         failover::heard_from(&self.inner, &worker_id);
         // Every change committed so far — a failover of this worker's shards
         // included — must reach the worker before its new lease counts.
-        let lease_min_version = self.inner.store.latest_version().await.map_err(internal)?;
+        let lease_min_version = self
+            .inner
+            .head_version
+            .load(std::sync::atomic::Ordering::Acquire);
         Ok(Response::new(HeartbeatResponse {
             known,
             lease_duration_micros: i64::try_from(self.inner.lease_duration.as_micros())
@@ -581,6 +596,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "membership serving grpc");
+    let head = service.inner.store.latest_version().await?;
+    service
+        .inner
+        .head_version
+        .fetch_max(head, std::sync::atomic::Ordering::AcqRel);
     let failover = tokio::spawn(failover::watch_leaders(service.clone()));
     let closing = service.inner.closing.clone();
     let shutdown = async move {

@@ -1,0 +1,236 @@
+//! Dependencies going away under load, through proxies the tests own (the
+//! shared Postgres and Redis are never stopped):
+//! - Postgres unreachable: writes to existing shards go on (routes from
+//!   snapshots and Redis, leases from membership's memory); control-plane
+//!   calls fail with a clear error, and succeed again once it is back.
+//! - Redis unreachable: routing falls back to Postgres.
+//! - The timer unreachable for longer than a lease: writes go on (leases
+//!   run on local monotonic clocks; only failover waits for the timer).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_kinesis::error::ProvideErrorMetadata;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use freshet_e2e::{create_active_stream, read_shard, wait_until, Cluster, ClusterOptions};
+use freshet_shardmap::RouteSource;
+
+const ACCOUNT: &str = "000000000000";
+
+fn acked_count(acknowledged: &Mutex<Vec<String>>) -> usize {
+    acknowledged.lock().unwrap_or_else(|p| p.into_inner()).len()
+}
+
+fn start_producer(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    acknowledged: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let (client, stream) = (client.clone(), stream.to_owned());
+    tokio::spawn(async move {
+        // Bounded: stops when told, or after 5,000 batches.
+        for batch in 0..5_000 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let payloads: Vec<String> =
+                (0..10).map(|i| format!("{stream}-b{batch}-r{i}")).collect();
+            let entries = payloads
+                .iter()
+                .map(|p| {
+                    PutRecordsRequestEntry::builder()
+                        .partition_key(p)
+                        .data(Blob::new(p.as_bytes()))
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let Ok(output) = client
+                .put_records()
+                .stream_name(&stream)
+                .set_records(Some(entries))
+                .send()
+                .await
+            else {
+                continue;
+            };
+            let mut acked = acknowledged.lock().unwrap_or_else(|p| p.into_inner());
+            for (payload, result) in payloads.into_iter().zip(output.records) {
+                if result.error_code.is_none() {
+                    acked.push(payload);
+                }
+            }
+        }
+        anyhow::Ok(())
+    })
+}
+
+async fn assert_all_readable(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    acknowledged: &[String],
+) -> anyhow::Result<()> {
+    let shards = client
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await?
+        .shards
+        .unwrap_or_default();
+    let mut seen = HashSet::new();
+    for shard in shards {
+        for record in read_shard(client, stream, &shard.shard_id).await? {
+            assert!(
+                seen.insert(String::from_utf8(record.data.into_inner())?),
+                "a record read twice"
+            );
+        }
+    }
+    let missing = acknowledged.iter().filter(|p| !seen.contains(*p)).count();
+    assert_eq!(missing, 0, "acknowledged records lost");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_go_on_while_postgres_is_unreachable_and_the_control_plane_recovers(
+) -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(ClusterOptions {
+        postgres_proxy: true,
+        lease_duration: Duration::from_secs(1),
+        heartbeat_timeout: Duration::from_secs(3),
+        worker_heartbeat_interval: Duration::from_millis(200),
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "steady", 2).await?;
+    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = start_producer(&client, "steady", acknowledged.clone(), stop.clone());
+    wait_until(Duration::from_secs(30), || async {
+        acked_count(&acknowledged) >= 100
+    })
+    .await?;
+
+    let proxy = cluster.postgres_proxy.as_ref().expect("a postgres proxy");
+    proxy.cut();
+    // Longer than three leases: writes must keep being acknowledged.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = acked_count(&acknowledged);
+    wait_until(Duration::from_secs(30), || async {
+        acked_count(&acknowledged) >= during + 100
+    })
+    .await?;
+    let refused = client
+        .create_stream()
+        .stream_name("while-down")
+        .shard_count(1)
+        .send()
+        .await
+        .unwrap_err();
+    let code = refused
+        .as_service_error()
+        .and_then(|e| e.code())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(code, "InternalFailure", "{refused:?}");
+
+    proxy.restore();
+    wait_until(Duration::from_secs(60), || async {
+        client
+            .create_stream()
+            .stream_name("after")
+            .shard_count(1)
+            .send()
+            .await
+            .is_ok()
+    })
+    .await?;
+    stop.store(true, Ordering::Relaxed);
+    producer.await??;
+    let acknowledged = acknowledged
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    assert_all_readable(&client, "steady", &acknowledged).await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_falls_back_to_postgres_while_redis_is_unreachable() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(ClusterOptions {
+        redis_proxy: true,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "no-redis", 1).await?;
+    let router = cluster.frontend.router().clone();
+    router.invalidate(ACCOUNT, "no-redis");
+    router.stream_route(ACCOUNT, "no-redis").await?;
+    router.invalidate(ACCOUNT, "no-redis");
+    assert_eq!(
+        router
+            .stream_route(ACCOUNT, "no-redis")
+            .await?
+            .map(|r| r.source),
+        Some(RouteSource::CacheRedis)
+    );
+
+    let proxy = cluster.redis_proxy.as_ref().expect("a redis proxy");
+    proxy.cut();
+    for _ in 0..3 {
+        router.invalidate(ACCOUNT, "no-redis");
+        let route = router
+            .stream_route(ACCOUNT, "no-redis")
+            .await?
+            .map(|r| r.source);
+        assert_eq!(route, Some(RouteSource::CacheDatabase));
+        router.invalidate(ACCOUNT, "no-redis");
+        client
+            .put_record()
+            .stream_name("no-redis")
+            .partition_key("k")
+            .data(Blob::new("ok"))
+            .send()
+            .await?;
+    }
+    proxy.restore();
+    wait_until(Duration::from_secs(30), || async {
+        router.invalidate(ACCOUNT, "no-redis");
+        matches!(router.stream_route(ACCOUNT, "no-redis").await, Ok(Some(route)) if route.source == RouteSource::CacheRedis)
+    })
+    .await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_on_past_a_lease_while_the_timer_is_unreachable() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        lease_duration: Duration::from_secs(1),
+        heartbeat_timeout: Duration::from_secs(3),
+        worker_heartbeat_interval: Duration::from_millis(200),
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "no-timer", 1).await?;
+    cluster.stop_timer().await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        client
+            .put_record()
+            .stream_name("no-timer")
+            .partition_key("k")
+            .data(Blob::new("ok"))
+            .send()
+            .await?;
+    }
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -383,7 +383,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// kill -9 a process worker (or abort an in-process one).
+    /// kill -9 a process worker. An in-process worker is only stopped from
+    /// serving (its heartbeats go on), so failover tests use processes.
     pub async fn kill_worker(&mut self, index: usize) -> anyhow::Result<()> {
         match self.workers[index].running.take() {
             Some(RunningWorker::Process(mut child)) => {

@@ -26,80 +26,167 @@ fn free_port_block(count: u16) -> anyhow::Result<u16> {
     anyhow::bail!("no block of {count} free ports")
 }
 
+/// Where and how to run `deploy/dev.sh`; the same settings start the
+/// topology again on the same data.
+struct Settings {
+    workspace: std::path::PathBuf,
+    bin_dir: std::path::PathBuf,
+    data_dir: std::path::PathBuf,
+    base_port: u16,
+    frontend_port: u16,
+    database: String,
+    pg_server: String,
+}
+
+/// A running `deploy/dev.sh` and everything it printed.
+struct Topology {
+    script: tokio::process::Child,
+    output: Arc<Mutex<Vec<String>>>,
+    _group: freshet_e2e::ProcessGroupGuard,
+}
+
+impl Topology {
+    async fn start(settings: &Settings) -> anyhow::Result<Topology> {
+        let mut script = tokio::process::Command::new("bash")
+            .arg(settings.workspace.join("deploy/dev.sh"))
+            .current_dir(&settings.workspace)
+            .env("FRESHET_BIN_DIR", &settings.bin_dir)
+            .env("FRESHET_DEV_DIR", &settings.data_dir)
+            .env("FRESHET_DEV_PORT", settings.frontend_port.to_string())
+            .env("FRESHET_DEV_BASE_PORT", settings.base_port.to_string())
+            .env("FRESHET_DEV_DATABASE", &settings.database)
+            .env("FRESHET_PG_SERVER", &settings.pg_server)
+            .env(
+                "FRESHET_REDIS_PREFIX",
+                format!("freshet-dev-test-{}:", std::process::id()),
+            )
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0)
+            .spawn()
+            .context("run deploy/dev.sh")?;
+        let group = freshet_e2e::ProcessGroupGuard(script.id().context("script pid")?);
+        let output: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (ready_sender, ready) = tokio::sync::oneshot::channel();
+        let mut ready_sender = Some(ready_sender);
+        let mut lines = BufReader::new(script.stdout.take().context("stdout")?).lines();
+        let mut errors = BufReader::new(script.stderr.take().context("stderr")?).lines();
+        let collected = output.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("Freshet is ready") {
+                    if let Some(sender) = ready_sender.take() {
+                        let _ = sender.send(());
+                    }
+                }
+                collected
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(line);
+            }
+        });
+        let collected = output.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = errors.next_line().await {
+                collected
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(line);
+            }
+        });
+        let topology = Topology {
+            script,
+            output,
+            _group: group,
+        };
+        if tokio::time::timeout(Duration::from_secs(60), ready)
+            .await
+            .is_err()
+        {
+            anyhow::bail!("dev topology never became ready:\n{}", topology.logs());
+        }
+        Ok(topology)
+    }
+
+    fn logs(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
+    }
+
+    /// SIGTERM, then checks every service said so and nothing panicked.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        let pid = self.script.id().context("script pid")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let status = tokio::time::timeout(Duration::from_secs(30), self.script.wait())
+            .await
+            .context("services did not stop within 30s of SIGTERM")??;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let logs = self.logs();
+        assert!(status.success(), "dev.sh exited with {status}:\n{logs}");
+        for service in [
+            "timer",
+            "membership",
+            "cache",
+            "control-plane",
+            "worker-az-a",
+            "worker-az-b",
+            "worker-az-c",
+            "frontend",
+        ] {
+            assert!(
+                logs.lines()
+                    .any(|line| line.starts_with(&format!("[{service}]"))
+                        && line.contains("received SIGTERM")),
+                "{service} did not shut down on SIGTERM:\n{logs}"
+            );
+        }
+        assert!(!logs.contains("panicked"), "a service panicked:\n{logs}");
+        Ok(())
+    }
+}
+
+async fn count_records(client: &aws_sdk_kinesis::Client) -> anyhow::Result<usize> {
+    let mut total = 0;
+    for shard in [
+        "shardId-000000000000",
+        "shardId-000000000001",
+        "shardId-000000000002",
+    ] {
+        total += read_shard(client, "dev-check", shard).await?.len();
+    }
+    Ok(total)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dev_topology_serves_real_clients_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> {
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bin_dir = workspace_binary("freshet-frontend")?
-        .parent()
-        .context("bin dir")?
-        .to_owned();
-    let base = free_port_block(14)?;
-    let frontend_port = base + 13;
-    let database = format!("freshet_dev_test_{}", std::process::id());
+async fn the_dev_topology_serves_real_clients_stops_cleanly_and_restarts_with_its_data(
+) -> anyhow::Result<()> {
     let database_url = test_database_url();
     let (pg_server, _) = database_url.rsplit_once('/').context("database url")?;
     let data_dir = tempfile::tempdir()?;
+    let base_port = free_port_block(14)?;
+    let settings = Settings {
+        workspace: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+        bin_dir: workspace_binary("freshet-frontend")?
+            .parent()
+            .context("bin dir")?
+            .to_owned(),
+        data_dir: data_dir.path().to_owned(),
+        base_port,
+        frontend_port: base_port + 13,
+        database: format!("freshet_dev_test_{}", std::process::id()),
+        pg_server: pg_server.to_owned(),
+    };
 
-    let mut script = tokio::process::Command::new("bash")
-        .arg(workspace.join("deploy/dev.sh"))
-        .current_dir(&workspace)
-        .env("FRESHET_BIN_DIR", &bin_dir)
-        .env("FRESHET_DEV_DIR", data_dir.path())
-        .env("FRESHET_DEV_PORT", frontend_port.to_string())
-        .env("FRESHET_DEV_BASE_PORT", base.to_string())
-        .env("FRESHET_DEV_DATABASE", &database)
-        .env("FRESHET_PG_SERVER", pg_server)
-        .env(
-            "FRESHET_REDIS_PREFIX",
-            format!("freshet-dev-test-{}:", std::process::id()),
-        )
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .process_group(0)
-        .spawn()
-        .context("run deploy/dev.sh")?;
-    let _group = freshet_e2e::ProcessGroupGuard(script.id().context("script pid")?);
-
-    let output: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (ready_sender, ready) = tokio::sync::oneshot::channel();
-    let mut ready_sender = Some(ready_sender);
-    let mut lines = BufReader::new(script.stdout.take().context("stdout")?).lines();
-    let mut errors = BufReader::new(script.stderr.take().context("stderr")?).lines();
-    let collected = output.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("Freshet is ready") {
-                if let Some(sender) = ready_sender.take() {
-                    let _ = sender.send(());
-                }
-            }
-            collected
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(line);
-        }
-    });
-    let collected = output.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = errors.next_line().await {
-            collected
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(line);
-        }
-    });
-    let logs = || output.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
-    if tokio::time::timeout(Duration::from_secs(60), ready)
-        .await
-        .is_err()
-    {
-        anyhow::bail!("dev topology never became ready:\n{}", logs());
-    }
-
-    let endpoint = format!("http://127.0.0.1:{frontend_port}");
+    let topology = Topology::start(&settings).await?;
+    let endpoint = format!("http://127.0.0.1:{}", settings.frontend_port);
     let client = kinesis_client(&endpoint);
     create_active_stream(&client, "dev-check", 3).await?;
     client
@@ -109,15 +196,7 @@ async fn the_dev_topology_serves_real_clients_and_stops_cleanly_on_sigterm() -> 
         .data(Blob::new("across processes"))
         .send()
         .await?;
-    let mut total = 0;
-    for shard in [
-        "shardId-000000000000",
-        "shardId-000000000001",
-        "shardId-000000000002",
-    ] {
-        total += read_shard(&client, "dev-check", shard).await?.len();
-    }
-    assert_eq!(total, 1);
+    assert_eq!(count_records(&client).await?, 1);
 
     let boto3_available = std::process::Command::new("python3")
         .args(["-c", "import boto3"])
@@ -125,7 +204,7 @@ async fn the_dev_topology_serves_real_clients_and_stops_cleanly_on_sigterm() -> 
         .is_ok_and(|s| s.success());
     if boto3_available {
         let smoke = tokio::process::Command::new("python3")
-            .arg(workspace.join("tests/smoke/boto3_smoke.py"))
+            .arg(settings.workspace.join("tests/smoke/boto3_smoke.py"))
             .arg(&endpoint)
             .output()
             .await?;
@@ -138,41 +217,34 @@ async fn the_dev_topology_serves_real_clients_and_stops_cleanly_on_sigterm() -> 
     } else {
         eprintln!("boto3 is not installed: the boto3 smoke check was not run (pip install boto3)");
     }
+    topology.stop().await?;
 
-    let pid = script.id().context("script pid")?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )?;
-    let status = tokio::time::timeout(Duration::from_secs(30), script.wait())
-        .await
-        .context("services did not stop within 30s of SIGTERM")??;
-    assert!(status.success(), "dev.sh exited with {status}:\n{}", logs());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let logs = logs();
-    for service in [
-        "timer",
-        "membership",
-        "cache",
-        "control-plane",
-        "worker-az-a",
-        "worker-az-b",
-        "worker-az-c",
-        "frontend",
-    ] {
-        assert!(
-            logs.lines()
-                .any(|line| line.starts_with(&format!("[{service}]"))
-                    && line.contains("received SIGTERM")),
-            "{service} did not shut down on SIGTERM:\n{logs}"
-        );
-    }
-    assert!(!logs.contains("panicked"), "a service panicked:\n{logs}");
+    // The whole topology again, on the same disks and database: what was
+    // acknowledged before is still there, and the stream takes new writes.
+    let topology = Topology::start(&settings).await?;
+    let client = kinesis_client(&endpoint);
+    assert_eq!(
+        count_records(&client).await?,
+        1,
+        "acknowledged before the restart, readable after"
+    );
+    client
+        .put_record()
+        .stream_name("dev-check")
+        .partition_key("k")
+        .data(Blob::new("after restart"))
+        .send()
+        .await?;
+    assert_eq!(count_records(&client).await?, 2);
+    topology.stop().await?;
 
     if let Ok(mut admin) = <sqlx::PgConnection as sqlx::Connection>::connect(&database_url).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await;
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            settings.database
+        ))
+        .execute(&mut admin)
+        .await;
     }
     Ok(())
 }

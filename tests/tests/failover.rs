@@ -288,3 +288,87 @@ async fn a_leader_frozen_past_its_lease_acknowledges_nothing_when_it_wakes() -> 
     cluster.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replacement_replica_in_the_lost_zone_is_filled_from_the_others() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        worker_zones: vec!["az-a", "az-a", "az-b", "az-b", "az-c", "az-c"],
+        ..fast_failover()
+    })
+    .await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "refill", 1).await?;
+    let before = entries(&cluster, "refill", 1).await?.remove(0);
+    let producers = Producers::start(&client, "refill", 2);
+    wait_until(Duration::from_secs(60), || async {
+        producers.count() >= 200
+    })
+    .await?;
+    let acknowledged = producers.stop().await?;
+
+    let zone_by_worker: std::collections::HashMap<String, &'static str> = cluster
+        .workers
+        .iter()
+        .map(|w| (w.worker_id.clone(), w.zone))
+        .collect();
+    let zone_of = |id: &str| zone_by_worker.get(id).copied();
+    let lost_zone = zone_of(&before.leader_worker_id);
+    let victim = cluster
+        .workers
+        .iter()
+        .position(|w| w.worker_id == before.leader_worker_id)
+        .expect("victim");
+    cluster.kill_worker(victim).await?;
+    let shard_id = before.key.clone().unwrap_or_default().shard_id;
+    let moved =
+        wait_for_new_leader(&cluster, "refill", &shard_id, &before.leader_worker_id).await?;
+
+    // Three copies again, one of them in the zone that lost its worker.
+    assert_eq!(moved.replica_worker_ids.len(), 2, "{moved:?}");
+    let zones: HashSet<_> = std::iter::once(&moved.leader_worker_id)
+        .chain(&moved.replica_worker_ids)
+        .map(|id| zone_of(id))
+        .collect();
+    assert_eq!(zones.len(), 3);
+    assert!(zones.contains(&lost_zone));
+
+    // The newcomer catches up from the new leader without any new write.
+    let leader = StorageClient::new(freshet_server::grpc_channel(&moved.leader_address)?);
+    let tail = leader
+        .clone()
+        .describe_shard(freshet_proto::v1::DescribeShardRequest {
+            shard: moved.key.clone(),
+        })
+        .await?
+        .into_inner()
+        .next_offset;
+    assert!(tail >= acknowledged.len() as u64);
+    for address in &moved.replica_addresses {
+        let replica = StorageClient::new(freshet_server::grpc_channel(address)?);
+        wait_until(Duration::from_secs(30), || {
+            let (mut replica, key) = (replica.clone(), moved.key.clone());
+            async move {
+                let described = replica
+                    .describe_shard(freshet_proto::v1::DescribeShardRequest { shard: key })
+                    .await;
+                described.is_ok_and(|d| d.into_inner().next_offset == tail)
+            }
+        })
+        .await?;
+    }
+    // With enough copies holding its whole log, the new leader commits it:
+    // what its predecessor acknowledged becomes readable with no new write.
+    wait_until(Duration::from_secs(30), || {
+        let (mut leader, key) = (leader.clone(), moved.key.clone());
+        async move {
+            let described = leader
+                .describe_shard(freshet_proto::v1::DescribeShardRequest { shard: key })
+                .await;
+            described.is_ok_and(|d| d.into_inner().committed_offset == tail)
+        }
+    })
+    .await?;
+    assert_all_readable_once(&client, "refill", &acknowledged).await?;
+    cluster.shutdown().await;
+    Ok(())
+}

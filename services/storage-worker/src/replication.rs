@@ -208,8 +208,9 @@ impl Replicator {
 
 impl Replicator {
     /// While the shard is idle: brings every replica whose log end is not
-    /// known to match the leader's up to date, and passes on the commit
-    /// point. Bounded by `deadline` per replica.
+    /// known to match the leader's up to date, passes on the commit point,
+    /// and commits the leader's whole log once enough copies hold it.
+    /// Bounded by `deadline` per replica.
     pub async fn catch_up(&mut self, log: &Arc<ShardLog>, deadline: Duration) {
         let Some(entry) = self
             .entry()
@@ -245,6 +246,22 @@ impl Replicator {
                     self.replica_ends.remove(worker_id);
                 }
             }
+        }
+        // A new leader (after failover or restart) may hold records that
+        // were acknowledged under its predecessor but not yet marked
+        // committed here. Once enough replicas hold the whole log, all of it
+        // is committed — the same rule as for a fresh batch.
+        let holding = entry
+            .replica_worker_ids
+            .iter()
+            .filter(|id| self.replica_ends.get(*id) == Some(&target))
+            .count();
+        let needed = self
+            .context
+            .ack_copies
+            .replicas_needed(entry.replica_worker_ids.len());
+        if committed < target && holding >= needed && self.holds_lease() {
+            log.commit(target);
         }
     }
 }

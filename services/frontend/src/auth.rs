@@ -121,25 +121,31 @@ impl AccountResolver {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(access_key_id)
-            .filter(|(_, at)| at.elapsed() < ACCOUNT_CACHE_TTL)
-            .map(|(account, _)| account.clone());
+            .cloned();
         let account = match cached {
-            Some(account) => account,
-            None => {
+            Some((account, at)) if at.elapsed() < ACCOUNT_CACHE_TTL => account,
+            stale => {
                 let mut client = self.control_plane.clone();
-                let response = client
-                    .resolve_access_key(ResolveAccessKeyRequest {
-                        access_key_id: access_key_id.to_owned(),
-                    })
-                    .await
-                    .map_err(|status| KinesisError::from_status(&status))?
-                    .into_inner();
-                let account = response.found.then_some(response.account_id);
-                self.cache
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(access_key_id.to_owned(), (account.clone(), Instant::now()));
-                account
+                let request = ResolveAccessKeyRequest {
+                    access_key_id: access_key_id.to_owned(),
+                };
+                match client.resolve_access_key(request).await {
+                    Ok(response) => {
+                        let response = response.into_inner();
+                        let account = response.found.then_some(response.account_id);
+                        self.cache
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(access_key_id.to_owned(), (account.clone(), Instant::now()));
+                        account
+                    }
+                    // The control plane (or its Postgres) is down: a key
+                    // resolved before keeps working, so the data path does.
+                    Err(status) => match stale {
+                        Some((account, _)) => account,
+                        None => return Err(KinesisError::from_status(&status)),
+                    },
+                }
             }
         };
         account.ok_or_else(|| {

@@ -253,6 +253,13 @@ impl ShardLog {
         self.write_batch(records, arrival_ms, Some(first_offset))
     }
 
+    /// Where the next batch appended at `now_ms` will land: its first offset
+    /// and its arrival time (never earlier than the log's last).
+    pub fn next_position(&self, now_ms: i64) -> (u64, i64) {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        (writer.next_offset, now_ms.max(writer.last_arrival_ms))
+    }
+
     /// Makes records below `upto` visible to readers (clamped to what is durable).
     pub fn commit(&self, upto: u64) {
         let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());

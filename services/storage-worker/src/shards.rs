@@ -6,8 +6,8 @@
 //!    through a channel and waits.
 //! 2. The writer task takes every append waiting in its channel (up to
 //!    [`GROUP_COMMIT_MAX_BYTES`]), appends them to the log as one batch with
-//!    one fsync (still invisible to readers), and sends the batch to the
-//!    shard's replicas (`replication.rs`), which fsync it too.
+//!    one fsync (still invisible to readers) while sending the same batch to
+//!    the shard's replicas (`replication.rs`), which fsync it too.
 //! 3. Once enough copies hold it (a majority by default), the batch is
 //!    committed — readers may see it — and each caller is answered with
 //!    where its records landed. An acknowledged record is on disk in a
@@ -139,18 +139,27 @@ async fn commit_batch(
     records: Vec<NewRecord>,
 ) -> Result<Appended, String> {
     let records = Arc::new(records);
+    // This task is the shard's only writer, so the batch's place is known
+    // before it is written: the leader's fsync and the replicas' overlap.
+    let (first_offset, arrival_ms) = log.next_position(now_ms());
     let for_write = (log.clone(), records.clone());
-    let appended =
-        tokio::task::spawn_blocking(move || for_write.0.append_uncommitted(&for_write.1, now_ms()))
-            .await
-            .map_err(|e| format!("append task failed: {e}"))?
-            .map_err(|e| e.to_string())?;
+    let local = tokio::task::spawn_blocking(move || {
+        for_write
+            .0
+            .append_replicated(first_offset, arrival_ms, &for_write.1)
+    });
     let batch = LocalBatch {
-        first_offset: appended.first_offset,
-        arrival_ms: appended.arrival_ms,
+        first_offset,
+        arrival_ms,
         records: &records,
     };
-    replicator.replicate(log, batch).await?;
+    let (local, replicated) = tokio::join!(local, replicator.replicate(log, batch));
+    // If the local write failed, replicas may hold a batch the leader does
+    // not: it was not acknowledged, and the next batch truncates it there.
+    let appended = local
+        .map_err(|e| format!("append task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    replicated?;
     // The lease is checked last, right before the batch becomes visible and
     // acknowledged: a leader that lost it while replicating must not commit.
     // (Not retried by the frontend: the batch is already on disk here.)

@@ -61,6 +61,8 @@ pub struct ClusterOptions {
     pub lease_duration: Duration,
     /// How often workers heartbeat.
     pub worker_heartbeat_interval: Duration,
+    /// Open shards an account may have.
+    pub shard_limit: u32,
     /// Reach Postgres through a proxy the test can cut.
     pub postgres_proxy: bool,
     /// Reach Redis through a proxy the test can cut.
@@ -77,6 +79,7 @@ impl Default for ClusterOptions {
             heartbeat_timeout: Duration::from_secs(10),
             lease_duration: Duration::from_secs(3),
             worker_heartbeat_interval: Duration::from_millis(500),
+            shard_limit: 1000,
             postgres_proxy: false,
             redis_proxy: false,
         }
@@ -269,7 +272,7 @@ impl Cluster {
                 listen: String::new(),
                 database_url: database_url.clone(),
                 membership_addr: membership_addr.clone(),
-                shard_limit: 1000,
+                shard_limit: options.shard_limit,
             };
             move |listener, shutdown| freshet_control_plane::run(config, listener, shutdown)
         });

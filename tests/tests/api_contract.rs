@@ -562,3 +562,35 @@ async fn bad_records_are_refused_and_nothing_is_written() -> anyhow::Result<()> 
     cluster.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creations_never_exceed_the_shard_limit_together() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(freshet_e2e::ClusterOptions {
+        shard_limit: 10,
+        ..Default::default()
+    })
+    .await?;
+    let client = cluster.kinesis();
+    let attempts = (0..8).map(|i| {
+        let client = client.clone();
+        async move {
+            client
+                .create_stream()
+                .stream_name(format!("racer-{i}"))
+                .shard_count(3)
+                .send()
+                .await
+        }
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    let created = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(
+        created, 3,
+        "3 × 3 shards fit under a limit of 10; a fourth would not"
+    );
+    for outcome in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+        assert_eq!(code(outcome), "LimitExceededException");
+    }
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -85,6 +85,17 @@ pub struct WorkerRow {
     pub seconds_since_heartbeat: f64,
 }
 
+/// What [`MetaStore::insert_stream`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewStreamOutcome {
+    Created(i64),
+    NameTaken,
+    /// Shards the account already uses (open, or requested by streams being created).
+    OverShardLimit {
+        used: i64,
+    },
+}
+
 /// A new stream to insert.
 #[derive(Debug, Clone)]
 pub struct NewStream<'a> {
@@ -174,11 +185,39 @@ impl MetaStore {
         Ok(())
     }
 
-    /// Inserts a stream in CREATING; `None` if the name is taken.
-    pub async fn insert_stream(&self, stream: &NewStream<'_>) -> anyhow::Result<Option<i64>> {
+    /// Inserts a stream in CREATING if the name is free and the account's
+    /// shards — open ones plus those of streams still being created — leave
+    /// room for `shard_count` more. Check and insert run under a
+    /// per-account lock, so concurrent creations cannot overshoot together.
+    pub async fn insert_stream(
+        &self,
+        stream: &NewStream<'_>,
+        shard_count: u32,
+        shard_limit: u32,
+    ) -> anyhow::Result<NewStreamOutcome> {
+        let mut transaction = self.pool.begin().await.context("begin stream creation")?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(stream.account_id)
+            .execute(&mut *transaction)
+            .await
+            .context("lock the account's shard quota")?;
+        let used: i64 = sqlx::query(
+            "SELECT (SELECT count(*) FROM shards JOIN streams USING (stream_uid) \
+                     WHERE streams.account_id = $1 AND shards.state = 'OPEN') \
+                  + (SELECT COALESCE(SUM(requested_shards), 0) FROM streams \
+                     WHERE account_id = $1 AND status = 'CREATING') AS used",
+        )
+        .bind(stream.account_id)
+        .fetch_one(&mut *transaction)
+        .await
+        .context("count the account's shards")?
+        .try_get("used")?;
+        if used + i64::from(shard_count) > i64::from(shard_limit) {
+            return Ok(NewStreamOutcome::OverShardLimit { used });
+        }
         let row = sqlx::query(
-            "INSERT INTO streams (account_id, stream_name, stream_arn, status, stream_mode, retention_hours, max_record_size_kib, created_at_ms) \
-             VALUES ($1, $2, $3, 'CREATING', $4, $5, $6, $7) ON CONFLICT (account_id, stream_name) DO NOTHING RETURNING stream_uid",
+            "INSERT INTO streams (account_id, stream_name, stream_arn, status, stream_mode, retention_hours, max_record_size_kib, created_at_ms, requested_shards) \
+             VALUES ($1, $2, $3, 'CREATING', $4, $5, $6, $7, $8) ON CONFLICT (account_id, stream_name) DO NOTHING RETURNING stream_uid",
         )
         .bind(stream.account_id)
         .bind(stream.stream_name)
@@ -187,10 +226,18 @@ impl MetaStore {
         .bind(stream.retention_hours)
         .bind(stream.max_record_size_kib)
         .bind(stream.created_at_ms)
-        .fetch_optional(&self.pool)
+        .bind(i32::try_from(shard_count).unwrap_or(i32::MAX))
+        .fetch_optional(&mut *transaction)
         .await
         .context("insert stream")?;
-        Ok(row.map(|row| row.try_get("stream_uid")).transpose()?)
+        transaction
+            .commit()
+            .await
+            .context("commit stream creation")?;
+        match row {
+            Some(row) => Ok(NewStreamOutcome::Created(row.try_get("stream_uid")?)),
+            None => Ok(NewStreamOutcome::NameTaken),
+        }
     }
 
     pub async fn set_stream_status(&self, stream_uid: i64, status: &str) -> anyhow::Result<()> {
@@ -253,18 +300,6 @@ impl MetaStore {
             .iter()
             .map(stream_from_row)
             .collect::<sqlx::Result<_>>()?)
-    }
-
-    /// Open shards across all of an account's streams (for the shard quota).
-    pub async fn count_open_shards(&self, account_id: &str) -> anyhow::Result<i64> {
-        let row = sqlx::query(
-            "SELECT count(*) AS n FROM shards JOIN streams USING (stream_uid) WHERE streams.account_id = $1 AND shards.state = 'OPEN'",
-        )
-        .bind(account_id)
-        .fetch_one(&self.pool)
-        .await
-        .context("count open shards")?;
-        Ok(row.try_get("n")?)
     }
 
     /// A stream's shards in shard-id order.

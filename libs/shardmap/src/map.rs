@@ -1,6 +1,6 @@
 //! The snapshot itself: entries keyed by shard, applied by version.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use freshet_proto::v1::{ShardMapEntry, ShardState};
@@ -32,7 +32,12 @@ pub enum ApplyOutcome {
 /// A versioned snapshot of the shard map.
 #[derive(Debug, Default)]
 pub struct ShardMap {
-    live: HashMap<EntryId, ShardMapEntry>,
+    /// Ordered by (stream incarnation, shard id), so one stream's entries
+    /// are one range.
+    live: BTreeMap<EntryId, ShardMapEntry>,
+    /// (account, stream name) → incarnations with live entries: a lookup
+    /// by name touches only that stream, however large the map.
+    by_name: HashMap<(String, String), BTreeSet<i64>>,
     /// Versions of deleted entries, so a reordered older change cannot
     /// bring a deleted shard back.
     tombstones: HashMap<EntryId, i64>,
@@ -68,10 +73,16 @@ impl ShardMap {
             return false;
         }
         if entry.state() == ShardState::Deleted {
-            self.live.remove(&id);
+            if let Some(removed) = self.live.remove(&id) {
+                self.unindex(&removed);
+            }
             self.tombstones.insert(id, entry.version);
         } else {
             self.tombstones.remove(&id);
+            self.by_name
+                .entry((entry.account_id.clone(), entry.stream_name.clone()))
+                .or_default()
+                .insert(id.0);
             self.live.insert(id, entry);
         }
         true
@@ -113,6 +124,7 @@ impl ShardMap {
             .cloned()
             .collect();
         self.live.clear();
+        self.by_name.clear();
         self.tombstones
             .retain(|_, tombstone_version| *tombstone_version > version);
         for entry in entries.into_iter().chain(newer) {
@@ -127,20 +139,34 @@ impl ShardMap {
 
     /// The entries of the newest incarnation of a stream, by shard id.
     pub fn stream_entries(&self, account_id: &str, stream_name: &str) -> Vec<ShardMapEntry> {
-        let matching = self
-            .live
-            .values()
-            .filter(|e| e.account_id == account_id && e.stream_name == stream_name);
-        let newest_uid = matching
-            .clone()
-            .filter_map(|e| e.key.as_ref().map(|k| k.stream_uid))
-            .max();
-        let mut entries: Vec<ShardMapEntry> = matching
-            .filter(|e| e.key.as_ref().map(|k| k.stream_uid) == newest_uid)
-            .cloned()
-            .collect();
-        entries.sort_by_key(entry_id);
-        entries
+        let newest = self
+            .by_name
+            .get(&(account_id.to_owned(), stream_name.to_owned()))
+            .and_then(|uids| uids.last().copied());
+        match newest {
+            Some(uid) => self
+                .live
+                .range(stream_range(uid))
+                .map(|(_, e)| e.clone())
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Drops `removed`'s incarnation from the name index once it has no
+    /// live entry left.
+    fn unindex(&mut self, removed: &ShardMapEntry) {
+        let uid = replaced_uid(removed);
+        if self.live.range(stream_range(uid)).next().is_some() {
+            return;
+        }
+        let name = (removed.account_id.clone(), removed.stream_name.clone());
+        if let Some(uids) = self.by_name.get_mut(&name) {
+            uids.remove(&uid);
+            if uids.is_empty() {
+                self.by_name.remove(&name);
+            }
+        }
     }
 
     /// Whether a tombstone says this shard's stream was deleted.
@@ -156,12 +182,26 @@ impl ShardMap {
 
     /// Forces the stream's entries to be revalidated on next use.
     pub fn expire_stream(&mut self, account_id: &str, stream_name: &str) {
-        for entry in self.live.values_mut() {
-            if entry.account_id == account_id && entry.stream_name == stream_name {
+        let uids: Vec<i64> = self
+            .by_name
+            .get(&(account_id.to_owned(), stream_name.to_owned()))
+            .map(|uids| uids.iter().copied().collect())
+            .unwrap_or_default();
+        for uid in uids {
+            for (_, entry) in self.live.range_mut(stream_range(uid)) {
                 entry.valid_until_micros = 0;
             }
         }
     }
+}
+
+fn replaced_uid(entry: &ShardMapEntry) -> i64 {
+    entry.key.as_ref().map(|k| k.stream_uid).unwrap_or_default()
+}
+
+/// Every entry id of one stream incarnation.
+fn stream_range(uid: i64) -> std::ops::Range<EntryId> {
+    (uid, String::new())..(uid.saturating_add(1), String::new())
 }
 
 /// A [`ShardMap`] shared between a subscriber task and its readers, with a
@@ -287,6 +327,33 @@ mod tests {
         assert_eq!(leader_of(&map, "a").as_deref(), Some("w5"));
         assert_eq!(leader_of(&map, "b").as_deref(), Some("from-cache"));
         assert_eq!(map.applied_version(), 5);
+    }
+
+    #[test]
+    fn a_stream_lookup_sees_only_that_stream_and_forgets_deleted_incarnations() {
+        let mut map = ShardMap::default();
+        let mut other = entry("shardId-000000000000", 1, "elsewhere");
+        other.stream_name = "other".to_owned();
+        other.key = Some(ShardKey {
+            stream_uid: 9,
+            shard_id: "shardId-000000000000".to_owned(),
+        });
+        map.upsert(other);
+        map.upsert(entry("shardId-000000000001", 2, "w"));
+        map.upsert(entry("shardId-000000000000", 3, "w"));
+        let ids: Vec<String> = map
+            .stream_entries("000000000000", "s")
+            .iter()
+            .map(|e| e.key.clone().unwrap_or_default().shard_id)
+            .collect();
+        assert_eq!(ids, ["shardId-000000000000", "shardId-000000000001"]);
+        for (shard, version) in [("shardId-000000000000", 4), ("shardId-000000000001", 5)] {
+            let mut tombstone = entry(shard, version, "");
+            tombstone.state = ShardState::Deleted as i32;
+            map.upsert(tombstone);
+        }
+        assert!(map.stream_entries("000000000000", "s").is_empty());
+        assert_eq!(map.stream_entries("000000000000", "other").len(), 1);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use freshet_metastore::{MetaStore, NewStream, StreamRow};
+use freshet_metastore::{MetaStore, NewStream, NewStreamOutcome, StreamRow};
 use freshet_proto::v1::control_plane_server::{ControlPlane, ControlPlaneServer};
 use freshet_proto::v1::membership_client::MembershipClient;
 use freshet_proto::v1::*;
@@ -182,20 +182,6 @@ impl ControlPlane for ControlPlaneService {
             }
             (_, count) => count,
         };
-        let open = self
-            .store
-            .count_open_shards(&request.account_id)
-            .await
-            .map_err(internal)?;
-        if open + i64::from(shard_count) > i64::from(self.shard_limit) {
-            return Err(Status::resource_exhausted(format!(
-                "This request would exceed the shard limit for the account {} in {}. Current shard count for the account: {open}. \
-                 Limit: {}. Number of additional shards that would have resulted from this request: {shard_count}. \
-                 Refer to the AWS Service Limits page (https://docs.aws.amazon.com/general/latest/gr/aws_service_limits.html) \
-                 for current limits and how to request higher limits.",
-                request.account_id, request.region, self.shard_limit
-            )));
-        }
         let arn =
             StreamArn::new(&request.region, &request.account_id, &request.stream_name).to_string();
         let max_record_size_kib = if request.max_record_size_kib == 0 {
@@ -212,16 +198,28 @@ impl ControlPlane for ControlPlaneService {
             max_record_size_kib: i32::try_from(max_record_size_kib).unwrap_or(1024),
             created_at_ms: now_ms(),
         };
-        let Some(stream_uid) = self
+        let outcome = self
             .store
-            .insert_stream(&new_stream)
+            .insert_stream(&new_stream, shard_count, self.shard_limit)
             .await
-            .map_err(internal)?
-        else {
-            return Err(Status::already_exists(format!(
-                "Stream {} under account {} already exists.",
-                request.stream_name, request.account_id
-            )));
+            .map_err(internal)?;
+        let stream_uid = match outcome {
+            NewStreamOutcome::Created(stream_uid) => stream_uid,
+            NewStreamOutcome::NameTaken => {
+                return Err(Status::already_exists(format!(
+                    "Stream {} under account {} already exists.",
+                    request.stream_name, request.account_id
+                )));
+            }
+            NewStreamOutcome::OverShardLimit { used } => {
+                return Err(Status::resource_exhausted(format!(
+                    "This request would exceed the shard limit for the account {} in {}. Current shard count for the account: {used}. \
+                     Limit: {}. Number of additional shards that would have resulted from this request: {shard_count}. \
+                     Refer to the AWS Service Limits page (https://docs.aws.amazon.com/general/latest/gr/aws_service_limits.html) \
+                     for current limits and how to request higher limits.",
+                    request.account_id, request.region, self.shard_limit
+                )));
+            }
         };
 
         let shards = HashKeyRange::split_evenly(shard_count)

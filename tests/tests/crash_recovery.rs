@@ -147,3 +147,51 @@ async fn a_worker_killed_mid_write_loses_no_acknowledged_record() -> anyhow::Res
     cluster.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_was_down_while_its_stream_was_deleted_removes_the_data() -> anyhow::Result<()>
+{
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        worker_mode: WorkerMode::Process,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "doomed", 1).await?;
+    client
+        .put_record()
+        .stream_name("doomed")
+        .partition_key("k")
+        .data(Blob::new("x"))
+        .send()
+        .await?;
+    let data_dirs: Vec<std::path::PathBuf> =
+        cluster.workers.iter().map(|w| w.data_dir.clone()).collect();
+    let shard_dirs = |index: usize| -> usize {
+        std::fs::read_dir(data_dirs[index].join("shards"))
+            .map(|streams| {
+                streams
+                    .flatten()
+                    .map(|stream| {
+                        std::fs::read_dir(stream.path())
+                            .map(|d| d.count())
+                            .unwrap_or(0)
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    // Every copy holds the shard once the write is replicated.
+    wait_until(Duration::from_secs(30), || async {
+        (0..3).all(|i| shard_dirs(i) == 1)
+    })
+    .await?;
+
+    cluster.kill_worker(2).await?;
+    client.delete_stream().stream_name("doomed").send().await?;
+    cluster.start_worker(2).await?;
+    cluster.wait_for_workers_alive().await?;
+    wait_until(Duration::from_secs(30), || async { shard_dirs(2) == 0 }).await?;
+    cluster.shutdown().await;
+    Ok(())
+}

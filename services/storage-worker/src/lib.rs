@@ -171,6 +171,40 @@ async fn remove_deleted_shards(map: SharedShardMap, shards: Arc<ShardRegistry>) 
     }
 }
 
+/// Removes the data of shards this worker no longer holds: streams deleted
+/// while it was down (a snapshot carries no tombstones), or shards failed
+/// over away from it. Runs once the shard map has caught up, then every
+/// `interval`.
+async fn remove_orphaned_shards(
+    worker_id: String,
+    map: SharedShardMap,
+    shards: Arc<ShardRegistry>,
+    interval: Duration,
+) {
+    while map.read(|m| m.applied_version()) == 0 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for key in shards.stored_shards().await {
+            let holds = map.read(|m| {
+                m.get(key.0, &key.1).is_some_and(|e| {
+                    e.leader_worker_id == worker_id || e.replica_worker_ids.contains(&worker_id)
+                })
+            });
+            if !holds {
+                shards.remove(&key).await;
+                tracing::info!(
+                    stream_uid = key.0,
+                    shard_id = key.1,
+                    "removed data of a shard this worker no longer holds"
+                );
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
 /// Serves the worker on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -226,6 +260,12 @@ pub async fn run(
             config.retention_check_interval,
         )),
         tokio::spawn(remove_deleted_shards(map.clone(), shards.clone())),
+        tokio::spawn(remove_orphaned_shards(
+            config.worker_id.clone(),
+            map.clone(),
+            shards.clone(),
+            config.retention_check_interval,
+        )),
     ];
 
     let service = StorageService {

@@ -258,6 +258,32 @@ impl ShardRegistry {
             .collect()
     }
 
+    /// Every shard with a directory on disk, open or not.
+    pub async fn stored_shards(&self) -> Vec<ShardKey> {
+        let mut found = Vec::new();
+        let Ok(mut streams) = tokio::fs::read_dir(self.data_dir.join("shards")).await else {
+            return found;
+        };
+        while let Ok(Some(stream)) = streams.next_entry().await {
+            let Some(uid) = stream
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            let Ok(mut shard_dirs) = tokio::fs::read_dir(stream.path()).await else {
+                continue;
+            };
+            while let Ok(Some(shard)) = shard_dirs.next_entry().await {
+                if let Some(shard_id) = shard.file_name().to_str() {
+                    found.push((uid, shard_id.to_owned()));
+                }
+            }
+        }
+        found
+    }
+
     /// Closes a deleted shard and removes its data.
     pub async fn remove(&self, key: &ShardKey) {
         self.open

@@ -541,11 +541,12 @@ impl ChangeBatch {
         Ok(())
     }
 
-    /// Moves a shard's leadership: new leader, replicas and epoch.
+    /// Moves a shard's leadership: new leader, replicas and epoch — only
+    /// from epoch `shard.epoch - 1`, so two racing moves cannot both apply.
     pub async fn update_placement(&mut self, shard: &ShardRow) -> anyhow::Result<()> {
-        sqlx::query(
+        let moved = sqlx::query(
             "UPDATE shards SET leader_worker_id = $3, replica_worker_ids = $4, epoch = $5 \
-             WHERE stream_uid = $1 AND shard_id = $2",
+             WHERE stream_uid = $1 AND shard_id = $2 AND epoch = $5 - 1",
         )
         .bind(shard.stream_uid)
         .bind(&shard.shard_id)
@@ -555,6 +556,12 @@ impl ChangeBatch {
         .execute(&mut *self.transaction)
         .await
         .with_context(|| format!("move shard {}", shard.shard_id))?;
+        anyhow::ensure!(
+            moved.rows_affected() == 1,
+            "shard {} is no longer at epoch {}: its placement changed meanwhile",
+            shard.shard_id,
+            shard.epoch - 1
+        );
         Ok(())
     }
 

@@ -58,6 +58,15 @@ pub(crate) fn heard_from(inner: &Inner, worker_id: &str) {
     }
 }
 
+/// Whether a failover of this worker's shards is in progress.
+pub(crate) fn is_being_deposed(inner: &Inner, worker_id: &str) -> bool {
+    inner
+        .deposing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(worker_id)
+}
+
 /// Whether this process has heard from the worker since it started.
 pub(crate) fn was_heard(inner: &Inner, worker_id: &str) -> bool {
     inner
@@ -103,11 +112,24 @@ async fn check_once(service: &MembershipService) -> anyhow::Result<()> {
         if !surely_silent(inner, &worker.worker_id) {
             continue;
         }
-        for shard in inner.store.open_shards_led_by(&worker.worker_id).await? {
+        // From here until the moves are published, the worker gets no lease
+        // even if it heartbeats (and a heartbeat makes the moves stand down).
+        inner
+            .deposing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(worker.worker_id.clone());
+        let shards = inner.store.open_shards_led_by(&worker.worker_id).await;
+        for shard in shards.into_iter().flatten() {
             if let Err(error) = fail_over(service, shard, &live).await {
                 tracing::warn!("failover failed to {error:#}");
             }
         }
+        inner
+            .deposing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&worker.worker_id);
     }
     Ok(())
 }
@@ -159,8 +181,18 @@ async fn fail_over(
         .iter()
         .filter_map(|id| live.get(id))
     {
-        if let Some(end) = copy_end(inner, &replica.address, &shard).await {
-            candidates.push((end, replica.clone()));
+        match copy_end(inner, &replica.address, &shard).await {
+            Some(end) => candidates.push((end, replica.clone())),
+            None => {
+                // A live replica that does not answer may hold the longest
+                // log (an acknowledged batch): never promote without it.
+                tracing::warn!(
+                    shard_id = shard.shard_id,
+                    replica = replica.worker_id,
+                    "a live replica did not say how long its copy is; failover waits"
+                );
+                return Ok(());
+            }
         }
     }
     // Longest log first; the order of the replica list breaks ties.
@@ -213,6 +245,15 @@ async fn fail_over(
         copy_end = end,
         "failing over shard"
     );
+    // The old leader may have spoken up while the replicas were asked.
+    if !surely_silent(inner, &shard.leader_worker_id) {
+        tracing::info!(
+            shard_id = shard.shard_id,
+            leader = shard.leader_worker_id,
+            "leader heard from again; failover stands down"
+        );
+        return Ok(());
+    }
     service
         .publish(&stream, vec![moved], Change::MoveLeadership)
         .await?;

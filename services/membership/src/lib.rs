@@ -106,6 +106,9 @@ struct Inner {
     lease_duration: Duration,
     /// The newest change-log version committed (this is its only writer).
     head_version: std::sync::atomic::AtomicI64,
+    /// Workers whose shards are being failed over right now: they get no
+    /// lease until the move is published (see `failover.rs`).
+    deposing: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Timer time (latest bound) each worker was last heard from.
     last_heard: std::sync::Mutex<HashMap<String, i64>>,
     storage: std::sync::Mutex<
@@ -137,6 +140,7 @@ impl MembershipService {
                 lease_duration: config.lease_duration,
                 head_version: std::sync::atomic::AtomicI64::new(0),
                 last_heard: std::sync::Mutex::new(HashMap::new()),
+                deposing: std::sync::Mutex::new(std::collections::HashSet::new()),
                 storage: std::sync::Mutex::new(HashMap::new()),
             }),
         }
@@ -163,6 +167,29 @@ impl MembershipService {
     ) -> anyhow::Result<Vec<ShardMapEntry>> {
         let tombstones = change == Change::Remove;
         let _serialised = self.inner.write_lock.lock().await;
+        // A republish rebuilds entries from the rows as they are *now*: a
+        // failover (or a deletion) may have committed since they were read.
+        let shards = if change == Change::Republish {
+            let current = self
+                .inner
+                .store
+                .get_stream_by_uid(stream.stream_uid)
+                .await?;
+            if current.is_none_or(|s| s.status == "DELETING") {
+                return Ok(Vec::new());
+            }
+            let wanted: std::collections::HashSet<String> =
+                shards.into_iter().map(|s| s.shard_id).collect();
+            self.inner
+                .store
+                .shards_of(stream.stream_uid)
+                .await?
+                .into_iter()
+                .filter(|s| wanted.contains(&s.shard_id))
+                .collect()
+        } else {
+            shards
+        };
         // Read addresses under the lock, so a concurrent re-registration's
         // republish cannot be overtaken by entries carrying the old address.
         let workers: HashMap<String, WorkerRow> = self
@@ -338,6 +365,14 @@ impl Membership for MembershipService {
             return Ok(Response::new(HeartbeatResponse::default()));
         }
         failover::heard_from(&self.inner, &worker_id);
+        if failover::is_being_deposed(&self.inner, &worker_id) {
+            // Heard, so the failover will see it alive and stand down; but
+            // no lease until it has decided.
+            return Ok(Response::new(HeartbeatResponse {
+                known,
+                ..HeartbeatResponse::default()
+            }));
+        }
         // Every change committed so far — a failover of this worker's shards
         // included — must reach the worker before its new lease counts.
         let lease_min_version = self

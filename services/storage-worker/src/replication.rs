@@ -106,6 +106,8 @@ pub struct Replicator {
 
 /// A batch the leader has made durable locally.
 pub struct LocalBatch<'a> {
+    /// The epoch the leader writes it under; replicas refuse older ones.
+    pub epoch: u64,
     pub first_offset: u64,
     pub arrival_ms: i64,
     pub records: &'a [NewRecord],
@@ -118,6 +120,13 @@ impl Replicator {
             shard,
             replica_ends: HashMap::new(),
         }
+    }
+
+    /// The epoch at which this worker leads the shard now, if it does.
+    pub fn leading_epoch(&self) -> Option<u64> {
+        self.entry()
+            .filter(|e| e.leader_worker_id == self.context.worker_id)
+            .map(|e| e.epoch)
     }
 
     /// Whether this worker may commit as a leader right now.
@@ -139,7 +148,8 @@ impl Replicator {
     ) -> Result<(), String> {
         let entry = self
             .entry()
-            .ok_or("the shard is no longer in this worker's shard map")?;
+            .filter(|e| e.leader_worker_id == self.context.worker_id && e.epoch == batch.epoch)
+            .ok_or("this worker no longer leads the shard at the batch's epoch")?;
         let replicas: Vec<(String, String)> = entry
             .replica_worker_ids
             .iter()
@@ -212,9 +222,11 @@ impl Replicator {
     /// and commits the leader's whole log once enough copies hold it.
     /// Bounded by `deadline` per replica.
     pub async fn catch_up(&mut self, log: &Arc<ShardLog>, deadline: Duration) {
+        // A worker without a lease sends nothing: it may have been deposed.
         let Some(entry) = self
             .entry()
             .filter(|e| e.leader_worker_id == self.context.worker_id)
+            .filter(|_| self.holds_lease())
         else {
             return;
         };

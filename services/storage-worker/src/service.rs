@@ -163,7 +163,10 @@ impl Storage for StorageService {
                 data: record.data,
             })
             .collect();
-        let appended = shard.append(records).await.map_err(Status::internal)?;
+        let appended = shard
+            .append(records, request.epoch)
+            .await
+            .map_err(Status::internal)?;
         Ok(Response::new(AppendResponse {
             first_offset: appended.first_offset,
             sequence_base: shard.sequence_base,

@@ -33,6 +33,9 @@ pub type ShardKey = (i64, String);
 /// One caller's records waiting for the next group commit.
 struct AppendJob {
     records: Vec<NewRecord>,
+    /// The leadership epoch the caller was authorized under: the job is
+    /// written only while this worker still leads at exactly that epoch.
+    epoch: u64,
     reply: oneshot::Sender<Result<Appended, String>>,
 }
 
@@ -45,10 +48,14 @@ pub struct OpenShard {
 
 impl OpenShard {
     /// Appends through the group-commit writer; resolves once durable.
-    pub async fn append(&self, records: Vec<NewRecord>) -> Result<Appended, String> {
+    pub async fn append(&self, records: Vec<NewRecord>, epoch: u64) -> Result<Appended, String> {
         let (reply, answer) = oneshot::channel();
         self.writer
-            .send(AppendJob { records, reply })
+            .send(AppendJob {
+                records,
+                epoch,
+                reply,
+            })
             .await
             .map_err(|_| "shard writer stopped".to_owned())?;
         answer
@@ -102,6 +109,21 @@ async fn write_loop(
                 .sum::<usize>();
             batch.push(job);
         }
+        // Only jobs authorized under the epoch this worker leads now go on:
+        // a job queued before a failover must not be written afterwards.
+        let leading = replicator.leading_epoch();
+        let (batch, stale): (Vec<AppendJob>, Vec<AppendJob>) = batch
+            .into_iter()
+            .partition(|job| Some(job.epoch) == leading);
+        for job in stale {
+            let _ = job.reply.send(Err(format!(
+                "not leader at epoch {} any more (now {leading:?})",
+                job.epoch
+            )));
+        }
+        let Some(epoch) = leading.filter(|_| !batch.is_empty()) else {
+            continue;
+        };
         let counts: Vec<usize> = batch.iter().map(|job| job.records.len()).collect();
         let mut records = Vec::with_capacity(counts.iter().sum());
         let mut replies = Vec::with_capacity(batch.len());
@@ -109,7 +131,7 @@ async fn write_loop(
             records.extend(job.records);
             replies.push(job.reply);
         }
-        let result = commit_batch(&log, &mut replicator, records).await;
+        let result = commit_batch(&log, &mut replicator, records, epoch).await;
         match result {
             Ok(appended) => {
                 let mut offset = appended.first_offset;
@@ -137,6 +159,7 @@ async fn commit_batch(
     log: &Arc<ShardLog>,
     replicator: &mut Replicator,
     records: Vec<NewRecord>,
+    epoch: u64,
 ) -> Result<Appended, String> {
     let records = Arc::new(records);
     // This task is the shard's only writer, so the batch's place is known
@@ -149,6 +172,7 @@ async fn commit_batch(
             .append_replicated(first_offset, arrival_ms, &for_write.1)
     });
     let batch = LocalBatch {
+        epoch,
         first_offset,
         arrival_ms,
         records: &records,
@@ -165,6 +189,11 @@ async fn commit_batch(
     // (Not retried by the frontend: the batch is already on disk here.)
     if !replicator.holds_lease() {
         return Err("the leader lease expired before the batch could be committed".to_owned());
+    }
+    if replicator.leading_epoch() != Some(epoch) {
+        return Err(format!(
+            "leadership moved on from epoch {epoch} before the batch could be committed"
+        ));
     }
     log.commit(appended.first_offset + records.len() as u64);
     Ok(appended)

@@ -10,6 +10,7 @@
 //! Tests drive it like a user would, through `aws-sdk-kinesis` (see
 //! [`Cluster::kinesis`]) or raw HTTP for malformed requests.
 
+pub mod load;
 pub mod proxy;
 pub mod raw_http;
 
@@ -478,26 +479,7 @@ impl Cluster {
 
     /// Stops everything and drops the database and Redis keys.
     pub async fn shutdown(mut self) {
-        for index in 0..self.workers.len() {
-            match self.workers[index].running.take() {
-                Some(RunningWorker::InProcess(service)) => service.stop().await,
-                Some(RunningWorker::Process(mut child)) => {
-                    if let Some(pid) = child.id() {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid as i32),
-                            nix::sys::signal::Signal::SIGTERM,
-                        );
-                    }
-                    if tokio::time::timeout(Duration::from_secs(10), child.wait())
-                        .await
-                        .is_err()
-                    {
-                        let _ = child.start_kill();
-                    }
-                }
-                None => {}
-            }
-        }
+        self.stop_workers().await;
         for service in self.services.drain(..) {
             service.stop().await;
         }

@@ -2,16 +2,11 @@
 //! write, restart it, and every acknowledged record is still there; a torn
 //! tail left by the crash is truncated, never served.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use freshet_e2e::{
-    create_active_stream, read_shard, wait_until, Cluster, ClusterOptions, WorkerMode,
-};
+use freshet_e2e::load::{assert_acknowledged_readable_once, Producers};
+use freshet_e2e::{create_active_stream, wait_until, Cluster, ClusterOptions, WorkerMode};
 
 /// Appends a half-written frame to the newest segment of every shard the
 /// worker holds, as a crash in the middle of a write leaves behind.
@@ -49,51 +44,8 @@ async fn a_worker_killed_mid_write_loses_no_acknowledged_record() -> anyhow::Res
     let client = cluster.kinesis();
     create_active_stream(&client, "durable", 6).await?;
 
-    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut producers = Vec::new();
-    for producer in 0..4 {
-        let client = client.clone();
-        let acknowledged = acknowledged.clone();
-        let stop = stop.clone();
-        producers.push(tokio::spawn(async move {
-            let mut batch_number = 0;
-            // Bounded: stops when told, or after 400 batches at most.
-            while !stop.load(Ordering::Relaxed) && batch_number < 400 {
-                let payloads: Vec<String> = (0..20)
-                    .map(|i| format!("p{producer}-b{batch_number}-r{i}"))
-                    .collect();
-                let entries = payloads
-                    .iter()
-                    .map(|p| {
-                        PutRecordsRequestEntry::builder()
-                            .partition_key(p)
-                            .data(Blob::new(p.as_bytes()))
-                            .build()
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                batch_number += 1;
-                let Ok(output) = client
-                    .put_records()
-                    .stream_name("durable")
-                    .set_records(Some(entries))
-                    .send()
-                    .await
-                else {
-                    continue;
-                };
-                let mut acked = acknowledged.lock().unwrap_or_else(|p| p.into_inner());
-                for (payload, result) in payloads.iter().zip(output.records) {
-                    if result.error_code.is_none() {
-                        acked.push(payload.clone());
-                    }
-                }
-            }
-            anyhow::Ok(())
-        }));
-    }
-
-    let acked_count = || acknowledged.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let producers = Producers::start(&client, "durable", 4, 20);
+    let acked_count = || producers.count();
     wait_until(Duration::from_secs(60), || async { acked_count() >= 400 }).await?;
     let victim = 0;
     cluster.kill_worker(victim).await?;
@@ -108,42 +60,8 @@ async fn a_worker_killed_mid_write_loses_no_acknowledged_record() -> anyhow::Res
         acked_count() >= at_kill + 400
     })
     .await?;
-    stop.store(true, Ordering::Relaxed);
-    for producer in producers {
-        producer.await??;
-    }
-
-    let expected: HashSet<String> = acknowledged
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .cloned()
-        .collect();
-    let mut seen = HashSet::new();
-    let shards = client
-        .list_shards()
-        .stream_name("durable")
-        .send()
-        .await?
-        .shards
-        .unwrap_or_default();
-    for shard in shards {
-        for record in read_shard(&client, "durable", &shard.shard_id).await? {
-            let payload = String::from_utf8(record.data.into_inner())?;
-            assert!(payload.starts_with('p'), "garbage served: {payload:?}");
-            assert!(
-                seen.insert(payload.clone()),
-                "record {payload} served twice"
-            );
-        }
-    }
-    let missing: Vec<&String> = expected.difference(&seen).collect();
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged records lost, e.g. {:?}",
-        missing.len(),
-        missing.first()
-    );
+    let acknowledged = producers.stop().await?;
+    assert_acknowledged_readable_once(&client, "durable", &acknowledged).await?;
     cluster.shutdown().await;
     Ok(())
 }

@@ -5,15 +5,10 @@
 //! wakes up.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use freshet_e2e::{
-    create_active_stream, read_shard, wait_until, Cluster, ClusterOptions, WorkerMode,
-};
+use freshet_e2e::load::{assert_acknowledged_readable_once, Producers};
+use freshet_e2e::{create_active_stream, wait_until, Cluster, ClusterOptions, WorkerMode};
 use freshet_proto::v1::storage_client::StorageClient;
 use freshet_proto::v1::{AppendRequest, RecordToAppend};
 use freshet_shardmap::ShardMapEntry;
@@ -64,128 +59,13 @@ async fn wait_for_new_leader(
     moved().ok_or_else(|| anyhow::anyhow!("no new leader"))
 }
 
-struct Producers {
-    acknowledged: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Producers {
-    fn start(client: &aws_sdk_kinesis::Client, stream: &str, count: usize) -> Producers {
-        let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks = (0..count)
-            .map(|producer| {
-                let (client, stream, acknowledged, stop) = (
-                    client.clone(),
-                    stream.to_owned(),
-                    acknowledged.clone(),
-                    stop.clone(),
-                );
-                tokio::spawn(async move {
-                    // Bounded: stops when told, or after 2,000 batches.
-                    for batch in 0..2_000 {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let payloads: Vec<String> = (0..20)
-                            .map(|i| format!("p{producer}-b{batch}-r{i}"))
-                            .collect();
-                        let entries = payloads
-                            .iter()
-                            .map(|p| {
-                                PutRecordsRequestEntry::builder()
-                                    .partition_key(p)
-                                    .data(Blob::new(p.as_bytes()))
-                                    .build()
-                            })
-                            .collect::<Result<Vec<_>, _>>()?;
-                        let Ok(output) = client
-                            .put_records()
-                            .stream_name(&stream)
-                            .set_records(Some(entries))
-                            .send()
-                            .await
-                        else {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        };
-                        let mut acked = acknowledged.lock().unwrap_or_else(|p| p.into_inner());
-                        for (payload, result) in payloads.into_iter().zip(output.records) {
-                            if result.error_code.is_none() {
-                                acked.push(payload);
-                            }
-                        }
-                    }
-                    anyhow::Ok(())
-                })
-            })
-            .collect();
-        Producers {
-            acknowledged,
-            stop,
-            tasks,
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.acknowledged
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
-    }
-
-    async fn stop(self) -> anyhow::Result<HashSet<String>> {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await??;
-        }
-        let acknowledged = self
-            .acknowledged
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Ok(acknowledged.into_iter().collect())
-    }
-}
-
-/// Every acknowledged record is in the stream exactly once.
-async fn assert_all_readable_once(
-    client: &aws_sdk_kinesis::Client,
-    stream: &str,
-    acknowledged: &HashSet<String>,
-) -> anyhow::Result<()> {
-    let shards = client
-        .list_shards()
-        .stream_name(stream)
-        .send()
-        .await?
-        .shards
-        .unwrap_or_default();
-    let mut seen = HashSet::new();
-    for shard in shards {
-        for record in read_shard(client, stream, &shard.shard_id).await? {
-            let payload = String::from_utf8(record.data.into_inner())?;
-            assert!(seen.insert(payload.clone()), "{payload} read twice");
-        }
-    }
-    let missing: Vec<&String> = acknowledged.difference(&seen).collect();
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged records lost, e.g. {:?}",
-        missing.len(),
-        missing.first()
-    );
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_a_leader_under_load_loses_no_acknowledged_record() -> anyhow::Result<()> {
     let mut cluster = Cluster::start_with(fast_failover()).await?;
     let client = cluster.kinesis();
     create_active_stream(&client, "failover", 3).await?;
     let before = entries(&cluster, "failover", 3).await?;
-    let producers = Producers::start(&client, "failover", 4);
+    let producers = Producers::start(&client, "failover", 4, 20);
     wait_until(Duration::from_secs(60), || async {
         producers.count() >= 400
     })
@@ -224,7 +104,7 @@ async fn killing_a_leader_under_load_loses_no_acknowledged_record() -> anyhow::R
     })
     .await?;
     let acknowledged = producers.stop().await?;
-    assert_all_readable_once(&client, "failover", &acknowledged).await?;
+    assert_acknowledged_readable_once(&client, "failover", &acknowledged).await?;
     cluster.shutdown().await;
     Ok(())
 }
@@ -235,7 +115,7 @@ async fn a_leader_frozen_past_its_lease_acknowledges_nothing_when_it_wakes() -> 
     let client = cluster.kinesis();
     create_active_stream(&client, "frozen", 1).await?;
     let before = entries(&cluster, "frozen", 1).await?.remove(0);
-    let producers = Producers::start(&client, "frozen", 2);
+    let producers = Producers::start(&client, "frozen", 2, 20);
     wait_until(Duration::from_secs(60), || async {
         producers.count() >= 200
     })
@@ -284,7 +164,7 @@ async fn a_leader_frozen_past_its_lease_acknowledges_nothing_when_it_wakes() -> 
     assert_eq!(moved.epoch, before.epoch + 1);
 
     let acknowledged = producers.stop().await?;
-    assert_all_readable_once(&client, "frozen", &acknowledged).await?;
+    assert_acknowledged_readable_once(&client, "frozen", &acknowledged).await?;
     cluster.shutdown().await;
     Ok(())
 }
@@ -299,7 +179,7 @@ async fn a_replacement_replica_in_the_lost_zone_is_filled_from_the_others() -> a
     let client = cluster.kinesis();
     create_active_stream(&client, "refill", 1).await?;
     let before = entries(&cluster, "refill", 1).await?.remove(0);
-    let producers = Producers::start(&client, "refill", 2);
+    let producers = Producers::start(&client, "refill", 2, 20);
     wait_until(Duration::from_secs(60), || async {
         producers.count() >= 200
     })
@@ -368,7 +248,7 @@ async fn a_replacement_replica_in_the_lost_zone_is_filled_from_the_others() -> a
         }
     })
     .await?;
-    assert_all_readable_once(&client, "refill", &acknowledged).await?;
+    assert_acknowledged_readable_once(&client, "refill", &acknowledged).await?;
     cluster.shutdown().await;
     Ok(())
 }

@@ -7,92 +7,15 @@
 //! - The timer unreachable for longer than a lease: writes go on (leases
 //!   run on local monotonic clocks; only failover waits for the timer).
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use freshet_e2e::{create_active_stream, read_shard, wait_until, Cluster, ClusterOptions};
+use freshet_e2e::load::{assert_acknowledged_readable_once, Producers};
+use freshet_e2e::{create_active_stream, wait_until, Cluster, ClusterOptions};
 use freshet_shardmap::RouteSource;
 
 const ACCOUNT: &str = "000000000000";
-
-fn acked_count(acknowledged: &Mutex<Vec<String>>) -> usize {
-    acknowledged.lock().unwrap_or_else(|p| p.into_inner()).len()
-}
-
-fn start_producer(
-    client: &aws_sdk_kinesis::Client,
-    stream: &str,
-    acknowledged: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    let (client, stream) = (client.clone(), stream.to_owned());
-    tokio::spawn(async move {
-        // Bounded: stops when told, or after 5,000 batches.
-        for batch in 0..5_000 {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let payloads: Vec<String> =
-                (0..10).map(|i| format!("{stream}-b{batch}-r{i}")).collect();
-            let entries = payloads
-                .iter()
-                .map(|p| {
-                    PutRecordsRequestEntry::builder()
-                        .partition_key(p)
-                        .data(Blob::new(p.as_bytes()))
-                        .build()
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let Ok(output) = client
-                .put_records()
-                .stream_name(&stream)
-                .set_records(Some(entries))
-                .send()
-                .await
-            else {
-                continue;
-            };
-            let mut acked = acknowledged.lock().unwrap_or_else(|p| p.into_inner());
-            for (payload, result) in payloads.into_iter().zip(output.records) {
-                if result.error_code.is_none() {
-                    acked.push(payload);
-                }
-            }
-        }
-        anyhow::Ok(())
-    })
-}
-
-async fn assert_all_readable(
-    client: &aws_sdk_kinesis::Client,
-    stream: &str,
-    acknowledged: &[String],
-) -> anyhow::Result<()> {
-    let shards = client
-        .list_shards()
-        .stream_name(stream)
-        .send()
-        .await?
-        .shards
-        .unwrap_or_default();
-    let mut seen = HashSet::new();
-    for shard in shards {
-        for record in read_shard(client, stream, &shard.shard_id).await? {
-            assert!(
-                seen.insert(String::from_utf8(record.data.into_inner())?),
-                "a record read twice"
-            );
-        }
-    }
-    let missing = acknowledged.iter().filter(|p| !seen.contains(*p)).count();
-    assert_eq!(missing, 0, "acknowledged records lost");
-    Ok(())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_go_on_while_postgres_is_unreachable_and_the_control_plane_recovers(
@@ -107,11 +30,9 @@ async fn writes_go_on_while_postgres_is_unreachable_and_the_control_plane_recove
     .await?;
     let client = cluster.kinesis();
     create_active_stream(&client, "steady", 2).await?;
-    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let producer = start_producer(&client, "steady", acknowledged.clone(), stop.clone());
+    let producers = Producers::start(&client, "steady", 1, 10);
     wait_until(Duration::from_secs(30), || async {
-        acked_count(&acknowledged) >= 100
+        producers.count() >= 100
     })
     .await?;
 
@@ -119,9 +40,9 @@ async fn writes_go_on_while_postgres_is_unreachable_and_the_control_plane_recove
     proxy.cut();
     // Longer than three leases: writes must keep being acknowledged.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let during = acked_count(&acknowledged);
+    let during = producers.count();
     wait_until(Duration::from_secs(30), || async {
-        acked_count(&acknowledged) >= during + 100
+        producers.count() >= during + 100
     })
     .await?;
     let refused = client
@@ -149,13 +70,8 @@ async fn writes_go_on_while_postgres_is_unreachable_and_the_control_plane_recove
             .is_ok()
     })
     .await?;
-    stop.store(true, Ordering::Relaxed);
-    producer.await??;
-    let acknowledged = acknowledged
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    assert_all_readable(&client, "steady", &acknowledged).await?;
+    let acknowledged = producers.stop().await?;
+    assert_acknowledged_readable_once(&client, "steady", &acknowledged).await?;
     cluster.shutdown().await;
     Ok(())
 }

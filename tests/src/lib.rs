@@ -87,6 +87,19 @@ impl Default for ClusterOptions {
     }
 }
 
+impl ClusterOptions {
+    /// Leases and heartbeats short enough for failover tests to run in
+    /// seconds: heartbeat timeout 2 s, lease 1 s, heartbeats every 200 ms.
+    pub fn short_leases() -> ClusterOptions {
+        ClusterOptions {
+            heartbeat_timeout: Duration::from_secs(2),
+            lease_duration: Duration::from_secs(1),
+            worker_heartbeat_interval: Duration::from_millis(200),
+            ..ClusterOptions::default()
+        }
+    }
+}
+
 /// A running in-process service and the way to stop it.
 struct RunningService {
     stop: Option<oneshot::Sender<()>>,
@@ -614,6 +627,37 @@ pub async fn read_shard(
         if empty {
             break;
         }
+    }
+    Ok(records)
+}
+
+/// The ids of a stream's shards, as ListShards returns them.
+pub async fn shard_ids(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> anyhow::Result<Vec<String>> {
+    let shards = client
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await
+        .context("list shards")?
+        .shards;
+    Ok(shards
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| s.shard_id)
+        .collect())
+}
+
+/// Every record of every shard of a stream, shard by shard.
+pub async fn read_stream(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> anyhow::Result<Vec<aws_sdk_kinesis::types::Record>> {
+    let mut records = Vec::new();
+    for shard_id in shard_ids(client, stream).await? {
+        records.extend(read_shard(client, stream, &shard_id).await?);
     }
     Ok(records)
 }

@@ -114,23 +114,14 @@ pub async fn assert_acknowledged_readable_once(
     stream: &str,
     acknowledged: &HashSet<String>,
 ) -> anyhow::Result<()> {
-    let shards = client
-        .list_shards()
-        .stream_name(stream)
-        .send()
-        .await?
-        .shards
-        .unwrap_or_default();
     let mut seen = HashSet::new();
-    for shard in shards {
-        for record in crate::read_shard(client, stream, &shard.shard_id).await? {
-            let payload = String::from_utf8(record.data.into_inner())?;
-            anyhow::ensure!(
-                payload.starts_with(&format!("{stream}-p")),
-                "garbage served: {payload:?}"
-            );
-            anyhow::ensure!(seen.insert(payload.clone()), "{payload} read twice");
-        }
+    for record in crate::read_stream(client, stream).await? {
+        let payload = String::from_utf8(record.data.into_inner())?;
+        anyhow::ensure!(
+            payload.starts_with(&format!("{stream}-p")),
+            "garbage served: {payload:?}"
+        );
+        anyhow::ensure!(seen.insert(payload.clone()), "{payload} read twice");
     }
     let missing: Vec<&String> = acknowledged.difference(&seen).collect();
     anyhow::ensure!(

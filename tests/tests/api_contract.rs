@@ -7,7 +7,7 @@ use aws_sdk_kinesis::types::{
     PutRecordsRequestEntry, ShardIteratorType, StreamMode, StreamModeDetails,
 };
 use freshet_e2e::raw_http::{kinesis_h2c, kinesis_http1, post_http1};
-use freshet_e2e::{create_active_stream, read_shard, Cluster};
+use freshet_e2e::{create_active_stream, Cluster};
 
 fn address(cluster: &Cluster) -> String {
     cluster.endpoint.trim_start_matches("http://").to_owned()
@@ -25,18 +25,7 @@ fn code<E: ProvideErrorMetadata>(
 }
 
 async fn total_records(client: &aws_sdk_kinesis::Client, stream: &str) -> anyhow::Result<usize> {
-    let shards = client
-        .list_shards()
-        .stream_name(stream)
-        .send()
-        .await?
-        .shards
-        .unwrap_or_default();
-    let mut total = 0;
-    for shard in shards {
-        total += read_shard(client, stream, &shard.shard_id).await?.len();
-    }
-    Ok(total)
+    Ok(freshet_e2e::read_stream(client, stream).await?.len())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,10 +18,7 @@ const ACCOUNT: &str = "000000000000";
 fn fast_failover() -> ClusterOptions {
     ClusterOptions {
         worker_mode: WorkerMode::Process,
-        heartbeat_timeout: Duration::from_secs(2),
-        lease_duration: Duration::from_secs(1),
-        worker_heartbeat_interval: Duration::from_millis(200),
-        ..ClusterOptions::default()
+        ..ClusterOptions::short_leases()
     }
 }
 

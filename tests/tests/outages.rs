@@ -22,10 +22,7 @@ async fn writes_go_on_while_postgres_is_unreachable_and_the_control_plane_recove
 ) -> anyhow::Result<()> {
     let cluster = Cluster::start_with(ClusterOptions {
         postgres_proxy: true,
-        lease_duration: Duration::from_secs(1),
-        heartbeat_timeout: Duration::from_secs(3),
-        worker_heartbeat_interval: Duration::from_millis(200),
-        ..ClusterOptions::default()
+        ..ClusterOptions::short_leases()
     })
     .await?;
     let client = cluster.kinesis();
@@ -127,13 +124,7 @@ async fn routing_falls_back_to_postgres_while_redis_is_unreachable() -> anyhow::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_go_on_past_a_lease_while_the_timer_is_unreachable() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start_with(ClusterOptions {
-        lease_duration: Duration::from_secs(1),
-        heartbeat_timeout: Duration::from_secs(3),
-        worker_heartbeat_interval: Duration::from_millis(200),
-        ..ClusterOptions::default()
-    })
-    .await?;
+    let mut cluster = Cluster::start_with(ClusterOptions::short_leases()).await?;
     let client = cluster.kinesis();
     create_active_stream(&client, "no-timer", 1).await?;
     cluster.stop_timer().await;

@@ -35,6 +35,14 @@ const CATCH_UP_BYTES: u64 = 4 * 1024 * 1024;
 /// Requests one replica may take to catch up before this batch gives up on it.
 const MAX_ROUNDS: usize = 64;
 
+/// A record as a `Replicate` request carries it (the data is shared, not copied).
+fn to_wire(partition_key: &str, data: &bytes::Bytes) -> RecordToAppend {
+    RecordToAppend {
+        partition_key: partition_key.to_owned(),
+        data: data.clone(),
+    }
+}
+
 /// How many copies must hold a batch before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AckCopies {
@@ -164,10 +172,7 @@ impl Replicator {
         let records: Vec<RecordToAppend> = batch
             .records
             .iter()
-            .map(|r| RecordToAppend {
-                partition_key: r.partition_key.clone(),
-                data: r.data.clone(),
-            })
+            .map(|r| to_wire(&r.partition_key, &r.data))
             .collect();
         let sends = replicas.iter().map(|(worker_id, address)| {
             let known_end = self.replica_ends.get(worker_id).copied();
@@ -420,10 +425,7 @@ impl ReplicaTarget<'_> {
             .records
             .iter()
             .take_while(|r| r.arrival_ms == arrival_ms && r.offset < until)
-            .map(|r| RecordToAppend {
-                partition_key: r.partition_key.clone(),
-                data: r.data.clone(),
-            })
+            .map(|r| to_wire(&r.partition_key, &r.data))
             .collect();
         self.call(from, arrival_ms, run, committed).await
     }

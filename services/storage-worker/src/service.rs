@@ -23,6 +23,17 @@ const MAX_PARTITION_KEY_BYTES: usize = 1024;
 /// Largest read a single call returns.
 const MAX_READ_BYTES: u64 = 10 * 1024 * 1024;
 
+/// Records as a caller sent them, as the log stores them.
+fn into_log_records(records: Vec<RecordToAppend>) -> Vec<NewRecord> {
+    records
+        .into_iter()
+        .map(|record| NewRecord {
+            partition_key: record.partition_key,
+            data: record.data,
+        })
+        .collect()
+}
+
 #[derive(Clone)]
 pub struct StorageService {
     pub(crate) worker_id: String,
@@ -155,14 +166,7 @@ impl Storage for StorageService {
         let shard = self
             .authorize(request.shard.as_ref(), request.epoch, Access::Write)
             .await?;
-        let records = request
-            .records
-            .into_iter()
-            .map(|record| NewRecord {
-                partition_key: record.partition_key,
-                data: record.data,
-            })
-            .collect();
+        let records = into_log_records(request.records);
         let appended = shard
             .append(records, request.epoch)
             .await
@@ -248,14 +252,7 @@ impl Storage for StorageService {
             .authorize(request.shard.as_ref(), request.epoch, Access::Replicate)
             .await?;
         let log = shard.log.clone();
-        let records: Vec<NewRecord> = request
-            .records
-            .into_iter()
-            .map(|record| NewRecord {
-                partition_key: record.partition_key,
-                data: record.data,
-            })
-            .collect();
+        let records = into_log_records(request.records);
         let (first_offset, arrival_ms, committed) = (
             request.first_offset,
             request.arrival_ms,

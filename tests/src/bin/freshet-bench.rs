@@ -164,13 +164,7 @@ async fn get_records(
     client: &aws_sdk_kinesis::Client,
     stream: &str,
 ) -> anyhow::Result<(Samples, Duration)> {
-    let shards = client
-        .list_shards()
-        .stream_name(stream)
-        .send()
-        .await?
-        .shards
-        .unwrap_or_default();
+    let shards = freshet_e2e::shard_ids(client, stream).await?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(6 * SCENARIO_SECONDS);
     let mut tasks = Vec::new();
@@ -182,7 +176,7 @@ async fn get_records(
             let mut iterator = client
                 .get_shard_iterator()
                 .stream_name(&stream)
-                .shard_id(&shard.shard_id)
+                .shard_id(&shard)
                 .shard_iterator_type(ShardIteratorType::TrimHorizon)
                 .send()
                 .await?

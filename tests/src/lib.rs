@@ -367,6 +367,7 @@ impl Cluster {
                     retention_check_interval: Duration::from_secs(60),
                     segment_bytes: 64 * 1024 * 1024,
                     ack_copies: freshet_storage_worker::AckCopies::Majority,
+                    min_ack_copies: 2,
                 };
                 RunningWorker::InProcess(spawn_service(listener, move |listener, shutdown| {
                     freshet_storage_worker::run(config, listener, shutdown)

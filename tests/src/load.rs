@@ -114,21 +114,30 @@ pub async fn assert_acknowledged_readable_once(
     stream: &str,
     acknowledged: &HashSet<String>,
 ) -> anyhow::Result<()> {
-    let mut seen = HashSet::new();
-    for record in crate::read_stream(client, stream).await? {
-        let payload = String::from_utf8(record.data.into_inner())?;
+    // A leader that restarted serves its records again once it has
+    // re-committed them with its replicas (within a heartbeat or two), so
+    // the stream is read again until everything shows or time is up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut seen = HashSet::new();
+        for record in crate::read_stream(client, stream).await? {
+            let payload = String::from_utf8(record.data.into_inner())?;
+            anyhow::ensure!(
+                payload.starts_with(&format!("{stream}-p")),
+                "garbage served: {payload:?}"
+            );
+            anyhow::ensure!(seen.insert(payload.clone()), "{payload} read twice");
+        }
+        let missing: Vec<&String> = acknowledged.difference(&seen).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
         anyhow::ensure!(
-            payload.starts_with(&format!("{stream}-p")),
-            "garbage served: {payload:?}"
+            tokio::time::Instant::now() < deadline,
+            "{} acknowledged records lost, e.g. {:?}",
+            missing.len(),
+            missing.first()
         );
-        anyhow::ensure!(seen.insert(payload.clone()), "{payload} read twice");
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let missing: Vec<&String> = acknowledged.difference(&seen).collect();
-    anyhow::ensure!(
-        missing.is_empty(),
-        "{} acknowledged records lost, e.g. {:?}",
-        missing.len(),
-        missing.first()
-    );
-    Ok(())
 }

@@ -21,7 +21,10 @@ fn tear_tails(data_dir: &std::path::Path) -> anyhow::Result<usize> {
         for shard in std::fs::read_dir(stream?.path())? {
             let mut segments: Vec<_> = std::fs::read_dir(shard?.path())?
                 .map(|e| e.map(|e| e.path()))
-                .collect::<Result<_, _>>()?;
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
             segments.sort();
             if let Some(last) = segments.last() {
                 let mut file = std::fs::OpenOptions::new().append(true).open(last)?;

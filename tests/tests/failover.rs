@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use freshet_e2e::load::{assert_acknowledged_readable_once, Producers};
 use freshet_e2e::{create_active_stream, wait_until, Cluster, ClusterOptions, WorkerMode};
 use freshet_proto::v1::storage_client::StorageClient;
-use freshet_proto::v1::{AppendRequest, RecordToAppend};
+use freshet_proto::v1::{
+    AppendRequest, DescribeShardRequest, EpochStart, RecordToAppend, ReplicateRequest,
+};
 use freshet_shardmap::ShardMapEntry;
 
 const ACCOUNT: &str = "000000000000";
@@ -159,6 +161,42 @@ async fn a_leader_frozen_past_its_lease_acknowledges_nothing_when_it_wakes() -> 
     }
     assert!(attempts > 5);
     assert_eq!(moved.epoch, before.epoch + 1);
+
+    // Its replication is fenced too: a batch it sends with the old epoch is
+    // refused by the new leader's replicas, whose copies stay as they were.
+    for address in &moved.replica_addresses {
+        let mut replica = StorageClient::new(freshet_server::grpc_channel(address)?);
+        let describe = || DescribeShardRequest {
+            shard: moved.key.clone(),
+        };
+        let end_before = replica.describe_shard(describe()).await?.into_inner();
+        let late = replica
+            .replicate(ReplicateRequest {
+                shard: before.key.clone(),
+                epoch: before.epoch,
+                first_offset: end_before.next_offset,
+                arrival_ms: 0,
+                records: vec![RecordToAppend {
+                    partition_key: "stale".to_owned(),
+                    data: bytes::Bytes::from_static(b"replicated by a deposed leader"),
+                }],
+                leader_committed_offset: end_before.next_offset + 1,
+                leader_epochs: vec![EpochStart {
+                    epoch: before.epoch,
+                    start_offset: 0,
+                }],
+            })
+            .await;
+        let refused = late.expect_err("a replica accepted a batch from a deposed leader");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::FailedPrecondition,
+            "{refused:?}"
+        );
+        let end_after = replica.describe_shard(describe()).await?.into_inner();
+        assert!(end_after.next_offset >= end_before.next_offset);
+        assert!(end_after.last_epoch >= moved.epoch, "{end_after:?}");
+    }
 
     let acknowledged = producers.stop().await?;
     assert_acknowledged_readable_once(&client, "frozen", &acknowledged).await?;

@@ -23,7 +23,19 @@
 //!   earlier, sealed segment is an error: it would mean losing acknowledged
 //!   records, so the log refuses to open rather than hide it.
 //! - Retention removes whole sealed segments only.
+//! - Replication (see the storage worker): every record is labelled with
+//!   the leader epoch that wrote it through the [`EpochHistory`], and each
+//!   write names its epoch; a write from an epoch older than the newest the
+//!   log has seen is refused under the writer's lock — the fence that keeps a
+//!   deposed leader's late request off the log.
+//! - The commit point (what readers may see) is checkpointed to
+//!   `commit-point` now and then ([`ShardLog::persist_commit_point`]). After a
+//!   restart the log resumes from the checkpoint, which may lag the true
+//!   commit point but never passes it: records above it stay invisible until
+//!   the shard's leader commits them again, so a record that was never
+//!   committed is never served, and a replica can still drop it.
 
+mod epochs;
 mod segment;
 
 use std::fs::{self, File, OpenOptions};
@@ -33,7 +45,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
+pub use epochs::{EpochHistory, EpochStart};
 use segment::{Segment, FRAME_HEADER_LEN};
+
+const COMMIT_POINT_FILE: &str = "commit-point";
 
 /// Errors from the log; I/O errors carry what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +74,10 @@ pub enum LogError {
     OffsetMismatch { offered: u64, expected: u64 },
     #[error("cannot truncate to offset {offset}: records up to {committed} are committed")]
     TruncatesCommitted { offset: u64, committed: u64 },
+    #[error("a write at epoch {offered} is refused: this copy is at epoch {current}")]
+    StaleEpoch { offered: u64, current: u64 },
+    #[error("a leader's epoch history is not in order: {0}")]
+    BadEpochHistory(String),
 }
 
 pub type LogResult<T> = Result<T, LogError>;
@@ -133,6 +152,32 @@ struct Writer {
     next_offset: u64,
     last_arrival_ms: i64,
     poisoned: bool,
+    /// Which leader epoch wrote which records (persisted on every change).
+    epochs: EpochHistory,
+}
+
+impl Writer {
+    /// The newest epoch this log has seen; an error if `epoch` is older —
+    /// the fence against a deposed leader.
+    fn refuse_older_than_latest(&self, epoch: u64) -> LogResult<u64> {
+        let current = self.epochs.latest_epoch();
+        if epoch < current {
+            return Err(LogError::StaleEpoch {
+                offered: epoch,
+                current,
+            });
+        }
+        Ok(current)
+    }
+}
+
+/// What a replica did with a leader's `Replicate` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replicated {
+    /// Whether the batch is now in the log at the offset the leader chose.
+    pub accepted: bool,
+    /// Where this copy's log ends afterwards.
+    pub next_offset: u64,
 }
 
 /// What readers see: sealed and active segments with their committed indexes.
@@ -151,6 +196,8 @@ pub struct ShardLog {
     config: LogConfig,
     writer: Mutex<Writer>,
     view: RwLock<View>,
+    /// The commit point last written to `commit-point`.
+    persisted_commit: Mutex<u64>,
 }
 
 impl ShardLog {
@@ -213,50 +260,198 @@ impl ShardLog {
             next_offset,
             last_arrival_ms,
             poisoned: false,
+            epochs: EpochHistory::load(dir)?,
         };
+        // The checkpoint never passes the true commit point, so resuming
+        // from it can hide committed records for a while, never expose
+        // uncommitted ones.
+        let committed = read_commit_point(dir)?.min(next_offset);
         Ok(ShardLog {
             dir: dir.to_owned(),
             config,
             writer: Mutex::new(writer),
-            // Whatever survived on disk counts as committed after a restart.
             view: RwLock::new(View {
                 segments,
                 next_offset,
-                committed: next_offset,
+                committed,
             }),
+            persisted_commit: Mutex::new(committed),
         })
     }
 
     /// Appends a batch and returns once it is durable. All records of the
     /// batch get consecutive offsets and one arrival time, never earlier
     /// than any record already in the log.
+    /// A lone copy: the batch is committed (and the commit point
+    /// checkpointed) as soon as it is durable.
     pub fn append(&self, records: &[NewRecord], now_ms: i64) -> LogResult<Appended> {
-        let appended = self.write_batch(records, now_ms, None)?;
+        let appended = {
+            let mut writer = self.lock_writer();
+            self.write_batch(&mut writer, records, now_ms, None)?
+        };
         self.commit(appended.first_offset + records.len() as u64);
+        self.persist_commit_point()?;
         Ok(appended)
     }
 
     /// Appends a batch durably but keeps it invisible to readers until
-    /// [`ShardLog::commit`] passes it (a leader, before its replicas confirm).
+    /// [`ShardLog::commit`] passes it.
     pub fn append_uncommitted(&self, records: &[NewRecord], now_ms: i64) -> LogResult<Appended> {
-        self.write_batch(records, now_ms, None)
+        let mut writer = self.lock_writer();
+        self.write_batch(&mut writer, records, now_ms, None)
     }
 
-    /// Appends a batch a leader sent, exactly at `first_offset` (a replica).
-    /// Refused with [`LogError::OffsetMismatch`] unless the log ends there.
-    pub fn append_replicated(
+    /// The leader's write: appends a batch, uncommitted, exactly at
+    /// `first_offset` (chosen beforehand with [`ShardLog::next_position`] so
+    /// replicas can write it at the same time), labelled with `epoch`.
+    /// Refused unless `epoch` is the newest this log knows (see
+    /// [`ShardLog::begin_leading`]) and the log ends at `first_offset`.
+    pub fn append_at(
         &self,
+        epoch: u64,
         first_offset: u64,
         arrival_ms: i64,
         records: &[NewRecord],
     ) -> LogResult<Appended> {
-        self.write_batch(records, arrival_ms, Some(first_offset))
+        let mut writer = self.lock_writer();
+        let current = writer.epochs.latest_epoch();
+        if epoch != current {
+            return Err(LogError::StaleEpoch {
+                offered: epoch,
+                current,
+            });
+        }
+        self.write_batch(&mut writer, records, arrival_ms, Some(first_offset))
+    }
+
+    /// Makes this copy the writer of `epoch`: records appended from here on
+    /// are labelled with it. Durable before it returns, so the entry is in
+    /// place before any record of the epoch is written or replicated.
+    pub fn begin_leading(&self, epoch: u64) -> LogResult<()> {
+        let mut writer = self.lock_writer();
+        let current = writer.refuse_older_than_latest(epoch)?;
+        if epoch > current {
+            let mut epochs = writer.epochs.clone();
+            epochs.begin(epoch, writer.next_offset);
+            epochs.store(&self.dir)?;
+            writer.epochs = epochs;
+        }
+        Ok(())
+    }
+
+    /// A replica's side of a leader's `Replicate` request, all under the
+    /// writer's lock so no other request interleaves:
+    /// 1. a request from an epoch older than the newest this copy has seen
+    ///    is refused ([`LogError::StaleEpoch`]) — the fence against a
+    ///    deposed leader;
+    /// 2. on first contact with a newer leader, the copy drops every record
+    ///    from where its epoch history and the leader's part (records the
+    ///    leader never had, so never acknowledged) and adopts the leader's
+    ///    history;
+    /// 3. the batch (if any) is appended at exactly `first_offset`; a tail
+    ///    beyond it is an unacknowledged earlier attempt of the same batch
+    ///    and is replaced. A log ending before `first_offset` answers
+    ///    `accepted: false` with its end, and the leader sends what is
+    ///    missing first.
+    ///
+    /// Committed records are never dropped ([`LogError::TruncatesCommitted`]).
+    pub fn replicate(
+        &self,
+        epoch: u64,
+        leader_epochs: &EpochHistory,
+        first_offset: u64,
+        arrival_ms: i64,
+        records: &[NewRecord],
+    ) -> LogResult<Replicated> {
+        let mut writer = self.lock_writer();
+        let current = writer.refuse_older_than_latest(epoch)?;
+        if epoch > current {
+            if leader_epochs.latest_epoch() != epoch {
+                return Err(LogError::BadEpochHistory(format!(
+                    "a leader at epoch {epoch} sent a history ending at epoch {}",
+                    leader_epochs.latest_epoch()
+                )));
+            }
+            let diverges_at = writer.epochs.divergence(leader_epochs, writer.next_offset);
+            self.truncate_locked(&mut writer, diverges_at)?;
+            leader_epochs.store(&self.dir)?;
+            writer.epochs = leader_epochs.clone();
+        }
+        if records.is_empty() {
+            return Ok(Replicated {
+                accepted: true,
+                next_offset: writer.next_offset,
+            });
+        }
+        self.truncate_locked(&mut writer, first_offset)?;
+        if writer.next_offset != first_offset {
+            return Ok(Replicated {
+                accepted: false,
+                next_offset: writer.next_offset,
+            });
+        }
+        self.write_batch(&mut writer, records, arrival_ms, Some(first_offset))?;
+        Ok(Replicated {
+            accepted: true,
+            next_offset: writer.next_offset,
+        })
+    }
+
+    /// This copy's epoch history (a leader sends it with every batch).
+    pub fn epoch_history(&self) -> EpochHistory {
+        self.lock_writer().epochs.clone()
+    }
+
+    /// The newest epoch this copy has heard of.
+    pub fn latest_epoch(&self) -> u64 {
+        self.lock_writer().epochs.latest_epoch()
+    }
+
+    /// How current this copy is, for choosing a new leader: the epoch it
+    /// is current with and where it ends (see [`EpochHistory::last_epoch`]).
+    pub fn election_position(&self) -> (u64, u64) {
+        let writer = self.lock_writer();
+        (
+            writer.epochs.last_epoch(writer.next_offset),
+            writer.next_offset,
+        )
+    }
+
+    /// Writes the commit point to disk if it moved since the last time.
+    /// Returns whether it wrote.
+    pub fn persist_commit_point(&self) -> LogResult<bool> {
+        let mut persisted = self
+            .persisted_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let committed = self.committed_offset();
+        if committed == *persisted {
+            return Ok(false);
+        }
+        let path = self.dir.join(COMMIT_POINT_FILE);
+        let temporary = self.dir.join(format!("{COMMIT_POINT_FILE}.new"));
+        File::create(&temporary)
+            .and_then(|mut file| {
+                file.write_all(committed.to_string().as_bytes())?;
+                file.sync_all()
+            })
+            .map_err(io_error("write", &temporary))?;
+        fs::rename(&temporary, &path).map_err(io_error("replace", &path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error("fsync log directory", &self.dir))?;
+        *persisted = committed;
+        Ok(true)
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Where the next batch appended at `now_ms` will land: its first offset
     /// and its arrival time (never earlier than the log's last).
     pub fn next_position(&self, now_ms: i64) -> (u64, i64) {
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let writer = self.lock_writer();
         (writer.next_offset, now_ms.max(writer.last_arrival_ms))
     }
 
@@ -270,15 +465,20 @@ impl ShardLog {
     /// its new leader never had (those records were never acknowledged, or
     /// the leader would hold them). Committed records are never removed.
     pub fn truncate_to(&self, offset: u64) -> LogResult<()> {
-        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut writer = self.lock_writer();
+        self.truncate_locked(&mut writer, offset)
+    }
+
+    fn truncate_locked(&self, writer: &mut Writer, offset: u64) -> LogResult<()> {
         if offset >= writer.next_offset {
             return Ok(());
         }
         let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
-        if offset < view.committed {
+        let horizon = view.segments.first().map_or(0, |s| s.base_offset());
+        if offset < view.committed || offset < horizon {
             return Err(LogError::TruncatesCommitted {
                 offset,
-                committed: view.committed,
+                committed: view.committed.max(horizon),
             });
         }
         let keep = view
@@ -312,6 +512,12 @@ impl ShardLog {
         writer.active_len = length;
         writer.active_first_arrival_ms = segment.first_arrival_ms();
         writer.next_offset = offset;
+        writer.last_arrival_ms = view
+            .segments
+            .iter()
+            .rev()
+            .find_map(|segment| segment.last_arrival_ms())
+            .unwrap_or(i64::MIN);
         view.next_offset = offset;
         Ok(())
     }
@@ -326,11 +532,11 @@ impl ShardLog {
 
     fn write_batch(
         &self,
+        writer: &mut Writer,
         records: &[NewRecord],
         now_ms: i64,
         expected_first: Option<u64>,
     ) -> LogResult<Appended> {
-        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if writer.poisoned {
             return Err(LogError::Poisoned);
         }
@@ -343,8 +549,8 @@ impl ShardLog {
             }
         }
         let arrival_ms = now_ms.max(writer.last_arrival_ms);
-        if self.active_segment_is_full(&writer, arrival_ms) {
-            self.roll_segment(&mut writer)?;
+        if self.active_segment_is_full(writer, arrival_ms) {
+            self.roll_segment(writer)?;
         }
 
         let first_offset = writer.next_offset;
@@ -575,6 +781,20 @@ pub fn create_dir_durably(root: &Path, dir: &Path) -> LogResult<()> {
         current = parent.parent();
     }
     Ok(())
+}
+
+/// The checkpointed commit point; 0 if there is none or it cannot be read
+/// (a lower commit point is always safe).
+fn read_commit_point(dir: &Path) -> LogResult<u64> {
+    let path = dir.join(COMMIT_POINT_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => Ok(text.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!(path = %path.display(), "unreadable commit point; starting from 0");
+            0
+        })),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(error) => Err(io_error("read commit point", &path)(error)),
+    }
 }
 
 fn segment_path(dir: &Path, base_offset: u64) -> PathBuf {

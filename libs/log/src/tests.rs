@@ -87,6 +87,7 @@ fn last_segment(dir: &Path) -> PathBuf {
     let mut paths: Vec<_> = fs::read_dir(dir)
         .expect("list")
         .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
         .collect();
     paths.sort();
     paths.pop().expect("a segment")
@@ -156,6 +157,7 @@ fn corruption_in_a_sealed_segment_refuses_to_open() {
     let mut paths: Vec<_> = fs::read_dir(dir.path())
         .expect("list")
         .map(|e| e.expect("e").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
         .collect();
     paths.sort();
     assert!(paths.len() > 2, "expected several segments");
@@ -290,31 +292,147 @@ fn uncommitted_records_are_durable_but_unread_until_committed() {
     assert_eq!(log.committed_offset(), 2);
 }
 
+use crate::epochs::history as epochs;
+
+fn data_of(log: &ShardLog) -> Vec<String> {
+    log.read_uncommitted(0, 1_000, u64::MAX)
+        .expect("read")
+        .records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+        .collect()
+}
+
 #[test]
 fn a_replica_appends_only_where_its_log_ends() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
-    log.append_replicated(0, 10, &[record("a", "0"), record("a", "1")])
-        .expect("append at the end");
+    let leader = epochs(&[(1, 0)]);
+    let two = [record("a", "0"), record("a", "1")];
+    let done = log.replicate(1, &leader, 0, 10, &two).expect("replicate");
+    assert_eq!((done.accepted, done.next_offset), (true, 2));
+    let gap = log
+        .replicate(1, &leader, 5, 11, &[record("a", "5")])
+        .expect("replicate");
+    assert_eq!(
+        (gap.accepted, gap.next_offset),
+        (false, 2),
+        "a gap is refused with where the log ends"
+    );
+    let next = log
+        .replicate(1, &leader, 2, 12, &[record("a", "2")])
+        .expect("replicate");
+    assert_eq!((next.accepted, next.next_offset), (true, 3));
+    assert_eq!(data_of(&log), ["0", "1", "2"]);
+}
+
+#[test]
+fn a_write_from_an_older_epoch_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+    log.replicate(2, &epochs(&[(2, 0)]), 0, 1, &[record("a", "new leader")])
+        .expect("replicate");
+    let late = log.replicate(1, &epochs(&[(1, 0)]), 1, 1, &[record("a", "deposed")]);
     assert!(matches!(
-        log.append_replicated(5, 11, &[record("a", "5")]),
-        Err(LogError::OffsetMismatch {
-            offered: 5,
-            expected: 2
-        })
-    ));
-    assert!(matches!(
-        log.append_replicated(1, 11, &[record("a", "again")]),
-        Err(LogError::OffsetMismatch {
+        late,
+        Err(LogError::StaleEpoch {
             offered: 1,
-            expected: 2
+            current: 2
         })
     ));
-    let appended = log
-        .append_replicated(2, 12, &[record("a", "2")])
-        .expect("append");
-    assert_eq!((appended.first_offset, appended.arrival_ms), (2, 12));
-    assert_eq!(log.next_offset(), 3);
+    assert!(matches!(
+        log.append_at(1, 1, 1, &[record("a", "deposed")]),
+        Err(LogError::StaleEpoch { .. })
+    ));
+    assert_eq!(data_of(&log), ["new leader"]);
+    // The fence survives a restart.
+    drop(log);
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("reopen");
+    assert_eq!(log.latest_epoch(), 2);
+}
+
+#[test]
+fn a_new_leader_makes_a_replica_drop_only_the_tail_it_never_had() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+    let old = epochs(&[(1, 0)]);
+    let batch: Vec<NewRecord> = (0..5).map(|i| record("k", &format!("e1-{i}"))).collect();
+    log.replicate(1, &old, 0, 1, &batch).expect("replicate");
+    log.commit(2);
+    // The epoch-2 leader took over holding records 0..3 of epoch 1.
+    let new = epochs(&[(1, 0), (2, 3)]);
+    let first = log
+        .replicate(2, &new, 3, 2, &[record("k", "e2-3")])
+        .expect("replicate");
+    assert_eq!((first.accepted, first.next_offset), (true, 4));
+    assert_eq!(data_of(&log), ["e1-0", "e1-1", "e1-2", "e2-3"]);
+    assert_eq!(log.election_position(), (2, 4));
+}
+
+#[test]
+fn a_divergence_below_the_commit_point_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+    let batch: Vec<NewRecord> = (0..4).map(|i| record("k", &format!("{i}"))).collect();
+    log.replicate(1, &epochs(&[(1, 0)]), 0, 1, &batch)
+        .expect("replicate");
+    log.commit(4);
+    let bad = log.replicate(2, &epochs(&[(1, 0), (2, 2)]), 2, 1, &[]);
+    assert!(matches!(bad, Err(LogError::TruncatesCommitted { .. })));
+    assert_eq!(log.next_offset(), 4);
+}
+
+#[test]
+fn a_copy_is_current_with_a_new_epoch_only_once_it_holds_the_leaders_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+    log.replicate(1, &epochs(&[(1, 0)]), 0, 1, &[record("k", "0")])
+        .expect("replicate");
+    // First contact from a leader that took over at offset 3: the copy
+    // adopts its history but still lacks records 1..3.
+    let probe = log
+        .replicate(2, &epochs(&[(1, 0), (2, 3)]), 3, 0, &[])
+        .expect("probe");
+    assert_eq!(probe.next_offset, 1);
+    assert_eq!(log.election_position(), (1, 1));
+}
+
+#[test]
+fn a_leader_labels_its_writes_with_its_epoch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+    assert!(matches!(
+        log.append_at(3, 0, 1, &[record("k", "too early")]),
+        Err(LogError::StaleEpoch { .. })
+    ));
+    log.begin_leading(3).expect("lead");
+    log.append_at(3, 0, 1, &[record("k", "0")]).expect("append");
+    log.begin_leading(5).expect("lead again");
+    assert_eq!(log.epoch_history(), epochs(&[(3, 0), (5, 1)]));
+    assert!(log.begin_leading(4).is_err(), "epochs never go back");
+}
+
+#[test]
+fn after_a_restart_only_the_checkpointed_commit_point_is_visible() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+        log.append_uncommitted(&[record("k", "0"), record("k", "1")], 1)
+            .expect("append");
+        log.commit(1);
+        assert!(log.persist_commit_point().expect("persist"));
+        assert!(!log.persist_commit_point().expect("persist"), "unchanged");
+        log.append_uncommitted(&[record("k", "never committed")], 2)
+            .expect("append");
+    }
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("reopen");
+    assert_eq!(log.committed_offset(), 1);
+    assert_eq!(read_all(&log).len(), 1, "uncommitted records stay hidden");
+    assert_eq!(
+        log.next_offset(),
+        3,
+        "but are kept, for the leader to decide"
+    );
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! A leader may acknowledge (commit) a batch only while it holds a **lease**
 //! (`services/storage-worker/src/lease.rs`). A lease comes with each
 //! heartbeat answer and lasts `lease_duration`, measured on the worker's own
-//! monotonic clock from the moment it *sent* that heartbeat, shortened by a
+//! monotonic and boot clocks (the boot clock runs on through a VM suspend)
+//! from the moment it *sent* that heartbeat, shortened by a
 //! drift allowance. Membership fails a leader over only when
 //!
 //! 1. Postgres has recorded no heartbeat from it for `heartbeat_timeout`, and
@@ -22,10 +23,24 @@
 //! SIGSTOPped process, a healed partition) gets a new lease only together
 //! with the change-log version current at that moment, and may use it only
 //! once its shard map has applied that version — by then it knows it was
-//! deposed. Independently, replicas refuse batches from an older epoch, and
-//! the promoted replica has every committed record (the leader acknowledged
-//! a batch only when a majority, so at least one live replica, held it; the
-//! replica with the longest log holds every batch any replica holds).
+//! deposed. Independently, replicas refuse batches from an older epoch
+//! (checked again under the log's writer lock, so a late request cannot
+//! slip in after a newer leader's).
+//!
+//! # Why the promoted replica has every acknowledged record
+//!
+//! A batch is acknowledged once a majority of the shard's copies hold it.
+//! Failover waits until enough replicas answer that, with the dead leader,
+//! they make up more than the copies outside any majority
+//! ([`replicas_needed_to_elect`]), so one of them holds each acknowledged
+//! batch. It promotes the copy with the greatest `(last_epoch, end)`: the
+//! epoch its log is current with (its epoch history, `libs/log/src/epochs.rs`),
+//! then its length — Raft's election rule. A copy current with a newer epoch
+//! holds everything that epoch's leader held when it took over, and a new
+//! leader commits earlier records only once a majority is current with its
+//! epoch, so that copy holds every acknowledged batch too; among copies of
+//! one epoch, each is a prefix of that epoch's leader's log, and the longest
+//! holds the most.
 //!
 //! If the timer service is unreachable, (2) cannot be proven and nothing
 //! fails over: availability waits, safety does not.
@@ -144,8 +159,9 @@ fn storage_client(inner: &Inner, address: &str) -> anyhow::Result<StorageClient<
     Ok(client)
 }
 
-/// Where a live replica's copy of the shard ends; `None` if it did not say.
-async fn copy_end(inner: &Inner, address: &str, shard: &ShardRow) -> Option<u64> {
+/// How current a live replica's copy of the shard is — `(last_epoch,
+/// next_offset)`, compared in that order — or `None` if it did not say.
+async fn copy_position(inner: &Inner, address: &str, shard: &ShardRow) -> Option<(u64, u64)> {
     let mut client = storage_client(inner, address).ok()?;
     let mut request = tonic::Request::new(DescribeShardRequest {
         shard: Some(ShardKey {
@@ -154,11 +170,19 @@ async fn copy_end(inner: &Inner, address: &str, shard: &ShardRow) -> Option<u64>
         }),
     });
     request.set_timeout(Duration::from_secs(2));
-    client
-        .describe_shard(request)
-        .await
-        .ok()
-        .map(|r| r.into_inner().next_offset)
+    client.describe_shard(request).await.ok().map(|r| {
+        let r = r.into_inner();
+        (r.last_epoch, r.next_offset)
+    })
+}
+
+/// Answers needed from the replicas before one may be promoted: enough that
+/// they include at least one copy of every batch acknowledged on a majority
+/// of the shard's `copies` (the dead leader's included) — a majority-based
+/// election, as in Raft.
+fn replicas_needed_to_elect(copies: usize) -> usize {
+    let acknowledging = copies / 2 + 1;
+    copies - acknowledging + 1
 }
 
 /// Promotes the live replica with the longest log, keeps the other live
@@ -181,8 +205,8 @@ async fn fail_over(
         .iter()
         .filter_map(|id| live.get(id))
     {
-        match copy_end(inner, &replica.address, &shard).await {
-            Some(end) => candidates.push((end, replica.clone())),
+        match copy_position(inner, &replica.address, &shard).await {
+            Some(position) => candidates.push((position, replica.clone())),
             None => {
                 // A live replica that does not answer may hold the longest
                 // log (an acknowledged batch): never promote without it.
@@ -195,14 +219,21 @@ async fn fail_over(
             }
         }
     }
-    // Longest log first; the order of the replica list breaks ties.
-    candidates.sort_by_key(|candidate| std::cmp::Reverse(candidate.0));
-    let Some((end, new_leader)) = candidates.first().cloned() else {
+    let needed = replicas_needed_to_elect(shard.replica_worker_ids.len() + 1);
+    if candidates.len() < needed {
         tracing::warn!(
             shard_id = shard.shard_id,
             leader = shard.leader_worker_id,
-            "leader is dead and no replica answers: the shard is unavailable"
+            answering = candidates.len(),
+            needed,
+            "leader is dead and too few replicas answer to be sure of every acknowledged record: the shard waits"
         );
+        return Ok(());
+    }
+    // Most current first — newest epoch, then longest log, as Raft elects;
+    // the order of the replica list breaks ties.
+    candidates.sort_by_key(|candidate| std::cmp::Reverse(candidate.0));
+    let Some(((last_epoch, end), new_leader)) = candidates.first().cloned() else {
         return Ok(());
     };
     let mut replicas: Vec<String> = candidates[1..]
@@ -243,6 +274,7 @@ async fn fail_over(
         new_leader = moved.leader_worker_id,
         epoch = moved.epoch,
         copy_end = end,
+        copy_epoch = last_epoch,
         "failing over shard"
     );
     // The old leader may have spoken up while the replicas were asked.
@@ -258,4 +290,25 @@ async fn fail_over(
         .publish(&stream, vec![moved], Change::MoveLeadership)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replicas_needed_to_elect;
+
+    #[test]
+    fn an_election_hears_from_a_copy_of_every_majority() {
+        assert_eq!(
+            replicas_needed_to_elect(3),
+            2,
+            "both replicas of three copies"
+        );
+        assert_eq!(replicas_needed_to_elect(2), 1);
+        assert_eq!(
+            replicas_needed_to_elect(1),
+            1,
+            "a lone copy cannot fail over"
+        );
+        assert_eq!(replicas_needed_to_elect(5), 3);
+    }
 }

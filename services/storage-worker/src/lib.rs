@@ -16,9 +16,10 @@
 //!
 //! - `replication.rs` — the leader sends each batch to the shard's replicas
 //!   (in other zones) and commits it once enough copies have fsynced it;
-//!   lagging replicas are caught up from the leader's log.
-//!
-//! Leader failover (epoch bumps, fencing of a deposed leader) is not here yet.
+//!   lagging replicas are caught up from the leader's log, and a replica
+//!   that missed an epoch change drops what the new leader never had.
+//! - `lease.rs` — a leader commits only while its lease from membership
+//!   holds (the safety argument is in `services/membership/src/failover.rs`).
 
 mod lease;
 mod replication;
@@ -77,6 +78,12 @@ pub struct Config {
         default_value = "majority"
     )]
     pub ack_copies: AckCopies,
+    /// Copies, the leader's included, that must hold every acknowledged
+    /// batch whatever the shard's placement: with the default 2, a shard
+    /// whose replicas are all gone refuses writes instead of acknowledging
+    /// them on one disk. Set 1 only for a single-worker setup.
+    #[arg(long, env = "FRESHET_MIN_ACK_COPIES", default_value_t = 2)]
+    pub min_ack_copies: usize,
     /// A segment is sealed at this size.
     #[arg(long, env = "FRESHET_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub segment_bytes: u64,
@@ -105,7 +112,7 @@ async fn stay_registered(
             let heartbeat = HeartbeatRequest {
                 worker_id: registration.worker_id.clone(),
             };
-            let sent_at = tokio::time::Instant::now();
+            let sent_at = lease::SentAt::now();
             match membership.heartbeat(heartbeat).await {
                 Ok(response) => {
                     let response = response.into_inner();
@@ -171,37 +178,75 @@ async fn remove_deleted_shards(map: SharedShardMap, shards: Arc<ShardRegistry>) 
     }
 }
 
+/// How long a shard's data outlives its placement on this worker.
+const ORPHAN_GRACE: Duration = Duration::from_secs(5);
+
 /// Removes the data of shards this worker no longer holds: streams deleted
 /// while it was down (a snapshot carries no tombstones), or shards failed
-/// over away from it. Runs once the shard map has caught up, then every
-/// `interval`.
+/// over away from it. Runs once the shard map has caught up.
 async fn remove_orphaned_shards(
     worker_id: String,
     map: SharedShardMap,
     shards: Arc<ShardRegistry>,
-    interval: Duration,
 ) {
     while map.read(|m| m.applied_version()) == 0 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A shard is removed only when two scans, `ORPHAN_GRACE` apart, both
+    // find it unplaced here: a placement briefly missing from a snapshot (or a
+    // move that is rolled back) does not cost a copy.
+    let mut unplaced_last_scan = std::collections::HashSet::new();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut unplaced = std::collections::HashSet::new();
         for key in shards.stored_shards().await {
             let holds = map.read(|m| {
                 m.get(key.0, &key.1).is_some_and(|e| {
                     e.leader_worker_id == worker_id || e.replica_worker_ids.contains(&worker_id)
                 })
             });
-            if !holds {
+            if holds {
+                continue;
+            }
+            if unplaced_last_scan.contains(&key) {
                 shards.remove(&key).await;
                 tracing::info!(
                     stream_uid = key.0,
                     shard_id = key.1,
                     "removed data of a shard this worker no longer holds"
                 );
+            } else {
+                unplaced.insert(key);
             }
         }
-        tokio::time::sleep(interval).await;
+        unplaced_last_scan = unplaced;
+        tokio::time::sleep(ORPHAN_GRACE).await;
+    }
+}
+
+/// How often each open shard's commit point is checkpointed to disk.
+const COMMIT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Checkpoints every open shard's commit point now and then (see
+/// `freshet-log`: after a restart, reads resume from the checkpoint).
+async fn checkpoint_commit_points(shards: Arc<ShardRegistry>) {
+    loop {
+        tokio::time::sleep(COMMIT_CHECKPOINT_INTERVAL).await;
+        checkpoint_all(&shards).await;
+    }
+}
+
+async fn checkpoint_all(shards: &ShardRegistry) {
+    for (key, shard) in shards.open_shards() {
+        let log = shard.log.clone();
+        let result = tokio::task::spawn_blocking(move || log.persist_commit_point()).await;
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(stream_uid = key.0, shard_id = key.1, %error, "failed to checkpoint commit point")
+            }
+            Err(error) => tracing::warn!(%error, "commit checkpoint task failed"),
+        }
     }
 }
 
@@ -234,6 +279,7 @@ pub async fn run(
         config.worker_id.clone(),
         map.clone(),
         config.ack_copies,
+        config.min_ack_copies,
         lease.clone(),
     ));
     let shards = Arc::new(ShardRegistry::new(
@@ -260,18 +306,18 @@ pub async fn run(
             config.retention_check_interval,
         )),
         tokio::spawn(remove_deleted_shards(map.clone(), shards.clone())),
+        tokio::spawn(checkpoint_commit_points(shards.clone())),
         tokio::spawn(remove_orphaned_shards(
             config.worker_id.clone(),
             map.clone(),
             shards.clone(),
-            config.retention_check_interval,
         )),
     ];
 
     let service = StorageService {
         worker_id: config.worker_id.clone(),
         map,
-        shards,
+        shards: shards.clone(),
         lease,
     };
     tracing::info!(worker_id = config.worker_id, az = config.availability_zone, %address, "storage worker serving grpc");
@@ -284,5 +330,7 @@ pub async fn run(
     for task in background {
         task.abort();
     }
+    // A clean stop leaves every commit point on disk, so reads resume at once.
+    checkpoint_all(&shards).await;
     result
 }

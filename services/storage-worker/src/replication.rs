@@ -14,6 +14,18 @@
 //! A batch that did not reach enough replicas is not acknowledged, but it
 //! stays in the leader's log and becomes visible once a later batch commits
 //! (as after a client timeout: unacknowledged is not the same as absent).
+//!
+//! Every request carries the leader's epoch and its epoch history
+//! (`freshet-log`'s `epochs.rs`). A replica refuses an older epoch under its
+//! log's writer lock, and on first contact with a new leader drops exactly
+//! the records the new leader never had (KIP-101's leader-epoch truncation).
+//! A new leader commits records left from earlier epochs only once enough
+//! replicas hold its whole log *and* have adopted its epoch — Raft's rule
+//! that a leader commits earlier terms' entries only through its own.
+//!
+//! However many replicas a shard has at the moment, a batch needs at least
+//! `min_ack_copies` copies (2 by default): a shard whose replicas are all
+//! gone refuses writes rather than acknowledge them on a single disk.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,7 +33,7 @@ use std::time::Duration;
 
 use freshet_log::{NewRecord, ShardLog};
 use freshet_proto::v1::storage_client::StorageClient;
-use freshet_proto::v1::{RecordToAppend, ReplicateRequest, ShardKey, ShardMapEntry};
+use freshet_proto::v1::{EpochStart, RecordToAppend, ReplicateRequest, ShardKey, ShardMapEntry};
 use freshet_server::TracedChannel;
 use freshet_shardmap::SharedShardMap;
 
@@ -53,14 +65,42 @@ pub enum AckCopies {
 }
 
 impl AckCopies {
-    /// Replica acknowledgements needed, the leader's own copy aside.
-    pub fn replicas_needed(self, replicas: usize) -> usize {
-        match self {
+    /// Replica acknowledgements needed, the leader's own copy aside, when
+    /// the shard has `replicas` replicas and at least `min_copies` copies
+    /// must hold every acknowledged batch. May exceed `replicas`: then
+    /// nothing can be acknowledged until membership places more.
+    pub fn replicas_needed(self, replicas: usize, min_copies: usize) -> usize {
+        let needed = match self {
             // A majority of `replicas + 1` copies, less the leader's own.
             AckCopies::Majority => replicas.div_ceil(2),
             AckCopies::All => replicas,
-        }
+        };
+        needed.max(min_copies.saturating_sub(1))
     }
+}
+
+/// The leader's epoch history as a `Replicate` request carries it.
+fn epochs_to_wire(log: &ShardLog) -> Vec<EpochStart> {
+    log.epoch_history()
+        .entries()
+        .iter()
+        .map(|e| EpochStart {
+            epoch: e.epoch,
+            start_offset: e.start_offset,
+        })
+        .collect()
+}
+
+/// Makes `log` the writer of `epoch` (durably, off the async threads).
+pub async fn begin_leading(log: &Arc<ShardLog>, epoch: u64) -> Result<(), String> {
+    if log.latest_epoch() == epoch {
+        return Ok(());
+    }
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || log.begin_leading(epoch))
+        .await
+        .map_err(|e| format!("begin-leading task failed: {e}"))?
+        .map_err(|e| e.to_string())
 }
 
 /// What every shard's replicator shares.
@@ -71,6 +111,8 @@ pub struct ReplicationContext {
     /// A batch is committed only while this worker holds its leader lease.
     pub lease: Arc<Lease>,
     pub ack_copies: AckCopies,
+    /// Copies (the leader's included) every acknowledged batch is on.
+    pub min_ack_copies: usize,
     clients: Mutex<HashMap<String, StorageClient<TracedChannel>>>,
 }
 
@@ -79,6 +121,7 @@ impl ReplicationContext {
         worker_id: String,
         map: SharedShardMap,
         ack_copies: AckCopies,
+        min_ack_copies: usize,
         lease: Arc<Lease>,
     ) -> ReplicationContext {
         ReplicationContext {
@@ -86,6 +129,7 @@ impl ReplicationContext {
             map,
             lease,
             ack_copies,
+            min_ack_copies,
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -164,11 +208,19 @@ impl Replicator {
             .cloned()
             .zip(entry.replica_addresses.iter().cloned())
             .collect();
-        let needed = self.context.ack_copies.replicas_needed(replicas.len());
+        let needed = self.needed(replicas.len());
+        if needed > replicas.len() {
+            return Err(format!(
+                "the shard has {} copies placed; {} must hold every acknowledged write",
+                replicas.len() + 1,
+                self.context.min_ack_copies
+            ));
+        }
         if replicas.is_empty() {
             return Ok(());
         }
         let committed = log.committed_offset();
+        let epochs = epochs_to_wire(log);
         let records: Vec<RecordToAppend> = batch
             .records
             .iter()
@@ -180,6 +232,7 @@ impl Replicator {
                 context: &self.context,
                 shard: &self.shard,
                 epoch: entry.epoch,
+                epochs: &epochs,
                 address,
             };
             let records = &records;
@@ -222,6 +275,12 @@ impl Replicator {
 }
 
 impl Replicator {
+    fn needed(&self, replicas: usize) -> usize {
+        self.context
+            .ack_copies
+            .replicas_needed(replicas, self.context.min_ack_copies)
+    }
+
     /// While the shard is idle: brings every replica whose log end is not
     /// known to match the leader's up to date, passes on the commit point,
     /// and commits the leader's whole log once enough copies hold it.
@@ -235,8 +294,13 @@ impl Replicator {
         else {
             return;
         };
+        if let Err(error) = begin_leading(log, entry.epoch).await {
+            tracing::warn!(shard_id = self.shard.shard_id, %error, "cannot take up leadership");
+            return;
+        }
         let target = log.next_offset();
         let committed = log.committed_offset();
+        let epochs = epochs_to_wire(log);
         for (worker_id, address) in entry
             .replica_worker_ids
             .iter()
@@ -249,6 +313,7 @@ impl Replicator {
                 context: &self.context,
                 shard: &self.shard,
                 epoch: entry.epoch,
+                epochs: &epochs,
                 address,
             };
             let known = self.replica_ends.get(worker_id).copied();
@@ -266,17 +331,14 @@ impl Replicator {
         }
         // A new leader (after failover or restart) may hold records that
         // were acknowledged under its predecessor but not yet marked
-        // committed here. Once enough replicas hold the whole log, all of it
-        // is committed — the same rule as for a fresh batch.
+        // committed here. Once enough replicas hold the whole log — and so,
+        // having answered this epoch, its start — all of it is committed.
         let holding = entry
             .replica_worker_ids
             .iter()
             .filter(|id| self.replica_ends.get(*id) == Some(&target))
             .count();
-        let needed = self
-            .context
-            .ack_copies
-            .replicas_needed(entry.replica_worker_ids.len());
+        let needed = self.needed(entry.replica_worker_ids.len());
         if committed < target && holding >= needed && self.holds_lease() {
             log.commit(target);
         }
@@ -287,6 +349,8 @@ struct ReplicaTarget<'a> {
     context: &'a ReplicationContext,
     shard: &'a ShardKey,
     epoch: u64,
+    /// The leader's epoch history, sent with every request.
+    epochs: &'a [EpochStart],
     address: &'a str,
 }
 
@@ -313,6 +377,7 @@ impl ReplicaTarget<'_> {
                 arrival_ms,
                 records,
                 leader_committed_offset: committed,
+                leader_epochs: self.epochs.to_vec(),
             })
             .await
             .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?
@@ -437,10 +502,29 @@ mod tests {
 
     #[test]
     fn a_majority_counts_the_leader_as_one_copy() {
-        assert_eq!(AckCopies::Majority.replicas_needed(2), 1, "2 of 3 copies");
-        assert_eq!(AckCopies::Majority.replicas_needed(1), 1, "2 of 2 copies");
-        assert_eq!(AckCopies::Majority.replicas_needed(0), 0, "a lone copy");
-        assert_eq!(AckCopies::Majority.replicas_needed(4), 2, "3 of 5 copies");
-        assert_eq!(AckCopies::All.replicas_needed(2), 2);
+        assert_eq!(
+            AckCopies::Majority.replicas_needed(2, 1),
+            1,
+            "2 of 3 copies"
+        );
+        assert_eq!(
+            AckCopies::Majority.replicas_needed(1, 1),
+            1,
+            "2 of 2 copies"
+        );
+        assert_eq!(AckCopies::Majority.replicas_needed(0, 1), 0, "a lone copy");
+        assert_eq!(
+            AckCopies::Majority.replicas_needed(4, 1),
+            2,
+            "3 of 5 copies"
+        );
+        assert_eq!(AckCopies::All.replicas_needed(2, 1), 2);
+    }
+
+    #[test]
+    fn a_shard_without_replicas_cannot_meet_two_copies() {
+        assert_eq!(AckCopies::Majority.replicas_needed(0, 2), 1);
+        assert_eq!(AckCopies::Majority.replicas_needed(2, 2), 1);
+        assert_eq!(AckCopies::All.replicas_needed(0, 2), 1);
     }
 }

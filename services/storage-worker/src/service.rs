@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use freshet_log::{LogError, NewRecord};
+use freshet_log::{EpochHistory, LogError, NewRecord};
 use freshet_proto::v1::read_request::Start;
 use freshet_proto::v1::storage_server::Storage;
 use freshet_proto::v1::*;
@@ -253,40 +253,46 @@ impl Storage for StorageService {
             .await?;
         let log = shard.log.clone();
         let records = into_log_records(request.records);
-        let (first_offset, arrival_ms, committed) = (
+        let leader_epochs = EpochHistory::from_entries(
+            request
+                .leader_epochs
+                .iter()
+                .map(|e| freshet_log::EpochStart {
+                    epoch: e.epoch,
+                    start_offset: e.start_offset,
+                })
+                .collect(),
+        )
+        .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let (epoch, first_offset, arrival_ms, committed) = (
+            request.epoch,
             request.first_offset,
             request.arrival_ms,
             request.leader_committed_offset,
         );
-        let (accepted, next_offset) = tokio::task::spawn_blocking(move || {
-            let accepted = if records.is_empty() {
-                true
-            } else {
-                // A tail beyond the leader's batch was never acknowledged
-                // (the leader would hold it): drop it, as KIP-101 does.
-                match log.truncate_to(first_offset) {
-                    Ok(()) => {}
-                    Err(LogError::TruncatesCommitted { .. }) => {
-                        return Ok((false, log.next_offset()))
-                    }
-                    Err(error) => return Err(error),
-                }
-                match log.append_replicated(first_offset, arrival_ms, &records) {
-                    Ok(_) => true,
-                    Err(LogError::OffsetMismatch { .. }) => false,
-                    Err(error) => return Err(error),
-                }
-            };
-            // A replica never commits past what its leader has.
+        // The log repeats the epoch check under its writer's lock: the
+        // check in `authorize` above may be overtaken by a newer leader's
+        // request before this one is written.
+        let replicated = tokio::task::spawn_blocking(move || {
+            let replicated =
+                log.replicate(epoch, &leader_epochs, first_offset, arrival_ms, &records)?;
+            // The log is now a prefix of the leader's: whatever of it the
+            // leader has committed is committed here too.
             log.commit(committed);
-            Ok((accepted, log.next_offset()))
+            Ok::<_, LogError>(replicated)
         })
         .await
         .map_err(|e| Status::internal(format!("replicate task failed: {e}")))?
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .map_err(|error| match error {
+            LogError::StaleEpoch { .. } => {
+                Status::failed_precondition(format!("stale epoch: {error}"))
+            }
+            LogError::BadEpochHistory(_) => Status::invalid_argument(error.to_string()),
+            error => Status::internal(error.to_string()),
+        })?;
         Ok(Response::new(ReplicateResponse {
-            accepted,
-            next_offset,
+            accepted: replicated.accepted,
+            next_offset: replicated.next_offset,
         }))
     }
 
@@ -313,9 +319,11 @@ impl Storage for StorageService {
             .get_or_open(&key, entry.sequence_base)
             .await
             .map_err(|error| Status::internal(format!("open shard {}: {error}", key.1)))?;
+        let (last_epoch, next_offset) = open.log.election_position();
         Ok(Response::new(DescribeShardResponse {
-            next_offset: open.log.next_offset(),
+            next_offset,
             committed_offset: open.log.committed_offset(),
+            last_epoch,
         }))
     }
 }

@@ -13,6 +13,13 @@
 //!    where its records landed. An acknowledged record is on disk in a
 //!    majority of zones. Under load many requests share one fsync and one
 //!    replication round; alone, a request pays for its own.
+//!
+//! Invariant: under one epoch, each offset is written with one content only.
+//! Replicas may already hold a batch whose local write failed on the leader,
+//! so the leader never reuses those offsets for other records: it writes
+//! that same batch again before anything else ([`UnwrittenBatch`]). Epoch
+//! histories compare copies by epoch alone, so this is what makes "same
+//! epoch at an offset" mean "same record".
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use freshet_log::{Appended, LogConfig, NewRecord, ShardLog};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::replication::{LocalBatch, ReplicationContext, Replicator};
+use crate::replication::{begin_leading, LocalBatch, ReplicationContext, Replicator};
 
 /// A batch stops collecting appends once it holds this many bytes.
 pub const GROUP_COMMIT_MAX_BYTES: usize = 16 * 1024 * 1024;
@@ -76,11 +83,44 @@ const IDLE_CATCH_UP_INTERVAL: Duration = Duration::from_millis(500);
 /// How long one idle check may spend on one replica.
 const IDLE_CATCH_UP_DEADLINE: Duration = Duration::from_millis(500);
 
+/// A batch the leader sent to its replicas but failed to write locally. Its
+/// offsets are taken, under its epoch, by exactly these records.
+struct UnwrittenBatch {
+    epoch: u64,
+    first_offset: u64,
+    arrival_ms: i64,
+    records: Arc<Vec<NewRecord>>,
+}
+
+impl UnwrittenBatch {
+    /// Writes the batch locally again. Ok once it is on disk (it stays
+    /// unacknowledged; a later commit makes it visible) or once this worker
+    /// no longer writes at its epoch, when the offsets are not its to fill.
+    async fn write_again(&self, log: &Arc<ShardLog>, leading: Option<u64>) -> Result<(), String> {
+        if leading != Some(self.epoch) || log.latest_epoch() != self.epoch {
+            return Ok(());
+        }
+        let (log, epoch, first, arrival, records) = (
+            log.clone(),
+            self.epoch,
+            self.first_offset,
+            self.arrival_ms,
+            self.records.clone(),
+        );
+        tokio::task::spawn_blocking(move || log.append_at(epoch, first, arrival, &records))
+            .await
+            .map_err(|e| format!("append task failed: {e}"))?
+            .map(|_| ())
+            .map_err(|e| format!("the shard's disk is failing: {e}"))
+    }
+}
+
 async fn write_loop(
     log: Arc<ShardLog>,
     mut replicator: Replicator,
     mut jobs: mpsc::Receiver<AppendJob>,
 ) {
+    let mut unwritten: Option<UnwrittenBatch> = None;
     loop {
         let first = tokio::select! {
             job = jobs.recv() => match job {
@@ -88,6 +128,12 @@ async fn write_loop(
                 None => return,
             },
             () = tokio::time::sleep(IDLE_CATCH_UP_INTERVAL) => {
+                if let Some(batch) = &unwritten {
+                    if batch.write_again(&log, replicator.leading_epoch()).await.is_ok() {
+                        unwritten = None;
+                    }
+                    continue;
+                }
                 // Idle: a replica that restarted catches up now, not only
                 // when the next write arrives.
                 replicator.catch_up(&log, IDLE_CATCH_UP_DEADLINE).await;
@@ -124,6 +170,15 @@ async fn write_loop(
         let Some(epoch) = leading.filter(|_| !batch.is_empty()) else {
             continue;
         };
+        if let Some(pending) = &unwritten {
+            if let Err(error) = pending.write_again(&log, leading).await {
+                for job in batch {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+                continue;
+            }
+            unwritten = None;
+        }
         let counts: Vec<usize> = batch.iter().map(|job| job.records.len()).collect();
         let mut records = Vec::with_capacity(counts.iter().sum());
         let mut replies = Vec::with_capacity(batch.len());
@@ -143,12 +198,29 @@ async fn write_loop(
                     offset += count as u64;
                 }
             }
-            Err(error) => {
-                tracing::warn!(%error, "shard append failed");
+            Err(failure) => {
+                tracing::warn!(error = failure.error, "shard append failed");
+                unwritten = failure.unwritten;
                 for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
+                    let _ = reply.send(Err(failure.error.clone()));
                 }
             }
+        }
+    }
+}
+
+/// Why a batch was not acknowledged.
+struct BatchFailure {
+    error: String,
+    /// Set when the local write failed after the batch went to replicas.
+    unwritten: Option<UnwrittenBatch>,
+}
+
+impl From<String> for BatchFailure {
+    fn from(error: String) -> BatchFailure {
+        BatchFailure {
+            error,
+            unwritten: None,
         }
     }
 }
@@ -160,7 +232,10 @@ async fn commit_batch(
     replicator: &mut Replicator,
     records: Vec<NewRecord>,
     epoch: u64,
-) -> Result<Appended, String> {
+) -> Result<Appended, BatchFailure> {
+    // The epoch's entry is in the log's history before any record of it is
+    // written here or sent to a replica.
+    begin_leading(log, epoch).await?;
     let records = Arc::new(records);
     // This task is the shard's only writer, so the batch's place is known
     // before it is written: the leader's fsync and the replicas' overlap.
@@ -169,7 +244,7 @@ async fn commit_batch(
     let local = tokio::task::spawn_blocking(move || {
         for_write
             .0
-            .append_replicated(first_offset, arrival_ms, &for_write.1)
+            .append_at(epoch, first_offset, arrival_ms, &for_write.1)
     });
     let batch = LocalBatch {
         epoch,
@@ -178,22 +253,39 @@ async fn commit_batch(
         records: &records,
     };
     let (local, replicated) = tokio::join!(local, replicator.replicate(log, batch));
-    // If the local write failed, replicas may hold a batch the leader does
-    // not: it was not acknowledged, and the next batch truncates it there.
-    let appended = local
-        .map_err(|e| format!("append task failed: {e}"))?
-        .map_err(|e| e.to_string())?;
+    let local = local
+        .map_err(|e| format!("append task failed: {e}"))
+        .and_then(|written| written.map_err(|e| e.to_string()));
+    let appended = match local {
+        Ok(appended) => appended,
+        Err(error) => {
+            return Err(BatchFailure {
+                error,
+                unwritten: Some(UnwrittenBatch {
+                    epoch,
+                    first_offset,
+                    arrival_ms,
+                    records,
+                }),
+            })
+        }
+    };
     replicated?;
     // The lease is checked last, right before the batch becomes visible and
     // acknowledged: a leader that lost it while replicating must not commit.
     // (Not retried by the frontend: the batch is already on disk here.)
     if !replicator.holds_lease() {
-        return Err("the leader lease expired before the batch could be committed".to_owned());
+        return Err(
+            "the leader lease expired before the batch could be committed"
+                .to_owned()
+                .into(),
+        );
     }
     if replicator.leading_epoch() != Some(epoch) {
         return Err(format!(
             "leadership moved on from epoch {epoch} before the batch could be committed"
-        ));
+        )
+        .into());
     }
     log.commit(appended.first_offset + records.len() as u64);
     Ok(appended)

@@ -69,8 +69,10 @@ pub struct ShardRow {
     pub parent_shard_id: Option<String>,
     pub adjacent_parent_shard_id: Option<String>,
     pub sequence_base: u64,
-    pub ending_sequence_number: Option<String>,
+    /// OPEN, CLOSING (being sealed) or CLOSED.
     pub state: String,
+    /// CLOSED only: the shard holds exactly the offsets below this.
+    pub ending_offset: Option<u64>,
     pub leader_worker_id: String,
     pub replica_worker_ids: Vec<String>,
     pub epoch: u64,
@@ -113,7 +115,7 @@ const STREAM_COLUMNS: &str =
      retention_hours, max_record_size_kib, created_at_ms";
 
 const SHARD_SELECT: &str = "SELECT stream_uid, shard_id, starting_hash_key, ending_hash_key, parent_shard_id, \
-     adjacent_parent_shard_id, sequence_base, ending_sequence_number, state, leader_worker_id, replica_worker_ids, epoch \
+     adjacent_parent_shard_id, sequence_base, ending_offset, state, leader_worker_id, replica_worker_ids, epoch \
      FROM shards";
 
 fn shard_from_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<ShardRow> {
@@ -125,7 +127,9 @@ fn shard_from_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<ShardRow> {
         parent_shard_id: row.try_get("parent_shard_id")?,
         adjacent_parent_shard_id: row.try_get("adjacent_parent_shard_id")?,
         sequence_base: row.try_get::<i64, _>("sequence_base")? as u64,
-        ending_sequence_number: row.try_get("ending_sequence_number")?,
+        ending_offset: row
+            .try_get::<Option<i64>, _>("ending_offset")?
+            .map(|offset| offset as u64),
         state: row.try_get("state")?,
         leader_worker_id: row.try_get("leader_worker_id")?,
         replica_worker_ids: row.try_get("replica_worker_ids")?,
@@ -250,6 +254,33 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Moves a stream from ACTIVE to UPDATING; false if it was not ACTIVE
+    /// (two resharding calls never run on one stream at once).
+    pub async fn begin_stream_update(&self, stream_uid: i64) -> anyhow::Result<bool> {
+        let changed = sqlx::query(
+            "UPDATE streams SET status = 'UPDATING' WHERE stream_uid = $1 AND status = 'ACTIVE'",
+        )
+        .bind(stream_uid)
+        .execute(&self.pool)
+        .await
+        .context("mark stream updating")?;
+        Ok(changed.rows_affected() == 1)
+    }
+
+    /// Shards an account has open (being-sealed ones included: they count
+    /// against the quota until they are closed).
+    pub async fn open_shard_count(&self, account_id: &str) -> anyhow::Result<i64> {
+        let used: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM shards JOIN streams USING (stream_uid) \
+             WHERE streams.account_id = $1 AND shards.state IN ('OPEN', 'CLOSING')",
+        )
+        .bind(account_id)
+        .fetch_one(&self.pool)
+        .await
+        .context("count the account's open shards")?;
+        Ok(used)
+    }
+
     /// Deletes the stream row (its shards go with it).
     pub async fn delete_stream(&self, stream_uid: i64) -> anyhow::Result<()> {
         sqlx::query("DELETE FROM streams WHERE stream_uid = $1")
@@ -317,10 +348,44 @@ impl MetaStore {
             .collect::<sqlx::Result<_>>()?)
     }
 
-    /// The open shards a worker leads.
-    pub async fn open_shards_led_by(&self, worker_id: &str) -> anyhow::Result<Vec<ShardRow>> {
+    /// Records an UpdateShardCount call, unless the stream already had
+    /// `limit` in the last 24 hours; returns whether it was recorded.
+    pub async fn record_shard_count_update(
+        &self,
+        stream_uid: i64,
+        limit: i64,
+    ) -> anyhow::Result<bool> {
+        let mut transaction = self.pool.begin().await.context("begin")?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('shard_count_updates'), $1::int)")
+            .bind((stream_uid % i64::from(i32::MAX)) as i32)
+            .execute(&mut *transaction)
+            .await
+            .context("lock a stream's shard-count updates")?;
+        let recent: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM shard_count_updates \
+             WHERE stream_uid = $1 AND updated_at > now() - interval '24 hours'",
+        )
+        .bind(stream_uid)
+        .fetch_one(&mut *transaction)
+        .await
+        .context("count recent shard-count updates")?;
+        if recent >= limit {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO shard_count_updates (stream_uid) VALUES ($1)")
+            .bind(stream_uid)
+            .execute(&mut *transaction)
+            .await
+            .context("record a shard-count update")?;
+        transaction.commit().await.context("commit")?;
+        Ok(true)
+    }
+
+    /// The shards a worker leads, whatever their state (a closed shard
+    /// still needs a leader to serve its reads).
+    pub async fn shards_led_by(&self, worker_id: &str) -> anyhow::Result<Vec<ShardRow>> {
         let rows = sqlx::query(&format!(
-            "{SHARD_SELECT} WHERE leader_worker_id = $1 AND state = 'OPEN' ORDER BY stream_uid, shard_id"
+            "{SHARD_SELECT} WHERE leader_worker_id = $1 ORDER BY stream_uid, shard_id"
         ))
         .bind(worker_id)
         .fetch_all(&self.pool)
@@ -520,7 +585,7 @@ impl ChangeBatch {
     pub async fn insert_shard(&mut self, shard: &ShardRow) -> anyhow::Result<()> {
         sqlx::query(
             "INSERT INTO shards (stream_uid, shard_id, starting_hash_key, ending_hash_key, parent_shard_id, \
-             adjacent_parent_shard_id, sequence_base, ending_sequence_number, state, leader_worker_id, replica_worker_ids, epoch) \
+             adjacent_parent_shard_id, sequence_base, ending_offset, state, leader_worker_id, replica_worker_ids, epoch) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(shard.stream_uid)
@@ -530,7 +595,7 @@ impl ChangeBatch {
         .bind(&shard.parent_shard_id)
         .bind(&shard.adjacent_parent_shard_id)
         .bind(shard.sequence_base as i64)
-        .bind(&shard.ending_sequence_number)
+        .bind(shard.ending_offset.map(|offset| offset as i64))
         .bind(&shard.state)
         .bind(&shard.leader_worker_id)
         .bind(&shard.replica_worker_ids)
@@ -561,6 +626,48 @@ impl ChangeBatch {
             "shard {} is no longer at epoch {}: its placement changed meanwhile",
             shard.shard_id,
             shard.epoch - 1
+        );
+        Ok(())
+    }
+
+    /// Starts sealing an open shard: CLOSING under `shard.epoch`, only from
+    /// OPEN at `shard.epoch - 1`.
+    pub async fn begin_closing(&mut self, shard: &ShardRow) -> anyhow::Result<()> {
+        let changed = sqlx::query(
+            "UPDATE shards SET state = 'CLOSING', epoch = $3 \
+             WHERE stream_uid = $1 AND shard_id = $2 AND state = 'OPEN' AND epoch = $3 - 1",
+        )
+        .bind(shard.stream_uid)
+        .bind(&shard.shard_id)
+        .bind(shard.epoch as i64)
+        .execute(&mut *self.transaction)
+        .await
+        .with_context(|| format!("close shard {}", shard.shard_id))?;
+        anyhow::ensure!(
+            changed.rows_affected() == 1,
+            "shard {} is no longer open at epoch {}",
+            shard.shard_id,
+            shard.epoch - 1
+        );
+        Ok(())
+    }
+
+    /// Seals a CLOSING shard: CLOSED, holding the offsets below `ending_offset`.
+    pub async fn finish_closing(&mut self, shard: &ShardRow) -> anyhow::Result<()> {
+        let changed = sqlx::query(
+            "UPDATE shards SET state = 'CLOSED', ending_offset = $3 \
+             WHERE stream_uid = $1 AND shard_id = $2 AND state = 'CLOSING'",
+        )
+        .bind(shard.stream_uid)
+        .bind(&shard.shard_id)
+        .bind(shard.ending_offset.map(|offset| offset as i64))
+        .execute(&mut *self.transaction)
+        .await
+        .with_context(|| format!("seal shard {}", shard.shard_id))?;
+        anyhow::ensure!(
+            changed.rows_affected() == 1,
+            "shard {} is not being closed",
+            shard.shard_id
         );
         Ok(())
     }

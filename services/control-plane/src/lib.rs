@@ -1,7 +1,6 @@
 //! `freshet-control-plane`: stream lifecycle (create, delete, describe,
-//! list), the access-key → account table, and — in a later issue — the
-//! scaler (splits, merges, on-demand capacity, warm throughput), which will
-//! live in `scaler.rs` beside this file.
+//! list), resharding (`reshard.rs`: SplitShard, MergeShards,
+//! UpdateShardCount) and the access-key → account table.
 //!
 //! A stream's shards split the 128-bit hash-key space evenly; membership
 //! places each on workers in distinct availability zones and publishes the
@@ -22,6 +21,13 @@ use freshet_server::TracedChannel;
 use freshet_types::{HashKeyRange, SequenceNumber, ShardId, StreamArn};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
+
+mod reshard;
+
+/// The region in a stream ARN (`us-east-1` if it cannot be read).
+pub(crate) fn region_of(stream_arn: &str) -> String {
+    StreamArn::parse(stream_arn).map_or_else(|| "us-east-1".to_owned(), |arn| arn.region)
+}
 
 /// Shards a new on-demand stream starts with (4 MiB/s, 4,000 records/s).
 pub const ON_DEMAND_INITIAL_SHARDS: u32 = 4;
@@ -328,7 +334,7 @@ impl ControlPlane for ControlPlaneService {
             .shards_of(stream.stream_uid)
             .await
             .map_err(internal)?;
-        let open = rows.iter().filter(|s| s.state == "OPEN").count() as u32;
+        let open = rows.iter().filter(|s| s.state != "CLOSED").count() as u32;
         let shards = rows
             .into_iter()
             .map(|row| ShardInfo {
@@ -337,7 +343,16 @@ impl ControlPlane for ControlPlaneService {
                     offset: 0,
                 }
                 .to_string(),
-                ending_sequence_number: row.ending_sequence_number.unwrap_or_default(),
+                ending_sequence_number: row
+                    .ending_offset
+                    .map(|end| {
+                        SequenceNumber {
+                            base: row.sequence_base,
+                            offset: end.saturating_sub(1),
+                        }
+                        .to_string()
+                    })
+                    .unwrap_or_default(),
                 shard_id: row.shard_id,
                 parent_shard_id: row.parent_shard_id.unwrap_or_default(),
                 adjacent_parent_shard_id: row.adjacent_parent_shard_id.unwrap_or_default(),
@@ -348,6 +363,32 @@ impl ControlPlane for ControlPlaneService {
         Ok(Response::new(DescribeStreamResponse {
             stream: Some(self.stream_info(&stream, shards, open)),
         }))
+    }
+
+    async fn split_shard(
+        &self,
+        request: Request<SplitShardRequest>,
+    ) -> Result<Response<SplitShardResponse>, Status> {
+        self.split_shard_checked(request.into_inner()).await?;
+        Ok(Response::new(SplitShardResponse {}))
+    }
+
+    async fn merge_shards(
+        &self,
+        request: Request<MergeShardsRequest>,
+    ) -> Result<Response<MergeShardsResponse>, Status> {
+        self.merge_shards_checked(request.into_inner()).await?;
+        Ok(Response::new(MergeShardsResponse {}))
+    }
+
+    async fn update_shard_count(
+        &self,
+        request: Request<UpdateShardCountRequest>,
+    ) -> Result<Response<UpdateShardCountResponse>, Status> {
+        Ok(Response::new(
+            self.update_shard_count_checked(request.into_inner())
+                .await?,
+        ))
     }
 
     async fn list_streams(

@@ -134,7 +134,7 @@ async fn check_once(service: &MembershipService) -> anyhow::Result<()> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(worker.worker_id.clone());
-        let shards = inner.store.open_shards_led_by(&worker.worker_id).await;
+        let shards = inner.store.shards_led_by(&worker.worker_id).await;
         for shard in shards.into_iter().flatten() {
             if let Err(error) = fail_over(service, shard, &live).await {
                 tracing::warn!("failover failed to {error:#}");

@@ -157,6 +157,61 @@ impl MembershipService {
         worker.seconds_since_heartbeat < self.inner.heartbeat_timeout.as_secs_f64()
     }
 
+    /// Chooses workers for new shards (distinct zones) and builds their rows.
+    async fn placed_rows(
+        &self,
+        stream: &StreamRow,
+        shards: &[ShardToPlace],
+    ) -> Result<Vec<ShardRow>, Status> {
+        let alive: Vec<WorkerRow> = self
+            .inner
+            .store
+            .list_workers()
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter(|w| self.alive(w))
+            .collect();
+        // Rotates leaders across workers: by stream, then by the number of
+        // the first shard (the low bits of its sequence base, less one).
+        let first_shard_number = shards
+            .first()
+            .map_or(0, |s| (s.sequence_base & 0xFF_FFFF).saturating_sub(1));
+        let seed = (stream.stream_uid as u64).wrapping_add(first_shard_number);
+        let plan = placement::place(&alive, shards.len(), seed)
+            .map_err(|reason| Status::unavailable(reason.to_string()))?;
+        Ok(shards
+            .iter()
+            .zip(plan)
+            .map(|(shard, chosen)| ShardRow {
+                stream_uid: stream.stream_uid,
+                shard_id: shard.shard_id.clone(),
+                starting_hash_key: shard.starting_hash_key.clone(),
+                ending_hash_key: shard.ending_hash_key.clone(),
+                parent_shard_id: Some(shard.parent_shard_id.clone()).filter(|s| !s.is_empty()),
+                adjacent_parent_shard_id: Some(shard.adjacent_parent_shard_id.clone())
+                    .filter(|s| !s.is_empty()),
+                sequence_base: shard.sequence_base,
+                ending_offset: None,
+                state: "OPEN".to_owned(),
+                leader_worker_id: chosen.leader,
+                replica_worker_ids: chosen.replicas,
+                epoch: 1,
+            })
+            .collect())
+    }
+
+    /// The stream, unless it is gone or being deleted.
+    async fn live_stream(&self, stream_uid: i64) -> Result<StreamRow, Status> {
+        self.inner
+            .store
+            .get_stream_by_uid(stream_uid)
+            .await
+            .map_err(internal)?
+            .filter(|s| s.status != "DELETING")
+            .ok_or_else(|| Status::not_found(format!("stream {stream_uid} does not exist")))
+    }
+
     /// Writes shard rows and their change-log entries in one transaction,
     /// then broadcasts the entries.
     async fn publish(
@@ -165,7 +220,19 @@ impl MembershipService {
         shards: Vec<ShardRow>,
         change: Change,
     ) -> anyhow::Result<Vec<ShardMapEntry>> {
-        let tombstones = change == Change::Remove;
+        let changes = shards.into_iter().map(|shard| (shard, change)).collect();
+        self.publish_changes(stream, changes).await
+    }
+
+    /// Like [`MembershipService::publish`], with a change of its own for
+    /// each row (a split closes a parent and places children in one batch).
+    async fn publish_changes(
+        &self,
+        stream: &StreamRow,
+        changes: Vec<(ShardRow, Change)>,
+    ) -> anyhow::Result<Vec<ShardMapEntry>> {
+        let change = changes.first().map_or(Change::Republish, |c| c.1);
+        let (shards, kinds): (Vec<ShardRow>, Vec<Change>) = changes.into_iter().unzip();
         let _serialised = self.inner.write_lock.lock().await;
         // A republish rebuilds entries from the rows as they are *now*: a
         // failover (or a deletion) may have committed since they were read.
@@ -202,15 +269,19 @@ impl MembershipService {
             .collect();
         let mut batch = self.inner.store.begin_changes().await?;
         let mut entries = Vec::with_capacity(shards.len());
-        for shard in &shards {
-            match change {
+        for (shard, kind) in shards.iter().zip(kinds.iter().copied()) {
+            match kind {
                 Change::Place => batch.insert_shard(shard).await?,
                 Change::MoveLeadership => batch.update_placement(shard).await?,
+                Change::BeginClosing => batch.begin_closing(shard).await?,
+                Change::FinishClosing => batch.finish_closing(shard).await?,
                 Change::Republish | Change::Remove => {}
             }
+            let tombstones = kind == Change::Remove;
             let state = match (tombstones, shard.state.as_str()) {
                 (true, _) => ShardState::Deleted,
                 (false, "CLOSED") => ShardState::Closed,
+                (false, "CLOSING") => ShardState::Closing,
                 (false, _) => ShardState::Open,
             };
             let entry = entry_for(stream, shard, &workers, batch.next_version(), state);
@@ -250,6 +321,10 @@ enum Change {
     MoveLeadership,
     /// The stream is gone: tombstones.
     Remove,
+    /// An open shard starts being sealed (CLOSING, epoch + 1).
+    BeginClosing,
+    /// A sealed shard is CLOSED with its ending offset.
+    FinishClosing,
 }
 
 /// Builds the entry describing `shard` at `version`.
@@ -293,6 +368,7 @@ fn entry_for(
             })
             .collect(),
         epoch: shard.epoch,
+        ending_offset: shard.ending_offset.unwrap_or(0),
         valid_until_micros: 0,
         retention_hours: u32::try_from(stream.retention_hours).unwrap_or(24),
         max_record_size_kib: u32::try_from(stream.max_record_size_kib).unwrap_or(1024),
@@ -419,37 +495,7 @@ impl Membership for MembershipService {
             .ok_or_else(|| {
                 Status::not_found(format!("stream {} does not exist", request.stream_uid))
             })?;
-        let alive: Vec<WorkerRow> = self
-            .inner
-            .store
-            .list_workers()
-            .await
-            .map_err(internal)?
-            .into_iter()
-            .filter(|w| self.alive(w))
-            .collect();
-        let plan = placement::place(&alive, request.shards.len(), request.stream_uid as u64)
-            .map_err(|reason| Status::unavailable(reason.to_string()))?;
-        let rows = request
-            .shards
-            .iter()
-            .zip(plan)
-            .map(|(shard, chosen)| ShardRow {
-                stream_uid: stream.stream_uid,
-                shard_id: shard.shard_id.clone(),
-                starting_hash_key: shard.starting_hash_key.clone(),
-                ending_hash_key: shard.ending_hash_key.clone(),
-                parent_shard_id: Some(shard.parent_shard_id.clone()).filter(|s| !s.is_empty()),
-                adjacent_parent_shard_id: Some(shard.adjacent_parent_shard_id.clone())
-                    .filter(|s| !s.is_empty()),
-                sequence_base: shard.sequence_base,
-                ending_sequence_number: None,
-                state: "OPEN".to_owned(),
-                leader_worker_id: chosen.leader,
-                replica_worker_ids: chosen.replicas,
-                epoch: 1,
-            })
-            .collect();
+        let rows = self.placed_rows(&stream, &request.shards).await?;
         let entries = self
             .publish(&stream, rows, Change::Place)
             .await
@@ -483,6 +529,91 @@ impl Membership for MembershipService {
             .await
             .map_err(internal)?;
         Ok(Response::new(RemoveStreamResponse {}))
+    }
+
+    async fn close_shards(
+        &self,
+        request: Request<CloseShardsRequest>,
+    ) -> Result<Response<CloseShardsResponse>, Status> {
+        let request = request.into_inner();
+        let stream = self.live_stream(request.stream_uid).await?;
+        let rows = self
+            .inner
+            .store
+            .shards_of(stream.stream_uid)
+            .await
+            .map_err(internal)?;
+        let mut changes = Vec::with_capacity(request.shard_ids.len());
+        for shard_id in &request.shard_ids {
+            let row = rows
+                .iter()
+                .find(|r| &r.shard_id == shard_id)
+                .ok_or_else(|| Status::not_found(format!("shard {shard_id} does not exist")))?;
+            match row.state.as_str() {
+                // Asked again after a lost answer: already being sealed.
+                "CLOSING" => changes.push((row.clone(), Change::Republish)),
+                "OPEN" => changes.push((
+                    ShardRow {
+                        state: "CLOSING".to_owned(),
+                        epoch: row.epoch + 1,
+                        ..row.clone()
+                    },
+                    Change::BeginClosing,
+                )),
+                _ => {
+                    return Err(Status::failed_precondition(format!(
+                        "shard {shard_id} is already closed"
+                    )))
+                }
+            }
+        }
+        let entries = self
+            .publish_changes(&stream, changes)
+            .await
+            .map_err(|error| Status::aborted(format!("{error:#}")))?;
+        Ok(Response::new(CloseShardsResponse {
+            entries: entries.into_iter().map(|e| self.stamp(e)).collect(),
+        }))
+    }
+
+    async fn complete_reshard(
+        &self,
+        request: Request<CompleteReshardRequest>,
+    ) -> Result<Response<CompleteReshardResponse>, Status> {
+        let request = request.into_inner();
+        let stream = self.live_stream(request.stream_uid).await?;
+        let rows = self
+            .inner
+            .store
+            .shards_of(stream.stream_uid)
+            .await
+            .map_err(internal)?;
+        let mut changes = Vec::new();
+        for sealed in &request.sealed {
+            let row = rows
+                .iter()
+                .find(|r| r.shard_id == sealed.shard_id)
+                .ok_or_else(|| {
+                    Status::not_found(format!("shard {} does not exist", sealed.shard_id))
+                })?;
+            changes.push((
+                ShardRow {
+                    state: "CLOSED".to_owned(),
+                    ending_offset: Some(sealed.ending_offset),
+                    ..row.clone()
+                },
+                Change::FinishClosing,
+            ));
+        }
+        let children = self.placed_rows(&stream, &request.children).await?;
+        changes.extend(children.into_iter().map(|row| (row, Change::Place)));
+        let entries = self
+            .publish_changes(&stream, changes)
+            .await
+            .map_err(|error| Status::aborted(format!("{error:#}")))?;
+        Ok(Response::new(CompleteReshardResponse {
+            entries: entries.into_iter().map(|e| self.stamp(e)).collect(),
+        }))
     }
 
     type SubscribeStream = EventStream;

@@ -152,8 +152,11 @@ impl ReplicationContext {
 pub struct Replicator {
     context: Arc<ReplicationContext>,
     shard: ShardKey,
-    /// Where each replica's log ends, as far as the leader knows.
+    /// Where each replica's log ends, as far as the leader knows — learned
+    /// at `ends_epoch` (forgotten when the epoch changes, so a replica is
+    /// counted for a commit only once it has answered the current epoch).
     replica_ends: HashMap<String, u64>,
+    ends_epoch: u64,
 }
 
 /// A batch the leader has made durable locally.
@@ -171,6 +174,7 @@ impl Replicator {
             context,
             shard,
             replica_ends: HashMap::new(),
+            ends_epoch: 0,
         }
     }
 
@@ -184,6 +188,13 @@ impl Replicator {
     /// Whether this worker may commit as a leader right now.
     pub fn holds_lease(&self) -> bool {
         self.context.lease.is_held(&self.context.map)
+    }
+
+    fn forget_ends_of_other_epochs(&mut self, epoch: u64) {
+        if self.ends_epoch != epoch {
+            self.replica_ends.clear();
+            self.ends_epoch = epoch;
+        }
     }
 
     fn entry(&self) -> Option<ShardMapEntry> {
@@ -202,6 +213,7 @@ impl Replicator {
             .entry()
             .filter(|e| e.leader_worker_id == self.context.worker_id && e.epoch == batch.epoch)
             .ok_or("this worker no longer leads the shard at the batch's epoch")?;
+        self.forget_ends_of_other_epochs(entry.epoch);
         let replicas: Vec<(String, String)> = entry
             .replica_worker_ids
             .iter()
@@ -294,6 +306,7 @@ impl Replicator {
         else {
             return;
         };
+        self.forget_ends_of_other_epochs(entry.epoch);
         if let Err(error) = begin_leading(log, entry.epoch).await {
             tracing::warn!(shard_id = self.shard.shard_id, %error, "cannot take up leadership");
             return;

@@ -51,6 +51,8 @@ enum Access {
     Read,
     /// Batches from the leader: a replica of the shard only.
     Replicate,
+    /// Sealing a CLOSING shard: its leader, holding a lease.
+    Seal,
 }
 
 impl StorageService {
@@ -113,7 +115,7 @@ impl StorageService {
             )));
         }
         let role_ok = match access {
-            Access::Write | Access::Read => entry.leader_worker_id == self.worker_id,
+            Access::Write | Access::Read | Access::Seal => entry.leader_worker_id == self.worker_id,
             Access::Replicate => entry.replica_worker_ids.contains(&self.worker_id),
         };
         if !role_ok {
@@ -122,9 +124,15 @@ impl StorageService {
                 key.1, entry.leader_worker_id
             )));
         }
-        if access == Access::Write {
+        if matches!(access, Access::Write | Access::Seal) {
             // Refused before anything is written, so the caller may retry.
             self.wait_for_lease(deadline).await?;
+        }
+        if access == Access::Seal && entry.state() != ShardState::Closing {
+            return Err(Status::failed_precondition(format!(
+                "shard {} is not being closed",
+                key.1
+            )));
         }
         if access == Access::Write && entry.state() != ShardState::Open {
             return Err(Status::failed_precondition(format!(
@@ -294,6 +302,21 @@ impl Storage for StorageService {
             accepted: replicated.accepted,
             next_offset: replicated.next_offset,
         }))
+    }
+
+    async fn seal_shard(
+        &self,
+        request: Request<SealShardRequest>,
+    ) -> Result<Response<SealShardResponse>, Status> {
+        let request = request.into_inner();
+        let shard = self
+            .authorize(request.shard.as_ref(), request.epoch, Access::Seal)
+            .await?;
+        let ending_offset = shard
+            .seal(request.epoch)
+            .await
+            .map_err(Status::unavailable)?;
+        Ok(Response::new(SealShardResponse { ending_offset }))
     }
 
     async fn describe_shard(

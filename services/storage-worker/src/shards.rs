@@ -46,11 +46,25 @@ struct AppendJob {
     reply: oneshot::Sender<Result<Appended, String>>,
 }
 
+/// Work for a shard's writer task, done in arrival order.
+enum WriterJob {
+    Append(AppendJob),
+    /// Commit the whole log with the replicas and answer where it ends:
+    /// the final size of a CLOSING shard (led at `epoch`).
+    Seal {
+        epoch: u64,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+}
+
+/// How many idle catch-up rounds a seal may take before it gives up.
+const SEAL_ROUNDS: usize = 20;
+
 /// An open shard: its log and the channel to its writer task.
 pub struct OpenShard {
     pub log: Arc<ShardLog>,
     pub sequence_base: u64,
-    writer: mpsc::Sender<AppendJob>,
+    writer: mpsc::Sender<WriterJob>,
 }
 
 impl OpenShard {
@@ -58,11 +72,27 @@ impl OpenShard {
     pub async fn append(&self, records: Vec<NewRecord>, epoch: u64) -> Result<Appended, String> {
         let (reply, answer) = oneshot::channel();
         self.writer
-            .send(AppendJob {
+            .send(WriterJob::Append(AppendJob {
                 records,
                 epoch,
                 reply,
-            })
+            }))
+            .await
+            .map_err(|_| "shard writer stopped".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "shard writer stopped".to_owned())?
+    }
+
+    /// Seals a CLOSING shard led at `epoch`: once every append queued
+    /// before this call is resolved, commits the whole log with the
+    /// replicas and answers where it ends. Nothing is written after it: the
+    /// CLOSING epoch refuses appends (`service.rs`), and appends queued
+    /// under the earlier epoch are refused by the writer.
+    pub async fn seal(&self, epoch: u64) -> Result<u64, String> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(WriterJob::Seal { epoch, reply })
             .await
             .map_err(|_| "shard writer stopped".to_owned())?;
         answer
@@ -118,11 +148,11 @@ impl UnwrittenBatch {
 async fn write_loop(
     log: Arc<ShardLog>,
     mut replicator: Replicator,
-    mut jobs: mpsc::Receiver<AppendJob>,
+    mut jobs: mpsc::Receiver<WriterJob>,
 ) {
     let mut unwritten: Option<UnwrittenBatch> = None;
     loop {
-        let first = tokio::select! {
+        let job = tokio::select! {
             job = jobs.recv() => match job {
                 Some(job) => job,
                 None => return,
@@ -140,73 +170,120 @@ async fn write_loop(
                 continue;
             }
         };
-        let mut size: usize = first
-            .records
-            .iter()
-            .map(|r| r.data.len() + r.partition_key.len())
-            .sum();
-        let mut batch = vec![first];
-        while size < GROUP_COMMIT_MAX_BYTES {
-            let Ok(job) = jobs.try_recv() else { break };
-            size += job
-                .records
-                .iter()
-                .map(|r| r.data.len() + r.partition_key.len())
-                .sum::<usize>();
-            batch.push(job);
-        }
-        // Only jobs authorized under the epoch this worker leads now go on:
-        // a job queued before a failover must not be written afterwards.
-        let leading = replicator.leading_epoch();
-        let (batch, stale): (Vec<AppendJob>, Vec<AppendJob>) = batch
-            .into_iter()
-            .partition(|job| Some(job.epoch) == leading);
-        for job in stale {
-            let _ = job.reply.send(Err(format!(
-                "not leader at epoch {} any more (now {leading:?})",
-                job.epoch
-            )));
-        }
-        let Some(epoch) = leading.filter(|_| !batch.is_empty()) else {
-            continue;
-        };
-        if let Some(pending) = &unwritten {
-            if let Err(error) = pending.write_again(&log, leading).await {
-                for job in batch {
-                    let _ = job.reply.send(Err(error.clone()));
-                }
+        let first = match job {
+            WriterJob::Append(job) => job,
+            WriterJob::Seal { epoch, reply } => {
+                let _ = reply.send(seal(&log, &mut replicator, epoch).await);
                 continue;
             }
-            unwritten = None;
-        }
-        let counts: Vec<usize> = batch.iter().map(|job| job.records.len()).collect();
-        let mut records = Vec::with_capacity(counts.iter().sum());
-        let mut replies = Vec::with_capacity(batch.len());
-        for job in batch {
-            records.extend(job.records);
-            replies.push(job.reply);
-        }
-        let result = commit_batch(&log, &mut replicator, records, epoch).await;
-        match result {
-            Ok(appended) => {
-                let mut offset = appended.first_offset;
-                for (reply, count) in replies.into_iter().zip(counts) {
-                    let _ = reply.send(Ok(Appended {
-                        first_offset: offset,
-                        arrival_ms: appended.arrival_ms,
-                    }));
-                    offset += count as u64;
+        };
+        let mut size = first.size();
+        let mut batch = vec![first];
+        let mut seal_after = None;
+        while size < GROUP_COMMIT_MAX_BYTES {
+            match jobs.try_recv() {
+                Ok(WriterJob::Append(job)) => {
+                    size += job.size();
+                    batch.push(job);
                 }
+                Ok(WriterJob::Seal { epoch, reply }) => {
+                    // Appends behind it wait for the next round (and will
+                    // be refused: the seal's epoch is newer than theirs).
+                    seal_after = Some((epoch, reply));
+                    break;
+                }
+                Err(_) => break,
             }
-            Err(failure) => {
-                tracing::warn!(error = failure.error, "shard append failed");
-                unwritten = failure.unwritten;
-                for reply in replies {
-                    let _ = reply.send(Err(failure.error.clone()));
-                }
+        }
+        write_round(&log, &mut replicator, &mut unwritten, batch).await;
+        if let Some((epoch, reply)) = seal_after {
+            let _ = reply.send(seal(&log, &mut replicator, epoch).await);
+        }
+    }
+}
+
+impl AppendJob {
+    fn size(&self) -> usize {
+        self.records
+            .iter()
+            .map(|r| r.data.len() + r.partition_key.len())
+            .sum()
+    }
+}
+
+/// Writes one group commit's worth of appends and answers each caller.
+async fn write_round(
+    log: &Arc<ShardLog>,
+    replicator: &mut Replicator,
+    unwritten: &mut Option<UnwrittenBatch>,
+    batch: Vec<AppendJob>,
+) {
+    // Only jobs authorized under the epoch this worker leads now go on:
+    // a job queued before a failover must not be written afterwards.
+    let leading = replicator.leading_epoch();
+    let (batch, stale): (Vec<AppendJob>, Vec<AppendJob>) = batch
+        .into_iter()
+        .partition(|job| Some(job.epoch) == leading);
+    for job in stale {
+        let _ = job.reply.send(Err(format!(
+            "not leader at epoch {} any more (now {leading:?})",
+            job.epoch
+        )));
+    }
+    let Some(epoch) = leading.filter(|_| !batch.is_empty()) else {
+        return;
+    };
+    if let Some(pending) = unwritten.as_ref() {
+        if let Err(error) = pending.write_again(log, leading).await {
+            for job in batch {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        *unwritten = None;
+    }
+    let counts: Vec<usize> = batch.iter().map(|job| job.records.len()).collect();
+    let mut records = Vec::with_capacity(counts.iter().sum());
+    let mut replies = Vec::with_capacity(batch.len());
+    for job in batch {
+        records.extend(job.records);
+        replies.push(job.reply);
+    }
+    match commit_batch(log, replicator, records, epoch).await {
+        Ok(appended) => {
+            let mut offset = appended.first_offset;
+            for (reply, count) in replies.into_iter().zip(counts) {
+                let _ = reply.send(Ok(Appended {
+                    first_offset: offset,
+                    arrival_ms: appended.arrival_ms,
+                }));
+                offset += count as u64;
+            }
+        }
+        Err(failure) => {
+            tracing::warn!(error = failure.error, "shard append failed");
+            *unwritten = failure.unwritten;
+            for reply in replies {
+                let _ = reply.send(Err(failure.error.clone()));
             }
         }
     }
+}
+
+/// The writer's side of [`OpenShard::seal`].
+async fn seal(log: &Arc<ShardLog>, replicator: &mut Replicator, epoch: u64) -> Result<u64, String> {
+    if replicator.leading_epoch() != Some(epoch) {
+        return Err(format!("not leader at epoch {epoch}"));
+    }
+    for _ in 0..SEAL_ROUNDS {
+        replicator.catch_up(log, IDLE_CATCH_UP_DEADLINE).await;
+        let end = log.next_offset();
+        if log.committed_offset() == end && log.latest_epoch() == epoch {
+            return Ok(end);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("the shard's replicas did not confirm its whole log in time".to_owned())
 }
 
 /// Why a batch was not acknowledged.

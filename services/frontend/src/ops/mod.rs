@@ -2,6 +2,7 @@
 //! stream addressing (StreamName or StreamARN), and storage clients.
 
 mod records;
+mod reshard;
 mod streams;
 
 use std::collections::HashMap;
@@ -64,6 +65,15 @@ pub async fn dispatch(
             .await
             .map(Some),
         "GetRecords" => records::get_records(frontend, caller, parse(body)?)
+            .await
+            .map(Some),
+        "SplitShard" => reshard::split_shard(frontend, caller, parse(body)?)
+            .await
+            .map(|()| None),
+        "MergeShards" => reshard::merge_shards(frontend, caller, parse(body)?)
+            .await
+            .map(|()| None),
+        "UpdateShardCount" => reshard::update_shard_count(frontend, caller, parse(body)?)
             .await
             .map(Some),
         other => Err(unknown_operation(other)),

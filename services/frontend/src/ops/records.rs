@@ -13,14 +13,15 @@
 //! other failure is retried, since the write may have happened.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
 use freshet_proto::v1::read_request::Start;
 use freshet_proto::v1::{
-    AppendRequest, AppendResponse, GetShardTailRequest, ReadRequest, RecordToAppend, ShardKey,
-    ShardMapEntry,
+    AppendRequest, GetShardTailRequest, ReadRequest, RecordToAppend, ShardKey, ShardMapEntry,
+    ShardState,
 };
 use freshet_shardmap::StreamRoute;
 use freshet_types::{HashKey, SequenceNumber};
@@ -123,7 +124,7 @@ fn check_record(
 }
 
 /// Looks the stream up; `ResourceNotFoundException` if it does not exist.
-async fn route(
+async fn route_stream(
     frontend: &Frontend,
     caller: &Caller,
     stream_name: &str,
@@ -156,49 +157,151 @@ fn refused_before_writing(status: &tonic::Status) -> bool {
     )
 }
 
-/// Appends records to one shard's leader, retrying once on a fresh route
-/// when the worker refused before writing.
-async fn append_to_shard(
+/// The shards that continue a closed shard's keys, as GetRecords lists them.
+fn child_shards(route: &StreamRoute, parent: &str) -> Vec<Value> {
+    route
+        .entries
+        .iter()
+        .filter(|child| child.parent_shard_id == parent || child.adjacent_parent_shard_id == parent)
+        .map(|child| {
+            let parents: Vec<&String> = [&child.parent_shard_id, &child.adjacent_parent_shard_id]
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .collect();
+            json!({
+                "ShardId": shard_id_of(child),
+                "ParentShards": parents,
+                "HashKeyRange": {
+                    "StartingHashKey": child.starting_hash_key,
+                    "EndingHashKey": child.ending_hash_key,
+                },
+            })
+        })
+        .collect()
+}
+
+/// How long a write keeps being routed again after refusals made before
+/// anything was written: a failover, or its shard being closed by a split
+/// or merge while the children are not yet open.
+const REROUTE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Where one record landed.
+struct Landed {
+    shard_id: String,
+    sequence_number: SequenceNumber,
+}
+
+/// Appends records to the open shards that cover their hash keys, one
+/// append per shard. A group its worker refused before writing is routed
+/// again on a fresh route and retried until [`REROUTE_DEADLINE`]; nothing
+/// else is retried, since it may have been written (the client decides).
+/// Answers per record, in input order.
+async fn append_records(
     frontend: &Frontend,
     caller: &Caller,
     stream_name: &str,
-    entry: ShardMapEntry,
-    records: Vec<RecordToAppend>,
-) -> KinesisResult<(AppendResponse, String)> {
-    let shard_id = shard_id_of(&entry);
-    let mut entry = entry;
-    for attempt in 0..2 {
-        let mut client = frontend.storage.client(&entry.leader_address)?;
-        let request = AppendRequest {
-            shard: shard_key(&entry),
-            epoch: entry.epoch,
-            records: records.clone(),
-        };
-        match client.append(frontend.storage_request(request)).await {
-            Ok(response) => return Ok((response.into_inner(), shard_id)),
-            Err(status) if attempt == 0 && refused_before_writing(&status) => {
-                tracing::debug!(
-                    shard_id,
-                    message = status.message(),
-                    "append refused, re-reading the route"
-                );
-                frontend.router.invalidate(&caller.account_id, stream_name);
-                let fresh = route(frontend, caller, stream_name).await?;
-                entry = fresh.shard(&shard_id).cloned().ok_or_else(|| {
-                    KinesisError::stream_not_found(stream_name, &caller.account_id)
-                })?;
+    mut route: StreamRoute,
+    records: Vec<(HashKey, RecordToAppend)>,
+) -> Vec<KinesisResult<Landed>> {
+    let deadline = tokio::time::Instant::now() + REROUTE_DEADLINE;
+    let mut results: Vec<Option<KinesisResult<Landed>>> = records.iter().map(|_| None).collect();
+    let mut pending: Vec<usize> = (0..records.len()).collect();
+    let mut round = 0u32;
+    while !pending.is_empty() {
+        // Group by shard; a key whose shard is being closed waits a round.
+        let mut by_shard: BTreeMap<String, (ShardMapEntry, Vec<usize>)> = BTreeMap::new();
+        let mut waiting = Vec::new();
+        for index in pending {
+            match route.shard_for_hash_key(records[index].0) {
+                Some(entry) => by_shard
+                    .entry(shard_id_of(entry))
+                    .or_insert_with(|| (entry.clone(), Vec::new()))
+                    .1
+                    .push(index),
+                None => waiting.push(index),
             }
-            Err(status) => {
-                return Err(KinesisError::internal(format!(
-                    "append to {shard_id} failed: {}",
-                    status.message()
+        }
+        let appends = by_shard.into_values().map(|(entry, indexes)| {
+            let batch: Vec<RecordToAppend> =
+                indexes.iter().map(|&i| records[i].1.clone()).collect();
+            async move {
+                let mut client = match frontend.storage.client(&entry.leader_address) {
+                    Ok(client) => client,
+                    Err(error) => return (entry, indexes, Err(Err(error))),
+                };
+                let request = AppendRequest {
+                    shard: shard_key(&entry),
+                    epoch: entry.epoch,
+                    records: batch,
+                };
+                let outcome = match client.append(frontend.storage_request(request)).await {
+                    Ok(response) => Ok(response.into_inner()),
+                    Err(status) if refused_before_writing(&status) => Err(Ok(status)),
+                    Err(status) => Err(Err(KinesisError::internal(format!(
+                        "append to {} failed: {}",
+                        shard_id_of(&entry),
+                        status.message()
+                    )))),
+                };
+                (entry, indexes, outcome)
+            }
+        });
+        pending = waiting;
+        for (entry, indexes, outcome) in futures::future::join_all(appends).await {
+            match outcome {
+                Ok(appended) => {
+                    for (position, index) in indexes.into_iter().enumerate() {
+                        results[index] = Some(Ok(Landed {
+                            shard_id: shard_id_of(&entry),
+                            sequence_number: SequenceNumber {
+                                base: appended.sequence_base,
+                                offset: appended.first_offset + position as u64,
+                            },
+                        }));
+                    }
+                }
+                Err(Ok(refusal)) => {
+                    tracing::debug!(
+                        shard_id = shard_id_of(&entry),
+                        message = refusal.message(),
+                        "append refused before writing; routing again"
+                    );
+                    pending.extend(indexes);
+                }
+                Err(Err(error)) => {
+                    for index in indexes {
+                        results[index] = Some(Err(error.clone()));
+                    }
+                }
+            }
+        }
+        if pending.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            for index in pending.drain(..) {
+                results[index] = Some(Err(KinesisError::internal(
+                    "the shard for this record was unavailable (failover or resharding under way)",
                 )));
+            }
+            break;
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(u64::from(round.min(10)) * 10)).await;
+        frontend.router.invalidate(&caller.account_id, stream_name);
+        match route_stream(frontend, caller, stream_name).await {
+            Ok(fresh) => route = fresh,
+            Err(error) => {
+                for index in pending.drain(..) {
+                    results[index] = Some(Err(error.clone()));
+                }
             }
         }
     }
-    Err(KinesisError::internal(format!(
-        "append to {shard_id} was refused twice"
-    )))
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(KinesisError::internal("record was not written"))))
+        .collect()
 }
 
 /// Checks the stream's own maximum record size (MaxRecordSizeInKiB).
@@ -259,7 +362,7 @@ pub async fn put_record(
     violations.into_result()?;
     let record = record.ok_or_else(|| KinesisError::validation("record is incomplete"))?;
     let stream_name = input.target.resolve(caller)?;
-    let route = route(frontend, caller, &stream_name).await?;
+    let route = route_stream(frontend, caller, &stream_name).await?;
     check_stream_record_size(&route, &[&record])?;
     if input.dry_run == Some(true) {
         return Err(dry_run_error());
@@ -267,27 +370,24 @@ pub async fn put_record(
     // SequenceNumberForOrdering needs no extra work: every sequence number
     // we assign is larger than any this stream has returned before on the
     // same shard (and children's are larger than their parents').
-    let entry = route
-        .shard_for_hash_key(record.hash_key)
-        .cloned()
-        .ok_or_else(|| {
-            KinesisError::internal(format!("no open shard covers hash key {}", record.hash_key))
-        })?;
-    let (appended, shard_id) = append_to_shard(
+    let landed = append_records(
         frontend,
         caller,
         &stream_name,
-        entry,
-        vec![RecordToAppend {
-            partition_key: record.partition_key,
-            data: record.data,
-        }],
+        route,
+        vec![(
+            record.hash_key,
+            RecordToAppend {
+                partition_key: record.partition_key,
+                data: record.data,
+            },
+        )],
     )
-    .await?;
-    let sequence_number = SequenceNumber {
-        base: appended.sequence_base,
-        offset: appended.first_offset,
-    };
+    .await
+    .into_iter()
+    .next()
+    .unwrap_or_else(|| Err(KinesisError::internal("record was not written")))?;
+    let (shard_id, sequence_number) = (landed.shard_id, landed.sequence_number);
     Ok(json!({
         "ShardId": shard_id,
         "SequenceNumber": sequence_number.to_string(),
@@ -360,60 +460,40 @@ pub async fn put_records(
         )));
     }
     let stream_name = input.target.resolve(caller)?;
-    let route = route(frontend, caller, &stream_name).await?;
+    let route = route_stream(frontend, caller, &stream_name).await?;
     check_stream_record_size(&route, &records.iter().collect::<Vec<_>>())?;
     if input.dry_run == Some(true) {
         return Err(dry_run_error());
     }
 
-    // Group by shard, keeping each record's position in the request.
-    let mut by_shard: BTreeMap<String, (ShardMapEntry, Vec<usize>, Vec<RecordToAppend>)> =
-        BTreeMap::new();
-    for (index, record) in records.into_iter().enumerate() {
-        let entry = route.shard_for_hash_key(record.hash_key).ok_or_else(|| {
-            KinesisError::internal(format!("no open shard covers hash key {}", record.hash_key))
-        })?;
-        let group = by_shard
-            .entry(shard_id_of(entry))
-            .or_insert_with(|| (entry.clone(), Vec::new(), Vec::new()));
-        group.1.push(index);
-        group.2.push(RecordToAppend {
-            partition_key: record.partition_key,
-            data: record.data,
-        });
-    }
-    let count = by_shard.values().map(|g| g.1.len()).sum::<usize>();
-    let appends = by_shard.into_values().map(|(entry, indexes, records)| {
-        let stream_name = &stream_name;
-        async move {
+    let records = records
+        .into_iter()
+        .map(|record| {
             (
-                indexes,
-                append_to_shard(frontend, caller, stream_name, entry, records).await,
+                record.hash_key,
+                RecordToAppend {
+                    partition_key: record.partition_key,
+                    data: record.data,
+                },
             )
-        }
-    });
-    let mut results = vec![Value::Null; count];
+        })
+        .collect();
     let mut failed = 0;
-    for (indexes, outcome) in futures::future::join_all(appends).await {
-        match outcome {
-            Ok((appended, shard_id)) => {
-                for (position, index) in indexes.into_iter().enumerate() {
-                    let sequence_number = SequenceNumber {
-                        base: appended.sequence_base,
-                        offset: appended.first_offset + position as u64,
-                    };
-                    results[index] = json!({ "SequenceNumber": sequence_number.to_string(), "ShardId": shard_id });
-                }
-            }
+    let results: Vec<Value> = append_records(frontend, caller, &stream_name, route, records)
+        .await
+        .into_iter()
+        .map(|outcome| match outcome {
+            Ok(landed) => json!({
+                "SequenceNumber": landed.sequence_number.to_string(),
+                "ShardId": landed.shard_id,
+            }),
             Err(error) => {
                 tracing::warn!(code = error.code, message = %error.message, "part of a PutRecords failed");
-                for index in indexes {
-                    failed += 1;
-                    results[index] = json!({ "ErrorCode": "InternalFailure", "ErrorMessage": "Internal service failure." });
-                }
+                failed += 1;
+                json!({ "ErrorCode": "InternalFailure", "ErrorMessage": "Internal service failure." })
             }
-        }
-    }
+        })
+        .collect();
     Ok(json!({ "FailedRecordCount": failed, "Records": results, "EncryptionType": "NONE" }))
 }
 
@@ -486,7 +566,7 @@ pub async fn get_shard_iterator(
             "Timestamp cannot be specified for ShardIteratorType {kind}."
         )));
     }
-    let route = route(frontend, caller, &stream_name).await?;
+    let route = route_stream(frontend, caller, &stream_name).await?;
     let entry = route.shard(&shard_id).cloned().ok_or_else(|| {
         KinesisError::resource_not_found(format!(
             "Shard {shard_id} in stream {stream_name} under account {} does not exist",
@@ -616,7 +696,7 @@ pub async fn get_records(
             iterator.shard_id, iterator.stream_name, caller.account_id
         ))
     };
-    let stream_route = route(frontend, caller, &iterator.stream_name).await?;
+    let stream_route = route_stream(frontend, caller, &iterator.stream_name).await?;
     let mut entry = stream_route
         .shard(&iterator.shard_id)
         .filter(|e| e.key.as_ref().map(|k| k.stream_uid) == Some(iterator.stream_uid))
@@ -644,7 +724,7 @@ pub async fn get_records(
                 frontend
                     .router
                     .invalidate(&caller.account_id, &iterator.stream_name);
-                let fresh = route(frontend, caller, &iterator.stream_name).await?;
+                let fresh = route_stream(frontend, caller, &iterator.stream_name).await?;
                 entry = fresh
                     .shard(&iterator.shard_id)
                     .filter(|e| e.key.as_ref().map(|k| k.stream_uid) == Some(iterator.stream_uid))
@@ -672,6 +752,24 @@ pub async fn get_records(
             })
         })
         .collect();
+    // The end of a closed shard: no next iterator, and the shards that
+    // continue its keys (read them next, as Kinesis documents).
+    if entry.state() == ShardState::Closed && read.next_offset >= entry.ending_offset {
+        let mut children = child_shards(&stream_route, &iterator.shard_id);
+        if children.is_empty() {
+            // The parent's closing arrived before its children did.
+            frontend
+                .router
+                .invalidate(&caller.account_id, &iterator.stream_name);
+            let fresh = route_stream(frontend, caller, &iterator.stream_name).await?;
+            children = child_shards(&fresh, &iterator.shard_id);
+        }
+        return Ok(json!({
+            "Records": records,
+            "MillisBehindLatest": 0,
+            "ChildShards": children,
+        }));
+    }
     let next = ShardIterator {
         issued_ms: now,
         position: Position::AtOffset(read.next_offset),

@@ -217,7 +217,7 @@ fn shard_json(shard: &ShardInfo) -> Value {
     value
 }
 
-fn check_shard_id(value: Option<&str>, field: &str, violations: &mut Violations) {
+pub(crate) fn check_shard_id(value: Option<&str>, field: &str, violations: &mut Violations) {
     violations.check_length(value, field, 1, 128);
     if let Some(id) = value {
         if !id.is_empty() && !freshet_types::is_valid_stream_name(id) {

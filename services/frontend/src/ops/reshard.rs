@@ -1,0 +1,159 @@
+//! Resharding operations: SplitShard, MergeShards, UpdateShardCount. Each
+//! validates its whole input, then asks the control plane, which answers
+//! at once and reshards in the background while the stream is UPDATING.
+
+use freshet_proto::v1::{MergeShardsRequest, SplitShardRequest, UpdateShardCountRequest};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::streams::check_shard_id;
+use super::StreamTarget;
+use crate::error::{KinesisError, KinesisResult, Violations};
+use crate::http_api::Caller;
+use crate::Frontend;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SplitShardInput {
+    #[serde(flatten)]
+    pub target: StreamTarget,
+    pub shard_to_split: Option<String>,
+    pub new_starting_hash_key: Option<String>,
+}
+
+pub async fn split_shard(
+    frontend: &Frontend,
+    caller: &Caller,
+    input: SplitShardInput,
+) -> KinesisResult<()> {
+    let mut violations = Violations::default();
+    input.target.check(&mut violations);
+    violations.check_required(input.shard_to_split.as_deref(), "shardToSplit");
+    check_shard_id(
+        input.shard_to_split.as_deref(),
+        "shardToSplit",
+        &mut violations,
+    );
+    violations.check_required(input.new_starting_hash_key.as_deref(), "newStartingHashKey");
+    if let Some(key) = input.new_starting_hash_key.as_deref() {
+        if freshet_types::HashKey::parse_decimal(key).is_err() {
+            violations.add(
+                Some(key),
+                "newStartingHashKey",
+                "Member must satisfy regular expression pattern: 0|([1-9]\\d{0,38})",
+            );
+        }
+    }
+    violations.into_result()?;
+    let stream_name = input.target.resolve(caller)?;
+    frontend
+        .control_plane
+        .clone()
+        .split_shard(SplitShardRequest {
+            account_id: caller.account_id.clone(),
+            stream_name,
+            shard_to_split: input.shard_to_split.unwrap_or_default(),
+            new_starting_hash_key: input.new_starting_hash_key.unwrap_or_default(),
+        })
+        .await
+        .map_err(|status| KinesisError::from_status(&status))?;
+    Ok(())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MergeShardsInput {
+    #[serde(flatten)]
+    pub target: StreamTarget,
+    pub shard_to_merge: Option<String>,
+    pub adjacent_shard_to_merge: Option<String>,
+}
+
+pub async fn merge_shards(
+    frontend: &Frontend,
+    caller: &Caller,
+    input: MergeShardsInput,
+) -> KinesisResult<()> {
+    let mut violations = Violations::default();
+    input.target.check(&mut violations);
+    violations.check_required(input.shard_to_merge.as_deref(), "shardToMerge");
+    check_shard_id(
+        input.shard_to_merge.as_deref(),
+        "shardToMerge",
+        &mut violations,
+    );
+    violations.check_required(
+        input.adjacent_shard_to_merge.as_deref(),
+        "adjacentShardToMerge",
+    );
+    check_shard_id(
+        input.adjacent_shard_to_merge.as_deref(),
+        "adjacentShardToMerge",
+        &mut violations,
+    );
+    violations.into_result()?;
+    let stream_name = input.target.resolve(caller)?;
+    frontend
+        .control_plane
+        .clone()
+        .merge_shards(MergeShardsRequest {
+            account_id: caller.account_id.clone(),
+            stream_name,
+            shard_to_merge: input.shard_to_merge.unwrap_or_default(),
+            adjacent_shard_to_merge: input.adjacent_shard_to_merge.unwrap_or_default(),
+        })
+        .await
+        .map_err(|status| KinesisError::from_status(&status))?;
+    Ok(())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UpdateShardCountInput {
+    #[serde(flatten)]
+    pub target: StreamTarget,
+    pub target_shard_count: Option<i64>,
+    pub scaling_type: Option<String>,
+}
+
+pub async fn update_shard_count(
+    frontend: &Frontend,
+    caller: &Caller,
+    input: UpdateShardCountInput,
+) -> KinesisResult<Value> {
+    let mut violations = Violations::default();
+    input.target.check(&mut violations);
+    violations.check_required(input.target_shard_count.as_ref(), "targetShardCount");
+    violations.check_range(input.target_shard_count, "targetShardCount", 1, 100_000);
+    violations.check_required(input.scaling_type.as_deref(), "scalingType");
+    if let Some(kind) = input.scaling_type.as_deref() {
+        if kind != "UNIFORM_SCALING" {
+            violations.add(
+                Some(kind),
+                "scalingType",
+                "Member must satisfy enum value set: [UNIFORM_SCALING]",
+            );
+        }
+    }
+    violations.into_result()?;
+    let stream_name = input.target.resolve(caller)?;
+    let target = u32::try_from(input.target_shard_count.unwrap_or(1)).unwrap_or(u32::MAX);
+    let answer = frontend
+        .control_plane
+        .clone()
+        .update_shard_count(UpdateShardCountRequest {
+            account_id: caller.account_id.clone(),
+            stream_name: stream_name.clone(),
+            target_shard_count: target,
+        })
+        .await
+        .map_err(|status| KinesisError::from_status(&status))?
+        .into_inner();
+    let arn = freshet_types::StreamArn::new(&frontend.region, &caller.account_id, &stream_name);
+    Ok(json!({
+        "StreamName": stream_name,
+        "StreamARN": arn.to_string(),
+        "CurrentShardCount": answer.current_shard_count,
+        "TargetShardCount": answer.target_shard_count,
+    }))
+}

@@ -68,6 +68,9 @@ pub struct ClusterOptions {
     pub postgres_proxy: bool,
     /// Reach Redis through a proxy the test can cut.
     pub redis_proxy: bool,
+    /// Per-shard throughput limits the workers enforce (none by default:
+    /// most tests write and read as fast as they can).
+    pub shard_limits: freshet_storage_worker::ShardLimits,
 }
 
 impl Default for ClusterOptions {
@@ -83,6 +86,7 @@ impl Default for ClusterOptions {
             shard_limit: 1000,
             postgres_proxy: false,
             redis_proxy: false,
+            shard_limits: freshet_storage_worker::ShardLimits::UNLIMITED,
         }
     }
 }
@@ -348,6 +352,7 @@ impl Cluster {
         let membership_addr = self.membership_addr.clone();
         let mode = self.options.worker_mode;
         let heartbeat_interval = self.options.worker_heartbeat_interval;
+        let limits = self.options.shard_limits;
         let worker = &mut self.workers[index];
         anyhow::ensure!(
             worker.running.is_none(),
@@ -368,6 +373,10 @@ impl Cluster {
                     segment_bytes: 64 * 1024 * 1024,
                     ack_copies: freshet_storage_worker::AckCopies::Majority,
                     min_ack_copies: 2,
+                    shard_write_bytes_per_sec: limits.write_bytes,
+                    shard_write_records_per_sec: limits.write_records,
+                    shard_read_bytes_per_sec: limits.read_bytes,
+                    shard_read_calls_per_sec: limits.read_calls,
                 };
                 RunningWorker::InProcess(spawn_service(listener, move |listener, shutdown| {
                     freshet_storage_worker::run(config, listener, shutdown)
@@ -389,6 +398,22 @@ impl Cluster {
                         .args(["--membership-addr", &membership_addr])
                         .arg("--heartbeat-interval")
                         .arg(format!("{}ms", heartbeat_interval.as_millis()))
+                        .env(
+                            "FRESHET_SHARD_WRITE_BYTES_PER_SEC",
+                            limits.write_bytes.to_string(),
+                        )
+                        .env(
+                            "FRESHET_SHARD_WRITE_RECORDS_PER_SEC",
+                            limits.write_records.to_string(),
+                        )
+                        .env(
+                            "FRESHET_SHARD_READ_BYTES_PER_SEC",
+                            limits.read_bytes.to_string(),
+                        )
+                        .env(
+                            "FRESHET_SHARD_READ_CALLS_PER_SEC",
+                            limits.read_calls.to_string(),
+                        )
                         .env("RUST_LOG", "warn")
                         .stdin(Stdio::null())
                         .kill_on_drop(true)

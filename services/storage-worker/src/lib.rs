@@ -18,6 +18,7 @@
 //!   (in other zones) and commits it once enough copies have fsynced it;
 //!   lagging replicas are caught up from the leader's log, and a replica
 //!   that missed an epoch change drops what the new leader never had.
+//! - `throttle.rs` — per-shard write and read limits (token buckets).
 //! - `lease.rs` — a leader commits only while its lease from membership
 //!   holds (the safety argument is in `services/membership/src/failover.rs`).
 
@@ -25,6 +26,7 @@ mod lease;
 mod replication;
 mod service;
 mod shards;
+mod throttle;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -44,6 +46,7 @@ pub use replication::AckCopies;
 pub use service::StorageService;
 use shards::ShardRegistry;
 pub use shards::GROUP_COMMIT_MAX_BYTES;
+pub use throttle::ShardLimits;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "freshet-storage-worker", about = "Freshet storage worker")]
@@ -84,6 +87,18 @@ pub struct Config {
     /// them on one disk. Set 1 only for a single-worker setup.
     #[arg(long, env = "FRESHET_MIN_ACK_COPIES", default_value_t = 2)]
     pub min_ack_copies: usize,
+    /// Per-shard write limit in bytes per second (0: none); Kinesis's 1 MiB.
+    #[arg(long, env = "FRESHET_SHARD_WRITE_BYTES_PER_SEC", default_value_t = ShardLimits::KINESIS.write_bytes)]
+    pub shard_write_bytes_per_sec: u64,
+    /// Per-shard write limit in records per second (0: none); Kinesis's 1,000.
+    #[arg(long, env = "FRESHET_SHARD_WRITE_RECORDS_PER_SEC", default_value_t = ShardLimits::KINESIS.write_records)]
+    pub shard_write_records_per_sec: u64,
+    /// Per-shard read limit in bytes per second (0: none); Kinesis's 2 MiB.
+    #[arg(long, env = "FRESHET_SHARD_READ_BYTES_PER_SEC", default_value_t = ShardLimits::KINESIS.read_bytes)]
+    pub shard_read_bytes_per_sec: u64,
+    /// Per-shard GetRecords calls per second (0: none); Kinesis's 5.
+    #[arg(long, env = "FRESHET_SHARD_READ_CALLS_PER_SEC", default_value_t = ShardLimits::KINESIS.read_calls)]
+    pub shard_read_calls_per_sec: u64,
     /// A segment is sealed at this size.
     #[arg(long, env = "FRESHET_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub segment_bytes: u64,
@@ -282,10 +297,17 @@ pub async fn run(
         config.min_ack_copies,
         lease.clone(),
     ));
+    let limits = ShardLimits {
+        write_bytes: config.shard_write_bytes_per_sec,
+        write_records: config.shard_write_records_per_sec,
+        read_bytes: config.shard_read_bytes_per_sec,
+        read_calls: config.shard_read_calls_per_sec,
+    };
     let shards = Arc::new(ShardRegistry::new(
         config.data_dir.clone(),
         log_config,
         replication,
+        limits,
     ));
 
     let registration = RegisterWorkerRequest {

@@ -174,7 +174,18 @@ impl Storage for StorageService {
         let shard = self
             .authorize(request.shard.as_ref(), request.epoch, Access::Write)
             .await?;
-        let records = into_log_records(request.records);
+        let mut records = into_log_records(request.records);
+        // Over the shard's write limit: a prefix is written, the rest refused.
+        let admitted = shard
+            .throttle
+            .admit_writes(records.iter().map(|r| r.data.len() + r.partition_key.len()));
+        if admitted == 0 {
+            return Err(Status::resource_exhausted(
+                "the shard's write limit is spent",
+            ));
+        }
+        let throttled = records.len() - admitted;
+        records.truncate(admitted);
         let appended = shard
             .append(records, request.epoch)
             .await
@@ -183,6 +194,7 @@ impl Storage for StorageService {
             first_offset: appended.first_offset,
             sequence_base: shard.sequence_base,
             arrival_ms: appended.arrival_ms,
+            throttled: u32::try_from(throttled).unwrap_or(u32::MAX),
         }))
     }
 
@@ -191,6 +203,11 @@ impl Storage for StorageService {
         let shard = self
             .authorize(request.shard.as_ref(), request.epoch, Access::Read)
             .await?;
+        if !shard.throttle.admit_read() {
+            return Err(Status::resource_exhausted(
+                "the shard's read limit is spent",
+            ));
+        }
         let log = shard.log.clone();
         let max_records = request.max_records.clamp(1, 10_000) as usize;
         let max_bytes = if request.max_bytes == 0 {
@@ -213,6 +230,13 @@ impl Storage for StorageService {
         .map_err(|e| Status::internal(format!("read task failed: {e}")))?
         .map_err(|e| Status::internal(e.to_string()))?;
         let (batch, next_in_log) = batch;
+        shard.throttle.charge_read(
+            batch
+                .records
+                .iter()
+                .map(|r| r.data.len() + r.partition_key.len())
+                .sum(),
+        );
         let millis_behind_latest = match (batch.records.last(), batch.latest_arrival_ms) {
             (Some(last), Some(latest)) if batch.next_offset < next_in_log => {
                 (latest - last.arrival_ms).max(0)

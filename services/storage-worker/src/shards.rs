@@ -30,6 +30,7 @@ use freshet_log::{Appended, LogConfig, NewRecord, ShardLog};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::replication::{begin_leading, LocalBatch, ReplicationContext, Replicator};
+use crate::throttle::{ShardLimits, ShardThrottle};
 
 /// A batch stops collecting appends once it holds this many bytes.
 pub const GROUP_COMMIT_MAX_BYTES: usize = 16 * 1024 * 1024;
@@ -64,6 +65,8 @@ const SEAL_ROUNDS: usize = 20;
 pub struct OpenShard {
     pub log: Arc<ShardLog>,
     pub sequence_base: u64,
+    /// Enforced while this worker leads the shard.
+    pub throttle: ShardThrottle,
     writer: mpsc::Sender<WriterJob>,
 }
 
@@ -373,6 +376,7 @@ pub struct ShardRegistry {
     data_dir: PathBuf,
     log_config: LogConfig,
     replication: Arc<ReplicationContext>,
+    limits: ShardLimits,
     open: Mutex<HashMap<ShardKey, Arc<OpenShard>>>,
     /// Held while a log is being opened: recovery may truncate a torn tail,
     /// so two recoveries of one shard must never run at once (the second
@@ -385,11 +389,13 @@ impl ShardRegistry {
         data_dir: PathBuf,
         log_config: LogConfig,
         replication: Arc<ReplicationContext>,
+        limits: ShardLimits,
     ) -> ShardRegistry {
         ShardRegistry {
             data_dir,
             log_config,
             replication,
+            limits,
             open: Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
         }
@@ -440,6 +446,7 @@ impl ShardRegistry {
         let shard = Arc::new(OpenShard {
             log,
             sequence_base,
+            throttle: ShardThrottle::new(self.limits),
             writer,
         });
         open.insert(key.clone(), shard.clone());

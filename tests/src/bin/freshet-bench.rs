@@ -340,6 +340,12 @@ async fn run_scenarios(
         )
         .env("RUST_LOG", "warn")
         .env("FRESHET_ACK_COPIES", ack_copies)
+        // The engine's own limits are measured, not Kinesis's per-shard
+        // quotas (1 MiB/s and 1,000 records/s would cap a 4-shard stream).
+        .env("FRESHET_SHARD_WRITE_BYTES_PER_SEC", "0")
+        .env("FRESHET_SHARD_WRITE_RECORDS_PER_SEC", "0")
+        .env("FRESHET_SHARD_READ_BYTES_PER_SEC", "0")
+        .env("FRESHET_SHARD_READ_CALLS_PER_SEC", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true)

@@ -157,6 +157,20 @@ fn refused_before_writing(status: &tonic::Status) -> bool {
     )
 }
 
+/// A shard's write or read limit is spent (the records or call refused
+/// were not written or served).
+fn rate_exceeded(entry: &ShardMapEntry) -> KinesisError {
+    KinesisError::new(
+        "ProvisionedThroughputExceededException",
+        format!(
+            "Rate exceeded for shard {} in stream {} under account {}.",
+            shard_id_of(entry),
+            entry.stream_name,
+            entry.account_id
+        ),
+    )
+}
+
 /// The shards that continue a closed shard's keys, as GetRecords lists them.
 fn child_shards(route: &StreamRoute, parent: &str) -> Vec<Value> {
     route
@@ -237,6 +251,9 @@ async fn append_records(
                 let outcome = match client.append(frontend.storage_request(request)).await {
                     Ok(response) => Ok(response.into_inner()),
                     Err(status) if refused_before_writing(&status) => Err(Ok(status)),
+                    Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                        Err(Err(rate_exceeded(&entry)))
+                    }
                     Err(status) => Err(Err(KinesisError::internal(format!(
                         "append to {} failed: {}",
                         shard_id_of(&entry),
@@ -250,7 +267,12 @@ async fn append_records(
         for (entry, indexes, outcome) in futures::future::join_all(appends).await {
             match outcome {
                 Ok(appended) => {
+                    let written = indexes.len().saturating_sub(appended.throttled as usize);
                     for (position, index) in indexes.into_iter().enumerate() {
+                        if position >= written {
+                            results[index] = Some(Err(rate_exceeded(&entry)));
+                            continue;
+                        }
                         results[index] = Some(Ok(Landed {
                             shard_id: shard_id_of(&entry),
                             sequence_number: SequenceNumber {
@@ -487,6 +509,10 @@ pub async fn put_records(
                 "SequenceNumber": landed.sequence_number.to_string(),
                 "ShardId": landed.shard_id,
             }),
+            Err(error) if error.code == "ProvisionedThroughputExceededException" => {
+                failed += 1;
+                json!({ "ErrorCode": error.code, "ErrorMessage": error.message })
+            }
             Err(error) => {
                 tracing::warn!(code = error.code, message = %error.message, "part of a PutRecords failed");
                 failed += 1;
@@ -719,6 +745,9 @@ pub async fn get_records(
         };
         match client.read(frontend.storage_request(request)).await {
             Ok(response) => break response.into_inner(),
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                return Err(rate_exceeded(&entry));
+            }
             Err(status) if attempt == 0 && refused_before_writing(&status) => {
                 attempt += 1;
                 frontend

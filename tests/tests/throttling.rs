@@ -164,3 +164,85 @@ async fn a_sixth_read_within_a_second_is_throttled() -> anyhow::Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_record_passes_a_full_shard_then_the_shard_refills() -> anyhow::Result<()> {
+    let cluster = limited_cluster().await?;
+    let client = client_without_retries(&cluster);
+    create_active_stream(&client, "large", 1).await?;
+    let arn = client
+        .describe_stream_summary()
+        .stream_name("large")
+        .send()
+        .await?
+        .stream_description_summary
+        .map(|s| s.stream_arn)
+        .unwrap_or_default();
+    let six_mib = Blob::new(vec![b'x'; 6 * 1024 * 1024]);
+    let put_large = || {
+        client
+            .put_record()
+            .stream_name("large")
+            .partition_key("big")
+            .data(six_mib.clone())
+            .send()
+    };
+    let too_large = put_large().await.expect_err("over the stream's 1 MiB");
+    assert_eq!(too_large.code(), Some("ValidationException"));
+
+    let out_of_range = client
+        .update_max_record_size()
+        .stream_arn(&arn)
+        .max_record_size_in_kib(1023)
+        .send()
+        .await
+        .expect_err("below 1024 KiB");
+    assert_eq!(out_of_range.code(), Some("ValidationException"));
+    client
+        .update_max_record_size()
+        .stream_arn(&arn)
+        .max_record_size_in_kib(10240)
+        .send()
+        .await?;
+
+    // A full 1 MiB/s bucket lets the 6 MiB record through ...
+    let mut passed = false;
+    for _ in 0..100 {
+        match put_large().await {
+            Ok(_) => {
+                passed = true;
+                break;
+            }
+            Err(error) if error.code() == Some("ValidationException") => {
+                // The new limit is still on its way through the change log.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => anyhow::bail!("unexpected error {error:?}"),
+        }
+    }
+    assert!(passed, "a 6 MiB record never passed");
+    // ... and leaves the shard in debt: the next write is refused ...
+    let refused = client
+        .put_record()
+        .stream_name("large")
+        .partition_key("small")
+        .data(Blob::new("x"))
+        .send()
+        .await
+        .expect_err("the shard is in debt");
+    assert_eq!(
+        refused.code(),
+        Some("ProvisionedThroughputExceededException")
+    );
+    // ... until it has refilled at 1 MiB/s (5 MiB of debt: 5 s).
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    client
+        .put_record()
+        .stream_name("large")
+        .partition_key("small")
+        .data(Blob::new("x"))
+        .send()
+        .await?;
+    cluster.shutdown().await;
+    Ok(())
+}

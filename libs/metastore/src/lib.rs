@@ -254,6 +254,17 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Sets a stream's maximum record size (KiB).
+    pub async fn set_max_record_size(&self, stream_uid: i64, kib: i32) -> anyhow::Result<()> {
+        sqlx::query("UPDATE streams SET max_record_size_kib = $2 WHERE stream_uid = $1")
+            .bind(stream_uid)
+            .bind(kib)
+            .execute(&self.pool)
+            .await
+            .context("update the stream's maximum record size")?;
+        Ok(())
+    }
+
     /// Moves a stream from ACTIVE to UPDATING; false if it was not ACTIVE
     /// (two resharding calls never run on one stream at once).
     pub async fn begin_stream_update(&self, stream_uid: i64) -> anyhow::Result<bool> {

@@ -391,6 +391,42 @@ impl ControlPlane for ControlPlaneService {
         ))
     }
 
+    async fn update_max_record_size(
+        &self,
+        request: Request<UpdateMaxRecordSizeRequest>,
+    ) -> Result<Response<UpdateMaxRecordSizeResponse>, Status> {
+        let request = request.into_inner();
+        let stream = self
+            .existing_stream(&request.account_id, &request.stream_name)
+            .await?;
+        if stream.status != "ACTIVE" {
+            return Err(Status::failed_precondition(format!(
+                "Stream {} under account {} not ACTIVE, instead in state {}",
+                stream.stream_name, stream.account_id, stream.status
+            )));
+        }
+        let kib = i32::try_from(request.max_record_size_kib)
+            .map_err(|_| Status::invalid_argument("MaxRecordSizeInKiB is out of range"))?;
+        self.store
+            .set_max_record_size(stream.stream_uid, kib)
+            .await
+            .map_err(internal)?;
+        // Shard-map entries carry the limit the frontends check.
+        self.membership
+            .clone()
+            .republish_stream(RepublishStreamRequest {
+                stream_uid: stream.stream_uid,
+            })
+            .await
+            .map_err(|status| {
+                Status::unavailable(format!(
+                    "could not publish the new record size: {}",
+                    status.message()
+                ))
+            })?;
+        Ok(Response::new(UpdateMaxRecordSizeResponse {}))
+    }
+
     async fn list_streams(
         &self,
         request: Request<ListStreamsRequest>,

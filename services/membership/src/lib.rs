@@ -616,6 +616,23 @@ impl Membership for MembershipService {
         }))
     }
 
+    async fn republish_stream(
+        &self,
+        request: Request<RepublishStreamRequest>,
+    ) -> Result<Response<RepublishStreamResponse>, Status> {
+        let stream = self.live_stream(request.into_inner().stream_uid).await?;
+        let shards = self
+            .inner
+            .store
+            .shards_of(stream.stream_uid)
+            .await
+            .map_err(internal)?;
+        self.publish(&stream, shards, Change::Republish)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(RepublishStreamResponse {}))
+    }
+
     type SubscribeStream = EventStream;
 
     async fn subscribe(

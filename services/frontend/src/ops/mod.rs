@@ -76,6 +76,9 @@ pub async fn dispatch(
         "UpdateShardCount" => reshard::update_shard_count(frontend, caller, parse(body)?)
             .await
             .map(Some),
+        "UpdateMaxRecordSize" => reshard::update_max_record_size(frontend, caller, parse(body)?)
+            .await
+            .map(|()| None),
         other => Err(unknown_operation(other)),
     }
 }

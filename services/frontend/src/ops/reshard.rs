@@ -1,8 +1,11 @@
-//! Resharding operations: SplitShard, MergeShards, UpdateShardCount. Each
-//! validates its whole input, then asks the control plane, which answers
-//! at once and reshards in the background while the stream is UPDATING.
+//! Operations that change a stream's shape: SplitShard, MergeShards,
+//! UpdateShardCount (the control plane answers at once and reshards in the
+//! background while the stream is UPDATING) and UpdateMaxRecordSize. Each
+//! validates its whole input first.
 
-use freshet_proto::v1::{MergeShardsRequest, SplitShardRequest, UpdateShardCountRequest};
+use freshet_proto::v1::{
+    MergeShardsRequest, SplitShardRequest, UpdateMaxRecordSizeRequest, UpdateShardCountRequest,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -156,4 +159,45 @@ pub async fn update_shard_count(
         "CurrentShardCount": answer.current_shard_count,
         "TargetShardCount": answer.target_shard_count,
     }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UpdateMaxRecordSizeInput {
+    #[serde(flatten)]
+    pub target: StreamTarget,
+    #[serde(rename = "MaxRecordSizeInKiB")]
+    pub max_record_size_in_kib: Option<i64>,
+}
+
+pub async fn update_max_record_size(
+    frontend: &Frontend,
+    caller: &Caller,
+    input: UpdateMaxRecordSizeInput,
+) -> KinesisResult<()> {
+    let mut violations = Violations::default();
+    input.target.check(&mut violations);
+    violations.check_required(input.max_record_size_in_kib.as_ref(), "maxRecordSizeInKiB");
+    violations.check_range(
+        input.max_record_size_in_kib,
+        "maxRecordSizeInKiB",
+        1024,
+        10240,
+    );
+    violations.into_result()?;
+    let stream_name = input.target.resolve(caller)?;
+    frontend
+        .control_plane
+        .clone()
+        .update_max_record_size(UpdateMaxRecordSizeRequest {
+            account_id: caller.account_id.clone(),
+            stream_name: stream_name.clone(),
+            max_record_size_kib: u32::try_from(input.max_record_size_in_kib.unwrap_or(1024))
+                .unwrap_or(1024),
+        })
+        .await
+        .map_err(|status| KinesisError::from_status(&status))?;
+    // This frontend's own route picks the new limit up at once.
+    frontend.router.invalidate(&caller.account_id, &stream_name);
+    Ok(())
 }

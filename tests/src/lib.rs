@@ -71,6 +71,8 @@ pub struct ClusterOptions {
     /// Per-shard throughput limits the workers enforce (none by default:
     /// most tests write and read as fast as they can).
     pub shard_limits: freshet_storage_worker::ShardLimits,
+    /// How the control plane scales on-demand streams.
+    pub scaler: freshet_control_plane::ScalerConfig,
 }
 
 impl Default for ClusterOptions {
@@ -87,6 +89,13 @@ impl Default for ClusterOptions {
             postgres_proxy: false,
             redis_proxy: false,
             shard_limits: freshet_storage_worker::ShardLimits::UNLIMITED,
+            // The scaler only acts where a test asks it to: load alone
+            // never reshapes a stream.
+            scaler: freshet_control_plane::ScalerConfig {
+                scale_up_at: f64::INFINITY,
+                scale_down_at: 0.0,
+                ..freshet_control_plane::ScalerConfig::default()
+            },
         }
     }
 }
@@ -291,6 +300,7 @@ impl Cluster {
                 database_url: database_url.clone(),
                 membership_addr: membership_addr.clone(),
                 shard_limit: options.shard_limit,
+                scaler: options.scaler.clone(),
             };
             move |listener, shutdown| freshet_control_plane::run(config, listener, shutdown)
         });

@@ -58,6 +58,26 @@ pub struct StreamRow {
     pub retention_hours: i32,
     pub max_record_size_kib: i32,
     pub created_at_ms: i64,
+    /// ON_DEMAND only: MiB/s of write capacity kept ready while set.
+    pub warm_throughput_mibps: Option<i32>,
+}
+
+/// An account's minimum-throughput billing commitment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Commitment {
+    /// ENABLED, ENABLED_UNTIL_EARLIEST_ALLOWED_END or DISABLED, as of now.
+    pub status: String,
+    pub started_at_ms: Option<i64>,
+    /// When a scheduled disable takes (or took) effect.
+    pub ends_at_ms: Option<i64>,
+    /// 24 h after the start.
+    pub earliest_end_ms: Option<i64>,
+}
+
+impl Commitment {
+    pub fn is_active(&self) -> bool {
+        self.status != "DISABLED"
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -112,7 +132,7 @@ pub struct NewStream<'a> {
 
 const STREAM_COLUMNS: &str =
     "stream_uid, account_id, stream_name, stream_arn, status, stream_mode, \
-     retention_hours, max_record_size_kib, created_at_ms";
+     retention_hours, max_record_size_kib, created_at_ms, warm_throughput_mibps";
 
 const SHARD_SELECT: &str = "SELECT stream_uid, shard_id, starting_hash_key, ending_hash_key, parent_shard_id, \
      adjacent_parent_shard_id, sequence_base, ending_offset, state, leader_worker_id, replica_worker_ids, epoch \
@@ -148,6 +168,7 @@ fn stream_from_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<StreamRow> {
         retention_hours: row.try_get("retention_hours")?,
         max_record_size_kib: row.try_get("max_record_size_kib")?,
         created_at_ms: row.try_get("created_at_ms")?,
+        warm_throughput_mibps: row.try_get("warm_throughput_mibps")?,
     })
 }
 
@@ -251,6 +272,112 @@ impl MetaStore {
             .execute(&self.pool)
             .await
             .context("update stream status")?;
+        Ok(())
+    }
+
+    /// Sets (or, with `None`, clears) a stream's warm throughput.
+    pub async fn set_warm_throughput(
+        &self,
+        stream_uid: i64,
+        mibps: Option<i32>,
+    ) -> anyhow::Result<()> {
+        sqlx::query("UPDATE streams SET warm_throughput_mibps = $2 WHERE stream_uid = $1")
+            .bind(stream_uid)
+            .bind(mibps)
+            .execute(&self.pool)
+            .await
+            .context("update the stream's warm throughput")?;
+        Ok(())
+    }
+
+    /// Sets a stream's capacity mode (clearing warm throughput for PROVISIONED).
+    pub async fn set_stream_mode(&self, stream_uid: i64, mode: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE streams SET stream_mode = $2, \
+             warm_throughput_mibps = CASE WHEN $2 = 'ON_DEMAND' THEN warm_throughput_mibps END \
+             WHERE stream_uid = $1",
+        )
+        .bind(stream_uid)
+        .bind(mode)
+        .execute(&self.pool)
+        .await
+        .context("update the stream's mode")?;
+        Ok(())
+    }
+
+    /// Every stream in on-demand mode, of every account.
+    pub async fn on_demand_streams(&self) -> anyhow::Result<Vec<StreamRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STREAM_COLUMNS} FROM streams WHERE stream_mode = 'ON_DEMAND' ORDER BY stream_uid"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .context("list on-demand streams")?;
+        Ok(rows
+            .iter()
+            .map(stream_from_row)
+            .collect::<sqlx::Result<_>>()?)
+    }
+
+    /// The account's billing commitment as of now.
+    pub async fn commitment(&self, account_id: &str) -> anyhow::Result<Commitment> {
+        let row = sqlx::query(
+            "SELECT commitment_status, \
+                    (extract(epoch FROM started_at) * 1000)::BIGINT AS started_ms, \
+                    (extract(epoch FROM ends_at) * 1000)::BIGINT AS ends_ms, \
+                    (extract(epoch FROM now()) * 1000)::BIGINT AS now_ms \
+             FROM account_settings WHERE account_id = $1",
+        )
+        .bind(account_id)
+        .fetch_optional(&self.pool)
+        .await
+        .context("read account settings")?;
+        let Some(row) = row else {
+            return Ok(Commitment {
+                status: "DISABLED".to_owned(),
+                started_at_ms: None,
+                ends_at_ms: None,
+                earliest_end_ms: None,
+            });
+        };
+        let stored: String = row.try_get("commitment_status")?;
+        let started_at_ms: Option<i64> = row.try_get("started_ms")?;
+        let ends_at_ms: Option<i64> = row.try_get("ends_ms")?;
+        let now_ms: i64 = row.try_get("now_ms")?;
+        let status = match (stored.as_str(), ends_at_ms) {
+            ("ENABLED", _) => "ENABLED",
+            ("DISABLED", Some(end)) if end > now_ms => "ENABLED_UNTIL_EARLIEST_ALLOWED_END",
+            _ => "DISABLED",
+        };
+        Ok(Commitment {
+            status: status.to_owned(),
+            started_at_ms,
+            ends_at_ms,
+            earliest_end_ms: started_at_ms.map(|s| s + 24 * 3_600_000),
+        })
+    }
+
+    /// Enables the commitment (starting it now unless it is still running)
+    /// or disables it — at once if it ran 24 h, else at its 24 h mark.
+    pub async fn set_commitment(&self, account_id: &str, enable: bool) -> anyhow::Result<()> {
+        let query = if enable {
+            "INSERT INTO account_settings (account_id, commitment_status, started_at) \
+             VALUES ($1, 'ENABLED', now()) ON CONFLICT (account_id) DO UPDATE SET \
+             commitment_status = 'ENABLED', ends_at = NULL, \
+             started_at = CASE WHEN account_settings.ends_at IS NOT NULL AND account_settings.ends_at <= now() \
+                               OR account_settings.started_at IS NULL THEN now() \
+                               ELSE account_settings.started_at END"
+        } else {
+            "INSERT INTO account_settings (account_id, commitment_status) VALUES ($1, 'DISABLED') \
+             ON CONFLICT (account_id) DO UPDATE SET commitment_status = 'DISABLED', \
+             ends_at = CASE WHEN account_settings.commitment_status = 'DISABLED' THEN account_settings.ends_at \
+                            ELSE GREATEST(now(), account_settings.started_at + interval '24 hours') END"
+        };
+        sqlx::query(query)
+            .bind(account_id)
+            .execute(&self.pool)
+            .await
+            .context("update account settings")?;
         Ok(())
     }
 

@@ -22,7 +22,11 @@ use freshet_types::{HashKeyRange, SequenceNumber, ShardId, StreamArn};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
+mod capacity;
 mod reshard;
+mod scaler;
+
+pub use scaler::ScalerConfig;
 
 /// The region in a stream ARN (`us-east-1` if it cannot be read).
 pub(crate) fn region_of(stream_arn: &str) -> String {
@@ -58,6 +62,8 @@ pub struct Config {
     /// Open shards an account may have across its streams.
     #[arg(long, env = "FRESHET_SHARD_LIMIT", default_value_t = 1000)]
     pub shard_limit: u32,
+    #[command(flatten)]
+    pub scaler: ScalerConfig,
 }
 
 /// The ControlPlane gRPC service.
@@ -66,6 +72,7 @@ pub struct ControlPlaneService {
     store: MetaStore,
     membership: MembershipClient<TracedChannel>,
     shard_limit: u32,
+    scaler: std::sync::Arc<ScalerConfig>,
 }
 
 fn internal(error: anyhow::Error) -> Status {
@@ -113,11 +120,13 @@ impl ControlPlaneService {
         store: MetaStore,
         membership_channel: TracedChannel,
         shard_limit: u32,
+        scaler: ScalerConfig,
     ) -> ControlPlaneService {
         ControlPlaneService {
             store,
             membership: MembershipClient::new(membership_channel),
             shard_limit,
+            scaler: std::sync::Arc::new(scaler),
         }
     }
 
@@ -139,6 +148,7 @@ impl ControlPlaneService {
         row: &StreamRow,
         shards: Vec<ShardInfo>,
         open_shard_count: u32,
+        warm_throughput: Option<WarmThroughput>,
     ) -> StreamInfo {
         StreamInfo {
             stream_name: row.stream_name.clone(),
@@ -152,6 +162,7 @@ impl ControlPlaneService {
             open_shard_count,
             consumer_count: 0,
             shards,
+            warm_throughput,
         }
     }
 }
@@ -179,8 +190,15 @@ impl ControlPlane for ControlPlaneService {
     ) -> Result<Response<CreateStreamResponse>, Status> {
         let request = request.into_inner();
         let mode = request.stream_mode();
+        let warm = self
+            .check_warm_throughput(&request.account_id, mode, request.warm_throughput_mibps)
+            .await?;
         let shard_count = match (mode, request.shard_count) {
-            (StreamMode::OnDemand, 0) => ON_DEMAND_INITIAL_SHARDS,
+            (StreamMode::OnDemand, 0) => warm.map_or(ON_DEMAND_INITIAL_SHARDS, |mibps| {
+                self.scaler
+                    .shards_for_mibps(mibps)
+                    .max(ON_DEMAND_INITIAL_SHARDS)
+            }),
             (_, 0) => {
                 return Err(Status::invalid_argument(
                     "ShardCount is required for a PROVISIONED stream",
@@ -272,6 +290,12 @@ impl ControlPlane for ControlPlaneService {
                 status.message()
             )));
         }
+        if let Some(mibps) = warm {
+            self.store
+                .set_warm_throughput(stream_uid, i32::try_from(mibps).ok())
+                .await
+                .map_err(internal)?;
+        }
         self.store
             .set_stream_status(stream_uid, "ACTIVE")
             .await
@@ -360,8 +384,9 @@ impl ControlPlane for ControlPlaneService {
                 ending_hash_key: row.ending_hash_key,
             })
             .collect();
+        let warm = self.warm_throughput_of(&stream, open).await?;
         Ok(Response::new(DescribeStreamResponse {
-            stream: Some(self.stream_info(&stream, shards, open)),
+            stream: Some(self.stream_info(&stream, shards, open, warm)),
         }))
     }
 
@@ -427,6 +452,37 @@ impl ControlPlane for ControlPlaneService {
         Ok(Response::new(UpdateMaxRecordSizeResponse {}))
     }
 
+    async fn update_stream_mode(
+        &self,
+        request: Request<UpdateStreamModeRequest>,
+    ) -> Result<Response<UpdateStreamModeResponse>, Status> {
+        self.update_stream_mode_impl(request).await
+    }
+
+    async fn update_stream_warm_throughput(
+        &self,
+        request: Request<UpdateStreamWarmThroughputRequest>,
+    ) -> Result<Response<UpdateStreamWarmThroughputResponse>, Status> {
+        self.update_stream_warm_throughput_impl(request).await
+    }
+
+    async fn update_account_settings(
+        &self,
+        request: Request<UpdateAccountSettingsRequest>,
+    ) -> Result<Response<AccountSettings>, Status> {
+        let request = request.into_inner();
+        self.account_settings_impl(&request.account_id, Some(request.enable_commitment))
+            .await
+    }
+
+    async fn describe_account_settings(
+        &self,
+        request: Request<DescribeAccountSettingsRequest>,
+    ) -> Result<Response<AccountSettings>, Status> {
+        self.account_settings_impl(&request.into_inner().account_id, None)
+            .await
+    }
+
     async fn list_streams(
         &self,
         request: Request<ListStreamsRequest>,
@@ -439,7 +495,7 @@ impl ControlPlane for ControlPlaneService {
         Ok(Response::new(ListStreamsResponse {
             streams: rows
                 .iter()
-                .map(|row| self.stream_info(row, Vec::new(), 0))
+                .map(|row| self.stream_info(row, Vec::new(), 0, None))
                 .collect(),
         }))
     }
@@ -456,8 +512,12 @@ pub async fn run(
         MetaStore::new(pool),
         freshet_server::grpc_channel(&config.membership_addr)?,
         config.shard_limit,
+        config.scaler,
     );
-    serve(service, listener, shutdown).await
+    let scaler = tokio::spawn(scaler::run_scaler(service.clone()));
+    let result = serve(service, listener, shutdown).await;
+    scaler.abort();
+    result
 }
 
 /// Serves an already-built service.

@@ -41,12 +41,12 @@ const MAX_SHARDS_PER_STREAM: u32 = 10_000;
 
 /// One split or merge.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Step {
+pub(crate) enum Step {
     Split { shard_id: String, at: HashKey },
     Merge { lower: String, upper: String },
 }
 
-fn range_of(row: &ShardRow) -> anyhow::Result<HashKeyRange> {
+pub(crate) fn range_of(row: &ShardRow) -> anyhow::Result<HashKeyRange> {
     Ok(HashKeyRange {
         start: HashKey::parse_decimal(&row.starting_hash_key)
             .map_err(|e| anyhow::anyhow!("shard {}: {}", row.shard_id, e.0))?,
@@ -100,7 +100,7 @@ fn not_eligible(shard_id: &str, stream: &StreamRow) -> Status {
     ))
 }
 
-fn not_active(stream: &StreamRow) -> Status {
+pub(crate) fn not_active(stream: &StreamRow) -> Status {
     Status::failed_precondition(format!(
         "Stream {} under account {} not ACTIVE, instead in state {}",
         stream.stream_name, stream.account_id, stream.status
@@ -153,7 +153,7 @@ impl ControlPlaneService {
     }
 
     /// ACTIVE → UPDATING, or ResourceInUseException.
-    async fn begin_update(&self, stream: &StreamRow) -> Result<(), Status> {
+    pub(crate) async fn begin_update(&self, stream: &StreamRow) -> Result<(), Status> {
         if self
             .store
             .begin_stream_update(stream.stream_uid)
@@ -303,7 +303,12 @@ impl ControlPlaneService {
     /// Runs `steps` (then, with `uniform_target`, whatever steps lead to
     /// that many equal shards) in the background, and sets the stream
     /// ACTIVE again when done.
-    fn spawn_steps(&self, stream: StreamRow, steps: Vec<Step>, uniform_target: Option<u32>) {
+    pub(crate) fn spawn_steps(
+        &self,
+        stream: StreamRow,
+        steps: Vec<Step>,
+        uniform_target: Option<u32>,
+    ) {
         let service = self.clone();
         tokio::spawn(async move {
             let result = service.run_steps(&stream, steps, uniform_target).await;

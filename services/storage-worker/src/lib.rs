@@ -18,11 +18,13 @@
 //!   (in other zones) and commits it once enough copies have fsynced it;
 //!   lagging replicas are caught up from the leader's log, and a replica
 //!   that missed an epoch change drops what the new leader never had.
-//! - `throttle.rs` — per-shard write and read limits (token buckets).
+//! - `throttle.rs` — per-shard write and read limits (token buckets);
+//!   `load.rs` — what each shard is asked to take, for the scaler.
 //! - `lease.rs` — a leader commits only while its lease from membership
 //!   holds (the safety argument is in `services/membership/src/failover.rs`).
 
 mod lease;
+mod load;
 mod replication;
 mod service;
 mod shards;

@@ -180,11 +180,29 @@ impl Storage for StorageService {
             .throttle
             .admit_writes(records.iter().map(|r| r.data.len() + r.partition_key.len()));
         if admitted == 0 {
+            shard.load.record(
+                records.iter().map(|r| {
+                    (
+                        r.partition_key.as_str(),
+                        r.data.len() + r.partition_key.len(),
+                    )
+                }),
+                records.len(),
+            );
             return Err(Status::resource_exhausted(
                 "the shard's write limit is spent",
             ));
         }
         let throttled = records.len() - admitted;
+        shard.load.record(
+            records.iter().map(|r| {
+                (
+                    r.partition_key.as_str(),
+                    r.data.len() + r.partition_key.len(),
+                )
+            }),
+            throttled,
+        );
         records.truncate(admitted);
         let appended = shard
             .append(records, request.epoch)
@@ -341,6 +359,41 @@ impl Storage for StorageService {
             .await
             .map_err(Status::unavailable)?;
         Ok(Response::new(SealShardResponse { ending_offset }))
+    }
+
+    async fn shard_loads(
+        &self,
+        _request: Request<ShardLoadsRequest>,
+    ) -> Result<Response<ShardLoadsResponse>, Status> {
+        let loads = self
+            .shards
+            .open_shards()
+            .into_iter()
+            .filter(|(key, _)| {
+                self.map.read(|m| {
+                    m.get(key.0, &key.1)
+                        .is_some_and(|e| e.leader_worker_id == self.worker_id)
+                })
+            })
+            .map(|(key, shard)| {
+                let reading = shard.load.read();
+                ShardLoad {
+                    shard: Some(freshet_proto::v1::ShardKey {
+                        stream_uid: key.0,
+                        shard_id: key.1,
+                    }),
+                    meter_id: shard.load.id,
+                    offered_bytes: reading.offered_bytes,
+                    offered_records: reading.offered_records,
+                    throttled_records: reading.throttled_records,
+                    median_hash_key: reading
+                        .median_hash_key
+                        .map(|k| k.to_string())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        Ok(Response::new(ShardLoadsResponse { loads }))
     }
 
     async fn describe_shard(

@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use freshet_log::{Appended, LogConfig, NewRecord, ShardLog};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::load::LoadMeter;
 use crate::replication::{begin_leading, LocalBatch, ReplicationContext, Replicator};
 use crate::throttle::{ShardLimits, ShardThrottle};
 
@@ -67,6 +68,8 @@ pub struct OpenShard {
     pub sequence_base: u64,
     /// Enforced while this worker leads the shard.
     pub throttle: ShardThrottle,
+    /// What the shard is asked to take while this worker leads it.
+    pub load: LoadMeter,
     writer: mpsc::Sender<WriterJob>,
 }
 
@@ -447,6 +450,7 @@ impl ShardRegistry {
             log,
             sequence_base,
             throttle: ShardThrottle::new(self.limits),
+            load: LoadMeter::default(),
             writer,
         });
         open.insert(key.clone(), shard.clone());

@@ -1,6 +1,7 @@
 //! Operation dispatch and what the operations share: request parsing,
 //! stream addressing (StreamName or StreamARN), and storage clients.
 
+mod capacity;
 mod records;
 mod reshard;
 mod streams;
@@ -79,6 +80,25 @@ pub async fn dispatch(
         "UpdateMaxRecordSize" => reshard::update_max_record_size(frontend, caller, parse(body)?)
             .await
             .map(|()| None),
+        "UpdateStreamMode" => capacity::update_stream_mode(frontend, caller, parse(body)?)
+            .await
+            .map(|()| None),
+        "UpdateStreamWarmThroughput" => {
+            capacity::update_stream_warm_throughput(frontend, caller, parse(body)?)
+                .await
+                .map(Some)
+        }
+        "UpdateAccountSettings" => {
+            capacity::update_account_settings(frontend, caller, parse(body)?)
+                .await
+                .map(Some)
+        }
+        "DescribeAccountSettings" => {
+            let _: serde_json::Map<String, Value> = parse(body)?;
+            capacity::describe_account_settings(frontend, caller)
+                .await
+                .map(Some)
+        }
         other => Err(unknown_operation(other)),
     }
 }

@@ -39,7 +39,7 @@ pub struct CreateStreamInput {
     pub record_distribution_strategy: Option<String>,
 }
 
-fn check_stream_mode(
+pub(crate) fn check_stream_mode(
     details: Option<&StreamModeDetails>,
     violations: &mut Violations,
 ) -> StreamMode {
@@ -111,11 +111,6 @@ pub async fn create_stream(
             "RecordDistributionStrategy AUTO is not supported by Freshet yet.",
         ));
     }
-    if input.warm_throughput_mi_bps.is_some() {
-        return Err(KinesisError::invalid_argument(
-            "WarmThroughputMiBps is not supported by Freshet yet.",
-        ));
-    }
     if input.tags.as_ref().is_some_and(|tags| !tags.is_empty()) {
         return Err(KinesisError::invalid_argument(
             "Tags are not supported by Freshet yet.",
@@ -128,6 +123,7 @@ pub async fn create_stream(
         shard_count: input.shard_count.map(|n| n as u32).unwrap_or(0),
         stream_mode: mode as i32,
         max_record_size_kib: input.max_record_size_in_kib.map(|n| n as u32).unwrap_or(0),
+        warm_throughput_mibps: input.warm_throughput_mi_bps.map(|n| n as u32).unwrap_or(0),
     };
     frontend
         .control_plane
@@ -299,7 +295,7 @@ pub async fn describe_stream_summary(
     input.check(&mut violations);
     violations.into_result()?;
     let stream = fetch_stream(frontend, caller, input.resolve(caller)?).await?;
-    Ok(json!({
+    let mut summary = json!({
         "StreamDescriptionSummary": {
             "StreamName": stream.stream_name,
             "StreamARN": stream.stream_arn,
@@ -316,7 +312,14 @@ pub async fn describe_stream_summary(
             "ChannelCount": 0,
             "QueueCount": 0,
         }
-    }))
+    });
+    if let Some(warm) = &stream.warm_throughput {
+        summary["StreamDescriptionSummary"]["WarmThroughput"] = json!({
+            "TargetMiBps": warm.target_mibps,
+            "CurrentMiBps": warm.current_mibps,
+        });
+    }
+    Ok(summary)
 }
 
 /// `shardId-7` is accepted for `shardId-000000000007`, as Kinesis does.

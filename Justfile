@@ -55,3 +55,8 @@ compose-check:
 bench: infra
     cargo build --release --workspace --bins
     cargo run --release -p freshet-e2e --bin freshet-bench
+
+# The viral-launch scenario twice (on-demand from 4 shards, then with warm throughput) on the `just dev` topology; writes docs/demo.md and docs/demo.svg.
+demo: infra
+    cargo build --release --workspace --bins
+    cargo run --release -p freshet-e2e --bin freshet-demo

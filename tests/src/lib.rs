@@ -10,9 +10,11 @@
 //! Tests drive it like a user would, through `aws-sdk-kinesis` (see
 //! [`Cluster::kinesis`]) or raw HTTP for malformed requests.
 
+pub mod demo;
 pub mod load;
 pub mod proxy;
 pub mod raw_http;
+pub mod topology;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

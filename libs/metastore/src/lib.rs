@@ -768,12 +768,12 @@ impl ChangeBatch {
         Ok(())
     }
 
-    /// Starts sealing an open shard: CLOSING under `shard.epoch`, only from
-    /// OPEN at `shard.epoch - 1`.
+    /// Starts sealing an open shard: CLOSING, only from OPEN at `shard.epoch`
+    /// (a failover meanwhile makes the caller try again).
     pub async fn begin_closing(&mut self, shard: &ShardRow) -> anyhow::Result<()> {
         let changed = sqlx::query(
-            "UPDATE shards SET state = 'CLOSING', epoch = $3 \
-             WHERE stream_uid = $1 AND shard_id = $2 AND state = 'OPEN' AND epoch = $3 - 1",
+            "UPDATE shards SET state = 'CLOSING' \
+             WHERE stream_uid = $1 AND shard_id = $2 AND state = 'OPEN' AND epoch = $3",
         )
         .bind(shard.stream_uid)
         .bind(&shard.shard_id)
@@ -785,7 +785,7 @@ impl ChangeBatch {
             changed.rows_affected() == 1,
             "shard {} is no longer open at epoch {}",
             shard.shard_id,
-            shard.epoch - 1
+            shard.epoch
         );
         Ok(())
     }

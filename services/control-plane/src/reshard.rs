@@ -3,11 +3,12 @@
 //! Every change of a stream's shards is one or more *steps*, each closing
 //! one or two parents and opening their children:
 //!
-//! 1. membership marks the parents CLOSING under a new epoch — from then on
-//!    their leaders refuse appends, and appends still in flight under the
-//!    old epoch can no longer be acknowledged;
-//! 2. each parent's leader seals it (`Storage/SealShard`): it commits its
-//!    whole log with its replicas and answers where the log ends;
+//! 1. membership marks the parents CLOSING — from then on their leaders
+//!    refuse appends, including those already queued, *before* writing
+//!    them (so the frontend routes them again, to the children);
+//! 2. each parent's leader seals it (`Storage/SealShard`): through the
+//!    shard's writer queue, after every batch written while it was open,
+//!    it commits its whole log with its replicas and answers where it ends;
 //! 3. membership publishes, in one change-log batch, the parents CLOSED
 //!    with those ending offsets and the children OPEN (with larger sequence
 //!    bases, so every child record sorts after every parent record).

@@ -555,7 +555,6 @@ impl Membership for MembershipService {
                 "OPEN" => changes.push((
                     ShardRow {
                         state: "CLOSING".to_owned(),
-                        epoch: row.epoch + 1,
                         ..row.clone()
                     },
                     Change::BeginClosing,

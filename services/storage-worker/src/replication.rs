@@ -185,6 +185,12 @@ impl Replicator {
             .map(|e| e.epoch)
     }
 
+    /// Whether the shard is open for writes (not closing or closed).
+    pub fn is_open(&self) -> bool {
+        self.entry()
+            .is_some_and(|e| e.state() == freshet_proto::v1::ShardState::Open)
+    }
+
     /// Whether this worker may commit as a leader right now.
     pub fn holds_lease(&self) -> bool {
         self.context.lease.is_held(&self.context.map)

@@ -11,7 +11,7 @@ use freshet_shardmap::SharedShardMap;
 use tonic::{Request, Response, Status};
 
 use crate::lease::Lease;
-use crate::shards::{OpenShard, ShardKey, ShardRegistry};
+use crate::shards::{AppendError, OpenShard, ShardKey, ShardRegistry};
 
 /// How long a request waits for this worker's snapshot to learn of a
 /// placement the caller already knows about.
@@ -207,7 +207,11 @@ impl Storage for StorageService {
         let appended = shard
             .append(records, request.epoch)
             .await
-            .map_err(Status::internal)?;
+            .map_err(|error| match error {
+                // Nothing written: the frontend routes again and retries.
+                AppendError::Refused(message) => Status::failed_precondition(message),
+                AppendError::Failed(message) => Status::internal(message),
+            })?;
         Ok(Response::new(AppendResponse {
             first_offset: appended.first_offset,
             sequence_base: shard.sequence_base,

@@ -45,7 +45,23 @@ struct AppendJob {
     /// The leadership epoch the caller was authorized under: the job is
     /// written only while this worker still leads at exactly that epoch.
     epoch: u64,
-    reply: oneshot::Sender<Result<Appended, String>>,
+    reply: oneshot::Sender<Result<Appended, AppendError>>,
+}
+
+/// Why an append was not acknowledged.
+#[derive(Debug, Clone)]
+pub enum AppendError {
+    /// Nothing was written: the caller may route again and retry (this
+    /// worker no longer leads at the caller's epoch, or the shard closed).
+    Refused(String),
+    /// It may have been written (unacknowledged is not absent).
+    Failed(String),
+}
+
+impl From<String> for AppendError {
+    fn from(message: String) -> AppendError {
+        AppendError::Failed(message)
+    }
 }
 
 /// Work for a shard's writer task, done in arrival order.
@@ -75,7 +91,11 @@ pub struct OpenShard {
 
 impl OpenShard {
     /// Appends through the group-commit writer; resolves once durable.
-    pub async fn append(&self, records: Vec<NewRecord>, epoch: u64) -> Result<Appended, String> {
+    pub async fn append(
+        &self,
+        records: Vec<NewRecord>,
+        epoch: u64,
+    ) -> Result<Appended, AppendError> {
         let (reply, answer) = oneshot::channel();
         self.writer
             .send(WriterJob::Append(AppendJob {
@@ -84,17 +104,17 @@ impl OpenShard {
                 reply,
             }))
             .await
-            .map_err(|_| "shard writer stopped".to_owned())?;
+            .map_err(|_| AppendError::Refused("shard writer stopped".to_owned()))?;
         answer
             .await
-            .map_err(|_| "shard writer stopped".to_owned())?
+            .map_err(|_| AppendError::Failed("shard writer stopped".to_owned()))?
     }
 
     /// Seals a CLOSING shard led at `epoch`: once every append queued
     /// before this call is resolved, commits the whole log with the
-    /// replicas and answers where it ends. Nothing is written after it: the
-    /// CLOSING epoch refuses appends (`service.rs`), and appends queued
-    /// under the earlier epoch are refused by the writer.
+    /// replicas and answers where it ends. Nothing is written after it:
+    /// `service.rs` refuses appends to a closing shard, and the writer
+    /// refuses those queued before it closed (`write_round`).
     pub async fn seal(&self, epoch: u64) -> Result<u64, String> {
         let (reply, answer) = oneshot::channel();
         self.writer
@@ -224,17 +244,19 @@ async fn write_round(
     unwritten: &mut Option<UnwrittenBatch>,
     batch: Vec<AppendJob>,
 ) {
-    // Only jobs authorized under the epoch this worker leads now go on:
-    // a job queued before a failover must not be written afterwards.
-    let leading = replicator.leading_epoch();
+    // Only jobs authorized under the epoch this worker leads now go on —
+    // a job queued before a failover must not be written afterwards — and
+    // only while the shard is open: once a split or merge starts closing
+    // it, a seal may come next, and nothing may land after the seal.
+    let leading = replicator.leading_epoch().filter(|_| replicator.is_open());
     let (batch, stale): (Vec<AppendJob>, Vec<AppendJob>) = batch
         .into_iter()
         .partition(|job| Some(job.epoch) == leading);
     for job in stale {
-        let _ = job.reply.send(Err(format!(
-            "not leader at epoch {} any more (now {leading:?})",
+        let _ = job.reply.send(Err(AppendError::Refused(format!(
+            "not leader of an open shard at epoch {} any more",
             job.epoch
-        )));
+        ))));
     }
     let Some(epoch) = leading.filter(|_| !batch.is_empty()) else {
         return;
@@ -242,7 +264,7 @@ async fn write_round(
     if let Some(pending) = unwritten.as_ref() {
         if let Err(error) = pending.write_again(log, leading).await {
             for job in batch {
-                let _ = job.reply.send(Err(error.clone()));
+                let _ = job.reply.send(Err(AppendError::Refused(error.clone())));
             }
             return;
         }
@@ -270,7 +292,7 @@ async fn write_round(
             tracing::warn!(error = failure.error, "shard append failed");
             *unwritten = failure.unwritten;
             for reply in replies {
-                let _ = reply.send(Err(failure.error.clone()));
+                let _ = reply.send(Err(AppendError::Failed(failure.error.clone())));
             }
         }
     }

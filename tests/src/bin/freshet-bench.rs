@@ -5,15 +5,14 @@
 //! Every scenario is bounded in time and stops by itself; all traffic stays
 //! on 127.0.0.1. Prints one Markdown table.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
-use freshet_e2e::{create_active_stream, kinesis_client, test_database_url};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use freshet_e2e::topology::DevTopology;
+use freshet_e2e::{create_active_stream, kinesis_client};
 
 const SCENARIO_SECONDS: u64 = 10;
 const SHARDS: i32 = 4;
@@ -278,17 +277,6 @@ fn measure_disk(dir: &std::path::Path) -> anyhow::Result<(f64, f64)> {
     Ok((fsyncs_per_second, megabytes_per_second))
 }
 
-fn free_port_block(count: u16) -> anyhow::Result<u16> {
-    for attempt in 0..200u32 {
-        let base = 21_000 + ((std::process::id() * 13 + attempt * 101) % 28_000) as u16;
-        if (base..base + count).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
-        {
-            return Ok(base);
-        }
-    }
-    anyhow::bail!("no block of {count} free ports")
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -320,56 +308,23 @@ async fn run_scenarios(
     ack_copies: &str,
 ) -> anyhow::Result<()> {
     let data_dir = data_root.join(ack_copies);
-    let base = free_port_block(14)?;
-    let frontend_port = base + 13;
-    let database = format!("freshet_bench_{}_{ack_copies}", std::process::id());
-    let database_url = test_database_url();
-    let (pg_server, _) = database_url.rsplit_once('/').context("database url")?;
-    let mut topology = tokio::process::Command::new("bash")
-        .arg(workspace.join("deploy/dev.sh"))
-        .current_dir(workspace)
-        .env("FRESHET_BIN_DIR", bin_dir)
-        .env("FRESHET_DEV_DIR", &data_dir)
-        .env("FRESHET_DEV_PORT", frontend_port.to_string())
-        .env("FRESHET_DEV_BASE_PORT", base.to_string())
-        .env("FRESHET_DEV_DATABASE", &database)
-        .env("FRESHET_PG_SERVER", pg_server)
-        .env(
-            "FRESHET_REDIS_PREFIX",
-            format!("freshet-bench-{}:", std::process::id()),
-        )
-        .env("RUST_LOG", "warn")
-        .env("FRESHET_ACK_COPIES", ack_copies)
-        // The engine's own limits are measured, not Kinesis's per-shard
-        // quotas (1 MiB/s and 1,000 records/s would cap a 4-shard stream).
-        .env("FRESHET_SHARD_WRITE_BYTES_PER_SEC", "0")
-        .env("FRESHET_SHARD_WRITE_RECORDS_PER_SEC", "0")
-        .env("FRESHET_SHARD_READ_BYTES_PER_SEC", "0")
-        .env("FRESHET_SHARD_READ_CALLS_PER_SEC", "0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .process_group(0)
-        .spawn()
-        .context("run deploy/dev.sh")?;
-    let _group = freshet_e2e::ProcessGroupGuard(topology.id().context("topology pid")?);
-    let mut lines = BufReader::new(topology.stdout.take().context("stdout")?).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("Freshet is ready") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    anyhow::ensure!(
-        matches!(ready, Ok(true)),
-        "the topology did not become ready"
-    );
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-
-    let client = kinesis_client(&format!("http://127.0.0.1:{frontend_port}"));
+    // The engine's own limits are measured, not Kinesis's per-shard quotas
+    // (1 MiB/s and 1,000 records/s would cap a 4-shard stream).
+    let topology = DevTopology::start(
+        workspace,
+        bin_dir,
+        &data_dir,
+        &format!("bench_{ack_copies}"),
+        &[
+            ("FRESHET_ACK_COPIES", ack_copies),
+            ("FRESHET_SHARD_WRITE_BYTES_PER_SEC", "0"),
+            ("FRESHET_SHARD_WRITE_RECORDS_PER_SEC", "0"),
+            ("FRESHET_SHARD_READ_BYTES_PER_SEC", "0"),
+            ("FRESHET_SHARD_READ_CALLS_PER_SEC", "0"),
+        ],
+    )
+    .await?;
+    let client = kinesis_client(&topology.endpoint);
     let client = Arc::new(client);
     let mut rows = Vec::new();
     create_active_stream(&client, "bench-small", SHARDS).await?;
@@ -406,7 +361,7 @@ async fn run_scenarios(
         );
     }
 
-    if let Some(pid) = topology.id() {
+    if let Some(pid) = topology.pid() {
         let memory: Vec<String> = peak_memory(pid)
             .into_iter()
             .map(|(name, mib)| format!("{name} {mib} MiB"))
@@ -414,17 +369,6 @@ async fn run_scenarios(
         println!();
         println!("peak resident memory: {}", memory.join(", "));
     }
-    if let Some(pid) = topology.id() {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(30), topology.wait()).await;
-    if let Ok(mut admin) = <sqlx::PgConnection as sqlx::Connection>::connect(&database_url).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await;
-    }
+    topology.stop().await;
     Ok(())
 }

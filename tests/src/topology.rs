@@ -1,0 +1,125 @@
+//! The `just dev` topology (`deploy/dev.sh`) as real processes on free
+//! loopback ports, for the benchmark and the demo: started with extra
+//! environment, stopped with SIGTERM, its database dropped afterwards.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::{test_database_url, ProcessGroupGuard};
+
+/// A running `deploy/dev.sh`.
+pub struct DevTopology {
+    /// The frontend's URL.
+    pub endpoint: String,
+    child: tokio::process::Child,
+    database: String,
+    _group: ProcessGroupGuard,
+}
+
+/// The first of `count` consecutive free loopback ports.
+fn free_port_block(count: u16) -> anyhow::Result<u16> {
+    for attempt in 0..200u32 {
+        let base = 21_000 + ((std::process::id() * 13 + attempt * 101) % 28_000) as u16;
+        if (base..base + count).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        {
+            return Ok(base);
+        }
+    }
+    anyhow::bail!("no block of {count} free ports")
+}
+
+impl DevTopology {
+    /// Starts the topology from the binaries in `bin_dir`, keeping worker
+    /// data under `data_dir`, in a fresh database named after `name`, with
+    /// `env` set for every service; returns once it says it is ready.
+    pub async fn start(
+        workspace: &Path,
+        bin_dir: &str,
+        data_dir: &Path,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<DevTopology> {
+        let base = free_port_block(14)?;
+        let frontend_port = base + 13;
+        let database = format!("freshet_{name}_{}", std::process::id());
+        let database_url = test_database_url();
+        let (pg_server, _) = database_url.rsplit_once('/').context("database url")?;
+        let mut command = tokio::process::Command::new("bash");
+        command
+            .arg(workspace.join("deploy/dev.sh"))
+            .current_dir(workspace)
+            .env("FRESHET_BIN_DIR", bin_dir)
+            .env("FRESHET_DEV_DIR", data_dir)
+            .env("FRESHET_DEV_PORT", frontend_port.to_string())
+            .env("FRESHET_DEV_BASE_PORT", base.to_string())
+            .env("FRESHET_DEV_DATABASE", &database)
+            .env("FRESHET_PG_SERVER", pg_server)
+            .env(
+                "FRESHET_REDIS_PREFIX",
+                format!("freshet-{name}-{}:", std::process::id()),
+            )
+            .env("RUST_LOG", "warn");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0)
+            .spawn()
+            .context("run deploy/dev.sh")?;
+        let group = ProcessGroupGuard(child.id().context("topology pid")?);
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("Freshet is ready") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        anyhow::ensure!(
+            matches!(ready, Ok(true)),
+            "the topology did not become ready"
+        );
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(DevTopology {
+            endpoint: format!("http://127.0.0.1:{frontend_port}"),
+            child,
+            database,
+            _group: group,
+        })
+    }
+
+    /// The process id of `deploy/dev.sh` (its services are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// SIGTERM, wait for every service to stop, drop the database.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        if let Ok(mut admin) =
+            <sqlx::PgConnection as sqlx::Connection>::connect(&test_database_url()).await
+        {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.database
+            ))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+}

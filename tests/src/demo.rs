@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aws_sdk_kinesis::error::ProvideErrorMetadata as _;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, Shard, ShardIteratorType};
 use tokio::time::Instant;
@@ -409,8 +410,22 @@ pub async fn read_in_lineage_order(
                 .send()
                 .await?
                 .shard_iterator;
+            let mut throttled = 0;
             while let Some(current) = iterator {
-                let page = client.get_records().shard_iterator(current).send().await?;
+                // A consumer backs off when the shard's read limit is spent.
+                let page = match client.get_records().shard_iterator(&current).send().await {
+                    Ok(page) => page,
+                    Err(error)
+                        if error.code() == Some("ProvisionedThroughputExceededException")
+                            && throttled < 100 =>
+                    {
+                        throttled += 1;
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        iterator = Some(current);
+                        continue;
+                    }
+                    Err(error) => return Err(error.into()),
+                };
                 let empty = page.records.is_empty();
                 for record in page.records {
                     payloads.push(String::from_utf8(record.data.into_inner())?);

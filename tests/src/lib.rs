@@ -75,6 +75,9 @@ pub struct ClusterOptions {
     pub shard_limits: freshet_storage_worker::ShardLimits,
     /// How the control plane scales on-demand streams.
     pub scaler: freshet_control_plane::ScalerConfig,
+    /// Kinesis's control-plane call rates (off by default: tests poll
+    /// DescribeStreamSummary faster than an account may).
+    pub api_rate_limits: bool,
 }
 
 impl Default for ClusterOptions {
@@ -98,6 +101,7 @@ impl Default for ClusterOptions {
                 scale_down_at: 0.0,
                 ..freshet_control_plane::ScalerConfig::default()
             },
+            api_rate_limits: false,
         }
     }
 }
@@ -303,6 +307,7 @@ impl Cluster {
                 membership_addr: membership_addr.clone(),
                 shard_limit: options.shard_limit,
                 scaler: options.scaler.clone(),
+                api_rate_limits: options.api_rate_limits,
             };
             move |listener, shutdown| freshet_control_plane::run(config, listener, shutdown)
         });

@@ -246,3 +246,31 @@ async fn a_large_record_passes_a_full_shard_then_the_shard_refills() -> anyhow::
     cluster.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_calls_over_their_rate_get_limit_exceeded() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(ClusterOptions {
+        api_rate_limits: true,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let client = client_without_retries(&cluster);
+    // ListStreams allows 5 calls a second per account: of 30 at once,
+    // most are refused, whatever the machine's speed.
+    let calls = (0..30).map(|_| client.list_streams().send());
+    let outcomes = futures::future::join_all(calls).await;
+    let refused: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(refused.len() >= 20, "only {} of 30 refused", refused.len());
+    for error in refused {
+        assert_eq!(error.code(), Some("LimitExceededException"));
+    }
+    // Other operations have their own rates.
+    client
+        .create_stream()
+        .stream_name("rated")
+        .shard_count(1)
+        .send()
+        .await?;
+    cluster.shutdown().await;
+    Ok(())
+}

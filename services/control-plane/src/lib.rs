@@ -23,10 +23,21 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 mod capacity;
+mod rate_limits;
 mod reshard;
 mod scaler;
 
 pub use scaler::ScalerConfig;
+
+/// The API operation a DescribeStream call serves (the frontend answers
+/// three operations from it, each with its own rate).
+fn api_operation(name: &str) -> &'static str {
+    match name {
+        "DescribeStreamSummary" => "DescribeStreamSummary",
+        "ListShards" => "ListShards",
+        _ => "DescribeStream",
+    }
+}
 
 /// The region in a stream ARN (`us-east-1` if it cannot be read).
 pub(crate) fn region_of(stream_arn: &str) -> String {
@@ -64,6 +75,9 @@ pub struct Config {
     pub shard_limit: u32,
     #[command(flatten)]
     pub scaler: ScalerConfig,
+    /// Enforce Kinesis's control-plane call rates (LimitExceededException).
+    #[arg(long, env = "FRESHET_API_RATE_LIMITS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub api_rate_limits: bool,
 }
 
 /// The ControlPlane gRPC service.
@@ -73,6 +87,7 @@ pub struct ControlPlaneService {
     membership: MembershipClient<TracedChannel>,
     shard_limit: u32,
     scaler: std::sync::Arc<ScalerConfig>,
+    rate_limits: std::sync::Arc<rate_limits::ApiRateLimits>,
 }
 
 fn internal(error: anyhow::Error) -> Status {
@@ -121,12 +136,14 @@ impl ControlPlaneService {
         membership_channel: TracedChannel,
         shard_limit: u32,
         scaler: ScalerConfig,
+        api_rate_limits: bool,
     ) -> ControlPlaneService {
         ControlPlaneService {
             store,
             membership: MembershipClient::new(membership_channel),
             shard_limit,
             scaler: std::sync::Arc::new(scaler),
+            rate_limits: std::sync::Arc::new(rate_limits::ApiRateLimits::new(api_rate_limits)),
         }
     }
 
@@ -189,6 +206,8 @@ impl ControlPlane for ControlPlaneService {
         request: Request<CreateStreamRequest>,
     ) -> Result<Response<CreateStreamResponse>, Status> {
         let request = request.into_inner();
+        self.rate_limits
+            .check("CreateStream", &request.account_id, &request.stream_name)?;
         let mode = request.stream_mode();
         let warm = self
             .check_warm_throughput(&request.account_id, mode, request.warm_throughput_mibps)
@@ -314,6 +333,8 @@ impl ControlPlane for ControlPlaneService {
         request: Request<DeleteStreamRequest>,
     ) -> Result<Response<DeleteStreamResponse>, Status> {
         let request = request.into_inner();
+        self.rate_limits
+            .check("DeleteStream", &request.account_id, &request.stream_name)?;
         let stream = self
             .existing_stream(&request.account_id, &request.stream_name)
             .await?;
@@ -350,6 +371,11 @@ impl ControlPlane for ControlPlaneService {
         request: Request<DescribeStreamRequest>,
     ) -> Result<Response<DescribeStreamResponse>, Status> {
         let request = request.into_inner();
+        self.rate_limits.check(
+            api_operation(&request.api_operation),
+            &request.account_id,
+            &request.stream_name,
+        )?;
         let stream = self
             .existing_stream(&request.account_id, &request.stream_name)
             .await?;
@@ -394,7 +420,10 @@ impl ControlPlane for ControlPlaneService {
         &self,
         request: Request<SplitShardRequest>,
     ) -> Result<Response<SplitShardResponse>, Status> {
-        self.split_shard_checked(request.into_inner()).await?;
+        let request = request.into_inner();
+        self.rate_limits
+            .check("SplitShard", &request.account_id, &request.stream_name)?;
+        self.split_shard_checked(request).await?;
         Ok(Response::new(SplitShardResponse {}))
     }
 
@@ -402,7 +431,10 @@ impl ControlPlane for ControlPlaneService {
         &self,
         request: Request<MergeShardsRequest>,
     ) -> Result<Response<MergeShardsResponse>, Status> {
-        self.merge_shards_checked(request.into_inner()).await?;
+        let request = request.into_inner();
+        self.rate_limits
+            .check("MergeShards", &request.account_id, &request.stream_name)?;
+        self.merge_shards_checked(request).await?;
         Ok(Response::new(MergeShardsResponse {}))
     }
 
@@ -411,8 +443,16 @@ impl ControlPlane for ControlPlaneService {
         request: Request<UpdateShardCountRequest>,
     ) -> Result<Response<UpdateShardCountResponse>, Status> {
         Ok(Response::new(
-            self.update_shard_count_checked(request.into_inner())
-                .await?,
+            self.update_shard_count_checked({
+                let request = request.into_inner();
+                self.rate_limits.check(
+                    "UpdateShardCount",
+                    &request.account_id,
+                    &request.stream_name,
+                )?;
+                request
+            })
+            .await?,
         ))
     }
 
@@ -421,6 +461,11 @@ impl ControlPlane for ControlPlaneService {
         request: Request<UpdateMaxRecordSizeRequest>,
     ) -> Result<Response<UpdateMaxRecordSizeResponse>, Status> {
         let request = request.into_inner();
+        self.rate_limits.check(
+            "UpdateMaxRecordSize",
+            &request.account_id,
+            &request.stream_name,
+        )?;
         let stream = self
             .existing_stream(&request.account_id, &request.stream_name)
             .await?;
@@ -456,6 +501,9 @@ impl ControlPlane for ControlPlaneService {
         &self,
         request: Request<UpdateStreamModeRequest>,
     ) -> Result<Response<UpdateStreamModeResponse>, Status> {
+        let check = request.get_ref();
+        self.rate_limits
+            .check("UpdateStreamMode", &check.account_id, &check.stream_name)?;
         self.update_stream_mode_impl(request).await
     }
 
@@ -463,6 +511,12 @@ impl ControlPlane for ControlPlaneService {
         &self,
         request: Request<UpdateStreamWarmThroughputRequest>,
     ) -> Result<Response<UpdateStreamWarmThroughputResponse>, Status> {
+        let check = request.get_ref();
+        self.rate_limits.check(
+            "UpdateStreamWarmThroughput",
+            &check.account_id,
+            &check.stream_name,
+        )?;
         self.update_stream_warm_throughput_impl(request).await
     }
 
@@ -471,6 +525,8 @@ impl ControlPlane for ControlPlaneService {
         request: Request<UpdateAccountSettingsRequest>,
     ) -> Result<Response<AccountSettings>, Status> {
         let request = request.into_inner();
+        self.rate_limits
+            .check("UpdateAccountSettings", &request.account_id, "")?;
         self.account_settings_impl(&request.account_id, Some(request.enable_commitment))
             .await
     }
@@ -487,9 +543,11 @@ impl ControlPlane for ControlPlaneService {
         &self,
         request: Request<ListStreamsRequest>,
     ) -> Result<Response<ListStreamsResponse>, Status> {
+        let account_id = request.into_inner().account_id;
+        self.rate_limits.check("ListStreams", &account_id, "")?;
         let rows = self
             .store
-            .list_streams(&request.into_inner().account_id)
+            .list_streams(&account_id)
             .await
             .map_err(internal)?;
         Ok(Response::new(ListStreamsResponse {
@@ -513,6 +571,7 @@ pub async fn run(
         freshet_server::grpc_channel(&config.membership_addr)?,
         config.shard_limit,
         config.scaler,
+        config.api_rate_limits,
     );
     let scaler = tokio::spawn(scaler::run_scaler(service.clone()));
     let result = serve(service, listener, shutdown).await;

@@ -170,6 +170,7 @@ async fn fetch_stream(
     frontend: &Frontend,
     caller: &Caller,
     stream_name: String,
+    api_operation: &str,
 ) -> KinesisResult<StreamInfo> {
     frontend
         .control_plane
@@ -177,6 +178,7 @@ async fn fetch_stream(
         .describe_stream(DescribeStreamRequest {
             account_id: caller.account_id.clone(),
             stream_name,
+            api_operation: api_operation.to_owned(),
         })
         .await
         .map_err(|status| KinesisError::from_status(&status))?
@@ -249,7 +251,13 @@ pub async fn describe_stream(
         &mut violations,
     );
     violations.into_result()?;
-    let stream = fetch_stream(frontend, caller, input.target.resolve(caller)?).await?;
+    let stream = fetch_stream(
+        frontend,
+        caller,
+        input.target.resolve(caller)?,
+        "DescribeStream",
+    )
+    .await?;
     // The default is 100, and so is the most one call returns.
     let limit = input.limit.unwrap_or(100).min(100) as usize;
     let after = input
@@ -294,7 +302,13 @@ pub async fn describe_stream_summary(
     let mut violations = Violations::default();
     input.check(&mut violations);
     violations.into_result()?;
-    let stream = fetch_stream(frontend, caller, input.resolve(caller)?).await?;
+    let stream = fetch_stream(
+        frontend,
+        caller,
+        input.resolve(caller)?,
+        "DescribeStreamSummary",
+    )
+    .await?;
     let mut summary = json!({
         "StreamDescriptionSummary": {
             "StreamName": stream.stream_name,
@@ -545,7 +559,7 @@ pub async fn list_shards(
         Some(token) => token.s.clone(),
         None => input.target.resolve(caller)?,
     };
-    let stream = fetch_stream(frontend, caller, stream_name.clone()).await?;
+    let stream = fetch_stream(frontend, caller, stream_name.clone(), "ListShards").await?;
     if let Some(created) = input.stream_creation_timestamp {
         if (created * 1000.0).round() as i64 != stream.created_at_ms {
             return Err(KinesisError::resource_not_found(format!(

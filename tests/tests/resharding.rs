@@ -436,3 +436,73 @@ async fn parent_end(client: &aws_sdk_kinesis::Client, shard_id: &str) -> anyhow:
         .ok_or_else(|| anyhow::anyhow!("{shard_id} has no ending sequence number"))?;
     Ok(end.parse()?)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_restarted_mid_split_reopens_the_parent() -> anyhow::Result<()> {
+    use freshet_proto::v1::membership_client::MembershipClient;
+    use freshet_proto::v1::CloseShardsRequest;
+
+    let cluster = Cluster::start().await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "interrupted", 2).await?;
+    // What a control plane that stopped halfway through a split leaves
+    // behind: the stream UPDATING, the parent CLOSING, no children.
+    let pool = sqlx::PgPool::connect(&cluster.database_url).await?;
+    let stream_uid: i64 =
+        sqlx::query_scalar("SELECT stream_uid FROM streams WHERE stream_name = 'interrupted'")
+            .fetch_one(&pool)
+            .await?;
+    sqlx::query("UPDATE streams SET status = 'UPDATING' WHERE stream_uid = $1")
+        .bind(stream_uid)
+        .execute(&pool)
+        .await?;
+    MembershipClient::new(freshet_server::grpc_channel(&cluster.membership_addr)?)
+        .close_shards(CloseShardsRequest {
+            stream_uid,
+            shard_ids: vec!["shardId-000000000000".to_owned()],
+        })
+        .await?;
+    assert_eq!(
+        status(&client, "interrupted").await,
+        Some(StreamStatus::Updating)
+    );
+
+    // A control plane starting on the same database finishes the update
+    // before it serves: the parent is open again, the stream ACTIVE.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let config = freshet_control_plane::Config {
+        listen: String::new(),
+        database_url: cluster.database_url.clone(),
+        membership_addr: cluster.membership_addr.clone(),
+        shard_limit: 1000,
+        scaler: freshet_control_plane::ScalerConfig::default(),
+        api_rate_limits: false,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let restarted = tokio::spawn(freshet_control_plane::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    wait_active(&client, "interrupted").await?;
+    let open: Vec<Shard> = shards(&client, "interrupted")
+        .await?
+        .into_iter()
+        .filter(is_open)
+        .collect();
+    assert_eq!(open.len(), 2, "no shard closed, no child opened: {open:?}");
+    wait_until(Duration::from_secs(30), || async {
+        client
+            .put_record()
+            .stream_name("interrupted")
+            .partition_key("k")
+            .explicit_hash_key("0")
+            .data(Blob::new("after the restart"))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await?;
+    let _ = stop.send(());
+    let _ = restarted.await;
+    cluster.shutdown().await;
+    Ok(())
+}

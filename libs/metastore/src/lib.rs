@@ -305,6 +305,21 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Every stream in `status`, of every account.
+    pub async fn streams_with_status(&self, status: &str) -> anyhow::Result<Vec<StreamRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STREAM_COLUMNS} FROM streams WHERE status = $1 ORDER BY stream_uid"
+        ))
+        .bind(status)
+        .fetch_all(&self.pool)
+        .await
+        .context("list streams by status")?;
+        Ok(rows
+            .iter()
+            .map(stream_from_row)
+            .collect::<sqlx::Result<_>>()?)
+    }
+
     /// Every stream in on-demand mode, of every account.
     pub async fn on_demand_streams(&self) -> anyhow::Result<Vec<StreamRow>> {
         let rows = sqlx::query(&format!(
@@ -786,6 +801,24 @@ impl ChangeBatch {
             "shard {} is no longer open at epoch {}",
             shard.shard_id,
             shard.epoch
+        );
+        Ok(())
+    }
+
+    /// Reopens a CLOSING shard whose split or merge was abandoned.
+    pub async fn reopen(&mut self, shard: &ShardRow) -> anyhow::Result<()> {
+        let changed = sqlx::query(
+            "UPDATE shards SET state = 'OPEN' WHERE stream_uid = $1 AND shard_id = $2 AND state = 'CLOSING'",
+        )
+        .bind(shard.stream_uid)
+        .bind(&shard.shard_id)
+        .execute(&mut *self.transaction)
+        .await
+        .with_context(|| format!("reopen shard {}", shard.shard_id))?;
+        anyhow::ensure!(
+            changed.rows_affected() == 1,
+            "shard {} is not being closed",
+            shard.shard_id
         );
         Ok(())
     }

@@ -573,6 +573,20 @@ pub async fn run(
         config.scaler,
         config.api_rate_limits,
     );
+    // Before serving, so no new update can be mistaken for an interrupted
+    // one. Membership may not answer yet: a few tries, then serve anyway.
+    for attempt in 1..=10 {
+        match service.recover_interrupted_updates().await {
+            Ok(()) => break,
+            Err(error) => {
+                tracing::warn!(
+                    attempt,
+                    "recovering interrupted updates failed to {error:#}"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
     let scaler = tokio::spawn(scaler::run_scaler(service.clone()));
     let result = serve(service, listener, shutdown).await;
     scaler.abort();

@@ -314,22 +314,59 @@ impl ControlPlaneService {
         tokio::spawn(async move {
             let result = service.run_steps(&stream, steps, uniform_target).await;
             if let Err(error) = &result {
-                // Left UPDATING: a parent may be CLOSING, and only finishing
-                // its step may reopen its key range.
                 tracing::error!(
                     stream_name = stream.stream_name,
-                    "resharding failed to {error:#}; the stream stays UPDATING"
+                    "resharding failed to {error:#}; abandoning the unfinished step"
                 );
-                return;
             }
-            if let Err(error) = service
-                .store
-                .set_stream_status(stream.stream_uid, "ACTIVE")
-                .await
-            {
-                tracing::error!(stream_name = stream.stream_name, "failed to {error:#}");
+            if let Err(error) = service.finish_update(&stream).await {
+                tracing::error!(
+                    stream_name = stream.stream_name,
+                    "failed to {error:#}; the stream stays UPDATING"
+                );
             }
         });
+    }
+
+    /// Ends an update: an unfinished step's CLOSING parents are reopened
+    /// (its children were never opened, so the stream is as before the
+    /// step), then the stream is ACTIVE again.
+    pub(crate) async fn finish_update(&self, stream: &StreamRow) -> anyhow::Result<()> {
+        let closing: Vec<String> = self
+            .store
+            .shards_of(stream.stream_uid)
+            .await?
+            .into_iter()
+            .filter(|r| r.state == "CLOSING")
+            .map(|r| r.shard_id)
+            .collect();
+        if !closing.is_empty() {
+            self.membership
+                .clone()
+                .reopen_shards(CloseShardsRequest {
+                    stream_uid: stream.stream_uid,
+                    shard_ids: closing,
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("reopen shards: {}", s.message()))?;
+        }
+        self.store
+            .set_stream_status(stream.stream_uid, "ACTIVE")
+            .await
+    }
+
+    /// At start-up: no step runs yet, so a stream left UPDATING was being
+    /// resharded by a control plane that stopped; its unfinished step is
+    /// abandoned (see [`ControlPlaneService::finish_update`]).
+    pub(crate) async fn recover_interrupted_updates(&self) -> anyhow::Result<()> {
+        for stream in self.store.streams_with_status("UPDATING").await? {
+            tracing::warn!(
+                stream_name = stream.stream_name,
+                "finishing an update interrupted by a restart"
+            );
+            self.finish_update(&stream).await?;
+        }
+        Ok(())
     }
 
     async fn run_steps(

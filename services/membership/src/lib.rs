@@ -275,6 +275,7 @@ impl MembershipService {
                 Change::MoveLeadership => batch.update_placement(shard).await?,
                 Change::BeginClosing => batch.begin_closing(shard).await?,
                 Change::FinishClosing => batch.finish_closing(shard).await?,
+                Change::Reopen => batch.reopen(shard).await?,
                 Change::Republish | Change::Remove => {}
             }
             let tombstones = kind == Change::Remove;
@@ -325,6 +326,8 @@ enum Change {
     BeginClosing,
     /// A sealed shard is CLOSED with its ending offset.
     FinishClosing,
+    /// An abandoned split or merge: CLOSING back to OPEN.
+    Reopen,
 }
 
 /// Builds the entry describing `shard` at `version`.
@@ -566,6 +569,39 @@ impl Membership for MembershipService {
                 }
             }
         }
+        let entries = self
+            .publish_changes(&stream, changes)
+            .await
+            .map_err(|error| Status::aborted(format!("{error:#}")))?;
+        Ok(Response::new(CloseShardsResponse {
+            entries: entries.into_iter().map(|e| self.stamp(e)).collect(),
+        }))
+    }
+
+    async fn reopen_shards(
+        &self,
+        request: Request<CloseShardsRequest>,
+    ) -> Result<Response<CloseShardsResponse>, Status> {
+        let request = request.into_inner();
+        let stream = self.live_stream(request.stream_uid).await?;
+        let changes: Vec<(ShardRow, Change)> = self
+            .inner
+            .store
+            .shards_of(stream.stream_uid)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter(|r| r.state == "CLOSING" && request.shard_ids.contains(&r.shard_id))
+            .map(|r| {
+                (
+                    ShardRow {
+                        state: "OPEN".to_owned(),
+                        ..r
+                    },
+                    Change::Reopen,
+                )
+            })
+            .collect();
         let entries = self
             .publish_changes(&stream, changes)
             .await

@@ -199,7 +199,7 @@ async fn write_loop(
         let first = match job {
             WriterJob::Append(job) => job,
             WriterJob::Seal { epoch, reply } => {
-                let _ = reply.send(seal(&log, &mut replicator, epoch).await);
+                let _ = reply.send(seal(&log, &mut replicator, &mut unwritten, epoch).await);
                 continue;
             }
         };
@@ -223,7 +223,7 @@ async fn write_loop(
         }
         write_round(&log, &mut replicator, &mut unwritten, batch).await;
         if let Some((epoch, reply)) = seal_after {
-            let _ = reply.send(seal(&log, &mut replicator, epoch).await);
+            let _ = reply.send(seal(&log, &mut replicator, &mut unwritten, epoch).await);
         }
     }
 }
@@ -299,9 +299,20 @@ async fn write_round(
 }
 
 /// The writer's side of [`OpenShard::seal`].
-async fn seal(log: &Arc<ShardLog>, replicator: &mut Replicator, epoch: u64) -> Result<u64, String> {
+async fn seal(
+    log: &Arc<ShardLog>,
+    replicator: &mut Replicator,
+    unwritten: &mut Option<UnwrittenBatch>,
+    epoch: u64,
+) -> Result<u64, String> {
     if replicator.leading_epoch() != Some(epoch) {
         return Err(format!("not leader at epoch {epoch}"));
+    }
+    // Replicas may hold a batch the leader failed to write: the leader's
+    // log must hold it too before its end can be the shard's end.
+    if let Some(batch) = unwritten.as_ref() {
+        batch.write_again(log, replicator.leading_epoch()).await?;
+        *unwritten = None;
     }
     for _ in 0..SEAL_ROUNDS {
         replicator.catch_up(log, IDLE_CATCH_UP_DEADLINE).await;

@@ -201,6 +201,20 @@ impl MembershipService {
             .collect())
     }
 
+    /// Publishes one step of a split or merge; ABORTED if a row changed
+    /// meanwhile (a failover), so the caller may read again and retry.
+    async fn publish_reshard(
+        &self,
+        stream: &StreamRow,
+        changes: Vec<(ShardRow, Change)>,
+    ) -> Result<Vec<ShardMapEntry>, Status> {
+        let entries = self
+            .publish_changes(stream, changes)
+            .await
+            .map_err(|error| Status::aborted(format!("{error:#}")))?;
+        Ok(entries.into_iter().map(|e| self.stamp(e)).collect())
+    }
+
     /// The stream, unless it is gone or being deleted.
     async fn live_stream(&self, stream_uid: i64) -> Result<StreamRow, Status> {
         self.inner
@@ -569,12 +583,8 @@ impl Membership for MembershipService {
                 }
             }
         }
-        let entries = self
-            .publish_changes(&stream, changes)
-            .await
-            .map_err(|error| Status::aborted(format!("{error:#}")))?;
         Ok(Response::new(CloseShardsResponse {
-            entries: entries.into_iter().map(|e| self.stamp(e)).collect(),
+            entries: self.publish_reshard(&stream, changes).await?,
         }))
     }
 
@@ -602,12 +612,8 @@ impl Membership for MembershipService {
                 )
             })
             .collect();
-        let entries = self
-            .publish_changes(&stream, changes)
-            .await
-            .map_err(|error| Status::aborted(format!("{error:#}")))?;
         Ok(Response::new(CloseShardsResponse {
-            entries: entries.into_iter().map(|e| self.stamp(e)).collect(),
+            entries: self.publish_reshard(&stream, changes).await?,
         }))
     }
 
@@ -642,12 +648,8 @@ impl Membership for MembershipService {
         }
         let children = self.placed_rows(&stream, &request.children).await?;
         changes.extend(children.into_iter().map(|row| (row, Change::Place)));
-        let entries = self
-            .publish_changes(&stream, changes)
-            .await
-            .map_err(|error| Status::aborted(format!("{error:#}")))?;
         Ok(Response::new(CompleteReshardResponse {
-            entries: entries.into_iter().map(|e| self.stamp(e)).collect(),
+            entries: self.publish_reshard(&stream, changes).await?,
         }))
     }
 

@@ -51,6 +51,16 @@ async fn a_worker_killed_mid_write_loses_no_acknowledged_record() -> anyhow::Res
     let acked_count = || producers.count();
     wait_until(Duration::from_secs(60), || async { acked_count() >= 400 }).await?;
     let victim = 0;
+    let victim_id = cluster.workers[victim].worker_id.clone();
+    let map = cluster.frontend.router().map().clone();
+    let led_epochs = || -> Vec<(String, u64)> {
+        map.read(|m| m.stream_entries("000000000000", "durable"))
+            .into_iter()
+            .filter(|e| e.leader_worker_id == victim_id)
+            .map(|e| (e.key.clone().unwrap_or_default().shard_id, e.epoch))
+            .collect()
+    };
+    let before = led_epochs();
     cluster.kill_worker(victim).await?;
     let at_kill = acked_count();
     let torn = tear_tails(&cluster.workers[victim].data_dir)?;
@@ -58,6 +68,15 @@ async fn a_worker_killed_mid_write_loses_no_acknowledged_record() -> anyhow::Res
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.start_worker(victim).await?;
     cluster.wait_for_workers_alive().await?;
+    // A restarted leader leads at a new epoch: it has forgotten what it
+    // sent its replicas but never wrote, so it must not reuse the old one.
+    wait_until(Duration::from_secs(30), || async {
+        let now = led_epochs();
+        before
+            .iter()
+            .all(|(shard, epoch)| now.iter().any(|(s, e)| s == shard && e > epoch))
+    })
+    .await?;
     // Writes flow again to every shard, including the restarted worker's.
     wait_until(Duration::from_secs(60), || async {
         acked_count() >= at_kill + 400

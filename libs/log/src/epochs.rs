@@ -101,7 +101,12 @@ impl EpochHistory {
     }
 
     /// Starts `epoch` at `start_offset` (a new leader at its log's end).
+    /// Entries starting beyond it are dropped first: a copy promoted before
+    /// it caught up with an epoch it had adopted never held those records,
+    /// and the history must stay ordered (Kafka truncates its leader-epoch
+    /// cache the same way).
     pub(crate) fn begin(&mut self, epoch: u64, start_offset: u64) {
+        self.entries.retain(|e| e.start_offset <= start_offset);
         debug_assert!(epoch > self.latest_epoch());
         self.entries.push(EpochStart {
             epoch,
@@ -213,6 +218,15 @@ mod tests {
         let leader = history(&[(1, 0), (3, 7)]);
         assert_eq!(replica.divergence(&leader, 9), 5);
         assert_eq!(history(&[(2, 0)]).divergence(&history(&[(3, 0)]), 4), 0);
+    }
+
+    #[test]
+    fn a_leader_that_never_reached_an_adopted_epoch_drops_it() {
+        // Adopted (2, 50) while ending at 30, then promoted at epoch 3.
+        let mut h = history(&[(1, 0), (2, 50)]);
+        h.begin(3, 30);
+        assert_eq!(h, history(&[(1, 0), (3, 30)]));
+        assert!(EpochHistory::from_entries(h.entries().to_vec()).is_ok());
     }
 
     #[test]

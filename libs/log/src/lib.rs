@@ -196,6 +196,9 @@ pub struct ShardLog {
     config: LogConfig,
     writer: Mutex<Writer>,
     view: RwLock<View>,
+    /// A copy of the writer's epoch history, readable without waiting for
+    /// a write (and its fsync) to finish.
+    epochs_view: RwLock<EpochHistory>,
     /// The commit point last written to `commit-point`.
     persisted_commit: Mutex<u64>,
 }
@@ -262,6 +265,7 @@ impl ShardLog {
             poisoned: false,
             epochs: EpochHistory::load(dir)?,
         };
+        let epochs_view = RwLock::new(writer.epochs.clone());
         // The checkpoint never passes the true commit point, so resuming
         // from it can hide committed records for a while, never expose
         // uncommitted ones.
@@ -276,6 +280,7 @@ impl ShardLog {
                 committed,
             }),
             persisted_commit: Mutex::new(committed),
+            epochs_view,
         })
     }
 
@@ -334,7 +339,7 @@ impl ShardLog {
             let mut epochs = writer.epochs.clone();
             epochs.begin(epoch, writer.next_offset);
             epochs.store(&self.dir)?;
-            writer.epochs = epochs;
+            self.set_epochs(&mut writer, epochs);
         }
         Ok(())
     }
@@ -348,11 +353,11 @@ impl ShardLog {
     ///    from where its epoch history and the leader's part (records the
     ///    leader never had, so never acknowledged) and adopts the leader's
     ///    history;
-    /// 3. the batch (if any) is appended at exactly `first_offset`; a tail
-    ///    beyond it is an unacknowledged earlier attempt of the same batch
-    ///    and is replaced. A log ending before `first_offset` answers
-    ///    `accepted: false` with its end, and the leader sends what is
-    ///    missing first.
+    /// 3. the batch (if any) continues the log: records this copy already
+    ///    holds at those offsets are the same records (one record per
+    ///    offset per epoch) and are kept, the rest appended. A log ending
+    ///    before `first_offset` answers `accepted: false` with its end, and
+    ///    the leader sends what is missing first.
     ///
     /// Committed records are never dropped ([`LogError::TruncatesCommitted`]).
     pub fn replicate(
@@ -375,22 +380,23 @@ impl ShardLog {
             let diverges_at = writer.epochs.divergence(leader_epochs, writer.next_offset);
             self.truncate_locked(&mut writer, diverges_at)?;
             leader_epochs.store(&self.dir)?;
-            writer.epochs = leader_epochs.clone();
+            self.set_epochs(&mut writer, leader_epochs.clone());
         }
-        if records.is_empty() {
-            return Ok(Replicated {
-                accepted: true,
-                next_offset: writer.next_offset,
-            });
-        }
-        self.truncate_locked(&mut writer, first_offset)?;
-        if writer.next_offset != first_offset {
+        let end = writer.next_offset;
+        if first_offset > end {
             return Ok(Replicated {
                 accepted: false,
-                next_offset: writer.next_offset,
+                next_offset: end,
             });
         }
-        self.write_batch(&mut writer, records, arrival_ms, Some(first_offset))?;
+        // Below `end` this copy already matches the leader (same epochs, so
+        // the same records): keep it, and append only what is new. Never
+        // truncate here — a delayed request must not cut records a later
+        // one added.
+        let already_held = usize::try_from(end - first_offset).unwrap_or(usize::MAX);
+        if already_held < records.len() {
+            self.write_batch(&mut writer, &records[already_held..], arrival_ms, Some(end))?;
+        }
         Ok(Replicated {
             accepted: true,
             next_offset: writer.next_offset,
@@ -399,12 +405,23 @@ impl ShardLog {
 
     /// This copy's epoch history (a leader sends it with every batch).
     pub fn epoch_history(&self) -> EpochHistory {
-        self.lock_writer().epochs.clone()
+        self.epochs_view
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The newest epoch this copy has heard of.
     pub fn latest_epoch(&self) -> u64 {
-        self.lock_writer().epochs.latest_epoch()
+        self.epochs_view
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .latest_epoch()
+    }
+
+    fn set_epochs(&self, writer: &mut Writer, epochs: EpochHistory) {
+        *self.epochs_view.write().unwrap_or_else(|p| p.into_inner()) = epochs.clone();
+        writer.epochs = epochs;
     }
 
     /// How current this copy is, for choosing a new leader: the epoch it

@@ -471,3 +471,23 @@ fn truncation_drops_an_uncommitted_tail_across_segments_and_appending_continues(
     assert_eq!(records.len(), 13);
     assert_eq!(records[11].data, Bytes::from(format!("tail-{:035}", 11)));
 }
+
+#[test]
+fn a_delayed_request_never_cuts_what_a_later_one_added() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+    let leader = epochs(&[(1, 0)]);
+    let batch = [record("a", "0"), record("a", "1"), record("a", "2")];
+    log.replicate(1, &leader, 0, 1, &batch).expect("replicate");
+    // An earlier request for offsets 1..2, delivered late.
+    let late = log
+        .replicate(1, &leader, 1, 1, &[record("a", "1")])
+        .expect("replicate");
+    assert_eq!((late.accepted, late.next_offset), (true, 3));
+    // A request overlapping the end appends only what is new.
+    let overlap = log
+        .replicate(1, &leader, 2, 1, &[record("a", "2"), record("a", "3")])
+        .expect("replicate");
+    assert_eq!(overlap.next_offset, 4);
+    assert_eq!(data_of(&log), ["0", "1", "2", "3"]);
+}

@@ -760,17 +760,19 @@ impl ChangeBatch {
     }
 
     /// Moves a shard's leadership: new leader, replicas and epoch — only
-    /// from epoch `shard.epoch - 1`, so two racing moves cannot both apply.
+    /// from epoch `shard.epoch - 1` and the state the caller read, so two
+    /// racing changes cannot both apply.
     pub async fn update_placement(&mut self, shard: &ShardRow) -> anyhow::Result<()> {
         let moved = sqlx::query(
             "UPDATE shards SET leader_worker_id = $3, replica_worker_ids = $4, epoch = $5 \
-             WHERE stream_uid = $1 AND shard_id = $2 AND epoch = $5 - 1",
+             WHERE stream_uid = $1 AND shard_id = $2 AND epoch = $5 - 1 AND state = $6",
         )
         .bind(shard.stream_uid)
         .bind(&shard.shard_id)
         .bind(&shard.leader_worker_id)
         .bind(&shard.replica_worker_ids)
         .bind(shard.epoch as i64)
+        .bind(&shard.state)
         .execute(&mut *self.transaction)
         .await
         .with_context(|| format!("move shard {}", shard.shard_id))?;
@@ -808,10 +810,12 @@ impl ChangeBatch {
     /// Reopens a CLOSING shard whose split or merge was abandoned.
     pub async fn reopen(&mut self, shard: &ShardRow) -> anyhow::Result<()> {
         let changed = sqlx::query(
-            "UPDATE shards SET state = 'OPEN' WHERE stream_uid = $1 AND shard_id = $2 AND state = 'CLOSING'",
+            "UPDATE shards SET state = 'OPEN' \
+             WHERE stream_uid = $1 AND shard_id = $2 AND state = 'CLOSING' AND epoch = $3",
         )
         .bind(shard.stream_uid)
         .bind(&shard.shard_id)
+        .bind(shard.epoch as i64)
         .execute(&mut *self.transaction)
         .await
         .with_context(|| format!("reopen shard {}", shard.shard_id))?;
@@ -827,11 +831,12 @@ impl ChangeBatch {
     pub async fn finish_closing(&mut self, shard: &ShardRow) -> anyhow::Result<()> {
         let changed = sqlx::query(
             "UPDATE shards SET state = 'CLOSED', ending_offset = $3 \
-             WHERE stream_uid = $1 AND shard_id = $2 AND state = 'CLOSING'",
+             WHERE stream_uid = $1 AND shard_id = $2 AND state = 'CLOSING' AND epoch = $4",
         )
         .bind(shard.stream_uid)
         .bind(&shard.shard_id)
         .bind(shard.ending_offset.map(|offset| offset as i64))
+        .bind(shard.epoch as i64)
         .execute(&mut *self.transaction)
         .await
         .with_context(|| format!("seal shard {}", shard.shard_id))?;

@@ -94,7 +94,7 @@ impl ControlPlaneService {
                 Some(ShardView {
                     range: reshard::range_of(&r).ok()?,
                     shard_id: r.shard_id,
-                    utilization: 0.0,
+                    utilization: None,
                     median: None,
                 })
             })

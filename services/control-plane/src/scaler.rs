@@ -112,8 +112,10 @@ impl ScalerConfig {
 pub(crate) struct ShardView {
     pub shard_id: String,
     pub range: HashKeyRange,
-    /// Offered load as a fraction of one shard's capacity.
-    pub utilization: f64,
+    /// Offered load as a fraction of one shard's capacity; `None` when
+    /// there are not yet two readings of its current leader's meter (a
+    /// shard whose load is unknown is never merged).
+    pub utilization: Option<f64>,
     pub median: Option<HashKey>,
 }
 
@@ -162,9 +164,12 @@ pub(crate) fn decide(
     }
     let mut hot: Vec<&ShardView> = open
         .iter()
-        .filter(|s| s.utilization >= config.scale_up_at)
+        .filter(|s| s.utilization.is_some_and(|u| u >= config.scale_up_at))
         .collect();
-    hot.sort_by(|a, b| b.utilization.total_cmp(&a.utilization));
+    hot.sort_by(|a, b| {
+        let load = |s: &ShardView| s.utilization.unwrap_or(0.0);
+        load(b).total_cmp(&load(a))
+    });
     let steps: Vec<Step> = hot
         .iter()
         .take(room)
@@ -186,7 +191,7 @@ pub(crate) fn decide(
     by_start
         .windows(2)
         .filter(|pair| pair[0].range.end.0.checked_add(1) == Some(pair[1].range.start.0))
-        .map(|pair| (pair[0].utilization + pair[1].utilization, pair))
+        .filter_map(|pair| Some((pair[0].utilization? + pair[1].utilization?, pair)))
         .filter(|(load, _)| *load < config.scale_down_at)
         .min_by(|a, b| a.0.total_cmp(&b.0))
         .map_or(Decision::Hold, |(_, pair)| {
@@ -285,10 +290,8 @@ async fn tick(service: &ControlPlaneService, state: &mut ScalerState) -> anyhow:
             .filter(|r| r.state == "OPEN")
             .filter_map(|r| {
                 let range = range_of(&r).ok()?;
-                let (utilization, median) = loads
-                    .get(&(stream.stream_uid, r.shard_id.clone()))
-                    .copied()
-                    .unwrap_or((0.0, None));
+                let load = loads.get(&(stream.stream_uid, r.shard_id.clone())).copied();
+                let (utilization, median) = (load.map(|l| l.0), load.and_then(|l| l.1));
                 Some(ShardView {
                     shard_id: r.shard_id,
                     range,
@@ -343,7 +346,7 @@ mod tests {
             .map(|(i, (range, load))| ShardView {
                 shard_id: format!("s{i}"),
                 range,
-                utilization: *load,
+                utilization: Some(*load),
                 median: None,
             })
             .collect()
@@ -383,6 +386,16 @@ mod tests {
             Decision::Hold,
             "at the floor"
         );
+    }
+
+    #[test]
+    fn a_shard_whose_load_is_unknown_is_never_merged() {
+        let config = ScalerConfig::default();
+        let mut quiet = views(&[0.01, 0.01, 0.01, 0.01, 0.01]);
+        quiet[0].utilization = None;
+        quiet[2].utilization = None;
+        quiet[4].utilization = None;
+        assert_eq!(decide(&quiet, 4, &config, true), Decision::Hold);
     }
 
     #[test]

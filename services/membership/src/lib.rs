@@ -245,32 +245,58 @@ impl MembershipService {
         stream: &StreamRow,
         changes: Vec<(ShardRow, Change)>,
     ) -> anyhow::Result<Vec<ShardMapEntry>> {
-        let change = changes.first().map_or(Change::Republish, |c| c.1);
-        let (shards, kinds): (Vec<ShardRow>, Vec<Change>) = changes.into_iter().unzip();
         let _serialised = self.inner.write_lock.lock().await;
-        // A republish rebuilds entries from the rows as they are *now*: a
-        // failover (or a deletion) may have committed since they were read.
-        let shards = if change == Change::Republish {
-            let current = self
-                .inner
-                .store
-                .get_stream_by_uid(stream.stream_uid)
-                .await?;
-            if current.is_none_or(|s| s.status == "DELETING") {
-                return Ok(Vec::new());
-            }
-            let wanted: std::collections::HashSet<String> =
-                shards.into_iter().map(|s| s.shard_id).collect();
-            self.inner
-                .store
-                .shards_of(stream.stream_uid)
-                .await?
-                .into_iter()
-                .filter(|s| wanted.contains(&s.shard_id))
+        // Under the lock, the stream and its rows as they are *now*: a
+        // failover, a resharding step or a deletion may have committed since
+        // the caller read them.
+        let Some(stream) = self
+            .inner
+            .store
+            .get_stream_by_uid(stream.stream_uid)
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let removing = changes.iter().all(|(_, kind)| *kind == Change::Remove);
+        let republishing = changes.iter().all(|(_, kind)| *kind == Change::Republish);
+        if stream.status == "DELETING" && !removing {
+            // Its tombstones are (about to be) published: nothing may
+            // bring its shards back.
+            anyhow::ensure!(
+                republishing,
+                "stream {} is being deleted",
+                stream.stream_name
+            );
+            return Ok(Vec::new());
+        }
+        let current: HashMap<String, ShardRow> = self
+            .inner
+            .store
+            .shards_of(stream.stream_uid)
+            .await?
+            .into_iter()
+            .map(|row| (row.shard_id.clone(), row))
+            .collect();
+        let changes: Vec<(ShardRow, Change)> = if removing {
+            // Every shard, children created meanwhile included.
+            current
+                .into_values()
+                .map(|row| (row, Change::Remove))
                 .collect()
         } else {
-            shards
+            changes
+                .into_iter()
+                .filter_map(|(row, kind)| match kind {
+                    // Rebuilt from the row as it is now.
+                    Change::Republish => current.get(&row.shard_id).cloned().map(|r| (r, kind)),
+                    // Guarded by conditional UPDATEs on the epoch and state
+                    // the caller read (`libs/metastore`, `ChangeBatch`).
+                    _ => Some((row, kind)),
+                })
+                .collect()
         };
+        let (shards, kinds): (Vec<ShardRow>, Vec<Change>) = changes.into_iter().unzip();
+        let stream = &stream;
         // Read addresses under the lock, so a concurrent re-registration's
         // republish cannot be overtaken by entries carrying the old address.
         let workers: HashMap<String, WorkerRow> = self
@@ -336,7 +362,7 @@ enum Change {
     MoveLeadership,
     /// The stream is gone: tombstones.
     Remove,
-    /// An open shard starts being sealed (CLOSING, epoch + 1).
+    /// An open shard starts being sealed (CLOSING; same epoch and placement).
     BeginClosing,
     /// A sealed shard is CLOSED with its ending offset.
     FinishClosing,
@@ -431,8 +457,12 @@ impl Membership for MembershipService {
         );
         failover::heard_from(&self.inner, &request.worker_id);
         // A restarted worker may come back on a new address: republish its
-        // shards so routes follow it. Done on every registration, so a
-        // failed republish is repaired by the worker's next attempt.
+        // shards so routes follow it — and give the shards it leads a new
+        // epoch: a restarted leader has forgotten which batches it sent its
+        // replicas but failed to write itself, so it must not write again
+        // at an epoch whose offsets they may hold with other records (the
+        // new epoch makes them drop such a tail). Done on every
+        // registration, so a failed republish is repaired by the next one.
         self.republish_worker_shards(&request.worker_id)
             .await
             .map_err(internal)?;
@@ -735,7 +765,18 @@ impl MembershipService {
             // tombstones; republishing would bring it back to life.
             if let Some(stream) = self.inner.store.get_stream_by_uid(stream_uid).await? {
                 if stream.status != "DELETING" {
-                    self.publish(&stream, shards, Change::Republish).await?;
+                    let changes = shards
+                        .into_iter()
+                        .map(|row| {
+                            if row.leader_worker_id == worker_id {
+                                let epoch = row.epoch + 1;
+                                (ShardRow { epoch, ..row }, Change::MoveLeadership)
+                            } else {
+                                (row, Change::Republish)
+                            }
+                        })
+                        .collect();
+                    self.publish_changes(&stream, changes).await?;
                 }
             }
         }

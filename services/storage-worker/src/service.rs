@@ -369,24 +369,34 @@ impl Storage for StorageService {
         &self,
         _request: Request<ShardLoadsRequest>,
     ) -> Result<Response<ShardLoadsResponse>, Status> {
-        let loads = self
-            .shards
-            .open_shards()
+        let open: std::collections::HashMap<ShardKey, Arc<OpenShard>> =
+            self.shards.open_shards().into_iter().collect();
+        // Every open shard this worker leads — opened here or not yet (a
+        // shard nobody has written to is still a shard with no load).
+        let led: Vec<ShardKey> = self.map.read(|m| {
+            m.entries()
+                .filter(|e| e.leader_worker_id == self.worker_id && e.state() == ShardState::Open)
+                .filter_map(|e| e.key.as_ref().map(|k| (k.stream_uid, k.shard_id.clone())))
+                .collect()
+        });
+        let loads = led
             .into_iter()
-            .filter(|(key, _)| {
-                self.map.read(|m| {
-                    m.get(key.0, &key.1)
-                        .is_some_and(|e| e.leader_worker_id == self.worker_id)
-                })
-            })
-            .map(|(key, shard)| {
-                let reading = shard.load.read();
+            .map(|key| {
+                let shard = freshet_proto::v1::ShardKey {
+                    stream_uid: key.0,
+                    shard_id: key.1.clone(),
+                };
+                let Some(opened) = open.get(&key) else {
+                    // Meter 0: "not opened here"; nothing offered.
+                    return ShardLoad {
+                        shard: Some(shard),
+                        ..ShardLoad::default()
+                    };
+                };
+                let reading = opened.load.read();
                 ShardLoad {
-                    shard: Some(freshet_proto::v1::ShardKey {
-                        stream_uid: key.0,
-                        shard_id: key.1,
-                    }),
-                    meter_id: shard.load.id,
+                    shard: Some(shard),
+                    meter_id: opened.load.id,
                     offered_bytes: reading.offered_bytes,
                     offered_records: reading.offered_records,
                     throttled_records: reading.throttled_records,

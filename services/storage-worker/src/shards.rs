@@ -213,8 +213,8 @@ async fn write_loop(
                     batch.push(job);
                 }
                 Ok(WriterJob::Seal { epoch, reply }) => {
-                    // Appends behind it wait for the next round (and will
-                    // be refused: the seal's epoch is newer than theirs).
+                    // Appends behind it wait for the next round, where they
+                    // are refused: the shard is no longer open.
                     seal_after = Some((epoch, reply));
                     break;
                 }

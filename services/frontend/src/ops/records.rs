@@ -793,11 +793,16 @@ pub async fn get_records(
             let fresh = route_stream(frontend, caller, &iterator.stream_name).await?;
             children = child_shards(&fresh, &iterator.shard_id);
         }
-        return Ok(json!({
-            "Records": records,
-            "MillisBehindLatest": 0,
-            "ChildShards": children,
-        }));
+        // A closed shard always has children; until they are known here,
+        // the caller keeps an iterator and asks again rather than being
+        // told the shard ended with no successors.
+        if !children.is_empty() {
+            return Ok(json!({
+                "Records": records,
+                "MillisBehindLatest": 0,
+                "ChildShards": children,
+            }));
+        }
     }
     let next = ShardIterator {
         issued_ms: now,

@@ -319,12 +319,25 @@ impl ControlPlaneService {
                     "resharding failed to {error:#}; abandoning the unfinished step"
                 );
             }
-            if let Err(error) = service.finish_update(&stream).await {
-                tracing::error!(
-                    stream_name = stream.stream_name,
-                    "failed to {error:#}; the stream stays UPDATING"
-                );
+            // A failover racing the reopen makes it fail its epoch guard;
+            // reading the rows again and retrying settles it.
+            for attempt in 1..=10 {
+                match service.finish_update(&stream).await {
+                    Ok(()) => return,
+                    Err(error) => {
+                        tracing::warn!(
+                            stream_name = stream.stream_name,
+                            attempt,
+                            "failed to {error:#}; retrying"
+                        );
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
             }
+            tracing::error!(
+                stream_name = stream.stream_name,
+                "could not finish the update; the stream stays UPDATING until the control plane restarts"
+            );
         });
     }
 

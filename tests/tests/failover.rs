@@ -102,7 +102,45 @@ async fn killing_a_leader_under_load_loses_no_acknowledged_record() -> anyhow::R
         producers.count() >= resumed_from + 400
     })
     .await?;
+    // The killed worker comes back: the shards that lost it get it back as
+    // a replica (three copies again), and it catches up from the leader.
+    cluster.start_worker(victim).await?;
+    let map = cluster.frontend.router().map().clone();
+    let placement = || {
+        map.read(|m| m.stream_entries(ACCOUNT, "failover"))
+            .into_iter()
+            .find(|e| e.key.as_ref().is_some_and(|k| k.shard_id == shard_id))
+    };
+    wait_until(Duration::from_secs(60), || async {
+        placement().is_some_and(|e| e.replica_worker_ids.contains(&victim_id))
+    })
+    .await?;
     let acknowledged = producers.stop().await?;
+    let repaired = placement().ok_or_else(|| anyhow::anyhow!("shard vanished"))?;
+    assert_eq!(repaired.replica_worker_ids.len(), 2, "{repaired:?}");
+    let position = repaired
+        .replica_worker_ids
+        .iter()
+        .position(|id| *id == victim_id)
+        .expect("victim is a replica");
+    let leader = StorageClient::new(freshet_server::grpc_channel(&repaired.leader_address)?);
+    let copy = StorageClient::new(freshet_server::grpc_channel(
+        &repaired.replica_addresses[position],
+    )?);
+    wait_until(Duration::from_secs(60), || {
+        let (mut leader, mut copy, key) = (leader.clone(), copy.clone(), repaired.key.clone());
+        async move {
+            let request = || DescribeShardRequest { shard: key.clone() };
+            match (
+                leader.describe_shard(request()).await,
+                copy.describe_shard(request()).await,
+            ) {
+                (Ok(l), Ok(c)) => l.into_inner().next_offset == c.into_inner().next_offset,
+                _ => false,
+            }
+        }
+    })
+    .await?;
     assert_acknowledged_readable_once(&client, "failover", &acknowledged).await?;
     cluster.shutdown().await;
     Ok(())

@@ -305,6 +305,21 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Shards kept on fewer than `copies` workers (leader included).
+    pub async fn under_replicated_shards(&self, copies: usize) -> anyhow::Result<Vec<ShardRow>> {
+        let rows = sqlx::query(&format!(
+            "{SHARD_SELECT} WHERE 1 + cardinality(replica_worker_ids) < $1 ORDER BY stream_uid, shard_id"
+        ))
+        .bind(i32::try_from(copies).unwrap_or(i32::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .context("read under-replicated shards")?;
+        Ok(rows
+            .iter()
+            .map(shard_from_row)
+            .collect::<sqlx::Result<_>>()?)
+    }
+
     /// Every stream in `status`, of every account.
     pub async fn streams_with_status(&self, status: &str) -> anyhow::Result<Vec<StreamRow>> {
         let rows = sqlx::query(&format!(
@@ -781,6 +796,36 @@ impl ChangeBatch {
             "shard {} is no longer at epoch {}: its placement changed meanwhile",
             shard.shard_id,
             shard.epoch - 1
+        );
+        Ok(())
+    }
+
+    /// Sets a shard's replicas without a new epoch (the leader keeps
+    /// writing; a new replica is filled from it) — only from the epoch,
+    /// state and replicas the caller read.
+    pub async fn set_replicas(
+        &mut self,
+        shard: &ShardRow,
+        read_replicas: &[String],
+    ) -> anyhow::Result<()> {
+        let changed = sqlx::query(
+            "UPDATE shards SET replica_worker_ids = $3 \
+             WHERE stream_uid = $1 AND shard_id = $2 AND epoch = $4 AND state = $5 \
+             AND replica_worker_ids = $6",
+        )
+        .bind(shard.stream_uid)
+        .bind(&shard.shard_id)
+        .bind(&shard.replica_worker_ids)
+        .bind(shard.epoch as i64)
+        .bind(&shard.state)
+        .bind(read_replicas)
+        .execute(&mut *self.transaction)
+        .await
+        .with_context(|| format!("add replicas to shard {}", shard.shard_id))?;
+        anyhow::ensure!(
+            changed.rows_affected() == 1,
+            "shard {} changed meanwhile",
+            shard.shard_id
         );
         Ok(())
     }

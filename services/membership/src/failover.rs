@@ -123,6 +123,9 @@ async fn check_once(service: &MembershipService) -> anyhow::Result<()> {
         .filter(|w| service.alive(w))
         .map(|w| (w.worker_id.clone(), w.clone()))
         .collect();
+    if let Err(error) = repair(service, &live).await {
+        tracing::warn!("placement repair failed to {error:#}");
+    }
     for worker in workers.iter().filter(|w| !service.alive(w)) {
         if !surely_silent(inner, &worker.worker_id) {
             continue;
@@ -183,6 +186,61 @@ async fn copy_position(inner: &Inner, address: &str, shard: &ShardRow) -> Option
 fn replicas_needed_to_elect(copies: usize) -> usize {
     let acknowledging = copies / 2 + 1;
     copies - acknowledging + 1
+}
+
+/// Gives shards kept on fewer than three workers a replica again: a live
+/// worker in a zone the shard does not use yet (a worker that came back
+/// after its shards were failed over away, or a new one). Same leader, same
+/// epoch: the leader starts sending it batches and fills it from its log
+/// (`services/storage-worker/src/replication.rs`); until it has caught up
+/// it does not count towards acknowledgements.
+async fn repair(
+    service: &MembershipService,
+    live: &HashMap<String, WorkerRow>,
+) -> anyhow::Result<()> {
+    let inner = &service.inner;
+    for shard in inner.store.under_replicated_shards(COPIES).await? {
+        let placed: Vec<&String> = std::iter::once(&shard.leader_worker_id)
+            .chain(&shard.replica_worker_ids)
+            .collect();
+        // Only while the whole current placement is alive: a dead member
+        // is failover's business first.
+        if !placed.iter().all(|id| live.contains_key(*id)) {
+            continue;
+        }
+        let zones: BTreeSet<&str> = placed
+            .iter()
+            .filter_map(|id| live.get(*id))
+            .map(|w| w.availability_zone.as_str())
+            .collect();
+        let mut spares: Vec<&WorkerRow> = live
+            .values()
+            .filter(|w| !placed.contains(&&w.worker_id))
+            .filter(|w| !zones.contains(w.availability_zone.as_str()))
+            .collect();
+        spares.sort_by_key(|w| w.worker_id.clone());
+        let Some(spare) = spares.first() else {
+            continue;
+        };
+        let Some(stream) = inner.store.get_stream_by_uid(shard.stream_uid).await? else {
+            continue;
+        };
+        let mut replicas = shard.replica_worker_ids.clone();
+        replicas.push(spare.worker_id.clone());
+        tracing::info!(
+            shard_id = shard.shard_id,
+            replica = spare.worker_id,
+            "adding a replica to an under-replicated shard"
+        );
+        let repaired = ShardRow {
+            replica_worker_ids: replicas,
+            ..shard
+        };
+        service
+            .publish(&stream, vec![repaired], Change::AddReplicas)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Promotes the live replica with the longest log, keeps the other live

@@ -277,6 +277,10 @@ impl MembershipService {
             .into_iter()
             .map(|row| (row.shard_id.clone(), row))
             .collect();
+        let current_replicas: HashMap<String, Vec<String>> = current
+            .iter()
+            .map(|(id, row)| (id.clone(), row.replica_worker_ids.clone()))
+            .collect();
         let changes: Vec<(ShardRow, Change)> = if removing {
             // Every shard, children created meanwhile included.
             current
@@ -316,6 +320,13 @@ impl MembershipService {
                 Change::BeginClosing => batch.begin_closing(shard).await?,
                 Change::FinishClosing => batch.finish_closing(shard).await?,
                 Change::Reopen => batch.reopen(shard).await?,
+                Change::AddReplicas => {
+                    let read = current_replicas
+                        .get(&shard.shard_id)
+                        .cloned()
+                        .unwrap_or_default();
+                    batch.set_replicas(shard, &read).await?
+                }
                 Change::Republish | Change::Remove => {}
             }
             let tombstones = kind == Change::Remove;
@@ -368,6 +379,8 @@ enum Change {
     FinishClosing,
     /// An abandoned split or merge: CLOSING back to OPEN.
     Reopen,
+    /// More replicas, same leader and epoch (`failover::repair`).
+    AddReplicas,
 }
 
 /// Builds the entry describing `shard` at `version`.

@@ -216,17 +216,6 @@ async fn produce(
     Ok(acknowledged)
 }
 
-async fn open_shards(client: &aws_sdk_kinesis::Client, stream: &str) -> u32 {
-    client
-        .describe_stream_summary()
-        .stream_name(stream)
-        .send()
-        .await
-        .ok()
-        .and_then(|r| r.stream_description_summary)
-        .map_or(0, |s| s.open_shard_count.max(0) as u32)
-}
-
 /// Runs the profile against `stream` (which must exist) and checks what a
 /// consumer reads back.
 pub async fn run(
@@ -236,7 +225,7 @@ pub async fn run(
     profile: &Profile,
 ) -> anyhow::Result<Report> {
     let counters = Arc::new(Counters::default());
-    let shards_at_start = open_shards(client, stream).await;
+    let shards_at_start = crate::open_shard_count(client, stream).await;
     let samples = Arc::new(Mutex::new(Vec::new()));
     let sampler = {
         let (client, stream, counters, samples) = (
@@ -263,7 +252,7 @@ pub async fn run(
                     acknowledged_per_second: (a - acked) as f64 / seconds,
                     throttled_per_second: (t - throttled) as f64 / seconds,
                     dropped_total: counters.dropped.load(Ordering::Relaxed),
-                    open_shards: open_shards(&client, &stream).await,
+                    open_shards: crate::open_shard_count(&client, &stream).await,
                 };
                 (offered, acked, throttled) = (o, a, t);
                 samples

@@ -615,6 +615,34 @@ where
     }
 }
 
+/// The stream's DescribeStreamSummary, or `None` if the call failed.
+pub async fn stream_summary(
+    client: &aws_sdk_kinesis::Client,
+    name: &str,
+) -> Option<aws_sdk_kinesis::types::StreamDescriptionSummary> {
+    client
+        .describe_stream_summary()
+        .stream_name(name)
+        .send()
+        .await
+        .ok()
+        .and_then(|r| r.stream_description_summary)
+}
+
+/// Whether DescribeStreamSummary says ACTIVE.
+pub async fn is_active(client: &aws_sdk_kinesis::Client, name: &str) -> bool {
+    stream_summary(client, name)
+        .await
+        .is_some_and(|s| s.stream_status == aws_sdk_kinesis::types::StreamStatus::Active)
+}
+
+/// DescribeStreamSummary's OpenShardCount (0 if the call failed).
+pub async fn open_shard_count(client: &aws_sdk_kinesis::Client, name: &str) -> u32 {
+    stream_summary(client, name)
+        .await
+        .map_or(0, |s| u32::try_from(s.open_shard_count).unwrap_or(0))
+}
+
 /// Creates a stream and waits until DescribeStreamSummary says ACTIVE.
 pub async fn create_active_stream(
     client: &aws_sdk_kinesis::Client,
@@ -628,17 +656,55 @@ pub async fn create_active_stream(
         .send()
         .await
         .context("create stream")?;
-    wait_until(Duration::from_secs(10), || async {
-        client
-            .describe_stream_summary()
-            .stream_name(name)
-            .send()
-            .await
-            .ok()
-            .and_then(|r| r.stream_description_summary)
-            .is_some_and(|s| s.stream_status == aws_sdk_kinesis::types::StreamStatus::Active)
-    })
-    .await
+    wait_until(Duration::from_secs(10), || is_active(client, name)).await
+}
+
+/// Creates an ON_DEMAND stream, with warm throughput if given, and waits
+/// until it is ACTIVE.
+pub async fn create_on_demand_stream(
+    client: &aws_sdk_kinesis::Client,
+    name: &str,
+    warm_mibps: Option<i32>,
+) -> anyhow::Result<()> {
+    use aws_sdk_kinesis::types::{StreamMode, StreamModeDetails};
+    client
+        .create_stream()
+        .stream_name(name)
+        .stream_mode_details(
+            StreamModeDetails::builder()
+                .stream_mode(StreamMode::OnDemand)
+                .build()?,
+        )
+        .set_warm_throughput_mibps(warm_mibps)
+        .send()
+        .await
+        .context("create stream")?;
+    wait_until(Duration::from_secs(60), || is_active(client, name)).await
+}
+
+/// Enables or disables the account's MinimumThroughputBillingCommitment;
+/// returns the commitment as the answer describes it.
+pub async fn set_billing_commitment(
+    client: &aws_sdk_kinesis::Client,
+    enabled: bool,
+) -> anyhow::Result<aws_sdk_kinesis::types::MinimumThroughputBillingCommitmentOutput> {
+    use aws_sdk_kinesis::types::{
+        MinimumThroughputBillingCommitmentInput as Input,
+        MinimumThroughputBillingCommitmentInputStatus as Status,
+    };
+    let status = if enabled {
+        Status::Enabled
+    } else {
+        Status::Disabled
+    };
+    client
+        .update_account_settings()
+        .minimum_throughput_billing_commitment(Input::builder().status(status).build()?)
+        .send()
+        .await
+        .context("update account settings")?
+        .minimum_throughput_billing_commitment
+        .context("no commitment in the answer")
 }
 
 /// Reads a whole shard from TRIM_HORIZON until a read returns nothing.

@@ -7,13 +7,9 @@
 
 use std::time::Duration;
 
-use aws_sdk_kinesis::types::{
-    MinimumThroughputBillingCommitmentInput, MinimumThroughputBillingCommitmentInputStatus,
-    StreamMode, StreamModeDetails, StreamStatus,
-};
 use freshet_control_plane::ScalerConfig;
 use freshet_e2e::demo::{self, Phase, Profile};
-use freshet_e2e::{wait_until, Cluster, ClusterOptions};
+use freshet_e2e::{create_on_demand_stream, set_billing_commitment, Cluster, ClusterOptions};
 use freshet_storage_worker::ShardLimits;
 
 const RECORDS_PER_SHARD: u64 = 100;
@@ -50,35 +46,6 @@ fn profile() -> Profile {
     }
 }
 
-async fn create(
-    client: &aws_sdk_kinesis::Client,
-    stream: &str,
-    warm_mibps: Option<i32>,
-) -> anyhow::Result<()> {
-    client
-        .create_stream()
-        .stream_name(stream)
-        .stream_mode_details(
-            StreamModeDetails::builder()
-                .stream_mode(StreamMode::OnDemand)
-                .build()?,
-        )
-        .set_warm_throughput_mibps(warm_mibps)
-        .send()
-        .await?;
-    wait_until(Duration::from_secs(30), || async {
-        client
-            .describe_stream_summary()
-            .stream_name(stream)
-            .send()
-            .await
-            .ok()
-            .and_then(|r| r.stream_description_summary)
-            .is_some_and(|s| s.stream_status == StreamStatus::Active)
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_viral_launch_scales_out_and_warm_throughput_drops_nothing() -> anyhow::Result<()> {
     let cluster = Cluster::start_with(ClusterOptions {
@@ -99,20 +66,12 @@ async fn a_viral_launch_scales_out_and_warm_throughput_drops_nothing() -> anyhow
     .await?;
     let client = cluster.kinesis();
 
-    create(&client, "launch", None).await?;
+    create_on_demand_stream(&client, "launch", None).await?;
     let cold = demo::run(&client, "launch", "on-demand from 4 shards", &profile()).await?;
 
-    client
-        .update_account_settings()
-        .minimum_throughput_billing_commitment(
-            MinimumThroughputBillingCommitmentInput::builder()
-                .status(MinimumThroughputBillingCommitmentInputStatus::Enabled)
-                .build()?,
-        )
-        .send()
-        .await?;
+    set_billing_commitment(&client, true).await?;
     // 2 MiB/s of 100 KiB/s shards: 21 shards, ample for the 1,200/s peak.
-    create(&client, "launch-warm", Some(2)).await?;
+    create_on_demand_stream(&client, "launch-warm", Some(2)).await?;
     let warm = demo::run(&client, "launch-warm", "with warm throughput", &profile()).await?;
     println!("{}", demo::table(&[cold.clone(), warm.clone()]));
 

@@ -94,13 +94,8 @@ impl KeyedProducers {
 }
 
 async fn status(client: &aws_sdk_kinesis::Client, stream: &str) -> Option<StreamStatus> {
-    client
-        .describe_stream_summary()
-        .stream_name(stream)
-        .send()
+    freshet_e2e::stream_summary(client, stream)
         .await
-        .ok()
-        .and_then(|r| r.stream_description_summary)
         .map(|s| s.stream_status)
 }
 

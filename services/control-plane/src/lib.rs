@@ -461,19 +461,11 @@ impl ControlPlane for ControlPlaneService {
         request: Request<UpdateMaxRecordSizeRequest>,
     ) -> Result<Response<UpdateMaxRecordSizeResponse>, Status> {
         let request = request.into_inner();
-        self.rate_limits.check(
-            "UpdateMaxRecordSize",
-            &request.account_id,
-            &request.stream_name,
-        )?;
         let stream = self
             .existing_stream(&request.account_id, &request.stream_name)
             .await?;
         if stream.status != "ACTIVE" {
-            return Err(Status::failed_precondition(format!(
-                "Stream {} under account {} not ACTIVE, instead in state {}",
-                stream.stream_name, stream.account_id, stream.status
-            )));
+            return Err(reshard::not_active(&stream));
         }
         let kib = i32::try_from(request.max_record_size_kib)
             .map_err(|_| Status::invalid_argument("MaxRecordSizeInKiB is out of range"))?;

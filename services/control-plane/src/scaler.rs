@@ -215,6 +215,8 @@ struct Reading {
 #[derive(Default)]
 struct ScalerState {
     readings: HashMap<(i64, String), Reading>,
+    /// One connection per worker address, kept across ticks.
+    clients: HashMap<String, StorageClient<freshet_server::TracedChannel>>,
     /// When each stream last changed shape (or was first seen).
     last_change: HashMap<i64, Instant>,
 }
@@ -239,12 +241,20 @@ async fn tick(service: &ControlPlaneService, state: &mut ScalerState) -> anyhow:
     // (stream_uid, shard_id) → (utilization, median hash key)
     let mut loads: HashMap<(i64, String), (f64, Option<HashKey>)> = HashMap::new();
     for worker in service.store.list_workers().await? {
-        let Ok(channel) = freshet_server::grpc_channel(&worker.address) else {
-            continue;
+        let client = match state.clients.get(&worker.address) {
+            Some(client) => client.clone(),
+            None => {
+                let Ok(channel) = freshet_server::grpc_channel(&worker.address) else {
+                    continue;
+                };
+                let client = StorageClient::new(channel);
+                state.clients.insert(worker.address.clone(), client.clone());
+                client
+            }
         };
         let mut request = tonic::Request::new(ShardLoadsRequest {});
         request.set_timeout(Duration::from_secs(1));
-        let Ok(answer) = StorageClient::new(channel).shard_loads(request).await else {
+        let Ok(answer) = client.clone().shard_loads(request).await else {
             continue;
         };
         let now = Instant::now();

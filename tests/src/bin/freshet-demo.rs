@@ -8,16 +8,10 @@
 //! chart `docs/demo.svg` (ingest, throttles and shard count over time).
 //! Bounded: the profile lasts a minute per run.
 
-use std::time::Duration;
-
 use anyhow::Context as _;
-use aws_sdk_kinesis::types::{
-    MinimumThroughputBillingCommitmentInput, MinimumThroughputBillingCommitmentInputStatus,
-    StreamMode, StreamModeDetails, StreamStatus,
-};
 use freshet_e2e::demo::{self, Phase, Profile};
 use freshet_e2e::topology::DevTopology;
-use freshet_e2e::{kinesis_client, wait_until};
+use freshet_e2e::{create_on_demand_stream, kinesis_client, set_billing_commitment};
 
 /// 1 KiB records, so the peak is both 12,000 records/s and 12 MiB/s.
 fn profile() -> Profile {
@@ -55,36 +49,6 @@ fn profile() -> Profile {
 /// of shards so they split evenly.
 const WARM_MIBPS: i32 = 16;
 
-async fn create(
-    client: &aws_sdk_kinesis::Client,
-    stream: &str,
-    warm_mibps: Option<i32>,
-) -> anyhow::Result<()> {
-    client
-        .create_stream()
-        .stream_name(stream)
-        .stream_mode_details(
-            StreamModeDetails::builder()
-                .stream_mode(StreamMode::OnDemand)
-                .build()?,
-        )
-        .set_warm_throughput_mibps(warm_mibps)
-        .send()
-        .await
-        .context("create stream")?;
-    wait_until(Duration::from_secs(60), || async {
-        client
-            .describe_stream_summary()
-            .stream_name(stream)
-            .send()
-            .await
-            .ok()
-            .and_then(|r| r.stream_description_summary)
-            .is_some_and(|s| s.stream_status == StreamStatus::Active)
-    })
-    .await
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let workspace = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -109,21 +73,13 @@ async fn main() -> anyhow::Result<()> {
     let profile = profile();
 
     println!("run 1: ON_DEMAND from 4 shards, no warm throughput");
-    create(&client, "launch", None).await?;
+    create_on_demand_stream(&client, "launch", None).await?;
     let cold = demo::run(&client, "launch", "on-demand from 4 shards", &profile).await?;
     println!("{}", demo::table(std::slice::from_ref(&cold)));
 
     println!("run 2: warm throughput {WARM_MIBPS} MiB/s set before the launch");
-    client
-        .update_account_settings()
-        .minimum_throughput_billing_commitment(
-            MinimumThroughputBillingCommitmentInput::builder()
-                .status(MinimumThroughputBillingCommitmentInputStatus::Enabled)
-                .build()?,
-        )
-        .send()
-        .await?;
-    create(&client, "launch-warm", Some(WARM_MIBPS)).await?;
+    set_billing_commitment(&client, true).await?;
+    create_on_demand_stream(&client, "launch-warm", Some(WARM_MIBPS)).await?;
     let warm = demo::run(
         &client,
         "launch-warm",

@@ -99,6 +99,8 @@ impl Default for ClusterOptions {
             scaler: freshet_control_plane::ScalerConfig {
                 scale_up_at: f64::INFINITY,
                 scale_down_at: 0.0,
+                // Nor does load move shards between workers.
+                balance_at: f64::INFINITY,
                 ..freshet_control_plane::ScalerConfig::default()
             },
             api_rate_limits: false,

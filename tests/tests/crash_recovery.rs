@@ -17,21 +17,28 @@ fn tear_tails(data_dir: &std::path::Path) -> anyhow::Result<usize> {
     if !shards_dir.exists() {
         return Ok(0);
     }
+    // shards/<stream uid>/<shard id>/<segment of the shard's log>/<files>
+    let mut logs = Vec::new();
     for stream in std::fs::read_dir(&shards_dir)? {
         for shard in std::fs::read_dir(stream?.path())? {
-            let mut segments: Vec<_> = std::fs::read_dir(shard?.path())?
-                .map(|e| e.map(|e| e.path()))
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "log"))
-                .collect();
-            segments.sort();
-            if let Some(last) = segments.last() {
-                let mut file = std::fs::OpenOptions::new().append(true).open(last)?;
-                file.write_all(&500u32.to_le_bytes())?;
-                file.write_all(&[0xAB; 37])?;
-                torn += 1;
+            for segment in std::fs::read_dir(shard?.path())? {
+                logs.push(segment?.path());
             }
+        }
+    }
+    for log in logs {
+        let mut segments: Vec<_> = std::fs::read_dir(log)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        segments.sort();
+        if let Some(last) = segments.last() {
+            let mut file = std::fs::OpenOptions::new().append(true).open(last)?;
+            file.write_all(&500u32.to_le_bytes())?;
+            file.write_all(&[0xAB; 37])?;
+            torn += 1;
         }
     }
     Ok(torn)

@@ -76,7 +76,8 @@ fn shard_log(
         .data_dir
         .join("shards")
         .join(key.stream_uid.to_string())
-        .join(&key.shard_id);
+        .join(&key.shard_id)
+        .join(entry.segment_index.to_string());
     let log = ShardLog::open(&dir, LogConfig::default())?;
     // Everything on disk, committed or not: a replica learns the commit
     // point of the last batch only with the leader's next request.

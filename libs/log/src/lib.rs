@@ -207,6 +207,13 @@ impl ShardLog {
     /// Opens (or creates) the log in `dir`, recovering from a crash: the
     /// torn tail of the last segment, if any, is truncated.
     pub fn open(dir: &Path, config: LogConfig) -> LogResult<ShardLog> {
+        ShardLog::open_from(dir, config, 0)
+    }
+
+    /// Like [`ShardLog::open`]; a log created here (empty) starts at
+    /// `start_offset` — the next segment of a shard that moved to this
+    /// worker holds no offset below it. An existing log keeps its offsets.
+    pub fn open_from(dir: &Path, config: LogConfig, start_offset: u64) -> LogResult<ShardLog> {
         fs::create_dir_all(dir).map_err(io_error("create log directory", dir))?;
         let mut bases = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_error("list log directory", dir))? {
@@ -240,7 +247,7 @@ impl ShardLog {
             segments.push(Arc::new(segment));
         }
         if segments.is_empty() {
-            segments.push(Arc::new(Segment::create(dir, 0)?));
+            segments.push(Arc::new(Segment::create(dir, start_offset)?));
         }
 
         let last = segments.last().expect("at least one segment").clone();
@@ -269,7 +276,9 @@ impl ShardLog {
         // The checkpoint never passes the true commit point, so resuming
         // from it can hide committed records for a while, never expose
         // uncommitted ones.
-        let committed = read_commit_point(dir)?.min(next_offset);
+        // Nothing below the first stored offset is in this log to hide.
+        let first_offset = segments.first().map_or(0, |s| s.base_offset());
+        let committed = read_commit_point(dir)?.min(next_offset).max(first_offset);
         Ok(ShardLog {
             dir: dir.to_owned(),
             config,

@@ -491,3 +491,30 @@ fn a_delayed_request_never_cuts_what_a_later_one_added() {
     assert_eq!(overlap.next_offset, 4);
     assert_eq!(data_of(&log), ["0", "1", "2", "3"]);
 }
+
+#[test]
+fn a_log_created_for_a_later_segment_starts_at_its_first_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open_from(dir.path(), LogConfig::default(), 40).expect("open");
+    assert_eq!((log.trim_horizon(), log.next_offset()), (40, 40));
+    assert_eq!(log.committed_offset(), 40, "nothing below 40 to hide");
+    let leader = epochs(&[(3, 40)]);
+    let done = log
+        .replicate(3, &leader, 40, 10, &[record("a", "40"), record("a", "41")])
+        .expect("replicate");
+    assert_eq!((done.accepted, done.next_offset), (true, 42));
+    log.commit(42);
+    let offsets: Vec<u64> = read_all(&log).iter().map(|r| r.offset).collect();
+    assert_eq!(
+        offsets,
+        [40, 41],
+        "a read from 0 starts at the segment's first offset"
+    );
+    drop(log);
+    let reopened = ShardLog::open_from(dir.path(), LogConfig::default(), 0).expect("reopen");
+    assert_eq!(
+        (reopened.trim_horizon(), reopened.next_offset()),
+        (40, 42),
+        "an existing log keeps its offsets"
+    );
+}

@@ -10,6 +10,8 @@
 //! advisory lock, so they commit in increasing order with no gaps, and a
 //! subscriber that sees version `v + 2` before `v + 1` knows it missed one.
 
+use std::collections::HashMap;
+
 use anyhow::Context as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -96,6 +98,24 @@ pub struct ShardRow {
     pub leader_worker_id: String,
     pub replica_worker_ids: Vec<String>,
     pub epoch: u64,
+    /// The current segment of the shard's log (the one `leader_worker_id`
+    /// and `replica_worker_ids` hold) and its first offset.
+    pub segment_index: u32,
+    pub segment_start_offset: u64,
+    /// The earlier segments, oldest first.
+    pub sealed_segments: Vec<SealedSegmentRow>,
+}
+
+/// A sealed segment of a shard's log, kept on the workers that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SealedSegmentRow {
+    pub index: u32,
+    pub start_offset: u64,
+    /// Exclusive.
+    pub end_offset: u64,
+    pub final_epoch: u64,
+    /// Its last leader first.
+    pub worker_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +155,8 @@ const STREAM_COLUMNS: &str =
      retention_hours, max_record_size_kib, created_at_ms, warm_throughput_mibps";
 
 const SHARD_SELECT: &str = "SELECT stream_uid, shard_id, starting_hash_key, ending_hash_key, parent_shard_id, \
-     adjacent_parent_shard_id, sequence_base, ending_offset, state, leader_worker_id, replica_worker_ids, epoch \
+     adjacent_parent_shard_id, sequence_base, ending_offset, state, leader_worker_id, replica_worker_ids, epoch, \
+     segment_index, segment_start_offset, sealed_segments::text AS sealed_segments \
      FROM shards";
 
 fn shard_from_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<ShardRow> {
@@ -154,6 +175,10 @@ fn shard_from_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<ShardRow> {
         leader_worker_id: row.try_get("leader_worker_id")?,
         replica_worker_ids: row.try_get("replica_worker_ids")?,
         epoch: row.try_get::<i64, _>("epoch")? as u64,
+        segment_index: row.try_get::<i32, _>("segment_index")? as u32,
+        segment_start_offset: row.try_get::<i64, _>("segment_start_offset")? as u64,
+        sealed_segments: serde_json::from_str(&row.try_get::<String, _>("sealed_segments")?)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
     })
 }
 
@@ -565,10 +590,13 @@ impl MetaStore {
             .collect::<sqlx::Result<_>>()?)
     }
 
-    /// Every shard a worker leads or replicates, by stream then shard id.
+    /// Every shard a worker holds a copy of — of its current segment (as
+    /// leader or replica) or of a sealed one — by stream then shard id.
     pub async fn shards_on_worker(&self, worker_id: &str) -> anyhow::Result<Vec<ShardRow>> {
         let rows = sqlx::query(&format!(
-            "{SHARD_SELECT} WHERE leader_worker_id = $1 OR $1 = ANY(replica_worker_ids) ORDER BY stream_uid, shard_id"
+            "{SHARD_SELECT} WHERE leader_worker_id = $1 OR $1 = ANY(replica_worker_ids) \
+             OR sealed_segments @> jsonb_build_array(jsonb_build_object('worker_ids', jsonb_build_array($1::text))) \
+             ORDER BY stream_uid, shard_id"
         ))
         .bind(worker_id)
         .fetch_all(&self.pool)
@@ -578,6 +606,23 @@ impl MetaStore {
             .iter()
             .map(shard_from_row)
             .collect::<sqlx::Result<_>>()?)
+    }
+
+    /// How many current segments of shards not yet closed each worker
+    /// holds a copy of (a placement weighs workers by it).
+    pub async fn copies_per_worker(&self) -> anyhow::Result<HashMap<String, usize>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT worker_id, count(*) FROM shards, \
+             unnest(array_prepend(leader_worker_id, replica_worker_ids)) AS worker_id \
+             WHERE state <> 'CLOSED' GROUP BY worker_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .context("count copies per worker")?;
+        Ok(rows
+            .into_iter()
+            .map(|(worker, count)| (worker, usize::try_from(count).unwrap_or(usize::MAX)))
+            .collect())
     }
 
     pub async fn upsert_worker(
@@ -848,6 +893,39 @@ impl ChangeBatch {
             "shard {} is no longer open at epoch {}",
             shard.shard_id,
             shard.epoch
+        );
+        Ok(())
+    }
+
+    /// Continues a CLOSING shard in its next segment (worker balancing):
+    /// `shard` carries the new leader, replicas, epoch, segment and the
+    /// sealed segment appended to the list — only from CLOSING at
+    /// `shard.epoch - 1` and the segment the caller read.
+    pub async fn relocate(&mut self, shard: &ShardRow) -> anyhow::Result<()> {
+        let sealed =
+            serde_json::to_string(&shard.sealed_segments).context("encode sealed segments")?;
+        let changed = sqlx::query(
+            "UPDATE shards SET state = 'OPEN', leader_worker_id = $3, replica_worker_ids = $4, \
+             epoch = $5, segment_index = $6, segment_start_offset = $7, sealed_segments = $8::jsonb \
+             WHERE stream_uid = $1 AND shard_id = $2 AND state = 'CLOSING' AND epoch = $5 - 1 \
+             AND segment_index = $6 - 1",
+        )
+        .bind(shard.stream_uid)
+        .bind(&shard.shard_id)
+        .bind(&shard.leader_worker_id)
+        .bind(&shard.replica_worker_ids)
+        .bind(shard.epoch as i64)
+        .bind(i32::try_from(shard.segment_index).context("segment index")?)
+        .bind(shard.segment_start_offset as i64)
+        .bind(sealed)
+        .execute(&mut *self.transaction)
+        .await
+        .with_context(|| format!("relocate shard {}", shard.shard_id))?;
+        anyhow::ensure!(
+            changed.rows_affected() == 1,
+            "shard {} is not being closed at epoch {}",
+            shard.shard_id,
+            shard.epoch - 1
         );
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! `freshet-control-plane`: stream lifecycle (create, delete, describe,
 //! list), resharding (`reshard.rs`: SplitShard, MergeShards,
-//! UpdateShardCount) and the access-key → account table.
+//! UpdateShardCount), the scaler of on-demand streams (`scaler.rs`), worker
+//! balancing (`balancer.rs`), warm throughput and account settings
+//! (`capacity.rs`) and the access-key → account table.
 //!
 //! A stream's shards split the 128-bit hash-key space evenly; membership
 //! places each on workers in distinct availability zones and publishes the
@@ -10,6 +12,7 @@
 //! `FAILED_PRECONDITION` → ResourceInUseException, `RESOURCE_EXHAUSTED` →
 //! LimitExceededException, `INVALID_ARGUMENT` → InvalidArgumentException.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +25,7 @@ use freshet_types::{HashKeyRange, SequenceNumber, ShardId, StreamArn};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
+mod balancer;
 mod capacity;
 mod rate_limits;
 mod reshard;
@@ -88,6 +92,10 @@ pub struct ControlPlaneService {
     shard_limit: u32,
     scaler: std::sync::Arc<ScalerConfig>,
     rate_limits: std::sync::Arc<rate_limits::ApiRateLimits>,
+    /// Held while a stream's shards change shape or move, one change at a
+    /// time per stream.
+    stream_locks:
+        std::sync::Arc<std::sync::Mutex<HashMap<i64, std::sync::Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 fn internal(error: anyhow::Error) -> Status {
@@ -144,7 +152,18 @@ impl ControlPlaneService {
             shard_limit,
             scaler: std::sync::Arc::new(scaler),
             rate_limits: std::sync::Arc::new(rate_limits::ApiRateLimits::new(api_rate_limits)),
+            stream_locks: Default::default(),
         }
+    }
+
+    /// The lock held while a stream's shards are resharded or moved.
+    pub(crate) fn stream_lock(&self, stream_uid: i64) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        self.stream_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(stream_uid)
+            .or_default()
+            .clone()
     }
 
     /// The stream, or NOT_FOUND with Kinesis's message.
@@ -568,7 +587,11 @@ pub async fn run(
     // Before serving, so no new update can be mistaken for an interrupted
     // one. Membership may not answer yet: a few tries, then serve anyway.
     for attempt in 1..=10 {
-        match service.recover_interrupted_updates().await {
+        let recovered = async {
+            service.recover_interrupted_updates().await?;
+            service.recover_interrupted_moves().await
+        };
+        match recovered.await {
             Ok(()) => break,
             Err(error) => {
                 tracing::warn!(

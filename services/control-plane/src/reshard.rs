@@ -312,6 +312,9 @@ impl ControlPlaneService {
     ) {
         let service = self.clone();
         tokio::spawn(async move {
+            // One change of a stream's shards at a time: a worker-balancing
+            // move under way finishes first (`balancer.rs`).
+            let _changing = service.stream_lock(stream.stream_uid).lock_owned().await;
             let result = service.run_steps(&stream, steps, uniform_target).await;
             if let Err(error) = &result {
                 tracing::error!(
@@ -475,7 +478,7 @@ impl ControlPlaneService {
             .map_err(|s| anyhow::anyhow!("close {parents:?}: {}", s.message()))?;
         let mut sealed = Vec::with_capacity(parents.len());
         for shard_id in &parents {
-            let ending_offset = self.seal(stream, shard_id).await?;
+            let (ending_offset, _) = self.seal(stream, shard_id, SEAL_PATIENCE).await?;
             sealed.push(SealedShard {
                 shard_id: shard_id.clone(),
                 ending_offset,
@@ -492,9 +495,16 @@ impl ControlPlaneService {
         Ok(())
     }
 
-    /// Asks a CLOSING shard's current leader to seal it, following failovers.
-    async fn seal(&self, stream: &StreamRow, shard_id: &str) -> anyhow::Result<u64> {
-        let deadline = tokio::time::Instant::now() + SEAL_PATIENCE;
+    /// Asks a CLOSING shard's current leader to seal it, following
+    /// failovers for up to `patience`. Answers where the shard's log ends
+    /// and the epoch it was sealed at.
+    pub(crate) async fn seal(
+        &self,
+        stream: &StreamRow,
+        shard_id: &str,
+        patience: Duration,
+    ) -> anyhow::Result<(u64, u64)> {
+        let deadline = tokio::time::Instant::now() + patience;
         loop {
             let outcome = self.seal_once(stream, shard_id).await;
             match outcome {
@@ -510,7 +520,7 @@ impl ControlPlaneService {
         }
     }
 
-    async fn seal_once(&self, stream: &StreamRow, shard_id: &str) -> anyhow::Result<u64> {
+    async fn seal_once(&self, stream: &StreamRow, shard_id: &str) -> anyhow::Result<(u64, u64)> {
         let row = self
             .store
             .shards_of(stream.stream_uid)
@@ -539,7 +549,7 @@ impl ControlPlaneService {
             .seal_shard(request)
             .await
             .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
-        Ok(response.into_inner().ending_offset)
+        Ok((response.into_inner().ending_offset, row.epoch))
     }
 }
 

@@ -28,6 +28,7 @@ use freshet_proto::v1::ShardLoadsRequest;
 use freshet_types::{HashKey, HashKeyRange};
 use tokio::time::Instant;
 
+use crate::balancer::{self, BalancerState, ShardRate};
 use crate::reshard::{range_of, Step};
 use crate::{ControlPlaneService, ON_DEMAND_INITIAL_SHARDS};
 
@@ -60,6 +61,26 @@ pub struct ScalerConfig {
         default_value_t = 1000
     )]
     pub shard_write_records_per_sec: u64,
+    /// How often worker balancing considers a move (`balancer.rs`).
+    #[arg(long, env = "FRESHET_BALANCE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub balance_interval: Duration,
+    /// A worker offered at least this fraction of its write capacity (by
+    /// the shards it leads) has a shard moved to the least busy worker.
+    #[arg(long, env = "FRESHET_BALANCE_AT", default_value_t = 0.8)]
+    pub balance_at: f64,
+    /// A shard that moved stays put this long.
+    #[arg(long, env = "FRESHET_BALANCE_COOLDOWN", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub balance_cooldown: Duration,
+    /// What one storage worker should lead, in bytes/s of writes.
+    #[arg(long, env = "FRESHET_WORKER_WRITE_BYTES_PER_SEC", default_value_t = 16 * 1024 * 1024)]
+    pub worker_write_bytes_per_sec: u64,
+    /// What one storage worker should lead, in records/s of writes.
+    #[arg(
+        long,
+        env = "FRESHET_WORKER_WRITE_RECORDS_PER_SEC",
+        default_value_t = 16_000
+    )]
+    pub worker_write_records_per_sec: u64,
 }
 
 impl Default for ScalerConfig {
@@ -72,6 +93,11 @@ impl Default for ScalerConfig {
             on_demand_max_shards: 256,
             shard_write_bytes_per_sec: 1024 * 1024,
             shard_write_records_per_sec: 1000,
+            balance_interval: Duration::from_secs(5),
+            balance_at: 0.8,
+            balance_cooldown: Duration::from_secs(60),
+            worker_write_bytes_per_sec: 16 * 1024 * 1024,
+            worker_write_records_per_sec: 16_000,
         }
     }
 }
@@ -219,6 +245,7 @@ struct ScalerState {
     clients: HashMap<String, StorageClient<freshet_server::TracedChannel>>,
     /// When each stream last changed shape (or was first seen).
     last_change: HashMap<i64, Instant>,
+    balancer: BalancerState,
 }
 
 /// Runs forever: one tick per `scaler_interval`.
@@ -232,15 +259,14 @@ pub(crate) async fn run_scaler(service: ControlPlaneService) {
     }
 }
 
-async fn tick(service: &ControlPlaneService, state: &mut ScalerState) -> anyhow::Result<()> {
-    let streams = service.store.on_demand_streams().await?;
-    if streams.is_empty() {
-        return Ok(());
-    }
-    let config = &service.scaler;
-    // (stream_uid, shard_id) → (utilization, median hash key)
-    let mut loads: HashMap<(i64, String), (f64, Option<HashKey>)> = HashMap::new();
-    for worker in service.store.list_workers().await? {
+/// Reads every live worker's shard loads and turns them into rates (a
+/// shard needs two readings of one meter before it has one).
+async fn read_rates(
+    state: &mut ScalerState,
+    workers: &[freshet_metastore::WorkerRow],
+) -> Vec<(ShardRate, Option<HashKey>)> {
+    let mut rates = Vec::new();
+    for worker in workers {
         let client = match state.clients.get(&worker.address) {
             Some(client) => client.clone(),
             None => {
@@ -275,14 +301,58 @@ async fn tick(service: &ControlPlaneService, state: &mut ScalerState) -> anyhow:
             if seconds <= 0.0 {
                 continue;
             }
-            let bytes_rate = reading.bytes.saturating_sub(previous.bytes) as f64 / seconds;
-            let records_rate = reading.records.saturating_sub(previous.records) as f64 / seconds;
-            let utilization = (bytes_rate / config.shard_bytes() as f64)
-                .max(records_rate / config.shard_records() as f64);
+            let rate = ShardRate {
+                stream_uid: key.0,
+                shard_id: key.1,
+                worker_id: worker.worker_id.clone(),
+                bytes_per_sec: reading.bytes.saturating_sub(previous.bytes) as f64 / seconds,
+                records_per_sec: reading.records.saturating_sub(previous.records) as f64 / seconds,
+            };
             let median = HashKey::parse_decimal(&load.median_hash_key).ok();
-            loads.insert(key, (utilization, median));
+            rates.push((rate, median));
         }
     }
+    rates
+}
+
+async fn tick(service: &ControlPlaneService, state: &mut ScalerState) -> anyhow::Result<()> {
+    let config = &service.scaler;
+    let streams = service.store.on_demand_streams().await?;
+    let balancing =
+        config.balance_at.is_finite() && state.balancer.round_due(config.balance_interval);
+    if streams.is_empty() && !balancing {
+        return Ok(());
+    }
+    let workers = service.store.list_workers().await?;
+    let rates = read_rates(state, &workers).await;
+    // (stream_uid, shard_id) → (utilization, median hash key)
+    let loads: HashMap<(i64, String), (f64, Option<HashKey>)> = rates
+        .iter()
+        .map(|(rate, median)| {
+            let utilization = (rate.bytes_per_sec / config.shard_bytes() as f64)
+                .max(rate.records_per_sec / config.shard_records() as f64);
+            (
+                (rate.stream_uid, rate.shard_id.clone()),
+                (utilization, *median),
+            )
+        })
+        .collect();
+    scale(service, state, streams, &loads).await?;
+    if balancing {
+        let rates: Vec<ShardRate> = rates.into_iter().map(|(rate, _)| rate).collect();
+        balancer::balance(service, &mut state.balancer, &workers, &rates).await?;
+    }
+    Ok(())
+}
+
+/// The on-demand half of a tick: one decision per stream.
+async fn scale(
+    service: &ControlPlaneService,
+    state: &mut ScalerState,
+    streams: Vec<StreamRow>,
+    loads: &HashMap<(i64, String), (f64, Option<HashKey>)>,
+) -> anyhow::Result<()> {
+    let config = &service.scaler;
     for stream in streams {
         let since = *state
             .last_change

@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use freshet_metastore::{EntryKey, MetaStore, ShardRow, StreamRow, WorkerRow};
+use freshet_metastore::{EntryKey, MetaStore, SealedSegmentRow, ShardRow, StreamRow, WorkerRow};
 use freshet_proto::prost::Message as _;
 use freshet_proto::v1::membership_server::{Membership, MembershipServer};
 use freshet_proto::v1::shard_map_event::Event;
@@ -157,13 +157,9 @@ impl MembershipService {
         worker.seconds_since_heartbeat < self.inner.heartbeat_timeout.as_secs_f64()
     }
 
-    /// Chooses workers for new shards (distinct zones) and builds their rows.
-    async fn placed_rows(
-        &self,
-        stream: &StreamRow,
-        shards: &[ShardToPlace],
-    ) -> Result<Vec<ShardRow>, Status> {
-        let alive: Vec<WorkerRow> = self
+    /// The registered workers that heartbeat recently enough.
+    async fn alive_workers(&self) -> Result<Vec<WorkerRow>, Status> {
+        Ok(self
             .inner
             .store
             .list_workers()
@@ -171,7 +167,16 @@ impl MembershipService {
             .map_err(internal)?
             .into_iter()
             .filter(|w| self.alive(w))
-            .collect();
+            .collect())
+    }
+
+    /// Chooses workers for new shards (distinct zones) and builds their rows.
+    async fn placed_rows(
+        &self,
+        stream: &StreamRow,
+        shards: &[ShardToPlace],
+    ) -> Result<Vec<ShardRow>, Status> {
+        let alive = self.alive_workers().await?;
         // Rotates leaders across workers: by stream, then by the number of
         // the first shard (the low bits of its sequence base, less one).
         let first_shard_number = shards
@@ -197,6 +202,9 @@ impl MembershipService {
                 leader_worker_id: chosen.leader,
                 replica_worker_ids: chosen.replicas,
                 epoch: 1,
+                segment_index: 0,
+                segment_start_offset: 0,
+                sealed_segments: Vec::new(),
             })
             .collect())
     }
@@ -320,6 +328,7 @@ impl MembershipService {
                 Change::BeginClosing => batch.begin_closing(shard).await?,
                 Change::FinishClosing => batch.finish_closing(shard).await?,
                 Change::Reopen => batch.reopen(shard).await?,
+                Change::Relocate => batch.relocate(shard).await?,
                 Change::AddReplicas => {
                     let read = current_replicas
                         .get(&shard.shard_id)
@@ -381,6 +390,17 @@ enum Change {
     Reopen,
     /// More replicas, same leader and epoch (`failover::repair`).
     AddReplicas,
+    /// A CLOSING shard continues OPEN in its next segment, on other
+    /// workers, at the next epoch (worker balancing).
+    Relocate,
+}
+
+/// A worker's address ("" for one membership does not know).
+fn address_of(workers: &HashMap<String, WorkerRow>, worker_id: &str) -> String {
+    workers
+        .get(worker_id)
+        .map(|w| w.address.clone())
+        .unwrap_or_default()
 }
 
 /// Builds the entry describing `shard` at `version`.
@@ -408,23 +428,33 @@ fn entry_for(
         adjacent_parent_shard_id: shard.adjacent_parent_shard_id.clone().unwrap_or_default(),
         sequence_base: shard.sequence_base,
         leader_worker_id: shard.leader_worker_id.clone(),
-        leader_address: workers
-            .get(&shard.leader_worker_id)
-            .map(|w| w.address.clone())
-            .unwrap_or_default(),
+        leader_address: address_of(workers, &shard.leader_worker_id),
         replica_worker_ids: shard.replica_worker_ids.clone(),
         replica_addresses: shard
             .replica_worker_ids
             .iter()
-            .map(|id| {
-                workers
-                    .get(id)
-                    .map(|w| w.address.clone())
-                    .unwrap_or_default()
-            })
+            .map(|id| address_of(workers, id))
             .collect(),
         epoch: shard.epoch,
         ending_offset: shard.ending_offset.unwrap_or(0),
+        segment_index: shard.segment_index,
+        segment_start_offset: shard.segment_start_offset,
+        sealed_segments: shard
+            .sealed_segments
+            .iter()
+            .map(|segment| SealedSegment {
+                index: segment.index,
+                start_offset: segment.start_offset,
+                end_offset: segment.end_offset,
+                final_epoch: segment.final_epoch,
+                worker_ids: segment.worker_ids.clone(),
+                addresses: segment
+                    .worker_ids
+                    .iter()
+                    .map(|id| address_of(workers, id))
+                    .collect(),
+            })
+            .collect(),
         valid_until_micros: 0,
         retention_hours: u32::try_from(stream.retention_hours).unwrap_or(24),
         max_record_size_kib: u32::try_from(stream.max_record_size_kib).unwrap_or(1024),
@@ -694,6 +724,73 @@ impl Membership for MembershipService {
         Ok(Response::new(CompleteReshardResponse {
             entries: self.publish_reshard(&stream, changes).await?,
         }))
+    }
+
+    async fn relocate_shard(
+        &self,
+        request: Request<RelocateShardRequest>,
+    ) -> Result<Response<RelocateShardResponse>, Status> {
+        let request = request.into_inner();
+        let stream = self.live_stream(request.stream_uid).await?;
+        let store = &self.inner.store;
+        let row = store
+            .shards_of(stream.stream_uid)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .find(|r| r.shard_id == request.shard_id)
+            .ok_or_else(|| {
+                Status::not_found(format!("shard {} does not exist", request.shard_id))
+            })?;
+        if row.state != "CLOSING" || row.epoch != request.epoch {
+            return Err(Status::failed_precondition(format!(
+                "shard {} is not being closed at epoch {}",
+                row.shard_id, request.epoch
+            )));
+        }
+        if request.ending_offset < row.segment_start_offset {
+            return Err(Status::invalid_argument(format!(
+                "segment {} of shard {} starts at offset {}, after the ending offset {}",
+                row.segment_index, row.shard_id, row.segment_start_offset, request.ending_offset
+            )));
+        }
+        let alive = self.alive_workers().await?;
+        let leader = alive
+            .iter()
+            .find(|w| w.worker_id == request.leader_worker_id)
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "worker {} is not a live storage worker",
+                    request.leader_worker_id
+                ))
+            })?;
+        let copies = store.copies_per_worker().await.map_err(internal)?;
+        let placement = placement::place_next_segment(&alive, leader, &copies);
+        let mut sealed_segments = row.sealed_segments.clone();
+        sealed_segments.push(SealedSegmentRow {
+            index: row.segment_index,
+            start_offset: row.segment_start_offset,
+            end_offset: request.ending_offset,
+            final_epoch: row.epoch,
+            worker_ids: std::iter::once(row.leader_worker_id.clone())
+                .chain(row.replica_worker_ids.iter().cloned())
+                .collect(),
+        });
+        let next = ShardRow {
+            state: "OPEN".to_owned(),
+            leader_worker_id: placement.leader,
+            replica_worker_ids: placement.replicas,
+            epoch: row.epoch + 1,
+            segment_index: row.segment_index + 1,
+            segment_start_offset: request.ending_offset,
+            sealed_segments,
+            ..row
+        };
+        let entry = self
+            .publish_reshard(&stream, vec![(next, Change::Relocate)])
+            .await?
+            .pop();
+        Ok(Response::new(RelocateShardResponse { entry }))
     }
 
     async fn republish_stream(

@@ -6,7 +6,7 @@
 //! evenly. With fewer than three zones a shard gets fewer copies (a
 //! development setup with one worker still works).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use freshet_metastore::WorkerRow;
 
@@ -64,6 +64,45 @@ pub fn place(
     Ok(placements)
 }
 
+/// Workers for a shard's next segment (worker balancing): `leader`, and
+/// one replica in each other zone, up to [`COPIES`] copies in all — in each
+/// zone the worker holding the fewest copies of current segments
+/// (`copies_held`), by id on a tie.
+pub fn place_next_segment(
+    workers: &[WorkerRow],
+    leader: &WorkerRow,
+    copies_held: &HashMap<String, usize>,
+) -> Placement {
+    let mut zones: BTreeMap<&str, Vec<&WorkerRow>> = BTreeMap::new();
+    for worker in workers {
+        if worker.availability_zone != leader.availability_zone {
+            zones
+                .entry(&worker.availability_zone)
+                .or_default()
+                .push(worker);
+        }
+    }
+    let held = |w: &WorkerRow| copies_held.get(&w.worker_id).copied().unwrap_or(0);
+    let mut candidates: Vec<&WorkerRow> = zones
+        .into_values()
+        .filter_map(|members| {
+            members
+                .into_iter()
+                .min_by(|a, b| held(a).cmp(&held(b)).then(a.worker_id.cmp(&b.worker_id)))
+        })
+        .collect();
+    // The least-used zones first, when there are more than enough.
+    candidates.sort_by(|a, b| held(a).cmp(&held(b)).then(a.worker_id.cmp(&b.worker_id)));
+    Placement {
+        leader: leader.worker_id.clone(),
+        replicas: candidates
+            .into_iter()
+            .take(COPIES - 1)
+            .map(|w| w.worker_id.clone())
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{HashMap, HashSet};
@@ -117,6 +156,25 @@ mod tests {
         assert!(placements
             .iter()
             .all(|p| p.leader == "solo" && p.replicas.is_empty()));
+    }
+
+    #[test]
+    fn a_next_segment_takes_the_least_used_worker_of_each_other_zone() {
+        let workers = [
+            worker("a1", "a"),
+            worker("a2", "a"),
+            worker("b1", "b"),
+            worker("b2", "b"),
+            worker("c1", "c"),
+            worker("c2", "c"),
+        ];
+        let held: HashMap<String, usize> = [("b1", 5), ("b2", 1), ("c1", 0), ("c2", 3)]
+            .into_iter()
+            .map(|(w, n)| (w.to_owned(), n))
+            .collect();
+        let placement = place_next_segment(&workers, &workers[1], &held);
+        assert_eq!(placement.leader, "a2");
+        assert_eq!(placement.replicas, vec!["c1".to_owned(), "b2".to_owned()]);
     }
 
     #[test]

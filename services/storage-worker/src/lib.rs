@@ -3,7 +3,9 @@
 //! A worker registers with membership (id, availability zone, address),
 //! heartbeats, and follows the shard-map change log to learn which shards it
 //! leads. Records live only here, in one `freshet-log` directory per shard
-//! under `--data-dir`.
+//! segment under `--data-dir` (`shards/<stream uid>/<shard id>/<segment>`):
+//! a shard that worker balancing moved continues in a new segment on other
+//! workers, and the sealed ones stay, read-only, where they were written.
 //!
 //! Where to start reading:
 //! - `service.rs` — the gRPC surface: every call's epoch and leadership are
@@ -152,13 +154,22 @@ async fn stay_registered(
     }
 }
 
-/// Trims expired segments of every open shard.
+/// Trims expired records of every shard segment stored here — open, or
+/// sealed and kept for reads since the shard moved on.
 async fn enforce_retention(map: SharedShardMap, shards: Arc<ShardRegistry>, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
-        for ((stream_uid, shard_id), shard) in shards.open_shards() {
-            let Some(hours) = map.read(|m| m.get(stream_uid, &shard_id).map(|e| e.retention_hours))
-            else {
+        for key in shards.stored_shards().await {
+            let (stream_uid, shard_id) = (key.stream_uid, key.shard_id.clone());
+            let Some((hours, sequence_base, start)) = map.read(|m| {
+                m.get(stream_uid, &shard_id).and_then(|e| {
+                    shards::segment_start(e, key.segment)
+                        .map(|start| (e.retention_hours, e.sequence_base, start))
+                })
+            }) else {
+                continue;
+            };
+            let Ok(Some(shard)) = shards.get_stored(&key, sequence_base, start).await else {
                 continue;
             };
             let cutoff = shards::now_ms() - i64::from(hours.max(1)) * 3_600_000;
@@ -182,11 +193,12 @@ async fn remove_deleted_shards(map: SharedShardMap, shards: Arc<ShardRegistry>) 
     loop {
         let changed = map.changed();
         for (key, _) in shards.open_shards() {
-            if map.read(|m| m.is_deleted(key.0, &key.1)) {
+            if map.read(|m| m.is_deleted(key.stream_uid, &key.shard_id)) {
                 shards.remove(&key).await;
                 tracing::info!(
-                    stream_uid = key.0,
-                    shard_id = key.1,
+                    stream_uid = key.stream_uid,
+                    shard_id = key.shard_id,
+                    segment = key.segment,
                     "removed deleted shard"
                 );
             }
@@ -218,9 +230,8 @@ async fn remove_orphaned_shards(
         let mut unplaced = std::collections::HashSet::new();
         for key in shards.stored_shards().await {
             let holds = map.read(|m| {
-                m.get(key.0, &key.1).is_some_and(|e| {
-                    e.leader_worker_id == worker_id || e.replica_worker_ids.contains(&worker_id)
-                })
+                m.get(key.stream_uid, &key.shard_id)
+                    .is_some_and(|e| places_segment_here(e, key.segment, &worker_id))
             });
             if holds {
                 continue;
@@ -228,8 +239,9 @@ async fn remove_orphaned_shards(
             if unplaced_last_scan.contains(&key) {
                 shards.remove(&key).await;
                 tracing::info!(
-                    stream_uid = key.0,
-                    shard_id = key.1,
+                    stream_uid = key.stream_uid,
+                    shard_id = key.shard_id,
+                    segment = key.segment,
                     "removed data of a shard this worker no longer holds"
                 );
             } else {
@@ -239,6 +251,23 @@ async fn remove_orphaned_shards(
         unplaced_last_scan = unplaced;
         tokio::time::sleep(ORPHAN_GRACE).await;
     }
+}
+
+/// Whether `entry` places segment `segment` of its shard on `worker_id`:
+/// the current segment as leader or replica, or a sealed one it holds.
+fn places_segment_here(
+    entry: &freshet_proto::v1::ShardMapEntry,
+    segment: u32,
+    worker_id: &str,
+) -> bool {
+    if segment == entry.segment_index {
+        return entry.leader_worker_id == worker_id
+            || entry.replica_worker_ids.iter().any(|id| id == worker_id);
+    }
+    entry
+        .sealed_segments
+        .iter()
+        .any(|s| s.index == segment && s.worker_ids.iter().any(|id| id == worker_id))
 }
 
 /// How often each open shard's commit point is checkpointed to disk.
@@ -260,7 +289,7 @@ async fn checkpoint_all(shards: &ShardRegistry) {
         match result {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => {
-                tracing::warn!(stream_uid = key.0, shard_id = key.1, %error, "failed to checkpoint commit point")
+                tracing::warn!(stream_uid = key.stream_uid, shard_id = key.shard_id, %error, "failed to checkpoint commit point")
             }
             Err(error) => tracing::warn!(%error, "commit checkpoint task failed"),
         }

@@ -38,6 +38,7 @@ use freshet_server::TracedChannel;
 use freshet_shardmap::SharedShardMap;
 
 use crate::lease::Lease;
+use crate::shards::SegmentKey;
 
 /// How long the leader waits for one replica's answer.
 const REPLICA_TIMEOUT: Duration = Duration::from_secs(2);
@@ -152,6 +153,9 @@ impl ReplicationContext {
 pub struct Replicator {
     context: Arc<ReplicationContext>,
     shard: ShardKey,
+    /// The segment of the shard's log this replicator writes: it acts only
+    /// while that is the shard's current segment.
+    segment: u32,
     /// Where each replica's log ends, as far as the leader knows — learned
     /// at `ends_epoch` (forgotten when the epoch changes, so a replica is
     /// counted for a commit only once it has answered the current epoch).
@@ -169,10 +173,14 @@ pub struct LocalBatch<'a> {
 }
 
 impl Replicator {
-    pub fn new(context: Arc<ReplicationContext>, shard: ShardKey) -> Replicator {
+    pub fn new(context: Arc<ReplicationContext>, key: &SegmentKey) -> Replicator {
         Replicator {
             context,
-            shard,
+            shard: ShardKey {
+                stream_uid: key.stream_uid,
+                shard_id: key.shard_id.clone(),
+            },
+            segment: key.segment,
             replica_ends: HashMap::new(),
             ends_epoch: 0,
         }
@@ -203,10 +211,13 @@ impl Replicator {
         }
     }
 
+    /// The shard's entry while this replicator's segment is its current
+    /// one (a sealed segment's log has no writer and no replicas).
     fn entry(&self) -> Option<ShardMapEntry> {
         self.context
             .map
             .read(|m| m.get(self.shard.stream_uid, &self.shard.shard_id).cloned())
+            .filter(|e| e.segment_index == self.segment)
     }
 
     /// Sends `batch` to the replicas; Ok once enough have it durably.

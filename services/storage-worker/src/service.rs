@@ -11,7 +11,7 @@ use freshet_shardmap::SharedShardMap;
 use tonic::{Request, Response, Status};
 
 use crate::lease::Lease;
-use crate::shards::{AppendError, OpenShard, ShardKey, ShardRegistry};
+use crate::shards::{AppendError, OpenShard, SegmentKey, ShardRegistry};
 
 /// How long a request waits for this worker's snapshot to learn of a
 /// placement the caller already knows about.
@@ -47,8 +47,10 @@ pub struct StorageService {
 enum Access {
     /// Appends from the frontend: the leader of an open shard only.
     Write,
-    /// Reads: the leader only (replicas serve reads after failover arrives).
-    Read,
+    /// Reads of the current segment (`None`: the current one, whichever it
+    /// is): the leader only (replicas serve reads after failover arrives).
+    /// Reads of a sealed segment: any complete copy of it.
+    Read { segment: Option<u32> },
     /// Batches from the leader: a replica of the shard only.
     Replicate,
     /// Sealing a CLOSING shard: its leader, holding a lease.
@@ -81,17 +83,19 @@ impl StorageService {
         access: Access,
     ) -> Result<Arc<OpenShard>, Status> {
         let shard = shard.ok_or_else(|| Status::invalid_argument("shard is required"))?;
-        let key: ShardKey = (shard.stream_uid, shard.shard_id.clone());
         let deadline = tokio::time::Instant::now() + PLACEMENT_WAIT;
         let entry = loop {
             let changed = self.map.changed();
-            let (entry, deleted) = self
-                .map
-                .read(|m| (m.get(key.0, &key.1).cloned(), m.is_deleted(key.0, &key.1)));
+            let (entry, deleted) = self.map.read(|m| {
+                (
+                    m.get(shard.stream_uid, &shard.shard_id).cloned(),
+                    m.is_deleted(shard.stream_uid, &shard.shard_id),
+                )
+            });
             if deleted {
                 return Err(Status::not_found(format!(
                     "shard {} of stream {} was deleted",
-                    key.1, key.0
+                    shard.shard_id, shard.stream_uid
                 )));
             }
             match entry {
@@ -102,7 +106,7 @@ impl StorageService {
                         // caller may safely retry elsewhere.
                         return Err(Status::aborted(format!(
                             "shard {} of stream {} at epoch {epoch} is not (yet) known to worker {}",
-                            key.1, key.0, self.worker_id
+                            shard.shard_id, shard.stream_uid, self.worker_id
                         )));
                     }
                 }
@@ -111,17 +115,33 @@ impl StorageService {
         if entry.epoch > epoch {
             return Err(Status::failed_precondition(format!(
                 "stale epoch: the request carries epoch {epoch}, shard {} is at epoch {}",
-                key.1, entry.epoch
+                shard.shard_id, entry.epoch
             )));
         }
+        if let Access::Read {
+            segment: Some(segment),
+        } = access
+        {
+            if segment < entry.segment_index {
+                return self.open_sealed(&entry, segment).await;
+            }
+            if segment > entry.segment_index {
+                return Err(Status::failed_precondition(format!(
+                    "segment {segment} of shard {} is not open (the current one is {})",
+                    shard.shard_id, entry.segment_index
+                )));
+            }
+        }
         let role_ok = match access {
-            Access::Write | Access::Read | Access::Seal => entry.leader_worker_id == self.worker_id,
+            Access::Write | Access::Read { .. } | Access::Seal => {
+                entry.leader_worker_id == self.worker_id
+            }
             Access::Replicate => entry.replica_worker_ids.contains(&self.worker_id),
         };
         if !role_ok {
             return Err(Status::failed_precondition(format!(
                 "not leader: shard {} is led by {}",
-                key.1, entry.leader_worker_id
+                shard.shard_id, entry.leader_worker_id
             )));
         }
         if matches!(access, Access::Write | Access::Seal) {
@@ -131,19 +151,66 @@ impl StorageService {
         if access == Access::Seal && entry.state() != ShardState::Closing {
             return Err(Status::failed_precondition(format!(
                 "shard {} is not being closed",
-                key.1
+                shard.shard_id
             )));
         }
         if access == Access::Write && entry.state() != ShardState::Open {
             return Err(Status::failed_precondition(format!(
                 "shard {} is closed",
-                key.1
+                shard.shard_id
             )));
         }
+        let key = SegmentKey::new(shard.stream_uid, &shard.shard_id, entry.segment_index);
         self.shards
-            .get_or_open(&key, entry.sequence_base)
+            .get_or_open(&key, entry.sequence_base, entry.segment_start_offset)
             .await
-            .map_err(|error| Status::internal(format!("open shard {}: {error}", key.1)))
+            .map_err(|error| Status::internal(format!("open shard {}: {error}", shard.shard_id)))
+    }
+
+    /// This worker's copy of a sealed segment, if it holds all of it.
+    async fn open_sealed(
+        &self,
+        entry: &ShardMapEntry,
+        index: u32,
+    ) -> Result<Arc<OpenShard>, Status> {
+        let key = SegmentKey::current(entry)
+            .map(|current| SegmentKey {
+                segment: index,
+                ..current
+            })
+            .ok_or_else(|| Status::invalid_argument("shard is required"))?;
+        let no_copy = || {
+            Status::failed_precondition(format!(
+                "worker {} holds no copy of segment {index} of shard {}",
+                self.worker_id, key.shard_id
+            ))
+        };
+        let sealed = entry
+            .sealed_segments
+            .iter()
+            .find(|s| s.index == index)
+            .filter(|s| s.worker_ids.contains(&self.worker_id))
+            .ok_or_else(no_copy)?;
+        let shard = self
+            .shards
+            .get_stored(&key, entry.sequence_base, sealed.start_offset)
+            .await
+            .map_err(|error| Status::internal(format!("open shard {}: {error}", key.shard_id)))?
+            .ok_or_else(no_copy)?;
+        // A copy at the epoch the segment was sealed at holds that
+        // leader's records (one content per offset per epoch); ending where
+        // the segment ends, it holds all of them. A copy the seal did not
+        // reach may lag or hold a tail an earlier leader never committed.
+        let (last_epoch, end) = shard.log.election_position();
+        if last_epoch != sealed.final_epoch || end != sealed.end_offset {
+            return Err(Status::failed_precondition(format!(
+                "this copy of segment {index} of shard {} is incomplete (epoch {last_epoch}, end {end}; sealed at epoch {}, end {})",
+                key.shard_id, sealed.final_epoch, sealed.end_offset
+            )));
+        }
+        // Every record of a sealed segment was committed before the seal.
+        shard.log.commit(sealed.end_offset);
+        Ok(shard)
     }
 }
 
@@ -223,7 +290,13 @@ impl Storage for StorageService {
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
         let request = request.into_inner();
         let shard = self
-            .authorize(request.shard.as_ref(), request.epoch, Access::Read)
+            .authorize(
+                request.shard.as_ref(),
+                request.epoch,
+                Access::Read {
+                    segment: Some(request.segment),
+                },
+            )
             .await?;
         if !shard.throttle.admit_read() {
             return Err(Status::resource_exhausted(
@@ -288,7 +361,11 @@ impl Storage for StorageService {
     ) -> Result<Response<GetShardTailResponse>, Status> {
         let request = request.into_inner();
         let shard = self
-            .authorize(request.shard.as_ref(), request.epoch, Access::Read)
+            .authorize(
+                request.shard.as_ref(),
+                request.epoch,
+                Access::Read { segment: None },
+            )
             .await?;
         Ok(Response::new(GetShardTailResponse {
             next_offset: shard.log.committed_offset(),
@@ -369,22 +446,22 @@ impl Storage for StorageService {
         &self,
         _request: Request<ShardLoadsRequest>,
     ) -> Result<Response<ShardLoadsResponse>, Status> {
-        let open: std::collections::HashMap<ShardKey, Arc<OpenShard>> =
+        let open: std::collections::HashMap<SegmentKey, Arc<OpenShard>> =
             self.shards.open_shards().into_iter().collect();
         // Every open shard this worker leads — opened here or not yet (a
         // shard nobody has written to is still a shard with no load).
-        let led: Vec<ShardKey> = self.map.read(|m| {
+        let led: Vec<SegmentKey> = self.map.read(|m| {
             m.entries()
                 .filter(|e| e.leader_worker_id == self.worker_id && e.state() == ShardState::Open)
-                .filter_map(|e| e.key.as_ref().map(|k| (k.stream_uid, k.shard_id.clone())))
+                .filter_map(SegmentKey::current)
                 .collect()
         });
         let loads = led
             .into_iter()
             .map(|key| {
                 let shard = freshet_proto::v1::ShardKey {
-                    stream_uid: key.0,
-                    shard_id: key.1.clone(),
+                    stream_uid: key.stream_uid,
+                    shard_id: key.shard_id.clone(),
                 };
                 let Some(opened) = open.get(&key) else {
                     // Meter 0: "not opened here"; nothing offered.
@@ -427,12 +504,12 @@ impl Storage for StorageService {
                     shard.shard_id
                 ))
             })?;
-        let key: ShardKey = (shard.stream_uid, shard.shard_id);
+        let key = SegmentKey::new(shard.stream_uid, &shard.shard_id, entry.segment_index);
         let open = self
             .shards
-            .get_or_open(&key, entry.sequence_base)
+            .get_or_open(&key, entry.sequence_base, entry.segment_start_offset)
             .await
-            .map_err(|error| Status::internal(format!("open shard {}: {error}", key.1)))?;
+            .map_err(|error| Status::internal(format!("open shard {}: {error}", key.shard_id)))?;
         let (last_epoch, next_offset) = open.log.election_position();
         Ok(Response::new(DescribeShardResponse {
             next_offset,

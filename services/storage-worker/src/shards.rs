@@ -36,8 +36,45 @@ use crate::throttle::{ShardLimits, ShardThrottle};
 /// A batch stops collecting appends once it holds this many bytes.
 pub const GROUP_COMMIT_MAX_BYTES: usize = 16 * 1024 * 1024;
 
-/// `(stream_uid, shard_id)`.
-pub type ShardKey = (i64, String);
+/// One segment of one shard's log: what this worker stores and opens.
+/// A shard that moved between workers (worker balancing) has several
+/// segments, each kept where it was written (see `ShardMapEntry`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SegmentKey {
+    pub stream_uid: i64,
+    pub shard_id: String,
+    pub segment: u32,
+}
+
+impl SegmentKey {
+    pub fn new(stream_uid: i64, shard_id: &str, segment: u32) -> SegmentKey {
+        SegmentKey {
+            stream_uid,
+            shard_id: shard_id.to_owned(),
+            segment,
+        }
+    }
+
+    /// The shard's current segment as `entry` describes it.
+    pub fn current(entry: &freshet_proto::v1::ShardMapEntry) -> Option<SegmentKey> {
+        entry
+            .key
+            .as_ref()
+            .map(|k| SegmentKey::new(k.stream_uid, &k.shard_id, entry.segment_index))
+    }
+}
+
+/// Where segment `segment` of `entry`'s shard starts, if the entry knows it.
+pub fn segment_start(entry: &freshet_proto::v1::ShardMapEntry, segment: u32) -> Option<u64> {
+    if segment == entry.segment_index {
+        return Some(entry.segment_start_offset);
+    }
+    entry
+        .sealed_segments
+        .iter()
+        .find(|s| s.index == segment)
+        .map(|s| s.start_offset)
+}
 
 /// One caller's records waiting for the next group commit.
 struct AppendJob {
@@ -413,7 +450,7 @@ pub struct ShardRegistry {
     log_config: LogConfig,
     replication: Arc<ReplicationContext>,
     limits: ShardLimits,
-    open: Mutex<HashMap<ShardKey, Arc<OpenShard>>>,
+    open: Mutex<HashMap<SegmentKey, Arc<OpenShard>>>,
     /// Held while a log is being opened: recovery may truncate a torn tail,
     /// so two recoveries of one shard must never run at once (the second
     /// could cut records the first already acknowledged).
@@ -437,33 +474,36 @@ impl ShardRegistry {
         }
     }
 
-    fn shard_dir(&self, key: &ShardKey) -> PathBuf {
+    fn shard_dir(&self, key: &SegmentKey) -> PathBuf {
         self.data_dir
             .join("shards")
-            .join(key.0.to_string())
-            .join(&key.1)
+            .join(key.stream_uid.to_string())
+            .join(&key.shard_id)
+            .join(key.segment.to_string())
     }
 
-    /// The open shard, opening (and recovering) its log on first use.
+    /// The open segment, opening (and recovering) its log on first use; a
+    /// log created here starts at `start_offset`.
     pub async fn get_or_open(
         &self,
-        key: &ShardKey,
+        key: &SegmentKey,
         sequence_base: u64,
+        start_offset: u64,
     ) -> Result<Arc<OpenShard>, String> {
-        if let Some(shard) = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
-            return Ok(shard.clone());
+        if let Some(shard) = self.open_existing(key) {
+            return Ok(shard);
         }
         let _opening = self.opening.lock().await;
         // Another request may have opened it while this one waited.
-        if let Some(shard) = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
-            return Ok(shard.clone());
+        if let Some(shard) = self.open_existing(key) {
+            return Ok(shard);
         }
         let data_dir = self.data_dir.clone();
         let dir = self.shard_dir(key);
         let config = self.log_config.clone();
         let log = tokio::task::spawn_blocking(move || {
             freshet_log::create_dir_durably(&data_dir, &dir)?;
-            ShardLog::open(&dir, config)
+            ShardLog::open_from(&dir, config, start_offset)
         })
         .await
         .map_err(|e| format!("open task failed: {e}"))?
@@ -471,13 +511,7 @@ impl ShardRegistry {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let log = Arc::new(log);
         let (writer, jobs) = mpsc::channel(1024);
-        let replicator = Replicator::new(
-            self.replication.clone(),
-            freshet_proto::v1::ShardKey {
-                stream_uid: key.0,
-                shard_id: key.1.clone(),
-            },
-        );
+        let replicator = Replicator::new(self.replication.clone(), key);
         tokio::spawn(write_loop(log.clone(), replicator, jobs));
         let shard = Arc::new(OpenShard {
             log,
@@ -487,11 +521,46 @@ impl ShardRegistry {
             writer,
         });
         open.insert(key.clone(), shard.clone());
-        tracing::info!(stream_uid = key.0, shard_id = key.1, "opened shard log");
+        tracing::info!(
+            stream_uid = key.stream_uid,
+            shard_id = key.shard_id,
+            segment = key.segment,
+            "opened shard log"
+        );
         Ok(shard)
     }
 
-    pub fn open_shards(&self) -> Vec<(ShardKey, Arc<OpenShard>)> {
+    fn open_existing(&self, key: &SegmentKey) -> Option<Arc<OpenShard>> {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// The segment if this worker stores it (opening its log if needed),
+    /// `None` if it has no copy: a sealed segment is never created empty.
+    pub async fn get_stored(
+        &self,
+        key: &SegmentKey,
+        sequence_base: u64,
+        start_offset: u64,
+    ) -> Result<Option<Arc<OpenShard>>, String> {
+        if let Some(shard) = self.open_existing(key) {
+            return Ok(Some(shard));
+        }
+        if !tokio::fs::try_exists(self.shard_dir(key))
+            .await
+            .unwrap_or(false)
+        {
+            return Ok(None);
+        }
+        self.get_or_open(key, sequence_base, start_offset)
+            .await
+            .map(Some)
+    }
+
+    pub fn open_shards(&self) -> Vec<(SegmentKey, Arc<OpenShard>)> {
         self.open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -500,34 +569,27 @@ impl ShardRegistry {
             .collect()
     }
 
-    /// Every shard with a directory on disk, open or not.
-    pub async fn stored_shards(&self) -> Vec<ShardKey> {
+    /// Every shard segment with a directory on disk, open or not.
+    pub async fn stored_shards(&self) -> Vec<SegmentKey> {
         let mut found = Vec::new();
-        let Ok(mut streams) = tokio::fs::read_dir(self.data_dir.join("shards")).await else {
-            return found;
-        };
-        while let Ok(Some(stream)) = streams.next_entry().await {
-            let Some(uid) = stream
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i64>().ok())
-            else {
+        for (uid, stream_dir) in subdirectories(&self.data_dir.join("shards")).await {
+            let Ok(stream_uid) = uid.parse::<i64>() else {
                 continue;
             };
-            let Ok(mut shard_dirs) = tokio::fs::read_dir(stream.path()).await else {
-                continue;
-            };
-            while let Ok(Some(shard)) = shard_dirs.next_entry().await {
-                if let Some(shard_id) = shard.file_name().to_str() {
-                    found.push((uid, shard_id.to_owned()));
+            for (shard_id, shard_dir) in subdirectories(&stream_dir).await {
+                for (segment, _) in subdirectories(&shard_dir).await {
+                    if let Ok(segment) = segment.parse::<u32>() {
+                        found.push(SegmentKey::new(stream_uid, &shard_id, segment));
+                    }
                 }
             }
         }
         found
     }
 
-    /// Closes a deleted shard and removes its data.
-    pub async fn remove(&self, key: &ShardKey) {
+    /// Closes a deleted (or no longer placed) shard segment and removes
+    /// its data.
+    pub async fn remove(&self, key: &SegmentKey) {
         self.open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -535,8 +597,27 @@ impl ShardRegistry {
         let dir = self.shard_dir(key);
         if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
             if error.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(%error, dir = %dir.display(), "failed to remove deleted shard's data");
+                tracing::warn!(%error, dir = %dir.display(), "failed to remove a shard segment's data");
             }
         }
+        // The shard's directory goes with its last segment (this fails,
+        // harmlessly, while another segment is still there).
+        if let Some(shard_dir) = dir.parent() {
+            let _ = tokio::fs::remove_dir(shard_dir).await;
+        }
     }
+}
+
+/// The subdirectories of `dir` by name (none if it cannot be read).
+async fn subdirectories(dir: &std::path::Path) -> Vec<(String, PathBuf)> {
+    let mut found = Vec::new();
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return found;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        if let Some(name) = entry.file_name().to_str() {
+            found.push((name.to_owned(), entry.path()));
+        }
+    }
+    found
 }

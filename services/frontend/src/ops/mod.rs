@@ -4,6 +4,7 @@
 mod capacity;
 mod records;
 mod reshard;
+mod shard_reads;
 mod streams;
 
 use std::collections::HashMap;

@@ -20,14 +20,14 @@ use base64::Engine as _;
 use bytes::Bytes;
 use freshet_proto::v1::read_request::Start;
 use freshet_proto::v1::{
-    AppendRequest, GetShardTailRequest, ReadRequest, RecordToAppend, ShardKey, ShardMapEntry,
-    ShardState,
+    AppendRequest, GetShardTailRequest, RecordToAppend, ShardKey, ShardMapEntry, ShardState,
 };
 use freshet_shardmap::StreamRoute;
 use freshet_types::{HashKey, SequenceNumber};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::shard_reads::read_shard;
 use super::streams::normalize_shard_id;
 use super::{epoch_seconds, StreamTarget};
 use crate::error::{KinesisError, KinesisResult, Violations};
@@ -734,17 +734,9 @@ pub async fn get_records(
     };
     let limit = input.limit.unwrap_or(10_000) as u32;
     let mut attempt = 0;
-    let read = loop {
-        let mut client = frontend.storage.client(&entry.leader_address)?;
-        let request = ReadRequest {
-            shard: shard_key(&entry),
-            epoch: entry.epoch,
-            start: Some(start),
-            max_records: limit,
-            max_bytes: 10 * 1024 * 1024,
-        };
-        match client.read(frontend.storage_request(request)).await {
-            Ok(response) => break response.into_inner(),
+    let (read, from_sealed_segment) = loop {
+        match read_shard(frontend, &entry, start, limit).await {
+            Ok(read) => break (read.response, read.sealed),
             Err(status) if status.code() == tonic::Code::ResourceExhausted => {
                 return Err(rate_exceeded(&entry));
             }
@@ -768,6 +760,15 @@ pub async fn get_records(
                 )));
             }
         }
+    };
+    // A sealed segment knows nothing newer than its own end: how far
+    // behind its last record is, is measured against now.
+    let millis_behind_latest = if from_sealed_segment {
+        read.records
+            .last()
+            .map_or(0, |last| (now - last.arrival_ms).max(0))
+    } else {
+        read.millis_behind_latest
     };
     let records: Vec<Value> = read
         .records
@@ -812,6 +813,6 @@ pub async fn get_records(
     Ok(json!({
         "Records": records,
         "NextShardIterator": frontend.signer.encode_iterator(&next),
-        "MillisBehindLatest": read.millis_behind_latest,
+        "MillisBehindLatest": millis_behind_latest,
     }))
 }

@@ -474,6 +474,7 @@ async fn a_move_interrupted_by_a_control_plane_restart_is_abandoned() -> anyhow:
             epoch: open.epoch,
             ending_offset: 0,
             leader_worker_id: open.replica_worker_ids[0].clone(),
+            last_arrival_ms: 0,
         })
         .await
         .expect_err("an open shard is not moved");
@@ -502,7 +503,7 @@ async fn a_move_interrupted_by_a_control_plane_restart_is_abandoned() -> anyhow:
         database_url: cluster.database_url.clone(),
         membership_addr: cluster.membership_addr.clone(),
         shard_limit: 1000,
-        scaler: ClusterOptions::default().scaler,
+        scaler: balancing(Vec::new(), WorkerMode::InProcess).scaler,
         api_rate_limits: false,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -527,6 +528,27 @@ async fn a_move_interrupted_by_a_control_plane_restart_is_abandoned() -> anyhow:
         .expect("shard 0");
     assert_eq!(reopened.segment_index, 0, "it was reopened where it was");
     assert_eq!(reopened.leader_worker_id, open.leader_worker_id);
+
+    // A move whose reopening failed is given up by the next balancing
+    // round of a running control plane, too.
+    membership
+        .close_shards(CloseShardsRequest {
+            stream_uid,
+            shard_ids: vec![shard.clone()],
+        })
+        .await?;
+    wait_until(Duration::from_secs(30), || async {
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM shards WHERE stream_uid = $1 AND shard_id = $2")
+                .bind(stream_uid)
+                .bind(&shard)
+                .fetch_optional(&pool)
+                .await
+                .ok()
+                .flatten();
+        state.as_deref() == Some("OPEN")
+    })
+    .await?;
     let _ = stop.send(());
     let _ = restarted.await;
     cluster.shutdown().await;

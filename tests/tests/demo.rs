@@ -59,6 +59,8 @@ async fn a_viral_launch_scales_out_and_warm_throughput_drops_nothing() -> anyhow
             scale_down_cooldown: Duration::from_secs(30),
             shard_write_bytes_per_sec: BYTES_PER_SHARD,
             shard_write_records_per_sec: RECORDS_PER_SHARD,
+            // Shards stay with their workers (balancing.rs tests moves).
+            balance_at: f64::INFINITY,
             ..ScalerConfig::default()
         },
         ..ClusterOptions::default()

@@ -470,7 +470,7 @@ async fn a_control_plane_restarted_mid_split_reopens_the_parent() -> anyhow::Res
         database_url: cluster.database_url.clone(),
         membership_addr: cluster.membership_addr.clone(),
         shard_limit: 1000,
-        scaler: freshet_control_plane::ScalerConfig::default(),
+        scaler: freshet_e2e::ClusterOptions::default().scaler,
         api_rate_limits: false,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

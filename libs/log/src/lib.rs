@@ -481,6 +481,19 @@ impl ShardLog {
         (writer.next_offset, now_ms.max(writer.last_arrival_ms))
     }
 
+    /// Arrival time of the newest record, if the log holds any.
+    pub fn last_arrival_ms(&self) -> Option<i64> {
+        Some(self.lock_writer().last_arrival_ms).filter(|ms| *ms != i64::MIN)
+    }
+
+    /// Records appended from now on arrive no earlier than `floor_ms` (a
+    /// shard's next segment continues its previous one's arrival times,
+    /// whatever the new leader's clock says).
+    pub fn raise_arrival_floor(&self, floor_ms: i64) {
+        let mut writer = self.lock_writer();
+        writer.last_arrival_ms = writer.last_arrival_ms.max(floor_ms);
+    }
+
     /// Makes records below `upto` visible to readers (clamped to what is durable).
     pub fn commit(&self, upto: u64) {
         let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());

@@ -518,3 +518,17 @@ fn a_log_created_for_a_later_segment_starts_at_its_first_offset() {
         "an existing log keeps its offsets"
     );
 }
+
+#[test]
+fn a_later_segment_continues_the_arrival_times_of_the_one_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open_from(dir.path(), LogConfig::default(), 10).expect("open");
+    assert_eq!(log.last_arrival_ms(), None);
+    log.raise_arrival_floor(5_000);
+    let appended = log.append(&[record("a", "x")], 4_000).expect("append");
+    assert_eq!(
+        appended.arrival_ms, 5_000,
+        "a clock behind the previous segment's does not move time back"
+    );
+    assert_eq!(log.last_arrival_ms(), Some(5_000));
+}

@@ -106,6 +106,16 @@ pub struct ShardRow {
     pub sealed_segments: Vec<SealedSegmentRow>,
 }
 
+impl ShardRow {
+    /// Whether the shard counts as open in `stream`: OPEN, or CLOSING in an
+    /// ACTIVE stream — that is a move to another worker under way (worker
+    /// balancing), after which it is OPEN again; resharding closes shards
+    /// only while the stream is UPDATING.
+    pub fn is_open_in(&self, stream: &StreamRow) -> bool {
+        self.state == "OPEN" || (self.state == "CLOSING" && stream.status == "ACTIVE")
+    }
+}
+
 /// A sealed segment of a shard's log, kept on the workers that wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SealedSegmentRow {
@@ -116,6 +126,9 @@ pub struct SealedSegmentRow {
     pub final_epoch: u64,
     /// Its last leader first.
     pub worker_ids: Vec<String>,
+    /// Arrival time of its newest record (0 if it holds none).
+    #[serde(default)]
+    pub last_arrival_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -290,6 +303,18 @@ impl MetaStore {
         }
     }
 
+    /// UPDATING → ACTIVE (a stream being deleted meanwhile stays DELETING).
+    pub async fn end_stream_update(&self, stream_uid: i64) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE streams SET status = 'ACTIVE' WHERE stream_uid = $1 AND status = 'UPDATING'",
+        )
+        .bind(stream_uid)
+        .execute(&self.pool)
+        .await
+        .context("end a stream update")?;
+        Ok(())
+    }
+
     pub async fn set_stream_status(&self, stream_uid: i64, status: &str) -> anyhow::Result<()> {
         sqlx::query("UPDATE streams SET status = $2 WHERE stream_uid = $1")
             .bind(stream_uid)
@@ -342,6 +367,23 @@ impl MetaStore {
         Ok(rows
             .iter()
             .map(shard_from_row)
+            .collect::<sqlx::Result<_>>()?)
+    }
+
+    /// ACTIVE streams with a CLOSING shard: a move between workers under
+    /// way, or abandoned (resharding closes shards only while UPDATING).
+    pub async fn active_streams_with_closing_shards(&self) -> anyhow::Result<Vec<StreamRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STREAM_COLUMNS} FROM streams WHERE status = 'ACTIVE' AND EXISTS \
+             (SELECT 1 FROM shards WHERE shards.stream_uid = streams.stream_uid AND state = 'CLOSING') \
+             ORDER BY stream_uid"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .context("list active streams with closing shards")?;
+        Ok(rows
+            .iter()
+            .map(stream_from_row)
             .collect::<sqlx::Result<_>>()?)
     }
 

@@ -5,10 +5,11 @@
 //! shards it leads (`Storage/ShardLoads`, read by the scaler's tick), as a
 //! fraction of one worker's write capacity. When the busiest worker is at
 //! `balance_at` or more, one of its shards moves to the least busy worker —
-//! the shard whose move brings the two closest to even, and only if the
-//! busiest worker ends up less busy than it was (so a single hot shard never
-//! bounces between workers). One move per round; a moved shard stays put
-//! for `balance_cooldown`.
+//! the shard whose move brings the two closest to even — if that takes at
+//! least [`MIN_GAIN`] off the busiest worker's load (so a lone hot shard
+//! never bounces between workers, and noise under even load moves
+//! nothing). One move per round; a moved shard stays put for
+//! `balance_cooldown`.
 //!
 //! A move is a *relocation* (the talk's "close it and move the rest of it
 //! to open a new shard on another worker", but keeping the shard's id):
@@ -36,8 +37,12 @@ use tokio::time::Instant;
 
 use crate::ControlPlaneService;
 
-/// How long a move may wait for its seal (a failover may be under way).
-const MOVE_SEAL_PATIENCE: Duration = Duration::from_secs(10);
+/// How long a move may wait for its seal — less than the frontend keeps
+/// rerouting refused appends (5 s), so writers never see the move.
+const MOVE_SEAL_PATIENCE: Duration = Duration::from_secs(3);
+/// The least a move must take off the busiest worker, as a fraction of one
+/// worker's capacity.
+pub(crate) const MIN_GAIN: f64 = 0.1;
 /// A worker silent for longer is not given shards.
 const LIVE_WORKER_SECONDS: f64 = 5.0;
 
@@ -100,16 +105,14 @@ pub(crate) fn choose_move(
         return None;
     }
     // Moving a shard of load `s` leaves max(high - s, low + s) as the
-    // busier of the two; it must end below `high`, as low as it can.
+    // busier of the two: it must end clearly below `high`, as low as it can.
+    let after = |s: f64| (high - s).max(low + s);
     rates
         .iter()
         .filter(|r| r.worker_id == busiest && movable(r))
         .map(|r| (r, weights.of(r)))
-        .filter(|(_, s)| *s > 0.0 && low + s < high)
-        .min_by(|a, b| {
-            let after = |s: f64| (high - s).max(low + s);
-            after(a.1).total_cmp(&after(b.1))
-        })
+        .filter(|(_, s)| high - after(*s) >= MIN_GAIN)
+        .min_by(|a, b| after(a.1).total_cmp(&after(b.1)))
         .map(|(r, _)| Move {
             stream_uid: r.stream_uid,
             shard_id: r.shard_id.clone(),
@@ -145,6 +148,7 @@ pub(crate) async fn balance(
     workers: &[WorkerRow],
     rates: &[ShardRate],
 ) -> anyhow::Result<()> {
+    service.reopen_abandoned_moves().await?;
     let config = &service.scaler;
     let live: Vec<String> = workers
         .iter()
@@ -200,24 +204,27 @@ impl ControlPlaneService {
             return Ok(());
         };
         let mut membership = self.membership.clone();
-        membership
-            .close_shards(CloseShardsRequest {
-                stream_uid: stream.stream_uid,
-                shard_ids: vec![chosen.shard_id.clone()],
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("close {}: {}", chosen.shard_id, s.message()))?;
         let moved = async {
-            let (ending_offset, epoch) = self
+            // Its answer may be lost after it took effect: any failure from
+            // here on reopens the shard.
+            membership
+                .close_shards(CloseShardsRequest {
+                    stream_uid: stream.stream_uid,
+                    shard_ids: vec![chosen.shard_id.clone()],
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("close {}: {}", chosen.shard_id, s.message()))?;
+            let sealed = self
                 .seal(&stream, &chosen.shard_id, MOVE_SEAL_PATIENCE)
                 .await?;
             membership
                 .relocate_shard(RelocateShardRequest {
                     stream_uid: stream.stream_uid,
                     shard_id: chosen.shard_id.clone(),
-                    epoch,
-                    ending_offset,
+                    epoch: sealed.epoch,
+                    ending_offset: sealed.ending_offset,
                     leader_worker_id: chosen.to.clone(),
+                    last_arrival_ms: sealed.last_arrival_ms,
                 })
                 .await
                 .map_err(|s| anyhow::anyhow!("relocate {}: {}", chosen.shard_id, s.message()))?;
@@ -230,13 +237,14 @@ impl ControlPlaneService {
                 "moving the shard failed to {error:#}; reopening it where it was"
             );
             // A failover racing the reopen fails its epoch guard; reading
-            // the rows again settles it.
-            for _ in 0..10 {
-                match self.finish_update(&stream).await {
+            // the rows again settles it. Should every try fail, the next
+            // balancing round tries again (`reopen_abandoned_moves`).
+            for _ in 0..3 {
+                match self.reopen_closing_shards(&stream).await {
                     Ok(()) => break,
                     Err(error) => {
                         tracing::warn!("reopening failed to {error:#}; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }
             }
@@ -244,18 +252,20 @@ impl ControlPlaneService {
         Ok(())
     }
 
-    /// At start-up: a shard left CLOSING in an ACTIVE stream was being moved
-    /// by a control plane that stopped; it is reopened where it was.
-    pub(crate) async fn recover_interrupted_moves(&self) -> anyhow::Result<()> {
-        for stream in self.store.streams_with_status("ACTIVE").await? {
-            let shards = self.store.shards_of(stream.stream_uid).await?;
-            if shards.iter().any(|r| r.state == "CLOSING") {
-                tracing::warn!(
-                    stream_name = stream.stream_name,
-                    "reopening a shard whose move was interrupted by a restart"
-                );
-                self.finish_update(&stream).await?;
-            }
+    /// Reopens shards left CLOSING in ACTIVE streams by a move that did not
+    /// finish — cut short by a control-plane restart, or whose reopening
+    /// failed — unless a change of that stream is under way. Runs at
+    /// start-up and every balancing round.
+    pub(crate) async fn reopen_abandoned_moves(&self) -> anyhow::Result<()> {
+        for stream in self.store.active_streams_with_closing_shards().await? {
+            let Ok(_changing) = self.stream_lock(stream.stream_uid).try_lock_owned() else {
+                continue;
+            };
+            tracing::warn!(
+                stream_name = stream.stream_name,
+                "reopening a shard whose move was abandoned"
+            );
+            self.reopen_closing_shards(&stream).await?;
         }
         Ok(())
     }
@@ -308,6 +318,19 @@ mod tests {
                 to: "w3".to_owned(),
             }
         );
+    }
+
+    #[test]
+    fn noise_between_evenly_loaded_workers_moves_nothing() {
+        // Four equally hot shards on three workers: any move leaves some
+        // worker with two of them.
+        let rates = [
+            rate("w1", "a", 50.0),
+            rate("w1", "b", 52.0),
+            rate("w2", "c", 49.0),
+            rate("w3", "d", 51.0),
+        ];
+        assert_eq!(choose_move(&workers(), &rates, weights(), |_| true), None);
     }
 
     #[test]

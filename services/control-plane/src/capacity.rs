@@ -89,7 +89,7 @@ impl ControlPlaneService {
             .await
             .map_err(internal)?
             .into_iter()
-            .filter(|r| r.state == "OPEN")
+            .filter(|r| r.is_open_in(&stream))
             .filter_map(|r| {
                 Some(ShardView {
                     range: reshard::range_of(&r).ok()?,
@@ -185,7 +185,7 @@ impl ControlPlaneService {
             .await
             .map_err(internal)?
             .iter()
-            .filter(|r| r.state == "OPEN")
+            .filter(|r| r.is_open_in(&stream))
             .count() as u32;
         self.grow_to_floor(stream).await?;
         Ok(Response::new(UpdateStreamWarmThroughputResponse {

@@ -589,7 +589,7 @@ pub async fn run(
     for attempt in 1..=10 {
         let recovered = async {
             service.recover_interrupted_updates().await?;
-            service.recover_interrupted_moves().await
+            service.reopen_abandoned_moves().await
         };
         match recovered.await {
             Ok(()) => break,

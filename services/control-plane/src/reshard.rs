@@ -40,6 +40,15 @@ const SHARD_COUNT_UPDATES_PER_DAY: i64 = 10;
 /// Most open shards UpdateShardCount scales a stream to.
 const MAX_SHARDS_PER_STREAM: u32 = 10_000;
 
+/// Where a sealed shard's log ends.
+pub(crate) struct SealOutcome {
+    pub ending_offset: u64,
+    /// The epoch it was sealed at.
+    pub epoch: u64,
+    /// Arrival time of its newest record (0 if it holds none).
+    pub last_arrival_ms: i64,
+}
+
 /// One split or merge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Step {
@@ -126,7 +135,7 @@ impl ControlPlaneService {
             .find(|r| ShardId::parse(&r.shard_id) == Some(wanted))
             .cloned()
             .ok_or_else(|| shard_not_found(shard_id, stream))?;
-        if row.state != "OPEN" {
+        if !row.is_open_in(stream) {
             return Err(not_eligible(&row.shard_id, stream));
         }
         Ok((rows, row))
@@ -252,7 +261,7 @@ impl ControlPlaneService {
             .shards_of(stream.stream_uid)
             .await
             .map_err(internal)?;
-        let current = rows.iter().filter(|r| r.state == "OPEN").count() as u32;
+        let current = rows.iter().filter(|r| r.is_open_in(&stream)).count() as u32;
         let target = request.target_shard_count;
         let limit_exceeded = |why: String| {
             Status::resource_exhausted(format!(
@@ -348,6 +357,12 @@ impl ControlPlaneService {
     /// (its children were never opened, so the stream is as before the
     /// step), then the stream is ACTIVE again.
     pub(crate) async fn finish_update(&self, stream: &StreamRow) -> anyhow::Result<()> {
+        self.reopen_closing_shards(stream).await?;
+        self.store.end_stream_update(stream.stream_uid).await
+    }
+
+    /// Reopens the stream's CLOSING shards (a step or move given up).
+    pub(crate) async fn reopen_closing_shards(&self, stream: &StreamRow) -> anyhow::Result<()> {
         let closing: Vec<String> = self
             .store
             .shards_of(stream.stream_uid)
@@ -366,9 +381,7 @@ impl ControlPlaneService {
                 .await
                 .map_err(|s| anyhow::anyhow!("reopen shards: {}", s.message()))?;
         }
-        self.store
-            .set_stream_status(stream.stream_uid, "ACTIVE")
-            .await
+        Ok(())
     }
 
     /// At start-up: no step runs yet, so a stream left UPDATING was being
@@ -478,10 +491,10 @@ impl ControlPlaneService {
             .map_err(|s| anyhow::anyhow!("close {parents:?}: {}", s.message()))?;
         let mut sealed = Vec::with_capacity(parents.len());
         for shard_id in &parents {
-            let (ending_offset, _) = self.seal(stream, shard_id, SEAL_PATIENCE).await?;
+            let outcome = self.seal(stream, shard_id, SEAL_PATIENCE).await?;
             sealed.push(SealedShard {
                 shard_id: shard_id.clone(),
-                ending_offset,
+                ending_offset: outcome.ending_offset,
             });
         }
         membership
@@ -496,17 +509,16 @@ impl ControlPlaneService {
     }
 
     /// Asks a CLOSING shard's current leader to seal it, following
-    /// failovers for up to `patience`. Answers where the shard's log ends
-    /// and the epoch it was sealed at.
+    /// failovers for up to `patience`.
     pub(crate) async fn seal(
         &self,
         stream: &StreamRow,
         shard_id: &str,
         patience: Duration,
-    ) -> anyhow::Result<(u64, u64)> {
+    ) -> anyhow::Result<SealOutcome> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            let outcome = self.seal_once(stream, shard_id).await;
+            let outcome = self.seal_once(stream, shard_id, patience).await;
             match outcome {
                 Ok(end) => return Ok(end),
                 Err(error) if tokio::time::Instant::now() >= deadline => {
@@ -520,7 +532,12 @@ impl ControlPlaneService {
         }
     }
 
-    async fn seal_once(&self, stream: &StreamRow, shard_id: &str) -> anyhow::Result<(u64, u64)> {
+    async fn seal_once(
+        &self,
+        stream: &StreamRow,
+        shard_id: &str,
+        patience: Duration,
+    ) -> anyhow::Result<SealOutcome> {
         let row = self
             .store
             .shards_of(stream.stream_uid)
@@ -544,12 +561,17 @@ impl ControlPlaneService {
             }),
             epoch: row.epoch,
         });
-        request.set_timeout(Duration::from_secs(10));
+        request.set_timeout(patience.min(Duration::from_secs(10)));
         let response = storage
             .seal_shard(request)
             .await
-            .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
-        Ok((response.into_inner().ending_offset, row.epoch))
+            .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        Ok(SealOutcome {
+            ending_offset: response.ending_offset,
+            epoch: row.epoch,
+            last_arrival_ms: response.last_arrival_ms,
+        })
     }
 }
 

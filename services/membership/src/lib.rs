@@ -447,6 +447,7 @@ fn entry_for(
                 start_offset: segment.start_offset,
                 end_offset: segment.end_offset,
                 final_epoch: segment.final_epoch,
+                last_arrival_ms: segment.last_arrival_ms,
                 worker_ids: segment.worker_ids.clone(),
                 addresses: segment
                     .worker_ids
@@ -772,6 +773,7 @@ impl Membership for MembershipService {
             start_offset: row.segment_start_offset,
             end_offset: request.ending_offset,
             final_epoch: row.epoch,
+            last_arrival_ms: request.last_arrival_ms,
             worker_ids: std::iter::once(row.leader_worker_id.clone())
                 .chain(row.replica_worker_ids.iter().cloned())
                 .collect(),

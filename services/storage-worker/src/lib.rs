@@ -169,10 +169,20 @@ async fn enforce_retention(map: SharedShardMap, shards: Arc<ShardRegistry>, inte
             }) else {
                 continue;
             };
+            let cutoff = shards::now_ms() - i64::from(hours.max(1)) * 3_600_000;
+            if sealed_segment_expired(&map, &key, cutoff - EXPIRED_SEGMENT_GRACE_MS) {
+                shards.remove(&key).await;
+                tracing::info!(
+                    stream_uid,
+                    shard_id,
+                    segment = key.segment,
+                    "removed an expired sealed segment"
+                );
+                continue;
+            }
             let Ok(Some(shard)) = shards.get_stored(&key, sequence_base, start).await else {
                 continue;
             };
-            let cutoff = shards::now_ms() - i64::from(hours.max(1)) * 3_600_000;
             let log = shard.log.clone();
             match tokio::task::spawn_blocking(move || log.trim_older_than(cutoff)).await {
                 Ok(Ok(0)) => {}
@@ -186,6 +196,23 @@ async fn enforce_retention(map: SharedShardMap, shards: Arc<ShardRegistry>, inte
             }
         }
     }
+}
+
+/// How long after its records expire a sealed segment's copy is removed:
+/// readers skip it from the moment they expire (by the timer's clock), so a
+/// copy outlives that by a margin for clock differences.
+const EXPIRED_SEGMENT_GRACE_MS: i64 = 3_600_000;
+
+/// Whether `key` is a sealed segment of its shard whose newest record
+/// arrived before `cutoff_ms` (none of its records is served any more).
+fn sealed_segment_expired(map: &SharedShardMap, key: &shards::SegmentKey, cutoff_ms: i64) -> bool {
+    map.read(|m| {
+        m.get(key.stream_uid, &key.shard_id).is_some_and(|entry| {
+            entry.sealed_segments.iter().any(|s| {
+                s.index == key.segment && s.last_arrival_ms > 0 && s.last_arrival_ms < cutoff_ms
+            })
+        })
+    })
 }
 
 /// Removes the data of shards whose stream was deleted.
@@ -334,6 +361,11 @@ pub async fn run(
         read_bytes: config.shard_read_bytes_per_sec,
         read_calls: config.shard_read_calls_per_sec,
     };
+    let data_dir = config.data_dir.clone();
+    tokio::task::spawn_blocking(move || shards::move_unsegmented_logs(&data_dir))
+        .await
+        .context("layout upgrade task failed")?
+        .context("move shard logs into their segment directories")?;
     let shards = Arc::new(ShardRegistry::new(
         config.data_dir.clone(),
         log_config,

@@ -304,6 +304,24 @@ impl Replicator {
 }
 
 impl Replicator {
+    /// Whether enough replicas have answered the current epoch with a log
+    /// ending at `end` — holding all of it, at this epoch (what a seal
+    /// needs: those copies can serve the sealed segment on their own).
+    pub fn enough_replicas_hold(&self, end: u64) -> bool {
+        let Some(entry) = self.entry() else {
+            return false;
+        };
+        if self.ends_epoch != entry.epoch {
+            return false;
+        }
+        let holding = entry
+            .replica_worker_ids
+            .iter()
+            .filter(|id| self.replica_ends.get(*id) == Some(&end))
+            .count();
+        holding >= self.needed(entry.replica_worker_ids.len())
+    }
+
     fn needed(&self, replicas: usize) -> usize {
         self.context
             .ack_copies

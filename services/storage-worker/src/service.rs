@@ -162,7 +162,7 @@ impl StorageService {
         }
         let key = SegmentKey::new(shard.stream_uid, &shard.shard_id, entry.segment_index);
         self.shards
-            .get_or_open(&key, entry.sequence_base, entry.segment_start_offset)
+            .get_current(&key, &entry)
             .await
             .map_err(|error| Status::internal(format!("open shard {}: {error}", shard.shard_id)))
     }
@@ -435,11 +435,14 @@ impl Storage for StorageService {
         let shard = self
             .authorize(request.shard.as_ref(), request.epoch, Access::Seal)
             .await?;
-        let ending_offset = shard
+        let sealed = shard
             .seal(request.epoch)
             .await
             .map_err(Status::unavailable)?;
-        Ok(Response::new(SealShardResponse { ending_offset }))
+        Ok(Response::new(SealShardResponse {
+            ending_offset: sealed.ending_offset,
+            last_arrival_ms: sealed.last_arrival_ms.unwrap_or(0),
+        }))
     }
 
     async fn shard_loads(
@@ -507,7 +510,7 @@ impl Storage for StorageService {
         let key = SegmentKey::new(shard.stream_uid, &shard.shard_id, entry.segment_index);
         let open = self
             .shards
-            .get_or_open(&key, entry.sequence_base, entry.segment_start_offset)
+            .get_current(&key, &entry)
             .await
             .map_err(|error| Status::internal(format!("open shard {}: {error}", key.shard_id)))?;
         let (last_epoch, next_offset) = open.log.election_position();

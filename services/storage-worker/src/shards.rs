@@ -108,8 +108,16 @@ enum WriterJob {
     /// the final size of a CLOSING shard (led at `epoch`).
     Seal {
         epoch: u64,
-        reply: oneshot::Sender<Result<u64, String>>,
+        reply: oneshot::Sender<Result<Sealed, String>>,
     },
+}
+
+/// Where a sealed shard segment ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Sealed {
+    pub ending_offset: u64,
+    /// Arrival time of its newest record, if it holds any.
+    pub last_arrival_ms: Option<i64>,
 }
 
 /// How many idle catch-up rounds a seal may take before it gives up.
@@ -152,7 +160,7 @@ impl OpenShard {
     /// replicas and answers where it ends. Nothing is written after it:
     /// `service.rs` refuses appends to a closing shard, and the writer
     /// refuses those queued before it closed (`write_round`).
-    pub async fn seal(&self, epoch: u64) -> Result<u64, String> {
+    pub async fn seal(&self, epoch: u64) -> Result<Sealed, String> {
         let (reply, answer) = oneshot::channel();
         self.writer
             .send(WriterJob::Seal { epoch, reply })
@@ -341,7 +349,7 @@ async fn seal(
     replicator: &mut Replicator,
     unwritten: &mut Option<UnwrittenBatch>,
     epoch: u64,
-) -> Result<u64, String> {
+) -> Result<Sealed, String> {
     if replicator.leading_epoch() != Some(epoch) {
         return Err(format!("not leader at epoch {epoch}"));
     }
@@ -354,8 +362,16 @@ async fn seal(
     for _ in 0..SEAL_ROUNDS {
         replicator.catch_up(log, IDLE_CATCH_UP_DEADLINE).await;
         let end = log.next_offset();
-        if log.committed_offset() == end && log.latest_epoch() == epoch {
-            return Ok(end);
+        // Committed here, and held whole at this epoch by enough replicas
+        // that they alone can serve the sealed segment.
+        if log.committed_offset() == end
+            && log.latest_epoch() == epoch
+            && replicator.enough_replicas_hold(end)
+        {
+            return Ok(Sealed {
+                ending_offset: end,
+                last_arrival_ms: log.last_arrival_ms(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -483,12 +499,14 @@ impl ShardRegistry {
     }
 
     /// The open segment, opening (and recovering) its log on first use; a
-    /// log created here starts at `start_offset`.
+    /// log created here starts at `start_offset`, and its records arrive no
+    /// earlier than `arrival_floor_ms`.
     pub async fn get_or_open(
         &self,
         key: &SegmentKey,
         sequence_base: u64,
         start_offset: u64,
+        arrival_floor_ms: i64,
     ) -> Result<Arc<OpenShard>, String> {
         if let Some(shard) = self.open_existing(key) {
             return Ok(shard);
@@ -503,7 +521,9 @@ impl ShardRegistry {
         let config = self.log_config.clone();
         let log = tokio::task::spawn_blocking(move || {
             freshet_log::create_dir_durably(&data_dir, &dir)?;
-            ShardLog::open_from(&dir, config, start_offset)
+            let log = ShardLog::open_from(&dir, config, start_offset)?;
+            log.raise_arrival_floor(arrival_floor_ms);
+            Ok::<_, freshet_log::LogError>(log)
         })
         .await
         .map_err(|e| format!("open task failed: {e}"))?
@@ -528,6 +548,24 @@ impl ShardRegistry {
             "opened shard log"
         );
         Ok(shard)
+    }
+
+    /// The shard's current segment as `entry` describes it (opened on first
+    /// use; a new segment continues the previous one's arrival times).
+    pub async fn get_current(
+        &self,
+        key: &SegmentKey,
+        entry: &freshet_proto::v1::ShardMapEntry,
+    ) -> Result<Arc<OpenShard>, String> {
+        if let Some(shard) = self.open_existing(key) {
+            return Ok(shard);
+        }
+        let floor = entry
+            .sealed_segments
+            .last()
+            .map_or(i64::MIN, |previous| previous.last_arrival_ms);
+        self.get_or_open(key, entry.sequence_base, entry.segment_start_offset, floor)
+            .await
     }
 
     fn open_existing(&self, key: &SegmentKey) -> Option<Arc<OpenShard>> {
@@ -555,7 +593,7 @@ impl ShardRegistry {
         {
             return Ok(None);
         }
-        self.get_or_open(key, sequence_base, start_offset)
+        self.get_or_open(key, sequence_base, start_offset, i64::MIN)
             .await
             .map(Some)
     }
@@ -620,4 +658,67 @@ async fn subdirectories(dir: &std::path::Path) -> Vec<(String, PathBuf)> {
         }
     }
     found
+}
+
+/// Upgrades a data directory written before shards had segments: a log
+/// stored directly in `shards/<stream uid>/<shard id>/` is that shard's
+/// segment 0, and moves to `<shard id>/0/`. One file at a time, each move
+/// made durable, so a crash midway is finished by the next start.
+pub fn move_unsegmented_logs(data_dir: &std::path::Path) -> std::io::Result<()> {
+    let root = data_dir.join("shards");
+    let Ok(streams) = std::fs::read_dir(&root) else {
+        return Ok(());
+    };
+    for stream in streams {
+        for shard in std::fs::read_dir(stream?.path())? {
+            let shard_dir = shard?.path();
+            let files: Vec<PathBuf> = std::fs::read_dir(&shard_dir)?
+                .collect::<std::io::Result<Vec<_>>>()?
+                .into_iter()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.path())
+                .collect();
+            if files.is_empty() {
+                continue;
+            }
+            let segment_dir = shard_dir.join("0");
+            std::fs::create_dir_all(&segment_dir)?;
+            for file in files {
+                if let Some(name) = file.file_name() {
+                    std::fs::rename(&file, segment_dir.join(name))?;
+                }
+            }
+            std::fs::File::open(&segment_dir)?.sync_all()?;
+            std::fs::File::open(&shard_dir)?.sync_all()?;
+            tracing::info!(dir = %shard_dir.display(), "moved a shard's log into its segment 0");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_from_before_segments_becomes_segment_zero() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let shard = data.path().join("shards/7/shardId-000000000000");
+        let log = ShardLog::open(&shard, LogConfig::default()).expect("open");
+        log.append(
+            &[NewRecord {
+                partition_key: "k".to_owned(),
+                data: bytes::Bytes::from_static(b"kept"),
+            }],
+            1,
+        )
+        .expect("append");
+        drop(log);
+        move_unsegmented_logs(data.path()).expect("upgrade");
+        move_unsegmented_logs(data.path()).expect("a second run changes nothing");
+        let moved = ShardLog::open(&shard.join("0"), LogConfig::default()).expect("reopen");
+        let records = moved.read(0, 10, u64::MAX).expect("read").records;
+        assert_eq!(records.len(), 1);
+        assert_eq!(&records[0].data[..], b"kept");
+    }
 }

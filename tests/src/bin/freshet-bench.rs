@@ -213,30 +213,89 @@ async fn get_records(
     Ok((all, start.elapsed()))
 }
 
-/// Peak resident memory (VmHWM) of every Freshet process in the process
-/// group `group`, as `name: MiB` pairs.
-fn peak_memory(group: u32) -> Vec<(String, u64)> {
+/// The fields of `/proc/<pid>/stat` after the parenthesised command
+/// (state, ppid, pgrp, ..., utime at index 11, stime at 12).
+fn stat_fields(proc_dir: &std::path::Path) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(proc_dir.join("stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Every Freshet process in the process group `group`: its name and
+/// `/proc` directory.
+fn freshet_processes(group: u32) -> Vec<(String, std::path::PathBuf)> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+        let Some(fields) = stat_fields(&path) else {
             continue;
         };
-        // Fields after the parenthesised command: state, ppid, pgrp, ...
-        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-            continue;
-        };
-        let pgrp: Option<u32> = rest.split_whitespace().nth(2).and_then(|v| v.parse().ok());
+        let pgrp: Option<u32> = fields.get(2).and_then(|v| v.parse().ok());
         let name = std::fs::read_to_string(path.join("comm"))
             .unwrap_or_default()
             .trim()
             .to_owned();
-        if pgrp != Some(group) || !name.starts_with("freshet-") {
-            continue;
+        if pgrp == Some(group) && name.starts_with("freshet-") {
+            found.push((name, path));
         }
+    }
+    found.sort();
+    found
+}
+
+/// CPU time (user + system) used so far by each Freshet process of the
+/// group, by process name (workers summed), and by this client.
+fn cpu_seconds(group: Option<u32>) -> std::collections::BTreeMap<String, f64> {
+    // Clock ticks per second (100 on Linux unless `getconf` says otherwise).
+    let ticks = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0);
+    let used = |dir: &std::path::Path| -> f64 {
+        stat_fields(dir)
+            .map(|f| {
+                let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+                (field(11) + field(12)) / ticks
+            })
+            .unwrap_or(0.0)
+    };
+    let mut totals = std::collections::BTreeMap::new();
+    *totals.entry("client (AWS SDK)".to_owned()).or_insert(0.0) +=
+        used(std::path::Path::new("/proc/self"));
+    for (name, dir) in group.map(freshet_processes).unwrap_or_default() {
+        *totals.entry(name).or_insert(0.0) += used(&dir);
+    }
+    totals
+}
+
+/// Cores each process used between two `cpu_seconds` readings.
+fn cores_used(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    elapsed: Duration,
+) -> String {
+    after
+        .iter()
+        .map(|(name, seconds)| {
+            let spent = seconds - before.get(name).copied().unwrap_or(0.0);
+            format!("{name} {:.2}", spent / elapsed.as_secs_f64())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Peak resident memory (VmHWM) of every Freshet process in the process
+/// group `group`, as `name: MiB` pairs.
+fn peak_memory(group: u32) -> Vec<(String, u64)> {
+    let mut found = Vec::new();
+    for (name, path) in freshet_processes(group) {
         let peak_kib = std::fs::read_to_string(path.join("status"))
             .unwrap_or_default()
             .lines()
@@ -321,27 +380,54 @@ async fn run_scenarios(
             ("FRESHET_SHARD_WRITE_RECORDS_PER_SEC", "0"),
             ("FRESHET_SHARD_READ_BYTES_PER_SEC", "0"),
             ("FRESHET_SHARD_READ_CALLS_PER_SEC", "0"),
+            // Shards stay where they were placed: a move would pause writes.
+            ("FRESHET_BALANCE_AT", "inf"),
         ],
     )
     .await?;
     let client = kinesis_client(&topology.endpoint);
     let client = Arc::new(client);
+    let group = topology.pid();
     let mut rows = Vec::new();
-    create_active_stream(&client, "bench-small", SHARDS).await?;
-    let (samples, elapsed) = put_records(&client, "bench-small", 8, 500, 100).await?;
-    rows.push(row("PutRecords 500 × 100 B, 8 clients", samples, elapsed));
-    let (samples, elapsed) = get_records(&client, "bench-small").await?;
-    rows.push(row(
-        "GetRecords (Limit 10000), 1 reader per shard",
-        samples,
-        elapsed,
-    ));
-    create_active_stream(&client, "bench-large", SHARDS).await?;
-    let (samples, elapsed) = put_records(&client, "bench-large", 8, 10, 100 * 1024).await?;
-    rows.push(row("PutRecords 10 × 100 KiB, 8 clients", samples, elapsed));
-    create_active_stream(&client, "bench-single", SHARDS).await?;
-    let (samples, elapsed) = put_record(&client, "bench-single", 16, 100).await?;
-    rows.push(row("PutRecord 100 B, 16 clients", samples, elapsed));
+    let mut cpu = Vec::new();
+    // `FRESHET_BENCH_ONLY=PutRecord` (any part of a scenario's name) runs
+    // just the matching scenarios (GetRecords reads what PutRecords wrote).
+    let only = std::env::var("FRESHET_BENCH_ONLY").unwrap_or_default();
+    let wanted = |name: &str| name.contains(only.as_str());
+    let mut measure = |name: &str, samples: Samples, elapsed: Duration, before| {
+        cpu.push(format!(
+            "{name}: {}",
+            cores_used(&before, &cpu_seconds(group), elapsed)
+        ));
+        rows.push(row(name, samples, elapsed));
+    };
+    let small = "PutRecords 500 × 100 B, 8 clients";
+    let reads = "GetRecords (Limit 10000), 1 reader per shard";
+    if wanted(small) || wanted(reads) {
+        create_active_stream(&client, "bench-small", SHARDS).await?;
+        let before = cpu_seconds(group);
+        let (samples, elapsed) = put_records(&client, "bench-small", 8, 500, 100).await?;
+        measure(small, samples, elapsed, before);
+        if wanted(reads) {
+            let before = cpu_seconds(group);
+            let (samples, elapsed) = get_records(&client, "bench-small").await?;
+            measure(reads, samples, elapsed, before);
+        }
+    }
+    let large = "PutRecords 10 × 100 KiB, 8 clients";
+    if wanted(large) {
+        create_active_stream(&client, "bench-large", SHARDS).await?;
+        let before = cpu_seconds(group);
+        let (samples, elapsed) = put_records(&client, "bench-large", 8, 10, 100 * 1024).await?;
+        measure(large, samples, elapsed, before);
+    }
+    let single = "PutRecord 100 B, 16 clients";
+    if wanted(single) {
+        create_active_stream(&client, "bench-single", SHARDS).await?;
+        let before = cpu_seconds(group);
+        let (samples, elapsed) = put_record(&client, "bench-single", 16, 100).await?;
+        measure(single, samples, elapsed, before);
+    }
 
     println!();
     println!("acknowledged when durable on: {ack_copies} of the copies");
@@ -361,6 +447,11 @@ async fn run_scenarios(
         );
     }
 
+    println!();
+    println!("cores used per process (CPU seconds / elapsed seconds):");
+    for line in &cpu {
+        println!("- {line}");
+    }
     if let Some(pid) = topology.pid() {
         let memory: Vec<String> = peak_memory(pid)
             .into_iter()

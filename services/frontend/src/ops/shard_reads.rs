@@ -20,32 +20,49 @@ pub(super) struct SegmentRead {
     pub sealed: bool,
 }
 
-/// The sealed segment holding `offset`, if it is not in the current one.
-fn sealed_segment_at(entry: &ShardMapEntry, offset: u64) -> Option<&SealedSegment> {
-    if offset >= entry.segment_start_offset {
-        return None;
-    }
+/// The sealed segments that may hold records arriving at or after
+/// `from_ms`: a segment whose newest record is older holds none (and one
+/// whose records have all expired is skipped, as Kinesis trims them).
+fn sealed_segments_from(
+    entry: &ShardMapEntry,
+    from_ms: i64,
+) -> impl Iterator<Item = &SealedSegment> {
     entry
         .sealed_segments
         .iter()
-        .find(|segment| offset < segment.end_offset)
+        .filter(move |segment| segment.last_arrival_ms >= from_ms)
 }
 
-/// Reads from `start`: in the segment holding that offset, or — for a
-/// timestamp — in the first segment with a record at or after it.
+/// Reads from `start`: in the segment holding that offset (past any whose
+/// records have all expired), or — for a timestamp — in the first segment
+/// with a record at or after it.
 pub(super) async fn read_shard(
     frontend: &Frontend,
     entry: &ShardMapEntry,
     start: Start,
     max_records: u32,
 ) -> Result<SegmentRead, tonic::Status> {
+    let retention_ms = i64::from(entry.retention_hours.max(1)) * 3_600_000;
+    let unexpired_from = frontend.now_ms().saturating_sub(retention_ms);
     match start {
-        Start::AtOffset(offset) => match sealed_segment_at(entry, offset) {
-            Some(segment) => read_sealed(frontend, entry, segment, start, max_records).await,
-            None => read_current(frontend, entry, start, max_records).await,
-        },
-        Start::AtTimestampMs(_) => {
-            for segment in &entry.sealed_segments {
+        Start::AtOffset(offset) => {
+            let holding = sealed_segments_from(entry, unexpired_from)
+                .find(|segment| offset < segment.end_offset);
+            match holding {
+                Some(segment) => {
+                    // From the segment's start at the latest: the offsets
+                    // before it were in segments that expired.
+                    let start = Start::AtOffset(offset.max(segment.start_offset));
+                    read_sealed(frontend, entry, segment, start, max_records).await
+                }
+                None => {
+                    let start = Start::AtOffset(offset.max(entry.segment_start_offset));
+                    read_current(frontend, entry, start, max_records).await
+                }
+            }
+        }
+        Start::AtTimestampMs(timestamp_ms) => {
+            for segment in sealed_segments_from(entry, timestamp_ms.max(unexpired_from)) {
                 let read = read_sealed(frontend, entry, segment, start, max_records).await?;
                 if !read.response.records.is_empty() {
                     return Ok(read);
@@ -131,4 +148,45 @@ async fn read_sealed(
             last_error.message()
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(index: u32, start: u64, end: u64, last_arrival_ms: i64) -> SealedSegment {
+        SealedSegment {
+            index,
+            start_offset: start,
+            end_offset: end,
+            last_arrival_ms,
+            ..SealedSegment::default()
+        }
+    }
+
+    #[test]
+    fn reads_skip_segments_with_nothing_new_enough() {
+        let entry = ShardMapEntry {
+            sealed_segments: vec![
+                segment(0, 0, 10, 1_000),
+                segment(1, 10, 10, 0),
+                segment(2, 10, 25, 5_000),
+            ],
+            segment_index: 3,
+            segment_start_offset: 25,
+            ..ShardMapEntry::default()
+        };
+        let indexes = |from_ms| -> Vec<u32> {
+            sealed_segments_from(&entry, from_ms)
+                .map(|s| s.index)
+                .collect()
+        };
+        assert_eq!(indexes(0), [0, 1, 2]);
+        assert_eq!(
+            indexes(1_001),
+            [2],
+            "segment 0 holds nothing that recent, segment 1 nothing at all"
+        );
+        assert!(indexes(5_001).is_empty());
+    }
 }

@@ -188,6 +188,7 @@ async fn a_leader_frozen_past_its_lease_acknowledges_nothing_when_it_wakes() -> 
             records: vec![RecordToAppend {
                 partition_key: "stale".to_owned(),
                 data: bytes::Bytes::from_static(b"written through a deposed leader"),
+                ..RecordToAppend::default()
             }],
         };
         let outcome = old_leader.append(append).await;
@@ -217,6 +218,7 @@ async fn a_leader_frozen_past_its_lease_acknowledges_nothing_when_it_wakes() -> 
                 records: vec![RecordToAppend {
                     partition_key: "stale".to_owned(),
                     data: bytes::Bytes::from_static(b"replicated by a deposed leader"),
+                    ..RecordToAppend::default()
                 }],
                 leader_committed_offset: end_before.next_offset + 1,
                 leader_epochs: vec![EpochStart {

@@ -46,23 +46,40 @@ impl Default for LoadMeter {
     }
 }
 
+/// One record offered to a shard, as the meter sees it.
+pub struct OfferedRecord<'a> {
+    pub partition_key: &'a str,
+    /// The producer's ExplicitHashKey (decimal), or empty.
+    pub explicit_hash_key: &'a str,
+    pub size: usize,
+}
+
+impl OfferedRecord<'_> {
+    /// Where the record lands in the hash-key space.
+    fn hash_key(&self) -> u128 {
+        HashKey::parse_decimal(self.explicit_hash_key)
+            .unwrap_or_else(|_| HashKey::of_partition_key(self.partition_key))
+            .0
+    }
+}
+
 impl LoadMeter {
-    /// Counts an append: every record's partition key and size, and how
-    /// many of them the limit refused.
+    /// Counts an append: every record's place and size, and how many of
+    /// them the limit refused.
     pub fn record<'a>(
         &self,
-        records: impl IntoIterator<Item = (&'a str, usize)>,
+        records: impl IntoIterator<Item = OfferedRecord<'a>>,
         throttled: usize,
     ) {
         let mut bytes = 0;
         let mut count = 0;
         let before = self.offered_records.load(Ordering::Relaxed);
         let mut sampled = Vec::new();
-        for (partition_key, size) in records {
+        for record in records {
             if (before + count).is_multiple_of(SAMPLE_EVERY) {
-                sampled.push(HashKey::of_partition_key(partition_key).0);
+                sampled.push(record.hash_key());
             }
-            bytes += size as u64;
+            bytes += record.size as u64;
             count += 1;
         }
         self.offered_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -106,7 +123,14 @@ mod tests {
     fn the_median_follows_where_the_load_is() {
         let meter = LoadMeter::default();
         let keys: Vec<String> = (0..4000).map(|i| format!("key-{i}")).collect();
-        meter.record(keys.iter().map(|k| (k.as_str(), 10)), 7);
+        meter.record(
+            keys.iter().map(|k| OfferedRecord {
+                partition_key: k,
+                explicit_hash_key: "",
+                size: 10,
+            }),
+            7,
+        );
         let reading = meter.read();
         assert_eq!(reading.offered_records, 4000);
         assert_eq!(reading.offered_bytes, 40_000);
@@ -119,6 +143,25 @@ mod tests {
         assert!(
             (1_600..2_400).contains(&below),
             "{below} of 4000 below the median"
+        );
+    }
+
+    #[test]
+    fn an_explicit_hash_key_is_sampled_where_it_points() {
+        let meter = LoadMeter::default();
+        let place = HashKey(u128::MAX / 3).to_string();
+        meter.record(
+            (0..400).map(|_| OfferedRecord {
+                partition_key: "same-key",
+                explicit_hash_key: &place,
+                size: 1,
+            }),
+            0,
+        );
+        assert_eq!(
+            meter.read().median_hash_key,
+            Some(HashKey(u128::MAX / 3)),
+            "not the partition key's hash"
         );
     }
 }

@@ -53,6 +53,7 @@ fn to_wire(partition_key: &str, data: &bytes::Bytes) -> RecordToAppend {
     RecordToAppend {
         partition_key: partition_key.to_owned(),
         data: data.clone(),
+        explicit_hash_key: String::new(),
     }
 }
 

@@ -11,6 +11,7 @@ use freshet_shardmap::SharedShardMap;
 use tonic::{Request, Response, Status};
 
 use crate::lease::Lease;
+use crate::load::OfferedRecord;
 use crate::shards::{AppendError, OpenShard, SegmentKey, ShardRegistry};
 
 /// How long a request waits for this worker's snapshot to learn of a
@@ -241,35 +242,28 @@ impl Storage for StorageService {
         let shard = self
             .authorize(request.shard.as_ref(), request.epoch, Access::Write)
             .await?;
-        let mut records = into_log_records(request.records);
         // Over the shard's write limit: a prefix is written, the rest refused.
-        let admitted = shard
-            .throttle
-            .admit_writes(records.iter().map(|r| r.data.len() + r.partition_key.len()));
+        let admitted = shard.throttle.admit_writes(
+            request
+                .records
+                .iter()
+                .map(|r| r.data.len() + r.partition_key.len()),
+        );
+        let throttled = request.records.len() - admitted;
+        shard.load.record(
+            request.records.iter().map(|r| OfferedRecord {
+                partition_key: &r.partition_key,
+                explicit_hash_key: &r.explicit_hash_key,
+                size: r.data.len() + r.partition_key.len(),
+            }),
+            throttled,
+        );
         if admitted == 0 {
-            shard.load.record(
-                records.iter().map(|r| {
-                    (
-                        r.partition_key.as_str(),
-                        r.data.len() + r.partition_key.len(),
-                    )
-                }),
-                records.len(),
-            );
             return Err(Status::resource_exhausted(
                 "the shard's write limit is spent",
             ));
         }
-        let throttled = records.len() - admitted;
-        shard.load.record(
-            records.iter().map(|r| {
-                (
-                    r.partition_key.as_str(),
-                    r.data.len() + r.partition_key.len(),
-                )
-            }),
-            throttled,
-        );
+        let mut records = into_log_records(request.records);
         records.truncate(admitted);
         let appended = shard
             .append(records, request.epoch)

@@ -62,7 +62,28 @@ fn decode_data(data: Option<&str>) -> KinesisResult<Option<Bytes>> {
 struct CheckedRecord {
     partition_key: String,
     hash_key: HashKey,
+    /// Whether the producer chose `hash_key` (ExplicitHashKey).
+    explicit: bool,
     data: Bytes,
+}
+
+impl CheckedRecord {
+    /// The record as its shard's leader takes it.
+    fn into_append(self) -> (HashKey, RecordToAppend) {
+        let explicit_hash_key = if self.explicit {
+            self.hash_key.to_string()
+        } else {
+            String::new()
+        };
+        (
+            self.hash_key,
+            RecordToAppend {
+                partition_key: self.partition_key,
+                data: self.data,
+                explicit_hash_key,
+            },
+        )
+    }
 }
 
 /// Validates one record's members (`field_prefix` is e.g. `records.3.member.`).
@@ -118,6 +139,7 @@ fn check_record(
     };
     Ok(Some(CheckedRecord {
         partition_key: partition_key.to_owned(),
+        explicit: explicit.is_some(),
         hash_key: explicit.unwrap_or_else(|| HashKey::of_partition_key(partition_key)),
         data,
     }))
@@ -397,13 +419,7 @@ pub async fn put_record(
         caller,
         &stream_name,
         route,
-        vec![(
-            record.hash_key,
-            RecordToAppend {
-                partition_key: record.partition_key,
-                data: record.data,
-            },
-        )],
+        vec![record.into_append()],
     )
     .await
     .into_iter()
@@ -488,18 +504,7 @@ pub async fn put_records(
         return Err(dry_run_error());
     }
 
-    let records = records
-        .into_iter()
-        .map(|record| {
-            (
-                record.hash_key,
-                RecordToAppend {
-                    partition_key: record.partition_key,
-                    data: record.data,
-                },
-            )
-        })
-        .collect();
+    let records = records.into_iter().map(CheckedRecord::into_append).collect();
     let mut failed = 0;
     let results: Vec<Value> = append_records(frontend, caller, &stream_name, route, records)
         .await

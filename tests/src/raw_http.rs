@@ -136,3 +136,64 @@ pub async fn kinesis_h2c(
         body: String::from_utf8_lossy(&body).into_owned(),
     })
 }
+
+/// One kept-alive HTTP/1.1 connection sending Kinesis calls with the dev
+/// credentials, one at a time: a load generator far lighter than an SDK
+/// (no signing, no retries), so a benchmark measures the server.
+pub struct KeepAliveClient {
+    stream: tokio::io::BufStream<TcpStream>,
+    address: String,
+}
+
+impl KeepAliveClient {
+    pub async fn connect(address: &str) -> anyhow::Result<KeepAliveClient> {
+        let stream = TcpStream::connect(address).await.context("connect")?;
+        stream.set_nodelay(true)?;
+        Ok(KeepAliveClient {
+            stream: tokio::io::BufStream::new(stream),
+            address: address.to_owned(),
+        })
+    }
+
+    /// Sends `operation` with a JSON `body`; answers the status and body.
+    pub async fn call(&mut self, operation: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+        use tokio::io::AsyncBufReadExt;
+        let head = format!(
+            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-amz-json-1.1\r\n\
+             X-Amz-Target: Kinesis_20131202.{operation}\r\nAuthorization: {DEV_AUTHORIZATION}\r\n\
+             Content-Length: {}\r\n\r\n",
+            self.address,
+            body.len()
+        );
+        self.stream.write_all(head.as_bytes()).await?;
+        self.stream.write_all(body).await?;
+        self.stream.flush().await?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await?;
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .context("response has no status")?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            anyhow::ensure!(
+                self.stream.read_line(&mut line).await? > 0,
+                "connection closed mid-response"
+            );
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().context("bad content-length")?;
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).await?;
+        Ok((status, body))
+    }
+}

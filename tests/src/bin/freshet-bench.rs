@@ -158,6 +158,52 @@ async fn put_record(
     Ok((all, start.elapsed()))
 }
 
+/// Like [`put_record`], from kept-alive raw HTTP/1.1 connections instead of
+/// the SDK: what the server does when its client costs next to nothing.
+async fn put_record_raw(
+    endpoint: &str,
+    stream: &str,
+    clients: usize,
+    size: usize,
+) -> anyhow::Result<(Samples, Duration)> {
+    use base64::Engine as _;
+    let address = endpoint.trim_start_matches("http://").to_owned();
+    let data = base64::engine::general_purpose::STANDARD.encode(vec![b'f'; size]);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(SCENARIO_SECONDS);
+    let mut tasks = Vec::new();
+    for worker in 0..clients {
+        let (address, stream, data) = (address.clone(), stream.to_owned(), data.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut connection = freshet_e2e::raw_http::KeepAliveClient::connect(&address).await?;
+            let mut samples = Samples::default();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                n += 1;
+                let body = format!(
+                    r#"{{"StreamName":"{stream}","PartitionKey":"{worker}-{n}","Data":"{data}"}}"#
+                );
+                let sent = Instant::now();
+                let (status, answer) = connection.call("PutRecord", body.as_bytes()).await?;
+                anyhow::ensure!(
+                    status == 200,
+                    "PutRecord answered {status}: {}",
+                    String::from_utf8_lossy(&answer)
+                );
+                samples.latencies.push(sent.elapsed());
+                samples.records += 1;
+                samples.bytes += size as u64;
+            }
+            anyhow::Ok(samples)
+        }));
+    }
+    let mut all = Samples::default();
+    for task in tasks {
+        all.merge(task.await??);
+    }
+    Ok((all, start.elapsed()))
+}
+
 /// Reads every shard from TRIM_HORIZON to its end, one reader per shard.
 async fn get_records(
     client: &aws_sdk_kinesis::Client,
@@ -427,6 +473,13 @@ async fn run_scenarios(
         let before = cpu_seconds(group);
         let (samples, elapsed) = put_record(&client, "bench-single", 16, 100).await?;
         measure(single, samples, elapsed, before);
+    }
+    let raw = "PutRecord 100 B, 16 raw HTTP/1.1 clients (no SDK)";
+    if wanted(raw) {
+        create_active_stream(&client, "bench-raw", SHARDS).await?;
+        let before = cpu_seconds(group);
+        let (samples, elapsed) = put_record_raw(&topology.endpoint, "bench-raw", 16, 100).await?;
+        measure(raw, samples, elapsed, before);
     }
 
     println!();

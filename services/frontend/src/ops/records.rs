@@ -504,7 +504,10 @@ pub async fn put_records(
         return Err(dry_run_error());
     }
 
-    let records = records.into_iter().map(CheckedRecord::into_append).collect();
+    let records = records
+        .into_iter()
+        .map(CheckedRecord::into_append)
+        .collect();
     let mut failed = 0;
     let results: Vec<Value> = append_records(frontend, caller, &stream_name, route, records)
         .await

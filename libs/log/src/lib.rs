@@ -151,6 +151,8 @@ struct Writer {
     active_first_arrival_ms: Option<i64>,
     next_offset: u64,
     last_arrival_ms: i64,
+    /// No record is stamped earlier than this (see `raise_arrival_floor`).
+    arrival_floor_ms: i64,
     poisoned: bool,
     /// Which leader epoch wrote which records (persisted on every change).
     epochs: EpochHistory,
@@ -269,6 +271,7 @@ impl ShardLog {
             active_first_arrival_ms: last.first_arrival_ms(),
             next_offset,
             last_arrival_ms,
+            arrival_floor_ms: i64::MIN,
             poisoned: false,
             epochs: EpochHistory::load(dir)?,
         };
@@ -481,7 +484,8 @@ impl ShardLog {
         (writer.next_offset, now_ms.max(writer.last_arrival_ms))
     }
 
-    /// Arrival time of the newest record, if the log holds any.
+    /// Arrival time of the newest record — or, in a log that holds none
+    /// yet, the arrival floor it continues from — if either is known.
     pub fn last_arrival_ms(&self) -> Option<i64> {
         Some(self.lock_writer().last_arrival_ms).filter(|ms| *ms != i64::MIN)
     }
@@ -491,6 +495,7 @@ impl ShardLog {
     /// whatever the new leader's clock says).
     pub fn raise_arrival_floor(&self, floor_ms: i64) {
         let mut writer = self.lock_writer();
+        writer.arrival_floor_ms = writer.arrival_floor_ms.max(floor_ms);
         writer.last_arrival_ms = writer.last_arrival_ms.max(floor_ms);
     }
 
@@ -556,7 +561,8 @@ impl ShardLog {
             .iter()
             .rev()
             .find_map(|segment| segment.last_arrival_ms())
-            .unwrap_or(i64::MIN);
+            .unwrap_or(i64::MIN)
+            .max(writer.arrival_floor_ms);
         view.next_offset = offset;
         Ok(())
     }

@@ -525,10 +525,18 @@ fn a_later_segment_continues_the_arrival_times_of_the_one_before() {
     let log = ShardLog::open_from(dir.path(), LogConfig::default(), 10).expect("open");
     assert_eq!(log.last_arrival_ms(), None);
     log.raise_arrival_floor(5_000);
-    let appended = log.append(&[record("a", "x")], 4_000).expect("append");
+    let appended = log
+        .append_uncommitted(&[record("a", "x")], 4_000)
+        .expect("append");
     assert_eq!(
         appended.arrival_ms, 5_000,
         "a clock behind the previous segment's does not move time back"
     );
     assert_eq!(log.last_arrival_ms(), Some(5_000));
+    log.truncate_to(10).expect("truncate");
+    assert_eq!(
+        log.next_position(4_000),
+        (10, 5_000),
+        "dropping an uncommitted tail keeps the floor"
+    );
 }

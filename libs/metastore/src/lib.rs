@@ -266,7 +266,7 @@ impl MetaStore {
             .context("lock the account's shard quota")?;
         let used: i64 = sqlx::query(
             "SELECT (SELECT count(*) FROM shards JOIN streams USING (stream_uid) \
-                     WHERE streams.account_id = $1 AND shards.state = 'OPEN') \
+                     WHERE streams.account_id = $1 AND shards.state IN ('OPEN', 'CLOSING')) \
                   + (SELECT COALESCE(SUM(requested_shards), 0) FROM streams \
                      WHERE account_id = $1 AND status = 'CREATING') AS used",
         )

@@ -265,7 +265,14 @@ impl ControlPlaneService {
                 stream_name = stream.stream_name,
                 "reopening a shard whose move was abandoned"
             );
-            self.reopen_closing_shards(&stream).await?;
+            // One stream that cannot be settled now does not hold up the
+            // others (nor the round's move): the next round tries again.
+            if let Err(error) = self.reopen_closing_shards(&stream).await {
+                tracing::warn!(
+                    stream_name = stream.stream_name,
+                    "reopening failed to {error:#}"
+                );
+            }
         }
         Ok(())
     }

@@ -89,7 +89,8 @@ fn next_uniform_step(open: &[(String, HashKeyRange)], target: u32) -> Option<Ste
     sorted.sort_by_key(|(_, range)| range.start);
     sorted.windows(2).find_map(|pair| {
         let (lower, upper) = (pair[0], pair[1]);
-        (!boundaries.contains(&upper.1.start)).then(|| Step::Merge {
+        let adjacent = lower.1.end.0.checked_add(1) == Some(upper.1.start.0);
+        (adjacent && !boundaries.contains(&upper.1.start)).then(|| Step::Merge {
             lower: lower.0.clone(),
             upper: upper.0.clone(),
         })
@@ -324,7 +325,12 @@ impl ControlPlaneService {
             // One change of a stream's shards at a time: a worker-balancing
             // move under way finishes first (`balancer.rs`).
             let _changing = service.stream_lock(stream.stream_uid).lock_owned().await;
-            let result = service.run_steps(&stream, steps, uniform_target).await;
+            // A shard left CLOSING by a move that was given up would be a
+            // hole in the steps' view of the open shards.
+            let result = match service.reopen_closing_shards(&stream).await {
+                Ok(()) => service.run_steps(&stream, steps, uniform_target).await,
+                Err(error) => Err(error.context("reopen a shard left closing")),
+            };
             if let Err(error) = &result {
                 tracing::error!(
                     stream_name = stream.stream_name,
@@ -518,7 +524,10 @@ impl ControlPlaneService {
     ) -> anyhow::Result<SealOutcome> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            let outcome = self.seal_once(stream, shard_id, patience).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let outcome = self
+                .seal_once(stream, shard_id, left.max(Duration::from_millis(100)))
+                .await;
             match outcome {
                 Ok(end) => return Ok(end),
                 Err(error) if tokio::time::Instant::now() >= deadline => {
@@ -532,11 +541,12 @@ impl ControlPlaneService {
         }
     }
 
+    /// One `SealShard` call, given at most `timeout`.
     async fn seal_once(
         &self,
         stream: &StreamRow,
         shard_id: &str,
-        patience: Duration,
+        timeout: Duration,
     ) -> anyhow::Result<SealOutcome> {
         let row = self
             .store
@@ -561,7 +571,7 @@ impl ControlPlaneService {
             }),
             epoch: row.epoch,
         });
-        request.set_timeout(patience.min(Duration::from_secs(10)));
+        request.set_timeout(timeout.min(Duration::from_secs(10)));
         let response = storage
             .seal_shard(request)
             .await
@@ -585,6 +595,20 @@ mod tests {
             .enumerate()
             .map(|(i, r)| (ShardId(i as u32).to_string(), r))
             .collect()
+    }
+
+    #[test]
+    fn shards_on_either_side_of_a_hole_are_never_merged() {
+        // Shard 1 missing from the open shards (a move given up, say).
+        let mut open = shards(HashKeyRange::split_evenly(4));
+        open.remove(1);
+        assert_eq!(
+            next_uniform_step(&open, 2),
+            Some(Step::Merge {
+                lower: ShardId(2).to_string(),
+                upper: ShardId(3).to_string(),
+            })
+        );
     }
 
     /// Applies steps until none is left; returns the final ranges.

@@ -367,7 +367,7 @@ async fn scale(
             .shards_of(stream.stream_uid)
             .await?
             .into_iter()
-            .filter(|r| r.state == "OPEN")
+            .filter(|r| r.is_open_in(&stream))
             .filter_map(|r| {
                 let range = range_of(&r).ok()?;
                 let load = loads.get(&(stream.stream_uid, r.shard_id.clone())).copied();

@@ -161,10 +161,15 @@ async fn enforce_retention(map: SharedShardMap, shards: Arc<ShardRegistry>, inte
         tokio::time::sleep(interval).await;
         for key in shards.stored_shards().await {
             let (stream_uid, shard_id) = (key.stream_uid, key.shard_id.clone());
-            let Some((hours, sequence_base, start)) = map.read(|m| {
+            let Some((hours, sequence_base, start, floor)) = map.read(|m| {
                 m.get(stream_uid, &shard_id).and_then(|e| {
+                    let floor = if key.segment == e.segment_index {
+                        shards::arrival_floor(e)
+                    } else {
+                        i64::MIN
+                    };
                     shards::segment_start(e, key.segment)
-                        .map(|start| (e.retention_hours, e.sequence_base, start))
+                        .map(|start| (e.retention_hours, e.sequence_base, start, floor))
                 })
             }) else {
                 continue;
@@ -180,7 +185,7 @@ async fn enforce_retention(map: SharedShardMap, shards: Arc<ShardRegistry>, inte
                 );
                 continue;
             }
-            let Ok(Some(shard)) = shards.get_stored(&key, sequence_base, start).await else {
+            let Ok(Some(shard)) = shards.get_stored(&key, sequence_base, start, floor).await else {
                 continue;
             };
             let log = shard.log.clone();

@@ -194,7 +194,7 @@ impl StorageService {
             .ok_or_else(no_copy)?;
         let shard = self
             .shards
-            .get_stored(&key, entry.sequence_base, sealed.start_offset)
+            .get_stored(&key, entry.sequence_base, sealed.start_offset, i64::MIN)
             .await
             .map_err(|error| Status::internal(format!("open shard {}: {error}", key.shard_id)))?
             .ok_or_else(no_copy)?;

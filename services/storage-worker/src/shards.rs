@@ -64,6 +64,15 @@ impl SegmentKey {
     }
 }
 
+/// The earliest arrival time the shard's current segment may stamp: where
+/// the segment before it ended.
+pub fn arrival_floor(entry: &freshet_proto::v1::ShardMapEntry) -> i64 {
+    entry
+        .sealed_segments
+        .last()
+        .map_or(i64::MIN, |previous| previous.last_arrival_ms)
+}
+
 /// Where segment `segment` of `entry`'s shard starts, if the entry knows it.
 pub fn segment_start(entry: &freshet_proto::v1::ShardMapEntry, segment: u32) -> Option<u64> {
     if segment == entry.segment_index {
@@ -560,12 +569,13 @@ impl ShardRegistry {
         if let Some(shard) = self.open_existing(key) {
             return Ok(shard);
         }
-        let floor = entry
-            .sealed_segments
-            .last()
-            .map_or(i64::MIN, |previous| previous.last_arrival_ms);
-        self.get_or_open(key, entry.sequence_base, entry.segment_start_offset, floor)
-            .await
+        self.get_or_open(
+            key,
+            entry.sequence_base,
+            entry.segment_start_offset,
+            arrival_floor(entry),
+        )
+        .await
     }
 
     fn open_existing(&self, key: &SegmentKey) -> Option<Arc<OpenShard>> {
@@ -583,6 +593,7 @@ impl ShardRegistry {
         key: &SegmentKey,
         sequence_base: u64,
         start_offset: u64,
+        arrival_floor_ms: i64,
     ) -> Result<Option<Arc<OpenShard>>, String> {
         if let Some(shard) = self.open_existing(key) {
             return Ok(Some(shard));
@@ -593,7 +604,7 @@ impl ShardRegistry {
         {
             return Ok(None);
         }
-        self.get_or_open(key, sequence_base, start_offset, i64::MIN)
+        self.get_or_open(key, sequence_base, start_offset, arrival_floor_ms)
             .await
             .map(Some)
     }
@@ -666,22 +677,30 @@ async fn subdirectories(dir: &std::path::Path) -> Vec<(String, PathBuf)> {
 /// made durable, so a crash midway is finished by the next start.
 pub fn move_unsegmented_logs(data_dir: &std::path::Path) -> std::io::Result<()> {
     let root = data_dir.join("shards");
-    let Ok(streams) = std::fs::read_dir(&root) else {
+    if !root.is_dir() {
         return Ok(());
-    };
-    for stream in streams {
-        for shard in std::fs::read_dir(stream?.path())? {
-            let shard_dir = shard?.path();
-            let files: Vec<PathBuf> = std::fs::read_dir(&shard_dir)?
-                .collect::<std::io::Result<Vec<_>>>()?
-                .into_iter()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                .map(|e| e.path())
-                .collect();
+    }
+    for stream_dir in entries_of(&root, |t| t.is_dir())? {
+        for shard_dir in entries_of(&stream_dir, |t| t.is_dir())? {
+            let files = entries_of(&shard_dir, |t| t.is_file())?;
             if files.is_empty() {
                 continue;
             }
             let segment_dir = shard_dir.join("0");
+            // A move cut short leaves each file in one place or the other;
+            // a name in both means two logs, and which one is the shard's
+            // is not for this code to guess.
+            if let Some(clash) = files
+                .iter()
+                .filter_map(|f| f.file_name())
+                .find(|name| segment_dir.join(name).exists())
+            {
+                return Err(std::io::Error::other(format!(
+                    "{} holds {} both directly and in 0/: move one of the two logs away",
+                    shard_dir.display(),
+                    clash.to_string_lossy()
+                )));
+            }
             std::fs::create_dir_all(&segment_dir)?;
             for file in files {
                 if let Some(name) = file.file_name() {
@@ -694,6 +713,19 @@ pub fn move_unsegmented_logs(data_dir: &std::path::Path) -> std::io::Result<()> 
         }
     }
     Ok(())
+}
+
+/// The entries of `dir` whose file type passes `keep`.
+fn entries_of(
+    dir: &std::path::Path,
+    keep: impl Fn(std::fs::FileType) -> bool,
+) -> std::io::Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(dir)?
+        .collect::<std::io::Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|e| e.file_type().is_ok_and(&keep))
+        .map(|e| e.path())
+        .collect())
 }
 
 #[cfg(test)]
@@ -714,11 +746,20 @@ mod tests {
         )
         .expect("append");
         drop(log);
+        std::fs::write(data.path().join("shards/stray"), b"").expect("stray file");
         move_unsegmented_logs(data.path()).expect("upgrade");
         move_unsegmented_logs(data.path()).expect("a second run changes nothing");
         let moved = ShardLog::open(&shard.join("0"), LogConfig::default()).expect("reopen");
         let records = moved.read(0, 10, u64::MAX).expect("read").records;
         assert_eq!(records.len(), 1);
         assert_eq!(&records[0].data[..], b"kept");
+
+        // A log in both places is refused, not merged or overwritten.
+        std::fs::copy(
+            shard.join("0/00000000000000000000.log"),
+            shard.join("00000000000000000000.log"),
+        )
+        .expect("copy");
+        assert!(move_unsegmented_logs(data.path()).is_err());
     }
 }

@@ -21,16 +21,18 @@ pub(super) struct SegmentRead {
 }
 
 /// The sealed segments that may hold records arriving at or after
-/// `from_ms`: a segment whose newest record is older holds none (and one
-/// whose records have all expired is skipped, as Kinesis trims them).
+/// `from_ms`: not an empty one, nor one whose newest record is older (so
+/// one whose records have all expired is skipped, as Kinesis trims them).
+/// A segment that does not know its newest arrival (0: sealed by an older
+/// version) is never skipped.
 fn sealed_segments_from(
     entry: &ShardMapEntry,
     from_ms: i64,
 ) -> impl Iterator<Item = &SealedSegment> {
-    entry
-        .sealed_segments
-        .iter()
-        .filter(move |segment| segment.last_arrival_ms >= from_ms)
+    entry.sealed_segments.iter().filter(move |segment| {
+        segment.start_offset < segment.end_offset
+            && (segment.last_arrival_ms == 0 || segment.last_arrival_ms >= from_ms)
+    })
 }
 
 /// Reads from `start`: in the segment holding that offset (past any whose
@@ -171,9 +173,10 @@ mod tests {
                 segment(0, 0, 10, 1_000),
                 segment(1, 10, 10, 0),
                 segment(2, 10, 25, 5_000),
+                segment(3, 25, 30, 0),
             ],
-            segment_index: 3,
-            segment_start_offset: 25,
+            segment_index: 4,
+            segment_start_offset: 30,
             ..ShardMapEntry::default()
         };
         let indexes = |from_ms| -> Vec<u32> {
@@ -181,12 +184,16 @@ mod tests {
                 .map(|s| s.index)
                 .collect()
         };
-        assert_eq!(indexes(0), [0, 1, 2]);
+        assert_eq!(indexes(0), [0, 2, 3], "segment 1 holds nothing at all");
         assert_eq!(
             indexes(1_001),
-            [2],
-            "segment 0 holds nothing that recent, segment 1 nothing at all"
+            [2, 3],
+            "segment 0 holds nothing that recent"
         );
-        assert!(indexes(5_001).is_empty());
+        assert_eq!(
+            indexes(5_001),
+            [3],
+            "a segment whose newest arrival is unknown is read"
+        );
     }
 }

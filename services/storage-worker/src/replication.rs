@@ -382,13 +382,7 @@ impl Replicator {
         // were acknowledged under its predecessor but not yet marked
         // committed here. Once enough replicas hold the whole log — and so,
         // having answered this epoch, its start — all of it is committed.
-        let holding = entry
-            .replica_worker_ids
-            .iter()
-            .filter(|id| self.replica_ends.get(*id) == Some(&target))
-            .count();
-        let needed = self.needed(entry.replica_worker_ids.len());
-        if committed < target && holding >= needed && self.holds_lease() {
+        if committed < target && self.enough_replicas_hold(target) && self.holds_lease() {
             log.commit(target);
         }
     }

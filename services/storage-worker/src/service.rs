@@ -174,12 +174,11 @@ impl StorageService {
         entry: &ShardMapEntry,
         index: u32,
     ) -> Result<Arc<OpenShard>, Status> {
-        let key = SegmentKey::current(entry)
-            .map(|current| SegmentKey {
-                segment: index,
-                ..current
-            })
+        let shard = entry
+            .key
+            .as_ref()
             .ok_or_else(|| Status::invalid_argument("shard is required"))?;
+        let key = SegmentKey::new(shard.stream_uid, &shard.shard_id, index);
         let no_copy = || {
             Status::failed_precondition(format!(
                 "worker {} holds no copy of segment {index} of shard {}",

@@ -620,20 +620,10 @@ impl ShardRegistry {
 
     /// Every shard segment with a directory on disk, open or not.
     pub async fn stored_shards(&self) -> Vec<SegmentKey> {
-        let mut found = Vec::new();
-        for (uid, stream_dir) in subdirectories(&self.data_dir.join("shards")).await {
-            let Ok(stream_uid) = uid.parse::<i64>() else {
-                continue;
-            };
-            for (shard_id, shard_dir) in subdirectories(&stream_dir).await {
-                for (segment, _) in subdirectories(&shard_dir).await {
-                    if let Ok(segment) = segment.parse::<u32>() {
-                        found.push(SegmentKey::new(stream_uid, &shard_id, segment));
-                    }
-                }
-            }
-        }
-        found
+        let root = self.data_dir.join("shards");
+        tokio::task::spawn_blocking(move || stored_segments(&root))
+            .await
+            .unwrap_or_default()
     }
 
     /// Closes a deleted (or no longer placed) shard segment and removes
@@ -657,15 +647,26 @@ impl ShardRegistry {
     }
 }
 
-/// The subdirectories of `dir` by name (none if it cannot be read).
-async fn subdirectories(dir: &std::path::Path) -> Vec<(String, PathBuf)> {
-    let mut found = Vec::new();
-    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
-        return found;
+/// Every `<stream uid>/<shard id>/<segment>` directory under `root`.
+fn stored_segments(root: &std::path::Path) -> Vec<SegmentKey> {
+    let named = |dir: &std::path::Path| -> Vec<(String, PathBuf)> {
+        entries_of(dir, |t| t.is_dir())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|path| Some((path.file_name()?.to_str()?.to_owned(), path)))
+            .collect()
     };
-    while let Ok(Some(entry)) = entries.next_entry().await {
-        if let Some(name) = entry.file_name().to_str() {
-            found.push((name.to_owned(), entry.path()));
+    let mut found = Vec::new();
+    for (uid, stream_dir) in named(root) {
+        let Ok(stream_uid) = uid.parse::<i64>() else {
+            continue;
+        };
+        for (shard_id, shard_dir) in named(&stream_dir) {
+            for (segment, _) in named(&shard_dir) {
+                if let Ok(segment) = segment.parse::<u32>() {
+                    found.push(SegmentKey::new(stream_uid, &shard_id, segment));
+                }
+            }
         }
     }
     found

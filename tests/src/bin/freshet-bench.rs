@@ -65,6 +65,25 @@ fn row(scenario: &str, mut samples: Samples, elapsed: Duration) -> Row {
     }
 }
 
+/// Runs one task per client, each `client_loop(its number, deadline)`
+/// until the scenario's time is up, and merges what they measured.
+async fn run_clients<F, Fut>(clients: usize, client_loop: F) -> anyhow::Result<(Samples, Duration)>
+where
+    F: Fn(usize, Instant) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Samples>> + Send + 'static,
+{
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(SCENARIO_SECONDS);
+    let tasks: Vec<_> = (0..clients)
+        .map(|worker| tokio::spawn(client_loop(worker, deadline)))
+        .collect();
+    let mut all = Samples::default();
+    for task in tasks {
+        all.merge(task.await??);
+    }
+    Ok((all, start.elapsed()))
+}
+
 /// `clients` concurrent loops of PutRecords with `batch` records of `size`
 /// bytes each, for the scenario's duration.
 async fn put_records(
@@ -75,14 +94,9 @@ async fn put_records(
     size: usize,
 ) -> anyhow::Result<(Samples, Duration)> {
     let payload = Blob::new(vec![b'f'; size]);
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(SCENARIO_SECONDS);
-    let mut tasks = Vec::new();
-    for worker in 0..clients {
-        let client = client.clone();
-        let stream = stream.to_owned();
-        let payload = payload.clone();
-        tasks.push(tokio::spawn(async move {
+    run_clients(clients, |worker, deadline| {
+        let (client, stream, payload) = (client.clone(), stream.to_owned(), payload.clone());
+        async move {
             let mut samples = Samples::default();
             let mut n = 0u64;
             while Instant::now() < deadline {
@@ -108,15 +122,12 @@ async fn put_records(
                 samples.bytes += ok * size as u64;
             }
             anyhow::Ok(samples)
-        }));
-    }
-    let mut all = Samples::default();
-    for task in tasks {
-        all.merge(task.await??);
-    }
-    Ok((all, start.elapsed()))
+        }
+    })
+    .await
 }
 
+/// `clients` concurrent loops of single-record PutRecord calls.
 async fn put_record(
     client: &aws_sdk_kinesis::Client,
     stream: &str,
@@ -124,14 +135,9 @@ async fn put_record(
     size: usize,
 ) -> anyhow::Result<(Samples, Duration)> {
     let payload = Blob::new(vec![b'f'; size]);
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(SCENARIO_SECONDS);
-    let mut tasks = Vec::new();
-    for worker in 0..clients {
-        let client = client.clone();
-        let stream = stream.to_owned();
-        let payload = payload.clone();
-        tasks.push(tokio::spawn(async move {
+    run_clients(clients, |worker, deadline| {
+        let (client, stream, payload) = (client.clone(), stream.to_owned(), payload.clone());
+        async move {
             let mut samples = Samples::default();
             let mut n = 0u64;
             while Instant::now() < deadline {
@@ -149,13 +155,9 @@ async fn put_record(
                 samples.bytes += size as u64;
             }
             anyhow::Ok(samples)
-        }));
-    }
-    let mut all = Samples::default();
-    for task in tasks {
-        all.merge(task.await??);
-    }
-    Ok((all, start.elapsed()))
+        }
+    })
+    .await
 }
 
 /// Like [`put_record`], from kept-alive raw HTTP/1.1 connections instead of
@@ -169,12 +171,9 @@ async fn put_record_raw(
     use base64::Engine as _;
     let address = endpoint.trim_start_matches("http://").to_owned();
     let data = base64::engine::general_purpose::STANDARD.encode(vec![b'f'; size]);
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(SCENARIO_SECONDS);
-    let mut tasks = Vec::new();
-    for worker in 0..clients {
+    run_clients(clients, |worker, deadline| {
         let (address, stream, data) = (address.clone(), stream.to_owned(), data.clone());
-        tasks.push(tokio::spawn(async move {
+        async move {
             let mut connection = freshet_e2e::raw_http::KeepAliveClient::connect(&address).await?;
             let mut samples = Samples::default();
             let mut n = 0u64;
@@ -195,13 +194,9 @@ async fn put_record_raw(
                 samples.bytes += size as u64;
             }
             anyhow::Ok(samples)
-        }));
-    }
-    let mut all = Samples::default();
-    for task in tasks {
-        all.merge(task.await??);
-    }
-    Ok((all, start.elapsed()))
+        }
+    })
+    .await
 }
 
 /// Reads every shard from TRIM_HORIZON to its end, one reader per shard.
@@ -296,14 +291,17 @@ fn freshet_processes(group: u32) -> Vec<(String, std::path::PathBuf)> {
 /// group, by process name (workers summed), and by this client.
 fn cpu_seconds(group: Option<u32>) -> std::collections::BTreeMap<String, f64> {
     // Clock ticks per second (100 on Linux unless `getconf` says otherwise).
-    let ticks = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .and_then(|text| text.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0);
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse::<f64>().ok())
+            .filter(|t| *t > 0.0)
+            .unwrap_or(100.0)
+    });
     let used = |dir: &std::path::Path| -> f64 {
         stat_fields(dir)
             .map(|f| {

@@ -140,7 +140,7 @@ async fn handle(
     .instrument(span.clone())
     .await;
     match result {
-        Ok(Some(value)) => response(StatusCode::OK, value.to_string(), &request_id),
+        Ok(Some(text)) => response(StatusCode::OK, text, &request_id),
         Ok(None) => response(StatusCode::OK, String::new(), &request_id),
         Err(error) => {
             span.in_scope(|| {

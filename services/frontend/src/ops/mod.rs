@@ -3,6 +3,7 @@
 
 mod capacity;
 mod records;
+mod replies;
 mod reshard;
 mod shard_reads;
 mod streams;
@@ -31,13 +32,27 @@ pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> KinesisResult<T> {
     serde_json::from_slice(body).map_err(|error| KinesisError::serialization(error.to_string()))
 }
 
-/// Runs one operation; `Ok(None)` is an empty 200 response.
+/// A reply body built as a JSON value (control-plane operations, where a
+/// few allocations per call do not matter).
+fn text_of(value: Value) -> Option<String> {
+    Some(value.to_string())
+}
+
+/// A reply body serialized straight from typed, borrowed data: the
+/// data-plane operations, whose replies carry up to 10,000 records.
+pub(crate) fn to_json_text<T: serde::Serialize>(reply: &T) -> KinesisResult<String> {
+    serde_json::to_string(reply)
+        .map_err(|error| KinesisError::internal(format!("encode the reply: {error}")))
+}
+
+/// Runs one operation; the JSON text of its reply, `Ok(None)` for an
+/// empty 200 response.
 pub async fn dispatch(
     frontend: &Frontend,
     operation: &str,
     caller: &Caller,
     body: &[u8],
-) -> KinesisResult<Option<Value>> {
+) -> KinesisResult<Option<String>> {
     match operation {
         "CreateStream" => streams::create_stream(frontend, caller, parse(body)?)
             .await
@@ -47,16 +62,16 @@ pub async fn dispatch(
             .map(|()| None),
         "DescribeStream" => streams::describe_stream(frontend, caller, parse(body)?)
             .await
-            .map(Some),
+            .map(text_of),
         "DescribeStreamSummary" => streams::describe_stream_summary(frontend, caller, parse(body)?)
             .await
-            .map(Some),
+            .map(text_of),
         "ListStreams" => streams::list_streams(frontend, caller, parse(body)?)
             .await
-            .map(Some),
+            .map(text_of),
         "ListShards" => streams::list_shards(frontend, caller, parse(body)?)
             .await
-            .map(Some),
+            .map(text_of),
         "PutRecord" => records::put_record(frontend, caller, parse(body)?)
             .await
             .map(Some),
@@ -65,7 +80,7 @@ pub async fn dispatch(
             .map(Some),
         "GetShardIterator" => records::get_shard_iterator(frontend, caller, parse(body)?)
             .await
-            .map(Some),
+            .map(text_of),
         "GetRecords" => records::get_records(frontend, caller, parse(body)?)
             .await
             .map(Some),
@@ -77,7 +92,7 @@ pub async fn dispatch(
             .map(|()| None),
         "UpdateShardCount" => reshard::update_shard_count(frontend, caller, parse(body)?)
             .await
-            .map(Some),
+            .map(text_of),
         "UpdateMaxRecordSize" => reshard::update_max_record_size(frontend, caller, parse(body)?)
             .await
             .map(|()| None),
@@ -87,18 +102,18 @@ pub async fn dispatch(
         "UpdateStreamWarmThroughput" => {
             capacity::update_stream_warm_throughput(frontend, caller, parse(body)?)
                 .await
-                .map(Some)
+                .map(text_of)
         }
         "UpdateAccountSettings" => {
             capacity::update_account_settings(frontend, caller, parse(body)?)
                 .await
-                .map(Some)
+                .map(text_of)
         }
         "DescribeAccountSettings" => {
             let _: serde_json::Map<String, Value> = parse(body)?;
             capacity::describe_account_settings(frontend, caller)
                 .await
-                .map(Some)
+                .map(text_of)
         }
         other => Err(unknown_operation(other)),
     }

@@ -13,6 +13,7 @@
 //! other failure is retried, since the write may have happened.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -27,9 +28,12 @@ use freshet_types::{HashKey, SequenceNumber};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::replies::{
+    GetRecordsReply, PutRecordReply, PutRecordsEntryReply, PutRecordsReply, ReadRecords,
+};
 use super::shard_reads::read_shard;
 use super::streams::normalize_shard_id;
-use super::{epoch_seconds, StreamTarget};
+use super::{to_json_text, StreamTarget};
 use crate::error::{KinesisError, KinesisResult, Violations};
 use crate::http_api::Caller;
 use crate::iterator::{Position, ShardIterator};
@@ -86,30 +90,31 @@ impl CheckedRecord {
     }
 }
 
-/// Validates one record's members (`field_prefix` is e.g. `records.3.member.`).
+/// Validates one record's members. `field` names a member as the error
+/// message does (`partitionKey`, or `records.3.member.partitionKey` in a
+/// PutRecords); it is called only for a member that fails a check.
 fn check_record(
-    partition_key: Option<&str>,
+    partition_key: Option<String>,
     explicit_hash_key: Option<&str>,
     data: Option<Bytes>,
-    field_prefix: &str,
+    field: &dyn Fn(&str) -> String,
     violations: &mut Violations,
 ) -> KinesisResult<Option<CheckedRecord>> {
-    violations.check_required(partition_key, &format!("{field_prefix}partitionKey"));
-    violations.check_length(
-        partition_key,
-        &format!("{field_prefix}partitionKey"),
-        1,
-        256,
-    );
-    violations.check_required(data.as_ref(), &format!("{field_prefix}data"));
-    if let Some(data) = &data {
-        if data.len() > MAX_RECORD_BYTES_MODEL {
-            violations.add(
-                None,
-                &format!("{field_prefix}data"),
-                &format!("Member must have length less than or equal to {MAX_RECORD_BYTES_MODEL}"),
-            );
-        }
+    // The checks below, without building a field name for a member that
+    // passes them (PutRecords checks 500 records per call).
+    let key = partition_key.as_deref();
+    if !key.is_some_and(|key| (1..=256).contains(&key.chars().count())) {
+        violations.check_required(key, &field("partitionKey"));
+        violations.check_length(key, &field("partitionKey"), 1, 256);
+    }
+    match &data {
+        None => violations.check_required(data.as_ref(), &field("data")),
+        Some(data) if data.len() > MAX_RECORD_BYTES_MODEL => violations.add(
+            None,
+            &field("data"),
+            &format!("Member must have length less than or equal to {MAX_RECORD_BYTES_MODEL}"),
+        ),
+        Some(_) => {}
     }
     let explicit = match explicit_hash_key {
         Some(text) => {
@@ -120,7 +125,7 @@ fn check_record(
             if !well_formed {
                 violations.add(
                     Some(text),
-                    &format!("{field_prefix}explicitHashKey"),
+                    &field("explicitHashKey"),
                     "Member must satisfy regular expression pattern: 0|([1-9]\\d{0,38})",
                 );
                 None
@@ -138,9 +143,9 @@ fn check_record(
         return Ok(None);
     };
     Ok(Some(CheckedRecord {
-        partition_key: partition_key.to_owned(),
+        hash_key: explicit.unwrap_or_else(|| HashKey::of_partition_key(&partition_key)),
+        partition_key,
         explicit: explicit.is_some(),
-        hash_key: explicit.unwrap_or_else(|| HashKey::of_partition_key(partition_key)),
         data,
     }))
 }
@@ -223,7 +228,8 @@ const REROUTE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Where one record landed.
 struct Landed {
-    shard_id: String,
+    /// Shared by every record of one append.
+    shard_id: Arc<str>,
     sequence_number: SequenceNumber,
 }
 
@@ -289,6 +295,7 @@ async fn append_records(
         for (entry, indexes, outcome) in futures::future::join_all(appends).await {
             match outcome {
                 Ok(appended) => {
+                    let shard_id: Arc<str> = shard_id_of(&entry).into();
                     let written = indexes.len().saturating_sub(appended.throttled as usize);
                     for (position, index) in indexes.into_iter().enumerate() {
                         if position >= written {
@@ -296,7 +303,7 @@ async fn append_records(
                             continue;
                         }
                         results[index] = Some(Ok(Landed {
-                            shard_id: shard_id_of(&entry),
+                            shard_id: shard_id.clone(),
                             sequence_number: SequenceNumber {
                                 base: appended.sequence_base,
                                 offset: appended.first_offset + position as u64,
@@ -383,15 +390,15 @@ pub async fn put_record(
     frontend: &Frontend,
     caller: &Caller,
     input: PutRecordInput,
-) -> KinesisResult<Value> {
+) -> KinesisResult<String> {
     let mut violations = Violations::default();
     input.target.check(&mut violations);
     let data = decode_data(input.data.as_deref())?;
     let record = check_record(
-        input.partition_key.as_deref(),
+        input.partition_key,
         input.explicit_hash_key.as_deref(),
         data,
-        "",
+        &|member| member.to_owned(),
         &mut violations,
     )?;
     if let Some(ordering) = input.sequence_number_for_ordering.as_deref() {
@@ -425,12 +432,11 @@ pub async fn put_record(
     .into_iter()
     .next()
     .unwrap_or_else(|| Err(KinesisError::internal("record was not written")))?;
-    let (shard_id, sequence_number) = (landed.shard_id, landed.sequence_number);
-    Ok(json!({
-        "ShardId": shard_id,
-        "SequenceNumber": sequence_number.to_string(),
-        "EncryptionType": "NONE",
-    }))
+    to_json_text(&PutRecordReply {
+        shard_id: &landed.shard_id,
+        sequence_number: landed.sequence_number,
+        encryption_type: "NONE",
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -454,7 +460,7 @@ pub async fn put_records(
     frontend: &Frontend,
     caller: &Caller,
     input: PutRecordsInput,
-) -> KinesisResult<Value> {
+) -> KinesisResult<String> {
     let mut violations = Violations::default();
     input.target.check(&mut violations);
     violations.check_required(input.records.as_ref(), "records");
@@ -474,14 +480,13 @@ pub async fn put_records(
     }
     let mut checked = Vec::with_capacity(entries.len());
     if entries.len() <= 500 {
-        for (index, entry) in entries.iter().enumerate() {
+        for (index, entry) in entries.into_iter().enumerate() {
             let data = decode_data(entry.data.as_deref())?;
-            let prefix = format!("records.{}.member.", index + 1);
             checked.push(check_record(
-                entry.partition_key.as_deref(),
+                entry.partition_key,
                 entry.explicit_hash_key.as_deref(),
                 data,
-                &prefix,
+                &|member| format!("records.{}.member.{member}", index + 1),
                 &mut violations,
             )?);
         }
@@ -508,27 +513,37 @@ pub async fn put_records(
         .into_iter()
         .map(CheckedRecord::into_append)
         .collect();
-    let mut failed = 0;
-    let results: Vec<Value> = append_records(frontend, caller, &stream_name, route, records)
-        .await
-        .into_iter()
+    let outcomes = append_records(frontend, caller, &stream_name, route, records).await;
+    let mut failed_record_count = 0;
+    let entries = outcomes
+        .iter()
         .map(|outcome| match outcome {
-            Ok(landed) => json!({
-                "SequenceNumber": landed.sequence_number.to_string(),
-                "ShardId": landed.shard_id,
-            }),
+            Ok(landed) => PutRecordsEntryReply::Landed {
+                sequence_number: landed.sequence_number,
+                shard_id: &landed.shard_id,
+            },
             Err(error) if error.code == "ProvisionedThroughputExceededException" => {
-                failed += 1;
-                json!({ "ErrorCode": error.code, "ErrorMessage": error.message })
+                failed_record_count += 1;
+                PutRecordsEntryReply::Failed {
+                    error_code: error.code,
+                    error_message: &error.message,
+                }
             }
             Err(error) => {
                 tracing::warn!(code = error.code, message = %error.message, "part of a PutRecords failed");
-                failed += 1;
-                json!({ "ErrorCode": "InternalFailure", "ErrorMessage": "Internal service failure." })
+                failed_record_count += 1;
+                PutRecordsEntryReply::Failed {
+                    error_code: "InternalFailure",
+                    error_message: "Internal service failure.",
+                }
             }
         })
         .collect();
-    Ok(json!({ "FailedRecordCount": failed, "Records": results, "EncryptionType": "NONE" }))
+    to_json_text(&PutRecordsReply {
+        failed_record_count,
+        records: entries,
+        encryption_type: "NONE",
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -681,7 +696,7 @@ pub async fn get_records(
     frontend: &Frontend,
     caller: &Caller,
     input: GetRecordsInput,
-) -> KinesisResult<Value> {
+) -> KinesisResult<String> {
     let mut violations = Violations::default();
     violations.check_required(input.shard_iterator.as_ref(), "shardIterator");
     violations.check_length(input.shard_iterator.as_deref(), "shardIterator", 1, 512);
@@ -778,18 +793,10 @@ pub async fn get_records(
     } else {
         read.millis_behind_latest
     };
-    let records: Vec<Value> = read
-        .records
-        .iter()
-        .map(|record| {
-            json!({
-                "SequenceNumber": SequenceNumber { base: read.sequence_base, offset: record.offset }.to_string(),
-                "ApproximateArrivalTimestamp": epoch_seconds(record.arrival_ms),
-                "Data": STANDARD.encode(&record.data),
-                "PartitionKey": record.partition_key,
-            })
-        })
-        .collect();
+    let records = ReadRecords {
+        sequence_base: read.sequence_base,
+        records: &read.records,
+    };
     // The end of a closed shard: no next iterator, and the shards that
     // continue its keys (read them next, as Kinesis documents).
     if entry.state() == ShardState::Closed && read.next_offset >= entry.ending_offset {
@@ -806,11 +813,12 @@ pub async fn get_records(
         // the caller keeps an iterator and asks again rather than being
         // told the shard ended with no successors.
         if !children.is_empty() {
-            return Ok(json!({
-                "Records": records,
-                "MillisBehindLatest": 0,
-                "ChildShards": children,
-            }));
+            return to_json_text(&GetRecordsReply {
+                records,
+                next_shard_iterator: None,
+                millis_behind_latest: 0,
+                child_shards: Some(children),
+            });
         }
     }
     let next = ShardIterator {
@@ -818,9 +826,10 @@ pub async fn get_records(
         position: Position::AtOffset(read.next_offset),
         ..iterator
     };
-    Ok(json!({
-        "Records": records,
-        "NextShardIterator": frontend.signer.encode_iterator(&next),
-        "MillisBehindLatest": millis_behind_latest,
-    }))
+    to_json_text(&GetRecordsReply {
+        records,
+        next_shard_iterator: Some(frontend.signer.encode_iterator(&next)),
+        millis_behind_latest,
+        child_shards: None,
+    })
 }

@@ -32,23 +32,41 @@ pub struct StreamRoute {
     /// Sorted by shard id.
     pub entries: Vec<ShardMapEntry>,
     pub source: RouteSource,
+    /// The open shards' hash-key ranges, parsed once per route (a
+    /// PutRecords looks up 500 keys), sorted by start: (range, index into
+    /// `entries`).
+    open_ranges: Vec<(HashKeyRange, usize)>,
 }
 
 impl StreamRoute {
+    pub fn new(entries: Vec<ShardMapEntry>, source: RouteSource) -> StreamRoute {
+        let mut open_ranges: Vec<(HashKeyRange, usize)> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.state() == ShardState::Open)
+            .filter_map(|(index, e)| {
+                let start = HashKey::parse_decimal(&e.starting_hash_key).ok()?;
+                let end = HashKey::parse_decimal(&e.ending_hash_key).ok()?;
+                Some((HashKeyRange { start, end }, index))
+            })
+            .collect();
+        open_ranges.sort_by_key(|(range, _)| range.start);
+        StreamRoute {
+            entries,
+            source,
+            open_ranges,
+        }
+    }
+
     /// The open shard whose hash-key range holds `hash_key`.
     pub fn shard_for_hash_key(&self, hash_key: HashKey) -> Option<&ShardMapEntry> {
-        self.entries
-            .iter()
-            .filter(|e| e.state() == ShardState::Open)
-            .find(|e| {
-                match (
-                    HashKey::parse_decimal(&e.starting_hash_key),
-                    HashKey::parse_decimal(&e.ending_hash_key),
-                ) {
-                    (Ok(start), Ok(end)) => HashKeyRange { start, end }.contains(hash_key),
-                    _ => false,
-                }
-            })
+        // Open shards' ranges do not overlap: the one that may hold the key
+        // is the last one starting at or below it.
+        let after = self
+            .open_ranges
+            .partition_point(|(range, _)| range.start <= hash_key);
+        let (range, index) = self.open_ranges.get(after.checked_sub(1)?)?;
+        range.contains(hash_key).then(|| &self.entries[*index])
     }
 
     pub fn shard(&self, shard_id: &str) -> Option<&ShardMapEntry> {
@@ -130,10 +148,7 @@ impl Router {
             });
         if fresh {
             self.stats.fresh_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Some(StreamRoute {
-                entries: local,
-                source: RouteSource::FreshSnapshot,
-            }));
+            return Ok(Some(StreamRoute::new(local, RouteSource::FreshSnapshot)));
         }
 
         let mut request = tonic::Request::new(GetStreamShardsRequest {
@@ -184,15 +199,12 @@ impl Router {
                 } else {
                     Vec::new()
                 };
-                Ok((!entries.is_empty()).then_some(StreamRoute { entries, source }))
+                Ok((!entries.is_empty()).then(|| StreamRoute::new(entries, source)))
             }
             Err(status) if !local.is_empty() => {
                 tracing::warn!(code = ?status.code(), message = status.message(), stream_name, "cache unavailable, routing with a stale entry");
                 self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(StreamRoute {
-                    entries: local,
-                    source: RouteSource::StaleSnapshot,
-                }))
+                Ok(Some(StreamRoute::new(local, RouteSource::StaleSnapshot)))
             }
             Err(status) => Err(RouteError::Unavailable(format!(
                 "{:?}: {}",
@@ -205,5 +217,73 @@ impl Router {
     /// Marks a stream's entries stale (after a worker said "not leader").
     pub fn invalidate(&self, account_id: &str, stream_name: &str) {
         self.map.write(|m| m.expire_stream(account_id, stream_name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use freshet_proto::v1::ShardKey;
+
+    use super::*;
+
+    fn entry(shard_id: &str, start: u128, end: u128, state: ShardState) -> ShardMapEntry {
+        ShardMapEntry {
+            key: Some(ShardKey {
+                stream_uid: 1,
+                shard_id: shard_id.to_owned(),
+            }),
+            starting_hash_key: start.to_string(),
+            ending_hash_key: end.to_string(),
+            state: state as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_hash_key_routes_to_the_open_shard_whose_range_holds_it() {
+        // shard 0 was split into 1 and 2; 1 and 2 listed out of key order.
+        let route = StreamRoute::new(
+            vec![
+                entry("shardId-000000000000", 0, u128::MAX, ShardState::Closed),
+                entry(
+                    "shardId-000000000001",
+                    1 << 127,
+                    u128::MAX,
+                    ShardState::Open,
+                ),
+                entry("shardId-000000000002", 0, (1 << 127) - 1, ShardState::Open),
+            ],
+            RouteSource::FreshSnapshot,
+        );
+        let shard_of = |key: u128| {
+            route
+                .shard_for_hash_key(HashKey(key))
+                .and_then(|e| e.key.as_ref())
+                .map(|k| k.shard_id.as_str())
+        };
+        assert_eq!(shard_of(0), Some("shardId-000000000002"));
+        assert_eq!(shard_of((1 << 127) - 1), Some("shardId-000000000002"));
+        assert_eq!(shard_of(1 << 127), Some("shardId-000000000001"));
+        assert_eq!(shard_of(u128::MAX), Some("shardId-000000000001"));
+    }
+
+    #[test]
+    fn a_key_in_no_open_shard_has_no_route() {
+        // The upper half's shard is closing (not open) while it is merged.
+        let route = StreamRoute::new(
+            vec![
+                entry("shardId-000000000000", 0, (1 << 127) - 1, ShardState::Open),
+                entry(
+                    "shardId-000000000001",
+                    1 << 127,
+                    u128::MAX,
+                    ShardState::Closing,
+                ),
+            ],
+            RouteSource::FreshSnapshot,
+        );
+        assert!(route.shard_for_hash_key(HashKey(5)).is_some());
+        assert!(route.shard_for_hash_key(HashKey(1 << 127)).is_none());
+        assert!(route.shard_for_hash_key(HashKey(u128::MAX)).is_none());
     }
 }

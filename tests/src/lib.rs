@@ -324,6 +324,7 @@ impl Cluster {
             iterator_secret: "test-secret".to_owned(),
             timer_max_unsynced: options.timer_max_unsynced,
             storage_timeout: Duration::from_secs(5),
+            append_calls_per_shard: 1,
         };
         let frontend = Frontend::new(&frontend_config)?;
         let (frontend_listener, frontend_addr) = bind().await?;

@@ -380,3 +380,91 @@ async fn a_get_records_response_is_capped_at_10_mib() -> anyhow::Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+/// Concurrent requests' appends to one shard share calls to its leader
+/// (the frontend's coalescer): each caller must still be told the sequence
+/// numbers of its own records, and only of those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_callers_each_get_the_sequence_numbers_of_their_own_records(
+) -> anyhow::Result<()> {
+    const CALLERS: usize = 16;
+    const CALLS_PER_CALLER: usize = 30;
+    let cluster = Cluster::start().await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "one-shard", 1).await?;
+    let mut callers = Vec::new();
+    for caller in 0..CALLERS {
+        let (client, stream) = (client.clone(), "one-shard".to_owned());
+        callers.push(tokio::spawn(async move {
+            let mut told: Vec<(String, String)> = Vec::new();
+            for call in 0..CALLS_PER_CALLER {
+                // Callers alternate single records and batches of 1–5, so
+                // calls of different sizes share the leader's calls.
+                if (caller + call) % 2 == 0 {
+                    let data = format!("c{caller}/call{call}");
+                    let output = client
+                        .put_record()
+                        .stream_name(&stream)
+                        .partition_key(format!("k{caller}"))
+                        .data(Blob::new(data.clone()))
+                        .send()
+                        .await?;
+                    told.push((output.sequence_number, data));
+                } else {
+                    let datas: Vec<String> = (0..=(call % 5))
+                        .map(|i| format!("c{caller}/call{call}/{i}"))
+                        .collect();
+                    let entries = datas
+                        .iter()
+                        .map(|data| {
+                            PutRecordsRequestEntry::builder()
+                                .partition_key(format!("k{caller}"))
+                                .data(Blob::new(data.clone()))
+                                .build()
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let output = client
+                        .put_records()
+                        .stream_name(&stream)
+                        .set_records(Some(entries))
+                        .send()
+                        .await?;
+                    anyhow::ensure!(output.failed_record_count.unwrap_or(0) == 0);
+                    for (entry, data) in output.records.into_iter().zip(datas) {
+                        let sequence = entry.sequence_number.expect("a sequence number");
+                        told.push((sequence, data));
+                    }
+                }
+            }
+            anyhow::Ok(told)
+        }));
+    }
+    let mut told: BTreeMap<u128, String> = BTreeMap::new();
+    for caller in callers {
+        for (sequence, data) in caller.await?? {
+            let previous = told.insert(sequence.parse()?, data.clone());
+            assert!(
+                previous.is_none(),
+                "sequence number {sequence} was given to two records ({data})"
+            );
+        }
+    }
+    let shard = freshet_e2e::shard_ids(&client, "one-shard").await?;
+    let stored: BTreeMap<u128, String> = read_shard(&client, "one-shard", &shard[0])
+        .await?
+        .into_iter()
+        .map(|record| {
+            Ok((
+                record.sequence_number.parse()?,
+                String::from_utf8(record.data.into_inner())?,
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    assert_eq!(stored.len(), told.len(), "records stored vs acknowledged");
+    assert!(
+        stored == told,
+        "a caller was told a sequence number that holds another record"
+    );
+    cluster.shutdown().await;
+    Ok(())
+}

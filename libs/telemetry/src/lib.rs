@@ -166,3 +166,14 @@ pub fn context_from_headers(headers: &http::HeaderMap) -> opentelemetry::Context
 pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
     let _ = span.set_parent(context_from_headers(headers));
 }
+
+/// Links `span` to `other`'s trace: for work done once on behalf of several
+/// requests (a coalesced append), whose span can have only one parent.
+pub fn link_to(span: &tracing::Span, other: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt as _;
+    let context = other.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span.add_link(span_context);
+    }
+}

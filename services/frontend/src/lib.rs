@@ -12,9 +12,12 @@
 //!
 //! Layout: `http.rs` (the wire: targets, content types, error bodies),
 //! `auth.rs`, `error.rs`, `iterator.rs` (signed iterators and tokens),
-//! `ops/streams.rs` (control-plane operations), `ops/records.rs` (data plane).
+//! `ops/streams.rs` (control-plane operations), `ops/records.rs` (data plane),
+//! `ops/replies.rs` (data-plane replies), `coalescer.rs` (concurrent
+//! appends to one shard share one call to its leader).
 
 mod auth;
+mod coalescer;
 mod error;
 mod http_api;
 pub mod iterator;
@@ -76,6 +79,11 @@ pub struct Config {
     /// fails the request (InternalFailure) instead of holding it forever.
     #[arg(long, env = "FRESHET_STORAGE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub storage_timeout: Duration,
+    /// Append calls each shard may have outstanding at its leader from this
+    /// frontend; concurrent appends beyond that queue and go together in the
+    /// next call (a very large value turns coalescing off).
+    #[arg(long, env = "FRESHET_APPEND_CALLS_PER_SHARD", default_value_t = 1)]
+    pub append_calls_per_shard: usize,
 }
 
 /// Everything a request handler needs.
@@ -86,7 +94,8 @@ pub struct Frontend {
     pub(crate) router: Router,
     pub(crate) timer: TimerClient,
     pub(crate) signer: iterator::TokenSigner,
-    pub(crate) storage: ops::StoragePool,
+    pub(crate) storage: Arc<ops::StoragePool>,
+    pub(crate) appends: Arc<coalescer::AppendCoalescer>,
     storage_timeout: Duration,
     _subscription: Subscription,
 }
@@ -116,6 +125,7 @@ impl Frontend {
             freshet_server::grpc_channel(&config.cache_addr)?,
             timer.clone(),
         );
+        let storage = Arc::new(ops::StoragePool::default());
         Ok(Arc::new(Frontend {
             region: config.region.clone(),
             accounts: auth::AccountResolver::new(control_plane.clone()),
@@ -123,7 +133,12 @@ impl Frontend {
             router,
             timer,
             signer: iterator::TokenSigner::new(config.iterator_secret.as_bytes()),
-            storage: ops::StoragePool::default(),
+            storage: storage.clone(),
+            appends: coalescer::AppendCoalescer::new(
+                storage,
+                config.storage_timeout,
+                config.append_calls_per_shard,
+            ),
             storage_timeout: config.storage_timeout,
             _subscription: subscription,
         }))

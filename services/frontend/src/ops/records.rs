@@ -4,8 +4,10 @@
 //! # The write path
 //! validate every record → look up the stream's route (snapshot, else
 //! cache) → pick each record's shard by MD5(partition key) or its
-//! ExplicitHashKey → one `Append` per shard to its leader, in parallel,
-//! carrying the epoch the route names → answer with sequence numbers.
+//! ExplicitHashKey → one append per shard to its leader, in parallel,
+//! carrying the epoch the route names — concurrent requests' appends to one
+//! shard share `Append` calls (`coalescer.rs`) → answer with sequence
+//! numbers.
 //!
 //! A write refused with FAILED_PRECONDITION (stale epoch, not the leader) or
 //! ABORTED (the worker does not know the placement yet) was refused before
@@ -20,9 +22,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
 use freshet_proto::v1::read_request::Start;
-use freshet_proto::v1::{
-    AppendRequest, GetShardTailRequest, RecordToAppend, ShardKey, ShardMapEntry, ShardState,
-};
+use freshet_proto::v1::{GetShardTailRequest, RecordToAppend, ShardKey, ShardMapEntry, ShardState};
 use freshet_shardmap::StreamRoute;
 use freshet_types::{HashKey, SequenceNumber};
 use serde::Deserialize;
@@ -267,17 +267,12 @@ async fn append_records(
             let batch: Vec<RecordToAppend> =
                 indexes.iter().map(|&i| records[i].1.clone()).collect();
             async move {
-                let mut client = match frontend.storage.client(&entry.leader_address) {
-                    Ok(client) => client,
+                let appended = match frontend.appends.append(&entry, batch).await {
+                    Ok(appended) => appended,
                     Err(error) => return (entry, indexes, Err(Err(error))),
                 };
-                let request = AppendRequest {
-                    shard: shard_key(&entry),
-                    epoch: entry.epoch,
-                    records: batch,
-                };
-                let outcome = match client.append(frontend.storage_request(request)).await {
-                    Ok(response) => Ok(response.into_inner()),
+                let outcome = match appended {
+                    Ok(share) => Ok(share),
                     Err(status) if refused_before_writing(&status) => Err(Ok(status)),
                     Err(status) if status.code() == tonic::Code::ResourceExhausted => {
                         Err(Err(rate_exceeded(&entry)))

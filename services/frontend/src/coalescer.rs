@@ -1,0 +1,332 @@
+//! Coalescing of concurrent appends to one shard into one `Append` call.
+//!
+//! Sixteen producers calling PutRecord on a four-shard stream send about
+//! four appends at a time to each shard's leader. The leader's group commit
+//! already writes them as one batch, but each still cost a gRPC call on both
+//! sides. Here, appends for the same shard, leader and epoch (a *lane*)
+//! queue while the lane has its maximum of calls outstanding (one by
+//! default, `--append-calls-per-shard`), and go as one call as soon as it
+//! returns: batching end to end — frontend → leader → replicas. One call at
+//! a time per shard mirrors the leader's group commit, which writes one
+//! batch at a time anyway; allowing two measured slower (the second call
+//! split the leader's next batch instead of joining it).
+//!
+//! What each caller sees is what it would have seen alone:
+//! - its records stay contiguous and in its order, so its offsets are the
+//!   call's first offset plus its position in the call;
+//! - the leader's write limit refuses a suffix of a call's records, so a
+//!   caller is refused exactly its records in that suffix;
+//! - an error answers every caller of the call with the same status: a
+//!   refusal before writing (which each caller retries on its own fresh
+//!   route, as before) or a failure after which its records may or may not
+//!   have been written — the same uncertainty as a call of its own; the
+//!   appends queued behind a failed call are sent back unsent (ABORTED), so
+//!   they are routed again at once instead of waiting out another deadline
+//!   on a leader that just failed.
+//!
+//! A call goes out from a task of its own, so a caller that goes away (a
+//! client hanging up) never strands the callers queued behind it.
+//!
+//! Tracing: the call is a child of the first queued request's span and
+//! links to the spans of the others.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use freshet_proto::v1::{AppendRequest, AppendResponse, RecordToAppend, ShardMapEntry};
+use tokio::sync::oneshot;
+use tracing::Instrument as _;
+
+use crate::error::KinesisResult;
+use crate::ops::StoragePool;
+
+/// A coalesced call stops taking queued appends at this many bytes of
+/// data and keys (the leader's group commit takes up to 16 MiB; a single
+/// PutRecords carries up to 10 MiB, and always goes, alone if need be).
+const MAX_CALL_BYTES: usize = 8 * 1024 * 1024;
+
+/// What one caller's share of a call came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendShare {
+    /// Offset of the caller's first record.
+    pub first_offset: u64,
+    pub sequence_base: u64,
+    /// How many of the caller's records, at its end, the write limit refused.
+    pub throttled: u32,
+}
+
+/// Appends that share a lane go out together.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LaneKey {
+    leader_address: String,
+    stream_uid: i64,
+    shard_id: String,
+    epoch: u64,
+}
+
+struct Queued {
+    records: Vec<RecordToAppend>,
+    bytes: usize,
+    span: tracing::Span,
+    reply: oneshot::Sender<Result<AppendShare, tonic::Status>>,
+}
+
+#[derive(Default)]
+struct Lane {
+    queued: Vec<Queued>,
+    in_flight: usize,
+}
+
+/// The lanes of one frontend.
+pub struct AppendCoalescer {
+    storage: Arc<StoragePool>,
+    /// Deadline of each call.
+    timeout: Duration,
+    /// Calls one lane may have outstanding (at least 1).
+    max_in_flight: usize,
+    lanes: Mutex<HashMap<LaneKey, Lane>>,
+}
+
+fn size_of(records: &[RecordToAppend]) -> usize {
+    records
+        .iter()
+        .map(|r| r.data.len() + r.partition_key.len())
+        .sum()
+}
+
+impl AppendCoalescer {
+    pub fn new(
+        storage: Arc<StoragePool>,
+        timeout: Duration,
+        max_in_flight: usize,
+    ) -> Arc<AppendCoalescer> {
+        Arc::new(AppendCoalescer {
+            storage,
+            timeout,
+            max_in_flight: max_in_flight.max(1),
+            lanes: Mutex::default(),
+        })
+    }
+
+    /// Appends `records` to the shard `entry` names, at its epoch, through
+    /// its leader; resolves once the leader answered the call carrying them.
+    pub async fn append(
+        self: &Arc<Self>,
+        entry: &ShardMapEntry,
+        records: Vec<RecordToAppend>,
+    ) -> KinesisResult<Result<AppendShare, tonic::Status>> {
+        let shard = entry.key.clone().unwrap_or_default();
+        let key = LaneKey {
+            leader_address: entry.leader_address.clone(),
+            stream_uid: shard.stream_uid,
+            shard_id: shard.shard_id,
+            epoch: entry.epoch,
+        };
+        // Fails early (a bad address) rather than in the sending task.
+        self.storage.client(&key.leader_address)?;
+        let (reply, answer) = oneshot::channel();
+        let start_sender = {
+            let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            let lane = lanes.entry(key.clone()).or_default();
+            lane.queued.push(Queued {
+                bytes: size_of(&records),
+                records,
+                span: tracing::Span::current(),
+                reply,
+            });
+            let start = lane.in_flight < self.max_in_flight;
+            if start {
+                lane.in_flight += 1;
+            }
+            start
+        };
+        if start_sender {
+            tokio::spawn(self.clone().send_lane(key));
+        }
+        Ok(answer.await.unwrap_or_else(|_| {
+            Err(tonic::Status::unknown(
+                "the append's sending task ended without an answer",
+            ))
+        }))
+    }
+
+    /// Takes the next call's worth of queued appends, or closes this
+    /// sender's slot in the lane (and the lane, once idle) if none wait.
+    fn next_call(&self, key: &LaneKey) -> Vec<Queued> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(lane) = lanes.get_mut(key) else {
+            return Vec::new();
+        };
+        let mut bytes = 0;
+        let mut take = 0;
+        for queued in &lane.queued {
+            if take > 0 && bytes + queued.bytes > MAX_CALL_BYTES {
+                break;
+            }
+            bytes += queued.bytes;
+            take += 1;
+        }
+        if take == 0 {
+            lane.in_flight -= 1;
+            if lane.in_flight == 0 {
+                lanes.remove(key);
+            }
+            return Vec::new();
+        }
+        lane.queued.drain(..take).collect()
+    }
+
+    /// One of a lane's senders: sends what is queued, answers its callers,
+    /// and goes on until the lane's queue is empty.
+    async fn send_lane(self: Arc<Self>, key: LaneKey) {
+        loop {
+            let call = self.next_call(&key);
+            if call.is_empty() {
+                return;
+            }
+            self.send_call(&key, call).await;
+        }
+    }
+
+    async fn send_call(&self, key: &LaneKey, call: Vec<Queued>) {
+        let span = tracing::info_span!(
+            parent: &call[0].span,
+            "coalesced_append",
+            shard_id = %key.shard_id,
+            requests = call.len()
+        );
+        for queued in &call[1..] {
+            freshet_telemetry::link_to(&span, &queued.span);
+        }
+        let counts: Vec<usize> = call.iter().map(|q| q.records.len()).collect();
+        let mut records = Vec::with_capacity(counts.iter().sum());
+        let mut replies = Vec::with_capacity(call.len());
+        for queued in call {
+            records.extend(queued.records);
+            replies.push(queued.reply);
+        }
+        let request = AppendRequest {
+            shard: Some(freshet_proto::v1::ShardKey {
+                stream_uid: key.stream_uid,
+                shard_id: key.shard_id.clone(),
+            }),
+            epoch: key.epoch,
+            records,
+        };
+        let outcome = async {
+            let mut client = self
+                .storage
+                .client(&key.leader_address)
+                .map_err(|error| tonic::Status::unavailable(error.message))?;
+            client
+                .append(request_with_deadline(request, self.timeout))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+        .instrument(span)
+        .await;
+        match outcome {
+            Ok(response) => {
+                for (reply, share) in replies.into_iter().zip(shares(&response, &counts)) {
+                    let _ = reply.send(Ok(share));
+                }
+            }
+            Err(status) => {
+                for reply in replies {
+                    let _ = reply.send(Err(status.clone()));
+                }
+                // The leader refused, failed or did not answer in time: the
+                // appends queued behind this call go back unsent, to be
+                // routed again, rather than wait out another deadline on
+                // the same leader one call after another.
+                self.send_back_queued(key, &status);
+            }
+        }
+    }
+
+    fn send_back_queued(&self, key: &LaneKey, cause: &tonic::Status) {
+        let queued = {
+            let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            match lanes.get_mut(key) {
+                Some(lane) => std::mem::take(&mut lane.queued),
+                None => Vec::new(),
+            }
+        };
+        for queued in queued {
+            // ABORTED: refused before anything was written (safe to retry).
+            let _ = queued.reply.send(Err(tonic::Status::aborted(format!(
+                "not sent: the previous append to this shard's leader failed ({:?}: {})",
+                cause.code(),
+                cause.message()
+            ))));
+        }
+    }
+}
+
+fn request_with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+/// Splits one call's answer among its callers, who sent `counts` records
+/// each, in order.
+fn shares(response: &AppendResponse, counts: &[usize]) -> Vec<AppendShare> {
+    let total: usize = counts.iter().sum();
+    let written = total.saturating_sub(response.throttled as usize);
+    let mut position = 0;
+    counts
+        .iter()
+        .map(|&count| {
+            let refused = (position + count).saturating_sub(written.max(position));
+            let share = AppendShare {
+                first_offset: response.first_offset + position as u64,
+                sequence_base: response.sequence_base,
+                throttled: u32::try_from(refused).unwrap_or(u32::MAX),
+            };
+            position += count;
+            share
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(first_offset: u64, throttled: u32) -> AppendResponse {
+        AppendResponse {
+            first_offset,
+            sequence_base: 9,
+            arrival_ms: 0,
+            throttled,
+        }
+    }
+
+    #[test]
+    fn each_caller_gets_the_offsets_of_its_own_records() {
+        let shares = shares(&response(100, 0), &[1, 3, 2]);
+        let firsts: Vec<u64> = shares.iter().map(|s| s.first_offset).collect();
+        assert_eq!(firsts, [100, 101, 104]);
+        assert!(shares
+            .iter()
+            .all(|s| s.throttled == 0 && s.sequence_base == 9));
+    }
+
+    #[test]
+    fn a_refused_suffix_is_refused_to_the_callers_whose_records_it_holds() {
+        // 6 records, the last 4 refused: the first caller keeps its record,
+        // the second keeps 1 of 3, the third loses both.
+        let shares = shares(&response(0, 4), &[1, 3, 2]);
+        let refused: Vec<u32> = shares.iter().map(|s| s.throttled).collect();
+        assert_eq!(refused, [0, 2, 2]);
+    }
+
+    #[test]
+    fn a_wholly_refused_call_refuses_every_record() {
+        let shares = shares(&response(0, 5), &[2, 3]);
+        let refused: Vec<u32> = shares.iter().map(|s| s.throttled).collect();
+        assert_eq!(refused, [2, 3]);
+    }
+}

@@ -38,7 +38,7 @@ use freshet_proto::v1::{AppendRequest, AppendResponse, RecordToAppend, ShardMapE
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
-use crate::error::KinesisResult;
+use crate::error::{KinesisError, KinesisResult};
 use crate::ops::StoragePool;
 
 /// A coalesced call stops taking queued appends at this many bytes of
@@ -116,7 +116,10 @@ impl AppendCoalescer {
         entry: &ShardMapEntry,
         records: Vec<RecordToAppend>,
     ) -> KinesisResult<Result<AppendShare, tonic::Status>> {
-        let shard = entry.key.clone().unwrap_or_default();
+        let shard = entry
+            .key
+            .clone()
+            .ok_or_else(|| KinesisError::internal("a shard-map entry without a shard key"))?;
         let key = LaneKey {
             leader_address: entry.leader_address.clone(),
             stream_uid: shard.stream_uid,

@@ -183,12 +183,44 @@ impl AppendCoalescer {
     /// One of a lane's senders: sends what is queued, answers its callers,
     /// and goes on until the lane's queue is empty.
     async fn send_lane(self: Arc<Self>, key: LaneKey) {
+        let mut slot = SenderSlot {
+            coalescer: &self,
+            key: &key,
+            released: false,
+        };
         loop {
             let call = self.next_call(&key);
             if call.is_empty() {
+                // `next_call` gave the slot back.
+                slot.released = true;
                 return;
             }
             self.send_call(&key, call).await;
+        }
+    }
+
+    /// Gives back a sender's slot that ended without emptying the queue
+    /// (its task was cancelled, at shutdown, or panicked): the lane must
+    /// not stay full of senders that no longer exist.
+    fn release_abandoned_slot(&self, key: &LaneKey) {
+        let queued = {
+            let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(lane) = lanes.get_mut(key) else {
+                return;
+            };
+            lane.in_flight = lane.in_flight.saturating_sub(1);
+            if lane.in_flight > 0 {
+                return;
+            }
+            lanes
+                .remove(key)
+                .map(|lane| lane.queued)
+                .unwrap_or_default()
+        };
+        for queued in queued {
+            let _ = queued.reply.send(Err(tonic::Status::aborted(
+                "not sent: the append's sender ended",
+            )));
         }
     }
 
@@ -267,6 +299,21 @@ impl AppendCoalescer {
     }
 }
 
+/// A lane's sender slot, given back however its task ends.
+struct SenderSlot<'a> {
+    coalescer: &'a AppendCoalescer,
+    key: &'a LaneKey,
+    released: bool,
+}
+
+impl Drop for SenderSlot<'_> {
+    fn drop(&mut self) {
+        if !self.released {
+            self.coalescer.release_abandoned_slot(self.key);
+        }
+    }
+}
+
 fn request_with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
@@ -305,6 +352,89 @@ mod tests {
             arrival_ms: 0,
             throttled,
         }
+    }
+
+    fn lane() -> LaneKey {
+        LaneKey {
+            leader_address: "127.0.0.1:1".to_owned(),
+            stream_uid: 1,
+            shard_id: "shardId-000000000000".to_owned(),
+            epoch: 3,
+        }
+    }
+
+    /// Queues an append of `bytes` bytes on `key` as `append` would, with
+    /// the sender slot already taken; returns where its answer arrives.
+    fn queue(
+        coalescer: &AppendCoalescer,
+        key: &LaneKey,
+        bytes: usize,
+    ) -> oneshot::Receiver<Result<AppendShare, tonic::Status>> {
+        let (reply, answer) = oneshot::channel();
+        let mut lanes = coalescer.lanes.lock().expect("lanes");
+        let lane = lanes.entry(key.clone()).or_default();
+        lane.in_flight = 1;
+        lane.queued.push(Queued {
+            records: vec![RecordToAppend::default()],
+            bytes,
+            span: tracing::Span::none(),
+            reply,
+        });
+        answer
+    }
+
+    fn coalescer() -> Arc<AppendCoalescer> {
+        AppendCoalescer::new(Arc::default(), Duration::from_secs(1), 1)
+    }
+
+    #[test]
+    fn a_call_takes_what_is_queued_up_to_its_size_and_the_lane_closes_when_idle() {
+        let coalescer = coalescer();
+        let key = lane();
+        let _first = queue(&coalescer, &key, MAX_CALL_BYTES - 10);
+        let _second = queue(&coalescer, &key, 5);
+        let _third = queue(&coalescer, &key, 20);
+        assert_eq!(coalescer.next_call(&key).len(), 2, "the first two fit");
+        assert_eq!(coalescer.next_call(&key).len(), 1);
+        assert!(coalescer.next_call(&key).is_empty());
+        assert!(coalescer.lanes.lock().expect("lanes").is_empty());
+    }
+
+    #[test]
+    fn an_append_larger_than_a_call_still_goes_alone() {
+        let coalescer = coalescer();
+        let key = lane();
+        let _huge = queue(&coalescer, &key, 2 * MAX_CALL_BYTES);
+        let _next = queue(&coalescer, &key, 1);
+        assert_eq!(coalescer.next_call(&key).len(), 1);
+        assert_eq!(coalescer.next_call(&key).len(), 1);
+    }
+
+    #[test]
+    fn an_abandoned_sender_sends_its_lanes_queue_back_unsent() {
+        let coalescer = coalescer();
+        let key = lane();
+        let mut answer = queue(&coalescer, &key, 1);
+        drop(SenderSlot {
+            coalescer: &coalescer,
+            key: &key,
+            released: false,
+        });
+        let status = answer.try_recv().expect("answered").expect_err("sent back");
+        assert_eq!(status.code(), tonic::Code::Aborted);
+        assert!(coalescer.lanes.lock().expect("lanes").is_empty());
+    }
+
+    #[test]
+    fn appends_queued_behind_a_failed_call_go_back_unsent_to_be_routed_again() {
+        let coalescer = coalescer();
+        let key = lane();
+        let mut queued = queue(&coalescer, &key, 1);
+        coalescer.send_back_queued(&key, &tonic::Status::deadline_exceeded("timed out"));
+        let status = queued.try_recv().expect("answered").expect_err("sent back");
+        // ABORTED is what the write path treats as "refused before writing".
+        assert_eq!(status.code(), tonic::Code::Aborted);
+        assert!(status.message().contains("timed out"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Producers that write while a test breaks things, and the check that
 //! every record they were told was written can be read back exactly once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,76 +9,69 @@ use std::time::Duration;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 
-/// Concurrent PutRecords loops, each record's payload unique, remembering
-/// which records were acknowledged. Bounded: each loop stops when told, or
-/// after `MAX_BATCHES` batches.
-pub struct Producers {
-    acknowledged: Arc<Mutex<Vec<String>>>,
+/// What background writers remember of the records they were told were
+/// written.
+pub trait Acknowledged: Default + Clone + Send + 'static {
+    /// Records acknowledged so far.
+    fn count(&self) -> usize;
+}
+
+/// Unique payloads.
+impl Acknowledged for HashSet<String> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Per partition key, the numbers of its records in acknowledgement order.
+impl Acknowledged for HashMap<String, Vec<u64>> {
+    fn count(&self) -> usize {
+        self.values().map(Vec::len).sum()
+    }
+}
+
+/// Loops that write while a test breaks things, until told to stop (each
+/// is bounded too), sharing what was acknowledged.
+pub struct WriterLoops<T> {
+    acknowledged: Arc<Mutex<T>>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-const MAX_BATCHES: usize = 2_000;
+/// What one loop holds: whether to stop, and where to note acknowledgements.
+#[derive(Clone)]
+pub struct WriterLoop<T> {
+    acknowledged: Arc<Mutex<T>>,
+    stop: Arc<AtomicBool>,
+}
 
-impl Producers {
-    /// Starts `count` producers writing batches of `batch_size` records.
-    pub fn start(
-        client: &aws_sdk_kinesis::Client,
-        stream: &str,
-        count: usize,
-        batch_size: usize,
-    ) -> Producers {
-        let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks = (0..count)
-            .map(|producer| {
-                let (client, stream, acknowledged, stop) = (
-                    client.clone(),
-                    stream.to_owned(),
-                    acknowledged.clone(),
-                    stop.clone(),
-                );
-                tokio::spawn(async move {
-                    for batch in 0..MAX_BATCHES {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let payloads: Vec<String> = (0..batch_size)
-                            .map(|i| format!("{stream}-p{producer}-b{batch}-r{i}"))
-                            .collect();
-                        let entries = payloads
-                            .iter()
-                            .map(|p| {
-                                PutRecordsRequestEntry::builder()
-                                    .partition_key(p)
-                                    .data(Blob::new(p.as_bytes()))
-                                    .build()
-                            })
-                            .collect::<Result<Vec<_>, _>>()?;
-                        let Ok(output) = client
-                            .put_records()
-                            .stream_name(&stream)
-                            .set_records(Some(entries))
-                            .send()
-                            .await
-                        else {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        };
-                        let mut acked = acknowledged.lock().unwrap_or_else(|p| p.into_inner());
-                        for (payload, result) in payloads.into_iter().zip(output.records) {
-                            if result.error_code.is_none() {
-                                acked.push(payload);
-                            }
-                        }
-                    }
-                    anyhow::Ok(())
-                })
-            })
+impl<T> WriterLoop<T> {
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    pub fn acknowledge(&self, note: impl FnOnce(&mut T)) {
+        note(&mut self.acknowledged.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+impl<T: Acknowledged> WriterLoops<T> {
+    /// Starts `loops` tasks, each `body(its number, its handle)`.
+    pub fn spawn<F, Fut>(loops: usize, mut body: F) -> WriterLoops<T>
+    where
+        F: FnMut(usize, WriterLoop<T>) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let handle = WriterLoop {
+            acknowledged: Arc::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let tasks = (0..loops)
+            .map(|n| tokio::spawn(body(n, handle.clone())))
             .collect();
-        Producers {
-            acknowledged,
-            stop,
+        WriterLoops {
+            acknowledged: handle.acknowledged,
+            stop: handle.stop,
             tasks,
         }
     }
@@ -88,11 +81,11 @@ impl Producers {
         self.acknowledged
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .len()
+            .count()
     }
 
-    /// Stops the producers and returns every acknowledged payload.
-    pub async fn stop(self) -> anyhow::Result<HashSet<String>> {
+    /// Stops the loops and returns everything acknowledged.
+    pub async fn stop(self) -> anyhow::Result<T> {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             task.await??;
@@ -102,7 +95,64 @@ impl Producers {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        Ok(acknowledged.into_iter().collect())
+        Ok(acknowledged)
+    }
+}
+
+/// Concurrent PutRecords loops, each record's payload unique.
+pub type Producers = WriterLoops<HashSet<String>>;
+
+const MAX_BATCHES: usize = 2_000;
+
+impl Producers {
+    /// Starts `count` producers writing batches of `batch_size` records,
+    /// each stopping when told or after `MAX_BATCHES` batches.
+    pub fn start(
+        client: &aws_sdk_kinesis::Client,
+        stream: &str,
+        count: usize,
+        batch_size: usize,
+    ) -> Producers {
+        WriterLoops::spawn(count, |producer, writer| {
+            let (client, stream) = (client.clone(), stream.to_owned());
+            async move {
+                for batch in 0..MAX_BATCHES {
+                    if writer.stopping() {
+                        break;
+                    }
+                    let payloads: Vec<String> = (0..batch_size)
+                        .map(|i| format!("{stream}-p{producer}-b{batch}-r{i}"))
+                        .collect();
+                    let entries = payloads
+                        .iter()
+                        .map(|p| {
+                            PutRecordsRequestEntry::builder()
+                                .partition_key(p)
+                                .data(Blob::new(p.as_bytes()))
+                                .build()
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let Ok(output) = client
+                        .put_records()
+                        .stream_name(&stream)
+                        .set_records(Some(entries))
+                        .send()
+                        .await
+                    else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    writer.acknowledge(|acked: &mut HashSet<String>| {
+                        for (payload, result) in payloads.into_iter().zip(output.records) {
+                            if result.error_code.is_none() {
+                                acked.insert(payload);
+                            }
+                        }
+                    });
+                }
+                anyhow::Ok(())
+            }
+        })
     }
 }
 

@@ -6,13 +6,12 @@
 //! each key in acknowledgement order, whichever segment they read.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
 use freshet_control_plane::ScalerConfig;
+use freshet_e2e::load::WriterLoops;
 use freshet_e2e::{
     create_active_stream, read_shard, wait_until, Cluster, ClusterOptions, WorkerMode,
 };
@@ -72,100 +71,59 @@ fn two_shards_of_one_worker(entries: &[ShardMapEntry]) -> (String, ShardMapEntry
 /// Keyed writers aimed at chosen shards (by ExplicitHashKey): one task per
 /// shard sends PutRecords of `key:n` for each of its keys and waits for the
 /// answer, so a key's acknowledgement order is its number order.
-struct ShardWriters {
-    acknowledged: Arc<Mutex<HashMap<String, Vec<u64>>>>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl ShardWriters {
-    fn start(client: &aws_sdk_kinesis::Client, stream: &str, targets: &[ShardMapEntry]) -> Self {
-        let acknowledged: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks = targets
-            .iter()
-            .map(|entry| {
-                let (client, stream, acknowledged, stop) = (
-                    client.clone(),
-                    stream.to_owned(),
-                    acknowledged.clone(),
-                    stop.clone(),
-                );
-                let (shard, hash_key) = (shard_id(entry), entry.starting_hash_key.clone());
-                tokio::spawn(async move {
-                    let keys: Vec<String> = (0..KEYS_PER_SHARD)
-                        .map(|k| format!("{shard}/key-{k}"))
-                        .collect();
-                    let padding = "x".repeat(200);
-                    // Bounded: stops when told, or after this many batches.
-                    for n in 0..20_000u64 {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
+fn start_shard_writers(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    targets: &[ShardMapEntry],
+) -> WriterLoops<HashMap<String, Vec<u64>>> {
+    WriterLoops::spawn(targets.len(), |target, writer| {
+        let (client, stream) = (client.clone(), stream.to_owned());
+        let entry = &targets[target];
+        let (shard, hash_key) = (shard_id(entry), entry.starting_hash_key.clone());
+        async move {
+            let keys: Vec<String> = (0..KEYS_PER_SHARD)
+                .map(|k| format!("{shard}/key-{k}"))
+                .collect();
+            let padding = "x".repeat(200);
+            // Bounded: stops when told, or after this many batches.
+            for n in 0..20_000u64 {
+                if writer.stopping() {
+                    break;
+                }
+                let entries = keys
+                    .iter()
+                    .map(|key| {
+                        PutRecordsRequestEntry::builder()
+                            .partition_key(key)
+                            .explicit_hash_key(&hash_key)
+                            .data(Blob::new(format!("{key}:{n}:{padding}")))
+                            .build()
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let sent = client
+                    .put_records()
+                    .stream_name(&stream)
+                    .set_records(Some(entries))
+                    .send()
+                    .await;
+                let Ok(output) = sent else {
+                    // Not acknowledged and never retried: a key's
+                    // later records may still follow it.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                writer.acknowledge(|acked: &mut HashMap<String, Vec<u64>>| {
+                    for (key, result) in keys.iter().zip(output.records) {
+                        if result.error_code.is_none() {
+                            acked.entry(key.clone()).or_default().push(n);
                         }
-                        let entries = keys
-                            .iter()
-                            .map(|key| {
-                                PutRecordsRequestEntry::builder()
-                                    .partition_key(key)
-                                    .explicit_hash_key(&hash_key)
-                                    .data(Blob::new(format!("{key}:{n}:{padding}")))
-                                    .build()
-                            })
-                            .collect::<Result<Vec<_>, _>>()?;
-                        let sent = client
-                            .put_records()
-                            .stream_name(&stream)
-                            .set_records(Some(entries))
-                            .send()
-                            .await;
-                        let Ok(output) = sent else {
-                            // Not acknowledged and never retried: a key's
-                            // later records may still follow it.
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        };
-                        {
-                            let mut acked = acknowledged.lock().unwrap_or_else(|p| p.into_inner());
-                            for (key, result) in keys.iter().zip(output.records) {
-                                if result.error_code.is_none() {
-                                    acked.entry(key.clone()).or_default().push(n);
-                                }
-                            }
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
-                    anyhow::Ok(())
-                })
-            })
-            .collect();
-        ShardWriters {
-            acknowledged,
-            stop,
-            tasks,
+                });
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            anyhow::Ok(())
         }
-    }
-
-    fn count(&self) -> usize {
-        self.acknowledged
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(Vec::len)
-            .sum()
-    }
-
-    async fn stop(self) -> anyhow::Result<HashMap<String, Vec<u64>>> {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await??;
-        }
-        let acknowledged = self
-            .acknowledged
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Ok(acknowledged)
-    }
+    })
 }
 
 /// Waits until one of `candidates` continues in a second segment.
@@ -269,7 +227,7 @@ async fn an_overloaded_worker_hands_a_shard_on_without_copying_its_records() -> 
     let before = entries(&cluster, "busy");
     let (busy_worker, first, second) = two_shards_of_one_worker(&before);
     let hot = [shard_id(&first), shard_id(&second)];
-    let writers = ShardWriters::start(&client, "busy", &[first.clone(), second.clone()]);
+    let writers = start_shard_writers(&client, "busy", &[first.clone(), second.clone()]);
 
     let moved = wait_for_a_move(&cluster, "busy", &hot).await?;
     let original = before
@@ -402,7 +360,7 @@ async fn a_sealed_segment_outlives_the_worker_that_wrote_it() -> anyhow::Result<
     .await?;
     let (busy_worker, first, second) = two_shards_of_one_worker(&entries(&cluster, "outlived"));
     let hot = [shard_id(&first), shard_id(&second)];
-    let writers = ShardWriters::start(&client, "outlived", &[first, second]);
+    let writers = start_shard_writers(&client, "outlived", &[first, second]);
     let moved = wait_for_a_move(&cluster, "outlived", &hot).await?;
     let at_move = writers.count();
     wait_until(Duration::from_secs(60), || async {

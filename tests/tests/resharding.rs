@@ -4,12 +4,11 @@
 //! order they were acknowledged, and finds every acknowledged record.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{Shard, ShardIteratorType, StreamStatus};
+use freshet_e2e::load::WriterLoops;
 use freshet_e2e::{create_active_stream, wait_until, Cluster};
 
 const KEYS: usize = 12;
@@ -17,80 +16,39 @@ const KEYS: usize = 12;
 /// One task per partition key, each writing `key:0`, `key:1`, ... and
 /// waiting for every acknowledgement, so a key's acknowledgement order is
 /// its number order. Remembers the acknowledged numbers per key.
-struct KeyedProducers {
-    acknowledged: Arc<Mutex<HashMap<String, Vec<u64>>>>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl KeyedProducers {
-    fn start(client: &aws_sdk_kinesis::Client, stream: &str) -> KeyedProducers {
-        let acknowledged: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks = (0..KEYS)
-            .map(|k| {
-                let (client, stream, acknowledged, stop) = (
-                    client.clone(),
-                    stream.to_owned(),
-                    acknowledged.clone(),
-                    stop.clone(),
-                );
-                tokio::spawn(async move {
-                    let key = format!("key-{k}");
-                    // Bounded: stops when told, or after this many records.
-                    for n in 0..5_000u64 {
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        let sent = client
-                            .put_record()
-                            .stream_name(&stream)
-                            .partition_key(&key)
-                            .data(Blob::new(format!("{key}:{n}")))
-                            .send()
-                            .await;
-                        if sent.is_ok() {
-                            acknowledged
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .entry(key.clone())
-                                .or_default()
-                                .push(n);
-                        } else {
-                            // Not acknowledged: never retried, so a key's
-                            // acknowledged numbers only increase.
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                })
-            })
-            .collect();
-        KeyedProducers {
-            acknowledged,
-            stop,
-            tasks,
+fn start_keyed_producers(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> WriterLoops<HashMap<String, Vec<u64>>> {
+    WriterLoops::spawn(KEYS, |k, writer| {
+        let (client, stream) = (client.clone(), stream.to_owned());
+        async move {
+            let key = format!("key-{k}");
+            // Bounded: stops when told, or after this many records.
+            for n in 0..5_000u64 {
+                if writer.stopping() {
+                    break;
+                }
+                let sent = client
+                    .put_record()
+                    .stream_name(&stream)
+                    .partition_key(&key)
+                    .data(Blob::new(format!("{key}:{n}")))
+                    .send()
+                    .await;
+                if sent.is_ok() {
+                    writer.acknowledge(|acked: &mut HashMap<String, Vec<u64>>| {
+                        acked.entry(key.clone()).or_default().push(n);
+                    });
+                } else {
+                    // Not acknowledged: never retried, so a key's
+                    // acknowledged numbers only increase.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            anyhow::Ok(())
         }
-    }
-
-    fn count(&self) -> usize {
-        self.acknowledged
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(Vec::len)
-            .sum()
-    }
-
-    async fn stop(self) -> HashMap<String, Vec<u64>> {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        self.acknowledged
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
+    })
 }
 
 async fn status(client: &aws_sdk_kinesis::Client, stream: &str) -> Option<StreamStatus> {
@@ -218,7 +176,7 @@ async fn splits_and_merges_under_load_keep_every_key_in_acknowledgement_order() 
     let client = cluster.kinesis();
     let stream = "reshaped";
     create_active_stream(&client, stream, 2).await?;
-    let producers = KeyedProducers::start(&client, stream);
+    let producers = start_keyed_producers(&client, stream);
     let progress = |at_least: usize| {
         let producers = &producers;
         wait_until(Duration::from_secs(60), move || async move {
@@ -282,7 +240,7 @@ async fn splits_and_merges_under_load_keep_every_key_in_acknowledgement_order() 
     wait_active(&client, stream).await?;
     let after_scaling = producers.count();
     progress(after_scaling + 200).await?;
-    let acknowledged = producers.stop().await;
+    let acknowledged = producers.stop().await?;
 
     let open: Vec<Shard> = shards(&client, stream)
         .await?

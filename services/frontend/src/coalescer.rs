@@ -314,7 +314,8 @@ impl Drop for SenderSlot<'_> {
     }
 }
 
-fn request_with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+/// A storage-worker request that gives up after `timeout`.
+pub(crate) fn request_with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     request

@@ -151,9 +151,7 @@ impl Frontend {
 
     /// A storage-worker request with the configured deadline.
     pub(crate) fn storage_request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(self.storage_timeout);
-        request
+        coalescer::request_with_deadline(message, self.storage_timeout)
     }
 
     /// Milliseconds since the epoch by the timer service (the local clock

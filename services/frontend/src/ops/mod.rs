@@ -213,7 +213,7 @@ impl StoragePool {
 
 /// Epoch seconds with millisecond precision, as the JSON protocol writes timestamps.
 pub(crate) fn epoch_seconds(ms: i64) -> Value {
-    serde_json::Number::from_f64(ms as f64 / 1000.0)
+    serde_json::Number::from_f64(replies::epoch_seconds(ms))
         .map(Value::Number)
         .unwrap_or(Value::Null)
 }

@@ -35,8 +35,8 @@ impl Serialize for Decimal {
 }
 
 /// Epoch seconds with millisecond precision, as the JSON protocol writes
-/// timestamps (the same number `super::epoch_seconds` makes).
-fn epoch_seconds(ms: i64) -> f64 {
+/// timestamps.
+pub(crate) fn epoch_seconds(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
 

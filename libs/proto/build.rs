@@ -16,7 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut prost_config = tonic_prost_build::Config::new();
     prost_config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // The descriptor set lets every service answer gRPC reflection.
+    let descriptor_path =
+        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("freshet_descriptor.bin");
     tonic_prost_build::configure()
+        .file_descriptor_set_path(&descriptor_path)
         .bytes(".freshet.v1.RecordToAppend.data")
         .bytes(".freshet.v1.StoredRecord.data")
         .compile_with_config(prost_config, &files, &[proto_root])?;

@@ -276,8 +276,12 @@ impl Cluster {
         let membership = spawn_service(membership_listener, {
             let config = freshet_membership::Config {
                 listen: String::new(),
-                database_url: database_url.clone(),
-                timer_addr: timer_addr.clone(),
+                database: freshet_server::DatabaseUrl {
+                    url: database_url.clone(),
+                },
+                timer: freshet_server::TimerAddr {
+                    addr: timer_addr.clone(),
+                },
                 heartbeat_timeout: options.heartbeat_timeout,
                 route_ttl: options.route_ttl,
                 lease_duration: options.lease_duration,
@@ -290,11 +294,17 @@ impl Cluster {
         let cache = spawn_service(cache_listener, {
             let config = freshet_cache::Config {
                 listen: String::new(),
-                database_url: database_url.clone(),
+                database: freshet_server::DatabaseUrl {
+                    url: database_url.clone(),
+                },
                 redis_url: redis_url.clone(),
                 redis_prefix: redis_prefix.clone(),
-                membership_addr: membership_addr.clone(),
-                timer_addr: timer_addr.clone(),
+                membership: freshet_server::MembershipAddr {
+                    addr: membership_addr.clone(),
+                },
+                timer: freshet_server::TimerAddr {
+                    addr: timer_addr.clone(),
+                },
                 route_ttl: options.route_ttl,
                 key_ttl: Duration::from_secs(300),
             };
@@ -305,8 +315,12 @@ impl Cluster {
         let control_plane = spawn_service(control_plane_listener, {
             let config = freshet_control_plane::Config {
                 listen: String::new(),
-                database_url: database_url.clone(),
-                membership_addr: membership_addr.clone(),
+                database: freshet_server::DatabaseUrl {
+                    url: database_url.clone(),
+                },
+                membership: freshet_server::MembershipAddr {
+                    addr: membership_addr.clone(),
+                },
                 shard_limit: options.shard_limit,
                 scaler: options.scaler.clone(),
                 api_rate_limits: options.api_rate_limits,
@@ -317,14 +331,21 @@ impl Cluster {
         let frontend_config = freshet_frontend::Config {
             listen: String::new(),
             region: "us-east-1".to_owned(),
-            control_plane_addr,
-            cache_addr,
-            membership_addr: membership_addr.clone(),
-            timer_addr: timer_addr.clone(),
+            control_plane: freshet_server::ControlPlaneAddr {
+                addr: control_plane_addr,
+            },
+            cache: freshet_server::CacheAddr { addr: cache_addr },
+            membership: freshet_server::MembershipAddr {
+                addr: membership_addr.clone(),
+            },
+            timer: freshet_server::TimerAddr {
+                addr: timer_addr.clone(),
+            },
             iterator_secret: "test-secret".to_owned(),
             timer_max_unsynced: options.timer_max_unsynced,
             storage_timeout: Duration::from_secs(5),
             append_calls_per_shard: 1,
+            max_in_flight_requests: 1024,
         };
         let frontend = Frontend::new(&frontend_config)?;
         let (frontend_listener, frontend_addr) = bind().await?;
@@ -387,7 +408,9 @@ impl Cluster {
                     worker_id: worker.worker_id.clone(),
                     availability_zone: worker.zone.to_owned(),
                     data_dir: worker.data_dir.clone(),
-                    membership_addr,
+                    membership: freshet_server::MembershipAddr {
+                        addr: membership_addr,
+                    },
                     heartbeat_interval,
                     retention_check_interval: Duration::from_secs(60),
                     segment_bytes: 64 * 1024 * 1024,

@@ -458,8 +458,12 @@ async fn a_move_interrupted_by_a_control_plane_restart_is_abandoned() -> anyhow:
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let config = freshet_control_plane::Config {
         listen: String::new(),
-        database_url: cluster.database_url.clone(),
-        membership_addr: cluster.membership_addr.clone(),
+        database: freshet_server::DatabaseUrl {
+            url: cluster.database_url.clone(),
+        },
+        membership: freshet_server::MembershipAddr {
+            addr: cluster.membership_addr.clone(),
+        },
         shard_limit: 1000,
         scaler: balancing(Vec::new(), WorkerMode::InProcess).scaler,
         api_rate_limits: false,

@@ -1,6 +1,12 @@
 //! `freshet-log`: the storage engine behind one shard — an append-only,
 //! checksummed, fsynced record log on local disk. No networking: the storage
-//! worker wraps it with RPC, routing and (later) replication.
+//! worker wraps it with RPC, routing and replication.
+//!
+//! Layout: this file holds [`ShardLog`] and its write side (open and
+//! recovery, appends, replication, epochs, truncation, the commit point);
+//! `read.rs` its read side and retention; `segment.rs` one segment file;
+//! `epochs.rs` the leader-epoch history; `records.rs` and `error.rs` the
+//! values and errors it takes and gives.
 //!
 //! # On disk
 //! A shard is a directory of segment files named after the offset of their
@@ -36,6 +42,9 @@
 //!   committed is never served, and a replica can still drop it.
 
 mod epochs;
+mod error;
+mod read;
+mod records;
 mod segment;
 
 use std::fs::{self, File, OpenOptions};
@@ -43,105 +52,13 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use bytes::Bytes;
-
 pub use epochs::{EpochHistory, EpochStart};
+use error::io_error;
+pub use error::{LogError, LogResult};
+pub use records::{Appended, LogConfig, NewRecord, ReadBatch, StoredRecord};
 use segment::{Segment, FRAME_HEADER_LEN};
 
 const COMMIT_POINT_FILE: &str = "commit-point";
-
-/// Errors from the log; I/O errors carry what was being done.
-#[derive(Debug, thiserror::Error)]
-pub enum LogError {
-    #[error("failed to {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("segment {path} is corrupt at byte {position}: {reason}")]
-    Corrupt {
-        path: PathBuf,
-        position: u64,
-        reason: String,
-    },
-    #[error("record of {0} bytes with a partition key of {1} bytes cannot be framed")]
-    RecordTooLarge(usize, usize),
-    #[error("the log is unusable after an earlier write failure that could not be rolled back")]
-    Poisoned,
-    #[error("a replicated batch starts at offset {offered}, but this log continues at {expected}")]
-    OffsetMismatch { offered: u64, expected: u64 },
-    #[error("cannot truncate to offset {offset}: records up to {committed} are committed")]
-    TruncatesCommitted { offset: u64, committed: u64 },
-    #[error("a write at epoch {offered} is refused: this copy is at epoch {current}")]
-    StaleEpoch { offered: u64, current: u64 },
-    #[error("a leader's epoch history is not in order: {0}")]
-    BadEpochHistory(String),
-}
-
-pub type LogResult<T> = Result<T, LogError>;
-
-fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LogError + 'a {
-    move |source| LogError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
-}
-
-/// Tunables of a shard log.
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    /// A segment is sealed and a new one started once it reaches this size.
-    pub segment_max_bytes: u64,
-    /// ... or once its first record is this old (so retention can trim it).
-    pub segment_max_age_ms: i64,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            segment_max_bytes: 64 * 1024 * 1024,
-            segment_max_age_ms: 60 * 60 * 1000,
-        }
-    }
-}
-
-/// A record handed to [`ShardLog::append`].
-#[derive(Debug, Clone)]
-pub struct NewRecord {
-    pub partition_key: String,
-    pub data: Bytes,
-}
-
-/// A record as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredRecord {
-    pub offset: u64,
-    pub arrival_ms: i64,
-    pub partition_key: String,
-    pub data: Bytes,
-}
-
-/// Where an appended batch landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Appended {
-    /// Offset of the batch's first record; the rest follow densely.
-    pub first_offset: u64,
-    /// Arrival time given to every record of the batch.
-    pub arrival_ms: i64,
-}
-
-/// Result of a read.
-#[derive(Debug, Clone)]
-pub struct ReadBatch {
-    pub records: Vec<StoredRecord>,
-    /// The offset the next read should start from.
-    pub next_offset: u64,
-    /// Arrival time of the newest record in the log, if any.
-    pub latest_arrival_ms: Option<i64>,
-}
 
 /// The mutable end of the log: one writer at a time.
 struct Writer {
@@ -689,121 +606,6 @@ impl ShardLog {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .next_offset
-    }
-
-    /// The oldest offset still stored.
-    pub fn trim_horizon(&self) -> u64 {
-        let view = self.view.read().unwrap_or_else(|p| p.into_inner());
-        view.segments
-            .first()
-            .map(|segment| segment.base_offset())
-            .unwrap_or(view.next_offset)
-    }
-
-    /// The first offset whose arrival time is at or after `timestamp_ms`
-    /// (the log's end if there is none).
-    pub fn offset_at_timestamp(&self, timestamp_ms: i64) -> u64 {
-        let view = self.view.read().unwrap_or_else(|p| p.into_inner());
-        for segment in &view.segments {
-            if let Some(offset) = segment.first_offset_at_or_after(timestamp_ms) {
-                return offset;
-            }
-        }
-        view.next_offset
-    }
-
-    /// Reads committed records starting at `from_offset` (moved up to the
-    /// trim horizon if older), at most `max_records` and about `max_bytes`
-    /// of data — always at least one record when one is available.
-    pub fn read(
-        &self,
-        from_offset: u64,
-        max_records: usize,
-        max_bytes: u64,
-    ) -> LogResult<ReadBatch> {
-        self.read_below(from_offset, max_records, max_bytes, true)
-    }
-
-    /// Like [`ShardLog::read`], but includes durable records not yet
-    /// committed (a leader sending a lagging replica what it misses).
-    pub fn read_uncommitted(
-        &self,
-        from_offset: u64,
-        max_records: usize,
-        max_bytes: u64,
-    ) -> LogResult<ReadBatch> {
-        self.read_below(from_offset, max_records, max_bytes, false)
-    }
-
-    fn read_below(
-        &self,
-        from_offset: u64,
-        max_records: usize,
-        max_bytes: u64,
-        committed_only: bool,
-    ) -> LogResult<ReadBatch> {
-        let (segments, next_offset) = {
-            let view = self.view.read().unwrap_or_else(|p| p.into_inner());
-            let end = if committed_only {
-                view.committed
-            } else {
-                view.next_offset
-            };
-            (view.segments.clone(), end)
-        };
-        let latest_arrival_ms = segments.iter().rev().find_map(|s| s.last_arrival_ms());
-        let horizon = segments
-            .first()
-            .map(|s| s.base_offset())
-            .unwrap_or(next_offset);
-        let mut offset = from_offset.max(horizon);
-        let mut records = Vec::new();
-        let mut bytes = 0u64;
-        for segment in &segments {
-            if records.len() >= max_records || offset >= next_offset {
-                break;
-            }
-            if offset >= segment.next_offset() {
-                continue;
-            }
-            let budget = max_bytes.saturating_sub(bytes);
-            let wanted = (max_records - records.len()).min((next_offset - offset) as usize);
-            let chunk = segment.read(offset, wanted, budget, records.is_empty())?;
-            for record in chunk {
-                bytes += segment::frame_len(&record) as u64;
-                offset = record.offset + 1;
-                records.push(record);
-            }
-            // A segment that stopped short ran out of budget: the next
-            // segment must not be read past the gap.
-            if offset < segment.next_offset() {
-                break;
-            }
-        }
-        Ok(ReadBatch {
-            records,
-            next_offset: offset,
-            latest_arrival_ms,
-        })
-    }
-
-    /// Deletes sealed segments whose newest record arrived before
-    /// `cutoff_ms`. Returns how many segments were removed.
-    pub fn trim_older_than(&self, cutoff_ms: i64) -> LogResult<usize> {
-        let removable: Vec<Arc<Segment>> = {
-            let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
-            let sealed = view.segments.len().saturating_sub(1);
-            let count = view.segments[..sealed]
-                .iter()
-                .take_while(|s| s.last_arrival_ms().is_some_and(|last| last < cutoff_ms))
-                .count();
-            view.segments.drain(..count).collect()
-        };
-        for segment in &removable {
-            fs::remove_file(segment.path())
-                .map_err(io_error("remove expired segment", segment.path()))?;
-        }
-        Ok(removable.len())
     }
 }
 

@@ -2,6 +2,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 
 use super::*;
+use bytes::Bytes;
 
 fn record(key: &str, data: &str) -> NewRecord {
     NewRecord {

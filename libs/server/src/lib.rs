@@ -1,84 +1,48 @@
-//! What every Freshet service process shares: the shutdown signal, a gRPC
-//! server builder that opens one traced span per request, and lazily
-//! connected, traced client channels.
+//! What every Freshet service process shares: the shutdown signal and the
+//! tasks it stops, the gRPC server (one traced span per request, health and
+//! reflection, a drain deadline), the gRPC clients of every service with
+//! their deadlines and message limits, and the address flags.
+//!
+//! # Shutdown order
+//! On SIGTERM (or SIGINT) every service: stops accepting connections →
+//! drains in-flight requests, for at most [`DRAIN_DEADLINE`] → stops its
+//! background tasks ([`Tasks::stop`]: loops are cancelled at their next
+//! await, one-off tasks such as a resharding step finish, all within
+//! [`TASK_STOP_DEADLINE`]) → flushes what it keeps (a storage worker's
+//! commit points) → exits. A write cut off by a deadline is no different
+//! from one cut off by a crash, which the write path is built to survive.
+
+mod clients;
+mod flags;
+mod grpc;
+mod shutdown;
 
 use std::future::Future;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tonic::transport::{Channel, Endpoint, Server};
 
+pub use clients::{
+    cache_client, control_plane_client, grpc_channel, membership_client, request_with_deadline,
+    storage_client, timer_client, BadAddress, StorageClients, CONTROL_PLANE_MESSAGE_LIMIT,
+    SHARD_MAP_MESSAGE_LIMIT, STORAGE_MESSAGE_LIMIT,
+};
+pub use flags::{CacheAddr, ControlPlaneAddr, DatabaseUrl, MembershipAddr, TimerAddr};
 pub use freshet_telemetry::TracedChannel;
-
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "failed to install SIGTERM handler");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = terminate => tracing::info!("received SIGTERM, shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT, shutting down"),
-    }
-}
-
-/// A gRPC server whose requests each run in a span parented to the caller.
-pub fn grpc_server() -> Server {
-    Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .trace_fn(freshet_telemetry::grpc_server_span)
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves, then drains
-/// in-flight requests.
-pub async fn serve_grpc(
-    router: tonic::transport::server::Router,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    router
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .context("serve grpc")
-}
-
-/// A lazily connected, traced channel to `address` (`host:port` or a URL).
-pub fn grpc_channel(address: &str) -> anyhow::Result<TracedChannel> {
-    let url = if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
-    let endpoint = Endpoint::from_shared(url.clone())
-        .with_context(|| format!("parse grpc address {url}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    let channel: Channel = endpoint.connect_lazy();
-    Ok(freshet_telemetry::traced(channel))
-}
+pub use grpc::{grpc_server, serve_grpc, Health, ServeError};
+pub use shutdown::{shutdown_signal, Tasks, DRAIN_DEADLINE, TASK_STOP_DEADLINE};
 
 /// The body of every service binary: build the runtime, start telemetry,
-/// bind `listen`, and run `serve` until SIGTERM/SIGINT.
-pub fn run_main<F, Fut>(
+/// bind `listen`, and run `serve` until SIGTERM/SIGINT. `serve`'s error is
+/// the process's last word: printed with its causes, then exit code 1.
+pub fn run_main<F, Fut, E>(
     service_name: &'static str,
     listen: &str,
     serve: F,
 ) -> std::process::ExitCode
 where
     F: FnOnce(TcpListener, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -91,17 +55,22 @@ where
         }
     };
     let result = runtime.block_on(async move {
-        let _telemetry = freshet_telemetry::init(service_name)?;
+        let _telemetry = match freshet_telemetry::init(service_name) {
+            Ok(guard) => guard,
+            Err(error) => return Err(format!("start telemetry: {error}")),
+        };
         let listener = TcpListener::bind(listen)
             .await
-            .with_context(|| format!("bind {listen}"))?;
-        serve(listener, Box::pin(shutdown_signal())).await
+            .map_err(|error| format!("bind {listen}: {error}"))?;
+        serve(listener, Box::pin(shutdown_signal()))
+            .await
+            .map_err(|error| format!("{error:#}"))
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{service_name} failed to {error:#}");
-            eprintln!("{service_name} failed to {error:#}");
+            tracing::error!("{service_name} failed to {error}");
+            eprintln!("{service_name} failed to {error}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -117,7 +117,7 @@ impl Router {
     pub fn new(map: SharedShardMap, cache_channel: TracedChannel, timer: TimerClient) -> Router {
         Router {
             map,
-            cache: ShardMapCacheClient::new(cache_channel),
+            cache: freshet_server::cache_client(cache_channel),
             timer,
             stats: Arc::default(),
         }

@@ -33,8 +33,7 @@ pub fn follow_change_log(
     observer: Option<mpsc::UnboundedSender<ShardMapEvent>>,
 ) -> Subscription {
     let task = tokio::spawn(async move {
-        let mut client =
-            MembershipClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
+        let mut client = freshet_server::membership_client(channel);
         let mut backoff = Duration::from_millis(50);
         loop {
             let from_version = map.read(|m| m.applied_version());

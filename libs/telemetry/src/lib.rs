@@ -41,9 +41,19 @@ fn exporter_wanted() -> bool {
     endpoint && !disabled
 }
 
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// Another subscriber was installed first.
+    #[error("install the tracing subscriber: {0}")]
+    Subscriber(#[from] tracing_subscriber::util::TryInitError),
+    #[error("build the OTLP exporter: {0}")]
+    Exporter(String),
+}
+
 /// Installs the global subscriber for a service process. Call once, from
 /// inside the tokio runtime, before serving.
-pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
+pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer().with_target(false);
@@ -57,7 +67,7 @@ pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .build()
-        .map_err(|error| anyhow::anyhow!("build otlp exporter: {error}"))?;
+        .map_err(|error| TelemetryError::Exporter(error.to_string()))?;
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(

@@ -55,12 +55,63 @@ impl Default for TimerClientConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+/// One answer of the timer service, as this client fixed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Sample {
+    /// When, on this process's monotonic clock, the answer arrived.
     taken_at: Instant,
+    /// The timer's time at `taken_at` (its answer plus half the round trip).
     server_micros: i64,
+    /// How far the true time may lie from `server_micros` at `taken_at`.
     error_micros: i64,
 }
+
+impl Sample {
+    /// Fixes an answer `now_micros ± uncertainty_micros` received at
+    /// `received_at` to a request sent at `sent_at`: the answer was made
+    /// somewhere within the round trip, so assume its middle and widen the
+    /// error by half of it.
+    fn from_answer(
+        sent_at: Instant,
+        received_at: Instant,
+        now_micros: i64,
+        uncertainty_micros: i64,
+    ) -> Sample {
+        let round_trip = received_at.saturating_duration_since(sent_at);
+        let half_rtt = i64::try_from(round_trip.as_micros() / 2).unwrap_or(i64::MAX);
+        Sample {
+            taken_at: received_at,
+            server_micros: now_micros.saturating_add(half_rtt),
+            error_micros: uncertainty_micros.max(0).saturating_add(half_rtt),
+        }
+    }
+
+    /// The timer's time at `at` (this process's clock), as an interval:
+    /// the sample moved forward by the local time elapsed, its error grown
+    /// by `drift_ppm` of that (and 1 µs for rounding); `None` once the
+    /// sample is older than `max_age`.
+    fn interval_at(&self, at: Instant, max_age: Duration, drift_ppm: i64) -> Option<TimeInterval> {
+        let elapsed = at.saturating_duration_since(self.taken_at);
+        if elapsed > max_age {
+            return None;
+        }
+        let elapsed_micros = i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX);
+        let midpoint = self.server_micros.saturating_add(elapsed_micros);
+        let error = self
+            .error_micros
+            .saturating_add(elapsed_micros.saturating_mul(drift_ppm) / 1_000_000)
+            .saturating_add(1);
+        Some(TimeInterval {
+            earliest_micros: midpoint.saturating_sub(error),
+            latest_micros: midpoint.saturating_add(error),
+        })
+    }
+}
+
+/// The timer service could not be reached in time.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("timer service not reachable within {0:?}")]
+pub struct NotSynced(pub Duration);
 
 struct Shared {
     config: TimerClientConfig,
@@ -93,18 +144,8 @@ impl TimerClient {
     /// reachable for longer than `max_unsynced`.
     pub fn now(&self) -> Option<TimeInterval> {
         let sample = (*self.shared.sample.read().unwrap_or_else(|p| p.into_inner()))?;
-        let elapsed = sample.taken_at.elapsed();
-        if elapsed > self.shared.config.max_unsynced {
-            return None;
-        }
-        let elapsed_micros = i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX);
-        let midpoint = sample.server_micros.saturating_add(elapsed_micros);
-        let error =
-            sample.error_micros + elapsed_micros * self.shared.config.drift_ppm / 1_000_000 + 1;
-        Some(TimeInterval {
-            earliest_micros: midpoint - error,
-            latest_micros: midpoint + error,
-        })
+        let config = &self.shared.config;
+        sample.interval_at(Instant::now(), config.max_unsynced, config.drift_ppm)
     }
 
     /// A validity deadline `ttl` from now: from the *earliest* the timer's
@@ -118,7 +159,7 @@ impl TimerClient {
     }
 
     /// Waits until the first successful poll (or `timeout`).
-    pub async fn wait_synced(&self, timeout: Duration) -> anyhow::Result<TimeInterval> {
+    pub async fn wait_synced(&self, timeout: Duration) -> Result<TimeInterval, NotSynced> {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.shared.synced.notified();
@@ -126,7 +167,7 @@ impl TimerClient {
                 return Ok(now);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                anyhow::bail!("timer service not reachable within {timeout:?}");
+                return Err(NotSynced(timeout));
             }
         }
     }
@@ -148,15 +189,12 @@ async fn poll_forever(shared: Weak<Shared>, mut client: TimerGrpcClient<TracedCh
         match result {
             Ok(response) => {
                 let response = response.into_inner();
-                let half_rtt =
-                    i64::try_from((received_at - sent_at).as_micros() / 2).unwrap_or(i64::MAX);
-                let sample = Sample {
-                    taken_at: received_at,
-                    // The reply was produced somewhere within the round trip;
-                    // assume its middle and widen the error by half of it.
-                    server_micros: response.now_micros.saturating_add(half_rtt),
-                    error_micros: response.uncertainty_micros.max(0).saturating_add(half_rtt),
-                };
+                let sample = Sample::from_answer(
+                    sent_at,
+                    received_at,
+                    response.now_micros,
+                    response.uncertainty_micros,
+                );
                 *shared.sample.write().unwrap_or_else(|p| p.into_inner()) = Some(sample);
                 shared.synced.notify_waiters();
             }
@@ -166,5 +204,84 @@ async fn poll_forever(shared: Weak<Shared>, mut client: TimerGrpcClient<TracedCh
         }
         drop(shared);
         tokio::time::sleep(poll_interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX_AGE: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn an_answer_is_placed_in_the_middle_of_its_round_trip() {
+        let sent = Instant::now();
+        let received = sent + Duration::from_millis(10);
+        let sample = Sample::from_answer(sent, received, 1_000_000, 300);
+        assert_eq!(sample.taken_at, received);
+        assert_eq!(sample.server_micros, 1_005_000);
+        assert_eq!(sample.error_micros, 5_300);
+        // A negative uncertainty from a confused server counts as none.
+        assert_eq!(
+            Sample::from_answer(sent, received, 0, -7).error_micros,
+            5_000
+        );
+    }
+
+    #[test]
+    fn the_interval_moves_with_local_time_and_widens_by_the_drift() {
+        let start = Instant::now();
+        let sample = Sample {
+            taken_at: start,
+            server_micros: 10_000_000,
+            error_micros: 100,
+        };
+        // (elapsed, drift ppm) -> (earliest, latest)
+        let table = [
+            (Duration::ZERO, 200, (9_999_899, 10_000_101)),
+            (Duration::from_secs(1), 200, (10_999_699, 11_000_301)),
+            (Duration::from_secs(1), 0, (10_999_899, 11_000_101)),
+            (
+                Duration::from_secs(5),
+                1_000_000,
+                (10_000_000 - 101, 20_000_101),
+            ),
+        ];
+        for (elapsed, drift_ppm, (earliest, latest)) in table {
+            let interval = sample
+                .interval_at(start + elapsed, MAX_AGE, drift_ppm)
+                .expect("fresh");
+            assert_eq!(
+                (interval.earliest_micros, interval.latest_micros),
+                (earliest, latest),
+                "after {elapsed:?} at {drift_ppm} ppm"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sample_older_than_its_lifetime_tells_nothing() {
+        let start = Instant::now();
+        let sample = Sample {
+            taken_at: start,
+            server_micros: 0,
+            error_micros: 0,
+        };
+        assert!(sample.interval_at(start + MAX_AGE, MAX_AGE, 200).is_some());
+        assert!(sample
+            .interval_at(start + MAX_AGE + Duration::from_micros(1), MAX_AGE, 200)
+            .is_none());
+    }
+
+    #[test]
+    fn deadlines_are_judged_only_when_sure() {
+        let now = TimeInterval {
+            earliest_micros: 100,
+            latest_micros: 200,
+        };
+        assert!(now.is_surely_before(201));
+        assert!(!now.is_surely_before(200));
+        assert!(now.is_surely_after(99));
+        assert!(!now.is_surely_after(100));
     }
 }

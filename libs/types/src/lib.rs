@@ -2,9 +2,14 @@
 //! ranges, shard ids, sequence numbers, stream names and ARNs.
 //!
 //! Everything here is pure (no I/O) and validates on construction, so code
-//! that holds one of these types can trust it.
+//! that holds one of these types can trust it. The states kept as text in
+//! Postgres (stream status and mode, shard state, commitment status) are
+//! enums in [`state`].
 
 use std::fmt;
+
+pub mod state;
+pub use state::{CommitmentStatus, ShardState, StreamMode, StreamStatus, UnknownState};
 
 use md5::{Digest, Md5};
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use freshet_errors::ErrorCode;
 use freshet_metastore::MetaStore;
 use freshet_proto::prost::Message as _;
 use freshet_proto::v1::shard_map_cache_server::{ShardMapCache, ShardMapCacheServer};
@@ -27,6 +28,7 @@ use freshet_proto::v1::{
     CacheSource, GetStreamShardsRequest, GetStreamShardsResponse, ShardMapEntry, ShardMapEvent,
     ShardState,
 };
+use freshet_server::{DatabaseUrl, MembershipAddr, Tasks, TimerAddr};
 use freshet_shardmap::SharedShardMap;
 use freshet_timer_client::{TimerClient, TimerClientConfig};
 use redis::aio::MultiplexedConnection;
@@ -39,25 +41,17 @@ use tonic::{Request, Response, Status};
 pub struct Config {
     #[arg(long, env = "FRESHET_CACHE_LISTEN", default_value = "127.0.0.1:7053")]
     pub listen: String,
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/freshet"
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub database: DatabaseUrl,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// Prefix of every Redis key this node writes.
     #[arg(long, env = "FRESHET_REDIS_PREFIX", default_value = "freshet:")]
     pub redis_prefix: String,
-    #[arg(
-        long,
-        env = "FRESHET_MEMBERSHIP_ADDR",
-        default_value = "127.0.0.1:7052"
-    )]
-    pub membership_addr: String,
-    #[arg(long, env = "FRESHET_TIMER_ADDR", default_value = "127.0.0.1:7051")]
-    pub timer_addr: String,
+    #[command(flatten)]
+    pub membership: MembershipAddr,
+    #[command(flatten)]
+    pub timer: TimerAddr,
     /// Validity given to entries this node hands out.
     #[arg(long, env = "FRESHET_ROUTE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub route_ttl: Duration,
@@ -302,12 +296,16 @@ impl ShardMapCache for CacheService {
                             .store
                             .stream_entries(&request.account_id, &request.stream_name)
                             .await
-                            .map_err(|e| Status::unavailable(format!("{e:#} (after {error})")))?;
+                            .map_err(|e| {
+                                ErrorCode::Unavailable.status(format!("{e:#} (after {error})"))
+                            })?;
                         entries
                             .iter()
                             .map(|bytes| ShardMapEntry::decode(bytes.as_slice()))
                             .collect::<Result<_, _>>()
-                            .map_err(|e| Status::internal(format!("corrupt entry: {e}")))?
+                            .map_err(|e| {
+                                ErrorCode::Internal.status(format!("corrupt entry: {e}"))
+                            })?
                     }
                 };
                 (entries, CacheSource::Database)
@@ -326,10 +324,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let pool = freshet_metastore::connect_url_and_migrate(&config.database_url, 10).await?;
+    let pool = freshet_metastore::connect_url_and_migrate(&config.database.url, 10).await?;
     let redis = redis::Client::open(config.redis_url.as_str()).context("parse REDIS_URL")?;
     let timer = TimerClient::spawn(
-        freshet_server::grpc_channel(&config.timer_addr)?,
+        freshet_server::grpc_channel(&config.timer.addr)?,
         TimerClientConfig::default(),
     );
     let service = CacheService::new(
@@ -340,7 +338,7 @@ pub async fn run(
         config.route_ttl,
         config.key_ttl,
     );
-    serve(service, &config.membership_addr, listener, shutdown).await
+    serve(service, &config.membership.addr, listener, shutdown).await
 }
 
 /// Serves an already-built service, mirroring membership's change log.
@@ -356,15 +354,17 @@ pub async fn serve(
         SharedShardMap::default(),
         Some(events),
     );
+    let tasks = Tasks::new();
     let mirror = service.clone();
-    let mirror_task = tokio::spawn(async move {
+    tasks.spawn_loop(async move {
         while let Some(event) = event_receiver.recv().await {
             mirror.mirror(event).await;
         }
     });
     tracing::info!(addr = %listener.local_addr()?, "cache serving grpc");
     let router = freshet_server::grpc_server().add_service(ShardMapCacheServer::new(service));
-    let result = freshet_server::serve_grpc(router, listener, shutdown).await;
-    mirror_task.abort();
-    result
+    let served =
+        freshet_server::serve_grpc(router, "freshet.v1.ShardMapCache", listener, shutdown).await;
+    tasks.stop(freshet_server::TASK_STOP_DEADLINE).await;
+    Ok(served?)
 }

@@ -28,6 +28,7 @@
 //! the next without noticing, and writers wait only for the seal. A move
 //! that fails is abandoned: the shard is reopened where it was.
 
+use freshet_types::StreamStatus;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -156,7 +157,11 @@ pub(crate) async fn balance(
         .map(|w| w.worker_id.clone())
         .collect();
     let mut active = std::collections::HashSet::new();
-    for stream in service.store.streams_with_status("ACTIVE").await? {
+    for stream in service
+        .store
+        .streams_with_status(StreamStatus::Active)
+        .await?
+    {
         active.insert(stream.stream_uid);
     }
     let cooldown = config.balance_cooldown;
@@ -199,7 +204,7 @@ impl ControlPlaneService {
             .store
             .get_stream_by_uid(chosen.stream_uid)
             .await?
-            .filter(|s| s.status == "ACTIVE")
+            .filter(|s| s.status == StreamStatus::Active)
         else {
             return Ok(());
         };

@@ -10,18 +10,20 @@
 //! exists); lowering it lets the scaler merge idle shards after its
 //! cool-down.
 
+use freshet_errors::ErrorCode;
 use freshet_metastore::StreamRow;
 use freshet_proto::v1::*;
+use freshet_types::{StreamMode, StreamStatus};
 use tonic::{Request, Response, Status};
 
 use crate::scaler::{decide, Decision, ShardView};
-use crate::{internal, mode_name, reshard, ControlPlaneService};
+use crate::{internal, requested_mode, reshard, ControlPlaneService};
 
 /// Most warm throughput an on-demand stream may ask for (10 GiB/s).
 const MAX_WARM_MIBPS: u32 = 10 * 1024;
 
 fn not_eligible(account_id: &str) -> Status {
-    Status::invalid_argument(format!(
+    ErrorCode::InvalidArgument.status(format!(
         "Warm throughput is only supported for on-demand streams in accounts with MinimumThroughputBillingCommitment enabled; account {account_id} does not qualify for this request."
     ))
 }
@@ -46,7 +48,7 @@ impl ControlPlaneService {
             return Err(not_eligible(account_id));
         }
         if mibps > MAX_WARM_MIBPS {
-            return Err(Status::resource_exhausted(format!(
+            return Err(ErrorCode::LimitExceeded.status(format!(
                 "Warm throughput of {mibps} MiBps exceeds the limit of {MAX_WARM_MIBPS} MiBps for an on-demand stream."
             )));
         }
@@ -60,7 +62,7 @@ impl ControlPlaneService {
         stream: &StreamRow,
         open_shards: u32,
     ) -> Result<Option<WarmThroughput>, Status> {
-        if stream.stream_mode != "ON_DEMAND" {
+        if stream.stream_mode != StreamMode::OnDemand {
             return Ok(None);
         }
         let commitment = self
@@ -119,15 +121,15 @@ impl ControlPlaneService {
         let stream = self
             .existing_stream(&request.account_id, &request.stream_name)
             .await?;
-        if stream.status != "ACTIVE" {
+        if stream.status != StreamStatus::Active {
             return Err(reshard::not_active(&stream));
         }
-        let mode = request.stream_mode();
+        let mode = requested_mode(request.stream_mode());
         let warm = self
             .check_warm_throughput(&request.account_id, mode, request.warm_throughput_mibps)
             .await?;
         self.store
-            .set_stream_mode(stream.stream_uid, mode_name(mode))
+            .set_stream_mode(stream.stream_uid, mode)
             .await
             .map_err(internal)?;
         if let Some(mibps) = warm {
@@ -153,11 +155,7 @@ impl ControlPlaneService {
         let stream = self
             .existing_stream(&request.account_id, &request.stream_name)
             .await?;
-        let mode = if stream.stream_mode == "ON_DEMAND" {
-            StreamMode::OnDemand
-        } else {
-            StreamMode::Provisioned
-        };
+        let mode = stream.stream_mode;
         // Zero is a valid target here: it releases the warm capacity.
         let target = request.warm_throughput_mibps;
         if target > 0 {
@@ -166,7 +164,7 @@ impl ControlPlaneService {
         } else if mode != StreamMode::OnDemand {
             return Err(not_eligible(&request.account_id));
         }
-        if stream.status != "ACTIVE" {
+        if stream.status != StreamStatus::Active {
             return Err(reshard::not_active(&stream));
         }
         self.store
@@ -209,7 +207,7 @@ impl ControlPlaneService {
         }
         let commitment = self.store.commitment(account_id).await.map_err(internal)?;
         Ok(Response::new(AccountSettings {
-            commitment_status: commitment.status.clone(),
+            commitment_status: freshet_proto::v1::CommitmentStatus::from(commitment.status) as i32,
             started_at_ms: commitment
                 .started_at_ms
                 .filter(|_| commitment.is_active())

@@ -7,21 +7,22 @@
 //! A stream's shards split the 128-bit hash-key space evenly; membership
 //! places each on workers in distinct availability zones and publishes the
 //! placement in the change log. Requests arrive already validated by the
-//! frontend; errors are gRPC codes the frontend maps to Kinesis exceptions:
-//! `NOT_FOUND` → ResourceNotFoundException, `ALREADY_EXISTS` and
-//! `FAILED_PRECONDITION` → ResourceInUseException, `RESOURCE_EXHAUSTED` →
-//! LimitExceededException, `INVALID_ARGUMENT` → InvalidArgumentException.
+//! frontend; every error carries its `freshet_errors::ErrorCode`, which the
+//! frontend shows as that code's Kinesis exception.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use freshet_metastore::{MetaStore, NewStream, NewStreamOutcome, StreamRow};
+use freshet_errors::ErrorCode;
+use freshet_metastore::{MetaStore, MetastoreError, NewStream, NewStreamOutcome, StreamRow};
 use freshet_proto::v1::control_plane_server::{ControlPlane, ControlPlaneServer};
 use freshet_proto::v1::membership_client::MembershipClient;
-use freshet_proto::v1::*;
-use freshet_server::TracedChannel;
-use freshet_types::{HashKeyRange, SequenceNumber, ShardId, StreamArn};
+use freshet_proto::v1::{self as proto, *};
+use freshet_server::{DatabaseUrl, MembershipAddr, StorageClients, Tasks, TracedChannel};
+use freshet_types::{
+    HashKeyRange, SequenceNumber, ShardId, ShardState, StreamArn, StreamMode, StreamStatus,
+};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
@@ -62,18 +63,10 @@ pub struct Config {
         default_value = "127.0.0.1:7054"
     )]
     pub listen: String,
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/freshet"
-    )]
-    pub database_url: String,
-    #[arg(
-        long,
-        env = "FRESHET_MEMBERSHIP_ADDR",
-        default_value = "127.0.0.1:7052"
-    )]
-    pub membership_addr: String,
+    #[command(flatten)]
+    pub database: DatabaseUrl,
+    #[command(flatten)]
+    pub membership: MembershipAddr,
     /// Open shards an account may have across its streams.
     #[arg(long, env = "FRESHET_SHARD_LIMIT", default_value_t = 1000)]
     pub shard_limit: u32,
@@ -96,11 +89,25 @@ pub struct ControlPlaneService {
     /// time per stream.
     stream_locks:
         std::sync::Arc<std::sync::Mutex<HashMap<i64, std::sync::Arc<tokio::sync::Mutex<()>>>>>,
+    /// Clients of the storage workers (seals, load readings).
+    storage: std::sync::Arc<StorageClients>,
+    /// The scaler loop and the resharding steps under way.
+    tasks: Tasks,
 }
 
-fn internal(error: anyhow::Error) -> Status {
-    tracing::error!("control-plane request failed to {error:#}");
-    Status::internal(format!("{error:#}"))
+/// A failure of the control plane's own work as a gRPC status: a
+/// metastore conflict stays recognisable, the rest is internal.
+fn internal(error: impl Into<anyhow::Error>) -> Status {
+    let error = error.into();
+    let code = match error.downcast_ref::<MetastoreError>() {
+        Some(MetastoreError::Conflict(_)) => ErrorCode::Conflict,
+        Some(MetastoreError::NotFound(_)) => ErrorCode::ResourceNotFound,
+        _ => ErrorCode::Internal,
+    };
+    if code == ErrorCode::Internal {
+        tracing::error!("control-plane request failed to {error:#}");
+    }
+    code.status(format!("{error:#}"))
 }
 
 fn now_ms() -> i64 {
@@ -111,24 +118,15 @@ fn now_ms() -> i64 {
 }
 
 fn not_found(stream_name: &str, account_id: &str) -> Status {
-    Status::not_found(format!(
+    ErrorCode::ResourceNotFound.status(format!(
         "Stream {stream_name} under account {account_id} not found."
     ))
 }
 
-fn mode_name(mode: StreamMode) -> &'static str {
-    match mode {
-        StreamMode::OnDemand => "ON_DEMAND",
-        StreamMode::Provisioned | StreamMode::Unspecified => "PROVISIONED",
-    }
-}
-
-fn mode_of(row: &StreamRow) -> StreamMode {
-    if row.stream_mode == "ON_DEMAND" {
-        StreamMode::OnDemand
-    } else {
-        StreamMode::Provisioned
-    }
+/// The mode a request asks for: UNSPECIFIED is PROVISIONED, as Kinesis
+/// creates a stream without StreamModeDetails.
+fn requested_mode(wire: proto::StreamMode) -> StreamMode {
+    StreamMode::try_from(wire).unwrap_or(StreamMode::Provisioned)
 }
 
 /// Every sequence number of a shard is `base << 64 | offset`. The stream's
@@ -148,11 +146,13 @@ impl ControlPlaneService {
     ) -> ControlPlaneService {
         ControlPlaneService {
             store,
-            membership: MembershipClient::new(membership_channel),
+            membership: freshet_server::membership_client(membership_channel),
             shard_limit,
             scaler: std::sync::Arc::new(scaler),
             rate_limits: std::sync::Arc::new(rate_limits::ApiRateLimits::new(api_rate_limits)),
             stream_locks: Default::default(),
+            storage: Default::default(),
+            tasks: Tasks::new(),
         }
     }
 
@@ -189,8 +189,8 @@ impl ControlPlaneService {
         StreamInfo {
             stream_name: row.stream_name.clone(),
             stream_arn: row.stream_arn.clone(),
-            status: row.status.clone(),
-            stream_mode: mode_of(row) as i32,
+            status: proto::StreamStatus::from(row.status) as i32,
+            stream_mode: proto::StreamMode::from(row.stream_mode) as i32,
             retention_hours: u32::try_from(row.retention_hours).unwrap_or(24),
             created_at_ms: row.created_at_ms,
             max_record_size_kib: u32::try_from(row.max_record_size_kib)
@@ -227,7 +227,7 @@ impl ControlPlane for ControlPlaneService {
         let request = request.into_inner();
         self.rate_limits
             .check("CreateStream", &request.account_id, &request.stream_name)?;
-        let mode = request.stream_mode();
+        let mode = requested_mode(request.stream_mode());
         let warm = self
             .check_warm_throughput(&request.account_id, mode, request.warm_throughput_mibps)
             .await?;
@@ -238,9 +238,8 @@ impl ControlPlane for ControlPlaneService {
                     .max(ON_DEMAND_INITIAL_SHARDS)
             }),
             (_, 0) => {
-                return Err(Status::invalid_argument(
-                    "ShardCount is required for a PROVISIONED stream",
-                ))
+                return Err(ErrorCode::InvalidArgument
+                    .status("ShardCount is required for a PROVISIONED stream"))
             }
             (_, count) => count,
         };
@@ -255,7 +254,7 @@ impl ControlPlane for ControlPlaneService {
             account_id: &request.account_id,
             stream_name: &request.stream_name,
             stream_arn: &arn,
-            stream_mode: mode_name(mode),
+            stream_mode: mode,
             retention_hours: DEFAULT_RETENTION_HOURS,
             max_record_size_kib: i32::try_from(max_record_size_kib).unwrap_or(1024),
             created_at_ms: now_ms(),
@@ -268,13 +267,13 @@ impl ControlPlane for ControlPlaneService {
         let stream_uid = match outcome {
             NewStreamOutcome::Created(stream_uid) => stream_uid,
             NewStreamOutcome::NameTaken => {
-                return Err(Status::already_exists(format!(
+                return Err(ErrorCode::ResourceInUse.status(format!(
                     "Stream {} under account {} already exists.",
                     request.stream_name, request.account_id
                 )));
             }
             NewStreamOutcome::OverShardLimit { used } => {
-                return Err(Status::resource_exhausted(format!(
+                return Err(ErrorCode::LimitExceeded.status(format!(
                     "This request would exceed the shard limit for the account {} in {}. Current shard count for the account: {used}. \
                      Limit: {}. Number of additional shards that would have resulted from this request: {shard_count}. \
                      Refer to the AWS Service Limits page (https://docs.aws.amazon.com/general/latest/gr/aws_service_limits.html) \
@@ -323,7 +322,7 @@ impl ControlPlane for ControlPlaneService {
             if let Err(error) = self.store.delete_stream(stream_uid).await {
                 tracing::error!("failed to {error:#} after a failed placement");
             }
-            return Err(Status::unavailable(format!(
+            return Err(ErrorCode::Unavailable.status(format!(
                 "could not place the stream's shards: {}",
                 status.message()
             )));
@@ -335,7 +334,7 @@ impl ControlPlane for ControlPlaneService {
                 .map_err(internal)?;
         }
         self.store
-            .set_stream_status(stream_uid, "ACTIVE")
+            .set_stream_status(stream_uid, StreamStatus::Active)
             .await
             .map_err(internal)?;
         tracing::info!(
@@ -358,7 +357,7 @@ impl ControlPlane for ControlPlaneService {
             .existing_stream(&request.account_id, &request.stream_name)
             .await?;
         self.store
-            .set_stream_status(stream.stream_uid, "DELETING")
+            .set_stream_status(stream.stream_uid, StreamStatus::Deleting)
             .await
             .map_err(internal)?;
         let mut membership = self.membership.clone();
@@ -368,7 +367,7 @@ impl ControlPlane for ControlPlaneService {
             })
             .await
             .map_err(|status| {
-                Status::unavailable(format!(
+                ErrorCode::Unavailable.status(format!(
                     "could not remove the stream's shards: {}",
                     status.message()
                 ))
@@ -403,7 +402,10 @@ impl ControlPlane for ControlPlaneService {
             .shards_of(stream.stream_uid)
             .await
             .map_err(internal)?;
-        let open = rows.iter().filter(|s| s.state != "CLOSED").count() as u32;
+        let open = rows
+            .iter()
+            .filter(|s| s.state != ShardState::Closed)
+            .count() as u32;
         let shards = rows
             .into_iter()
             .map(|row| ShardInfo {
@@ -483,11 +485,11 @@ impl ControlPlane for ControlPlaneService {
         let stream = self
             .existing_stream(&request.account_id, &request.stream_name)
             .await?;
-        if stream.status != "ACTIVE" {
+        if stream.status != StreamStatus::Active {
             return Err(reshard::not_active(&stream));
         }
         let kib = i32::try_from(request.max_record_size_kib)
-            .map_err(|_| Status::invalid_argument("MaxRecordSizeInKiB is out of range"))?;
+            .map_err(|_| ErrorCode::InvalidArgument.status("MaxRecordSizeInKiB is out of range"))?;
         self.store
             .set_max_record_size(stream.stream_uid, kib)
             .await
@@ -500,7 +502,7 @@ impl ControlPlane for ControlPlaneService {
             })
             .await
             .map_err(|status| {
-                Status::unavailable(format!(
+                ErrorCode::Unavailable.status(format!(
                     "could not publish the new record size: {}",
                     status.message()
                 ))
@@ -576,10 +578,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let pool = freshet_metastore::connect_url_and_migrate(&config.database_url, 10).await?;
+    let pool = freshet_metastore::connect_url_and_migrate(&config.database.url, 10).await?;
     let service = ControlPlaneService::new(
         MetaStore::new(pool),
-        freshet_server::grpc_channel(&config.membership_addr)?,
+        freshet_server::grpc_channel(&config.membership.addr)?,
         config.shard_limit,
         config.scaler,
         config.api_rate_limits,
@@ -602,10 +604,10 @@ pub async fn run(
             }
         }
     }
-    let scaler = tokio::spawn(scaler::run_scaler(service.clone()));
-    let result = serve(service, listener, shutdown).await;
-    scaler.abort();
-    result
+    service
+        .tasks
+        .spawn_loop(scaler::run_scaler(service.clone()));
+    serve(service, listener, shutdown).await
 }
 
 /// Serves an already-built service.
@@ -615,10 +617,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "control plane serving grpc");
+    let tasks = service.tasks.clone();
     let router = freshet_server::grpc_server()
         .timeout(Duration::from_secs(30))
-        .add_service(ControlPlaneServer::new(service).max_encoding_message_size(64 * 1024 * 1024));
-    freshet_server::serve_grpc(router, listener, shutdown).await
+        .add_service(
+            ControlPlaneServer::new(service)
+                .max_encoding_message_size(freshet_server::CONTROL_PLANE_MESSAGE_LIMIT),
+        );
+    let served =
+        freshet_server::serve_grpc(router, "freshet.v1.ControlPlane", listener, shutdown).await;
+    tasks.stop(freshet_server::TASK_STOP_DEADLINE).await;
+    Ok(served?)
 }
 
 #[cfg(test)]

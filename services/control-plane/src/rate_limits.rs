@@ -3,6 +3,7 @@
 //! operations, per stream for ListShards. Enforced here, in the one service
 //! every frontend's control-plane call passes through.
 
+use freshet_errors::ErrorCode;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -79,7 +80,7 @@ impl ApiRateLimits {
         bucket.tokens = (bucket.tokens + elapsed * bucket.rate).min(bucket.rate);
         bucket.refilled_at = now;
         if bucket.tokens < 1.0 {
-            return Err(Status::resource_exhausted(if per_stream {
+            return Err(ErrorCode::LimitExceeded.status(if per_stream {
                 format!("Rate exceeded for stream {stream_name} under account {account_id}.")
             } else {
                 format!("Rate exceeded for {operation} for account {account_id}.")

@@ -23,10 +23,11 @@
 //! the steps are done; UpdateShardCount (UNIFORM_SCALING) is a series of
 //! splits at the target's boundaries, then merges of the pieces between them.
 
+use freshet_errors::ErrorCode;
+use freshet_types::{ShardState, StreamStatus};
 use std::time::Duration;
 
 use freshet_metastore::{ShardRow, StreamRow};
-use freshet_proto::v1::storage_client::StorageClient;
 use freshet_proto::v1::*;
 use freshet_types::{HashKey, HashKeyRange, ShardId};
 use tonic::Status;
@@ -98,21 +99,21 @@ fn next_uniform_step(open: &[(String, HashKeyRange)], target: u32) -> Option<Ste
 }
 
 fn shard_not_found(shard_id: &str, stream: &StreamRow) -> Status {
-    Status::not_found(format!(
+    ErrorCode::ResourceNotFound.status(format!(
         "Could not find shard {shard_id} in stream {} under account {}.",
         stream.stream_name, stream.account_id
     ))
 }
 
 fn not_eligible(shard_id: &str, stream: &StreamRow) -> Status {
-    Status::invalid_argument(format!(
+    ErrorCode::InvalidArgument.status(format!(
         "Shard {shard_id} in stream {} under account {} has already been merged or split, and thus is not eligible for merging or splitting.",
         stream.stream_name, stream.account_id
     ))
 }
 
 pub(crate) fn not_active(stream: &StreamRow) -> Status {
-    Status::failed_precondition(format!(
+    ErrorCode::ResourceInUse.status(format!(
         "Stream {} under account {} not ACTIVE, instead in state {}",
         stream.stream_name, stream.account_id, stream.status
     ))
@@ -150,7 +151,7 @@ impl ControlPlaneService {
             .await
             .map_err(internal)?;
         if used + i64::from(extra) > i64::from(self.shard_limit) {
-            return Err(Status::resource_exhausted(format!(
+            return Err(ErrorCode::LimitExceeded.status(format!(
                 "This request would exceed the shard limit for the account {} in {}. Current shard count for the account: {used}. \
                  Limit: {}. Number of additional shards that would have resulted from this request: {extra}. \
                  Refer to the AWS Service Limits page (https://docs.aws.amazon.com/general/latest/gr/aws_service_limits.html) \
@@ -188,16 +189,16 @@ impl ControlPlaneService {
         self.check_shard_limit(&stream, 1).await?;
         let range = range_of(&parent).map_err(internal)?;
         let at = HashKey::parse_decimal(&request.new_starting_hash_key)
-            .map_err(|e| Status::invalid_argument(e.0))?;
+            .map_err(|e| ErrorCode::InvalidArgument.status(e.0))?;
         let inside = range.start.0.checked_add(1).is_some_and(|low| at.0 > low) && at < range.end;
         if !inside {
-            return Err(Status::invalid_argument(format!(
+            return Err(ErrorCode::InvalidArgument.status(format!(
                 "NewStartingHashKey {} used in SplitShard() on shard {} in stream {} under account {} is not both greater than one plus the shard's StartingHashKey {} and less than the shard's EndingHashKey {}.",
                 request.new_starting_hash_key, parent.shard_id, stream.stream_name, stream.account_id,
                 parent.starting_hash_key, parent.ending_hash_key
             )));
         }
-        if stream.status != "ACTIVE" {
+        if stream.status != StreamStatus::Active {
             return Err(not_active(&stream));
         }
         self.begin_update(&stream).await?;
@@ -230,12 +231,12 @@ impl ControlPlaneService {
         let adjacent =
             a.end.0.checked_add(1) == Some(b.start.0) || b.end.0.checked_add(1) == Some(a.start.0);
         if !adjacent {
-            return Err(Status::invalid_argument(format!(
+            return Err(ErrorCode::InvalidArgument.status(format!(
                 "Shards {} and {} in stream {} under account {} are not an adjacent pair of shards eligible for merging",
                 first.shard_id, second.shard_id, stream.stream_name, stream.account_id
             )));
         }
-        if stream.status != "ACTIVE" {
+        if stream.status != StreamStatus::Active {
             return Err(not_active(&stream));
         }
         self.begin_update(&stream).await?;
@@ -265,7 +266,7 @@ impl ControlPlaneService {
         let current = rows.iter().filter(|r| r.is_open_in(&stream)).count() as u32;
         let target = request.target_shard_count;
         let limit_exceeded = |why: String| {
-            Status::resource_exhausted(format!(
+            ErrorCode::LimitExceeded.status(format!(
                 "UpdateShardCount of stream {} under account {} from {current} to {target} shards: {why}",
                 stream.stream_name, stream.account_id
             ))
@@ -287,7 +288,7 @@ impl ControlPlaneService {
                 "a stream can have at most {MAX_SHARDS_PER_STREAM} shards"
             )));
         }
-        if stream.status != "ACTIVE" {
+        if stream.status != StreamStatus::Active {
             return Err(not_active(&stream));
         }
         if target > current {
@@ -321,7 +322,9 @@ impl ControlPlaneService {
         uniform_target: Option<u32>,
     ) {
         let service = self.clone();
-        tokio::spawn(async move {
+        // Tracked: shutdown lets a step under way finish (within its
+        // deadline) rather than cut it between a seal and its publication.
+        self.tasks.spawn(async move {
             // One change of a stream's shards at a time: a worker-balancing
             // move under way finishes first (`balancer.rs`).
             let _changing = service.stream_lock(stream.stream_uid).lock_owned().await;
@@ -364,7 +367,7 @@ impl ControlPlaneService {
     /// step), then the stream is ACTIVE again.
     pub(crate) async fn finish_update(&self, stream: &StreamRow) -> anyhow::Result<()> {
         self.reopen_closing_shards(stream).await?;
-        self.store.end_stream_update(stream.stream_uid).await
+        Ok(self.store.end_stream_update(stream.stream_uid).await?)
     }
 
     /// Reopens the stream's CLOSING shards (a step or move given up).
@@ -374,13 +377,13 @@ impl ControlPlaneService {
             .shards_of(stream.stream_uid)
             .await?
             .into_iter()
-            .filter(|r| r.state == "CLOSING")
+            .filter(|r| r.state == ShardState::Closing)
             .map(|r| r.shard_id)
             .collect();
         if !closing.is_empty() {
             self.membership
                 .clone()
-                .reopen_shards(CloseShardsRequest {
+                .reopen_shards(ReopenShardsRequest {
                     stream_uid: stream.stream_uid,
                     shard_ids: closing,
                 })
@@ -394,7 +397,11 @@ impl ControlPlaneService {
     /// resharded by a control plane that stopped; its unfinished step is
     /// abandoned (see [`ControlPlaneService::finish_update`]).
     pub(crate) async fn recover_interrupted_updates(&self) -> anyhow::Result<()> {
-        for stream in self.store.streams_with_status("UPDATING").await? {
+        for stream in self
+            .store
+            .streams_with_status(StreamStatus::Updating)
+            .await?
+        {
             tracing::warn!(
                 stream_name = stream.stream_name,
                 "finishing an update interrupted by a restart"
@@ -422,7 +429,7 @@ impl ControlPlaneService {
                 .shards_of(stream.stream_uid)
                 .await?
                 .iter()
-                .filter(|r| r.state == "OPEN")
+                .filter(|r| r.state == ShardState::Open)
                 .map(|r| range_of(r).map(|range| (r.shard_id.clone(), range)))
                 .collect::<anyhow::Result<_>>()?;
             match next_uniform_step(&open, target) {
@@ -563,15 +570,17 @@ impl ControlPlaneService {
             .find(|w| w.worker_id == row.leader_worker_id)
             .map(|w| w.address)
             .ok_or_else(|| anyhow::anyhow!("leader {} is not registered", row.leader_worker_id))?;
-        let mut storage = StorageClient::new(freshet_server::grpc_channel(&address)?);
-        let mut request = tonic::Request::new(SealShardRequest {
-            shard: Some(ShardKey {
-                stream_uid: stream.stream_uid,
-                shard_id: shard_id.to_owned(),
-            }),
-            epoch: row.epoch,
-        });
-        request.set_timeout(timeout.min(Duration::from_secs(10)));
+        let mut storage = self.storage.get(&address)?;
+        let request = freshet_server::request_with_deadline(
+            SealShardRequest {
+                shard: Some(ShardKey {
+                    stream_uid: stream.stream_uid,
+                    shard_id: shard_id.to_owned(),
+                }),
+                epoch: row.epoch,
+            },
+            timeout.min(Duration::from_secs(10)),
+        );
         let response = storage
             .seal_shard(request)
             .await

@@ -19,11 +19,11 @@
 //! Changes run through the same steps as SplitShard and MergeShards
 //! (`reshard.rs`), so every key stays in order across them.
 
+use freshet_types::StreamStatus;
 use std::collections::HashMap;
 use std::time::Duration;
 
 use freshet_metastore::StreamRow;
-use freshet_proto::v1::storage_client::StorageClient;
 use freshet_proto::v1::ShardLoadsRequest;
 use freshet_types::{HashKey, HashKeyRange};
 use tokio::time::Instant;
@@ -237,12 +237,13 @@ struct Reading {
     at: Instant,
 }
 
+/// How long a worker may take to report its shards' loads.
+const LOADS_DEADLINE: Duration = Duration::from_secs(1);
+
 /// What the scaler remembers between ticks.
 #[derive(Default)]
 struct ScalerState {
     readings: HashMap<(i64, String), Reading>,
-    /// One connection per worker address, kept across ticks.
-    clients: HashMap<String, StorageClient<freshet_server::TracedChannel>>,
     /// When each stream last changed shape (or was first seen).
     last_change: HashMap<i64, Instant>,
     balancer: BalancerState,
@@ -262,25 +263,18 @@ pub(crate) async fn run_scaler(service: ControlPlaneService) {
 /// Reads every live worker's shard loads and turns them into rates (a
 /// shard needs two readings of one meter before it has one).
 async fn read_rates(
+    storage: &freshet_server::StorageClients,
     state: &mut ScalerState,
     workers: &[freshet_metastore::WorkerRow],
 ) -> Vec<(ShardRate, Option<HashKey>)> {
     let mut rates = Vec::new();
     for worker in workers {
-        let client = match state.clients.get(&worker.address) {
-            Some(client) => client.clone(),
-            None => {
-                let Ok(channel) = freshet_server::grpc_channel(&worker.address) else {
-                    continue;
-                };
-                let client = StorageClient::new(channel);
-                state.clients.insert(worker.address.clone(), client.clone());
-                client
-            }
+        // One connection per worker address, kept across ticks.
+        let Ok(mut client) = storage.get(&worker.address) else {
+            continue;
         };
-        let mut request = tonic::Request::new(ShardLoadsRequest {});
-        request.set_timeout(Duration::from_secs(1));
-        let Ok(answer) = client.clone().shard_loads(request).await else {
+        let request = freshet_server::request_with_deadline(ShardLoadsRequest {}, LOADS_DEADLINE);
+        let Ok(answer) = client.shard_loads(request).await else {
             continue;
         };
         let now = Instant::now();
@@ -324,7 +318,7 @@ async fn tick(service: &ControlPlaneService, state: &mut ScalerState) -> anyhow:
         return Ok(());
     }
     let workers = service.store.list_workers().await?;
-    let rates = read_rates(state, &workers).await;
+    let rates = read_rates(&service.storage, state, &workers).await;
     // (stream_uid, shard_id) → (utilization, median hash key)
     let loads: HashMap<(i64, String), (f64, Option<HashKey>)> = rates
         .iter()
@@ -358,7 +352,7 @@ async fn scale(
             .last_change
             .entry(stream.stream_uid)
             .or_insert_with(Instant::now);
-        if stream.status != "ACTIVE" {
+        if stream.status != StreamStatus::Active {
             state.last_change.insert(stream.stream_uid, Instant::now());
             continue;
         }

@@ -4,6 +4,7 @@
 //! Signatures are parsed but **not verified** yet (a later issue); no
 //! claim of authentication beyond "this key is known" is made.
 
+use freshet_errors::ErrorCode;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -41,7 +42,7 @@ pub fn parse_credential(headers: &HeaderMap, query: Option<&str>) -> KinesisResu
         (Some(header), _) => {
             let Some(params) = header.strip_prefix("AWS4-HMAC-SHA256 ") else {
                 return Err(KinesisError::new(
-                    "IncompleteSignatureException",
+                    ErrorCode::IncompleteSignature,
                     format!("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header. Authorization={header}"),
                 ));
             };
@@ -70,7 +71,7 @@ pub fn parse_credential(headers: &HeaderMap, query: Option<&str>) -> KinesisResu
             }
             if !missing.is_empty() {
                 return Err(KinesisError::new(
-                    "IncompleteSignatureException",
+                    ErrorCode::IncompleteSignature,
                     format!("{} Authorization={header}", missing.join(" ")),
                 ));
             }
@@ -79,7 +80,7 @@ pub fn parse_credential(headers: &HeaderMap, query: Option<&str>) -> KinesisResu
         (None, Some(credential)) => credential,
         (None, None) => {
             return Err(KinesisError::new(
-                "MissingAuthenticationTokenException",
+                ErrorCode::MissingAuthenticationToken,
                 "Missing Authentication Token",
             ));
         }
@@ -87,7 +88,7 @@ pub fn parse_credential(headers: &HeaderMap, query: Option<&str>) -> KinesisResu
     let parts: Vec<&str> = credential.split('/').collect();
     if parts.len() != 5 || parts[0].is_empty() || parts[4] != "aws4_request" {
         return Err(KinesisError::new(
-            "IncompleteSignatureException",
+            ErrorCode::IncompleteSignature,
             format!(
                 "Credential should be scoped to a valid region, not '{}'. ",
                 parts.get(2).copied().unwrap_or("")
@@ -150,7 +151,7 @@ impl AccountResolver {
         };
         account.ok_or_else(|| {
             KinesisError::new(
-                "UnrecognizedClientException",
+                ErrorCode::UnrecognizedClient,
                 "The security token included in the request is invalid.",
             )
         })
@@ -186,7 +187,9 @@ mod tests {
     #[test]
     fn no_credentials_is_a_missing_token() {
         assert_eq!(
-            parse_credential(&HeaderMap::new(), None).unwrap_err().code,
+            parse_credential(&HeaderMap::new(), None)
+                .unwrap_err()
+                .exception(),
             "MissingAuthenticationTokenException"
         );
     }
@@ -198,6 +201,6 @@ mod tests {
             None,
         )
         .unwrap_err();
-        assert_eq!(error.code, "IncompleteSignatureException");
+        assert_eq!(error.exception(), "IncompleteSignatureException");
     }
 }

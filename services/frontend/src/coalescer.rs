@@ -16,13 +16,14 @@
 //!   call's first offset plus its position in the call;
 //! - the leader's write limit refuses a suffix of a call's records, so a
 //!   caller is refused exactly its records in that suffix;
-//! - an error answers every caller of the call with the same status: a
-//!   refusal before writing (which each caller retries on its own fresh
-//!   route, as before) or a failure after which its records may or may not
-//!   have been written — the same uncertainty as a call of its own; the
-//!   appends queued behind a failed call are sent back unsent (ABORTED), so
-//!   they are routed again at once instead of waiting out another deadline
-//!   on a leader that just failed.
+//! - an error answers every caller of the call with the same outcome: a
+//!   refusal before writing ([`AppendOutcome::NotWritten`], which each
+//!   caller retries on its own fresh route, as before) or a failure after
+//!   which its records may or may not have been written — the same
+//!   uncertainty as a call of its own; the appends queued behind a failed
+//!   call are sent back unsent (`NotWritten`), so they are routed again at
+//!   once instead of waiting out another deadline on a leader that just
+//!   failed.
 //!
 //! A call goes out from a task of its own, so a caller that goes away (a
 //! client hanging up) never strands the callers queued behind it.
@@ -38,7 +39,8 @@ use freshet_proto::v1::{AppendRequest, AppendResponse, RecordToAppend, ShardMapE
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
-use crate::error::{KinesisError, KinesisResult};
+use freshet_errors::ErrorCode;
+
 use crate::ops::StoragePool;
 
 /// A coalesced call stops taking queued appends at this many bytes of
@@ -56,6 +58,29 @@ pub struct AppendShare {
     pub throttled: u32,
 }
 
+/// How one caller's append ended: the write path's three outcomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Acknowledged: where the caller's records landed.
+    Written(AppendShare),
+    /// Refused before anything was written: route again and retry.
+    NotWritten(String),
+    /// Not acknowledged, for the reason `code` names. Unless the code says
+    /// otherwise (a spent write limit), the records may have been written.
+    Failed(ErrorCode, String),
+}
+
+impl AppendOutcome {
+    /// What a storage worker's (or tonic's) error status means for the
+    /// append, by the code it carries.
+    pub fn from_status(status: &tonic::Status) -> AppendOutcome {
+        match ErrorCode::of_status(status) {
+            ErrorCode::NotWritten => AppendOutcome::NotWritten(status.message().to_owned()),
+            code => AppendOutcome::Failed(code, status.message().to_owned()),
+        }
+    }
+}
+
 /// Appends that share a lane go out together.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct LaneKey {
@@ -69,7 +94,7 @@ struct Queued {
     records: Vec<RecordToAppend>,
     bytes: usize,
     span: tracing::Span,
-    reply: oneshot::Sender<Result<AppendShare, tonic::Status>>,
+    reply: oneshot::Sender<AppendOutcome>,
 }
 
 #[derive(Default)]
@@ -86,6 +111,8 @@ pub struct AppendCoalescer {
     /// Calls one lane may have outstanding (at least 1).
     max_in_flight: usize,
     lanes: Mutex<HashMap<LaneKey, Lane>>,
+    /// The lanes' sending tasks: shutdown waits for them.
+    tasks: freshet_server::Tasks,
 }
 
 fn size_of(records: &[RecordToAppend]) -> usize {
@@ -100,12 +127,14 @@ impl AppendCoalescer {
         storage: Arc<StoragePool>,
         timeout: Duration,
         max_in_flight: usize,
+        tasks: freshet_server::Tasks,
     ) -> Arc<AppendCoalescer> {
         Arc::new(AppendCoalescer {
             storage,
             timeout,
             max_in_flight: max_in_flight.max(1),
             lanes: Mutex::default(),
+            tasks,
         })
     }
 
@@ -115,11 +144,13 @@ impl AppendCoalescer {
         self: &Arc<Self>,
         entry: &ShardMapEntry,
         records: Vec<RecordToAppend>,
-    ) -> KinesisResult<Result<AppendShare, tonic::Status>> {
-        let shard = entry
-            .key
-            .clone()
-            .ok_or_else(|| KinesisError::internal("a shard-map entry without a shard key"))?;
+    ) -> AppendOutcome {
+        let Some(shard) = entry.key.clone() else {
+            return AppendOutcome::Failed(
+                ErrorCode::Internal,
+                "a shard-map entry without a shard key".to_owned(),
+            );
+        };
         let key = LaneKey {
             leader_address: entry.leader_address.clone(),
             stream_uid: shard.stream_uid,
@@ -127,7 +158,9 @@ impl AppendCoalescer {
             epoch: entry.epoch,
         };
         // Fails early (a bad address) rather than in the sending task.
-        self.storage.client(&key.leader_address)?;
+        if let Err(error) = self.storage.client(&key.leader_address) {
+            return AppendOutcome::Failed(error.code, error.message);
+        }
         let (reply, answer) = oneshot::channel();
         let start_sender = {
             let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
@@ -145,13 +178,14 @@ impl AppendCoalescer {
             start
         };
         if start_sender {
-            tokio::spawn(self.clone().send_lane(key));
+            self.tasks.spawn(self.clone().send_lane(key));
         }
-        Ok(answer.await.unwrap_or_else(|_| {
-            Err(tonic::Status::unknown(
-                "the append's sending task ended without an answer",
-            ))
-        }))
+        answer.await.unwrap_or_else(|_| {
+            AppendOutcome::Failed(
+                ErrorCode::MaybeWritten,
+                "the append's sending task ended without an answer".to_owned(),
+            )
+        })
     }
 
     /// Takes the next call's worth of queued appends, or closes this
@@ -218,9 +252,9 @@ impl AppendCoalescer {
                 .unwrap_or_default()
         };
         for queued in queued {
-            let _ = queued.reply.send(Err(tonic::Status::aborted(
-                "not sent: the append's sender ended",
-            )));
+            let _ = queued.reply.send(AppendOutcome::NotWritten(
+                "not sent: the append's sender ended".to_owned(),
+            ));
         }
     }
 
@@ -253,9 +287,9 @@ impl AppendCoalescer {
             let mut client = self
                 .storage
                 .client(&key.leader_address)
-                .map_err(|error| tonic::Status::unavailable(error.message))?;
+                .map_err(|error| error.code.status(error.message))?;
             client
-                .append(request_with_deadline(request, self.timeout))
+                .append(freshet_server::request_with_deadline(request, self.timeout))
                 .await
                 .map(tonic::Response::into_inner)
         }
@@ -264,12 +298,13 @@ impl AppendCoalescer {
         match outcome {
             Ok(response) => {
                 for (reply, share) in replies.into_iter().zip(shares(&response, &counts)) {
-                    let _ = reply.send(Ok(share));
+                    let _ = reply.send(AppendOutcome::Written(share));
                 }
             }
             Err(status) => {
+                let outcome = AppendOutcome::from_status(&status);
                 for reply in replies {
-                    let _ = reply.send(Err(status.clone()));
+                    let _ = reply.send(outcome.clone());
                 }
                 // The leader refused, failed or did not answer in time: the
                 // appends queued behind this call go back unsent, to be
@@ -289,12 +324,11 @@ impl AppendCoalescer {
             }
         };
         for queued in queued {
-            // ABORTED: refused before anything was written (safe to retry).
-            let _ = queued.reply.send(Err(tonic::Status::aborted(format!(
+            let _ = queued.reply.send(AppendOutcome::NotWritten(format!(
                 "not sent: the previous append to this shard's leader failed ({:?}: {})",
                 cause.code(),
                 cause.message()
-            ))));
+            )));
         }
     }
 }
@@ -312,13 +346,6 @@ impl Drop for SenderSlot<'_> {
             self.coalescer.release_abandoned_slot(self.key);
         }
     }
-}
-
-/// A storage-worker request that gives up after `timeout`.
-pub(crate) fn request_with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(timeout);
-    request
 }
 
 /// Splits one call's answer among its callers, who sent `counts` records
@@ -370,7 +397,7 @@ mod tests {
         coalescer: &AppendCoalescer,
         key: &LaneKey,
         bytes: usize,
-    ) -> oneshot::Receiver<Result<AppendShare, tonic::Status>> {
+    ) -> oneshot::Receiver<AppendOutcome> {
         let (reply, answer) = oneshot::channel();
         let mut lanes = coalescer.lanes.lock().expect("lanes");
         let lane = lanes.entry(key.clone()).or_default();
@@ -385,7 +412,12 @@ mod tests {
     }
 
     fn coalescer() -> Arc<AppendCoalescer> {
-        AppendCoalescer::new(Arc::default(), Duration::from_secs(1), 1)
+        AppendCoalescer::new(
+            Arc::default(),
+            Duration::from_secs(1),
+            1,
+            freshet_server::Tasks::new(),
+        )
     }
 
     #[test]
@@ -421,8 +453,11 @@ mod tests {
             key: &key,
             released: false,
         });
-        let status = answer.try_recv().expect("answered").expect_err("sent back");
-        assert_eq!(status.code(), tonic::Code::Aborted);
+        let outcome = answer.try_recv().expect("answered");
+        assert!(
+            matches!(outcome, AppendOutcome::NotWritten(_)),
+            "{outcome:?}"
+        );
         assert!(coalescer.lanes.lock().expect("lanes").is_empty());
     }
 
@@ -432,10 +467,31 @@ mod tests {
         let key = lane();
         let mut queued = queue(&coalescer, &key, 1);
         coalescer.send_back_queued(&key, &tonic::Status::deadline_exceeded("timed out"));
-        let status = queued.try_recv().expect("answered").expect_err("sent back");
-        // ABORTED is what the write path treats as "refused before writing".
-        assert_eq!(status.code(), tonic::Code::Aborted);
-        assert!(status.message().contains("timed out"));
+        // Refused before writing: the write path routes it again.
+        match queued.try_recv().expect("answered") {
+            AppendOutcome::NotWritten(message) => assert!(message.contains("timed out")),
+            other => panic!("sent back as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_storage_error_is_read_by_the_code_it_carries() {
+        let not_written = ErrorCode::NotWritten.status("stale epoch");
+        assert_eq!(
+            AppendOutcome::from_status(&not_written),
+            AppendOutcome::NotWritten("stale epoch".to_owned())
+        );
+        let throttled = ErrorCode::ProvisionedThroughputExceeded.status("slow down");
+        assert!(matches!(
+            AppendOutcome::from_status(&throttled),
+            AppendOutcome::Failed(ErrorCode::ProvisionedThroughputExceeded, _)
+        ));
+        // A deadline passing mid-call: the leader may have written it.
+        let cut_off = tonic::Status::deadline_exceeded("timed out");
+        assert!(matches!(
+            AppendOutcome::from_status(&cut_off),
+            AppendOutcome::Failed(ErrorCode::MaybeWritten, _)
+        ));
     }
 
     #[test]

@@ -1,41 +1,51 @@
 //! Kinesis errors as the wire carries them: an HTTP status and a JSON body
 //! `{"__type": "<ExceptionName>", "message": "..."}`.
 
+use freshet_errors::ErrorCode;
 use http::StatusCode;
 
-/// One Kinesis error response.
+/// One Kinesis error response: a code from Freshet's one error table
+/// (`freshet_errors`), which decides its exception name and HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KinesisError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 pub type KinesisResult<T> = Result<T, KinesisError>;
 
 impl KinesisError {
-    pub fn new(code: &'static str, message: impl Into<String>) -> KinesisError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> KinesisError {
         KinesisError {
-            status: StatusCode::BAD_REQUEST,
             code,
             message: message.into(),
         }
     }
 
+    /// The HTTP status the client gets.
+    pub fn http_status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The exception name (`__type`) the client gets.
+    pub fn exception(&self) -> &'static str {
+        self.code.exception()
+    }
+
     pub fn validation(message: impl Into<String>) -> KinesisError {
-        KinesisError::new("ValidationException", message)
+        KinesisError::new(ErrorCode::Validation, message)
     }
 
     pub fn serialization(message: impl Into<String>) -> KinesisError {
-        KinesisError::new("SerializationException", message)
+        KinesisError::new(ErrorCode::Serialization, message)
     }
 
     pub fn invalid_argument(message: impl Into<String>) -> KinesisError {
-        KinesisError::new("InvalidArgumentException", message)
+        KinesisError::new(ErrorCode::InvalidArgument, message)
     }
 
     pub fn resource_not_found(message: impl Into<String>) -> KinesisError {
-        KinesisError::new("ResourceNotFoundException", message)
+        KinesisError::new(ErrorCode::ResourceNotFound, message)
     }
 
     pub fn stream_not_found(stream_name: &str, account_id: &str) -> KinesisError {
@@ -45,39 +55,27 @@ impl KinesisError {
     }
 
     pub fn internal(message: impl Into<String>) -> KinesisError {
-        KinesisError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "InternalFailure",
-            message: message.into(),
-        }
+        KinesisError::new(ErrorCode::Internal, message)
     }
 
     /// An operation of the Kinesis API that Freshet does not serve yet.
     pub fn not_implemented(operation: &str) -> KinesisError {
-        KinesisError {
-            status: StatusCode::NOT_IMPLEMENTED,
-            code: "NotImplemented",
-            message: format!("Freshet does not implement {operation} yet"),
-        }
+        KinesisError::new(
+            ErrorCode::NotImplemented,
+            format!("Freshet does not implement {operation} yet"),
+        )
     }
 
-    /// Maps an error from an internal service. The control plane and the
-    /// storage workers use these codes on purpose (see their crate docs);
-    /// anything else is an internal failure.
+    /// An error from an internal service, by the code it carries. A
+    /// server-side failure keeps the service's message behind a prefix.
     pub fn from_status(status: &tonic::Status) -> KinesisError {
+        let code = ErrorCode::of_status(status);
         let message = status.message().to_owned();
-        match status.code() {
-            tonic::Code::NotFound => KinesisError::resource_not_found(message),
-            tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition => {
-                KinesisError::new("ResourceInUseException", message)
-            }
-            tonic::Code::ResourceExhausted => KinesisError::new("LimitExceededException", message),
-            tonic::Code::InvalidArgument => KinesisError::invalid_argument(message),
-            code => {
-                tracing::warn!(?code, %message, "internal service call failed");
-                KinesisError::internal(format!("Internal service failure: {message}"))
-            }
+        if code.http_status() >= 500 {
+            tracing::warn!(%code, %message, "internal service call failed");
+            return KinesisError::new(code, format!("Internal service failure: {message}"));
         }
+        KinesisError::new(code, message)
     }
 }
 
@@ -179,7 +177,7 @@ mod tests {
         violations.check_stream_name(Some("bad name"), "streamName");
         violations.check_range(Some(0), "shardCount", 1, 100_000);
         let error = violations.into_result().unwrap_err();
-        assert_eq!(error.code, "ValidationException");
+        assert_eq!(error.exception(), "ValidationException");
         assert_eq!(
             error.message,
             "2 validation errors detected: Value 'bad name' at 'streamName' failed to satisfy constraint: \

@@ -10,6 +10,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use tracing::Instrument as _;
 
+use freshet_errors::ErrorCode;
+
 use crate::error::{KinesisError, KinesisResult};
 use crate::{auth, ops, Frontend};
 
@@ -76,16 +78,24 @@ pub struct Caller {
     pub account_id: String,
 }
 
-pub fn router(frontend: Arc<Frontend>) -> axum::Router {
+/// The HTTP surface. At most `max_in_flight` requests are handled at once
+/// (`--max-in-flight-requests`); the rest wait for a slot before their
+/// bodies are read, so a surge of clients costs bounded memory: at most
+/// that many bodies of at most [`MAX_BODY_BYTES`] each.
+pub fn router(frontend: Arc<Frontend>, max_in_flight: usize) -> axum::Router {
     axum::Router::new()
         .fallback(handle)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            max_in_flight.max(1),
+        ))
         .with_state(frontend)
 }
 
 fn error_response(error: &KinesisError, request_id: &str) -> Response {
-    let body = serde_json::json!({ "__type": error.code, "message": error.message }).to_string();
-    response(error.status, body, request_id)
+    let body =
+        serde_json::json!({ "__type": error.exception(), "message": error.message }).to_string();
+    response(error.http_status(), body, request_id)
 }
 
 fn response(status: StatusCode, body: String, request_id: &str) -> Response {
@@ -122,11 +132,10 @@ async fn handle(
     freshet_telemetry::set_parent_from_headers(&span, &headers);
     let result = async {
         if method != Method::POST {
-            return Err(KinesisError {
-                status: StatusCode::FORBIDDEN,
-                code: "AccessDeniedException",
-                message: "Unable to determine service/operation name to be authorized".to_owned(),
-            });
+            return Err(KinesisError::new(
+                ErrorCode::OperationNotDetermined,
+                "Unable to determine service/operation name to be authorized",
+            ));
         }
         check_content_type(&headers)?;
         let credential = auth::parse_credential(&headers, uri.query())?;
@@ -144,10 +153,10 @@ async fn handle(
         Ok(None) => response(StatusCode::OK, String::new(), &request_id),
         Err(error) => {
             span.in_scope(|| {
-                if error.status.is_server_error() {
-                    tracing::warn!(code = error.code, message = %error.message, "request failed");
+                if error.http_status().is_server_error() {
+                    tracing::warn!(code = error.exception(), message = %error.message, "request failed");
                 } else {
-                    tracing::debug!(code = error.code, message = %error.message, "request rejected");
+                    tracing::debug!(code = error.exception(), message = %error.message, "request rejected");
                 }
             });
             error_response(&error, &request_id)
@@ -175,6 +184,60 @@ pub fn unknown_operation(operation: &str) -> KinesisError {
     if NOT_YET_IMPLEMENTED.contains(&operation) {
         KinesisError::not_implemented(operation)
     } else {
-        KinesisError::new("UnknownOperationException", "")
+        KinesisError::new(ErrorCode::UnknownOperation, "")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use clap::Parser as _;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    fn request(body: Body) -> http::Request<Body> {
+        http::Request::get("/health")
+            .body(body)
+            .expect("a well-formed request")
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_in_flight_limit_wait_for_a_slot() {
+        let config = crate::Config::parse_from(["freshet-frontend"]);
+        let frontend = Frontend::new(&config).expect("frontend");
+        let router = router(frontend, 1);
+        // Holds the only slot: its handler waits for a body that never comes.
+        let mut stuck = Box::pin(
+            router.clone().oneshot(
+                http::Request::post("/")
+                    .body(Body::from_stream(futures::stream::pending::<
+                        Result<Bytes, std::io::Error>,
+                    >()))
+                    .expect("a well-formed request"),
+            ),
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut stuck)
+                .await
+                .is_err(),
+            "the first request is still reading its body"
+        );
+        let waiting = router.clone().oneshot(request(Body::empty()));
+        let mut waiting = Box::pin(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut waiting)
+                .await
+                .is_err(),
+            "a second request is served while the only slot is taken"
+        );
+        drop(stuck);
+        let answered = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("served once the slot is free")
+            .expect("infallible");
+        assert_eq!(answered.status(), StatusCode::OK);
     }
 }

@@ -29,8 +29,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use freshet_proto::v1::control_plane_client::ControlPlaneClient;
+use freshet_server::{CacheAddr, ControlPlaneAddr, MembershipAddr, TimerAddr};
 use freshet_shardmap::{Router, SharedShardMap, Subscription};
 use freshet_timer_client::{TimerClient, TimerClientConfig};
+use std::future::IntoFuture as _;
 use tokio::net::TcpListener;
 
 pub use error::KinesisError;
@@ -47,22 +49,14 @@ pub struct Config {
     /// Region written into stream ARNs.
     #[arg(long, env = "FRESHET_REGION", default_value = "us-east-1")]
     pub region: String,
-    #[arg(
-        long,
-        env = "FRESHET_CONTROL_PLANE_ADDR",
-        default_value = "127.0.0.1:7054"
-    )]
-    pub control_plane_addr: String,
-    #[arg(long, env = "FRESHET_CACHE_ADDR", default_value = "127.0.0.1:7053")]
-    pub cache_addr: String,
-    #[arg(
-        long,
-        env = "FRESHET_MEMBERSHIP_ADDR",
-        default_value = "127.0.0.1:7052"
-    )]
-    pub membership_addr: String,
-    #[arg(long, env = "FRESHET_TIMER_ADDR", default_value = "127.0.0.1:7051")]
-    pub timer_addr: String,
+    #[command(flatten)]
+    pub control_plane: ControlPlaneAddr,
+    #[command(flatten)]
+    pub cache: CacheAddr,
+    #[command(flatten)]
+    pub membership: MembershipAddr,
+    #[command(flatten)]
+    pub timer: TimerAddr,
     /// Key that signs shard iterators and pagination tokens; every frontend
     /// of a deployment must share it.
     #[arg(
@@ -84,6 +78,10 @@ pub struct Config {
     /// next call (a very large value turns coalescing off).
     #[arg(long, env = "FRESHET_APPEND_CALLS_PER_SHARD", default_value_t = 1)]
     pub append_calls_per_shard: usize,
+    /// Requests handled at once; more wait for a slot before their bodies
+    /// are read (memory stays bounded under a surge of clients).
+    #[arg(long, env = "FRESHET_MAX_IN_FLIGHT_REQUESTS", default_value_t = 1024)]
+    pub max_in_flight_requests: usize,
 }
 
 /// Everything a request handler needs.
@@ -97,6 +95,9 @@ pub struct Frontend {
     pub(crate) storage: Arc<ops::StoragePool>,
     pub(crate) appends: Arc<coalescer::AppendCoalescer>,
     storage_timeout: Duration,
+    max_in_flight_requests: usize,
+    /// Tasks requests leave behind (the coalescer's senders).
+    tasks: freshet_server::Tasks,
     _subscription: Subscription,
 }
 
@@ -104,11 +105,11 @@ impl Frontend {
     /// Connects (lazily) to the internal services and starts following the
     /// shard-map change log.
     pub fn new(config: &Config) -> anyhow::Result<Arc<Frontend>> {
-        let control_plane =
-            ControlPlaneClient::new(freshet_server::grpc_channel(&config.control_plane_addr)?)
-                .max_decoding_message_size(64 * 1024 * 1024);
+        let control_plane = freshet_server::control_plane_client(freshet_server::grpc_channel(
+            &config.control_plane.addr,
+        )?);
         let timer = TimerClient::spawn(
-            freshet_server::grpc_channel(&config.timer_addr)?,
+            freshet_server::grpc_channel(&config.timer.addr)?,
             TimerClientConfig {
                 max_unsynced: config.timer_max_unsynced,
                 ..TimerClientConfig::default()
@@ -116,16 +117,17 @@ impl Frontend {
         );
         let map = SharedShardMap::default();
         let subscription = freshet_shardmap::follow_change_log(
-            freshet_server::grpc_channel(&config.membership_addr)?,
+            freshet_server::grpc_channel(&config.membership.addr)?,
             map.clone(),
             None,
         );
         let router = Router::new(
             map,
-            freshet_server::grpc_channel(&config.cache_addr)?,
+            freshet_server::grpc_channel(&config.cache.addr)?,
             timer.clone(),
         );
         let storage = Arc::new(ops::StoragePool::default());
+        let tasks = freshet_server::Tasks::new();
         Ok(Arc::new(Frontend {
             region: config.region.clone(),
             accounts: auth::AccountResolver::new(control_plane.clone()),
@@ -138,8 +140,11 @@ impl Frontend {
                 storage,
                 config.storage_timeout,
                 config.append_calls_per_shard,
+                tasks.clone(),
             ),
             storage_timeout: config.storage_timeout,
+            max_in_flight_requests: config.max_in_flight_requests,
+            tasks,
             _subscription: subscription,
         }))
     }
@@ -151,7 +156,7 @@ impl Frontend {
 
     /// A storage-worker request with the configured deadline.
     pub(crate) fn storage_request<T>(&self, message: T) -> tonic::Request<T> {
-        coalescer::request_with_deadline(message, self.storage_timeout)
+        freshet_server::request_with_deadline(message, self.storage_timeout)
     }
 
     /// Milliseconds since the epoch by the timer service (the local clock
@@ -183,8 +188,34 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "frontend serving the kinesis api");
-    axum::serve(listener, http_api::router(frontend))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serve http")
+    let tasks = frontend.tasks.clone();
+    // Stop accepting on `shutdown`, then drain the requests in flight for
+    // at most the drain deadline, then wait for the coalescer's senders.
+    let draining = tokio_util::sync::CancellationToken::new();
+    let signal = {
+        let draining = draining.clone();
+        async move {
+            shutdown.await;
+            draining.cancel();
+        }
+    };
+    let router = http_api::router(frontend.clone(), frontend.max_in_flight_requests);
+    let server = axum::serve(listener, router)
+        .with_graceful_shutdown(signal)
+        .into_future();
+    tokio::pin!(server);
+    let served = tokio::select! {
+        served = &mut server => served,
+        () = draining.cancelled() => {
+            match tokio::time::timeout(freshet_server::DRAIN_DEADLINE, &mut server).await {
+                Ok(served) => served,
+                Err(_) => {
+                    tracing::warn!("in-flight requests did not finish in time; stopping anyway");
+                    Ok(())
+                }
+            }
+        }
+    };
+    tasks.stop(freshet_server::TASK_STOP_DEADLINE).await;
+    served.context("serve http")
 }

@@ -32,7 +32,7 @@
 //! A batch is acknowledged once a majority of the shard's copies hold it.
 //! Failover waits until enough replicas answer that, with the dead leader,
 //! they make up more than the copies outside any majority
-//! ([`replicas_needed_to_elect`]), so one of them holds each acknowledged
+//! ([`placement::replicas_needed_to_elect`]), so one of them holds each acknowledged
 //! batch. It promotes the copy with the greatest `(last_epoch, end)`: the
 //! epoch its log is current with (its epoch history, `libs/log/src/epochs.rs`),
 //! then its length — Raft's election rule. A copy current with a newer epoch
@@ -45,22 +45,27 @@
 //! If the timer service is unreachable, (2) cannot be proven and nothing
 //! fails over: availability waits, safety does not.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use freshet_metastore::{ShardRow, WorkerRow};
-use freshet_proto::v1::storage_client::StorageClient;
 use freshet_proto::v1::{DescribeShardRequest, ShardKey};
-use freshet_server::TracedChannel;
 
-use crate::{Change, Inner, MembershipService};
+use crate::placement::{self, CopyPosition, Election};
+use crate::publish::Change;
+use crate::service::Inner;
+use crate::MembershipService;
+use freshet_types::StreamStatus;
 
 /// Allowance for clock drift and message delay between a lease's end on the
 /// worker and membership's view of it.
 pub const LEASE_MARGIN: Duration = Duration::from_millis(500);
 
+/// How long a replica may take to say how long its copy is.
+const DESCRIBE_SHARD_DEADLINE: Duration = Duration::from_secs(2);
+
 /// Copies a shard keeps when enough zones are alive.
-const COPIES: usize = crate::placement::COPIES;
+const COPIES: usize = placement::COPIES;
 
 /// Records that a worker was heard from just now (by the timer's clock).
 pub(crate) fn heard_from(inner: &Inner, worker_id: &str) {
@@ -152,40 +157,23 @@ async fn check_once(service: &MembershipService) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn storage_client(inner: &Inner, address: &str) -> anyhow::Result<StorageClient<TracedChannel>> {
-    let mut clients = inner.storage.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(client) = clients.get(address) {
-        return Ok(client.clone());
-    }
-    let client = StorageClient::new(freshet_server::grpc_channel(address)?);
-    clients.insert(address.to_owned(), client.clone());
-    Ok(client)
-}
-
 /// How current a live replica's copy of the shard is — `(last_epoch,
 /// next_offset)`, compared in that order — or `None` if it did not say.
 async fn copy_position(inner: &Inner, address: &str, shard: &ShardRow) -> Option<(u64, u64)> {
-    let mut client = storage_client(inner, address).ok()?;
-    let mut request = tonic::Request::new(DescribeShardRequest {
-        shard: Some(ShardKey {
-            stream_uid: shard.stream_uid,
-            shard_id: shard.shard_id.clone(),
-        }),
-    });
-    request.set_timeout(Duration::from_secs(2));
+    let mut client = inner.storage.get(address).ok()?;
+    let request = freshet_server::request_with_deadline(
+        DescribeShardRequest {
+            shard: Some(ShardKey {
+                stream_uid: shard.stream_uid,
+                shard_id: shard.shard_id.clone(),
+            }),
+        },
+        DESCRIBE_SHARD_DEADLINE,
+    );
     client.describe_shard(request).await.ok().map(|r| {
         let r = r.into_inner();
         (r.last_epoch, r.next_offset)
     })
-}
-
-/// Answers needed from the replicas before one may be promoted: enough that
-/// they include at least one copy of every batch acknowledged on a majority
-/// of the shard's `copies` (the dead leader's included) — a majority-based
-/// election, as in Raft.
-fn replicas_needed_to_elect(copies: usize) -> usize {
-    let acknowledging = copies / 2 + 1;
-    copies - acknowledging + 1
 }
 
 /// Gives shards kept on fewer than three workers a replica again: a live
@@ -208,18 +196,9 @@ async fn repair(
         if !placed.iter().all(|id| live.contains_key(*id)) {
             continue;
         }
-        let zones: BTreeSet<&str> = placed
-            .iter()
-            .filter_map(|id| live.get(*id))
-            .map(|w| w.availability_zone.as_str())
-            .collect();
-        let mut spares: Vec<&WorkerRow> = live
-            .values()
-            .filter(|w| !placed.contains(&&w.worker_id))
-            .filter(|w| !zones.contains(w.availability_zone.as_str()))
-            .collect();
-        spares.sort_by_key(|w| w.worker_id.clone());
-        let Some(spare) = spares.first() else {
+        let placed: Vec<&WorkerRow> = placed.iter().filter_map(|id| live.get(*id)).collect();
+        let live_workers: Vec<&WorkerRow> = live.values().collect();
+        let Some(spare) = placement::spare_replica(&placed, &live_workers) else {
             continue;
         };
         let Some(stream) = inner.store.get_stream_by_uid(shard.stream_uid).await? else {
@@ -254,7 +233,7 @@ async fn fail_over(
     let Some(stream) = inner.store.get_stream_by_uid(shard.stream_uid).await? else {
         return Ok(());
     };
-    if stream.status == "DELETING" {
+    if stream.status == StreamStatus::Deleting {
         return Ok(());
     }
     let mut candidates = Vec::new();
@@ -277,51 +256,36 @@ async fn fail_over(
             }
         }
     }
-    let needed = replicas_needed_to_elect(shard.replica_worker_ids.len() + 1);
-    if candidates.len() < needed {
-        tracing::warn!(
-            shard_id = shard.shard_id,
-            leader = shard.leader_worker_id,
-            answering = candidates.len(),
-            needed,
-            "leader is dead and too few replicas answer to be sure of every acknowledged record: the shard waits"
-        );
-        return Ok(());
-    }
-    // Most current first — newest epoch, then longest log, as Raft elects;
-    // the order of the replica list breaks ties.
-    candidates.sort_by_key(|candidate| std::cmp::Reverse(candidate.0));
-    let Some(((last_epoch, end), new_leader)) = candidates.first().cloned() else {
-        return Ok(());
-    };
-    let mut replicas: Vec<String> = candidates[1..]
+    let answers: Vec<(CopyPosition, &WorkerRow)> = candidates
         .iter()
-        .map(|(_, w)| w.worker_id.clone())
+        .map(|(position, w)| (*position, w))
         .collect();
-    let mut zones: BTreeSet<String> = std::iter::once(&new_leader)
-        .chain(candidates[1..].iter().map(|(_, w)| w))
-        .map(|w| w.availability_zone.clone())
-        .collect();
-    let mut spares: Vec<&WorkerRow> = live
-        .values()
-        .filter(|w| {
-            w.worker_id != new_leader.worker_id
-                && !replicas.contains(&w.worker_id)
-                && w.worker_id != shard.leader_worker_id
-        })
-        .collect();
-    spares.sort_by_key(|w| w.worker_id.clone());
-    for spare in spares {
-        if replicas.len() + 1 >= COPIES {
-            break;
+    let live_workers: Vec<&WorkerRow> = live.values().collect();
+    let copies = shard.replica_worker_ids.len() + 1;
+    let (chosen, (last_epoch, end)) = match placement::elect(
+        &shard.leader_worker_id,
+        copies,
+        &answers,
+        &live_workers,
+    ) {
+        Election::Promote {
+            placement,
+            position,
+        } => (placement, position),
+        Election::Wait { answering, needed } => {
+            tracing::warn!(
+                    shard_id = shard.shard_id,
+                    leader = shard.leader_worker_id,
+                    answering,
+                    needed,
+                    "leader is dead and too few replicas answer to be sure of every acknowledged record: the shard waits"
+                );
+            return Ok(());
         }
-        if zones.insert(spare.availability_zone.clone()) {
-            replicas.push(spare.worker_id.clone());
-        }
-    }
+    };
     let moved = ShardRow {
-        leader_worker_id: new_leader.worker_id.clone(),
-        replica_worker_ids: replicas,
+        leader_worker_id: chosen.leader,
+        replica_worker_ids: chosen.replicas,
         epoch: shard.epoch + 1,
         ..shard.clone()
     };
@@ -348,25 +312,4 @@ async fn fail_over(
         .publish(&stream, vec![moved], Change::MoveLeadership)
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::replicas_needed_to_elect;
-
-    #[test]
-    fn an_election_hears_from_a_copy_of_every_majority() {
-        assert_eq!(
-            replicas_needed_to_elect(3),
-            2,
-            "both replicas of three copies"
-        );
-        assert_eq!(replicas_needed_to_elect(2), 1);
-        assert_eq!(
-            replicas_needed_to_elect(1),
-            1,
-            "a lone copy cannot fail over"
-        );
-        assert_eq!(replicas_needed_to_elect(5), 3);
-    }
 }

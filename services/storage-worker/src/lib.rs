@@ -11,8 +11,12 @@
 //! - `service.rs` — the gRPC surface: every call's epoch and leadership are
 //!   checked against this worker's own shard-map snapshot (a caller with an
 //!   older epoch, or a worker that is not the leader, is refused), then
-//! - `shards.rs` — the group-commit writer: appends are batched, written and
+//! - `registry.rs` — the shard segments open here (opened and recovered on
+//!   first use), each with
+//! - `writer.rs` — its group-commit writer: appends are batched, written and
 //!   fsynced together, and acknowledged only after the fsync.
+//! - `layout.rs` — where segments live on disk; `error.rs` — why a write
+//!   failed, and whether that means "nothing written".
 //! - `freshet-log` (libs/log) — segments, checksums, torn-tail recovery,
 //!   indexes, retention.
 //!
@@ -25,12 +29,15 @@
 //! - `lease.rs` — a leader commits only while its lease from membership
 //!   holds (the safety argument is in `services/membership/src/failover.rs`).
 
+mod error;
+mod layout;
 mod lease;
 mod load;
+mod registry;
 mod replication;
 mod service;
-mod shards;
 mod throttle;
+mod writer;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -38,19 +45,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use freshet_log::LogConfig;
+use freshet_log::{LogConfig, ShardLog};
 use freshet_proto::v1::membership_client::MembershipClient;
 use freshet_proto::v1::storage_server::StorageServer;
 use freshet_proto::v1::{HeartbeatRequest, RegisterWorkerRequest};
 use freshet_server::TracedChannel;
+use freshet_server::{MembershipAddr, Tasks};
 use freshet_shardmap::SharedShardMap;
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 
+use layout::SegmentKey;
+use registry::ShardRegistry;
 pub use replication::AckCopies;
 pub use service::StorageService;
-use shards::ShardRegistry;
-pub use shards::GROUP_COMMIT_MAX_BYTES;
 pub use throttle::ShardLimits;
+pub use writer::GROUP_COMMIT_MAX_BYTES;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "freshet-storage-worker", about = "Freshet storage worker")]
@@ -66,12 +76,8 @@ pub struct Config {
     pub availability_zone: String,
     #[arg(long, env = "FRESHET_WORKER_DATA_DIR")]
     pub data_dir: PathBuf,
-    #[arg(
-        long,
-        env = "FRESHET_MEMBERSHIP_ADDR",
-        default_value = "127.0.0.1:7052"
-    )]
-    pub membership_addr: String,
+    #[command(flatten)]
+    pub membership: MembershipAddr,
     #[arg(long, env = "FRESHET_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
     /// How often expired segments are looked for.
@@ -164,17 +170,17 @@ async fn enforce_retention(map: SharedShardMap, shards: Arc<ShardRegistry>, inte
             let Some((hours, sequence_base, start, floor)) = map.read(|m| {
                 m.get(stream_uid, &shard_id).and_then(|e| {
                     let floor = if key.segment == e.segment_index {
-                        shards::arrival_floor(e)
+                        layout::arrival_floor(e)
                     } else {
                         i64::MIN
                     };
-                    shards::segment_start(e, key.segment)
+                    layout::segment_start(e, key.segment)
                         .map(|start| (e.retention_hours, e.sequence_base, start, floor))
                 })
             }) else {
                 continue;
             };
-            let cutoff = shards::now_ms() - i64::from(hours.max(1)) * 3_600_000;
+            let cutoff = writer::now_ms() - i64::from(hours.max(1)) * 3_600_000;
             if sealed_segment_expired(&map, &key, cutoff - EXPIRED_SEGMENT_GRACE_MS) {
                 shards.remove(&key).await;
                 tracing::info!(
@@ -210,7 +216,7 @@ const EXPIRED_SEGMENT_GRACE_MS: i64 = 3_600_000;
 
 /// Whether `key` is a sealed segment of its shard whose newest record
 /// arrived before `cutoff_ms` (none of its records is served any more).
-fn sealed_segment_expired(map: &SharedShardMap, key: &shards::SegmentKey, cutoff_ms: i64) -> bool {
+fn sealed_segment_expired(map: &SharedShardMap, key: &SegmentKey, cutoff_ms: i64) -> bool {
     map.read(|m| {
         m.get(key.stream_uid, &key.shard_id).is_some_and(|entry| {
             entry.sealed_segments.iter().any(|s| {
@@ -315,8 +321,17 @@ async fn checkpoint_commit_points(shards: Arc<ShardRegistry>) {
 }
 
 async fn checkpoint_all(shards: &ShardRegistry) {
-    for (key, shard) in shards.open_shards() {
-        let log = shard.log.clone();
+    let logs: Vec<(SegmentKey, Arc<ShardLog>)> = shards
+        .open_shards()
+        .into_iter()
+        .map(|(key, shard)| (key, shard.log.clone()))
+        .collect();
+    checkpoint_logs(&logs).await;
+}
+
+async fn checkpoint_logs(logs: &[(SegmentKey, Arc<ShardLog>)]) {
+    for (key, log) in logs {
+        let log = log.clone();
         let result = tokio::task::spawn_blocking(move || log.persist_commit_point()).await;
         match result {
             Ok(Ok(_)) => {}
@@ -344,7 +359,7 @@ pub async fn run(
     tokio::fs::create_dir_all(&config.data_dir)
         .await
         .with_context(|| format!("create data directory {}", config.data_dir.display()))?;
-    let membership_channel = freshet_server::grpc_channel(&config.membership_addr)?;
+    let membership_channel = freshet_server::grpc_channel(&config.membership.addr)?;
     let map = SharedShardMap::default();
     let _subscription =
         freshet_shardmap::follow_change_log(membership_channel.clone(), map.clone(), None);
@@ -367,15 +382,19 @@ pub async fn run(
         read_calls: config.shard_read_calls_per_sec,
     };
     let data_dir = config.data_dir.clone();
-    tokio::task::spawn_blocking(move || shards::move_unsegmented_logs(&data_dir))
+    tokio::task::spawn_blocking(move || layout::move_unsegmented_logs(&data_dir))
         .await
         .context("layout upgrade task failed")?
         .context("move shard logs into their segment directories")?;
+    // The shards' writer tasks, and the loops that look after the shards.
+    let writers = TaskTracker::new();
+    let background = Tasks::new();
     let shards = Arc::new(ShardRegistry::new(
         config.data_dir.clone(),
         log_config,
         replication,
         limits,
+        writers.clone(),
     ));
 
     let registration = RegisterWorkerRequest {
@@ -383,26 +402,24 @@ pub async fn run(
         availability_zone: config.availability_zone.clone(),
         address: address.clone(),
     };
-    let background = [
-        tokio::spawn(stay_registered(
-            MembershipClient::new(membership_channel),
-            registration,
-            config.heartbeat_interval,
-            lease.clone(),
-        )),
-        tokio::spawn(enforce_retention(
-            map.clone(),
-            shards.clone(),
-            config.retention_check_interval,
-        )),
-        tokio::spawn(remove_deleted_shards(map.clone(), shards.clone())),
-        tokio::spawn(checkpoint_commit_points(shards.clone())),
-        tokio::spawn(remove_orphaned_shards(
-            config.worker_id.clone(),
-            map.clone(),
-            shards.clone(),
-        )),
-    ];
+    background.spawn_loop(stay_registered(
+        freshet_server::membership_client(membership_channel),
+        registration,
+        config.heartbeat_interval,
+        lease.clone(),
+    ));
+    background.spawn_loop(enforce_retention(
+        map.clone(),
+        shards.clone(),
+        config.retention_check_interval,
+    ));
+    background.spawn_loop(remove_deleted_shards(map.clone(), shards.clone()));
+    background.spawn_loop(checkpoint_commit_points(shards.clone()));
+    background.spawn_loop(remove_orphaned_shards(
+        config.worker_id.clone(),
+        map.clone(),
+        shards.clone(),
+    ));
 
     let service = StorageService {
         worker_id: config.worker_id.clone(),
@@ -413,14 +430,24 @@ pub async fn run(
     tracing::info!(worker_id = config.worker_id, az = config.availability_zone, %address, "storage worker serving grpc");
     let router = freshet_server::grpc_server().add_service(
         StorageServer::new(service)
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024),
+            .max_decoding_message_size(freshet_server::STORAGE_MESSAGE_LIMIT)
+            .max_encoding_message_size(freshet_server::STORAGE_MESSAGE_LIMIT),
     );
-    let result = freshet_server::serve_grpc(router, listener, shutdown).await;
-    for task in background {
-        task.abort();
+    // Stop accepting, then drain the requests in flight: every append they
+    // carry is answered (or, past the drain deadline, cut as a crash would).
+    let served = freshet_server::serve_grpc(router, "freshet.v1.Storage", listener, shutdown).await;
+    // No new work: stop the loops, then close the shards, which ends each
+    // writer task once it has finished the batch it holds.
+    background.stop(freshet_server::TASK_STOP_DEADLINE).await;
+    let logs = shards.close_all();
+    writers.close();
+    if tokio::time::timeout(freshet_server::TASK_STOP_DEADLINE, writers.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(left = writers.len(), "shard writers did not finish in time");
     }
     // A clean stop leaves every commit point on disk, so reads resume at once.
-    checkpoint_all(&shards).await;
-    result
+    checkpoint_logs(&logs).await;
+    Ok(served?)
 }

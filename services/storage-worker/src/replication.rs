@@ -28,7 +28,7 @@
 //! gone refuses writes rather than acknowledge them on a single disk.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use freshet_log::{NewRecord, ShardLog};
@@ -37,8 +37,9 @@ use freshet_proto::v1::{EpochStart, RecordToAppend, ReplicateRequest, ShardKey, 
 use freshet_server::TracedChannel;
 use freshet_shardmap::SharedShardMap;
 
+use crate::error::WriteError;
+use crate::layout::SegmentKey;
 use crate::lease::Lease;
-use crate::shards::SegmentKey;
 
 /// How long the leader waits for one replica's answer.
 const REPLICA_TIMEOUT: Duration = Duration::from_secs(2);
@@ -94,15 +95,15 @@ fn epochs_to_wire(log: &ShardLog) -> Vec<EpochStart> {
 }
 
 /// Makes `log` the writer of `epoch` (durably, off the async threads).
-pub async fn begin_leading(log: &Arc<ShardLog>, epoch: u64) -> Result<(), String> {
+pub async fn begin_leading(log: &Arc<ShardLog>, epoch: u64) -> Result<(), WriteError> {
     if log.latest_epoch() == epoch {
         return Ok(());
     }
     let log = log.clone();
     tokio::task::spawn_blocking(move || log.begin_leading(epoch))
         .await
-        .map_err(|e| format!("begin-leading task failed: {e}"))?
-        .map_err(|e| e.to_string())
+        .map_err(|e| WriteError::task("begin-leading", e))??;
+    Ok(())
 }
 
 /// What every shard's replicator shares.
@@ -115,7 +116,7 @@ pub struct ReplicationContext {
     pub ack_copies: AckCopies,
     /// Copies (the leader's included) every acknowledged batch is on.
     pub min_ack_copies: usize,
-    clients: Mutex<HashMap<String, StorageClient<TracedChannel>>>,
+    clients: freshet_server::StorageClients,
 }
 
 impl ReplicationContext {
@@ -132,21 +133,14 @@ impl ReplicationContext {
             lease,
             ack_copies,
             min_ack_copies,
-            clients: Mutex::new(HashMap::new()),
+            clients: freshet_server::StorageClients::default(),
         }
     }
 
-    fn client(&self, address: &str) -> Result<StorageClient<TracedChannel>, String> {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = clients.get(address) {
-            return Ok(client.clone());
-        }
-        let channel = freshet_server::grpc_channel(address).map_err(|e| format!("{e:#}"))?;
-        let client = StorageClient::new(channel)
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024);
-        clients.insert(address.to_owned(), client.clone());
-        Ok(client)
+    fn client(&self, address: &str) -> Result<StorageClient<TracedChannel>, WriteError> {
+        self.clients
+            .get(address)
+            .map_err(|e| WriteError::Replication(e.to_string()))
     }
 }
 
@@ -226,11 +220,15 @@ impl Replicator {
         &mut self,
         log: &Arc<ShardLog>,
         batch: LocalBatch<'_>,
-    ) -> Result<(), String> {
+    ) -> Result<(), WriteError> {
         let entry = self
             .entry()
             .filter(|e| e.leader_worker_id == self.context.worker_id && e.epoch == batch.epoch)
-            .ok_or("this worker no longer leads the shard at the batch's epoch")?;
+            .ok_or_else(|| {
+                WriteError::LostLeadership(
+                    "this worker no longer leads the shard at the batch's epoch".to_owned(),
+                )
+            })?;
         self.forget_ends_of_other_epochs(entry.epoch);
         let replicas: Vec<(String, String)> = entry
             .replica_worker_ids
@@ -240,11 +238,11 @@ impl Replicator {
             .collect();
         let needed = self.needed(replicas.len());
         if needed > replicas.len() {
-            return Err(format!(
+            return Err(WriteError::Replication(format!(
                 "the shard has {} copies placed; {} must hold every acknowledged write",
                 replicas.len() + 1,
                 self.context.min_ack_copies
-            ));
+            )));
         }
         if replicas.is_empty() {
             return Ok(());
@@ -297,9 +295,9 @@ impl Replicator {
         if acknowledged >= needed {
             Ok(())
         } else {
-            Err(format!(
+            Err(WriteError::Replication(format!(
                 "only {acknowledged} of the {needed} replica acknowledgements needed arrived"
-            ))
+            )))
         }
     }
 }
@@ -410,7 +408,7 @@ impl ReplicaTarget<'_> {
         arrival_ms: i64,
         records: Vec<RecordToAppend>,
         committed: u64,
-    ) -> Result<(bool, u64), String> {
+    ) -> Result<(bool, u64), WriteError> {
         let mut client = self.context.client(self.address)?;
         let response = client
             .replicate(ReplicateRequest {
@@ -423,7 +421,9 @@ impl ReplicaTarget<'_> {
                 leader_epochs: self.epochs.to_vec(),
             })
             .await
-            .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?
+            .map_err(|status| {
+                WriteError::Replication(format!("{:?}: {}", status.code(), status.message()))
+            })?
             .into_inner();
         Ok((response.accepted, response.next_offset))
     }
@@ -515,18 +515,17 @@ impl ReplicaTarget<'_> {
         from: u64,
         until: u64,
         committed: u64,
-    ) -> Result<(bool, u64), String> {
+    ) -> Result<(bool, u64), WriteError> {
         let reader = log.clone();
         let missing = tokio::task::spawn_blocking(move || {
             reader.read_uncommitted(from, CATCH_UP_RECORDS, CATCH_UP_BYTES)
         })
         .await
-        .map_err(|e| format!("catch-up read task failed: {e}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| WriteError::task("catch-up read", e))??;
         let Some(first) = missing.records.first().filter(|r| r.offset == from) else {
-            return Err(format!(
+            return Err(WriteError::Replication(format!(
                 "the leader's log no longer holds offset {from} (trimmed by retention?)"
-            ));
+            )));
         };
         let arrival_ms = first.arrival_ms;
         let run: Vec<RecordToAppend> = missing

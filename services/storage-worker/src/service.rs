@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use freshet_errors::ErrorCode;
 use freshet_log::{EpochHistory, LogError, NewRecord};
 use freshet_proto::v1::read_request::Start;
 use freshet_proto::v1::storage_server::Storage;
@@ -10,9 +11,11 @@ use freshet_proto::v1::*;
 use freshet_shardmap::SharedShardMap;
 use tonic::{Request, Response, Status};
 
+use crate::layout::SegmentKey;
 use crate::lease::Lease;
 use crate::load::OfferedRecord;
-use crate::shards::{AppendError, OpenShard, SegmentKey, ShardRegistry};
+use crate::registry::ShardRegistry;
+use crate::writer::OpenShard;
 
 /// How long a request waits for this worker's snapshot to learn of a
 /// placement the caller already knows about.
@@ -64,7 +67,7 @@ impl StorageService {
     async fn wait_for_lease(&self, deadline: tokio::time::Instant) -> Result<(), Status> {
         while !self.lease.is_held(&self.map) {
             if tokio::time::Instant::now() >= deadline {
-                return Err(Status::failed_precondition(format!(
+                return Err(ErrorCode::NotWritten.status(format!(
                     "not leader: worker {} holds no leader lease",
                     self.worker_id
                 )));
@@ -83,7 +86,7 @@ impl StorageService {
         epoch: u64,
         access: Access,
     ) -> Result<Arc<OpenShard>, Status> {
-        let shard = shard.ok_or_else(|| Status::invalid_argument("shard is required"))?;
+        let shard = shard.ok_or_else(|| ErrorCode::InvalidArgument.status("shard is required"))?;
         let deadline = tokio::time::Instant::now() + PLACEMENT_WAIT;
         let entry = loop {
             let changed = self.map.changed();
@@ -94,7 +97,7 @@ impl StorageService {
                 )
             });
             if deleted {
-                return Err(Status::not_found(format!(
+                return Err(ErrorCode::ResourceNotFound.status(format!(
                     "shard {} of stream {} was deleted",
                     shard.shard_id, shard.stream_uid
                 )));
@@ -103,9 +106,9 @@ impl StorageService {
                 Some(entry) if entry.epoch >= epoch => break entry,
                 _ => {
                     if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                        // ABORTED: refused before anything was written, so the
-                        // caller may safely retry elsewhere.
-                        return Err(Status::aborted(format!(
+                        // Refused before anything was written, so the caller
+                        // may safely retry elsewhere.
+                        return Err(ErrorCode::NotWritten.status(format!(
                             "shard {} of stream {} at epoch {epoch} is not (yet) known to worker {}",
                             shard.shard_id, shard.stream_uid, self.worker_id
                         )));
@@ -114,7 +117,7 @@ impl StorageService {
             }
         };
         if entry.epoch > epoch {
-            return Err(Status::failed_precondition(format!(
+            return Err(ErrorCode::NotWritten.status(format!(
                 "stale epoch: the request carries epoch {epoch}, shard {} is at epoch {}",
                 shard.shard_id, entry.epoch
             )));
@@ -127,7 +130,7 @@ impl StorageService {
                 return self.open_sealed(&entry, segment).await;
             }
             if segment > entry.segment_index {
-                return Err(Status::failed_precondition(format!(
+                return Err(ErrorCode::NotWritten.status(format!(
                     "segment {segment} of shard {} is not open (the current one is {})",
                     shard.shard_id, entry.segment_index
                 )));
@@ -140,7 +143,7 @@ impl StorageService {
             Access::Replicate => entry.replica_worker_ids.contains(&self.worker_id),
         };
         if !role_ok {
-            return Err(Status::failed_precondition(format!(
+            return Err(ErrorCode::NotWritten.status(format!(
                 "not leader: shard {} is led by {}",
                 shard.shard_id, entry.leader_worker_id
             )));
@@ -150,22 +153,19 @@ impl StorageService {
             self.wait_for_lease(deadline).await?;
         }
         if access == Access::Seal && entry.state() != ShardState::Closing {
-            return Err(Status::failed_precondition(format!(
-                "shard {} is not being closed",
-                shard.shard_id
-            )));
+            return Err(ErrorCode::NotWritten
+                .status(format!("shard {} is not being closed", shard.shard_id)));
         }
         if access == Access::Write && entry.state() != ShardState::Open {
-            return Err(Status::failed_precondition(format!(
-                "shard {} is closed",
-                shard.shard_id
-            )));
+            return Err(ErrorCode::NotWritten.status(format!("shard {} is closed", shard.shard_id)));
         }
         let key = SegmentKey::new(shard.stream_uid, &shard.shard_id, entry.segment_index);
         self.shards
             .get_current(&key, &entry)
             .await
-            .map_err(|error| Status::internal(format!("open shard {}: {error}", shard.shard_id)))
+            .map_err(|error| {
+                ErrorCode::Internal.status(format!("open shard {}: {error}", shard.shard_id))
+            })
     }
 
     /// This worker's copy of a sealed segment, if it holds all of it.
@@ -177,10 +177,10 @@ impl StorageService {
         let shard = entry
             .key
             .as_ref()
-            .ok_or_else(|| Status::invalid_argument("shard is required"))?;
+            .ok_or_else(|| ErrorCode::InvalidArgument.status("shard is required"))?;
         let key = SegmentKey::new(shard.stream_uid, &shard.shard_id, index);
         let no_copy = || {
-            Status::failed_precondition(format!(
+            ErrorCode::NotWritten.status(format!(
                 "worker {} holds no copy of segment {index} of shard {}",
                 self.worker_id, key.shard_id
             ))
@@ -195,7 +195,9 @@ impl StorageService {
             .shards
             .get_stored(&key, entry.sequence_base, sealed.start_offset, i64::MIN)
             .await
-            .map_err(|error| Status::internal(format!("open shard {}: {error}", key.shard_id)))?
+            .map_err(|error| {
+                ErrorCode::Internal.status(format!("open shard {}: {error}", key.shard_id))
+            })?
             .ok_or_else(no_copy)?;
         // A copy at the epoch the segment was sealed at holds that
         // leader's records (one content per offset per epoch); ending where
@@ -203,7 +205,7 @@ impl StorageService {
         // reach may lag or hold a tail an earlier leader never committed.
         let (last_epoch, end) = shard.log.election_position();
         if last_epoch != sealed.final_epoch || end != sealed.end_offset {
-            return Err(Status::failed_precondition(format!(
+            return Err(ErrorCode::NotWritten.status(format!(
                 "this copy of segment {index} of shard {} is incomplete (epoch {last_epoch}, end {end}; sealed at epoch {}, end {})",
                 key.shard_id, sealed.final_epoch, sealed.end_offset
             )));
@@ -222,9 +224,7 @@ impl Storage for StorageService {
     ) -> Result<Response<AppendResponse>, Status> {
         let request = request.into_inner();
         if request.records.is_empty() {
-            return Err(Status::invalid_argument(
-                "an append needs at least one record",
-            ));
+            return Err(ErrorCode::InvalidArgument.status("an append needs at least one record"));
         }
         // Refuse what the log cannot frame before it joins a group commit,
         // where it would fail every other caller's records too.
@@ -233,7 +233,7 @@ impl Storage for StorageService {
             .iter()
             .find(|r| r.partition_key.len() > MAX_PARTITION_KEY_BYTES)
         {
-            return Err(Status::invalid_argument(format!(
+            return Err(ErrorCode::InvalidArgument.status(format!(
                 "partition key of {} bytes exceeds {MAX_PARTITION_KEY_BYTES}",
                 record.partition_key.len()
             )));
@@ -258,20 +258,18 @@ impl Storage for StorageService {
             throttled,
         );
         if admitted == 0 {
-            return Err(Status::resource_exhausted(
-                "the shard's write limit is spent",
-            ));
+            return Err(
+                ErrorCode::ProvisionedThroughputExceeded.status("the shard's write limit is spent")
+            );
         }
         let mut records = into_log_records(request.records);
         records.truncate(admitted);
         let appended = shard
             .append(records, request.epoch)
             .await
-            .map_err(|error| match error {
-                // Nothing written: the frontend routes again and retries.
-                AppendError::Refused(message) => Status::failed_precondition(message),
-                AppendError::Failed(message) => Status::internal(message),
-            })?;
+            // NotWritten (the frontend routes again and retries) or
+            // MaybeWritten (the client decides).
+            .map_err(|error| error.append_code().status(error.to_string()))?;
         Ok(Response::new(AppendResponse {
             first_offset: appended.first_offset,
             sequence_base: shard.sequence_base,
@@ -292,9 +290,9 @@ impl Storage for StorageService {
             )
             .await?;
         if !shard.throttle.admit_read() {
-            return Err(Status::resource_exhausted(
-                "the shard's read limit is spent",
-            ));
+            return Err(
+                ErrorCode::ProvisionedThroughputExceeded.status("the shard's read limit is spent")
+            );
         }
         let log = shard.log.clone();
         let max_records = request.max_records.clamp(1, 10_000) as usize;
@@ -315,8 +313,8 @@ impl Storage for StorageService {
                 .map(|batch| (batch, next_in_log))
         })
         .await
-        .map_err(|e| Status::internal(format!("read task failed: {e}")))?
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .map_err(|e| ErrorCode::Internal.status(format!("read task failed: {e}")))?
+        .map_err(|e| ErrorCode::Internal.status(e.to_string()))?;
         let (batch, next_in_log) = batch;
         shard.throttle.charge_read(
             batch
@@ -387,7 +385,7 @@ impl Storage for StorageService {
                 })
                 .collect(),
         )
-        .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        .map_err(|error| ErrorCode::InvalidArgument.status(error.to_string()))?;
         let (epoch, first_offset, arrival_ms, committed) = (
             request.epoch,
             request.first_offset,
@@ -406,13 +404,13 @@ impl Storage for StorageService {
             Ok::<_, LogError>(replicated)
         })
         .await
-        .map_err(|e| Status::internal(format!("replicate task failed: {e}")))?
+        .map_err(|e| ErrorCode::Internal.status(format!("replicate task failed: {e}")))?
         .map_err(|error| match error {
             LogError::StaleEpoch { .. } => {
-                Status::failed_precondition(format!("stale epoch: {error}"))
+                ErrorCode::NotWritten.status(format!("stale epoch: {error}"))
             }
-            LogError::BadEpochHistory(_) => Status::invalid_argument(error.to_string()),
-            error => Status::internal(error.to_string()),
+            LogError::BadEpochHistory(_) => ErrorCode::InvalidArgument.status(error.to_string()),
+            error => ErrorCode::Internal.status(error.to_string()),
         })?;
         Ok(Response::new(ReplicateResponse {
             accepted: replicated.accepted,
@@ -431,7 +429,7 @@ impl Storage for StorageService {
         let sealed = shard
             .seal(request.epoch)
             .await
-            .map_err(Status::unavailable)?;
+            .map_err(|error| ErrorCode::Unavailable.status(error.to_string()))?;
         Ok(Response::new(SealShardResponse {
             ending_offset: sealed.ending_offset,
             last_arrival_ms: sealed.last_arrival_ms.unwrap_or(0),
@@ -490,12 +488,12 @@ impl Storage for StorageService {
         let shard = request
             .into_inner()
             .shard
-            .ok_or_else(|| Status::invalid_argument("shard is required"))?;
+            .ok_or_else(|| ErrorCode::InvalidArgument.status("shard is required"))?;
         let entry = self
             .map
             .read(|m| m.get(shard.stream_uid, &shard.shard_id).cloned())
             .ok_or_else(|| {
-                Status::not_found(format!(
+                ErrorCode::ResourceNotFound.status(format!(
                     "shard {} is not in this worker's shard map",
                     shard.shard_id
                 ))
@@ -505,7 +503,9 @@ impl Storage for StorageService {
             .shards
             .get_current(&key, &entry)
             .await
-            .map_err(|error| Status::internal(format!("open shard {}: {error}", key.shard_id)))?;
+            .map_err(|error| {
+                ErrorCode::Internal.status(format!("open shard {}: {error}", key.shard_id))
+            })?;
         let (last_epoch, next_offset) = open.log.election_position();
         Ok(Response::new(DescribeShardResponse {
             next_offset,

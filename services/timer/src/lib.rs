@@ -69,7 +69,8 @@ pub async fn run(
     let service = TimerService::new(config.uncertainty);
     tracing::info!(addr = %listener.local_addr()?, "timer serving grpc");
     let router = freshet_server::grpc_server().add_service(TimerServer::new(service));
-    freshet_server::serve_grpc(router, listener, shutdown).await
+    freshet_server::serve_grpc(router, "freshet.v1.Timer", listener, shutdown).await?;
+    Ok(())
 }
 
 #[cfg(test)]

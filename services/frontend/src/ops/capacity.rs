@@ -3,9 +3,10 @@
 //! whole input, then asks the control plane.
 
 use freshet_proto::v1::{
-    AccountSettings, DescribeAccountSettingsRequest, UpdateAccountSettingsRequest,
+    self as proto, AccountSettings, DescribeAccountSettingsRequest, UpdateAccountSettingsRequest,
     UpdateStreamModeRequest, UpdateStreamWarmThroughputRequest,
 };
+use freshet_types::CommitmentStatus;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -47,7 +48,7 @@ pub async fn update_stream_mode(
         .update_stream_mode(UpdateStreamModeRequest {
             account_id: caller.account_id.clone(),
             stream_name,
-            stream_mode: mode as i32,
+            stream_mode: proto::StreamMode::from(mode) as i32,
             warm_throughput_mibps: input.warm_throughput_mi_bps.map_or(0, |n| n as u32),
         })
         .await
@@ -99,8 +100,10 @@ pub async fn update_stream_warm_throughput(
     }))
 }
 
-fn settings_json(settings: AccountSettings) -> Value {
-    let mut commitment = json!({ "Status": settings.commitment_status });
+fn settings_json(settings: AccountSettings) -> KinesisResult<Value> {
+    let status = CommitmentStatus::try_from(settings.commitment_status())
+        .map_err(|error| KinesisError::internal(error.to_string()))?;
+    let mut commitment = json!({ "Status": status.as_str() });
     for (field, ms) in [
         ("StartedAt", settings.started_at_ms),
         ("EndedAt", settings.ended_at_ms),
@@ -110,7 +113,7 @@ fn settings_json(settings: AccountSettings) -> Value {
             commitment[field] = json!(epoch_seconds(ms));
         }
     }
-    json!({ "MinimumThroughputBillingCommitment": commitment })
+    Ok(json!({ "MinimumThroughputBillingCommitment": commitment }))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,14 +145,17 @@ pub async fn update_account_settings(
     if input.minimum_throughput_billing_commitment.is_some() {
         violations.check_required(status, "minimumThroughputBillingCommitment.status");
     }
-    if let Some(status) = status {
-        if status != "ENABLED" && status != "DISABLED" {
-            violations.add(
-                Some(status),
-                "minimumThroughputBillingCommitment.status",
-                "Member must satisfy enum value set: [ENABLED, DISABLED]",
-            );
-        }
+    // Only these two may be asked for; ENABLED_UNTIL_EARLIEST_ALLOWED_END
+    // is what a too-early disable shows.
+    let wanted = status.map(str::parse::<CommitmentStatus>);
+    if let (Some(text), Some(Ok(CommitmentStatus::EnabledUntilEarliestAllowedEnd) | Err(_))) =
+        (status, &wanted)
+    {
+        violations.add(
+            Some(text),
+            "minimumThroughputBillingCommitment.status",
+            "Member must satisfy enum value set: [ENABLED, DISABLED]",
+        );
     }
     violations.into_result()?;
     let settings = frontend
@@ -157,12 +163,12 @@ pub async fn update_account_settings(
         .clone()
         .update_account_settings(UpdateAccountSettingsRequest {
             account_id: caller.account_id.clone(),
-            enable_commitment: status == Some("ENABLED"),
+            enable_commitment: wanted == Some(Ok(CommitmentStatus::Enabled)),
         })
         .await
         .map_err(|status| KinesisError::from_status(&status))?
         .into_inner();
-    Ok(settings_json(settings))
+    settings_json(settings)
 }
 
 pub async fn describe_account_settings(
@@ -178,5 +184,5 @@ pub async fn describe_account_settings(
         .await
         .map_err(|status| KinesisError::from_status(&status))?
         .into_inner();
-    Ok(settings_json(settings))
+    settings_json(settings)
 }

@@ -8,8 +8,7 @@ mod reshard;
 mod shard_reads;
 mod streams;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use freshet_errors::ErrorCode;
 
 use freshet_proto::v1::storage_client::StorageClient;
 use freshet_server::TracedChannel;
@@ -170,7 +169,7 @@ impl StreamTarget {
             (name, Some(arn)) => {
                 if arn.account_id != caller.account_id {
                     return Err(KinesisError::new(
-                        "AccessDeniedException",
+                        ErrorCode::AccessDenied,
                         format!(
                             "Account {} is not authorized to access stream {} in account {}",
                             caller.account_id, arn.stream_name, arn.account_id
@@ -191,23 +190,14 @@ impl StreamTarget {
 /// One lazily connected client per storage worker address.
 #[derive(Default)]
 pub struct StoragePool {
-    clients: Mutex<HashMap<String, StorageClient<TracedChannel>>>,
+    clients: freshet_server::StorageClients,
 }
 
 impl StoragePool {
     pub fn client(&self, address: &str) -> KinesisResult<StorageClient<TracedChannel>> {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = clients.get(address) {
-            return Ok(client.clone());
-        }
-        let channel = freshet_server::grpc_channel(address).map_err(|error| {
-            KinesisError::internal(format!("bad storage worker address {address}: {error:#}"))
-        })?;
-        let client = StorageClient::new(channel)
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024);
-        clients.insert(address.to_owned(), client.clone());
-        Ok(client)
+        self.clients
+            .get(address)
+            .map_err(|error| KinesisError::internal(error.to_string()))
     }
 }
 

@@ -7,6 +7,7 @@
 //! segment's end; the next iterator then points into the next segment. A
 //! sealed segment is served by any complete copy, its last leader first.
 
+use freshet_errors::ErrorCode;
 use freshet_proto::v1::read_request::Start;
 use freshet_proto::v1::{ReadRequest, ReadResponse, SealedSegment, ShardMapEntry};
 
@@ -96,7 +97,7 @@ async fn read_current(
     let mut client = frontend
         .storage
         .client(&entry.leader_address)
-        .map_err(|error| tonic::Status::internal(error.message))?;
+        .map_err(|error| error.code.status(error.message))?;
     let request = request(entry, entry.segment_index, start, max_records);
     let response = client
         .read(frontend.storage_request(request))
@@ -117,12 +118,12 @@ async fn read_sealed(
     max_records: u32,
 ) -> Result<SegmentRead, tonic::Status> {
     let mut last_error =
-        tonic::Status::unavailable(format!("no copy of segment {} is placed", segment.index));
+        ErrorCode::Unavailable.status(format!("no copy of segment {} is placed", segment.index));
     for address in segment.addresses.iter().filter(|a| !a.is_empty()) {
         let mut client = match frontend.storage.client(address) {
             Ok(client) => client,
             Err(error) => {
-                last_error = tonic::Status::internal(error.message);
+                last_error = error.code.status(error.message);
                 continue;
             }
         };
@@ -136,20 +137,21 @@ async fn read_sealed(
             }
             // The shard's read limit: the caller is throttled, whichever
             // copy it reads.
-            Err(status) if status.code() == tonic::Code::ResourceExhausted => return Err(status),
+            Err(status)
+                if ErrorCode::of_status(&status) == ErrorCode::ProvisionedThroughputExceeded =>
+            {
+                return Err(status)
+            }
             // This copy is gone or incomplete: the next may serve it.
             Err(status) => last_error = status,
         }
     }
-    Err(tonic::Status::new(
-        last_error.code(),
-        format!(
-            "no copy of segment {} of shard {} could be read: {}",
-            segment.index,
-            entry.key.as_ref().map_or("", |k| k.shard_id.as_str()),
-            last_error.message()
-        ),
-    ))
+    Err(ErrorCode::of_status(&last_error).status(format!(
+        "no copy of segment {} of shard {} could be read: {}",
+        segment.index,
+        entry.key.as_ref().map_or("", |k| k.shard_id.as_str()),
+        last_error.message()
+    )))
 }
 
 #[cfg(test)]

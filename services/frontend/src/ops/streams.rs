@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 
+use freshet_errors::ErrorCode;
 use freshet_proto::v1::{
-    CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest, ListStreamsRequest, ShardInfo,
-    StreamInfo, StreamMode,
+    self as proto, CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest,
+    ListStreamsRequest, ShardInfo, StreamInfo,
 };
-use freshet_types::ShardId;
+use freshet_types::{ShardId, StreamMode, StreamStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -46,18 +47,18 @@ pub(crate) fn check_stream_mode(
     let Some(details) = details else {
         return StreamMode::Provisioned;
     };
-    match details.stream_mode.as_deref() {
-        None => {
-            violations.add(
-                None,
-                "streamModeDetails.streamMode",
-                "Member must not be null",
-            );
-            StreamMode::Provisioned
-        }
-        Some("PROVISIONED") => StreamMode::Provisioned,
-        Some("ON_DEMAND") => StreamMode::OnDemand,
-        Some(other) => {
+    let Some(text) = details.stream_mode.as_deref() else {
+        violations.add(
+            None,
+            "streamModeDetails.streamMode",
+            "Member must not be null",
+        );
+        return StreamMode::Provisioned;
+    };
+    match text.parse::<StreamMode>() {
+        Ok(mode) => mode,
+        Err(_) => {
+            let other = text;
             violations.add(
                 Some(other),
                 "streamModeDetails.streamMode",
@@ -121,7 +122,7 @@ pub async fn create_stream(
         region: frontend.region.clone(),
         stream_name: input.stream_name.unwrap_or_default(),
         shard_count: input.shard_count.map(|n| n as u32).unwrap_or(0),
-        stream_mode: mode as i32,
+        stream_mode: proto::StreamMode::from(mode) as i32,
         max_record_size_kib: input.max_record_size_in_kib.map(|n| n as u32).unwrap_or(0),
         warm_throughput_mibps: input.warm_throughput_mi_bps.map(|n| n as u32).unwrap_or(0),
     };
@@ -187,11 +188,18 @@ async fn fetch_stream(
         .ok_or_else(|| KinesisError::internal("control plane returned no stream"))
 }
 
-fn mode_name(stream: &StreamInfo) -> &'static str {
-    match stream.stream_mode() {
-        StreamMode::OnDemand => "ON_DEMAND",
-        _ => "PROVISIONED",
-    }
+/// The stream's mode as Kinesis spells it.
+fn mode_name(stream: &StreamInfo) -> KinesisResult<&'static str> {
+    StreamMode::try_from(stream.stream_mode())
+        .map(StreamMode::as_str)
+        .map_err(|error| KinesisError::internal(error.to_string()))
+}
+
+/// The stream's status as Kinesis spells it.
+fn status_name(stream: &StreamInfo) -> KinesisResult<&'static str> {
+    StreamStatus::try_from(stream.status())
+        .map(StreamStatus::as_str)
+        .map_err(|error| KinesisError::internal(error.to_string()))
 }
 
 fn shard_json(shard: &ShardInfo) -> Value {
@@ -282,8 +290,8 @@ pub async fn describe_stream(
         "StreamDescription": {
             "StreamName": stream.stream_name,
             "StreamARN": stream.stream_arn,
-            "StreamStatus": stream.status,
-            "StreamModeDetails": { "StreamMode": mode_name(&stream) },
+            "StreamStatus": status_name(&stream)?,
+            "StreamModeDetails": { "StreamMode": mode_name(&stream)? },
             "Shards": shards,
             "HasMoreShards": remaining.len() > limit,
             "RetentionPeriodHours": stream.retention_hours,
@@ -313,8 +321,8 @@ pub async fn describe_stream_summary(
         "StreamDescriptionSummary": {
             "StreamName": stream.stream_name,
             "StreamARN": stream.stream_arn,
-            "StreamStatus": stream.status,
-            "StreamModeDetails": { "StreamMode": mode_name(&stream) },
+            "StreamStatus": status_name(&stream)?,
+            "StreamModeDetails": { "StreamMode": mode_name(&stream)? },
             "RetentionPeriodHours": stream.retention_hours,
             "StreamCreationTimestamp": epoch_seconds(stream.created_at_ms),
             "EnhancedMonitoring": [{ "ShardLevelMetrics": [] }],
@@ -371,7 +379,7 @@ fn open_token(frontend: &Frontend, text: &str) -> KinesisResult<PageToken> {
         .ok_or_else(|| KinesisError::invalid_argument(format!("Invalid NextToken: {text}")))?;
     if frontend.now_ms() - token.t > NEXT_TOKEN_LIFETIME_MS {
         return Err(KinesisError::new(
-            "ExpiredNextTokenException",
+            ErrorCode::ExpiredNextToken,
             "The NextToken has expired.",
         ));
     }
@@ -433,13 +441,13 @@ pub async fn list_streams(
     let mut output = json!({
         "StreamNames": page.iter().map(|s| s.stream_name.clone()).collect::<Vec<_>>(),
         "HasMoreStreams": has_more,
-        "StreamSummaries": page.iter().map(|s| json!({
+        "StreamSummaries": page.iter().map(|s| Ok(json!({
             "StreamName": s.stream_name,
             "StreamARN": s.stream_arn,
-            "StreamStatus": s.status,
-            "StreamModeDetails": { "StreamMode": mode_name(s) },
+            "StreamStatus": status_name(s)?,
+            "StreamModeDetails": { "StreamMode": mode_name(s)? },
             "StreamCreationTimestamp": epoch_seconds(s.created_at_ms),
-        })).collect::<Vec<_>>(),
+        }))).collect::<KinesisResult<Vec<_>>>()?,
     });
     if let (true, Some(last)) = (has_more, page.last()) {
         output["NextToken"] = json!(seal_token(

@@ -1,0 +1,57 @@
+//! The values a shard log takes and gives: its tunables, records as
+//! written and as stored, and where an append or a read ended.
+
+use bytes::Bytes;
+
+/// Tunables of a shard log.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A segment is sealed and a new one started once it reaches this size.
+    pub segment_max_bytes: u64,
+    /// ... or once its first record is this old (so retention can trim it).
+    pub segment_max_age_ms: i64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_max_bytes: 64 * 1024 * 1024,
+            segment_max_age_ms: 60 * 60 * 1000,
+        }
+    }
+}
+
+/// A record handed to [`ShardLog::append`].
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub partition_key: String,
+    pub data: Bytes,
+}
+
+/// A record as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub offset: u64,
+    pub arrival_ms: i64,
+    pub partition_key: String,
+    pub data: Bytes,
+}
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the batch's first record; the rest follow densely.
+    pub first_offset: u64,
+    /// Arrival time given to every record of the batch.
+    pub arrival_ms: i64,
+}
+
+/// Result of a read.
+#[derive(Debug, Clone)]
+pub struct ReadBatch {
+    pub records: Vec<StoredRecord>,
+    /// The offset the next read should start from.
+    pub next_offset: u64,
+    /// Arrival time of the newest record in the log, if any.
+    pub latest_arrival_ms: Option<i64>,
+}

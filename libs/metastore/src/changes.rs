@@ -1,0 +1,355 @@
+//! The shard-map change log: versioned, gap-free batches of shard changes
+//! ([`ChangeBatch`]), and the reads subscribers build their maps from.
+//!
+//! Invariant: change-log versions are assigned under a transaction-scoped
+//! advisory lock, so they commit in increasing order with no gaps, and a
+//! subscriber that sees version `v + 2` before `v + 1` knows it missed one.
+
+use freshet_types::ShardState;
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::error::{DbContext as _, MetastoreError, Result};
+use crate::rows::ShardRow;
+use crate::MetaStore;
+
+/// Advisory-lock key that serialises change-log writers ("fresh" in ASCII).
+const CHANGE_LOG_LOCK: i64 = 0x0066_7265_7368;
+
+impl MetaStore {
+    /// Starts a change-log transaction; see [`ChangeBatch`].
+    pub async fn begin_changes(&self) -> Result<ChangeBatch> {
+        let mut transaction = self.pool.begin().await.db("begin change-log transaction")?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHANGE_LOG_LOCK)
+            .execute(&mut *transaction)
+            .await
+            .db("lock the change log")?;
+        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM shard_map_changes")
+            .fetch_one(&mut *transaction)
+            .await
+            .db("read change-log head")?;
+        let head: i64 = row.try_get("v")?;
+        Ok(ChangeBatch {
+            transaction,
+            next_version: head + 1,
+        })
+    }
+
+    /// The change-log head (0 when empty).
+    pub async fn latest_version(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM shard_map_changes")
+            .fetch_one(&self.pool)
+            .await
+            .db("read change-log head")?;
+        Ok(row.try_get("v")?)
+    }
+
+    /// Changes with version > `after`, oldest first, at most `limit`.
+    pub async fn changes_after(&self, after: i64, limit: i64) -> Result<Vec<(i64, Vec<u8>)>> {
+        let rows = sqlx::query("SELECT version, entry FROM shard_map_changes WHERE version > $1 ORDER BY version LIMIT $2")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .db("read change log")?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("version")?, row.try_get("entry")?)))
+            .collect::<sqlx::Result<_>>()
+            .db("decode change-log rows")
+    }
+
+    /// Every live entry and the version they are current as of, read in one
+    /// repeatable-read transaction so the two agree.
+    pub async fn snapshot(&self) -> Result<(Vec<Vec<u8>>, i64)> {
+        let mut transaction = self.pool.begin().await.db("begin snapshot")?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *transaction)
+            .await
+            .db("set snapshot isolation")?;
+        let head: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM shard_map_changes")
+            .fetch_one(&mut *transaction)
+            .await
+            .db("read change-log head")?
+            .try_get("v")?;
+        let entries =
+            sqlx::query("SELECT entry FROM shard_map_entries ORDER BY stream_uid, shard_id")
+                .fetch_all(&mut *transaction)
+                .await
+                .db("read shard map")?
+                .iter()
+                .map(|row| row.try_get("entry"))
+                .collect::<sqlx::Result<Vec<Vec<u8>>>>()?;
+        transaction.commit().await.db("end snapshot")?;
+        Ok((entries, head))
+    }
+
+    /// The live entries of one stream.
+    pub async fn stream_entries(
+        &self,
+        account_id: &str,
+        stream_name: &str,
+    ) -> Result<Vec<Vec<u8>>> {
+        let rows = sqlx::query(
+            "SELECT entry FROM shard_map_entries WHERE account_id = $1 AND stream_name = $2 ORDER BY shard_id",
+        )
+        .bind(account_id)
+        .bind(stream_name)
+        .fetch_all(&self.pool)
+        .await
+        .db("read stream entries")?;
+        rows.iter()
+            .map(|row| row.try_get("entry"))
+            .collect::<sqlx::Result<_>>()
+            .db("decode change-log rows")
+    }
+}
+
+/// One atomic group of shard-map changes. Versions are handed out in order
+/// with [`ChangeBatch::next_version`]; nothing is visible until `commit`.
+pub struct ChangeBatch {
+    transaction: Transaction<'static, Postgres>,
+    next_version: i64,
+}
+
+/// Identity of a change-log entry.
+#[derive(Debug, Clone)]
+pub struct EntryKey<'a> {
+    pub stream_uid: i64,
+    pub shard_id: &'a str,
+    pub account_id: &'a str,
+    pub stream_name: &'a str,
+}
+
+impl ChangeBatch {
+    /// The version the next recorded change will get.
+    pub fn next_version(&self) -> i64 {
+        self.next_version
+    }
+
+    pub async fn insert_shard(&mut self, shard: &ShardRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO shards (stream_uid, shard_id, starting_hash_key, ending_hash_key, parent_shard_id, \
+             adjacent_parent_shard_id, sequence_base, ending_offset, state, leader_worker_id, replica_worker_ids, epoch) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(shard.stream_uid)
+        .bind(&shard.shard_id)
+        .bind(&shard.starting_hash_key)
+        .bind(&shard.ending_hash_key)
+        .bind(&shard.parent_shard_id)
+        .bind(&shard.adjacent_parent_shard_id)
+        .bind(shard.sequence_base as i64)
+        .bind(shard.ending_offset.map(|offset| offset as i64))
+        .bind(shard.state.as_str())
+        .bind(&shard.leader_worker_id)
+        .bind(&shard.replica_worker_ids)
+        .bind(shard.epoch as i64)
+        .execute(&mut *self.transaction)
+        .await
+        .db_with(|| format!("insert shard {}", shard.shard_id))?;
+        Ok(())
+    }
+
+    /// Moves a shard's leadership: new leader, replicas and epoch — only
+    /// from epoch `shard.epoch - 1` and the state the caller read, so two
+    /// racing changes cannot both apply.
+    pub async fn update_placement(&mut self, shard: &ShardRow) -> Result<()> {
+        let moved = sqlx::query(
+            "UPDATE shards SET leader_worker_id = $3, replica_worker_ids = $4, epoch = $5 \
+             WHERE stream_uid = $1 AND shard_id = $2 AND epoch = $5 - 1 AND state = $6",
+        )
+        .bind(shard.stream_uid)
+        .bind(&shard.shard_id)
+        .bind(&shard.leader_worker_id)
+        .bind(&shard.replica_worker_ids)
+        .bind(shard.epoch as i64)
+        .bind(shard.state.as_str())
+        .execute(&mut *self.transaction)
+        .await
+        .db_with(|| format!("move shard {}", shard.shard_id))?;
+        one_row_changed(moved.rows_affected(), || {
+            format!(
+                "shard {} is no longer at epoch {}: its placement changed meanwhile",
+                shard.shard_id,
+                shard.epoch - 1
+            )
+        })
+    }
+
+    /// Sets a shard's replicas without a new epoch (the leader keeps
+    /// writing; a new replica is filled from it) — only from the epoch,
+    /// state and replicas the caller read.
+    pub async fn set_replicas(&mut self, shard: &ShardRow, read_replicas: &[String]) -> Result<()> {
+        let changed = sqlx::query(
+            "UPDATE shards SET replica_worker_ids = $3 \
+             WHERE stream_uid = $1 AND shard_id = $2 AND epoch = $4 AND state = $5 \
+             AND replica_worker_ids = $6",
+        )
+        .bind(shard.stream_uid)
+        .bind(&shard.shard_id)
+        .bind(&shard.replica_worker_ids)
+        .bind(shard.epoch as i64)
+        .bind(shard.state.as_str())
+        .bind(read_replicas)
+        .execute(&mut *self.transaction)
+        .await
+        .db_with(|| format!("add replicas to shard {}", shard.shard_id))?;
+        one_row_changed(changed.rows_affected(), || {
+            format!("shard {} changed meanwhile", shard.shard_id)
+        })
+    }
+
+    /// Starts sealing an open shard: CLOSING, only from OPEN at `shard.epoch`
+    /// (a failover meanwhile makes the caller try again).
+    pub async fn begin_closing(&mut self, shard: &ShardRow) -> Result<()> {
+        self.change_state(shard, ShardState::Open, ShardState::Closing, shard.epoch)
+            .await
+    }
+
+    /// Reopens a CLOSING shard whose split or merge was abandoned.
+    pub async fn reopen(&mut self, shard: &ShardRow) -> Result<()> {
+        self.change_state(shard, ShardState::Closing, ShardState::Open, shard.epoch)
+            .await
+    }
+
+    /// Seals a CLOSING shard: CLOSED, holding the offsets below `ending_offset`.
+    pub async fn finish_closing(&mut self, shard: &ShardRow) -> Result<()> {
+        self.change_state(shard, ShardState::Closing, ShardState::Closed, shard.epoch)
+            .await
+    }
+
+    /// Moves one shard from state `from` to `to` — a change
+    /// [`ShardState::may_become`] allows — only while it is still in `from`
+    /// at `epoch`; CLOSED also fixes its `ending_offset`.
+    async fn change_state(
+        &mut self,
+        shard: &ShardRow,
+        from: ShardState,
+        to: ShardState,
+        epoch: u64,
+    ) -> Result<()> {
+        if !from.may_become(to) {
+            return Err(MetastoreError::Conflict(format!(
+                "shard {} may not go from {from} to {to}",
+                shard.shard_id
+            )));
+        }
+        let changed = sqlx::query(
+            "UPDATE shards SET state = $3, \
+             ending_offset = CASE WHEN $3 = 'CLOSED' THEN $6 ELSE ending_offset END \
+             WHERE stream_uid = $1 AND shard_id = $2 AND state = $4 AND epoch = $5",
+        )
+        .bind(shard.stream_uid)
+        .bind(&shard.shard_id)
+        .bind(to.as_str())
+        .bind(from.as_str())
+        .bind(epoch as i64)
+        .bind(shard.ending_offset.map(|offset| offset as i64))
+        .execute(&mut *self.transaction)
+        .await
+        .db_with(|| format!("change shard {} from {from} to {to}", shard.shard_id))?;
+        one_row_changed(changed.rows_affected(), || {
+            format!(
+                "shard {} is no longer {from} at epoch {epoch}",
+                shard.shard_id
+            )
+        })
+    }
+
+    /// Continues a CLOSING shard in its next segment (worker balancing):
+    /// `shard` carries the new leader, replicas, epoch, segment and the
+    /// sealed segment appended to the list — only from CLOSING at
+    /// `shard.epoch - 1` and the segment the caller read.
+    pub async fn relocate(&mut self, shard: &ShardRow) -> Result<()> {
+        debug_assert!(ShardState::Closing.may_become(ShardState::Open));
+        let sealed = serde_json::to_string(&shard.sealed_segments)
+            .map_err(|e| MetastoreError::Corrupt(format!("encode sealed segments: {e}")))?;
+        let segment_index = i32::try_from(shard.segment_index).map_err(|_| {
+            MetastoreError::Corrupt(format!("segment index {}", shard.segment_index))
+        })?;
+        let changed = sqlx::query(
+            "UPDATE shards SET state = 'OPEN', leader_worker_id = $3, replica_worker_ids = $4, \
+             epoch = $5, segment_index = $6, segment_start_offset = $7, sealed_segments = $8::jsonb \
+             WHERE stream_uid = $1 AND shard_id = $2 AND state = 'CLOSING' AND epoch = $5 - 1 \
+             AND segment_index = $6 - 1",
+        )
+        .bind(shard.stream_uid)
+        .bind(&shard.shard_id)
+        .bind(&shard.leader_worker_id)
+        .bind(&shard.replica_worker_ids)
+        .bind(shard.epoch as i64)
+        .bind(segment_index)
+        .bind(shard.segment_start_offset as i64)
+        .bind(sealed)
+        .execute(&mut *self.transaction)
+        .await
+        .db_with(|| format!("relocate shard {}", shard.shard_id))?;
+        one_row_changed(changed.rows_affected(), || {
+            format!(
+                "shard {} is not being closed at epoch {}",
+                shard.shard_id,
+                shard.epoch - 1
+            )
+        })
+    }
+
+    /// Records a change whose encoded entry carries `next_version()`;
+    /// a tombstone removes the entry from the live map.
+    pub async fn record(
+        &mut self,
+        key: &EntryKey<'_>,
+        entry: &[u8],
+        tombstone: bool,
+    ) -> Result<i64> {
+        let version = self.next_version;
+        sqlx::query("INSERT INTO shard_map_changes (version, stream_uid, shard_id, entry) VALUES ($1, $2, $3, $4)")
+            .bind(version)
+            .bind(key.stream_uid)
+            .bind(key.shard_id)
+            .bind(entry)
+            .execute(&mut *self.transaction)
+            .await
+            .db("append to change log")?;
+        if tombstone {
+            sqlx::query("DELETE FROM shard_map_entries WHERE stream_uid = $1 AND shard_id = $2")
+                .bind(key.stream_uid)
+                .bind(key.shard_id)
+                .execute(&mut *self.transaction)
+                .await
+                .db("remove live entry")?;
+        } else {
+            sqlx::query(
+                "INSERT INTO shard_map_entries (stream_uid, shard_id, account_id, stream_name, version, entry) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (stream_uid, shard_id) \
+                 DO UPDATE SET version = EXCLUDED.version, entry = EXCLUDED.entry",
+            )
+            .bind(key.stream_uid)
+            .bind(key.shard_id)
+            .bind(key.account_id)
+            .bind(key.stream_name)
+            .bind(version)
+            .bind(entry)
+            .execute(&mut *self.transaction)
+            .await
+            .db("update live entry")?;
+        }
+        self.next_version += 1;
+        Ok(version)
+    }
+
+    pub async fn commit(self) -> Result<()> {
+        self.transaction
+            .commit()
+            .await
+            .db("commit change-log transaction")
+    }
+}
+/// A guarded update must change exactly its one row; none means the row
+/// moved on since the caller read it.
+fn one_row_changed(rows: u64, conflict: impl FnOnce() -> String) -> Result<()> {
+    if rows == 1 {
+        Ok(())
+    } else {
+        Err(MetastoreError::Conflict(conflict()))
+    }
+}

@@ -1,0 +1,273 @@
+//! Streams: creation under the account's shard quota, status and
+//! settings, lookups, and the UpdateShardCount call record.
+
+use freshet_types::{StreamMode, StreamStatus};
+use sqlx::Row;
+
+use crate::error::{DbContext as _, Result};
+use crate::rows::{decode_all, stream_from_row, StreamRow, STREAM_COLUMNS};
+use crate::MetaStore;
+
+/// What [`MetaStore::insert_stream`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewStreamOutcome {
+    Created(i64),
+    NameTaken,
+    /// Shards the account already uses (open, or requested by streams being created).
+    OverShardLimit {
+        used: i64,
+    },
+}
+
+/// A new stream to insert.
+#[derive(Debug, Clone)]
+pub struct NewStream<'a> {
+    pub account_id: &'a str,
+    pub stream_name: &'a str,
+    pub stream_arn: &'a str,
+    pub stream_mode: StreamMode,
+    pub retention_hours: i32,
+    pub max_record_size_kib: i32,
+    pub created_at_ms: i64,
+}
+
+impl MetaStore {
+    /// Inserts a stream in CREATING if the name is free and the account's
+    /// shards — open ones plus those of streams still being created — leave
+    /// room for `shard_count` more. Check and insert run under a
+    /// per-account lock, so concurrent creations cannot overshoot together.
+    pub async fn insert_stream(
+        &self,
+        stream: &NewStream<'_>,
+        shard_count: u32,
+        shard_limit: u32,
+    ) -> Result<NewStreamOutcome> {
+        let mut transaction = self.pool.begin().await.db("begin stream creation")?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(stream.account_id)
+            .execute(&mut *transaction)
+            .await
+            .db("lock the account's shard quota")?;
+        let used: i64 = sqlx::query(
+            "SELECT (SELECT count(*) FROM shards JOIN streams USING (stream_uid) \
+                     WHERE streams.account_id = $1 AND shards.state IN ('OPEN', 'CLOSING')) \
+                  + (SELECT COALESCE(SUM(requested_shards), 0) FROM streams \
+                     WHERE account_id = $1 AND status = 'CREATING') AS used",
+        )
+        .bind(stream.account_id)
+        .fetch_one(&mut *transaction)
+        .await
+        .db("count the account's shards")?
+        .try_get("used")?;
+        if used + i64::from(shard_count) > i64::from(shard_limit) {
+            return Ok(NewStreamOutcome::OverShardLimit { used });
+        }
+        let row = sqlx::query(
+            "INSERT INTO streams (account_id, stream_name, stream_arn, status, stream_mode, retention_hours, max_record_size_kib, created_at_ms, requested_shards) \
+             VALUES ($1, $2, $3, 'CREATING', $4, $5, $6, $7, $8) ON CONFLICT (account_id, stream_name) DO NOTHING RETURNING stream_uid",
+        )
+        .bind(stream.account_id)
+        .bind(stream.stream_name)
+        .bind(stream.stream_arn)
+        .bind(stream.stream_mode.as_str())
+        .bind(stream.retention_hours)
+        .bind(stream.max_record_size_kib)
+        .bind(stream.created_at_ms)
+        .bind(i32::try_from(shard_count).unwrap_or(i32::MAX))
+        .fetch_optional(&mut *transaction)
+        .await
+        .db("insert stream")?;
+        transaction.commit().await.db("commit stream creation")?;
+        match row {
+            Some(row) => Ok(NewStreamOutcome::Created(row.try_get("stream_uid")?)),
+            None => Ok(NewStreamOutcome::NameTaken),
+        }
+    }
+
+    /// Moves a stream from ACTIVE to UPDATING; false if it was not ACTIVE
+    /// (two resharding calls never run on one stream at once).
+    pub async fn begin_stream_update(&self, stream_uid: i64) -> Result<bool> {
+        let changed = sqlx::query(
+            "UPDATE streams SET status = 'UPDATING' WHERE stream_uid = $1 AND status = 'ACTIVE'",
+        )
+        .bind(stream_uid)
+        .execute(&self.pool)
+        .await
+        .db("mark stream updating")?;
+        Ok(changed.rows_affected() == 1)
+    }
+
+    /// UPDATING → ACTIVE (a stream being deleted meanwhile stays DELETING).
+    pub async fn end_stream_update(&self, stream_uid: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE streams SET status = 'ACTIVE' WHERE stream_uid = $1 AND status = 'UPDATING'",
+        )
+        .bind(stream_uid)
+        .execute(&self.pool)
+        .await
+        .db("end a stream update")?;
+        Ok(())
+    }
+
+    pub async fn set_stream_status(&self, stream_uid: i64, status: StreamStatus) -> Result<()> {
+        sqlx::query("UPDATE streams SET status = $2 WHERE stream_uid = $1")
+            .bind(stream_uid)
+            .bind(status.as_str())
+            .execute(&self.pool)
+            .await
+            .db("update stream status")?;
+        Ok(())
+    }
+
+    /// Sets (or, with `None`, clears) a stream's warm throughput.
+    pub async fn set_warm_throughput(&self, stream_uid: i64, mibps: Option<i32>) -> Result<()> {
+        sqlx::query("UPDATE streams SET warm_throughput_mibps = $2 WHERE stream_uid = $1")
+            .bind(stream_uid)
+            .bind(mibps)
+            .execute(&self.pool)
+            .await
+            .db("update the stream's warm throughput")?;
+        Ok(())
+    }
+
+    /// Sets a stream's capacity mode (clearing warm throughput for PROVISIONED).
+    pub async fn set_stream_mode(&self, stream_uid: i64, mode: StreamMode) -> Result<()> {
+        sqlx::query(
+            "UPDATE streams SET stream_mode = $2, \
+             warm_throughput_mibps = CASE WHEN $2 = 'ON_DEMAND' THEN warm_throughput_mibps END \
+             WHERE stream_uid = $1",
+        )
+        .bind(stream_uid)
+        .bind(mode.as_str())
+        .execute(&self.pool)
+        .await
+        .db("update the stream's mode")?;
+        Ok(())
+    }
+
+    /// Sets a stream's maximum record size (KiB).
+    pub async fn set_max_record_size(&self, stream_uid: i64, kib: i32) -> Result<()> {
+        sqlx::query("UPDATE streams SET max_record_size_kib = $2 WHERE stream_uid = $1")
+            .bind(stream_uid)
+            .bind(kib)
+            .execute(&self.pool)
+            .await
+            .db("update the stream's maximum record size")?;
+        Ok(())
+    }
+
+    /// Deletes the stream row (its shards go with it).
+    pub async fn delete_stream(&self, stream_uid: i64) -> Result<()> {
+        sqlx::query("DELETE FROM streams WHERE stream_uid = $1")
+            .bind(stream_uid)
+            .execute(&self.pool)
+            .await
+            .db("delete stream")?;
+        Ok(())
+    }
+
+    pub async fn get_stream(
+        &self,
+        account_id: &str,
+        stream_name: &str,
+    ) -> Result<Option<StreamRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {STREAM_COLUMNS} FROM streams WHERE account_id = $1 AND stream_name = $2"
+        ))
+        .bind(account_id)
+        .bind(stream_name)
+        .fetch_optional(&self.pool)
+        .await
+        .db("read stream")?;
+        row.as_ref().map(stream_from_row).transpose()
+    }
+
+    pub async fn get_stream_by_uid(&self, stream_uid: i64) -> Result<Option<StreamRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {STREAM_COLUMNS} FROM streams WHERE stream_uid = $1"
+        ))
+        .bind(stream_uid)
+        .fetch_optional(&self.pool)
+        .await
+        .db("read stream")?;
+        row.as_ref().map(stream_from_row).transpose()
+    }
+
+    /// The account's streams, sorted by name.
+    pub async fn list_streams(&self, account_id: &str) -> Result<Vec<StreamRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STREAM_COLUMNS} FROM streams WHERE account_id = $1 ORDER BY stream_name"
+        ))
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await
+        .db("list streams")?;
+        decode_all(&rows, stream_from_row)
+    }
+
+    /// Every stream in `status`, of every account.
+    pub async fn streams_with_status(&self, status: StreamStatus) -> Result<Vec<StreamRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STREAM_COLUMNS} FROM streams WHERE status = $1 ORDER BY stream_uid"
+        ))
+        .bind(status.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .db("list streams by status")?;
+        decode_all(&rows, stream_from_row)
+    }
+
+    /// Every stream in on-demand mode, of every account.
+    pub async fn on_demand_streams(&self) -> Result<Vec<StreamRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STREAM_COLUMNS} FROM streams WHERE stream_mode = 'ON_DEMAND' ORDER BY stream_uid"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .db("list on-demand streams")?;
+        decode_all(&rows, stream_from_row)
+    }
+
+    /// ACTIVE streams with a CLOSING shard: a move between workers under
+    /// way, or abandoned (resharding closes shards only while UPDATING).
+    pub async fn active_streams_with_closing_shards(&self) -> Result<Vec<StreamRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STREAM_COLUMNS} FROM streams WHERE status = 'ACTIVE' AND EXISTS \
+             (SELECT 1 FROM shards WHERE shards.stream_uid = streams.stream_uid AND state = 'CLOSING') \
+             ORDER BY stream_uid"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .db("list active streams with closing shards")?;
+        decode_all(&rows, stream_from_row)
+    }
+
+    /// Records an UpdateShardCount call, unless the stream already had
+    /// `limit` in the last 24 hours; returns whether it was recorded.
+    pub async fn record_shard_count_update(&self, stream_uid: i64, limit: i64) -> Result<bool> {
+        let mut transaction = self.pool.begin().await.db("begin")?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('shard_count_updates'), $1::int)")
+            .bind((stream_uid % i64::from(i32::MAX)) as i32)
+            .execute(&mut *transaction)
+            .await
+            .db("lock a stream's shard-count updates")?;
+        let recent: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM shard_count_updates \
+             WHERE stream_uid = $1 AND updated_at > now() - interval '24 hours'",
+        )
+        .bind(stream_uid)
+        .fetch_one(&mut *transaction)
+        .await
+        .db("count recent shard-count updates")?;
+        if recent >= limit {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO shard_count_updates (stream_uid) VALUES ($1)")
+            .bind(stream_uid)
+            .execute(&mut *transaction)
+            .await
+            .db("record a shard-count update")?;
+        transaction.commit().await.db("commit")?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,63 @@
+//! The addresses services reach each other at, as flags (and environment
+//! variables) every service's configuration flattens in, so each is spelt
+//! and defaulted once.
+
+/// Membership's gRPC address.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MembershipAddr {
+    #[arg(
+        id = "membership_addr",
+        long = "membership-addr",
+        env = "FRESHET_MEMBERSHIP_ADDR",
+        default_value = "127.0.0.1:7052"
+    )]
+    pub addr: String,
+}
+
+/// The timer service's gRPC address.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TimerAddr {
+    #[arg(
+        id = "timer_addr",
+        long = "timer-addr",
+        env = "FRESHET_TIMER_ADDR",
+        default_value = "127.0.0.1:7051"
+    )]
+    pub addr: String,
+}
+
+/// The shard-map cache's gRPC address.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CacheAddr {
+    #[arg(
+        id = "cache_addr",
+        long = "cache-addr",
+        env = "FRESHET_CACHE_ADDR",
+        default_value = "127.0.0.1:7053"
+    )]
+    pub addr: String,
+}
+
+/// The control plane's gRPC address.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlPlaneAddr {
+    #[arg(
+        id = "control_plane_addr",
+        long = "control-plane-addr",
+        env = "FRESHET_CONTROL_PLANE_ADDR",
+        default_value = "127.0.0.1:7054"
+    )]
+    pub addr: String,
+}
+
+/// The Postgres that holds the metadata (the change log's home).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseUrl {
+    #[arg(
+        id = "database_url",
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/freshet"
+    )]
+    pub url: String,
+}

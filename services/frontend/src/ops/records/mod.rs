@@ -1,0 +1,85 @@
+//! Data-plane operations: PutRecord and PutRecords (`put.rs`, through
+//! `reroute.rs`), GetShardIterator and GetRecords (`get.rs`).
+//!
+//! # The write path
+//! validate every record → look up the stream's route (snapshot, else
+//! cache) → pick each record's shard by MD5(partition key) or its
+//! ExplicitHashKey → one append per shard to its leader, in parallel,
+//! carrying the epoch the route names — concurrent requests' appends to one
+//! shard share `Append` calls (`coalescer.rs`) → answer with sequence
+//! numbers.
+//!
+//! An append its leader refused before writing anything
+//! ([`freshet_errors::ErrorCode::NotWritten`]: a stale epoch, a worker that
+//! does not lead or does not know the placement yet, a closing shard) is
+//! routed again on a freshly read route and retried until a 5 s deadline
+//! (`reroute.rs`); no other failure is retried, since the write may have
+//! happened. A read refused the same way is retried once.
+
+mod get;
+mod put;
+mod reroute;
+
+pub use get::{get_records, get_shard_iterator};
+pub use put::{put_record, put_records};
+
+use freshet_errors::ErrorCode;
+use freshet_proto::v1::{ShardKey, ShardMapEntry};
+use freshet_shardmap::StreamRoute;
+
+use crate::error::{KinesisError, KinesisResult};
+use crate::http_api::Caller;
+use crate::Frontend;
+
+fn dry_run_error() -> KinesisError {
+    KinesisError::new(
+        ErrorCode::DryRun,
+        "The request was rejected because the DryRun parameter was specified",
+    )
+}
+
+/// Looks the stream up; `ResourceNotFoundException` if it does not exist.
+async fn route_stream(
+    frontend: &Frontend,
+    caller: &Caller,
+    stream_name: &str,
+) -> KinesisResult<StreamRoute> {
+    frontend
+        .router
+        .stream_route(&caller.account_id, stream_name)
+        .await
+        .map_err(|error| KinesisError::internal(error.to_string()))?
+        .ok_or_else(|| KinesisError::stream_not_found(stream_name, &caller.account_id))
+}
+
+fn shard_key(entry: &ShardMapEntry) -> Option<ShardKey> {
+    entry.key.clone()
+}
+
+fn shard_id_of(entry: &ShardMapEntry) -> String {
+    entry
+        .key
+        .as_ref()
+        .map(|k| k.shard_id.clone())
+        .unwrap_or_default()
+}
+
+/// Whether a storage worker refused before acting (its placement or epoch
+/// moved on): route again and retry.
+fn refused_before_acting(status: &tonic::Status) -> bool {
+    ErrorCode::of_status(status) == ErrorCode::NotWritten
+}
+
+/// A shard's write or read limit is spent (the records or call refused
+/// were not written or served).
+fn rate_exceeded(entry: &ShardMapEntry) -> KinesisError {
+    KinesisError::new(
+        ErrorCode::ProvisionedThroughputExceeded,
+        format!(
+            "Rate exceeded for shard {} in stream {} under account {}.",
+            shard_id_of(entry),
+            entry.stream_name,
+            entry.account_id
+        ),
+    )
+}

@@ -1,0 +1,312 @@
+//! PutRecord and PutRecords: every record validated before any is
+//! written, then appended through `reroute.rs`.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bytes::Bytes;
+use freshet_errors::ErrorCode;
+use freshet_proto::v1::RecordToAppend;
+use freshet_shardmap::StreamRoute;
+use freshet_types::HashKey;
+use serde::Deserialize;
+
+use super::super::replies::{PutRecordReply, PutRecordsEntryReply, PutRecordsReply};
+use super::super::{to_json_text, StreamTarget};
+use super::reroute::append_records;
+use super::{dry_run_error, route_stream};
+use crate::error::{KinesisError, KinesisResult, Violations};
+use crate::http_api::Caller;
+use crate::Frontend;
+
+/// A PutRecords request carries at most this much data plus keys.
+const MAX_PUT_RECORDS_BYTES: usize = 10 * 1024 * 1024;
+/// The largest record the API model allows (MaxRecordSizeInKiB = 10240).
+const MAX_RECORD_BYTES_MODEL: usize = 10 * 1024 * 1024;
+
+fn decode_data(data: Option<&str>) -> KinesisResult<Option<Bytes>> {
+    data.map(|text| {
+        STANDARD.decode(text).map(Bytes::from).map_err(|error| {
+            KinesisError::serialization(format!("Base64 decoding of Data failed: {error}"))
+        })
+    })
+    .transpose()
+}
+
+/// A record after validation: which key it hashes to and what it carries.
+struct CheckedRecord {
+    partition_key: String,
+    hash_key: HashKey,
+    /// Whether the producer chose `hash_key` (ExplicitHashKey).
+    explicit: bool,
+    data: Bytes,
+}
+
+impl CheckedRecord {
+    /// The record as its shard's leader takes it.
+    fn into_append(self) -> (HashKey, RecordToAppend) {
+        let explicit_hash_key = if self.explicit {
+            self.hash_key.to_string()
+        } else {
+            String::new()
+        };
+        (
+            self.hash_key,
+            RecordToAppend {
+                partition_key: self.partition_key,
+                data: self.data,
+                explicit_hash_key,
+            },
+        )
+    }
+}
+
+/// Validates one record's members. `field` names a member as the error
+/// message does (`partitionKey`, or `records.3.member.partitionKey` in a
+/// PutRecords); it is called only for a member that fails a check.
+fn check_record(
+    partition_key: Option<String>,
+    explicit_hash_key: Option<&str>,
+    data: Option<Bytes>,
+    field: &dyn Fn(&str) -> String,
+    violations: &mut Violations,
+) -> KinesisResult<Option<CheckedRecord>> {
+    // The checks below, without building a field name for a member that
+    // passes them (PutRecords checks 500 records per call).
+    let key = partition_key.as_deref();
+    if !key.is_some_and(|key| (1..=256).contains(&key.chars().count())) {
+        violations.check_required(key, &field("partitionKey"));
+        violations.check_length(key, &field("partitionKey"), 1, 256);
+    }
+    match &data {
+        None => violations.check_required(data.as_ref(), &field("data")),
+        Some(data) if data.len() > MAX_RECORD_BYTES_MODEL => violations.add(
+            None,
+            &field("data"),
+            &format!("Member must have length less than or equal to {MAX_RECORD_BYTES_MODEL}"),
+        ),
+        Some(_) => {}
+    }
+    let explicit = match explicit_hash_key {
+        Some(text) => {
+            let well_formed = !text.is_empty()
+                && text.len() <= 39
+                && text.bytes().all(|b| b.is_ascii_digit())
+                && (text == "0" || !text.starts_with('0'));
+            if !well_formed {
+                violations.add(
+                    Some(text),
+                    &field("explicitHashKey"),
+                    "Member must satisfy regular expression pattern: 0|([1-9]\\d{0,38})",
+                );
+                None
+            } else {
+                Some(HashKey::parse_decimal(text).map_err(|_| {
+                    KinesisError::invalid_argument(format!(
+                        "Invalid ExplicitHashKey. ExplicitHashKey must be in the range: [0, 2^128-1]. Specified value was {text}"
+                    ))
+                })?)
+            }
+        }
+        None => None,
+    };
+    let (Some(partition_key), Some(data)) = (partition_key, data) else {
+        return Ok(None);
+    };
+    Ok(Some(CheckedRecord {
+        hash_key: explicit.unwrap_or_else(|| HashKey::of_partition_key(&partition_key)),
+        partition_key,
+        explicit: explicit.is_some(),
+        data,
+    }))
+}
+
+/// Checks the stream's own maximum record size (MaxRecordSizeInKiB).
+fn check_stream_record_size(route: &StreamRoute, records: &[&CheckedRecord]) -> KinesisResult<()> {
+    let max_kib = route
+        .entries
+        .first()
+        .map(|e| e.max_record_size_kib)
+        .filter(|k| *k > 0)
+        .unwrap_or(1024);
+    let max_bytes = max_kib as usize * 1024;
+    for record in records {
+        if record.data.len() + record.partition_key.len() > max_bytes {
+            return Err(KinesisError::validation(format!(
+                "1 validation error detected: Value at 'data' failed to satisfy constraint: Member must have length less than or equal to {max_bytes}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PutRecordInput {
+    #[serde(flatten)]
+    pub target: StreamTarget,
+    pub data: Option<String>,
+    pub partition_key: Option<String>,
+    pub explicit_hash_key: Option<String>,
+    pub sequence_number_for_ordering: Option<String>,
+    pub dry_run: Option<bool>,
+}
+
+pub async fn put_record(
+    frontend: &Frontend,
+    caller: &Caller,
+    input: PutRecordInput,
+) -> KinesisResult<String> {
+    let mut violations = Violations::default();
+    input.target.check(&mut violations);
+    let data = decode_data(input.data.as_deref())?;
+    let record = check_record(
+        input.partition_key,
+        input.explicit_hash_key.as_deref(),
+        data,
+        &|member| member.to_owned(),
+        &mut violations,
+    )?;
+    if let Some(ordering) = input.sequence_number_for_ordering.as_deref() {
+        if !freshet_types::is_sequence_number_pattern(ordering) {
+            violations.add(
+                Some(ordering),
+                "sequenceNumberForOrdering",
+                "Member must satisfy regular expression pattern: 0|([1-9]\\d{0,128})",
+            );
+        }
+    }
+    violations.into_result()?;
+    let record = record.ok_or_else(|| KinesisError::validation("record is incomplete"))?;
+    let stream_name = input.target.resolve(caller)?;
+    let route = route_stream(frontend, caller, &stream_name).await?;
+    check_stream_record_size(&route, &[&record])?;
+    if input.dry_run == Some(true) {
+        return Err(dry_run_error());
+    }
+    // SequenceNumberForOrdering needs no extra work: every sequence number
+    // we assign is larger than any this stream has returned before on the
+    // same shard (and children's are larger than their parents').
+    let landed = append_records(
+        frontend,
+        caller,
+        &stream_name,
+        route,
+        vec![record.into_append()],
+    )
+    .await
+    .into_iter()
+    .next()
+    .unwrap_or_else(|| Err(KinesisError::internal("record was not written")))?;
+    to_json_text(&PutRecordReply {
+        shard_id: &landed.shard_id,
+        sequence_number: landed.sequence_number,
+        encryption_type: "NONE",
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PutRecordsEntry {
+    pub data: Option<String>,
+    pub partition_key: Option<String>,
+    pub explicit_hash_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PutRecordsInput {
+    #[serde(flatten)]
+    pub target: StreamTarget,
+    pub records: Option<Vec<PutRecordsEntry>>,
+    pub dry_run: Option<bool>,
+}
+
+pub async fn put_records(
+    frontend: &Frontend,
+    caller: &Caller,
+    input: PutRecordsInput,
+) -> KinesisResult<String> {
+    let mut violations = Violations::default();
+    input.target.check(&mut violations);
+    violations.check_required(input.records.as_ref(), "records");
+    let entries = input.records.unwrap_or_default();
+    if entries.is_empty() {
+        violations.add(
+            Some("[]"),
+            "records",
+            "Member must have length greater than or equal to 1",
+        );
+    } else if entries.len() > 500 {
+        violations.add(
+            None,
+            "records",
+            "Member must have length less than or equal to 500",
+        );
+    }
+    let mut checked = Vec::with_capacity(entries.len());
+    if entries.len() <= 500 {
+        for (index, entry) in entries.into_iter().enumerate() {
+            let data = decode_data(entry.data.as_deref())?;
+            checked.push(check_record(
+                entry.partition_key,
+                entry.explicit_hash_key.as_deref(),
+                data,
+                &|member| format!("records.{}.member.{member}", index + 1),
+                &mut violations,
+            )?);
+        }
+    }
+    violations.into_result()?;
+    let records: Vec<CheckedRecord> = checked.into_iter().flatten().collect();
+    let total: usize = records
+        .iter()
+        .map(|r| r.data.len() + r.partition_key.len())
+        .sum();
+    if total > MAX_PUT_RECORDS_BYTES {
+        return Err(KinesisError::invalid_argument(format!(
+            "Records size exceeds 10 MiB limit: the request carries {total} bytes of data and partition keys"
+        )));
+    }
+    let stream_name = input.target.resolve(caller)?;
+    let route = route_stream(frontend, caller, &stream_name).await?;
+    check_stream_record_size(&route, &records.iter().collect::<Vec<_>>())?;
+    if input.dry_run == Some(true) {
+        return Err(dry_run_error());
+    }
+
+    let records = records
+        .into_iter()
+        .map(CheckedRecord::into_append)
+        .collect();
+    let outcomes = append_records(frontend, caller, &stream_name, route, records).await;
+    let mut failed_record_count = 0;
+    let entries = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            Ok(landed) => PutRecordsEntryReply::Landed {
+                sequence_number: landed.sequence_number,
+                shard_id: &landed.shard_id,
+            },
+            Err(error) if error.code == ErrorCode::ProvisionedThroughputExceeded => {
+                failed_record_count += 1;
+                PutRecordsEntryReply::Failed {
+                    error_code: error.exception(),
+                    error_message: &error.message,
+                }
+            }
+            Err(error) => {
+                tracing::warn!(code = %error.code, message = %error.message, "part of a PutRecords failed");
+                failed_record_count += 1;
+                PutRecordsEntryReply::Failed {
+                    error_code: "InternalFailure",
+                    error_message: "Internal service failure.",
+                }
+            }
+        })
+        .collect();
+    to_json_text(&PutRecordsReply {
+        failed_record_count,
+        records: entries,
+        encryption_type: "NONE",
+    })
+}

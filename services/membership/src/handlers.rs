@@ -1,0 +1,352 @@
+//! The Membership rpcs: worker registration and heartbeats, and the shard
+//! map changes the control plane asks for (placement, resharding steps,
+//! moves, removal). Each checks its request against the rows as they are,
+//! then publishes through `publish.rs`.
+
+use freshet_errors::ErrorCode;
+use freshet_metastore::{SealedSegmentRow, ShardRow};
+use freshet_proto::v1::membership_server::Membership;
+use freshet_proto::v1::*;
+use freshet_types::ShardState;
+use tonic::{Request, Response, Status};
+
+use crate::failover;
+use crate::placement;
+use crate::publish::Change;
+use crate::service::store_error;
+use crate::subscribe::EventStream;
+use crate::MembershipService;
+
+#[tonic::async_trait]
+impl Membership for MembershipService {
+    async fn register_worker(
+        &self,
+        request: Request<RegisterWorkerRequest>,
+    ) -> Result<Response<RegisterWorkerResponse>, Status> {
+        let request = request.into_inner();
+        if request.worker_id.is_empty()
+            || request.address.is_empty()
+            || request.availability_zone.is_empty()
+        {
+            return Err(ErrorCode::InvalidArgument
+                .status("worker_id, availability_zone and address are required"));
+        }
+        self.inner
+            .store
+            .upsert_worker(
+                &request.worker_id,
+                &request.availability_zone,
+                &request.address,
+            )
+            .await
+            .map_err(store_error)?;
+        tracing::info!(
+            worker_id = request.worker_id,
+            az = request.availability_zone,
+            address = request.address,
+            "worker registered"
+        );
+        failover::heard_from(&self.inner, &request.worker_id);
+        // A restarted worker may come back on a new address: republish its
+        // shards so routes follow it — and give the shards it leads a new
+        // epoch: a restarted leader has forgotten which batches it sent its
+        // replicas but failed to write itself, so it must not write again
+        // at an epoch whose offsets they may hold with other records (the
+        // new epoch makes them drop such a tail). Done on every
+        // registration, so a failed republish is repaired by the next one.
+        self.republish_worker_shards(&request.worker_id)
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(RegisterWorkerResponse {}))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let worker_id = request.into_inner().worker_id;
+        let known = match self.inner.store.heartbeat(&worker_id).await {
+            Ok(known) => known,
+            // Postgres unreachable: nothing can fail over meanwhile (that
+            // needs Postgres), so a worker heard from before keeps leading.
+            Err(error) if failover::was_heard(&self.inner, &worker_id) => {
+                tracing::warn!("heartbeat from {worker_id} not recorded: {error}");
+                true
+            }
+            Err(error) => return Err(store_error(error)),
+        };
+        if !known {
+            return Ok(Response::new(HeartbeatResponse::default()));
+        }
+        failover::heard_from(&self.inner, &worker_id);
+        if failover::is_being_deposed(&self.inner, &worker_id) {
+            // Heard, so the failover will see it alive and stand down; but
+            // no lease until it has decided.
+            return Ok(Response::new(HeartbeatResponse {
+                known,
+                ..HeartbeatResponse::default()
+            }));
+        }
+        // Every change committed so far — a failover of this worker's shards
+        // included — must reach the worker before its new lease counts.
+        let lease_min_version = self
+            .inner
+            .head_version
+            .load(std::sync::atomic::Ordering::Acquire);
+        Ok(Response::new(HeartbeatResponse {
+            known,
+            lease_duration_micros: i64::try_from(self.inner.lease_duration.as_micros())
+                .unwrap_or(i64::MAX),
+            lease_min_version,
+        }))
+    }
+
+    async fn list_workers(
+        &self,
+        _request: Request<ListWorkersRequest>,
+    ) -> Result<Response<ListWorkersResponse>, Status> {
+        let workers = self.inner.store.list_workers().await.map_err(store_error)?;
+        Ok(Response::new(ListWorkersResponse {
+            workers: workers
+                .iter()
+                .map(|w| Worker {
+                    worker_id: w.worker_id.clone(),
+                    availability_zone: w.availability_zone.clone(),
+                    address: w.address.clone(),
+                    alive: self.alive(w),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn place_shards(
+        &self,
+        request: Request<PlaceShardsRequest>,
+    ) -> Result<Response<PlaceShardsResponse>, Status> {
+        let request = request.into_inner();
+        let stream = self
+            .inner
+            .store
+            .get_stream_by_uid(request.stream_uid)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                ErrorCode::ResourceNotFound
+                    .status(format!("stream {} does not exist", request.stream_uid))
+            })?;
+        let rows = self.placed_rows(&stream, &request.shards).await?;
+        let entries = self
+            .publish(&stream, rows, Change::Place)
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(PlaceShardsResponse {
+            entries: entries.into_iter().map(|e| self.stamp(e)).collect(),
+        }))
+    }
+
+    async fn remove_stream(
+        &self,
+        request: Request<RemoveStreamRequest>,
+    ) -> Result<Response<RemoveStreamResponse>, Status> {
+        let stream_uid = request.into_inner().stream_uid;
+        let Some(stream) = self
+            .inner
+            .store
+            .get_stream_by_uid(stream_uid)
+            .await
+            .map_err(store_error)?
+        else {
+            return Ok(Response::new(RemoveStreamResponse {}));
+        };
+        let shards = self
+            .inner
+            .store
+            .shards_of(stream_uid)
+            .await
+            .map_err(store_error)?;
+        self.publish(&stream, shards, Change::Remove)
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(RemoveStreamResponse {}))
+    }
+
+    async fn close_shards(
+        &self,
+        request: Request<CloseShardsRequest>,
+    ) -> Result<Response<CloseShardsResponse>, Status> {
+        let request = request.into_inner();
+        let (stream, rows) = self.live_stream_and_shards(request.stream_uid).await?;
+        let mut changes = Vec::with_capacity(request.shard_ids.len());
+        for shard_id in &request.shard_ids {
+            let row = rows
+                .iter()
+                .find(|r| &r.shard_id == shard_id)
+                .ok_or_else(|| {
+                    ErrorCode::ResourceNotFound.status(format!("shard {shard_id} does not exist"))
+                })?;
+            match row.state {
+                // Asked again after a lost answer: already being sealed.
+                ShardState::Closing => changes.push((row.clone(), Change::Republish)),
+                ShardState::Open => changes.push((
+                    ShardRow {
+                        state: ShardState::Closing,
+                        ..row.clone()
+                    },
+                    Change::BeginClosing,
+                )),
+                ShardState::Closed => {
+                    return Err(ErrorCode::ResourceInUse
+                        .status(format!("shard {shard_id} is already closed")))
+                }
+            }
+        }
+        Ok(Response::new(CloseShardsResponse {
+            entries: self.publish_reshard(&stream, changes).await?,
+        }))
+    }
+
+    async fn reopen_shards(
+        &self,
+        request: Request<ReopenShardsRequest>,
+    ) -> Result<Response<ReopenShardsResponse>, Status> {
+        let request = request.into_inner();
+        let (stream, rows) = self.live_stream_and_shards(request.stream_uid).await?;
+        let changes: Vec<(ShardRow, Change)> = rows
+            .into_iter()
+            .filter(|r| r.state == ShardState::Closing && request.shard_ids.contains(&r.shard_id))
+            .map(|r| {
+                (
+                    ShardRow {
+                        state: ShardState::Open,
+                        ..r
+                    },
+                    Change::Reopen,
+                )
+            })
+            .collect();
+        Ok(Response::new(ReopenShardsResponse {
+            entries: self.publish_reshard(&stream, changes).await?,
+        }))
+    }
+
+    async fn complete_reshard(
+        &self,
+        request: Request<CompleteReshardRequest>,
+    ) -> Result<Response<CompleteReshardResponse>, Status> {
+        let request = request.into_inner();
+        let (stream, rows) = self.live_stream_and_shards(request.stream_uid).await?;
+        let mut changes = Vec::new();
+        for sealed in &request.sealed {
+            let row = rows
+                .iter()
+                .find(|r| r.shard_id == sealed.shard_id)
+                .ok_or_else(|| {
+                    ErrorCode::ResourceNotFound
+                        .status(format!("shard {} does not exist", sealed.shard_id))
+                })?;
+            changes.push((
+                ShardRow {
+                    state: ShardState::Closed,
+                    ending_offset: Some(sealed.ending_offset),
+                    ..row.clone()
+                },
+                Change::FinishClosing,
+            ));
+        }
+        let children = self.placed_rows(&stream, &request.children).await?;
+        changes.extend(children.into_iter().map(|row| (row, Change::Place)));
+        Ok(Response::new(CompleteReshardResponse {
+            entries: self.publish_reshard(&stream, changes).await?,
+        }))
+    }
+
+    async fn relocate_shard(
+        &self,
+        request: Request<RelocateShardRequest>,
+    ) -> Result<Response<RelocateShardResponse>, Status> {
+        let request = request.into_inner();
+        let (stream, rows) = self.live_stream_and_shards(request.stream_uid).await?;
+        let store = &self.inner.store;
+        let row = rows
+            .into_iter()
+            .find(|r| r.shard_id == request.shard_id)
+            .ok_or_else(|| {
+                ErrorCode::ResourceNotFound
+                    .status(format!("shard {} does not exist", request.shard_id))
+            })?;
+        if row.state != ShardState::Closing || row.epoch != request.epoch {
+            return Err(ErrorCode::ResourceInUse.status(format!(
+                "shard {} is not being closed at epoch {}",
+                row.shard_id, request.epoch
+            )));
+        }
+        if request.ending_offset < row.segment_start_offset {
+            return Err(ErrorCode::InvalidArgument.status(format!(
+                "segment {} of shard {} starts at offset {}, after the ending offset {}",
+                row.segment_index, row.shard_id, row.segment_start_offset, request.ending_offset
+            )));
+        }
+        let alive = self.alive_workers().await?;
+        let leader = alive
+            .iter()
+            .find(|w| w.worker_id == request.leader_worker_id)
+            .ok_or_else(|| {
+                ErrorCode::ResourceInUse.status(format!(
+                    "worker {} is not a live storage worker",
+                    request.leader_worker_id
+                ))
+            })?;
+        let copies = store.copies_per_worker().await.map_err(store_error)?;
+        let placement = placement::place_next_segment(&alive, leader, &copies);
+        let mut sealed_segments = row.sealed_segments.clone();
+        sealed_segments.push(SealedSegmentRow {
+            index: row.segment_index,
+            start_offset: row.segment_start_offset,
+            end_offset: request.ending_offset,
+            final_epoch: row.epoch,
+            last_arrival_ms: request.last_arrival_ms,
+            worker_ids: std::iter::once(row.leader_worker_id.clone())
+                .chain(row.replica_worker_ids.iter().cloned())
+                .collect(),
+        });
+        let next = ShardRow {
+            state: ShardState::Open,
+            leader_worker_id: placement.leader,
+            replica_worker_ids: placement.replicas,
+            epoch: row.epoch + 1,
+            segment_index: row.segment_index + 1,
+            segment_start_offset: request.ending_offset,
+            sealed_segments,
+            ..row
+        };
+        let entry = self
+            .publish_reshard(&stream, vec![(next, Change::Relocate)])
+            .await?
+            .pop();
+        Ok(Response::new(RelocateShardResponse { entry }))
+    }
+
+    async fn republish_stream(
+        &self,
+        request: Request<RepublishStreamRequest>,
+    ) -> Result<Response<RepublishStreamResponse>, Status> {
+        let (stream, shards) = self
+            .live_stream_and_shards(request.into_inner().stream_uid)
+            .await?;
+        self.publish(&stream, shards, Change::Republish)
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(RepublishStreamResponse {}))
+    }
+
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        Ok(Response::new(
+            self.subscribe_from(request.into_inner().from_version),
+        ))
+    }
+}

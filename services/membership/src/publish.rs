@@ -1,0 +1,321 @@
+//! Publishing shard-map changes: shard rows and their change-log entries
+//! written in one transaction, then broadcast to subscribers in version
+//! order. Every change membership makes goes through
+//! [`MembershipService::publish_changes`].
+
+use std::collections::HashMap;
+
+use freshet_errors::ErrorCode;
+use freshet_metastore::{EntryKey, MetastoreError, ShardRow, StreamRow, WorkerRow};
+use freshet_proto::prost::Message as _;
+use freshet_proto::v1::{self as proto, SealedSegment, ShardKey, ShardMapEntry};
+use freshet_types::{ShardState, StreamStatus};
+use tonic::Status;
+
+use crate::MembershipService;
+
+impl MembershipService {
+    /// Publishes one step of a split or merge; ABORTED if a row changed
+    /// meanwhile (a failover), so the caller may read again and retry.
+    pub(crate) async fn publish_reshard(
+        &self,
+        stream: &StreamRow,
+        changes: Vec<(ShardRow, Change)>,
+    ) -> Result<Vec<ShardMapEntry>, Status> {
+        let entries = self
+            .publish_changes(stream, changes)
+            .await
+            .map_err(|error| ErrorCode::Conflict.status(error.to_string()))?;
+        Ok(entries.into_iter().map(|e| self.stamp(e)).collect())
+    }
+
+    /// Writes shard rows and their change-log entries in one transaction,
+    /// then broadcasts the entries.
+    pub(crate) async fn publish(
+        &self,
+        stream: &StreamRow,
+        shards: Vec<ShardRow>,
+        change: Change,
+    ) -> Result<Vec<ShardMapEntry>, MetastoreError> {
+        let changes = shards.into_iter().map(|shard| (shard, change)).collect();
+        self.publish_changes(stream, changes).await
+    }
+
+    /// Like [`MembershipService::publish`], with a change of its own for
+    /// each row (a split closes a parent and places children in one batch).
+    pub(crate) async fn publish_changes(
+        &self,
+        stream: &StreamRow,
+        changes: Vec<(ShardRow, Change)>,
+    ) -> Result<Vec<ShardMapEntry>, MetastoreError> {
+        let _serialised = self.inner.write_lock.lock().await;
+        // Under the lock, the stream and its rows as they are *now*: a
+        // failover, a resharding step or a deletion may have committed since
+        // the caller read them.
+        let Some(stream) = self
+            .inner
+            .store
+            .get_stream_by_uid(stream.stream_uid)
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let removing = changes.iter().all(|(_, kind)| *kind == Change::Remove);
+        let republishing = changes.iter().all(|(_, kind)| *kind == Change::Republish);
+        if stream.status == StreamStatus::Deleting && !removing {
+            // Its tombstones are (about to be) published: nothing may
+            // bring its shards back.
+            if !republishing {
+                return Err(MetastoreError::Conflict(format!(
+                    "stream {} is being deleted",
+                    stream.stream_name
+                )));
+            }
+            return Ok(Vec::new());
+        }
+        let current: HashMap<String, ShardRow> = self
+            .inner
+            .store
+            .shards_of(stream.stream_uid)
+            .await?
+            .into_iter()
+            .map(|row| (row.shard_id.clone(), row))
+            .collect();
+        let current_state: HashMap<String, ShardState> = current
+            .iter()
+            .map(|(id, row)| (id.clone(), row.state))
+            .collect();
+        let current_replicas: HashMap<String, Vec<String>> = current
+            .iter()
+            .map(|(id, row)| (id.clone(), row.replica_worker_ids.clone()))
+            .collect();
+        let changes: Vec<(ShardRow, Change)> = if removing {
+            // Every shard, children created meanwhile included.
+            current
+                .into_values()
+                .map(|row| (row, Change::Remove))
+                .collect()
+        } else {
+            changes
+                .into_iter()
+                .filter_map(|(row, kind)| match kind {
+                    // Rebuilt from the row as it is now.
+                    Change::Republish => current.get(&row.shard_id).cloned().map(|r| (r, kind)),
+                    // Guarded by conditional UPDATEs on the epoch and state
+                    // the caller read (`libs/metastore`, `ChangeBatch`).
+                    _ => Some((row, kind)),
+                })
+                .collect()
+        };
+        // A state change must be one the shard's state machine allows from
+        // the state it is in now (the metastore's guarded update checks the
+        // same rule against the row it changes).
+        for (row, kind) in &changes {
+            let Some(now) = current_state.get(&row.shard_id) else {
+                continue;
+            };
+            if kind.changes_state() && !now.may_become(row.state) {
+                return Err(MetastoreError::Conflict(format!(
+                    "shard {} is {now}: it may not become {}",
+                    row.shard_id, row.state
+                )));
+            }
+        }
+        let (shards, kinds): (Vec<ShardRow>, Vec<Change>) = changes.into_iter().unzip();
+        let stream = &stream;
+        // Read addresses under the lock, so a concurrent re-registration's
+        // republish cannot be overtaken by entries carrying the old address.
+        let workers: HashMap<String, WorkerRow> = self
+            .inner
+            .store
+            .list_workers()
+            .await?
+            .into_iter()
+            .map(|w| (w.worker_id.clone(), w))
+            .collect();
+        let mut batch = self.inner.store.begin_changes().await?;
+        let mut entries = Vec::with_capacity(shards.len());
+        for (shard, kind) in shards.iter().zip(kinds.iter().copied()) {
+            match kind {
+                Change::Place => batch.insert_shard(shard).await?,
+                Change::MoveLeadership => batch.update_placement(shard).await?,
+                Change::BeginClosing => batch.begin_closing(shard).await?,
+                Change::FinishClosing => batch.finish_closing(shard).await?,
+                Change::Reopen => batch.reopen(shard).await?,
+                Change::Relocate => batch.relocate(shard).await?,
+                Change::AddReplicas => {
+                    let read = current_replicas
+                        .get(&shard.shard_id)
+                        .cloned()
+                        .unwrap_or_default();
+                    batch.set_replicas(shard, &read).await?
+                }
+                Change::Republish | Change::Remove => {}
+            }
+            let tombstones = kind == Change::Remove;
+            let state = if tombstones {
+                proto::ShardState::Deleted
+            } else {
+                shard.state.into()
+            };
+            let entry = entry_for(stream, shard, &workers, batch.next_version(), state);
+            let key = EntryKey {
+                stream_uid: stream.stream_uid,
+                shard_id: &shard.shard_id,
+                account_id: &stream.account_id,
+                stream_name: &stream.stream_name,
+            };
+            batch
+                .record(&key, &entry.encode_to_vec(), tombstones)
+                .await?;
+            entries.push(entry);
+        }
+        batch.commit().await?;
+        if let Some(last) = entries.last() {
+            self.inner
+                .head_version
+                .fetch_max(last.version, std::sync::atomic::Ordering::AcqRel);
+        }
+        for entry in &entries {
+            // No receivers is fine: nobody is subscribed yet.
+            let _ = self.inner.changes.send(entry.clone());
+        }
+        Ok(entries)
+    }
+
+    /// Publishes every shard a (re-)registered worker holds again, and
+    /// gives the shards it leads a new epoch (see `register_worker`).
+    pub(crate) async fn republish_worker_shards(
+        &self,
+        worker_id: &str,
+    ) -> Result<(), MetastoreError> {
+        let shards = self.inner.store.shards_on_worker(worker_id).await?;
+        let mut by_stream: std::collections::BTreeMap<i64, Vec<ShardRow>> =
+            std::collections::BTreeMap::new();
+        for shard in shards {
+            by_stream.entry(shard.stream_uid).or_default().push(shard);
+        }
+        for (stream_uid, shards) in by_stream {
+            // A stream being deleted already has (or is about to get) its
+            // tombstones; republishing would bring it back to life.
+            if let Some(stream) = self.inner.store.get_stream_by_uid(stream_uid).await? {
+                if stream.status != StreamStatus::Deleting {
+                    let changes = shards
+                        .into_iter()
+                        .map(|row| {
+                            if row.leader_worker_id == worker_id {
+                                let epoch = row.epoch + 1;
+                                (ShardRow { epoch, ..row }, Change::MoveLeadership)
+                            } else {
+                                (row, Change::Republish)
+                            }
+                        })
+                        .collect();
+                    self.publish_changes(&stream, changes).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a published change does to the shard rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// New shards: insert their rows.
+    Place,
+    /// Same rows, fresh entries (a worker's address changed).
+    Republish,
+    /// New leader, replicas and epoch (failover).
+    MoveLeadership,
+    /// The stream is gone: tombstones.
+    Remove,
+    /// An open shard starts being sealed (CLOSING; same epoch and placement).
+    BeginClosing,
+    /// A sealed shard is CLOSED with its ending offset.
+    FinishClosing,
+    /// An abandoned split or merge: CLOSING back to OPEN.
+    Reopen,
+    /// More replicas, same leader and epoch (`failover::repair`).
+    AddReplicas,
+    /// A CLOSING shard continues OPEN in its next segment, on other
+    /// workers, at the next epoch (worker balancing).
+    Relocate,
+}
+
+impl Change {
+    /// Whether the change moves a shard from one state to another.
+    fn changes_state(self) -> bool {
+        matches!(
+            self,
+            Change::BeginClosing | Change::FinishClosing | Change::Reopen | Change::Relocate
+        )
+    }
+}
+
+/// A worker's address ("" for one membership does not know).
+fn address_of(workers: &HashMap<String, WorkerRow>, worker_id: &str) -> String {
+    workers
+        .get(worker_id)
+        .map(|w| w.address.clone())
+        .unwrap_or_default()
+}
+
+/// Builds the entry describing `shard` at `version`.
+fn entry_for(
+    stream: &StreamRow,
+    shard: &ShardRow,
+    workers: &HashMap<String, WorkerRow>,
+    version: i64,
+    state: proto::ShardState,
+) -> ShardMapEntry {
+    ShardMapEntry {
+        key: Some(ShardKey {
+            stream_uid: stream.stream_uid,
+            shard_id: shard.shard_id.clone(),
+        }),
+        version,
+        account_id: stream.account_id.clone(),
+        stream_name: stream.stream_name.clone(),
+        stream_arn: stream.stream_arn.clone(),
+        stream_created_at_ms: stream.created_at_ms,
+        starting_hash_key: shard.starting_hash_key.clone(),
+        ending_hash_key: shard.ending_hash_key.clone(),
+        state: state as i32,
+        parent_shard_id: shard.parent_shard_id.clone().unwrap_or_default(),
+        adjacent_parent_shard_id: shard.adjacent_parent_shard_id.clone().unwrap_or_default(),
+        sequence_base: shard.sequence_base,
+        leader_worker_id: shard.leader_worker_id.clone(),
+        leader_address: address_of(workers, &shard.leader_worker_id),
+        replica_worker_ids: shard.replica_worker_ids.clone(),
+        replica_addresses: shard
+            .replica_worker_ids
+            .iter()
+            .map(|id| address_of(workers, id))
+            .collect(),
+        epoch: shard.epoch,
+        ending_offset: shard.ending_offset.unwrap_or(0),
+        segment_index: shard.segment_index,
+        segment_start_offset: shard.segment_start_offset,
+        sealed_segments: shard
+            .sealed_segments
+            .iter()
+            .map(|segment| SealedSegment {
+                index: segment.index,
+                start_offset: segment.start_offset,
+                end_offset: segment.end_offset,
+                final_epoch: segment.final_epoch,
+                last_arrival_ms: segment.last_arrival_ms,
+                worker_ids: segment.worker_ids.clone(),
+                addresses: segment
+                    .worker_ids
+                    .iter()
+                    .map(|id| address_of(workers, id))
+                    .collect(),
+            })
+            .collect(),
+        valid_until_micros: 0,
+        retention_hours: u32::try_from(stream.retention_hours).unwrap_or(24),
+        max_record_size_kib: u32::try_from(stream.max_record_size_kib).unwrap_or(1024),
+    }
+}

@@ -1,0 +1,201 @@
+//! The shard segments open on this worker: opened (and recovered) on first
+//! use, one recovery at a time, each with its writer task (`writer.rs`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use freshet_log::{LogConfig, ShardLog};
+use tokio_util::task::TaskTracker;
+
+use crate::error::WriteError;
+use crate::layout::{arrival_floor, segment_dir, stored_segments, SegmentKey};
+use crate::replication::{ReplicationContext, Replicator};
+use crate::throttle::ShardLimits;
+use crate::writer::OpenShard;
+
+/// The shards open on this worker.
+pub struct ShardRegistry {
+    data_dir: PathBuf,
+    log_config: LogConfig,
+    replication: Arc<ReplicationContext>,
+    limits: ShardLimits,
+    open: Mutex<HashMap<SegmentKey, Arc<OpenShard>>>,
+    /// Held while a log is being opened: recovery may truncate a torn tail,
+    /// so two recoveries of one shard must never run at once (the second
+    /// could cut records the first already acknowledged).
+    opening: tokio::sync::Mutex<()>,
+    /// The writer tasks of the open shards: drained at shutdown.
+    tasks: TaskTracker,
+}
+
+impl ShardRegistry {
+    pub fn new(
+        data_dir: PathBuf,
+        log_config: LogConfig,
+        replication: Arc<ReplicationContext>,
+        limits: ShardLimits,
+        tasks: TaskTracker,
+    ) -> ShardRegistry {
+        ShardRegistry {
+            data_dir,
+            log_config,
+            replication,
+            limits,
+            open: Mutex::new(HashMap::new()),
+            opening: tokio::sync::Mutex::new(()),
+            tasks,
+        }
+    }
+
+    fn shard_dir(&self, key: &SegmentKey) -> PathBuf {
+        segment_dir(&self.data_dir, key)
+    }
+
+    /// The open segment, opening (and recovering) its log on first use; a
+    /// log created here starts at `start_offset`, and its records arrive no
+    /// earlier than `arrival_floor_ms`.
+    pub async fn get_or_open(
+        &self,
+        key: &SegmentKey,
+        sequence_base: u64,
+        start_offset: u64,
+        arrival_floor_ms: i64,
+    ) -> Result<Arc<OpenShard>, WriteError> {
+        if let Some(shard) = self.open_existing(key) {
+            return Ok(shard);
+        }
+        let _opening = self.opening.lock().await;
+        // Another request may have opened it while this one waited.
+        if let Some(shard) = self.open_existing(key) {
+            return Ok(shard);
+        }
+        let data_dir = self.data_dir.clone();
+        let dir = self.shard_dir(key);
+        let config = self.log_config.clone();
+        let log = tokio::task::spawn_blocking(move || {
+            freshet_log::create_dir_durably(&data_dir, &dir)?;
+            let log = ShardLog::open_from(&dir, config, start_offset)?;
+            log.raise_arrival_floor(arrival_floor_ms);
+            Ok::<_, freshet_log::LogError>(log)
+        })
+        .await
+        .map_err(|e| WriteError::task("open", e))??;
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let replicator = Replicator::new(self.replication.clone(), key);
+        let shard = Arc::new(OpenShard::start(
+            Arc::new(log),
+            sequence_base,
+            self.limits,
+            replicator,
+            &self.tasks,
+        ));
+        open.insert(key.clone(), shard.clone());
+        tracing::info!(
+            stream_uid = key.stream_uid,
+            shard_id = key.shard_id,
+            segment = key.segment,
+            "opened shard log"
+        );
+        Ok(shard)
+    }
+
+    /// The shard's current segment as `entry` describes it (opened on first
+    /// use; a new segment continues the previous one's arrival times).
+    pub async fn get_current(
+        &self,
+        key: &SegmentKey,
+        entry: &freshet_proto::v1::ShardMapEntry,
+    ) -> Result<Arc<OpenShard>, WriteError> {
+        if let Some(shard) = self.open_existing(key) {
+            return Ok(shard);
+        }
+        self.get_or_open(
+            key,
+            entry.sequence_base,
+            entry.segment_start_offset,
+            arrival_floor(entry),
+        )
+        .await
+    }
+
+    fn open_existing(&self, key: &SegmentKey) -> Option<Arc<OpenShard>> {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// The segment if this worker stores it (opening its log if needed),
+    /// `None` if it has no copy: a sealed segment is never created empty.
+    pub async fn get_stored(
+        &self,
+        key: &SegmentKey,
+        sequence_base: u64,
+        start_offset: u64,
+        arrival_floor_ms: i64,
+    ) -> Result<Option<Arc<OpenShard>>, WriteError> {
+        if let Some(shard) = self.open_existing(key) {
+            return Ok(Some(shard));
+        }
+        if !tokio::fs::try_exists(self.shard_dir(key))
+            .await
+            .unwrap_or(false)
+        {
+            return Ok(None);
+        }
+        self.get_or_open(key, sequence_base, start_offset, arrival_floor_ms)
+            .await
+            .map(Some)
+    }
+
+    /// Closes every open segment (at shutdown): each writer task ends once
+    /// the last request holding its shard lets go. Answers the logs, for
+    /// their commit points to be saved once the writers are done.
+    pub fn close_all(&self) -> Vec<(SegmentKey, Arc<ShardLog>)> {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(key, shard)| (key, shard.log.clone()))
+            .collect()
+    }
+
+    pub fn open_shards(&self) -> Vec<(SegmentKey, Arc<OpenShard>)> {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Every shard segment with a directory on disk, open or not.
+    pub async fn stored_shards(&self) -> Vec<SegmentKey> {
+        let root = self.data_dir.join("shards");
+        tokio::task::spawn_blocking(move || stored_segments(&root))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Closes a deleted (or no longer placed) shard segment and removes
+    /// its data.
+    pub async fn remove(&self, key: &SegmentKey) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        let dir = self.shard_dir(key);
+        if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(%error, dir = %dir.display(), "failed to remove a shard segment's data");
+            }
+        }
+        // The shard's directory goes with its last segment (this fails,
+        // harmlessly, while another segment is still there).
+        if let Some(shard_dir) = dir.parent() {
+            let _ = tokio::fs::remove_dir(shard_dir).await;
+        }
+    }
+}

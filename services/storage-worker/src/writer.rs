@@ -1,0 +1,435 @@
+//! The group-commit writer of one open shard segment.
+//!
+//! # The write path
+//! 1. `Append` (in `service.rs`) checks that this worker leads the shard at
+//!    the caller's epoch, then hands the records to the shard's writer task
+//!    through a channel and waits.
+//! 2. The writer task takes every append waiting in its channel (up to
+//!    [`GROUP_COMMIT_MAX_BYTES`]), appends them to the log as one batch with
+//!    one fsync (still invisible to readers) while sending the same batch to
+//!    the shard's replicas (`replication.rs`), which fsync it too.
+//! 3. Once enough copies hold it (a majority by default), the batch is
+//!    committed — readers may see it — and each caller is answered with
+//!    where its records landed. An acknowledged record is on disk in a
+//!    majority of zones. Under load many requests share one fsync and one
+//!    replication round; alone, a request pays for its own.
+//!
+//! Invariant: under one epoch, each offset is written with one content only.
+//! Replicas may already hold a batch whose local write failed on the leader,
+//! so the leader never reuses those offsets for other records: it writes
+//! that same batch again before anything else ([`UnwrittenBatch`]). Epoch
+//! histories compare copies by epoch alone, so this is what makes "same
+//! epoch at an offset" mean "same record".
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use freshet_log::{Appended, NewRecord, ShardLog};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+
+use crate::error::WriteError;
+use crate::load::LoadMeter;
+use crate::replication::{begin_leading, LocalBatch, Replicator};
+use crate::throttle::{ShardLimits, ShardThrottle};
+
+/// A batch stops collecting appends once it holds this many bytes.
+pub const GROUP_COMMIT_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// One caller's records waiting for the next group commit.
+struct AppendJob {
+    records: Vec<NewRecord>,
+    /// The leadership epoch the caller was authorized under: the job is
+    /// written only while this worker still leads at exactly that epoch.
+    epoch: u64,
+    reply: oneshot::Sender<Result<Appended, WriteError>>,
+}
+
+/// Work for a shard's writer task, done in arrival order.
+enum WriterJob {
+    Append(AppendJob),
+    /// Commit the whole log with the replicas and answer where it ends:
+    /// the final size of a CLOSING shard (led at `epoch`).
+    Seal {
+        epoch: u64,
+        reply: oneshot::Sender<Result<Sealed, WriteError>>,
+    },
+}
+
+/// Where a sealed shard segment ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Sealed {
+    pub ending_offset: u64,
+    /// Arrival time of its newest record, if it holds any.
+    pub last_arrival_ms: Option<i64>,
+}
+
+/// How many idle catch-up rounds a seal may take before it gives up.
+const SEAL_ROUNDS: usize = 20;
+
+/// An open shard: its log and the channel to its writer task.
+pub struct OpenShard {
+    pub log: Arc<ShardLog>,
+    pub sequence_base: u64,
+    /// Enforced while this worker leads the shard.
+    pub throttle: ShardThrottle,
+    /// What the shard is asked to take while this worker leads it.
+    pub load: LoadMeter,
+    writer: mpsc::Sender<WriterJob>,
+}
+
+impl OpenShard {
+    /// Opens a shard segment over its recovered `log`, starting its writer
+    /// task (tracked by `tasks`, ended when the shard is dropped).
+    pub fn start(
+        log: Arc<ShardLog>,
+        sequence_base: u64,
+        limits: ShardLimits,
+        replicator: Replicator,
+        tasks: &TaskTracker,
+    ) -> OpenShard {
+        let (writer, jobs) = mpsc::channel(1024);
+        tasks.spawn(write_loop(log.clone(), replicator, jobs));
+        OpenShard {
+            log,
+            sequence_base,
+            throttle: ShardThrottle::new(limits),
+            load: LoadMeter::default(),
+            writer,
+        }
+    }
+
+    /// Appends through the group-commit writer; resolves once durable.
+    pub async fn append(
+        &self,
+        records: Vec<NewRecord>,
+        epoch: u64,
+    ) -> Result<Appended, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(WriterJob::Append(AppendJob {
+                records,
+                epoch,
+                reply,
+            }))
+            .await
+            .map_err(|_| WriteError::Refused("shard writer stopped".to_owned()))?;
+        answer.await.map_err(|_| {
+            WriteError::LostLeadership("shard writer stopped before answering".to_owned())
+        })?
+    }
+
+    /// Seals a CLOSING shard led at `epoch`: once every append queued
+    /// before this call is resolved, commits the whole log with the
+    /// replicas and answers where it ends. Nothing is written after it:
+    /// `service.rs` refuses appends to a closing shard, and the writer
+    /// refuses those queued before it closed (`write_round`).
+    pub async fn seal(&self, epoch: u64) -> Result<Sealed, WriteError> {
+        let stopped = || WriteError::Refused("shard writer stopped".to_owned());
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(WriterJob::Seal { epoch, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// How long the writer waits for work before it checks on its replicas.
+const IDLE_CATCH_UP_INTERVAL: Duration = Duration::from_millis(500);
+/// How long one idle check may spend on one replica.
+const IDLE_CATCH_UP_DEADLINE: Duration = Duration::from_millis(500);
+
+/// A batch the leader sent to its replicas but failed to write locally. Its
+/// offsets are taken, under its epoch, by exactly these records.
+struct UnwrittenBatch {
+    epoch: u64,
+    first_offset: u64,
+    arrival_ms: i64,
+    records: Arc<Vec<NewRecord>>,
+}
+
+impl UnwrittenBatch {
+    /// Writes the batch locally again. Ok once it is on disk (it stays
+    /// unacknowledged; a later commit makes it visible) or once this worker
+    /// no longer writes at its epoch, when the offsets are not its to fill.
+    async fn write_again(
+        &self,
+        log: &Arc<ShardLog>,
+        leading: Option<u64>,
+    ) -> Result<(), WriteError> {
+        if leading != Some(self.epoch) || log.latest_epoch() != self.epoch {
+            return Ok(());
+        }
+        let (log, epoch, first, arrival, records) = (
+            log.clone(),
+            self.epoch,
+            self.first_offset,
+            self.arrival_ms,
+            self.records.clone(),
+        );
+        tokio::task::spawn_blocking(move || log.append_at(epoch, first, arrival, &records))
+            .await
+            .map_err(|e| WriteError::task("append", e))??;
+        Ok(())
+    }
+}
+
+async fn write_loop(
+    log: Arc<ShardLog>,
+    mut replicator: Replicator,
+    mut jobs: mpsc::Receiver<WriterJob>,
+) {
+    let mut unwritten: Option<UnwrittenBatch> = None;
+    loop {
+        let job = tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => return,
+            },
+            () = tokio::time::sleep(IDLE_CATCH_UP_INTERVAL) => {
+                if let Some(batch) = &unwritten {
+                    if batch.write_again(&log, replicator.leading_epoch()).await.is_ok() {
+                        unwritten = None;
+                    }
+                    continue;
+                }
+                // Idle: a replica that restarted catches up now, not only
+                // when the next write arrives.
+                replicator.catch_up(&log, IDLE_CATCH_UP_DEADLINE).await;
+                continue;
+            }
+        };
+        let first = match job {
+            WriterJob::Append(job) => job,
+            WriterJob::Seal { epoch, reply } => {
+                let _ = reply.send(seal(&log, &mut replicator, &mut unwritten, epoch).await);
+                continue;
+            }
+        };
+        let mut size = first.size();
+        let mut batch = vec![first];
+        let mut seal_after = None;
+        while size < GROUP_COMMIT_MAX_BYTES {
+            match jobs.try_recv() {
+                Ok(WriterJob::Append(job)) => {
+                    size += job.size();
+                    batch.push(job);
+                }
+                Ok(WriterJob::Seal { epoch, reply }) => {
+                    // Appends behind it wait for the next round, where they
+                    // are refused: the shard is no longer open.
+                    seal_after = Some((epoch, reply));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        write_round(&log, &mut replicator, &mut unwritten, batch).await;
+        if let Some((epoch, reply)) = seal_after {
+            let _ = reply.send(seal(&log, &mut replicator, &mut unwritten, epoch).await);
+        }
+    }
+}
+
+impl AppendJob {
+    fn size(&self) -> usize {
+        self.records
+            .iter()
+            .map(|r| r.data.len() + r.partition_key.len())
+            .sum()
+    }
+}
+
+/// Writes one group commit's worth of appends and answers each caller.
+async fn write_round(
+    log: &Arc<ShardLog>,
+    replicator: &mut Replicator,
+    unwritten: &mut Option<UnwrittenBatch>,
+    batch: Vec<AppendJob>,
+) {
+    // Only jobs authorized under the epoch this worker leads now go on —
+    // a job queued before a failover must not be written afterwards — and
+    // only while the shard is open: once a split or merge starts closing
+    // it, a seal may come next, and nothing may land after the seal.
+    let leading = replicator.leading_epoch().filter(|_| replicator.is_open());
+    let (batch, stale): (Vec<AppendJob>, Vec<AppendJob>) = batch
+        .into_iter()
+        .partition(|job| Some(job.epoch) == leading);
+    for job in stale {
+        let _ = job.reply.send(Err(WriteError::Refused(format!(
+            "not leader of an open shard at epoch {} any more",
+            job.epoch
+        ))));
+    }
+    let Some(epoch) = leading.filter(|_| !batch.is_empty()) else {
+        return;
+    };
+    if let Some(pending) = unwritten.as_ref() {
+        if let Err(error) = pending.write_again(log, leading).await {
+            for job in batch {
+                // The batch queued before these could not be written
+                // again: nothing of these was written either.
+                let _ = job.reply.send(Err(WriteError::Refused(error.to_string())));
+            }
+            return;
+        }
+        *unwritten = None;
+    }
+    let counts: Vec<usize> = batch.iter().map(|job| job.records.len()).collect();
+    let mut records = Vec::with_capacity(counts.iter().sum());
+    let mut replies = Vec::with_capacity(batch.len());
+    for job in batch {
+        records.extend(job.records);
+        replies.push(job.reply);
+    }
+    match commit_batch(log, replicator, records, epoch).await {
+        Ok(appended) => {
+            let mut offset = appended.first_offset;
+            for (reply, count) in replies.into_iter().zip(counts) {
+                let _ = reply.send(Ok(Appended {
+                    first_offset: offset,
+                    arrival_ms: appended.arrival_ms,
+                }));
+                offset += count as u64;
+            }
+        }
+        Err(failure) => {
+            tracing::warn!(error = %failure.error, "shard append failed");
+            *unwritten = failure.unwritten;
+            // Whatever the cause, the batch may be on some disks now.
+            let error = match failure.error {
+                WriteError::Refused(message) => WriteError::LostLeadership(message),
+                error => error,
+            };
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// The writer's side of [`OpenShard::seal`].
+async fn seal(
+    log: &Arc<ShardLog>,
+    replicator: &mut Replicator,
+    unwritten: &mut Option<UnwrittenBatch>,
+    epoch: u64,
+) -> Result<Sealed, WriteError> {
+    if replicator.leading_epoch() != Some(epoch) {
+        return Err(WriteError::Refused(format!("not leader at epoch {epoch}")));
+    }
+    // Replicas may hold a batch the leader failed to write: the leader's
+    // log must hold it too before its end can be the shard's end.
+    if let Some(batch) = unwritten.as_ref() {
+        batch.write_again(log, replicator.leading_epoch()).await?;
+        *unwritten = None;
+    }
+    for _ in 0..SEAL_ROUNDS {
+        replicator.catch_up(log, IDLE_CATCH_UP_DEADLINE).await;
+        let end = log.next_offset();
+        // Committed here, and held whole at this epoch by enough replicas
+        // that they alone can serve the sealed segment.
+        if log.committed_offset() == end
+            && log.latest_epoch() == epoch
+            && replicator.enough_replicas_hold(end)
+        {
+            return Ok(Sealed {
+                ending_offset: end,
+                last_arrival_ms: log.last_arrival_ms(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(WriteError::Replication(
+        "the shard's replicas did not confirm its whole log in time".to_owned(),
+    ))
+}
+
+/// Why a batch was not acknowledged.
+struct BatchFailure {
+    error: WriteError,
+    /// Set when the local write failed after the batch went to replicas.
+    unwritten: Option<UnwrittenBatch>,
+}
+
+impl From<WriteError> for BatchFailure {
+    fn from(error: WriteError) -> BatchFailure {
+        BatchFailure {
+            error,
+            unwritten: None,
+        }
+    }
+}
+
+/// Writes and fsyncs a batch locally, replicates it, and commits it once
+/// enough copies hold it.
+async fn commit_batch(
+    log: &Arc<ShardLog>,
+    replicator: &mut Replicator,
+    records: Vec<NewRecord>,
+    epoch: u64,
+) -> Result<Appended, BatchFailure> {
+    // The epoch's entry is in the log's history before any record of it is
+    // written here or sent to a replica.
+    begin_leading(log, epoch).await?;
+    let records = Arc::new(records);
+    // This task is the shard's only writer, so the batch's place is known
+    // before it is written: the leader's fsync and the replicas' overlap.
+    let (first_offset, arrival_ms) = log.next_position(now_ms());
+    let for_write = (log.clone(), records.clone());
+    let local = tokio::task::spawn_blocking(move || {
+        for_write
+            .0
+            .append_at(epoch, first_offset, arrival_ms, &for_write.1)
+    });
+    let batch = LocalBatch {
+        epoch,
+        first_offset,
+        arrival_ms,
+        records: &records,
+    };
+    let (local, replicated) = tokio::join!(local, replicator.replicate(log, batch));
+    let local = local
+        .map_err(|e| WriteError::task("append", e))
+        .and_then(|written| written.map_err(WriteError::from));
+    let appended = match local {
+        Ok(appended) => appended,
+        Err(error) => {
+            return Err(BatchFailure {
+                error,
+                unwritten: Some(UnwrittenBatch {
+                    epoch,
+                    first_offset,
+                    arrival_ms,
+                    records,
+                }),
+            })
+        }
+    };
+    replicated?;
+    // The lease is checked last, right before the batch becomes visible and
+    // acknowledged: a leader that lost it while replicating must not commit.
+    // (Not retried by the frontend: the batch is already on disk here.)
+    if !replicator.holds_lease() {
+        return Err(WriteError::LostLeadership(
+            "the leader lease expired before the batch could be committed".to_owned(),
+        )
+        .into());
+    }
+    if replicator.leading_epoch() != Some(epoch) {
+        return Err(WriteError::LostLeadership(format!(
+            "leadership moved on from epoch {epoch} before the batch could be committed"
+        ))
+        .into());
+    }
+    log.commit(appended.first_offset + records.len() as u64);
+    Ok(appended)
+}

@@ -39,10 +39,13 @@ infra:
 # Formatting, lints and tests, as CI runs them.
 ci: check test
 
-# Formatting and lints only.
+# Formatting, lints, docs (warnings denied) and unused dependencies.
 check:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+    command -v cargo-machete >/dev/null || cargo install cargo-machete --locked
+    cargo machete
 
 fmt:
     cargo fmt --all

@@ -151,6 +151,64 @@ impl Topology {
     }
 }
 
+/// What grpcurl needs of a service: health says SERVING, and reflection
+/// lists the service and describes it (so the examples in `proto/` work).
+async fn check_grpc_surface(address: &str, service: &str) -> anyhow::Result<()> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let channel = freshet_server::grpc_channel(address)?;
+    for name in ["", service] {
+        let health = HealthClient::new(channel.clone())
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: name.to_owned(),
+            })
+            .await
+            .with_context(|| format!("health of {address} ({name:?})"))?
+            .into_inner();
+        assert_eq!(
+            health.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            "{address} ({name:?})"
+        );
+    }
+    let ask = |message| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(message),
+    };
+    let requests = vec![
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol(service.to_owned())),
+    ];
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .with_context(|| format!("reflection of {address}"))?
+        .into_inner();
+    let listed = answers.message().await?.and_then(|a| a.message_response);
+    let Some(MessageResponse::ListServicesResponse(listed)) = listed else {
+        anyhow::bail!("{address} did not list its services: {listed:?}");
+    };
+    let names: Vec<&str> = listed.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&service), "{address} lists {names:?}");
+    assert!(
+        names.contains(&"grpc.health.v1.Health"),
+        "{address} lists {names:?}"
+    );
+    let described = answers.message().await?.and_then(|a| a.message_response);
+    assert!(
+        matches!(
+            described,
+            Some(MessageResponse::FileDescriptorResponse(ref files)) if !files.file_descriptor_proto.is_empty()
+        ),
+        "{address} does not describe {service}: {described:?}"
+    );
+    Ok(())
+}
+
 async fn count_records(client: &aws_sdk_kinesis::Client) -> anyhow::Result<usize> {
     Ok(freshet_e2e::read_stream(client, "dev-check").await?.len())
 }
@@ -176,6 +234,15 @@ async fn the_dev_topology_serves_real_clients_stops_cleanly_and_restarts_with_it
     };
 
     let topology = Topology::start(&settings).await?;
+    for (offset, service) in [
+        (0, "freshet.v1.Timer"),
+        (1, "freshet.v1.Membership"),
+        (2, "freshet.v1.ShardMapCache"),
+        (3, "freshet.v1.ControlPlane"),
+        (10, "freshet.v1.Storage"),
+    ] {
+        check_grpc_surface(&format!("127.0.0.1:{}", base_port + offset), service).await?;
+    }
     let endpoint = format!("http://127.0.0.1:{}", settings.frontend_port);
     let client = kinesis_client(&endpoint);
     create_active_stream(&client, "dev-check", 3).await?;

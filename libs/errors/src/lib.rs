@@ -90,8 +90,7 @@ pub struct Mapping {
 }
 
 impl ErrorCode {
-    /// Every code. Where several share a gRPC code, the first one listed
-    /// is what a status without Freshet's metadata is read as.
+    /// Every code.
     pub const ALL: &'static [ErrorCode] = &[
         ErrorCode::InvalidArgument,
         ErrorCode::Validation,
@@ -266,20 +265,23 @@ impl ErrorCode {
             .find(|code| code.mapping().name == name)
     }
 
-    /// What a status without Freshet's metadata means: the first code in
-    /// [`ErrorCode::ALL`] with its gRPC code; `Internal` if none.
+    /// What a status without Freshet's metadata means: one made by tonic
+    /// itself (a refused connection, a passed deadline, an oversized
+    /// message) or by a peer that predates the table. The codes services
+    /// used for the caller's mistakes keep their meaning; a call cut off
+    /// midway may have been carried out; anything else is internal.
     pub fn from_grpc_code(grpc: Code) -> ErrorCode {
         match grpc {
-            // tonic's own: the call may have reached the server.
+            Code::InvalidArgument => ErrorCode::InvalidArgument,
+            Code::NotFound => ErrorCode::ResourceNotFound,
+            Code::AlreadyExists | Code::FailedPrecondition => ErrorCode::ResourceInUse,
+            Code::ResourceExhausted => ErrorCode::LimitExceeded,
+            Code::Aborted => ErrorCode::Conflict,
+            Code::Unavailable => ErrorCode::Unavailable,
             Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::DataLoss => {
                 ErrorCode::MaybeWritten
             }
-            Code::AlreadyExists => ErrorCode::ResourceInUse,
-            grpc => ErrorCode::ALL
-                .iter()
-                .copied()
-                .find(|code| code.grpc_code() == grpc)
-                .unwrap_or(ErrorCode::Internal),
+            _ => ErrorCode::Internal,
         }
     }
 
@@ -457,6 +459,13 @@ mod tests {
         assert_eq!(read(Code::DeadlineExceeded), ErrorCode::MaybeWritten);
         assert_eq!(read(Code::Cancelled), ErrorCode::MaybeWritten);
         assert_eq!(read(Code::Internal), ErrorCode::Internal);
+        // tonic's own, never the client's fault: an oversized message, a
+        // method a peer does not serve.
+        assert_eq!(read(Code::OutOfRange), ErrorCode::Internal);
+        assert_eq!(read(Code::Unimplemented), ErrorCode::Internal);
+        assert_eq!(read(Code::PermissionDenied), ErrorCode::Internal);
+        assert_eq!(read(Code::Unauthenticated), ErrorCode::Internal);
+        assert_eq!(read(Code::InvalidArgument), ErrorCode::InvalidArgument);
     }
 
     #[test]

@@ -21,7 +21,7 @@ impl Default for LogConfig {
     }
 }
 
-/// A record handed to [`ShardLog::append`].
+/// A record handed to [`ShardLog::append`](crate::ShardLog::append).
 #[derive(Debug, Clone)]
 pub struct NewRecord {
     pub partition_key: String,

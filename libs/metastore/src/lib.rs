@@ -6,9 +6,9 @@
 //! change log are opaque bytes here (encoded `ShardMapEntry` messages);
 //! membership, the only writer, encodes them.
 //!
-//! Layout: [`rows`] (the rows as values), then one module per table group —
+//! Layout: `rows` (the rows as values), then one module per table group —
 //! `accounts`, `streams`, `shards`, `workers` — each adding its queries to
-//! [`MetaStore`], and [`changes`] for the change log and every shard change
+//! [`MetaStore`], and `changes` for the change log and every shard change
 //! (which only ever happens inside a change-log batch). Every call returns
 //! [`MetastoreError`], whose `Conflict` case marks a guarded update that lost
 //! a race.

@@ -17,6 +17,12 @@ use tokio::time::Instant;
 
 use crate::error::{KinesisError, KinesisResult};
 
+/// The caller of a request, once authenticated.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub account_id: String,
+}
+
 /// How long a resolved key → account mapping is reused.
 const ACCOUNT_CACHE_TTL: Duration = Duration::from_secs(60);
 

@@ -12,6 +12,7 @@ use tracing::Instrument as _;
 
 use freshet_errors::ErrorCode;
 
+use crate::auth::Caller;
 use crate::error::{KinesisError, KinesisResult};
 use crate::{auth, ops, Frontend};
 
@@ -19,64 +20,6 @@ use crate::{auth, ops, Frontend};
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 const TARGET_PREFIX: &str = "Kinesis_20131202.";
 const JSON_CONTENT_TYPE: &str = "application/x-amz-json-1.1";
-
-/// Operations of the current Kinesis API that are not served yet: they get
-/// a clear "not implemented" error rather than UnknownOperationException.
-const NOT_YET_IMPLEMENTED: &[&str] = &[
-    "AcknowledgeDeadLetterQueueRecords",
-    "AcknowledgeQueueRecords",
-    "AddTagsToStream",
-    "CreateChannel",
-    "CreateQueue",
-    "DecreaseStreamRetentionPeriod",
-    "DeleteChannel",
-    "DeleteQueue",
-    "DeleteResourcePolicy",
-    "DeregisterStreamConsumer",
-    "DescribeAccountSettings",
-    "DescribeChannel",
-    "DescribeLimits",
-    "DescribeQueue",
-    "DescribeStreamConsumer",
-    "DisableEnhancedMonitoring",
-    "EnableEnhancedMonitoring",
-    "GetResourcePolicy",
-    "IncreaseStreamRetentionPeriod",
-    "ListChannels",
-    "ListQueues",
-    "ListStreamConsumers",
-    "ListTagsForResource",
-    "ListTagsForStream",
-    "MergeShards",
-    "PutResourcePolicy",
-    "ReceiveDeadLetterQueueRecords",
-    "ReceiveQueueRecords",
-    "RegisterStreamConsumer",
-    "RemoveTagsFromStream",
-    "RestoreDeadLetterQueueRecords",
-    "SplitShard",
-    "StartStreamEncryption",
-    "StopStreamEncryption",
-    "SubscribeToShard",
-    "TagResource",
-    "UntagResource",
-    "UpdateAccountSettings",
-    "UpdateChannel",
-    "UpdateDeadLetterQueueRecordsVisibility",
-    "UpdateMaxRecordSize",
-    "UpdateQueue",
-    "UpdateQueueRecordsVisibility",
-    "UpdateShardCount",
-    "UpdateStreamMode",
-    "UpdateStreamRecordDistributionStrategy",
-    "UpdateStreamWarmThroughput",
-];
-
-/// The caller of a request, once authenticated.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub account_id: String,
-}
 
 /// The HTTP surface. At most `max_in_flight` requests are handled at once
 /// (`--max-in-flight-requests`); the rest wait for a slot before their
@@ -176,15 +119,6 @@ fn check_content_type(headers: &HeaderMap) -> KinesisResult<()> {
             "Freshet does not speak CBOR yet; disable it in the client (aws.cborEnabled=false or AWS_CBOR_DISABLE=1)",
         )),
         other => Err(KinesisError::serialization(format!("Unsupported content type {other}"))),
-    }
-}
-
-/// Decides what an `X-Amz-Target` names, for the dispatcher's fallback.
-pub fn unknown_operation(operation: &str) -> KinesisError {
-    if NOT_YET_IMPLEMENTED.contains(&operation) {
-        KinesisError::not_implemented(operation)
-    } else {
-        KinesisError::new(ErrorCode::UnknownOperation, "")
     }
 }
 

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use freshet_server::{DatabaseUrl, TimerAddr};
 
-use crate::failover;
+/// Allowance for clock drift and message delay between a lease's end on the
+/// worker and membership's view of it.
+pub(crate) const LEASE_MARGIN: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "freshet-membership", about = "Freshet membership service")]
@@ -37,7 +39,7 @@ pub struct Config {
 impl Config {
     /// Checks the settings that safety depends on.
     pub fn validate(&self) -> Result<(), UnsafeLease> {
-        if self.lease_duration + failover::LEASE_MARGIN < self.heartbeat_timeout {
+        if self.lease_duration + LEASE_MARGIN < self.heartbeat_timeout {
             return Ok(());
         }
         Err(UnsafeLease {
@@ -52,7 +54,7 @@ impl Config {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "--lease-duration ({lease_duration:?}) plus a {margin:?} margin must be shorter than --heartbeat-timeout ({heartbeat_timeout:?})",
-    margin = failover::LEASE_MARGIN
+    margin = LEASE_MARGIN
 )]
 pub struct UnsafeLease {
     pub lease_duration: Duration,

@@ -57,10 +57,6 @@ use crate::service::Inner;
 use crate::MembershipService;
 use freshet_types::StreamStatus;
 
-/// Allowance for clock drift and message delay between a lease's end on the
-/// worker and membership's view of it.
-pub const LEASE_MARGIN: Duration = Duration::from_millis(500);
-
 /// How long a replica may take to say how long its copy is.
 const DESCRIBE_SHARD_DEADLINE: Duration = Duration::from_secs(2);
 

@@ -27,6 +27,10 @@ pub struct ShardRegistry {
     opening: tokio::sync::Mutex<()>,
     /// The writer tasks of the open shards: drained at shutdown.
     tasks: TaskTracker,
+    /// Set by [`ShardRegistry::close_all`]: nothing opens afterwards, so a
+    /// request outliving the drain can never recover a log whose writer is
+    /// still finishing (two writers on one directory).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl ShardRegistry {
@@ -45,6 +49,7 @@ impl ShardRegistry {
             open: Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
             tasks,
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -70,6 +75,11 @@ impl ShardRegistry {
         if let Some(shard) = self.open_existing(key) {
             return Ok(shard);
         }
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(WriteError::Refused(
+                "the worker is shutting down".to_owned(),
+            ));
+        }
         let data_dir = self.data_dir.clone();
         let dir = self.shard_dir(key);
         let config = self.log_config.clone();
@@ -82,6 +92,13 @@ impl ShardRegistry {
         .await
         .map_err(|e| WriteError::task("open", e))??;
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked again under the map's lock, which `close_all` drains
+        // under: a shard is either drained with the rest or never added.
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(WriteError::Refused(
+                "the worker is shutting down".to_owned(),
+            ));
+        }
         let replicator = Replicator::new(self.replication.clone(), key);
         let shard = Arc::new(OpenShard::start(
             Arc::new(log),
@@ -154,6 +171,9 @@ impl ShardRegistry {
     /// the last request holding its shard lets go. Answers the logs, for
     /// their commit points to be saved once the writers are done.
     pub fn close_all(&self) -> Vec<(SegmentKey, Arc<ShardLog>)> {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        // Under the map's lock, after `closed` is set: see `get_or_open`.
         self.open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -197,5 +217,45 @@ impl ShardRegistry {
         if let Some(shard_dir) = dir.parent() {
             let _ = tokio::fs::remove_dir(shard_dir).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::Lease;
+    use crate::replication::AckCopies;
+
+    #[tokio::test]
+    async fn a_closed_registry_opens_nothing_more() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let replication = Arc::new(ReplicationContext::new(
+            "worker".to_owned(),
+            freshet_shardmap::SharedShardMap::default(),
+            AckCopies::Majority,
+            2,
+            Arc::new(Lease::default()),
+        ));
+        let tasks = TaskTracker::new();
+        let registry = ShardRegistry::new(
+            data.path().to_owned(),
+            LogConfig::default(),
+            replication,
+            ShardLimits::KINESIS,
+            tasks.clone(),
+        );
+        let open = SegmentKey::new(1, "shardId-000000000000", 0);
+        registry.get_or_open(&open, 1, 0, 0).await.expect("opened");
+        let logs = registry.close_all();
+        assert_eq!(logs.len(), 1, "the open segment's log is handed back");
+        assert!(registry.open_shards().is_empty());
+        // A request that outlived the drain cannot recover a log again.
+        let late = registry.get_or_open(&open, 1, 0, 0).await.err();
+        assert!(matches!(late, Some(WriteError::Refused(_))), "{late:?}");
+        // And the writer of the closed segment ends.
+        tasks.close();
+        tokio::time::timeout(std::time::Duration::from_secs(5), tasks.wait())
+            .await
+            .expect("writer task ended");
     }
 }

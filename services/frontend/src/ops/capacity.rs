@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 use super::streams::{check_stream_mode, StreamModeDetails};
 use super::{epoch_seconds, StreamTarget};
+use crate::auth::Caller;
 use crate::error::{KinesisError, KinesisResult, Violations};
-use crate::http_api::Caller;
 use crate::Frontend;
 
 #[derive(Debug, Default, Deserialize)]

@@ -16,8 +16,8 @@ use freshet_types::StreamArn;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::auth::Caller;
 use crate::error::{KinesisError, KinesisResult, Violations};
-use crate::http_api::{unknown_operation, Caller};
 use crate::Frontend;
 
 /// Parses a JSON request body; malformed JSON or a wrongly typed member is a
@@ -206,4 +206,57 @@ pub(crate) fn epoch_seconds(ms: i64) -> Value {
     serde_json::Number::from_f64(replies::epoch_seconds(ms))
         .map(Value::Number)
         .unwrap_or(Value::Null)
+}
+
+/// Operations of the current Kinesis API that are not served yet: they get
+/// a clear "not implemented" error rather than UnknownOperationException.
+const NOT_YET_IMPLEMENTED: &[&str] = &[
+    "AcknowledgeDeadLetterQueueRecords",
+    "AcknowledgeQueueRecords",
+    "AddTagsToStream",
+    "CreateChannel",
+    "CreateQueue",
+    "DecreaseStreamRetentionPeriod",
+    "DeleteChannel",
+    "DeleteQueue",
+    "DeleteResourcePolicy",
+    "DeregisterStreamConsumer",
+    "DescribeChannel",
+    "DescribeLimits",
+    "DescribeQueue",
+    "DescribeStreamConsumer",
+    "DisableEnhancedMonitoring",
+    "EnableEnhancedMonitoring",
+    "GetResourcePolicy",
+    "IncreaseStreamRetentionPeriod",
+    "ListChannels",
+    "ListQueues",
+    "ListStreamConsumers",
+    "ListTagsForResource",
+    "ListTagsForStream",
+    "PutResourcePolicy",
+    "ReceiveDeadLetterQueueRecords",
+    "ReceiveQueueRecords",
+    "RegisterStreamConsumer",
+    "RemoveTagsFromStream",
+    "RestoreDeadLetterQueueRecords",
+    "StartStreamEncryption",
+    "StopStreamEncryption",
+    "SubscribeToShard",
+    "TagResource",
+    "UntagResource",
+    "UpdateChannel",
+    "UpdateDeadLetterQueueRecordsVisibility",
+    "UpdateQueue",
+    "UpdateQueueRecordsVisibility",
+    "UpdateStreamRecordDistributionStrategy",
+];
+
+/// Decides what an `X-Amz-Target` names, for the dispatcher's fallback.
+pub fn unknown_operation(operation: &str) -> KinesisError {
+    if NOT_YET_IMPLEMENTED.contains(&operation) {
+        KinesisError::not_implemented(operation)
+    } else {
+        KinesisError::new(ErrorCode::UnknownOperation, "")
+    }
 }

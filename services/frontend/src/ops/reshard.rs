@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 
 use super::streams::check_shard_id;
 use super::StreamTarget;
+use crate::auth::Caller;
 use crate::error::{KinesisError, KinesisResult, Violations};
-use crate::http_api::Caller;
 use crate::Frontend;
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{epoch_seconds, StreamTarget};
+use crate::auth::Caller;
 use crate::error::{KinesisError, KinesisResult, Violations};
-use crate::http_api::Caller;
 use crate::Frontend;
 
 /// NextTokens expire like Kinesis's (ExpiredNextTokenException).

@@ -17,8 +17,8 @@ use super::super::{to_json_text, StreamTarget};
 use super::{
     dry_run_error, rate_exceeded, refused_before_acting, route_stream, shard_id_of, shard_key,
 };
+use crate::auth::Caller;
 use crate::error::{KinesisError, KinesisResult, Violations};
-use crate::http_api::Caller;
 use crate::iterator::{Position, ShardIterator};
 use crate::Frontend;
 

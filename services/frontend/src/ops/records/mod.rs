@@ -27,8 +27,8 @@ use freshet_errors::ErrorCode;
 use freshet_proto::v1::{ShardKey, ShardMapEntry};
 use freshet_shardmap::StreamRoute;
 
+use crate::auth::Caller;
 use crate::error::{KinesisError, KinesisResult};
-use crate::http_api::Caller;
 use crate::Frontend;
 
 fn dry_run_error() -> KinesisError {

@@ -14,8 +14,8 @@ use super::super::replies::{PutRecordReply, PutRecordsEntryReply, PutRecordsRepl
 use super::super::{to_json_text, StreamTarget};
 use super::reroute::append_records;
 use super::{dry_run_error, route_stream};
+use crate::auth::Caller;
 use crate::error::{KinesisError, KinesisResult, Violations};
-use crate::http_api::Caller;
 use crate::Frontend;
 
 /// A PutRecords request carries at most this much data plus keys.

@@ -11,9 +11,9 @@ use freshet_shardmap::StreamRoute;
 use freshet_types::{HashKey, SequenceNumber};
 
 use super::{rate_exceeded, route_stream, shard_id_of};
+use crate::auth::Caller;
 use crate::coalescer::AppendOutcome;
 use crate::error::{KinesisError, KinesisResult};
-use crate::http_api::Caller;
 use crate::Frontend;
 
 /// How long a write keeps being routed again after refusals made before

@@ -149,16 +149,18 @@ async fn bind() -> anyhow::Result<(TcpListener, String)> {
     Ok((listener, address))
 }
 
-fn spawn_service<F, Fut>(listener: TcpListener, run: F) -> RunningService
+fn spawn_service<F, Fut, E>(listener: TcpListener, run: F) -> RunningService
 where
     F: FnOnce(TcpListener, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
 {
     let (stop, stopped) = oneshot::channel::<()>();
     let shutdown = Box::pin(async move {
         let _ = stopped.await;
     });
-    let task = tokio::spawn(run(listener, shutdown));
+    let served = run(listener, shutdown);
+    let task = tokio::spawn(async move { served.await.map_err(anyhow::Error::from) });
     RunningService {
         stop: Some(stop),
         task,

@@ -8,6 +8,7 @@ pub struct MembershipAddr {
     #[arg(
         id = "membership_addr",
         long = "membership-addr",
+        value_name = "HOST:PORT",
         env = "FRESHET_MEMBERSHIP_ADDR",
         default_value = "127.0.0.1:7052"
     )]
@@ -20,6 +21,7 @@ pub struct TimerAddr {
     #[arg(
         id = "timer_addr",
         long = "timer-addr",
+        value_name = "HOST:PORT",
         env = "FRESHET_TIMER_ADDR",
         default_value = "127.0.0.1:7051"
     )]
@@ -32,6 +34,7 @@ pub struct CacheAddr {
     #[arg(
         id = "cache_addr",
         long = "cache-addr",
+        value_name = "HOST:PORT",
         env = "FRESHET_CACHE_ADDR",
         default_value = "127.0.0.1:7053"
     )]
@@ -44,6 +47,7 @@ pub struct ControlPlaneAddr {
     #[arg(
         id = "control_plane_addr",
         long = "control-plane-addr",
+        value_name = "HOST:PORT",
         env = "FRESHET_CONTROL_PLANE_ADDR",
         default_value = "127.0.0.1:7054"
     )]
@@ -56,6 +60,7 @@ pub struct DatabaseUrl {
     #[arg(
         id = "database_url",
         long = "database-url",
+        value_name = "URL",
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/freshet"
     )]

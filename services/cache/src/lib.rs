@@ -15,10 +15,11 @@
 //! `e:<uid>/<shard>` (encoded entry; absent for a deleted shard).
 
 use std::future::Future;
+
+use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use freshet_errors::ErrorCode;
 use freshet_metastore::MetaStore;
 use freshet_proto::prost::Message as _;
@@ -318,14 +319,30 @@ impl ShardMapCache for CacheService {
     }
 }
 
+/// Why the cache stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Metastore(#[from] freshet_metastore::MetastoreError),
+    #[error("parse REDIS_URL: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The listener's own address could not be read.
+    #[error("read the bound address: {0}")]
+    Address(#[source] std::io::Error),
+    #[error(transparent)]
+    BadAddress(#[from] freshet_server::BadAddress),
+    #[error(transparent)]
+    Serve(#[from] freshet_server::ServeError),
+}
+
 /// Serves the cache on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     let pool = freshet_metastore::connect_url_and_migrate(&config.database.url, 10).await?;
-    let redis = redis::Client::open(config.redis_url.as_str()).context("parse REDIS_URL")?;
+    let redis = redis::Client::open(config.redis_url.as_str())?;
     let timer = TimerClient::spawn(
         freshet_server::grpc_channel(&config.timer.addr)?,
         TimerClientConfig::default(),
@@ -347,7 +364,7 @@ pub async fn serve(
     membership_addr: &str,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     let (events, mut event_receiver) = mpsc::unbounded_channel();
     let _subscription = freshet_shardmap::follow_change_log(
         freshet_server::grpc_channel(membership_addr)?,
@@ -361,7 +378,8 @@ pub async fn serve(
             mirror.mirror(event).await;
         }
     });
-    tracing::info!(addr = %listener.local_addr()?, "cache serving grpc");
+    let addr = listener.local_addr().map_err(RunError::Address)?;
+    tracing::info!(%addr, "cache serving grpc");
     let router = freshet_server::grpc_server().add_service(ShardMapCacheServer::new(service));
     let served =
         freshet_server::serve_grpc(router, "freshet.v1.ShardMapCache", listener, shutdown).await;

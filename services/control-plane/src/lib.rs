@@ -572,12 +572,26 @@ impl ControlPlane for ControlPlaneService {
     }
 }
 
+/// Why the control plane stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Metastore(#[from] MetastoreError),
+    /// The listener's own address could not be read.
+    #[error("read the bound address: {0}")]
+    Address(#[source] std::io::Error),
+    #[error(transparent)]
+    BadAddress(#[from] freshet_server::BadAddress),
+    #[error(transparent)]
+    Serve(#[from] freshet_server::ServeError),
+}
+
 /// Serves the control plane on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     let pool = freshet_metastore::connect_url_and_migrate(&config.database.url, 10).await?;
     let service = ControlPlaneService::new(
         MetaStore::new(pool),
@@ -615,8 +629,9 @@ pub async fn serve(
     service: ControlPlaneService,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "control plane serving grpc");
+) -> Result<(), RunError> {
+    let addr = listener.local_addr().map_err(RunError::Address)?;
+    tracing::info!(%addr, "control plane serving grpc");
     let tasks = service.tasks.clone();
     let router = freshet_server::grpc_server()
         .timeout(Duration::from_secs(30))

@@ -27,7 +27,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use freshet_proto::v1::control_plane_client::ControlPlaneClient;
 use freshet_server::{CacheAddr, ControlPlaneAddr, MembershipAddr, TimerAddr};
 use freshet_shardmap::{Router, SharedShardMap, Subscription};
@@ -104,7 +103,7 @@ pub struct Frontend {
 impl Frontend {
     /// Connects (lazily) to the internal services and starts following the
     /// shard-map change log.
-    pub fn new(config: &Config) -> anyhow::Result<Arc<Frontend>> {
+    pub fn new(config: &Config) -> Result<Arc<Frontend>, RunError> {
         let control_plane = freshet_server::control_plane_client(freshet_server::grpc_channel(
             &config.control_plane.addr,
         )?);
@@ -172,12 +171,24 @@ impl Frontend {
     }
 }
 
+/// Why the frontend could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The listener's own address could not be read.
+    #[error("read the bound address: {0}")]
+    Address(#[source] std::io::Error),
+    #[error(transparent)]
+    BadAddress(#[from] freshet_server::BadAddress),
+    #[error("serve http: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
 /// Serves the Kinesis API on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     serve(Frontend::new(&config)?, listener, shutdown).await
 }
 
@@ -186,8 +197,9 @@ pub async fn serve(
     frontend: Arc<Frontend>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "frontend serving the kinesis api");
+) -> Result<(), RunError> {
+    let addr = listener.local_addr().map_err(RunError::Address)?;
+    tracing::info!(%addr, "frontend serving the kinesis api");
     let tasks = frontend.tasks.clone();
     // Stop accepting on `shutdown`, then drain the requests in flight for
     // at most the drain deadline, then wait for the coalescer's senders.
@@ -217,5 +229,5 @@ pub async fn serve(
         }
     };
     tasks.stop(freshet_server::TASK_STOP_DEADLINE).await;
-    served.context("serve http")
+    served.map_err(RunError::Serve)
 }

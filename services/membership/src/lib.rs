@@ -32,12 +32,28 @@ use tokio::net::TcpListener;
 pub use config::{Config, UnsafeLease};
 pub use service::MembershipService;
 
+/// Why membership stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Metastore(#[from] freshet_metastore::MetastoreError),
+    #[error(transparent)]
+    UnsafeLease(#[from] UnsafeLease),
+    /// The listener's own address could not be read.
+    #[error("read the bound address: {0}")]
+    Address(#[source] std::io::Error),
+    #[error(transparent)]
+    BadAddress(#[from] freshet_server::BadAddress),
+    #[error(transparent)]
+    Serve(#[from] freshet_server::ServeError),
+}
+
 /// Serves membership on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     let pool = freshet_metastore::connect_url_and_migrate(&config.database.url, 10).await?;
     let timer = TimerClient::spawn(
         freshet_server::grpc_channel(&config.timer.addr)?,
@@ -57,8 +73,9 @@ pub async fn serve(
     service: MembershipService,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "membership serving grpc");
+) -> Result<(), RunError> {
+    let addr = listener.local_addr().map_err(RunError::Address)?;
+    tracing::info!(%addr, "membership serving grpc");
     let head = service.inner.store.latest_version().await?;
     service
         .inner

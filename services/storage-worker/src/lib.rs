@@ -44,7 +44,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use freshet_log::{LogConfig, ShardLog};
 use freshet_proto::v1::membership_client::MembershipClient;
 use freshet_proto::v1::storage_server::StorageServer;
@@ -343,22 +342,47 @@ async fn checkpoint_logs(logs: &[(SegmentKey, Arc<ShardLog>)]) {
     }
 }
 
+/// Why the worker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The listener's own address could not be read.
+    #[error("read the bound address: {0}")]
+    Address(#[source] std::io::Error),
+    #[error("create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("move shard logs into their segment directories: {0}")]
+    LayoutUpgrade(#[source] std::io::Error),
+    #[error("layout upgrade task failed: {0}")]
+    LayoutTask(#[source] tokio::task::JoinError),
+    #[error(transparent)]
+    BadAddress(#[from] freshet_server::BadAddress),
+    #[error(transparent)]
+    Serve(#[from] freshet_server::ServeError),
+}
+
 /// Serves the worker on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     let address = match &config.advertise {
         Some(address) => address.clone(),
         None => listener
             .local_addr()
-            .context("read bound address")?
+            .map_err(RunError::Address)?
             .to_string(),
     };
     tokio::fs::create_dir_all(&config.data_dir)
         .await
-        .with_context(|| format!("create data directory {}", config.data_dir.display()))?;
+        .map_err(|source| RunError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
     let membership_channel = freshet_server::grpc_channel(&config.membership.addr)?;
     let map = SharedShardMap::default();
     let _subscription =
@@ -384,8 +408,8 @@ pub async fn run(
     let data_dir = config.data_dir.clone();
     tokio::task::spawn_blocking(move || layout::move_unsegmented_logs(&data_dir))
         .await
-        .context("layout upgrade task failed")?
-        .context("move shard logs into their segment directories")?;
+        .map_err(RunError::LayoutTask)?
+        .map_err(RunError::LayoutUpgrade)?;
     // The shards' writer tasks, and the loops that look after the shards.
     let writers = TaskTracker::new();
     let background = Tasks::new();

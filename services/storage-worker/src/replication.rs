@@ -1,10 +1,12 @@
 //! Leader → replica replication of one shard's batches.
 //!
-//! After the leader has written and fsynced a batch (still invisible to
-//! readers), it sends the batch to every replica named in its shard-map
-//! entry and waits until enough of them have fsynced it too: a majority of
-//! the copies by default (the leader counts as one), or all of them. Only
-//! then is the batch committed (visible to readers) and acknowledged.
+//! While the leader writes and fsyncs a batch (still invisible to readers),
+//! it sends the same batch to every replica named in its shard-map entry —
+//! the two overlap, since the writer task alone decides where the batch
+//! goes (`writer.rs`, `commit_batch`) — and waits until its own write and
+//! enough replicas' fsyncs are done: a majority of the copies by default
+//! (the leader counts as one), or all of them. Only then is the batch
+//! committed (visible to readers) and acknowledged.
 //!
 //! A replica that restarted or fell behind answers with where its log ends;
 //! the leader then sends it the missing records (read from its own log,

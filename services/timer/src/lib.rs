@@ -60,14 +60,25 @@ impl Timer for TimerService {
     }
 }
 
+/// Why the timer stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The listener's own address could not be read.
+    #[error("read the bound address: {0}")]
+    Address(#[source] std::io::Error),
+    #[error(transparent)]
+    Serve(#[from] freshet_server::ServeError),
+}
+
 /// Serves the timer on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     let service = TimerService::new(config.uncertainty);
-    tracing::info!(addr = %listener.local_addr()?, "timer serving grpc");
+    let addr = listener.local_addr().map_err(RunError::Address)?;
+    tracing::info!(%addr, "timer serving grpc");
     let router = freshet_server::grpc_server().add_service(TimerServer::new(service));
     freshet_server::serve_grpc(router, "freshet.v1.Timer", listener, shutdown).await?;
     Ok(())

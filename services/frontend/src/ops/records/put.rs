@@ -212,13 +212,76 @@ pub struct PutRecordsEntry {
     pub explicit_hash_key: Option<String>,
 }
 
+/// Most records one PutRecords may carry.
+const MAX_PUT_RECORDS: usize = 500;
+
+/// PutRecords' input. The stream's fields are spelt out rather than
+/// flattened from [`StreamTarget`]: serde buffers every field of a struct
+/// with a flattened member, which would materialise the whole `Records`
+/// list before its length could be checked.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct PutRecordsInput {
-    #[serde(flatten)]
-    pub target: StreamTarget,
-    pub records: Option<Vec<PutRecordsEntry>>,
+    pub stream_name: Option<String>,
+    #[serde(rename = "StreamARN")]
+    pub stream_arn: Option<String>,
+    pub stream_id: Option<String>,
+    pub records: Option<CappedRecords>,
     pub dry_run: Option<bool>,
+}
+
+impl PutRecordsInput {
+    fn target(&self) -> StreamTarget {
+        StreamTarget {
+            stream_name: self.stream_name.clone(),
+            stream_arn: self.stream_arn.clone(),
+            stream_id: self.stream_id.clone(),
+        }
+    }
+}
+
+/// PutRecords' `Records`: the first [`MAX_PUT_RECORDS`] entries are kept;
+/// the rest are read past without being built, and only counted, so a body
+/// of millions of `{}` costs the memory of 500 records.
+#[derive(Debug, Default)]
+pub struct CappedRecords {
+    pub kept: Vec<PutRecordsEntry>,
+    /// Every entry, kept or not.
+    pub total: usize,
+}
+
+impl<'de> Deserialize<'de> for CappedRecords {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = CappedRecords;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of records")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<CappedRecords, A::Error> {
+                let mut records = CappedRecords::default();
+                loop {
+                    let more = if records.kept.len() < MAX_PUT_RECORDS {
+                        seq.next_element::<PutRecordsEntry>()?
+                            .map(|entry| records.kept.push(entry))
+                            .is_some()
+                    } else {
+                        seq.next_element::<serde::de::IgnoredAny>()?.is_some()
+                    };
+                    if !more {
+                        return Ok(records);
+                    }
+                    records.total += 1;
+                }
+            }
+        }
+        deserializer.deserialize_seq(Entries)
+    }
 }
 
 pub async fn put_records(
@@ -227,16 +290,20 @@ pub async fn put_records(
     input: PutRecordsInput,
 ) -> KinesisResult<String> {
     let mut violations = Violations::default();
-    input.target.check(&mut violations);
+    let target = input.target();
+    target.check(&mut violations);
     violations.check_required(input.records.as_ref(), "records");
-    let entries = input.records.unwrap_or_default();
-    if entries.is_empty() {
+    let CappedRecords {
+        kept: entries,
+        total,
+    } = input.records.unwrap_or_default();
+    if total == 0 {
         violations.add(
             Some("[]"),
             "records",
             "Member must have length greater than or equal to 1",
         );
-    } else if entries.len() > 500 {
+    } else if total > MAX_PUT_RECORDS {
         violations.add(
             None,
             "records",
@@ -244,7 +311,7 @@ pub async fn put_records(
         );
     }
     let mut checked = Vec::with_capacity(entries.len());
-    if entries.len() <= 500 {
+    if total <= MAX_PUT_RECORDS {
         for (index, entry) in entries.into_iter().enumerate() {
             let data = decode_data(entry.data.as_deref())?;
             checked.push(check_record(
@@ -267,7 +334,7 @@ pub async fn put_records(
             "Records size exceeds 10 MiB limit: the request carries {total} bytes of data and partition keys"
         )));
     }
-    let stream_name = input.target.resolve(caller)?;
+    let stream_name = target.resolve(caller)?;
     let route = route_stream(frontend, caller, &stream_name).await?;
     check_stream_record_size(&route, &records.iter().collect::<Vec<_>>())?;
     if input.dry_run == Some(true) {
@@ -309,4 +376,45 @@ pub async fn put_records(
         records: entries,
         encryption_type: "NONE",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records_of(body: &str) -> CappedRecords {
+        serde_json::from_str::<PutRecordsInput>(body)
+            .expect("parsed")
+            .records
+            .expect("records")
+    }
+
+    #[test]
+    fn records_past_the_500th_are_counted_not_built() {
+        let entries = vec![r#"{"PartitionKey":"k","Data":"aGk="}"#; 600].join(",");
+        let records = records_of(&format!(r#"{{"StreamName":"s","Records":[{entries}]}}"#));
+        assert_eq!(records.total, 600);
+        assert_eq!(records.kept.len(), MAX_PUT_RECORDS);
+        // Past the cap, anything is read past: a bad entry is not an error
+        // of the body, only one more record over the limit.
+        let mixed = format!(
+            r#"{{"Records":[{}, 1, "x", [], null]}}"#,
+            vec!["{}"; 500].join(",")
+        );
+        let records = records_of(&mixed);
+        assert_eq!((records.kept.len(), records.total), (500, 504));
+    }
+
+    #[test]
+    fn a_short_list_is_kept_whole() {
+        let records = records_of(r#"{"Records":[{"PartitionKey":"a"},{"PartitionKey":"b"}]}"#);
+        assert_eq!(records.total, 2);
+        let keys: Vec<_> = records
+            .kept
+            .iter()
+            .map(|r| r.partition_key.as_deref())
+            .collect();
+        assert_eq!(keys, [Some("a"), Some("b")]);
+        assert_eq!(records_of(r#"{"Records":[]}"#).total, 0);
+    }
 }

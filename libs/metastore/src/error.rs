@@ -2,6 +2,7 @@
 //! apart: a guarded update that lost a race is a [`MetastoreError::Conflict`],
 //! not just "internal".
 
+use freshet_errors::ErrorCode;
 use freshet_types::UnknownState;
 
 /// A metastore call's failure.
@@ -33,6 +34,19 @@ pub enum MetastoreError {
 
 /// A metastore call's result.
 pub type Result<T> = std::result::Result<T, MetastoreError>;
+
+impl MetastoreError {
+    /// The code a service answers this failure with: a lost race stays
+    /// recognisable (read again and retry), a missing row is not found,
+    /// anything else is internal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            MetastoreError::Conflict(_) => ErrorCode::Conflict,
+            MetastoreError::NotFound(_) => ErrorCode::ResourceNotFound,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
 
 impl From<sqlx::Error> for MetastoreError {
     fn from(source: sqlx::Error) -> MetastoreError {
@@ -68,5 +82,32 @@ impl<T> DbContext<T> for std::result::Result<T, sqlx::Error> {
             context: context(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_race_is_told_apart_from_a_failure() {
+        let table = [
+            (
+                MetastoreError::Conflict("moved".into()),
+                ErrorCode::Conflict,
+            ),
+            (
+                MetastoreError::NotFound("shard".into()),
+                ErrorCode::ResourceNotFound,
+            ),
+            (MetastoreError::Corrupt("state".into()), ErrorCode::Internal),
+            (
+                MetastoreError::from(sqlx::Error::PoolTimedOut),
+                ErrorCode::Internal,
+            ),
+        ];
+        for (error, code) in table {
+            assert_eq!(error.code(), code, "{error}");
+        }
     }
 }

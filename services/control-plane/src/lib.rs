@@ -99,11 +99,9 @@ pub struct ControlPlaneService {
 /// metastore conflict stays recognisable, the rest is internal.
 fn internal(error: impl Into<anyhow::Error>) -> Status {
     let error = error.into();
-    let code = match error.downcast_ref::<MetastoreError>() {
-        Some(MetastoreError::Conflict(_)) => ErrorCode::Conflict,
-        Some(MetastoreError::NotFound(_)) => ErrorCode::ResourceNotFound,
-        _ => ErrorCode::Internal,
-    };
+    let code = error
+        .downcast_ref::<MetastoreError>()
+        .map_or(ErrorCode::Internal, MetastoreError::code);
     if code == ErrorCode::Internal {
         tracing::error!("control-plane request failed to {error:#}");
     }

@@ -53,11 +53,7 @@ pub(crate) struct Inner {
 /// A metastore failure as a gRPC status: a conflict stays recognisable
 /// (ABORTED: read again and retry), the rest is internal.
 pub(crate) fn store_error(error: MetastoreError) -> Status {
-    let code = match &error {
-        MetastoreError::Conflict(_) => ErrorCode::Conflict,
-        MetastoreError::NotFound(_) => ErrorCode::ResourceNotFound,
-        _ => ErrorCode::Internal,
-    };
+    let code = error.code();
     if code == ErrorCode::Internal {
         tracing::error!("membership request failed: {error}");
     }

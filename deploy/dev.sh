@@ -15,6 +15,9 @@
 #   FRESHET_PG_SERVER      Postgres server URL without a database
 #                          (postgres://postgres@127.0.0.1:5432)
 #   REDIS_URL, FRESHET_REDIS_PREFIX, OTEL_EXPORTER_OTLP_ENDPOINT, RUST_LOG
+# Secure mode (docs/security.md) passes through the environment as well:
+#   FRESHET_AUTH=sigv4 FRESHET_MASTER_KEY FRESHET_INTERNAL_TOKEN
+#   FRESHET_ITERATOR_SECRET FRESHET_BOOTSTRAP_ACCESS_KEY FRESHET_BOOTSTRAP_SECRET_KEY
 set -euo pipefail
 
 bin_dir=${FRESHET_BIN_DIR:-target/debug}
@@ -86,13 +89,24 @@ all_running() {
     fi
   done
 }
-for _ in $(seq 1 300); do
-  all_running || exit 1
-  if curl -sf -o /dev/null -X POST "$endpoint/" \
+# Development mode: a ListStreams with any well-formed (unverified)
+# signature proves the frontend reaches the control plane. Secure mode
+# verifies signatures, so there only the health endpoint is asked.
+frontend_answers() {
+  if [ "${FRESHET_AUTH:-development}" = sigv4 ]; then
+    curl -sf -o /dev/null "$endpoint/health"
+  else
+    curl -sf -o /dev/null -X POST "$endpoint/" \
       -H 'Content-Type: application/x-amz-json-1.1' \
       -H 'X-Amz-Target: Kinesis_20131202.ListStreams' \
-      -H 'Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host, Signature=0' \
-      -d '{}'; then
+      -H 'X-Amz-Date: 20260101T000000Z' \
+      -H "Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date, Signature=$(printf '0%.0s' $(seq 1 64))" \
+      -d '{}'
+  fi
+}
+for _ in $(seq 1 300); do
+  all_running || exit 1
+  if frontend_answers; then
     ready=1
     break
   fi

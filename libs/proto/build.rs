@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "membership",
         "cache",
         "control_plane",
+        "identities",
         "storage",
     ]
     .map(|name| proto_root.join(format!("freshet/v1/{name}.proto")));

@@ -78,7 +78,20 @@ pub struct ClusterOptions {
     /// Kinesis's control-plane call rates (off by default: tests poll
     /// DescribeStreamSummary faster than an account may).
     pub api_rate_limits: bool,
+    /// Development (any key) or secure (SigV4 verified, with the
+    /// [`SECURE_ACCESS_KEY`] bootstrap key) mode.
+    pub auth: freshet_server::AuthMode,
 }
+
+/// Secure-mode clusters' bootstrap key (account 000000000000's root).
+pub const SECURE_ACCESS_KEY: &str = "AKIAFRESHETTESTROOT1";
+/// Its secret.
+pub const SECURE_SECRET_KEY: &str = "freshet/test/secret/key/for/secure/mode/1";
+/// Secure-mode clusters' internal token (what services present to each
+/// other).
+pub const SECURE_INTERNAL_TOKEN: &str = "freshet-test-internal-token";
+/// Secure-mode clusters' master key (base64 of 32 bytes).
+pub const SECURE_MASTER_KEY: &str = "ZnJlc2hldC10ZXN0LW1hc3Rlci1rZXktMzItYnl0ZXM=";
 
 impl Default for ClusterOptions {
     fn default() -> Self {
@@ -104,6 +117,7 @@ impl Default for ClusterOptions {
                 ..freshet_control_plane::ScalerConfig::default()
             },
             api_rate_limits: false,
+            auth: freshet_server::AuthMode::Development,
         }
     }
 }
@@ -205,6 +219,8 @@ pub struct Cluster {
     pub database_name: String,
     pub redis_prefix: String,
     pub membership_addr: String,
+    /// The control plane's gRPC address (it serves Identities too).
+    pub control_plane_addr: String,
     pub timer_addr: String,
     pub workers: Vec<WorkerHandle>,
     /// The proxies in front of Postgres and Redis, when asked for.
@@ -262,16 +278,15 @@ impl Cluster {
         let redis_prefix = format!("freshet-test-{}:", uuid::Uuid::new_v4().simple());
         let temp = tempfile::tempdir().context("create temp dir")?;
 
+        let internal = internal_flag(&options);
         let (timer_listener, timer_addr) = bind().await?;
-        let timer = spawn_service(timer_listener, |listener, shutdown| {
-            freshet_timer::run(
-                freshet_timer::Config {
-                    listen: String::new(),
-                    uncertainty: Duration::from_millis(1),
-                },
-                listener,
-                shutdown,
-            )
+        let timer = spawn_service(timer_listener, {
+            let config = freshet_timer::Config {
+                listen: String::new(),
+                uncertainty: Duration::from_millis(1),
+                internal: internal.clone(),
+            };
+            move |listener, shutdown| freshet_timer::run(config, listener, shutdown)
         });
 
         let (membership_listener, membership_addr) = bind().await?;
@@ -288,6 +303,7 @@ impl Cluster {
                 route_ttl: options.route_ttl,
                 lease_duration: options.lease_duration,
                 failover_check_interval: Duration::from_millis(200),
+                internal: internal.clone(),
             };
             move |listener, shutdown| freshet_membership::run(config, listener, shutdown)
         });
@@ -309,32 +325,25 @@ impl Cluster {
                 },
                 route_ttl: options.route_ttl,
                 key_ttl: Duration::from_secs(300),
+                internal: internal.clone(),
             };
             move |listener, shutdown| freshet_cache::run(config, listener, shutdown)
         });
 
         let (control_plane_listener, control_plane_addr) = bind().await?;
         let control_plane = spawn_service(control_plane_listener, {
-            let config = freshet_control_plane::Config {
-                listen: String::new(),
-                database: freshet_server::DatabaseUrl {
-                    url: database_url.clone(),
-                },
-                membership: freshet_server::MembershipAddr {
-                    addr: membership_addr.clone(),
-                },
-                shard_limit: options.shard_limit,
-                scaler: options.scaler.clone(),
-                api_rate_limits: options.api_rate_limits,
-            };
+            let config = control_plane_config(&options, &database_url, &membership_addr);
             move |listener, shutdown| freshet_control_plane::run(config, listener, shutdown)
         });
 
         let frontend_config = freshet_frontend::Config {
             listen: String::new(),
             region: "us-east-1".to_owned(),
+            auth: freshet_server::AuthFlags { mode: options.auth },
+            default_account: "000000000000".to_owned(),
+            key_cache_ttl: Duration::from_secs(1),
             control_plane: freshet_server::ControlPlaneAddr {
-                addr: control_plane_addr,
+                addr: control_plane_addr.clone(),
             },
             cache: freshet_server::CacheAddr { addr: cache_addr },
             membership: freshet_server::MembershipAddr {
@@ -348,6 +357,7 @@ impl Cluster {
             storage_timeout: Duration::from_secs(5),
             append_calls_per_shard: 1,
             max_in_flight_requests: 1024,
+            internal: internal.clone(),
         };
         let frontend = Frontend::new(&frontend_config)?;
         let (frontend_listener, frontend_addr) = bind().await?;
@@ -369,6 +379,7 @@ impl Cluster {
             .collect();
         let mut cluster = Cluster {
             endpoint: format!("http://{frontend_addr}"),
+            control_plane_addr,
             frontend,
             database_url,
             database_name,
@@ -390,12 +401,40 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The token this cluster's services present to each other (none in
+    /// development mode).
+    pub fn internal_token(&self) -> freshet_server::InternalToken {
+        self.internal_flag()
+            .token()
+            .unwrap_or_else(|_| freshet_server::InternalToken::none())
+    }
+
+    fn internal_flag(&self) -> freshet_server::InternalTokenFlag {
+        internal_flag(&self.options)
+    }
+
+    /// A gRPC channel to one of this cluster's services, presenting its
+    /// internal token.
+    pub fn channel(&self, address: &str) -> anyhow::Result<freshet_server::TracedChannel> {
+        Ok(freshet_server::grpc_channel(
+            address,
+            &self.internal_token(),
+        )?)
+    }
+
+    /// The configuration of a control plane for this cluster (a test may
+    /// start a second one on the same database).
+    pub fn control_plane_config(&self) -> freshet_control_plane::Config {
+        control_plane_config(&self.options, &self.database_url, &self.membership_addr)
+    }
+
     /// Starts (or restarts) worker `index` on a fresh port with its data dir.
     pub async fn start_worker(&mut self, index: usize) -> anyhow::Result<()> {
         let membership_addr = self.membership_addr.clone();
         let mode = self.options.worker_mode;
         let heartbeat_interval = self.options.worker_heartbeat_interval;
         let limits = self.options.shard_limits;
+        let internal_token = self.internal_flag().internal_token;
         let worker = &mut self.workers[index];
         anyhow::ensure!(
             worker.running.is_none(),
@@ -422,6 +461,7 @@ impl Cluster {
                     shard_write_records_per_sec: limits.write_records,
                     shard_read_bytes_per_sec: limits.read_bytes,
                     shard_read_calls_per_sec: limits.read_calls,
+                    internal: internal_flag(&self.options),
                 };
                 RunningWorker::InProcess(spawn_service(listener, move |listener, shutdown| {
                     freshet_storage_worker::run(config, listener, shutdown)
@@ -443,6 +483,11 @@ impl Cluster {
                         .args(["--membership-addr", &membership_addr])
                         .arg("--heartbeat-interval")
                         .arg(format!("{}ms", heartbeat_interval.as_millis()))
+                        .envs(
+                            internal_token
+                                .as_ref()
+                                .map(|token| ("FRESHET_INTERNAL_TOKEN", token.as_str())),
+                        )
                         .env(
                             "FRESHET_SHARD_WRITE_BYTES_PER_SEC",
                             limits.write_bytes.to_string(),
@@ -522,7 +567,7 @@ impl Cluster {
     /// Waits until membership sees every running worker alive at its
     /// current address.
     pub async fn wait_for_workers_alive(&self) -> anyhow::Result<()> {
-        let channel = freshet_server::grpc_channel(&self.membership_addr)?;
+        let channel = self.channel(&self.membership_addr)?;
         let mut membership = MembershipClient::new(channel);
         let wanted: Vec<&str> = self
             .workers
@@ -557,8 +602,23 @@ impl Cluster {
     }
 
     /// An AWS SDK client pointed at this cluster, as a user would build it.
+    /// A client as the cluster's first identity: the dev key, or in secure
+    /// mode the bootstrap key.
     pub fn kinesis(&self) -> aws_sdk_kinesis::Client {
-        kinesis_client(&self.endpoint)
+        match self.options.auth {
+            freshet_server::AuthMode::Development => kinesis_client(&self.endpoint),
+            freshet_server::AuthMode::Sigv4 => kinesis_client_as(
+                &self.endpoint,
+                "us-east-1",
+                Credentials::new(
+                    SECURE_ACCESS_KEY,
+                    SECURE_SECRET_KEY,
+                    None,
+                    None,
+                    "freshet-tests",
+                ),
+            ),
+        }
     }
 
     /// Stops everything and drops the database and Redis keys.
@@ -607,19 +667,62 @@ impl Drop for ProcessGroupGuard {
     }
 }
 
+fn internal_flag(options: &ClusterOptions) -> freshet_server::InternalTokenFlag {
+    freshet_server::InternalTokenFlag {
+        internal_token: (options.auth == freshet_server::AuthMode::Sigv4)
+            .then(|| SECURE_INTERNAL_TOKEN.to_owned()),
+    }
+}
+
+fn control_plane_config(
+    options: &ClusterOptions,
+    database_url: &str,
+    membership_addr: &str,
+) -> freshet_control_plane::Config {
+    let secure = options.auth == freshet_server::AuthMode::Sigv4;
+    freshet_control_plane::Config {
+        listen: String::new(),
+        database: freshet_server::DatabaseUrl {
+            url: database_url.to_owned(),
+        },
+        membership: freshet_server::MembershipAddr {
+            addr: membership_addr.to_owned(),
+        },
+        shard_limit: options.shard_limit,
+        scaler: options.scaler.clone(),
+        api_rate_limits: options.api_rate_limits,
+        auth: freshet_server::AuthFlags { mode: options.auth },
+        master_key_file: None,
+        master_key: secure.then(|| SECURE_MASTER_KEY.to_owned()),
+        bootstrap: freshet_control_plane::identities::BootstrapKey {
+            bootstrap_access_key: secure.then(|| SECURE_ACCESS_KEY.to_owned()),
+            bootstrap_secret_key: secure.then(|| SECURE_SECRET_KEY.to_owned()),
+        },
+        internal: internal_flag(options),
+    }
+}
+
 /// An AWS SDK for Rust Kinesis client for `endpoint`, with the dev key.
 pub fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
+    kinesis_client_as(
+        endpoint,
+        "us-east-1",
+        Credentials::new("test", "test", None, None, "freshet-tests"),
+    )
+}
+
+/// An AWS SDK for Rust Kinesis client for `endpoint`, signing for `region`
+/// with `credentials`.
+pub fn kinesis_client_as(
+    endpoint: &str,
+    region: &str,
+    credentials: Credentials,
+) -> aws_sdk_kinesis::Client {
     let config = aws_sdk_kinesis::Config::builder()
         .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
+        .region(Region::new(region.to_owned()))
         .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "freshet-tests",
-        ))
+        .credentials_provider(credentials)
         .http_client(aws_smithy_http_client::Builder::new().build_http())
         .build();
     aws_sdk_kinesis::Client::from_conf(config)

@@ -24,20 +24,33 @@ impl RawResponse {
     }
 }
 
-/// A SigV4-shaped Authorization header for the dev key (not a valid
-/// signature: Freshet does not verify signatures yet).
+/// A well-formed SigV4 Authorization header for the dev key, which only
+/// development mode accepts (its signature is not a real one).
 pub const DEV_AUTHORIZATION: &str =
-    "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date, Signature=00";
+    "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date, Signature=0000000000000000000000000000000000000000000000000000000000000000";
+/// The `X-Amz-Date` that goes with [`DEV_AUTHORIZATION`].
+pub const DEV_AMZ_DATE: &str = "20260101T000000Z";
 
-/// Sends one HTTP/1.1 request and reads the whole response.
+/// Sends one HTTP/1.1 request to `/` and reads the whole response.
 pub async fn post_http1(
     address: &str,
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> anyhow::Result<RawResponse> {
+    post_http1_to(address, "/", headers, body).await
+}
+
+/// Sends one HTTP/1.1 request to `path` (with its query) and reads the
+/// whole response.
+pub async fn post_http1_to(
+    address: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<RawResponse> {
     let mut stream = TcpStream::connect(address).await.context("connect")?;
     let mut request = format!(
-        "POST / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (name, value) in headers {
@@ -82,6 +95,7 @@ pub async fn kinesis_http1(
             ("Content-Type", "application/x-amz-json-1.1"),
             ("X-Amz-Target", &target),
             ("Authorization", DEV_AUTHORIZATION),
+            ("X-Amz-Date", DEV_AMZ_DATE),
         ],
         body.as_bytes(),
     )
@@ -108,6 +122,7 @@ pub async fn kinesis_h2c(
         .header("content-type", "application/x-amz-json-1.1")
         .header("x-amz-target", format!("Kinesis_20131202.{operation}"))
         .header("authorization", DEV_AUTHORIZATION)
+        .header("x-amz-date", DEV_AMZ_DATE)
         .body(())?;
     let (response, mut send) = client.send_request(request, false)?;
     send.send_data(bytes::Bytes::copy_from_slice(body.as_bytes()), true)?;
@@ -160,7 +175,7 @@ impl KeepAliveClient {
         use tokio::io::AsyncBufReadExt;
         let head = format!(
             "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-amz-json-1.1\r\n\
-             X-Amz-Target: Kinesis_20131202.{operation}\r\nAuthorization: {DEV_AUTHORIZATION}\r\n\
+             X-Amz-Target: Kinesis_20131202.{operation}\r\nAuthorization: {DEV_AUTHORIZATION}\r\nX-Amz-Date: {DEV_AMZ_DATE}\r\n\
              Content-Length: {}\r\n\r\n",
             self.address,
             body.len()

@@ -70,17 +70,25 @@ async fn protocol_errors_match_kinesis() -> anyhow::Result<()> {
     .await?;
     assert_eq!(wrong_type.error_type(), "SerializationException");
 
-    let unknown_key = post_http1(
+    // Development mode takes any key, but not a malformed signature.
+    let malformed_signature = post_http1(
         &address,
         &[
             ("Content-Type", "application/x-amz-json-1.1"),
             ("X-Amz-Target", "Kinesis_20131202.ListStreams"),
+            ("X-Amz-Date", freshet_e2e::raw_http::DEV_AMZ_DATE),
             ("Authorization", "AWS4-HMAC-SHA256 Credential=AKIANOBODY/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host, Signature=0"),
         ],
         b"{}",
     )
     .await?;
-    assert_eq!(unknown_key.error_type(), "UnrecognizedClientException");
+    assert_eq!(
+        (
+            malformed_signature.status,
+            malformed_signature.error_type().as_str()
+        ),
+        (400, "IncompleteSignatureException")
+    );
 
     let cbor = post_http1(
         &address,
@@ -88,6 +96,7 @@ async fn protocol_errors_match_kinesis() -> anyhow::Result<()> {
             ("Content-Type", "application/x-amz-cbor-1.1"),
             ("X-Amz-Target", "Kinesis_20131202.ListStreams"),
             ("Authorization", freshet_e2e::raw_http::DEV_AUTHORIZATION),
+            ("X-Amz-Date", freshet_e2e::raw_http::DEV_AMZ_DATE),
         ],
         b"\xa0",
     )

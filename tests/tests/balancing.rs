@@ -417,8 +417,7 @@ async fn a_move_interrupted_by_a_control_plane_restart_is_abandoned() -> anyhow:
         sqlx::query_scalar("SELECT stream_uid FROM streams WHERE stream_name = 'unmoved'")
             .fetch_one(&pool)
             .await?;
-    let mut membership =
-        MembershipClient::new(freshet_server::grpc_channel(&cluster.membership_addr)?);
+    let mut membership = MembershipClient::new(cluster.channel(&cluster.membership_addr)?);
     let shard = "shardId-000000000000".to_owned();
     let open = entries(&cluster, "unmoved")
         .into_iter()
@@ -457,16 +456,8 @@ async fn a_move_interrupted_by_a_control_plane_restart_is_abandoned() -> anyhow:
     // A control plane starting on the same database reopens it.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let config = freshet_control_plane::Config {
-        listen: String::new(),
-        database: freshet_server::DatabaseUrl {
-            url: cluster.database_url.clone(),
-        },
-        membership: freshet_server::MembershipAddr {
-            addr: cluster.membership_addr.clone(),
-        },
-        shard_limit: 1000,
         scaler: balancing(Vec::new(), WorkerMode::InProcess).scaler,
-        api_rate_limits: false,
+        ..cluster.control_plane_config()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let restarted = tokio::spawn(freshet_control_plane::run(config, listener, async {

@@ -160,7 +160,7 @@ async fn check_grpc_surface(address: &str, service: &str) -> anyhow::Result<()> 
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     use tonic_reflection::pb::v1::ServerReflectionRequest;
 
-    let channel = freshet_server::grpc_channel(address)?;
+    let channel = freshet_server::grpc_channel(address, &freshet_server::InternalToken::none())?;
     for name in ["", service] {
         let health = HealthClient::new(channel.clone())
             .check(tonic_health::pb::HealthCheckRequest {

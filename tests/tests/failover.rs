@@ -123,10 +123,8 @@ async fn killing_a_leader_under_load_loses_no_acknowledged_record() -> anyhow::R
         .iter()
         .position(|id| *id == victim_id)
         .expect("victim is a replica");
-    let leader = StorageClient::new(freshet_server::grpc_channel(&repaired.leader_address)?);
-    let copy = StorageClient::new(freshet_server::grpc_channel(
-        &repaired.replica_addresses[position],
-    )?);
+    let leader = StorageClient::new(cluster.channel(&repaired.leader_address)?);
+    let copy = StorageClient::new(cluster.channel(&repaired.replica_addresses[position])?);
     wait_until(Duration::from_secs(60), || {
         let (mut leader, mut copy, key) = (leader.clone(), copy.clone(), repaired.key.clone());
         async move {
@@ -177,7 +175,7 @@ async fn a_leader_frozen_past_its_lease_acknowledges_nothing_when_it_wakes() -> 
     // Wake the deposed leader and hammer it with the old epoch, as a
     // frontend with a stale route would: it must acknowledge nothing.
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;
-    let mut old_leader = StorageClient::new(freshet_server::grpc_channel(&before.leader_address)?);
+    let mut old_leader = StorageClient::new(cluster.channel(&before.leader_address)?);
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut attempts = 0;
     while Instant::now() < deadline {
@@ -204,7 +202,7 @@ async fn a_leader_frozen_past_its_lease_acknowledges_nothing_when_it_wakes() -> 
     // Its replication is fenced too: a batch it sends with the old epoch is
     // refused by the new leader's replicas, whose copies stay as they were.
     for address in &moved.replica_addresses {
-        let mut replica = StorageClient::new(freshet_server::grpc_channel(address)?);
+        let mut replica = StorageClient::new(cluster.channel(address)?);
         let describe = || DescribeShardRequest {
             shard: moved.key.clone(),
         };
@@ -288,7 +286,7 @@ async fn a_replacement_replica_in_the_lost_zone_is_filled_from_the_others() -> a
     assert!(zones.contains(&lost_zone));
 
     // The newcomer catches up from the new leader without any new write.
-    let leader = StorageClient::new(freshet_server::grpc_channel(&moved.leader_address)?);
+    let leader = StorageClient::new(cluster.channel(&moved.leader_address)?);
     let tail = leader
         .clone()
         .describe_shard(freshet_proto::v1::DescribeShardRequest {
@@ -299,7 +297,7 @@ async fn a_replacement_replica_in_the_lost_zone_is_filled_from_the_others() -> a
         .next_offset;
     assert!(tail >= acknowledged.len() as u64);
     for address in &moved.replica_addresses {
-        let replica = StorageClient::new(freshet_server::grpc_channel(address)?);
+        let replica = StorageClient::new(cluster.channel(address)?);
         wait_until(Duration::from_secs(30), || {
             let (mut replica, key) = (replica.clone(), moved.key.clone());
             async move {

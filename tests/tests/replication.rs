@@ -163,8 +163,8 @@ async fn every_copy_holds_the_same_records_even_after_a_replica_was_killed() -> 
             .position(|id| *id == victim_id)
             .expect("replica");
         let address = entry.replica_addresses[position].clone();
-        let leader = StorageClient::new(freshet_server::grpc_channel(&entry.leader_address)?);
-        let replica = StorageClient::new(freshet_server::grpc_channel(&address)?);
+        let leader = StorageClient::new(cluster.channel(&entry.leader_address)?);
+        let replica = StorageClient::new(cluster.channel(&address)?);
         freshet_e2e::wait_until(Duration::from_secs(30), || {
             let (mut leader, mut replica, entry) = (leader.clone(), replica.clone(), entry.clone());
             async move {

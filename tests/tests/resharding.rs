@@ -409,7 +409,7 @@ async fn a_control_plane_restarted_mid_split_reopens_the_parent() -> anyhow::Res
         .bind(stream_uid)
         .execute(&pool)
         .await?;
-    MembershipClient::new(freshet_server::grpc_channel(&cluster.membership_addr)?)
+    MembershipClient::new(cluster.channel(&cluster.membership_addr)?)
         .close_shards(CloseShardsRequest {
             stream_uid,
             shard_ids: vec!["shardId-000000000000".to_owned()],
@@ -423,18 +423,7 @@ async fn a_control_plane_restarted_mid_split_reopens_the_parent() -> anyhow::Res
     // A control plane starting on the same database finishes the update
     // before it serves: the parent is open again, the stream ACTIVE.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let config = freshet_control_plane::Config {
-        listen: String::new(),
-        database: freshet_server::DatabaseUrl {
-            url: cluster.database_url.clone(),
-        },
-        membership: freshet_server::MembershipAddr {
-            addr: cluster.membership_addr.clone(),
-        },
-        shard_limit: 1000,
-        scaler: freshet_e2e::ClusterOptions::default().scaler,
-        api_rate_limits: false,
-    };
+    let config = cluster.control_plane_config();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let restarted = tokio::spawn(freshet_control_plane::run(config, listener, async {
         let _ = stopped.await;

@@ -21,6 +21,9 @@ async fn now_is_an_interval_around_the_timer_clock_until_the_timer_is_gone() -> 
         freshet_timer::Config {
             listen: String::new(),
             uncertainty: Duration::from_millis(2),
+            internal: freshet_server::InternalTokenFlag {
+                internal_token: None,
+            },
         },
         listener,
         async move {
@@ -28,7 +31,7 @@ async fn now_is_an_interval_around_the_timer_clock_until_the_timer_is_gone() -> 
         },
     ));
     let client = TimerClient::spawn(
-        freshet_server::grpc_channel(&address)?,
+        freshet_server::grpc_channel(&address, &freshet_server::InternalToken::none())?,
         TimerClientConfig {
             poll_interval: Duration::from_millis(50),
             max_unsynced: Duration::from_millis(400),

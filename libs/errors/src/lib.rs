@@ -60,8 +60,16 @@ pub enum ErrorCode {
     IncompleteSignature,
     /// No credentials at all.
     MissingAuthenticationToken,
-    /// An access key Freshet does not know.
+    /// An access key Freshet does not know (or a session token).
     UnrecognizedClient,
+    /// The signature does not match, is out of date, or is scoped to
+    /// another region or service.
+    InvalidSignature,
+    /// The caller is refused for a while (too many failed
+    /// authentications).
+    Throttling,
+    /// The request body is larger than its operation allows.
+    RequestTooLarge,
 
     // Freshet's own outcomes.
     /// Refused before anything was written: route again and retry.
@@ -108,6 +116,9 @@ impl ErrorCode {
         ErrorCode::IncompleteSignature,
         ErrorCode::MissingAuthenticationToken,
         ErrorCode::UnrecognizedClient,
+        ErrorCode::InvalidSignature,
+        ErrorCode::Throttling,
+        ErrorCode::RequestTooLarge,
         ErrorCode::Conflict,
         ErrorCode::NotWritten,
         ErrorCode::Internal,
@@ -215,6 +226,24 @@ impl ErrorCode {
                 Code::Unauthenticated,
                 "UnrecognizedClientException",
                 400,
+            ),
+            InvalidSignature => (
+                "InvalidSignature",
+                Code::Unauthenticated,
+                "InvalidSignatureException",
+                400,
+            ),
+            Throttling => (
+                "Throttling",
+                Code::ResourceExhausted,
+                "ThrottlingException",
+                400,
+            ),
+            RequestTooLarge => (
+                "RequestTooLarge",
+                Code::InvalidArgument,
+                "RequestEntityTooLargeException",
+                413,
             ),
             Conflict => ("Conflict", Code::Aborted, "InternalFailure", 500),
             NotWritten => (
@@ -416,6 +445,24 @@ mod tests {
                 Code::Unauthenticated,
                 "UnrecognizedClientException",
                 400,
+            ),
+            (
+                InvalidSignature,
+                Code::Unauthenticated,
+                "InvalidSignatureException",
+                400,
+            ),
+            (
+                Throttling,
+                Code::ResourceExhausted,
+                "ThrottlingException",
+                400,
+            ),
+            (
+                RequestTooLarge,
+                Code::InvalidArgument,
+                "RequestEntityTooLargeException",
+                413,
             ),
             (Conflict, Code::Aborted, "InternalFailure", 500),
             (NotWritten, Code::FailedPrecondition, "InternalFailure", 500),

@@ -1,4 +1,4 @@
-//! Accounts: access keys, and each account's billing commitment.
+//! Accounts: each account's billing commitment.
 
 use freshet_types::CommitmentStatus;
 use sqlx::Row;
@@ -8,25 +8,6 @@ use crate::rows::Commitment;
 use crate::MetaStore;
 
 impl MetaStore {
-    pub async fn resolve_access_key(&self, access_key_id: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT account_id FROM accounts WHERE access_key_id = $1")
-            .bind(access_key_id)
-            .fetch_optional(&self.pool)
-            .await
-            .db("look up access key")?;
-        Ok(row.map(|row| row.try_get("account_id")).transpose()?)
-    }
-
-    pub async fn add_access_key(&self, access_key_id: &str, account_id: &str) -> Result<()> {
-        sqlx::query("INSERT INTO accounts (access_key_id, account_id) VALUES ($1, $2) ON CONFLICT (access_key_id) DO UPDATE SET account_id = EXCLUDED.account_id")
-            .bind(access_key_id)
-            .bind(account_id)
-            .execute(&self.pool)
-            .await
-            .db("insert access key")?;
-        Ok(())
-    }
-
     /// The account's billing commitment as of now.
     pub async fn commitment(&self, account_id: &str) -> Result<Commitment> {
         let row = sqlx::query(

@@ -7,7 +7,7 @@
 //! membership, the only writer, encodes them.
 //!
 //! Layout: `rows` (the rows as values), then one module per table group —
-//! `accounts`, `streams`, `shards`, `workers` — each adding its queries to
+//! `accounts`, `identities` (users and access keys), `streams`, `shards`, `workers` — each adding its queries to
 //! [`MetaStore`], and `changes` for the change log and every shard change
 //! (which only ever happens inside a change-log batch). Every call returns
 //! [`MetastoreError`], whose `Conflict` case marks a guarded update that lost
@@ -16,6 +16,7 @@
 mod accounts;
 mod changes;
 mod error;
+mod identities;
 mod rows;
 mod shards;
 mod streams;
@@ -26,6 +27,7 @@ use sqlx::PgPool;
 
 pub use changes::{ChangeBatch, EntryKey};
 pub use error::{MetastoreError, Result};
+pub use identities::{AccessKeyRow, NewKeyOutcome, ACCESS_KEYS_PER_IDENTITY};
 pub use rows::{Commitment, SealedSegmentRow, ShardRow, StreamRow, WorkerRow};
 pub use streams::{NewStream, NewStreamOutcome};
 

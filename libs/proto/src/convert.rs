@@ -3,7 +3,9 @@
 //! domain meaning (UNSPECIFIED, or DELETED where a live shard is meant) is
 //! an [`UnknownState`] error.
 
-use freshet_types::{CommitmentStatus, ShardState, StreamMode, StreamStatus, UnknownState};
+use freshet_types::{
+    AccessKeyStatus, CommitmentStatus, ShardState, StreamMode, StreamStatus, UnknownState,
+};
 
 use crate::v1;
 
@@ -113,6 +115,27 @@ impl TryFrom<v1::CommitmentStatus> for CommitmentStatus {
     }
 }
 
+impl From<AccessKeyStatus> for v1::AccessKeyState {
+    fn from(status: AccessKeyStatus) -> v1::AccessKeyState {
+        match status {
+            AccessKeyStatus::Active => v1::AccessKeyState::Active,
+            AccessKeyStatus::Inactive => v1::AccessKeyState::Inactive,
+        }
+    }
+}
+
+impl TryFrom<v1::AccessKeyState> for AccessKeyStatus {
+    type Error = UnknownState;
+
+    fn try_from(state: v1::AccessKeyState) -> Result<AccessKeyStatus, UnknownState> {
+        match state {
+            v1::AccessKeyState::Active => Ok(AccessKeyStatus::Active),
+            v1::AccessKeyState::Inactive => Ok(AccessKeyStatus::Inactive),
+            v1::AccessKeyState::Unspecified => Err(unknown("access key status", state)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +158,10 @@ mod tests {
             let wire = v1::CommitmentStatus::from(status);
             assert_eq!(CommitmentStatus::try_from(wire), Ok(status));
         }
+        for &status in AccessKeyStatus::ALL {
+            let wire = v1::AccessKeyState::from(status);
+            assert_eq!(AccessKeyStatus::try_from(wire), Ok(status));
+        }
     }
 
     #[test]
@@ -144,5 +171,6 @@ mod tests {
         assert!(StreamMode::try_from(v1::StreamMode::Unspecified).is_err());
         assert!(StreamStatus::try_from(v1::StreamStatus::Unspecified).is_err());
         assert!(CommitmentStatus::try_from(v1::CommitmentStatus::Unspecified).is_err());
+        assert!(AccessKeyStatus::try_from(v1::AccessKeyState::Unspecified).is_err());
     }
 }

@@ -10,8 +10,9 @@ use freshet_proto::v1::membership_client::MembershipClient;
 use freshet_proto::v1::shard_map_cache_client::ShardMapCacheClient;
 use freshet_proto::v1::storage_client::StorageClient;
 use freshet_proto::v1::timer_client::TimerClient;
-use freshet_telemetry::TracedChannel;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::internal_auth::{InternalToken, OutgoingCall, TracedChannel};
 
 /// Largest message between a frontend or worker and a storage worker: a
 /// 10 MiB PutRecords append or GetRecords answer, plus framing, with room.
@@ -32,8 +33,9 @@ pub struct BadAddress {
     pub source: tonic::transport::Error,
 }
 
-/// A lazily connected, traced channel to `address` (`host:port` or a URL).
-pub fn grpc_channel(address: &str) -> Result<TracedChannel, BadAddress> {
+/// A lazily connected, traced channel to `address` (`host:port` or a URL)
+/// whose calls present `token`.
+pub fn grpc_channel(address: &str, token: &InternalToken) -> Result<TracedChannel, BadAddress> {
     let url = if address.contains("://") {
         address.to_owned()
     } else {
@@ -49,12 +51,15 @@ pub fn grpc_channel(address: &str) -> Result<TracedChannel, BadAddress> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true);
     let channel: Channel = endpoint.connect_lazy();
-    Ok(freshet_telemetry::traced(channel))
+    Ok(TracedChannel::new(channel, OutgoingCall::new(token)))
 }
 
 /// A storage worker's client.
-pub fn storage_client(address: &str) -> Result<StorageClient<TracedChannel>, BadAddress> {
-    Ok(StorageClient::new(grpc_channel(address)?)
+pub fn storage_client(
+    address: &str,
+    token: &InternalToken,
+) -> Result<StorageClient<TracedChannel>, BadAddress> {
+    Ok(StorageClient::new(grpc_channel(address, token)?)
         .max_decoding_message_size(STORAGE_MESSAGE_LIMIT)
         .max_encoding_message_size(STORAGE_MESSAGE_LIMIT))
 }
@@ -89,19 +94,27 @@ pub fn request_with_deadline<T>(message: T, timeout: Duration) -> tonic::Request
 
 /// Storage-worker clients by address, each made once so its connection is
 /// reused by every caller.
-#[derive(Default)]
 pub struct StorageClients {
+    token: InternalToken,
     clients: Mutex<HashMap<String, StorageClient<TracedChannel>>>,
 }
 
 impl StorageClients {
+    /// Clients whose calls present `token`.
+    pub fn new(token: &InternalToken) -> StorageClients {
+        StorageClients {
+            token: token.clone(),
+            clients: Mutex::default(),
+        }
+    }
+
     /// The client of the worker at `address`.
     pub fn get(&self, address: &str) -> Result<StorageClient<TracedChannel>, BadAddress> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = clients.get(address) {
             return Ok(client.clone());
         }
-        let client = storage_client(address)?;
+        let client = storage_client(address, &self.token)?;
         clients.insert(address.to_owned(), client.clone());
         Ok(client)
     }
@@ -113,7 +126,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_storage_client_is_made_once_per_address() {
-        let clients = StorageClients::default();
+        let clients = StorageClients::new(&InternalToken::none());
         clients.get("127.0.0.1:1").expect("client");
         clients.get("127.0.0.1:1").expect("client");
         clients.get("127.0.0.1:2").expect("client");
@@ -122,7 +135,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_malformed_address_is_an_error_naming_it() {
-        let error = grpc_channel("not a host:port").expect_err("refused");
+        let error = grpc_channel("not a host:port", &InternalToken::none()).expect_err("refused");
         assert!(error.to_string().contains("not a host:port"), "{error}");
     }
 }

@@ -66,3 +66,27 @@ pub struct DatabaseUrl {
     )]
     pub url: String,
 }
+
+/// How requests are authenticated: the one switch between a LocalStack-like
+/// development deployment and one that may face a network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Any access key works (a 12-digit key id names the account);
+    /// signatures are parsed but not verified.
+    #[default]
+    Development,
+    /// Every request's SigV4 signature is verified against a stored key.
+    Sigv4,
+}
+
+/// The deployment's authentication mode (`--auth`, `FRESHET_AUTH`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthFlags {
+    #[arg(
+        long = "auth",
+        env = "FRESHET_AUTH",
+        value_enum,
+        default_value = "development"
+    )]
+    pub mode: AuthMode,
+}

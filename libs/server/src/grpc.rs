@@ -6,11 +6,17 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::Router;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
+use tower::layer::util::{Identity, Stack};
 
+use crate::internal_auth::{InternalToken, RequireTokenLayer};
 use crate::DRAIN_DEADLINE;
+
+/// Every internal gRPC server: token checked before any service sees a call.
+pub type GrpcServer = Server<Stack<RequireTokenLayer, Identity>>;
+/// A [`GrpcServer`] with its services added.
+pub type Router = tonic::transport::server::Router<Stack<RequireTokenLayer, Identity>>;
 
 /// Why a gRPC server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -21,12 +27,14 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// A gRPC server whose requests each run in a span parented to the caller.
-pub fn grpc_server() -> Server {
+/// A gRPC server whose requests each run in a span parented to the caller,
+/// and which refuses calls that do not present `token` (when there is one).
+pub fn grpc_server(token: &InternalToken) -> GrpcServer {
     Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .trace_fn(freshet_telemetry::grpc_server_span)
+        .layer(RequireTokenLayer::new(token))
 }
 
 /// The health service's handle: a service reports SERVING while it serves

@@ -1,7 +1,8 @@
 //! What every Freshet service process shares: the shutdown signal and the
 //! tasks it stops, the gRPC server (one traced span per request, health and
 //! reflection, a drain deadline), the gRPC clients of every service with
-//! their deadlines and message limits, and the address flags.
+//! their deadlines and message limits, the address and auth-mode flags, and
+//! the internal token services present to each other (`internal_auth.rs`).
 //!
 //! # Shutdown order
 //! On SIGTERM (or SIGINT) every service: stops accepting connections →
@@ -15,6 +16,7 @@
 mod clients;
 mod flags;
 mod grpc;
+mod internal_auth;
 mod shutdown;
 
 use std::future::Future;
@@ -26,9 +28,14 @@ pub use clients::{
     storage_client, timer_client, BadAddress, StorageClients, CONTROL_PLANE_MESSAGE_LIMIT,
     SHARD_MAP_MESSAGE_LIMIT, STORAGE_MESSAGE_LIMIT,
 };
-pub use flags::{CacheAddr, ControlPlaneAddr, DatabaseUrl, MembershipAddr, TimerAddr};
-pub use freshet_telemetry::TracedChannel;
-pub use grpc::{grpc_server, serve_grpc, Health, ServeError};
+pub use flags::{
+    AuthFlags, AuthMode, CacheAddr, ControlPlaneAddr, DatabaseUrl, MembershipAddr, TimerAddr,
+};
+pub use grpc::{grpc_server, serve_grpc, GrpcServer, Health, Router, ServeError};
+pub use internal_auth::{
+    BadInternalToken, InternalToken, InternalTokenFlag, OutgoingCall, RequireTokenLayer,
+    TracedChannel,
+};
 pub use shutdown::{shutdown_signal, Tasks, DRAIN_DEADLINE, TASK_STOP_DEADLINE};
 
 /// The body of every service binary: build the runtime, start telemetry,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use freshet_proto::v1::shard_map_cache_client::ShardMapCacheClient;
 use freshet_proto::v1::{CacheSource, GetStreamShardsRequest, ShardMapEntry, ShardState};
-use freshet_telemetry::TracedChannel;
+use freshet_server::TracedChannel;
 use freshet_timer_client::TimerClient;
 use freshet_types::{HashKey, HashKeyRange};
 

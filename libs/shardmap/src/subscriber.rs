@@ -5,7 +5,7 @@ use std::time::Duration;
 use freshet_proto::v1::membership_client::MembershipClient;
 use freshet_proto::v1::shard_map_event::Event;
 use freshet_proto::v1::{ShardMapEvent, SubscribeRequest};
-use freshet_telemetry::TracedChannel;
+use freshet_server::TracedChannel;
 use tokio::sync::mpsc;
 
 use crate::map::{ApplyOutcome, SharedShardMap};

@@ -1,42 +1,72 @@
-//! `freshet-sigv4`: verifies AWS Signature Version 4 on an HTTP request
-//! (the `Authorization` header form), exactly as AWS builds the canonical
-//! request — checked against the AWS SDK's own signer in the tests.
+//! `freshet-sigv4`: verifies AWS Signature Version 4 on an HTTP request, in
+//! both of its forms (the `Authorization` header and the presigned query),
+//! exactly as AWS builds the canonical request — checked against the AWS
+//! SDK's own signer in the tests.
 //!
-//! Pure: the caller supplies the request's parts, the secret of the key it
-//! names and the current time; nothing here does I/O. Not wired into the
-//! frontend yet (issue 11).
+//! Pure: the caller supplies the request's parts, the key that signs for the
+//! scope the request names and the current time; nothing here does I/O.
+//! Verification comes in two steps so a server can refuse cheaply before it
+//! reads a body: [`parse`] and [`Signature::check_time`] need only the
+//! headers and the query; [`verify`] needs the body too.
+//!
+//! Secrets never need to leave whoever stores them: a verifier is given the
+//! [`SigningKey`] of one day, region and service (derived from the secret
+//! as AWS does), which cannot sign for any other scope.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod canonical;
+mod date;
+
+use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
 use http::HeaderMap;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
+
+pub use canonical::canonical_request;
+use canonical::{header_text, payload_hash, query_pairs};
 
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 
 /// How far a request's `X-Amz-Date` may be from the verifier's clock.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
 
+/// The longest a presigned request may stay valid (`X-Amz-Expires`).
+pub const MAX_PRESIGNED_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Why a request's signature was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SigV4Error {
-    /// The `Authorization` header is not a well-formed SigV4 one.
+    /// No credentials at all: neither an `Authorization` header nor a
+    /// presigned query.
+    #[error("Missing Authentication Token")]
+    Missing,
+    /// The signature's parts are missing or malformed.
     #[error("{0}")]
     Incomplete(String),
-    /// The request's date is missing, malformed or too far from now.
+    /// The request was signed too long ago (or too far ahead), or its
+    /// presigned lifetime is over.
     #[error("{0}")]
-    BadDate(String),
+    Expired(String),
     /// The signature does not match the request and the key's secret.
-    #[error("The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.")]
+    #[error("The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.")]
     Mismatch,
 }
 
-/// The parts of `Authorization: AWS4-HMAC-SHA256 Credential=…,
-/// SignedHeaders=…, Signature=…`.
+/// Where a request carried its signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// `Authorization: AWS4-HMAC-SHA256 Credential=…` with `X-Amz-Date`.
+    Header,
+    /// `?X-Amz-Algorithm=…&X-Amz-Signature=…`, valid for `expires` after
+    /// its date.
+    Query { expires: Duration },
+}
+
+/// A request's SigV4 signature and the scope it claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authorization {
+pub struct Signature {
     pub access_key_id: String,
-    /// `yyyymmdd`.
+    /// `yyyymmdd`, the day of the credential scope.
     pub date: String,
     pub region: String,
     pub service: String,
@@ -44,9 +74,15 @@ pub struct Authorization {
     pub signed_headers: Vec<String>,
     /// Lower-case hex.
     pub signature: String,
+    /// `yyyymmddThhmmssZ`, when the request was signed.
+    pub amz_date: String,
+    /// A session token (`X-Amz-Security-Token`), which only temporary
+    /// credentials carry.
+    pub security_token: Option<String>,
+    pub location: Location,
 }
 
-impl Authorization {
+impl Signature {
     /// The credential scope, `date/region/service/aws4_request`.
     pub fn scope(&self) -> String {
         format!(
@@ -54,10 +90,112 @@ impl Authorization {
             self.date, self.region, self.service
         )
     }
+
+    /// Whether the request may be accepted at `now`: signed within
+    /// [`MAX_CLOCK_SKEW`] of it, and (presigned) not past its lifetime.
+    pub fn check_time(&self, now: SystemTime) -> Result<(), SigV4Error> {
+        let signed_at = date::parse_amz_date(&self.amz_date).ok_or_else(|| {
+            SigV4Error::Incomplete(format!("Invalid X-Amz-Date {}.", self.amz_date))
+        })?;
+        let earliest = now.checked_sub(MAX_CLOCK_SKEW).unwrap_or(now);
+        let latest = now.checked_add(MAX_CLOCK_SKEW).unwrap_or(now);
+        match self.location {
+            Location::Header if signed_at < earliest => Err(SigV4Error::Expired(format!(
+                "Signature expired: {} is now earlier than {} ({} - 15 min.)",
+                self.amz_date,
+                date::format_amz_date(earliest),
+                date::format_amz_date(now)
+            ))),
+            Location::Header | Location::Query { .. } if signed_at > latest => {
+                Err(SigV4Error::Expired(format!(
+                    "Signature not yet current: {} is still later than {} ({} + 15 min.)",
+                    self.amz_date,
+                    date::format_amz_date(latest),
+                    date::format_amz_date(now)
+                )))
+            }
+            Location::Query { expires } => {
+                let ends = signed_at.checked_add(expires).unwrap_or(signed_at);
+                if now > ends {
+                    Err(SigV4Error::Expired(format!(
+                        "Signature expired: {} is now earlier than {} ({} - {} sec.)",
+                        date::format_amz_date(ends),
+                        date::format_amz_date(now),
+                        date::format_amz_date(now),
+                        expires.as_secs()
+                    )))
+                } else {
+                    Ok(())
+                }
+            }
+            Location::Header => Ok(()),
+        }
+    }
 }
 
-/// Parses an `Authorization` header value.
-pub fn parse_authorization(header: &str) -> Result<Authorization, SigV4Error> {
+/// A key that signs for one credential scope: HMAC chained from the
+/// secret through the day, region and service, as AWS derives it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKey([u8; 32]);
+
+impl SigningKey {
+    /// Derives the key of `date/region/service` from a secret access key.
+    pub fn derive(secret: &str, date: &str, region: &str, service: &str) -> SigningKey {
+        let date = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
+        let region = hmac(&date, region.as_bytes());
+        let service = hmac(&region, service.as_bytes());
+        SigningKey(hmac(&service, b"aws4_request"))
+    }
+
+    /// The raw key (to carry it between services).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A key received as bytes; `None` unless exactly 32 of them.
+    pub fn from_bytes(bytes: &[u8]) -> Option<SigningKey> {
+        bytes.try_into().ok().map(SigningKey)
+    }
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(..)")
+    }
+}
+
+/// One request's parts, as received.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// The path as it arrived (still percent-encoded).
+    pub path: &'a str,
+    /// The query as it arrived, without `?`.
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// The request's `:authority` when it has no `host` header (HTTP/2).
+    pub authority: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// Reads a request's signature from its `Authorization` header or, when it
+/// has none, its presigned query. Checks form only.
+pub fn parse(headers: &HeaderMap, query: Option<&str>) -> Result<Signature, SigV4Error> {
+    if let Some(header) = headers.get(http::header::AUTHORIZATION) {
+        let header = header.to_str().map_err(|_| {
+            SigV4Error::Incomplete("Authorization header is not ASCII text.".to_owned())
+        })?;
+        return parse_header(header, headers);
+    }
+    match query {
+        Some(query) if query_pairs(query).any(|(name, _)| name == b"X-Amz-Signature") => {
+            parse_query(query)
+        }
+        _ => Err(SigV4Error::Missing),
+    }
+}
+
+fn parse_header(header: &str, headers: &HeaderMap) -> Result<Signature, SigV4Error> {
     let incomplete = |what: &str| SigV4Error::Incomplete(format!("{what} Authorization={header}"));
     let params = header
         .strip_prefix(ALGORITHM)
@@ -79,7 +217,94 @@ pub fn parse_authorization(header: &str) -> Result<Authorization, SigV4Error> {
         .ok_or_else(|| incomplete("Authorization header requires 'SignedHeaders' parameter."))?;
     let signature = signature
         .ok_or_else(|| incomplete("Authorization header requires 'Signature' parameter."))?;
-    let scope: Vec<&str> = credential.split('/').collect();
+    let amz_date = header_text(headers, "x-amz-date").ok_or_else(|| {
+        incomplete(
+            "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.",
+        )
+    })?;
+    let security_token = header_text(headers, "x-amz-security-token").map(str::to_owned);
+    build(
+        Parts {
+            credential,
+            signed_headers,
+            signature,
+            amz_date,
+            security_token,
+            location: Location::Header,
+        },
+        &incomplete,
+    )
+}
+
+fn parse_query(query: &str) -> Result<Signature, SigV4Error> {
+    let incomplete = |what: &str| SigV4Error::Incomplete(what.to_owned());
+    let mut values: std::collections::HashMap<&'static str, String> = Default::default();
+    const NAMES: [&str; 7] = [
+        "X-Amz-Algorithm",
+        "X-Amz-Credential",
+        "X-Amz-Date",
+        "X-Amz-Expires",
+        "X-Amz-SignedHeaders",
+        "X-Amz-Signature",
+        "X-Amz-Security-Token",
+    ];
+    for (name, value) in query_pairs(query) {
+        if let Some(known) = NAMES.iter().find(|known| known.as_bytes() == name) {
+            let value = String::from_utf8(value)
+                .map_err(|_| incomplete("Query authentication parameters must be UTF-8."))?;
+            values.insert(known, value);
+        }
+    }
+    let required = |name: &str| {
+        values.get(name).map(String::as_str).ok_or_else(|| {
+            SigV4Error::Incomplete(format!(
+                "AWS query-string parameters must include '{name}'. Re-examine the query-string parameters."
+            ))
+        })
+    };
+    if required("X-Amz-Algorithm")? != ALGORITHM {
+        return Err(incomplete("Unsupported or missing signing algorithm."));
+    }
+    let expires_text = required("X-Amz-Expires")?;
+    let expires = expires_text
+        .parse::<u64>()
+        .ok()
+        .filter(|seconds| *seconds > 0)
+        .map(Duration::from_secs)
+        .filter(|expires| *expires <= MAX_PRESIGNED_EXPIRY)
+        .ok_or_else(|| {
+            incomplete(&format!(
+                "X-Amz-Expires must be a positive number of seconds no greater than 604800, not '{expires_text}'."
+            ))
+        })?;
+    build(
+        Parts {
+            credential: required("X-Amz-Credential")?,
+            signed_headers: required("X-Amz-SignedHeaders")?,
+            signature: required("X-Amz-Signature")?,
+            amz_date: required("X-Amz-Date")?,
+            security_token: values.get("X-Amz-Security-Token").cloned(),
+            location: Location::Query { expires },
+        },
+        &incomplete,
+    )
+}
+
+/// A signature's raw parts, wherever they came from.
+struct Parts<'a> {
+    credential: &'a str,
+    signed_headers: &'a str,
+    signature: &'a str,
+    amz_date: &'a str,
+    security_token: Option<String>,
+    location: Location,
+}
+
+fn build(
+    parts: Parts<'_>,
+    incomplete: &dyn Fn(&str) -> SigV4Error,
+) -> Result<Signature, SigV4Error> {
+    let scope: Vec<&str> = parts.credential.split('/').collect();
     let [access_key_id, date, region, service, "aws4_request"] = scope[..] else {
         return Err(incomplete(
             "Credential should be scoped to a valid region, service and date.",
@@ -92,11 +317,11 @@ pub fn parse_authorization(header: &str) -> Result<Authorization, SigV4Error> {
         ));
     }
     let well_formed_signature =
-        signature.len() == 64 && signature.bytes().all(|b| b.is_ascii_hexdigit());
+        parts.signature.len() == 64 && parts.signature.bytes().all(|b| b.is_ascii_hexdigit());
     if !well_formed_signature {
         return Err(incomplete("Signature must be 64 hexadecimal characters."));
     }
-    let signed_headers: Vec<String> = signed_headers.split(';').map(str::to_owned).collect();
+    let signed_headers: Vec<String> = parts.signed_headers.split(';').map(str::to_owned).collect();
     if signed_headers
         .iter()
         .any(|h| h.is_empty() || *h != h.to_ascii_lowercase())
@@ -105,247 +330,86 @@ pub fn parse_authorization(header: &str) -> Result<Authorization, SigV4Error> {
             "SignedHeaders must be lower-case names separated by ';'.",
         ));
     }
-    Ok(Authorization {
+    if !signed_headers.iter().any(|h| h == "host") {
+        return Err(incomplete(
+            "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.",
+        ));
+    }
+    if date::parse_amz_date(parts.amz_date).is_none() {
+        return Err(incomplete(&format!(
+            "X-Amz-Date must be in the ISO8601 basic format yyyyMMdd'T'HHmmss'Z', not '{}'.",
+            parts.amz_date
+        )));
+    }
+    if !parts.amz_date.starts_with(date) {
+        return Err(incomplete(&format!(
+            "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{date}' != '{}'",
+            &parts.amz_date[..8]
+        )));
+    }
+    Ok(Signature {
         access_key_id: access_key_id.to_owned(),
         date: date.to_owned(),
         region: region.to_owned(),
         service: service.to_owned(),
         signed_headers,
-        signature: signature.to_ascii_lowercase(),
+        signature: parts.signature.to_ascii_lowercase(),
+        amz_date: parts.amz_date.to_owned(),
+        security_token: parts.security_token,
+        location: parts.location,
     })
 }
 
-/// One request's parts, as received.
-#[derive(Debug, Clone, Copy)]
-pub struct Request<'a> {
-    pub method: &'a str,
-    /// The path as it arrived (still percent-encoded).
-    pub path: &'a str,
-    /// The query as it arrived, without `?`.
-    pub query: Option<&'a str>,
-    pub headers: &'a HeaderMap,
-    /// The request's `:authority` when it has no `host` header (HTTP/2).
-    pub authority: Option<&'a str>,
-    pub body: &'a [u8],
-}
-
-/// Verifies `request`, signed as `authorization` says, with the key's
-/// `secret`, at `now`.
+/// Verifies `request`, signed as `signature` says, with the signing key of
+/// its scope. Time is checked separately ([`Signature::check_time`]).
 pub fn verify(
     request: &Request<'_>,
-    authorization: &Authorization,
-    secret: &str,
-    now: SystemTime,
+    signature: &Signature,
+    key: &SigningKey,
 ) -> Result<(), SigV4Error> {
-    let amz_date = header_text(request.headers, "x-amz-date")
-        .ok_or_else(|| SigV4Error::BadDate("Missing X-Amz-Date header.".to_owned()))?;
-    let signed_at = parse_amz_date(amz_date)
-        .ok_or_else(|| SigV4Error::BadDate(format!("Invalid X-Amz-Date {amz_date}.")))?;
-    if !amz_date.starts_with(&authorization.date) {
-        return Err(SigV4Error::BadDate(format!(
-            "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{}'",
-            authorization.date,
-            &amz_date[..8.min(amz_date.len())]
-        )));
+    let body_hash = payload_hash(request.body);
+    // A client may sign the body's hash as a header instead: then that
+    // header must be the body's hash, or a signed header would vouch for a
+    // body that was swapped. Unsigned payloads are not accepted.
+    if let Some(claimed) = header_text(request.headers, "x-amz-content-sha256") {
+        if !claimed.eq_ignore_ascii_case(&body_hash) {
+            return Err(SigV4Error::Mismatch);
+        }
     }
-    let skew = now
-        .duration_since(signed_at)
-        .or_else(|e| Ok::<_, ()>(e.duration()))
-        .unwrap_or(Duration::MAX);
-    if skew > MAX_CLOCK_SKEW {
-        return Err(SigV4Error::BadDate(format!(
-            "Signature expired: {amz_date} is not within 15 minutes of the server's time."
-        )));
-    }
-    let canonical = canonical_request(request, &authorization.signed_headers);
+    let presigned = matches!(signature.location, Location::Query { .. });
+    let canonical = canonical_request(request, &signature.signed_headers, &body_hash, presigned);
     let string_to_sign = format!(
-        "{ALGORITHM}\n{amz_date}\n{}\n{}",
-        authorization.scope(),
-        hex(&Sha256::digest(canonical.as_bytes()))
+        "{ALGORITHM}\n{}\n{}\n{}",
+        signature.amz_date,
+        signature.scope(),
+        hex(&sha256(canonical.as_bytes()))
     );
-    let key = signing_key(secret, authorization);
-    let expected = hex(&hmac(&key, string_to_sign.as_bytes()));
-    if constant_time_eq(expected.as_bytes(), authorization.signature.as_bytes()) {
+    let expected = hex(&hmac(&key.0, string_to_sign.as_bytes()));
+    if constant_time_eq(expected.as_bytes(), signature.signature.as_bytes()) {
         Ok(())
     } else {
         Err(SigV4Error::Mismatch)
     }
 }
 
-/// The canonical request AWS signs.
-pub fn canonical_request(request: &Request<'_>, signed_headers: &[String]) -> String {
-    let headers: String = signed_headers
-        .iter()
-        .map(|name| format!("{name}:{}\n", canonical_header_value(request, name)))
-        .collect();
-    let payload_hash = header_text(request.headers, "x-amz-content-sha256")
-        .map(str::to_owned)
-        .unwrap_or_else(|| hex(&Sha256::digest(request.body)));
-    format!(
-        "{}\n{}\n{}\n{headers}\n{}\n{payload_hash}",
-        request.method,
-        canonical_path(request.path),
-        canonical_query(request.query.unwrap_or("")),
-        signed_headers.join(";"),
-    )
+fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    Sha256::digest(data).into()
 }
 
-fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// A signed header's values, trimmed, inner runs of spaces collapsed, joined
-/// with commas; `host` falls back to the request's authority.
-fn canonical_header_value(request: &Request<'_>, name: &str) -> String {
-    let values: Vec<String> = request
-        .headers
-        .get_all(name)
-        .iter()
-        .map(|v| collapse_spaces(&String::from_utf8_lossy(v.as_bytes())))
-        .collect();
-    if values.is_empty() && name == "host" {
-        return request.authority.unwrap_or("").to_owned();
-    }
-    values.join(",")
-}
-
-fn collapse_spaces(value: &str) -> String {
-    value.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Each path segment encoded again (AWS double-encodes for every service
-/// but S3); an empty path is `/`.
-fn canonical_path(path: &str) -> String {
-    if path.is_empty() {
-        return "/".to_owned();
-    }
-    path.split('/')
-        .map(|segment| encode(segment.as_bytes()))
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-/// Names and values decoded as a form (`+` is a space, as the SDK's signer
-/// reads them), encoded the AWS way, sorted by name then value.
-fn canonical_query(query: &str) -> String {
-    let mut pairs: Vec<(String, String)> = query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let form = |text: &str| decode(&text.replace('+', " "));
-            (encode(&form(name)), encode(&form(value)))
-        })
-        .collect();
-    pairs.sort();
-    pairs
-        .iter()
-        .map(|(name, value)| format!("{name}={value}"))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-/// Percent-encodes everything but A-Z a-z 0-9 - _ . ~ (RFC 3986).
-fn encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Percent-decodes (a malformed escape stays as it is).
-fn decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex_pair = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (
-            bytes[i],
-            hex_pair.and_then(|h| u8::from_str_radix(h, 16).ok()),
-        ) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-/// `yyyymmddThhmmssZ` as a time.
-fn parse_amz_date(text: &str) -> Option<SystemTime> {
-    let b = text.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
-        return None;
-    }
-    let number = |range: std::ops::Range<usize>| -> Option<i64> {
-        let digits = text.get(range)?;
-        digits
-            .bytes()
-            .all(|d| d.is_ascii_digit())
-            .then(|| digits.parse().ok())?
-    };
-    let (year, month, day) = (number(0..4)?, number(4..6)?, number(6..8)?);
-    let (hour, minute, second) = (number(9..11)?, number(11..13)?, number(13..15)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    let seconds = days.checked_mul(86_400)? + hour * 3_600 + minute * 60 + second;
-    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).ok()?))
-}
-
-/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
-/// algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    // HMAC takes a key of any length.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
-        Ok(mac) => mac,
-        Err(_) => return Vec::new(),
-    };
+fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");
     mac.update(data);
-    mac.finalize().into_bytes().to_vec()
-}
-
-fn signing_key(secret: &str, authorization: &Authorization) -> Vec<u8> {
-    let date = hmac(
-        format!("AWS4{secret}").as_bytes(),
-        authorization.date.as_bytes(),
-    );
-    let region = hmac(&date, authorization.region.as_bytes());
-    let service = hmac(&region, authorization.service.as_bytes());
-    hmac(&service, b"aws4_request")
+    mac.finalize().into_bytes().into()
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
 }
 
 /// Compares without an early exit, so timing tells nothing about where

@@ -12,13 +12,24 @@ const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
 
 /// A Kinesis-style request signed by the AWS SDK's own signer at `at`.
 fn signed(uri: &str, body: &[u8], at: SystemTime) -> http::Request<Vec<u8>> {
+    signed_with(uri, body, at, SigningSettings::default())
+}
+
+/// A request signed by the AWS SDK's signer with `settings` (header or
+/// presigned query form).
+fn signed_with(
+    uri: &str,
+    body: &[u8],
+    at: SystemTime,
+    settings: SigningSettings,
+) -> http::Request<Vec<u8>> {
     let identity: Identity = Credentials::new(KEY, SECRET, None, None, "test").into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region("us-west-2")
         .name("kinesis")
         .time(at)
-        .settings(SigningSettings::default())
+        .settings(settings)
         .build()
         .expect("signing params")
         .into();
@@ -47,8 +58,8 @@ fn check(
     secret: &str,
     now: SystemTime,
 ) -> Result<(), SigV4Error> {
-    let header = request.headers()["authorization"].to_str().expect("ascii");
-    let authorization = parse_authorization(header)?;
+    let signature = parse(request.headers(), request.uri().query())?;
+    signature.check_time(now)?;
     let parts = Request {
         method: request.method().as_str(),
         path: request.uri().path(),
@@ -57,7 +68,13 @@ fn check(
         authority: request.uri().authority().map(|a| a.as_str()),
         body: request.body(),
     };
-    verify(&parts, &authorization, secret, now)
+    let key = SigningKey::derive(
+        secret,
+        &signature.date,
+        &signature.region,
+        &signature.service,
+    );
+    verify(&parts, &signature, &key)
 }
 
 fn at(seconds: u64) -> SystemTime {
@@ -70,9 +87,7 @@ fn a_request_the_sdk_signed_verifies() {
     let body = br#"{"StreamName":"s","Data":"aGk=","PartitionKey":"k"}"#;
     let request = signed("https://kinesis.us-west-2.amazonaws.com/", body, now);
     assert_eq!(check(&request, SECRET, now), Ok(()));
-    let authorization =
-        parse_authorization(request.headers()["authorization"].to_str().expect("ascii"))
-            .expect("parsed");
+    let authorization = parse(request.headers(), None).expect("parsed");
     assert_eq!(authorization.access_key_id, KEY);
     assert_eq!(authorization.region, "us-west-2");
     assert_eq!(authorization.service, "kinesis");
@@ -129,11 +144,11 @@ fn a_signature_more_than_fifteen_minutes_off_is_refused() {
     assert_eq!(check(&request, SECRET, signed_at - 14 * minute), Ok(()));
     assert!(matches!(
         check(&request, SECRET, signed_at + 16 * minute),
-        Err(SigV4Error::BadDate(_))
+        Err(SigV4Error::Expired(_))
     ));
     assert!(matches!(
         check(&request, SECRET, signed_at - 16 * minute),
-        Err(SigV4Error::BadDate(_))
+        Err(SigV4Error::Expired(_))
     ));
 }
 
@@ -149,6 +164,20 @@ fn over_http2_the_host_comes_from_the_authority() {
 fn malformed_authorization_headers_are_incomplete() {
     let good = "AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date, Signature=";
     let signature = "a".repeat(64);
+    let parse_authorization = |header: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-amz-date",
+            http::HeaderValue::from_static("20260101T000000Z"),
+        );
+        match http::HeaderValue::from_str(header) {
+            Ok(value) => {
+                headers.insert(http::header::AUTHORIZATION, value);
+                parse(&headers, None)
+            }
+            Err(_) => Err(SigV4Error::Incomplete("not a header".to_owned())),
+        }
+    };
     assert!(parse_authorization(&format!("{good}{signature}")).is_ok());
     for bad in [
         String::new(),
@@ -162,6 +191,8 @@ fn malformed_authorization_headers_are_incomplete() {
         good.replace("/aws4_request", "/aws5_request") + &signature,
         good.replace("SignedHeaders=host;x-amz-date", "SignedHeaders=Host") + &signature,
         good.replace(", Signature=", ", Sig=") + &signature,
+        good.replace("SignedHeaders=host;x-amz-date", "SignedHeaders=x-amz-date") + &signature,
+        good.replace("/20260101/", "/20260102/") + &signature,
     ] {
         assert!(
             matches!(parse_authorization(&bad), Err(SigV4Error::Incomplete(_))),
@@ -171,26 +202,114 @@ fn malformed_authorization_headers_are_incomplete() {
 }
 
 #[test]
-fn amz_dates_read_as_utc_times() {
-    // 2026-12-04T10:00:00Z
-    assert_eq!(parse_amz_date("20261204T100000Z"), Some(at(1_796_378_400)));
-    assert_eq!(parse_amz_date("19700101T000000Z"), Some(at(0)));
-    for bad in [
-        "",
-        "20261204T100000",
-        "20261304T100000Z",
-        "2026-12-04T10:00Z",
-        "2026120AT100000Z",
-    ] {
-        assert_eq!(parse_amz_date(bad), None, "{bad:?}");
-    }
-}
-
-#[test]
 fn encoding_follows_rfc_3986() {
+    use canonical::{decode, encode};
     assert_eq!(encode(b"a-b_c.d~e f/g+"), "a-b_c.d~e%20f%2Fg%2B");
     assert_eq!(decode("a%2Fb%zz%4"), b"a/b%zz%4");
     assert!(constant_time_eq(b"abc", b"abc"));
     assert!(!constant_time_eq(b"abc", b"abd"));
     assert!(!constant_time_eq(b"abc", b"ab"));
+}
+
+fn presigned_settings(expires: Duration) -> SigningSettings {
+    let mut settings = SigningSettings::default();
+    settings.signature_location = aws_sigv4::http_request::SignatureLocation::QueryParams;
+    settings.expires_in = Some(expires);
+    settings
+}
+
+#[test]
+fn a_presigned_request_verifies_until_it_expires() {
+    let signed_at = at(1_780_000_000);
+    let body = br#"{"StreamName":"s"}"#;
+    let request = signed_with(
+        "https://kinesis.us-west-2.amazonaws.com/",
+        body,
+        signed_at,
+        presigned_settings(Duration::from_secs(3600)),
+    );
+    assert!(request.headers().get("authorization").is_none());
+    assert_eq!(check(&request, SECRET, signed_at), Ok(()));
+    // Within its hour, though far beyond the header form's 15 minutes.
+    assert_eq!(
+        check(&request, SECRET, signed_at + Duration::from_secs(3599)),
+        Ok(())
+    );
+    assert!(matches!(
+        check(&request, SECRET, signed_at + Duration::from_secs(3601)),
+        Err(SigV4Error::Expired(_))
+    ));
+    assert_eq!(
+        check(&request, "another secret", signed_at),
+        Err(SigV4Error::Mismatch)
+    );
+    let signature = parse(request.headers(), request.uri().query()).expect("parsed");
+    assert_eq!(
+        signature.location,
+        Location::Query {
+            expires: Duration::from_secs(3600)
+        }
+    );
+}
+
+#[test]
+fn a_presigned_query_missing_a_part_is_incomplete() {
+    let request = signed_with(
+        "https://kinesis.us-west-2.amazonaws.com/",
+        b"{}",
+        at(1_780_000_000),
+        presigned_settings(Duration::from_secs(60)),
+    );
+    let query = request.uri().query().expect("a query");
+    for name in [
+        "X-Amz-Credential",
+        "X-Amz-Date",
+        "X-Amz-Expires",
+        "X-Amz-SignedHeaders",
+    ] {
+        let without: Vec<&str> = query
+            .split('&')
+            .filter(|pair| !pair.starts_with(name))
+            .collect();
+        assert!(
+            matches!(
+                parse(&HeaderMap::new(), Some(&without.join("&"))),
+                Err(SigV4Error::Incomplete(_))
+            ),
+            "{name}"
+        );
+    }
+    let week_and_a_second = query.replace("X-Amz-Expires=60", "X-Amz-Expires=604801");
+    assert!(matches!(
+        parse(&HeaderMap::new(), Some(&week_and_a_second)),
+        Err(SigV4Error::Incomplete(_))
+    ));
+}
+
+#[test]
+fn no_credentials_at_all_is_missing() {
+    assert_eq!(parse(&HeaderMap::new(), None), Err(SigV4Error::Missing));
+    assert_eq!(
+        parse(&HeaderMap::new(), Some("a=b")),
+        Err(SigV4Error::Missing)
+    );
+}
+
+#[test]
+fn a_body_that_does_not_match_its_signed_hash_is_a_mismatch() {
+    let now = at(1_780_000_000);
+    let mut request = signed("https://kinesis.us-west-2.amazonaws.com/", b"{}", now);
+    request.headers_mut().insert(
+        "x-amz-content-sha256",
+        http::HeaderValue::from_static("UNSIGNED-PAYLOAD"),
+    );
+    assert_eq!(check(&request, SECRET, now), Err(SigV4Error::Mismatch));
+}
+
+#[test]
+fn signing_keys_travel_as_32_bytes() {
+    let key = SigningKey::derive(SECRET, "20260101", "us-east-1", "kinesis");
+    assert_eq!(SigningKey::from_bytes(key.as_bytes()), Some(key.clone()));
+    assert_eq!(SigningKey::from_bytes(&[0; 31]), None);
+    assert_eq!(format!("{key:?}"), "SigningKey(..)");
 }

@@ -12,8 +12,6 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -130,27 +128,6 @@ pub fn inject_current_context(metadata: &mut MetadataMap) {
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut MetadataInjector(metadata));
     });
-}
-
-/// A tonic interceptor that propagates the caller's trace to the callee.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TraceContextInterceptor;
-
-impl tonic::service::Interceptor for TraceContextInterceptor {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        inject_current_context(request.metadata_mut());
-        Ok(request)
-    }
-}
-
-/// A gRPC channel whose calls carry the trace context.
-pub type TracedChannel = InterceptedService<Channel, TraceContextInterceptor>;
-
-pub fn traced(channel: Channel) -> TracedChannel {
-    InterceptedService::new(channel, TraceContextInterceptor)
 }
 
 /// The span a gRPC server opens per request, parented to the caller's trace

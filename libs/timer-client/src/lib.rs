@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use freshet_proto::v1::timer_client::TimerClient as TimerGrpcClient;
 use freshet_proto::v1::NowRequest;
-use freshet_telemetry::TracedChannel;
+use freshet_server::TracedChannel;
 use tokio::time::Instant;
 
 /// An interval of timer-service time, in microseconds since the Unix epoch.

@@ -8,8 +8,12 @@
 
 use std::fmt;
 
+pub mod identity;
 pub mod state;
-pub use state::{CommitmentStatus, ShardState, StreamMode, StreamStatus, UnknownState};
+pub use identity::{AccessKeyId, AccountId, Principal};
+pub use state::{
+    AccessKeyStatus, CommitmentStatus, ShardState, StreamMode, StreamStatus, UnknownState,
+};
 
 use md5::{Digest, Md5};
 

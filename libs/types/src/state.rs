@@ -115,6 +115,15 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// Whether an access key signs requests (IAM's `StatusType`).
+    AccessKeyStatus ("access key status") {
+        Active = "Active",
+        /// Kept, but every request it signs is refused.
+        Inactive = "Inactive",
+    }
+}
+
 impl CommitmentStatus {
     /// Whether the commitment is in force now (warm throughput needs it).
     pub fn is_in_force(self) -> bool {

@@ -59,6 +59,8 @@ pub struct Config {
     /// Expiry of a stream's Redis hash.
     #[arg(long, env = "FRESHET_CACHE_KEY_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub key_ttl: Duration,
+    #[command(flatten)]
+    pub internal: freshet_server::InternalTokenFlag,
 }
 
 /// Longest a Redis read may take before the cache answers from Postgres.
@@ -323,6 +325,8 @@ impl ShardMapCache for CacheService {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
+    Token(#[from] freshet_server::BadInternalToken),
+    #[error(transparent)]
     Metastore(#[from] freshet_metastore::MetastoreError),
     #[error("parse REDIS_URL: {0}")]
     Redis(#[from] redis::RedisError),
@@ -343,8 +347,9 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let pool = freshet_metastore::connect_url_and_migrate(&config.database.url, 10).await?;
     let redis = redis::Client::open(config.redis_url.as_str())?;
+    let token = config.internal.token()?;
     let timer = TimerClient::spawn(
-        freshet_server::grpc_channel(&config.timer.addr)?,
+        freshet_server::grpc_channel(&config.timer.addr, &token)?,
         TimerClientConfig::default(),
     );
     let service = CacheService::new(
@@ -355,19 +360,20 @@ pub async fn run(
         config.route_ttl,
         config.key_ttl,
     );
-    serve(service, &config.membership.addr, listener, shutdown).await
+    serve(service, &config.membership.addr, &token, listener, shutdown).await
 }
 
 /// Serves an already-built service, mirroring membership's change log.
 pub async fn serve(
     service: CacheService,
     membership_addr: &str,
+    token: &freshet_server::InternalToken,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let (events, mut event_receiver) = mpsc::unbounded_channel();
     let _subscription = freshet_shardmap::follow_change_log(
-        freshet_server::grpc_channel(membership_addr)?,
+        freshet_server::grpc_channel(membership_addr, token)?,
         SharedShardMap::default(),
         Some(events),
     );
@@ -380,7 +386,7 @@ pub async fn serve(
     });
     let addr = listener.local_addr().map_err(RunError::Address)?;
     tracing::info!(%addr, "cache serving grpc");
-    let router = freshet_server::grpc_server().add_service(ShardMapCacheServer::new(service));
+    let router = freshet_server::grpc_server(token).add_service(ShardMapCacheServer::new(service));
     let served =
         freshet_server::serve_grpc(router, "freshet.v1.ShardMapCache", listener, shutdown).await;
     tasks.stop(freshet_server::TASK_STOP_DEADLINE).await;

@@ -2,7 +2,8 @@
 //! list), resharding (`reshard.rs`: SplitShard, MergeShards,
 //! UpdateShardCount), the scaler of on-demand streams (`scaler.rs`), worker
 //! balancing (`balancer.rs`), warm throughput and account settings
-//! (`capacity.rs`) and the access-key → account table.
+//! (`capacity.rs`), and identities (`identities.rs`: users and access keys,
+//! their secrets sealed under the master key by `sealing.rs`).
 //!
 //! A stream's shards split the 128-bit hash-key space evenly; membership
 //! places each on workers in distinct availability zones and publishes the
@@ -12,11 +13,13 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use freshet_errors::ErrorCode;
 use freshet_metastore::{MetaStore, MetastoreError, NewStream, NewStreamOutcome, StreamRow};
 use freshet_proto::v1::control_plane_server::{ControlPlane, ControlPlaneServer};
+use freshet_proto::v1::identities_server::IdentitiesServer;
 use freshet_proto::v1::membership_client::MembershipClient;
 use freshet_proto::v1::{self as proto, *};
 use freshet_server::{DatabaseUrl, MembershipAddr, StorageClients, Tasks, TracedChannel};
@@ -28,9 +31,11 @@ use tonic::{Request, Response, Status};
 
 mod balancer;
 mod capacity;
+pub mod identities;
 mod rate_limits;
 mod reshard;
 mod scaler;
+pub mod sealing;
 
 pub use scaler::ScalerConfig;
 
@@ -75,6 +80,19 @@ pub struct Config {
     /// Enforce Kinesis's control-plane call rates (LimitExceededException).
     #[arg(long, env = "FRESHET_API_RATE_LIMITS", default_value_t = true, action = clap::ArgAction::Set)]
     pub api_rate_limits: bool,
+    #[command(flatten)]
+    pub auth: freshet_server::AuthFlags,
+    /// File holding the master key that seals access-key secrets (base64 of
+    /// 32 bytes). Required in secure mode (or FRESHET_MASTER_KEY).
+    #[arg(long, env = "FRESHET_MASTER_KEY_FILE", value_name = "PATH")]
+    pub master_key_file: Option<std::path::PathBuf>,
+    /// The master key itself (base64 of 32 bytes), when not in a file.
+    #[arg(long, env = "FRESHET_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+    #[command(flatten)]
+    pub bootstrap: identities::BootstrapKey,
+    #[command(flatten)]
+    pub internal: freshet_server::InternalTokenFlag,
 }
 
 /// The ControlPlane gRPC service.
@@ -141,6 +159,7 @@ impl ControlPlaneService {
         shard_limit: u32,
         scaler: ScalerConfig,
         api_rate_limits: bool,
+        token: &freshet_server::InternalToken,
     ) -> ControlPlaneService {
         ControlPlaneService {
             store,
@@ -149,7 +168,7 @@ impl ControlPlaneService {
             scaler: std::sync::Arc::new(scaler),
             rate_limits: std::sync::Arc::new(rate_limits::ApiRateLimits::new(api_rate_limits)),
             stream_locks: Default::default(),
-            storage: Default::default(),
+            storage: std::sync::Arc::new(StorageClients::new(token)),
             tasks: Tasks::new(),
         }
     }
@@ -203,21 +222,6 @@ impl ControlPlaneService {
 
 #[tonic::async_trait]
 impl ControlPlane for ControlPlaneService {
-    async fn resolve_access_key(
-        &self,
-        request: Request<ResolveAccessKeyRequest>,
-    ) -> Result<Response<ResolveAccessKeyResponse>, Status> {
-        let account = self
-            .store
-            .resolve_access_key(&request.into_inner().access_key_id)
-            .await
-            .map_err(internal)?;
-        Ok(Response::new(ResolveAccessKeyResponse {
-            found: account.is_some(),
-            account_id: account.unwrap_or_default(),
-        }))
-    }
-
     async fn create_stream(
         &self,
         request: Request<CreateStreamRequest>,
@@ -574,6 +578,16 @@ impl ControlPlane for ControlPlaneService {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
+    Token(#[from] freshet_server::BadInternalToken),
+    #[error("secure mode (FRESHET_AUTH=sigv4) needs FRESHET_INTERNAL_TOKEN: the services' credential to each other")]
+    NoInternalToken,
+    #[error("master key: {0}")]
+    MasterKey(#[from] sealing::SealingError),
+    #[error("secure mode (FRESHET_AUTH=sigv4) needs a master key: set FRESHET_MASTER_KEY_FILE or FRESHET_MASTER_KEY (32 random bytes, base64)")]
+    DevelopmentMasterKey,
+    #[error("bootstrap key: {0}")]
+    Bootstrap(#[from] identities::BootstrapError),
+    #[error(transparent)]
     Metastore(#[from] MetastoreError),
     /// The listener's own address could not be read.
     #[error("read the bound address: {0}")]
@@ -590,13 +604,34 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
+    let token = config.internal.token()?;
+    let secure = config.auth.mode == freshet_server::AuthMode::Sigv4;
+    if secure && !token.is_set() {
+        return Err(RunError::NoInternalToken);
+    }
+    let master = sealing::MasterKey::load(
+        config.master_key_file.as_deref(),
+        config.master_key.as_deref(),
+    )?;
+    if master.is_development() {
+        if secure {
+            return Err(RunError::DevelopmentMasterKey);
+        }
+        tracing::warn!(
+            "no master key configured: secrets are sealed under the well-known development key"
+        );
+    }
     let pool = freshet_metastore::connect_url_and_migrate(&config.database.url, 10).await?;
+    let identities =
+        identities::IdentityService::new(MetaStore::new(pool.clone()), Arc::new(master));
+    identities.bootstrap(&config.bootstrap).await?;
     let service = ControlPlaneService::new(
         MetaStore::new(pool),
-        freshet_server::grpc_channel(&config.membership.addr)?,
+        freshet_server::grpc_channel(&config.membership.addr, &token)?,
         config.shard_limit,
         config.scaler,
         config.api_rate_limits,
+        &token,
     );
     // Before serving, so no new update can be mistaken for an interrupted
     // one. Membership may not answer yet: a few tries, then serve anyway.
@@ -619,24 +654,27 @@ pub async fn run(
     service
         .tasks
         .spawn_loop(scaler::run_scaler(service.clone()));
-    serve(service, listener, shutdown).await
+    serve(service, identities, &token, listener, shutdown).await
 }
 
 /// Serves an already-built service.
 pub async fn serve(
     service: ControlPlaneService,
+    identities: identities::IdentityService,
+    token: &freshet_server::InternalToken,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let addr = listener.local_addr().map_err(RunError::Address)?;
     tracing::info!(%addr, "control plane serving grpc");
     let tasks = service.tasks.clone();
-    let router = freshet_server::grpc_server()
+    let router = freshet_server::grpc_server(token)
         .timeout(Duration::from_secs(30))
         .add_service(
             ControlPlaneServer::new(service)
                 .max_encoding_message_size(freshet_server::CONTROL_PLANE_MESSAGE_LIMIT),
-        );
+        )
+        .add_service(IdentitiesServer::new(identities));
     let served =
         freshet_server::serve_grpc(router, "freshet.v1.ControlPlane", listener, shutdown).await;
     tasks.stop(freshet_server::TASK_STOP_DEADLINE).await;

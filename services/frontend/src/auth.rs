@@ -1,18 +1,33 @@
-//! Who is calling: the access key from the SigV4 `Authorization` header,
-//! mapped to an account through the control plane's access-key table.
+//! Who is calling. Every request passes here twice: [`Authenticator::admit`]
+//! before its body is read (the signature's form, its scope and time, the
+//! key behind it), and [`Admitted::verify`] once the body is in (the
+//! signature itself). A request refused at the first step costs no body.
 //!
-//! Signatures are parsed but **not verified** yet (a later issue); no
-//! claim of authentication beyond "this key is known" is made.
+//! Two modes, one path (`freshet_server::AuthMode`):
+//! - development: any key works, as in LocalStack and moto. A 12-digit key
+//!   id names the account; any other key is the default account. The
+//!   signature must still be well formed.
+//! - sigv4: the signature is verified with the signing key the control
+//!   plane derives from the key's sealed secret (the secret never reaches
+//!   the frontend). Keys are cached for `--key-cache-ttl` (a minute by
+//!   default: a disabled key stops working within that), and kept for up to 15 minutes while the control
+//!   plane cannot be reached, so the data path outlives a control-plane
+//!   outage. Unknown keys are cached briefly too, and a source that keeps
+//!   failing to authenticate is refused for a while.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use freshet_errors::ErrorCode;
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
-
-use freshet_proto::v1::control_plane_client::ControlPlaneClient;
+use freshet_proto::v1::identities_client::IdentitiesClient;
 use freshet_proto::v1::ResolveAccessKeyRequest;
 use freshet_server::TracedChannel;
+use freshet_sigv4::{SigV4Error, Signature, SigningKey};
+use freshet_types::{AccessKeyId, AccountId, Principal};
 use http::HeaderMap;
+use moka::sync::Cache;
 use tokio::time::Instant;
 
 use crate::error::{KinesisError, KinesisResult};
@@ -21,146 +36,337 @@ use crate::error::{KinesisError, KinesisResult};
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub account_id: String,
-}
-
-/// How long a resolved key → account mapping is reused.
-const ACCOUNT_CACHE_TTL: Duration = Duration::from_secs(60);
-
-/// The SigV4 credential scope of a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credential {
-    pub access_key_id: String,
+    pub principal: Principal,
+    /// The region of the request's signature scope.
     pub region: String,
 }
 
-/// Parses `AWS4-HMAC-SHA256 Credential=AKID/date/region/service/aws4_request,
-/// SignedHeaders=..., Signature=...` (or the presigned-query equivalent).
-pub fn parse_credential(headers: &HeaderMap, query: Option<&str>) -> KinesisResult<Credential> {
-    let header = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let query_credential = query.and_then(|q| {
-        q.split('&')
-            .find_map(|pair| pair.strip_prefix("X-Amz-Credential="))
-            .map(|v| v.replace("%2F", "/").replace("%2f", "/"))
-    });
-    let credential = match (header, query_credential) {
-        (Some(header), _) => {
-            let Some(params) = header.strip_prefix("AWS4-HMAC-SHA256 ") else {
-                return Err(KinesisError::new(
-                    ErrorCode::IncompleteSignature,
-                    format!("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header. Authorization={header}"),
-                ));
-            };
-            let mut credential = None;
-            let mut signature = false;
-            let mut signed_headers = false;
-            for part in params.split(',') {
-                let part = part.trim();
-                if let Some(value) = part.strip_prefix("Credential=") {
-                    credential = Some(value.to_owned());
-                } else if part.starts_with("Signature=") {
-                    signature = true;
-                } else if part.starts_with("SignedHeaders=") {
-                    signed_headers = true;
-                }
-            }
-            let mut missing = Vec::new();
-            if credential.is_none() {
-                missing.push("Authorization header requires 'Credential' parameter.");
-            }
-            if !signature {
-                missing.push("Authorization header requires 'Signature' parameter.");
-            }
-            if !signed_headers {
-                missing.push("Authorization header requires 'SignedHeaders' parameter.");
-            }
-            if !missing.is_empty() {
-                return Err(KinesisError::new(
-                    ErrorCode::IncompleteSignature,
-                    format!("{} Authorization={header}", missing.join(" ")),
-                ));
-            }
-            credential.unwrap_or_default()
+/// The service name a Kinesis request is signed for.
+const SERVICE: &str = "kinesis";
+/// How long a resolved key is still used while the control plane cannot
+/// answer.
+const KEY_USABLE_FOR: Duration = Duration::from_secs(15 * 60);
+/// How long an unknown key stays unknown without asking again.
+const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(5);
+/// Entries per cache: a bound on memory whatever keys callers invent.
+const CACHE_CAPACITY: u64 = 10_000;
+/// Failed authentications one source may have per window before it is
+/// refused without looking at its requests.
+const FAILURES_PER_SOURCE: u32 = 50;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+fn error(code: ErrorCode, message: impl Into<String>) -> KinesisError {
+    KinesisError::new(code, message)
+}
+
+fn invalid_token() -> KinesisError {
+    error(
+        ErrorCode::UnrecognizedClient,
+        "The security token included in the request is invalid.",
+    )
+}
+
+impl From<SigV4Error> for KinesisError {
+    fn from(failure: SigV4Error) -> KinesisError {
+        let code = match failure {
+            SigV4Error::Missing => ErrorCode::MissingAuthenticationToken,
+            SigV4Error::Incomplete(_) => ErrorCode::IncompleteSignature,
+            SigV4Error::Expired(_) | SigV4Error::Mismatch => ErrorCode::InvalidSignature,
+        };
+        error(code, failure.to_string())
+    }
+}
+
+/// A resolved access key: who it is, and the key that checks its
+/// signatures for one scope.
+#[derive(Clone)]
+struct ResolvedKey {
+    principal: Principal,
+    signing_key: SigningKey,
+    fetched_at: Instant,
+}
+
+/// Authenticates requests in the deployment's mode.
+pub struct Authenticator {
+    mode: Mode,
+}
+
+enum Mode {
+    Development { default_account: AccountId },
+    Sigv4(Box<Verifier>),
+}
+
+/// Secure mode's state: where keys are resolved, and the bounded caches.
+struct Verifier {
+    region: String,
+    identities: IdentitiesClient<TracedChannel>,
+    /// How long a resolved key is used before it is looked up again (so
+    /// how long a disabled key may go on working).
+    key_fresh_for: Duration,
+    /// By (key id, day, region): a signing key is per scope.
+    keys: Cache<(String, String, String), ResolvedKey>,
+    unknown_keys: Cache<String, ()>,
+    failures: Cache<IpAddr, Arc<AtomicU32>>,
+}
+
+/// A request that passed the checks its headers allow; [`Admitted::verify`]
+/// finishes the job once the body is read.
+pub struct Admitted {
+    caller: Caller,
+    /// The signature and its key, in secure mode.
+    check: Option<(Signature, SigningKey)>,
+}
+
+/// The parts of a request a signature covers, other than its headers.
+pub struct SignedParts<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub authority: Option<&'a str>,
+}
+
+impl Authenticator {
+    pub fn development(default_account: AccountId) -> Authenticator {
+        Authenticator {
+            mode: Mode::Development { default_account },
         }
-        (None, Some(credential)) => credential,
-        (None, None) => {
-            return Err(KinesisError::new(
-                ErrorCode::MissingAuthenticationToken,
-                "Missing Authentication Token",
+    }
+
+    pub fn sigv4(
+        region: String,
+        identities: IdentitiesClient<TracedChannel>,
+        key_fresh_for: Duration,
+    ) -> Authenticator {
+        Authenticator {
+            mode: Mode::Sigv4(Box::new(Verifier {
+                region,
+                identities,
+                key_fresh_for,
+                keys: Cache::builder()
+                    .max_capacity(CACHE_CAPACITY)
+                    .time_to_live(KEY_USABLE_FOR)
+                    .build(),
+                unknown_keys: Cache::builder()
+                    .max_capacity(CACHE_CAPACITY)
+                    .time_to_live(UNKNOWN_KEY_TTL)
+                    .build(),
+                failures: Cache::builder()
+                    .max_capacity(CACHE_CAPACITY)
+                    .time_to_live(FAILURE_WINDOW)
+                    .build(),
+            })),
+        }
+    }
+
+    /// Everything that can be checked before the body is read.
+    pub async fn admit(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        source: Option<IpAddr>,
+    ) -> KinesisResult<Admitted> {
+        match &self.mode {
+            Mode::Development { default_account } => {
+                let signature = freshet_sigv4::parse(headers, query)?;
+                let account = signature
+                    .access_key_id
+                    .parse::<AccountId>()
+                    .unwrap_or_else(|_| default_account.clone());
+                Ok(Admitted {
+                    caller: Caller {
+                        account_id: account.to_string(),
+                        principal: Principal::Root { account },
+                        region: signature.region,
+                    },
+                    check: None,
+                })
+            }
+            Mode::Sigv4(verifier) => {
+                if let Some(source) = source {
+                    let failed = verifier
+                        .failures
+                        .get(&source)
+                        .map_or(0, |count| count.load(Ordering::Relaxed));
+                    if failed >= FAILURES_PER_SOURCE {
+                        return Err(error(
+                            ErrorCode::Throttling,
+                            "Too many failed authentication attempts; retry later.",
+                        ));
+                    }
+                }
+                let admitted = verifier.admit(headers, query).await;
+                if let (Err(refusal), Some(source)) = (&admitted, source) {
+                    if refusal.code.http_status() < 500 {
+                        self.record_failure(source);
+                    }
+                }
+                admitted
+            }
+        }
+    }
+
+    /// Counts a failed authentication against `source`.
+    pub fn record_failure(&self, source: IpAddr) {
+        if let Mode::Sigv4(verifier) = &self.mode {
+            verifier
+                .failures
+                .get_with(source, || Arc::new(AtomicU32::new(0)))
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Verifier {
+    /// Secure mode's checks on the headers: the signature's form, scope
+    /// and time, and the key behind it.
+    async fn admit(&self, headers: &HeaderMap, query: Option<&str>) -> KinesisResult<Admitted> {
+        let Verifier {
+            region,
+            identities,
+            key_fresh_for,
+            keys,
+            unknown_keys,
+            ..
+        } = self;
+        let signature = freshet_sigv4::parse(headers, query)?;
+        if signature.security_token.is_some() {
+            // Temporary credentials are not issued here, so no session
+            // token can be valid (AWS's text for a bad token has no period).
+            return Err(error(
+                ErrorCode::UnrecognizedClient,
+                "The security token included in the request is invalid",
             ));
         }
-    };
-    let parts: Vec<&str> = credential.split('/').collect();
-    if parts.len() != 5 || parts[0].is_empty() || parts[4] != "aws4_request" {
-        return Err(KinesisError::new(
-            ErrorCode::IncompleteSignature,
-            format!(
-                "Credential should be scoped to a valid region, not '{}'. ",
-                parts.get(2).copied().unwrap_or("")
-            ),
-        ));
-    }
-    Ok(Credential {
-        access_key_id: parts[0].to_owned(),
-        region: parts[2].to_owned(),
-    })
-}
-
-/// Resolves access keys to accounts, with a short-lived local cache.
-pub struct AccountResolver {
-    control_plane: ControlPlaneClient<TracedChannel>,
-    cache: Mutex<HashMap<String, (Option<String>, Instant)>>,
-}
-
-impl AccountResolver {
-    pub fn new(control_plane: ControlPlaneClient<TracedChannel>) -> AccountResolver {
-        AccountResolver {
-            control_plane,
-            cache: Mutex::new(HashMap::new()),
+        if signature.service != SERVICE {
+            return Err(error(
+                ErrorCode::InvalidSignature,
+                format!("Credential should be scoped to correct service: '{SERVICE}'. "),
+            ));
         }
-    }
-
-    /// The caller's account, or UnrecognizedClientException.
-    pub async fn account_of(&self, access_key_id: &str) -> KinesisResult<String> {
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(access_key_id)
-            .cloned();
-        let account = match cached {
-            Some((account, at)) if at.elapsed() < ACCOUNT_CACHE_TTL => account,
-            stale => {
-                let mut client = self.control_plane.clone();
-                let request = ResolveAccessKeyRequest {
-                    access_key_id: access_key_id.to_owned(),
-                };
-                match client.resolve_access_key(request).await {
-                    Ok(response) => {
-                        let response = response.into_inner();
-                        let account = response.found.then_some(response.account_id);
-                        self.cache
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(access_key_id.to_owned(), (account.clone(), Instant::now()));
-                        account
-                    }
-                    // The control plane (or its Postgres) is down: a key
-                    // resolved before keeps working, so the data path does.
-                    Err(status) => match stale {
-                        Some((account, _)) => account,
-                        None => return Err(KinesisError::from_status(&status)),
-                    },
-                }
-            }
+        if signature.region != *region {
+            return Err(error(
+                ErrorCode::InvalidSignature,
+                format!(
+                    "Credential should be scoped to a valid region, not '{}'. ",
+                    signature.region
+                ),
+            ));
+        }
+        signature.check_time(SystemTime::now())?;
+        let Ok(key_id) = signature.access_key_id.parse::<AccessKeyId>() else {
+            return Err(invalid_token());
         };
-        account.ok_or_else(|| {
-            KinesisError::new(
-                ErrorCode::UnrecognizedClient,
-                "The security token included in the request is invalid.",
-            )
+        if unknown_keys.contains_key(key_id.as_str()) {
+            return Err(invalid_token());
+        }
+        let cache_key = (
+            key_id.to_string(),
+            signature.date.clone(),
+            signature.region.clone(),
+        );
+        let cached = keys.get(&cache_key);
+        let resolved = match cached {
+            Some(key) if key.fetched_at.elapsed() < *key_fresh_for => key,
+            stale => match resolve(identities, &key_id, &signature).await {
+                Ok(Some(key)) => {
+                    keys.insert(cache_key, key.clone());
+                    key
+                }
+                Ok(None) => {
+                    keys.invalidate(&cache_key);
+                    unknown_keys.insert(key_id.to_string(), ());
+                    return Err(invalid_token());
+                }
+                // The control plane (or its Postgres) is down: a key
+                // resolved before keeps working, so the data path does.
+                Err(failure) => match stale {
+                    Some(key) => {
+                        tracing::warn!("using a cached access key: {}", failure.message);
+                        key
+                    }
+                    None => return Err(failure),
+                },
+            },
+        };
+        let account = resolved.principal.account().clone();
+        Ok(Admitted {
+            caller: Caller {
+                account_id: account.to_string(),
+                principal: resolved.principal,
+                region: signature.region.clone(),
+            },
+            check: Some((signature, resolved.signing_key)),
         })
+    }
+}
+
+/// Asks the control plane for the key; `None` if it is unknown or
+/// inactive.
+async fn resolve(
+    identities: &IdentitiesClient<TracedChannel>,
+    key_id: &AccessKeyId,
+    signature: &Signature,
+) -> KinesisResult<Option<ResolvedKey>> {
+    let request = ResolveAccessKeyRequest {
+        access_key_id: key_id.to_string(),
+        date: signature.date.clone(),
+        region: signature.region.clone(),
+        service: signature.service.clone(),
+    };
+    let response = identities
+        .clone()
+        .resolve_access_key(freshet_server::request_with_deadline(
+            request,
+            Duration::from_secs(5),
+        ))
+        .await
+        .map_err(|status| KinesisError::from_status(&status))?
+        .into_inner();
+    if !response.found {
+        return Ok(None);
+    }
+    let account: AccountId = response
+        .account_id
+        .parse()
+        .map_err(|_| KinesisError::internal("the control plane named no valid account"))?;
+    let principal = if response.user_name.is_empty() {
+        Principal::Root { account }
+    } else {
+        Principal::User {
+            account,
+            name: response.user_name,
+        }
+    };
+    let signing_key = SigningKey::from_bytes(&response.signing_key)
+        .ok_or_else(|| KinesisError::internal("the control plane sent no valid signing key"))?;
+    Ok(Some(ResolvedKey {
+        principal,
+        signing_key,
+        fetched_at: Instant::now(),
+    }))
+}
+
+impl Admitted {
+    /// The signature checked against the whole request (secure mode);
+    /// the caller it proves.
+    pub fn verify(
+        self,
+        parts: &SignedParts<'_>,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> KinesisResult<Caller> {
+        if let Some((signature, key)) = &self.check {
+            let request = freshet_sigv4::Request {
+                method: parts.method,
+                path: parts.path,
+                query: parts.query,
+                headers,
+                authority: parts.authority,
+                body,
+            };
+            freshet_sigv4::verify(&request, signature, key)?;
+        }
+        Ok(self.caller)
     }
 }
 
@@ -170,43 +376,77 @@ mod tests {
 
     fn headers(authorization: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(http::header::AUTHORIZATION, authorization.parse().unwrap());
+        headers.insert(
+            http::header::AUTHORIZATION,
+            authorization.parse().expect("a header value"),
+        );
+        headers.insert("x-amz-date", "20260101T000000Z".parse().expect("a date"));
         headers
     }
 
-    #[test]
-    fn reads_the_access_key_and_region() {
-        let credential = parse_credential(
-            &headers("AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date, Signature=abc"),
-            None,
-        )
-        .unwrap();
-        assert_eq!(
-            credential,
-            Credential {
-                access_key_id: "test".into(),
-                region: "us-east-1".into()
-            }
-        );
+    fn signed_by(key: &str, region: &str) -> HeaderMap {
+        headers(&format!(
+            "AWS4-HMAC-SHA256 Credential={key}/20260101/{region}/kinesis/aws4_request, SignedHeaders=host;x-amz-date, Signature={}",
+            "0".repeat(64)
+        ))
     }
 
-    #[test]
-    fn no_credentials_is_a_missing_token() {
-        assert_eq!(
-            parse_credential(&HeaderMap::new(), None)
-                .unwrap_err()
-                .exception(),
-            "MissingAuthenticationTokenException"
-        );
+    fn development() -> Authenticator {
+        Authenticator::development("000000000000".parse().expect("an account"))
     }
 
-    #[test]
-    fn a_header_without_signature_is_incomplete() {
-        let error = parse_credential(
-            &headers("AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request"),
-            None,
-        )
-        .unwrap_err();
-        assert_eq!(error.exception(), "IncompleteSignatureException");
+    #[tokio::test]
+    async fn in_development_a_twelve_digit_key_names_the_account() {
+        let caller = development()
+            .admit(&signed_by("123456789012", "us-west-2"), None, None)
+            .await
+            .expect("admitted")
+            .verify(
+                &SignedParts {
+                    method: "POST",
+                    path: "/",
+                    query: None,
+                    authority: None,
+                },
+                &HeaderMap::new(),
+                b"",
+            )
+            .expect("no signature check in development");
+        assert_eq!(caller.account_id, "123456789012");
+        assert_eq!(caller.region, "us-west-2");
+        assert_eq!(caller.principal.arn(), "arn:aws:iam::123456789012:root");
+    }
+
+    #[tokio::test]
+    async fn in_development_any_other_key_is_the_default_account() {
+        for key in ["test", "AKIAIOSFODNN7EXAMPLE", "12345678901"] {
+            let admitted = development()
+                .admit(&signed_by(key, "us-east-1"), None, None)
+                .await
+                .expect("admitted");
+            assert_eq!(admitted.caller.account_id, "000000000000", "{key}");
+        }
+    }
+
+    #[tokio::test]
+    async fn in_development_malformed_signatures_are_still_refused() {
+        let refused = |headers: HeaderMap| async move {
+            development()
+                .admit(&headers, None, None)
+                .await
+                .err()
+                .map(|e| e.exception())
+        };
+        assert_eq!(
+            refused(HeaderMap::new()).await,
+            Some("MissingAuthenticationTokenException")
+        );
+        assert_eq!(
+            refused(headers(
+                "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request"
+            ))
+            .await,
+            Some("IncompleteSignatureException")
+        );
     }
 }

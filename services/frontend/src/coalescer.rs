@@ -413,7 +413,7 @@ mod tests {
 
     fn coalescer() -> Arc<AppendCoalescer> {
         AppendCoalescer::new(
-            Arc::default(),
+            Arc::new(StoragePool::new(&freshet_server::InternalToken::none())),
             Duration::from_secs(1),
             1,
             freshet_server::Tasks::new(),

@@ -14,6 +14,10 @@ pub struct KinesisError {
 
 pub type KinesisResult<T> = Result<T, KinesisError>;
 
+/// What a client is told of any failure inside Freshet; the detail is in
+/// the logs, under the request's id.
+pub const INTERNAL_FAILURE_MESSAGE: &str = "Internal service failure.";
+
 impl KinesisError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> KinesisError {
         KinesisError {
@@ -67,13 +71,14 @@ impl KinesisError {
     }
 
     /// An error from an internal service, by the code it carries. A
-    /// server-side failure keeps the service's message behind a prefix.
+    /// server-side failure's message (worker ids, epochs, paths) is logged,
+    /// never shown: the client gets a generic one.
     pub fn from_status(status: &tonic::Status) -> KinesisError {
         let code = ErrorCode::of_status(status);
         let message = status.message().to_owned();
         if code.http_status() >= 500 {
             tracing::warn!(%code, %message, "internal service call failed");
-            return KinesisError::new(code, format!("Internal service failure: {message}"));
+            return KinesisError::new(code, INTERNAL_FAILURE_MESSAGE);
         }
         KinesisError::new(code, message)
     }

@@ -2,42 +2,64 @@
 //! content type and credentials, dispatches, and writes Kinesis-shaped
 //! responses and errors.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tracing::Instrument as _;
 
 use freshet_errors::ErrorCode;
 
-use crate::auth::Caller;
-use crate::error::{KinesisError, KinesisResult};
-use crate::{auth, ops, Frontend};
+use crate::auth::SignedParts;
+use crate::error::{KinesisError, KinesisResult, INTERNAL_FAILURE_MESSAGE};
+use crate::{ops, Frontend};
 
-/// Kinesis allows 10 MiB of records per request; base64 makes that ~13.4 MiB.
-const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+const MIB: usize = 1024 * 1024;
+/// The largest body a record-writing operation may send: 10 MiB of data
+/// (Kinesis's per-request maximum, and the largest record a stream may
+/// allow), which base64 makes 4/3 as large, plus 1 MiB for partition keys,
+/// hash keys and the JSON around them.
+const RECORDS_BODY_LIMIT: usize = 10 * MIB / 3 * 4 + MIB;
+/// The largest body of any other operation.
+const OTHER_BODY_LIMIT: usize = MIB;
 const TARGET_PREFIX: &str = "Kinesis_20131202.";
 const JSON_CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+
+/// How many bytes of body `operation` may send; the body is read only up
+/// to this, so a larger one costs no more memory than the limit.
+fn body_limit(operation: &str) -> usize {
+    match operation {
+        "PutRecord" | "PutRecords" => RECORDS_BODY_LIMIT,
+        _ => OTHER_BODY_LIMIT,
+    }
+}
 
 /// The HTTP surface. At most `max_in_flight` requests are handled at once
 /// (`--max-in-flight-requests`); the rest wait for a slot before their
 /// bodies are read, so a surge of clients costs bounded memory: at most
-/// that many bodies of at most [`MAX_BODY_BYTES`] each.
+/// that many bodies, each within its operation's [`body_limit`].
 pub fn router(frontend: Arc<Frontend>, max_in_flight: usize) -> axum::Router {
     axum::Router::new()
         .fallback(handle)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             max_in_flight.max(1),
         ))
         .with_state(frontend)
 }
 
+/// A Kinesis error body. A server-side failure's own message stays in the
+/// logs (under the request id): clients never see worker ids, epochs or
+/// paths.
 fn error_response(error: &KinesisError, request_id: &str) -> Response {
-    let body =
-        serde_json::json!({ "__type": error.exception(), "message": error.message }).to_string();
+    let internal = error.http_status().is_server_error() && error.code != ErrorCode::NotImplemented;
+    let message = if internal {
+        INTERNAL_FAILURE_MESSAGE
+    } else {
+        error.message.as_str()
+    };
+    let body = serde_json::json!({ "__type": error.exception(), "message": message }).to_string();
     response(error.http_status(), body, request_id)
 }
 
@@ -54,39 +76,66 @@ fn response(status: StatusCode, body: String, request_id: &str) -> Response {
     response
 }
 
-async fn handle(
-    State(frontend): State<Arc<Frontend>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn handle(State(frontend): State<Arc<Frontend>>, request: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    if method == Method::GET && uri.path() == "/health" {
+    if request.method() == Method::GET && request.uri().path() == "/health" {
         return (StatusCode::OK, "ok").into_response();
     }
-    let operation = headers
+    let source = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
+    let (parts, body) = request.into_parts();
+    let operation = parts
+        .headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .and_then(|target| target.strip_prefix(TARGET_PREFIX))
         .unwrap_or("")
         .to_owned();
-    let span = tracing::info_span!("kinesis", operation = %operation, request_id = %request_id);
-    freshet_telemetry::set_parent_from_headers(&span, &headers);
+    let span = tracing::info_span!(
+        "kinesis",
+        operation = %operation,
+        request_id = %request_id,
+        principal = tracing::field::Empty,
+        region = tracing::field::Empty,
+    );
+    freshet_telemetry::set_parent_from_headers(&span, &parts.headers);
     let result = async {
-        if method != Method::POST {
+        if parts.method != Method::POST {
             return Err(KinesisError::new(
                 ErrorCode::OperationNotDetermined,
                 "Unable to determine service/operation name to be authorized",
             ));
         }
-        check_content_type(&headers)?;
-        let credential = auth::parse_credential(&headers, uri.query())?;
-        let account_id = frontend
-            .accounts
-            .account_of(&credential.access_key_id)
+        check_content_type(&parts.headers)?;
+        let admitted = frontend
+            .auth
+            .admit(&parts.headers, parts.uri.query(), source)
             .await?;
-        let caller = Caller { account_id };
+        let limit = body_limit(&operation);
+        let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+            KinesisError::new(
+                ErrorCode::RequestTooLarge,
+                format!("Request body is larger than {limit} bytes, the most {operation} accepts."),
+            )
+        })?;
+        let signed = SignedParts {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            authority: parts.uri.authority().map(|a| a.as_str()),
+        };
+        let caller = admitted
+            .verify(&signed, &parts.headers, &body)
+            .inspect_err(|_| {
+                if let Some(source) = source {
+                    frontend.auth.record_failure(source);
+                }
+            })?;
+        let span = tracing::Span::current();
+        span.record("principal", caller.principal.arn());
+        span.record("region", caller.region.as_str());
         ops::dispatch(&frontend, &operation, &caller, &body).await
     }
     .instrument(span.clone())
@@ -127,6 +176,7 @@ mod tests {
     use std::time::Duration;
 
     use axum::body::Body;
+    use bytes::Bytes;
     use clap::Parser as _;
     use tower::ServiceExt as _;
 
@@ -147,6 +197,15 @@ mod tests {
         let mut stuck = Box::pin(
             router.clone().oneshot(
                 http::Request::post("/")
+                    .header("x-amz-target", "Kinesis_20131202.ListStreams")
+                    .header("x-amz-date", "20260101T000000Z")
+                    .header(
+                        "authorization",
+                        format!(
+                            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date, Signature={}",
+                            "0".repeat(64)
+                        ),
+                    )
                     .body(Body::from_stream(futures::stream::pending::<
                         Result<Bytes, std::io::Error>,
                     >()))

@@ -45,9 +45,20 @@ pub struct Config {
         default_value = "127.0.0.1:4567"
     )]
     pub listen: String,
-    /// Region written into stream ARNs.
+    /// The deployment's region: written into stream ARNs, and in secure
+    /// mode the only region a request may be signed for.
     #[arg(long, env = "FRESHET_REGION", default_value = "us-east-1")]
     pub region: String,
+    #[command(flatten)]
+    pub auth: freshet_server::AuthFlags,
+    /// Secure mode: how long a resolved access key is trusted before it is
+    /// looked up again (a disabled key may work this long).
+    #[arg(long, env = "FRESHET_KEY_CACHE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub key_cache_ttl: Duration,
+    /// Development mode: the account of a request whose access key id is
+    /// not 12 digits.
+    #[arg(long, env = "FRESHET_DEFAULT_ACCOUNT", default_value = "000000000000")]
+    pub default_account: String,
     #[command(flatten)]
     pub control_plane: ControlPlaneAddr,
     #[command(flatten)]
@@ -61,7 +72,8 @@ pub struct Config {
     #[arg(
         long,
         env = "FRESHET_ITERATOR_SECRET",
-        default_value = "freshet-development-secret"
+        hide_env_values = true,
+        default_value = DEVELOPMENT_ITERATOR_SECRET
     )]
     pub iterator_secret: String,
     /// How long the timer client may go without a successful poll before
@@ -81,12 +93,17 @@ pub struct Config {
     /// are read (memory stays bounded under a surge of clients).
     #[arg(long, env = "FRESHET_MAX_IN_FLIGHT_REQUESTS", default_value_t = 1024)]
     pub max_in_flight_requests: usize,
+    #[command(flatten)]
+    pub internal: freshet_server::InternalTokenFlag,
 }
+
+/// The iterator key anyone can read in this source: development only.
+pub const DEVELOPMENT_ITERATOR_SECRET: &str = "freshet-development-secret";
 
 /// Everything a request handler needs.
 pub struct Frontend {
     pub(crate) region: String,
-    pub(crate) accounts: auth::AccountResolver,
+    pub(crate) auth: auth::Authenticator,
     pub(crate) control_plane: ControlPlaneClient<freshet_server::TracedChannel>,
     pub(crate) router: Router,
     pub(crate) timer: TimerClient,
@@ -104,11 +121,34 @@ impl Frontend {
     /// Connects (lazily) to the internal services and starts following the
     /// shard-map change log.
     pub fn new(config: &Config) -> Result<Arc<Frontend>, RunError> {
-        let control_plane = freshet_server::control_plane_client(freshet_server::grpc_channel(
-            &config.control_plane.addr,
-        )?);
+        let secure = config.auth.mode == freshet_server::AuthMode::Sigv4;
+        if secure && config.iterator_secret == DEVELOPMENT_ITERATOR_SECRET {
+            return Err(RunError::DevelopmentIteratorSecret);
+        }
+        let token = config.internal.token()?;
+        if secure && !token.is_set() {
+            return Err(RunError::NoInternalToken);
+        }
+        let default_account = config
+            .default_account
+            .parse()
+            .map_err(RunError::DefaultAccount)?;
+        let control_plane_channel =
+            freshet_server::grpc_channel(&config.control_plane.addr, &token)?;
+        let auth = if secure {
+            auth::Authenticator::sigv4(
+                config.region.clone(),
+                freshet_proto::v1::identities_client::IdentitiesClient::new(
+                    control_plane_channel.clone(),
+                ),
+                config.key_cache_ttl,
+            )
+        } else {
+            auth::Authenticator::development(default_account)
+        };
+        let control_plane = freshet_server::control_plane_client(control_plane_channel);
         let timer = TimerClient::spawn(
-            freshet_server::grpc_channel(&config.timer.addr)?,
+            freshet_server::grpc_channel(&config.timer.addr, &token)?,
             TimerClientConfig {
                 max_unsynced: config.timer_max_unsynced,
                 ..TimerClientConfig::default()
@@ -116,20 +156,20 @@ impl Frontend {
         );
         let map = SharedShardMap::default();
         let subscription = freshet_shardmap::follow_change_log(
-            freshet_server::grpc_channel(&config.membership.addr)?,
+            freshet_server::grpc_channel(&config.membership.addr, &token)?,
             map.clone(),
             None,
         );
         let router = Router::new(
             map,
-            freshet_server::grpc_channel(&config.cache.addr)?,
+            freshet_server::grpc_channel(&config.cache.addr, &token)?,
             timer.clone(),
         );
-        let storage = Arc::new(ops::StoragePool::default());
+        let storage = Arc::new(ops::StoragePool::new(&token));
         let tasks = freshet_server::Tasks::new();
         Ok(Arc::new(Frontend {
             region: config.region.clone(),
-            accounts: auth::AccountResolver::new(control_plane.clone()),
+            auth,
             control_plane,
             router,
             timer,
@@ -181,6 +221,15 @@ pub enum RunError {
     BadAddress(#[from] freshet_server::BadAddress),
     #[error("serve http: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("secure mode (FRESHET_AUTH=sigv4) needs FRESHET_ITERATOR_SECRET set to a secret of the deployment's own")]
+    DevelopmentIteratorSecret,
+    #[error(transparent)]
+    Token(#[from] freshet_server::BadInternalToken),
+    #[error("secure mode (FRESHET_AUTH=sigv4) needs FRESHET_INTERNAL_TOKEN: the services' credential to each other")]
+    NoInternalToken,
+
+    #[error("FRESHET_DEFAULT_ACCOUNT: {0}")]
+    DefaultAccount(#[source] freshet_types::identity::BadAccountId),
 }
 
 /// Serves the Kinesis API on `listener` until `shutdown` resolves.
@@ -212,9 +261,12 @@ pub async fn serve(
         }
     };
     let router = http_api::router(frontend.clone(), frontend.max_in_flight_requests);
-    let server = axum::serve(listener, router)
-        .with_graceful_shutdown(signal)
-        .into_future();
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(signal)
+    .into_future();
     tokio::pin!(server);
     let served = tokio::select! {
         served = &mut server => served,

@@ -34,6 +34,8 @@ pub struct Config {
     /// How often dead leaders are looked for.
     #[arg(long, env = "FRESHET_FAILOVER_CHECK_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub failover_check_interval: Duration,
+    #[command(flatten)]
+    pub internal: freshet_server::InternalTokenFlag,
 }
 
 impl Config {

@@ -36,6 +36,8 @@ pub use service::MembershipService;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
+    Token(#[from] freshet_server::BadInternalToken),
+    #[error(transparent)]
     Metastore(#[from] freshet_metastore::MetastoreError),
     #[error(transparent)]
     UnsafeLease(#[from] UnsafeLease),
@@ -55,13 +57,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let pool = freshet_metastore::connect_url_and_migrate(&config.database.url, 10).await?;
+    let token = config.internal.token()?;
     let timer = TimerClient::spawn(
-        freshet_server::grpc_channel(&config.timer.addr)?,
+        freshet_server::grpc_channel(&config.timer.addr, &token)?,
         TimerClientConfig::default(),
     );
     config.validate()?;
     serve(
-        MembershipService::new(MetaStore::new(pool), timer, &config),
+        MembershipService::new(MetaStore::new(pool), timer, &config, &token),
         listener,
         shutdown,
     )
@@ -89,7 +92,7 @@ pub async fn serve(
         // Subscriptions never end on their own: end them so draining can finish.
         closing.cancel();
     };
-    let router = freshet_server::grpc_server().add_service(
+    let router = freshet_server::grpc_server(&service.inner.token).add_service(
         MembershipServer::new(service)
             .max_encoding_message_size(freshet_server::SHARD_MAP_MESSAGE_LIMIT)
             .max_decoding_message_size(16 * 1024 * 1024),

@@ -48,6 +48,8 @@ pub(crate) struct Inner {
     pub(crate) storage: freshet_server::StorageClients,
     /// The failover loop and the subscriptions' tasks.
     pub(crate) tasks: freshet_server::Tasks,
+    /// The deployment's internal token: presented on calls, required of callers.
+    pub(crate) token: freshet_server::InternalToken,
 }
 
 /// A metastore failure as a gRPC status: a conflict stays recognisable
@@ -61,7 +63,12 @@ pub(crate) fn store_error(error: MetastoreError) -> Status {
 }
 
 impl MembershipService {
-    pub fn new(store: MetaStore, timer: TimerClient, config: &Config) -> MembershipService {
+    pub fn new(
+        store: MetaStore,
+        timer: TimerClient,
+        config: &Config,
+        token: &freshet_server::InternalToken,
+    ) -> MembershipService {
         let (changes, _) = broadcast::channel(4096);
         MembershipService {
             inner: Arc::new(Inner {
@@ -77,7 +84,8 @@ impl MembershipService {
                 head_version: std::sync::atomic::AtomicI64::new(0),
                 last_heard: std::sync::Mutex::new(HashMap::new()),
                 deposing: std::sync::Mutex::new(std::collections::HashSet::new()),
-                storage: freshet_server::StorageClients::default(),
+                storage: freshet_server::StorageClients::new(token),
+                token: token.clone(),
                 tasks: freshet_server::Tasks::new(),
             }),
         }

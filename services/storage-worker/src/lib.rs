@@ -111,6 +111,8 @@ pub struct Config {
     /// A segment is sealed at this size.
     #[arg(long, env = "FRESHET_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub segment_bytes: u64,
+    #[command(flatten)]
+    pub internal: freshet_server::InternalTokenFlag,
 }
 
 /// Registers with membership (retrying until it answers), then heartbeats
@@ -345,6 +347,8 @@ async fn checkpoint_logs(logs: &[(SegmentKey, Arc<ShardLog>)]) {
 /// Why the worker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error(transparent)]
+    Token(#[from] freshet_server::BadInternalToken),
     /// The listener's own address could not be read.
     #[error("read the bound address: {0}")]
     Address(#[source] std::io::Error),
@@ -383,7 +387,8 @@ pub async fn run(
             path: config.data_dir.clone(),
             source,
         })?;
-    let membership_channel = freshet_server::grpc_channel(&config.membership.addr)?;
+    let token = config.internal.token()?;
+    let membership_channel = freshet_server::grpc_channel(&config.membership.addr, &token)?;
     let map = SharedShardMap::default();
     let _subscription =
         freshet_shardmap::follow_change_log(membership_channel.clone(), map.clone(), None);
@@ -398,6 +403,7 @@ pub async fn run(
         config.ack_copies,
         config.min_ack_copies,
         lease.clone(),
+        &token,
     ));
     let limits = ShardLimits {
         write_bytes: config.shard_write_bytes_per_sec,
@@ -452,7 +458,7 @@ pub async fn run(
         lease,
     };
     tracing::info!(worker_id = config.worker_id, az = config.availability_zone, %address, "storage worker serving grpc");
-    let router = freshet_server::grpc_server().add_service(
+    let router = freshet_server::grpc_server(&token).add_service(
         StorageServer::new(service)
             .max_decoding_message_size(freshet_server::STORAGE_MESSAGE_LIMIT)
             .max_encoding_message_size(freshet_server::STORAGE_MESSAGE_LIMIT),

@@ -235,6 +235,7 @@ mod tests {
             AckCopies::Majority,
             2,
             Arc::new(Lease::default()),
+            &freshet_server::InternalToken::none(),
         ));
         let tasks = TaskTracker::new();
         let registry = ShardRegistry::new(

@@ -128,6 +128,7 @@ impl ReplicationContext {
         ack_copies: AckCopies,
         min_ack_copies: usize,
         lease: Arc<Lease>,
+        token: &freshet_server::InternalToken,
     ) -> ReplicationContext {
         ReplicationContext {
             worker_id,
@@ -135,7 +136,7 @@ impl ReplicationContext {
             lease,
             ack_copies,
             min_ack_copies,
-            clients: freshet_server::StorageClients::default(),
+            clients: freshet_server::StorageClients::new(token),
         }
     }
 

@@ -23,6 +23,8 @@ pub struct Config {
     /// Bound on how far this host's clock may be from true time.
     #[arg(long, env = "FRESHET_TIMER_UNCERTAINTY", default_value = "1ms", value_parser = humantime::parse_duration)]
     pub uncertainty: Duration,
+    #[command(flatten)]
+    pub internal: freshet_server::InternalTokenFlag,
 }
 
 /// The Timer gRPC service.
@@ -63,6 +65,8 @@ impl Timer for TimerService {
 /// Why the timer stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error(transparent)]
+    Token(#[from] freshet_server::BadInternalToken),
     /// The listener's own address could not be read.
     #[error("read the bound address: {0}")]
     Address(#[source] std::io::Error),
@@ -76,10 +80,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
+    let token = config.internal.token()?;
     let service = TimerService::new(config.uncertainty);
     let addr = listener.local_addr().map_err(RunError::Address)?;
     tracing::info!(%addr, "timer serving grpc");
-    let router = freshet_server::grpc_server().add_service(TimerServer::new(service));
+    let router = freshet_server::grpc_server(&token).add_service(TimerServer::new(service));
     freshet_server::serve_grpc(router, "freshet.v1.Timer", listener, shutdown).await?;
     Ok(())
 }

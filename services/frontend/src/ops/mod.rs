@@ -188,12 +188,18 @@ impl StreamTarget {
 }
 
 /// One lazily connected client per storage worker address.
-#[derive(Default)]
 pub struct StoragePool {
     clients: freshet_server::StorageClients,
 }
 
 impl StoragePool {
+    /// Clients whose calls present the deployment's internal token.
+    pub fn new(token: &freshet_server::InternalToken) -> StoragePool {
+        StoragePool {
+            clients: freshet_server::StorageClients::new(token),
+        }
+    }
+
     pub fn client(&self, address: &str) -> KinesisResult<StorageClient<TracedChannel>> {
         self.clients
             .get(address)

@@ -1,0 +1,224 @@
+//! Services authenticate each other with a per-deployment token
+//! (`FRESHET_INTERNAL_TOKEN`): every internal call carries it as
+//! `authorization: Bearer <token>`, and every internal server refuses a
+//! call without it (UNAUTHENTICATED) — except the standard health checks,
+//! which probes make without credentials. Secure mode requires a token;
+//! development mode runs without one. (Mutual TLS replaces this in the
+//! encryption issue.)
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+
+/// The path prefix of the health service, open to anyone.
+const HEALTH_PATH: &str = "/grpc.health.v1.Health/";
+
+/// The deployment's internal credential, or none (development).
+#[derive(Clone, Default)]
+pub struct InternalToken(Option<Arc<str>>);
+
+impl std::fmt::Debug for InternalToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(_) => f.write_str("InternalToken(..)"),
+            None => f.write_str("InternalToken(none)"),
+        }
+    }
+}
+
+/// A token that cannot travel in a header.
+#[derive(Debug, thiserror::Error)]
+#[error("FRESHET_INTERNAL_TOKEN must be 16 to 512 visible ASCII characters")]
+pub struct BadInternalToken;
+
+impl InternalToken {
+    /// No token: internal calls are not authenticated (development only).
+    pub fn none() -> InternalToken {
+        InternalToken(None)
+    }
+
+    pub fn new(token: &str) -> Result<InternalToken, BadInternalToken> {
+        let well_formed =
+            (16..=512).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_graphic());
+        if well_formed {
+            Ok(InternalToken(Some(Arc::from(token))))
+        } else {
+            Err(BadInternalToken)
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn header_value(&self) -> Option<MetadataValue<Ascii>> {
+        let token = self.0.as_deref()?;
+        MetadataValue::try_from(format!("Bearer {token}")).ok()
+    }
+
+    /// Whether an `authorization` header value presents this token (always
+    /// true when there is none to present). Compared in constant time.
+    fn admits(&self, presented: Option<&[u8]>) -> bool {
+        let Some(token) = self.0.as_deref() else {
+            return true;
+        };
+        let Some(presented) = presented.and_then(|value| value.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        let expected = token.as_bytes();
+        presented.len() == expected.len()
+            && presented
+                .iter()
+                .zip(expected)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+/// The internal token flag every service flattens in.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InternalTokenFlag {
+    /// Credential the deployment's services present to each other
+    /// (required in secure mode; 16+ characters).
+    #[arg(long, env = "FRESHET_INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: Option<String>,
+}
+
+impl InternalTokenFlag {
+    pub fn token(&self) -> Result<InternalToken, BadInternalToken> {
+        self.internal_token
+            .as_deref()
+            .map_or(Ok(InternalToken::none()), InternalToken::new)
+    }
+}
+
+/// What every outgoing internal call carries: the caller's trace context
+/// and the deployment's token.
+#[derive(Debug, Clone, Default)]
+pub struct OutgoingCall {
+    token: Option<MetadataValue<Ascii>>,
+}
+
+impl OutgoingCall {
+    pub fn new(token: &InternalToken) -> OutgoingCall {
+        OutgoingCall {
+            token: token.header_value(),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for OutgoingCall {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        freshet_telemetry::inject_current_context(request.metadata_mut());
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A gRPC channel whose calls carry the trace context and the token.
+pub type TracedChannel = tonic::service::interceptor::InterceptedService<Channel, OutgoingCall>;
+
+/// The server side: refuses calls that do not present the token.
+#[derive(Debug, Clone, Default)]
+pub struct RequireTokenLayer {
+    token: InternalToken,
+}
+
+impl RequireTokenLayer {
+    pub fn new(token: &InternalToken) -> RequireTokenLayer {
+        RequireTokenLayer {
+            token: token.clone(),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for RequireTokenLayer {
+    type Service = RequireToken<S>;
+
+    fn layer(&self, inner: S) -> RequireToken<S> {
+        RequireToken {
+            inner,
+            token: self.token.clone(),
+        }
+    }
+}
+
+/// See [`RequireTokenLayer`].
+#[derive(Debug, Clone)]
+pub struct RequireToken<S> {
+    inner: S,
+    token: InternalToken,
+}
+
+type BoxedResponse<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for RequireToken<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxedResponse<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let open = request.uri().path().starts_with(HEALTH_PATH);
+        let presented = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|value| value.as_bytes());
+        if open || self.token.admits(presented) {
+            Box::pin(self.inner.call(request))
+        } else {
+            let refusal = tonic::Status::unauthenticated(
+                "internal call without the deployment's token (FRESHET_INTERNAL_TOKEN)",
+            );
+            Box::pin(async move { Ok(refusal.into_http()) })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_admits_only_itself() {
+        let token = InternalToken::new("a-deployment-token-1234").expect("valid");
+        assert!(token.admits(Some(b"Bearer a-deployment-token-1234")));
+        assert!(!token.admits(Some(b"Bearer a-deployment-token-1235")));
+        assert!(!token.admits(Some(b"a-deployment-token-1234")));
+        assert!(!token.admits(Some(b"Bearer ")));
+        assert!(!token.admits(None));
+        assert!(InternalToken::none().admits(None));
+    }
+
+    #[test]
+    fn short_or_unprintable_tokens_are_refused() {
+        assert!(InternalToken::new("short").is_err());
+        assert!(InternalToken::new("has a space in it!!").is_err());
+        assert!(InternalToken::new(&"x".repeat(513)).is_err());
+        assert_eq!(
+            format!(
+                "{:?}",
+                InternalToken::new("a-deployment-token-1234").expect("valid")
+            ),
+            "InternalToken(..)"
+        );
+    }
+}

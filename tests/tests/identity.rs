@@ -1,0 +1,443 @@
+//! Identity and access through real clients: secure mode verifies every
+//! SigV4 signature (header and presigned forms) against keys whose secrets
+//! the control plane keeps sealed; development mode takes any key, a
+//! 12-digit one naming the account.
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_kinesis::config::Credentials;
+use aws_sdk_kinesis::error::ProvideErrorMetadata as _;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sigv4::http_request::{
+    sign, SignableBody, SignableRequest, SignatureLocation, SigningSettings,
+};
+use aws_sigv4::sign::v4;
+use freshet_e2e::raw_http::post_http1_to;
+use freshet_e2e::{
+    kinesis_client_as, Cluster, ClusterOptions, SECURE_ACCESS_KEY, SECURE_SECRET_KEY,
+};
+use freshet_proto::v1::identities_client::IdentitiesClient;
+use freshet_proto::v1::{
+    AccessKeyState, CreateAccessKeyRequest, CreateUserRequest, ListAccessKeysRequest,
+    UpdateAccessKeyRequest,
+};
+use freshet_server::AuthMode;
+
+async fn secure_cluster() -> anyhow::Result<Cluster> {
+    Cluster::start_with(ClusterOptions {
+        auth: AuthMode::Sigv4,
+        worker_zones: vec!["az-a", "az-b"],
+        ..ClusterOptions::default()
+    })
+    .await
+}
+
+fn client(cluster: &Cluster, region: &str, key: &str, secret: &str) -> aws_sdk_kinesis::Client {
+    kinesis_client_as(
+        &cluster.endpoint,
+        region,
+        Credentials::new(key, secret, None, None, "identity-test"),
+    )
+}
+
+/// The exception name a ListStreams call is refused with, if it is.
+async fn refusal(client: &aws_sdk_kinesis::Client) -> Option<String> {
+    match client.list_streams().send().await {
+        Ok(_) => None,
+        Err(error) => Some(error.code().unwrap_or("(no code)").to_owned()),
+    }
+}
+
+fn address(cluster: &Cluster) -> String {
+    cluster.endpoint.trim_start_matches("http://").to_owned()
+}
+
+/// A ListStreams request signed by the AWS SDK's own signer, as of `at`,
+/// in the header form or presigned for `presigned_for`.
+fn signed_list_streams(
+    address: &str,
+    key: &str,
+    secret: &str,
+    at: SystemTime,
+    presigned_for: Option<Duration>,
+) -> anyhow::Result<(String, Vec<(String, String)>)> {
+    let identity = Credentials::new(key, secret, None, None, "identity-test").into();
+    let mut settings = SigningSettings::default();
+    if let Some(expires) = presigned_for {
+        settings.signature_location = SignatureLocation::QueryParams;
+        settings.expires_in = Some(expires);
+    }
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("kinesis")
+        .time(at)
+        .settings(settings)
+        .build()?
+        .into();
+    let uri = format!("http://{address}/");
+    let headers = [
+        ("host", address),
+        ("content-type", "application/x-amz-json-1.1"),
+        ("x-amz-target", "Kinesis_20131202.ListStreams"),
+    ];
+    let signable = SignableRequest::new(
+        "POST",
+        &uri,
+        headers.into_iter(),
+        SignableBody::Bytes(b"{}"),
+    )?;
+    let (instructions, _) = sign(signable, &params)?.into_parts();
+    let mut request = http::Request::post(&uri).body(())?;
+    for (name, value) in headers {
+        request.headers_mut().insert(name, value.parse()?);
+    }
+    instructions.apply_to_request_http1x(&mut request);
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.to_string());
+    let headers = request
+        .headers()
+        .iter()
+        .filter(|(name, _)| *name != "host")
+        .map(|(name, value)| Ok((name.to_string(), value.to_str()?.to_owned())))
+        .collect::<anyhow::Result<_>>()?;
+    Ok((path, headers))
+}
+
+async fn send_signed(
+    address: &str,
+    (path, headers): (String, Vec<(String, String)>),
+) -> anyhow::Result<freshet_e2e::raw_http::RawResponse> {
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    post_http1_to(address, &path, &headers, b"{}").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_mode_verifies_every_signature() -> anyhow::Result<()> {
+    let cluster = secure_cluster().await?;
+    let root = cluster.kinesis();
+    root.create_stream()
+        .stream_name("guarded")
+        .shard_count(1)
+        .send()
+        .await?;
+    let written = root
+        .put_record()
+        .stream_name("guarded")
+        .partition_key("k")
+        .data(Blob::new("hello"))
+        .send()
+        .await?;
+    assert!(!written.sequence_number().is_empty());
+
+    let wrong_secret = client(&cluster, "us-east-1", SECURE_ACCESS_KEY, "not-the-secret");
+    assert_eq!(
+        refusal(&wrong_secret).await.as_deref(),
+        Some("InvalidSignatureException")
+    );
+    let unknown = client(&cluster, "us-east-1", "AKIAUNKNOWNKEY000000", "whatever");
+    assert_eq!(
+        refusal(&unknown).await.as_deref(),
+        Some("UnrecognizedClientException")
+    );
+    let malformed_key = client(&cluster, "us-east-1", "test", "test");
+    assert_eq!(
+        refusal(&malformed_key).await.as_deref(),
+        Some("UnrecognizedClientException")
+    );
+    let with_session_token = kinesis_client_as(
+        &cluster.endpoint,
+        "us-east-1",
+        Credentials::new(
+            SECURE_ACCESS_KEY,
+            SECURE_SECRET_KEY,
+            Some("a-session-token".to_owned()),
+            None,
+            "identity-test",
+        ),
+    );
+    assert_eq!(
+        refusal(&with_session_token).await.as_deref(),
+        Some("UnrecognizedClientException")
+    );
+    let other_region = client(&cluster, "eu-west-1", SECURE_ACCESS_KEY, SECURE_SECRET_KEY);
+    assert_eq!(
+        refusal(&other_region).await.as_deref(),
+        Some("InvalidSignatureException")
+    );
+
+    // Signed by the SDK's signer 20 minutes ago: too old. Signed now: fine.
+    let address = address(&cluster);
+    let now = SystemTime::now();
+    let stale = signed_list_streams(
+        &address,
+        SECURE_ACCESS_KEY,
+        SECURE_SECRET_KEY,
+        now - Duration::from_secs(20 * 60),
+        None,
+    )?;
+    let stale = send_signed(&address, stale).await?;
+    assert_eq!(
+        (stale.status, stale.error_type().as_str()),
+        (400, "InvalidSignatureException"),
+        "{}",
+        stale.body
+    );
+    assert!(stale.body.contains("Signature expired"), "{}", stale.body);
+    let fresh = signed_list_streams(&address, SECURE_ACCESS_KEY, SECURE_SECRET_KEY, now, None)?;
+    let fresh = send_signed(&address, fresh).await?;
+    assert_eq!(fresh.status, 200, "{}", fresh.body);
+    assert!(fresh.body.contains("guarded"), "{}", fresh.body);
+
+    // The presigned form: valid for its lifetime, however old within it.
+    let presigned = signed_list_streams(
+        &address,
+        SECURE_ACCESS_KEY,
+        SECURE_SECRET_KEY,
+        now - Duration::from_secs(30 * 60),
+        Some(Duration::from_secs(3600)),
+    )?;
+    assert!(presigned.0.contains("X-Amz-Signature="), "{}", presigned.0);
+    let presigned = send_signed(&address, presigned).await?;
+    assert_eq!(presigned.status, 200, "{}", presigned.body);
+    let expired = signed_list_streams(
+        &address,
+        SECURE_ACCESS_KEY,
+        SECURE_SECRET_KEY,
+        now - Duration::from_secs(30 * 60),
+        Some(Duration::from_secs(600)),
+    )?;
+    let expired = send_signed(&address, expired).await?;
+    assert_eq!(expired.error_type(), "InvalidSignatureException");
+
+    let no_credentials = post_http1_to(
+        &address,
+        "/",
+        &[
+            ("Content-Type", "application/x-amz-json-1.1"),
+            ("X-Amz-Target", "Kinesis_20131202.ListStreams"),
+        ],
+        b"{}",
+    )
+    .await?;
+    assert_eq!(
+        no_credentials.error_type(),
+        "MissingAuthenticationTokenException"
+    );
+
+    // Nothing the refused callers sent changed anything.
+    let streams = root.list_streams().send().await?;
+    assert_eq!(streams.stream_names(), ["guarded"]);
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issued_keys_work_until_disabled() -> anyhow::Result<()> {
+    let cluster = secure_cluster().await?;
+    let mut identities = IdentitiesClient::new(cluster.channel(&cluster.control_plane_addr)?);
+    identities
+        .create_user(CreateUserRequest {
+            account_id: "111122223333".into(),
+            user_name: "alice".into(),
+        })
+        .await?;
+    let key = identities
+        .create_access_key(CreateAccessKeyRequest {
+            account_id: "111122223333".into(),
+            user_name: "alice".into(),
+        })
+        .await?
+        .into_inner();
+    let alice = client(
+        &cluster,
+        "us-east-1",
+        &key.access_key_id,
+        &key.secret_access_key,
+    );
+    alice
+        .create_stream()
+        .stream_name("alices")
+        .shard_count(1)
+        .send()
+        .await?;
+    let described = alice
+        .describe_stream_summary()
+        .stream_name("alices")
+        .send()
+        .await?;
+    let arn = described
+        .stream_description_summary()
+        .map(|s| s.stream_arn().to_owned())
+        .unwrap_or_default();
+    assert!(arn.contains(":111122223333:stream/alices"), "{arn}");
+    // Accounts do not see each other's streams.
+    let root_streams = cluster.kinesis().list_streams().send().await?;
+    assert!(root_streams.stream_names().is_empty());
+
+    // A second key, then the quota of two.
+    identities
+        .create_access_key(CreateAccessKeyRequest {
+            account_id: "111122223333".into(),
+            user_name: "alice".into(),
+        })
+        .await?;
+    let third = identities
+        .create_access_key(CreateAccessKeyRequest {
+            account_id: "111122223333".into(),
+            user_name: "alice".into(),
+        })
+        .await;
+    assert_eq!(
+        third.err().map(|s| s.code()),
+        Some(tonic::Code::ResourceExhausted)
+    );
+    let listed = identities
+        .list_access_keys(ListAccessKeysRequest {
+            account_id: "111122223333".into(),
+            user_name: "alice".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(listed.keys.len(), 2);
+
+    // Disabled: refused once the frontend's short key cache (1 s in
+    // tests) lets go.
+    identities
+        .update_access_key(UpdateAccessKeyRequest {
+            account_id: "111122223333".into(),
+            access_key_id: key.access_key_id.clone(),
+            state: AccessKeyState::Inactive as i32,
+        })
+        .await?;
+    freshet_e2e::wait_until(Duration::from_secs(10), || async {
+        refusal(&alice).await.as_deref() == Some("UnrecognizedClientException")
+    })
+    .await?;
+
+    // The secret is stored sealed: it appears nowhere in Postgres.
+    let pool = sqlx::PgPool::connect(&cluster.database_url).await?;
+    let rows: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT secret_sealed FROM access_keys")
+        .fetch_all(&pool)
+        .await?;
+    assert_eq!(rows.len(), 3, "the bootstrap key and alice's two");
+    for (sealed,) in rows {
+        for secret in [
+            key.secret_access_key.as_bytes(),
+            SECURE_SECRET_KEY.as_bytes(),
+        ] {
+            assert!(!sealed.windows(secret.len()).any(|w| w == secret));
+        }
+    }
+    pool.close().await;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn development_mode_takes_any_key_and_a_twelve_digit_one_names_the_account(
+) -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(ClusterOptions {
+        worker_zones: vec!["az-a", "az-b"],
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let named = client(&cluster, "us-east-1", "123456789012", "anything");
+    named
+        .create_stream()
+        .stream_name("mine")
+        .shard_count(1)
+        .send()
+        .await?;
+    let summary = named
+        .describe_stream_summary()
+        .stream_name("mine")
+        .send()
+        .await?;
+    let arn = summary
+        .stream_description_summary()
+        .map(|s| s.stream_arn().to_owned())
+        .unwrap_or_default();
+    assert!(arn.contains(":123456789012:stream/mine"), "{arn}");
+    // Any other key is the default account, which has no streams.
+    let other = client(&cluster, "us-east-1", "AKIAWHATEVER", "x");
+    assert!(other.list_streams().send().await?.stream_names().is_empty());
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_calls_without_the_deployment_token_are_refused_in_secure_mode(
+) -> anyhow::Result<()> {
+    use freshet_proto::v1::membership_client::MembershipClient;
+    use freshet_proto::v1::storage_client::StorageClient;
+    use freshet_proto::v1::{ListWorkersRequest, RegisterWorkerRequest, ReplicateRequest};
+
+    let cluster = secure_cluster().await?;
+    let anonymous = |address: &str| {
+        freshet_server::grpc_channel(address, &freshet_server::InternalToken::none())
+    };
+    // Re-registering a worker at an address of the caller's choosing.
+    let hijack = MembershipClient::new(anonymous(&cluster.membership_addr)?)
+        .register_worker(RegisterWorkerRequest {
+            worker_id: "worker-0-az-a".into(),
+            availability_zone: "az-a".into(),
+            address: "127.0.0.1:1".into(),
+        })
+        .await;
+    assert_eq!(
+        hijack.err().map(|status| status.code()),
+        Some(tonic::Code::Unauthenticated)
+    );
+    // Pushing a batch into a replica.
+    let workers = MembershipClient::new(cluster.channel(&cluster.membership_addr)?)
+        .list_workers(ListWorkersRequest {})
+        .await?
+        .into_inner()
+        .workers;
+    let worker = workers.first().expect("a worker");
+    assert!(!worker.address.is_empty());
+    let pushed = StorageClient::new(anonymous(&worker.address)?)
+        .replicate(ReplicateRequest::default())
+        .await;
+    assert_eq!(
+        pushed.err().map(|status| status.code()),
+        Some(tonic::Code::Unauthenticated)
+    );
+    // Minting keys.
+    let minted = IdentitiesClient::new(anonymous(&cluster.control_plane_addr)?)
+        .create_access_key(CreateAccessKeyRequest {
+            account_id: "000000000000".into(),
+            user_name: String::new(),
+        })
+        .await;
+    assert_eq!(
+        minted.err().map(|status| status.code()),
+        Some(tonic::Code::Unauthenticated)
+    );
+    // Health probes need no token.
+    let health =
+        tonic_health::pb::health_client::HealthClient::new(anonymous(&cluster.membership_addr)?)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+    assert_eq!(
+        health.into_inner().status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    // The worker still serves where it registered.
+    let listed = MembershipClient::new(cluster.channel(&cluster.membership_addr)?)
+        .list_workers(ListWorkersRequest {})
+        .await?
+        .into_inner()
+        .workers;
+    assert!(listed.iter().all(|w| w.address != "127.0.0.1:1"));
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -441,3 +441,116 @@ async fn internal_calls_without_the_deployment_token_are_refused_in_secure_mode(
     cluster.shutdown().await;
     Ok(())
 }
+
+/// Runs `freshet-admin` against the cluster; its standard output.
+async fn admin(cluster: &Cluster, args: &[&str]) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new(freshet_e2e::workspace_binary("freshet-admin")?)
+        .args(["--control-plane-addr", &cluster.control_plane_addr])
+        .args(args)
+        .env("FRESHET_INTERNAL_TOKEN", freshet_e2e::SECURE_INTERNAL_TOKEN)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "freshet-admin {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_cli_issues_keys_that_sign_requests() -> anyhow::Result<()> {
+    let cluster = secure_cluster().await?;
+    let arn = admin(
+        &cluster,
+        &[
+            "user",
+            "create",
+            "--account",
+            "444455556666",
+            "--name",
+            "bob",
+        ],
+    )
+    .await?;
+    assert_eq!(arn.trim(), "arn:aws:iam::444455556666:user/bob");
+    let issued: serde_json::Value = serde_json::from_str(
+        &admin(
+            &cluster,
+            &[
+                "key",
+                "create",
+                "--account",
+                "444455556666",
+                "--user",
+                "bob",
+            ],
+        )
+        .await?,
+    )?;
+    let key = issued["AccessKeyId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let secret = issued["SecretAccessKey"].as_str().unwrap_or_default();
+    let bob = client(&cluster, "us-east-1", &key, secret);
+    bob.create_stream()
+        .stream_name("bobs")
+        .shard_count(1)
+        .send()
+        .await?;
+    let listed = admin(
+        &cluster,
+        &["key", "list", "--account", "444455556666", "--user", "bob"],
+    )
+    .await?;
+    assert!(listed.starts_with(&format!("{key}\tActive\t")), "{listed}");
+    assert!(!listed.contains(secret), "a listing shows no secret");
+    admin(
+        &cluster,
+        &[
+            "key",
+            "update",
+            "--account",
+            "444455556666",
+            "--key",
+            &key,
+            "--status",
+            "inactive",
+        ],
+    )
+    .await?;
+    freshet_e2e::wait_until(Duration::from_secs(10), || async {
+        refusal(&bob).await.as_deref() == Some("UnrecognizedClientException")
+    })
+    .await?;
+    admin(
+        &cluster,
+        &["key", "delete", "--account", "444455556666", "--key", &key],
+    )
+    .await?;
+    let after = admin(
+        &cluster,
+        &["key", "list", "--account", "444455556666", "--user", "bob"],
+    )
+    .await?;
+    assert!(after.is_empty(), "{after}");
+
+    // Without the deployment's token the CLI is refused.
+    let anonymous = tokio::process::Command::new(freshet_e2e::workspace_binary("freshet-admin")?)
+        .args(["--control-plane-addr", &cluster.control_plane_addr])
+        .args([
+            "user",
+            "create",
+            "--account",
+            "444455556666",
+            "--name",
+            "mallory",
+        ])
+        .env_remove("FRESHET_INTERNAL_TOKEN")
+        .output()
+        .await?;
+    assert!(!anonymous.status.success());
+    cluster.shutdown().await;
+    Ok(())
+}

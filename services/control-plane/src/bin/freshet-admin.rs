@@ -1,0 +1,197 @@
+//! `freshet-admin`: the operator's CLI for users and access keys. It talks
+//! to the control plane's Identities service over gRPC, presenting the
+//! deployment's internal token; it never touches Postgres.
+//!
+//! ```sh
+//! freshet-admin user create --account 111122223333 --name alice
+//! freshet-admin key create --account 111122223333 --user alice
+//! freshet-admin key list --account 111122223333 --user alice
+//! freshet-admin key update --account 111122223333 --key AKIA... --status inactive
+//! freshet-admin key delete --account 111122223333 --key AKIA...
+//! ```
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use freshet_proto::v1::identities_client::IdentitiesClient;
+use freshet_proto::v1::{
+    AccessKeyState, CreateAccessKeyRequest, CreateUserRequest, DeleteAccessKeyRequest,
+    ListAccessKeysRequest, UpdateAccessKeyRequest,
+};
+use freshet_server::{ControlPlaneAddr, InternalTokenFlag, TracedChannel};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "freshet-admin",
+    about = "Manage Freshet's users and access keys"
+)]
+struct Cli {
+    #[command(flatten)]
+    control_plane: ControlPlaneAddr,
+    #[command(flatten)]
+    internal: InternalTokenFlag,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Users of an account.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Access keys of a user or of an account's root.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Creates a user; prints its ARN.
+    Create {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Status {
+    Active,
+    Inactive,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Issues a key; prints it with its secret as JSON (the only time the
+    /// secret is shown).
+    Create {
+        #[arg(long)]
+        account: String,
+        /// The user; without it, a key of the account's root.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Lists keys (never their secrets), one per line.
+    List {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Activates or deactivates a key.
+    Update {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        key: String,
+        #[arg(long, value_enum)]
+        status: Status,
+    },
+    /// Deletes a key.
+    Delete {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        key: String,
+    },
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    #[error(transparent)]
+    Token(#[from] freshet_server::BadInternalToken),
+    #[error(transparent)]
+    Address(#[from] freshet_server::BadAddress),
+    #[error("{}", .0.message())]
+    Refused(#[from] tonic::Status),
+}
+
+async fn run(cli: Cli) -> Result<(), AdminError> {
+    let token = cli.internal.token()?;
+    let channel = freshet_server::grpc_channel(&cli.control_plane.addr, &token)?;
+    let mut identities: IdentitiesClient<TracedChannel> = IdentitiesClient::new(channel);
+    match cli.command {
+        Command::User(UserCommand::Create { account, name }) => {
+            let created = identities
+                .create_user(CreateUserRequest {
+                    account_id: account,
+                    user_name: name,
+                })
+                .await?
+                .into_inner();
+            println!("{}", created.user_arn);
+        }
+        Command::Key(KeyCommand::Create { account, user }) => {
+            let key = identities
+                .create_access_key(CreateAccessKeyRequest {
+                    account_id: account,
+                    user_name: user.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "AccessKeyId": key.access_key_id,
+                    "SecretAccessKey": key.secret_access_key,
+                })
+            );
+        }
+        Command::Key(KeyCommand::List { account, user }) => {
+            let listed = identities
+                .list_access_keys(ListAccessKeysRequest {
+                    account_id: account,
+                    user_name: user.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            for key in listed.keys {
+                let status = match key.state() {
+                    AccessKeyState::Active => "Active",
+                    AccessKeyState::Inactive => "Inactive",
+                    AccessKeyState::Unspecified => "Unknown",
+                };
+                println!("{}\t{status}\t{}", key.access_key_id, key.created_at_ms);
+            }
+        }
+        Command::Key(KeyCommand::Update {
+            account,
+            key,
+            status,
+        }) => {
+            let state = match status {
+                Status::Active => AccessKeyState::Active,
+                Status::Inactive => AccessKeyState::Inactive,
+            };
+            identities
+                .update_access_key(UpdateAccessKeyRequest {
+                    account_id: account,
+                    access_key_id: key,
+                    state: state as i32,
+                })
+                .await?;
+        }
+        Command::Key(KeyCommand::Delete { account, key }) => {
+            identities
+                .delete_access_key(DeleteAccessKeyRequest {
+                    account_id: account,
+                    access_key_id: key,
+                })
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("freshet-admin: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

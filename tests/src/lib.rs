@@ -285,6 +285,7 @@ impl Cluster {
                 listen: String::new(),
                 uncertainty: Duration::from_millis(1),
                 internal: internal.clone(),
+                auth: freshet_server::AuthFlags { mode: options.auth },
             };
             move |listener, shutdown| freshet_timer::run(config, listener, shutdown)
         });
@@ -304,6 +305,7 @@ impl Cluster {
                 lease_duration: options.lease_duration,
                 failover_check_interval: Duration::from_millis(200),
                 internal: internal.clone(),
+                auth: freshet_server::AuthFlags { mode: options.auth },
             };
             move |listener, shutdown| freshet_membership::run(config, listener, shutdown)
         });
@@ -326,6 +328,7 @@ impl Cluster {
                 route_ttl: options.route_ttl,
                 key_ttl: Duration::from_secs(300),
                 internal: internal.clone(),
+                auth: freshet_server::AuthFlags { mode: options.auth },
             };
             move |listener, shutdown| freshet_cache::run(config, listener, shutdown)
         });
@@ -405,7 +408,7 @@ impl Cluster {
     /// development mode).
     pub fn internal_token(&self) -> freshet_server::InternalToken {
         self.internal_flag()
-            .token()
+            .token_for(self.options.auth)
             .unwrap_or_else(|_| freshet_server::InternalToken::none())
     }
 
@@ -435,6 +438,7 @@ impl Cluster {
         let heartbeat_interval = self.options.worker_heartbeat_interval;
         let limits = self.options.shard_limits;
         let internal_token = self.internal_flag().internal_token;
+        let auth = self.options.auth;
         let worker = &mut self.workers[index];
         anyhow::ensure!(
             worker.running.is_none(),
@@ -462,6 +466,9 @@ impl Cluster {
                     shard_read_bytes_per_sec: limits.read_bytes,
                     shard_read_calls_per_sec: limits.read_calls,
                     internal: internal_flag(&self.options),
+                    auth: freshet_server::AuthFlags {
+                        mode: self.options.auth,
+                    },
                 };
                 RunningWorker::InProcess(spawn_service(listener, move |listener, shutdown| {
                     freshet_storage_worker::run(config, listener, shutdown)
@@ -487,6 +494,13 @@ impl Cluster {
                             internal_token
                                 .as_ref()
                                 .map(|token| ("FRESHET_INTERNAL_TOKEN", token.as_str())),
+                        )
+                        .env(
+                            "FRESHET_AUTH",
+                            match auth {
+                                freshet_server::AuthMode::Sigv4 => "sigv4",
+                                freshet_server::AuthMode::Development => "development",
+                            },
                         )
                         .env(
                             "FRESHET_SHARD_WRITE_BYTES_PER_SEC",

@@ -61,6 +61,19 @@ fn signed_list_streams(
     at: SystemTime,
     presigned_for: Option<Duration>,
 ) -> anyhow::Result<(String, Vec<(String, String)>)> {
+    signed_request(address, key, secret, at, presigned_for, true)
+}
+
+/// As [`signed_list_streams`]; with `sign_target` false the X-Amz-Target
+/// header is added after signing, so the signature does not cover it.
+fn signed_request(
+    address: &str,
+    key: &str,
+    secret: &str,
+    at: SystemTime,
+    presigned_for: Option<Duration>,
+    sign_target: bool,
+) -> anyhow::Result<(String, Vec<(String, String)>)> {
     let identity = Credentials::new(key, secret, None, None, "identity-test").into();
     let mut settings = SigningSettings::default();
     if let Some(expires) = presigned_for {
@@ -76,23 +89,28 @@ fn signed_list_streams(
         .build()?
         .into();
     let uri = format!("http://{address}/");
-    let headers = [
+    let all_headers = [
         ("host", address),
         ("content-type", "application/x-amz-json-1.1"),
         ("x-amz-target", "Kinesis_20131202.ListStreams"),
     ];
+    let signed_count = if sign_target { 3 } else { 2 };
     let signable = SignableRequest::new(
         "POST",
         &uri,
-        headers.into_iter(),
+        all_headers[..signed_count].iter().copied(),
         SignableBody::Bytes(b"{}"),
     )?;
     let (instructions, _) = sign(signable, &params)?.into_parts();
     let mut request = http::Request::post(&uri).body(())?;
-    for (name, value) in headers {
-        request.headers_mut().insert(name, value.parse()?);
+    for (name, value) in &all_headers[..signed_count] {
+        request.headers_mut().insert(*name, value.parse()?);
     }
     instructions.apply_to_request_http1x(&mut request);
+    if !sign_target {
+        let (name, value) = all_headers[2];
+        request.headers_mut().insert(name, value.parse()?);
+    }
     let path = request
         .uri()
         .path_and_query()
@@ -214,6 +232,24 @@ async fn secure_mode_verifies_every_signature() -> anyhow::Result<()> {
     )?;
     let expired = send_signed(&address, expired).await?;
     assert_eq!(expired.error_type(), "InvalidSignatureException");
+
+    // A signature that does not cover X-Amz-Target could be replayed as
+    // another operation: refused.
+    let retargetable = signed_request(
+        &address,
+        SECURE_ACCESS_KEY,
+        SECURE_SECRET_KEY,
+        now,
+        None,
+        false,
+    )?;
+    let retargetable = send_signed(&address, retargetable).await?;
+    assert_eq!(
+        retargetable.error_type(),
+        "IncompleteSignatureException",
+        "{}",
+        retargetable.body
+    );
 
     let no_credentials = post_http1_to(
         &address,

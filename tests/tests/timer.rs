@@ -24,6 +24,7 @@ async fn now_is_an_interval_around_the_timer_clock_until_the_timer_is_gone() -> 
             internal: freshet_server::InternalTokenFlag {
                 internal_token: None,
             },
+            auth: freshet_server::AuthFlags::default(),
         },
         listener,
         async move {

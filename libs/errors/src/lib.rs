@@ -65,9 +65,6 @@ pub enum ErrorCode {
     /// The signature does not match, is out of date, or is scoped to
     /// another region or service.
     InvalidSignature,
-    /// The caller is refused for a while (too many failed
-    /// authentications).
-    Throttling,
     /// The request body is larger than its operation allows.
     RequestTooLarge,
 
@@ -117,7 +114,6 @@ impl ErrorCode {
         ErrorCode::MissingAuthenticationToken,
         ErrorCode::UnrecognizedClient,
         ErrorCode::InvalidSignature,
-        ErrorCode::Throttling,
         ErrorCode::RequestTooLarge,
         ErrorCode::Conflict,
         ErrorCode::NotWritten,
@@ -231,12 +227,6 @@ impl ErrorCode {
                 "InvalidSignature",
                 Code::Unauthenticated,
                 "InvalidSignatureException",
-                400,
-            ),
-            Throttling => (
-                "Throttling",
-                Code::ResourceExhausted,
-                "ThrottlingException",
                 400,
             ),
             RequestTooLarge => (
@@ -450,12 +440,6 @@ mod tests {
                 InvalidSignature,
                 Code::Unauthenticated,
                 "InvalidSignatureException",
-                400,
-            ),
-            (
-                Throttling,
-                Code::ResourceExhausted,
-                "ThrottlingException",
                 400,
             ),
             (

@@ -80,7 +80,7 @@ pub enum AuthMode {
 }
 
 /// The deployment's authentication mode (`--auth`, `FRESHET_AUTH`).
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct AuthFlags {
     #[arg(
         long = "auth",

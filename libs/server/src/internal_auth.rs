@@ -30,10 +30,14 @@ impl std::fmt::Debug for InternalToken {
     }
 }
 
-/// A token that cannot travel in a header.
+/// A token that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("FRESHET_INTERNAL_TOKEN must be 16 to 512 visible ASCII characters")]
-pub struct BadInternalToken;
+pub enum BadInternalToken {
+    #[error("FRESHET_INTERNAL_TOKEN must be 16 to 512 visible ASCII characters")]
+    Malformed,
+    #[error("secure mode (FRESHET_AUTH=sigv4) needs FRESHET_INTERNAL_TOKEN, the credential the services present to each other")]
+    Missing,
+}
 
 impl InternalToken {
     /// No token: internal calls are not authenticated (development only).
@@ -47,7 +51,7 @@ impl InternalToken {
         if well_formed {
             Ok(InternalToken(Some(Arc::from(token))))
         } else {
-            Err(BadInternalToken)
+            Err(BadInternalToken::Malformed)
         }
     }
 
@@ -89,10 +93,13 @@ pub struct InternalTokenFlag {
 }
 
 impl InternalTokenFlag {
-    pub fn token(&self) -> Result<InternalToken, BadInternalToken> {
-        self.internal_token
-            .as_deref()
-            .map_or(Ok(InternalToken::none()), InternalToken::new)
+    /// The token; in secure mode there must be one.
+    pub fn token_for(&self, mode: crate::AuthMode) -> Result<InternalToken, BadInternalToken> {
+        match (self.internal_token.as_deref(), mode) {
+            (Some(token), _) => InternalToken::new(token),
+            (None, crate::AuthMode::Sigv4) => Err(BadInternalToken::Missing),
+            (None, crate::AuthMode::Development) => Ok(InternalToken::none()),
+        }
     }
 }
 
@@ -206,6 +213,21 @@ mod tests {
         assert!(!token.admits(Some(b"Bearer ")));
         assert!(!token.admits(None));
         assert!(InternalToken::none().admits(None));
+    }
+
+    #[test]
+    fn secure_mode_needs_a_token() {
+        let flag = InternalTokenFlag {
+            internal_token: None,
+        };
+        assert!(matches!(
+            flag.token_for(crate::AuthMode::Sigv4),
+            Err(BadInternalToken::Missing)
+        ));
+        assert!(!flag
+            .token_for(crate::AuthMode::Development)
+            .expect("none")
+            .is_set());
     }
 
     #[test]

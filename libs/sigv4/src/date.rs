@@ -18,10 +18,10 @@ pub(crate) fn parse_amz_date(text: &str) -> Option<SystemTime> {
     let (year, month, day) = (number(0..4)?, number(4..6)?, number(6..8)?);
     let (hour, minute, second) = (number(9..11)?, number(11..13)?, number(13..15)?);
     if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
+        || !(1..=days_in_month(year, month)).contains(&day)
         || hour > 23
         || minute > 59
-        || second > 60
+        || second > 59
     {
         return None;
     }
@@ -43,6 +43,16 @@ pub(crate) fn format_amz_date(time: SystemTime) -> String {
         second_of_day / 60 % 60,
         second_of_day % 60
     )
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
@@ -91,6 +101,9 @@ mod tests {
             "2026-12-04T10:00Z",
             "2026120AT100000Z",
             "+0261204T100000Z",
+            "20260231T000000Z",
+            "20250229T000000Z",
+            "20261204T235960Z",
         ] {
             assert_eq!(parse_amz_date(bad), None, "{bad:?}");
         }

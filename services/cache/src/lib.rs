@@ -61,6 +61,8 @@ pub struct Config {
     pub key_ttl: Duration,
     #[command(flatten)]
     pub internal: freshet_server::InternalTokenFlag,
+    #[command(flatten)]
+    pub auth: freshet_server::AuthFlags,
 }
 
 /// Longest a Redis read may take before the cache answers from Postgres.
@@ -347,7 +349,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let pool = freshet_metastore::connect_url_and_migrate(&config.database.url, 10).await?;
     let redis = redis::Client::open(config.redis_url.as_str())?;
-    let token = config.internal.token()?;
+    let token = config.internal.token_for(config.auth.mode)?;
     let timer = TimerClient::spawn(
         freshet_server::grpc_channel(&config.timer.addr, &token)?,
         TimerClientConfig::default(),

@@ -19,7 +19,7 @@ use freshet_types::{AccessKeyId, AccessKeyStatus, AccountId, Principal};
 use rand::Rng as _;
 use tonic::{Request, Response, Status};
 
-use crate::sealing::MasterKey;
+use crate::sealing::{binding, MasterKey};
 
 /// The Identities gRPC service.
 #[derive(Clone)]
@@ -148,11 +148,14 @@ impl IdentityService {
         user: Option<String>,
         secret: &str,
     ) -> AccessKeyRow {
+        let secret_sealed = self
+            .master
+            .seal(&binding(id, account.as_str(), user.as_deref()), secret);
         AccessKeyRow {
             access_key_id: id.to_owned(),
             account_id: account.clone(),
             user_name: user,
-            secret_sealed: self.master.seal(id, secret),
+            secret_sealed,
             master_key_id: self.master.id().to_owned(),
             status: AccessKeyStatus::Active,
             created_at_ms: now_ms(),
@@ -171,15 +174,21 @@ impl Identities for IdentityService {
         let Ok(id) = request.access_key_id.parse::<AccessKeyId>() else {
             return not_found();
         };
+        check_scope(&request)?;
         let Some(row) = self.store.access_key(&id).await.map_err(store_error)? else {
             return not_found();
         };
         if row.status != AccessKeyStatus::Active {
             return not_found();
         }
+        let bound_to = binding(
+            &row.access_key_id,
+            row.account_id.as_str(),
+            row.user_name.as_deref(),
+        );
         let secret = self
             .master
-            .open(&row.access_key_id, &row.master_key_id, &row.secret_sealed)
+            .open(&bound_to, &row.master_key_id, &row.secret_sealed)
             .map_err(|error| {
                 tracing::error!(access_key_id = %row.access_key_id, "cannot open a stored secret: {error}");
                 ErrorCode::Internal.status("a stored secret cannot be opened")
@@ -321,6 +330,48 @@ impl Identities for IdentityService {
     }
 }
 
+/// The only scopes a signing key is derived for: Kinesis's, on a day a
+/// request could carry now (a presigned one may be a week old).
+fn check_scope(request: &ResolveAccessKeyRequest) -> Result<(), Status> {
+    const DAY_MS: i64 = 24 * 3_600_000;
+    if request.service != "kinesis" || request.region.is_empty() {
+        return Err(invalid(
+            "signing keys are derived for the kinesis service only",
+        ));
+    }
+    let day = request
+        .date
+        .parse::<i64>()
+        .ok()
+        .filter(|_| request.date.len() == 8)
+        .ok_or_else(|| invalid("the scope's date must be yyyymmdd"))?;
+    let today = today_yyyymmdd(now_ms());
+    let week_ago = today_yyyymmdd(now_ms() - 8 * DAY_MS);
+    let tomorrow = today_yyyymmdd(now_ms() + DAY_MS);
+    if day < week_ago || day > tomorrow {
+        return Err(invalid(format!(
+            "a signing key for {day} is not derived on {today}"
+        )));
+    }
+    Ok(())
+}
+
+/// A time (ms since the epoch) as the number yyyymmdd, in UTC.
+fn today_yyyymmdd(ms: i64) -> i64 {
+    let days = ms.div_euclid(24 * 3_600_000);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    year * 10_000 + month * 100 + day
+}
+
 fn no_such_key(id: &AccessKeyId) -> Status {
     ErrorCode::ResourceNotFound.status(format!("The Access Key with id {id} cannot be found."))
 }
@@ -328,6 +379,30 @@ fn no_such_key(id: &AccessKeyId) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn days_read_as_yyyymmdd() {
+        assert_eq!(today_yyyymmdd(0), 19_700_101);
+        // 2026-12-04T10:00:00Z
+        assert_eq!(today_yyyymmdd(1_796_378_400_000), 20_261_204);
+        assert_eq!(today_yyyymmdd(951_782_400_000), 20_000_229);
+    }
+
+    #[test]
+    fn signing_keys_are_derived_for_kinesis_on_current_days_only() {
+        let request = |date: String, service: &str| ResolveAccessKeyRequest {
+            access_key_id: "AKIAFRESHETTESTROOT1".into(),
+            date,
+            region: "us-east-1".into(),
+            service: service.into(),
+        };
+        let today = today_yyyymmdd(now_ms()).to_string();
+        assert!(check_scope(&request(today.clone(), "kinesis")).is_ok());
+        assert!(check_scope(&request(today, "s3")).is_err());
+        assert!(check_scope(&request("20200101".into(), "kinesis")).is_err());
+        assert!(check_scope(&request("99991231".into(), "kinesis")).is_err());
+        assert!(check_scope(&request("2026".into(), "kinesis")).is_err());
+    }
 
     #[test]
     fn new_keys_look_like_aws_keys() {

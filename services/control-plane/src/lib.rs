@@ -579,8 +579,6 @@ impl ControlPlane for ControlPlaneService {
 pub enum RunError {
     #[error(transparent)]
     Token(#[from] freshet_server::BadInternalToken),
-    #[error("secure mode (FRESHET_AUTH=sigv4) needs FRESHET_INTERNAL_TOKEN: the services' credential to each other")]
-    NoInternalToken,
     #[error("master key: {0}")]
     MasterKey(#[from] sealing::SealingError),
     #[error("secure mode (FRESHET_AUTH=sigv4) needs a master key: set FRESHET_MASTER_KEY_FILE or FRESHET_MASTER_KEY (32 random bytes, base64)")]
@@ -604,11 +602,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let token = config.internal.token()?;
+    let token = config.internal.token_for(config.auth.mode)?;
     let secure = config.auth.mode == freshet_server::AuthMode::Sigv4;
-    if secure && !token.is_set() {
-        return Err(RunError::NoInternalToken);
-    }
     let master = sealing::MasterKey::load(
         config.master_key_file.as_deref(),
         config.master_key.as_deref(),

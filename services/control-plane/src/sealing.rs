@@ -1,7 +1,8 @@
 //! The master key, and secrets sealed under it. A secret access key is
-//! stored only as `nonce ‖ ChaCha20-Poly1305(secret)`, with the key id as
-//! associated data: a sealed secret moved onto another key's row, or
-//! altered, does not open.
+//! stored only as `nonce ‖ ChaCha20-Poly1305(secret)`, bound (as associated
+//! data) to its key id, account and user: a sealed secret moved onto
+//! another row, a row moved to another account or user, or an altered
+//! ciphertext does not open.
 //!
 //! The master key comes from a file or the environment (32 bytes, base64);
 //! it is never stored next to what it seals, and never logged. Without one,
@@ -92,8 +93,8 @@ impl MasterKey {
         self.development
     }
 
-    /// Seals `secret` for the key `access_key_id`.
-    pub fn seal(&self, access_key_id: &str, secret: &str) -> Vec<u8> {
+    /// Seals `secret` for the key `binding` names (see [`binding`]).
+    pub fn seal(&self, binding: &str, secret: &str) -> Vec<u8> {
         let nonce: [u8; NONCE_LEN] = rand::random();
         let sealed = self
             .cipher
@@ -101,17 +102,17 @@ impl MasterKey {
                 Nonce::from_slice(&nonce),
                 Payload {
                     msg: secret.as_bytes(),
-                    aad: access_key_id.as_bytes(),
+                    aad: binding.as_bytes(),
                 },
             )
             .expect("ChaCha20-Poly1305 seals any message shorter than 256 GiB");
         [nonce.as_slice(), &sealed].concat()
     }
 
-    /// Opens a secret sealed for `access_key_id` under `master_key_id`.
+    /// Opens a secret sealed for `binding` under `master_key_id`.
     pub fn open(
         &self,
-        access_key_id: &str,
+        binding: &str,
         master_key_id: &str,
         sealed: &[u8],
     ) -> Result<String, SealingError> {
@@ -131,12 +132,18 @@ impl MasterKey {
                 Nonce::from_slice(nonce),
                 Payload {
                     msg: ciphertext,
-                    aad: access_key_id.as_bytes(),
+                    aad: binding.as_bytes(),
                 },
             )
             .map_err(|_| SealingError::DoesNotOpen)?;
         String::from_utf8(secret).map_err(|_| SealingError::DoesNotOpen)
     }
+}
+
+/// What a sealed secret is bound to: its key id, account and user (empty
+/// for the root), so it opens only on the row it was sealed for.
+pub fn binding(access_key_id: &str, account: &str, user: Option<&str>) -> String {
+    format!("{access_key_id}\n{account}\n{}", user.unwrap_or(""))
 }
 
 #[cfg(test)]
@@ -178,6 +185,21 @@ mod tests {
             master.open("AKIAFIRST0000000", master.id(), &sealed[..5]),
             Err(SealingError::DoesNotOpen)
         ));
+    }
+
+    #[test]
+    fn a_secret_moved_to_another_account_or_user_does_not_open() {
+        let master = key(1);
+        let sealed = master.seal(&binding("AKIAFIRST0000000", "111122223333", None), "s");
+        for moved in [
+            binding("AKIAFIRST0000000", "444455556666", None),
+            binding("AKIAFIRST0000000", "111122223333", Some("bob")),
+        ] {
+            assert!(matches!(
+                master.open(&moved, master.id(), &sealed),
+                Err(SealingError::DoesNotOpen)
+            ));
+        }
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //!   default: a disabled key stops working within that), and kept for up to 15 minutes while the control
 //!   plane cannot be reached, so the data path outlives a control-plane
 //!   outage. Unknown keys are cached briefly too, and a source that keeps
-//!   failing to authenticate is refused for a while.
+//!   asking about unknown keys gets no more lookups for a while. The
+//!   signed headers must include `X-Amz-Target`, which picks the operation.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -52,8 +53,12 @@ const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(5);
 const CACHE_CAPACITY: u64 = 10_000;
 /// Failed authentications one source may have per window before it is
 /// refused without looking at its requests.
-const FAILURES_PER_SOURCE: u32 = 50;
-const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Lookups of unknown keys one source may cause per window; past it, its
+/// unknown keys are refused without asking the control plane. Known keys
+/// are never affected, so a source cannot lock out others behind the same
+/// address (guessing a secret against HMAC gains nothing to limit).
+const UNKNOWN_LOOKUPS_PER_SOURCE: u32 = 50;
+const UNKNOWN_LOOKUP_WINDOW: Duration = Duration::from_secs(60);
 
 fn error(code: ErrorCode, message: impl Into<String>) -> KinesisError {
     KinesisError::new(code, message)
@@ -106,7 +111,7 @@ struct Verifier {
     /// By (key id, day, region): a signing key is per scope.
     keys: Cache<(String, String, String), ResolvedKey>,
     unknown_keys: Cache<String, ()>,
-    failures: Cache<IpAddr, Arc<AtomicU32>>,
+    unknown_lookups: Cache<IpAddr, Arc<AtomicU32>>,
 }
 
 /// A request that passed the checks its headers allow; [`Admitted::verify`]
@@ -150,9 +155,9 @@ impl Authenticator {
                     .max_capacity(CACHE_CAPACITY)
                     .time_to_live(UNKNOWN_KEY_TTL)
                     .build(),
-                failures: Cache::builder()
+                unknown_lookups: Cache::builder()
                     .max_capacity(CACHE_CAPACITY)
-                    .time_to_live(FAILURE_WINDOW)
+                    .time_to_live(UNKNOWN_LOOKUP_WINDOW)
                     .build(),
             })),
         }
@@ -181,37 +186,7 @@ impl Authenticator {
                     check: None,
                 })
             }
-            Mode::Sigv4(verifier) => {
-                if let Some(source) = source {
-                    let failed = verifier
-                        .failures
-                        .get(&source)
-                        .map_or(0, |count| count.load(Ordering::Relaxed));
-                    if failed >= FAILURES_PER_SOURCE {
-                        return Err(error(
-                            ErrorCode::Throttling,
-                            "Too many failed authentication attempts; retry later.",
-                        ));
-                    }
-                }
-                let admitted = verifier.admit(headers, query).await;
-                if let (Err(refusal), Some(source)) = (&admitted, source) {
-                    if refusal.code.http_status() < 500 {
-                        self.record_failure(source);
-                    }
-                }
-                admitted
-            }
-        }
-    }
-
-    /// Counts a failed authentication against `source`.
-    pub fn record_failure(&self, source: IpAddr) {
-        if let Mode::Sigv4(verifier) = &self.mode {
-            verifier
-                .failures
-                .get_with(source, || Arc::new(AtomicU32::new(0)))
-                .fetch_add(1, Ordering::Relaxed);
+            Mode::Sigv4(verifier) => verifier.admit(headers, query, source).await,
         }
     }
 }
@@ -219,16 +194,29 @@ impl Authenticator {
 impl Verifier {
     /// Secure mode's checks on the headers: the signature's form, scope
     /// and time, and the key behind it.
-    async fn admit(&self, headers: &HeaderMap, query: Option<&str>) -> KinesisResult<Admitted> {
+    async fn admit(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        source: Option<IpAddr>,
+    ) -> KinesisResult<Admitted> {
         let Verifier {
             region,
             identities,
             key_fresh_for,
             keys,
             unknown_keys,
-            ..
+            unknown_lookups,
         } = self;
         let signature = freshet_sigv4::parse(headers, query)?;
+        // The operation is chosen by X-Amz-Target: unsigned, a request
+        // signed for one operation could be replayed as another.
+        if !signature.signed_headers.iter().any(|h| h == "x-amz-target") {
+            return Err(error(
+                ErrorCode::IncompleteSignature,
+                "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization.",
+            ));
+        }
         if signature.security_token.is_some() {
             // Temporary credentials are not issued here, so no session
             // token can be valid (AWS's text for a bad token has no period).
@@ -265,6 +253,12 @@ impl Verifier {
             signature.region.clone(),
         );
         let cached = keys.get(&cache_key);
+        let lookups_spent = source
+            .and_then(|source| unknown_lookups.get(&source))
+            .is_some_and(|count| count.load(Ordering::Relaxed) >= UNKNOWN_LOOKUPS_PER_SOURCE);
+        if cached.is_none() && lookups_spent {
+            return Err(invalid_token());
+        }
         let resolved = match cached {
             Some(key) if key.fetched_at.elapsed() < *key_fresh_for => key,
             stale => match resolve(identities, &key_id, &signature).await {
@@ -275,6 +269,11 @@ impl Verifier {
                 Ok(None) => {
                     keys.invalidate(&cache_key);
                     unknown_keys.insert(key_id.to_string(), ());
+                    if let Some(source) = source {
+                        unknown_lookups
+                            .get_with(source, || Arc::new(AtomicU32::new(0)))
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     return Err(invalid_token());
                 }
                 // The control plane (or its Postgres) is down: a key

@@ -126,13 +126,7 @@ async fn handle(State(frontend): State<Arc<Frontend>>, request: Request) -> Resp
             query: parts.uri.query(),
             authority: parts.uri.authority().map(|a| a.as_str()),
         };
-        let caller = admitted
-            .verify(&signed, &parts.headers, &body)
-            .inspect_err(|_| {
-                if let Some(source) = source {
-                    frontend.auth.record_failure(source);
-                }
-            })?;
+        let caller = admitted.verify(&signed, &parts.headers, &body)?;
         let span = tracing::Span::current();
         span.record("principal", caller.principal.arn());
         span.record("region", caller.region.as_str());

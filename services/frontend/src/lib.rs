@@ -125,10 +125,7 @@ impl Frontend {
         if secure && config.iterator_secret == DEVELOPMENT_ITERATOR_SECRET {
             return Err(RunError::DevelopmentIteratorSecret);
         }
-        let token = config.internal.token()?;
-        if secure && !token.is_set() {
-            return Err(RunError::NoInternalToken);
-        }
+        let token = config.internal.token_for(config.auth.mode)?;
         let default_account = config
             .default_account
             .parse()
@@ -225,8 +222,6 @@ pub enum RunError {
     DevelopmentIteratorSecret,
     #[error(transparent)]
     Token(#[from] freshet_server::BadInternalToken),
-    #[error("secure mode (FRESHET_AUTH=sigv4) needs FRESHET_INTERNAL_TOKEN: the services' credential to each other")]
-    NoInternalToken,
 
     #[error("FRESHET_DEFAULT_ACCOUNT: {0}")]
     DefaultAccount(#[source] freshet_types::identity::BadAccountId),

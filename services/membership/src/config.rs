@@ -36,6 +36,8 @@ pub struct Config {
     pub failover_check_interval: Duration,
     #[command(flatten)]
     pub internal: freshet_server::InternalTokenFlag,
+    #[command(flatten)]
+    pub auth: freshet_server::AuthFlags,
 }
 
 impl Config {

@@ -57,7 +57,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let pool = freshet_metastore::connect_url_and_migrate(&config.database.url, 10).await?;
-    let token = config.internal.token()?;
+    let token = config.internal.token_for(config.auth.mode)?;
     let timer = TimerClient::spawn(
         freshet_server::grpc_channel(&config.timer.addr, &token)?,
         TimerClientConfig::default(),

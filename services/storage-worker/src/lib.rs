@@ -113,6 +113,8 @@ pub struct Config {
     pub segment_bytes: u64,
     #[command(flatten)]
     pub internal: freshet_server::InternalTokenFlag,
+    #[command(flatten)]
+    pub auth: freshet_server::AuthFlags,
 }
 
 /// Registers with membership (retrying until it answers), then heartbeats
@@ -387,7 +389,7 @@ pub async fn run(
             path: config.data_dir.clone(),
             source,
         })?;
-    let token = config.internal.token()?;
+    let token = config.internal.token_for(config.auth.mode)?;
     let membership_channel = freshet_server::grpc_channel(&config.membership.addr, &token)?;
     let map = SharedShardMap::default();
     let _subscription =

@@ -25,6 +25,8 @@ pub struct Config {
     pub uncertainty: Duration,
     #[command(flatten)]
     pub internal: freshet_server::InternalTokenFlag,
+    #[command(flatten)]
+    pub auth: freshet_server::AuthFlags,
 }
 
 /// The Timer gRPC service.
@@ -80,7 +82,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let token = config.internal.token()?;
+    let token = config.internal.token_for(config.auth.mode)?;
     let service = TimerService::new(config.uncertainty);
     let addr = listener.local_addr().map_err(RunError::Address)?;
     tracing::info!(%addr, "timer serving grpc");

@@ -360,6 +360,8 @@ impl Cluster {
             storage_timeout: Duration::from_secs(5),
             append_calls_per_shard: 1,
             max_in_flight_requests: 1024,
+            max_requests_per_source: None,
+            body_read_timeout: Duration::from_secs(30),
             internal: internal.clone(),
         };
         let frontend = Frontend::new(&frontend_config)?;

@@ -290,6 +290,15 @@ async fn issued_keys_work_until_disabled() -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
+    identities
+        .put_user_policy(freshet_proto::v1::PutUserPolicyRequest {
+            account_id: "111122223333".into(),
+            user_name: "alice".into(),
+            policy_name: "everything".into(),
+            document: r#"{"Statement":{"Effect":"Allow","Action":"kinesis:*","Resource":"*"}}"#
+                .into(),
+        })
+        .await?;
     let alice = client(
         &cluster,
         "us-east-1",
@@ -530,6 +539,22 @@ async fn the_admin_cli_issues_keys_that_sign_requests() -> anyhow::Result<()> {
         .to_owned();
     let secret = issued["SecretAccessKey"].as_str().unwrap_or_default();
     let bob = client(&cluster, "us-east-1", &key, secret);
+    admin(
+        &cluster,
+        &[
+            "policy",
+            "put",
+            "--account",
+            "444455556666",
+            "--user",
+            "bob",
+            "--name",
+            "streams",
+            "--document",
+            r#"{"Statement":{"Effect":"Allow","Action":"kinesis:*Stream*","Resource":"*"}}"#,
+        ],
+    )
+    .await?;
     bob.create_stream()
         .stream_name("bobs")
         .shard_count(1)
@@ -542,6 +567,40 @@ async fn the_admin_cli_issues_keys_that_sign_requests() -> anyhow::Result<()> {
     .await?;
     assert!(listed.starts_with(&format!("{key}\tActive\t")), "{listed}");
     assert!(!listed.contains(secret), "a listing shows no secret");
+    let policy_file = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        policy_file.path(),
+        r#"{"Statement":{"Effect":"Allow","Action":"kinesis:*","Resource":"*"}}"#,
+    )?;
+    admin(
+        &cluster,
+        &[
+            "policy",
+            "put",
+            "--account",
+            "444455556666",
+            "--user",
+            "bob",
+            "--name",
+            "everything",
+            "--document",
+            &format!("file://{}", policy_file.path().display()),
+        ],
+    )
+    .await?;
+    let policies = admin(
+        &cluster,
+        &[
+            "policy",
+            "list",
+            "--account",
+            "444455556666",
+            "--user",
+            "bob",
+        ],
+    )
+    .await?;
+    assert!(policies.starts_with("everything\t{"), "{policies}");
     admin(
         &cluster,
         &[
@@ -587,6 +646,140 @@ async fn the_admin_cli_issues_keys_that_sign_requests() -> anyhow::Result<()> {
         .output()
         .await?;
     assert!(!anonymous.status.success());
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// The exception and message of an SDK error.
+fn denial<E: aws_sdk_kinesis::error::ProvideErrorMetadata>(error: &E) -> (String, String) {
+    (
+        error.code().unwrap_or("(no code)").to_owned(),
+        error.message().unwrap_or_default().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_policies_decide_what_a_user_may_do() -> anyhow::Result<()> {
+    use freshet_proto::v1::PutUserPolicyRequest;
+
+    let cluster = secure_cluster().await?;
+    let root = cluster.kinesis();
+    for name in ["orders-eu", "payments"] {
+        root.create_stream()
+            .stream_name(name)
+            .shard_count(1)
+            .send()
+            .await?;
+    }
+    let mut identities = IdentitiesClient::new(cluster.channel(&cluster.control_plane_addr)?);
+    identities
+        .create_user(CreateUserRequest {
+            account_id: "000000000000".into(),
+            user_name: "alice".into(),
+        })
+        .await?;
+    let key = identities
+        .create_access_key(CreateAccessKeyRequest {
+            account_id: "000000000000".into(),
+            user_name: "alice".into(),
+        })
+        .await?
+        .into_inner();
+    let alice = client(
+        &cluster,
+        "us-east-1",
+        &key.access_key_id,
+        &key.secret_access_key,
+    );
+    let put = |stream: &'static str| {
+        alice
+            .put_record()
+            .stream_name(stream)
+            .partition_key("k")
+            .data(Blob::new("x"))
+            .send()
+    };
+
+    // No policy: nothing, not even her own account's list.
+    let (code, message) = denial(&put("orders-eu").await.expect_err("no policy yet"));
+    assert_eq!(code, "AccessDeniedException");
+    assert!(
+        message.starts_with("User: arn:aws:iam::000000000000:user/alice is not authorized to perform: kinesis:PutRecord on resource: arn:aws:kinesis:us-east-1:000000000000:stream/orders-eu"),
+        "{message}"
+    );
+
+    // Writers of every stream but payments, which an explicit deny
+    // closes even to the allow-everything statement.
+    let put_policy = |name: &str, document: &str| PutUserPolicyRequest {
+        account_id: "000000000000".into(),
+        user_name: "alice".into(),
+        policy_name: name.into(),
+        document: document.into(),
+    };
+    identities
+        .put_user_policy(put_policy(
+            "writers",
+            r#"{"Version":"2012-10-17","Statement":[
+                {"Effect":"Allow","Action":["kinesis:PutRecord","kinesis:PutRecords"],"Resource":"arn:aws:kinesis:*:000000000000:stream/*"},
+                {"Effect":"Allow","Action":"kinesis:*","Resource":"*","Condition":{"IpAddress":{"aws:SourceIp":"127.0.0.1/32"}}},
+                {"Effect":"Deny","Action":"*","Resource":"arn:aws:kinesis:*:*:stream/payments"}]}"#,
+        ))
+        .await?;
+    let malformed = identities
+        .put_user_policy(put_policy("broken", r#"{"Statement":{"Effect":"Allow"}}"#))
+        .await;
+    assert_eq!(
+        malformed.err().map(|s| s.code()),
+        Some(tonic::Code::InvalidArgument)
+    );
+    freshet_e2e::wait_until(Duration::from_secs(10), || async {
+        put("orders-eu").await.is_ok()
+    })
+    .await?;
+    let (code, message) = denial(&put("payments").await.expect_err("denied"));
+    assert_eq!(code, "AccessDeniedException");
+    assert!(
+        message.ends_with("with an explicit deny in an identity-based policy"),
+        "{message}"
+    );
+    // The conditional allow holds from loopback: reads and lists too.
+    let listed = alice.list_streams().send().await?;
+    assert_eq!(listed.stream_names().len(), 2);
+
+    // Narrowed to another address: only the unconditional writes remain.
+    identities
+        .put_user_policy(put_policy(
+            "writers",
+            r#"{"Statement":[
+                {"Effect":"Allow","Action":"kinesis:Put*","Resource":"*"},
+                {"Effect":"Allow","Action":"kinesis:*","Resource":"*","Condition":{"IpAddress":{"aws:SourceIp":"203.0.113.0/24"}}}]}"#,
+        ))
+        .await?;
+    freshet_e2e::wait_until(Duration::from_secs(10), || async {
+        alice.list_streams().send().await.is_err()
+    })
+    .await?;
+    let (code, message) = denial(&alice.list_streams().send().await.expect_err("denied"));
+    assert_eq!(code, "AccessDeniedException");
+    assert!(
+        message.ends_with("because no identity-based policy allows the kinesis:ListStreams action"),
+        "{message}"
+    );
+    let iterator = alice
+        .get_shard_iterator()
+        .stream_name("orders-eu")
+        .shard_id("shardId-000000000000")
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await;
+    assert_eq!(
+        iterator.err().map(|e| denial(&e).0).as_deref(),
+        Some("AccessDeniedException")
+    );
+    assert!(
+        put("payments").await.is_ok(),
+        "the deny went with the old policy"
+    );
     cluster.shutdown().await;
     Ok(())
 }

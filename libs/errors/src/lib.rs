@@ -67,6 +67,8 @@ pub enum ErrorCode {
     InvalidSignature,
     /// The request body is larger than its operation allows.
     RequestTooLarge,
+    /// The request body did not arrive in time.
+    RequestTimeout,
 
     // Freshet's own outcomes.
     /// Refused before anything was written: route again and retry.
@@ -115,6 +117,7 @@ impl ErrorCode {
         ErrorCode::UnrecognizedClient,
         ErrorCode::InvalidSignature,
         ErrorCode::RequestTooLarge,
+        ErrorCode::RequestTimeout,
         ErrorCode::Conflict,
         ErrorCode::NotWritten,
         ErrorCode::Internal,
@@ -234,6 +237,12 @@ impl ErrorCode {
                 Code::InvalidArgument,
                 "RequestEntityTooLargeException",
                 413,
+            ),
+            RequestTimeout => (
+                "RequestTimeout",
+                Code::InvalidArgument,
+                "RequestTimeoutException",
+                408,
             ),
             Conflict => ("Conflict", Code::Aborted, "InternalFailure", 500),
             NotWritten => (
@@ -447,6 +456,12 @@ mod tests {
                 Code::InvalidArgument,
                 "RequestEntityTooLargeException",
                 413,
+            ),
+            (
+                RequestTimeout,
+                Code::InvalidArgument,
+                "RequestTimeoutException",
+                408,
             ),
             (Conflict, Code::Aborted, "InternalFailure", 500),
             (NotWritten, Code::FailedPrecondition, "InternalFailure", 500),

@@ -230,3 +230,82 @@ impl MetaStore {
         Ok(deleted.rows_affected() == 1)
     }
 }
+
+/// An inline policy of a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserPolicyRow {
+    pub policy_name: String,
+    pub document: String,
+}
+
+impl MetaStore {
+    /// Attaches (or replaces) `user`'s inline policy `name`; false if the
+    /// user does not exist.
+    pub async fn put_user_policy(
+        &self,
+        account: &AccountId,
+        user: &str,
+        name: &str,
+        document: &str,
+    ) -> Result<bool> {
+        let inserted = sqlx::query(
+            "INSERT INTO user_policies (account_id, user_name, policy_name, document) \
+             SELECT $1, $2, $3, $4 WHERE EXISTS \
+               (SELECT 1 FROM iam_users WHERE account_id = $1 AND user_name = $2) \
+             ON CONFLICT (account_id, user_name, policy_name) \
+             DO UPDATE SET document = EXCLUDED.document",
+        )
+        .bind(account.as_str())
+        .bind(user)
+        .bind(name)
+        .bind(document)
+        .execute(&self.pool)
+        .await
+        .db("put user policy")?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    /// Detaches `user`'s inline policy `name`; false if there was none.
+    pub async fn delete_user_policy(
+        &self,
+        account: &AccountId,
+        user: &str,
+        name: &str,
+    ) -> Result<bool> {
+        let deleted = sqlx::query(
+            "DELETE FROM user_policies WHERE account_id = $1 AND user_name = $2 AND policy_name = $3",
+        )
+        .bind(account.as_str())
+        .bind(user)
+        .bind(name)
+        .execute(&self.pool)
+        .await
+        .db("delete user policy")?;
+        Ok(deleted.rows_affected() == 1)
+    }
+
+    /// `user`'s inline policies, by name.
+    pub async fn user_policies(
+        &self,
+        account: &AccountId,
+        user: &str,
+    ) -> Result<Vec<UserPolicyRow>> {
+        let rows = sqlx::query(
+            "SELECT policy_name, document FROM user_policies \
+             WHERE account_id = $1 AND user_name = $2 ORDER BY policy_name",
+        )
+        .bind(account.as_str())
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await
+        .db("list user policies")?;
+        rows.iter()
+            .map(|row| {
+                Ok(UserPolicyRow {
+                    policy_name: row.try_get("policy_name")?,
+                    document: row.try_get("document")?,
+                })
+            })
+            .collect()
+    }
+}

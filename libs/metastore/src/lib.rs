@@ -27,7 +27,7 @@ use sqlx::PgPool;
 
 pub use changes::{ChangeBatch, EntryKey};
 pub use error::{MetastoreError, Result};
-pub use identities::{AccessKeyRow, NewKeyOutcome, ACCESS_KEYS_PER_IDENTITY};
+pub use identities::{AccessKeyRow, NewKeyOutcome, UserPolicyRow, ACCESS_KEYS_PER_IDENTITY};
 pub use rows::{Commitment, SealedSegmentRow, ShardRow, StreamRow, WorkerRow};
 pub use streams::{NewStream, NewStreamOutcome};
 

@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+pub mod calendar;
 pub mod identity;
 pub mod state;
 pub use identity::{AccessKeyId, AccountId, Principal};

@@ -195,11 +195,23 @@ impl Identities for IdentityService {
             })?;
         let signing_key =
             SigningKey::derive(&secret, &request.date, &request.region, &request.service);
+        let policies = match &row.user_name {
+            Some(user) => self
+                .store
+                .user_policies(&row.account_id, user)
+                .await
+                .map_err(store_error)?
+                .into_iter()
+                .map(|policy| policy.document)
+                .collect(),
+            None => Vec::new(),
+        };
         Ok(Response::new(ResolveAccessKeyResponse {
             found: true,
             account_id: row.account_id.to_string(),
             user_name: row.user_name.unwrap_or_default(),
             signing_key: signing_key.as_bytes().to_vec(),
+            policies,
         }))
     }
 
@@ -328,6 +340,85 @@ impl Identities for IdentityService {
         tracing::info!(access_key_id = %id, "deleted access key");
         Ok(Response::new(DeleteAccessKeyResponse {}))
     }
+
+    async fn put_user_policy(
+        &self,
+        request: Request<PutUserPolicyRequest>,
+    ) -> Result<Response<PutUserPolicyResponse>, Status> {
+        let request = request.into_inner();
+        let account = account_of(&request.account_id)?;
+        let (user, name) = user_and_policy_name(&request.user_name, &request.policy_name)?;
+        if request.document.chars().count() > USER_POLICY_MAX_CHARS {
+            return Err(ErrorCode::LimitExceeded.status(format!(
+                "Maximum policy size of {USER_POLICY_MAX_CHARS} bytes exceeded for user {user}"
+            )));
+        }
+        freshet_policy::Policy::parse(&request.document, freshet_policy::PolicyKind::Identity)
+            .map_err(|error| {
+                ErrorCode::InvalidArgument.status(format!("MalformedPolicyDocument: {error}"))
+            })?;
+        let attached = self
+            .store
+            .put_user_policy(&account, &user, &name, &request.document)
+            .await
+            .map_err(store_error)?;
+        if !attached {
+            return Err(no_such_user(&user));
+        }
+        tracing::info!(%account, user, policy = name, "attached user policy");
+        Ok(Response::new(PutUserPolicyResponse {}))
+    }
+
+    async fn delete_user_policy(
+        &self,
+        request: Request<DeleteUserPolicyRequest>,
+    ) -> Result<Response<DeleteUserPolicyResponse>, Status> {
+        let request = request.into_inner();
+        let account = account_of(&request.account_id)?;
+        let (user, name) = user_and_policy_name(&request.user_name, &request.policy_name)?;
+        let detached = self
+            .store
+            .delete_user_policy(&account, &user, &name)
+            .await
+            .map_err(store_error)?;
+        if !detached {
+            return Err(ErrorCode::ResourceNotFound
+                .status(format!("The user policy with name {name} cannot be found.")));
+        }
+        tracing::info!(%account, user, policy = name, "detached user policy");
+        Ok(Response::new(DeleteUserPolicyResponse {}))
+    }
+
+    async fn list_user_policies(
+        &self,
+        request: Request<ListUserPoliciesRequest>,
+    ) -> Result<Response<ListUserPoliciesResponse>, Status> {
+        let request = request.into_inner();
+        let account = account_of(&request.account_id)?;
+        let Some(user) = user_of(&request.user_name)? else {
+            return Err(invalid("name a user"));
+        };
+        if !self
+            .store
+            .user_exists(&account, &user)
+            .await
+            .map_err(store_error)?
+        {
+            return Err(no_such_user(&user));
+        }
+        let policies = self
+            .store
+            .user_policies(&account, &user)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(|row| UserPolicy {
+                policy_name: row.policy_name,
+                document: row.document,
+            })
+            .collect();
+        Ok(Response::new(ListUserPoliciesResponse { policies }))
+    }
 }
 
 /// The only scopes a signing key is derived for: Kinesis's, on a day a
@@ -358,18 +449,32 @@ fn check_scope(request: &ResolveAccessKeyRequest) -> Result<(), Status> {
 
 /// A time (ms since the epoch) as the number yyyymmdd, in UTC.
 fn today_yyyymmdd(ms: i64) -> i64 {
-    let days = ms.div_euclid(24 * 3_600_000);
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) =
+        freshet_types::calendar::civil_from_days(ms.div_euclid(24 * 3_600_000));
     year * 10_000 + month * 100 + day
+}
+
+/// The longest inline user policy IAM accepts.
+const USER_POLICY_MAX_CHARS: usize = 2048;
+
+fn user_and_policy_name(user: &str, name: &str) -> Result<(String, String), Status> {
+    let Some(user) = user_of(user)? else {
+        return Err(invalid("a policy is attached to a user: name one"));
+    };
+    let valid_name = (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
+    if !valid_name {
+        return Err(invalid(format!(
+            "'{name}' is not a valid policy name (1-128 of A-Z a-z 0-9 + = , . @ _ -)"
+        )));
+    }
+    Ok((user, name.to_owned()))
+}
+
+fn no_such_user(user: &str) -> Status {
+    ErrorCode::ResourceNotFound.status(format!("The user with name {user} cannot be found."))
 }
 
 fn no_such_key(id: &AccessKeyId) -> Status {

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use freshet_errors::ErrorCode;
+use freshet_policy::{Policy, PolicyKind};
 use freshet_proto::v1::identities_client::IdentitiesClient;
 use freshet_proto::v1::ResolveAccessKeyRequest;
 use freshet_server::TracedChannel;
@@ -40,6 +41,13 @@ pub struct Caller {
     pub principal: Principal,
     /// The region of the request's signature scope.
     pub region: String,
+    /// The identity's policies (none for a root, which may do anything in
+    /// its own account); see `access.rs`.
+    pub policies: Arc<[Policy]>,
+    /// `kinesis:<Operation>`, what the request asks to do.
+    pub action: String,
+    /// Where the request came from (`aws:SourceIp`).
+    pub source: Option<IpAddr>,
 }
 
 /// The service name a Kinesis request is signed for.
@@ -87,6 +95,7 @@ impl From<SigV4Error> for KinesisError {
 #[derive(Clone)]
 struct ResolvedKey {
     principal: Principal,
+    policies: Arc<[Policy]>,
     signing_key: SigningKey,
     fetched_at: Instant,
 }
@@ -182,6 +191,9 @@ impl Authenticator {
                         account_id: account.to_string(),
                         principal: Principal::Root { account },
                         region: signature.region,
+                        policies: Arc::from([]),
+                        action: String::new(),
+                        source,
                     },
                     check: None,
                 })
@@ -293,6 +305,9 @@ impl Verifier {
                 account_id: account.to_string(),
                 principal: resolved.principal,
                 region: signature.region.clone(),
+                policies: resolved.policies,
+                action: String::new(),
+                source,
             },
             check: Some((signature, resolved.signing_key)),
         })
@@ -338,8 +353,20 @@ async fn resolve(
     };
     let signing_key = SigningKey::from_bytes(&response.signing_key)
         .ok_or_else(|| KinesisError::internal("the control plane sent no valid signing key"))?;
+    // Fail closed: a policy that does not parse (it was validated when it
+    // was put) refuses the key rather than being skipped, which could drop
+    // a Deny.
+    let policies = response
+        .policies
+        .iter()
+        .map(|document| Policy::parse(document, PolicyKind::Identity))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| {
+            KinesisError::internal(format!("a stored identity policy does not parse: {error}"))
+        })?;
     Ok(Some(ResolvedKey {
         principal,
+        policies: Arc::from(policies),
         signing_key,
         fetched_at: Instant::now(),
     }))
@@ -347,9 +374,10 @@ async fn resolve(
 
 impl Admitted {
     /// The signature checked against the whole request (secure mode);
-    /// the caller it proves.
+    /// the caller it proves, about to perform `operation`.
     pub fn verify(
         self,
+        operation: &str,
         parts: &SignedParts<'_>,
         headers: &HeaderMap,
         body: &[u8],
@@ -365,7 +393,10 @@ impl Admitted {
             };
             freshet_sigv4::verify(&request, signature, key)?;
         }
-        Ok(self.caller)
+        Ok(Caller {
+            action: format!("kinesis:{operation}"),
+            ..self.caller
+        })
     }
 }
 
@@ -401,6 +432,7 @@ mod tests {
             .await
             .expect("admitted")
             .verify(
+                "ListStreams",
                 &SignedParts {
                     method: "POST",
                     path: "/",

@@ -109,24 +109,36 @@ async fn handle(State(frontend): State<Arc<Frontend>>, request: Request) -> Resp
             ));
         }
         check_content_type(&parts.headers)?;
+        let _entry = frontend.sources.enter(source)?;
         let admitted = frontend
             .auth
             .admit(&parts.headers, parts.uri.query(), source)
             .await?;
         let limit = body_limit(&operation);
-        let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
-            KinesisError::new(
-                ErrorCode::RequestTooLarge,
-                format!("Request body is larger than {limit} bytes, the most {operation} accepts."),
-            )
-        })?;
+        let deadline = frontend.body_read_timeout;
+        let body = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit))
+            .await
+            .map_err(|_| {
+                KinesisError::new(
+                    ErrorCode::RequestTimeout,
+                    format!("The request body did not arrive within {deadline:?}."),
+                )
+            })?
+            .map_err(|_| {
+                KinesisError::new(
+                    ErrorCode::RequestTooLarge,
+                    format!(
+                        "Request body is larger than {limit} bytes, the most {operation} accepts."
+                    ),
+                )
+            })?;
         let signed = SignedParts {
             method: parts.method.as_str(),
             path: parts.uri.path(),
             query: parts.uri.query(),
             authority: parts.uri.authority().map(|a| a.as_str()),
         };
-        let caller = admitted.verify(&signed, &parts.headers, &body)?;
+        let caller = admitted.verify(&operation, &signed, &parts.headers, &body)?;
         let span = tracing::Span::current();
         span.record("principal", caller.principal.arn());
         span.record("region", caller.region.as_str());
@@ -182,30 +194,114 @@ mod tests {
             .expect("a well-formed request")
     }
 
+    /// A ListStreams request with a development-mode signature.
+    fn signed(body: Body) -> http::Request<Body> {
+        http::Request::post("/")
+            .header("x-amz-target", "Kinesis_20131202.ListStreams")
+            .header("x-amz-date", "20260101T000000Z")
+            .header(
+                "authorization",
+                format!(
+                    "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date;x-amz-target, Signature={}",
+                    "0".repeat(64)
+                ),
+            )
+            .body(body)
+            .expect("a well-formed request")
+    }
+
+    /// A body that never arrives.
+    fn pending_body() -> Body {
+        Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>())
+    }
+
+    fn from(mut request: http::Request<Body>, address: &str) -> http::Request<Body> {
+        let address: std::net::SocketAddr = address.parse().expect("an address");
+        request.extensions_mut().insert(ConnectInfo(address));
+        request
+    }
+
+    async fn exception_of(response: Response) -> (StatusCode, String) {
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("a body");
+        let value: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        (
+            status,
+            value["__type"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_body_that_does_not_arrive_in_time_is_refused() {
+        let config =
+            crate::Config::parse_from(["freshet-frontend", "--body-read-timeout", "100ms"]);
+        let frontend = Frontend::new(&config).expect("frontend");
+        let answered = tokio::time::timeout(
+            Duration::from_secs(5),
+            router(frontend, 8).oneshot(signed(pending_body())),
+        )
+        .await
+        .expect("answered at the deadline")
+        .expect("infallible");
+        assert_eq!(
+            exception_of(answered).await,
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeoutException".to_owned()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn one_source_cannot_take_every_place() {
+        let config =
+            crate::Config::parse_from(["freshet-frontend", "--max-requests-per-source", "1"]);
+        let frontend = Frontend::new(&config).expect("frontend");
+        let router = router(frontend, 8);
+        let mut stuck = Box::pin(
+            router
+                .clone()
+                .oneshot(from(signed(pending_body()), "192.0.2.1:1000")),
+        );
+        assert!(tokio::time::timeout(Duration::from_millis(50), &mut stuck)
+            .await
+            .is_err());
+        let same_source = router
+            .clone()
+            .oneshot(from(signed(Body::empty()), "192.0.2.1:1001"))
+            .await
+            .expect("infallible");
+        assert_eq!(
+            exception_of(same_source).await,
+            (StatusCode::BAD_REQUEST, "LimitExceededException".to_owned())
+        );
+        // Another source gets in (and on to its own answer: no
+        // credentials at all).
+        let other_source = router
+            .clone()
+            .oneshot(from(
+                http::Request::post("/")
+                    .body(Body::empty())
+                    .expect("a request"),
+                "192.0.2.2:1000",
+            ))
+            .await
+            .expect("infallible");
+        assert_eq!(
+            exception_of(other_source).await.1,
+            "MissingAuthenticationTokenException"
+        );
+    }
+
     #[tokio::test]
     async fn requests_beyond_the_in_flight_limit_wait_for_a_slot() {
         let config = crate::Config::parse_from(["freshet-frontend"]);
         let frontend = Frontend::new(&config).expect("frontend");
         let router = router(frontend, 1);
         // Holds the only slot: its handler waits for a body that never comes.
-        let mut stuck = Box::pin(
-            router.clone().oneshot(
-                http::Request::post("/")
-                    .header("x-amz-target", "Kinesis_20131202.ListStreams")
-                    .header("x-amz-date", "20260101T000000Z")
-                    .header(
-                        "authorization",
-                        format!(
-                            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date, Signature={}",
-                            "0".repeat(64)
-                        ),
-                    )
-                    .body(Body::from_stream(futures::stream::pending::<
-                        Result<Bytes, std::io::Error>,
-                    >()))
-                    .expect("a well-formed request"),
-            ),
-        );
+        let mut stuck = Box::pin(router.clone().oneshot(signed(pending_body())));
         assert!(
             tokio::time::timeout(Duration::from_millis(50), &mut stuck)
                 .await

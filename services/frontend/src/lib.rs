@@ -16,6 +16,8 @@
 //! `ops/replies.rs` (data-plane replies), `coalescer.rs` (concurrent
 //! appends to one shard share one call to its leader).
 
+mod access;
+mod admission;
 mod auth;
 mod coalescer;
 mod error;
@@ -93,6 +95,16 @@ pub struct Config {
     /// are read (memory stays bounded under a surge of clients).
     #[arg(long, env = "FRESHET_MAX_IN_FLIGHT_REQUESTS", default_value_t = 1024)]
     pub max_in_flight_requests: usize,
+    /// Requests one address may have in flight at once (0: no cap); more
+    /// get LimitExceededException, which SDKs retry. Default: 256 in secure
+    /// mode, no cap in development mode (where everything comes from one
+    /// machine).
+    #[arg(long, env = "FRESHET_MAX_REQUESTS_PER_SOURCE")]
+    pub max_requests_per_source: Option<usize>,
+    /// How long a request's body may take to arrive once its headers
+    /// passed; slower ones get 408 RequestTimeoutException.
+    #[arg(long, env = "FRESHET_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
     #[command(flatten)]
     pub internal: freshet_server::InternalTokenFlag,
 }
@@ -112,6 +124,8 @@ pub struct Frontend {
     pub(crate) appends: Arc<coalescer::AppendCoalescer>,
     storage_timeout: Duration,
     max_in_flight_requests: usize,
+    pub(crate) sources: admission::SourceLimits,
+    pub(crate) body_read_timeout: Duration,
     /// Tasks requests leave behind (the coalescer's senders).
     tasks: freshet_server::Tasks,
     _subscription: Subscription,
@@ -180,6 +194,12 @@ impl Frontend {
             ),
             storage_timeout: config.storage_timeout,
             max_in_flight_requests: config.max_in_flight_requests,
+            sources: admission::SourceLimits::new(
+                config
+                    .max_requests_per_source
+                    .unwrap_or(if secure { 256 } else { 0 }),
+            ),
+            body_read_timeout: config.body_read_timeout,
             tasks,
             _subscription: subscription,
         }))

@@ -8,6 +8,10 @@
 //! freshet-admin key list --account 111122223333 --user alice
 //! freshet-admin key update --account 111122223333 --key AKIA... --status inactive
 //! freshet-admin key delete --account 111122223333 --key AKIA...
+//! freshet-admin policy put --account 111122223333 --user alice --name writers \
+//!     --document file://writers.json
+//! freshet-admin policy list --account 111122223333 --user alice
+//! freshet-admin policy delete --account 111122223333 --user alice --name writers
 //! ```
 
 use std::process::ExitCode;
@@ -16,7 +20,8 @@ use clap::{Parser, Subcommand};
 use freshet_proto::v1::identities_client::IdentitiesClient;
 use freshet_proto::v1::{
     AccessKeyState, CreateAccessKeyRequest, CreateUserRequest, DeleteAccessKeyRequest,
-    ListAccessKeysRequest, UpdateAccessKeyRequest,
+    DeleteUserPolicyRequest, ListAccessKeysRequest, ListUserPoliciesRequest, PutUserPolicyRequest,
+    UpdateAccessKeyRequest,
 };
 use freshet_server::{ControlPlaneAddr, InternalTokenFlag, TracedChannel};
 
@@ -42,6 +47,41 @@ enum Command {
     /// Access keys of a user or of an account's root.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Identity policies attached to a user.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Attaches (or replaces) a user's inline policy.
+    Put {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        name: String,
+        /// The policy's JSON, or `file://PATH` to read it from a file.
+        #[arg(long)]
+        document: String,
+    },
+    /// Prints a user's policies, one JSON document per line after its name.
+    List {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        user: String,
+    },
+    /// Detaches a user's inline policy.
+    Delete {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +146,23 @@ enum AdminError {
     Address(#[from] freshet_server::BadAddress),
     #[error("{}", .0.message())]
     Refused(#[from] tonic::Status),
+    #[error("read {path}: {source}")]
+    ReadDocument {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A policy given inline or as `file://PATH`.
+fn document(text: String) -> Result<String, AdminError> {
+    match text.strip_prefix("file://") {
+        Some(path) => std::fs::read_to_string(path).map_err(|source| AdminError::ReadDocument {
+            path: path.to_owned(),
+            source,
+        }),
+        None => Ok(text),
+    }
 }
 
 async fn run(cli: Cli) -> Result<(), AdminError> {
@@ -173,6 +230,48 @@ async fn run(cli: Cli) -> Result<(), AdminError> {
                     account_id: account,
                     access_key_id: key,
                     state: state as i32,
+                })
+                .await?;
+        }
+        Command::Policy(PolicyCommand::Put {
+            account,
+            user,
+            name,
+            document: text,
+        }) => {
+            identities
+                .put_user_policy(PutUserPolicyRequest {
+                    account_id: account,
+                    user_name: user,
+                    policy_name: name,
+                    document: document(text)?,
+                })
+                .await?;
+        }
+        Command::Policy(PolicyCommand::List { account, user }) => {
+            let listed = identities
+                .list_user_policies(ListUserPoliciesRequest {
+                    account_id: account,
+                    user_name: user,
+                })
+                .await?
+                .into_inner();
+            for policy in listed.policies {
+                let compact = serde_json::from_str::<serde_json::Value>(&policy.document)
+                    .map_or(policy.document.clone(), |value| value.to_string());
+                println!("{}\t{compact}", policy.policy_name);
+            }
+        }
+        Command::Policy(PolicyCommand::Delete {
+            account,
+            user,
+            name,
+        }) => {
+            identities
+                .delete_user_policy(DeleteUserPolicyRequest {
+                    account_id: account,
+                    user_name: user,
+                    policy_name: name,
                 })
                 .await?;
         }

@@ -158,6 +158,7 @@ pub async fn update_account_settings(
         );
     }
     violations.into_result()?;
+    caller.authorize("*")?;
     let settings = frontend
         .control_plane
         .clone()
@@ -175,6 +176,7 @@ pub async fn describe_account_settings(
     frontend: &Frontend,
     caller: &Caller,
 ) -> KinesisResult<Value> {
+    caller.authorize("*")?;
     let settings = frontend
         .control_plane
         .clone()

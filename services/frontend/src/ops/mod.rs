@@ -158,8 +158,15 @@ impl StreamTarget {
         }
     }
 
-    /// The stream's name within the caller's account.
+    /// The stream's name within the caller's account, once the caller is
+    /// authorized to act on it (`access.rs`).
     pub fn resolve(&self, caller: &Caller) -> KinesisResult<String> {
+        let name = self.name(caller)?;
+        caller.authorize_stream(&name)?;
+        Ok(name)
+    }
+
+    fn name(&self, caller: &Caller) -> KinesisResult<String> {
         let from_arn = self.stream_arn.as_deref().and_then(StreamArn::parse);
         match (&self.stream_name, from_arn) {
             (None, None) => Err(KinesisError::invalid_argument(

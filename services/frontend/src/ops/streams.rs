@@ -101,6 +101,7 @@ pub async fn create_stream(
         }
     }
     violations.into_result()?;
+    caller.authorize_stream(input.stream_name.as_deref().unwrap_or_default())?;
 
     if mode == StreamMode::Provisioned && input.shard_count.is_none() {
         return Err(KinesisError::invalid_argument(
@@ -407,6 +408,7 @@ pub async fn list_streams(
     );
     violations.check_length(input.next_token.as_deref(), "nextToken", 1, 1_048_576);
     violations.into_result()?;
+    caller.authorize("*")?;
     if input.next_token.is_some() && input.exclusive_start_stream_name.is_some() {
         return Err(KinesisError::invalid_argument(
             "NextToken and ExclusiveStartStreamName cannot be provided together.",
@@ -564,7 +566,10 @@ pub async fn list_shards(
         }
     }
     let stream_name = match &token {
-        Some(token) => token.s.clone(),
+        Some(token) => {
+            caller.authorize_stream(&token.s)?;
+            token.s.clone()
+        }
         None => input.target.resolve(caller)?,
     };
     let stream = fetch_stream(frontend, caller, stream_name.clone(), "ListShards").await?;

@@ -216,6 +216,7 @@ pub async fn get_records(
         .decode_iterator(text)
         .filter(|it| it.account_id == caller.account_id)
         .ok_or_else(|| KinesisError::invalid_argument("Invalid ShardIterator."))?;
+    caller.authorize_stream(&iterator.stream_name)?;
     if let Some(arn) = input
         .stream_arn
         .as_deref()

@@ -1,0 +1,184 @@
+//! `freshet-policy`: IAM-style policies — documents in IAM's JSON grammar
+//! (`document.rs`), wildcards (`pattern.rs`), conditions (`condition.rs`) —
+//! and [`evaluate`], the decision IAM documents for a request, as a pure
+//! function.
+//!
+//! The rule, in order:
+//! 1. an explicit `Deny` in any policy that applies wins;
+//! 2. the root of the resource's own account may do anything;
+//! 3. in the resource's account, an `Allow` from the caller's identity
+//!    policies or from the resource policy (naming the caller) suffices;
+//! 4. from another account, the resource policy must allow the caller *and*
+//!    the caller's own account must (its root always does; a user needs an
+//!    identity policy allowing it);
+//! 5. otherwise, an implicit deny.
+
+mod condition;
+mod document;
+mod pattern;
+
+pub use condition::Context;
+pub use document::{Effect, Matcher, Policy, PolicyError, PolicyKind, Principals, Statement};
+pub use pattern::Pattern;
+
+use freshet_types::Principal;
+
+/// One request, as the evaluator sees it.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub principal: &'a Principal,
+    /// `kinesis:PutRecord`.
+    pub action: &'a str,
+    /// The ARN acted on (a stream's, a consumer's, or `*` for account-wide
+    /// operations such as ListStreams).
+    pub resource: &'a str,
+    /// The account that owns the resource.
+    pub resource_account: &'a str,
+    pub context: &'a Context,
+}
+
+/// Where a deny came from (it shapes AWS's message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenySource {
+    IdentityPolicy,
+    ResourcePolicy,
+}
+
+/// The outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    ExplicitDeny(DenySource),
+    /// Nothing allowed it; `cross_account` tells which policy was missing.
+    ImplicitDeny {
+        cross_account: bool,
+    },
+}
+
+impl Decision {
+    /// AWS's AccessDeniedException message for a refusal.
+    pub fn message(&self, request: &Request<'_>) -> Option<String> {
+        let head = format!(
+            "User: {} is not authorized to perform: {} on resource: {}",
+            request.principal.arn(),
+            request.action,
+            request.resource
+        );
+        match self {
+            Decision::Allow => None,
+            Decision::ExplicitDeny(DenySource::IdentityPolicy) => Some(format!(
+                "{head} with an explicit deny in an identity-based policy"
+            )),
+            Decision::ExplicitDeny(DenySource::ResourcePolicy) => Some(format!(
+                "{head} with an explicit deny in a resource-based policy"
+            )),
+            Decision::ImplicitDeny {
+                cross_account: true,
+            } => Some(format!(
+                "{head} because no resource-based policy allows the {} action",
+                request.action
+            )),
+            Decision::ImplicitDeny {
+                cross_account: false,
+            } => Some(format!(
+                "{head} because no identity-based policy allows the {} action",
+                request.action
+            )),
+        }
+    }
+}
+
+/// Whether a resource-policy statement names the caller.
+fn names(principals: &Principals, caller: &Principal) -> bool {
+    match principals {
+        Principals::Anyone => true,
+        Principals::Aws(listed) => listed.iter().any(|p| {
+            let account = caller.account().as_str();
+            p == account || *p == format!("arn:aws:iam::{account}:root") || *p == caller.arn()
+        }),
+    }
+}
+
+/// What the statements of some policies say about a request.
+#[derive(Debug, Default, Clone, Copy)]
+struct Verdict {
+    allows: bool,
+    denies: bool,
+}
+
+fn verdict<'p>(
+    statements: impl Iterator<Item = &'p Statement>,
+    request: &Request<'_>,
+    resource_policy: bool,
+) -> Verdict {
+    let mut verdict = Verdict::default();
+    for statement in statements {
+        let applies = statement.actions.matches(request.action)
+            && statement.resources.matches(request.resource)
+            && (!resource_policy
+                || statement
+                    .principals
+                    .as_ref()
+                    .is_some_and(|p| names(p, request.principal)))
+            && statement
+                .conditions
+                .iter()
+                .all(|c| c.holds(request.context));
+        if applies {
+            match statement.effect {
+                Effect::Allow => verdict.allows = true,
+                Effect::Deny => verdict.denies = true,
+            }
+        }
+    }
+    verdict
+}
+
+/// The decision for `request`, given the caller's identity policies and the
+/// resource's policy (if it has one).
+pub fn evaluate(
+    request: &Request<'_>,
+    identity_policies: &[Policy],
+    resource_policy: Option<&Policy>,
+) -> Decision {
+    let identity = verdict(
+        identity_policies.iter().flat_map(|p| &p.statements),
+        request,
+        false,
+    );
+    let resource = verdict(
+        resource_policy.into_iter().flat_map(|p| &p.statements),
+        request,
+        true,
+    );
+    if identity.denies {
+        return Decision::ExplicitDeny(DenySource::IdentityPolicy);
+    }
+    if resource.denies {
+        return Decision::ExplicitDeny(DenySource::ResourcePolicy);
+    }
+    let is_root = matches!(request.principal, Principal::Root { .. });
+    let same_account = request.principal.account().as_str() == request.resource_account;
+    // A root may do anything its own account may: within it, everything.
+    let own_account_allows = is_root || identity.allows;
+    if same_account {
+        if is_root || identity.allows || resource.allows {
+            return Decision::Allow;
+        }
+        return Decision::ImplicitDeny {
+            cross_account: false,
+        };
+    }
+    match (resource.allows, own_account_allows) {
+        (true, true) => Decision::Allow,
+        (false, _) => Decision::ImplicitDeny {
+            cross_account: true,
+        },
+        (true, false) => Decision::ImplicitDeny {
+            cross_account: false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+//! What a caller may do: every operation names its action
+//! (`kinesis:<Operation>`) and the resource it acts on, and is refused with
+//! AccessDeniedException unless IAM's evaluation allows it
+//! (`freshet_policy::evaluate`). A root acting in its own account is
+//! allowed at once; a user needs an identity policy that allows.
+//!
+//! Invariant: every operation authorizes before it changes or reads
+//! anything — stream-addressed ones in `StreamTarget::resolve` (or on the
+//! stream their iterator or token names), account-wide ones on `*`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use freshet_errors::ErrorCode;
+use freshet_policy::{Context, Request};
+use freshet_types::calendar::iso8601;
+use freshet_types::{Principal, StreamArn};
+
+use crate::auth::Caller;
+use crate::error::{KinesisError, KinesisResult};
+
+impl Caller {
+    /// Authorizes the caller's action on `resource` (an ARN of the caller's
+    /// account, or `*`).
+    pub fn authorize(&self, resource: &str) -> KinesisResult<()> {
+        if matches!(self.principal, Principal::Root { .. }) {
+            return Ok(());
+        }
+        let context = self.context();
+        let request = Request {
+            principal: &self.principal,
+            action: &self.action,
+            resource,
+            resource_account: &self.account_id,
+            context: &context,
+        };
+        let decision = freshet_policy::evaluate(&request, &self.policies, None);
+        match decision.message(&request) {
+            None => Ok(()),
+            Some(message) => {
+                tracing::info!(principal = %self.principal.arn(), action = %self.action, resource, ?decision, "access denied");
+                Err(KinesisError::new(ErrorCode::AccessDenied, message))
+            }
+        }
+    }
+
+    /// Authorizes the caller's action on its stream `stream_name`.
+    pub fn authorize_stream(&self, stream_name: &str) -> KinesisResult<()> {
+        let arn = StreamArn::new(&self.region, &self.account_id, stream_name).to_string();
+        self.authorize(&arn)
+    }
+
+    /// The condition keys a request carries.
+    fn context(&self) -> Context {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut context = Context::default()
+            .with(
+                "aws:CurrentTime",
+                iso8601(i64::try_from(now).unwrap_or(i64::MAX / 2)),
+            )
+            .with("aws:EpochTime", now.to_string())
+            .with("aws:PrincipalArn", self.principal.arn())
+            .with("aws:PrincipalAccount", self.account_id.clone())
+            .with("aws:RequestedRegion", self.region.clone())
+            .with("aws:SecureTransport", "false");
+        if let Principal::User { name, .. } = &self.principal {
+            context = context.with("aws:username", name.clone());
+        }
+        if let Some(source) = self.source {
+            context = context.with("aws:SourceIp", source.to_string());
+        }
+        context
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use freshet_policy::{Policy, PolicyKind};
+
+    use super::*;
+
+    fn alice(policies: &[&str]) -> Caller {
+        Caller {
+            account_id: "111122223333".into(),
+            principal: Principal::User {
+                account: "111122223333".parse().expect("account"),
+                name: "alice".into(),
+            },
+            region: "us-east-1".into(),
+            policies: policies
+                .iter()
+                .map(|p| Policy::parse(p, PolicyKind::Identity).expect("policy"))
+                .collect::<Vec<_>>()
+                .into(),
+            action: "kinesis:PutRecord".into(),
+            source: Some("127.0.0.1".parse().expect("ip")),
+        }
+    }
+
+    #[test]
+    fn users_need_a_policy_and_roots_do_not() {
+        let refused = alice(&[])
+            .authorize_stream("orders")
+            .expect_err("no policy");
+        assert_eq!(refused.exception(), "AccessDeniedException");
+        assert!(refused.message.starts_with(
+            "User: arn:aws:iam::111122223333:user/alice is not authorized to perform: kinesis:PutRecord on resource: arn:aws:kinesis:us-east-1:111122223333:stream/orders"
+        ));
+        let allowed = alice(&[
+            r#"{"Statement":{"Effect":"Allow","Action":"kinesis:Put*","Resource":"*","Condition":{"IpAddress":{"aws:SourceIp":"127.0.0.0/8"},"StringEquals":{"aws:username":"alice"}}}}"#,
+        ]);
+        assert!(allowed.authorize_stream("orders").is_ok());
+        let root = Caller {
+            principal: Principal::Root {
+                account: "111122223333".parse().expect("account"),
+            },
+            policies: Arc::from([]),
+            ..alice(&[])
+        };
+        assert!(root.authorize("*").is_ok());
+    }
+}

@@ -783,3 +783,127 @@ async fn identity_policies_decide_what_a_user_may_do() -> anyhow::Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_resource_policy_grants_and_denies() -> anyhow::Result<()> {
+    let cluster = secure_cluster().await?;
+    let root = cluster.kinesis();
+    root.create_stream()
+        .stream_name("shared")
+        .shard_count(1)
+        .send()
+        .await?;
+    let arn = "arn:aws:kinesis:us-east-1:000000000000:stream/shared";
+    let mut identities = IdentitiesClient::new(cluster.channel(&cluster.control_plane_addr)?);
+    identities
+        .create_user(CreateUserRequest {
+            account_id: "000000000000".into(),
+            user_name: "writer".into(),
+        })
+        .await?;
+    let key = identities
+        .create_access_key(CreateAccessKeyRequest {
+            account_id: "000000000000".into(),
+            user_name: "writer".into(),
+        })
+        .await?
+        .into_inner();
+    let writer = client(
+        &cluster,
+        "us-east-1",
+        &key.access_key_id,
+        &key.secret_access_key,
+    );
+    let put = |who: &aws_sdk_kinesis::Client| {
+        who.put_record()
+            .stream_name("shared")
+            .partition_key("k")
+            .data(Blob::new("x"))
+            .send()
+    };
+    assert!(put(&writer).await.is_err(), "no identity policy, no grant");
+
+    // The stream's own policy grants the user writes.
+    let invalid = root
+        .put_resource_policy()
+        .resource_arn(arn)
+        .policy(r#"{"Statement":{"Effect":"Allow","Action":"kinesis:PutRecord","Resource":"*"}}"#)
+        .send()
+        .await;
+    assert_eq!(
+        invalid.err().map(|e| denial(&e).0).as_deref(),
+        Some("InvalidArgumentException"),
+        "a resource policy must name its principals"
+    );
+    let grant = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::000000000000:user/writer"},"Action":"kinesis:PutRecord","Resource":"arn:aws:kinesis:us-east-1:000000000000:stream/shared"}]}"#;
+    root.put_resource_policy()
+        .resource_arn(arn)
+        .policy(grant)
+        .send()
+        .await?;
+    let stored = root.get_resource_policy().resource_arn(arn).send().await?;
+    assert_eq!(stored.policy(), grant);
+    put(&writer).await?;
+
+    // A deny in it binds even the account's root, which can still remove
+    // the policy.
+    root.put_resource_policy()
+        .resource_arn(arn)
+        .policy(r#"{"Statement":{"Effect":"Deny","Principal":"*","Action":"kinesis:PutRecord","Resource":"*"}}"#)
+        .send()
+        .await?;
+    let (code, message) = denial(&put(&root).await.expect_err("denied"));
+    assert_eq!(code, "AccessDeniedException");
+    assert!(
+        message.ends_with("with an explicit deny in a resource-based policy"),
+        "{message}"
+    );
+    root.delete_resource_policy()
+        .resource_arn(arn)
+        .send()
+        .await?;
+    put(&root).await?;
+    let none = root.get_resource_policy().resource_arn(arn).send().await?;
+    assert_eq!(none.policy(), "{}");
+
+    // Another account's stream, or one that does not exist.
+    let foreign = root
+        .get_resource_policy()
+        .resource_arn("arn:aws:kinesis:us-east-1:111122223333:stream/shared")
+        .send()
+        .await;
+    assert_eq!(
+        foreign.err().map(|e| denial(&e).0).as_deref(),
+        Some("AccessDeniedException")
+    );
+    let missing = root
+        .get_resource_policy()
+        .resource_arn("arn:aws:kinesis:us-east-1:000000000000:stream/nope")
+        .send()
+        .await;
+    assert_eq!(
+        missing.err().map(|e| denial(&e).0).as_deref(),
+        Some("ResourceNotFoundException")
+    );
+
+    // A deleted stream takes its policy along: created again, it has none.
+    root.put_resource_policy()
+        .resource_arn(arn)
+        .policy(grant)
+        .send()
+        .await?;
+    root.delete_stream().stream_name("shared").send().await?;
+    freshet_e2e::wait_until(Duration::from_secs(30), || async {
+        root.create_stream()
+            .stream_name("shared")
+            .shard_count(1)
+            .send()
+            .await
+            .is_ok()
+    })
+    .await?;
+    let fresh = root.get_resource_policy().resource_arn(arn).send().await?;
+    assert_eq!(fresh.policy(), "{}");
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -309,3 +309,46 @@ impl MetaStore {
             .collect()
     }
 }
+
+impl MetaStore {
+    /// Sets (or replaces) the resource policy of `resource_arn`, owned by
+    /// `account`.
+    pub async fn put_resource_policy(
+        &self,
+        resource_arn: &str,
+        account: &AccountId,
+        document: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO resource_policies (resource_arn, account_id, document) VALUES ($1, $2, $3) \
+             ON CONFLICT (resource_arn) DO UPDATE SET document = EXCLUDED.document",
+        )
+        .bind(resource_arn)
+        .bind(account.as_str())
+        .bind(document)
+        .execute(&self.pool)
+        .await
+        .db("put resource policy")?;
+        Ok(())
+    }
+
+    /// The resource policy of `resource_arn`, if it has one.
+    pub async fn resource_policy(&self, resource_arn: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT document FROM resource_policies WHERE resource_arn = $1")
+            .bind(resource_arn)
+            .fetch_optional(&self.pool)
+            .await
+            .db("read resource policy")?;
+        Ok(row.map(|row| row.try_get("document")).transpose()?)
+    }
+
+    /// Removes the resource policy of `resource_arn`; false if it had none.
+    pub async fn delete_resource_policy(&self, resource_arn: &str) -> Result<bool> {
+        let deleted = sqlx::query("DELETE FROM resource_policies WHERE resource_arn = $1")
+            .bind(resource_arn)
+            .execute(&self.pool)
+            .await
+            .db("delete resource policy")?;
+        Ok(deleted.rows_affected() == 1)
+    }
+}

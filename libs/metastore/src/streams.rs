@@ -156,13 +156,20 @@ impl MetaStore {
         Ok(())
     }
 
-    /// Deletes the stream row (its shards go with it).
+    /// Deletes the stream row (its shards go with it) and, in the same
+    /// statement, the resource policies of the stream and its consumers: a
+    /// stream created again under the name starts with no grants.
     pub async fn delete_stream(&self, stream_uid: i64) -> Result<()> {
-        sqlx::query("DELETE FROM streams WHERE stream_uid = $1")
-            .bind(stream_uid)
-            .execute(&self.pool)
-            .await
-            .db("delete stream")?;
+        sqlx::query(
+            "WITH gone AS (DELETE FROM streams WHERE stream_uid = $1 RETURNING stream_arn) \
+             DELETE FROM resource_policies USING gone \
+             WHERE resource_arn = gone.stream_arn \
+                OR starts_with(resource_arn, gone.stream_arn || '/')",
+        )
+        .bind(stream_uid)
+        .execute(&self.pool)
+        .await
+        .db("delete stream")?;
         Ok(())
     }
 

@@ -222,6 +222,59 @@ impl ControlPlaneService {
 
 #[tonic::async_trait]
 impl ControlPlane for ControlPlaneService {
+    async fn put_resource_policy(
+        &self,
+        request: Request<PutResourcePolicyRequest>,
+    ) -> Result<Response<PutResourcePolicyResponse>, Status> {
+        let request = request.into_inner();
+        let account: freshet_types::AccountId =
+            request
+                .account_id
+                .parse()
+                .map_err(|e: freshet_types::identity::BadAccountId| {
+                    ErrorCode::InvalidArgument.status(e.to_string())
+                })?;
+        self.store
+            .put_resource_policy(&request.resource_arn, &account, &request.document)
+            .await
+            .map_err(internal)?;
+        tracing::info!(resource = request.resource_arn, "resource policy set");
+        Ok(Response::new(PutResourcePolicyResponse {}))
+    }
+
+    async fn get_resource_policy(
+        &self,
+        request: Request<GetResourcePolicyRequest>,
+    ) -> Result<Response<GetResourcePolicyResponse>, Status> {
+        let document = self
+            .store
+            .resource_policy(&request.into_inner().resource_arn)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(GetResourcePolicyResponse {
+            found: document.is_some(),
+            document: document.unwrap_or_default(),
+        }))
+    }
+
+    async fn delete_resource_policy(
+        &self,
+        request: Request<DeleteResourcePolicyRequest>,
+    ) -> Result<Response<DeleteResourcePolicyResponse>, Status> {
+        let arn = request.into_inner().resource_arn;
+        if !self
+            .store
+            .delete_resource_policy(&arn)
+            .await
+            .map_err(internal)?
+        {
+            return Err(ErrorCode::ResourceNotFound
+                .status(format!("No resource policy found for resource ARN {arn}.")));
+        }
+        tracing::info!(resource = arn, "resource policy removed");
+        Ok(Response::new(DeleteResourcePolicyResponse {}))
+    }
+
     async fn create_stream(
         &self,
         request: Request<CreateStreamRequest>,

@@ -32,6 +32,7 @@ use http::HeaderMap;
 use moka::sync::Cache;
 use tokio::time::Instant;
 
+use crate::access::ResourcePolicies;
 use crate::error::{KinesisError, KinesisResult};
 
 /// The caller of a request, once authenticated.
@@ -48,6 +49,8 @@ pub struct Caller {
     pub action: String,
     /// Where the request came from (`aws:SourceIp`).
     pub source: Option<IpAddr>,
+    /// Where resources' policies are looked up.
+    pub resource_policies: Arc<ResourcePolicies>,
 }
 
 /// The service name a Kinesis request is signed for.
@@ -103,6 +106,7 @@ struct ResolvedKey {
 /// Authenticates requests in the deployment's mode.
 pub struct Authenticator {
     mode: Mode,
+    resource_policies: Arc<ResourcePolicies>,
 }
 
 enum Mode {
@@ -140,9 +144,13 @@ pub struct SignedParts<'a> {
 }
 
 impl Authenticator {
-    pub fn development(default_account: AccountId) -> Authenticator {
+    pub fn development(
+        default_account: AccountId,
+        resource_policies: Arc<ResourcePolicies>,
+    ) -> Authenticator {
         Authenticator {
             mode: Mode::Development { default_account },
+            resource_policies,
         }
     }
 
@@ -150,8 +158,10 @@ impl Authenticator {
         region: String,
         identities: IdentitiesClient<TracedChannel>,
         key_fresh_for: Duration,
+        resource_policies: Arc<ResourcePolicies>,
     ) -> Authenticator {
         Authenticator {
+            resource_policies,
             mode: Mode::Sigv4(Box::new(Verifier {
                 region,
                 identities,
@@ -194,11 +204,16 @@ impl Authenticator {
                         policies: Arc::from([]),
                         action: String::new(),
                         source,
+                        resource_policies: self.resource_policies.clone(),
                     },
                     check: None,
                 })
             }
-            Mode::Sigv4(verifier) => verifier.admit(headers, query, source).await,
+            Mode::Sigv4(verifier) => {
+                verifier
+                    .admit(headers, query, source, &self.resource_policies)
+                    .await
+            }
         }
     }
 }
@@ -211,6 +226,7 @@ impl Verifier {
         headers: &HeaderMap,
         query: Option<&str>,
         source: Option<IpAddr>,
+        resource_policies: &Arc<ResourcePolicies>,
     ) -> KinesisResult<Admitted> {
         let Verifier {
             region,
@@ -308,6 +324,7 @@ impl Verifier {
                 policies: resolved.policies,
                 action: String::new(),
                 source,
+                resource_policies: resource_policies.clone(),
             },
             check: Some((signature, resolved.signing_key)),
         })
@@ -422,7 +439,15 @@ mod tests {
     }
 
     fn development() -> Authenticator {
-        Authenticator::development("000000000000".parse().expect("an account"))
+        let nowhere =
+            freshet_server::grpc_channel("127.0.0.1:1", &freshet_server::InternalToken::none())
+                .expect("a lazy channel");
+        Authenticator::development(
+            "000000000000".parse().expect("an account"),
+            Arc::new(ResourcePolicies::new(
+                freshet_proto::v1::control_plane_client::ControlPlaneClient::new(nowhere),
+            )),
+        )
     }
 
     #[tokio::test]

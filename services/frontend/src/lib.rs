@@ -116,6 +116,7 @@ pub const DEVELOPMENT_ITERATOR_SECRET: &str = "freshet-development-secret";
 pub struct Frontend {
     pub(crate) region: String,
     pub(crate) auth: auth::Authenticator,
+    pub(crate) resource_policies: Arc<access::ResourcePolicies>,
     pub(crate) control_plane: ControlPlaneClient<freshet_server::TracedChannel>,
     pub(crate) router: Router,
     pub(crate) timer: TimerClient,
@@ -146,6 +147,9 @@ impl Frontend {
             .map_err(RunError::DefaultAccount)?;
         let control_plane_channel =
             freshet_server::grpc_channel(&config.control_plane.addr, &token)?;
+        let resource_policies = Arc::new(access::ResourcePolicies::new(
+            freshet_server::control_plane_client(control_plane_channel.clone()),
+        ));
         let auth = if secure {
             auth::Authenticator::sigv4(
                 config.region.clone(),
@@ -153,9 +157,10 @@ impl Frontend {
                     control_plane_channel.clone(),
                 ),
                 config.key_cache_ttl,
+                resource_policies.clone(),
             )
         } else {
-            auth::Authenticator::development(default_account)
+            auth::Authenticator::development(default_account, resource_policies.clone())
         };
         let control_plane = freshet_server::control_plane_client(control_plane_channel);
         let timer = TimerClient::spawn(
@@ -181,6 +186,7 @@ impl Frontend {
         Ok(Arc::new(Frontend {
             region: config.region.clone(),
             auth,
+            resource_policies,
             control_plane,
             router,
             timer,

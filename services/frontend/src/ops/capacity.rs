@@ -41,7 +41,7 @@ pub async fn update_stream_mode(
         i64::from(i32::MAX),
     );
     violations.into_result()?;
-    let stream_name = input.target.resolve(caller)?;
+    let stream_name = input.target.resolve(caller).await?;
     frontend
         .control_plane
         .clone()
@@ -79,7 +79,7 @@ pub async fn update_stream_warm_throughput(
         i64::from(i32::MAX),
     );
     violations.into_result()?;
-    let stream_name = input.target.resolve(caller)?;
+    let stream_name = input.target.resolve(caller).await?;
     let answer = frontend
         .control_plane
         .clone()
@@ -158,7 +158,7 @@ pub async fn update_account_settings(
         );
     }
     violations.into_result()?;
-    caller.authorize("*")?;
+    caller.authorize("*").await?;
     let settings = frontend
         .control_plane
         .clone()
@@ -176,7 +176,7 @@ pub async fn describe_account_settings(
     frontend: &Frontend,
     caller: &Caller,
 ) -> KinesisResult<Value> {
-    caller.authorize("*")?;
+    caller.authorize("*").await?;
     let settings = frontend
         .control_plane
         .clone()

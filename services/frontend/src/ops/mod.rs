@@ -2,6 +2,7 @@
 //! stream addressing (StreamName or StreamARN), and storage clients.
 
 mod capacity;
+mod policies;
 mod records;
 mod replies;
 mod reshard;
@@ -108,6 +109,15 @@ pub async fn dispatch(
                 .await
                 .map(text_of)
         }
+        "PutResourcePolicy" => policies::put_resource_policy(frontend, caller, parse(body)?)
+            .await
+            .map(|()| None),
+        "GetResourcePolicy" => policies::get_resource_policy(frontend, caller, parse(body)?)
+            .await
+            .map(text_of),
+        "DeleteResourcePolicy" => policies::delete_resource_policy(frontend, caller, parse(body)?)
+            .await
+            .map(|()| None),
         "DescribeAccountSettings" => {
             let _: serde_json::Map<String, Value> = parse(body)?;
             capacity::describe_account_settings(frontend, caller)
@@ -160,9 +170,9 @@ impl StreamTarget {
 
     /// The stream's name within the caller's account, once the caller is
     /// authorized to act on it (`access.rs`).
-    pub fn resolve(&self, caller: &Caller) -> KinesisResult<String> {
+    pub async fn resolve(&self, caller: &Caller) -> KinesisResult<String> {
         let name = self.name(caller)?;
-        caller.authorize_stream(&name)?;
+        caller.authorize_stream(&name).await?;
         Ok(name)
     }
 
@@ -232,7 +242,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "DecreaseStreamRetentionPeriod",
     "DeleteChannel",
     "DeleteQueue",
-    "DeleteResourcePolicy",
     "DeregisterStreamConsumer",
     "DescribeChannel",
     "DescribeLimits",
@@ -240,14 +249,12 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "DescribeStreamConsumer",
     "DisableEnhancedMonitoring",
     "EnableEnhancedMonitoring",
-    "GetResourcePolicy",
     "IncreaseStreamRetentionPeriod",
     "ListChannels",
     "ListQueues",
     "ListStreamConsumers",
     "ListTagsForResource",
     "ListTagsForStream",
-    "PutResourcePolicy",
     "ReceiveDeadLetterQueueRecords",
     "ReceiveQueueRecords",
     "RegisterStreamConsumer",

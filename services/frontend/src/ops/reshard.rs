@@ -48,7 +48,7 @@ pub async fn split_shard(
         }
     }
     violations.into_result()?;
-    let stream_name = input.target.resolve(caller)?;
+    let stream_name = input.target.resolve(caller).await?;
     frontend
         .control_plane
         .clone()
@@ -95,7 +95,7 @@ pub async fn merge_shards(
         &mut violations,
     );
     violations.into_result()?;
-    let stream_name = input.target.resolve(caller)?;
+    let stream_name = input.target.resolve(caller).await?;
     frontend
         .control_plane
         .clone()
@@ -139,7 +139,7 @@ pub async fn update_shard_count(
         }
     }
     violations.into_result()?;
-    let stream_name = input.target.resolve(caller)?;
+    let stream_name = input.target.resolve(caller).await?;
     let target = u32::try_from(input.target_shard_count.unwrap_or(1)).unwrap_or(u32::MAX);
     let answer = frontend
         .control_plane
@@ -185,7 +185,7 @@ pub async fn update_max_record_size(
         10240,
     );
     violations.into_result()?;
-    let stream_name = input.target.resolve(caller)?;
+    let stream_name = input.target.resolve(caller).await?;
     frontend
         .control_plane
         .clone()

@@ -101,7 +101,9 @@ pub async fn create_stream(
         }
     }
     violations.into_result()?;
-    caller.authorize_stream(input.stream_name.as_deref().unwrap_or_default())?;
+    caller
+        .authorize_stream(input.stream_name.as_deref().unwrap_or_default())
+        .await?;
 
     if mode == StreamMode::Provisioned && input.shard_count.is_none() {
         return Err(KinesisError::invalid_argument(
@@ -152,7 +154,7 @@ pub async fn delete_stream(
     let mut violations = Violations::default();
     input.target.check(&mut violations);
     violations.into_result()?;
-    let stream_name = input.target.resolve(caller)?;
+    let stream_name = input.target.resolve(caller).await?;
     // Streams have no registered consumers yet, so EnforceConsumerDeletion
     // changes nothing; it is still parsed so a wrongly typed value is refused.
     let _ = input.enforce_consumer_deletion;
@@ -168,7 +170,7 @@ pub async fn delete_stream(
     Ok(())
 }
 
-async fn fetch_stream(
+pub(crate) async fn fetch_stream(
     frontend: &Frontend,
     caller: &Caller,
     stream_name: String,
@@ -263,7 +265,7 @@ pub async fn describe_stream(
     let stream = fetch_stream(
         frontend,
         caller,
-        input.target.resolve(caller)?,
+        input.target.resolve(caller).await?,
         "DescribeStream",
     )
     .await?;
@@ -314,7 +316,7 @@ pub async fn describe_stream_summary(
     let stream = fetch_stream(
         frontend,
         caller,
-        input.resolve(caller)?,
+        input.resolve(caller).await?,
         "DescribeStreamSummary",
     )
     .await?;
@@ -408,7 +410,7 @@ pub async fn list_streams(
     );
     violations.check_length(input.next_token.as_deref(), "nextToken", 1, 1_048_576);
     violations.into_result()?;
-    caller.authorize("*")?;
+    caller.authorize("*").await?;
     if input.next_token.is_some() && input.exclusive_start_stream_name.is_some() {
         return Err(KinesisError::invalid_argument(
             "NextToken and ExclusiveStartStreamName cannot be provided together.",
@@ -567,10 +569,10 @@ pub async fn list_shards(
     }
     let stream_name = match &token {
         Some(token) => {
-            caller.authorize_stream(&token.s)?;
+            caller.authorize_stream(&token.s).await?;
             token.s.clone()
         }
-        None => input.target.resolve(caller)?,
+        None => input.target.resolve(caller).await?,
     };
     let stream = fetch_stream(frontend, caller, stream_name.clone(), "ListShards").await?;
     if let Some(created) = input.stream_creation_timestamp {

@@ -94,7 +94,7 @@ pub async fn get_shard_iterator(
     }
     violations.into_result()?;
     let kind = input.shard_iterator_type.as_deref().unwrap_or_default();
-    let stream_name = input.target.resolve(caller)?;
+    let stream_name = input.target.resolve(caller).await?;
     let shard_id = normalize_shard_id(input.shard_id.as_deref().unwrap_or_default());
     let needs_sequence = matches!(kind, "AT_SEQUENCE_NUMBER" | "AFTER_SEQUENCE_NUMBER");
     if needs_sequence && input.starting_sequence_number.is_none() {
@@ -216,7 +216,7 @@ pub async fn get_records(
         .decode_iterator(text)
         .filter(|it| it.account_id == caller.account_id)
         .ok_or_else(|| KinesisError::invalid_argument("Invalid ShardIterator."))?;
-    caller.authorize_stream(&iterator.stream_name)?;
+    caller.authorize_stream(&iterator.stream_name).await?;
     if let Some(arn) = input
         .stream_arn
         .as_deref()

@@ -177,7 +177,7 @@ pub async fn put_record(
     }
     violations.into_result()?;
     let record = record.ok_or_else(|| KinesisError::validation("record is incomplete"))?;
-    let stream_name = input.target.resolve(caller)?;
+    let stream_name = input.target.resolve(caller).await?;
     let route = route_stream(frontend, caller, &stream_name).await?;
     check_stream_record_size(&route, &[&record])?;
     if input.dry_run == Some(true) {
@@ -334,7 +334,7 @@ pub async fn put_records(
             "Records size exceeds 10 MiB limit: the request carries {total} bytes of data and partition keys"
         )));
     }
-    let stream_name = target.resolve(caller)?;
+    let stream_name = target.resolve(caller).await?;
     let route = route_stream(frontend, caller, &stream_name).await?;
     check_stream_record_size(&route, &records.iter().collect::<Vec<_>>())?;
     if input.dry_run == Some(true) {

@@ -71,6 +71,20 @@ fn bad(message: impl Into<String>) -> PolicyError {
     PolicyError(message.into())
 }
 
+/// The condition keys a Freshet request carries. Any other key is refused
+/// when a policy is put: a Deny on a key that is never present would
+/// silently never apply.
+pub const KNOWN_KEYS: &[&str] = &[
+    "aws:sourceip",
+    "aws:currenttime",
+    "aws:epochtime",
+    "aws:username",
+    "aws:principalarn",
+    "aws:principalaccount",
+    "aws:requestedregion",
+    "aws:securetransport",
+];
+
 fn operator_kind(name: &str) -> Option<(Kind, bool)> {
     use Order::*;
     Some(match name {
@@ -128,7 +142,15 @@ impl Condition {
                     "Condition {operator} must map keys to values."
                 )));
             };
+            if keys.is_empty() {
+                return Err(bad(format!("Condition {operator} names no key.")));
+            }
             for (key, values) in keys {
+                if !KNOWN_KEYS.contains(&key.to_ascii_lowercase().as_str()) {
+                    return Err(bad(format!(
+                        "Condition key {key} is not one Freshet supplies (supported: aws:SourceIp, aws:CurrentTime, aws:EpochTime, aws:username, aws:PrincipalArn, aws:PrincipalAccount, aws:RequestedRegion, aws:SecureTransport)."
+                    )));
+                }
                 let values: Vec<String> = match values {
                     Value::Array(list) if !list.is_empty() => {
                         list.iter().map(scalar).collect::<Result<_, _>>()?
@@ -187,7 +209,7 @@ fn scalar(value: &Value) -> Result<String, PolicyError> {
 
 fn check_value(kind: Kind, value: &str) -> Result<(), PolicyError> {
     let ok = match kind {
-        Kind::Numeric(_) => value.parse::<f64>().is_ok(),
+        Kind::Numeric(_) => value.parse::<f64>().is_ok_and(f64::is_finite),
         Kind::Date(_) => epoch_seconds(value).is_some(),
         Kind::Bool | Kind::Null => value == "true" || value == "false",
         Kind::Ip => Cidr::parse(value).is_some(),
@@ -207,8 +229,8 @@ fn matches(kind: Kind, expected: &str, actual: &str) -> bool {
         Kind::String { ignore_case: false } => expected == actual,
         Kind::String { ignore_case: true } => expected.eq_ignore_ascii_case(actual),
         Kind::StringLike => Pattern::new(expected, true).matches(actual),
-        Kind::Arn { like: false } => expected == actual,
-        Kind::Arn { like: true } => Pattern::new(expected, true).matches(actual),
+        // IAM matches ArnEquals and ArnLike alike: wildcards in each part.
+        Kind::Arn { .. } => Pattern::new(expected, true).matches(actual),
         Kind::Numeric(order) => match (actual.parse::<f64>(), expected.parse::<f64>()) {
             (Ok(a), Ok(e)) => compare(order, a.partial_cmp(&e)),
             _ => false,
@@ -264,7 +286,10 @@ pub(crate) fn epoch_seconds(text: &str) -> Option<i64> {
     } else {
         let time = text.get(10..)?;
         let time = time.strip_prefix('T')?.strip_suffix('Z')?;
-        let time = time.split('.').next()?;
+        let (time, fraction) = time.split_once('.').unwrap_or((time, "0"));
+        if fraction.is_empty() || !fraction.bytes().all(|d| d.is_ascii_digit()) {
+            return None;
+        }
         let parts: Vec<&str> = time.split(':').collect();
         let [h, m, s] = parts[..] else { return None };
         let parse = |t: &str| -> Option<i64> {
@@ -377,19 +402,13 @@ mod tests {
             (r#"{"Bool": {"aws:SecureTransport": "true"}}"#, false),
             (r#"{"Bool": {"aws:SecureTransport": false}}"#, true),
             // Absent keys: false, but true when negated or IfExists.
+            (r#"{"StringEquals": {"aws:PrincipalArn": "data"}}"#, false),
+            (r#"{"StringNotEquals": {"aws:PrincipalArn": "data"}}"#, true),
             (
-                r#"{"StringEquals": {"aws:PrincipalTag/team": "data"}}"#,
-                false,
-            ),
-            (
-                r#"{"StringNotEquals": {"aws:PrincipalTag/team": "data"}}"#,
+                r#"{"StringEqualsIfExists": {"aws:PrincipalArn": "data"}}"#,
                 true,
             ),
-            (
-                r#"{"StringEqualsIfExists": {"aws:PrincipalTag/team": "data"}}"#,
-                true,
-            ),
-            (r#"{"Null": {"aws:PrincipalTag/team": "true"}}"#, true),
+            (r#"{"Null": {"aws:PrincipalArn": "true"}}"#, true),
             (r#"{"Null": {"aws:username": "true"}}"#, false),
             (r#"{"Null": {"aws:username": "false"}}"#, true),
             // Every operator and key must hold.
@@ -397,7 +416,11 @@ mod tests {
                 r#"{"IpAddress": {"aws:SourceIp": "203.0.113.0/24"}, "StringEquals": {"aws:username": "bob"}}"#,
                 false,
             ),
-            (r#"{"NumericLessThan": {"kinesis:ShardCount": 5}}"#, false),
+            (r#"{"NumericLessThan": {"aws:EpochTime": 5}}"#, false),
+            (
+                r#"{"ArnEquals": {"aws:PrincipalArn": "arn:aws:iam::*:user/ali*"}}"#,
+                false,
+            ),
         ];
         for &(json, expected) in table {
             assert_eq!(holds(json, &office), expected, "{json}");
@@ -416,6 +439,9 @@ mod tests {
             r#"{"StringEquals": {"k": {"nested": 1}}}"#,
             r#"{"ForAnyValue:StringEquals": {"k": "v"}}"#,
             r#"{"NullIfExists": {"k": "true"}}"#,
+            r#"{"StringEquals": {}}"#,
+            r#"{"StringEquals": {"aws:PrincipalTag/team": "data"}}"#,
+            r#"{"NumericEquals": {"aws:EpochTime": "NaN"}}"#,
         ] {
             let Value::Object(map) = serde_json::from_str(json).expect("json") else {
                 panic!("not an object")
@@ -436,5 +462,6 @@ mod tests {
         assert_eq!(epoch_seconds("2026-13-04"), None);
         assert_eq!(epoch_seconds("2026-02-30"), None);
         assert_eq!(epoch_seconds("2026-12-04T25:00:00Z"), None);
+        assert_eq!(epoch_seconds("2026-12-04T10:00:00.x1Z"), None);
     }
 }

@@ -80,8 +80,13 @@ pub struct Policy {
 impl Policy {
     /// Parses `text` as a policy of `kind`.
     pub fn parse(text: &str, kind: PolicyKind) -> Result<Policy, PolicyError> {
-        let value: Value = serde_json::from_str(text)
+        let value = crate::strict_json::parse(text)
             .map_err(|e| bad(format!("The policy is not valid JSON: {e}")))?;
+        // Policy variables (`${aws:username}`) are not substituted: taken
+        // as text, a Deny written with one would never match.
+        if text.contains("${") {
+            return Err(bad("Policy variables (${...}) are not supported."));
+        }
         let Value::Object(document) = value else {
             return Err(bad("The policy must be a JSON object."));
         };
@@ -191,6 +196,18 @@ fn parse_statement(
         }
     }
     let resources = either(statement, "Resource", "NotResource", true).map_err(|e| at(e.0))?;
+    for pattern in match &resources {
+        Matcher::AnyOf(p) | Matcher::NoneOf(p) => p,
+    } {
+        let text = pattern.text();
+        // A malformed ARN matches nothing: in a Deny, that fails open.
+        let well_formed = text == "*" || (text.starts_with("arn:") && text.split(':').count() >= 6);
+        if !well_formed {
+            return Err(at(format!(
+                "Resource '{text}' must be * or an ARN (arn:partition:service:region:account:resource)."
+            )));
+        }
+    }
     let principals = match (statement.get("Principal"), kind) {
         (None, PolicyKind::Identity) => None,
         (Some(_), PolicyKind::Identity) => {

@@ -7,7 +7,9 @@
 //! 1. an explicit `Deny` in any policy that applies wins;
 //! 2. the root of the resource's own account may do anything;
 //! 3. in the resource's account, an `Allow` from the caller's identity
-//!    policies or from the resource policy (naming the caller) suffices;
+//!    policies or from a resource policy naming the caller itself
+//!    suffices (one naming only the account delegates to the account: its
+//!    users still need an identity allow);
 //! 4. from another account, the resource policy must allow the caller *and*
 //!    the caller's own account must (its root always does; a user needs an
 //!    identity policy allowing it);
@@ -16,6 +18,7 @@
 mod condition;
 mod document;
 mod pattern;
+mod strict_json;
 
 pub use condition::Context;
 pub use document::{Effect, Matcher, Policy, PolicyError, PolicyKind, Principals, Statement};
@@ -88,21 +91,48 @@ impl Decision {
     }
 }
 
-/// Whether a resource-policy statement names the caller.
-fn names(principals: &Principals, caller: &Principal) -> bool {
-    match principals {
-        Principals::Anyone => true,
-        Principals::Aws(listed) => listed.iter().any(|p| {
-            let account = caller.account().as_str();
-            p == account || *p == format!("arn:aws:iam::{account}:root") || *p == caller.arn()
-        }),
+/// How a resource-policy statement names the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Named {
+    No,
+    /// By its own ARN, as `*`, or (for a root) by its account.
+    Directly,
+    /// By its account only: a grant to the account, which its users reach
+    /// only through their own identity policies.
+    ViaAccount,
+}
+
+fn named(principals: &Principals, caller: &Principal) -> Named {
+    let listed = match principals {
+        Principals::Anyone => return Named::Directly,
+        Principals::Aws(listed) => listed,
+    };
+    let account = caller.account().as_str();
+    let root_arn = format!("arn:aws:iam::{account}:root");
+    let caller_arn = caller.arn();
+    let mut named = Named::No;
+    for p in listed {
+        if *p == caller_arn {
+            return Named::Directly;
+        }
+        if p == account || *p == root_arn {
+            named = if matches!(caller, Principal::Root { .. }) {
+                Named::Directly
+            } else {
+                Named::ViaAccount
+            };
+        }
     }
+    named
 }
 
 /// What the statements of some policies say about a request.
 #[derive(Debug, Default, Clone, Copy)]
 struct Verdict {
+    /// An Allow that names the caller itself (always, for identity policies).
     allows: bool,
+    /// An Allow that names only the caller's account.
+    allows_account: bool,
     denies: bool,
 }
 
@@ -113,22 +143,29 @@ fn verdict<'p>(
 ) -> Verdict {
     let mut verdict = Verdict::default();
     for statement in statements {
-        let applies = statement.actions.matches(request.action)
+        let matches = statement.actions.matches(request.action)
             && statement.resources.matches(request.resource)
-            && (!resource_policy
-                || statement
-                    .principals
-                    .as_ref()
-                    .is_some_and(|p| names(p, request.principal)))
             && statement
                 .conditions
                 .iter()
                 .all(|c| c.holds(request.context));
-        if applies {
-            match statement.effect {
-                Effect::Allow => verdict.allows = true,
-                Effect::Deny => verdict.denies = true,
-            }
+        if !matches {
+            continue;
+        }
+        let how = if resource_policy {
+            statement
+                .principals
+                .as_ref()
+                .map_or(Named::No, |p| named(p, request.principal))
+        } else {
+            Named::Directly
+        };
+        match (statement.effect, how) {
+            (_, Named::No) => {}
+            // A deny of an account binds every principal in it.
+            (Effect::Deny, _) => verdict.denies = true,
+            (Effect::Allow, Named::Directly) => verdict.allows = true,
+            (Effect::Allow, Named::ViaAccount) => verdict.allows_account = true,
         }
     }
     verdict
@@ -162,14 +199,17 @@ pub fn evaluate(
     // A root may do anything its own account may: within it, everything.
     let own_account_allows = is_root || identity.allows;
     if same_account {
-        if is_root || identity.allows || resource.allows {
+        // A resource policy naming only the account delegates to it: its
+        // users still need an identity allow.
+        if own_account_allows || resource.allows {
             return Decision::Allow;
         }
         return Decision::ImplicitDeny {
             cross_account: false,
         };
     }
-    match (resource.allows, own_account_allows) {
+    let resource_allows = resource.allows || resource.allows_account;
+    match (resource_allows, own_account_allows) {
         (true, true) => Decision::Allow,
         (false, _) => Decision::ImplicitDeny {
             cross_account: true,

@@ -37,6 +37,8 @@ const SHARE_WITH_BOB_ONLY: &str = r#"{"Statement":{"Effect":"Allow","Principal":
 const DENY_EVERYONE_WRITES: &str =
     r#"{"Statement":{"Effect":"Deny","Principal":"*","Action":"kinesis:Put*","Resource":"*"}}"#;
 const SHARE_WITH_ANYONE: &str = r#"{"Statement":{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"kinesis:GetRecords","Resource":"*"}}"#;
+const SHARE_WITH_OWN_ACCOUNT: &str = r#"{"Statement":{"Effect":"Allow","Principal":{"AWS":"111122223333"},"Action":"kinesis:ListShards","Resource":"*"}}"#;
+const DENY_ACCOUNT_444: &str = r#"{"Statement":{"Effect":"Deny","Principal":{"AWS":"444455556666"},"Action":"*","Resource":"*"}}"#;
 const SHARE_WITH_OWN_ALICE: &str = r#"{"Statement":{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:user/alice"},"Action":"kinesis:ListShards","Resource":"*"}}"#;
 
 struct Case {
@@ -211,6 +213,33 @@ fn cases() -> Vec<Case> {
             ALLOW,
         ),
         case(
+            "naming the own account only delegates to it",
+            alice(),
+            "kinesis:ListShards",
+            STREAM,
+            &[],
+            Some(SHARE_WITH_OWN_ACCOUNT),
+            SAME_ACCOUNT_IMPLICIT,
+        ),
+        case(
+            "naming the own account grants its root",
+            root("111122223333"),
+            "kinesis:ListShards",
+            STREAM,
+            &[],
+            Some(SHARE_WITH_OWN_ACCOUNT),
+            ALLOW,
+        ),
+        case(
+            "a deny of an account binds its users",
+            bob(),
+            "kinesis:GetRecords",
+            STREAM,
+            &[ALLOW_ALL],
+            Some(DENY_ACCOUNT_444),
+            DENY_BY_RESOURCE,
+        ),
+        case(
             "another account without a resource policy",
             root("444455556666"),
             "kinesis:GetRecords",
@@ -367,6 +396,9 @@ fn refusals_read_like_aws() {
 #[test]
 fn malformed_documents_are_refused_with_where() {
     let identity_bad = [
+        r#"{"Statement":{"Effect":"Deny","Effect":"Allow","Action":"*","Resource":"*"}}"#,
+        r#"{"Statement":{"Effect":"Deny","Action":"*","Resource":"arn:aws:kinesis:*:*:stream/${aws:username}"}}"#,
+        r#"{"Statement":{"Effect":"Deny","Action":"*","Resource":"stream/payments"}}"#,
         "not json",
         "[]",
         r#"{"Statement":[]}"#,

@@ -306,13 +306,20 @@ impl Verifier {
                 }
                 // The control plane (or its Postgres) is down: a key
                 // resolved before keeps working, so the data path does.
-                Err(failure) => match stale {
+                Err(Unresolved::Unreachable(failure)) => match stale {
                     Some(key) => {
                         tracing::warn!("using a cached access key: {}", failure.message);
                         key
                     }
                     None => return Err(failure),
                 },
+                // An answer that cannot be used (a policy that does not
+                // parse) is never bridged with the old one: its new Deny
+                // would be ignored.
+                Err(Unresolved::Unusable(failure)) => {
+                    keys.invalidate(&cache_key);
+                    return Err(failure);
+                }
             },
         };
         let account = resolved.principal.account().clone();
@@ -333,11 +340,19 @@ impl Verifier {
 
 /// Asks the control plane for the key; `None` if it is unknown or
 /// inactive.
+/// Why a key could not be resolved.
+enum Unresolved {
+    /// The control plane did not answer.
+    Unreachable(KinesisError),
+    /// It answered with something this frontend cannot use.
+    Unusable(KinesisError),
+}
+
 async fn resolve(
     identities: &IdentitiesClient<TracedChannel>,
     key_id: &AccessKeyId,
     signature: &Signature,
-) -> KinesisResult<Option<ResolvedKey>> {
+) -> Result<Option<ResolvedKey>, Unresolved> {
     let request = ResolveAccessKeyRequest {
         access_key_id: key_id.to_string(),
         date: signature.date.clone(),
@@ -351,15 +366,16 @@ async fn resolve(
             Duration::from_secs(5),
         ))
         .await
-        .map_err(|status| KinesisError::from_status(&status))?
+        .map_err(|status| Unresolved::Unreachable(KinesisError::from_status(&status)))?
         .into_inner();
     if !response.found {
         return Ok(None);
     }
-    let account: AccountId = response
-        .account_id
-        .parse()
-        .map_err(|_| KinesisError::internal("the control plane named no valid account"))?;
+    let account: AccountId = response.account_id.parse().map_err(|_| {
+        Unresolved::Unusable(KinesisError::internal(
+            "the control plane named no valid account",
+        ))
+    })?;
     let principal = if response.user_name.is_empty() {
         Principal::Root { account }
     } else {
@@ -368,8 +384,11 @@ async fn resolve(
             name: response.user_name,
         }
     };
-    let signing_key = SigningKey::from_bytes(&response.signing_key)
-        .ok_or_else(|| KinesisError::internal("the control plane sent no valid signing key"))?;
+    let signing_key = SigningKey::from_bytes(&response.signing_key).ok_or_else(|| {
+        Unresolved::Unusable(KinesisError::internal(
+            "the control plane sent no valid signing key",
+        ))
+    })?;
     // Fail closed: a policy that does not parse (it was validated when it
     // was put) refuses the key rather than being skipped, which could drop
     // a Deny.
@@ -379,7 +398,9 @@ async fn resolve(
         .map(|document| Policy::parse(document, PolicyKind::Identity))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| {
-            KinesisError::internal(format!("a stored identity policy does not parse: {error}"))
+            Unresolved::Unusable(KinesisError::internal(format!(
+                "a stored identity policy does not parse: {error}"
+            )))
         })?;
     Ok(Some(ResolvedKey {
         principal,

@@ -84,7 +84,9 @@ async fn handle(State(frontend): State<Arc<Frontend>>, request: Request) -> Resp
     let source = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip());
+        // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d;
+        // conditions and limits see it as the IPv4 address it is.
+        .map(|info| info.0.ip().to_canonical());
     let (parts, body) = request.into_parts();
     let operation = parts
         .headers

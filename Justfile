@@ -66,3 +66,11 @@ bench: infra
 demo: infra
     cargo build --release --workspace --bins
     cargo run --release -p freshet-e2e --bin freshet-demo
+
+# Fuzz every target for SECONDS each (nightly + cargo-fuzz); new corpus
+# entries land in fuzz/corpus/, which `just test` replays on stable.
+fuzz seconds="60":
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cd fuzz && for target in types_parsers sigv4 policy; do \
+        cargo +nightly fuzz run "$target" corpus/"$target" -- -max_total_time={{seconds}} -rss_limit_mb=512 -max_len=65536; \
+    done

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use freshet_types::calendar::{days_from_civil, days_in_month};
 use serde_json::{Map, Value};
 
-use crate::document::PolicyError;
+use crate::error::PolicyError;
 use crate::pattern::Pattern;
 
 /// The facts a request brings to conditions: key (lower case) → values.

@@ -6,12 +6,8 @@
 use serde_json::{Map, Value};
 
 use crate::condition::Condition;
+use crate::error::PolicyError;
 use crate::pattern::Pattern;
-
-/// Why a document is not a policy; the message says where.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct PolicyError(pub String);
 
 fn bad(message: impl Into<String>) -> PolicyError {
     PolicyError(message.into())

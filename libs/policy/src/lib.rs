@@ -17,11 +17,15 @@
 
 mod condition;
 mod document;
+mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod pattern;
 mod strict_json;
 
 pub use condition::Context;
-pub use document::{Effect, Matcher, Policy, PolicyError, PolicyKind, Principals, Statement};
+pub use document::{Effect, Matcher, Policy, PolicyKind, Principals, Statement};
+pub use error::PolicyError;
 pub use pattern::Pattern;
 
 use freshet_types::Principal;

@@ -53,8 +53,26 @@ fn canonical_header_value(request: &Request<'_>, name: &str) -> String {
     values.join(",")
 }
 
+/// Trims and collapses runs of spaces and tabs (only those: the values
+/// are checked to be visible ASCII first, see [`printable`]).
 fn collapse_spaces(value: &str) -> String {
-    value.split_whitespace().collect::<Vec<_>>().join(" ")
+    value
+        .split([' ', '\t'])
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether every value of the signed header `name` is visible ASCII,
+/// spaces and tabs: anything else could canonicalise two different byte
+/// strings alike.
+pub(crate) fn printable(request: &Request<'_>, name: &str) -> bool {
+    request.headers.get_all(name).iter().all(|value| {
+        value
+            .as_bytes()
+            .iter()
+            .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+    })
 }
 
 /// Each path segment encoded again (AWS double-encodes for every service

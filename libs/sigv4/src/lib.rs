@@ -15,6 +15,8 @@
 
 mod canonical;
 mod date;
+#[doc(hidden)]
+pub mod fuzzing;
 
 use std::time::{Duration, SystemTime};
 
@@ -367,6 +369,15 @@ pub fn verify(
     signature: &Signature,
     key: &SigningKey,
 ) -> Result<(), SigV4Error> {
+    if let Some(name) = signature
+        .signed_headers
+        .iter()
+        .find(|name| !canonical::printable(request, name))
+    {
+        return Err(SigV4Error::Incomplete(format!(
+            "Signed header {name} must be visible ASCII."
+        )));
+    }
     let body_hash = payload_hash(request.body);
     // A client may sign the body's hash as a header instead: then that
     // header must be the body's hash, or a signed header would vouch for a

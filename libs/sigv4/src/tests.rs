@@ -313,3 +313,17 @@ fn signing_keys_travel_as_32_bytes() {
     assert_eq!(SigningKey::from_bytes(&[0; 31]), None);
     assert_eq!(format!("{key:?}"), "SigningKey(..)");
 }
+
+#[test]
+fn signed_header_values_must_be_visible_ascii() {
+    let now = at(1_780_000_000);
+    let mut request = signed("https://kinesis.us-west-2.amazonaws.com/", b"{}", now);
+    request.headers_mut().insert(
+        "x-amz-user-agent",
+        http::HeaderValue::from_bytes(b"a\xc2\x85b").expect("a header value"),
+    );
+    assert!(matches!(
+        check(&request, SECRET, now),
+        Err(SigV4Error::Incomplete(_))
+    ));
+}

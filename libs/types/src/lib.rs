@@ -9,6 +9,8 @@
 use std::fmt;
 
 pub mod calendar;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod state;
 pub use identity::{AccessKeyId, AccountId, Principal};

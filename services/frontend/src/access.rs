@@ -11,25 +11,15 @@
 //! the root, except for the resource-policy operations themselves, so an
 //! owner can never lock itself out).
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use freshet_errors::ErrorCode;
-use freshet_policy::{Context, Policy, PolicyKind, Request};
-use freshet_proto::v1::control_plane_client::ControlPlaneClient;
-use freshet_proto::v1::GetResourcePolicyRequest;
-use freshet_server::TracedChannel;
+use freshet_policy::{Context, Request};
 use freshet_types::calendar::iso8601;
 use freshet_types::{Principal, StreamArn};
-use moka::sync::Cache;
 
 use crate::auth::Caller;
 use crate::error::{KinesisError, KinesisResult};
-
-/// How long a resource's policy (or its absence) is reused: a put or a
-/// delete takes effect within this.
-const RESOURCE_POLICY_TTL: Duration = Duration::from_secs(5);
-const RESOURCE_POLICIES: u64 = 10_000;
 
 /// The operations an account's root may always perform on its own
 /// resources, whatever their policy says, so it can never lock itself out.
@@ -38,68 +28,6 @@ const ROOT_RECOVERY: &[&str] = &[
     "kinesis:PutResourcePolicy",
     "kinesis:DeleteResourcePolicy",
 ];
-
-/// Resource policies by ARN, from the control plane, briefly cached.
-pub struct ResourcePolicies {
-    control_plane: ControlPlaneClient<TracedChannel>,
-    cache: Cache<String, Option<Arc<Policy>>>,
-}
-
-impl std::fmt::Debug for ResourcePolicies {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResourcePolicies")
-            .field("cached", &self.cache.entry_count())
-            .finish()
-    }
-}
-
-impl ResourcePolicies {
-    pub fn new(control_plane: ControlPlaneClient<TracedChannel>) -> ResourcePolicies {
-        ResourcePolicies {
-            control_plane,
-            cache: Cache::builder()
-                .max_capacity(RESOURCE_POLICIES)
-                .time_to_live(RESOURCE_POLICY_TTL)
-                .build(),
-        }
-    }
-
-    /// The policy of `arn`, if it has one. A stored policy that does not
-    /// parse (it was validated when put) fails the request: skipping it
-    /// could drop a Deny.
-    async fn get(&self, arn: &str) -> KinesisResult<Option<Arc<Policy>>> {
-        if let Some(cached) = self.cache.get(arn) {
-            return Ok(cached);
-        }
-        let response = self
-            .control_plane
-            .clone()
-            .get_resource_policy(freshet_server::request_with_deadline(
-                GetResourcePolicyRequest {
-                    resource_arn: arn.to_owned(),
-                },
-                Duration::from_secs(5),
-            ))
-            .await
-            .map_err(|status| KinesisError::from_status(&status))?
-            .into_inner();
-        let policy = if response.found {
-            let policy = Policy::parse(&response.document, PolicyKind::Resource).map_err(|e| {
-                KinesisError::internal(format!("the resource policy of {arn} does not parse: {e}"))
-            })?;
-            Some(Arc::new(policy))
-        } else {
-            None
-        };
-        self.cache.insert(arn.to_owned(), policy.clone());
-        Ok(policy)
-    }
-
-    /// Forgets `arn`'s policy (this frontend just changed it).
-    pub fn forget(&self, arn: &str) {
-        self.cache.invalidate(arn);
-    }
-}
 
 impl Caller {
     /// Authorizes the caller's action on `resource` (an ARN of the caller's
@@ -166,7 +94,13 @@ impl Caller {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use freshet_policy::{Policy, PolicyKind};
+    use freshet_proto::v1::control_plane_client::ControlPlaneClient;
+
     use super::*;
+    use crate::resource_policies::ResourcePolicies;
 
     fn alice(policies: &[&str]) -> Caller {
         let nowhere =

@@ -32,8 +32,8 @@ use http::HeaderMap;
 use moka::sync::Cache;
 use tokio::time::Instant;
 
-use crate::access::ResourcePolicies;
 use crate::error::{KinesisError, KinesisResult};
+use crate::resource_policies::ResourcePolicies;
 
 /// The caller of a request, once authenticated.
 #[derive(Debug, Clone)]

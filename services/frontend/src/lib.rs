@@ -10,11 +10,14 @@
 //! by the timer service's clock, and the cache service otherwise — see
 //! `freshet-shardmap`.
 //!
-//! Layout: `http.rs` (the wire: targets, content types, error bodies),
-//! `auth.rs`, `error.rs`, `iterator.rs` (signed iterators and tokens),
-//! `ops/streams.rs` (control-plane operations), `ops/records.rs` (data plane),
-//! `ops/replies.rs` (data-plane replies), `coalescer.rs` (concurrent
-//! appends to one shard share one call to its leader).
+//! Layout: `http_api.rs` (the wire: targets, content types, body limits,
+//! error bodies), `admission.rs` (per-source places), `auth.rs` (who
+//! calls: SigV4 in two steps), `access.rs` (what it may do: IAM policies,
+//! with `resource_policies.rs`), `error.rs`, `iterator.rs` (signed
+//! iterators and tokens), `ops/` (one module per group of operations:
+//! `streams`, `records/`, `reshard`, `capacity`, `policies`, and `replies`
+//! for data-plane answers), `coalescer.rs` (concurrent appends to one shard
+//! share one call to its leader).
 
 mod access;
 mod admission;
@@ -24,6 +27,7 @@ mod error;
 mod http_api;
 pub mod iterator;
 mod ops;
+mod resource_policies;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -116,7 +120,7 @@ pub const DEVELOPMENT_ITERATOR_SECRET: &str = "freshet-development-secret";
 pub struct Frontend {
     pub(crate) region: String,
     pub(crate) auth: auth::Authenticator,
-    pub(crate) resource_policies: Arc<access::ResourcePolicies>,
+    pub(crate) resource_policies: Arc<resource_policies::ResourcePolicies>,
     pub(crate) control_plane: ControlPlaneClient<freshet_server::TracedChannel>,
     pub(crate) router: Router,
     pub(crate) timer: TimerClient,
@@ -147,7 +151,7 @@ impl Frontend {
             .map_err(RunError::DefaultAccount)?;
         let control_plane_channel =
             freshet_server::grpc_channel(&config.control_plane.addr, &token)?;
-        let resource_policies = Arc::new(access::ResourcePolicies::new(
+        let resource_policies = Arc::new(resource_policies::ResourcePolicies::new(
             freshet_server::control_plane_client(control_plane_channel.clone()),
         ));
         let auth = if secure {

@@ -184,6 +184,14 @@ impl StreamTarget {
             )),
             (Some(name), None) => Ok(name.clone()),
             (name, Some(arn)) => {
+                // The ARN's pattern allows any non-space name; the name in
+                // it passes the same checks as a StreamName.
+                if !freshet_types::is_valid_stream_name(&arn.stream_name) {
+                    return Err(KinesisError::invalid_argument(format!(
+                        "The stream name in StreamARN must be 1 to 128 of [a-zA-Z0-9_.-], not '{}'.",
+                        arn.stream_name
+                    )));
+                }
                 if arn.account_id != caller.account_id {
                     return Err(KinesisError::new(
                         ErrorCode::AccessDenied,
@@ -278,5 +286,71 @@ pub fn unknown_operation(operation: &str) -> KinesisError {
         KinesisError::not_implemented(operation)
     } else {
         KinesisError::new(ErrorCode::UnknownOperation, "")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::resource_policies::ResourcePolicies;
+
+    fn caller() -> Caller {
+        let nowhere =
+            freshet_server::grpc_channel("127.0.0.1:1", &freshet_server::InternalToken::none())
+                .expect("a lazy channel");
+        Caller {
+            account_id: "123456789012".into(),
+            principal: freshet_types::Principal::Root {
+                account: "123456789012".parse().expect("account"),
+            },
+            region: "us-east-1".into(),
+            policies: Arc::from([]),
+            action: "kinesis:DescribeStream".into(),
+            source: None,
+            resource_policies: Arc::new(ResourcePolicies::new(
+                freshet_proto::v1::control_plane_client::ControlPlaneClient::new(nowhere),
+            )),
+        }
+    }
+
+    fn by_arn(arn: &str) -> StreamTarget {
+        StreamTarget {
+            stream_arn: Some(arn.to_owned()),
+            ..StreamTarget::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_name_from_an_arn_passes_the_stream_name_checks() {
+        let caller = caller();
+        assert_eq!(
+            by_arn("arn:aws:kinesis:us-east-1:123456789012:stream/orders.v2")
+                .name(&caller)
+                .expect("valid"),
+            "orders.v2"
+        );
+        for bad in [
+            "arn:aws:kinesis:us-east-1:123456789012:stream/a/b",
+            "arn:aws:kinesis:us-east-1:123456789012:stream/caf\u{e9}",
+            &format!(
+                "arn:aws:kinesis:us-east-1:123456789012:stream/{}",
+                "x".repeat(129)
+            ),
+        ] {
+            assert_eq!(
+                by_arn(bad).name(&caller).err().map(|e| e.exception()),
+                Some("InvalidArgumentException"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            by_arn("arn:aws:kinesis:us-east-1:999999999999:stream/orders")
+                .name(&caller)
+                .err()
+                .map(|e| e.exception()),
+            Some("AccessDeniedException")
+        );
     }
 }

@@ -650,6 +650,39 @@ async fn the_admin_cli_issues_keys_that_sign_requests() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates user `name` in `account` with one access key; the Identities
+/// client and a Kinesis client signing as the user.
+async fn new_user(
+    cluster: &Cluster,
+    account: &str,
+    name: &str,
+) -> anyhow::Result<(
+    IdentitiesClient<freshet_server::TracedChannel>,
+    aws_sdk_kinesis::Client,
+)> {
+    let mut identities = IdentitiesClient::new(cluster.channel(&cluster.control_plane_addr)?);
+    identities
+        .create_user(CreateUserRequest {
+            account_id: account.into(),
+            user_name: name.into(),
+        })
+        .await?;
+    let key = identities
+        .create_access_key(CreateAccessKeyRequest {
+            account_id: account.into(),
+            user_name: name.into(),
+        })
+        .await?
+        .into_inner();
+    let user = client(
+        cluster,
+        "us-east-1",
+        &key.access_key_id,
+        &key.secret_access_key,
+    );
+    Ok((identities, user))
+}
+
 /// The exception and message of an SDK error.
 fn denial<E: aws_sdk_kinesis::error::ProvideErrorMetadata>(error: &E) -> (String, String) {
     (
@@ -671,26 +704,7 @@ async fn identity_policies_decide_what_a_user_may_do() -> anyhow::Result<()> {
             .send()
             .await?;
     }
-    let mut identities = IdentitiesClient::new(cluster.channel(&cluster.control_plane_addr)?);
-    identities
-        .create_user(CreateUserRequest {
-            account_id: "000000000000".into(),
-            user_name: "alice".into(),
-        })
-        .await?;
-    let key = identities
-        .create_access_key(CreateAccessKeyRequest {
-            account_id: "000000000000".into(),
-            user_name: "alice".into(),
-        })
-        .await?
-        .into_inner();
-    let alice = client(
-        &cluster,
-        "us-east-1",
-        &key.access_key_id,
-        &key.secret_access_key,
-    );
+    let (mut identities, alice) = new_user(&cluster, "000000000000", "alice").await?;
     let put = |stream: &'static str| {
         alice
             .put_record()
@@ -794,26 +808,7 @@ async fn a_stream_resource_policy_grants_and_denies() -> anyhow::Result<()> {
         .send()
         .await?;
     let arn = "arn:aws:kinesis:us-east-1:000000000000:stream/shared";
-    let mut identities = IdentitiesClient::new(cluster.channel(&cluster.control_plane_addr)?);
-    identities
-        .create_user(CreateUserRequest {
-            account_id: "000000000000".into(),
-            user_name: "writer".into(),
-        })
-        .await?;
-    let key = identities
-        .create_access_key(CreateAccessKeyRequest {
-            account_id: "000000000000".into(),
-            user_name: "writer".into(),
-        })
-        .await?
-        .into_inner();
-    let writer = client(
-        &cluster,
-        "us-east-1",
-        &key.access_key_id,
-        &key.secret_access_key,
-    );
+    let (_, writer) = new_user(&cluster, "000000000000", "writer").await?;
     let put = |who: &aws_sdk_kinesis::Client| {
         who.put_record()
             .stream_name("shared")

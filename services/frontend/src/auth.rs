@@ -10,9 +10,9 @@
 //! - sigv4: the signature is verified with the signing key the control
 //!   plane derives from the key's sealed secret (the secret never reaches
 //!   the frontend). Keys are cached for `--key-cache-ttl` (a minute by
-//!   default: a disabled key stops working within that), and kept for up to 15 minutes while the control
-//!   plane cannot be reached, so the data path outlives a control-plane
-//!   outage. Unknown keys are cached briefly too, and a source that keeps
+//!   default: a disabled key stops working within that), and kept for up
+//!   to 15 minutes while the control plane cannot be reached, so the data
+//!   path outlives a control-plane outage. Unknown keys are cached briefly too, and a source that keeps
 //!   asking about unknown keys gets no more lookups for a while. The
 //!   signed headers must include `X-Amz-Target`, which picks the operation.
 

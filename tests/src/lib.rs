@@ -356,6 +356,7 @@ impl Cluster {
                 addr: timer_addr.clone(),
             },
             iterator_secret: "test-secret".to_owned(),
+            iterator_previous_secrets: Vec::new(),
             timer_max_unsynced: options.timer_max_unsynced,
             storage_timeout: Duration::from_secs(5),
             append_calls_per_shard: 1,

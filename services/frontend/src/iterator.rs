@@ -2,9 +2,15 @@
 //! (an HMAC-SHA256 tag under a key every frontend shares), and stamped with
 //! the time they were issued so they can expire.
 //!
-//! Iterator layout before base64: `1 | issued_ms | stream_uid |
-//! stream_created_ms | position kind | position | account | stream | shard | tag[16]`,
-//! integers big-endian, strings length-prefixed with one byte.
+//! A token is `key id | payload | tag[16]` in base64. The key id names the
+//! key that signed it (its SHA-256's first byte), so keys can rotate: a new
+//! key signs, the previous ones (`FRESHET_ITERATOR_PREVIOUS_SECRETS`) still
+//! verify until what they signed has expired. The tag covers a domain byte
+//! too, so an iterator never opens as a NextToken or the other way round.
+//!
+//! Iterator payload: `1 | issued_ms | stream_uid | stream_created_ms |
+//! position kind | position | account | stream | shard`, integers
+//! big-endian, strings length-prefixed with one byte.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -34,10 +40,53 @@ pub struct ShardIterator {
     pub shard_id: String,
 }
 
-/// Signs and verifies iterators and tokens.
+/// What a token is for; part of what its tag covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    ShardIterator,
+    NextToken,
+}
+
+impl Domain {
+    fn byte(self) -> u8 {
+        match self {
+            Domain::ShardIterator => b'I',
+            Domain::NextToken => b'N',
+        }
+    }
+}
+
+/// One signing key and its id.
+#[derive(Clone)]
+struct Key {
+    id: u8,
+    secret: Vec<u8>,
+}
+
+impl Key {
+    fn new(secret: &[u8]) -> Key {
+        use sha2::Digest as _;
+        Key {
+            id: Sha256::digest(secret)[0],
+            secret: secret.to_vec(),
+        }
+    }
+
+    fn mac(&self, domain: Domain, signed: &[u8]) -> Hmac<Sha256> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.secret).expect("hmac takes any key length");
+        mac.update(&[domain.byte()]);
+        mac.update(signed);
+        mac
+    }
+}
+
+/// Signs and verifies iterators and tokens: the current key signs, it and
+/// the previous keys verify.
 #[derive(Clone)]
 pub struct TokenSigner {
-    key: Vec<u8>,
+    current: Key,
+    previous: Vec<Key>,
 }
 
 fn push_str(out: &mut Vec<u8>, text: &str) {
@@ -74,38 +123,43 @@ impl Reader<'_> {
 
 impl TokenSigner {
     pub fn new(key: &[u8]) -> TokenSigner {
-        TokenSigner { key: key.to_vec() }
+        TokenSigner::rotating(key, &[])
     }
 
-    fn tag(&self, payload: &[u8]) -> [u8; TAG_LEN] {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("hmac takes any key length");
-        mac.update(payload);
-        let full = mac.finalize().into_bytes();
-        let mut tag = [0u8; TAG_LEN];
-        tag.copy_from_slice(&full[..TAG_LEN]);
-        tag
+    /// Signs with `current`; also accepts what `previous` keys signed.
+    pub fn rotating(current: &[u8], previous: &[&[u8]]) -> TokenSigner {
+        TokenSigner {
+            current: Key::new(current),
+            previous: previous.iter().map(|key| Key::new(key)).collect(),
+        }
     }
 
-    /// Appends the tag and base64-encodes.
-    pub fn seal(&self, mut payload: Vec<u8>) -> String {
-        let tag = self.tag(&payload);
-        payload.extend_from_slice(&tag);
-        STANDARD.encode(payload)
+    /// Signs `payload` for `domain` and base64-encodes it with the key id.
+    pub fn seal(&self, domain: Domain, payload: &[u8]) -> String {
+        let mut signed = Vec::with_capacity(1 + payload.len() + TAG_LEN);
+        signed.push(self.current.id);
+        signed.extend_from_slice(payload);
+        let tag = self.current.mac(domain, &signed).finalize().into_bytes();
+        signed.extend_from_slice(&tag[..TAG_LEN]);
+        STANDARD.encode(signed)
     }
 
-    /// Decodes and checks the tag; `None` if anything is off.
-    pub fn open(&self, token: &str) -> Option<Vec<u8>> {
+    /// The payload of a token sealed for `domain` by a known key; `None`
+    /// if anything is off.
+    pub fn open(&self, domain: Domain, token: &str) -> Option<Vec<u8>> {
         // Real Kinesis tolerates an iterator wrapped in quotes.
         let token = token.trim().trim_matches('"');
         let mut bytes = STANDARD.decode(token).ok()?;
-        if bytes.len() < TAG_LEN {
+        if bytes.len() < 1 + TAG_LEN {
             return None;
         }
         let tag = bytes.split_off(bytes.len() - TAG_LEN);
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("hmac takes any key length");
-        mac.update(&bytes);
-        mac.verify_truncated_left(&tag).ok()?;
-        Some(bytes)
+        let key_id = bytes[0];
+        let opened = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .filter(|key| key.id == key_id)
+            .any(|key| key.mac(domain, &bytes).verify_truncated_left(&tag).is_ok());
+        opened.then(|| bytes.split_off(1))
     }
 
     pub fn encode_iterator(&self, iterator: &ShardIterator) -> String {
@@ -126,11 +180,11 @@ impl TokenSigner {
         push_str(&mut out, &iterator.account_id);
         push_str(&mut out, &iterator.stream_name);
         push_str(&mut out, &iterator.shard_id);
-        self.seal(out)
+        self.seal(Domain::ShardIterator, &out)
     }
 
     pub fn decode_iterator(&self, token: &str) -> Option<ShardIterator> {
-        let bytes = self.open(token)?;
+        let bytes = self.open(Domain::ShardIterator, token)?;
         let mut reader = Reader(&bytes);
         if reader.u8()? != VERSION {
             return None;
@@ -182,6 +236,25 @@ mod tests {
             signer.decode_iterator(&format!("\"{token}\"")),
             Some(iterator())
         );
+    }
+
+    #[test]
+    fn rotated_keys_still_open_what_they_signed_and_domains_stay_apart() {
+        let old = TokenSigner::new(b"old secret");
+        let token = old.encode_iterator(&iterator());
+        let rotated = TokenSigner::rotating(b"new secret", &[b"old secret"]);
+        assert_eq!(rotated.decode_iterator(&token), Some(iterator()));
+        let fresh = rotated.encode_iterator(&iterator());
+        assert_eq!(old.decode_iterator(&fresh), None, "the new key signs");
+        assert_eq!(
+            TokenSigner::new(b"new secret").decode_iterator(&token),
+            None,
+            "once the old key is retired"
+        );
+        let page = rotated.seal(Domain::NextToken, b"{\"s\":\"x\"}");
+        assert!(rotated.open(Domain::NextToken, &page).is_some());
+        assert_eq!(rotated.open(Domain::ShardIterator, &page), None);
+        assert_eq!(rotated.open(Domain::NextToken, &fresh), None);
     }
 
     #[test]

@@ -82,6 +82,16 @@ pub struct Config {
         default_value = DEVELOPMENT_ITERATOR_SECRET
     )]
     pub iterator_secret: String,
+    /// Keys that signed iterators and NextTokens before the current one,
+    /// comma-separated: still accepted, never used to sign (rotate by
+    /// moving the old secret here; drop it once its tokens have expired).
+    #[arg(
+        long,
+        env = "FRESHET_ITERATOR_PREVIOUS_SECRETS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub iterator_previous_secrets: Vec<String>,
     /// How long the timer client may go without a successful poll before
     /// its time is considered unknown.
     #[arg(long, env = "FRESHET_TIMER_MAX_UNSYNCED", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -194,7 +204,14 @@ impl Frontend {
             control_plane,
             router,
             timer,
-            signer: iterator::TokenSigner::new(config.iterator_secret.as_bytes()),
+            signer: iterator::TokenSigner::rotating(
+                config.iterator_secret.as_bytes(),
+                &config
+                    .iterator_previous_secrets
+                    .iter()
+                    .map(String::as_bytes)
+                    .collect::<Vec<_>>(),
+            ),
             storage: storage.clone(),
             appends: coalescer::AppendCoalescer::new(
                 storage,

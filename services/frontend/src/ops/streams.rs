@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::{epoch_seconds, StreamTarget};
 use crate::auth::Caller;
 use crate::error::{KinesisError, KinesisResult, Violations};
+use crate::iterator::Domain;
 use crate::Frontend;
 
 /// NextTokens expire like Kinesis's (ExpiredNextTokenException).
@@ -369,18 +370,19 @@ struct PageToken {
 }
 
 fn seal_token(frontend: &Frontend, token: &PageToken) -> String {
-    frontend
-        .signer
-        .seal(serde_json::to_vec(token).unwrap_or_default())
+    frontend.signer.seal(
+        Domain::NextToken,
+        &serde_json::to_vec(token).unwrap_or_default(),
+    )
 }
 
 fn open_token(frontend: &Frontend, text: &str) -> KinesisResult<PageToken> {
     let token: PageToken = frontend
         .signer
-        .open(text)
+        .open(Domain::NextToken, text)
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .ok_or_else(|| KinesisError::invalid_argument(format!("Invalid NextToken: {text}")))?;
-    if frontend.now_ms() - token.t > NEXT_TOKEN_LIFETIME_MS {
+    if frontend.now_ms().saturating_sub(token.t) > NEXT_TOKEN_LIFETIME_MS {
         return Err(KinesisError::new(
             ErrorCode::ExpiredNextToken,
             "The NextToken has expired.",

@@ -230,7 +230,7 @@ pub async fn get_records(
         }
     }
     let now = frontend.now_ms();
-    if now - iterator.issued_ms > ITERATOR_LIFETIME_MS {
+    if now.saturating_sub(iterator.issued_ms) > ITERATOR_LIFETIME_MS {
         return Err(KinesisError::new(
             ErrorCode::ExpiredIterator,
             format!(

@@ -48,6 +48,25 @@ async fn refusal(client: &aws_sdk_kinesis::Client) -> Option<String> {
     }
 }
 
+/// Creates a one-shard stream as `client`; its ARN.
+async fn create_stream_arn(client: &aws_sdk_kinesis::Client, name: &str) -> anyhow::Result<String> {
+    client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(1)
+        .send()
+        .await?;
+    let summary = client
+        .describe_stream_summary()
+        .stream_name(name)
+        .send()
+        .await?;
+    Ok(summary
+        .stream_description_summary()
+        .map(|s| s.stream_arn().to_owned())
+        .unwrap_or_default())
+}
+
 fn address(cluster: &Cluster) -> String {
     cluster.endpoint.trim_start_matches("http://").to_owned()
 }
@@ -305,21 +324,7 @@ async fn issued_keys_work_until_disabled() -> anyhow::Result<()> {
         &key.access_key_id,
         &key.secret_access_key,
     );
-    alice
-        .create_stream()
-        .stream_name("alices")
-        .shard_count(1)
-        .send()
-        .await?;
-    let described = alice
-        .describe_stream_summary()
-        .stream_name("alices")
-        .send()
-        .await?;
-    let arn = described
-        .stream_description_summary()
-        .map(|s| s.stream_arn().to_owned())
-        .unwrap_or_default();
+    let arn = create_stream_arn(&alice, "alices").await?;
     assert!(arn.contains(":111122223333:stream/alices"), "{arn}");
     // Accounts do not see each other's streams.
     let root_streams = cluster.kinesis().list_streams().send().await?;
@@ -393,21 +398,7 @@ async fn development_mode_takes_any_key_and_a_twelve_digit_one_names_the_account
     })
     .await?;
     let named = client(&cluster, "us-east-1", "123456789012", "anything");
-    named
-        .create_stream()
-        .stream_name("mine")
-        .shard_count(1)
-        .send()
-        .await?;
-    let summary = named
-        .describe_stream_summary()
-        .stream_name("mine")
-        .send()
-        .await?;
-    let arn = summary
-        .stream_description_summary()
-        .map(|s| s.stream_arn().to_owned())
-        .unwrap_or_default();
+    let arn = create_stream_arn(&named, "mine").await?;
     assert!(arn.contains(":123456789012:stream/mine"), "{arn}");
     // Any other key is the default account, which has no streams.
     let other = client(&cluster, "us-east-1", "AKIAWHATEVER", "x");

@@ -71,6 +71,6 @@ demo: infra
 # entries land in fuzz/corpus/, which `just test` replays on stable.
 fuzz seconds="60":
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-    cd fuzz && for target in types_parsers sigv4 policy; do \
+    cd fuzz && for target in types_parsers sigv4 policy frontend_inputs log_recovery shardmap_changes; do \
         cargo +nightly fuzz run "$target" corpus/"$target" -- -max_total_time={{seconds}} -rss_limit_mb=512 -max_len=65536; \
     done

@@ -363,6 +363,11 @@ impl Cluster {
             max_in_flight_requests: 1024,
             max_requests_per_source: None,
             body_read_timeout: Duration::from_secs(30),
+            body_budget_mib: 512,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            http2_max_streams: 100,
             internal: internal.clone(),
         };
         let frontend = Frontend::new(&frontend_config)?;
@@ -726,6 +731,17 @@ pub fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
         "us-east-1",
         Credentials::new("test", "test", None, None, "freshet-tests"),
     )
+}
+
+/// The region test clients sign for (and so the region their streams live in).
+pub const TEST_REGION: &str = "us-east-1";
+/// The account development mode gives the test clients' `test` key.
+pub const TEST_ACCOUNT: &str = "000000000000";
+
+/// The stream `name` of the test clients' account and region, as the shard
+/// map and router name streams.
+pub fn stream_arn(name: &str) -> freshet_types::StreamArn {
+    freshet_types::StreamArn::new(TEST_REGION, TEST_ACCOUNT, name)
 }
 
 /// An AWS SDK for Rust Kinesis client for `endpoint`, signing for `region`

@@ -13,11 +13,10 @@ use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
 use freshet_control_plane::ScalerConfig;
 use freshet_e2e::load::WriterLoops;
 use freshet_e2e::{
-    create_active_stream, read_shard, wait_until, Cluster, ClusterOptions, WorkerMode,
+    create_active_stream, read_shard, stream_arn, wait_until, Cluster, ClusterOptions, WorkerMode,
 };
 use freshet_shardmap::ShardMapEntry;
 
-const ACCOUNT: &str = "000000000000";
 const KEYS_PER_SHARD: usize = 4;
 
 /// Balancing on a tiny worker capacity (20 KB/s), quickly, each shard
@@ -45,7 +44,7 @@ fn entries(cluster: &Cluster, stream: &str) -> Vec<ShardMapEntry> {
         .frontend
         .router()
         .map()
-        .read(|m| m.stream_entries(ACCOUNT, stream))
+        .read(|m| m.stream_entries(&stream_arn(stream)))
 }
 
 fn shard_id(entry: &ShardMapEntry) -> String {

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
 use freshet_e2e::load::{assert_acknowledged_readable_once, Producers};
-use freshet_e2e::{create_active_stream, wait_until, Cluster, ClusterOptions, WorkerMode};
+use freshet_e2e::{
+    create_active_stream, stream_arn, wait_until, Cluster, ClusterOptions, WorkerMode,
+};
 
 /// Appends a half-written frame to the newest segment of every shard the
 /// worker holds, as a crash in the middle of a write leaves behind.
@@ -61,7 +63,7 @@ async fn a_worker_killed_mid_write_loses_no_acknowledged_record() -> anyhow::Res
     let victim_id = cluster.workers[victim].worker_id.clone();
     let map = cluster.frontend.router().map().clone();
     let led_epochs = || -> Vec<(String, u64)> {
-        map.read(|m| m.stream_entries("000000000000", "durable"))
+        map.read(|m| m.stream_entries(&stream_arn("durable")))
             .into_iter()
             .filter(|e| e.leader_worker_id == victim_id)
             .map(|e| (e.key.clone().unwrap_or_default().shard_id, e.epoch))

@@ -8,14 +8,14 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use freshet_e2e::load::{assert_acknowledged_readable_once, Producers};
-use freshet_e2e::{create_active_stream, wait_until, Cluster, ClusterOptions, WorkerMode};
+use freshet_e2e::{
+    create_active_stream, stream_arn, wait_until, Cluster, ClusterOptions, WorkerMode,
+};
 use freshet_proto::v1::storage_client::StorageClient;
 use freshet_proto::v1::{
     AppendRequest, DescribeShardRequest, EpochStart, RecordToAppend, ReplicateRequest,
 };
 use freshet_shardmap::ShardMapEntry;
-
-const ACCOUNT: &str = "000000000000";
 
 fn fast_failover() -> ClusterOptions {
     ClusterOptions {
@@ -32,10 +32,10 @@ async fn entries(
     let map = cluster.frontend.router().map().clone();
     wait_until(Duration::from_secs(10), || {
         let map = map.clone();
-        async move { map.read(|m| m.stream_entries(ACCOUNT, stream).len()) == shards }
+        async move { map.read(|m| m.stream_entries(&stream_arn(stream)).len()) == shards }
     })
     .await?;
-    Ok(map.read(|m| m.stream_entries(ACCOUNT, stream)))
+    Ok(map.read(|m| m.stream_entries(&stream_arn(stream))))
 }
 
 /// Waits until shard `shard_id` is led by someone other than `old_leader`.
@@ -47,7 +47,7 @@ async fn wait_for_new_leader(
 ) -> anyhow::Result<ShardMapEntry> {
     let map = cluster.frontend.router().map().clone();
     let moved = || {
-        map.read(|m| m.stream_entries(ACCOUNT, stream))
+        map.read(|m| m.stream_entries(&stream_arn(stream)))
             .into_iter()
             .find(|e| {
                 e.key.as_ref().is_some_and(|k| k.shard_id == shard_id)
@@ -107,7 +107,7 @@ async fn killing_a_leader_under_load_loses_no_acknowledged_record() -> anyhow::R
     cluster.start_worker(victim).await?;
     let map = cluster.frontend.router().map().clone();
     let placement = || {
-        map.read(|m| m.stream_entries(ACCOUNT, "failover"))
+        map.read(|m| m.stream_entries(&stream_arn("failover")))
             .into_iter()
             .find(|e| e.key.as_ref().is_some_and(|k| k.shard_id == shard_id))
     };

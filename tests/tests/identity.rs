@@ -397,12 +397,57 @@ async fn development_mode_takes_any_key_and_a_twelve_digit_one_names_the_account
         ..ClusterOptions::default()
     })
     .await?;
-    let named = client(&cluster, "us-east-1", "123456789012", "anything");
-    let arn = create_stream_arn(&named, "mine").await?;
-    assert!(arn.contains(":123456789012:stream/mine"), "{arn}");
+    let west = client(&cluster, "us-west-2", "123456789012", "anything");
+    let arn = create_stream_arn(&west, "mine").await?;
+    assert_eq!(arn, "arn:aws:kinesis:us-west-2:123456789012:stream/mine");
     // Any other key is the default account, which has no streams.
-    let other = client(&cluster, "us-east-1", "AKIAWHATEVER", "x");
+    let other = client(&cluster, "us-west-2", "AKIAWHATEVER", "x");
     assert!(other.list_streams().send().await?.stream_names().is_empty());
+
+    // Streams are namespaced per region too: the same account sees none in
+    // us-east-1, and a stream of the same name there is another stream.
+    let east = client(&cluster, "us-east-1", "123456789012", "anything");
+    assert!(east.list_streams().send().await?.stream_names().is_empty());
+    let east_arn = create_stream_arn(&east, "mine").await?;
+    assert_eq!(
+        east_arn,
+        "arn:aws:kinesis:us-east-1:123456789012:stream/mine"
+    );
+    west.put_record()
+        .stream_name("mine")
+        .partition_key("k")
+        .data(Blob::new("west"))
+        .send()
+        .await?;
+    let read_all = |who: aws_sdk_kinesis::Client| async move {
+        let iterator = who
+            .get_shard_iterator()
+            .stream_name("mine")
+            .shard_id("shardId-000000000000")
+            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await?;
+        let records = who
+            .get_records()
+            .shard_iterator(iterator.shard_iterator().unwrap_or_default())
+            .send()
+            .await?;
+        anyhow::Ok(
+            records
+                .records()
+                .iter()
+                .map(|r| r.data().as_ref().to_vec())
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(read_all(west.clone()).await?, [b"west".to_vec()]);
+    assert!(read_all(east.clone()).await?.is_empty());
+    // An ARN of another region is not served by this region's endpoint.
+    let elsewhere = east.describe_stream_summary().stream_arn(&arn).send().await;
+    assert_eq!(
+        elsewhere.err().map(|e| denial(&e).0).as_deref(),
+        Some("ResourceNotFoundException")
+    );
     cluster.shutdown().await;
     Ok(())
 }
@@ -890,6 +935,155 @@ async fn a_stream_resource_policy_grants_and_denies() -> anyhow::Result<()> {
     .await?;
     let fresh = root.get_resource_policy().resource_arn(arn).send().await?;
     assert_eq!(fresh.policy(), "{}");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_account_reaches_a_stream_only_through_its_resource_policy() -> anyhow::Result<()> {
+    use freshet_proto::v1::PutUserPolicyRequest;
+
+    let cluster = secure_cluster().await?;
+    let owner = cluster.kinesis();
+    let arn = create_stream_arn(&owner, "orders").await?;
+    assert_eq!(arn, "arn:aws:kinesis:us-east-1:000000000000:stream/orders");
+    // The partner's own account lets it do anything with Kinesis.
+    let (mut identities, partner) = new_user(&cluster, "111122223333", "partner").await?;
+    identities
+        .put_user_policy(PutUserPolicyRequest {
+            account_id: "111122223333".into(),
+            user_name: "partner".into(),
+            policy_name: "kinesis".into(),
+            document: r#"{"Statement":{"Effect":"Allow","Action":"kinesis:*","Resource":"*"}}"#
+                .into(),
+        })
+        .await?;
+    let put = |who: &aws_sdk_kinesis::Client| {
+        who.put_record()
+            .stream_arn(&arn)
+            .partition_key("k")
+            .data(Blob::new("from the partner"))
+            .send()
+    };
+
+    // Without a resource policy the owner's account has not agreed.
+    let (code, message) = denial(&put(&partner).await.expect_err("no resource policy"));
+    assert_eq!(code, "AccessDeniedException");
+    assert_eq!(
+        message,
+        format!("User: arn:aws:iam::111122223333:user/partner is not authorized to perform: kinesis:PutRecord on resource: {arn} because no resource-based policy allows the kinesis:PutRecord action")
+    );
+    // A name is always the caller's own stream: the partner has none.
+    let own = partner
+        .describe_stream_summary()
+        .stream_name("orders")
+        .send()
+        .await;
+    assert_eq!(
+        own.err().map(|e| denial(&e).0).as_deref(),
+        Some("ResourceNotFoundException")
+    );
+
+    // The owner grants the partner's account writes and reads.
+    owner
+        .put_resource_policy()
+        .resource_arn(&arn)
+        .policy(format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"111122223333"}},"Action":["kinesis:PutRecord","kinesis:GetShardIterator","kinesis:GetRecords","kinesis:ListShards"],"Resource":"{arn}"}}]}}"#
+        ))
+        .send()
+        .await?;
+    let landed = put(&partner).await?;
+    let shards = partner.list_shards().stream_arn(&arn).send().await?;
+    assert_eq!(shards.shards().len(), 1);
+    let iterator = partner
+        .get_shard_iterator()
+        .stream_arn(&arn)
+        .shard_id(landed.shard_id())
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await?;
+    let records = partner
+        .get_records()
+        .stream_arn(&arn)
+        .shard_iterator(iterator.shard_iterator().unwrap_or_default())
+        .send()
+        .await?;
+    let data: Vec<&[u8]> = records
+        .records()
+        .iter()
+        .map(|r| r.data().as_ref())
+        .collect();
+    assert_eq!(data, [b"from the partner".as_slice()]);
+
+    // What the policy does not grant stays refused, and the partner can
+    // neither manage the stream nor its policy.
+    let deleted = partner.delete_stream().stream_arn(&arn).send().await;
+    assert_eq!(
+        deleted.err().map(|e| denial(&e).0).as_deref(),
+        Some("AccessDeniedException")
+    );
+    let policy = partner
+        .get_resource_policy()
+        .resource_arn(&arn)
+        .send()
+        .await;
+    assert_eq!(
+        policy.err().map(|e| denial(&e).0).as_deref(),
+        Some("AccessDeniedException")
+    );
+
+    // The partner's own account can still say no: a deny in its identity
+    // policy beats the owner's allow.
+    identities
+        .put_user_policy(PutUserPolicyRequest {
+            account_id: "111122223333".into(),
+            user_name: "partner".into(),
+            policy_name: "no-writes".into(),
+            document:
+                r#"{"Statement":{"Effect":"Deny","Action":"kinesis:PutRecord","Resource":"*"}}"#
+                    .into(),
+        })
+        .await?;
+    freshet_e2e::wait_until(Duration::from_secs(10), || async {
+        put(&partner).await.is_err()
+    })
+    .await?;
+    let (code, message) = denial(&put(&partner).await.expect_err("denied"));
+    assert_eq!(code, "AccessDeniedException");
+    assert!(
+        message.ends_with("with an explicit deny in an identity-based policy"),
+        "{message}"
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_in_secure_mode_signs_and_is_refused_as_aws_refuses() -> anyhow::Result<()> {
+    let boto3_available = std::process::Command::new("python3")
+        .args(["-c", "import boto3"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !boto3_available {
+        eprintln!(
+            "boto3 is not installed: the boto3 secure-mode check was not run (pip install boto3)"
+        );
+        return Ok(());
+    }
+    let cluster = secure_cluster().await?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("smoke/boto3_secure.py");
+    let checked = tokio::process::Command::new("python3")
+        .arg(script)
+        .args([&cluster.endpoint, SECURE_ACCESS_KEY, SECURE_SECRET_KEY])
+        .output()
+        .await?;
+    assert!(
+        checked.status.success(),
+        "boto3 secure-mode check failed:\n{}\n{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
     cluster.shutdown().await;
     Ok(())
 }

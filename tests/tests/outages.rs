@@ -12,10 +12,8 @@ use std::time::Duration;
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::primitives::Blob;
 use freshet_e2e::load::{assert_acknowledged_readable_once, Producers};
-use freshet_e2e::{create_active_stream, wait_until, Cluster, ClusterOptions};
+use freshet_e2e::{create_active_stream, stream_arn, wait_until, Cluster, ClusterOptions};
 use freshet_shardmap::RouteSource;
-
-const ACCOUNT: &str = "000000000000";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_go_on_while_postgres_is_unreachable_and_the_control_plane_recovers(
@@ -83,12 +81,12 @@ async fn routing_falls_back_to_postgres_while_redis_is_unreachable() -> anyhow::
     let client = cluster.kinesis();
     create_active_stream(&client, "no-redis", 1).await?;
     let router = cluster.frontend.router().clone();
-    router.invalidate(ACCOUNT, "no-redis");
-    router.stream_route(ACCOUNT, "no-redis").await?;
-    router.invalidate(ACCOUNT, "no-redis");
+    router.invalidate(&stream_arn("no-redis"));
+    router.stream_route(&stream_arn("no-redis")).await?;
+    router.invalidate(&stream_arn("no-redis"));
     assert_eq!(
         router
-            .stream_route(ACCOUNT, "no-redis")
+            .stream_route(&stream_arn("no-redis"))
             .await?
             .map(|r| r.source),
         Some(RouteSource::CacheRedis)
@@ -97,13 +95,13 @@ async fn routing_falls_back_to_postgres_while_redis_is_unreachable() -> anyhow::
     let proxy = cluster.redis_proxy.as_ref().expect("a redis proxy");
     proxy.cut();
     for _ in 0..3 {
-        router.invalidate(ACCOUNT, "no-redis");
+        router.invalidate(&stream_arn("no-redis"));
         let route = router
-            .stream_route(ACCOUNT, "no-redis")
+            .stream_route(&stream_arn("no-redis"))
             .await?
             .map(|r| r.source);
         assert_eq!(route, Some(RouteSource::CacheDatabase));
-        router.invalidate(ACCOUNT, "no-redis");
+        router.invalidate(&stream_arn("no-redis"));
         client
             .put_record()
             .stream_name("no-redis")
@@ -114,8 +112,8 @@ async fn routing_falls_back_to_postgres_while_redis_is_unreachable() -> anyhow::
     }
     proxy.restore();
     wait_until(Duration::from_secs(30), || async {
-        router.invalidate(ACCOUNT, "no-redis");
-        matches!(router.stream_route(ACCOUNT, "no-redis").await, Ok(Some(route)) if route.source == RouteSource::CacheRedis)
+        router.invalidate(&stream_arn("no-redis"));
+        matches!(router.stream_route(&stream_arn("no-redis")).await, Ok(Some(route)) if route.source == RouteSource::CacheRedis)
     })
     .await?;
     cluster.shutdown().await;

@@ -7,13 +7,11 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use freshet_e2e::{create_active_stream, Cluster, ClusterOptions, WorkerMode};
+use freshet_e2e::{create_active_stream, stream_arn, Cluster, ClusterOptions, WorkerMode};
 use freshet_log::{LogConfig, ShardLog, StoredRecord};
 use freshet_proto::v1::storage_client::StorageClient;
 use freshet_proto::v1::{GetShardTailRequest, ReplicateRequest};
 use freshet_shardmap::ShardMapEntry;
-
-const ACCOUNT: &str = "000000000000";
 
 /// Writes `count` records to the shard that owns `hash_key`; returns the
 /// payloads that were acknowledged.
@@ -96,10 +94,10 @@ async fn every_copy_holds_the_same_records_even_after_a_replica_was_killed() -> 
     let map = cluster.frontend.router().map().clone();
     freshet_e2e::wait_until(std::time::Duration::from_secs(10), || {
         let map = map.clone();
-        async move { map.read(|m| m.stream_entries(ACCOUNT, "copies").len()) == 3 }
+        async move { map.read(|m| m.stream_entries(&stream_arn("copies")).len()) == 3 }
     })
     .await?;
-    let entries = map.read(|m| m.stream_entries(ACCOUNT, "copies"));
+    let entries = map.read(|m| m.stream_entries(&stream_arn("copies")));
     for entry in &entries {
         assert_eq!(entry.replica_worker_ids.len(), 2, "three copies per shard");
     }
@@ -140,19 +138,19 @@ async fn every_copy_holds_the_same_records_even_after_a_replica_was_killed() -> 
         }
         acknowledged.extend(written);
     }
-    let before_restart = map.read(|m| m.stream_entries(ACCOUNT, "copies"));
+    let before_restart = map.read(|m| m.stream_entries(&stream_arn("copies")));
     cluster.start_worker(victim).await?;
     cluster.wait_for_workers_alive().await?;
     // Once the restarted replica's new address is published, the leaders
     // bring it up to date on their own, with no further writes.
     freshet_e2e::wait_until(Duration::from_secs(30), || async {
-        let now = map.read(|m| m.stream_entries(ACCOUNT, "copies"));
+        let now = map.read(|m| m.stream_entries(&stream_arn("copies")));
         now.iter()
             .zip(&before_restart)
             .all(|(after, before)| after.version > before.version)
     })
     .await?;
-    let entries = map.read(|m| m.stream_entries(ACCOUNT, "copies"));
+    let entries = map.read(|m| m.stream_entries(&stream_arn("copies")));
     for entry in entries
         .iter()
         .filter(|e| e.replica_worker_ids.contains(&victim_id))
@@ -188,7 +186,7 @@ async fn every_copy_holds_the_same_records_even_after_a_replica_was_killed() -> 
         acknowledged.extend(written);
     }
 
-    let entries = map.read(|m| m.stream_entries(ACCOUNT, "copies"));
+    let entries = map.read(|m| m.stream_entries(&stream_arn("copies")));
     cluster.stop_workers().await;
     let mut stored = HashSet::new();
     for entry in &entries {

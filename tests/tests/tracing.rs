@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
-use freshet_e2e::{create_active_stream, wait_until, Cluster};
+use freshet_e2e::{create_active_stream, stream_arn, wait_until, Cluster};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
@@ -37,14 +37,11 @@ async fn one_put_record_is_one_trace_across_services() -> anyhow::Result<()> {
     let map = cluster.frontend.router().map().clone();
     wait_until(Duration::from_secs(10), || {
         let map = map.clone();
-        async move { !map.read(|m| m.stream_entries("000000000000", "traced").is_empty()) }
+        async move { !map.read(|m| m.stream_entries(&stream_arn("traced")).is_empty()) }
     })
     .await?;
     // Stale route: this PutRecord also asks the cache.
-    cluster
-        .frontend
-        .router()
-        .invalidate("000000000000", "traced");
+    cluster.frontend.router().invalidate(&stream_arn("traced"));
     client
         .put_record()
         .stream_name("traced")

@@ -123,11 +123,15 @@ impl EpochHistory {
             }
             Err(error) => return Err(io_error("read epoch history", &path)(error)),
         };
-        let corrupt = |reason: String| LogError::Corrupt {
+        EpochHistory::decode(&text).map_err(|reason| LogError::Corrupt {
             path: path.clone(),
             position: 0,
             reason,
-        };
+        })
+    }
+
+    /// The history in the file's text form.
+    pub(crate) fn decode(text: &str) -> Result<EpochHistory, String> {
         let mut entries = Vec::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let mut fields = line.split_whitespace().map(str::parse::<u64>);
@@ -136,10 +140,18 @@ impl EpochHistory {
                     epoch,
                     start_offset,
                 }),
-                _ => return Err(corrupt(format!("bad epoch history line {line:?}"))),
+                _ => return Err(format!("bad epoch history line {line:?}")),
             }
         }
-        EpochHistory::from_entries(entries).map_err(|e| corrupt(e.to_string()))
+        EpochHistory::from_entries(entries).map_err(|e| e.to_string())
+    }
+
+    /// The file's text form: `epoch start_offset` per line.
+    pub(crate) fn encode(&self) -> String {
+        self.entries
+            .iter()
+            .map(|entry| format!("{} {}\n", entry.epoch, entry.start_offset))
+            .collect()
     }
 
     /// Replaces the file durably: a copy must never forget an epoch it
@@ -147,10 +159,7 @@ impl EpochHistory {
     pub(crate) fn store(&self, dir: &Path) -> LogResult<()> {
         let path = dir.join(FILE_NAME);
         let temporary = dir.join(format!("{FILE_NAME}.new"));
-        let mut text = String::new();
-        for entry in &self.entries {
-            text.push_str(&format!("{} {}\n", entry.epoch, entry.start_offset));
-        }
+        let text = self.encode();
         let mut file = File::create(&temporary).map_err(io_error("create", &temporary))?;
         file.write_all(text.as_bytes())
             .and_then(|()| file.sync_all())

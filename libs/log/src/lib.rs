@@ -47,6 +47,8 @@ mod read;
 mod records;
 mod segment;
 
+pub mod fuzzing;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! advisory lock, so they commit in increasing order with no gaps, and a
 //! subscriber that sees version `v + 2` before `v + 1` knows it missed one.
 
-use freshet_types::ShardState;
+use freshet_types::{ShardState, StreamArn};
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::error::{DbContext as _, MetastoreError, Result};
@@ -83,17 +83,15 @@ impl MetaStore {
         Ok((entries, head))
     }
 
-    /// The live entries of one stream.
-    pub async fn stream_entries(
-        &self,
-        account_id: &str,
-        stream_name: &str,
-    ) -> Result<Vec<Vec<u8>>> {
+    /// The live entries of the stream `arn` names.
+    pub async fn stream_entries(&self, arn: &StreamArn) -> Result<Vec<Vec<u8>>> {
         let rows = sqlx::query(
-            "SELECT entry FROM shard_map_entries WHERE account_id = $1 AND stream_name = $2 ORDER BY shard_id",
+            "SELECT entry FROM shard_map_entries \
+             WHERE account_id = $1 AND region = $2 AND stream_name = $3 ORDER BY shard_id",
         )
-        .bind(account_id)
-        .bind(stream_name)
+        .bind(&arn.account_id)
+        .bind(&arn.region)
+        .bind(&arn.stream_name)
         .fetch_all(&self.pool)
         .await
         .db("read stream entries")?;
@@ -117,6 +115,7 @@ pub struct EntryKey<'a> {
     pub stream_uid: i64,
     pub shard_id: &'a str,
     pub account_id: &'a str,
+    pub region: &'a str,
     pub stream_name: &'a str,
 }
 
@@ -319,13 +318,14 @@ impl ChangeBatch {
                 .db("remove live entry")?;
         } else {
             sqlx::query(
-                "INSERT INTO shard_map_entries (stream_uid, shard_id, account_id, stream_name, version, entry) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (stream_uid, shard_id) \
+                "INSERT INTO shard_map_entries (stream_uid, shard_id, account_id, region, stream_name, version, entry) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (stream_uid, shard_id) \
                  DO UPDATE SET version = EXCLUDED.version, entry = EXCLUDED.entry",
             )
             .bind(key.stream_uid)
             .bind(key.shard_id)
             .bind(key.account_id)
+            .bind(key.region)
             .bind(key.stream_name)
             .bind(version)
             .bind(entry)

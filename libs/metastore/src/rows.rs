@@ -11,6 +11,7 @@ use crate::error::{MetastoreError, Result};
 pub struct StreamRow {
     pub stream_uid: i64,
     pub account_id: String,
+    pub region: String,
     pub stream_name: String,
     pub stream_arn: String,
     pub status: StreamStatus,
@@ -99,7 +100,7 @@ pub struct WorkerRow {
 }
 
 pub(crate) const STREAM_COLUMNS: &str =
-    "stream_uid, account_id, stream_name, stream_arn, status, stream_mode, \
+    "stream_uid, account_id, region, stream_name, stream_arn, status, stream_mode, \
      retention_hours, max_record_size_kib, created_at_ms, warm_throughput_mibps";
 
 pub(crate) const SHARD_SELECT: &str = "SELECT stream_uid, shard_id, starting_hash_key, ending_hash_key, parent_shard_id, \
@@ -134,6 +135,7 @@ pub(crate) fn stream_from_row(row: &sqlx::postgres::PgRow) -> Result<StreamRow> 
     Ok(StreamRow {
         stream_uid: row.try_get("stream_uid")?,
         account_id: row.try_get("account_id")?,
+        region: row.try_get("region")?,
         stream_name: row.try_get("stream_name")?,
         stream_arn: row.try_get("stream_arn")?,
         status: row.try_get::<String, _>("status")?.parse()?,

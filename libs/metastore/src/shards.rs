@@ -61,14 +61,16 @@ impl MetaStore {
         decode_all(&rows, shard_from_row)
     }
 
-    /// Shards an account has open (being-sealed ones included: they count
-    /// against the quota until they are closed).
-    pub async fn open_shard_count(&self, account_id: &str) -> Result<i64> {
+    /// Shards an account has open in a region (being-sealed ones included:
+    /// they count against the quota until they are closed).
+    pub async fn open_shard_count(&self, account_id: &str, region: &str) -> Result<i64> {
         let used: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM shards JOIN streams USING (stream_uid) \
-             WHERE streams.account_id = $1 AND shards.state IN ('OPEN', 'CLOSING')",
+             WHERE streams.account_id = $1 AND streams.region = $2 \
+               AND shards.state IN ('OPEN', 'CLOSING')",
         )
         .bind(account_id)
+        .bind(region)
         .fetch_one(&self.pool)
         .await
         .db("count the account's open shards")?;

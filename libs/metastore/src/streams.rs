@@ -1,7 +1,7 @@
 //! Streams: creation under the account's shard quota, status and
 //! settings, lookups, and the UpdateShardCount call record.
 
-use freshet_types::{StreamMode, StreamStatus};
+use freshet_types::{StreamArn, StreamMode, StreamStatus};
 use sqlx::Row;
 
 use crate::error::{DbContext as _, Result};
@@ -13,18 +13,17 @@ use crate::MetaStore;
 pub enum NewStreamOutcome {
     Created(i64),
     NameTaken,
-    /// Shards the account already uses (open, or requested by streams being created).
+    /// Shards the account already uses in the region (open, or requested
+    /// by streams being created).
     OverShardLimit {
         used: i64,
     },
 }
 
-/// A new stream to insert.
+/// A new stream to insert; its ARN names its account, region and name.
 #[derive(Debug, Clone)]
 pub struct NewStream<'a> {
-    pub account_id: &'a str,
-    pub stream_name: &'a str,
-    pub stream_arn: &'a str,
+    pub arn: &'a StreamArn,
     pub stream_mode: StreamMode,
     pub retention_hours: i32,
     pub max_record_size_kib: i32,
@@ -32,10 +31,11 @@ pub struct NewStream<'a> {
 }
 
 impl MetaStore {
-    /// Inserts a stream in CREATING if the name is free and the account's
-    /// shards — open ones plus those of streams still being created — leave
-    /// room for `shard_count` more. Check and insert run under a
-    /// per-account lock, so concurrent creations cannot overshoot together.
+    /// Inserts a stream in CREATING if the name is free in its account and
+    /// region and the account's shards there — open ones plus those of
+    /// streams still being created — leave room for `shard_count` more.
+    /// Check and insert run under a per-account lock, so concurrent
+    /// creations cannot overshoot together.
     pub async fn insert_stream(
         &self,
         stream: &NewStream<'_>,
@@ -44,17 +44,19 @@ impl MetaStore {
     ) -> Result<NewStreamOutcome> {
         let mut transaction = self.pool.begin().await.db("begin stream creation")?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(stream.account_id)
+            .bind(&stream.arn.account_id)
             .execute(&mut *transaction)
             .await
             .db("lock the account's shard quota")?;
         let used: i64 = sqlx::query(
             "SELECT (SELECT count(*) FROM shards JOIN streams USING (stream_uid) \
-                     WHERE streams.account_id = $1 AND shards.state IN ('OPEN', 'CLOSING')) \
+                     WHERE streams.account_id = $1 AND streams.region = $2 \
+                       AND shards.state IN ('OPEN', 'CLOSING')) \
                   + (SELECT COALESCE(SUM(requested_shards), 0) FROM streams \
-                     WHERE account_id = $1 AND status = 'CREATING') AS used",
+                     WHERE account_id = $1 AND region = $2 AND status = 'CREATING') AS used",
         )
-        .bind(stream.account_id)
+        .bind(&stream.arn.account_id)
+        .bind(&stream.arn.region)
         .fetch_one(&mut *transaction)
         .await
         .db("count the account's shards")?
@@ -63,12 +65,14 @@ impl MetaStore {
             return Ok(NewStreamOutcome::OverShardLimit { used });
         }
         let row = sqlx::query(
-            "INSERT INTO streams (account_id, stream_name, stream_arn, status, stream_mode, retention_hours, max_record_size_kib, created_at_ms, requested_shards) \
-             VALUES ($1, $2, $3, 'CREATING', $4, $5, $6, $7, $8) ON CONFLICT (account_id, stream_name) DO NOTHING RETURNING stream_uid",
+            "INSERT INTO streams (account_id, region, stream_name, stream_arn, status, stream_mode, retention_hours, max_record_size_kib, created_at_ms, requested_shards) \
+             VALUES ($1, $2, $3, $4, 'CREATING', $5, $6, $7, $8, $9) \
+             ON CONFLICT (account_id, region, stream_name) DO NOTHING RETURNING stream_uid",
         )
-        .bind(stream.account_id)
-        .bind(stream.stream_name)
-        .bind(stream.stream_arn)
+        .bind(&stream.arn.account_id)
+        .bind(&stream.arn.region)
+        .bind(&stream.arn.stream_name)
+        .bind(stream.arn.to_string())
         .bind(stream.stream_mode.as_str())
         .bind(stream.retention_hours)
         .bind(stream.max_record_size_kib)
@@ -173,16 +177,14 @@ impl MetaStore {
         Ok(())
     }
 
-    pub async fn get_stream(
-        &self,
-        account_id: &str,
-        stream_name: &str,
-    ) -> Result<Option<StreamRow>> {
+    /// The stream `arn` names (its account, region and name).
+    pub async fn get_stream(&self, arn: &StreamArn) -> Result<Option<StreamRow>> {
         let row = sqlx::query(&format!(
-            "SELECT {STREAM_COLUMNS} FROM streams WHERE account_id = $1 AND stream_name = $2"
+            "SELECT {STREAM_COLUMNS} FROM streams WHERE account_id = $1 AND region = $2 AND stream_name = $3"
         ))
-        .bind(account_id)
-        .bind(stream_name)
+        .bind(&arn.account_id)
+        .bind(&arn.region)
+        .bind(&arn.stream_name)
         .fetch_optional(&self.pool)
         .await
         .db("read stream")?;
@@ -200,12 +202,13 @@ impl MetaStore {
         row.as_ref().map(stream_from_row).transpose()
     }
 
-    /// The account's streams, sorted by name.
-    pub async fn list_streams(&self, account_id: &str) -> Result<Vec<StreamRow>> {
+    /// The account's streams in `region`, sorted by name.
+    pub async fn list_streams(&self, account_id: &str, region: &str) -> Result<Vec<StreamRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {STREAM_COLUMNS} FROM streams WHERE account_id = $1 ORDER BY stream_name"
+            "SELECT {STREAM_COLUMNS} FROM streams WHERE account_id = $1 AND region = $2 ORDER BY stream_name"
         ))
         .bind(account_id)
+        .bind(region)
         .fetch_all(&self.pool)
         .await
         .db("list streams")?;

@@ -14,6 +14,7 @@
 //! the leadership epoch on every call. Validity times bound how long a stale
 //! route is tried; they only affect liveness.
 
+pub mod fuzzing;
 mod map;
 mod router;
 mod subscriber;

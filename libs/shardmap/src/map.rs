@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use freshet_proto::v1::{ShardMapEntry, ShardState};
+use freshet_types::StreamArn;
 
 /// `(stream_uid, shard_id)`.
 pub type EntryId = (i64, String);
@@ -37,7 +38,9 @@ pub struct ShardMap {
     live: BTreeMap<EntryId, ShardMapEntry>,
     /// (account, stream name) → incarnations with live entries: a lookup
     /// by name touches only that stream, however large the map.
-    by_name: HashMap<(String, String), BTreeSet<i64>>,
+    /// Incarnations by the stream's ARN (which names its account, region
+    /// and name).
+    by_name: HashMap<String, BTreeSet<i64>>,
     /// Versions of deleted entries, so a reordered older change cannot
     /// bring a deleted shard back.
     tombstones: HashMap<EntryId, i64>,
@@ -80,7 +83,7 @@ impl ShardMap {
         } else {
             self.tombstones.remove(&id);
             self.by_name
-                .entry((entry.account_id.clone(), entry.stream_name.clone()))
+                .entry(entry.stream_arn.clone())
                 .or_default()
                 .insert(id.0);
             self.live.insert(id, entry);
@@ -137,11 +140,12 @@ impl ShardMap {
         self.live.get(&(stream_uid, shard_id.to_owned()))
     }
 
-    /// The entries of the newest incarnation of a stream, by shard id.
-    pub fn stream_entries(&self, account_id: &str, stream_name: &str) -> Vec<ShardMapEntry> {
+    /// The entries of the newest incarnation of the stream `arn` names, by
+    /// shard id.
+    pub fn stream_entries(&self, arn: &StreamArn) -> Vec<ShardMapEntry> {
         let newest = self
             .by_name
-            .get(&(account_id.to_owned(), stream_name.to_owned()))
+            .get(&arn.to_string())
             .and_then(|uids| uids.last().copied());
         match newest {
             Some(uid) => self
@@ -160,11 +164,10 @@ impl ShardMap {
         if self.live.range(stream_range(uid)).next().is_some() {
             return;
         }
-        let name = (removed.account_id.clone(), removed.stream_name.clone());
-        if let Some(uids) = self.by_name.get_mut(&name) {
+        if let Some(uids) = self.by_name.get_mut(&removed.stream_arn) {
             uids.remove(&uid);
             if uids.is_empty() {
-                self.by_name.remove(&name);
+                self.by_name.remove(&removed.stream_arn);
             }
         }
     }
@@ -181,10 +184,10 @@ impl ShardMap {
     }
 
     /// Forces the stream's entries to be revalidated on next use.
-    pub fn expire_stream(&mut self, account_id: &str, stream_name: &str) {
+    pub fn expire_stream(&mut self, arn: &StreamArn) {
         let uids: Vec<i64> = self
             .by_name
-            .get(&(account_id.to_owned(), stream_name.to_owned()))
+            .get(&arn.to_string())
             .map(|uids| uids.iter().copied().collect())
             .unwrap_or_default();
         for uid in uids {
@@ -244,10 +247,15 @@ mod tests {
             version,
             account_id: "000000000000".to_owned(),
             stream_name: "s".to_owned(),
+            stream_arn: arn("us-east-1", "s").to_string(),
             leader_worker_id: leader.to_owned(),
             state: ShardState::Open as i32,
             ..Default::default()
         }
+    }
+
+    fn arn(region: &str, name: &str) -> StreamArn {
+        StreamArn::new(region, "000000000000", name)
     }
 
     fn leader_of(map: &ShardMap, shard: &str) -> Option<String> {
@@ -334,6 +342,7 @@ mod tests {
         let mut map = ShardMap::default();
         let mut other = entry("shardId-000000000000", 1, "elsewhere");
         other.stream_name = "other".to_owned();
+        other.stream_arn = arn("us-east-1", "other").to_string();
         other.key = Some(ShardKey {
             stream_uid: 9,
             shard_id: "shardId-000000000000".to_owned(),
@@ -342,7 +351,7 @@ mod tests {
         map.upsert(entry("shardId-000000000001", 2, "w"));
         map.upsert(entry("shardId-000000000000", 3, "w"));
         let ids: Vec<String> = map
-            .stream_entries("000000000000", "s")
+            .stream_entries(&arn("us-east-1", "s"))
             .iter()
             .map(|e| e.key.clone().unwrap_or_default().shard_id)
             .collect();
@@ -352,8 +361,30 @@ mod tests {
             tombstone.state = ShardState::Deleted as i32;
             map.upsert(tombstone);
         }
-        assert!(map.stream_entries("000000000000", "s").is_empty());
-        assert_eq!(map.stream_entries("000000000000", "other").len(), 1);
+        assert!(map.stream_entries(&arn("us-east-1", "s")).is_empty());
+        assert_eq!(map.stream_entries(&arn("us-east-1", "other")).len(), 1);
+    }
+
+    #[test]
+    fn the_same_name_in_another_region_is_another_stream() {
+        let mut map = ShardMap::default();
+        map.upsert(entry("shardId-000000000000", 1, "east"));
+        let mut west = entry("shardId-000000000000", 2, "west");
+        west.stream_arn = arn("us-west-2", "s").to_string();
+        west.key = Some(ShardKey {
+            stream_uid: 7,
+            shard_id: "shardId-000000000000".to_owned(),
+        });
+        map.upsert(west);
+        let leaders = |region| {
+            map.stream_entries(&arn(region, "s"))
+                .into_iter()
+                .map(|e| e.leader_worker_id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(leaders("us-east-1"), ["east"]);
+        assert_eq!(leaders("us-west-2"), ["west"]);
+        assert!(leaders("eu-west-1").is_empty());
     }
 
     #[test]
@@ -366,7 +397,7 @@ mod tests {
             shard_id: "shardId-000000000000".to_owned(),
         });
         map.upsert(newer);
-        let entries = map.stream_entries("000000000000", "s");
+        let entries = map.stream_entries(&arn("us-east-1", "s"));
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].leader_worker_id, "new");
     }

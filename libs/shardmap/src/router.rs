@@ -9,7 +9,7 @@ use freshet_proto::v1::shard_map_cache_client::ShardMapCacheClient;
 use freshet_proto::v1::{CacheSource, GetStreamShardsRequest, ShardMapEntry, ShardState};
 use freshet_server::TracedChannel;
 use freshet_timer_client::TimerClient;
-use freshet_types::{HashKey, HashKeyRange};
+use freshet_types::{HashKey, HashKeyRange, StreamArn};
 
 use crate::map::SharedShardMap;
 
@@ -131,13 +131,9 @@ impl Router {
         &self.stats
     }
 
-    /// The stream's shards, or `None` if the stream does not exist.
-    pub async fn stream_route(
-        &self,
-        account_id: &str,
-        stream_name: &str,
-    ) -> Result<Option<StreamRoute>, RouteError> {
-        let local = self.map.read(|m| m.stream_entries(account_id, stream_name));
+    /// The shards of the stream `arn` names, or `None` if it does not exist.
+    pub async fn stream_route(&self, arn: &StreamArn) -> Result<Option<StreamRoute>, RouteError> {
+        let local = self.map.read(|m| m.stream_entries(arn));
         // Fresh only if the timer proves every entry is still within its
         // validity; an unsynchronised timer proves nothing.
         let fresh = !local.is_empty()
@@ -152,8 +148,9 @@ impl Router {
         }
 
         let mut request = tonic::Request::new(GetStreamShardsRequest {
-            account_id: account_id.to_owned(),
-            stream_name: stream_name.to_owned(),
+            account_id: arn.account_id.clone(),
+            region: arn.region.clone(),
+            stream_name: arn.stream_name.clone(),
         });
         request.set_timeout(Duration::from_secs(2));
         let mut cache = self.cache.clone();
@@ -174,7 +171,7 @@ impl Router {
                     self.stats.not_found.fetch_add(1, Ordering::Relaxed);
                     // The stream may have been deleted: drop what we held.
                     if !local.is_empty() {
-                        self.map.write(|m| m.expire_stream(account_id, stream_name));
+                        self.map.write(|m| m.expire_stream(arn));
                     }
                     return Ok(None);
                 }
@@ -187,7 +184,7 @@ impl Router {
                     for entry in response.entries {
                         m.upsert(entry);
                     }
-                    m.stream_entries(account_id, stream_name)
+                    m.stream_entries(arn)
                 });
                 // If the local map knows a newer incarnation than the cache
                 // served, it wins (the cache will catch up).
@@ -202,7 +199,7 @@ impl Router {
                 Ok((!entries.is_empty()).then(|| StreamRoute::new(entries, source)))
             }
             Err(status) if !local.is_empty() => {
-                tracing::warn!(code = ?status.code(), message = status.message(), stream_name, "cache unavailable, routing with a stale entry");
+                tracing::warn!(code = ?status.code(), message = status.message(), stream = %arn, "cache unavailable, routing with a stale entry");
                 self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
                 Ok(Some(StreamRoute::new(local, RouteSource::StaleSnapshot)))
             }
@@ -215,8 +212,8 @@ impl Router {
     }
 
     /// Marks a stream's entries stale (after a worker said "not leader").
-    pub fn invalidate(&self, account_id: &str, stream_name: &str) {
-        self.map.write(|m| m.expire_stream(account_id, stream_name));
+    pub fn invalidate(&self, arn: &StreamArn) {
+        self.map.write(|m| m.expire_stream(arn));
     }
 }
 

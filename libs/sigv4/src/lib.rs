@@ -313,7 +313,13 @@ fn build(
         ));
     };
     let well_formed_date = date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit());
-    if access_key_id.is_empty() || !well_formed_date || region.is_empty() || service.is_empty() {
+    // A region names a namespace of streams and goes into their ARNs:
+    // lowercase letters, digits and dashes, as AWS spells regions.
+    let well_formed_region = (1..=40).contains(&region.len())
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if access_key_id.is_empty() || !well_formed_date || !well_formed_region || service.is_empty() {
         return Err(incomplete(
             "Credential should be scoped to a valid region, service and date.",
         ));

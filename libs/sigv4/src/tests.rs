@@ -193,6 +193,9 @@ fn malformed_authorization_headers_are_incomplete() {
         good.replace(", Signature=", ", Sig=") + &signature,
         good.replace("SignedHeaders=host;x-amz-date", "SignedHeaders=x-amz-date") + &signature,
         good.replace("/20260101/", "/20260102/") + &signature,
+        good.replace("/us-east-1/", "/us:east-1/") + &signature,
+        good.replace("/us-east-1/", "/US-EAST-1/") + &signature,
+        good.replace("/us-east-1/", &format!("/{}/", "a".repeat(41))) + &signature,
     ] {
         assert!(
             matches!(parse_authorization(&bad), Err(SigV4Error::Incomplete(_))),

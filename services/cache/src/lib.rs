@@ -32,6 +32,7 @@ use freshet_proto::v1::{
 use freshet_server::{DatabaseUrl, MembershipAddr, Tasks, TimerAddr};
 use freshet_shardmap::SharedShardMap;
 use freshet_timer_client::{TimerClient, TimerClientConfig};
+use freshet_types::StreamArn;
 use redis::aio::MultiplexedConnection;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -155,16 +156,29 @@ impl CacheService {
         }
     }
 
-    fn stream_key(&self, account_id: &str, stream_name: &str) -> String {
-        format!("{}stream:{account_id}:{stream_name}", self.inner.prefix)
+    /// The Redis hash of the stream `arn` names. An ARN has no spaces and
+    /// its parts no colons (account and name cannot, region is checked by
+    /// the frontend), so distinct streams never share a key.
+    fn stream_key(&self, arn: &StreamArn) -> String {
+        format!(
+            "{}stream:{}:{}:{}",
+            self.inner.prefix, arn.account_id, arn.region, arn.stream_name
+        )
     }
 
     async fn upsert(&self, entry: &ShardMapEntry, only_if_cached: bool) -> redis::RedisResult<()> {
         let mut redis = self.inner.redis.get().await?;
         let tombstone = entry.state() == ShardState::Deleted;
+        let Some(arn) = StreamArn::parse(&entry.stream_arn) else {
+            tracing::warn!(
+                stream_arn = entry.stream_arn,
+                "a shard-map entry without a stream ARN is not cached"
+            );
+            return Ok(());
+        };
         self.inner
             .upsert
-            .key(self.stream_key(&entry.account_id, &entry.stream_name))
+            .key(self.stream_key(&arn))
             .arg(field_of(entry))
             .arg(entry.version)
             .arg(entry.encode_to_vec())
@@ -215,14 +229,13 @@ impl CacheService {
     async fn fill_from_database(
         &self,
         key: &str,
-        account_id: &str,
-        stream_name: &str,
+        arn: &StreamArn,
     ) -> anyhow::Result<Vec<ShardMapEntry>> {
         let head_before = self.inner.store.latest_version().await?;
         let entries = self
             .inner
             .store
-            .stream_entries(account_id, stream_name)
+            .stream_entries(arn)
             .await?
             .iter()
             .map(|bytes| ShardMapEntry::decode(bytes.as_slice()))
@@ -268,7 +281,8 @@ impl ShardMapCache for CacheService {
         request: Request<GetStreamShardsRequest>,
     ) -> Result<Response<GetStreamShardsResponse>, Status> {
         let request = request.into_inner();
-        let key = self.stream_key(&request.account_id, &request.stream_name);
+        let arn = StreamArn::new(&request.region, &request.account_id, &request.stream_name);
+        let key = self.stream_key(&arn);
         // Redis down or slow: the database still answers. A Redis call is
         // bounded so that a hung connection cannot stall routing.
         let cached = match tokio::time::timeout(REDIS_TIMEOUT, self.read_redis(&key)).await {
@@ -287,7 +301,7 @@ impl ShardMapCache for CacheService {
         let (entries, source) = match cached {
             Some(entries) => (entries, CacheSource::Redis),
             None => {
-                let fill = self.fill_from_database(&key, &request.account_id, &request.stream_name);
+                let fill = self.fill_from_database(&key, &arn);
                 let entries = match tokio::time::timeout(REDIS_TIMEOUT * 4, fill).await {
                     Ok(Ok(entries)) => entries,
                     result => {
@@ -296,14 +310,9 @@ impl ShardMapCache for CacheService {
                             Ok(Err(error)) => format!("{error:#}"),
                             _ => "filling redis timed out".to_owned(),
                         };
-                        let entries = self
-                            .inner
-                            .store
-                            .stream_entries(&request.account_id, &request.stream_name)
-                            .await
-                            .map_err(|e| {
-                                ErrorCode::Unavailable.status(format!("{e:#} (after {error})"))
-                            })?;
+                        let entries = self.inner.store.stream_entries(&arn).await.map_err(|e| {
+                            ErrorCode::Unavailable.status(format!("{e:#} (after {error})"))
+                        })?;
                         entries
                             .iter()
                             .map(|bytes| ShardMapEntry::decode(bytes.as_slice()))

@@ -118,9 +118,7 @@ impl ControlPlaneService {
         request: Request<UpdateStreamModeRequest>,
     ) -> Result<Response<UpdateStreamModeResponse>, Status> {
         let request = request.into_inner();
-        let stream = self
-            .existing_stream(&request.account_id, &request.stream_name)
-            .await?;
+        let stream = self.existing_stream(&request).await?;
         if stream.status != StreamStatus::Active {
             return Err(reshard::not_active(&stream));
         }
@@ -139,9 +137,7 @@ impl ControlPlaneService {
                 .map_err(internal)?;
         }
         if mode == StreamMode::OnDemand {
-            let stream = self
-                .existing_stream(&request.account_id, &request.stream_name)
-                .await?;
+            let stream = self.existing_stream(&request).await?;
             self.grow_to_floor(stream).await?;
         }
         Ok(Response::new(UpdateStreamModeResponse {}))
@@ -152,9 +148,7 @@ impl ControlPlaneService {
         request: Request<UpdateStreamWarmThroughputRequest>,
     ) -> Result<Response<UpdateStreamWarmThroughputResponse>, Status> {
         let request = request.into_inner();
-        let stream = self
-            .existing_stream(&request.account_id, &request.stream_name)
-            .await?;
+        let stream = self.existing_stream(&request).await?;
         let mode = stream.stream_mode;
         // Zero is a valid target here: it releases the warm capacity.
         let target = request.warm_throughput_mibps;
@@ -174,9 +168,7 @@ impl ControlPlaneService {
             )
             .await
             .map_err(internal)?;
-        let stream = self
-            .existing_stream(&request.account_id, &request.stream_name)
-            .await?;
+        let stream = self.existing_stream(&request).await?;
         let open = self
             .store
             .shards_of(stream.stream_uid)

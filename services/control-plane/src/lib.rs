@@ -49,10 +49,31 @@ fn api_operation(name: &str) -> &'static str {
     }
 }
 
-/// The region in a stream ARN (`us-east-1` if it cannot be read).
-pub(crate) fn region_of(stream_arn: &str) -> String {
-    StreamArn::parse(stream_arn).map_or_else(|| "us-east-1".to_owned(), |arn| arn.region)
+/// A request that names one stream by account, region and name.
+pub(crate) trait NamesStream {
+    fn stream_arn(&self) -> StreamArn;
 }
+
+macro_rules! names_stream {
+    ($($request:ty),* $(,)?) => {
+        $(impl NamesStream for $request {
+            fn stream_arn(&self) -> StreamArn {
+                StreamArn::new(&self.region, &self.account_id, &self.stream_name)
+            }
+        })*
+    };
+}
+
+names_stream!(
+    freshet_proto::v1::UpdateStreamModeRequest,
+    freshet_proto::v1::UpdateStreamWarmThroughputRequest,
+    freshet_proto::v1::UpdateMaxRecordSizeRequest,
+    freshet_proto::v1::SplitShardRequest,
+    freshet_proto::v1::MergeShardsRequest,
+    freshet_proto::v1::UpdateShardCountRequest,
+    freshet_proto::v1::DeleteStreamRequest,
+    freshet_proto::v1::DescribeStreamRequest,
+);
 
 /// Shards a new on-demand stream starts with (4 MiB/s, 4,000 records/s).
 pub const ON_DEMAND_INITIAL_SHARDS: u32 = 4;
@@ -183,17 +204,14 @@ impl ControlPlaneService {
             .clone()
     }
 
-    /// The stream, or NOT_FOUND with Kinesis's message.
-    async fn existing_stream(
-        &self,
-        account_id: &str,
-        stream_name: &str,
-    ) -> Result<StreamRow, Status> {
+    /// The stream `request` names, or NOT_FOUND with Kinesis's message.
+    async fn existing_stream(&self, request: &impl NamesStream) -> Result<StreamRow, Status> {
+        let arn = request.stream_arn();
         self.store
-            .get_stream(account_id, stream_name)
+            .get_stream(&arn)
             .await
             .map_err(internal)?
-            .ok_or_else(|| not_found(stream_name, account_id))
+            .ok_or_else(|| not_found(&arn.stream_name, &arn.account_id))
     }
 
     fn stream_info(
@@ -298,17 +316,14 @@ impl ControlPlane for ControlPlaneService {
             }
             (_, count) => count,
         };
-        let arn =
-            StreamArn::new(&request.region, &request.account_id, &request.stream_name).to_string();
+        let arn = StreamArn::new(&request.region, &request.account_id, &request.stream_name);
         let max_record_size_kib = if request.max_record_size_kib == 0 {
             DEFAULT_MAX_RECORD_SIZE_KIB
         } else {
             request.max_record_size_kib
         };
         let new_stream = NewStream {
-            account_id: &request.account_id,
-            stream_name: &request.stream_name,
-            stream_arn: &arn,
+            arn: &arn,
             stream_mode: mode,
             retention_hours: DEFAULT_RETENTION_HOURS,
             max_record_size_kib: i32::try_from(max_record_size_kib).unwrap_or(1024),
@@ -357,7 +372,7 @@ impl ControlPlane for ControlPlaneService {
             stream_uid,
             account_id: request.account_id.clone(),
             stream_name: request.stream_name.clone(),
-            stream_arn: arn.clone(),
+            stream_arn: arn.to_string(),
             stream_created_at_ms: new_stream.created_at_ms,
             retention_hours: DEFAULT_RETENTION_HOURS as u32,
             max_record_size_kib,
@@ -408,9 +423,7 @@ impl ControlPlane for ControlPlaneService {
         let request = request.into_inner();
         self.rate_limits
             .check("DeleteStream", &request.account_id, &request.stream_name)?;
-        let stream = self
-            .existing_stream(&request.account_id, &request.stream_name)
-            .await?;
+        let stream = self.existing_stream(&request).await?;
         self.store
             .set_stream_status(stream.stream_uid, StreamStatus::Deleting)
             .await
@@ -449,9 +462,7 @@ impl ControlPlane for ControlPlaneService {
             &request.account_id,
             &request.stream_name,
         )?;
-        let stream = self
-            .existing_stream(&request.account_id, &request.stream_name)
-            .await?;
+        let stream = self.existing_stream(&request).await?;
         let rows = self
             .store
             .shards_of(stream.stream_uid)
@@ -537,9 +548,7 @@ impl ControlPlane for ControlPlaneService {
         request: Request<UpdateMaxRecordSizeRequest>,
     ) -> Result<Response<UpdateMaxRecordSizeResponse>, Status> {
         let request = request.into_inner();
-        let stream = self
-            .existing_stream(&request.account_id, &request.stream_name)
-            .await?;
+        let stream = self.existing_stream(&request).await?;
         if stream.status != StreamStatus::Active {
             return Err(reshard::not_active(&stream));
         }
@@ -611,11 +620,11 @@ impl ControlPlane for ControlPlaneService {
         &self,
         request: Request<ListStreamsRequest>,
     ) -> Result<Response<ListStreamsResponse>, Status> {
-        let account_id = request.into_inner().account_id;
+        let ListStreamsRequest { account_id, region } = request.into_inner();
         self.rate_limits.check("ListStreams", &account_id, "")?;
         let rows = self
             .store
-            .list_streams(&account_id)
+            .list_streams(&account_id, &region)
             .await
             .map_err(internal)?;
         Ok(Response::new(ListStreamsResponse {

@@ -147,7 +147,7 @@ impl ControlPlaneService {
     async fn check_shard_limit(&self, stream: &StreamRow, extra: u32) -> Result<(), Status> {
         let used = self
             .store
-            .open_shard_count(&stream.account_id)
+            .open_shard_count(&stream.account_id, &stream.region)
             .await
             .map_err(internal)?;
         if used + i64::from(extra) > i64::from(self.shard_limit) {
@@ -157,7 +157,7 @@ impl ControlPlaneService {
                  Refer to the AWS Service Limits page (https://docs.aws.amazon.com/general/latest/gr/aws_service_limits.html) \
                  for current limits and how to request higher limits.",
                 stream.account_id,
-                crate::region_of(&stream.stream_arn),
+                stream.region,
                 self.shard_limit
             )));
         }
@@ -182,9 +182,7 @@ impl ControlPlaneService {
         &self,
         request: SplitShardRequest,
     ) -> Result<(), Status> {
-        let stream = self
-            .existing_stream(&request.account_id, &request.stream_name)
-            .await?;
+        let stream = self.existing_stream(&request).await?;
         let (_, parent) = self.open_shard(&stream, &request.shard_to_split).await?;
         self.check_shard_limit(&stream, 1).await?;
         let range = range_of(&parent).map_err(internal)?;
@@ -217,9 +215,7 @@ impl ControlPlaneService {
         &self,
         request: MergeShardsRequest,
     ) -> Result<(), Status> {
-        let stream = self
-            .existing_stream(&request.account_id, &request.stream_name)
-            .await?;
+        let stream = self.existing_stream(&request).await?;
         let (_, first) = self.open_shard(&stream, &request.shard_to_merge).await?;
         let (_, second) = self
             .open_shard(&stream, &request.adjacent_shard_to_merge)
@@ -255,9 +251,7 @@ impl ControlPlaneService {
         &self,
         request: UpdateShardCountRequest,
     ) -> Result<UpdateShardCountResponse, Status> {
-        let stream = self
-            .existing_stream(&request.account_id, &request.stream_name)
-            .await?;
+        let stream = self.existing_stream(&request).await?;
         let rows = self
             .store
             .shards_of(stream.stream_uid)

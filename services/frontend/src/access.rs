@@ -33,13 +33,31 @@ impl Caller {
     /// Authorizes the caller's action on `resource` (an ARN of the caller's
     /// account, or `*`), with the resource's policy if it has one.
     pub async fn authorize(&self, resource: &str) -> KinesisResult<()> {
+        self.authorize_in(resource, &self.account_id).await
+    }
+
+    /// Authorizes the caller's action on `stream`, which may belong to
+    /// another account: then its resource policy must allow the caller.
+    pub async fn authorize_stream(&self, stream: &StreamArn) -> KinesisResult<()> {
+        self.authorize_in(&stream.to_string(), &stream.account_id)
+            .await
+    }
+
+    /// The caller's own stream called `name`, in the request's region.
+    pub fn own_stream(&self, name: &str) -> StreamArn {
+        StreamArn::new(&self.region, &self.account_id, name)
+    }
+
+    async fn authorize_in(&self, resource: &str, resource_account: &str) -> KinesisResult<()> {
         let resource_policy = if resource == "*" {
             None
         } else {
             self.resource_policies.get(resource).await?
         };
-        let root = matches!(self.principal, Principal::Root { .. });
-        if root && (resource_policy.is_none() || ROOT_RECOVERY.contains(&self.action.as_str())) {
+        let own_root =
+            matches!(self.principal, Principal::Root { .. }) && resource_account == self.account_id;
+        if own_root && (resource_policy.is_none() || ROOT_RECOVERY.contains(&self.action.as_str()))
+        {
             return Ok(());
         }
         let context = self.context();
@@ -47,7 +65,7 @@ impl Caller {
             principal: &self.principal,
             action: &self.action,
             resource,
-            resource_account: &self.account_id,
+            resource_account,
             context: &context,
         };
         let decision =
@@ -59,12 +77,6 @@ impl Caller {
                 Err(KinesisError::new(ErrorCode::AccessDenied, message))
             }
         }
-    }
-
-    /// Authorizes the caller's action on its stream `stream_name`.
-    pub async fn authorize_stream(&self, stream_name: &str) -> KinesisResult<()> {
-        let arn = StreamArn::new(&self.region, &self.account_id, stream_name).to_string();
-        self.authorize(&arn).await
     }
 
     /// The condition keys a request carries.

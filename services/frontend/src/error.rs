@@ -2,6 +2,7 @@
 //! `{"__type": "<ExceptionName>", "message": "..."}`.
 
 use freshet_errors::ErrorCode;
+use freshet_types::StreamArn;
 use http::StatusCode;
 
 /// One Kinesis error response: a code from Freshet's one error table
@@ -52,9 +53,10 @@ impl KinesisError {
         KinesisError::new(ErrorCode::ResourceNotFound, message)
     }
 
-    pub fn stream_not_found(stream_name: &str, account_id: &str) -> KinesisError {
+    pub fn stream_not_found(stream: &StreamArn) -> KinesisError {
         KinesisError::resource_not_found(format!(
-            "Stream {stream_name} under account {account_id} not found."
+            "Stream {} under account {} not found.",
+            stream.stream_name, stream.account_id
         ))
     }
 

@@ -117,13 +117,17 @@ async fn handle(State(frontend): State<Arc<Frontend>>, request: Request) -> Resp
             .admit(&parts.headers, parts.uri.query(), source)
             .await?;
         let limit = body_limit(&operation);
-        let deadline = frontend.body_read_timeout;
-        let body = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit))
+        let deadline = tokio::time::Instant::now() + frontend.body_read_timeout;
+        let _budget = reserve_body_budget(&frontend, &parts.headers, limit, deadline).await?;
+        let body = tokio::time::timeout_at(deadline, axum::body::to_bytes(body, limit))
             .await
             .map_err(|_| {
                 KinesisError::new(
                     ErrorCode::RequestTimeout,
-                    format!("The request body did not arrive within {deadline:?}."),
+                    format!(
+                        "The request body did not arrive within {:?}.",
+                        frontend.body_read_timeout
+                    ),
                 )
             })?
             .map_err(|_| {
@@ -162,6 +166,35 @@ async fn handle(State(frontend): State<Arc<Frontend>>, request: Request) -> Resp
             error_response(&error, &request_id)
         }
     }
+}
+
+/// Reserves room for the request's body in the frontend's body budget,
+/// held until the request is answered: its declared length when it
+/// declares one within `limit`, else `limit`. Waits until `deadline` at
+/// most, then LimitExceededException.
+async fn reserve_body_budget<'a>(
+    frontend: &'a Frontend,
+    headers: &HeaderMap,
+    limit: usize,
+    deadline: tokio::time::Instant,
+) -> KinesisResult<tokio::sync::SemaphorePermit<'a>> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|length| *length <= limit);
+    let kib = declared.unwrap_or(limit).div_ceil(1024).max(1);
+    let kib = u32::try_from(kib).unwrap_or(u32::MAX);
+    tokio::time::timeout_at(deadline, frontend.body_budget.acquire_many(kib))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            KinesisError::new(
+                ErrorCode::LimitExceeded,
+                "The frontend is holding as many request bodies as its memory budget allows; retry.",
+            )
+        })
 }
 
 fn check_content_type(headers: &HeaderMap) -> KinesisResult<()> {
@@ -295,6 +328,47 @@ mod tests {
             exception_of(other_source).await.1,
             "MissingAuthenticationTokenException"
         );
+    }
+
+    #[tokio::test]
+    async fn bodies_share_one_memory_budget() {
+        let config = crate::Config::parse_from([
+            "freshet-frontend",
+            "--body-budget-mib",
+            "1",
+            "--body-read-timeout",
+            "200ms",
+        ]);
+        let frontend = Frontend::new(&config).expect("frontend");
+        let router = router(frontend, 8);
+        // Declares (and so reserves) the whole budget, then sends nothing.
+        let mut holder = signed(pending_body());
+        holder.headers_mut().insert(
+            http::header::CONTENT_LENGTH,
+            HeaderValue::from_static("1048576"),
+        );
+        let mut holder = Box::pin(router.clone().oneshot(holder));
+        assert!(tokio::time::timeout(Duration::from_millis(50), &mut holder)
+            .await
+            .is_err());
+        let starved = router
+            .clone()
+            .oneshot(signed(Body::from("{}")))
+            .await
+            .expect("infallible");
+        assert_eq!(
+            exception_of(starved).await,
+            (StatusCode::BAD_REQUEST, "LimitExceededException".to_owned())
+        );
+        // Once the holder is answered (408), its share is free again.
+        let timed_out = holder.await.expect("infallible");
+        assert_eq!(timed_out.status(), StatusCode::REQUEST_TIMEOUT);
+        let served = router
+            .clone()
+            .oneshot(signed(Body::from("{}")))
+            .await
+            .expect("infallible");
+        assert_ne!(exception_of(served).await.1, "LimitExceededException");
     }
 
     #[tokio::test]

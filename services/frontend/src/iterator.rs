@@ -8,16 +8,18 @@
 //! verify until what they signed has expired. The tag covers a domain byte
 //! too, so an iterator never opens as a NextToken or the other way round.
 //!
-//! Iterator payload: `1 | issued_ms | stream_uid | stream_created_ms |
-//! position kind | position | account | stream | shard`, integers
+//! Iterator payload: `2 | issued_ms | stream_uid | stream_created_ms |
+//! position kind | position | account | region | stream | shard`, integers
 //! big-endian, strings length-prefixed with one byte.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use freshet_types::StreamArn;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-const VERSION: u8 = 1;
+/// Version 2 added the stream's region.
+const VERSION: u8 = 2;
 const TAG_LEN: usize = 16;
 
 /// Where a shard iterator points.
@@ -35,8 +37,8 @@ pub struct ShardIterator {
     pub stream_uid: i64,
     pub stream_created_ms: i64,
     pub position: Position,
-    pub account_id: String,
-    pub stream_name: String,
+    /// The stream read (its account, region and name).
+    pub stream: StreamArn,
     pub shard_id: String,
 }
 
@@ -177,8 +179,9 @@ impl TokenSigner {
                 out.extend_from_slice(&ms.to_be_bytes());
             }
         }
-        push_str(&mut out, &iterator.account_id);
-        push_str(&mut out, &iterator.stream_name);
+        push_str(&mut out, &iterator.stream.account_id);
+        push_str(&mut out, &iterator.stream.region);
+        push_str(&mut out, &iterator.stream.stream_name);
         push_str(&mut out, &iterator.shard_id);
         self.seal(Domain::ShardIterator, &out)
     }
@@ -202,8 +205,11 @@ impl TokenSigner {
             stream_uid,
             stream_created_ms,
             position,
-            account_id: reader.string()?,
-            stream_name: reader.string()?,
+            stream: {
+                let (account, region, name) =
+                    (reader.string()?, reader.string()?, reader.string()?);
+                StreamArn::new(&region, &account, &name)
+            },
             shard_id: reader.string()?,
         };
         reader.0.is_empty().then_some(iterator)
@@ -220,8 +226,7 @@ mod tests {
             stream_uid: 42,
             stream_created_ms: 1_690_000_000_000,
             position: Position::AtOffset(17),
-            account_id: "000000000000".into(),
-            stream_name: "x".repeat(128),
+            stream: StreamArn::new("ap-southeast-2", "000000000000", &"x".repeat(128)),
             shard_id: "shardId-000000000003".into(),
         }
     }

@@ -23,7 +23,9 @@ mod access;
 mod admission;
 mod auth;
 mod coalescer;
+pub mod connections;
 mod error;
+pub mod fuzzing;
 mod http_api;
 pub mod iterator;
 mod ops;
@@ -37,7 +39,6 @@ use freshet_proto::v1::control_plane_client::ControlPlaneClient;
 use freshet_server::{CacheAddr, ControlPlaneAddr, MembershipAddr, TimerAddr};
 use freshet_shardmap::{Router, SharedShardMap, Subscription};
 use freshet_timer_client::{TimerClient, TimerClientConfig};
-use std::future::IntoFuture as _;
 use tokio::net::TcpListener;
 
 pub use error::KinesisError;
@@ -51,8 +52,9 @@ pub struct Config {
         default_value = "127.0.0.1:4567"
     )]
     pub listen: String,
-    /// The deployment's region: written into stream ARNs, and in secure
-    /// mode the only region a request may be signed for.
+    /// The deployment's region: in secure mode the only region a request
+    /// may be signed for. (Development mode serves every region, each a
+    /// namespace of its own, as LocalStack does.)
     #[arg(long, env = "FRESHET_REGION", default_value = "us-east-1")]
     pub region: String,
     #[command(flatten)]
@@ -119,6 +121,23 @@ pub struct Config {
     /// passed; slower ones get 408 RequestTimeoutException.
     #[arg(long, env = "FRESHET_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub body_read_timeout: Duration,
+    /// MiB of request bodies all requests together may be reading or
+    /// holding at once; a request that finds no room within the body read
+    /// timeout gets LimitExceededException (SDKs retry it).
+    #[arg(long, env = "FRESHET_BODY_BUDGET_MIB", default_value_t = 512)]
+    pub body_budget_mib: usize,
+    /// Connections open at once; one more is closed as soon as accepted.
+    #[arg(long, env = "FRESHET_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers.
+    #[arg(long, env = "FRESHET_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// How long a connection may carry nothing before it is closed.
+    #[arg(long, env = "FRESHET_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Requests one HTTP/2 connection may have open at once.
+    #[arg(long, env = "FRESHET_HTTP2_MAX_STREAMS", default_value_t = 100)]
+    pub http2_max_streams: u32,
     #[command(flatten)]
     pub internal: freshet_server::InternalTokenFlag,
 }
@@ -128,7 +147,6 @@ pub const DEVELOPMENT_ITERATOR_SECRET: &str = "freshet-development-secret";
 
 /// Everything a request handler needs.
 pub struct Frontend {
-    pub(crate) region: String,
     pub(crate) auth: auth::Authenticator,
     pub(crate) resource_policies: Arc<resource_policies::ResourcePolicies>,
     pub(crate) control_plane: ControlPlaneClient<freshet_server::TracedChannel>,
@@ -141,6 +159,12 @@ pub struct Frontend {
     max_in_flight_requests: usize,
     pub(crate) sources: admission::SourceLimits,
     pub(crate) body_read_timeout: Duration,
+    /// KiB of request bodies being read or held, across all requests.
+    pub(crate) body_budget: Arc<tokio::sync::Semaphore>,
+    connection_limits: connections::ConnectionLimits,
+    /// Connections closed because [`connections::ConnectionLimits`] were
+    /// reached.
+    pub shed_connections: Arc<connections::ShedConnections>,
     /// Tasks requests leave behind (the coalescer's senders).
     tasks: freshet_server::Tasks,
     _subscription: Subscription,
@@ -198,7 +222,6 @@ impl Frontend {
         let storage = Arc::new(ops::StoragePool::new(&token));
         let tasks = freshet_server::Tasks::new();
         Ok(Arc::new(Frontend {
-            region: config.region.clone(),
             auth,
             resource_policies,
             control_plane,
@@ -227,6 +250,19 @@ impl Frontend {
                     .unwrap_or(if secure { 256 } else { 0 }),
             ),
             body_read_timeout: config.body_read_timeout,
+            body_budget: Arc::new(tokio::sync::Semaphore::new(
+                config
+                    .body_budget_mib
+                    .saturating_mul(1024)
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+            connection_limits: connections::ConnectionLimits {
+                max_connections: config.max_connections,
+                header_read_timeout: config.header_read_timeout,
+                idle_timeout: config.idle_timeout,
+                http2_max_streams: config.http2_max_streams,
+            },
+            shed_connections: Arc::default(),
             tasks,
             _subscription: subscription,
         }))
@@ -263,8 +299,6 @@ pub enum RunError {
     Address(#[source] std::io::Error),
     #[error(transparent)]
     BadAddress(#[from] freshet_server::BadAddress),
-    #[error("serve http: {0}")]
-    Serve(#[source] std::io::Error),
     #[error("secure mode (FRESHET_AUTH=sigv4) needs FRESHET_ITERATOR_SECRET set to a secret of the deployment's own")]
     DevelopmentIteratorSecret,
     #[error(transparent)]
@@ -283,7 +317,8 @@ pub async fn run(
     serve(Frontend::new(&config)?, listener, shutdown).await
 }
 
-/// Serves an already-built frontend (HTTP/1.1 and h2c on one port).
+/// Serves an already-built frontend (HTTP/1.1 and h2c on one port,
+/// within its connection limits: `connections.rs`).
 pub async fn serve(
     frontend: Arc<Frontend>,
     listener: TcpListener,
@@ -294,34 +329,24 @@ pub async fn serve(
     let tasks = frontend.tasks.clone();
     // Stop accepting on `shutdown`, then drain the requests in flight for
     // at most the drain deadline, then wait for the coalescer's senders.
-    let draining = tokio_util::sync::CancellationToken::new();
-    let signal = {
-        let draining = draining.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
         async move {
             shutdown.await;
-            draining.cancel();
+            stop.cancel();
         }
-    };
+    });
     let router = http_api::router(frontend.clone(), frontend.max_in_flight_requests);
-    let server = axum::serve(
+    connections::serve(
         listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        router,
+        frontend.connection_limits,
+        frontend.shed_connections.clone(),
+        stop,
+        freshet_server::DRAIN_DEADLINE,
     )
-    .with_graceful_shutdown(signal)
-    .into_future();
-    tokio::pin!(server);
-    let served = tokio::select! {
-        served = &mut server => served,
-        () = draining.cancelled() => {
-            match tokio::time::timeout(freshet_server::DRAIN_DEADLINE, &mut server).await {
-                Ok(served) => served,
-                Err(_) => {
-                    tracing::warn!("in-flight requests did not finish in time; stopping anyway");
-                    Ok(())
-                }
-            }
-        }
-    };
+    .await;
     tasks.stop(freshet_server::TASK_STOP_DEADLINE).await;
-    served.map_err(RunError::Serve)
+    Ok(())
 }

@@ -163,6 +163,7 @@ impl MembershipService {
                 stream_uid: stream.stream_uid,
                 shard_id: &shard.shard_id,
                 account_id: &stream.account_id,
+                region: &stream.region,
                 stream_name: &stream.stream_name,
             };
             batch

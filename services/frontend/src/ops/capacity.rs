@@ -41,13 +41,14 @@ pub async fn update_stream_mode(
         i64::from(i32::MAX),
     );
     violations.into_result()?;
-    let stream_name = input.target.resolve(caller).await?;
+    let stream = input.target.resolve(caller).await?;
     frontend
         .control_plane
         .clone()
         .update_stream_mode(UpdateStreamModeRequest {
-            account_id: caller.account_id.clone(),
-            stream_name,
+            account_id: stream.account_id,
+            region: stream.region,
+            stream_name: stream.stream_name,
             stream_mode: proto::StreamMode::from(mode) as i32,
             warm_throughput_mibps: input.warm_throughput_mi_bps.map_or(0, |n| n as u32),
         })
@@ -79,23 +80,23 @@ pub async fn update_stream_warm_throughput(
         i64::from(i32::MAX),
     );
     violations.into_result()?;
-    let stream_name = input.target.resolve(caller).await?;
+    let stream = input.target.resolve(caller).await?;
     let answer = frontend
         .control_plane
         .clone()
         .update_stream_warm_throughput(UpdateStreamWarmThroughputRequest {
-            account_id: caller.account_id.clone(),
-            stream_name: stream_name.clone(),
+            account_id: stream.account_id.clone(),
+            region: stream.region.clone(),
+            stream_name: stream.stream_name.clone(),
             warm_throughput_mibps: input.warm_throughput_mi_bps.map_or(0, |n| n as u32),
         })
         .await
         .map_err(|status| KinesisError::from_status(&status))?
         .into_inner();
     let warm = answer.warm_throughput.unwrap_or_default();
-    let arn = freshet_types::StreamArn::new(&frontend.region, &caller.account_id, &stream_name);
     Ok(json!({
-        "StreamARN": arn.to_string(),
-        "StreamName": stream_name,
+        "StreamARN": stream.to_string(),
+        "StreamName": stream.stream_name,
         "WarmThroughput": { "TargetMiBps": warm.target_mibps, "CurrentMiBps": warm.current_mibps },
     }))
 }

@@ -168,21 +168,23 @@ impl StreamTarget {
         }
     }
 
-    /// The stream's name within the caller's account, once the caller is
-    /// authorized to act on it (`access.rs`).
-    pub async fn resolve(&self, caller: &Caller) -> KinesisResult<String> {
-        let name = self.name(caller)?;
-        caller.authorize_stream(&name).await?;
-        Ok(name)
+    /// The stream the request names, once the caller is authorized to act
+    /// on it (`access.rs`). A StreamName names a stream of the caller's
+    /// account in the request's region; a StreamARN may name another
+    /// account's stream, which its resource policy must then allow.
+    pub async fn resolve(&self, caller: &Caller) -> KinesisResult<StreamArn> {
+        let stream = self.stream(caller)?;
+        caller.authorize_stream(&stream).await?;
+        Ok(stream)
     }
 
-    fn name(&self, caller: &Caller) -> KinesisResult<String> {
+    fn stream(&self, caller: &Caller) -> KinesisResult<StreamArn> {
         let from_arn = self.stream_arn.as_deref().and_then(StreamArn::parse);
         match (&self.stream_name, from_arn) {
             (None, None) => Err(KinesisError::invalid_argument(
                 "Either StreamName or StreamARN must be provided.",
             )),
-            (Some(name), None) => Ok(name.clone()),
+            (Some(name), None) => Ok(caller.own_stream(name)),
             (name, Some(arn)) => {
                 // The ARN's pattern allows any non-space name; the name in
                 // it passes the same checks as a StreamName.
@@ -192,23 +194,59 @@ impl StreamTarget {
                         arn.stream_name
                     )));
                 }
-                if arn.account_id != caller.account_id {
-                    return Err(KinesisError::new(
-                        ErrorCode::AccessDenied,
-                        format!(
-                            "Account {} is not authorized to access stream {} in account {}",
-                            caller.account_id, arn.stream_name, arn.account_id
-                        ),
-                    ));
-                }
                 if name.as_ref().is_some_and(|name| *name != arn.stream_name) {
                     return Err(KinesisError::invalid_argument(
                         "StreamName and StreamARN name different streams.",
                     ));
                 }
-                Ok(arn.stream_name)
+                // Streams live in a region: this endpoint serves the
+                // request's region only.
+                if arn.region != caller.region {
+                    return Err(KinesisError::stream_not_found(&arn));
+                }
+                Ok(StreamArn::new(
+                    &arn.region,
+                    &arn.account_id,
+                    &arn.stream_name,
+                ))
             }
         }
+    }
+}
+
+/// Parses `body` as the input of operation number `selector` (of every
+/// operation served), for the fuzz target of the frontend's inputs: each
+/// either parses or is refused as a SerializationException, in memory
+/// bounded by the body's size (PutRecords stops at its 501st record).
+pub(crate) fn parse_any_input(selector: u8, body: &[u8]) -> bool {
+    fn parses<T: DeserializeOwned>(body: &[u8]) -> bool {
+        match parse::<T>(body) {
+            Ok(_) => true,
+            Err(error) => {
+                assert_eq!(error.exception(), "SerializationException");
+                false
+            }
+        }
+    }
+    match selector % 18 {
+        0 => parses::<streams::CreateStreamInput>(body),
+        1 => parses::<streams::DeleteStreamInput>(body),
+        2 => parses::<streams::DescribeStreamInput>(body),
+        3 => parses::<StreamTarget>(body),
+        4 => parses::<streams::ListStreamsInput>(body),
+        5 => parses::<streams::ListShardsInput>(body),
+        6 => parses::<records::PutRecordInput>(body),
+        7 => parses::<records::PutRecordsInput>(body),
+        8 => parses::<records::GetShardIteratorInput>(body),
+        9 => parses::<records::GetRecordsInput>(body),
+        10 => parses::<reshard::SplitShardInput>(body),
+        11 => parses::<reshard::MergeShardsInput>(body),
+        12 => parses::<reshard::UpdateShardCountInput>(body),
+        13 => parses::<reshard::UpdateMaxRecordSizeInput>(body),
+        14 => parses::<capacity::UpdateStreamModeInput>(body),
+        15 => parses::<capacity::UpdateStreamWarmThroughputInput>(body),
+        16 => parses::<capacity::UpdateAccountSettingsInput>(body),
+        _ => parses::<policies::ResourcePolicyInput>(body),
     }
 }
 
@@ -323,12 +361,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stream_name_from_an_arn_passes_the_stream_name_checks() {
+    async fn a_stream_arn_names_a_stream_whose_name_passes_the_stream_name_checks() {
         let caller = caller();
         assert_eq!(
             by_arn("arn:aws:kinesis:us-east-1:123456789012:stream/orders.v2")
-                .name(&caller)
-                .expect("valid"),
+                .stream(&caller)
+                .expect("valid")
+                .stream_name,
             "orders.v2"
         );
         for bad in [
@@ -340,17 +379,40 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                by_arn(bad).name(&caller).err().map(|e| e.exception()),
+                by_arn(bad).stream(&caller).err().map(|e| e.exception()),
                 Some("InvalidArgumentException"),
                 "{bad}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_name_is_the_callers_own_stream_and_an_arn_may_be_another_accounts() {
+        let caller = caller();
+        let own = StreamTarget {
+            stream_name: Some("orders".into()),
+            ..StreamTarget::default()
+        };
+        assert_eq!(
+            own.stream(&caller).expect("valid").to_string(),
+            "arn:aws:kinesis:us-east-1:123456789012:stream/orders"
+        );
+        // Whether the other account lets the caller in is for its resource
+        // policy to say (access.rs), not for the name lookup.
         assert_eq!(
             by_arn("arn:aws:kinesis:us-east-1:999999999999:stream/orders")
-                .name(&caller)
+                .stream(&caller)
+                .expect("another account's stream")
+                .account_id,
+            "999999999999"
+        );
+        // This endpoint serves its request's region only.
+        assert_eq!(
+            by_arn("arn:aws:kinesis:eu-west-1:123456789012:stream/orders")
+                .stream(&caller)
                 .err()
                 .map(|e| e.exception()),
-            Some("AccessDeniedException")
+            Some("ResourceNotFoundException")
         );
     }
 }

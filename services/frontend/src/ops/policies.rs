@@ -82,15 +82,16 @@ async fn owned_stream(
             ),
         ));
     }
-    caller.authorize(arn_text).await?;
-    fetch_stream(
-        frontend,
-        caller,
-        arn.stream_name.clone(),
-        "DescribeStreamSummary",
-    )
-    .await?;
-    Ok(arn)
+    // Streams live in a region: this endpoint manages the request's.
+    let stream = caller.own_stream(&arn.stream_name);
+    if arn.region != stream.region {
+        return Err(KinesisError::resource_not_found(format!(
+            "Resource {arn_text} not found."
+        )));
+    }
+    caller.authorize_stream(&stream).await?;
+    fetch_stream(frontend, &stream, "DescribeStreamSummary").await?;
+    Ok(stream)
 }
 
 pub async fn put_resource_policy(

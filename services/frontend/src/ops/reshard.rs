@@ -48,13 +48,14 @@ pub async fn split_shard(
         }
     }
     violations.into_result()?;
-    let stream_name = input.target.resolve(caller).await?;
+    let stream = input.target.resolve(caller).await?;
     frontend
         .control_plane
         .clone()
         .split_shard(SplitShardRequest {
-            account_id: caller.account_id.clone(),
-            stream_name,
+            account_id: stream.account_id,
+            region: stream.region,
+            stream_name: stream.stream_name,
             shard_to_split: input.shard_to_split.unwrap_or_default(),
             new_starting_hash_key: input.new_starting_hash_key.unwrap_or_default(),
         })
@@ -95,13 +96,14 @@ pub async fn merge_shards(
         &mut violations,
     );
     violations.into_result()?;
-    let stream_name = input.target.resolve(caller).await?;
+    let stream = input.target.resolve(caller).await?;
     frontend
         .control_plane
         .clone()
         .merge_shards(MergeShardsRequest {
-            account_id: caller.account_id.clone(),
-            stream_name,
+            account_id: stream.account_id,
+            region: stream.region,
+            stream_name: stream.stream_name,
             shard_to_merge: input.shard_to_merge.unwrap_or_default(),
             adjacent_shard_to_merge: input.adjacent_shard_to_merge.unwrap_or_default(),
         })
@@ -139,23 +141,23 @@ pub async fn update_shard_count(
         }
     }
     violations.into_result()?;
-    let stream_name = input.target.resolve(caller).await?;
+    let stream = input.target.resolve(caller).await?;
     let target = u32::try_from(input.target_shard_count.unwrap_or(1)).unwrap_or(u32::MAX);
     let answer = frontend
         .control_plane
         .clone()
         .update_shard_count(UpdateShardCountRequest {
-            account_id: caller.account_id.clone(),
-            stream_name: stream_name.clone(),
+            account_id: stream.account_id.clone(),
+            region: stream.region.clone(),
+            stream_name: stream.stream_name.clone(),
             target_shard_count: target,
         })
         .await
         .map_err(|status| KinesisError::from_status(&status))?
         .into_inner();
-    let arn = freshet_types::StreamArn::new(&frontend.region, &caller.account_id, &stream_name);
     Ok(json!({
-        "StreamName": stream_name,
-        "StreamARN": arn.to_string(),
+        "StreamName": stream.stream_name,
+        "StreamARN": stream.to_string(),
         "CurrentShardCount": answer.current_shard_count,
         "TargetShardCount": answer.target_shard_count,
     }))
@@ -185,19 +187,20 @@ pub async fn update_max_record_size(
         10240,
     );
     violations.into_result()?;
-    let stream_name = input.target.resolve(caller).await?;
+    let stream = input.target.resolve(caller).await?;
     frontend
         .control_plane
         .clone()
         .update_max_record_size(UpdateMaxRecordSizeRequest {
-            account_id: caller.account_id.clone(),
-            stream_name: stream_name.clone(),
+            account_id: stream.account_id.clone(),
+            region: stream.region.clone(),
+            stream_name: stream.stream_name.clone(),
             max_record_size_kib: u32::try_from(input.max_record_size_in_kib.unwrap_or(1024))
                 .unwrap_or(1024),
         })
         .await
         .map_err(|status| KinesisError::from_status(&status))?;
     // This frontend's own route picks the new limit up at once.
-    frontend.router.invalidate(&caller.account_id, &stream_name);
+    frontend.router.invalidate(&stream);
     Ok(())
 }

@@ -9,7 +9,7 @@ use freshet_proto::v1::{
     self as proto, CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest,
     ListStreamsRequest, ShardInfo, StreamInfo,
 };
-use freshet_types::{ShardId, StreamMode, StreamStatus};
+use freshet_types::{ShardId, StreamArn, StreamMode, StreamStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -102,9 +102,8 @@ pub async fn create_stream(
         }
     }
     violations.into_result()?;
-    caller
-        .authorize_stream(input.stream_name.as_deref().unwrap_or_default())
-        .await?;
+    let stream = caller.own_stream(input.stream_name.as_deref().unwrap_or_default());
+    caller.authorize_stream(&stream).await?;
 
     if mode == StreamMode::Provisioned && input.shard_count.is_none() {
         return Err(KinesisError::invalid_argument(
@@ -122,9 +121,9 @@ pub async fn create_stream(
         ));
     }
     let request = CreateStreamRequest {
-        account_id: caller.account_id.clone(),
-        region: frontend.region.clone(),
-        stream_name: input.stream_name.unwrap_or_default(),
+        account_id: stream.account_id,
+        region: stream.region,
+        stream_name: stream.stream_name,
         shard_count: input.shard_count.map(|n| n as u32).unwrap_or(0),
         stream_mode: proto::StreamMode::from(mode) as i32,
         max_record_size_kib: input.max_record_size_in_kib.map(|n| n as u32).unwrap_or(0),
@@ -155,7 +154,7 @@ pub async fn delete_stream(
     let mut violations = Violations::default();
     input.target.check(&mut violations);
     violations.into_result()?;
-    let stream_name = input.target.resolve(caller).await?;
+    let stream = input.target.resolve(caller).await?;
     // Streams have no registered consumers yet, so EnforceConsumerDeletion
     // changes nothing; it is still parsed so a wrongly typed value is refused.
     let _ = input.enforce_consumer_deletion;
@@ -163,26 +162,28 @@ pub async fn delete_stream(
         .control_plane
         .clone()
         .delete_stream(DeleteStreamRequest {
-            account_id: caller.account_id.clone(),
-            stream_name,
+            account_id: stream.account_id,
+            region: stream.region,
+            stream_name: stream.stream_name,
         })
         .await
         .map_err(|status| KinesisError::from_status(&status))?;
     Ok(())
 }
 
+/// The stream as the control plane describes it, for `api_operation`.
 pub(crate) async fn fetch_stream(
     frontend: &Frontend,
-    caller: &Caller,
-    stream_name: String,
+    stream: &StreamArn,
     api_operation: &str,
 ) -> KinesisResult<StreamInfo> {
     frontend
         .control_plane
         .clone()
         .describe_stream(DescribeStreamRequest {
-            account_id: caller.account_id.clone(),
-            stream_name,
+            account_id: stream.account_id.clone(),
+            region: stream.region.clone(),
+            stream_name: stream.stream_name.clone(),
             api_operation: api_operation.to_owned(),
         })
         .await
@@ -265,8 +266,7 @@ pub async fn describe_stream(
     violations.into_result()?;
     let stream = fetch_stream(
         frontend,
-        caller,
-        input.target.resolve(caller).await?,
+        &input.target.resolve(caller).await?,
         "DescribeStream",
     )
     .await?;
@@ -316,8 +316,7 @@ pub async fn describe_stream_summary(
     violations.into_result()?;
     let stream = fetch_stream(
         frontend,
-        caller,
-        input.resolve(caller).await?,
+        &input.resolve(caller).await?,
         "DescribeStreamSummary",
     )
     .await?;
@@ -358,7 +357,7 @@ pub(crate) fn normalize_shard_id(text: &str) -> String {
 /// What a NextToken carries.
 #[derive(Debug, serde::Serialize, Deserialize)]
 struct PageToken {
-    /// Stream name (ListShards) — empty for ListStreams.
+    /// The stream's ARN (ListShards) — empty for ListStreams.
     s: String,
     /// Exclusive start: the last stream name or shard id returned.
     a: String,
@@ -429,6 +428,7 @@ pub async fn list_streams(
         .clone()
         .list_streams(ListStreamsRequest {
             account_id: caller.account_id.clone(),
+            region: caller.region.clone(),
         })
         .await
         .map_err(|status| KinesisError::from_status(&status))?
@@ -569,19 +569,27 @@ pub async fn list_shards(
             _ => {}
         }
     }
-    let stream_name = match &token {
+    let target = match &token {
         Some(token) => {
-            caller.authorize_stream(&token.s).await?;
-            token.s.clone()
+            let stream = StreamArn::parse(&token.s)
+                .filter(|stream| stream.region == caller.region)
+                .ok_or_else(|| {
+                    KinesisError::invalid_argument(format!(
+                        "Invalid NextToken: {}",
+                        input.next_token.as_deref().unwrap_or_default()
+                    ))
+                })?;
+            caller.authorize_stream(&stream).await?;
+            stream
         }
         None => input.target.resolve(caller).await?,
     };
-    let stream = fetch_stream(frontend, caller, stream_name.clone(), "ListShards").await?;
+    let stream = fetch_stream(frontend, &target, "ListShards").await?;
     if let Some(created) = input.stream_creation_timestamp {
         if (created * 1000.0).round() as i64 != stream.created_at_ms {
             return Err(KinesisError::resource_not_found(format!(
-                "Stream {stream_name} under account {} with the given creation timestamp not found.",
-                caller.account_id
+                "Stream {} under account {} with the given creation timestamp not found.",
+                target.stream_name, target.account_id
             )));
         }
     }
@@ -615,7 +623,7 @@ pub async fn list_shards(
         output["NextToken"] = json!(seal_token(
             frontend,
             &PageToken {
-                s: stream_name,
+                s: target.to_string(),
                 a: last.shard_id.clone(),
                 t: frontend.now_ms(),
                 f: filter_type,

@@ -94,7 +94,7 @@ pub async fn get_shard_iterator(
     }
     violations.into_result()?;
     let kind = input.shard_iterator_type.as_deref().unwrap_or_default();
-    let stream_name = input.target.resolve(caller).await?;
+    let stream = input.target.resolve(caller).await?;
     let shard_id = normalize_shard_id(input.shard_id.as_deref().unwrap_or_default());
     let needs_sequence = matches!(kind, "AT_SEQUENCE_NUMBER" | "AFTER_SEQUENCE_NUMBER");
     if needs_sequence && input.starting_sequence_number.is_none() {
@@ -117,11 +117,11 @@ pub async fn get_shard_iterator(
             "Timestamp cannot be specified for ShardIteratorType {kind}."
         )));
     }
-    let route = route_stream(frontend, caller, &stream_name).await?;
+    let route = route_stream(frontend, &stream).await?;
     let entry = route.shard(&shard_id).cloned().ok_or_else(|| {
         KinesisError::resource_not_found(format!(
-            "Shard {shard_id} in stream {stream_name} under account {} does not exist",
-            caller.account_id
+            "Shard {shard_id} in stream {} under account {} does not exist",
+            stream.stream_name, stream.account_id
         ))
     })?;
     let position = match kind {
@@ -157,8 +157,8 @@ pub async fn get_shard_iterator(
                 .filter(|s| s.base == entry.sequence_base)
                 .ok_or_else(|| {
                     KinesisError::invalid_argument(format!(
-                        "StartingSequenceNumber {text} used in GetShardIterator on shard {shard_id} in stream {stream_name} under account {} is invalid because it did not come from this stream.",
-                        caller.account_id
+                        "StartingSequenceNumber {text} used in GetShardIterator on shard {shard_id} in stream {} under account {} is invalid because it did not come from this stream.",
+                        stream.stream_name, stream.account_id
                     ))
                 })?;
             if kind == "AFTER_SEQUENCE_NUMBER" {
@@ -176,8 +176,7 @@ pub async fn get_shard_iterator(
         stream_uid: entry.key.as_ref().map(|k| k.stream_uid).unwrap_or_default(),
         stream_created_ms: entry.stream_created_at_ms,
         position,
-        account_id: caller.account_id.clone(),
-        stream_name,
+        stream,
         shard_id,
     };
     Ok(json!({ "ShardIterator": frontend.signer.encode_iterator(&iterator) }))
@@ -211,18 +210,23 @@ pub async fn get_records(
     .check(&mut violations);
     violations.into_result()?;
     let text = input.shard_iterator.as_deref().unwrap_or_default();
+    // An iterator may name another account's stream (one its resource
+    // policy lets the caller read): the caller is authorized on the stream
+    // the iterator names, now, whoever it was issued to.
     let iterator = frontend
         .signer
         .decode_iterator(text)
-        .filter(|it| it.account_id == caller.account_id)
+        .filter(|it| it.stream.region == caller.region)
         .ok_or_else(|| KinesisError::invalid_argument("Invalid ShardIterator."))?;
-    caller.authorize_stream(&iterator.stream_name).await?;
+    caller.authorize_stream(&iterator.stream).await?;
     if let Some(arn) = input
         .stream_arn
         .as_deref()
         .and_then(freshet_types::StreamArn::parse)
     {
-        if arn.account_id != caller.account_id || arn.stream_name != iterator.stream_name {
+        if arn.account_id != iterator.stream.account_id
+            || arn.stream_name != iterator.stream.stream_name
+        {
             return Err(KinesisError::invalid_argument(format!(
                 "The shard iterator does not belong to stream {}.",
                 arn.stream_name
@@ -245,10 +249,10 @@ pub async fn get_records(
     let not_found = || {
         KinesisError::resource_not_found(format!(
             "Shard {} in stream {} under account {} does not exist",
-            iterator.shard_id, iterator.stream_name, caller.account_id
+            iterator.shard_id, iterator.stream.stream_name, iterator.stream.account_id
         ))
     };
-    let stream_route = route_stream(frontend, caller, &iterator.stream_name).await?;
+    let stream_route = route_stream(frontend, &iterator.stream).await?;
     let mut entry = stream_route
         .shard(&iterator.shard_id)
         .filter(|e| e.key.as_ref().map(|k| k.stream_uid) == Some(iterator.stream_uid))
@@ -270,10 +274,8 @@ pub async fn get_records(
             }
             Err(status) if attempt == 0 && refused_before_acting(&status) => {
                 attempt += 1;
-                frontend
-                    .router
-                    .invalidate(&caller.account_id, &iterator.stream_name);
-                let fresh = route_stream(frontend, caller, &iterator.stream_name).await?;
+                frontend.router.invalidate(&iterator.stream);
+                let fresh = route_stream(frontend, &iterator.stream).await?;
                 entry = fresh
                     .shard(&iterator.shard_id)
                     .filter(|e| e.key.as_ref().map(|k| k.stream_uid) == Some(iterator.stream_uid))
@@ -308,10 +310,8 @@ pub async fn get_records(
         let mut children = child_shards(&stream_route, &iterator.shard_id);
         if children.is_empty() {
             // The parent's closing arrived before its children did.
-            frontend
-                .router
-                .invalidate(&caller.account_id, &iterator.stream_name);
-            let fresh = route_stream(frontend, caller, &iterator.stream_name).await?;
+            frontend.router.invalidate(&iterator.stream);
+            let fresh = route_stream(frontend, &iterator.stream).await?;
             children = child_shards(&fresh, &iterator.shard_id);
         }
         // A closed shard always has children; until they are known here,

@@ -21,13 +21,15 @@ mod put;
 mod reroute;
 
 pub use get::{get_records, get_shard_iterator};
+pub(crate) use get::{GetRecordsInput, GetShardIteratorInput};
 pub use put::{put_record, put_records};
+pub(crate) use put::{PutRecordInput, PutRecordsInput};
 
 use freshet_errors::ErrorCode;
 use freshet_proto::v1::{ShardKey, ShardMapEntry};
 use freshet_shardmap::StreamRoute;
+use freshet_types::StreamArn;
 
-use crate::auth::Caller;
 use crate::error::{KinesisError, KinesisResult};
 use crate::Frontend;
 
@@ -39,17 +41,13 @@ fn dry_run_error() -> KinesisError {
 }
 
 /// Looks the stream up; `ResourceNotFoundException` if it does not exist.
-async fn route_stream(
-    frontend: &Frontend,
-    caller: &Caller,
-    stream_name: &str,
-) -> KinesisResult<StreamRoute> {
+async fn route_stream(frontend: &Frontend, stream: &StreamArn) -> KinesisResult<StreamRoute> {
     frontend
         .router
-        .stream_route(&caller.account_id, stream_name)
+        .stream_route(stream)
         .await
         .map_err(|error| KinesisError::internal(error.to_string()))?
-        .ok_or_else(|| KinesisError::stream_not_found(stream_name, &caller.account_id))
+        .ok_or_else(|| KinesisError::stream_not_found(stream))
 }
 
 fn shard_key(entry: &ShardMapEntry) -> Option<ShardKey> {

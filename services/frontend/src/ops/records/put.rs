@@ -177,8 +177,8 @@ pub async fn put_record(
     }
     violations.into_result()?;
     let record = record.ok_or_else(|| KinesisError::validation("record is incomplete"))?;
-    let stream_name = input.target.resolve(caller).await?;
-    let route = route_stream(frontend, caller, &stream_name).await?;
+    let stream = input.target.resolve(caller).await?;
+    let route = route_stream(frontend, &stream).await?;
     check_stream_record_size(&route, &[&record])?;
     if input.dry_run == Some(true) {
         return Err(dry_run_error());
@@ -186,17 +186,11 @@ pub async fn put_record(
     // SequenceNumberForOrdering needs no extra work: every sequence number
     // we assign is larger than any this stream has returned before on the
     // same shard (and children's are larger than their parents').
-    let landed = append_records(
-        frontend,
-        caller,
-        &stream_name,
-        route,
-        vec![record.into_append()],
-    )
-    .await
-    .into_iter()
-    .next()
-    .unwrap_or_else(|| Err(KinesisError::internal("record was not written")))?;
+    let landed = append_records(frontend, &stream, route, vec![record.into_append()])
+        .await
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Err(KinesisError::internal("record was not written")))?;
     to_json_text(&PutRecordReply {
         shard_id: &landed.shard_id,
         sequence_number: landed.sequence_number,
@@ -334,8 +328,8 @@ pub async fn put_records(
             "Records size exceeds 10 MiB limit: the request carries {total} bytes of data and partition keys"
         )));
     }
-    let stream_name = target.resolve(caller).await?;
-    let route = route_stream(frontend, caller, &stream_name).await?;
+    let stream = target.resolve(caller).await?;
+    let route = route_stream(frontend, &stream).await?;
     check_stream_record_size(&route, &records.iter().collect::<Vec<_>>())?;
     if input.dry_run == Some(true) {
         return Err(dry_run_error());
@@ -345,7 +339,7 @@ pub async fn put_records(
         .into_iter()
         .map(CheckedRecord::into_append)
         .collect();
-    let outcomes = append_records(frontend, caller, &stream_name, route, records).await;
+    let outcomes = append_records(frontend, &stream, route, records).await;
     let mut failed_record_count = 0;
     let entries = outcomes
         .iter()

@@ -8,10 +8,10 @@ use std::time::Duration;
 use freshet_errors::ErrorCode;
 use freshet_proto::v1::{RecordToAppend, ShardMapEntry};
 use freshet_shardmap::StreamRoute;
-use freshet_types::{HashKey, SequenceNumber};
+use freshet_types::{HashKey, SequenceNumber, StreamArn};
 
 use super::{rate_exceeded, route_stream, shard_id_of};
-use crate::auth::Caller;
+
 use crate::coalescer::AppendOutcome;
 use crate::error::{KinesisError, KinesisResult};
 use crate::Frontend;
@@ -35,8 +35,7 @@ pub(super) struct Landed {
 /// Answers per record, in input order.
 pub(super) async fn append_records(
     frontend: &Frontend,
-    caller: &Caller,
-    stream_name: &str,
+    stream: &StreamArn,
     mut route: StreamRoute,
     records: Vec<(HashKey, RecordToAppend)>,
 ) -> Vec<KinesisResult<Landed>> {
@@ -121,8 +120,8 @@ pub(super) async fn append_records(
         }
         round += 1;
         tokio::time::sleep(Duration::from_millis(u64::from(round.min(10)) * 10)).await;
-        frontend.router.invalidate(&caller.account_id, stream_name);
-        match route_stream(frontend, caller, stream_name).await {
+        frontend.router.invalidate(stream);
+        match route_stream(frontend, stream).await {
             Ok(fresh) => route = fresh,
             Err(error) => {
                 for index in pending.drain(..) {

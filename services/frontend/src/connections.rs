@@ -166,6 +166,26 @@ impl<T> IdleTimeout<T> {
         }
     }
 
+    /// A write's outcome: bytes written count as activity; a peer that
+    /// stops reading holds our buffers, so a write pending past the idle
+    /// limit fails like an idle read.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Ready(Ok(count)) => {
+                if count > 0 {
+                    self.last_activity = Instant::now();
+                }
+                Poll::Ready(Ok(count))
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(Self::idle_error())),
+            other => other,
+        }
+    }
+
     fn idle_error() -> io::Error {
         io::Error::new(io::ErrorKind::TimedOut, "connection idle too long")
     }
@@ -199,17 +219,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, data) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    this.last_activity = Instant::now();
-                }
-                Poll::Ready(Ok(written))
-            }
-            // A peer that stops reading holds our buffers: the same limit.
-            Poll::Pending if this.expired(cx) => Poll::Ready(Err(Self::idle_error())),
-            other => other,
-        }
+        let written = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.after_write(cx, written)
     }
 
     fn poll_write_vectored(
@@ -218,16 +229,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    this.last_activity = Instant::now();
-                }
-                Poll::Ready(Ok(written))
-            }
-            Poll::Pending if this.expired(cx) => Poll::Ready(Err(Self::idle_error())),
-            other => other,
-        }
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.after_write(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -267,13 +267,7 @@ pub(crate) fn epoch_seconds(text: &str) -> Option<i64> {
         return Some(seconds);
     }
     let b = text.as_bytes();
-    let number = |range: std::ops::Range<usize>| -> Option<i64> {
-        let digits = text.get(range)?;
-        digits
-            .bytes()
-            .all(|d| d.is_ascii_digit())
-            .then(|| digits.parse().ok())?
-    };
+    let number = |range| freshet_types::calendar::digits_at(text, range);
     if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }

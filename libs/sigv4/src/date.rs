@@ -10,13 +10,7 @@ pub(crate) fn parse_amz_date(text: &str) -> Option<SystemTime> {
     if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
         return None;
     }
-    let number = |range: std::ops::Range<usize>| -> Option<i64> {
-        let digits = text.get(range)?;
-        digits
-            .bytes()
-            .all(|d| d.is_ascii_digit())
-            .then(|| digits.parse().ok())?
-    };
+    let number = |range| freshet_types::calendar::digits_at(text, range);
     let (year, month, day) = (number(0..4)?, number(4..6)?, number(6..8)?);
     let (hour, minute, second) = (number(9..11)?, number(11..13)?, number(13..15)?);
     if !(1..=12).contains(&month)

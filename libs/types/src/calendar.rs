@@ -2,6 +2,16 @@
 //! (Howard Hinnant's algorithms): the one place dates are turned into
 //! numbers and back, for SigV4 dates, policy conditions and ISO 8601 text.
 
+/// The number written in `text[range]`, if those bytes are all ASCII
+/// digits (a fixed-width field of a date).
+pub fn digits_at(text: &str, range: std::ops::Range<usize>) -> Option<i64> {
+    let digits = text.get(range)?;
+    if !digits.bytes().all(|d| d.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// Days from 1970-01-01 to `year-month-day` (month 1–12).
 pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };

@@ -156,9 +156,10 @@ impl CacheService {
         }
     }
 
-    /// The Redis hash of the stream `arn` names. An ARN has no spaces and
-    /// its parts no colons (account and name cannot, region is checked by
-    /// the frontend), so distinct streams never share a key.
+    /// The Redis hash of the stream `arn` names. No part of it holds a
+    /// colon (accounts are digits, names `[a-zA-Z0-9_.-]`, regions
+    /// `[a-z0-9-]`, checked where signatures are parsed in `libs/sigv4`),
+    /// so distinct streams never share a key.
     fn stream_key(&self, arn: &StreamArn) -> String {
         format!(
             "{}stream:{}:{}:{}",

@@ -204,6 +204,8 @@ impl StreamTarget {
                 if arn.region != caller.region {
                     return Err(KinesisError::stream_not_found(&arn));
                 }
+                // Rebuilt in this deployment's partition (`aws`), the form
+                // every key and index holds.
                 Ok(StreamArn::new(
                     &arn.region,
                     &arn.account_id,

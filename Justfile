@@ -53,7 +53,7 @@ fmt:
 # Validate docker-compose.yml (needs docker-compose or docker compose).
 compose-check:
     docker-compose -f docker-compose.yml config -q
-    FRESHET_INTERNAL_TOKEN=check-internal-token FRESHET_MASTER_KEY=check FRESHET_BOOTSTRAP_ACCESS_KEY=AKIACHECK0000000 FRESHET_POSTGRES_PASSWORD=check \
+    FRESHET_INTERNAL_TOKEN=check-internal-token FRESHET_ADMIN_TOKEN=check-admin-token FRESHET_MASTER_KEY=check FRESHET_BOOTSTRAP_ACCESS_KEY=AKIACHECK0000000 FRESHET_POSTGRES_PASSWORD=check \
         FRESHET_BOOTSTRAP_SECRET_KEY=check FRESHET_ITERATOR_SECRET=check \
         docker-compose -f docker-compose.yml -f deploy/compose.secure.yml config -q
 

@@ -18,6 +18,7 @@
 # Secure mode (docs/security.md) passes through the environment as well:
 #   FRESHET_AUTH=sigv4 FRESHET_MASTER_KEY FRESHET_INTERNAL_TOKEN
 #   FRESHET_ITERATOR_SECRET FRESHET_BOOTSTRAP_ACCESS_KEY FRESHET_BOOTSTRAP_SECRET_KEY
+#   FRESHET_ADMIN_TOKEN (the control plane's; freshet-admin presents it)
 set -euo pipefail
 
 bin_dir=${FRESHET_BIN_DIR:-target/debug}

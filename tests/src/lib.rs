@@ -90,6 +90,9 @@ pub const SECURE_SECRET_KEY: &str = "freshet/test/secret/key/for/secure/mode/1";
 /// Secure-mode clusters' internal token (what services present to each
 /// other).
 pub const SECURE_INTERNAL_TOKEN: &str = "freshet-test-internal-token";
+/// Secure-mode clusters' admin token (what the operator presents to
+/// manage users and keys).
+pub const SECURE_ADMIN_TOKEN: &str = "freshet-test-admin-token";
 /// Secure-mode clusters' master key (base64 of 32 bytes).
 pub const SECURE_MASTER_KEY: &str = "ZnJlc2hldC10ZXN0LW1hc3Rlci1rZXktMzItYnl0ZXM=";
 
@@ -363,8 +366,10 @@ impl Cluster {
             max_in_flight_requests: 1024,
             max_requests_per_source: None,
             body_read_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
             body_budget_mib: 512,
             max_connections: 4096,
+            max_connections_per_source: None,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             http2_max_streams: 100,
@@ -431,6 +436,28 @@ impl Cluster {
             address,
             &self.internal_token(),
         )?)
+    }
+
+    /// An Identities client of this cluster's control plane that presents
+    /// the admin token (in secure mode).
+    pub fn identities(
+        &self,
+    ) -> anyhow::Result<
+        freshet_proto::v1::identities_client::IdentitiesClient<freshet_server::TracedChannel>,
+    > {
+        let admin = if self.options.auth == freshet_server::AuthMode::Sigv4 {
+            freshet_server::AdminToken::new(SECURE_ADMIN_TOKEN)?
+        } else {
+            freshet_server::AdminToken::default()
+        };
+        let channel = freshet_server::admin_channel(
+            &self.control_plane_addr,
+            &self.internal_token(),
+            &admin,
+        )?;
+        Ok(freshet_proto::v1::identities_client::IdentitiesClient::new(
+            channel,
+        ))
     }
 
     /// The configuration of a control plane for this cluster (a test may
@@ -721,6 +748,9 @@ fn control_plane_config(
             bootstrap_secret_key: secure.then(|| SECURE_SECRET_KEY.to_owned()),
         },
         internal: internal_flag(options),
+        admin: freshet_server::AdminTokenFlag {
+            admin_token: secure.then(|| SECURE_ADMIN_TOKEN.to_owned()),
+        },
     }
 }
 

@@ -295,7 +295,7 @@ async fn secure_mode_verifies_every_signature() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issued_keys_work_until_disabled() -> anyhow::Result<()> {
     let cluster = secure_cluster().await?;
-    let mut identities = IdentitiesClient::new(cluster.channel(&cluster.control_plane_addr)?);
+    let mut identities = cluster.identities()?;
     identities
         .create_user(CreateUserRequest {
             account_id: "111122223333".into(),
@@ -501,6 +501,18 @@ async fn internal_calls_without_the_deployment_token_are_refused_in_secure_mode(
         minted.err().map(|status| status.code()),
         Some(tonic::Code::Unauthenticated)
     );
+    // The internal token, which every service holds, does not mint keys
+    // either: that takes the operator's admin token.
+    let from_a_service = IdentitiesClient::new(cluster.channel(&cluster.control_plane_addr)?)
+        .create_access_key(CreateAccessKeyRequest {
+            account_id: "000000000000".into(),
+            user_name: String::new(),
+        })
+        .await;
+    assert_eq!(
+        from_a_service.err().map(|status| status.code()),
+        Some(tonic::Code::Unauthenticated)
+    );
     // Health probes need no token.
     let health =
         tonic_health::pb::health_client::HealthClient::new(anonymous(&cluster.membership_addr)?)
@@ -529,6 +541,7 @@ async fn admin(cluster: &Cluster, args: &[&str]) -> anyhow::Result<String> {
         .args(["--control-plane-addr", &cluster.control_plane_addr])
         .args(args)
         .env("FRESHET_INTERNAL_TOKEN", freshet_e2e::SECURE_INTERNAL_TOKEN)
+        .env("FRESHET_ADMIN_TOKEN", freshet_e2e::SECURE_ADMIN_TOKEN)
         .output()
         .await?;
     anyhow::ensure!(
@@ -679,9 +692,32 @@ async fn the_admin_cli_issues_keys_that_sign_requests() -> anyhow::Result<()> {
             "mallory",
         ])
         .env_remove("FRESHET_INTERNAL_TOKEN")
+        .env_remove("FRESHET_ADMIN_TOKEN")
         .output()
         .await?;
     assert!(!anonymous.status.success());
+    // Nor with the internal token alone.
+    let service_only =
+        tokio::process::Command::new(freshet_e2e::workspace_binary("freshet-admin")?)
+            .args(["--control-plane-addr", &cluster.control_plane_addr])
+            .args([
+                "user",
+                "create",
+                "--account",
+                "444455556666",
+                "--name",
+                "mallory",
+            ])
+            .env("FRESHET_INTERNAL_TOKEN", freshet_e2e::SECURE_INTERNAL_TOKEN)
+            .env_remove("FRESHET_ADMIN_TOKEN")
+            .output()
+            .await?;
+    assert!(!service_only.status.success());
+    assert!(
+        String::from_utf8_lossy(&service_only.stderr).contains("admin token"),
+        "{}",
+        String::from_utf8_lossy(&service_only.stderr)
+    );
     cluster.shutdown().await;
     Ok(())
 }
@@ -696,7 +732,7 @@ async fn new_user(
     IdentitiesClient<freshet_server::TracedChannel>,
     aws_sdk_kinesis::Client,
 )> {
-    let mut identities = IdentitiesClient::new(cluster.channel(&cluster.control_plane_addr)?);
+    let mut identities = cluster.identities()?;
     identities
         .create_user(CreateUserRequest {
             account_id: account.into(),

@@ -12,7 +12,7 @@ use freshet_proto::v1::storage_client::StorageClient;
 use freshet_proto::v1::timer_client::TimerClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::internal_auth::{InternalToken, OutgoingCall, TracedChannel};
+use crate::internal_auth::{AdminToken, InternalToken, OutgoingCall, TracedChannel};
 
 /// Largest message between a frontend or worker and a storage worker: a
 /// 10 MiB PutRecords append or GetRecords answer, plus framing, with room.
@@ -36,6 +36,26 @@ pub struct BadAddress {
 /// A lazily connected, traced channel to `address` (`host:port` or a URL)
 /// whose calls present `token`.
 pub fn grpc_channel(address: &str, token: &InternalToken) -> Result<TracedChannel, BadAddress> {
+    Ok(TracedChannel::new(
+        lazy_channel(address)?,
+        OutgoingCall::new(token),
+    ))
+}
+
+/// As [`grpc_channel`], for an operator's admin calls: they present the
+/// admin token as well.
+pub fn admin_channel(
+    address: &str,
+    token: &InternalToken,
+    admin: &AdminToken,
+) -> Result<TracedChannel, BadAddress> {
+    Ok(TracedChannel::new(
+        lazy_channel(address)?,
+        OutgoingCall::new(token).with_admin(admin),
+    ))
+}
+
+fn lazy_channel(address: &str) -> Result<Channel, BadAddress> {
     let url = if address.contains("://") {
         address.to_owned()
     } else {
@@ -50,8 +70,7 @@ pub fn grpc_channel(address: &str, token: &InternalToken) -> Result<TracedChanne
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    let channel: Channel = endpoint.connect_lazy();
-    Ok(TracedChannel::new(channel, OutgoingCall::new(token)))
+    Ok(endpoint.connect_lazy())
 }
 
 /// A storage worker's client.

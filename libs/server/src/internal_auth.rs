@@ -35,6 +35,8 @@ impl std::fmt::Debug for InternalToken {
 pub enum BadInternalToken {
     #[error("FRESHET_INTERNAL_TOKEN must be 16 to 512 visible ASCII characters")]
     Malformed,
+    #[error("FRESHET_ADMIN_TOKEN must be 16 to 512 visible ASCII characters")]
+    MalformedAdmin,
     #[error("secure mode (FRESHET_AUTH=sigv4) needs FRESHET_INTERNAL_TOKEN, the credential the services present to each other")]
     Missing,
 }
@@ -104,16 +106,27 @@ impl InternalTokenFlag {
 }
 
 /// What every outgoing internal call carries: the caller's trace context
-/// and the deployment's token.
+/// and the deployment's token (and, on an operator's channel, the admin
+/// token).
 #[derive(Debug, Clone, Default)]
 pub struct OutgoingCall {
     token: Option<MetadataValue<Ascii>>,
+    admin: AdminToken,
 }
 
 impl OutgoingCall {
     pub fn new(token: &InternalToken) -> OutgoingCall {
         OutgoingCall {
             token: token.header_value(),
+            admin: AdminToken::default(),
+        }
+    }
+
+    /// Calls that present `admin` as well.
+    pub fn with_admin(self, admin: &AdminToken) -> OutgoingCall {
+        OutgoingCall {
+            admin: admin.clone(),
+            ..self
         }
     }
 }
@@ -129,6 +142,7 @@ impl tonic::service::Interceptor for OutgoingCall {
                 .metadata_mut()
                 .insert("authorization", token.clone());
         }
+        self.admin.attach(&mut request);
         Ok(request)
     }
 }
@@ -158,6 +172,76 @@ impl<S> tower::Layer<S> for RequireTokenLayer {
             inner,
             token: self.token.clone(),
         }
+    }
+}
+
+/// The metadata key an admin call carries its token in.
+const ADMIN_TOKEN_HEADER: &str = "x-freshet-admin-token";
+
+/// The operator's credential for admin calls — users, keys and their
+/// policies (`FRESHET_ADMIN_TOKEN`) — kept apart from the internal token
+/// every service holds, so a service (a frontend, say) that can resolve
+/// keys cannot mint them. Sent as `x-freshet-admin-token: Bearer <token>`
+/// on top of the internal token.
+#[derive(Debug, Clone, Default)]
+pub struct AdminToken(InternalToken);
+
+/// What an admin call presented, measured against the deployment's
+/// [`AdminToken`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminCheck {
+    Admitted,
+    /// The deployment has an admin token and the call did not present it.
+    WrongToken,
+    /// Secure mode without an admin token: admin calls are switched off.
+    Disabled,
+}
+
+impl AdminToken {
+    pub fn new(token: &str) -> Result<AdminToken, BadInternalToken> {
+        InternalToken::new(token)
+            .map(AdminToken)
+            .map_err(|_| BadInternalToken::MalformedAdmin)
+    }
+
+    /// Adds the token to an outgoing admin call.
+    pub fn attach<T>(&self, request: &mut tonic::Request<T>) {
+        if let Some(value) = self.0.header_value() {
+            request.metadata_mut().insert(ADMIN_TOKEN_HEADER, value);
+        }
+    }
+
+    /// Whether `request` may make an admin call: it presents the token,
+    /// or (development mode only) the deployment has none.
+    pub fn check<T>(&self, request: &tonic::Request<T>, mode: crate::AuthMode) -> AdminCheck {
+        let presented = request
+            .metadata()
+            .get(ADMIN_TOKEN_HEADER)
+            .map(|value| value.as_bytes());
+        match (self.0.is_set(), mode) {
+            (true, _) if self.0.admits(presented) => AdminCheck::Admitted,
+            (true, _) => AdminCheck::WrongToken,
+            (false, crate::AuthMode::Development) => AdminCheck::Admitted,
+            (false, crate::AuthMode::Sigv4) => AdminCheck::Disabled,
+        }
+    }
+}
+
+/// The admin token flag of the control plane and `freshet-admin`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminTokenFlag {
+    /// Credential for admin calls (users, keys, policies); secure mode
+    /// refuses them without one. 16+ characters; give it to operators and
+    /// the control plane only.
+    #[arg(long, env = "FRESHET_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+impl AdminTokenFlag {
+    pub fn token(&self) -> Result<AdminToken, BadInternalToken> {
+        self.admin_token
+            .as_deref()
+            .map_or(Ok(AdminToken::default()), AdminToken::new)
     }
 }
 
@@ -213,6 +297,36 @@ mod tests {
         assert!(!token.admits(Some(b"Bearer ")));
         assert!(!token.admits(None));
         assert!(InternalToken::none().admits(None));
+    }
+
+    #[test]
+    fn admin_calls_need_the_admin_token_and_secure_mode_needs_one_set() {
+        let token = AdminToken::new("an-operator-token-5678").expect("valid");
+        let mut call = tonic::Request::new(());
+        assert_eq!(
+            token.check(&call, crate::AuthMode::Sigv4),
+            AdminCheck::WrongToken
+        );
+        token.attach(&mut call);
+        assert_eq!(
+            token.check(&call, crate::AuthMode::Sigv4),
+            AdminCheck::Admitted
+        );
+        let other = AdminToken::new("an-operator-token-5679").expect("valid");
+        assert_eq!(
+            other.check(&call, crate::AuthMode::Development),
+            AdminCheck::WrongToken
+        );
+        let none = AdminToken::default();
+        assert_eq!(
+            none.check(&tonic::Request::new(()), crate::AuthMode::Sigv4),
+            AdminCheck::Disabled
+        );
+        assert_eq!(
+            none.check(&tonic::Request::new(()), crate::AuthMode::Development),
+            AdminCheck::Admitted
+        );
+        assert!(AdminToken::new("short").is_err());
     }
 
     #[test]

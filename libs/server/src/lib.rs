@@ -24,17 +24,17 @@ use std::future::Future;
 use tokio::net::TcpListener;
 
 pub use clients::{
-    cache_client, control_plane_client, grpc_channel, membership_client, request_with_deadline,
-    storage_client, timer_client, BadAddress, StorageClients, CONTROL_PLANE_MESSAGE_LIMIT,
-    SHARD_MAP_MESSAGE_LIMIT, STORAGE_MESSAGE_LIMIT,
+    admin_channel, cache_client, control_plane_client, grpc_channel, membership_client,
+    request_with_deadline, storage_client, timer_client, BadAddress, StorageClients,
+    CONTROL_PLANE_MESSAGE_LIMIT, SHARD_MAP_MESSAGE_LIMIT, STORAGE_MESSAGE_LIMIT,
 };
 pub use flags::{
     AuthFlags, AuthMode, CacheAddr, ControlPlaneAddr, DatabaseUrl, MembershipAddr, TimerAddr,
 };
 pub use grpc::{grpc_server, serve_grpc, GrpcServer, Health, Router, ServeError};
 pub use internal_auth::{
-    BadInternalToken, InternalToken, InternalTokenFlag, OutgoingCall, RequireTokenLayer,
-    TracedChannel,
+    AdminCheck, AdminToken, AdminTokenFlag, BadInternalToken, InternalToken, InternalTokenFlag,
+    OutgoingCall, RequireTokenLayer, TracedChannel,
 };
 pub use shutdown::{shutdown_signal, Tasks, DRAIN_DEADLINE, TASK_STOP_DEADLINE};
 

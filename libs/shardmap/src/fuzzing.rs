@@ -15,7 +15,15 @@ use freshet_types::StreamArn;
 use crate::{ApplyOutcome, ShardMap};
 
 /// Per shard: (version, deleted) of the newest entry seen.
-type Model = BTreeMap<(i64, String), (i64, bool)>;
+type Model = BTreeMap<(i64, &'static str), (i64, bool)>;
+
+/// The shards every stream of the model has.
+const SHARDS: [&str; 4] = [
+    "shardId-000000000000",
+    "shardId-000000000001",
+    "shardId-000000000002",
+    "shardId-000000000003",
+];
 
 /// A stream's incarnations alternate between two names.
 fn arn_of(uid: i64) -> StreamArn {
@@ -47,14 +55,14 @@ fn entry(uid: i64, shard: &str, version: i64, deleted: bool) -> ShardMapEntry {
 }
 
 /// Three bytes name an entry: stream (1..=4), shard (0..=3), deleted, version.
-fn decode(bytes: &[u8]) -> (i64, String, i64, bool) {
+fn decode(bytes: &[u8]) -> (i64, &'static str, i64, bool) {
     let uid = i64::from(bytes[0] & 3) + 1;
-    let shard = format!("shardId-00000000000{}", bytes[1] & 3);
+    let shard = SHARDS[usize::from(bytes[1] & 3)];
     (uid, shard, i64::from(bytes[2]), bytes[1] & 4 != 0)
 }
 
-fn model_upsert(model: &mut Model, uid: i64, shard: String, version: i64, deleted: bool) {
-    let held = model.get(&(uid, shard.clone())).map(|(v, _)| *v);
+fn model_upsert(model: &mut Model, uid: i64, shard: &'static str, version: i64, deleted: bool) {
+    let held = model.get(&(uid, shard)).map(|(v, _)| *v);
     if held.is_none_or(|held| held < version) {
         model.insert((uid, shard), (version, deleted));
     }
@@ -75,15 +83,15 @@ pub fn exercise(data: &[u8]) {
                 let mut next = Model::new();
                 for (key, (v, dead)) in &model {
                     if *dead && *v > version {
-                        next.insert(key.clone(), (*v, true));
+                        next.insert(*key, (*v, true));
                     }
                 }
                 for (uid, shard, v, dead) in &entries {
-                    model_upsert(&mut next, *uid, shard.clone(), *v, *dead);
+                    model_upsert(&mut next, *uid, shard, *v, *dead);
                 }
                 for ((uid, shard), (v, dead)) in &model {
                     if !*dead && *v > version {
-                        model_upsert(&mut next, *uid, shard.clone(), *v, false);
+                        model_upsert(&mut next, *uid, shard, *v, false);
                     }
                 }
                 model = next;
@@ -102,7 +110,7 @@ pub fn exercise(data: &[u8]) {
                 applied = 0;
             }
             kind if kind >= 4 => {
-                let outcome = map.apply_change(entry(uid, &shard, version, deleted));
+                let outcome = map.apply_change(entry(uid, shard, version, deleted));
                 let expected = if version <= applied {
                     ApplyOutcome::Duplicate
                 } else if version == applied + 1 {
@@ -118,7 +126,7 @@ pub fn exercise(data: &[u8]) {
                 model_upsert(&mut model, uid, shard, version, deleted);
             }
             _ => {
-                map.upsert(entry(uid, &shard, version, deleted));
+                map.upsert(entry(uid, shard, version, deleted));
                 model_upsert(&mut model, uid, shard, version, deleted);
             }
         }
@@ -129,27 +137,27 @@ pub fn exercise(data: &[u8]) {
 fn check(map: &ShardMap, model: &Model, applied: i64) {
     assert_eq!(map.applied_version(), applied);
     for uid in 1..=4 {
-        for shard in 0..4 {
-            let shard = format!("shardId-00000000000{shard}");
-            let held = model.get(&(uid, shard.clone()));
-            let live = map.get(uid, &shard).map(|e| e.version);
+        for shard in SHARDS {
+            let held = model.get(&(uid, shard));
+            let live = map.get(uid, shard).map(|e| e.version);
             assert_eq!(live, held.filter(|(_, dead)| !dead).map(|(v, _)| *v));
             assert_eq!(
-                map.is_deleted(uid, &shard),
+                map.is_deleted(uid, shard),
                 held.is_some_and(|(_, dead)| *dead)
             );
         }
     }
-    for arn in [arn_of(0), arn_of(1)] {
+    for parity in [0, 1] {
+        let arn = arn_of(parity);
         let newest = model
             .iter()
-            .filter(|((uid, _), (_, dead))| !dead && arn_of(*uid) == arn)
+            .filter(|((uid, _), (_, dead))| !dead && uid % 2 == parity)
             .map(|((uid, _), _)| *uid)
             .max();
         let expected: Vec<(String, i64)> = model
             .iter()
             .filter(|((uid, _), (_, dead))| !dead && Some(*uid) == newest)
-            .map(|((_, shard), (v, _))| (shard.clone(), *v))
+            .map(|((_, shard), (v, _))| ((*shard).to_owned(), *v))
             .collect();
         let routed: Vec<(String, i64)> = map
             .stream_entries(&arn)

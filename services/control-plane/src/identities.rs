@@ -14,6 +14,7 @@ use freshet_errors::ErrorCode;
 use freshet_metastore::{AccessKeyRow, MetaStore, NewKeyOutcome, ACCESS_KEYS_PER_IDENTITY};
 use freshet_proto::v1::identities_server::Identities;
 use freshet_proto::v1::*;
+use freshet_server::{AdminCheck, AdminToken, AuthMode};
 use freshet_sigv4::SigningKey;
 use freshet_types::{AccessKeyId, AccessKeyStatus, AccountId, Principal};
 use rand::Rng as _;
@@ -26,6 +27,9 @@ use crate::sealing::{binding, MasterKey};
 pub struct IdentityService {
     store: MetaStore,
     master: Arc<MasterKey>,
+    /// Guards every call but ResolveAccessKey (which frontends make).
+    admin: AdminToken,
+    mode: AuthMode,
 }
 
 /// A deployment's first key, from `FRESHET_BOOTSTRAP_ACCESS_KEY` and
@@ -117,8 +121,32 @@ fn new_secret() -> String {
 }
 
 impl IdentityService {
-    pub fn new(store: MetaStore, master: Arc<MasterKey>) -> IdentityService {
-        IdentityService { store, master }
+    pub fn new(
+        store: MetaStore,
+        master: Arc<MasterKey>,
+        admin: AdminToken,
+        mode: AuthMode,
+    ) -> IdentityService {
+        IdentityService {
+            store,
+            master,
+            admin,
+            mode,
+        }
+    }
+
+    /// Lets an admin call through only with the deployment's admin token
+    /// (the internal token, which every service holds, is not enough).
+    fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match self.admin.check(request, self.mode) {
+            AdminCheck::Admitted => Ok(()),
+            AdminCheck::WrongToken => Err(Status::unauthenticated(
+                "admin call without the deployment's admin token (FRESHET_ADMIN_TOKEN)",
+            )),
+            AdminCheck::Disabled => Err(Status::permission_denied(
+                "admin calls are off: start the control plane with FRESHET_ADMIN_TOKEN",
+            )),
+        }
     }
 
     /// Creates the bootstrap key if one is configured and no key exists
@@ -219,6 +247,7 @@ impl Identities for IdentityService {
         &self,
         request: Request<CreateUserRequest>,
     ) -> Result<Response<CreateUserResponse>, Status> {
+        self.admit(&request)?;
         let request = request.into_inner();
         let account = account_of(&request.account_id)?;
         let Some(name) = user_of(&request.user_name)? else {
@@ -243,6 +272,7 @@ impl Identities for IdentityService {
         &self,
         request: Request<CreateAccessKeyRequest>,
     ) -> Result<Response<CreateAccessKeyResponse>, Status> {
+        self.admit(&request)?;
         let request = request.into_inner();
         let account = account_of(&request.account_id)?;
         let user = user_of(&request.user_name)?;
@@ -281,6 +311,7 @@ impl Identities for IdentityService {
         &self,
         request: Request<ListAccessKeysRequest>,
     ) -> Result<Response<ListAccessKeysResponse>, Status> {
+        self.admit(&request)?;
         let request = request.into_inner();
         let account = account_of(&request.account_id)?;
         let user = user_of(&request.user_name)?;
@@ -305,6 +336,7 @@ impl Identities for IdentityService {
         &self,
         request: Request<UpdateAccessKeyRequest>,
     ) -> Result<Response<UpdateAccessKeyResponse>, Status> {
+        self.admit(&request)?;
         let request = request.into_inner();
         let account = account_of(&request.account_id)?;
         let id = key_id_of(&request.access_key_id)?;
@@ -326,6 +358,7 @@ impl Identities for IdentityService {
         &self,
         request: Request<DeleteAccessKeyRequest>,
     ) -> Result<Response<DeleteAccessKeyResponse>, Status> {
+        self.admit(&request)?;
         let request = request.into_inner();
         let account = account_of(&request.account_id)?;
         let id = key_id_of(&request.access_key_id)?;
@@ -345,6 +378,7 @@ impl Identities for IdentityService {
         &self,
         request: Request<PutUserPolicyRequest>,
     ) -> Result<Response<PutUserPolicyResponse>, Status> {
+        self.admit(&request)?;
         let request = request.into_inner();
         let account = account_of(&request.account_id)?;
         let (user, name) = user_and_policy_name(&request.user_name, &request.policy_name)?;
@@ -383,6 +417,7 @@ impl Identities for IdentityService {
         &self,
         request: Request<DeleteUserPolicyRequest>,
     ) -> Result<Response<DeleteUserPolicyResponse>, Status> {
+        self.admit(&request)?;
         let request = request.into_inner();
         let account = account_of(&request.account_id)?;
         let (user, name) = user_and_policy_name(&request.user_name, &request.policy_name)?;
@@ -403,6 +438,7 @@ impl Identities for IdentityService {
         &self,
         request: Request<ListUserPoliciesRequest>,
     ) -> Result<Response<ListUserPoliciesResponse>, Status> {
+        self.admit(&request)?;
         let request = request.into_inner();
         let account = account_of(&request.account_id)?;
         let Some(user) = user_of(&request.user_name)? else {

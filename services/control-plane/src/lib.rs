@@ -114,6 +114,8 @@ pub struct Config {
     pub bootstrap: identities::BootstrapKey,
     #[command(flatten)]
     pub internal: freshet_server::InternalTokenFlag,
+    #[command(flatten)]
+    pub admin: freshet_server::AdminTokenFlag,
 }
 
 /// The ControlPlane gRPC service.
@@ -679,8 +681,12 @@ pub async fn run(
         );
     }
     let pool = freshet_metastore::connect_url_and_migrate(&config.database.url, 10).await?;
-    let identities =
-        identities::IdentityService::new(MetaStore::new(pool.clone()), Arc::new(master));
+    let identities = identities::IdentityService::new(
+        MetaStore::new(pool.clone()),
+        Arc::new(master),
+        config.admin.token()?,
+        config.auth.mode,
+    );
     identities.bootstrap(&config.bootstrap).await?;
     let service = ControlPlaneService::new(
         MetaStore::new(pool),

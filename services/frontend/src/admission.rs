@@ -1,6 +1,7 @@
 //! Who gets in, before anything is read: at most `--max-requests-per-source`
 //! requests from one source at once (0: no cap), on top of the global
-//! in-flight limit in `http_api.rs`. A source that opens many slow requests
+//! in-flight limit in `http_api.rs`; the same accounting caps connections
+//! per source (`--max-connections-per-source`, `connections.rs`). A source that opens many slow requests
 //! — bodies trickled in up to the body-read deadline — holds only its own
 //! share. An IPv4 address is one source; an IPv6 one counts by its /64 (one
 //! host is given a whole /64). Behind a proxy or NAT every client shares

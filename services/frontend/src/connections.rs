@@ -23,6 +23,8 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::SourceLimits;
+
 /// The largest header block a client may send, and the read buffer of an
 /// HTTP/1.1 connection (bodies stream through it; they are limited per
 /// operation in `http_api`).
@@ -36,6 +38,9 @@ const MAX_PENDING_RESETS: usize = 20;
 pub struct ConnectionLimits {
     /// Connections open at once; one more is closed as soon as accepted.
     pub max_connections: usize,
+    /// Connections one source (an IPv4 address, an IPv6 /64) may have
+    /// open at once (0: no cap), so one host cannot take every place.
+    pub max_connections_per_source: usize,
     /// How long a client may take to send a request's headers.
     pub header_read_timeout: Duration,
     /// How long a connection may carry nothing in either direction.
@@ -79,6 +84,7 @@ pub async fn serve(
         .max_header_list_size(MAX_HEADER_BYTES as u32);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let sources = SourceLimits::new(limits.max_connections_per_source);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -93,7 +99,12 @@ pub async fn serve(
             },
             () = stop.cancelled() => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let places = slots
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .zip(sources.enter(Some(peer.ip())).ok());
+        let Some(places) = places else {
             shed.0.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%peer, "connection limit reached; closing a new connection");
             drop(stream);
@@ -118,7 +129,7 @@ pub async fn serve(
             if let Err(error) = connection.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
-            drop(slot);
+            drop(places);
         });
     }
     drop(listener);
@@ -257,7 +268,8 @@ mod tests {
 
     fn limits() -> ConnectionLimits {
         ConnectionLimits {
-            max_connections: 2,
+            max_connections: 3,
+            max_connections_per_source: 2,
             header_read_timeout: Duration::from_millis(300),
             idle_timeout: Duration::from_millis(600),
             http2_max_streams: 4,
@@ -341,21 +353,44 @@ mod tests {
         stop.cancel();
     }
 
+    /// A connection from `source` (a loopback address of its own).
+    async fn connect_from(source: &str, address: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(format!("{source}:0").parse().expect("an address"))
+            .expect("bind the source address");
+        socket.connect(address).await.expect("connect")
+    }
+
     #[tokio::test]
-    async fn connections_beyond_the_cap_are_closed_at_once() {
+    async fn connections_beyond_a_sources_share_or_the_total_are_closed_at_once() {
         let (address, shed, stop) = server(ConnectionLimits {
             idle_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
             ..limits()
         })
         .await;
-        let _first = TcpStream::connect(address).await.expect("connect");
-        let _second = TcpStream::connect(address).await.expect("connect");
-        let mut third = TcpStream::connect(address).await.expect("connect");
+        // Two places per source.
+        let _first = connect_from("127.0.0.1", address).await;
+        let _second = connect_from("127.0.0.1", address).await;
+        let mut third = connect_from("127.0.0.1", address).await;
         assert!(closed_within(&mut third, Duration::from_secs(5))
             .await
             .is_ok());
         assert_eq!(shed.count(), 1);
+        // Another source still gets in, up to the total of three.
+        let mut other = connect_from("127.0.0.2", address).await;
+        assert!(
+            closed_within(&mut other, Duration::from_millis(300))
+                .await
+                .is_err(),
+            "another source is served"
+        );
+        let mut over_total = connect_from("127.0.0.2", address).await;
+        assert!(closed_within(&mut over_total, Duration::from_secs(5))
+            .await
+            .is_ok());
+        assert_eq!(shed.count(), 2);
         stop.cancel();
     }
 }

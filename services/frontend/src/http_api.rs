@@ -148,7 +148,17 @@ async fn handle(State(frontend): State<Arc<Frontend>>, request: Request) -> Resp
         let span = tracing::Span::current();
         span.record("principal", caller.principal.arn());
         span.record("region", caller.region.as_str());
-        ops::dispatch(&frontend, &operation, &caller, &body).await
+        // The whole request, once its body is in: an operation stuck on
+        // a dependency answers InternalFailure (which SDKs retry) rather
+        // than holding its connection, its body and its places forever.
+        let limit = frontend.request_timeout;
+        tokio::time::timeout(limit, ops::dispatch(&frontend, &operation, &caller, &body))
+            .await
+            .unwrap_or_else(|_| {
+                Err(KinesisError::internal(format!(
+                    "{operation} did not finish within {limit:?}"
+                )))
+            })
     }
     .instrument(span.clone())
     .await;
@@ -328,6 +338,38 @@ mod tests {
             exception_of(other_source).await.1,
             "MissingAuthenticationTokenException"
         );
+    }
+
+    #[tokio::test]
+    async fn an_operation_stuck_on_a_dependency_answers_within_the_request_timeout() {
+        // A control plane that accepts connections and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = silent.local_addr().expect("an address").to_string();
+        let config = crate::Config::parse_from([
+            "freshet-frontend",
+            "--request-timeout",
+            "200ms",
+            "--control-plane-addr",
+            &address,
+        ]);
+        let frontend = Frontend::new(&config).expect("frontend");
+        let answered = tokio::time::timeout(
+            Duration::from_secs(5),
+            router(frontend, 8).oneshot(signed(Body::from("{}"))),
+        )
+        .await
+        .expect("answered at the request deadline")
+        .expect("infallible");
+        assert_eq!(
+            exception_of(answered).await,
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalFailure".to_owned()
+            )
+        );
+        drop(silent);
     }
 
     #[tokio::test]

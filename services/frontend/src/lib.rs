@@ -121,6 +121,10 @@ pub struct Config {
     /// passed; slower ones get 408 RequestTimeoutException.
     #[arg(long, env = "FRESHET_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub body_read_timeout: Duration,
+    /// How long an operation may run once its request has arrived;
+    /// longer ones answer InternalFailure (a dependency is stuck).
+    #[arg(long, env = "FRESHET_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
     /// MiB of request bodies all requests together may be reading or
     /// holding at once; a request that finds no room within the body read
     /// timeout gets LimitExceededException (SDKs retry it).
@@ -129,6 +133,10 @@ pub struct Config {
     /// Connections open at once; one more is closed as soon as accepted.
     #[arg(long, env = "FRESHET_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// Connections one address (IPv6: one /64) may have open at once (0:
+    /// no cap). Default: 256 in secure mode, no cap in development mode.
+    #[arg(long, env = "FRESHET_MAX_CONNECTIONS_PER_SOURCE")]
+    pub max_connections_per_source: Option<usize>,
     /// How long a client may take to send a request's headers.
     #[arg(long, env = "FRESHET_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
@@ -159,6 +167,7 @@ pub struct Frontend {
     max_in_flight_requests: usize,
     pub(crate) sources: admission::SourceLimits,
     pub(crate) body_read_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// KiB of request bodies being read or held, across all requests.
     pub(crate) body_budget: Arc<tokio::sync::Semaphore>,
     connection_limits: connections::ConnectionLimits,
@@ -250,6 +259,7 @@ impl Frontend {
                     .unwrap_or(if secure { 256 } else { 0 }),
             ),
             body_read_timeout: config.body_read_timeout,
+            request_timeout: config.request_timeout,
             body_budget: Arc::new(tokio::sync::Semaphore::new(
                 config
                     .body_budget_mib
@@ -258,6 +268,9 @@ impl Frontend {
             )),
             connection_limits: connections::ConnectionLimits {
                 max_connections: config.max_connections,
+                max_connections_per_source: config
+                    .max_connections_per_source
+                    .unwrap_or(if secure { 256 } else { 0 }),
                 header_read_timeout: config.header_read_timeout,
                 idle_timeout: config.idle_timeout,
                 http2_max_streams: config.http2_max_streams,

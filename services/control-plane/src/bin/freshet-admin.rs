@@ -1,6 +1,7 @@
 //! `freshet-admin`: the operator's CLI for users and access keys. It talks
 //! to the control plane's Identities service over gRPC, presenting the
-//! deployment's internal token; it never touches Postgres.
+//! deployment's internal token and the operator's admin token
+//! (`FRESHET_ADMIN_TOKEN`); it never touches Postgres.
 //!
 //! ```sh
 //! freshet-admin user create --account 111122223333 --name alice
@@ -23,7 +24,7 @@ use freshet_proto::v1::{
     DeleteUserPolicyRequest, ListAccessKeysRequest, ListUserPoliciesRequest, PutUserPolicyRequest,
     UpdateAccessKeyRequest,
 };
-use freshet_server::{ControlPlaneAddr, InternalTokenFlag, TracedChannel};
+use freshet_server::{AdminTokenFlag, ControlPlaneAddr, InternalTokenFlag, TracedChannel};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,6 +36,8 @@ struct Cli {
     control_plane: ControlPlaneAddr,
     #[command(flatten)]
     internal: InternalTokenFlag,
+    #[command(flatten)]
+    admin: AdminTokenFlag,
     #[command(subcommand)]
     command: Command,
 }
@@ -170,7 +173,8 @@ async fn run(cli: Cli) -> Result<(), AdminError> {
     let token = cli
         .internal
         .token_for(freshet_server::AuthMode::Development)?;
-    let channel = freshet_server::grpc_channel(&cli.control_plane.addr, &token)?;
+    let channel =
+        freshet_server::admin_channel(&cli.control_plane.addr, &token, &cli.admin.token()?)?;
     let mut identities: IdentitiesClient<TracedChannel> = IdentitiesClient::new(channel);
     match cli.command {
         Command::User(UserCommand::Create { account, name }) => {

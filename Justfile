@@ -56,6 +56,15 @@ compose-check:
     FRESHET_INTERNAL_TOKEN=check-internal-token FRESHET_ADMIN_TOKEN=check-admin-token FRESHET_MASTER_KEY=check FRESHET_BOOTSTRAP_ACCESS_KEY=AKIACHECK0000000 FRESHET_POSTGRES_PASSWORD=check \
         FRESHET_BOOTSTRAP_SECRET_KEY=check FRESHET_ITERATOR_SECRET=check \
         docker-compose -f docker-compose.yml -f deploy/compose.secure.yml config -q
+    python3 -m json.tool deploy/grafana/dashboards/freshet-streams.json > /dev/null
+    if command -v promtool >/dev/null; then promtool check config deploy/prometheus/prometheus.yml; else echo "promtool not installed: Prometheus config and rules not checked"; fi
+
+# Render deploy/k8s with kubectl kustomize and validate every object (also the validator's tests and the other kustomizations; needs PyYAML).
+k8s-check:
+    kubectl kustomize deploy/k8s | python3 deploy/k8s/validate.py
+    python3 deploy/k8s/validate_test.py -q
+    kubectl kustomize deploy/k8s-single-node | python3 deploy/k8s/validate.py
+    kubectl kustomize deploy/k8s/monitoring > /dev/null
 
 # Throughput and latency through the frontend (release build, `just dev` topology); prints a table.
 bench: infra

@@ -11,6 +11,9 @@
 #   FRESHET_DEV_DIR        worker data directories        (.dev)
 #   FRESHET_DEV_PORT       frontend port                  (4567)
 #   FRESHET_DEV_BASE_PORT  first internal gRPC port       (7051)
+#   FRESHET_DEV_METRICS_PORT  first metrics port (9150): GET /metrics on
+#                          frontend +0, timer +1, membership +2, cache +3,
+#                          control plane +4, workers +10..+12; `off` for none
 #   FRESHET_DEV_DATABASE   Postgres database, created if missing (freshet)
 #   FRESHET_PG_SERVER      Postgres server URL without a database
 #                          (postgres://postgres@127.0.0.1:5432)
@@ -25,6 +28,7 @@ bin_dir=${FRESHET_BIN_DIR:-target/debug}
 dev_dir=${FRESHET_DEV_DIR:-.dev}
 frontend_port=${FRESHET_DEV_PORT:-4567}
 base=${FRESHET_DEV_BASE_PORT:-7051}
+metrics_base=${FRESHET_DEV_METRICS_PORT:-9150}
 database=${FRESHET_DEV_DATABASE:-freshet}
 pg_server=${FRESHET_PG_SERVER:-postgres://postgres@127.0.0.1:5432}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
@@ -66,19 +70,32 @@ start() {
   pids+=("$!")
 }
 
-start timer "$bin_dir/freshet-timer" --listen "$FRESHET_TIMER_ADDR"
-start membership "$bin_dir/freshet-membership" --listen "$FRESHET_MEMBERSHIP_ADDR"
-start cache "$bin_dir/freshet-cache" --listen "$FRESHET_CACHE_ADDR"
-start control-plane "$bin_dir/freshet-control-plane" --listen "$FRESHET_CONTROL_PLANE_ADDR"
+# metrics OFFSET: where a service serves GET /metrics (FRESHET_METRICS_LISTEN,
+# which every service reads), OFFSET ports above the first metrics port.
+metrics() {
+  if [ "$metrics_base" = off ]; then echo off; else echo "127.0.0.1:$((metrics_base + $1))"; fi
+}
+
+start timer env FRESHET_METRICS_LISTEN="$(metrics 1)" \
+  "$bin_dir/freshet-timer" --listen "$FRESHET_TIMER_ADDR"
+start membership env FRESHET_METRICS_LISTEN="$(metrics 2)" \
+  "$bin_dir/freshet-membership" --listen "$FRESHET_MEMBERSHIP_ADDR"
+start cache env FRESHET_METRICS_LISTEN="$(metrics 3)" \
+  "$bin_dir/freshet-cache" --listen "$FRESHET_CACHE_ADDR"
+start control-plane env FRESHET_METRICS_LISTEN="$(metrics 4)" \
+  "$bin_dir/freshet-control-plane" --listen "$FRESHET_CONTROL_PLANE_ADDR"
 zone_index=0
 for zone in az-a az-b az-c; do
-  start "worker-$zone" "$bin_dir/freshet-storage-worker" \
+  start "worker-$zone" env FRESHET_METRICS_LISTEN="$(metrics $((10 + zone_index)))" \
+    OTEL_RESOURCE_ATTRIBUTES="service.instance.id=worker-$zone" \
+    "$bin_dir/freshet-storage-worker" \
     --listen "127.0.0.1:$((base + 10 + zone_index))" \
     --worker-id "worker-$zone" --availability-zone "$zone" \
     --data-dir "$dev_dir/data/worker-$zone"
   zone_index=$((zone_index + 1))
 done
-start frontend "$bin_dir/freshet-frontend" --listen "127.0.0.1:$frontend_port"
+start frontend env FRESHET_METRICS_LISTEN="$(metrics 0)" \
+  "$bin_dir/freshet-frontend" --listen "127.0.0.1:$frontend_port"
 
 endpoint="http://127.0.0.1:$frontend_port"
 ready=0

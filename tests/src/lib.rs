@@ -285,6 +285,7 @@ impl Cluster {
         let (timer_listener, timer_addr) = bind().await?;
         let timer = spawn_service(timer_listener, {
             let config = freshet_timer::Config {
+                observability: freshet_server::ObservabilityFlags::without_metrics(),
                 listen: String::new(),
                 uncertainty: Duration::from_millis(1),
                 internal: internal.clone(),
@@ -296,6 +297,7 @@ impl Cluster {
         let (membership_listener, membership_addr) = bind().await?;
         let membership = spawn_service(membership_listener, {
             let config = freshet_membership::Config {
+                observability: freshet_server::ObservabilityFlags::without_metrics(),
                 listen: String::new(),
                 database: freshet_server::DatabaseUrl {
                     url: database_url.clone(),
@@ -316,6 +318,7 @@ impl Cluster {
         let (cache_listener, cache_addr) = bind().await?;
         let cache = spawn_service(cache_listener, {
             let config = freshet_cache::Config {
+                observability: freshet_server::ObservabilityFlags::without_metrics(),
                 listen: String::new(),
                 database: freshet_server::DatabaseUrl {
                     url: database_url.clone(),
@@ -343,6 +346,8 @@ impl Cluster {
         });
 
         let frontend_config = freshet_frontend::Config {
+            shard_level_metrics: true,
+            observability: freshet_server::ObservabilityFlags::without_metrics(),
             listen: String::new(),
             region: "us-east-1".to_owned(),
             auth: freshet_server::AuthFlags { mode: options.auth },
@@ -483,6 +488,7 @@ impl Cluster {
             WorkerMode::InProcess => {
                 let (listener, _) = bind().await?;
                 let config = freshet_storage_worker::Config {
+                    observability: freshet_server::ObservabilityFlags::without_metrics(),
                     listen: String::new(),
                     advertise: None,
                     worker_id: worker.worker_id.clone(),
@@ -519,6 +525,8 @@ impl Cluster {
                             &worker.worker_id,
                             "--availability-zone",
                             worker.zone,
+                            "--metrics-listen",
+                            "127.0.0.1:0",
                         ])
                         .arg("--data-dir")
                         .arg(&worker.data_dir)
@@ -730,6 +738,7 @@ fn control_plane_config(
 ) -> freshet_control_plane::Config {
     let secure = options.auth == freshet_server::AuthMode::Sigv4;
     freshet_control_plane::Config {
+        observability: freshet_server::ObservabilityFlags::without_metrics(),
         listen: String::new(),
         database: freshet_server::DatabaseUrl {
             url: database_url.to_owned(),

@@ -15,6 +15,12 @@ use crate::{test_database_url, ProcessGroupGuard};
 pub struct DevTopology {
     /// The frontend's URL.
     pub endpoint: String,
+    /// The first metrics port: frontend +0, timer +1, membership +2,
+    /// cache +3, control plane +4, workers +10..+12 (`deploy/dev.sh`).
+    pub metrics_port: u16,
+    /// The first internal gRPC port: timer +0, membership +1, cache +2,
+    /// control plane +3, workers +10..+12.
+    pub grpc_port: u16,
     child: tokio::process::Child,
     database: String,
     _group: ProcessGroupGuard,
@@ -22,8 +28,13 @@ pub struct DevTopology {
 
 /// The first of `count` consecutive free loopback ports.
 fn free_port_block(count: u16) -> anyhow::Result<u16> {
+    // Topologies started by one test process (tests run in parallel) look
+    // in different places, not only ones from different processes.
+    static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let started = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     for attempt in 0..200u32 {
-        let base = 21_000 + ((std::process::id() * 13 + attempt * 101) % 28_000) as u16;
+        let spread = std::process::id() * 13 + started * 2_003 + attempt * 101;
+        let base = 21_000 + (spread % 28_000) as u16;
         if (base..base + count).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
         {
             return Ok(base);
@@ -43,8 +54,10 @@ impl DevTopology {
         name: &str,
         env: &[(&str, &str)],
     ) -> anyhow::Result<DevTopology> {
-        let base = free_port_block(14)?;
+        // gRPC ports, the frontend's, then the metrics ports.
+        let base = free_port_block(27)?;
         let frontend_port = base + 13;
+        let metrics_port = base + 14;
         let database = format!("freshet_{name}_{}", std::process::id());
         let database_url = test_database_url();
         let (pg_server, _) = database_url.rsplit_once('/').context("database url")?;
@@ -56,6 +69,7 @@ impl DevTopology {
             .env("FRESHET_DEV_DIR", data_dir)
             .env("FRESHET_DEV_PORT", frontend_port.to_string())
             .env("FRESHET_DEV_BASE_PORT", base.to_string())
+            .env("FRESHET_DEV_METRICS_PORT", metrics_port.to_string())
             .env("FRESHET_DEV_DATABASE", &database)
             .env("FRESHET_PG_SERVER", pg_server)
             .env(
@@ -91,6 +105,8 @@ impl DevTopology {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(DevTopology {
             endpoint: format!("http://127.0.0.1:{frontend_port}"),
+            metrics_port,
+            grpc_port: base,
             child,
             database,
             _group: group,

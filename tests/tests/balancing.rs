@@ -455,6 +455,7 @@ async fn a_move_interrupted_by_a_control_plane_restart_is_abandoned() -> anyhow:
     // A control plane starting on the same database reopens it.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let config = freshet_control_plane::Config {
+        observability: freshet_server::ObservabilityFlags::without_metrics(),
         scaler: balancing(Vec::new(), WorkerMode::InProcess).scaler,
         ..cluster.control_plane_config()
     };

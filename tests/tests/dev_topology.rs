@@ -12,6 +12,9 @@ use freshet_e2e::{create_active_stream, kinesis_client, test_database_url, works
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A block of `count` consecutive free loopback ports.
+/// The topology's metrics ports start this far above its gRPC ports.
+const METRICS_OFFSET: u16 = 14;
+
 fn free_port_block(count: u16) -> anyhow::Result<u16> {
     for attempt in 0..200u32 {
         let base = 20_000 + ((std::process::id() * 7 + attempt * 97) % 30_000) as u16;
@@ -52,6 +55,10 @@ impl Topology {
             .env("FRESHET_DEV_DIR", &settings.data_dir)
             .env("FRESHET_DEV_PORT", settings.frontend_port.to_string())
             .env("FRESHET_DEV_BASE_PORT", settings.base_port.to_string())
+            .env(
+                "FRESHET_DEV_METRICS_PORT",
+                (settings.base_port + METRICS_OFFSET).to_string(),
+            )
             .env("FRESHET_DEV_DATABASE", &settings.database)
             .env("FRESHET_PG_SERVER", &settings.pg_server)
             .env(
@@ -219,7 +226,7 @@ async fn the_dev_topology_serves_real_clients_stops_cleanly_and_restarts_with_it
     let database_url = test_database_url();
     let (pg_server, _) = database_url.rsplit_once('/').context("database url")?;
     let data_dir = tempfile::tempdir()?;
-    let base_port = free_port_block(14)?;
+    let base_port = free_port_block(METRICS_OFFSET + 13)?;
     let settings = Settings {
         workspace: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
         bin_dir: workspace_binary("freshet-frontend")?

@@ -124,6 +124,34 @@ async fn writes_over_a_shards_limit_are_refused_per_record_and_not_written() -> 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stored = read_stream(&client, "limited").await?;
     assert_eq!(stored.len(), acknowledged);
+
+    // The stream's metrics count what the callers were told: every
+    // refused record of the batches, and the refused PutRecord.
+    let metrics = cluster.frontend.registry.encode();
+    let series = |name: &str| {
+        let prefix = format!(
+            "{name}{{StreamName=\"limited\",AccountId=\"000000000000\",Region=\"us-east-1\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        series("kinesis_PutRecords_ThrottledRecords_total"),
+        throttled as f64
+    );
+    assert_eq!(
+        series("kinesis_WriteProvisionedThroughputExceeded_total"),
+        throttled as f64 + 1.0
+    );
+    assert_eq!(series("kinesis_IncomingRecords_total"), acknowledged as f64);
+    let per_shard = format!(
+        "kinesis_shard_WriteProvisionedThroughputExceeded_total{{StreamName=\"limited\",AccountId=\"000000000000\",Region=\"us-east-1\",ShardId=\"shardId-000000000000\"}} {}",
+        throttled + 1
+    );
+    assert!(metrics.contains(&per_shard), "{metrics}");
     cluster.shutdown().await;
     Ok(())
 }

@@ -19,6 +19,7 @@ async fn now_is_an_interval_around_the_timer_clock_until_the_timer_is_gone() -> 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(freshet_timer::run(
         freshet_timer::Config {
+            observability: freshet_server::ObservabilityFlags::without_metrics(),
             listen: String::new(),
             uncertainty: Duration::from_millis(2),
             internal: freshet_server::InternalTokenFlag {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
 use freshet_e2e::{create_active_stream, stream_arn, wait_until, Cluster};
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{SpanKind, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing_subscriber::layer::SubscriberExt;
@@ -54,24 +54,33 @@ async fn one_put_record_is_one_trace_across_services() -> anyhow::Result<()> {
     let spans = exporter.get_finished_spans()?;
     let put = spans
         .iter()
-        .find(|s| s.name == "kinesis" && attribute(s, "operation").as_deref() == Some("PutRecord"))
+        .find(|s| s.name == "Kinesis.PutRecord")
         .ok_or_else(|| anyhow::anyhow!("no PutRecord span among {} spans", spans.len()))?;
+    assert_eq!(put.span_kind, SpanKind::Server);
+    assert_eq!(attribute(put, "rpc.method").as_deref(), Some("PutRecord"));
+    assert_eq!(
+        attribute(put, "aws.kinesis.stream_name").as_deref(),
+        Some("traced")
+    );
     let trace_id = put.span_context.trace_id();
-    let methods: Vec<String> = spans
+    let calls: Vec<(String, SpanKind)> = spans
         .iter()
-        .filter(|s| s.span_context.trace_id() == trace_id && s.name == "grpc")
-        .filter_map(|s| attribute(s, "rpc.method"))
+        .filter(|s| s.span_context.trace_id() == trace_id && s.name.starts_with("freshet.v1."))
+        .map(|s| (s.name.to_string(), s.span_kind.clone()))
         .collect();
-    assert!(
-        methods.iter().any(|m| m == "/freshet.v1.Storage/Append"),
-        "{methods:?}"
-    );
-    assert!(
-        methods
-            .iter()
-            .any(|m| m == "/freshet.v1.ShardMapCache/GetStreamShards"),
-        "{methods:?}"
-    );
+    // Each hop as the caller saw it (client) and as the callee served it
+    // (server): the stale route's cache lookup, then the append.
+    for method in [
+        "freshet.v1.ShardMapCache/GetStreamShards",
+        "freshet.v1.Storage/Append",
+    ] {
+        for kind in [SpanKind::Client, SpanKind::Server] {
+            assert!(
+                calls.iter().any(|(name, k)| name == method && *k == kind),
+                "no {kind:?} span of {method} in {calls:?}"
+            );
+        }
+    }
     cluster.shutdown().await;
     Ok(())
 }

@@ -12,7 +12,8 @@ use freshet_proto::v1::storage_client::StorageClient;
 use freshet_proto::v1::timer_client::TimerClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::internal_auth::{AdminToken, InternalToken, OutgoingCall, TracedChannel};
+use crate::internal_auth::{AdminToken, InternalToken, OutgoingCall};
+use crate::traced_channel::TracedChannel;
 
 /// Largest message between a frontend or worker and a storage worker: a
 /// 10 MiB PutRecords append or GetRecords answer, plus framing, with room.
@@ -39,6 +40,7 @@ pub fn grpc_channel(address: &str, token: &InternalToken) -> Result<TracedChanne
     Ok(TracedChannel::new(
         lazy_channel(address)?,
         OutgoingCall::new(token),
+        address,
     ))
 }
 
@@ -52,6 +54,7 @@ pub fn admin_channel(
     Ok(TracedChannel::new(
         lazy_channel(address)?,
         OutgoingCall::new(token).with_admin(admin),
+        address,
     ))
 }
 

@@ -90,3 +90,55 @@ pub struct AuthFlags {
     )]
     pub mode: AuthMode,
 }
+
+/// How a service can be watched: its log format and its metrics port
+/// (`--log-format`, `--metrics-listen`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ObservabilityFlags {
+    /// How logs are written: `text` for people (colour only on a terminal)
+    /// or `json`, one object per line with trace and span ids.
+    #[arg(
+        long = "log-format",
+        env = "FRESHET_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: freshet_telemetry::LogFormat,
+    /// Where to serve Prometheus metrics (`GET /metrics`), or `off`.
+    /// Unset: the service's own port on 127.0.0.1 (frontend 9150, timer
+    /// 9151, membership 9152, cache 9153, control plane 9154, storage
+    /// worker 9160).
+    #[arg(
+        long = "metrics-listen",
+        env = "FRESHET_METRICS_LISTEN",
+        value_name = "HOST:PORT|off"
+    )]
+    pub metrics_listen: Option<String>,
+}
+
+impl ObservabilityFlags {
+    /// Text logs and no metrics port (for services inside a test process).
+    pub fn without_metrics() -> ObservabilityFlags {
+        ObservabilityFlags {
+            log_format: freshet_telemetry::LogFormat::Text,
+            metrics_listen: Some("off".to_owned()),
+        }
+    }
+
+    /// Text logs, metrics on `address` (`127.0.0.1:0` in tests).
+    pub fn metrics_on(address: &str) -> ObservabilityFlags {
+        ObservabilityFlags {
+            log_format: freshet_telemetry::LogFormat::Text,
+            metrics_listen: Some(address.to_owned()),
+        }
+    }
+
+    /// The metrics address: the flag's, else `default`; `None` when off.
+    pub fn metrics_address<'a>(&'a self, default: &'a str) -> Option<&'a str> {
+        match self.metrics_listen.as_deref().map(str::trim) {
+            Some("off" | "") => None,
+            Some(address) => Some(address),
+            None => Some(default),
+        }
+    }
+}

@@ -11,12 +11,15 @@ use tonic_health::server::HealthReporter;
 use tower::layer::util::{Identity, Stack};
 
 use crate::internal_auth::{InternalToken, RequireTokenLayer};
-use crate::DRAIN_DEADLINE;
+use crate::observe::ObserveCallsLayer;
+use crate::{Metrics, DRAIN_DEADLINE};
 
-/// Every internal gRPC server: token checked before any service sees a call.
-pub type GrpcServer = Server<Stack<RequireTokenLayer, Identity>>;
+type Layers = Stack<RequireTokenLayer, Stack<ObserveCallsLayer, Identity>>;
+/// Every internal gRPC server: each call counted and timed, and its token
+/// checked before any service sees it.
+pub type GrpcServer = Server<Layers>;
 /// A [`GrpcServer`] with its services added.
-pub type Router = tonic::transport::server::Router<Stack<RequireTokenLayer, Identity>>;
+pub type Router = tonic::transport::server::Router<Layers>;
 
 /// Why a gRPC server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -28,12 +31,14 @@ pub enum ServeError {
 }
 
 /// A gRPC server whose requests each run in a span parented to the caller,
-/// and which refuses calls that do not present `token` (when there is one).
-pub fn grpc_server(token: &InternalToken) -> GrpcServer {
+/// are counted in `metrics`, and are refused when they do not present
+/// `token` (when there is one).
+pub fn grpc_server(token: &InternalToken, metrics: &Metrics) -> GrpcServer {
     Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .trace_fn(freshet_telemetry::grpc_server_span)
+        .layer(ObserveCallsLayer::register(metrics.registry()))
         .layer(RequireTokenLayer::new(token))
 }
 
@@ -82,14 +87,16 @@ pub fn with_health_and_reflection(
 }
 
 /// Serves `router` (which serves `service_name`) on `listener`, with health
-/// and reflection, until `shutdown` resolves; then drains in-flight
-/// requests for at most [`DRAIN_DEADLINE`].
+/// and reflection, and `metrics` on its own port, until `shutdown`
+/// resolves; then drains in-flight requests for at most [`DRAIN_DEADLINE`].
 pub async fn serve_grpc(
     router: Router,
     service_name: &'static str,
     listener: TcpListener,
+    metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let _metrics = metrics.serve();
     let (router, health) = with_health_and_reflection(router, service_name)?;
     health.set(true).await;
     let draining = CancellationToken::new();

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::Channel;
 
 /// The path prefix of the health service, open to anyone.
 const HEALTH_PATH: &str = "/grpc.health.v1.Health/";
@@ -136,6 +135,8 @@ impl tonic::service::Interceptor for OutgoingCall {
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
+        // Called inside the client span `TracedChannel` opens: the callee's
+        // span becomes its child.
         freshet_telemetry::inject_current_context(request.metadata_mut());
         if let Some(token) = &self.token {
             request
@@ -146,9 +147,6 @@ impl tonic::service::Interceptor for OutgoingCall {
         Ok(request)
     }
 }
-
-/// A gRPC channel whose calls carry the trace context and the token.
-pub type TracedChannel = tonic::service::interceptor::InterceptedService<Channel, OutgoingCall>;
 
 /// The server side: refuses calls that do not present the token.
 #[derive(Debug, Clone, Default)]

@@ -17,7 +17,10 @@ mod clients;
 mod flags;
 mod grpc;
 mod internal_auth;
+mod metrics;
+mod observe;
 mod shutdown;
+mod traced_channel;
 
 use std::future::Future;
 
@@ -29,21 +32,27 @@ pub use clients::{
     CONTROL_PLANE_MESSAGE_LIMIT, SHARD_MAP_MESSAGE_LIMIT, STORAGE_MESSAGE_LIMIT,
 };
 pub use flags::{
-    AuthFlags, AuthMode, CacheAddr, ControlPlaneAddr, DatabaseUrl, MembershipAddr, TimerAddr,
+    AuthFlags, AuthMode, CacheAddr, ControlPlaneAddr, DatabaseUrl, MembershipAddr,
+    ObservabilityFlags, TimerAddr,
 };
+pub use freshet_telemetry::LogFormat;
 pub use grpc::{grpc_server, serve_grpc, GrpcServer, Health, Router, ServeError};
 pub use internal_auth::{
     AdminCheck, AdminToken, AdminTokenFlag, BadInternalToken, InternalToken, InternalTokenFlag,
-    OutgoingCall, RequireTokenLayer, TracedChannel,
+    OutgoingCall, RequireTokenLayer,
 };
+pub use metrics::{Metrics, MetricsServing};
 pub use shutdown::{shutdown_signal, Tasks, DRAIN_DEADLINE, TASK_STOP_DEADLINE};
+pub use traced_channel::TracedChannel;
 
-/// The body of every service binary: build the runtime, start telemetry,
-/// bind `listen`, and run `serve` until SIGTERM/SIGINT. `serve`'s error is
-/// the process's last word: printed with its causes, then exit code 1.
+/// The body of every service binary: build the runtime, start telemetry
+/// (logs as `log_format` says), bind `listen`, and run `serve` until
+/// SIGTERM/SIGINT. `serve`'s error is the process's last word: printed with
+/// its causes, then exit code 1.
 pub fn run_main<F, Fut, E>(
     service_name: &'static str,
     listen: &str,
+    log_format: LogFormat,
     serve: F,
 ) -> std::process::ExitCode
 where
@@ -62,7 +71,7 @@ where
         }
     };
     let result = runtime.block_on(async move {
-        let _telemetry = match freshet_telemetry::init(service_name) {
+        let _telemetry = match freshet_telemetry::init(service_name, log_format) {
             Ok(guard) => guard,
             Err(error) => return Err(format!("start telemetry: {error}")),
         };

@@ -6,6 +6,21 @@
 //!
 //! The exporter is on when `OTEL_EXPORTER_OTLP_ENDPOINT` is set and
 //! `OTEL_SDK_DISABLED` is not `true`; logs follow `RUST_LOG` (default `info`).
+//!
+//! Logs are text for people (coloured only when stdout is a terminal, so a
+//! redirected log file holds no escape codes; `NO_COLOR` turns colour off)
+//! or JSON lines for machines (`json.rs`), each carrying the trace and span
+//! ids of the request it belongs to.
+//!
+//! Span names follow OpenTelemetry's conventions through the `otel.name`
+//! and `otel.kind` fields: a Kinesis call is `Kinesis.PutRecord` (server),
+//! an internal call `freshet.v1.Storage/Append` (client in the caller,
+//! server in the callee), with `rpc.*` attributes and an error status when
+//! the call fails.
+
+mod json;
+
+use std::io::IsTerminal as _;
 
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TracerProvider as _;
@@ -16,6 +31,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 
 /// Flushes and shuts the exporter down when dropped.
 #[must_use = "dropping the guard stops trace export"]
@@ -49,34 +65,71 @@ pub enum TelemetryError {
     Exporter(String),
 }
 
+/// How a service writes its logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line per event for people; colour only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, with `trace_id` and `span_id`.
+    Json,
+}
+
+fn colour_wanted() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
 /// Installs the global subscriber for a service process. Call once, from
 /// inside the tokio runtime, before serving.
-pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError> {
+pub fn init(
+    service_name: &'static str,
+    format: LogFormat,
+) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_target(false);
-    if !exporter_wanted() {
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(fmt)
-            .try_init()?;
+    // Logs and traces are filtered apart: `RUST_LOG=warn` keeps the logs
+    // quiet without losing a request's spans (`FRESHET_TRACE_FILTER`,
+    // default `info`, decides those).
+    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let trace_filter =
+        EnvFilter::try_from_env("FRESHET_TRACE_FILTER").unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_ansi(colour_wanted())
+            .with_filter(log_filter)
+            .boxed(),
+        LogFormat::Json => json::JsonLines::new(|| Box::new(std::io::stdout()))
+            .with_filter(log_filter)
+            .boxed(),
+    };
+    // Spans get OpenTelemetry ids when they are exported, and when JSON
+    // logs need them to tie lines to traces (then nothing is exported).
+    let provider = if exporter_wanted() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|error| TelemetryError::Exporter(error.to_string()))?;
+        Some(SdkTracerProvider::builder().with_batch_exporter(exporter))
+    } else if format == LogFormat::Json {
+        Some(SdkTracerProvider::builder())
+    } else {
+        None
+    };
+    let Some(provider) = provider else {
+        tracing_subscriber::registry().with(fmt).try_init()?;
         return Ok(TelemetryGuard { provider: None });
-    }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()
-        .map_err(|error| TelemetryError::Exporter(error.to_string()))?;
-    let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+    };
+    let provider = provider
         .with_resource(
             opentelemetry_sdk::Resource::builder()
                 .with_service_name(service_name)
                 .build(),
         )
         .build();
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name));
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service_name))
+        .with_filter(trace_filter);
     tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
         .with(otel)
         .try_init()?;
@@ -131,14 +184,34 @@ pub fn inject_current_context(metadata: &mut MetadataMap) {
 }
 
 /// The span a gRPC server opens per request, parented to the caller's trace
-/// (use with `tonic::transport::Server::trace_fn`).
+/// (use with `tonic::transport::Server::trace_fn`): named after the call
+/// (`freshet.v1.Storage/Append`), kind server, its status recorded when
+/// the call is answered.
 pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
-    let span = tracing::info_span!("grpc", rpc.method = %request.uri().path());
+    let path = request.uri().path().trim_start_matches('/');
+    let (service, method) = rpc_parts(path);
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = path,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+    );
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.extract(&HeaderExtractor(request.headers()))
     });
     let _ = span.set_parent(parent);
     span
+}
+
+/// A gRPC path's service and method: `/freshet.v1.Storage/Append` →
+/// (`freshet.v1.Storage`, `Append`); a path without a method is all service.
+pub fn rpc_parts(path: &str) -> (&str, &str) {
+    let path = path.trim_start_matches('/');
+    path.split_once('/').unwrap_or((path, ""))
 }
 
 /// Extracts a trace context from HTTP headers (the frontend uses it for

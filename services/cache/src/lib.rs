@@ -14,6 +14,7 @@
 //! field `filled` (complete), and per shard `v:<uid>/<shard>` (version) and
 //! `e:<uid>/<shard>` (encoded entry; absent for a deleted shard).
 
+use freshet_metrics::{Counter, EncodeLabelSet, Family};
 use std::future::Future;
 
 use anyhow::Context as _;
@@ -62,6 +63,8 @@ pub struct Config {
     pub key_ttl: Duration,
     #[command(flatten)]
     pub internal: freshet_server::InternalTokenFlag,
+    #[command(flatten)]
+    pub observability: freshet_server::ObservabilityFlags,
     #[command(flatten)]
     pub auth: freshet_server::AuthFlags,
 }
@@ -124,6 +127,14 @@ struct Inner {
     route_ttl: Duration,
     key_ttl_seconds: i64,
     upsert: redis::Script,
+    /// `freshet_cache_lookups_total{result}`: `hit` when Redis held the
+    /// stream, `miss` when Postgres had to be read.
+    lookups: Family<LookupResult, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupResult {
+    result: &'static str,
 }
 
 fn field_of(entry: &ShardMapEntry) -> String {
@@ -152,8 +163,20 @@ impl CacheService {
                 route_ttl,
                 key_ttl_seconds: i64::try_from(key_ttl.as_secs()).unwrap_or(300).max(1),
                 upsert: redis::Script::new(UPSERT_SCRIPT),
+                lookups: Family::default(),
             }),
         }
+    }
+
+    /// Counts this cache's lookups in `registry` (a service counts them
+    /// from its first request; a cache built alone keeps them to itself).
+    pub fn counting_lookups_in(self, registry: &freshet_metrics::Registry) -> CacheService {
+        registry.register_existing(
+            "freshet_cache_lookups",
+            "Shard-map lookups, by whether Redis held the stream (hit) or Postgres was read (miss)",
+            self.inner.lookups.clone(),
+        );
+        self
     }
 
     /// The Redis hash of the stream `arn` names. No part of it holds a
@@ -299,6 +322,11 @@ impl ShardMapCache for CacheService {
                 None
             }
         };
+        let result = if cached.is_some() { "hit" } else { "miss" };
+        self.inner
+            .lookups
+            .get_or_create(&LookupResult { result })
+            .inc();
         let (entries, source) = match cached {
             Some(entries) => (entries, CacheSource::Redis),
             None => {
@@ -333,6 +361,9 @@ impl ShardMapCache for CacheService {
     }
 }
 
+/// Where the cache serves its metrics unless told otherwise.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9153";
+
 /// Why the cache stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -349,6 +380,8 @@ pub enum RunError {
     BadAddress(#[from] freshet_server::BadAddress),
     #[error(transparent)]
     Serve(#[from] freshet_server::ServeError),
+    #[error(transparent)]
+    Metrics(std::io::Error),
 }
 
 /// Serves the cache on `listener` until `shutdown` resolves.
@@ -364,6 +397,9 @@ pub async fn run(
         freshet_server::grpc_channel(&config.timer.addr, &token)?,
         TimerClientConfig::default(),
     );
+    let metrics = freshet_server::Metrics::bind(&config.observability, DEFAULT_METRICS_ADDR)
+        .await
+        .map_err(RunError::Metrics)?;
     let service = CacheService::new(
         redis,
         config.redis_prefix,
@@ -371,8 +407,17 @@ pub async fn run(
         timer,
         config.route_ttl,
         config.key_ttl,
-    );
-    serve(service, &config.membership.addr, &token, listener, shutdown).await
+    )
+    .counting_lookups_in(metrics.registry());
+    serve(
+        service,
+        &config.membership.addr,
+        &token,
+        listener,
+        metrics,
+        shutdown,
+    )
+    .await
 }
 
 /// Serves an already-built service, mirroring membership's change log.
@@ -381,6 +426,7 @@ pub async fn serve(
     membership_addr: &str,
     token: &freshet_server::InternalToken,
     listener: TcpListener,
+    metrics: freshet_server::Metrics,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let (events, mut event_receiver) = mpsc::unbounded_channel();
@@ -398,9 +444,16 @@ pub async fn serve(
     });
     let addr = listener.local_addr().map_err(RunError::Address)?;
     tracing::info!(%addr, "cache serving grpc");
-    let router = freshet_server::grpc_server(token).add_service(ShardMapCacheServer::new(service));
-    let served =
-        freshet_server::serve_grpc(router, "freshet.v1.ShardMapCache", listener, shutdown).await;
+    let router =
+        freshet_server::grpc_server(token, &metrics).add_service(ShardMapCacheServer::new(service));
+    let served = freshet_server::serve_grpc(
+        router,
+        "freshet.v1.ShardMapCache",
+        listener,
+        metrics,
+        shutdown,
+    )
+    .await;
     tasks.stop(freshet_server::TASK_STOP_DEADLINE).await;
     Ok(served?)
 }

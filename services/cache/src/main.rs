@@ -4,7 +4,11 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let config = freshet_cache::Config::parse();
     let listen = config.listen.clone();
-    freshet_server::run_main("freshet-cache", &listen, |listener, shutdown| {
-        freshet_cache::run(config, listener, shutdown)
-    })
+    let log_format = config.observability.log_format;
+    freshet_server::run_main(
+        "freshet-cache",
+        &listen,
+        log_format,
+        |listener, shutdown| freshet_cache::run(config, listener, shutdown),
+    )
 }

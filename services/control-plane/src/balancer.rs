@@ -190,6 +190,7 @@ pub(crate) async fn balance(
     state
         .moved_at
         .insert((chosen.stream_uid, chosen.shard_id.clone()), Instant::now());
+    service.metrics.balancer_moves.inc();
     service.relocate(&chosen).await
 }
 

@@ -32,6 +32,7 @@ use tonic::{Request, Response, Status};
 mod balancer;
 mod capacity;
 pub mod identities;
+mod metrics;
 mod rate_limits;
 mod reshard;
 mod scaler;
@@ -115,6 +116,8 @@ pub struct Config {
     #[command(flatten)]
     pub internal: freshet_server::InternalTokenFlag,
     #[command(flatten)]
+    pub observability: freshet_server::ObservabilityFlags,
+    #[command(flatten)]
     pub admin: freshet_server::AdminTokenFlag,
 }
 
@@ -134,6 +137,7 @@ pub struct ControlPlaneService {
     storage: std::sync::Arc<StorageClients>,
     /// The scaler loop and the resharding steps under way.
     tasks: Tasks,
+    metrics: std::sync::Arc<metrics::ControlPlaneMetrics>,
 }
 
 /// A failure of the control plane's own work as a gRPC status: a
@@ -193,6 +197,7 @@ impl ControlPlaneService {
             stream_locks: Default::default(),
             storage: std::sync::Arc::new(StorageClients::new(token)),
             tasks: Tasks::new(),
+            metrics: Default::default(),
         }
     }
 
@@ -638,6 +643,9 @@ impl ControlPlane for ControlPlaneService {
     }
 }
 
+/// Where the control plane serves its metrics unless told otherwise.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9154";
+
 /// Why the control plane stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -658,6 +666,8 @@ pub enum RunError {
     BadAddress(#[from] freshet_server::BadAddress),
     #[error(transparent)]
     Serve(#[from] freshet_server::ServeError),
+    #[error(transparent)]
+    Metrics(std::io::Error),
 }
 
 /// Serves the control plane on `listener` until `shutdown` resolves.
@@ -680,6 +690,9 @@ pub async fn run(
             "no master key configured: secrets are sealed under the well-known development key"
         );
     }
+    let metrics = freshet_server::Metrics::bind(&config.observability, DEFAULT_METRICS_ADDR)
+        .await
+        .map_err(RunError::Metrics)?;
     let pool = freshet_metastore::connect_url_and_migrate(&config.database.url, 10).await?;
     let identities = identities::IdentityService::new(
         MetaStore::new(pool.clone()),
@@ -717,7 +730,7 @@ pub async fn run(
     service
         .tasks
         .spawn_loop(scaler::run_scaler(service.clone()));
-    serve(service, identities, &token, listener, shutdown).await
+    serve(service, identities, &token, listener, metrics, shutdown).await
 }
 
 /// Serves an already-built service.
@@ -726,20 +739,28 @@ pub async fn serve(
     identities: identities::IdentityService,
     token: &freshet_server::InternalToken,
     listener: TcpListener,
+    metrics: freshet_server::Metrics,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let addr = listener.local_addr().map_err(RunError::Address)?;
     tracing::info!(%addr, "control plane serving grpc");
+    service.metrics.register_in(metrics.registry());
     let tasks = service.tasks.clone();
-    let router = freshet_server::grpc_server(token)
+    let router = freshet_server::grpc_server(token, &metrics)
         .timeout(Duration::from_secs(30))
         .add_service(
             ControlPlaneServer::new(service)
                 .max_encoding_message_size(freshet_server::CONTROL_PLANE_MESSAGE_LIMIT),
         )
         .add_service(IdentitiesServer::new(identities));
-    let served =
-        freshet_server::serve_grpc(router, "freshet.v1.ControlPlane", listener, shutdown).await;
+    let served = freshet_server::serve_grpc(
+        router,
+        "freshet.v1.ControlPlane",
+        listener,
+        metrics,
+        shutdown,
+    )
+    .await;
     tasks.stop(freshet_server::TASK_STOP_DEADLINE).await;
     Ok(served?)
 }

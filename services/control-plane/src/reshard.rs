@@ -488,6 +488,14 @@ impl ControlPlaneService {
             }
         };
         tracing::info!(stream_name = stream.stream_name, ?step, "resharding step");
+        let kind = match &step {
+            Step::Split { .. } => "split",
+            Step::Merge { .. } => "merge",
+        };
+        self.metrics
+            .reshard_steps
+            .get_or_create(&crate::metrics::StepLabel { step: kind })
+            .inc();
         let mut membership = self.membership.clone();
         membership
             .close_shards(CloseShardsRequest {

@@ -377,11 +377,16 @@ async fn scale(
         let floor = service.capacity_floor(&stream);
         let may_shrink = since.elapsed() >= config.scale_down_cooldown;
         let decision = decide(&open, floor, config, may_shrink);
-        let steps = match decision {
+        let (steps, kind) = match decision {
             Decision::Hold => continue,
-            Decision::Grow(steps) => steps,
-            Decision::Shrink(step) => vec![step],
+            Decision::Grow(steps) => (steps, "grow"),
+            Decision::Shrink(step) => (vec![step], "shrink"),
         };
+        service
+            .metrics
+            .scaler_decisions
+            .get_or_create(&crate::metrics::DecisionLabel { decision: kind })
+            .inc();
         tracing::info!(
             stream_name = stream.stream_name,
             ?steps,

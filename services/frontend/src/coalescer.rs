@@ -262,7 +262,9 @@ impl AppendCoalescer {
         let span = tracing::info_span!(
             parent: &call[0].span,
             "coalesced_append",
-            shard_id = %key.shard_id,
+            otel.name = "frontend.coalesced_append",
+            aws.kinesis.shard_id = %key.shard_id,
+            shard.epoch = key.epoch,
             requests = call.len()
         );
         for queued in &call[1..] {

@@ -7,7 +7,6 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -49,13 +48,37 @@ pub struct ConnectionLimits {
     pub http2_max_streams: u32,
 }
 
-/// Connections closed because too many were open.
+/// What the accept loop counts: connections open now, and connections
+/// closed at once because too many were open (scraped as
+/// `freshet_frontend_connections` and `freshet_frontend_connections_shed_total`).
 #[derive(Debug, Default)]
-pub struct ShedConnections(AtomicU64);
+pub struct ShedConnections {
+    open: freshet_metrics::Gauge,
+    shed: freshet_metrics::Counter,
+}
 
 impl ShedConnections {
+    /// Connections shed so far.
     pub fn count(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.shed.get()
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> i64 {
+        self.open.get()
+    }
+
+    pub(crate) fn register_in(&self, registry: &freshet_metrics::Registry) {
+        registry.register_existing(
+            "freshet_frontend_connections",
+            "Client connections open",
+            self.open.clone(),
+        );
+        registry.register_existing(
+            "freshet_frontend_connections_shed",
+            "Client connections closed at once because the connection limits were reached",
+            self.shed.clone(),
+        );
     }
 }
 
@@ -105,7 +128,7 @@ pub async fn serve(
             .ok()
             .zip(sources.enter(Some(peer.ip())).ok());
         let Some(places) = places else {
-            shed.0.fetch_add(1, Ordering::Relaxed);
+            shed.shed.inc();
             tracing::debug!(%peer, "connection limit reached; closing a new connection");
             drop(stream);
             continue;
@@ -125,10 +148,13 @@ pub async fn serve(
             .serve_connection_with_upgrades(io, service)
             .into_owned();
         let connection = graceful.watch(connection);
+        let counts = shed.clone();
+        counts.open.inc();
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
+            counts.open.dec();
             drop(places);
         });
     }
@@ -391,6 +417,8 @@ mod tests {
             .await
             .is_ok());
         assert_eq!(shed.count(), 2);
+        // Served: two from the first source, one from the other.
+        assert_eq!(shed.open(), 3);
         stop.cancel();
     }
 }

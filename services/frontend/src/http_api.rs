@@ -95,10 +95,24 @@ async fn handle(State(frontend): State<Arc<Frontend>>, request: Request) -> Resp
         .and_then(|target| target.strip_prefix(TARGET_PREFIX))
         .unwrap_or("")
         .to_owned();
+    // One server span per call, named as OpenTelemetry's AWS conventions
+    // name it (`Kinesis.PutRecord`); the operations add the stream, shard,
+    // sequence number and record count as they learn them.
     let span = tracing::info_span!(
         "kinesis",
-        operation = %operation,
-        request_id = %request_id,
+        otel.name = span_name(&operation),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "aws-api",
+        rpc.service = "Kinesis",
+        rpc.method = %operation,
+        aws.request_id = %request_id,
+        aws.kinesis.stream_name = tracing::field::Empty,
+        aws.kinesis.shard_id = tracing::field::Empty,
+        aws.kinesis.sequence_number = tracing::field::Empty,
+        messaging.batch.message_count = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
         principal = tracing::field::Empty,
         region = tracing::field::Empty,
     );
@@ -166,6 +180,12 @@ async fn handle(State(frontend): State<Arc<Frontend>>, request: Request) -> Resp
         Ok(Some(text)) => response(StatusCode::OK, text, &request_id),
         Ok(None) => response(StatusCode::OK, String::new(), &request_id),
         Err(error) => {
+            span.record("http.response.status_code", error.http_status().as_u16());
+            span.record("error.type", error.exception());
+            // A server span fails on the server's faults, not the caller's.
+            if error.http_status().is_server_error() {
+                span.record("otel.status_code", "error");
+            }
             span.in_scope(|| {
                 if error.http_status().is_server_error() {
                     tracing::warn!(code = error.exception(), message = %error.message, "request failed");
@@ -175,6 +195,18 @@ async fn handle(State(frontend): State<Arc<Frontend>>, request: Request) -> Resp
             });
             error_response(&error, &request_id)
         }
+    }
+}
+
+/// The span name of a call to `operation`: `Kinesis.<operation>` for a
+/// name shaped like one, so a caller cannot mint span names at will.
+fn span_name(operation: &str) -> String {
+    let shaped =
+        (1..=64).contains(&operation.len()) && operation.bytes().all(|b| b.is_ascii_alphabetic());
+    if shaped {
+        format!("Kinesis.{operation}")
+    } else {
+        "Kinesis.Unknown".to_owned()
     }
 }
 

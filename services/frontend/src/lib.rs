@@ -28,6 +28,7 @@ mod error;
 pub mod fuzzing;
 mod http_api;
 pub mod iterator;
+mod metrics;
 mod ops;
 mod resource_policies;
 
@@ -148,7 +149,16 @@ pub struct Config {
     pub http2_max_streams: u32,
     #[command(flatten)]
     pub internal: freshet_server::InternalTokenFlag,
+    #[command(flatten)]
+    pub observability: freshet_server::ObservabilityFlags,
+    /// Publish shard-level metrics (CloudWatch's enhanced monitoring:
+    /// each stream metric per shard as well).
+    #[arg(long, env = "FRESHET_SHARD_LEVEL_METRICS")]
+    pub shard_level_metrics: bool,
 }
+
+/// Where the frontend serves its metrics unless told otherwise.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9150";
 
 /// The iterator key anyone can read in this source: development only.
 pub const DEVELOPMENT_ITERATOR_SECRET: &str = "freshet-development-secret";
@@ -176,6 +186,9 @@ pub struct Frontend {
     pub shed_connections: Arc<connections::ShedConnections>,
     /// Tasks requests leave behind (the coalescer's senders).
     tasks: freshet_server::Tasks,
+    /// This frontend's metrics, as scraped.
+    pub registry: freshet_metrics::Registry,
+    pub(crate) metrics: metrics::FrontendMetrics,
     _subscription: Subscription,
 }
 
@@ -230,7 +243,13 @@ impl Frontend {
         );
         let storage = Arc::new(ops::StoragePool::new(&token));
         let tasks = freshet_server::Tasks::new();
+        let registry = freshet_metrics::Registry::new();
+        let metrics = metrics::FrontendMetrics::register(&registry, config.shard_level_metrics);
+        let shed_connections = Arc::new(connections::ShedConnections::default());
+        shed_connections.register_in(&registry);
         Ok(Arc::new(Frontend {
+            registry,
+            metrics,
             auth,
             resource_policies,
             control_plane,
@@ -275,7 +294,7 @@ impl Frontend {
                 idle_timeout: config.idle_timeout,
                 http2_max_streams: config.http2_max_streams,
             },
-            shed_connections: Arc::default(),
+            shed_connections,
             tasks,
             _subscription: subscription,
         }))
@@ -319,6 +338,8 @@ pub enum RunError {
 
     #[error("FRESHET_DEFAULT_ACCOUNT: {0}")]
     DefaultAccount(#[source] freshet_types::identity::BadAccountId),
+    #[error(transparent)]
+    Metrics(std::io::Error),
 }
 
 /// Serves the Kinesis API on `listener` until `shutdown` resolves.
@@ -327,7 +348,16 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    serve(Frontend::new(&config)?, listener, shutdown).await
+    let endpoint = freshet_metrics::MetricsEndpoint::bind(
+        config.observability.metrics_address(DEFAULT_METRICS_ADDR),
+    )
+    .await
+    .map_err(RunError::Metrics)?;
+    let frontend = Frontend::new(&config)?;
+    let scrapes = tokio_util::sync::CancellationToken::new();
+    endpoint.spawn(frontend.registry.clone(), scrapes.clone());
+    let _stop_scrapes = scrapes.drop_guard();
+    serve(frontend, listener, shutdown).await
 }
 
 /// Serves an already-built frontend (HTTP/1.1 and h2c on one port,

@@ -37,6 +37,8 @@ pub struct Config {
     #[command(flatten)]
     pub internal: freshet_server::InternalTokenFlag,
     #[command(flatten)]
+    pub observability: freshet_server::ObservabilityFlags,
+    #[command(flatten)]
     pub auth: freshet_server::AuthFlags,
 }
 

@@ -124,6 +124,10 @@ async fn check_once(service: &MembershipService) -> anyhow::Result<()> {
         .filter(|w| service.alive(w))
         .map(|w| (w.worker_id.clone(), w.clone()))
         .collect();
+    inner
+        .metrics
+        .workers_alive
+        .set(i64::try_from(live.len()).unwrap_or(i64::MAX));
     if let Err(error) = repair(service, &live).await {
         tracing::warn!("placement repair failed to {error:#}");
     }
@@ -307,5 +311,6 @@ async fn fail_over(
     service
         .publish(&stream, vec![moved], Change::MoveLeadership)
         .await?;
+    inner.metrics.failovers.inc();
     Ok(())
 }

@@ -17,6 +17,7 @@
 mod config;
 mod failover;
 mod handlers;
+mod metrics;
 mod placement;
 mod publish;
 mod service;
@@ -31,6 +32,9 @@ use tokio::net::TcpListener;
 
 pub use config::{Config, UnsafeLease};
 pub use service::MembershipService;
+
+/// Where membership serves its metrics unless told otherwise.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9152";
 
 /// Why membership stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,8 @@ pub enum RunError {
     BadAddress(#[from] freshet_server::BadAddress),
     #[error(transparent)]
     Serve(#[from] freshet_server::ServeError),
+    #[error(transparent)]
+    Metrics(std::io::Error),
 }
 
 /// Serves membership on `listener` until `shutdown` resolves.
@@ -63,9 +69,13 @@ pub async fn run(
         TimerClientConfig::default(),
     );
     config.validate()?;
+    let metrics = freshet_server::Metrics::bind(&config.observability, DEFAULT_METRICS_ADDR)
+        .await
+        .map_err(RunError::Metrics)?;
     serve(
         MembershipService::new(MetaStore::new(pool), timer, &config, &token),
         listener,
+        metrics,
         shutdown,
     )
     .await
@@ -75,10 +85,12 @@ pub async fn run(
 pub async fn serve(
     service: MembershipService,
     listener: TcpListener,
+    metrics: freshet_server::Metrics,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let addr = listener.local_addr().map_err(RunError::Address)?;
     tracing::info!(%addr, "membership serving grpc");
+    service.inner.metrics.register_in(metrics.registry());
     let head = service.inner.store.latest_version().await?;
     service
         .inner
@@ -92,13 +104,14 @@ pub async fn serve(
         // Subscriptions never end on their own: end them so draining can finish.
         closing.cancel();
     };
-    let router = freshet_server::grpc_server(&service.inner.token).add_service(
+    let router = freshet_server::grpc_server(&service.inner.token, &metrics).add_service(
         MembershipServer::new(service)
             .max_encoding_message_size(freshet_server::SHARD_MAP_MESSAGE_LIMIT)
             .max_decoding_message_size(16 * 1024 * 1024),
     );
     let served =
-        freshet_server::serve_grpc(router, "freshet.v1.Membership", listener, shutdown).await;
+        freshet_server::serve_grpc(router, "freshet.v1.Membership", listener, metrics, shutdown)
+            .await;
     tasks.stop(freshet_server::TASK_STOP_DEADLINE).await;
     Ok(served?)
 }

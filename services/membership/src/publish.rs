@@ -177,9 +177,13 @@ impl MembershipService {
                 .head_version
                 .fetch_max(last.version, std::sync::atomic::Ordering::AcqRel);
         }
+        let at = std::time::Instant::now();
         for entry in &entries {
             // No receivers is fine: nobody is subscribed yet.
-            let _ = self.inner.changes.send(entry.clone());
+            let _ = self.inner.changes.send(crate::service::Committed {
+                entry: entry.clone(),
+                at,
+            });
         }
         Ok(entries)
     }

@@ -23,6 +23,13 @@ pub struct MembershipService {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// A change as it is broadcast: the entry, and when it committed.
+#[derive(Debug, Clone)]
+pub(crate) struct Committed {
+    pub entry: ShardMapEntry,
+    pub at: std::time::Instant,
+}
+
 pub(crate) struct Inner {
     pub(crate) store: MetaStore,
     pub(crate) timer: TimerClient,
@@ -30,7 +37,8 @@ pub(crate) struct Inner {
     pub(crate) route_ttl: Duration,
     pub(crate) failover_check_interval: Duration,
     /// Committed changes, in version order.
-    pub(crate) changes: broadcast::Sender<ShardMapEntry>,
+    pub(crate) changes: broadcast::Sender<Committed>,
+    pub(crate) metrics: crate::metrics::MembershipMetrics,
     /// Serialises change batches so commits and broadcasts keep one order.
     pub(crate) write_lock: Mutex<()>,
     /// Cancelled at shutdown so subscriptions end and the server can drain.
@@ -87,6 +95,7 @@ impl MembershipService {
                 storage: freshet_server::StorageClients::new(token),
                 token: token.clone(),
                 tasks: freshet_server::Tasks::new(),
+                metrics: crate::metrics::MembershipMetrics::default(),
             }),
         }
     }

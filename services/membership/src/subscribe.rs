@@ -47,15 +47,20 @@ impl MembershipService {
                     () = sender.closed() => return,
                 };
                 match received {
-                    Ok(entry) if entry.version <= last_sent => {}
-                    Ok(entry) => {
-                        last_sent = entry.version;
+                    Ok(change) if change.entry.version <= last_sent => {}
+                    Ok(change) => {
+                        last_sent = change.entry.version;
                         let event = ShardMapEvent {
-                            event: Some(Event::Change(service.stamp(entry))),
+                            event: Some(Event::Change(service.stamp(change.entry))),
                         };
                         if sender.send(Ok(event)).await.is_err() {
                             return;
                         }
+                        service
+                            .inner
+                            .metrics
+                            .change_propagation
+                            .observe(change.at.elapsed().as_secs_f64());
                     }
                     Err(broadcast::error::RecvError::Lagged(skipped)) => {
                         // End the stream; the subscriber resubscribes from its

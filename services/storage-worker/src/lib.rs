@@ -33,6 +33,7 @@ mod error;
 mod layout;
 mod lease;
 mod load;
+mod metrics;
 mod registry;
 mod replication;
 mod service;
@@ -114,6 +115,8 @@ pub struct Config {
     #[command(flatten)]
     pub internal: freshet_server::InternalTokenFlag,
     #[command(flatten)]
+    pub observability: freshet_server::ObservabilityFlags,
+    #[command(flatten)]
     pub auth: freshet_server::AuthFlags,
 }
 
@@ -124,6 +127,7 @@ async fn stay_registered(
     registration: RegisterWorkerRequest,
     interval: Duration,
     lease: Arc<lease::Lease>,
+    metrics: Arc<metrics::WorkerMetrics>,
 ) {
     let mut must_register = true;
     loop {
@@ -149,6 +153,7 @@ async fn stay_registered(
                             u64::try_from(response.lease_duration_micros).unwrap_or(0),
                         );
                         lease.renew(sent_at, duration, response.lease_min_version);
+                        metrics.lease_renewals.inc();
                     } else {
                         lease.revoke();
                         must_register = true;
@@ -346,6 +351,9 @@ async fn checkpoint_logs(logs: &[(SegmentKey, Arc<ShardLog>)]) {
     }
 }
 
+/// Where a storage worker serves its metrics unless told otherwise.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9160";
+
 /// Why the worker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -368,6 +376,8 @@ pub enum RunError {
     BadAddress(#[from] freshet_server::BadAddress),
     #[error(transparent)]
     Serve(#[from] freshet_server::ServeError),
+    #[error(transparent)]
+    Metrics(std::io::Error),
 }
 
 /// Serves the worker on `listener` until `shutdown` resolves.
@@ -390,6 +400,10 @@ pub async fn run(
             source,
         })?;
     let token = config.internal.token_for(config.auth.mode)?;
+    let metrics = freshet_server::Metrics::bind(&config.observability, DEFAULT_METRICS_ADDR)
+        .await
+        .map_err(RunError::Metrics)?;
+    let worker_metrics = Arc::new(metrics::WorkerMetrics::register(metrics.registry()));
     let membership_channel = freshet_server::grpc_channel(&config.membership.addr, &token)?;
     let map = SharedShardMap::default();
     let _subscription =
@@ -406,6 +420,7 @@ pub async fn run(
         config.min_ack_copies,
         lease.clone(),
         &token,
+        worker_metrics.clone(),
     ));
     let limits = ShardLimits {
         write_bytes: config.shard_write_bytes_per_sec,
@@ -439,6 +454,7 @@ pub async fn run(
         registration,
         config.heartbeat_interval,
         lease.clone(),
+        worker_metrics.clone(),
     ));
     background.spawn_loop(enforce_retention(
         map.clone(),
@@ -460,14 +476,15 @@ pub async fn run(
         lease,
     };
     tracing::info!(worker_id = config.worker_id, az = config.availability_zone, %address, "storage worker serving grpc");
-    let router = freshet_server::grpc_server(&token).add_service(
+    let router = freshet_server::grpc_server(&token, &metrics).add_service(
         StorageServer::new(service)
             .max_decoding_message_size(freshet_server::STORAGE_MESSAGE_LIMIT)
             .max_encoding_message_size(freshet_server::STORAGE_MESSAGE_LIMIT),
     );
     // Stop accepting, then drain the requests in flight: every append they
     // carry is answered (or, past the drain deadline, cut as a crash would).
-    let served = freshet_server::serve_grpc(router, "freshet.v1.Storage", listener, shutdown).await;
+    let served =
+        freshet_server::serve_grpc(router, "freshet.v1.Storage", listener, metrics, shutdown).await;
     // No new work: stop the loops, then close the shards, which ends each
     // writer task once it has finished the batch it holds.
     background.stop(freshet_server::TASK_STOP_DEADLINE).await;

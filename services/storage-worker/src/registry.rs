@@ -34,6 +34,11 @@ pub struct ShardRegistry {
 }
 
 impl ShardRegistry {
+    /// The worker's metrics.
+    pub fn metrics(&self) -> &crate::metrics::WorkerMetrics {
+        &self.replication.metrics
+    }
+
     pub fn new(
         data_dir: PathBuf,
         log_config: LogConfig,
@@ -236,6 +241,7 @@ mod tests {
             2,
             Arc::new(Lease::default()),
             &freshet_server::InternalToken::none(),
+            Arc::new(crate::metrics::WorkerMetrics::unregistered()),
         ));
         let tasks = TaskTracker::new();
         let registry = ShardRegistry::new(

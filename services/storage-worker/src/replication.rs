@@ -29,6 +29,7 @@
 //! `min_ack_copies` copies (2 by default): a shard whose replicas are all
 //! gone refuses writes rather than acknowledge them on a single disk.
 
+use crate::metrics::{CopyLabels, WorkerMetrics};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,6 +119,7 @@ pub struct ReplicationContext {
     pub ack_copies: AckCopies,
     /// Copies (the leader's included) every acknowledged batch is on.
     pub min_ack_copies: usize,
+    pub metrics: Arc<WorkerMetrics>,
     clients: freshet_server::StorageClients,
 }
 
@@ -129,6 +131,7 @@ impl ReplicationContext {
         min_ack_copies: usize,
         lease: Arc<Lease>,
         token: &freshet_server::InternalToken,
+        metrics: Arc<WorkerMetrics>,
     ) -> ReplicationContext {
         ReplicationContext {
             worker_id,
@@ -136,6 +139,7 @@ impl ReplicationContext {
             lease,
             ack_copies,
             min_ack_copies,
+            metrics,
             clients: freshet_server::StorageClients::new(token),
         }
     }
@@ -185,6 +189,11 @@ impl Replicator {
     }
 
     /// The epoch at which this worker leads the shard now, if it does.
+    /// The worker's metrics, which its shards' writers record into.
+    pub fn metrics(&self) -> &WorkerMetrics {
+        &self.context.metrics
+    }
+
     pub fn leading_epoch(&self) -> Option<u64> {
         self.entry()
             .filter(|e| e.leader_worker_id == self.context.worker_id)
@@ -282,12 +291,25 @@ impl Replicator {
             }
         });
         let mut acknowledged = 0;
+        let leader_end = batch.first_offset + batch.records.len() as u64;
         for (worker_id, outcome) in futures::future::join_all(sends).await {
+            let lag = self
+                .context
+                .metrics
+                .replication_lag_records
+                .get_or_create(&CopyLabels {
+                    shard: format!("{}/{}", self.shard.stream_uid, self.shard.shard_id),
+                    replica: worker_id.clone(),
+                });
             match outcome.end {
                 Some(end) => {
+                    lag.set(i64::try_from(leader_end.saturating_sub(end)).unwrap_or(i64::MAX));
                     self.replica_ends.insert(worker_id, end);
                 }
                 None => {
+                    // Unknown: it did not answer. Counted as the whole
+                    // batch behind, at least.
+                    lag.set(i64::try_from(batch.records.len()).unwrap_or(i64::MAX));
                     self.replica_ends.remove(&worker_id);
                 }
             }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use freshet_errors::ErrorCode;
 use freshet_log::{EpochHistory, LogError, NewRecord};
@@ -395,6 +396,7 @@ impl Storage for StorageService {
         // The log repeats the epoch check under its writer's lock: the
         // check in `authorize` above may be overtaken by a newer leader's
         // request before this one is written.
+        let write_started = std::time::Instant::now();
         let replicated = tokio::task::spawn_blocking(move || {
             let replicated =
                 log.replicate(epoch, &leader_epochs, first_offset, arrival_ms, &records)?;
@@ -403,15 +405,27 @@ impl Storage for StorageService {
             log.commit(committed);
             Ok::<_, LogError>(replicated)
         })
-        .await
-        .map_err(|e| ErrorCode::Internal.status(format!("replicate task failed: {e}")))?
-        .map_err(|error| match error {
-            LogError::StaleEpoch { .. } => {
-                ErrorCode::NotWritten.status(format!("stale epoch: {error}"))
-            }
-            LogError::BadEpochHistory(_) => ErrorCode::InvalidArgument.status(error.to_string()),
-            error => ErrorCode::Internal.status(error.to_string()),
-        })?;
+        .instrument(tracing::info_span!(
+            "write_fsync",
+            otel.name = "storage.write_fsync",
+            first_offset,
+        ))
+        .await;
+        self.shards
+            .metrics()
+            .fsync_seconds
+            .observe(write_started.elapsed().as_secs_f64());
+        let replicated = replicated
+            .map_err(|e| ErrorCode::Internal.status(format!("replicate task failed: {e}")))?
+            .map_err(|error| match error {
+                LogError::StaleEpoch { .. } => {
+                    ErrorCode::NotWritten.status(format!("stale epoch: {error}"))
+                }
+                LogError::BadEpochHistory(_) => {
+                    ErrorCode::InvalidArgument.status(error.to_string())
+                }
+                error => ErrorCode::Internal.status(error.to_string()),
+            })?;
         Ok(Response::new(ReplicateResponse {
             accepted: replicated.accepted,
             next_offset: replicated.next_offset,

@@ -27,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use freshet_log::{Appended, NewRecord, ShardLog};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::error::WriteError;
 use crate::load::LoadMeter;
@@ -43,6 +44,9 @@ struct AppendJob {
     /// written only while this worker still leads at exactly that epoch.
     epoch: u64,
     reply: oneshot::Sender<Result<Appended, WriteError>>,
+    /// The Append call's span: the group commit that writes the job is
+    /// its child (or, when it serves several calls, linked to it).
+    span: tracing::Span,
 }
 
 /// Work for a shard's writer task, done in arrival order.
@@ -111,6 +115,7 @@ impl OpenShard {
                 records,
                 epoch,
                 reply,
+                span: tracing::Span::current(),
             }))
             .await
             .map_err(|_| WriteError::Refused("shard writer stopped".to_owned()))?;
@@ -284,13 +289,38 @@ async fn write_round(
         *unwritten = None;
     }
     let counts: Vec<usize> = batch.iter().map(|job| job.records.len()).collect();
-    let mut records = Vec::with_capacity(counts.iter().sum());
+    let total: usize = counts.iter().sum();
+    // One round serves every job in it: a child of the first caller's
+    // span, linked from the others'.
+    let span = tracing::info_span!(
+        parent: &batch[0].span,
+        "group_commit",
+        otel.name = "storage.group_commit",
+        shard.epoch = epoch,
+        records = total,
+        appends = batch.len(),
+    );
+    for job in &batch[1..] {
+        freshet_telemetry::link_to(&span, &job.span);
+    }
+    replicator
+        .metrics()
+        .group_commit_records
+        .observe(total as f64);
+    replicator
+        .metrics()
+        .group_commit_appends
+        .observe(batch.len() as f64);
+    let mut records = Vec::with_capacity(total);
     let mut replies = Vec::with_capacity(batch.len());
     for job in batch {
         records.extend(job.records);
         replies.push(job.reply);
     }
-    match commit_batch(log, replicator, records, epoch).await {
+    match commit_batch(log, replicator, records, epoch)
+        .instrument(span)
+        .await
+    {
         Ok(appended) => {
             let mut offset = appended.first_offset;
             for (reply, count) in replies.into_iter().zip(counts) {
@@ -385,18 +415,36 @@ async fn commit_batch(
     // before it is written: the leader's fsync and the replicas' overlap.
     let (first_offset, arrival_ms) = log.next_position(now_ms());
     let for_write = (log.clone(), records.clone());
+    let write_started = std::time::Instant::now();
     let local = tokio::task::spawn_blocking(move || {
         for_write
             .0
             .append_at(epoch, first_offset, arrival_ms, &for_write.1)
-    });
+    })
+    .instrument(tracing::info_span!(
+        "write_fsync",
+        otel.name = "storage.write_fsync",
+        first_offset,
+        records = records.len(),
+    ));
     let batch = LocalBatch {
         epoch,
         first_offset,
         arrival_ms,
         records: &records,
     };
-    let (local, replicated) = tokio::join!(local, replicator.replicate(log, batch));
+    let (local, replicated) = tokio::join!(
+        async {
+            let local = local.await;
+            (local, write_started.elapsed())
+        },
+        replicator.replicate(log, batch)
+    );
+    let (local, write_time) = local;
+    replicator
+        .metrics()
+        .fsync_seconds
+        .observe(write_time.as_secs_f64());
     let local = local
         .map_err(|e| WriteError::task("append", e))
         .and_then(|written| written.map_err(WriteError::from));

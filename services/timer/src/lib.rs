@@ -26,6 +26,8 @@ pub struct Config {
     #[command(flatten)]
     pub internal: freshet_server::InternalTokenFlag,
     #[command(flatten)]
+    pub observability: freshet_server::ObservabilityFlags,
+    #[command(flatten)]
     pub auth: freshet_server::AuthFlags,
 }
 
@@ -74,7 +76,12 @@ pub enum RunError {
     Address(#[source] std::io::Error),
     #[error(transparent)]
     Serve(#[from] freshet_server::ServeError),
+    #[error(transparent)]
+    Metrics(std::io::Error),
 }
+
+/// Where the timer serves its metrics unless told otherwise.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9151";
 
 /// Serves the timer on `listener` until `shutdown` resolves.
 pub async fn run(
@@ -86,8 +93,12 @@ pub async fn run(
     let service = TimerService::new(config.uncertainty);
     let addr = listener.local_addr().map_err(RunError::Address)?;
     tracing::info!(%addr, "timer serving grpc");
-    let router = freshet_server::grpc_server(&token).add_service(TimerServer::new(service));
-    freshet_server::serve_grpc(router, "freshet.v1.Timer", listener, shutdown).await?;
+    let metrics = freshet_server::Metrics::bind(&config.observability, DEFAULT_METRICS_ADDR)
+        .await
+        .map_err(RunError::Metrics)?;
+    let router =
+        freshet_server::grpc_server(&token, &metrics).add_service(TimerServer::new(service));
+    freshet_server::serve_grpc(router, "freshet.v1.Timer", listener, metrics, shutdown).await?;
     Ok(())
 }
 

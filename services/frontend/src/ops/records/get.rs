@@ -20,6 +20,7 @@ use super::{
 use crate::auth::Caller;
 use crate::error::{KinesisError, KinesisResult, Violations};
 use crate::iterator::{Position, ShardIterator};
+use crate::metrics::ReadOutcome;
 use crate::Frontend;
 
 /// Shard iterators are valid for five minutes.
@@ -198,6 +199,7 @@ pub async fn get_records(
     caller: &Caller,
     input: GetRecordsInput,
 ) -> KinesisResult<String> {
+    let started = std::time::Instant::now();
     let mut violations = Violations::default();
     violations.check_required(input.shard_iterator.as_ref(), "shardIterator");
     violations.check_length(input.shard_iterator.as_deref(), "shardIterator", 1, 512);
@@ -270,6 +272,9 @@ pub async fn get_records(
             Err(status)
                 if ErrorCode::of_status(&status) == ErrorCode::ProvisionedThroughputExceeded =>
             {
+                frontend
+                    .metrics
+                    .get_records(&iterator.stream, &iterator.shard_id, started, None);
                 return Err(rate_exceeded(&entry));
             }
             Err(status) if attempt == 0 && refused_before_acting(&status) => {
@@ -300,6 +305,26 @@ pub async fn get_records(
     } else {
         read.millis_behind_latest
     };
+    let span = tracing::Span::current();
+    span.record("aws.kinesis.shard_id", iterator.shard_id.as_str());
+    span.record("messaging.batch.message_count", read.records.len());
+    frontend.metrics.get_records(
+        &iterator.stream,
+        &iterator.shard_id,
+        started,
+        Some(&ReadOutcome {
+            records: read.records.len() as u64,
+            bytes: read
+                .records
+                .iter()
+                .map(|r| (r.data.len() + r.partition_key.len()) as u64)
+                .sum(),
+            iterator_age_ms: read
+                .records
+                .last()
+                .map_or(0, |last| (now - last.arrival_ms).max(0)),
+        }),
+    );
     let records = ReadRecords {
         sequence_base: read.sequence_base,
         records: &read.records,

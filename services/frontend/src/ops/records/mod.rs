@@ -42,6 +42,8 @@ fn dry_run_error() -> KinesisError {
 
 /// Looks the stream up; `ResourceNotFoundException` if it does not exist.
 async fn route_stream(frontend: &Frontend, stream: &StreamArn) -> KinesisResult<StreamRoute> {
+    // The call's span (see `http_api.rs`) learns which stream it is about.
+    tracing::Span::current().record("aws.kinesis.stream_name", stream.stream_name.as_str());
     frontend
         .router
         .stream_route(stream)

@@ -13,9 +13,10 @@ use serde::Deserialize;
 use super::super::replies::{PutRecordReply, PutRecordsEntryReply, PutRecordsReply};
 use super::super::{to_json_text, StreamTarget};
 use super::reroute::append_records;
-use super::{dry_run_error, route_stream};
+use super::{dry_run_error, route_stream, shard_id_of};
 use crate::auth::Caller;
 use crate::error::{KinesisError, KinesisResult, Violations};
+use crate::metrics::EntryOutcome;
 use crate::Frontend;
 
 /// A PutRecords request carries at most this much data plus keys.
@@ -156,6 +157,7 @@ pub async fn put_record(
     caller: &Caller,
     input: PutRecordInput,
 ) -> KinesisResult<String> {
+    let started = std::time::Instant::now();
     let mut violations = Violations::default();
     input.target.check(&mut violations);
     let data = decode_data(input.data.as_deref())?;
@@ -186,16 +188,48 @@ pub async fn put_record(
     // SequenceNumberForOrdering needs no extra work: every sequence number
     // we assign is larger than any this stream has returned before on the
     // same shard (and children's are larger than their parents').
+    let bytes = (record.data.len() + record.partition_key.len()) as u64;
+    let target = frontend
+        .metrics
+        .per_shard()
+        .then(|| route.shard_for_hash_key(record.hash_key).map(shard_id_of))
+        .flatten();
     let landed = append_records(frontend, &stream, route, vec![record.into_append()])
         .await
         .into_iter()
         .next()
-        .unwrap_or_else(|| Err(KinesisError::internal("record was not written")))?;
+        .unwrap_or_else(|| Err(KinesisError::internal("record was not written")));
+    frontend.metrics.put_record(
+        &stream,
+        started,
+        bytes,
+        match &landed {
+            Ok(landed) => Ok(&landed.shard_id),
+            Err(error) => Err((entry_outcome(error), target.as_deref())),
+        },
+    );
+    let landed = landed?;
+    let span = tracing::Span::current();
+    span.record("aws.kinesis.shard_id", &*landed.shard_id);
+    span.record(
+        "aws.kinesis.sequence_number",
+        tracing::field::display(&landed.sequence_number),
+    );
+    span.record("messaging.batch.message_count", 1);
     to_json_text(&PutRecordReply {
         shard_id: &landed.shard_id,
         sequence_number: landed.sequence_number,
         encryption_type: "NONE",
     })
+}
+
+/// How a record that was not written counts in the stream's metrics.
+fn entry_outcome(error: &KinesisError) -> EntryOutcome {
+    if error.code == ErrorCode::ProvisionedThroughputExceeded {
+        EntryOutcome::Throttled
+    } else {
+        EntryOutcome::Failed
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -283,6 +317,7 @@ pub async fn put_records(
     caller: &Caller,
     input: PutRecordsInput,
 ) -> KinesisResult<String> {
+    let started = std::time::Instant::now();
     let mut violations = Violations::default();
     let target = input.target();
     target.check(&mut violations);
@@ -335,11 +370,41 @@ pub async fn put_records(
         return Err(dry_run_error());
     }
 
+    let sizes: Vec<u64> = records
+        .iter()
+        .map(|r| (r.data.len() + r.partition_key.len()) as u64)
+        .collect();
+    // The shard each record was meant for, for shard-level metrics.
+    let targets: Vec<Option<String>> = if frontend.metrics.per_shard() {
+        records
+            .iter()
+            .map(|r| route.shard_for_hash_key(r.hash_key).map(shard_id_of))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let records = records
         .into_iter()
         .map(CheckedRecord::into_append)
         .collect();
+    tracing::Span::current().record("messaging.batch.message_count", sizes.len());
     let outcomes = append_records(frontend, &stream, route, records).await;
+    frontend.metrics.put_records(
+        &stream,
+        started,
+        outcomes
+            .iter()
+            .zip(&sizes)
+            .enumerate()
+            .map(|(index, (outcome, size))| match outcome {
+                Ok(landed) => (EntryOutcome::Landed, *size, Some(&*landed.shard_id)),
+                Err(error) => (
+                    entry_outcome(error),
+                    *size,
+                    targets.get(index).and_then(Option::as_deref),
+                ),
+            }),
+    );
     let mut failed_record_count = 0;
     let entries = outcomes
         .iter()

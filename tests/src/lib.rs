@@ -81,6 +81,8 @@ pub struct ClusterOptions {
     /// Development (any key) or secure (SigV4 verified, with the
     /// [`SECURE_ACCESS_KEY`] bootstrap key) mode.
     pub auth: freshet_server::AuthMode,
+    /// The frontend's shard-level metrics (off, as by default).
+    pub shard_level_metrics: bool,
 }
 
 /// Secure-mode clusters' bootstrap key (account 000000000000's root).
@@ -121,6 +123,7 @@ impl Default for ClusterOptions {
             },
             api_rate_limits: false,
             auth: freshet_server::AuthMode::Development,
+            shard_level_metrics: false,
         }
     }
 }
@@ -346,7 +349,7 @@ impl Cluster {
         });
 
         let frontend_config = freshet_frontend::Config {
-            shard_level_metrics: true,
+            shard_level_metrics: options.shard_level_metrics,
             observability: freshet_server::ObservabilityFlags::without_metrics(),
             listen: String::new(),
             region: "us-east-1".to_owned(),

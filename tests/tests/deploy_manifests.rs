@@ -3,7 +3,8 @@
 //! `deploy/k8s/validate.py`) and the Compose files with Prometheus and
 //! Grafana (`docker-compose config`). Each check needs its tool; where the
 //! tool is missing (a laptop without kubectl) the check says so and is
-//! skipped, while CI machines have both.
+//! skipped — unless `FRESHET_REQUIRE_DEPLOY_TOOLS` is set, as CI sets it,
+//! where a missing tool fails the check.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,12 +16,17 @@ fn workspace() -> PathBuf {
 }
 
 fn available(program: &str, probe: &[&str]) -> bool {
-    Command::new(program)
+    let found = Command::new(program)
         .args(probe)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|status| status.success())
+        .is_ok_and(|status| status.success());
+    assert!(
+        found || std::env::var_os("FRESHET_REQUIRE_DEPLOY_TOOLS").is_none(),
+        "{program} is required here (FRESHET_REQUIRE_DEPLOY_TOOLS is set) but is not installed"
+    );
+    found
 }
 
 /// `kubectl kustomize DIR | python3 deploy/k8s/validate.py`, failing with

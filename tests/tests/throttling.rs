@@ -14,6 +14,7 @@ use freshet_storage_worker::ShardLimits;
 async fn limited_cluster() -> anyhow::Result<Cluster> {
     Cluster::start_with(ClusterOptions {
         shard_limits: ShardLimits::KINESIS,
+        shard_level_metrics: true,
         ..ClusterOptions::default()
     })
     .await

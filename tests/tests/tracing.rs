@@ -62,6 +62,13 @@ async fn one_put_record_is_one_trace_across_services() -> anyhow::Result<()> {
         attribute(put, "aws.kinesis.stream_name").as_deref(),
         Some("traced")
     );
+    // Shard-level metrics are off unless asked for: no per-shard series.
+    let metrics = cluster.frontend.registry.encode();
+    assert!(
+        metrics.contains("kinesis_PutRecord_Success_total"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("kinesis_shard_"), "{metrics}");
     let trace_id = put.span_context.trace_id();
     let calls: Vec<(String, SpanKind)> = spans
         .iter()

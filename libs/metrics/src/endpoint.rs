@@ -4,13 +4,16 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::Registry;
@@ -52,31 +55,56 @@ impl MetricsEndpoint {
     }
 }
 
-/// Answers scrapes on `listener` forever.
+/// Scrapers served at once; a connection past them is closed at once.
+const MAX_CONNECTIONS: usize = 8;
+/// The longest a scrape connection may stay open, whatever it does.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a request's headers may take to arrive.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Answers scrapes on `listener` forever: one request per connection, a
+/// few connections at once, each within a deadline, so the metrics port
+/// cannot be used to hold the process's file descriptors.
 pub async fn serve(listener: TcpListener, registry: Registry) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving metrics at /metrics");
     }
+    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        // Reap finished connections so the set stays small.
+        while connections.try_join_next().is_some() {}
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::debug!(%error, "metrics accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let registry = registry.clone();
-        tokio::spawn(async move {
+        // Dropped with `serve` (and so with its caller's stop): no
+        // connection outlives the endpoint.
+        connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let registry = registry.clone();
                 async move { Ok::<_, Infallible>(answer(&registry, &request)) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "metrics connection ended");
+            match tokio::time::timeout(CONNECTION_DEADLINE, connection).await {
+                Ok(Err(error)) => tracing::debug!(%error, "metrics connection ended"),
+                Err(_) => tracing::debug!("metrics connection outlived its deadline"),
+                Ok(Ok(())) => {}
             }
+            drop(place);
         });
     }
 }
@@ -128,6 +156,30 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(text.contains("freshet_test_things_total 7"), "{text}");
         assert!(get(addr, "/").await.starts_with("HTTP/1.1 404"));
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn scrapers_past_the_few_served_at_once_are_closed_at_once() {
+        let endpoint = MetricsEndpoint::bind(Some("127.0.0.1:0"))
+            .await
+            .expect("bind");
+        let addr = endpoint.local_addr().expect("bound");
+        let stop = CancellationToken::new();
+        endpoint.spawn(Registry::new(), stop.clone());
+        // Connections that never send a request hold every place...
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        // ...so one more is closed without an answer.
+        let mut extra = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut buffer = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buffer))
+            .await
+            .expect("closed, not left waiting");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        drop(idle);
         stop.cancel();
     }
 

@@ -133,6 +133,27 @@ impl ObservabilityFlags {
         }
     }
 
+    /// Binds the metrics port. An address the operator chose must be
+    /// bound, or the service does not start; the default one may be taken
+    /// (a second worker on the same host), and then the service runs
+    /// without metrics and says so.
+    pub async fn bind_metrics(
+        &self,
+        default: &str,
+    ) -> std::io::Result<freshet_metrics::MetricsEndpoint> {
+        let address = self.metrics_address(default);
+        match freshet_metrics::MetricsEndpoint::bind(address).await {
+            Err(error) if self.metrics_listen.is_none() => {
+                tracing::warn!(
+                    %error,
+                    "the default metrics port is taken: serving no metrics (set --metrics-listen)"
+                );
+                Ok(freshet_metrics::MetricsEndpoint::default())
+            }
+            bound => bound,
+        }
+    }
+
     /// The metrics address: the flag's, else `default`; `None` when off.
     pub fn metrics_address<'a>(&'a self, default: &'a str) -> Option<&'a str> {
         match self.metrics_listen.as_deref().map(str::trim) {

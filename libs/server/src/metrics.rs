@@ -18,7 +18,7 @@ impl Metrics {
     pub async fn bind(flags: &ObservabilityFlags, default: &str) -> std::io::Result<Metrics> {
         Ok(Metrics {
             registry: Registry::new(),
-            endpoint: MetricsEndpoint::bind(flags.metrics_address(default)).await?,
+            endpoint: flags.bind_metrics(default).await?,
         })
     }
 

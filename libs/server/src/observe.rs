@@ -111,6 +111,59 @@ pub(crate) fn record_span_status(span: &tracing::Span, code: tonic::Code) {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// One call on its way through the server. Recorded once: when it is
+/// answered, or — a deadline that fired, a client that went away — when
+/// it is dropped unanswered (as CANCELLED), so the slowest calls do not
+/// vanish from the counts.
+struct ObservedCall {
+    layer: ObserveCallsLayer,
+    path: String,
+    started: Instant,
+    answered: bool,
+}
+
+impl ObservedCall {
+    fn answered(&mut self, code: tonic::Code) {
+        self.answered = true;
+        self.record(code);
+    }
+
+    fn record(&self, code: tonic::Code) {
+        record_span_status(&tracing::Span::current(), code);
+        // Labels come from the path a caller chose: a method the server
+        // does not serve, or a caller it refused, is counted as `unknown`,
+        // so made-up paths cannot grow the series without bound.
+        let (service, method) = match code {
+            tonic::Code::Unimplemented | tonic::Code::Unauthenticated => ("unknown", "unknown"),
+            _ => freshet_telemetry::rpc_parts(&self.path),
+        };
+        let method = MethodLabels {
+            rpc_service: service.to_owned(),
+            rpc_method: method.to_owned(),
+        };
+        self.layer
+            .durations
+            .get_or_create(&method)
+            .observe(self.started.elapsed().as_secs_f64());
+        self.layer
+            .calls
+            .get_or_create(&CallLabels {
+                rpc_service: method.rpc_service,
+                rpc_method: method.rpc_method,
+                code: code_name(code).to_owned(),
+            })
+            .inc();
+    }
+}
+
+impl Drop for ObservedCall {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.record(tonic::Code::Cancelled);
+        }
+    }
+}
+
 impl<S, B, R> tower::Service<http::Request<B>> for ObserveCalls<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<R>>,
@@ -127,13 +180,12 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let started = Instant::now();
-        let (service, method) = freshet_telemetry::rpc_parts(request.uri().path());
-        let method = MethodLabels {
-            rpc_service: service.to_owned(),
-            rpc_method: method.to_owned(),
+        let mut call = ObservedCall {
+            layer: self.layer.clone(),
+            path: request.uri().path().to_owned(),
+            started: Instant::now(),
+            answered: false,
         };
-        let layer = self.layer.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await;
@@ -141,19 +193,7 @@ where
                 Ok(response) => grpc_status_of(response.headers()),
                 Err(_) => tonic::Code::Internal,
             };
-            record_span_status(&tracing::Span::current(), code);
-            layer
-                .durations
-                .get_or_create(&method)
-                .observe(started.elapsed().as_secs_f64());
-            layer
-                .calls
-                .get_or_create(&CallLabels {
-                    rpc_service: method.rpc_service,
-                    rpc_method: method.rpc_method,
-                    code: code_name(code).to_owned(),
-                })
-                .inc();
+            call.answered(code);
             response
         })
     }
@@ -170,6 +210,74 @@ mod tests {
             ("freshet.v1.Storage", "Append")
         );
         assert_eq!(freshet_telemetry::rpc_parts("/odd"), ("odd", ""));
+    }
+
+    fn answering(
+        code: &'static str,
+    ) -> impl tower::Service<
+        http::Request<()>,
+        Response = http::Response<()>,
+        Error = std::convert::Infallible,
+        Future = std::future::Ready<Result<http::Response<()>, std::convert::Infallible>>,
+    > + Clone {
+        tower::service_fn(move |_request: http::Request<()>| {
+            let mut response = http::Response::new(());
+            response
+                .headers_mut()
+                .insert("grpc-status", http::HeaderValue::from_static(code));
+            std::future::ready(Ok(response))
+        })
+    }
+
+    fn request(path: &str) -> http::Request<()> {
+        let mut request = http::Request::new(());
+        *request.uri_mut() = path.parse().expect("a path");
+        request
+    }
+
+    #[tokio::test]
+    async fn made_up_paths_are_counted_as_unknown_not_as_new_series() {
+        use tower::{Layer as _, ServiceExt as _};
+        let registry = Registry::new();
+        let layer = ObserveCallsLayer::register(&registry);
+        for index in 0..20 {
+            let path = format!("/made.up{index}/Method{index}");
+            let service = layer.layer(answering("12"));
+            service.oneshot(request(&path)).await.expect("answered");
+        }
+        let served = layer.layer(answering("0"));
+        served
+            .oneshot(request("/freshet.v1.Timer/Now"))
+            .await
+            .expect("answered");
+        let text = registry.encode();
+        assert!(!text.contains("made.up"), "{text}");
+        assert!(
+            text.contains("freshet_grpc_server_requests_total{rpc_service=\"unknown\",rpc_method=\"unknown\",code=\"UNIMPLEMENTED\"} 20"),
+            "{text}"
+        );
+        assert!(
+            text.contains("freshet_grpc_server_requests_total{rpc_service=\"freshet.v1.Timer\",rpc_method=\"Now\",code=\"OK\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_its_answer_is_counted_as_cancelled() {
+        use tower::Layer as _;
+        use tower::Service as _;
+        let registry = Registry::new();
+        let layer = ObserveCallsLayer::register(&registry);
+        let mut service = layer.layer(tower::service_fn(|_request: http::Request<()>| {
+            std::future::pending::<Result<http::Response<()>, std::convert::Infallible>>()
+        }));
+        let call = service.call(request("/freshet.v1.Storage/Append"));
+        drop(call);
+        let text = registry.encode();
+        assert!(
+            text.contains("freshet_grpc_server_requests_total{rpc_service=\"freshet.v1.Storage\",rpc_method=\"Append\",code=\"CANCELLED\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

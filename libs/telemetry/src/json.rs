@@ -133,6 +133,7 @@ mod tests {
     use opentelemetry::trace::TracerProvider as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::Layer as _;
 
     use super::*;
 
@@ -158,12 +159,23 @@ mod tests {
         let captured = Captured::default();
         let writer = captured.clone();
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        // As a service runs it with RUST_LOG=warn: info spans still
+        // reach the log layer, so a warning carries its request's ids.
+        let filter = crate::EventsAndSpans {
+            events: tracing_subscriber::EnvFilter::new("warn"),
+            spans: tracing_subscriber::EnvFilter::new("info"),
+        };
         let subscriber = tracing_subscriber::registry()
-            .with(JsonLines::new(move || Box::new(writer.clone())))
+            .with(
+                JsonLines::new(move || Box::new(writer.clone()))
+                    .with_filter(filter)
+                    .boxed(),
+            )
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
         let expected_trace_id = tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("kinesis", operation = "PutRecord");
             let _entered = span.enter();
+            tracing::info!("filtered out");
             tracing::warn!(
                 shard_id = "shardId-000000000000",
                 records = 3,

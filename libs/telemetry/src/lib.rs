@@ -75,6 +75,49 @@ pub enum LogFormat {
     Json,
 }
 
+/// A log layer's filter: events as `RUST_LOG` says, spans as the trace
+/// filter says (so a warning logged inside a request still carries it).
+pub(crate) struct EventsAndSpans {
+    pub(crate) events: EnvFilter,
+    pub(crate) spans: EnvFilter,
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for EventsAndSpans
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn enabled(
+        &self,
+        metadata: &tracing::Metadata<'_>,
+        context: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        let filter = if metadata.is_span() {
+            &self.spans
+        } else {
+            &self.events
+        };
+        tracing_subscriber::layer::Filter::<S>::enabled(filter, metadata, context)
+    }
+
+    fn callsite_enabled(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        let filter = if metadata.is_span() {
+            &self.spans
+        } else {
+            &self.events
+        };
+        tracing_subscriber::layer::Filter::<S>::callsite_enabled(filter, metadata)
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        let events = tracing_subscriber::layer::Filter::<S>::max_level_hint(&self.events)?;
+        let spans = tracing_subscriber::layer::Filter::<S>::max_level_hint(&self.spans)?;
+        Some(events.max(spans))
+    }
+}
+
 fn colour_wanted() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
@@ -92,6 +135,14 @@ pub fn init(
     let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let trace_filter =
         EnvFilter::try_from_env("FRESHET_TRACE_FILTER").unwrap_or_else(|_| EnvFilter::new("info"));
+    // A log line names the spans it happened in (and, in JSON, their
+    // trace ids): the log layer sees the spans tracing exports, whatever
+    // level its events are filtered to.
+    let log_filter = EventsAndSpans {
+        events: log_filter,
+        spans: EnvFilter::try_from_env("FRESHET_TRACE_FILTER")
+            .unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_target(false)

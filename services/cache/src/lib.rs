@@ -128,7 +128,8 @@ struct Inner {
     key_ttl_seconds: i64,
     upsert: redis::Script,
     /// `freshet_cache_lookups_total{result}`: `hit` when Redis held the
-    /// stream, `miss` when Postgres had to be read.
+    /// stream, `miss` when it did not, `error` when Redis failed (both of
+    /// those read Postgres).
     lookups: Family<LookupResult, Counter>,
 }
 
@@ -173,7 +174,7 @@ impl CacheService {
     pub fn counting_lookups_in(self, registry: &freshet_metrics::Registry) -> CacheService {
         registry.register_existing(
             "freshet_cache_lookups",
-            "Shard-map lookups, by whether Redis held the stream (hit) or Postgres was read (miss)",
+            "Shard-map lookups: Redis held the stream (hit), did not (miss) or failed (error)",
             self.inner.lookups.clone(),
         );
         self
@@ -309,20 +310,24 @@ impl ShardMapCache for CacheService {
         let key = self.stream_key(&arn);
         // Redis down or slow: the database still answers. A Redis call is
         // bounded so that a hung connection cannot stall routing.
-        let cached = match tokio::time::timeout(REDIS_TIMEOUT, self.read_redis(&key)).await {
-            Ok(Ok(cached)) => cached,
+        let (cached, result) = match tokio::time::timeout(REDIS_TIMEOUT, self.read_redis(&key))
+            .await
+        {
+            Ok(Ok(cached)) => {
+                let result = if cached.is_some() { "hit" } else { "miss" };
+                (cached, result)
+            }
             Ok(Err(error)) => {
                 tracing::warn!("cache failed to {error:#}; reading postgres");
                 self.inner.redis.reset().await;
-                None
+                (None, "error")
             }
             Err(_) => {
                 tracing::warn!("redis did not answer within {REDIS_TIMEOUT:?}; reading postgres");
                 self.inner.redis.reset().await;
-                None
+                (None, "error")
             }
         };
-        let result = if cached.is_some() { "hit" } else { "miss" };
         self.inner
             .lookups
             .get_or_create(&LookupResult { result })

@@ -190,8 +190,9 @@ pub(crate) async fn balance(
     state
         .moved_at
         .insert((chosen.stream_uid, chosen.shard_id.clone()), Instant::now());
+    service.relocate(&chosen).await?;
     service.metrics.balancer_moves.inc();
-    service.relocate(&chosen).await
+    Ok(())
 }
 
 impl ControlPlaneService {

@@ -382,11 +382,6 @@ async fn scale(
             Decision::Grow(steps) => (steps, "grow"),
             Decision::Shrink(step) => (vec![step], "shrink"),
         };
-        service
-            .metrics
-            .scaler_decisions
-            .get_or_create(&crate::metrics::DecisionLabel { decision: kind })
-            .inc();
         tracing::info!(
             stream_name = stream.stream_name,
             ?steps,
@@ -394,6 +389,11 @@ async fn scale(
         );
         if service.begin_update(&stream).await.is_ok() {
             state.last_change.insert(stream.stream_uid, Instant::now());
+            service
+                .metrics
+                .scaler_decisions
+                .get_or_create(&crate::metrics::DecisionLabel { decision: kind })
+                .inc();
             service.spawn_steps(stream, steps, None);
         }
     }

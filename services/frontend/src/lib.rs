@@ -348,11 +348,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let endpoint = freshet_metrics::MetricsEndpoint::bind(
-        config.observability.metrics_address(DEFAULT_METRICS_ADDR),
-    )
-    .await
-    .map_err(RunError::Metrics)?;
+    let endpoint = config
+        .observability
+        .bind_metrics(DEFAULT_METRICS_ADDR)
+        .await
+        .map_err(RunError::Metrics)?;
     let frontend = Frontend::new(&config)?;
     let scrapes = tokio_util::sync::CancellationToken::new();
     endpoint.spawn(frontend.registry.clone(), scrapes.clone());

@@ -2,7 +2,15 @@
 //! write + fsync per group commit, records per commit), how far each
 //! replica is behind its leader, and its lease renewals.
 
-use freshet_metrics::{Buckets, Counter, EncodeLabelSet, Family, Gauge, Histogram, Registry};
+use freshet_metrics::{
+    Buckets, Counter, EncodeLabelSet, Family, Gauge, Histogram, HistogramFamily, Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabel {
+    /// `leader` (a group commit) or `replica` (a Replicate that wrote).
+    pub role: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CopyLabels {
@@ -12,8 +20,8 @@ pub struct CopyLabels {
 
 pub struct WorkerMetrics {
     /// One local write and its fsync, on a leader (a group commit) or a
-    /// replica (a Replicate call).
-    pub fsync_seconds: Histogram,
+    /// replica (a Replicate call that wrote records).
+    pub fsync_seconds: HistogramFamily<RoleLabel>,
     /// Records per group commit on a leader.
     pub group_commit_records: Histogram,
     /// Appends (callers) sharing one group commit.
@@ -27,9 +35,9 @@ pub struct WorkerMetrics {
 impl WorkerMetrics {
     pub fn register(registry: &Registry) -> WorkerMetrics {
         WorkerMetrics {
-            fsync_seconds: registry.histogram(
+            fsync_seconds: registry.histogram_family(
                 "freshet_storage_fsync_seconds",
-                "Time to write one batch to the local log and fsync it.",
+                "Time to write one batch to the local log and fsync it, as leader or replica",
                 Buckets::Seconds,
             ),
             group_commit_records: registry.histogram(

@@ -30,6 +30,7 @@
 //! gone refuses writes rather than acknowledge them on a single disk.
 
 use crate::metrics::{CopyLabels, WorkerMetrics};
+use freshet_metrics::Gauge;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,6 +164,10 @@ pub struct Replicator {
     /// counted for a commit only once it has answered the current epoch).
     replica_ends: HashMap<String, u64>,
     ends_epoch: u64,
+    /// Each replica's lag gauge, and where its log last ended (kept across
+    /// epochs and silences: what the gauge measures from). Removed from
+    /// the worker's metrics with the replicator.
+    lag: HashMap<String, (Gauge, Option<u64>)>,
 }
 
 /// A batch the leader has made durable locally.
@@ -185,15 +190,45 @@ impl Replicator {
             segment: key.segment,
             replica_ends: HashMap::new(),
             ends_epoch: 0,
+            lag: HashMap::new(),
         }
     }
 
-    /// The epoch at which this worker leads the shard now, if it does.
+    fn lag_labels(&self, replica: &str) -> CopyLabels {
+        CopyLabels {
+            shard: format!("{}/{}", self.shard.stream_uid, self.shard.shard_id),
+            replica: replica.to_owned(),
+        }
+    }
+
+    /// Sets `replica`'s lag behind `leader_end`: from where it says its log
+    /// ends, or, when it did not answer, from where it last did (the whole
+    /// log if it never has), so a silent replica's lag keeps growing.
+    fn record_lag(&mut self, replica: &str, leader_end: u64, answered_end: Option<u64>) {
+        if !self.lag.contains_key(replica) {
+            let gauge = self
+                .context
+                .metrics
+                .replication_lag_records
+                .get_or_create(&self.lag_labels(replica))
+                .clone();
+            self.lag.insert(replica.to_owned(), (gauge, None));
+        }
+        if let Some((gauge, last_end)) = self.lag.get_mut(replica) {
+            if answered_end.is_some() {
+                *last_end = answered_end;
+            }
+            let behind = leader_end.saturating_sub(last_end.unwrap_or(0));
+            gauge.set(i64::try_from(behind).unwrap_or(i64::MAX));
+        }
+    }
+
     /// The worker's metrics, which its shards' writers record into.
     pub fn metrics(&self) -> &WorkerMetrics {
         &self.context.metrics
     }
 
+    /// The epoch at which this worker leads the shard now, if it does.
     pub fn leading_epoch(&self) -> Option<u64> {
         self.entry()
             .filter(|e| e.leader_worker_id == self.context.worker_id)
@@ -292,24 +327,14 @@ impl Replicator {
         });
         let mut acknowledged = 0;
         let leader_end = batch.first_offset + batch.records.len() as u64;
-        for (worker_id, outcome) in futures::future::join_all(sends).await {
-            let lag = self
-                .context
-                .metrics
-                .replication_lag_records
-                .get_or_create(&CopyLabels {
-                    shard: format!("{}/{}", self.shard.stream_uid, self.shard.shard_id),
-                    replica: worker_id.clone(),
-                });
+        let outcomes = futures::future::join_all(sends).await;
+        for (worker_id, outcome) in outcomes {
+            self.record_lag(&worker_id, leader_end, outcome.end);
             match outcome.end {
                 Some(end) => {
-                    lag.set(i64::try_from(leader_end.saturating_sub(end)).unwrap_or(i64::MAX));
                     self.replica_ends.insert(worker_id, end);
                 }
                 None => {
-                    // Unknown: it did not answer. Counted as the whole
-                    // batch behind, at least.
-                    lag.set(i64::try_from(batch.records.len()).unwrap_or(i64::MAX));
                     self.replica_ends.remove(&worker_id);
                 }
             }
@@ -323,6 +348,19 @@ impl Replicator {
             Err(WriteError::Replication(format!(
                 "only {acknowledged} of the {needed} replica acknowledgements needed arrived"
             )))
+        }
+    }
+}
+
+impl Drop for Replicator {
+    /// A shard that closes, moves away or is deleted leaves no lag series
+    /// behind.
+    fn drop(&mut self) {
+        for replica in self.lag.keys() {
+            self.context
+                .metrics
+                .replication_lag_records
+                .remove(&self.lag_labels(replica));
         }
     }
 }

@@ -396,6 +396,7 @@ impl Storage for StorageService {
         // The log repeats the epoch check under its writer's lock: the
         // check in `authorize` above may be overtaken by a newer leader's
         // request before this one is written.
+        let sent = records.len();
         let write_started = std::time::Instant::now();
         let replicated = tokio::task::spawn_blocking(move || {
             let replicated =
@@ -411,10 +412,7 @@ impl Storage for StorageService {
             first_offset,
         ))
         .await;
-        self.shards
-            .metrics()
-            .fsync_seconds
-            .observe(write_started.elapsed().as_secs_f64());
+        let write_time = write_started.elapsed();
         let replicated = replicated
             .map_err(|e| ErrorCode::Internal.status(format!("replicate task failed: {e}")))?
             .map_err(|error| match error {
@@ -426,6 +424,14 @@ impl Storage for StorageService {
                 }
                 error => ErrorCode::Internal.status(error.to_string()),
             })?;
+        // Probes (no records) and refusals wrote nothing to time.
+        if sent > 0 && replicated.accepted {
+            self.shards
+                .metrics()
+                .fsync_seconds
+                .get_or_create(&crate::metrics::RoleLabel { role: "replica" })
+                .observe(write_time.as_secs_f64());
+        }
         Ok(Response::new(ReplicateResponse {
             accepted: replicated.accepted,
             next_offset: replicated.next_offset,

@@ -31,6 +31,7 @@ use tracing::Instrument as _;
 
 use crate::error::WriteError;
 use crate::load::LoadMeter;
+use crate::metrics::RoleLabel;
 use crate::replication::{begin_leading, LocalBatch, Replicator};
 use crate::throttle::{ShardLimits, ShardThrottle};
 
@@ -444,6 +445,7 @@ async fn commit_batch(
     replicator
         .metrics()
         .fsync_seconds
+        .get_or_create(&RoleLabel { role: "leader" })
         .observe(write_time.as_secs_f64());
     let local = local
         .map_err(|e| WriteError::task("append", e))

@@ -71,6 +71,11 @@ bench: infra
     cargo build --release --workspace --bins
     cargo run --release -p freshet-e2e --bin freshet-bench
 
+# Load-test one service through its own API (release build), against the running `just dev` (or --target), or with --dev first against a topology of its own on free ports: `just load cache hit --rate 2000`, `just load --dev timer` (docs/load-tests.md).
+[positional-arguments]
+load service *args:
+    tests/load/run.sh "$@"
+
 # The viral-launch scenario twice (on-demand from 4 shards, then with warm throughput) on the `just dev` topology; writes docs/demo.md and docs/demo.svg.
 demo: infra
     cargo build --release --workspace --bins

@@ -399,12 +399,14 @@ impl Storage for StorageService {
         let sent = records.len();
         let write_started = std::time::Instant::now();
         let replicated = tokio::task::spawn_blocking(move || {
+            let end_before = log.next_offset();
             let replicated =
                 log.replicate(epoch, &leader_epochs, first_offset, arrival_ms, &records)?;
             // The log is now a prefix of the leader's: whatever of it the
             // leader has committed is committed here too.
             log.commit(committed);
-            Ok::<_, LogError>(replicated)
+            let wrote = replicated.next_offset > end_before;
+            Ok::<_, LogError>((replicated, wrote))
         })
         .instrument(tracing::info_span!(
             "write_fsync",
@@ -424,8 +426,10 @@ impl Storage for StorageService {
                 }
                 error => ErrorCode::Internal.status(error.to_string()),
             })?;
-        // Probes (no records) and refusals wrote nothing to time.
-        if sent > 0 && replicated.accepted {
+        let (replicated, wrote) = replicated;
+        // Probes, refusals and re-sends of records already held wrote
+        // nothing to time.
+        if sent > 0 && wrote {
             self.shards
                 .metrics()
                 .fsync_seconds

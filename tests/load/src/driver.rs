@@ -290,13 +290,19 @@ pub async fn run(
         &mut *shared.recorded.lock().unwrap_or_else(|p| p.into_inner()),
         Recorded::new(),
     );
+    // Rates are over the measured window: a call that overran the end
+    // (one slow timeout, say) counts, but does not stretch the window.
     recorded.elapsed = last_answer.map_or(Duration::ZERO, |last| {
-        last.saturating_duration_since(shared.measure_start)
+        last.min(shared.end)
+            .saturating_duration_since(shared.measure_start)
     });
     recorded.warmup_calls = shared.warmup_calls.load(Ordering::Relaxed);
     recorded.interrupted = shared.stop.is_cancelled();
     recorded
 }
+
+/// The error kind of a call unanswered within `--timeout`.
+const TIMEOUT_KIND: &str = "client timeout";
 
 /// When slot `slot` of an open-loop schedule at `rate` calls a second is
 /// due, after the start.
@@ -312,6 +318,11 @@ async fn caller(shared: Arc<Shared>) {
             return;
         }
         let taken = Instant::now();
+        // No call starts past the end, even one that was due before it
+        // (a service slower than the open-loop rate leaves a backlog).
+        if taken >= shared.end {
+            return;
+        }
         let intended = match shared.plan.mode {
             Mode::Closed { .. } => taken,
             Mode::Open { rate, .. } => {
@@ -342,7 +353,7 @@ async fn caller(shared: Arc<Shared>) {
             match tokio::time::timeout(shared.plan.timeout, shared.scenario.call(seq)).await {
                 Ok(result) => result,
                 Err(_) => Err(Failure::new(
-                    "client timeout",
+                    TIMEOUT_KIND,
                     format!("no answer within {:?}", shared.plan.timeout),
                 )),
             };
@@ -397,6 +408,13 @@ async fn caller(shared: Arc<Shared>) {
                 }
             }
             Err(failure) => {
+                // A call that timed out took at least this long: leaving it
+                // out would hide exactly the slowest calls.
+                if failure.kind == TIMEOUT_KIND {
+                    recorded.latency.saturating_record(micros(
+                        answered.saturating_duration_since(charged_from),
+                    ));
+                }
                 let entry = recorded
                     .errors
                     .entry(failure.kind)
@@ -504,6 +522,34 @@ mod tests {
         let recorded = go(plan(closed, 200, 60_000, Some(30)), scenario).await;
         assert_eq!(recorded.warmup_calls, 20);
         assert_eq!(recorded.ok, 30);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overloaded_open_loop_starts_no_call_past_the_end() {
+        // 1,000 calls a second due, one caller, 10 ms each: the backlog
+        // grows all along, and the run still ends on time.
+        let (scenario, seen) = sleeper(|_| 10);
+        let open = Mode::Open {
+            rate: 1_000.0,
+            max_in_flight: 1,
+        };
+        let recorded = go(plan(open, 0, 1_000, None), scenario).await;
+        assert!((99..=101).contains(&recorded.ok), "{} calls", recorded.ok);
+        assert_eq!(seen.lock().expect("seen").len() as u64, recorded.ok);
+        assert!(recorded.elapsed <= Duration::from_millis(1_000));
+        // Each queued call is charged from when it was due.
+        assert!(ms(&recorded.latency, 0.99) > 800.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_times_out_counts_in_the_latencies() {
+        let (scenario, _) = sleeper(|seq| if seq == 3 { 60_000 } else { 1 });
+        let closed = Mode::Closed { concurrency: 1 };
+        let mut plan = plan(closed, 0, 60_000, Some(10));
+        plan.timeout = Duration::from_millis(2_000);
+        let recorded = go(plan, scenario).await;
+        assert_eq!(recorded.errors.get(TIMEOUT_KIND).map(|e| e.0), Some(1));
+        assert!((ms(&recorded.latency, 1.0) - 2_000.0).abs() < 5.0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -261,16 +261,14 @@ pub async fn prepare(
                     shard_count: shards,
                     ..CreateStreamRequest::default()
                 };
-                let made = made.clone();
+                // Listed for deletion before it is asked for: a call cut off
+                // by the driver's timeout may still make the stream, and
+                // deleting one that was never made is only NotFound.
+                made.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((account, stream));
                 async move {
                     let answer = client.create_stream(grpc::request(request, timeout)).await;
-                    // Anything but a refusal may have made the stream.
-                    let refused = matches!(&answer, Err(status) if grpc::kind_of(status).contains("LimitExceeded"));
-                    if !refused {
-                        made.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((account, stream));
-                    }
                     answer.map_err(grpc::failure)?;
                     Ok(Done::items(u64::from(shards)))
                 }

@@ -65,9 +65,11 @@ pub enum Scenario {
         #[arg(long, default_value_t = 100)]
         batch: usize,
         /// Records written to the stream before the run (spread over its
-        /// shards).
-        #[arg(long, default_value_t = 8000)]
-        prefill: u64,
+        /// shards). Default: 8,000 into the stream the run makes, none
+        /// into one named with `--stream` (a run that reads does not write
+        /// into a stream it did not make unless asked).
+        #[arg(long)]
+        prefill: Option<u64>,
     },
 }
 
@@ -196,8 +198,8 @@ pub async fn prepare(
     cleanups: &mut Cleanups,
 ) -> anyhow::Result<Prepared> {
     let (name, options, batch, prefill) = match scenario {
-        Scenario::PutRecord(client) => ("put-record", client, 1, 0),
-        Scenario::PutRecords { client, batch } => ("put-records", client, batch, 0),
+        Scenario::PutRecord(client) => ("put-record", client, 1, Some(0)),
+        Scenario::PutRecords { client, batch } => ("put-records", client, batch, Some(0)),
         Scenario::GetRecords {
             client,
             batch,
@@ -307,6 +309,7 @@ pub async fn prepare(
         }
         _ => {
             let shards = shard_ids(&client, &stream).await?;
+            let prefill = prefill.unwrap_or(if options.stream.is_some() { 0 } else { 8000 });
             if prefill > 0 {
                 let started = tokio::time::Instant::now();
                 fill(&client, &stream, prefill, &data).await?;

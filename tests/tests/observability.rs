@@ -322,6 +322,15 @@ async fn one_put_record_is_one_trace_from_the_frontend_through_the_leader_to_bot
     replicas.dedup();
     assert_eq!(replicas.len(), 2, "two different replicas: {replicas:?}");
 
+    // The services' own background calls (heartbeats, timer polls) are
+    // counted in their metrics but are no traces of their own.
+    let spans = collector.spans();
+    let background: Vec<&Received> = spans
+        .iter()
+        .filter(|s| s.name.ends_with("/Heartbeat") || s.name.ends_with("/Now"))
+        .collect();
+    assert!(background.is_empty(), "{background:?}");
+
     // A caller's mistake is recorded, but is not the server's error.
     let spans = collector.spans();
     let refused = spans

@@ -1,7 +1,9 @@
-//! The channel every internal gRPC client uses: each call is a client span
-//! (`freshet.v1.Storage/Append`, kind client) whose context travels in the
-//! request's `traceparent`, so the callee's server span is its child; and
-//! each call carries the deployment's tokens ([`OutgoingCall`]).
+//! The channel every internal gRPC client uses: each call made for a
+//! request is a client span (`freshet.v1.Storage/Append`, kind client)
+//! whose context travels in the request's `traceparent`, so the callee's
+//! server span is its child; a call made outside any request travels
+//! unsampled; and each call carries the deployment's tokens
+//! ([`OutgoingCall`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -46,7 +48,18 @@ impl tower::Service<http::Request<Body>> for TracedChannel {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // Outside any request — a heartbeat, a timer poll, an idle
+        // catch-up — the call is marked not sampled: it is counted by the
+        // callee's metrics, but is no trace of its own.
+        if tracing::Span::current().is_none() {
+            if let Ok(parent) =
+                http::HeaderValue::from_str(&freshet_telemetry::unsampled_traceparent())
+            {
+                request.headers_mut().insert("traceparent", parent);
+            }
+            return Box::pin(self.inner.call(request));
+        }
         let path = request.uri().path();
         let (service, method) = freshet_telemetry::rpc_parts(path);
         let span = tracing::info_span!(

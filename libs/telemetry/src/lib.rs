@@ -226,6 +226,16 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// A W3C `traceparent` for a call made outside any request: fresh ids,
+/// the *sampled* flag off. The callee's spans follow their parent and are
+/// not exported, so a service's own background calls (heartbeats, timer
+/// polls, idle catch-up) do not each become a trace of their own.
+pub fn unsampled_traceparent() -> String {
+    use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
+    let ids = RandomIdGenerator::default();
+    format!("00-{}-{}-00", ids.new_trace_id(), ids.new_span_id())
+}
+
 /// Writes the current span's trace context into outgoing gRPC metadata.
 pub fn inject_current_context(metadata: &mut MetadataMap) {
     let context = tracing::Span::current().context();

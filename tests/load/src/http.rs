@@ -139,21 +139,14 @@ impl KinesisHttp {
             }
         };
         sender.ready().await.map_err(transport)?;
-        let response = sender.send_request(request).await.map_err(transport)?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(transport)?
-            .to_bytes();
+        let answer = read_answer(sender.send_request(request).await.map_err(transport)?).await?;
         if !sender.is_closed() {
             self.idle
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(sender);
         }
-        Ok(Answer { status, body })
+        Ok(answer)
     }
 
     fn take_idle(&self) -> Option<http1::SendRequest<Full<Bytes>>> {
@@ -187,15 +180,7 @@ impl KinesisHttp {
             }
         };
         sender.ready().await.map_err(transport)?;
-        let response = sender.send_request(request).await.map_err(transport)?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(transport)?
-            .to_bytes();
-        Ok(Answer { status, body })
+        read_answer(sender.send_request(request).await.map_err(transport)?).await
     }
 
     async fn connect(&self) -> Result<TcpStream, Failure> {
@@ -205,6 +190,23 @@ impl KinesisHttp {
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }
+}
+
+/// The most of an answer's body kept: a GetRecords answer of 10,000
+/// records of the largest size, with room. An endpoint sending more is
+/// answering something else, and the call fails rather than the tool
+/// running out of memory.
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
+/// An answer's status and its whole body, up to [`MAX_ANSWER_BYTES`].
+async fn read_answer(response: http::Response<hyper::body::Incoming>) -> Result<Answer, Failure> {
+    let status = response.status().as_u16();
+    let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+        .collect()
+        .await
+        .map_err(|error| Failure::new("transport error", error.to_string()))?
+        .to_bytes();
+    Ok(Answer { status, body })
 }
 
 fn transport(error: hyper::Error) -> Failure {

@@ -61,10 +61,17 @@ impl Context {
 
 /// A short id unique enough to tell runs apart: process id and start time.
 pub fn run_id() -> String {
+    // Seconds, the time's nanoseconds and the pid: two runs (pids repeat
+    // in containers) never share a name, so a run deletes only its own.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format!("{:x}{:04x}", now & 0xf_ffff, std::process::id() & 0xffff)
+        .unwrap_or_default();
+    format!(
+        "{:x}{:08x}{:04x}",
+        now.as_secs() & 0xf_ffff,
+        now.subsec_nanos(),
+        std::process::id() & 0xffff
+    )
 }
 
 /// A scenario ready to run.

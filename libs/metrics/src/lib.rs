@@ -41,10 +41,10 @@ impl Registry {
         Registry::default()
     }
 
-    /// Registers a metric made elsewhere (a family a component owns from
-    /// its construction); returns it. `help` is one sentence: the
-    /// exposition adds its full stop.
-    pub fn register_existing<M>(&self, name: &str, help: &str, metric: M) -> M
+    /// Registers `metric` (made here, or by a component that owns it from
+    /// its construction) under `name`; returns it. `help` is one sentence:
+    /// the exposition adds its full stop.
+    pub fn register<M>(&self, name: &str, help: &str, metric: M) -> M
     where
         M: prometheus_client::registry::Metric + Clone,
     {
@@ -53,13 +53,6 @@ impl Registry {
         let mut registry = self.inner.write().unwrap_or_else(|e| e.into_inner());
         registry.register(name, help.trim_end_matches('.'), metric.clone());
         metric
-    }
-
-    fn register<M>(&self, name: &str, help: &str, metric: M) -> M
-    where
-        M: prometheus_client::registry::Metric + Clone,
-    {
-        self.register_existing(name, help, metric)
     }
 
     /// A counter; `name` without the `_total` the exposition adds.
@@ -87,7 +80,7 @@ impl Registry {
     }
 
     pub fn histogram(&self, name: &str, help: &str, buckets: Buckets) -> Histogram {
-        self.register(name, help, Histogram::new(buckets.bounds().iter().copied()))
+        self.register(name, help, histogram_of(buckets))
     }
 
     pub fn histogram_family<L>(

@@ -22,11 +22,6 @@ impl Metrics {
         })
     }
 
-    /// Where scrapes go, when metrics are on.
-    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
-        self.endpoint.local_addr()
-    }
-
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -172,7 +172,7 @@ impl CacheService {
     /// Counts this cache's lookups in `registry` (a service counts them
     /// from its first request; a cache built alone keeps them to itself).
     pub fn counting_lookups_in(self, registry: &freshet_metrics::Registry) -> CacheService {
-        registry.register_existing(
+        registry.register(
             "freshet_cache_lookups",
             "Shard-map lookups: Redis held the stream (hit), did not (miss) or failed (error)",
             self.inner.lookups.clone(),

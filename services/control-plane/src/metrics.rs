@@ -26,17 +26,17 @@ pub(crate) struct ControlPlaneMetrics {
 
 impl ControlPlaneMetrics {
     pub(crate) fn register_in(&self, registry: &Registry) {
-        registry.register_existing(
+        registry.register(
             "freshet_control_plane_balancer_moves",
             "Shards moved off an overloaded worker",
             self.balancer_moves.clone(),
         );
-        registry.register_existing(
+        registry.register(
             "freshet_control_plane_scaler_decisions",
             "On-demand scaling decisions that reshaped a stream",
             self.scaler_decisions.clone(),
         );
-        registry.register_existing(
+        registry.register(
             "freshet_control_plane_reshard_steps",
             "Resharding steps begun (split or merge)",
             self.reshard_steps.clone(),

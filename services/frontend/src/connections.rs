@@ -52,12 +52,12 @@ pub struct ConnectionLimits {
 /// closed at once because too many were open (scraped as
 /// `freshet_frontend_connections` and `freshet_frontend_connections_shed_total`).
 #[derive(Debug, Default)]
-pub struct ShedConnections {
+pub struct ConnectionCounts {
     open: freshet_metrics::Gauge,
     shed: freshet_metrics::Counter,
 }
 
-impl ShedConnections {
+impl ConnectionCounts {
     /// Connections shed so far.
     pub fn count(&self) -> u64 {
         self.shed.get()
@@ -69,12 +69,12 @@ impl ShedConnections {
     }
 
     pub(crate) fn register_in(&self, registry: &freshet_metrics::Registry) {
-        registry.register_existing(
+        registry.register(
             "freshet_frontend_connections",
             "Client connections open",
             self.open.clone(),
         );
-        registry.register_existing(
+        registry.register(
             "freshet_frontend_connections_shed",
             "Client connections closed at once because the connection limits were reached",
             self.shed.clone(),
@@ -89,7 +89,7 @@ pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     limits: ConnectionLimits,
-    shed: Arc<ShedConnections>,
+    shed: Arc<ConnectionCounts>,
     stop: CancellationToken,
     drain: Duration,
 ) {
@@ -304,11 +304,11 @@ mod tests {
 
     async fn server(
         limits: ConnectionLimits,
-    ) -> (SocketAddr, Arc<ShedConnections>, CancellationToken) {
+    ) -> (SocketAddr, Arc<ConnectionCounts>, CancellationToken) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let app = axum::Router::new().fallback(|| async { "ok" });
-        let shed = Arc::new(ShedConnections::default());
+        let shed = Arc::new(ConnectionCounts::default());
         let stop = CancellationToken::new();
         tokio::spawn(serve(
             listener,

@@ -181,9 +181,9 @@ pub struct Frontend {
     /// KiB of request bodies being read or held, across all requests.
     pub(crate) body_budget: Arc<tokio::sync::Semaphore>,
     connection_limits: connections::ConnectionLimits,
-    /// Connections closed because [`connections::ConnectionLimits`] were
-    /// reached.
-    pub shed_connections: Arc<connections::ShedConnections>,
+    /// Connections open now, and those closed at once because
+    /// [`connections::ConnectionLimits`] were reached.
+    pub connection_counts: Arc<connections::ConnectionCounts>,
     /// Tasks requests leave behind (the coalescer's senders).
     tasks: freshet_server::Tasks,
     /// This frontend's metrics, as scraped.
@@ -245,8 +245,8 @@ impl Frontend {
         let tasks = freshet_server::Tasks::new();
         let registry = freshet_metrics::Registry::new();
         let metrics = metrics::FrontendMetrics::register(&registry, config.shard_level_metrics);
-        let shed_connections = Arc::new(connections::ShedConnections::default());
-        shed_connections.register_in(&registry);
+        let connection_counts = Arc::new(connections::ConnectionCounts::default());
+        connection_counts.register_in(&registry);
         Ok(Arc::new(Frontend {
             registry,
             metrics,
@@ -294,7 +294,7 @@ impl Frontend {
                 idle_timeout: config.idle_timeout,
                 http2_max_streams: config.http2_max_streams,
             },
-            shed_connections,
+            connection_counts,
             tasks,
             _subscription: subscription,
         }))
@@ -385,7 +385,7 @@ pub async fn serve(
         listener,
         router,
         frontend.connection_limits,
-        frontend.shed_connections.clone(),
+        frontend.connection_counts.clone(),
         stop,
         freshet_server::DRAIN_DEADLINE,
     )

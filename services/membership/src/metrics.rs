@@ -26,17 +26,17 @@ impl Default for MembershipMetrics {
 
 impl MembershipMetrics {
     pub(crate) fn register_in(&self, registry: &Registry) {
-        registry.register_existing(
+        registry.register(
             "freshet_membership_change_propagation_seconds",
             "Time from a shard-map change's commit to its hand-over to a subscriber",
             self.change_propagation.clone(),
         );
-        registry.register_existing(
+        registry.register(
             "freshet_membership_failovers",
             "Shards whose leadership moved off a dead leader",
             self.failovers.clone(),
         );
-        registry.register_existing(
+        registry.register(
             "freshet_membership_workers_alive",
             "Storage workers alive at the last failover check",
             self.workers_alive.clone(),

@@ -99,6 +99,21 @@ impl<T: Acknowledged> WriterLoops<T> {
     }
 }
 
+/// PutRecords entries whose data is the payload and whose partition key is
+/// the payload too.
+pub fn self_keyed_entries(payloads: &[String]) -> anyhow::Result<Vec<PutRecordsRequestEntry>> {
+    let entries = payloads
+        .iter()
+        .map(|p| {
+            PutRecordsRequestEntry::builder()
+                .partition_key(p)
+                .data(Blob::new(p.as_bytes()))
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(entries)
+}
+
 /// Concurrent PutRecords loops, each record's payload unique.
 pub type Producers = WriterLoops<HashSet<String>>;
 
@@ -123,15 +138,7 @@ impl Producers {
                     let payloads: Vec<String> = (0..batch_size)
                         .map(|i| format!("{stream}-p{producer}-b{batch}-r{i}"))
                         .collect();
-                    let entries = payloads
-                        .iter()
-                        .map(|p| {
-                            PutRecordsRequestEntry::builder()
-                                .partition_key(p)
-                                .data(Blob::new(p.as_bytes()))
-                                .build()
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
+                    let entries = self_keyed_entries(&payloads)?;
                     let Ok(output) = client
                         .put_records()
                         .stream_name(&stream)

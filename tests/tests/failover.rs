@@ -102,8 +102,9 @@ async fn killing_a_leader_under_load_loses_no_acknowledged_record() -> anyhow::R
         producers.count() >= resumed_from + 400
     })
     .await?;
-    // The killed worker comes back: the shards that lost it get it back as
-    // a replica (three copies again), and it catches up from the leader.
+    // The killed worker comes back: the shards that lost it get it back,
+    // first as a learner and, once it holds the leader's log, as a voter
+    // (three voting copies again), and it catches up from the leader.
     cluster.start_worker(victim).await?;
     let map = cluster.frontend.router().map().clone();
     let placement = || {
@@ -112,7 +113,12 @@ async fn killing_a_leader_under_load_loses_no_acknowledged_record() -> anyhow::R
             .find(|e| e.key.as_ref().is_some_and(|k| k.shard_id == shard_id))
     };
     wait_until(Duration::from_secs(60), || async {
-        placement().is_some_and(|e| e.replica_worker_ids.contains(&victim_id))
+        placement().is_some_and(|e| {
+            e.replica_worker_ids.contains(&victim_id)
+                && e.voter_ids.contains(&victim_id)
+                && e.voter_ids.len() == 3
+                && e.next_voter_ids.is_empty()
+        })
     })
     .await?;
     let acknowledged = producers.stop().await?;

@@ -128,8 +128,9 @@ impl ChangeBatch {
     pub async fn insert_shard(&mut self, shard: &ShardRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO shards (stream_uid, shard_id, starting_hash_key, ending_hash_key, parent_shard_id, \
-             adjacent_parent_shard_id, sequence_base, ending_offset, state, leader_worker_id, replica_worker_ids, epoch) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             adjacent_parent_shard_id, sequence_base, ending_offset, state, leader_worker_id, replica_worker_ids, epoch, \
+             voter_ids, next_voter_ids) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(shard.stream_uid)
         .bind(&shard.shard_id)
@@ -143,18 +144,22 @@ impl ChangeBatch {
         .bind(&shard.leader_worker_id)
         .bind(&shard.replica_worker_ids)
         .bind(shard.epoch as i64)
+        .bind(shard.voters.to_lists().0)
+        .bind(shard.voters.to_lists().1)
         .execute(&mut *self.transaction)
         .await
         .db_with(|| format!("insert shard {}", shard.shard_id))?;
         Ok(())
     }
 
-    /// Moves a shard's leadership: new leader, replicas and epoch — only
-    /// from epoch `shard.epoch - 1` and the state the caller read, so two
-    /// racing changes cannot both apply.
+    /// Moves a shard's leadership: new leader, replicas, voters and epoch
+    /// — only from epoch `shard.epoch - 1` and the state the caller read,
+    /// so two racing changes cannot both apply.
     pub async fn update_placement(&mut self, shard: &ShardRow) -> Result<()> {
+        let (voters, next_voters) = shard.voters.to_lists();
         let moved = sqlx::query(
-            "UPDATE shards SET leader_worker_id = $3, replica_worker_ids = $4, epoch = $5 \
+            "UPDATE shards SET leader_worker_id = $3, replica_worker_ids = $4, epoch = $5, \
+             voter_ids = $7, next_voter_ids = $8 \
              WHERE stream_uid = $1 AND shard_id = $2 AND epoch = $5 - 1 AND state = $6",
         )
         .bind(shard.stream_uid)
@@ -163,6 +168,8 @@ impl ChangeBatch {
         .bind(&shard.replica_worker_ids)
         .bind(shard.epoch as i64)
         .bind(shard.state.as_str())
+        .bind(voters)
+        .bind(next_voters)
         .execute(&mut *self.transaction)
         .await
         .db_with(|| format!("move shard {}", shard.shard_id))?;
@@ -175,24 +182,30 @@ impl ChangeBatch {
         })
     }
 
-    /// Sets a shard's replicas without a new epoch (the leader keeps
-    /// writing; a new replica is filled from it) — only from the epoch,
-    /// state and replicas the caller read.
-    pub async fn set_replicas(&mut self, shard: &ShardRow, read_replicas: &[String]) -> Result<()> {
+    /// Changes a shard's voters and replicas at its epoch (a joint
+    /// configuration left, learners promoted, deposed copies let go) — only
+    /// from the epoch, voters and replicas the caller read in `read`.
+    pub async fn reconfigure(&mut self, shard: &ShardRow, read: &ShardRow) -> Result<()> {
+        let (voters, next_voters) = shard.voters.to_lists();
+        let (read_voters, read_next_voters) = read.voters.to_lists();
         let changed = sqlx::query(
-            "UPDATE shards SET replica_worker_ids = $3 \
-             WHERE stream_uid = $1 AND shard_id = $2 AND epoch = $4 AND state = $5 \
-             AND replica_worker_ids = $6",
+            "UPDATE shards SET voter_ids = $3, next_voter_ids = $4, replica_worker_ids = $5 \
+             WHERE stream_uid = $1 AND shard_id = $2 AND epoch = $6 AND leader_worker_id = $7 \
+             AND voter_ids = $8 AND next_voter_ids = $9 AND replica_worker_ids = $10",
         )
         .bind(shard.stream_uid)
         .bind(&shard.shard_id)
+        .bind(voters)
+        .bind(next_voters)
         .bind(&shard.replica_worker_ids)
-        .bind(shard.epoch as i64)
-        .bind(shard.state.as_str())
-        .bind(read_replicas)
+        .bind(read.epoch as i64)
+        .bind(&read.leader_worker_id)
+        .bind(read_voters)
+        .bind(read_next_voters)
+        .bind(&read.replica_worker_ids)
         .execute(&mut *self.transaction)
         .await
-        .db_with(|| format!("add replicas to shard {}", shard.shard_id))?;
+        .db_with(|| format!("change the voters of shard {}", shard.shard_id))?;
         one_row_changed(changed.rows_affected(), || {
             format!("shard {} changed meanwhile", shard.shard_id)
         })
@@ -268,7 +281,8 @@ impl ChangeBatch {
         })?;
         let changed = sqlx::query(
             "UPDATE shards SET state = 'OPEN', leader_worker_id = $3, replica_worker_ids = $4, \
-             epoch = $5, segment_index = $6, segment_start_offset = $7, sealed_segments = $8::jsonb \
+             epoch = $5, segment_index = $6, segment_start_offset = $7, sealed_segments = $8::jsonb, \
+             voter_ids = $9, next_voter_ids = $10 \
              WHERE stream_uid = $1 AND shard_id = $2 AND state = 'CLOSING' AND epoch = $5 - 1 \
              AND segment_index = $6 - 1",
         )
@@ -280,6 +294,8 @@ impl ChangeBatch {
         .bind(segment_index)
         .bind(shard.segment_start_offset as i64)
         .bind(sealed)
+        .bind(shard.voters.to_lists().0)
+        .bind(shard.voters.to_lists().1)
         .execute(&mut *self.transaction)
         .await
         .db_with(|| format!("relocate shard {}", shard.shard_id))?;

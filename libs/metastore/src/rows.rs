@@ -2,7 +2,7 @@
 //! enums ([`freshet_types::state`]); a stored text no variant names is an
 //! error here, not a surprise later.
 
-use freshet_types::{CommitmentStatus, ShardState, StreamMode, StreamStatus};
+use freshet_types::{CommitmentStatus, ShardState, StreamMode, StreamStatus, Voters};
 use sqlx::Row;
 
 use crate::error::{MetastoreError, Result};
@@ -55,7 +55,12 @@ pub struct ShardRow {
     /// CLOSED only: the shard holds exactly the offsets below this.
     pub ending_offset: Option<u64>,
     pub leader_worker_id: String,
+    /// Every copy of the current segment but the leader's — voters of
+    /// either configuration and learners: the leader sends each of them
+    /// every batch.
     pub replica_worker_ids: Vec<String>,
+    /// Whose copies count (the leader's too): see [`Voters`].
+    pub voters: Voters,
     pub epoch: u64,
     /// The current segment of the shard's log (the one `leader_worker_id`
     /// and `replica_worker_ids` hold) and its first offset.
@@ -66,6 +71,16 @@ pub struct ShardRow {
 }
 
 impl ShardRow {
+    /// The replicas that do not vote (yet): they receive every batch and
+    /// count for nothing until they are promoted.
+    pub fn learners(&self) -> Vec<String> {
+        self.replica_worker_ids
+            .iter()
+            .filter(|id| !self.voters.contains(id))
+            .cloned()
+            .collect()
+    }
+
     /// Whether the shard counts as open in `stream`: OPEN, or CLOSING in an
     /// ACTIVE stream — that is a move to another worker under way (worker
     /// balancing), after which it is OPEN again; resharding closes shards
@@ -104,7 +119,7 @@ pub(crate) const STREAM_COLUMNS: &str =
      retention_hours, max_record_size_kib, created_at_ms, warm_throughput_mibps";
 
 pub(crate) const SHARD_SELECT: &str = "SELECT stream_uid, shard_id, starting_hash_key, ending_hash_key, parent_shard_id, \
-     adjacent_parent_shard_id, sequence_base, ending_offset, state, leader_worker_id, replica_worker_ids, epoch, \
+     adjacent_parent_shard_id, sequence_base, ending_offset, state, leader_worker_id, replica_worker_ids, voter_ids, next_voter_ids, epoch, \
      segment_index, segment_start_offset, sealed_segments::text AS sealed_segments \
      FROM shards";
 
@@ -123,6 +138,10 @@ pub(crate) fn shard_from_row(row: &sqlx::postgres::PgRow) -> Result<ShardRow> {
         state: row.try_get::<String, _>("state")?.parse()?,
         leader_worker_id: row.try_get("leader_worker_id")?,
         replica_worker_ids: row.try_get("replica_worker_ids")?,
+        voters: Voters::from_lists(
+            &row.try_get::<Vec<String>, _>("voter_ids")?,
+            &row.try_get::<Vec<String>, _>("next_voter_ids")?,
+        ),
         epoch: row.try_get::<i64, _>("epoch")? as u64,
         segment_index: row.try_get::<i32, _>("segment_index")? as u32,
         segment_start_offset: row.try_get::<i64, _>("segment_start_offset")? as u64,

@@ -24,3 +24,17 @@ pub use router::{RouteError, RouteSource, Router, RouterStats, StreamRoute};
 pub use subscriber::{follow_change_log, Subscription};
 
 pub use freshet_proto::v1::{ShardMapEntry, ShardState};
+
+/// Whose copies of `entry`'s current segment vote (see
+/// [`freshet_types::Voters`]). An entry published before voters were
+/// recorded names none: then every copy votes, as it did.
+pub fn voters_of(entry: &ShardMapEntry) -> freshet_types::Voters {
+    if entry.voter_ids.is_empty() {
+        return freshet_types::Voters::Stable(
+            std::iter::once(entry.leader_worker_id.clone())
+                .chain(entry.replica_worker_ids.iter().cloned())
+                .collect(),
+        );
+    }
+    freshet_types::Voters::from_lists(&entry.voter_ids, &entry.next_voter_ids)
+}

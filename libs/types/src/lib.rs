@@ -13,10 +13,12 @@ pub mod calendar;
 pub mod fuzzing;
 pub mod identity;
 pub mod state;
+pub mod voters;
 pub use identity::{AccessKeyId, AccountId, Principal};
 pub use state::{
     AccessKeyStatus, CommitmentStatus, ShardState, StreamMode, StreamStatus, UnknownState,
 };
+pub use voters::Voters;
 
 use md5::{Digest, Md5};
 

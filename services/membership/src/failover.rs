@@ -27,20 +27,51 @@
 //! (checked again under the log's writer lock, so a late request cannot
 //! slip in after a newer leader's).
 //!
-//! # Why the promoted replica has every acknowledged record
+//! # Why the promoted copy has every acknowledged record
 //!
-//! A batch is acknowledged once a majority of the shard's copies hold it.
-//! Failover waits until enough replicas answer that, with the dead leader,
-//! they make up more than the copies outside any majority
-//! ([`placement::replicas_needed_to_elect`]), so one of them holds each acknowledged
-//! batch. It promotes the copy with the greatest `(last_epoch, end)`: the
-//! epoch its log is current with (its epoch history, `libs/log/src/epochs.rs`),
-//! then its length — Raft's election rule. A copy current with a newer epoch
-//! holds everything that epoch's leader held when it took over, and a new
-//! leader commits earlier records only once a majority is current with its
-//! epoch, so that copy holds every acknowledged batch too; among copies of
-//! one epoch, each is a prefix of that epoch's leader's log, and the longest
-//! holds the most.
+//! Which copies count is the shard's *voting configuration*
+//! (`libs/types/src/voters.rs`): a stable set of voters or, while it
+//! changes, a joint one — from the committed set to the next. Replicas
+//! outside it are *learners*: they receive every batch and count for
+//! nothing.
+//!
+//! 1. **Commit.** A leader acknowledges a batch only once a majority of
+//!    every voter set holds it, and at least `min_ack_copies` voters
+//!    (`services/storage-worker/src/replication.rs`). It commits under the
+//!    configuration in its own shard map: the row's, or — until it applies
+//!    a change it asked for itself — the one before (a joint configuration
+//!    being left, or a stable one gaining voters). Each of those quorums
+//!    holds a majority of the row's *committed* set.
+//! 2. **Election.** Failover promotes a copy only after hearing from every
+//!    live voter, and only when the answers include more of the committed
+//!    set than any majority of it leaves out
+//!    ([`freshet_types::Voters::election_has_heard_enough`]); otherwise the
+//!    shard waits — unavailable, never lossy. So a copy of every
+//!    acknowledged batch answered. The copy with the greatest `(last_epoch,
+//!    end)` is promoted — the epoch its log is current with (its epoch
+//!    history, `libs/log/src/epochs.rs`), then its length: Raft's election
+//!    rule. A copy current with a newer epoch holds everything that epoch's
+//!    leader held when it took over, and a new leader commits earlier
+//!    records only once a quorum is current with its epoch, so that copy
+//!    holds every acknowledged batch too; among copies of one epoch, each
+//!    is a prefix of that epoch's leader's log, and the longest holds the
+//!    most.
+//! 3. **Reconfiguration.** The answering voters become the next set. The
+//!    deposed leader keeps its vote, dead or not (and the new leader keeps
+//!    sending to it), until the next set holds every acknowledged batch on
+//!    a majority: at once if a majority of it is at the winner's position
+//!    (same last epoch and end: the same log), otherwise through a joint
+//!    configuration that the new leader's `ReportReplicas` ends once it has
+//!    committed its log, through the start of its own epoch, on a majority
+//!    of both sets (`reconfigure.rs`). New copies join as learners and
+//!    become voters the same way, once they hold the leader's whole
+//!    committed log. This closes hole 1 of issue 13: after a first
+//!    failover that left a lagging copy C beside the new leader B, the
+//!    loss of B cannot elect C alone while the deposed A — holding what C
+//!    lacks — still has a vote.
+//! 4. **Orphans.** A worker removes its copy of a segment only once no
+//!    entry names it (`services/storage-worker/src/lib.rs`): after the
+//!    configuration without it is committed.
 //!
 //! If the timer service is unreachable, (2) cannot be proven and nothing
 //! fails over: availability waits, safety does not.
@@ -176,54 +207,72 @@ async fn copy_position(inner: &Inner, address: &str, shard: &ShardRow) -> Option
     })
 }
 
-/// Gives shards kept on fewer than three workers a replica again: a live
+/// Gives shards kept on fewer than three workers a copy again: a live
 /// worker in a zone the shard does not use yet (a worker that came back
-/// after its shards were failed over away, or a new one). Same leader, same
-/// epoch: the leader starts sending it batches and fills it from its log
-/// (`services/storage-worker/src/replication.rs`); until it has caught up
-/// it does not count towards acknowledgements.
+/// after its shards were failed over away, or a new one), as a *learner*.
+/// Same leader, epoch and voters: the leader sends it every batch and fills
+/// it from its log (`services/storage-worker/src/replication.rs`), and
+/// reports it once it holds the whole log; only then does it become a
+/// voter (`reconfigure.rs`).
 async fn repair(
     service: &MembershipService,
     live: &HashMap<String, WorkerRow>,
 ) -> anyhow::Result<()> {
     let inner = &service.inner;
     for shard in inner.store.under_replicated_shards(COPIES).await? {
-        let placed: Vec<&String> = std::iter::once(&shard.leader_worker_id)
-            .chain(&shard.replica_worker_ids)
-            .collect();
-        // Only while the whole current placement is alive: a dead member
-        // is failover's business first.
-        if !placed.iter().all(|id| live.contains_key(*id)) {
-            continue;
-        }
-        let placed: Vec<&WorkerRow> = placed.iter().filter_map(|id| live.get(*id)).collect();
-        let live_workers: Vec<&WorkerRow> = live.values().collect();
-        let Some(spare) = placement::spare_replica(&placed, &live_workers) else {
-            continue;
-        };
         let Some(stream) = inner.store.get_stream_by_uid(shard.stream_uid).await? else {
             continue;
         };
-        let mut replicas = shard.replica_worker_ids.clone();
-        replicas.push(spare.worker_id.clone());
-        tracing::info!(
-            shard_id = shard.shard_id,
-            replica = spare.worker_id,
-            "adding a replica to an under-replicated shard"
-        );
-        let repaired = ShardRow {
-            replica_worker_ids: replicas,
-            ..shard
-        };
-        service
-            .publish(&stream, vec![repaired], Change::AddReplicas)
+        let live_workers: Vec<&WorkerRow> = live.values().collect();
+        // Decided on the row as it is under the publishing lock: a failover
+        // or a configuration change may have moved it on since.
+        let added = service
+            .publish_decided(&stream, |current| {
+                let Some(row) = current.get(&shard.shard_id) else {
+                    return Ok(Vec::new());
+                };
+                Ok(with_spare_learner(row, live, &live_workers)
+                    .map(|row| vec![(row, Change::AddReplicas)])
+                    .unwrap_or_default())
+            })
             .await?;
+        for entry in added {
+            tracing::info!(
+                shard_id = entry.key.map(|k| k.shard_id).unwrap_or_default(),
+                replicas = ?entry.replica_worker_ids,
+                "added a learner to an under-replicated shard"
+            );
+        }
     }
     Ok(())
 }
 
-/// Promotes the live replica with the longest log, keeps the other live
-/// replicas, and adds replacements in unused zones.
+/// `row` with a spare learner added, if it has fewer than [`COPIES`] copies
+/// and its whole placement is alive (a dead member is failover's business
+/// first) and a live worker in an unused zone is free.
+fn with_spare_learner(
+    row: &ShardRow,
+    live: &HashMap<String, WorkerRow>,
+    live_workers: &[&WorkerRow],
+) -> Option<ShardRow> {
+    if 1 + row.replica_worker_ids.len() >= COPIES {
+        return None;
+    }
+    let placed: Vec<&WorkerRow> = std::iter::once(&row.leader_worker_id)
+        .chain(&row.replica_worker_ids)
+        .map(|id| live.get(id))
+        .collect::<Option<Vec<_>>>()?;
+    let spare = placement::spare_replica(&placed, live_workers)?;
+    let mut replicas = row.replica_worker_ids.clone();
+    replicas.push(spare.worker_id.clone());
+    Some(ShardRow {
+        replica_worker_ids: replicas,
+        ..row.clone()
+    })
+}
+
+/// Promotes the most current voter, after hearing from every live one
+/// (see [`placement::elect`]).
 async fn fail_over(
     service: &MembershipService,
     shard: ShardRow,
@@ -237,20 +286,22 @@ async fn fail_over(
         return Ok(());
     }
     let mut candidates = Vec::new();
-    for replica in shard
-        .replica_worker_ids
-        .iter()
-        .filter_map(|id| live.get(id))
-    {
-        match copy_position(inner, &replica.address, &shard).await {
-            Some(position) => candidates.push((position, replica.clone())),
+    let voters = shard
+        .voters
+        .members()
+        .into_iter()
+        .filter(|id| *id != shard.leader_worker_id)
+        .filter_map(|id| live.get(id));
+    for voter in voters {
+        match copy_position(inner, &voter.address, &shard).await {
+            Some(position) => candidates.push((position, voter.clone())),
             None => {
-                // A live replica that does not answer may hold the longest
+                // A live voter that does not answer may hold the longest
                 // log (an acknowledged batch): never promote without it.
                 tracing::warn!(
                     shard_id = shard.shard_id,
-                    replica = replica.worker_id,
-                    "a live replica did not say how long its copy is; failover waits"
+                    replica = voter.worker_id,
+                    "a live voter did not say how long its copy is; failover waits"
                 );
                 return Ok(());
             }
@@ -261,31 +312,34 @@ async fn fail_over(
         .map(|(position, w)| (*position, w))
         .collect();
     let live_workers: Vec<&WorkerRow> = live.values().collect();
-    let copies = shard.replica_worker_ids.len() + 1;
-    let (chosen, (last_epoch, end)) = match placement::elect(
+    let promotion = match placement::elect(
         &shard.leader_worker_id,
-        copies,
+        &shard.voters,
+        &shard.learners(),
         &answers,
         &live_workers,
     ) {
-        Election::Promote {
-            placement,
-            position,
-        } => (placement, position),
+        Election::Promote(promotion) => promotion,
         Election::Wait { answering, needed } => {
+            if !first_wait_in_a_while(inner, &shard) {
+                return Ok(());
+            }
             tracing::warn!(
-                    shard_id = shard.shard_id,
-                    leader = shard.leader_worker_id,
-                    answering,
-                    needed,
-                    "leader is dead and too few replicas answer to be sure of every acknowledged record: the shard waits"
-                );
+                shard_id = shard.shard_id,
+                leader = shard.leader_worker_id,
+                answering,
+                needed,
+                voters = ?shard.voters,
+                "leader is dead and too few of the committed voters answer to be sure of every acknowledged record: the shard waits"
+            );
             return Ok(());
         }
     };
+    let (last_epoch, end) = promotion.position;
     let moved = ShardRow {
-        leader_worker_id: chosen.leader,
-        replica_worker_ids: chosen.replicas,
+        leader_worker_id: promotion.leader,
+        replica_worker_ids: promotion.replicas,
+        voters: promotion.voters,
         epoch: shard.epoch + 1,
         ..shard.clone()
     };
@@ -297,6 +351,7 @@ async fn fail_over(
         epoch = moved.epoch,
         copy_end = end,
         copy_epoch = last_epoch,
+        voters = ?moved.voters,
         "failing over shard"
     );
     // The old leader may have spoken up while the replicas were asked.
@@ -313,4 +368,21 @@ async fn fail_over(
         .await?;
     inner.metrics.failovers.inc();
     Ok(())
+}
+
+/// How often a shard that waits for its voters is logged again.
+const WAIT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Whether a shard's wait for its voters was not logged in the last
+/// [`WAIT_LOG_INTERVAL`] (failover checks it several times a second).
+fn first_wait_in_a_while(inner: &Inner, shard: &ShardRow) -> bool {
+    let key = format!("{}/{}/{}", shard.stream_uid, shard.shard_id, shard.epoch);
+    let now = std::time::Instant::now();
+    let mut logged = inner.waits_logged.lock().unwrap_or_else(|p| p.into_inner());
+    logged.retain(|_, at| now.duration_since(*at) < WAIT_LOG_INTERVAL);
+    if logged.contains_key(&key) {
+        return false;
+    }
+    logged.insert(key, now);
+    true
 }

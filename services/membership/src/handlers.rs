@@ -4,15 +4,16 @@
 //! then publishes through `publish.rs`.
 
 use freshet_errors::ErrorCode;
-use freshet_metastore::{SealedSegmentRow, ShardRow};
+use freshet_metastore::{MetastoreError, SealedSegmentRow, ShardRow};
 use freshet_proto::v1::membership_server::Membership;
 use freshet_proto::v1::*;
-use freshet_types::ShardState;
+use freshet_types::{ShardState, Voters};
 use tonic::{Request, Response, Status};
 
 use crate::failover;
 use crate::placement;
 use crate::publish::Change;
+use crate::reconfigure;
 use crate::service::store_error;
 use crate::subscribe::EventStream;
 use crate::MembershipService;
@@ -309,10 +310,17 @@ impl Membership for MembershipService {
                 .chain(row.replica_worker_ids.iter().cloned())
                 .collect(),
         });
+        // A new segment starts empty on every copy: all of them vote.
+        let voters = Voters::Stable(
+            std::iter::once(placement.leader.clone())
+                .chain(placement.replicas.iter().cloned())
+                .collect(),
+        );
         let next = ShardRow {
             state: ShardState::Open,
             leader_worker_id: placement.leader,
             replica_worker_ids: placement.replicas,
+            voters,
             epoch: row.epoch + 1,
             segment_index: row.segment_index + 1,
             segment_start_offset: request.ending_offset,
@@ -337,6 +345,49 @@ impl Membership for MembershipService {
             .await
             .map_err(store_error)?;
         Ok(Response::new(RepublishStreamResponse {}))
+    }
+
+    async fn report_replicas(
+        &self,
+        request: Request<ReportReplicasRequest>,
+    ) -> Result<Response<ReportReplicasResponse>, Status> {
+        let request = request.into_inner();
+        let shard = request
+            .shard
+            .ok_or_else(|| ErrorCode::InvalidArgument.status("shard is required"))?;
+        let stream = self.live_stream(shard.stream_uid).await?;
+        let reported = Voters::from_lists(&request.voter_ids, &request.next_voter_ids);
+        let entries = self
+            .publish_decided(&stream, |current| {
+                let row = current.get(&shard.shard_id).ok_or_else(|| {
+                    MetastoreError::NotFound(format!("shard {} does not exist", shard.shard_id))
+                })?;
+                if row.epoch != request.epoch || row.voters != reported {
+                    return Err(MetastoreError::Conflict(format!(
+                        "shard {} is at epoch {} with voters {:?}, not at epoch {} with {reported:?}",
+                        shard.shard_id, row.epoch, row.voters, request.epoch
+                    )));
+                }
+                Ok(reconfigure::after_report(row, &request.holding)
+                    .map(|row| vec![(row, Change::Reconfigure)])
+                    .unwrap_or_default())
+            })
+            .await
+            .map_err(store_error)?;
+        if let Some(entry) = entries.first() {
+            tracing::info!(
+                shard_id = shard.shard_id,
+                epoch = request.epoch,
+                voters = ?entry.voter_ids,
+                next_voters = ?entry.next_voter_ids,
+                replicas = ?entry.replica_worker_ids,
+                "shard's voters moved on"
+            );
+        }
+        Ok(Response::new(ReportReplicasResponse {
+            changed: !entries.is_empty(),
+            entry: entries.into_iter().next().map(|e| self.stamp(e)),
+        }))
     }
 
     type SubscribeStream = EventStream;

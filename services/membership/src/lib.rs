@@ -20,6 +20,7 @@ mod handlers;
 mod metrics;
 mod placement;
 mod publish;
+mod reconfigure;
 mod service;
 mod subscribe;
 

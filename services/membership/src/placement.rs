@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use freshet_metastore::WorkerRow;
+use freshet_types::Voters;
 
 /// Copies per shard, in distinct zones.
 pub const COPIES: usize = 3;
@@ -109,45 +110,57 @@ pub fn place_next_segment(
 /// compared in that order (Raft's election rule; see `failover.rs`).
 pub type CopyPosition = (u64, u64);
 
+/// A failed-over shard's new copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promotion {
+    pub leader: String,
+    /// Every copy but the leader's: the voters of either configuration
+    /// (the deposed leader included, until the new configuration is
+    /// committed) and the learners.
+    pub replicas: Vec<String>,
+    pub voters: Voters,
+    /// The promoted copy's position.
+    pub position: CopyPosition,
+}
+
 /// What failover decides for a shard whose leader died.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Election {
-    /// Promote the most current copy; keep the other answering replicas and
-    /// add spares in zones the shard does not use, up to [`COPIES`].
-    Promote {
-        placement: Placement,
-        /// The promoted copy's position.
-        position: CopyPosition,
-    },
-    /// Too few replicas answered to be sure one of them holds every
-    /// acknowledged batch: the shard waits.
+    /// Promote the most current voter that answered; see [`elect`].
+    Promote(Promotion),
+    /// Too few voters of the committed configuration answered to be sure
+    /// one of them holds every acknowledged batch: the shard waits.
     Wait { answering: usize, needed: usize },
 }
 
-/// Answers needed from the replicas before one may be promoted: enough that
-/// they include at least one copy of every batch acknowledged on a majority
-/// of the shard's `copies` (the dead leader's included) — a majority-based
-/// election, as in Raft.
-pub fn replicas_needed_to_elect(copies: usize) -> usize {
-    let acknowledging = copies / 2 + 1;
-    copies - acknowledging + 1
-}
-
-/// Chooses the new leader and replicas of a shard of `copies` copies whose
-/// leader `dead_leader` died. `answers` are the live replicas that said how
-/// current their copy is, in the order of the shard's replica list (which
-/// breaks ties); `live` are the live workers spares are taken from.
+/// Chooses the new leader, voters and learners of a shard whose leader
+/// `dead_leader` died.
+///
+/// `answers` are the voters that said how current their copy is, in the
+/// order of the shard's replica list (which breaks ties); `learners` the
+/// shard's learners; `live` the live workers spares are taken from.
+///
+/// The election needs enough answers from the committed configuration
+/// ([`Voters::election_has_heard_enough`]) and promotes the most current
+/// answer. The answering voters (one per zone) become the next
+/// configuration. It is committed at once when a majority of it already
+/// holds the winner's whole log; otherwise it is joint with the committed
+/// one — the dead leader keeps its vote until the new leader has committed
+/// its log on a majority of both (`ReportReplicas`). Live learners stay
+/// learners, and spares in zones the next configuration does not use join
+/// as learners, up to [`COPIES`] copies.
 pub fn elect(
     dead_leader: &str,
-    copies: usize,
+    voters: &Voters,
+    learners: &[String],
     answers: &[(CopyPosition, &WorkerRow)],
     live: &[&WorkerRow],
 ) -> Election {
-    let needed = replicas_needed_to_elect(copies);
-    if answers.len() < needed || answers.is_empty() {
+    let answered = |id: &str| answers.iter().any(|(_, w)| w.worker_id == id);
+    if answers.is_empty() || !voters.election_has_heard_enough(answered) {
         return Election::Wait {
-            answering: answers.len(),
-            needed,
+            answering: voters.committed().iter().filter(|id| answered(id)).count(),
+            needed: voters.election_answers_needed(),
         };
     }
     // Most current first; a stable sort keeps the replica list's order on
@@ -155,39 +168,88 @@ pub fn elect(
     let mut ranked = answers.to_vec();
     ranked.sort_by_key(|(position, _)| std::cmp::Reverse(*position));
     let (position, leader) = ranked[0];
-    let mut replicas: Vec<String> = ranked[1..]
-        .iter()
-        .map(|(_, w)| w.worker_id.clone())
-        .collect();
-    let mut zones: BTreeSet<&str> = ranked
-        .iter()
-        .map(|(_, w)| w.availability_zone.as_str())
-        .collect();
+    // The next configuration: the answering voters, one per zone.
+    let mut zones: BTreeSet<&str> = BTreeSet::new();
+    let mut next: Vec<String> = Vec::new();
+    for (_, worker) in &ranked {
+        if next.len() < COPIES && zones.insert(worker.availability_zone.as_str()) {
+            next.push(worker.worker_id.clone());
+        }
+    }
+    // Copies at the winner's position hold the same log as the winner (a
+    // copy current with an epoch adopted that epoch's history below its
+    // end). If a majority of the next configuration does, every batch ever
+    // committed is on that majority already, and it is committed at once.
+    let holds_winners_log = |id: &str| {
+        ranked
+            .iter()
+            .any(|(p, w)| *p == position && w.worker_id == id)
+    };
+    let committed = voters.committed().to_vec();
+    let voters = if same_members(&next, &committed)
+        || Voters::Stable(next.clone()).is_quorum(holds_winners_log)
+    {
+        Voters::Stable(next)
+    } else {
+        Voters::Joint { committed, next }
+    };
+    // Learners: the live ones the shard has, then spares.
+    let is_live = |id: &str| live.iter().any(|w| w.worker_id == id);
+    let zone_of = |id: &str| {
+        live.iter()
+            .find(|w| w.worker_id == id)
+            .map(|w| w.availability_zone.as_str())
+    };
+    let mut new_learners: Vec<String> = Vec::new();
+    for learner in learners {
+        if voters.contains(learner) || !is_live(learner) {
+            continue;
+        }
+        if let Some(zone) = zone_of(learner) {
+            if zones.insert(zone) {
+                new_learners.push(learner.clone());
+            }
+        }
+    }
     let mut spares: Vec<&WorkerRow> = live
         .iter()
         .copied()
         .filter(|w| {
-            w.worker_id != leader.worker_id
-                && w.worker_id != dead_leader
-                && !replicas.contains(&w.worker_id)
+            w.worker_id != dead_leader
+                && !voters.contains(&w.worker_id)
+                && !new_learners.contains(&w.worker_id)
         })
         .collect();
     spares.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
     for spare in spares {
-        if replicas.len() + 1 >= COPIES {
+        if voters.newest().len() + new_learners.len() >= COPIES {
             break;
         }
         if zones.insert(spare.availability_zone.as_str()) {
-            replicas.push(spare.worker_id.clone());
+            new_learners.push(spare.worker_id.clone());
         }
     }
-    Election::Promote {
-        placement: Placement {
-            leader: leader.worker_id.clone(),
-            replicas,
-        },
+    let mut replicas: Vec<String> = voters
+        .newest()
+        .iter()
+        .chain(voters.committed())
+        .filter(|id| **id != leader.worker_id)
+        .cloned()
+        .collect();
+    replicas.extend(new_learners);
+    let mut seen = BTreeSet::new();
+    replicas.retain(|id| seen.insert(id.clone()));
+    Election::Promote(Promotion {
+        leader: leader.worker_id.clone(),
+        replicas,
+        voters,
         position,
-    }
+    })
+}
+
+/// Whether two lists name the same workers.
+fn same_members(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|id| b.contains(id))
 }
 
 /// A live worker to add as a replica of a shard `placed` on fewer than
@@ -278,18 +340,21 @@ mod tests {
         assert_eq!(placement.replicas, vec!["c1".to_owned(), "b2".to_owned()]);
     }
 
-    #[test]
-    fn an_election_hears_from_a_copy_of_every_majority() {
-        // (copies, replica answers needed)
-        let table = [(1, 1), (2, 1), (3, 2), (5, 3)];
-        for (copies, needed) in table {
-            assert_eq!(replicas_needed_to_elect(copies), needed, "{copies} copies");
+    fn ids(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn promoted(election: Election) -> Promotion {
+        match election {
+            Election::Promote(promotion) => promotion,
+            wait => panic!("{wait:?}"),
         }
     }
 
     #[test]
     fn failover_promotes_the_newest_epoch_then_the_longest_log() {
         let (b1, c1, c2) = (worker("b1", "b"), worker("c1", "c"), worker("c2", "c"));
+        let voters = Voters::Stable(ids(&["a1", "b1", "c1"]));
         // (answers, expected leader, expected position)
         type Answers<'a> = Vec<(CopyPosition, &'a WorkerRow)>;
         let table: [(Answers<'_>, &str, CopyPosition); 4] = [
@@ -301,41 +366,97 @@ mod tests {
         ];
         let live = [&b1, &c1, &c2];
         for (answers, leader, position) in table {
-            match elect("a1", 3, &answers, &live) {
-                Election::Promote {
-                    placement,
-                    position: promoted,
-                } => {
-                    assert_eq!(placement.leader, leader, "{answers:?}");
-                    assert_eq!(promoted, position);
-                    assert_eq!(placement.replicas.len(), 1, "the other answering replica");
-                }
-                wait => panic!("{wait:?}"),
+            let promotion = promoted(elect("a1", &voters, &[], &answers, &live));
+            assert_eq!(promotion.leader, leader, "{answers:?}");
+            assert_eq!(promotion.position, position);
+            let next = promotion.voters.newest();
+            assert_eq!(next.len(), 2);
+            assert!(next.contains(&"b1".to_owned()) && next.contains(&"c1".to_owned()));
+            if answers[0].0 == answers[1].0 {
+                // Both hold the same log: {b1, c1} is committed at once,
+                // and the dead leader is let go.
+                assert!(!promotion.voters.is_joint());
+                assert!(!promotion.replicas.contains(&"a1".to_owned()));
+            } else {
+                // The dead leader keeps its vote until the new leader's
+                // log is on both copies.
+                assert_eq!(promotion.voters.committed(), &ids(&["a1", "b1", "c1"])[..]);
+                assert!(promotion.voters.is_joint());
+                assert!(
+                    promotion.replicas.contains(&"a1".to_owned()),
+                    "still sent to"
+                );
             }
         }
     }
 
     #[test]
-    fn failover_waits_while_too_few_replicas_answer() {
-        let b1 = worker("b1", "b");
+    fn failover_waits_while_too_few_of_the_committed_voters_answer() {
+        let (b1, c1) = (worker("b1", "b"), worker("c1", "c"));
+        let three = Voters::Stable(ids(&["a1", "b1", "c1"]));
         assert_eq!(
-            elect("a1", 3, &[((1, 1), &b1)], &[&b1]),
+            elect("a1", &three, &[], &[((1, 1), &b1)], &[&b1]),
             Election::Wait {
                 answering: 1,
                 needed: 2
             }
         );
         assert_eq!(
-            elect("a1", 1, &[], &[&b1]),
+            elect("a1", &Voters::Stable(ids(&["a1"])), &[], &[], &[&b1]),
             Election::Wait {
                 answering: 0,
                 needed: 1
             }
         );
+        // Hole 1: a1 died, b1 led {a1, b1, c1} → {b1, c1} and died before
+        // the change was committed. c1 alone must not be elected.
+        let joint = Voters::Joint {
+            committed: ids(&["a1", "b1", "c1"]),
+            next: ids(&["b1", "c1"]),
+        };
+        assert_eq!(
+            elect("b1", &joint, &[], &[((2, 5), &c1)], &[&c1]),
+            Election::Wait {
+                answering: 1,
+                needed: 2
+            }
+        );
+        // Once committed, the two-copy configuration elects c1 alone: it
+        // holds every batch committed on both.
+        let committed = Voters::Stable(ids(&["b1", "c1"]));
+        let promotion = promoted(elect("b1", &committed, &[], &[((2, 5), &c1)], &[&c1]));
+        assert_eq!(promotion.leader, "c1");
+        assert_eq!(promotion.voters, Voters::Stable(ids(&["c1"])));
     }
 
     #[test]
-    fn failover_fills_unused_zones_never_with_the_dead_leader() {
+    fn a_second_failover_while_joint_is_still_decided_by_the_committed_voters() {
+        let (a1, c1) = (worker("a1", "a"), worker("c1", "c"));
+        let joint = Voters::Joint {
+            committed: ids(&["a1", "b1", "c1"]),
+            next: ids(&["b1", "c1"]),
+        };
+        // a1 came back (with the batches b1 never passed on to c1).
+        let promotion = promoted(elect(
+            "b1",
+            &joint,
+            &[],
+            &[((1, 9), &a1), ((1, 7), &c1)],
+            &[&a1, &c1],
+        ));
+        assert_eq!(promotion.leader, "a1");
+        assert_eq!(
+            promotion.voters,
+            Voters::Joint {
+                committed: ids(&["a1", "b1", "c1"]),
+                next: ids(&["a1", "c1"]),
+            }
+        );
+        assert_eq!(promotion.replicas, ids(&["c1", "b1"]));
+    }
+
+    #[test]
+    fn failover_adds_spares_as_learners_never_the_dead_leader() {
         let (a1, a2, b1, c1) = (
             worker("a1", "a"),
             worker("a2", "a"),
@@ -343,25 +464,37 @@ mod tests {
             worker("c1", "c"),
         );
         // b1 and c1 answered for a shard the dead a1 led: zone a gets a
-        // copy back on a2, never on a1 itself.
-        let Election::Promote { placement, .. } = elect(
+        // copy back on a2 as a learner, never on a1 itself.
+        let promotion = promoted(elect(
             "a1",
-            3,
+            &Voters::Stable(ids(&["a1", "b1", "c1"])),
+            &[],
             &[((2, 9), &b1), ((2, 9), &c1)],
             &[&a1, &a2, &b1, &c1],
-        ) else {
-            panic!("promoted")
-        };
-        assert_eq!(placement.leader, "b1");
-        assert_eq!(placement.replicas, vec!["c1".to_owned(), "a2".to_owned()]);
+        ));
+        assert_eq!(promotion.leader, "b1");
+        assert_eq!(promotion.replicas, ids(&["c1", "a2"]));
+        assert_eq!(promotion.voters, Voters::Stable(ids(&["b1", "c1"])));
         // A shard of two copies (b1 answering, the dead leader a1).
-        let Election::Promote { placement, .. } =
-            elect("a1", 2, &[((2, 9), &b1)], &[&a1, &a2, &b1])
-        else {
-            panic!("promoted")
-        };
-        assert_eq!(placement.leader, "b1");
-        assert_eq!(placement.replicas, vec!["a2".to_owned()]);
+        let promotion = promoted(elect(
+            "a1",
+            &Voters::Stable(ids(&["a1", "b1"])),
+            &[],
+            &[((2, 9), &b1)],
+            &[&a1, &a2, &b1],
+        ));
+        assert_eq!(promotion.leader, "b1");
+        assert_eq!(promotion.replicas, ids(&["a2"]));
+        assert_eq!(promotion.voters, Voters::Stable(ids(&["b1"])));
+        // A live learner stays one; a dead one is let go.
+        let promotion = promoted(elect(
+            "a1",
+            &Voters::Stable(ids(&["a1", "b1"])),
+            &ids(&["c1", "c2"]),
+            &[((2, 9), &b1)],
+            &[&b1, &c1],
+        ));
+        assert_eq!(promotion.replicas, ids(&["c1"]));
     }
 
     #[test]

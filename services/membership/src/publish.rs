@@ -48,6 +48,20 @@ impl MembershipService {
         stream: &StreamRow,
         changes: Vec<(ShardRow, Change)>,
     ) -> Result<Vec<ShardMapEntry>, MetastoreError> {
+        self.publish_decided(stream, |_| Ok(changes)).await
+    }
+
+    /// Publishes the changes `decide` makes from the stream's shard rows
+    /// as they are under the publishing lock — for a change that must be
+    /// decided on the current rows, not on rows read earlier (a voting
+    /// configuration moved on, replicas added).
+    pub(crate) async fn publish_decided(
+        &self,
+        stream: &StreamRow,
+        decide: impl FnOnce(
+            &HashMap<String, ShardRow>,
+        ) -> Result<Vec<(ShardRow, Change)>, MetastoreError>,
+    ) -> Result<Vec<ShardMapEntry>, MetastoreError> {
         let _serialised = self.inner.write_lock.lock().await;
         // Under the lock, the stream and its rows as they are *now*: a
         // failover, a resharding step or a deletion may have committed since
@@ -60,6 +74,22 @@ impl MembershipService {
         else {
             return Ok(Vec::new());
         };
+        let current: HashMap<String, ShardRow> = self
+            .inner
+            .store
+            .shards_of(stream.stream_uid)
+            .await?
+            .into_iter()
+            .map(|row| (row.shard_id.clone(), row))
+            .collect();
+        let current_state: HashMap<String, ShardState> = current
+            .iter()
+            .map(|(id, row)| (id.clone(), row.state))
+            .collect();
+        let changes = decide(&current)?;
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
         let removing = changes.iter().all(|(_, kind)| *kind == Change::Remove);
         let republishing = changes.iter().all(|(_, kind)| *kind == Change::Republish);
         if stream.status == StreamStatus::Deleting && !removing {
@@ -73,26 +103,11 @@ impl MembershipService {
             }
             return Ok(Vec::new());
         }
-        let current: HashMap<String, ShardRow> = self
-            .inner
-            .store
-            .shards_of(stream.stream_uid)
-            .await?
-            .into_iter()
-            .map(|row| (row.shard_id.clone(), row))
-            .collect();
-        let current_state: HashMap<String, ShardState> = current
-            .iter()
-            .map(|(id, row)| (id.clone(), row.state))
-            .collect();
-        let current_replicas: HashMap<String, Vec<String>> = current
-            .iter()
-            .map(|(id, row)| (id.clone(), row.replica_worker_ids.clone()))
-            .collect();
         let changes: Vec<(ShardRow, Change)> = if removing {
             // Every shard, children created meanwhile included.
             current
-                .into_values()
+                .values()
+                .cloned()
                 .map(|row| (row, Change::Remove))
                 .collect()
         } else {
@@ -143,12 +158,11 @@ impl MembershipService {
                 Change::FinishClosing => batch.finish_closing(shard).await?,
                 Change::Reopen => batch.reopen(shard).await?,
                 Change::Relocate => batch.relocate(shard).await?,
-                Change::AddReplicas => {
-                    let read = current_replicas
-                        .get(&shard.shard_id)
-                        .cloned()
-                        .unwrap_or_default();
-                    batch.set_replicas(shard, &read).await?
+                Change::AddReplicas | Change::Reconfigure => {
+                    let read = current.get(&shard.shard_id).ok_or_else(|| {
+                        MetastoreError::Conflict(format!("shard {} is gone", shard.shard_id))
+                    })?;
+                    batch.reconfigure(shard, read).await?
                 }
                 Change::Republish | Change::Remove => {}
             }
@@ -241,8 +255,12 @@ pub(crate) enum Change {
     FinishClosing,
     /// An abandoned split or merge: CLOSING back to OPEN.
     Reopen,
-    /// More replicas, same leader and epoch (`failover::repair`).
+    /// More replicas (learners), same leader, voters and epoch
+    /// (`failover::repair`); decided on the current row.
     AddReplicas,
+    /// Voters and replicas changed at the leader's word, same leader and
+    /// epoch (`reconfigure.rs`); decided on the current row.
+    Reconfigure,
     /// A CLOSING shard continues OPEN in its next segment, on other
     /// workers, at the next epoch (worker balancing).
     Relocate,
@@ -298,6 +316,8 @@ fn entry_for(
             .iter()
             .map(|id| address_of(workers, id))
             .collect(),
+        voter_ids: shard.voters.to_lists().0,
+        next_voter_ids: shard.voters.to_lists().1,
         epoch: shard.epoch,
         ending_offset: shard.ending_offset.unwrap_or(0),
         segment_index: shard.segment_index,

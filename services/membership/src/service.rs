@@ -50,6 +50,8 @@ pub(crate) struct Inner {
     /// Workers whose shards are being failed over right now: they get no
     /// lease until the move is published (see `failover.rs`).
     pub(crate) deposing: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// When failover last logged that a shard waits for its voters.
+    pub(crate) waits_logged: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// Timer time (latest bound) each worker was last heard from.
     pub(crate) last_heard: std::sync::Mutex<HashMap<String, i64>>,
     /// Clients of the storage workers failover asks about their copies.
@@ -91,6 +93,7 @@ impl MembershipService {
                 lease_duration: config.lease_duration,
                 head_version: std::sync::atomic::AtomicI64::new(0),
                 last_heard: std::sync::Mutex::new(HashMap::new()),
+                waits_logged: std::sync::Mutex::new(HashMap::new()),
                 deposing: std::sync::Mutex::new(std::collections::HashSet::new()),
                 storage: freshet_server::StorageClients::new(token),
                 token: token.clone(),
@@ -153,6 +156,12 @@ impl MembershipService {
                 sequence_base: shard.sequence_base,
                 ending_offset: None,
                 state: ShardState::Open,
+                // A new shard starts empty on every copy: all of them vote.
+                voters: freshet_types::Voters::Stable(
+                    std::iter::once(chosen.leader.clone())
+                        .chain(chosen.replicas.iter().cloned())
+                        .collect(),
+                ),
                 leader_worker_id: chosen.leader,
                 replica_worker_ids: chosen.replicas,
                 epoch: 1,

@@ -57,7 +57,7 @@ use tokio_util::task::TaskTracker;
 
 use layout::SegmentKey;
 use registry::ShardRegistry;
-pub use replication::AckCopies;
+pub use replication::{AckCopies, AckRule};
 pub use service::StorageService;
 pub use throttle::ShardLimits;
 pub use writer::GROUP_COMMIT_MAX_BYTES;
@@ -91,7 +91,7 @@ pub struct Config {
         default_value = "majority"
     )]
     pub ack_copies: AckCopies,
-    /// Copies, the leader's included, that must hold every acknowledged
+    /// Voting copies, the leader's included, that must hold every acknowledged
     /// batch whatever the shard's placement: with the default 2, a shard
     /// whose replicas are all gone refuses writes instead of acknowledging
     /// them on one disk. Set 1 only for a single-worker setup.
@@ -416,11 +416,14 @@ pub async fn run(
     let replication = Arc::new(replication::ReplicationContext::new(
         config.worker_id.clone(),
         map.clone(),
-        config.ack_copies,
-        config.min_ack_copies,
+        replication::AckRule {
+            copies: config.ack_copies,
+            min_voters: config.min_ack_copies,
+        },
         lease.clone(),
         &token,
         worker_metrics.clone(),
+        freshet_server::membership_client(membership_channel.clone()),
     ));
     let limits = ShardLimits {
         write_bytes: config.shard_write_bytes_per_sec,

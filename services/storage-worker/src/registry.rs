@@ -237,11 +237,17 @@ mod tests {
         let replication = Arc::new(ReplicationContext::new(
             "worker".to_owned(),
             freshet_shardmap::SharedShardMap::default(),
-            AckCopies::Majority,
-            2,
+            crate::replication::AckRule {
+                copies: AckCopies::Majority,
+                min_voters: 2,
+            },
             Arc::new(Lease::default()),
             &freshet_server::InternalToken::none(),
             Arc::new(crate::metrics::WorkerMetrics::unregistered()),
+            freshet_server::membership_client(
+                freshet_server::grpc_channel("127.0.0.1:1", &freshet_server::InternalToken::none())
+                    .expect("a lazy channel"),
+            ),
         ));
         let tasks = TaskTracker::new();
         let registry = ShardRegistry::new(

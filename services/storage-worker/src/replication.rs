@@ -25,9 +25,14 @@
 //! replicas hold its whole log *and* have adopted its epoch — Raft's rule
 //! that a leader commits earlier terms' entries only through its own.
 //!
-//! However many replicas a shard has at the moment, a batch needs at least
-//! `min_ack_copies` copies (2 by default): a shard whose replicas are all
-//! gone refuses writes rather than acknowledge them on a single disk.
+//! Which copies count is the shard's voting configuration
+//! (`libs/types/src/voters.rs`): a batch needs a majority of every voter
+//! set, and learners count for nothing. However many voters a shard has at
+//! the moment, a batch needs at least `min_ack_copies` of them (2 by
+//! default): a shard whose voting replicas are all gone refuses writes
+//! rather than acknowledge them on a single disk. Once the batch commits,
+//! the leader tells membership which copies hold its log while the voters
+//! may move on (a joint configuration, learners: [`Replicator::report_replicas`]).
 
 use crate::metrics::{CopyLabels, WorkerMetrics};
 use freshet_metrics::Gauge;
@@ -36,10 +41,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use freshet_log::{NewRecord, ShardLog};
+use freshet_proto::v1::membership_client::MembershipClient;
 use freshet_proto::v1::storage_client::StorageClient;
+use freshet_proto::v1::ReportReplicasRequest;
 use freshet_proto::v1::{EpochStart, RecordToAppend, ReplicateRequest, ShardKey, ShardMapEntry};
 use freshet_server::TracedChannel;
-use freshet_shardmap::SharedShardMap;
+use freshet_shardmap::{voters_of, SharedShardMap};
+use freshet_types::Voters;
 
 use crate::error::WriteError;
 use crate::layout::SegmentKey;
@@ -71,18 +79,26 @@ pub enum AckCopies {
     All,
 }
 
-impl AckCopies {
-    /// Replica acknowledgements needed, the leader's own copy aside, when
-    /// the shard has `replicas` replicas and at least `min_copies` copies
-    /// must hold every acknowledged batch. May exceed `replicas`: then
-    /// nothing can be acknowledged until membership places more.
-    pub fn replicas_needed(self, replicas: usize, min_copies: usize) -> usize {
-        let needed = match self {
-            // A majority of `replicas + 1` copies, less the leader's own.
-            AckCopies::Majority => replicas.div_ceil(2),
-            AckCopies::All => replicas,
+/// When a leader may acknowledge a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckRule {
+    pub copies: AckCopies,
+    /// Voters, the leader's copy included, that must hold every
+    /// acknowledged batch whatever the shard's configuration.
+    pub min_voters: usize,
+}
+
+impl AckRule {
+    /// Whether the copies for which `holds` is true (the leader's among
+    /// them) may acknowledge a batch: a majority of every voter set (or,
+    /// for `All`, every voter of the newest one too), and at least
+    /// `min_voters` voters in all. Learners count for nothing.
+    pub fn is_met(self, voters: &Voters, holds: impl Fn(&str) -> bool) -> bool {
+        let quorum = match self.copies {
+            AckCopies::Majority => voters.is_quorum(&holds),
+            AckCopies::All => voters.all_of_newest_hold(&holds),
         };
-        needed.max(min_copies.saturating_sub(1))
+        quorum && voters.members().into_iter().filter(|id| holds(id)).count() >= self.min_voters
     }
 }
 
@@ -117,31 +133,31 @@ pub struct ReplicationContext {
     pub map: SharedShardMap,
     /// A batch is committed only while this worker holds its leader lease.
     pub lease: Arc<Lease>,
-    pub ack_copies: AckCopies,
-    /// Copies (the leader's included) every acknowledged batch is on.
-    pub min_ack_copies: usize,
+    pub ack: AckRule,
     pub metrics: Arc<WorkerMetrics>,
     clients: freshet_server::StorageClients,
+    /// Where a leader reports which copies hold its log (`ReportReplicas`).
+    membership: MembershipClient<TracedChannel>,
 }
 
 impl ReplicationContext {
     pub fn new(
         worker_id: String,
         map: SharedShardMap,
-        ack_copies: AckCopies,
-        min_ack_copies: usize,
+        ack: AckRule,
         lease: Arc<Lease>,
         token: &freshet_server::InternalToken,
         metrics: Arc<WorkerMetrics>,
+        membership: MembershipClient<TracedChannel>,
     ) -> ReplicationContext {
         ReplicationContext {
             worker_id,
             map,
             lease,
-            ack_copies,
-            min_ack_copies,
+            ack,
             metrics,
             clients: freshet_server::StorageClients::new(token),
+            membership,
         }
     }
 
@@ -168,7 +184,13 @@ pub struct Replicator {
     /// epochs and silences: what the gauge measures from). Removed from
     /// the worker's metrics with the replicator.
     lag: HashMap<String, (Gauge, Option<u64>)>,
+    /// The last `ReportReplicas` sent, and when: the same report is not
+    /// repeated more often than [`REPORT_REPEAT`].
+    last_report: Option<(ReportReplicasRequest, std::time::Instant)>,
 }
+
+/// How often the same report of which copies hold the log may be repeated.
+const REPORT_REPEAT: Duration = Duration::from_secs(2);
 
 /// A batch the leader has made durable locally.
 pub struct LocalBatch<'a> {
@@ -191,6 +213,7 @@ impl Replicator {
             replica_ends: HashMap::new(),
             ends_epoch: 0,
             lag: HashMap::new(),
+            last_report: None,
         }
     }
 
@@ -283,12 +306,14 @@ impl Replicator {
             .cloned()
             .zip(entry.replica_addresses.iter().cloned())
             .collect();
-        let needed = self.needed(replicas.len());
-        if needed > replicas.len() {
+        let voters = voters_of(&entry);
+        let leader = self.context.worker_id.clone();
+        let placed = |id: &str| id == leader || entry.replica_worker_ids.iter().any(|r| r == id);
+        if !self.quorum(&voters, placed) {
             return Err(WriteError::Replication(format!(
-                "the shard has {} copies placed; {} must hold every acknowledged write",
+                "the shard's voters ({voters:?}) cannot make a quorum of its {} copies placed with {} needed",
                 replicas.len() + 1,
-                self.context.min_ack_copies
+                self.context.ack.min_voters
             )));
         }
         if replicas.is_empty() {
@@ -325,30 +350,37 @@ impl Replicator {
                 (worker_id.clone(), outcome)
             }
         });
-        let mut acknowledged = 0;
+        let mut acknowledged: Vec<String> = Vec::new();
         let leader_end = batch.first_offset + batch.records.len() as u64;
         let outcomes = futures::future::join_all(sends).await;
         for (worker_id, outcome) in outcomes {
             self.record_lag(&worker_id, leader_end, outcome.end);
             match outcome.end {
                 Some(end) => {
-                    self.replica_ends.insert(worker_id, end);
+                    self.replica_ends.insert(worker_id.clone(), end);
                 }
                 None => {
                     self.replica_ends.remove(&worker_id);
                 }
             }
             if outcome.acknowledged {
-                acknowledged += 1;
+                acknowledged.push(worker_id);
             }
         }
-        if acknowledged >= needed {
+        if self.quorum(&voters, |id| {
+            id == leader || acknowledged.iter().any(|a| a == id)
+        }) {
             Ok(())
         } else {
             Err(WriteError::Replication(format!(
-                "only {acknowledged} of the {needed} replica acknowledgements needed arrived"
+                "the replicas that acknowledged ({acknowledged:?}) make no quorum of {voters:?}"
             )))
         }
+    }
+
+    /// Whether the copies for which `holds` is true may acknowledge.
+    fn quorum(&self, voters: &Voters, holds: impl Fn(&str) -> bool) -> bool {
+        self.context.ack.is_met(voters, holds)
     }
 }
 
@@ -376,18 +408,87 @@ impl Replicator {
         if self.ends_epoch != entry.epoch {
             return false;
         }
-        let holding = entry
-            .replica_worker_ids
-            .iter()
-            .filter(|id| self.replica_ends.get(*id) == Some(&end))
-            .count();
-        holding >= self.needed(entry.replica_worker_ids.len())
+        let leader = self.context.worker_id.as_str();
+        self.quorum(&voters_of(&entry), |id| {
+            id == leader || self.replica_ends.get(id) == Some(&end)
+        })
     }
 
-    fn needed(&self, replicas: usize) -> usize {
-        self.context
-            .ack_copies
-            .replicas_needed(replicas, self.context.min_ack_copies)
+    /// Tells membership which copies hold this leader's whole log up to
+    /// its commit point, while the shard's voters may move on: its
+    /// configuration is joint, or it has learners. Membership decides what
+    /// follows (`services/membership/src/reconfigure.rs`). Sent in the
+    /// background; the same report is repeated at most every
+    /// [`REPORT_REPEAT`].
+    pub fn report_replicas(&mut self, log: &ShardLog) {
+        let Some(entry) = self
+            .entry()
+            .filter(|e| e.leader_worker_id == self.context.worker_id)
+        else {
+            return;
+        };
+        let voters = voters_of(&entry);
+        let has_learners = entry
+            .replica_worker_ids
+            .iter()
+            .any(|id| !voters.contains(id));
+        if !voters.is_joint() && !has_learners {
+            return;
+        }
+        // Nothing counts until the leader's own epoch has begun in its log
+        // and everything before it is committed (Raft's rule that a leader
+        // vouches for earlier entries only through one of its own term).
+        let history = log.epoch_history();
+        let committed = log.committed_offset();
+        let epoch_started = history
+            .entries()
+            .last()
+            .is_some_and(|e| e.epoch == entry.epoch && e.start_offset <= committed);
+        if !epoch_started || self.ends_epoch != entry.epoch || !self.holds_lease() {
+            return;
+        }
+        let holding: Vec<String> = std::iter::once(self.context.worker_id.clone())
+            .chain(
+                entry
+                    .replica_worker_ids
+                    .iter()
+                    .filter(|id| {
+                        self.replica_ends
+                            .get(*id)
+                            .is_some_and(|end| *end >= committed)
+                    })
+                    .cloned(),
+            )
+            .collect();
+        let (voter_ids, next_voter_ids) = voters.to_lists();
+        let report = ReportReplicasRequest {
+            shard: Some(self.shard.clone()),
+            epoch: entry.epoch,
+            voter_ids,
+            next_voter_ids,
+            holding,
+        };
+        if self
+            .last_report
+            .as_ref()
+            .is_some_and(|(last, at)| *last == report && at.elapsed() < REPORT_REPEAT)
+        {
+            return;
+        }
+        self.last_report = Some((report.clone(), std::time::Instant::now()));
+        let mut membership = self.context.membership.clone();
+        let shard_id = self.shard.shard_id.clone();
+        tokio::spawn(async move {
+            match membership.report_replicas(report).await {
+                Ok(answer) if answer.get_ref().changed => {
+                    tracing::info!(shard_id, "membership moved the shard's voters on")
+                }
+                Ok(_) => {}
+                Err(status) => {
+                    tracing::debug!(shard_id, code = ?status.code(), message = status.message(), "replica report not taken")
+                }
+            }
+        });
     }
 
     /// While the shard is idle: brings every replica whose log end is not
@@ -446,6 +547,7 @@ impl Replicator {
         if committed < target && self.enough_replicas_hold(target) && self.holds_lease() {
             log.commit(target);
         }
+        self.report_replicas(log);
     }
 }
 
@@ -603,33 +705,45 @@ impl ReplicaTarget<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::AckCopies;
+    use super::{AckCopies, AckRule};
+    use freshet_types::Voters;
 
-    #[test]
-    fn a_majority_counts_the_leader_as_one_copy() {
-        assert_eq!(
-            AckCopies::Majority.replicas_needed(2, 1),
-            1,
-            "2 of 3 copies"
-        );
-        assert_eq!(
-            AckCopies::Majority.replicas_needed(1, 1),
-            1,
-            "2 of 2 copies"
-        );
-        assert_eq!(AckCopies::Majority.replicas_needed(0, 1), 0, "a lone copy");
-        assert_eq!(
-            AckCopies::Majority.replicas_needed(4, 1),
-            2,
-            "3 of 5 copies"
-        );
-        assert_eq!(AckCopies::All.replicas_needed(2, 1), 2);
+    fn ids(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn met(copies: AckCopies, voters: &Voters, min_voters: usize, holders: &[&str]) -> bool {
+        let rule = AckRule { copies, min_voters };
+        rule.is_met(voters, |id| holders.contains(&id))
     }
 
     #[test]
-    fn a_shard_without_replicas_cannot_meet_two_copies() {
-        assert_eq!(AckCopies::Majority.replicas_needed(0, 2), 1);
-        assert_eq!(AckCopies::Majority.replicas_needed(2, 2), 1);
-        assert_eq!(AckCopies::All.replicas_needed(0, 2), 1);
+    fn a_majority_counts_the_leader_as_one_copy() {
+        let three = Voters::Stable(ids(&["l", "r1", "r2"]));
+        assert!(met(AckCopies::Majority, &three, 1, &["l", "r1"]), "2 of 3");
+        assert!(!met(AckCopies::Majority, &three, 1, &["l"]));
+        assert!(!met(AckCopies::All, &three, 1, &["l", "r1"]));
+        assert!(met(AckCopies::All, &three, 1, &["l", "r1", "r2"]));
+        let alone = Voters::Stable(ids(&["l"]));
+        assert!(met(AckCopies::Majority, &alone, 1, &["l"]), "a lone copy");
+    }
+
+    #[test]
+    fn a_shard_without_enough_voters_cannot_meet_two_copies() {
+        let alone = Voters::Stable(ids(&["l"]));
+        assert!(!met(AckCopies::Majority, &alone, 2, &["l"]));
+        // A learner holding the batch does not make a second copy.
+        assert!(!met(AckCopies::Majority, &alone, 2, &["l", "learner"]));
+    }
+
+    #[test]
+    fn a_joint_configuration_needs_a_majority_of_each_set() {
+        let joint = Voters::Joint {
+            committed: ids(&["dead", "l", "r1"]),
+            next: ids(&["l", "r1"]),
+        };
+        assert!(met(AckCopies::Majority, &joint, 2, &["l", "r1"]));
+        assert!(!met(AckCopies::Majority, &joint, 2, &["l", "dead"]));
+        assert!(!met(AckCopies::Majority, &joint, 2, &["l", "learner"]));
     }
 }

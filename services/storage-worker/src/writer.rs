@@ -331,6 +331,9 @@ async fn write_round(
                 }));
                 offset += count as u64;
             }
+            // A shard under steady load is never idle: its voters move on
+            // from here.
+            replicator.report_replicas(log);
         }
         Err(failure) => {
             tracing::warn!(error = %failure.error, "shard append failed");

@@ -70,6 +70,9 @@ pub struct ClusterOptions {
     pub postgres_proxy: bool,
     /// Reach Redis through a proxy the test can cut.
     pub redis_proxy: bool,
+    /// Membership alone reaches Postgres through a proxy of its own
+    /// (`Cluster::membership_postgres_proxy`).
+    pub membership_postgres_proxy: bool,
     /// Per-shard throughput limits the workers enforce (none by default:
     /// most tests write and read as fast as they can).
     pub shard_limits: freshet_storage_worker::ShardLimits,
@@ -111,6 +114,7 @@ impl Default for ClusterOptions {
             shard_limit: 1000,
             postgres_proxy: false,
             redis_proxy: false,
+            membership_postgres_proxy: false,
             shard_limits: freshet_storage_worker::ShardLimits::UNLIMITED,
             // The scaler only acts where a test asks it to: load alone
             // never reshapes a stream.
@@ -231,6 +235,8 @@ pub struct Cluster {
     pub workers: Vec<WorkerHandle>,
     /// The proxies in front of Postgres and Redis, when asked for.
     pub postgres_proxy: Option<proxy::TcpProxy>,
+    /// The proxy between membership and Postgres, when asked for.
+    pub membership_postgres_proxy: Option<proxy::TcpProxy>,
     pub redis_proxy: Option<proxy::TcpProxy>,
     options: ClusterOptions,
     timer: Option<RunningService>,
@@ -258,18 +264,23 @@ impl Cluster {
             Some((server, _)) => format!("{server}/{database_name}"),
             None => anyhow::bail!("FRESHET_TEST_DATABASE_URL must name a database"),
         };
+        let (membership_database_url, membership_postgres_proxy) =
+            if options.membership_postgres_proxy {
+                let (url, proxy) = proxied_database_url(&database_url).await?;
+                (url, Some(proxy))
+            } else {
+                (database_url.clone(), None)
+            };
         let (database_url, postgres_proxy) = if options.postgres_proxy {
-            let (scheme_and_user, rest) = database_url
-                .split_once('@')
-                .context("database url has no host")?;
-            let (server, database) = rest
-                .split_once('/')
-                .context("database url has no database")?;
-            let proxy = proxy::TcpProxy::start(server).await?;
-            let url = format!("{scheme_and_user}@{}/{database}", proxy.address);
+            let (url, proxy) = proxied_database_url(&database_url).await?;
             (url, Some(proxy))
         } else {
             (database_url, None)
+        };
+        let membership_database_url = if options.membership_postgres_proxy {
+            membership_database_url
+        } else {
+            database_url.clone()
         };
         let (redis_url, redis_proxy) = if options.redis_proxy {
             let server = test_redis_url()
@@ -286,16 +297,7 @@ impl Cluster {
 
         let internal = internal_flag(&options);
         let (timer_listener, timer_addr) = bind().await?;
-        let timer = spawn_service(timer_listener, {
-            let config = freshet_timer::Config {
-                observability: freshet_server::ObservabilityFlags::without_metrics(),
-                listen: String::new(),
-                uncertainty: Duration::from_millis(1),
-                internal: internal.clone(),
-                auth: freshet_server::AuthFlags { mode: options.auth },
-            };
-            move |listener, shutdown| freshet_timer::run(config, listener, shutdown)
-        });
+        let timer = spawn_timer(timer_listener, &options);
 
         let (membership_listener, membership_addr) = bind().await?;
         let membership = spawn_service(membership_listener, {
@@ -303,7 +305,7 @@ impl Cluster {
                 observability: freshet_server::ObservabilityFlags::without_metrics(),
                 listen: String::new(),
                 database: freshet_server::DatabaseUrl {
-                    url: database_url.clone(),
+                    url: membership_database_url,
                 },
                 timer: freshet_server::TimerAddr {
                     addr: timer_addr.clone(),
@@ -412,6 +414,7 @@ impl Cluster {
             timer_addr,
             workers,
             postgres_proxy,
+            membership_postgres_proxy,
             redis_proxy,
             options,
             timer: Some(timer),
@@ -661,6 +664,16 @@ impl Cluster {
         }
     }
 
+    /// Starts the timer service again, at its old address.
+    pub async fn restart_timer(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.timer.is_none(), "the timer is running");
+        let listener = TcpListener::bind(&self.timer_addr)
+            .await
+            .with_context(|| format!("bind the timer's address {} again", self.timer_addr))?;
+        self.timer = Some(spawn_timer(listener, &self.options));
+        Ok(())
+    }
+
     /// An AWS SDK client pointed at this cluster, as a user would build it.
     /// A client as the cluster's first identity: the dev key, or in secure
     /// mode the bootstrap key.
@@ -725,6 +738,33 @@ impl Drop for ProcessGroupGuard {
         let group = nix::unistd::Pid::from_raw(-(self.0 as i32));
         let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
     }
+}
+
+/// `database_url` through a new proxy to its server.
+async fn proxied_database_url(database_url: &str) -> anyhow::Result<(String, proxy::TcpProxy)> {
+    let (scheme_and_user, rest) = database_url
+        .split_once('@')
+        .context("database url has no host")?;
+    let (server, database) = rest
+        .split_once('/')
+        .context("database url has no database")?;
+    let proxy = proxy::TcpProxy::start(server).await?;
+    let url = format!("{scheme_and_user}@{}/{database}", proxy.address);
+    Ok((url, proxy))
+}
+
+/// The timer service on `listener`.
+fn spawn_timer(listener: TcpListener, options: &ClusterOptions) -> RunningService {
+    let config = freshet_timer::Config {
+        observability: freshet_server::ObservabilityFlags::without_metrics(),
+        listen: String::new(),
+        uncertainty: Duration::from_millis(1),
+        internal: internal_flag(options),
+        auth: freshet_server::AuthFlags { mode: options.auth },
+    };
+    spawn_service(listener, move |listener, shutdown| {
+        freshet_timer::run(config, listener, shutdown)
+    })
 }
 
 fn internal_flag(options: &ClusterOptions) -> freshet_server::InternalTokenFlag {

@@ -6,6 +6,12 @@
 //! - Redis unreachable: routing falls back to Postgres.
 //! - The timer unreachable for longer than a lease: writes go on (leases
 //!   run on local monotonic clocks; only failover waits for the timer).
+//! - A change-log COMMIT that reaches Postgres but whose answer is lost:
+//!   membership reads the head back, broadcasts what committed, and the
+//!   caller is told it succeeded.
+//! - Postgres *and* the timer unreachable: a heartbeat can be recorded
+//!   nowhere failover looks, so membership grants no lease; it does again
+//!   once either is back.
 
 use std::time::Duration;
 
@@ -13,6 +19,8 @@ use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::primitives::Blob;
 use freshet_e2e::load::{assert_acknowledged_readable_once, Producers};
 use freshet_e2e::{create_active_stream, stream_arn, wait_until, Cluster, ClusterOptions};
+use freshet_proto::v1::membership_client::MembershipClient;
+use freshet_proto::v1::{HeartbeatRequest, RegisterWorkerRequest};
 use freshet_shardmap::RouteSource;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -136,6 +144,107 @@ async fn writes_go_on_past_a_lease_while_the_timer_is_unreachable() -> anyhow::R
             .send()
             .await?;
     }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_lease_is_granted_while_neither_postgres_nor_the_timer_can_record_a_heartbeat(
+) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        postgres_proxy: true,
+        ..ClusterOptions::short_leases()
+    })
+    .await?;
+    let membership = MembershipClient::new(cluster.channel(&cluster.membership_addr)?);
+    let worker_id = cluster.workers[0].worker_id.clone();
+    let lease = || {
+        let (mut membership, worker_id) = (membership.clone(), worker_id.clone());
+        async move {
+            let answer = membership
+                .heartbeat(HeartbeatRequest { worker_id })
+                .await
+                .map(|a| a.into_inner());
+            answer.map(|a| (a.known, a.lease_duration_micros))
+        }
+    };
+    assert!(lease().await?.1 > 0, "a lease while all is well");
+    let proxy = cluster.postgres_proxy.as_ref().expect("a postgres proxy");
+    proxy.cut();
+    assert!(lease().await?.1 > 0, "recorded against the timer");
+    cluster.stop_timer().await;
+    // Membership's timer client carries on from its last answer for 5 s.
+    wait_until(Duration::from_secs(30), || async {
+        lease()
+            .await
+            .is_ok_and(|(known, micros)| known && micros == 0)
+    })
+    .await?;
+    // The timer back is enough: heartbeats are recorded against it again.
+    cluster.restart_timer().await?;
+    wait_until(Duration::from_secs(30), || async {
+        lease().await.is_ok_and(|(_, micros)| micros > 0)
+    })
+    .await?;
+    cluster
+        .postgres_proxy
+        .as_ref()
+        .expect("a postgres proxy")
+        .restore();
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_commit_answer_was_lost_is_read_back_and_broadcast() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(ClusterOptions {
+        membership_postgres_proxy: true,
+        ..ClusterOptions::short_leases()
+    })
+    .await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "lost-answer", 1).await?;
+    let map = cluster.frontend.router().map().clone();
+    let entry = || {
+        map.read(|m| m.stream_entries(&stream_arn("lost-answer")))
+            .into_iter()
+            .next()
+    };
+    wait_until(Duration::from_secs(10), || async { entry().is_some() }).await?;
+    let before = entry().expect("an entry");
+    let leader = cluster
+        .workers
+        .iter()
+        .find(|w| w.worker_id == before.leader_worker_id)
+        .expect("the leader");
+
+    // The leader registers again (as after a restart): membership gives its
+    // shard a new epoch, and that commit's answer is lost on the way back.
+    let proxy = cluster
+        .membership_postgres_proxy
+        .as_ref()
+        .expect("membership's postgres proxy");
+    proxy.trap_next_commit();
+    let mut membership = MembershipClient::new(cluster.channel(&cluster.membership_addr)?);
+    membership
+        .register_worker(RegisterWorkerRequest {
+            worker_id: leader.worker_id.clone(),
+            availability_zone: leader.zone.to_owned(),
+            address: before.leader_address.clone(),
+        })
+        .await?;
+    assert!(proxy.commit_trapped(), "the commit's answer was lost");
+    wait_until(Duration::from_secs(5), || async {
+        entry().is_some_and(|e| e.epoch == before.epoch + 1)
+    })
+    .await?;
+    client
+        .put_record()
+        .stream_name("lost-answer")
+        .partition_key("k")
+        .data(Blob::new("after"))
+        .send()
+        .await?;
     cluster.shutdown().await;
     Ok(())
 }

@@ -137,17 +137,29 @@ pub(crate) fn shard_from_row(row: &sqlx::postgres::PgRow) -> Result<ShardRow> {
             .map(|offset| offset as u64),
         state: row.try_get::<String, _>("state")?.parse()?,
         leader_worker_id: row.try_get("leader_worker_id")?,
+        voters: voters_from_row(row)?,
         replica_worker_ids: row.try_get("replica_worker_ids")?,
-        voters: Voters::from_lists(
-            &row.try_get::<Vec<String>, _>("voter_ids")?,
-            &row.try_get::<Vec<String>, _>("next_voter_ids")?,
-        ),
         epoch: row.try_get::<i64, _>("epoch")? as u64,
         segment_index: row.try_get::<i32, _>("segment_index")? as u32,
         segment_start_offset: row.try_get::<i64, _>("segment_start_offset")? as u64,
         sealed_segments: serde_json::from_str(&row.try_get::<String, _>("sealed_segments")?)
             .map_err(|e| MetastoreError::Corrupt(format!("sealed segments: {e}")))?,
     })
+}
+
+/// A shard row's voters; a row written without any (by a binary older
+/// than migration 0009) counts every copy, as such a binary did.
+fn voters_from_row(row: &sqlx::postgres::PgRow) -> Result<Voters> {
+    let voters: Vec<String> = row.try_get("voter_ids")?;
+    if voters.is_empty() {
+        let leader: String = row.try_get("leader_worker_id")?;
+        let replicas: Vec<String> = row.try_get("replica_worker_ids")?;
+        return Ok(Voters::Stable(
+            std::iter::once(leader).chain(replicas).collect(),
+        ));
+    }
+    let next: Vec<String> = row.try_get("next_voter_ids")?;
+    Ok(Voters::from_lists(&voters, &next))
 }
 
 pub(crate) fn stream_from_row(row: &sqlx::postgres::PgRow) -> Result<StreamRow> {

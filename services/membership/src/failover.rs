@@ -63,9 +63,15 @@
 //!    (same last epoch and end: the same log), otherwise through a joint
 //!    configuration that the new leader's `ReportReplicas` ends once it has
 //!    committed its log, through the start of its own epoch, on a majority
-//!    of both sets (`reconfigure.rs`). New copies join as learners and
-//!    become voters the same way, once they hold the leader's whole
-//!    committed log. This closes hole 1 of issue 13: after a first
+//!    of both sets (`reconfigure.rs`). When too few committed voters are
+//!    left for a joint configuration ever to commit, the copies at the
+//!    winner's position alone become the committed set (they hold every
+//!    acknowledged batch) and the other answering voters follow as
+//!    learners; a joint configuration whose next set loses a member goes
+//!    back to its committed set, if a majority of that holds the log. New
+//!    copies join as learners and become voters the same way, once they
+//!    hold the leader's whole committed log. This closes hole 1 of issue
+//!    13: after a first
 //!    failover that left a lagging copy C beside the new leader B, the
 //!    loss of B cannot elect C alone while the deposed A — holding what C
 //!    lacks — still has a vote.
@@ -74,7 +80,13 @@
 //!    configuration without it is committed.
 //!
 //! If the timer service is unreachable, (2) cannot be proven and nothing
-//! fails over: availability waits, safety does not.
+//! fails over: availability waits, safety does not. A heartbeat that can be
+//! recorded neither in Postgres nor against the timer gets no lease (a
+//! failover could follow that never saw it); one heard while the timer was
+//! away has its silence counted from the timer's return ([`Heard`]); and
+//! while a change-log commit's outcome is unknown, no lease is granted
+//! until the head is read back and broadcast (`publish.rs`,
+//! `settle_head`) — a lease carries the head its holder must have applied.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -94,15 +106,29 @@ const DESCRIBE_SHARD_DEADLINE: Duration = Duration::from_secs(2);
 /// Copies a shard keeps when enough zones are alive.
 const COPIES: usize = placement::COPIES;
 
-/// Records that a worker was heard from just now (by the timer's clock).
-pub(crate) fn heard_from(inner: &Inner, worker_id: &str) {
-    if let Some(now) = inner.timer.now() {
-        inner
-            .last_heard
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(worker_id.to_owned(), now.latest_micros);
-    }
+/// When membership last heard from a worker, by the timer's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Heard {
+    /// At this timer time (its latest bound, in microseconds).
+    At(i64),
+    /// While the timer was unreachable: its silence is counted from the
+    /// timer's return, never across the outage.
+    DuringTimerOutage,
+}
+
+/// Records that a worker was heard from just now. Whether that time is
+/// known on the timer's clock (false while the timer is unreachable).
+pub(crate) fn heard_from(inner: &Inner, worker_id: &str) -> bool {
+    let heard = match inner.timer.now() {
+        Some(now) => Heard::At(now.latest_micros),
+        None => Heard::DuringTimerOutage,
+    };
+    inner
+        .last_heard
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(worker_id.to_owned(), heard);
+    heard != Heard::DuringTimerOutage
 }
 
 /// Whether a failover of this worker's shards is in progress.
@@ -130,11 +156,18 @@ fn surely_silent(inner: &Inner, worker_id: &str) -> bool {
     };
     let timeout = i64::try_from(inner.heartbeat_timeout.as_micros()).unwrap_or(i64::MAX);
     let mut last_heard = inner.last_heard.lock().unwrap_or_else(|p| p.into_inner());
-    // Never heard since this process started: start counting now.
-    let heard = *last_heard
+    // Never heard since this process started, or heard while the timer was
+    // away (and so perhaps given a lease then): start counting now.
+    let heard = last_heard
         .entry(worker_id.to_owned())
-        .or_insert(now.latest_micros);
-    now.earliest_micros > heard.saturating_add(timeout)
+        .or_insert(Heard::At(now.latest_micros));
+    if *heard == Heard::DuringTimerOutage {
+        *heard = Heard::At(now.latest_micros);
+    }
+    match *heard {
+        Heard::At(at) => now.earliest_micros > at.saturating_add(timeout),
+        Heard::DuringTimerOutage => false,
+    }
 }
 
 /// Runs forever: looks for dead leaders and fails their shards over.
@@ -149,6 +182,8 @@ pub(crate) async fn watch_leaders(service: MembershipService) {
 
 async fn check_once(service: &MembershipService) -> anyhow::Result<()> {
     let inner = &service.inner;
+    // Leases wait for a change-log head left uncertain by a failed commit.
+    service.settle_head().await?;
     let workers = inner.store.list_workers().await?;
     let live: HashMap<String, WorkerRow> = workers
         .iter()
@@ -363,11 +398,38 @@ async fn fail_over(
         );
         return Ok(());
     }
-    service
-        .publish(&stream, vec![moved], Change::MoveLeadership)
+    // Published only if nothing moved the shard on while its voters were
+    // asked (a report, a repair, a re-registration): decided on that row.
+    let published = service
+        .publish_decided(&stream, |current| {
+            let unchanged = current
+                .get(&shard.shard_id)
+                .is_some_and(|now| same_placement(now, &shard));
+            Ok(if unchanged {
+                vec![(moved, Change::MoveLeadership)]
+            } else {
+                Vec::new()
+            })
+        })
         .await?;
+    if published.is_empty() {
+        tracing::info!(
+            shard_id = shard.shard_id,
+            "shard changed while failing over; the next check decides again"
+        );
+        return Ok(());
+    }
     inner.metrics.failovers.inc();
     Ok(())
+}
+
+/// Whether two rows of a shard place and count its copies the same way.
+fn same_placement(a: &ShardRow, b: &ShardRow) -> bool {
+    a.epoch == b.epoch
+        && a.state == b.state
+        && a.leader_worker_id == b.leader_worker_id
+        && a.replica_worker_ids == b.replica_worker_ids
+        && a.voters == b.voters
 }
 
 /// How often a shard that waits for its voters is logged again.

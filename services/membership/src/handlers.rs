@@ -66,36 +66,53 @@ impl Membership for MembershipService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let worker_id = request.into_inner().worker_id;
-        let known = match self.inner.store.heartbeat(&worker_id).await {
-            Ok(known) => known,
+        let in_postgres = match self.inner.store.heartbeat(&worker_id).await {
+            Ok(false) => return Ok(Response::new(HeartbeatResponse::default())),
+            Ok(true) => true,
             // Postgres unreachable: nothing can fail over meanwhile (that
-            // needs Postgres), so a worker heard from before keeps leading.
+            // needs Postgres), so a worker heard from before may keep
+            // leading — if the timer records this heartbeat.
             Err(error) if failover::was_heard(&self.inner, &worker_id) => {
                 tracing::warn!("heartbeat from {worker_id} not recorded: {error}");
-                true
+                false
             }
             Err(error) => return Err(store_error(error)),
         };
-        if !known {
-            return Ok(Response::new(HeartbeatResponse::default()));
+        let on_timer = failover::heard_from(&self.inner, &worker_id);
+        let no_lease = || {
+            Ok(Response::new(HeartbeatResponse {
+                known: true,
+                ..HeartbeatResponse::default()
+            }))
+        };
+        // A lease is granted only for a heartbeat recorded somewhere
+        // failover looks: in Postgres, or against the timer's clock (a
+        // heartbeat recorded in neither could be followed by a failover that
+        // never saw it, while its lease still runs).
+        if !in_postgres && !on_timer {
+            return no_lease();
         }
-        failover::heard_from(&self.inner, &worker_id);
         if failover::is_being_deposed(&self.inner, &worker_id) {
             // Heard, so the failover will see it alive and stand down; but
             // no lease until it has decided.
-            return Ok(Response::new(HeartbeatResponse {
-                known,
-                ..HeartbeatResponse::default()
-            }));
+            return no_lease();
         }
         // Every change committed so far — a failover of this worker's shards
-        // included — must reach the worker before its new lease counts.
+        // included — must reach the worker before its new lease counts; while
+        // a commit's outcome is unknown, so is that head.
+        if self
+            .inner
+            .head_uncertain
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return no_lease();
+        }
         let lease_min_version = self
             .inner
             .head_version
             .load(std::sync::atomic::Ordering::Acquire);
         Ok(Response::new(HeartbeatResponse {
-            known,
+            known: true,
             lease_duration_micros: i64::try_from(self.inner.lease_duration.as_micros())
                 .unwrap_or(i64::MAX),
             lease_min_version,
@@ -357,6 +374,12 @@ impl Membership for MembershipService {
             .ok_or_else(|| ErrorCode::InvalidArgument.status("shard is required"))?;
         let stream = self.live_stream(shard.stream_uid).await?;
         let reported = Voters::from_lists(&request.voter_ids, &request.next_voter_ids);
+        let alive: std::collections::HashSet<String> = self
+            .alive_workers()
+            .await?
+            .into_iter()
+            .map(|w| w.worker_id)
+            .collect();
         let entries = self
             .publish_decided(&stream, |current| {
                 let row = current.get(&shard.shard_id).ok_or_else(|| {
@@ -368,7 +391,7 @@ impl Membership for MembershipService {
                         shard.shard_id, row.epoch, row.voters, request.epoch
                     )));
                 }
-                Ok(reconfigure::after_report(row, &request.holding)
+                Ok(reconfigure::after_report(row, &request.holding, |id| alive.contains(id))
                     .map(|row| vec![(row, Change::Reconfigure)])
                     .unwrap_or_default())
             })

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use freshet_metastore::WorkerRow;
+use freshet_types::voters::majority;
 use freshet_types::Voters;
 
 /// Copies per shard, in distinct zones.
@@ -168,14 +169,12 @@ pub fn elect(
     let mut ranked = answers.to_vec();
     ranked.sort_by_key(|(position, _)| std::cmp::Reverse(*position));
     let (position, leader) = ranked[0];
-    // The next configuration: the answering voters, one per zone.
-    let mut zones: BTreeSet<&str> = BTreeSet::new();
-    let mut next: Vec<String> = Vec::new();
-    for (_, worker) in &ranked {
-        if next.len() < COPIES && zones.insert(worker.availability_zone.as_str()) {
-            next.push(worker.worker_id.clone());
-        }
-    }
+    let next = next_of(&ranked);
+    let mut zones: BTreeSet<&str> = ranked
+        .iter()
+        .filter(|(_, w)| next.contains(&w.worker_id))
+        .map(|(_, w)| w.availability_zone.as_str())
+        .collect();
     // Copies at the winner's position hold the same log as the winner (a
     // copy current with an epoch adopted that epoch's history below its
     // end). If a majority of the next configuration does, every batch ever
@@ -186,13 +185,31 @@ pub fn elect(
             .any(|(p, w)| *p == position && w.worker_id == id)
     };
     let committed = voters.committed().to_vec();
+    let committed_answering = committed.iter().filter(|id| answered(id)).count();
     let voters = if same_members(&next, &committed)
         || Voters::Stable(next.clone()).is_quorum(holds_winners_log)
     {
         Voters::Stable(next)
-    } else {
+    } else if committed_answering >= majority(committed.len()) {
         Voters::Joint { committed, next }
+    } else {
+        // A joint configuration could never commit: too few of the
+        // committed voters are left for a majority. The copies at the
+        // winner's position hold every acknowledged batch, so they alone
+        // are a committed configuration; the other answering voters follow
+        // as learners.
+        Voters::Stable(
+            next.iter()
+                .filter(|id| holds_winners_log(id))
+                .cloned()
+                .collect(),
+        )
     };
+    // Answering voters left out of the configuration follow as learners.
+    let demoted: Vec<String> = next_of(&ranked)
+        .into_iter()
+        .filter(|id| !voters.contains(id))
+        .collect();
     // Learners: the live ones the shard has, then spares.
     let is_live = |id: &str| live.iter().any(|w| w.worker_id == id);
     let zone_of = |id: &str| {
@@ -200,7 +217,7 @@ pub fn elect(
             .find(|w| w.worker_id == id)
             .map(|w| w.availability_zone.as_str())
     };
-    let mut new_learners: Vec<String> = Vec::new();
+    let mut new_learners: Vec<String> = demoted;
     for learner in learners {
         if voters.contains(learner) || !is_live(learner) {
             continue;
@@ -245,6 +262,19 @@ pub fn elect(
         voters,
         position,
     })
+}
+
+/// The next configuration: the answering voters, most current first, one
+/// per zone, at most [`COPIES`].
+fn next_of(ranked: &[(CopyPosition, &WorkerRow)]) -> Vec<String> {
+    let mut zones: BTreeSet<&str> = BTreeSet::new();
+    let mut next: Vec<String> = Vec::new();
+    for (_, worker) in ranked {
+        if next.len() < COPIES && zones.insert(worker.availability_zone.as_str()) {
+            next.push(worker.worker_id.clone());
+        }
+    }
+    next
 }
 
 /// Whether two lists name the same workers.
@@ -453,6 +483,29 @@ mod tests {
             }
         );
         assert_eq!(promotion.replicas, ids(&["c1", "b1"]));
+    }
+
+    #[test]
+    fn a_joint_configuration_that_could_never_commit_is_not_chosen() {
+        let (c1, d1) = (worker("c1", "c"), worker("d1", "d"));
+        // b1 led {b1, c1} while d1 was joining, and died: c1 alone is no
+        // majority of {b1, c1}, so a joint configuration would wait for b1
+        // forever. The copy at the winner's position is enough; the other
+        // follows as a learner.
+        let growing = Voters::Joint {
+            committed: ids(&["b1", "c1"]),
+            next: ids(&["b1", "c1", "d1"]),
+        };
+        let promotion = promoted(elect(
+            "b1",
+            &growing,
+            &[],
+            &[((3, 12), &c1), ((3, 10), &d1)],
+            &[&c1, &d1],
+        ));
+        assert_eq!(promotion.leader, "c1");
+        assert_eq!(promotion.voters, Voters::Stable(ids(&["c1"])));
+        assert_eq!(promotion.replicas, ids(&["d1"]));
     }
 
     #[test]

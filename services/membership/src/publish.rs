@@ -4,6 +4,7 @@
 //! [`MembershipService::publish_changes`].
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use freshet_errors::ErrorCode;
 use freshet_metastore::{EntryKey, MetastoreError, ShardRow, StreamRow, WorkerRow};
@@ -185,21 +186,73 @@ impl MembershipService {
                 .await?;
             entries.push(entry);
         }
-        batch.commit().await?;
+        if let Err(error) = batch.commit().await {
+            // The COMMIT may have reached Postgres before the error did:
+            // the outcome is unknown until the head is read back.
+            self.inner.head_uncertain.store(true, Ordering::Release);
+            tracing::warn!("change-log commit failed, outcome unknown: {error}");
+            self.settle_head_locked().await?;
+            let committed = entries
+                .last()
+                .is_some_and(|e| e.version <= self.inner.head_version.load(Ordering::Acquire));
+            // Committed after all: broadcast by `settle_head_locked`.
+            return if committed { Ok(entries) } else { Err(error) };
+        }
         if let Some(last) = entries.last() {
             self.inner
                 .head_version
-                .fetch_max(last.version, std::sync::atomic::Ordering::AcqRel);
+                .fetch_max(last.version, Ordering::AcqRel);
         }
+        self.broadcast(&entries);
+        Ok(entries)
+    }
+
+    /// Sends committed entries to the subscribers, in version order.
+    fn broadcast(&self, entries: &[ShardMapEntry]) {
         let at = std::time::Instant::now();
-        for entry in &entries {
+        for entry in entries {
             // No receivers is fine: nobody is subscribed yet.
             let _ = self.inner.changes.send(crate::service::Committed {
                 entry: entry.clone(),
                 at,
             });
         }
-        Ok(entries)
+    }
+
+    /// After a change-log commit whose outcome was unknown: reads what
+    /// Postgres holds past the broadcast head, broadcasts it, and lets
+    /// leases be granted again. Retried by the failover loop until
+    /// Postgres answers.
+    pub(crate) async fn settle_head(&self) -> Result<(), MetastoreError> {
+        if !self.inner.head_uncertain.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _serialised = self.inner.write_lock.lock().await;
+        self.settle_head_locked().await
+    }
+
+    /// [`MembershipService::settle_head`] under the publishing lock.
+    async fn settle_head_locked(&self) -> Result<(), MetastoreError> {
+        let mut head = self.inner.head_version.load(Ordering::Acquire);
+        loop {
+            let changes = self.inner.store.changes_after(head, 500).await?;
+            if changes.is_empty() {
+                break;
+            }
+            let mut entries = Vec::with_capacity(changes.len());
+            for (version, bytes) in changes {
+                let entry = ShardMapEntry::decode(bytes.as_slice()).map_err(|error| {
+                    MetastoreError::Corrupt(format!("change-log entry {version}: {error}"))
+                })?;
+                entries.push(entry);
+                head = version;
+            }
+            self.inner.head_version.fetch_max(head, Ordering::AcqRel);
+            self.broadcast(&entries);
+        }
+        self.inner.head_uncertain.store(false, Ordering::Release);
+        tracing::info!(head, "change-log head settled");
+        Ok(())
     }
 
     /// Publishes every shard a (re-)registered worker holds again, and
@@ -219,23 +272,48 @@ impl MembershipService {
             // tombstones; republishing would bring it back to life.
             if let Some(stream) = self.inner.store.get_stream_by_uid(stream_uid).await? {
                 if stream.status != StreamStatus::Deleting {
-                    let changes = shards
-                        .into_iter()
-                        .map(|row| {
-                            if row.leader_worker_id == worker_id {
-                                let epoch = row.epoch + 1;
-                                (ShardRow { epoch, ..row }, Change::MoveLeadership)
-                            } else {
-                                (row, Change::Republish)
-                            }
-                        })
-                        .collect();
-                    self.publish_changes(&stream, changes).await?;
+                    // Decided on the rows as they are under the lock: a
+                    // same-epoch change (voters, learners) made since they
+                    // were read is kept, not undone.
+                    let ids: Vec<String> = shards.into_iter().map(|r| r.shard_id).collect();
+                    self.publish_decided(&stream, |current| {
+                        Ok(ids
+                            .iter()
+                            .filter_map(|id| current.get(id))
+                            .filter(|row| holds_a_copy(row, worker_id))
+                            .map(|row| {
+                                if row.leader_worker_id == worker_id {
+                                    let epoch = row.epoch + 1;
+                                    (
+                                        ShardRow {
+                                            epoch,
+                                            ..row.clone()
+                                        },
+                                        Change::MoveLeadership,
+                                    )
+                                } else {
+                                    (row.clone(), Change::Republish)
+                                }
+                            })
+                            .collect())
+                    })
+                    .await?;
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Whether `worker_id` holds a copy of the shard: of its current segment,
+/// as leader or replica, or of a sealed one.
+fn holds_a_copy(row: &ShardRow, worker_id: &str) -> bool {
+    row.leader_worker_id == worker_id
+        || row.replica_worker_ids.iter().any(|id| id == worker_id)
+        || row
+            .sealed_segments
+            .iter()
+            .any(|s| s.worker_ids.iter().any(|id| id == worker_id))
 }
 
 /// What a published change does to the shard rows.

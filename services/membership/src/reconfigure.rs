@@ -9,6 +9,9 @@
 //!   far is on a majority of the next voters, so elections may be decided
 //!   by them alone. Voters of the old configuration only are let go (their
 //!   copies become orphans the workers may remove);
+//! - a joint configuration whose next set lost a member before it could be
+//!   committed goes back to its committed set, if a majority of that holds
+//!   the log (every batch committed so far is on such a majority);
 //! - a **stable** configuration with room for more voters takes in the
 //!   learners that hold the log — through a joint configuration, so that a
 //!   leader still replicating under the old one commits nothing the next
@@ -20,13 +23,26 @@ use freshet_types::Voters;
 use crate::placement::COPIES;
 
 /// The shard's row after its leader reported that `holding` hold its log,
-/// or `None` when nothing may change yet.
-pub fn after_report(row: &ShardRow, holding: &[String]) -> Option<ShardRow> {
+/// or `None` when nothing may change yet. `alive` says which workers
+/// membership hears from.
+pub fn after_report(
+    row: &ShardRow,
+    holding: &[String],
+    alive: impl Fn(&str) -> bool,
+) -> Option<ShardRow> {
     let holds = |id: &str| id == row.leader_worker_id || holding.iter().any(|h| h == id);
     match &row.voters {
-        Voters::Joint { next, .. } => {
+        Voters::Joint { committed, next } => {
             if !row.voters.is_quorum(holds) {
-                return None;
+                // A next voter died before the change was committed: back
+                // to the committed configuration, which a majority holds
+                // (every batch committed so far is on a majority of it).
+                let abandoned = next.iter().any(|id| !alive(id));
+                let back = Voters::Stable(committed.clone());
+                return (abandoned && back.is_quorum(holds)).then(|| ShardRow {
+                    voters: back,
+                    ..row.clone()
+                });
             }
             // Keep the next voters and the learners; let the old-only
             // voters go.
@@ -106,21 +122,32 @@ mod tests {
                 next: ids(&["b", "c"]),
             },
         );
-        assert!(after_report(&joint, &ids(&["b"])).is_none(), "c lags still");
+        let all_alive = |_: &str| true;
         assert!(
-            after_report(&joint, &ids(&["b", "d"])).is_none(),
+            after_report(&joint, &ids(&["b"]), all_alive).is_none(),
+            "c lags still"
+        );
+        assert!(
+            after_report(&joint, &ids(&["b", "d"]), all_alive).is_none(),
             "a learner counts for nothing"
         );
-        let left = after_report(&joint, &ids(&["b", "c"])).expect("committed");
+        let left = after_report(&joint, &ids(&["b", "c"]), all_alive).expect("committed");
         assert_eq!(left.voters, Voters::Stable(ids(&["b", "c"])));
         assert_eq!(left.replica_worker_ids, ids(&["c", "d"]), "a is let go");
+        // c dies before catching up; a came back and holds the log.
+        let c_dead = |id: &str| id != "c";
+        assert!(after_report(&joint, &ids(&["b"]), c_dead).is_none());
+        let back = after_report(&joint, &ids(&["b", "a"]), c_dead).expect("back");
+        assert_eq!(back.voters, Voters::Stable(ids(&["a", "b", "c"])));
+        assert_eq!(back.replica_worker_ids, joint.replica_worker_ids);
     }
 
     #[test]
     fn caught_up_learners_become_voters_through_a_joint_configuration() {
         let stable = row("b", &["c", "d"], Voters::Stable(ids(&["b", "c"])));
-        assert!(after_report(&stable, &ids(&["b", "c"])).is_none());
-        let growing = after_report(&stable, &ids(&["b", "c", "d"])).expect("promoted");
+        let alive = |_: &str| true;
+        assert!(after_report(&stable, &ids(&["b", "c"]), alive).is_none());
+        let growing = after_report(&stable, &ids(&["b", "c", "d"]), alive).expect("promoted");
         assert_eq!(
             growing.voters,
             Voters::Joint {
@@ -129,9 +156,9 @@ mod tests {
             }
         );
         assert_eq!(growing.replica_worker_ids, ids(&["c", "d"]));
-        let grown = after_report(&growing, &ids(&["b", "c", "d"])).expect("committed");
+        let grown = after_report(&growing, &ids(&["b", "c", "d"]), alive).expect("committed");
         assert_eq!(grown.voters, Voters::Stable(ids(&["b", "c", "d"])));
         // Three voters is enough: nothing more to do.
-        assert!(after_report(&grown, &ids(&["b", "c", "d"])).is_none());
+        assert!(after_report(&grown, &ids(&["b", "c", "d"]), alive).is_none());
     }
 }

@@ -52,8 +52,14 @@ pub(crate) struct Inner {
     pub(crate) deposing: std::sync::Mutex<std::collections::HashSet<String>>,
     /// When failover last logged that a shard waits for its voters.
     pub(crate) waits_logged: std::sync::Mutex<HashMap<String, std::time::Instant>>,
-    /// Timer time (latest bound) each worker was last heard from.
-    pub(crate) last_heard: std::sync::Mutex<HashMap<String, i64>>,
+    /// When each worker was last heard from, on the timer's clock.
+    pub(crate) last_heard: std::sync::Mutex<HashMap<String, crate::failover::Heard>>,
+    /// Set when a change-log commit's outcome is unknown (it failed, but
+    /// may have committed): until the head is read back from Postgres and
+    /// whatever committed is broadcast, no lease is granted — a lease
+    /// carries the head its holder must have applied, and a stale head
+    /// could let a deposed leader act (`publish.rs`, `settle_head`).
+    pub(crate) head_uncertain: std::sync::atomic::AtomicBool,
     /// Clients of the storage workers failover asks about their copies.
     pub(crate) storage: freshet_server::StorageClients,
     /// The failover loop and the subscriptions' tasks.
@@ -92,6 +98,7 @@ impl MembershipService {
                 closing: CancellationToken::new(),
                 lease_duration: config.lease_duration,
                 head_version: std::sync::atomic::AtomicI64::new(0),
+                head_uncertain: std::sync::atomic::AtomicBool::new(false),
                 last_heard: std::sync::Mutex::new(HashMap::new()),
                 waits_logged: std::sync::Mutex::new(HashMap::new()),
                 deposing: std::sync::Mutex::new(std::collections::HashSet::new()),

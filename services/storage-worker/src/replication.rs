@@ -269,11 +269,16 @@ impl Replicator {
         self.context.lease.is_held(&self.context.map)
     }
 
-    fn forget_ends_of_other_epochs(&mut self, epoch: u64) {
-        if self.ends_epoch != epoch {
+    /// Forgets where replicas' logs end when the epoch changes (a replica
+    /// counts only once it has answered the current one), and forgets
+    /// workers no longer placed (one placed again is asked afresh).
+    fn forget_ends_of_other_epochs(&mut self, entry: &ShardMapEntry) {
+        if self.ends_epoch != entry.epoch {
             self.replica_ends.clear();
-            self.ends_epoch = epoch;
+            self.ends_epoch = entry.epoch;
         }
+        self.replica_ends
+            .retain(|id, _| entry.replica_worker_ids.contains(id));
     }
 
     /// The shard's entry while this replicator's segment is its current
@@ -299,7 +304,7 @@ impl Replicator {
                     "this worker no longer leads the shard at the batch's epoch".to_owned(),
                 )
             })?;
-        self.forget_ends_of_other_epochs(entry.epoch);
+        self.forget_ends_of_other_epochs(&entry);
         let replicas: Vec<(String, String)> = entry
             .replica_worker_ids
             .iter()
@@ -435,18 +440,25 @@ impl Replicator {
         if !voters.is_joint() && !has_learners {
             return;
         }
-        // Nothing counts until the leader's own epoch has begun in its log
-        // and everything before it is committed (Raft's rule that a leader
-        // vouches for earlier entries only through one of its own term).
-        let history = log.epoch_history();
-        let committed = log.committed_offset();
-        let epoch_started = history
+        // A copy holds every committed batch once it holds this leader's
+        // log through its commit point and through the start of its epoch:
+        // batches committed under earlier leaders all lie below that start
+        // (this copy was elected holding them), later ones below the commit
+        // point. Having answered at this epoch, the copy adopted this
+        // leader's history, so its records there are this leader's.
+        let Some(epoch_start) = log
+            .epoch_history()
             .entries()
             .last()
-            .is_some_and(|e| e.epoch == entry.epoch && e.start_offset <= committed);
-        if !epoch_started || self.ends_epoch != entry.epoch || !self.holds_lease() {
+            .filter(|e| e.epoch == entry.epoch)
+            .map(|e| e.start_offset)
+        else {
+            return;
+        };
+        if self.ends_epoch != entry.epoch || !self.holds_lease() {
             return;
         }
+        let needed_end = log.committed_offset().max(epoch_start);
         let holding: Vec<String> = std::iter::once(self.context.worker_id.clone())
             .chain(
                 entry
@@ -455,7 +467,7 @@ impl Replicator {
                     .filter(|id| {
                         self.replica_ends
                             .get(*id)
-                            .is_some_and(|end| *end >= committed)
+                            .is_some_and(|end| *end >= needed_end)
                     })
                     .cloned(),
             )
@@ -504,7 +516,7 @@ impl Replicator {
         else {
             return;
         };
-        self.forget_ends_of_other_epochs(entry.epoch);
+        self.forget_ends_of_other_epochs(&entry);
         if let Err(error) = begin_leading(log, entry.epoch).await {
             tracing::warn!(shard_id = self.shard.shard_id, %error, "cannot take up leadership");
             return;

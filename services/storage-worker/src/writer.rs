@@ -194,6 +194,7 @@ async fn write_loop(
     mut jobs: mpsc::Receiver<WriterJob>,
 ) {
     let mut unwritten: Option<UnwrittenBatch> = None;
+    let mut last_catch_up = std::time::Instant::now();
     loop {
         let job = tokio::select! {
             job = jobs.recv() => match job {
@@ -210,6 +211,7 @@ async fn write_loop(
                 // Idle: a replica that restarted catches up now, not only
                 // when the next write arrives.
                 replicator.catch_up(&log, IDLE_CATCH_UP_DEADLINE).await;
+                last_catch_up = std::time::Instant::now();
                 continue;
             }
         };
@@ -238,7 +240,14 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        write_round(&log, &mut replicator, &mut unwritten, batch).await;
+        let committed = write_round(&log, &mut replicator, &mut unwritten, batch).await;
+        // Writes that keep failing (too few voters hold the log) never let
+        // the writer idle: catch the replicas up now and then anyway, so a
+        // learner can be filled and promoted and the shard write again.
+        if !committed && last_catch_up.elapsed() >= IDLE_CATCH_UP_INTERVAL {
+            replicator.catch_up(&log, IDLE_CATCH_UP_DEADLINE).await;
+            last_catch_up = std::time::Instant::now();
+        }
         if let Some((epoch, reply)) = seal_after {
             let _ = reply.send(seal(&log, &mut replicator, &mut unwritten, epoch).await);
         }
@@ -255,12 +264,13 @@ impl AppendJob {
 }
 
 /// Writes one group commit's worth of appends and answers each caller.
+/// Whether the round committed (or had nothing to write).
 async fn write_round(
     log: &Arc<ShardLog>,
     replicator: &mut Replicator,
     unwritten: &mut Option<UnwrittenBatch>,
     batch: Vec<AppendJob>,
-) {
+) -> bool {
     // Only jobs authorized under the epoch this worker leads now go on —
     // a job queued before a failover must not be written afterwards — and
     // only while the shard is open: once a split or merge starts closing
@@ -276,7 +286,7 @@ async fn write_round(
         ))));
     }
     let Some(epoch) = leading.filter(|_| !batch.is_empty()) else {
-        return;
+        return true;
     };
     if let Some(pending) = unwritten.as_ref() {
         if let Err(error) = pending.write_again(log, leading).await {
@@ -285,7 +295,7 @@ async fn write_round(
                 // again: nothing of these was written either.
                 let _ = job.reply.send(Err(WriteError::Refused(error.to_string())));
             }
-            return;
+            return false;
         }
         *unwritten = None;
     }
@@ -334,6 +344,7 @@ async fn write_round(
             // A shard under steady load is never idle: its voters move on
             // from here.
             replicator.report_replicas(log);
+            true
         }
         Err(failure) => {
             tracing::warn!(error = %failure.error, "shard append failed");
@@ -346,6 +357,7 @@ async fn write_round(
             for reply in replies {
                 let _ = reply.send(Err(error.clone()));
             }
+            false
         }
     }
 }

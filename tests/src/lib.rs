@@ -241,6 +241,7 @@ pub struct Cluster {
     options: ClusterOptions,
     timer: Option<RunningService>,
     services: Vec<RunningService>,
+    control_plane: Option<RunningService>,
     _temp: tempfile::TempDir,
 }
 
@@ -418,7 +419,8 @@ impl Cluster {
             redis_proxy,
             options,
             timer: Some(timer),
-            services: vec![frontend_service, control_plane, cache, membership],
+            services: vec![frontend_service, cache, membership],
+            control_plane: Some(control_plane),
             _temp: temp,
         };
         for index in 0..cluster.workers.len() {
@@ -664,6 +666,31 @@ impl Cluster {
         }
     }
 
+    /// Stops the cluster's control plane (a test then starts another on
+    /// the same database, as after a restart).
+    pub async fn stop_control_plane(&mut self) {
+        if let Some(control_plane) = self.control_plane.take() {
+            control_plane.stop().await;
+        }
+    }
+
+    /// Starts a control plane with `config` at the cluster's control-plane
+    /// address, in place of the one `stop_control_plane` stopped (as after
+    /// a restart: the frontend reaches it where it reached the old one).
+    pub async fn restart_control_plane(
+        &mut self,
+        config: freshet_control_plane::Config,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(self.control_plane.is_none(), "the control plane is running");
+        let listener = TcpListener::bind(&self.control_plane_addr)
+            .await
+            .with_context(|| format!("bind {} again", self.control_plane_addr))?;
+        self.control_plane = Some(spawn_service(listener, move |listener, shutdown| {
+            freshet_control_plane::run(config, listener, shutdown)
+        }));
+        Ok(())
+    }
+
     /// Starts the timer service again, at its old address.
     pub async fn restart_timer(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(self.timer.is_none(), "the timer is running");
@@ -697,6 +724,7 @@ impl Cluster {
     /// Stops everything and drops the database and Redis keys.
     pub async fn shutdown(mut self) {
         self.stop_workers().await;
+        self.stop_control_plane().await;
         for service in self.services.drain(..) {
             service.stop().await;
         }

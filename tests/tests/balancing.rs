@@ -408,7 +408,7 @@ async fn a_move_interrupted_by_a_control_plane_restart_is_abandoned() -> anyhow:
     use freshet_proto::v1::membership_client::MembershipClient;
     use freshet_proto::v1::{CloseShardsRequest, RelocateShardRequest};
 
-    let cluster = Cluster::start().await?;
+    let mut cluster = Cluster::start().await?;
     let client = cluster.kinesis();
     create_active_stream(&client, "unmoved", 2).await?;
     let pool = sqlx::PgPool::connect(&cluster.database_url).await?;
@@ -431,6 +431,7 @@ async fn a_move_interrupted_by_a_control_plane_restart_is_abandoned() -> anyhow:
             ending_offset: 0,
             leader_worker_id: open.replica_worker_ids[0].clone(),
             last_arrival_ms: 0,
+            close_generation: open.close_generation,
         })
         .await
         .expect_err("an open shard is not moved");
@@ -452,17 +453,14 @@ async fn a_move_interrupted_by_a_control_plane_restart_is_abandoned() -> anyhow:
             .await?;
     assert_eq!(state, "CLOSING");
 
-    // A control plane starting on the same database reopens it.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    // A control plane restarting on the same database reopens it.
+    cluster.stop_control_plane().await;
     let config = freshet_control_plane::Config {
         observability: freshet_server::ObservabilityFlags::without_metrics(),
         scaler: balancing(Vec::new(), WorkerMode::InProcess).scaler,
         ..cluster.control_plane_config()
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let restarted = tokio::spawn(freshet_control_plane::run(config, listener, async {
-        let _ = stopped.await;
-    }));
+    cluster.restart_control_plane(config).await?;
     wait_until(Duration::from_secs(30), || async {
         client
             .put_record()
@@ -502,8 +500,6 @@ async fn a_move_interrupted_by_a_control_plane_restart_is_abandoned() -> anyhow:
         state.as_deref() == Some("OPEN")
     })
     .await?;
-    let _ = stop.send(());
-    let _ = restarted.await;
     cluster.shutdown().await;
     Ok(())
 }

@@ -1,6 +1,6 @@
-//! Two and three faults in a row, with real processes, every disk intact:
-//! nothing acknowledged is lost, and a shard that cannot be sure of every
-//! acknowledged record waits rather than guess.
+//! Two and three faults in a row, every disk intact: nothing acknowledged
+//! is lost, no sequence number is used twice, and a shard that cannot be
+//! sure of every acknowledged record waits rather than guess.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -9,8 +9,13 @@ use freshet_e2e::load::{assert_acknowledged_readable_once, self_keyed_entries};
 use freshet_e2e::{
     create_active_stream, stream_arn, wait_until, Cluster, ClusterOptions, WorkerMode,
 };
+use freshet_proto::v1::control_plane_client::ControlPlaneClient;
+use freshet_proto::v1::membership_client::MembershipClient;
 use freshet_proto::v1::storage_client::StorageClient;
-use freshet_proto::v1::DescribeShardRequest;
+use freshet_proto::v1::{
+    CloseShardsRequest, CompleteReshardRequest, DescribeShardRequest, ListStreamsRequest,
+    RelocateShardRequest, ReopenShardsRequest, SealShardRequest, SealedShard,
+};
 use freshet_shardmap::ShardMapEntry;
 use nix::sys::signal::Signal;
 
@@ -199,6 +204,145 @@ async fn a_lagging_copy_left_alone_after_two_failures_is_not_elected() -> anyhow
         exercised,
         "in every attempt the new leader reached the lagging copy first"
     );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Hole 3 of issue 13: two control planes (a rolling update) interleave
+/// on one shard. The first closes and seals it at offset 5, then pauses;
+/// the second reopens it, 5 more records are acknowledged, and it closes
+/// the shard again. The first, waking, must not complete its old seal — a
+/// move or a split at offset 5 would reuse offsets 5..10.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_control_plane_cannot_complete_a_seal_that_was_reopened() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "fenced", 1).await?;
+    wait_until(Duration::from_secs(10), || async {
+        only_entry(&cluster, "fenced").is_some()
+    })
+    .await?;
+    let open = only_entry(&cluster, "fenced").expect("an entry");
+    let key = open.key.clone().expect("a key");
+    let mut acked = HashSet::new();
+    anyhow::ensure!(put_batch(&client, "fenced", 0, 5, &mut acked).await?);
+
+    let mut membership = MembershipClient::new(cluster.channel(&cluster.membership_addr)?);
+    let close = || CloseShardsRequest {
+        stream_uid: key.stream_uid,
+        shard_ids: vec![key.shard_id.clone()],
+    };
+    // The first control plane closes and seals.
+    let first = membership.close_shards(close()).await?.into_inner().entries;
+    let first_generation = first[0].close_generation;
+    let mut leader = StorageClient::new(cluster.channel(&open.leader_address)?);
+    let sealed = leader
+        .seal_shard(SealShardRequest {
+            shard: Some(key.clone()),
+            epoch: open.epoch,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(sealed.ending_offset, 5);
+
+    // The second reopens; writes go on; it closes the shard again.
+    membership
+        .reopen_shards(ReopenShardsRequest {
+            stream_uid: key.stream_uid,
+            shard_ids: vec![key.shard_id.clone()],
+        })
+        .await?;
+    let resumed = Instant::now() + Duration::from_secs(30);
+    while !put_batch(&client, "fenced", 1, 5, &mut acked).await? {
+        anyhow::ensure!(Instant::now() < resumed, "writes did not resume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let second = membership.close_shards(close()).await?.into_inner().entries;
+    assert!(second[0].close_generation > first_generation);
+
+    // The first wakes up with its seal at offset 5: neither a move nor a
+    // split may complete it.
+    let moved = membership
+        .relocate_shard(RelocateShardRequest {
+            stream_uid: key.stream_uid,
+            shard_id: key.shard_id.clone(),
+            epoch: open.epoch,
+            ending_offset: sealed.ending_offset,
+            leader_worker_id: open.replica_worker_ids[0].clone(),
+            last_arrival_ms: sealed.last_arrival_ms,
+            close_generation: first_generation,
+        })
+        .await;
+    let refused = moved.expect_err("a stale seal was completed by a move");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let split = membership
+        .complete_reshard(CompleteReshardRequest {
+            stream_uid: key.stream_uid,
+            sealed: vec![SealedShard {
+                shard_id: key.shard_id.clone(),
+                ending_offset: sealed.ending_offset,
+                close_generation: first_generation,
+            }],
+            children: Vec::new(),
+        })
+        .await;
+    let refused = split.expect_err("a stale seal was completed by a split");
+    assert_eq!(refused.code(), tonic::Code::Aborted, "{refused:?}");
+
+    // Reopened, the shard holds the ten records once each.
+    membership
+        .reopen_shards(ReopenShardsRequest {
+            stream_uid: key.stream_uid,
+            shard_ids: vec![key.shard_id.clone()],
+        })
+        .await?;
+    assert_acknowledged_readable_once(&client, "fenced", &acked).await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// One control plane acts at a time: a second one on the same database
+/// stands by, not serving, and takes over once the first stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_control_plane_stands_by_until_the_first_stops() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start().await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let standby_addr = listener.local_addr()?.to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let standby = tokio::spawn(freshet_control_plane::run(
+        cluster.control_plane_config(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = cluster.channel(&standby_addr)?;
+    let ask = || {
+        let channel = channel.clone();
+        async move {
+            let mut control_plane = ControlPlaneClient::new(channel);
+            let listed = control_plane.list_streams(ListStreamsRequest::default());
+            anyhow::Ok(matches!(
+                tokio::time::timeout(Duration::from_secs(2), listed).await,
+                Ok(Ok(_))
+            ))
+        }
+    };
+    assert!(
+        !ask().await?,
+        "the standby answered while the first was active"
+    );
+    cluster.stop_control_plane().await;
+    wait_until(Duration::from_secs(30), || async {
+        ask().await.unwrap_or(false)
+    })
+    .await?;
+    let _ = stop.send(());
+    standby.await??;
     cluster.shutdown().await;
     Ok(())
 }

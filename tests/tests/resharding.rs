@@ -395,7 +395,7 @@ async fn a_control_plane_restarted_mid_split_reopens_the_parent() -> anyhow::Res
     use freshet_proto::v1::membership_client::MembershipClient;
     use freshet_proto::v1::CloseShardsRequest;
 
-    let cluster = Cluster::start().await?;
+    let mut cluster = Cluster::start().await?;
     let client = cluster.kinesis();
     create_active_stream(&client, "interrupted", 2).await?;
     // What a control plane that stopped halfway through a split leaves
@@ -420,14 +420,11 @@ async fn a_control_plane_restarted_mid_split_reopens_the_parent() -> anyhow::Res
         Some(StreamStatus::Updating)
     );
 
-    // A control plane starting on the same database finishes the update
+    // A control plane restarting on the same database finishes the update
     // before it serves: the parent is open again, the stream ACTIVE.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    cluster.stop_control_plane().await;
     let config = cluster.control_plane_config();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let restarted = tokio::spawn(freshet_control_plane::run(config, listener, async {
-        let _ = stopped.await;
-    }));
+    cluster.restart_control_plane(config).await?;
     wait_active(&client, "interrupted").await?;
     let open: Vec<Shard> = shards(&client, "interrupted")
         .await?
@@ -447,8 +444,6 @@ async fn a_control_plane_restarted_mid_split_reopens_the_parent() -> anyhow::Res
             .is_ok()
     })
     .await?;
-    let _ = stop.send(());
-    let _ = restarted.await;
     cluster.shutdown().await;
     Ok(())
 }

@@ -212,34 +212,45 @@ impl ChangeBatch {
     }
 
     /// Starts sealing an open shard: CLOSING, only from OPEN at `shard.epoch`
-    /// (a failover meanwhile makes the caller try again).
+    /// (a failover meanwhile makes the caller try again), at the close
+    /// generation after the one read (`shard.close_generation`).
     pub async fn begin_closing(&mut self, shard: &ShardRow) -> Result<()> {
-        self.change_state(shard, ShardState::Open, ShardState::Closing, shard.epoch)
+        self.change_state(shard, ShardState::Open, ShardState::Closing)
             .await
     }
 
-    /// Reopens a CLOSING shard whose split or merge was abandoned.
+    /// Reopens a CLOSING shard whose split or merge was abandoned, at the
+    /// next close generation.
     pub async fn reopen(&mut self, shard: &ShardRow) -> Result<()> {
-        self.change_state(shard, ShardState::Closing, ShardState::Open, shard.epoch)
+        self.change_state(shard, ShardState::Closing, ShardState::Open)
             .await
     }
 
-    /// Seals a CLOSING shard: CLOSED, holding the offsets below `ending_offset`.
+    /// Seals a CLOSING shard: CLOSED, holding the offsets below
+    /// `ending_offset` — only at the close generation it was sealed at.
     pub async fn finish_closing(&mut self, shard: &ShardRow) -> Result<()> {
-        self.change_state(shard, ShardState::Closing, ShardState::Closed, shard.epoch)
+        self.change_state(shard, ShardState::Closing, ShardState::Closed)
             .await
     }
 
     /// Moves one shard from state `from` to `to` — a change
     /// [`ShardState::may_become`] allows — only while it is still in `from`
-    /// at `epoch`; CLOSED also fixes its `ending_offset`.
+    /// at `shard.epoch`; CLOSED also fixes its `ending_offset`. Entering or
+    /// leaving CLOSING for OPEN takes the shard to `shard.close_generation`
+    /// from the one before; CLOSED keeps the generation, which must be
+    /// `shard.close_generation`.
     async fn change_state(
         &mut self,
         shard: &ShardRow,
         from: ShardState,
         to: ShardState,
-        epoch: u64,
     ) -> Result<()> {
+        let epoch = shard.epoch;
+        let generation = i64::try_from(shard.close_generation).map_err(|_| {
+            MetastoreError::Corrupt(format!("close generation of {}", shard.shard_id))
+        })?;
+        let bumps = to != ShardState::Closed;
+        let from_generation = if bumps { generation - 1 } else { generation };
         if !from.may_become(to) {
             return Err(MetastoreError::Conflict(format!(
                 "shard {} may not go from {from} to {to}",
@@ -247,9 +258,10 @@ impl ChangeBatch {
             )));
         }
         let changed = sqlx::query(
-            "UPDATE shards SET state = $3, \
+            "UPDATE shards SET state = $3, close_generation = $7, \
              ending_offset = CASE WHEN $3 = 'CLOSED' THEN $6 ELSE ending_offset END \
-             WHERE stream_uid = $1 AND shard_id = $2 AND state = $4 AND epoch = $5",
+             WHERE stream_uid = $1 AND shard_id = $2 AND state = $4 AND epoch = $5 \
+             AND close_generation = $8",
         )
         .bind(shard.stream_uid)
         .bind(&shard.shard_id)
@@ -257,12 +269,14 @@ impl ChangeBatch {
         .bind(from.as_str())
         .bind(epoch as i64)
         .bind(shard.ending_offset.map(|offset| offset as i64))
+        .bind(generation)
+        .bind(from_generation)
         .execute(&mut *self.transaction)
         .await
         .db_with(|| format!("change shard {} from {from} to {to}", shard.shard_id))?;
         one_row_changed(changed.rows_affected(), || {
             format!(
-                "shard {} is no longer {from} at epoch {epoch}",
+                "shard {} is no longer {from} at epoch {epoch} and close generation {from_generation}",
                 shard.shard_id
             )
         })
@@ -270,8 +284,9 @@ impl ChangeBatch {
 
     /// Continues a CLOSING shard in its next segment (worker balancing):
     /// `shard` carries the new leader, replicas, epoch, segment and the
-    /// sealed segment appended to the list — only from CLOSING at
-    /// `shard.epoch - 1` and the segment the caller read.
+    /// sealed segment appended to the list, and the next close generation
+    /// — only from CLOSING at `shard.epoch - 1`, the segment and the close
+    /// generation before.
     pub async fn relocate(&mut self, shard: &ShardRow) -> Result<()> {
         debug_assert!(ShardState::Closing.may_become(ShardState::Open));
         let sealed = serde_json::to_string(&shard.sealed_segments)
@@ -282,9 +297,9 @@ impl ChangeBatch {
         let changed = sqlx::query(
             "UPDATE shards SET state = 'OPEN', leader_worker_id = $3, replica_worker_ids = $4, \
              epoch = $5, segment_index = $6, segment_start_offset = $7, sealed_segments = $8::jsonb, \
-             voter_ids = $9, next_voter_ids = $10 \
+             voter_ids = $9, next_voter_ids = $10, close_generation = $11 \
              WHERE stream_uid = $1 AND shard_id = $2 AND state = 'CLOSING' AND epoch = $5 - 1 \
-             AND segment_index = $6 - 1",
+             AND segment_index = $6 - 1 AND close_generation = $11 - 1",
         )
         .bind(shard.stream_uid)
         .bind(&shard.shard_id)
@@ -296,6 +311,7 @@ impl ChangeBatch {
         .bind(sealed)
         .bind(shard.voters.to_lists().0)
         .bind(shard.voters.to_lists().1)
+        .bind(shard.close_generation as i64)
         .execute(&mut *self.transaction)
         .await
         .db_with(|| format!("relocate shard {}", shard.shard_id))?;

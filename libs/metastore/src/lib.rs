@@ -14,6 +14,7 @@
 //! a race.
 
 mod accounts;
+mod active;
 mod changes;
 mod error;
 mod identities;
@@ -25,6 +26,7 @@ mod workers;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
+pub use active::{ActiveLock, ActiveRole};
 pub use changes::{ChangeBatch, EntryKey};
 pub use error::{MetastoreError, Result};
 pub use identities::{AccessKeyRow, NewKeyOutcome, UserPolicyRow, ACCESS_KEYS_PER_IDENTITY};

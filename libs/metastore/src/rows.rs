@@ -62,6 +62,10 @@ pub struct ShardRow {
     /// Whose copies count (the leader's too): see [`Voters`].
     pub voters: Voters,
     pub epoch: u64,
+    /// Goes up each time the shard starts or stops being sealed (see
+    /// migration 0010): a seal is completed only at the generation it
+    /// began at.
+    pub close_generation: u64,
     /// The current segment of the shard's log (the one `leader_worker_id`
     /// and `replica_worker_ids` hold) and its first offset.
     pub segment_index: u32,
@@ -120,7 +124,7 @@ pub(crate) const STREAM_COLUMNS: &str =
 
 pub(crate) const SHARD_SELECT: &str = "SELECT stream_uid, shard_id, starting_hash_key, ending_hash_key, parent_shard_id, \
      adjacent_parent_shard_id, sequence_base, ending_offset, state, leader_worker_id, replica_worker_ids, voter_ids, next_voter_ids, epoch, \
-     segment_index, segment_start_offset, sealed_segments::text AS sealed_segments \
+     close_generation, segment_index, segment_start_offset, sealed_segments::text AS sealed_segments \
      FROM shards";
 
 pub(crate) fn shard_from_row(row: &sqlx::postgres::PgRow) -> Result<ShardRow> {
@@ -140,6 +144,7 @@ pub(crate) fn shard_from_row(row: &sqlx::postgres::PgRow) -> Result<ShardRow> {
         voters: voters_from_row(row)?,
         replica_worker_ids: row.try_get("replica_worker_ids")?,
         epoch: row.try_get::<i64, _>("epoch")? as u64,
+        close_generation: row.try_get::<i64, _>("close_generation")? as u64,
         segment_index: row.try_get::<i32, _>("segment_index")? as u32,
         segment_start_offset: row.try_get::<i64, _>("segment_start_offset")? as u64,
         sealed_segments: serde_json::from_str(&row.try_get::<String, _>("sealed_segments")?)

@@ -214,13 +214,16 @@ impl ControlPlaneService {
         let moved = async {
             // Its answer may be lost after it took effect: any failure from
             // here on reopens the shard.
-            membership
+            let closed = membership
                 .close_shards(CloseShardsRequest {
                     stream_uid: stream.stream_uid,
                     shard_ids: vec![chosen.shard_id.clone()],
                 })
                 .await
-                .map_err(|s| anyhow::anyhow!("close {}: {}", chosen.shard_id, s.message()))?;
+                .map_err(|s| anyhow::anyhow!("close {}: {}", chosen.shard_id, s.message()))?
+                .into_inner()
+                .entries;
+            let close_generation = crate::reshard::close_generation_of(&closed, &chosen.shard_id)?;
             let sealed = self
                 .seal(&stream, &chosen.shard_id, MOVE_SEAL_PATIENCE)
                 .await?;
@@ -232,6 +235,7 @@ impl ControlPlaneService {
                     ending_offset: sealed.ending_offset,
                     leader_worker_id: chosen.to.clone(),
                     last_arrival_ms: sealed.last_arrival_ms,
+                    close_generation,
                 })
                 .await
                 .map_err(|s| anyhow::anyhow!("relocate {}: {}", chosen.shard_id, s.message()))?;

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use freshet_errors::ErrorCode;
-use freshet_metastore::{MetaStore, MetastoreError, NewStream, NewStreamOutcome, StreamRow};
+use freshet_metastore::{
+    ActiveLock, ActiveRole, MetaStore, MetastoreError, NewStream, NewStreamOutcome, StreamRow,
+};
 use freshet_proto::v1::control_plane_server::{ControlPlane, ControlPlaneServer};
 use freshet_proto::v1::identities_server::IdentitiesServer;
 use freshet_proto::v1::membership_client::MembershipClient;
@@ -668,9 +670,60 @@ pub enum RunError {
     Serve(#[from] freshet_server::ServeError),
     #[error(transparent)]
     Metrics(std::io::Error),
+    /// The connection holding the active lock failed: another control
+    /// plane may be acting now, so this one stops.
+    #[error("lost the control plane's active lock (its Postgres session ended)")]
+    LostActiveLock,
 }
 
-/// Serves the control plane on `listener` until `shutdown` resolves.
+/// How often a standby control plane tries to take the active lock, and
+/// an active one checks it still holds it.
+const ACTIVE_LOCK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Waits until this control plane holds the active lock (`None` if
+/// `shutdown` came first).
+async fn become_active(
+    database_url: &str,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Option<ActiveLock> {
+    let mut said = false;
+    loop {
+        match ActiveLock::try_acquire(database_url, ActiveRole::ControlPlane).await {
+            Ok(Some(lock)) => {
+                if said {
+                    tracing::info!("took over as the active control plane");
+                }
+                return Some(lock);
+            }
+            Ok(None) if !said => {
+                tracing::info!("another control plane is active: standing by");
+                said = true;
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!("cannot take the active lock: {error}"),
+        }
+        tokio::select! {
+            () = &mut *shutdown => return None,
+            () = tokio::time::sleep(ACTIVE_LOCK_INTERVAL) => {}
+        }
+    }
+}
+
+/// Resolves once `lock` is no longer surely held.
+async fn until_lock_lost(mut lock: ActiveLock) {
+    loop {
+        tokio::time::sleep(ACTIVE_LOCK_INTERVAL).await;
+        let held = tokio::time::timeout(Duration::from_secs(5), lock.is_held()).await;
+        if !matches!(held, Ok(true)) {
+            tracing::error!("the control plane's active lock is lost: stopping");
+            return;
+        }
+    }
+}
+
+/// Serves the control plane on `listener` until `shutdown` resolves — once
+/// it is the active one: a second control plane on the same database
+/// stands by (not serving) until the first stops.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -690,6 +743,10 @@ pub async fn run(
             "no master key configured: secrets are sealed under the well-known development key"
         );
     }
+    let mut shutdown = Box::pin(shutdown);
+    let Some(lock) = become_active(&config.database.url, &mut shutdown).await else {
+        return Ok(());
+    };
     let metrics = freshet_server::Metrics::bind(&config.observability, DEFAULT_METRICS_ADDR)
         .await
         .map_err(RunError::Metrics)?;
@@ -730,7 +787,21 @@ pub async fn run(
     service
         .tasks
         .spawn_loop(scaler::run_scaler(service.clone()));
-    serve(service, identities, &token, listener, metrics, shutdown).await
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = {
+        let lost = lost.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = until_lock_lost(lock) => lost.store(true, std::sync::atomic::Ordering::Release),
+            }
+        }
+    };
+    serve(service, identities, &token, listener, metrics, stop).await?;
+    if lost.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(RunError::LostActiveLock);
+    }
+    Ok(())
 }
 
 /// Serves an already-built service.

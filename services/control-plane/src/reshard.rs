@@ -497,19 +497,23 @@ impl ControlPlaneService {
             .get_or_create(&crate::metrics::StepLabel { step: kind })
             .inc();
         let mut membership = self.membership.clone();
-        membership
+        let closed = membership
             .close_shards(CloseShardsRequest {
                 stream_uid: stream.stream_uid,
                 shard_ids: parents.clone(),
             })
             .await
-            .map_err(|s| anyhow::anyhow!("close {parents:?}: {}", s.message()))?;
+            .map_err(|s| anyhow::anyhow!("close {parents:?}: {}", s.message()))?
+            .into_inner()
+            .entries;
         let mut sealed = Vec::with_capacity(parents.len());
         for shard_id in &parents {
+            let close_generation = close_generation_of(&closed, shard_id)?;
             let outcome = self.seal(stream, shard_id, SEAL_PATIENCE).await?;
             sealed.push(SealedShard {
                 shard_id: shard_id.clone(),
                 ending_offset: outcome.ending_offset,
+                close_generation,
             });
         }
         membership
@@ -594,6 +598,19 @@ impl ControlPlaneService {
             last_arrival_ms: response.last_arrival_ms,
         })
     }
+}
+
+/// The close generation `CloseShards` answered with for `shard_id`: the
+/// seal is completed only at it (see `ShardMapEntry.close_generation`).
+pub(crate) fn close_generation_of(
+    closed: &[freshet_proto::v1::ShardMapEntry],
+    shard_id: &str,
+) -> anyhow::Result<u64> {
+    closed
+        .iter()
+        .find(|e| e.key.as_ref().is_some_and(|k| k.shard_id == shard_id))
+        .map(|e| e.close_generation)
+        .ok_or_else(|| anyhow::anyhow!("membership did not answer for closing shard {shard_id}"))
 }
 
 #[cfg(test)]

@@ -208,6 +208,7 @@ impl Membership for MembershipService {
                 ShardState::Open => changes.push((
                     ShardRow {
                         state: ShardState::Closing,
+                        close_generation: row.close_generation + 1,
                         ..row.clone()
                     },
                     Change::BeginClosing,
@@ -236,6 +237,7 @@ impl Membership for MembershipService {
                 (
                     ShardRow {
                         state: ShardState::Open,
+                        close_generation: r.close_generation + 1,
                         ..r
                     },
                     Change::Reopen,
@@ -262,6 +264,12 @@ impl Membership for MembershipService {
                     ErrorCode::ResourceNotFound
                         .status(format!("shard {} does not exist", sealed.shard_id))
                 })?;
+            if row.close_generation != sealed.close_generation {
+                return Err(ErrorCode::Conflict.status(format!(
+                    "shard {} was reopened or closed again since its seal (close generation {}, not {})",
+                    sealed.shard_id, row.close_generation, sealed.close_generation
+                )));
+            }
             changes.push((
                 ShardRow {
                     state: ShardState::Closed,
@@ -292,10 +300,13 @@ impl Membership for MembershipService {
                 ErrorCode::ResourceNotFound
                     .status(format!("shard {} does not exist", request.shard_id))
             })?;
-        if row.state != ShardState::Closing || row.epoch != request.epoch {
+        if row.state != ShardState::Closing
+            || row.epoch != request.epoch
+            || row.close_generation != request.close_generation
+        {
             return Err(ErrorCode::ResourceInUse.status(format!(
-                "shard {} is not being closed at epoch {}",
-                row.shard_id, request.epoch
+                "shard {} is not being closed at epoch {} and close generation {}",
+                row.shard_id, request.epoch, request.close_generation
             )));
         }
         if request.ending_offset < row.segment_start_offset {
@@ -339,6 +350,7 @@ impl Membership for MembershipService {
             replica_worker_ids: placement.replicas,
             voters,
             epoch: row.epoch + 1,
+            close_generation: row.close_generation + 1,
             segment_index: row.segment_index + 1,
             segment_start_offset: request.ending_offset,
             sealed_segments,

@@ -394,6 +394,7 @@ fn entry_for(
             .iter()
             .map(|id| address_of(workers, id))
             .collect(),
+        close_generation: shard.close_generation,
         voter_ids: shard.voters.to_lists().0,
         next_voter_ids: shard.voters.to_lists().1,
         epoch: shard.epoch,

@@ -105,6 +105,7 @@ mod tests {
             replica_worker_ids: ids(replicas),
             voters,
             epoch: 2,
+            close_generation: 0,
             segment_index: 0,
             segment_start_offset: 0,
             sealed_segments: Vec::new(),

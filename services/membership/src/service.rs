@@ -172,6 +172,7 @@ impl MembershipService {
                 leader_worker_id: chosen.leader,
                 replica_worker_ids: chosen.replicas,
                 epoch: 1,
+                close_generation: 0,
                 segment_index: 0,
                 segment_start_offset: 0,
                 sealed_segments: Vec::new(),

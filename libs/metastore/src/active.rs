@@ -4,6 +4,9 @@
 //! holder's session ends (a crash, a cut connection), Postgres releases
 //! the lock and the next instance takes over.
 //!
+//! Needs a direct connection (or a session-mode pooler): a session lock
+//! means nothing behind a transaction-mode pooler.
+//!
 //! The lock makes two active instances rare, not impossible: a holder cut
 //! off from Postgres learns it lost the lock only at its next check, while
 //! its successor may already act. What such a late step may change is
@@ -41,6 +44,18 @@ impl ActiveLock {
         let mut connection = PgConnection::connect(database_url)
             .await
             .db("connect for the active lock")?;
+        // A holder whose host dies must not keep the lock for the hours a
+        // default TCP keepalive takes: Postgres probes this session often.
+        for setting in [
+            "SET tcp_keepalives_idle = 10",
+            "SET tcp_keepalives_interval = 5",
+            "SET tcp_keepalives_count = 3",
+        ] {
+            sqlx::query(setting)
+                .execute(&mut connection)
+                .await
+                .db("set the active lock's keepalives")?;
+        }
         let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(role.key())
             .fetch_one(&mut connection)

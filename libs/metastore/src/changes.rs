@@ -24,15 +24,56 @@ impl MetaStore {
             .execute(&mut *transaction)
             .await
             .db("lock the change log")?;
-        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM shard_map_changes")
-            .fetch_one(&mut *transaction)
-            .await
-            .db("read change-log head")?;
+        let row = sqlx::query(
+            "SELECT COALESCE(MAX(version), 0) AS v, pg_backend_pid() AS pid FROM shard_map_changes",
+        )
+        .fetch_one(&mut *transaction)
+        .await
+        .db("read change-log head")?;
         let head: i64 = row.try_get("v")?;
+        let backend: i32 = row.try_get("pid")?;
         Ok(ChangeBatch {
             transaction,
             next_version: head + 1,
+            backend,
         })
+    }
+
+    /// The changes after `after`, read once the outcome of every change-log
+    /// transaction is final: after a COMMIT whose answer was lost, the
+    /// session that sent it (`backend`, [`ChangeBatch::backend`]) is ended
+    /// — a COMMIT it had not yet carried out is rolled back — and the read
+    /// waits for the change-log lock any transaction still holds.
+    pub async fn settled_changes_after(
+        &self,
+        after: i64,
+        backend: Option<i32>,
+    ) -> Result<Vec<(i64, Vec<u8>)>> {
+        if let Some(backend) = backend {
+            sqlx::query("SELECT pg_terminate_backend($1)")
+                .bind(backend)
+                .execute(&self.pool)
+                .await
+                .db("end the session of a commit with a lost answer")?;
+        }
+        let mut transaction = self.pool.begin().await.db("begin change-log read")?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHANGE_LOG_LOCK)
+            .execute(&mut *transaction)
+            .await
+            .db("lock the change log")?;
+        let rows = sqlx::query(
+            "SELECT version, entry FROM shard_map_changes WHERE version > $1 ORDER BY version",
+        )
+        .bind(after)
+        .fetch_all(&mut *transaction)
+        .await
+        .db("read change log")?;
+        transaction.commit().await.db("end change-log read")?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("version")?, row.try_get("entry")?)))
+            .collect::<sqlx::Result<_>>()
+            .db("decode change-log rows")
     }
 
     /// The change-log head (0 when empty).
@@ -107,6 +148,8 @@ impl MetaStore {
 pub struct ChangeBatch {
     transaction: Transaction<'static, Postgres>,
     next_version: i64,
+    /// The Postgres session (backend pid) the transaction runs in.
+    backend: i32,
 }
 
 /// Identity of a change-log entry.
@@ -123,6 +166,12 @@ impl ChangeBatch {
     /// The version the next recorded change will get.
     pub fn next_version(&self) -> i64 {
         self.next_version
+    }
+
+    /// The Postgres session the batch runs in: if its COMMIT's answer is
+    /// lost, [`MetaStore::settled_changes_after`] ends it before reading.
+    pub fn backend(&self) -> i32 {
+        self.backend
     }
 
     pub async fn insert_shard(&mut self, shard: &ShardRow) -> Result<()> {

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -670,10 +671,6 @@ pub enum RunError {
     Serve(#[from] freshet_server::ServeError),
     #[error(transparent)]
     Metrics(std::io::Error),
-    /// The connection holding the active lock failed: another control
-    /// plane may be acting now, so this one stops.
-    #[error("lost the control plane's active lock (its Postgres session ended)")]
-    LostActiveLock,
 }
 
 /// How often a standby control plane tries to take the active lock, and
@@ -710,20 +707,21 @@ async fn become_active(
 }
 
 /// Resolves once `lock` is no longer surely held.
-async fn until_lock_lost(mut lock: ActiveLock) {
+async fn until_lock_lost(lock: &mut ActiveLock) {
     loop {
         tokio::time::sleep(ACTIVE_LOCK_INTERVAL).await;
         let held = tokio::time::timeout(Duration::from_secs(5), lock.is_held()).await;
         if !matches!(held, Ok(true)) {
-            tracing::error!("the control plane's active lock is lost: stopping");
+            tracing::error!("the control plane's active lock is lost: it stops acting");
             return;
         }
     }
 }
 
-/// Serves the control plane on `listener` until `shutdown` resolves — once
-/// it is the active one: a second control plane on the same database
-/// stands by (not serving) until the first stops.
+/// Serves the control plane on `listener` until `shutdown` resolves —
+/// while it is the active one: a second control plane on the same
+/// database stands by (not serving) until the first stops, and one whose
+/// lock's session ends stops acting and stands by again.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -743,28 +741,68 @@ pub async fn run(
             "no master key configured: secrets are sealed under the well-known development key"
         );
     }
+    let master = Arc::new(master);
+    let address = listener.local_addr().map_err(RunError::Address)?;
+    let mut listener = Some(listener);
     let mut shutdown = Box::pin(shutdown);
-    let Some(lock) = become_active(&config.database.url, &mut shutdown).await else {
-        return Ok(());
-    };
+    // Active until the lock is lost, then standing by again (its port
+    // closed) until it is taken again.
+    loop {
+        let Some(mut lock) = become_active(&config.database.url, &mut shutdown).await else {
+            return Ok(());
+        };
+        let listener = match listener.take() {
+            Some(listener) => listener,
+            None => TcpListener::bind(address)
+                .await
+                .map_err(RunError::Address)?,
+        };
+        let lost = AtomicBool::new(false);
+        let stop = async {
+            tokio::select! {
+                () = &mut shutdown => {}
+                () = until_lock_lost(&mut lock) => lost.store(true, Ordering::Release),
+            }
+        };
+        // The lock is let go only once the service has drained and its
+        // tasks have stopped, so a standby never acts beside them.
+        serve_while_active(&config, &token, master.clone(), listener, stop).await?;
+        drop(lock);
+        if !lost.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        tracing::warn!("the control plane stopped acting: standing by again");
+    }
+}
+
+/// Builds the control plane and serves it on `listener` until `stop`
+/// resolves (a shutdown, or the active lock lost): interrupted updates and
+/// moves are recovered first, as after any restart.
+async fn serve_while_active(
+    config: &Config,
+    token: &freshet_server::InternalToken,
+    master: Arc<sealing::MasterKey>,
+    listener: TcpListener,
+    stop: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
     let metrics = freshet_server::Metrics::bind(&config.observability, DEFAULT_METRICS_ADDR)
         .await
         .map_err(RunError::Metrics)?;
     let pool = freshet_metastore::connect_url_and_migrate(&config.database.url, 10).await?;
     let identities = identities::IdentityService::new(
         MetaStore::new(pool.clone()),
-        Arc::new(master),
+        master,
         config.admin.token()?,
         config.auth.mode,
     );
     identities.bootstrap(&config.bootstrap).await?;
     let service = ControlPlaneService::new(
         MetaStore::new(pool),
-        freshet_server::grpc_channel(&config.membership.addr, &token)?,
+        freshet_server::grpc_channel(&config.membership.addr, token)?,
         config.shard_limit,
-        config.scaler,
+        config.scaler.clone(),
         config.api_rate_limits,
-        &token,
+        token,
     );
     // Before serving, so no new update can be mistaken for an interrupted
     // one. Membership may not answer yet: a few tries, then serve anyway.
@@ -787,21 +825,7 @@ pub async fn run(
     service
         .tasks
         .spawn_loop(scaler::run_scaler(service.clone()));
-    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop = {
-        let lost = lost.clone();
-        async move {
-            tokio::select! {
-                () = shutdown => {}
-                () = until_lock_lost(lock) => lost.store(true, std::sync::atomic::Ordering::Release),
-            }
-        }
-    };
-    serve(service, identities, &token, listener, metrics, stop).await?;
-    if lost.load(std::sync::atomic::Ordering::Acquire) {
-        return Err(RunError::LostActiveLock);
-    }
-    Ok(())
+    serve(service, identities, token, listener, metrics, stop).await
 }
 
 /// Serves an already-built service.

@@ -123,11 +123,14 @@ pub(crate) fn heard_from(inner: &Inner, worker_id: &str) -> bool {
         Some(now) => Heard::At(now.latest_micros),
         None => Heard::DuringTimerOutage,
     };
-    inner
-        .last_heard
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(worker_id.to_owned(), heard);
+    let mut last_heard = inner.last_heard.lock().unwrap_or_else(|p| p.into_inner());
+    let entry = last_heard.entry(worker_id.to_owned()).or_insert(heard);
+    // Concurrent heartbeats may land out of order: keep the latest time,
+    // and an outage mark until the timer's return converts it.
+    *entry = match (*entry, heard) {
+        (Heard::At(before), Heard::At(now)) => Heard::At(before.max(now)),
+        (Heard::DuringTimerOutage, _) | (_, Heard::DuringTimerOutage) => Heard::DuringTimerOutage,
+    };
     heard != Heard::DuringTimerOutage
 }
 
@@ -427,6 +430,7 @@ async fn fail_over(
 fn same_placement(a: &ShardRow, b: &ShardRow) -> bool {
     a.epoch == b.epoch
         && a.state == b.state
+        && a.close_generation == b.close_generation
         && a.leader_worker_id == b.leader_worker_id
         && a.replica_worker_ids == b.replica_worker_ids
         && a.voters == b.voters

@@ -149,6 +149,11 @@ impl MembershipService {
             .into_iter()
             .map(|w| (w.worker_id.clone(), w))
             .collect();
+        // Whatever an earlier commit with an unknown outcome left is
+        // broadcast first, so versions reach subscribers in order.
+        if self.inner.head_uncertain.load(Ordering::Acquire) {
+            self.settle_head_locked().await?;
+        }
         let mut batch = self.inner.store.begin_changes().await?;
         let mut entries = Vec::with_capacity(shards.len());
         for (shard, kind) in shards.iter().zip(kinds.iter().copied()) {
@@ -186,10 +191,16 @@ impl MembershipService {
                 .await?;
             entries.push(entry);
         }
+        let backend = batch.backend();
         if let Err(error) = batch.commit().await {
             // The COMMIT may have reached Postgres before the error did:
             // the outcome is unknown until the head is read back.
             self.inner.head_uncertain.store(true, Ordering::Release);
+            *self
+                .inner
+                .uncertain_backend
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(backend);
             tracing::warn!("change-log commit failed, outcome unknown: {error}");
             self.settle_head_locked().await?;
             let committed = entries
@@ -234,22 +245,31 @@ impl MembershipService {
     /// [`MembershipService::settle_head`] under the publishing lock.
     async fn settle_head_locked(&self) -> Result<(), MetastoreError> {
         let mut head = self.inner.head_version.load(Ordering::Acquire);
-        loop {
-            let changes = self.inner.store.changes_after(head, 500).await?;
-            if changes.is_empty() {
-                break;
-            }
-            let mut entries = Vec::with_capacity(changes.len());
-            for (version, bytes) in changes {
-                let entry = ShardMapEntry::decode(bytes.as_slice()).map_err(|error| {
-                    MetastoreError::Corrupt(format!("change-log entry {version}: {error}"))
-                })?;
-                entries.push(entry);
-                head = version;
-            }
-            self.inner.head_version.fetch_max(head, Ordering::AcqRel);
-            self.broadcast(&entries);
+        let backend = *self
+            .inner
+            .uncertain_backend
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let changes = self
+            .inner
+            .store
+            .settled_changes_after(head, backend)
+            .await?;
+        let mut entries = Vec::with_capacity(changes.len());
+        for (version, bytes) in changes {
+            let entry = ShardMapEntry::decode(bytes.as_slice()).map_err(|error| {
+                MetastoreError::Corrupt(format!("change-log entry {version}: {error}"))
+            })?;
+            entries.push(entry);
+            head = version;
         }
+        self.inner.head_version.fetch_max(head, Ordering::AcqRel);
+        self.broadcast(&entries);
+        *self
+            .inner
+            .uncertain_backend
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         self.inner.head_uncertain.store(false, Ordering::Release);
         tracing::info!(head, "change-log head settled");
         Ok(())

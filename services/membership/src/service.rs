@@ -60,6 +60,9 @@ pub(crate) struct Inner {
     /// carries the head its holder must have applied, and a stale head
     /// could let a deposed leader act (`publish.rs`, `settle_head`).
     pub(crate) head_uncertain: std::sync::atomic::AtomicBool,
+    /// The Postgres session of that commit, ended before the head is read
+    /// back (a COMMIT it has not carried out yet is then rolled back).
+    pub(crate) uncertain_backend: std::sync::Mutex<Option<i32>>,
     /// Clients of the storage workers failover asks about their copies.
     pub(crate) storage: freshet_server::StorageClients,
     /// The failover loop and the subscriptions' tasks.
@@ -99,6 +102,7 @@ impl MembershipService {
                 lease_duration: config.lease_duration,
                 head_version: std::sync::atomic::AtomicI64::new(0),
                 head_uncertain: std::sync::atomic::AtomicBool::new(false),
+                uncertain_backend: std::sync::Mutex::new(None),
                 last_heard: std::sync::Mutex::new(HashMap::new()),
                 waits_logged: std::sync::Mutex::new(HashMap::new()),
                 deposing: std::sync::Mutex::new(std::collections::HashSet::new()),

@@ -86,6 +86,27 @@ pub struct ClusterOptions {
     pub auth: freshet_server::AuthMode,
     /// The frontend's shard-level metrics (off, as by default).
     pub shard_level_metrics: bool,
+    /// Workers' retention: segment size, how long one hour of retention
+    /// lasts and how often expired segments are looked for.
+    pub worker_retention: WorkerRetention,
+}
+
+/// How workers roll and trim their logs.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerRetention {
+    pub segment_bytes: u64,
+    pub hour: Duration,
+    pub check_interval: Duration,
+}
+
+impl Default for WorkerRetention {
+    fn default() -> Self {
+        WorkerRetention {
+            segment_bytes: 64 * 1024 * 1024,
+            hour: Duration::from_secs(3_600),
+            check_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Secure-mode clusters' bootstrap key (account 000000000000's root).
@@ -128,6 +149,7 @@ impl Default for ClusterOptions {
             api_rate_limits: false,
             auth: freshet_server::AuthMode::Development,
             shard_level_metrics: false,
+            worker_retention: WorkerRetention::default(),
         }
     }
 }
@@ -487,6 +509,7 @@ impl Cluster {
         let limits = self.options.shard_limits;
         let internal_token = self.internal_flag().internal_token;
         let auth = self.options.auth;
+        let retention = self.options.worker_retention;
         let worker = &mut self.workers[index];
         anyhow::ensure!(
             worker.running.is_none(),
@@ -506,8 +529,9 @@ impl Cluster {
                         addr: membership_addr,
                     },
                     heartbeat_interval,
-                    retention_check_interval: Duration::from_secs(60),
-                    segment_bytes: 64 * 1024 * 1024,
+                    retention_check_interval: retention.check_interval,
+                    retention_hour: retention.hour,
+                    segment_bytes: retention.segment_bytes,
                     ack_copies: freshet_storage_worker::AckCopies::Majority,
                     min_ack_copies: 2,
                     shard_write_bytes_per_sec: limits.write_bytes,
@@ -568,6 +592,15 @@ impl Cluster {
                         .env(
                             "FRESHET_SHARD_READ_CALLS_PER_SEC",
                             limits.read_calls.to_string(),
+                        )
+                        .env("FRESHET_SEGMENT_BYTES", retention.segment_bytes.to_string())
+                        .env(
+                            "FRESHET_RETENTION_HOUR",
+                            format!("{}ms", retention.hour.as_millis()),
+                        )
+                        .env(
+                            "FRESHET_RETENTION_CHECK_INTERVAL",
+                            format!("{}ms", retention.check_interval.as_millis()),
                         )
                         .env("RUST_LOG", "warn")
                         .stdin(Stdio::null())

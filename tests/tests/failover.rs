@@ -213,15 +213,17 @@ async fn a_leader_frozen_past_its_lease_acknowledges_nothing_when_it_wakes() -> 
             shard: moved.key.clone(),
         };
         let end_before = replica.describe_shard(describe()).await?.into_inner();
+        let data = bytes::Bytes::from_static(b"replicated by a deposed leader");
         let late = replica
             .replicate(ReplicateRequest {
                 shard: before.key.clone(),
                 epoch: before.epoch,
                 first_offset: end_before.next_offset,
                 arrival_ms: 0,
+                records_crc32: freshet_log::batch_checksum([("stale", &data[..])]),
                 records: vec![RecordToAppend {
                     partition_key: "stale".to_owned(),
-                    data: bytes::Bytes::from_static(b"replicated by a deposed leader"),
+                    data: data.clone(),
                     ..RecordToAppend::default()
                 }],
                 leader_committed_offset: end_before.next_offset + 1,

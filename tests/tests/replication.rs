@@ -10,7 +10,7 @@ use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use freshet_e2e::{create_active_stream, stream_arn, Cluster, ClusterOptions, WorkerMode};
 use freshet_log::{LogConfig, ShardLog, StoredRecord};
 use freshet_proto::v1::storage_client::StorageClient;
-use freshet_proto::v1::{GetShardTailRequest, ReplicateRequest};
+use freshet_proto::v1::{DescribeShardRequest, GetShardTailRequest};
 use freshet_shardmap::ShardMapEntry;
 
 /// Writes `count` records to the shard that owns `hash_key`; returns the
@@ -167,9 +167,7 @@ async fn every_copy_holds_the_same_records_even_after_a_replica_was_killed() -> 
             let (mut leader, mut replica, entry) = (leader.clone(), replica.clone(), entry.clone());
             async move {
                 let tail = leader.get_shard_tail(GetShardTailRequest { shard: entry.key.clone(), epoch: entry.epoch }).await;
-                // An empty Replicate only reports where the replica's log ends.
-                let probe = ReplicateRequest { shard: entry.key.clone(), epoch: entry.epoch, ..Default::default() };
-                let end = replica.replicate(probe).await;
+                let end = replica.describe_shard(DescribeShardRequest { shard: entry.key.clone() }).await;
                 matches!((tail, end), (Ok(tail), Ok(end)) if end.get_ref().next_offset == tail.get_ref().next_offset)
             }
         })
@@ -215,6 +213,196 @@ async fn every_copy_holds_the_same_records_even_after_a_replica_was_killed() -> 
         "{} acknowledged records missing, e.g. {:?}",
         lost.len(),
         lost.first()
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Writes `batches` PutRecords of ten 200-byte records to the shard that
+/// owns `hash_key` of `stream`; how many records were acknowledged.
+async fn fill_shard(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    hash_key: &str,
+    batches: usize,
+) -> anyhow::Result<usize> {
+    let mut acknowledged = 0;
+    for batch in 0..batches {
+        let entries = (0..10)
+            .map(|i| {
+                PutRecordsRequestEntry::builder()
+                    .partition_key(format!("k{batch}-{i}"))
+                    .explicit_hash_key(hash_key)
+                    .data(Blob::new(vec![b'x'; 200]))
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let sent = client
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(entries))
+            .send();
+        if let Ok(Ok(output)) = tokio::time::timeout(Duration::from_secs(10), sent).await {
+            acknowledged += output
+                .records
+                .iter()
+                .filter(|r| r.error_code.is_none())
+                .count();
+        }
+    }
+    Ok(acknowledged)
+}
+
+/// The committed end and trim horizon of `entry`'s leader, if it answers.
+async fn leader_tail(
+    cluster: &Cluster,
+    entry: &ShardMapEntry,
+) -> Option<freshet_proto::v1::GetShardTailResponse> {
+    let mut leader = StorageClient::new(cluster.channel(&entry.leader_address).ok()?);
+    let tail = leader
+        .get_shard_tail(GetShardTailRequest {
+            shard: entry.key.clone(),
+            epoch: entry.epoch,
+        })
+        .await
+        .ok()?;
+    Some(tail.into_inner())
+}
+
+fn worker_index(cluster: &Cluster, worker_id: &str) -> usize {
+    cluster
+        .workers
+        .iter()
+        .position(|w| w.worker_id == worker_id)
+        .expect("a worker of the cluster")
+}
+
+/// Hole 4 of issue 13. Retention runs fast here (a retention hour lasts
+/// 100 ms, so a stream keeps records 2.4 s). A shard's leader in zone a is
+/// killed once every copy has trimmed its oldest records; the new leader's
+/// log no longer starts at 0, and the spare worker of zone a, added as a
+/// learner, holds nothing. It must restart its log at the new leader's
+/// horizon, catch up from there and become a voter — proven by then
+/// killing the other surviving copy: writes still need, and get, its
+/// acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replacement_replica_catches_up_from_a_trimmed_log() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        worker_mode: WorkerMode::Process,
+        worker_zones: vec!["az-a", "az-b", "az-c", "az-a"],
+        worker_retention: freshet_e2e::WorkerRetention {
+            segment_bytes: 2_048,
+            hour: Duration::from_millis(100),
+            check_interval: Duration::from_millis(200),
+        },
+        ..ClusterOptions::short_leases()
+    })
+    .await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "expiring", 3).await?;
+    let map = cluster.frontend.router().map().clone();
+    let entries = || map.read(|m| m.stream_entries(&stream_arn("expiring")));
+    freshet_e2e::wait_until(Duration::from_secs(10), || async { entries().len() == 3 }).await?;
+    let entry = entries()
+        .into_iter()
+        .find(|e| e.leader_worker_id.ends_with("az-a"))
+        .ok_or_else(|| anyhow::anyhow!("no shard led from zone a"))?;
+    let current = || {
+        entries()
+            .into_iter()
+            .find(|e| e.starting_hash_key == entry.starting_hash_key)
+            .expect("the shard stays in the map")
+    };
+    let old_leader = worker_index(&cluster, &entry.leader_worker_id);
+    let spare_id = cluster
+        .workers
+        .iter()
+        .find(|w| w.zone == "az-a" && w.worker_id != entry.leader_worker_id)
+        .map(|w| w.worker_id.clone())
+        .expect("the spare in zone a");
+    let hash_key = entry.starting_hash_key.clone();
+
+    // Sealed segments fill, then expire on every copy.
+    assert_eq!(fill_shard(&client, "expiring", &hash_key, 20).await?, 200);
+    freshet_e2e::wait_until(Duration::from_secs(20), || async {
+        leader_tail(&cluster, &entry)
+            .await
+            .is_some_and(|tail| tail.trim_horizon_offset > 0)
+    })
+    .await?;
+    // The replicas trim on the same schedule.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    cluster.kill_worker(old_leader).await?;
+    freshet_e2e::wait_until(Duration::from_secs(30), || async {
+        current().leader_worker_id != entry.leader_worker_id
+    })
+    .await?;
+    let tail = leader_tail(&cluster, &current())
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the new leader answers no tail"))?;
+    assert!(
+        tail.trim_horizon_offset > 0,
+        "the new leader's oldest records expired (the case under test)"
+    );
+
+    // The spare joins as a learner, restarts at the horizon, catches up
+    // and becomes a voter; writes keep the reconfiguration moving.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        fill_shard(&client, "expiring", &hash_key, 1).await?;
+        let voters = freshet_shardmap::voters_of(&current());
+        if !voters.is_joint() && voters.contains(&spare_id) {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the spare never became a voter: {:?}",
+            current()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The other surviving copy dies: the leader and the spare alone make
+    // the majority, so every acknowledged write is on the spare.
+    let led = current();
+    let other = led
+        .replica_worker_ids
+        .iter()
+        .find(|id| **id != spare_id)
+        .cloned()
+        .expect("a third copy");
+    cluster.kill_worker(worker_index(&cluster, &other)).await?;
+    assert_eq!(
+        fill_shard(&client, "expiring", &hash_key, 5).await?,
+        50,
+        "the spare acknowledges as a voter"
+    );
+    let spare_address = led
+        .replica_worker_ids
+        .iter()
+        .position(|id| *id == spare_id)
+        .map(|i| led.replica_addresses[i].clone())
+        .expect("the spare's address");
+    let tail = leader_tail(&cluster, &led)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the leader answers no tail"))?;
+    let mut copy = StorageClient::new(cluster.channel(&spare_address)?);
+    let described = copy
+        .describe_shard(DescribeShardRequest {
+            shard: led.key.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(
+        described.trim_horizon_offset > 0,
+        "the spare's log starts at the leader's horizon"
+    );
+    let end = described.next_offset;
+    assert!(
+        end >= tail.next_offset,
+        "the spare ends at {end}, before the leader's committed {}",
+        tail.next_offset
     );
     cluster.shutdown().await;
     Ok(())

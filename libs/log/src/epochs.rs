@@ -79,25 +79,29 @@ impl EpochHistory {
             .map_or(0, |e| e.epoch)
     }
 
-    /// The first offset below `end` at which this copy's records and a
-    /// copy with history `other` were written under different epochs (so
-    /// may differ); `end` if there is none.
-    pub fn divergence(&self, other: &EpochHistory, end: u64) -> u64 {
+    /// The first offset of `held` (the offsets a copy stores) at which
+    /// this copy's records and a copy with history `other` were written
+    /// under different epochs (so may differ); `held.end` if there is none.
+    /// Offsets below `held.start` are not compared: a copy whose oldest
+    /// records expired, or that restarted at a leader's horizon, holds
+    /// nothing there to differ.
+    pub fn divergence(&self, other: &EpochHistory, held: std::ops::Range<u64>) -> u64 {
         let mut boundaries: Vec<u64> = self
             .entries
             .iter()
             .chain(&other.entries)
             .map(|e| e.start_offset)
-            .chain(std::iter::once(0))
+            .filter(|b| *b > held.start)
+            .chain(std::iter::once(held.start))
             .collect();
         boundaries.sort_unstable();
         boundaries.dedup();
         // Both epoch functions are constant between consecutive boundaries.
         boundaries
             .into_iter()
-            .take_while(|b| *b < end)
+            .take_while(|b| *b < held.end)
             .find(|b| self.epoch_at(*b) != other.epoch_at(*b))
-            .unwrap_or(end)
+            .unwrap_or(held.end)
     }
 
     /// Starts `epoch` at `start_offset` (a new leader at its log's end).
@@ -217,16 +221,29 @@ mod tests {
         // epoch-2 leader (which took over at 12) never saw.
         let replica = history(&[(1, 0)]);
         let leader = history(&[(1, 0), (2, 12)]);
-        assert_eq!(replica.divergence(&leader, 15), 12);
-        assert_eq!(replica.divergence(&leader, 11), 11, "nothing to drop");
+        assert_eq!(replica.divergence(&leader, 0..15), 12);
+        assert_eq!(replica.divergence(&leader, 0..11), 11, "nothing to drop");
     }
 
     #[test]
     fn copies_that_never_shared_an_epoch_diverge_at_its_start() {
         let replica = history(&[(1, 0), (2, 5)]);
         let leader = history(&[(1, 0), (3, 7)]);
-        assert_eq!(replica.divergence(&leader, 9), 5);
-        assert_eq!(history(&[(2, 0)]).divergence(&history(&[(3, 0)]), 4), 0);
+        assert_eq!(replica.divergence(&leader, 0..9), 5);
+        assert_eq!(history(&[(2, 0)]).divergence(&history(&[(3, 0)]), 0..4), 0);
+    }
+
+    #[test]
+    fn offsets_a_copy_no_longer_holds_never_diverge() {
+        // A copy restarted at the leader's horizon 20 knows nothing of the
+        // epochs before it; only what it holds is compared.
+        let restarted = history(&[]);
+        let leader = history(&[(1, 0), (4, 8)]);
+        assert_eq!(restarted.divergence(&leader, 20..20), 20);
+        let copy = history(&[(1, 0), (2, 22)]);
+        let leader = history(&[(1, 0), (3, 21)]);
+        assert_eq!(copy.divergence(&leader, 20..30), 21);
+        assert_eq!(copy.divergence(&leader, 25..30), 25);
     }
 
     #[test]

@@ -31,6 +31,11 @@ pub enum LogError {
     StaleEpoch { offered: u64, current: u64 },
     #[error("a leader's epoch history is not in order: {0}")]
     BadEpochHistory(String),
+    /// A leader's batch disagrees with what this copy holds from the same
+    /// epoch: a bug, or a copy whose disk was replaced or damaged. Nothing
+    /// is written, and the batch is not acknowledged.
+    #[error("this copy and its leader disagree at offset {offset}: {reason}")]
+    Diverged { offset: u64, reason: String },
 }
 
 pub type LogResult<T> = Result<T, LogError>;

@@ -5,7 +5,8 @@
 //! Layout: this file holds [`ShardLog`] and its write side (open and
 //! recovery, appends, replication, epochs, truncation, the commit point);
 //! `read.rs` its read side and retention; `segment.rs` one segment file;
-//! `epochs.rs` the leader-epoch history; `records.rs` and `error.rs` the
+//! `epochs.rs` the leader-epoch history; `restart.rs` a lagging copy
+//! restarting at its leader's horizon; `records.rs` and `error.rs` the
 //! values and errors it takes and gives.
 //!
 //! # On disk
@@ -45,6 +46,7 @@ mod epochs;
 mod error;
 mod read;
 mod records;
+mod restart;
 mod segment;
 
 pub mod fuzzing;
@@ -57,7 +59,7 @@ use std::sync::{Arc, Mutex, RwLock};
 pub use epochs::{EpochHistory, EpochStart};
 use error::io_error;
 pub use error::{LogError, LogResult};
-pub use records::{Appended, LogConfig, NewRecord, ReadBatch, StoredRecord};
+pub use records::{batch_checksum, Appended, LogConfig, NewRecord, ReadBatch, StoredRecord};
 use segment::{Segment, FRAME_HEADER_LEN};
 
 const COMMIT_POINT_FILE: &str = "commit-point";
@@ -284,11 +286,18 @@ impl ShardLog {
     ///    from where its epoch history and the leader's part (records the
     ///    leader never had, so never acknowledged) and adopts the leader's
     ///    history;
-    /// 3. the batch (if any) continues the log: records this copy already
-    ///    holds at those offsets are the same records (one record per
-    ///    offset per epoch) and are kept, the rest appended. A log ending
-    ///    before `first_offset` answers `accepted: false` with its end, and
-    ///    the leader sends what is missing first.
+    /// 3. from a leader this copy already follows, the history must be the
+    ///    one it adopted over every offset it holds — the `prev_epoch`
+    ///    check of Raft's AppendEntries, over the whole log: a leader at
+    ///    the same epoch with another history (its disk was replaced) is
+    ///    refused ([`LogError::Diverged`]);
+    /// 4. the batch (if any) continues the log: records this copy already
+    ///    holds at those offsets must be the same records (one record per
+    ///    offset per epoch) and are kept — a different one is refused
+    ///    ([`LogError::Diverged`]), never overwritten or acknowledged — the
+    ///    rest appended. A log ending before `first_offset` answers
+    ///    `accepted: false` with its end, and the leader sends what is
+    ///    missing first.
     ///
     /// Committed records are never dropped ([`LogError::TruncatesCommitted`]).
     pub fn replicate(
@@ -308,10 +317,23 @@ impl ShardLog {
                     leader_epochs.latest_epoch()
                 )));
             }
-            let diverges_at = writer.epochs.divergence(leader_epochs, writer.next_offset);
+            let held = self.trim_horizon()..writer.next_offset;
+            let diverges_at = writer.epochs.divergence(leader_epochs, held);
             self.truncate_locked(&mut writer, diverges_at)?;
             leader_epochs.store(&self.dir)?;
             self.set_epochs(&mut writer, leader_epochs.clone());
+        } else {
+            let held = self.trim_horizon()..writer.next_offset;
+            let end = held.end;
+            let diverges_at = writer.epochs.divergence(leader_epochs, held);
+            if diverges_at < end {
+                return Err(LogError::Diverged {
+                    offset: diverges_at,
+                    reason: format!(
+                        "the leader of epoch {epoch} sent a history that differs from the one this copy adopted"
+                    ),
+                });
+            }
         }
         let end = writer.next_offset;
         if first_offset > end {
@@ -325,6 +347,7 @@ impl ShardLog {
         // truncate here — a delayed request must not cut records a later
         // one added.
         let already_held = usize::try_from(end - first_offset).unwrap_or(usize::MAX);
+        self.refuse_different_records(first_offset, &records[..already_held.min(records.len())])?;
         if already_held < records.len() {
             self.write_batch(&mut writer, &records[already_held..], arrival_ms, Some(end))?;
         }
@@ -332,6 +355,33 @@ impl ShardLog {
             accepted: true,
             next_offset: writer.next_offset,
         })
+    }
+
+    /// Refuses `records`, meant for offsets from `first_offset` on that
+    /// this copy already holds, unless it holds exactly those.
+    fn refuse_different_records(&self, first_offset: u64, records: &[NewRecord]) -> LogResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let held = self.read_uncommitted(first_offset, records.len(), u64::MAX)?;
+        // Offsets below the horizon have expired here: nothing to compare.
+        for stored in &held.records {
+            let Some(sent) = stored
+                .offset
+                .checked_sub(first_offset)
+                .and_then(|i| records.get(usize::try_from(i).ok()?))
+            else {
+                continue;
+            };
+            if stored.partition_key != sent.partition_key || stored.data != sent.data {
+                return Err(LogError::Diverged {
+                    offset: stored.offset,
+                    reason: "this copy holds a different record there from the same epoch"
+                        .to_owned(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// This copy's epoch history (a leader sends it with every batch).

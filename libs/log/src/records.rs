@@ -28,6 +28,20 @@ pub struct NewRecord {
     pub data: Bytes,
 }
 
+/// A checksum over a batch's records, in order (each one's key and data,
+/// with their lengths): what a leader sends with a batch so a replica can
+/// refuse one that was damaged on the way.
+pub fn batch_checksum<'a>(records: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    for (partition_key, data) in records {
+        hasher.update(&(partition_key.len() as u64).to_le_bytes());
+        hasher.update(partition_key.as_bytes());
+        hasher.update(&(data.len() as u64).to_le_bytes());
+        hasher.update(data);
+    }
+    hasher.finalize()
+}
+
 /// A record as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRecord {

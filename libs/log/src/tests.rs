@@ -541,3 +541,147 @@ fn a_later_segment_continues_the_arrival_times_of_the_one_before() {
         "dropping an uncommitted tail keeps the floor"
     );
 }
+
+/// A leader whose records up to `horizon` expired: it led epoch 1 from 0
+/// and epoch 3 from 10.
+fn trimmed_leader(dir: &Path) -> ShardLog {
+    let log = ShardLog::open(dir, small_segments()).expect("open");
+    log.begin_leading(1).expect("lead");
+    for i in 0..10 {
+        log.append_at(1, i, i as i64 * 1_000, &[record("k", &format!("{i:040}"))])
+            .expect("append");
+    }
+    log.begin_leading(3).expect("lead");
+    for i in 10..30 {
+        log.append_at(3, i, i as i64 * 1_000, &[record("k", &format!("{i:040}"))])
+            .expect("append");
+    }
+    log.commit(30);
+    log.trim_older_than(15_000).expect("trim");
+    assert!(log.trim_horizon() > 10, "epoch 1's records are gone");
+    log
+}
+
+#[test]
+fn a_copy_behind_the_leaders_horizon_restarts_there_and_catches_up() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let leader = trimmed_leader(leader_dir.path());
+    let horizon = leader.trim_horizon();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = ShardLog::open(dir.path(), small_segments()).expect("open");
+    // The copy holds three expired records of epoch 1.
+    copy.replicate(
+        1,
+        &epochs(&[(1, 0)]),
+        0,
+        0,
+        &[record("k", "0"), record("k", "1"), record("k", "2")],
+    )
+    .expect("replicate");
+    let history = leader.epoch_history();
+    let restarted = copy.restart_at(3, &history, horizon).expect("restart");
+    assert_eq!((restarted.accepted, restarted.next_offset), (true, horizon));
+    assert_eq!(copy.trim_horizon(), horizon);
+    assert_eq!(copy.epoch_history(), history);
+    assert!(data_of(&copy).is_empty(), "the expired records are gone");
+
+    // Ordinary replication continues from the horizon.
+    let missing = leader
+        .read_uncommitted(horizon, 1_000, u64::MAX)
+        .expect("read")
+        .records;
+    for stored in &missing {
+        let answer = copy
+            .replicate(
+                3,
+                &history,
+                stored.offset,
+                stored.arrival_ms,
+                &[NewRecord {
+                    partition_key: stored.partition_key.clone(),
+                    data: stored.data.clone(),
+                }],
+            )
+            .expect("replicate");
+        assert!(answer.accepted);
+    }
+    assert_eq!(data_of(&copy), data_of(&leader));
+    assert_eq!(copy.election_position(), leader.election_position());
+
+    // The restarted log survives a restart of its own.
+    drop(copy);
+    let copy = ShardLog::open(dir.path(), small_segments()).expect("reopen");
+    assert_eq!(copy.trim_horizon(), horizon);
+    assert_eq!(copy.next_offset(), 30);
+    assert_eq!(copy.epoch_history(), history);
+}
+
+#[test]
+fn a_copy_that_reaches_the_horizon_is_not_restarted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+    let history = epochs(&[(1, 0)]);
+    copy.replicate(1, &history, 0, 0, &[record("k", "0"), record("k", "1")])
+        .expect("replicate");
+    let answer = copy.restart_at(1, &history, 2).expect("restart");
+    assert_eq!((answer.accepted, answer.next_offset), (false, 2));
+    assert_eq!(data_of(&copy), ["0", "1"]);
+}
+
+#[test]
+fn a_restart_from_a_deposed_leader_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+    copy.replicate(4, &epochs(&[(4, 0)]), 0, 0, &[record("k", "0")])
+        .expect("replicate");
+    assert!(matches!(
+        copy.restart_at(3, &epochs(&[(3, 0)]), 50),
+        Err(LogError::StaleEpoch { .. })
+    ));
+    assert!(matches!(
+        copy.restart_at(5, &epochs(&[(4, 0)]), 50),
+        Err(LogError::BadEpochHistory(_))
+    ));
+    assert_eq!(data_of(&copy), ["0"]);
+    assert_eq!(copy.trim_horizon(), 0);
+}
+
+#[test]
+fn a_leader_resending_a_different_record_where_this_copy_holds_one_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+    let history = epochs(&[(1, 0)]);
+    log.replicate(1, &history, 0, 1, &[record("a", "0"), record("a", "1")])
+        .expect("replicate");
+    // The same records again (a delayed duplicate) are fine ...
+    let again = log
+        .replicate(1, &history, 0, 1, &[record("a", "0"), record("a", "1")])
+        .expect("re-send");
+    assert_eq!((again.accepted, again.next_offset), (true, 2));
+    // ... another record at a held offset under the same epoch is not.
+    let other = log.replicate(1, &history, 1, 1, &[record("a", "other"), record("a", "2")]);
+    assert!(
+        matches!(other, Err(LogError::Diverged { offset: 1, .. })),
+        "{other:?}"
+    );
+    assert_eq!(data_of(&log), ["0", "1"], "nothing was written");
+}
+
+#[test]
+fn a_leader_at_the_same_epoch_with_another_history_is_refused() {
+    // A leader of epoch 2 whose disk was replaced restarts with a history
+    // that starts its epoch at 0; this copy adopted epoch 2 from 3 on.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+    let batch: Vec<NewRecord> = (0..3).map(|i| record("k", &format!("e1-{i}"))).collect();
+    log.replicate(1, &epochs(&[(1, 0)]), 0, 1, &batch)
+        .expect("replicate");
+    log.replicate(2, &epochs(&[(1, 0), (2, 3)]), 3, 1, &[record("k", "e2-3")])
+        .expect("replicate");
+    let replaced = log.replicate(2, &epochs(&[(2, 0)]), 4, 1, &[record("k", "e2-4")]);
+    assert!(
+        matches!(replaced, Err(LogError::Diverged { offset: 0, .. })),
+        "{replaced:?}"
+    );
+    assert_eq!(data_of(&log), ["e1-0", "e1-1", "e1-2", "e2-3"]);
+}

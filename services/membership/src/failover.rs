@@ -70,8 +70,11 @@
 //!    learners; a joint configuration whose next set loses a member goes
 //!    back to its committed set, if a majority of that holds the log. New
 //!    copies join as learners and become voters the same way, once they
-//!    hold the leader's whole committed log. This closes hole 1 of issue
-//!    13: after a first
+//!    hold the leader's whole committed log — from its trim horizon, when
+//!    its oldest records expired: the leader restarts a copy that ends
+//!    below it there (`InstallSnapshot`, `libs/log/src/restart.rs`), so a
+//!    learner is never stuck empty while the shard runs on two copies.
+//!    This closes hole 1 of issue 13: after a first
 //!    failover that left a lagging copy C beside the new leader B, the
 //!    loss of B cannot elect C alone while the deposed A — holding what C
 //!    lacks — still has a vote.

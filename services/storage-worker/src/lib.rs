@@ -83,6 +83,11 @@ pub struct Config {
     /// How often expired segments are looked for.
     #[arg(long, env = "FRESHET_RETENTION_CHECK_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub retention_check_interval: Duration,
+    /// How long one hour of a stream's retention period lasts on this
+    /// worker's disk. Only tests and demos shorten it, to watch retention
+    /// (and replicas catching up from a trimmed log) without waiting a day.
+    #[arg(long, env = "FRESHET_RETENTION_HOUR", default_value = "1h", value_parser = humantime::parse_duration, hide = true)]
+    pub retention_hour: Duration,
     /// Copies that must hold a batch before it is acknowledged.
     #[arg(
         long,
@@ -170,7 +175,13 @@ async fn stay_registered(
 
 /// Trims expired records of every shard segment stored here — open, or
 /// sealed and kept for reads since the shard moved on.
-async fn enforce_retention(map: SharedShardMap, shards: Arc<ShardRegistry>, interval: Duration) {
+async fn enforce_retention(
+    map: SharedShardMap,
+    shards: Arc<ShardRegistry>,
+    interval: Duration,
+    retention_hour: Duration,
+) {
+    let hour_ms = i64::try_from(retention_hour.as_millis()).unwrap_or(3_600_000);
     loop {
         tokio::time::sleep(interval).await;
         for key in shards.stored_shards().await {
@@ -188,7 +199,7 @@ async fn enforce_retention(map: SharedShardMap, shards: Arc<ShardRegistry>, inte
             }) else {
                 continue;
             };
-            let cutoff = writer::now_ms() - i64::from(hours.max(1)) * 3_600_000;
+            let cutoff = writer::now_ms() - i64::from(hours.max(1)) * hour_ms;
             if sealed_segment_expired(&map, &key, cutoff - EXPIRED_SEGMENT_GRACE_MS) {
                 shards.remove(&key).await;
                 tracing::info!(
@@ -463,6 +474,7 @@ pub async fn run(
         map.clone(),
         shards.clone(),
         config.retention_check_interval,
+        config.retention_hour,
     ));
     background.spawn_loop(remove_deleted_shards(map.clone(), shards.clone()));
     background.spawn_loop(checkpoint_commit_points(shards.clone()));

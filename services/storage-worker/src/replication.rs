@@ -11,7 +11,10 @@
 //! A replica that restarted or fell behind answers with where its log ends;
 //! the leader then sends it the missing records (read from its own log,
 //! committed or not) before the new batch, so a replica's log is always a
-//! prefix of the leader's — no gap, no duplicate.
+//! prefix of the leader's — no gap, no duplicate. A replica that misses
+//! records the leader no longer holds (expired under retention) is first
+//! restarted at the leader's trim horizon (`InstallSnapshot`); it counts as
+//! holding the log only once it has caught up from there.
 //!
 //! A batch that did not reach enough replicas is not acknowledged, but it
 //! stays in the leader's log and becomes visible once a later batch commits
@@ -44,7 +47,9 @@ use freshet_log::{NewRecord, ShardLog};
 use freshet_proto::v1::membership_client::MembershipClient;
 use freshet_proto::v1::storage_client::StorageClient;
 use freshet_proto::v1::ReportReplicasRequest;
-use freshet_proto::v1::{EpochStart, RecordToAppend, ReplicateRequest, ShardKey, ShardMapEntry};
+use freshet_proto::v1::{
+    EpochStart, InstallSnapshotRequest, RecordToAppend, ReplicateRequest, ShardKey, ShardMapEntry,
+};
 use freshet_server::TracedChannel;
 use freshet_shardmap::{voters_of, SharedShardMap};
 use freshet_types::Voters;
@@ -102,8 +107,9 @@ impl AckRule {
     }
 }
 
-/// The leader's epoch history as a `Replicate` request carries it.
-fn epochs_to_wire(log: &ShardLog) -> Vec<EpochStart> {
+/// A copy's epoch history as a `Replicate` request (or a `DescribeShard`
+/// answer) carries it.
+pub(crate) fn epochs_to_wire(log: &ShardLog) -> Vec<EpochStart> {
     log.epoch_history()
         .entries()
         .iter()
@@ -587,6 +593,11 @@ impl ReplicaTarget<'_> {
         committed: u64,
     ) -> Result<(bool, u64), WriteError> {
         let mut client = self.context.client(self.address)?;
+        let records_crc32 = freshet_log::batch_checksum(
+            records
+                .iter()
+                .map(|r| (r.partition_key.as_str(), &r.data[..])),
+        );
         let response = client
             .replicate(ReplicateRequest {
                 shard: Some(self.shard.clone()),
@@ -595,6 +606,26 @@ impl ReplicaTarget<'_> {
                 arrival_ms,
                 records,
                 leader_committed_offset: committed,
+                leader_epochs: self.epochs.to_vec(),
+                records_crc32,
+            })
+            .await
+            .map_err(|status| {
+                WriteError::Replication(format!("{:?}: {}", status.code(), status.message()))
+            })?
+            .into_inner();
+        Ok((response.accepted, response.next_offset))
+    }
+
+    /// Restarts a replica whose log ends below `horizon` (what it misses
+    /// has expired here) at `horizon`; answers where its log ends.
+    async fn install_snapshot(&self, horizon: u64) -> Result<(bool, u64), WriteError> {
+        let mut client = self.context.client(self.address)?;
+        let response = client
+            .install_snapshot(InstallSnapshotRequest {
+                shard: Some(self.shard.clone()),
+                epoch: self.epoch,
+                start_offset: horizon,
                 leader_epochs: self.epochs.to_vec(),
             })
             .await
@@ -693,6 +724,10 @@ impl ReplicaTarget<'_> {
         until: u64,
         committed: u64,
     ) -> Result<(bool, u64), WriteError> {
+        let horizon = log.trim_horizon();
+        if from < horizon {
+            return self.install_snapshot(horizon).await;
+        }
         let reader = log.clone();
         let missing = tokio::task::spawn_blocking(move || {
             reader.read_uncommitted(from, CATCH_UP_RECORDS, CATCH_UP_BYTES)
@@ -700,8 +735,10 @@ impl ReplicaTarget<'_> {
         .await
         .map_err(|e| WriteError::task("catch-up read", e))??;
         let Some(first) = missing.records.first().filter(|r| r.offset == from) else {
+            // Retention trimmed it since the horizon was read: the next
+            // step restarts the replica at the new horizon.
             return Err(WriteError::Replication(format!(
-                "the leader's log no longer holds offset {from} (trimmed by retention?)"
+                "the leader's log no longer holds offset {from}"
             )));
         };
         let arrival_ms = first.arrival_ms;

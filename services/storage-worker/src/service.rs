@@ -375,18 +375,20 @@ impl Storage for StorageService {
             .authorize(request.shard.as_ref(), request.epoch, Access::Replicate)
             .await?;
         let log = shard.log.clone();
-        let records = into_log_records(request.records);
-        let leader_epochs = EpochHistory::from_entries(
+        let checksum = freshet_log::batch_checksum(
             request
-                .leader_epochs
+                .records
                 .iter()
-                .map(|e| freshet_log::EpochStart {
-                    epoch: e.epoch,
-                    start_offset: e.start_offset,
-                })
-                .collect(),
-        )
-        .map_err(|error| ErrorCode::InvalidArgument.status(error.to_string()))?;
+                .map(|r| (r.partition_key.as_str(), &r.data[..])),
+        );
+        if checksum != request.records_crc32 {
+            return Err(ErrorCode::InvalidArgument.status(format!(
+                "the batch's checksum is {checksum:#010x}, the leader sent {:#010x}: damaged on the way, not written",
+                request.records_crc32
+            )));
+        }
+        let records = into_log_records(request.records);
+        let leader_epochs = epochs_from_wire(&request.leader_epochs)?;
         let (epoch, first_offset, arrival_ms, committed) = (
             request.epoch,
             request.first_offset,
@@ -417,15 +419,7 @@ impl Storage for StorageService {
         let write_time = write_started.elapsed();
         let replicated = replicated
             .map_err(|e| ErrorCode::Internal.status(format!("replicate task failed: {e}")))?
-            .map_err(|error| match error {
-                LogError::StaleEpoch { .. } => {
-                    ErrorCode::NotWritten.status(format!("stale epoch: {error}"))
-                }
-                LogError::BadEpochHistory(_) => {
-                    ErrorCode::InvalidArgument.status(error.to_string())
-                }
-                error => ErrorCode::Internal.status(error.to_string()),
-            })?;
+            .map_err(replica_write_status)?;
         let (replicated, wrote) = replicated;
         // Probes, refusals and re-sends of records already held wrote
         // nothing to time.
@@ -439,6 +433,36 @@ impl Storage for StorageService {
         Ok(Response::new(ReplicateResponse {
             accepted: replicated.accepted,
             next_offset: replicated.next_offset,
+        }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<InstallSnapshotRequest>,
+    ) -> Result<Response<ReplicateResponse>, Status> {
+        let request = request.into_inner();
+        let shard = self
+            .authorize(request.shard.as_ref(), request.epoch, Access::Replicate)
+            .await?;
+        let leader_epochs = epochs_from_wire(&request.leader_epochs)?;
+        let shard_id = request.shard.map(|s| s.shard_id).unwrap_or_default();
+        let (log, epoch, start_offset) = (shard.log.clone(), request.epoch, request.start_offset);
+        let restarted = tokio::task::spawn_blocking(move || {
+            log.restart_at(epoch, &leader_epochs, start_offset)
+        })
+        .await
+        .map_err(|e| ErrorCode::Internal.status(format!("restart task failed: {e}")))?
+        .map_err(replica_write_status)?;
+        if restarted.accepted {
+            tracing::info!(
+                shard_id,
+                start_offset,
+                "restarted this copy's log at the leader's trim horizon"
+            );
+        }
+        Ok(Response::new(ReplicateResponse {
+            accepted: restarted.accepted,
+            next_offset: restarted.next_offset,
         }))
     }
 
@@ -535,6 +559,37 @@ impl Storage for StorageService {
             next_offset,
             committed_offset: open.log.committed_offset(),
             last_epoch,
+            epochs: crate::replication::epochs_to_wire(&open.log),
+            trim_horizon_offset: open.log.trim_horizon(),
         }))
+    }
+}
+
+/// A leader's epoch history as sent on the wire; refused unless ordered.
+fn epochs_from_wire(entries: &[EpochStart]) -> Result<EpochHistory, Status> {
+    EpochHistory::from_entries(
+        entries
+            .iter()
+            .map(|e| freshet_log::EpochStart {
+                epoch: e.epoch,
+                start_offset: e.start_offset,
+            })
+            .collect(),
+    )
+    .map_err(|error| ErrorCode::InvalidArgument.status(error.to_string()))
+}
+
+/// How a replica reports a leader's write it refused or failed.
+fn replica_write_status(error: LogError) -> Status {
+    match error {
+        LogError::StaleEpoch { .. } => {
+            ErrorCode::NotWritten.status(format!("stale epoch: {error}"))
+        }
+        LogError::BadEpochHistory(_) => ErrorCode::InvalidArgument.status(error.to_string()),
+        LogError::Diverged { .. } => {
+            tracing::error!(%error, "refused a leader's batch that disagrees with this copy");
+            ErrorCode::Internal.status(error.to_string())
+        }
+        error => ErrorCode::Internal.status(error.to_string()),
     }
 }

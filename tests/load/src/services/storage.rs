@@ -28,7 +28,8 @@ use bytes::Bytes;
 use freshet_proto::v1::read_request::Start;
 use freshet_proto::v1::storage_client::StorageClient;
 use freshet_proto::v1::{
-    AppendRequest, DescribeShardRequest, ReadRequest, ReplicateRequest, ShardKey, ShardMapEntry,
+    AppendRequest, DescribeShardRequest, EpochStart, ReadRequest, ReplicateRequest, ShardKey,
+    ShardMapEntry,
 };
 
 use crate::driver::{Done, Failure, FnScenario};
@@ -397,7 +398,13 @@ async fn fill(route: &Route, count: u64, payload: &Bytes, timeout: Duration) -> 
         let request = AppendRequest {
             shard: Some(route.key.clone()),
             epoch: route.epoch,
-            records: setup::records(written, take, payload),
+            // One record repeated: a re-send (`replicate`) can then offer
+            // at any offset exactly what the replica holds there.
+            records: setup::records(0, 1, payload)
+                .into_iter()
+                .cycle()
+                .take(take)
+                .collect(),
         };
         match leader.append(grpc::request(request, timeout)).await {
             Ok(answer) => {
@@ -430,6 +437,8 @@ struct Replica {
     address: String,
     client: StorageClient<AuthChannel>,
     end: u64,
+    /// The copy's epoch history: a re-send must carry exactly it.
+    epochs: Vec<EpochStart>,
 }
 
 async fn replicate(
@@ -477,6 +486,7 @@ async fn replicate(
                     replicas.push(Replica {
                         key: key.clone(),
                         epoch: entry.epoch,
+                        epochs: described.epochs,
                         address: address.clone(),
                         client: client.clone(),
                         end: described.next_offset,
@@ -524,6 +534,17 @@ async fn replicate(
     let replicas = Arc::new(replicas);
     let timeout = context.timeout;
     let size = payload.len() as u64;
+    // What `fill` wrote at every offset, so what the replica holds.
+    let records: Vec<_> = setup::records(0, 1, &payload)
+        .into_iter()
+        .cycle()
+        .take(batch)
+        .collect();
+    let records_crc32 = freshet_log::batch_checksum(
+        records
+            .iter()
+            .map(|r| (r.partition_key.as_str(), &r.data[..])),
+    );
     let scenario = FnScenario(move |seq: u64| {
         let replica = replicas[seq as usize % replicas.len()].clone();
         let round = seq / replicas.len() as u64;
@@ -534,12 +555,13 @@ async fn replicate(
             epoch: replica.epoch,
             first_offset,
             arrival_ms: 0,
-            records: setup::records(seq, batch, &payload),
+            records: records.clone(),
             // Never moves a commit point (it only moves forward) ...
             leader_committed_offset: 0,
-            // ... and refused before the log is touched if it would have
-            // to adopt a new epoch.
-            leader_epochs: Vec::new(),
+            // ... and, at the copy's epoch with its own history, adopts
+            // nothing.
+            leader_epochs: replica.epochs.clone(),
+            records_crc32,
         };
         let mut client = replica.client;
         async move {

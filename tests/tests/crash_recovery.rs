@@ -1,6 +1,7 @@
 //! Storage workers are real processes here: kill -9 one while producers
 //! write, restart it, and every acknowledged record is still there; a torn
-//! tail left by the crash is truncated, never served.
+//! tail left by the crash is truncated, never served; a copy damaged on
+//! disk is moved aside and rebuilt from its peers.
 
 use std::time::Duration;
 
@@ -9,6 +10,8 @@ use freshet_e2e::load::{assert_acknowledged_readable_once, Producers};
 use freshet_e2e::{
     create_active_stream, stream_arn, wait_until, Cluster, ClusterOptions, WorkerMode,
 };
+use freshet_proto::v1::storage_client::StorageClient;
+use freshet_proto::v1::DescribeShardRequest;
 
 /// Appends a half-written frame to the newest segment of every shard the
 /// worker holds, as a crash in the middle of a write leaves behind.
@@ -141,6 +144,186 @@ async fn a_worker_that_was_down_while_its_stream_was_deleted_removes_the_data() 
     cluster.start_worker(2).await?;
     cluster.wait_for_workers_alive().await?;
     wait_until(Duration::from_secs(30), || async { shard_dirs(2) == 0 }).await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// The log directory of `entry`'s current segment on a worker.
+fn segment_dir(
+    data_dir: &std::path::Path,
+    entry: &freshet_shardmap::ShardMapEntry,
+) -> std::path::PathBuf {
+    let key = entry.key.clone().unwrap_or_default();
+    data_dir
+        .join("shards")
+        .join(key.stream_uid.to_string())
+        .join(&key.shard_id)
+        .join(entry.segment_index.to_string())
+}
+
+/// Where `worker_id`'s copy of the shard ends, and whether it is being
+/// rebuilt, if it answers.
+async fn copy_state(
+    cluster: &Cluster,
+    entry: &freshet_shardmap::ShardMapEntry,
+    worker_id: &str,
+) -> Option<(u64, bool)> {
+    let index = entry
+        .replica_worker_ids
+        .iter()
+        .position(|id| id == worker_id)?;
+    let address = entry.replica_addresses.get(index)?;
+    let mut copy = StorageClient::new(cluster.channel(address).ok()?);
+    let described = copy
+        .describe_shard(DescribeShardRequest {
+            shard: entry.key.clone(),
+        })
+        .await
+        .ok()?
+        .into_inner();
+    Some((described.next_offset, described.rebuilding))
+}
+
+/// Where the leader's log ends, if it answers.
+async fn leader_end(cluster: &Cluster, entry: &freshet_shardmap::ShardMapEntry) -> Option<u64> {
+    let mut leader = StorageClient::new(cluster.channel(&entry.leader_address).ok()?);
+    let described = leader
+        .describe_shard(DescribeShardRequest {
+            shard: entry.key.clone(),
+        })
+        .await
+        .ok()?
+        .into_inner();
+    Some(described.next_offset)
+}
+
+/// Hole 5 of issue 13: a flipped byte in the middle of a committed,
+/// sealed segment of one replica's copy. When the replica restarts, the
+/// damage is found, the copy is moved aside (not truncated to what
+/// survived) and rebuilt from the leader; it holds exactly the leader's
+/// records afterwards, and readers never see a damaged record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_with_a_flipped_byte_is_moved_aside_and_rebuilt() -> anyhow::Result<()> {
+    flip_a_byte_of_one_copy(Copy::Replica).await
+}
+
+/// The same with the leader's copy: back from the restart it finds its copy
+/// damaged, refuses to lead and steps down; another voter leads, writes go
+/// on, and the old leader's copy is rebuilt as a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_whose_copy_is_damaged_steps_down_and_is_rebuilt() -> anyhow::Result<()> {
+    flip_a_byte_of_one_copy(Copy::Leader).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Copy {
+    Leader,
+    Replica,
+}
+
+async fn flip_a_byte_of_one_copy(damaged: Copy) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        worker_mode: WorkerMode::Process,
+        worker_retention: freshet_e2e::WorkerRetention {
+            segment_bytes: 4_096,
+            ..freshet_e2e::WorkerRetention::default()
+        },
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "flipped", 1).await?;
+    let map = cluster.frontend.router().map().clone();
+    let entry = || {
+        map.read(|m| m.stream_entries(&stream_arn("flipped")))
+            .into_iter()
+            .next()
+    };
+    wait_until(Duration::from_secs(10), || async { entry().is_some() }).await?;
+    let producers = Producers::start(&client, "flipped", 4, 20);
+    wait_until(Duration::from_secs(60), || async {
+        producers.count() >= 600
+    })
+    .await?;
+
+    let first = entry().expect("the shard");
+    let victim_id = match damaged {
+        Copy::Leader => first.leader_worker_id.clone(),
+        Copy::Replica => first.replica_worker_ids[0].clone(),
+    };
+    let victim = cluster
+        .workers
+        .iter()
+        .position(|w| w.worker_id == victim_id)
+        .expect("the replica");
+    cluster.kill_worker(victim).await?;
+    let data_dir = cluster.workers[victim].data_dir.clone();
+    let mut segments: Vec<_> = std::fs::read_dir(segment_dir(&data_dir, &first))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    anyhow::ensure!(segments.len() >= 2, "no sealed segment: {segments:?}");
+    let mut bytes = std::fs::read(&segments[0])?;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&segments[0], &bytes)?;
+
+    cluster.start_worker(victim).await?;
+    cluster.wait_for_workers_alive().await?;
+    let at_restart = producers.count();
+    wait_until(Duration::from_secs(60), || async {
+        producers.count() >= at_restart + 200
+    })
+    .await?;
+    let acknowledged = producers.stop().await?;
+    // Detected: the damaged copy was moved aside, not trimmed in place.
+    let moved_aside: Vec<_> = std::fs::read_dir(data_dir.join("damaged"))?.collect();
+    assert_eq!(moved_aside.len(), 1, "one damaged copy kept for inspection");
+    if damaged == Copy::Leader {
+        let now = entry().expect("the shard");
+        assert_ne!(
+            now.leader_worker_id, victim_id,
+            "the damaged leader stepped down"
+        );
+    }
+    // Rebuilt: the copy is no longer rebuilding and ends where the leader does.
+    wait_until(Duration::from_secs(60), || async {
+        let Some(now) = entry() else { return false };
+        match (
+            copy_state(&cluster, &now, &victim_id).await,
+            leader_end(&cluster, &now).await,
+        ) {
+            (Some((end, rebuilding)), Some(leader)) => !rebuilding && end == leader,
+            _ => false,
+        }
+    })
+    .await?;
+    assert_acknowledged_readable_once(&client, "flipped", &acknowledged).await?;
+
+    let last = entry().expect("the shard");
+    cluster.stop_workers().await;
+    let read = |worker_id: &str| -> anyhow::Result<Vec<freshet_log::StoredRecord>> {
+        let worker = cluster
+            .workers
+            .iter()
+            .find(|w| w.worker_id == worker_id)
+            .ok_or_else(|| anyhow::anyhow!("no worker {worker_id}"))?;
+        let log = freshet_log::ShardLog::open(
+            &segment_dir(&worker.data_dir, &last),
+            freshet_log::LogConfig::default(),
+        )?;
+        Ok(log.read_uncommitted(0, usize::MAX, u64::MAX)?.records)
+    };
+    let leader = read(&last.leader_worker_id)?;
+    let rebuilt = read(&victim_id)?;
+    assert_eq!(rebuilt.len(), leader.len());
+    assert!(
+        rebuilt == leader,
+        "the rebuilt copy differs from the leader's"
+    );
     cluster.shutdown().await;
     Ok(())
 }

@@ -36,6 +36,17 @@ pub enum LogError {
     /// is written, and the batch is not acknowledged.
     #[error("this copy and its leader disagree at offset {offset}: {reason}")]
     Diverged { offset: u64, reason: String },
+    /// Recovery found the log ending below the commit point it had saved:
+    /// committed records are gone (the copy must be rebuilt, see
+    /// `rebuild.rs`).
+    #[error("the log ends at offset {end}, below its saved commit point {committed}: committed records were lost on disk")]
+    LostCommitted { committed: u64, end: u64 },
+    /// This copy is rebuilt after damage and may not lead until it holds
+    /// what it once held.
+    #[error(
+        "this copy is being rebuilt (it ends at {end} and must reach {needed_end}): it cannot lead"
+    )]
+    Rebuilding { end: u64, needed_end: u64 },
 }
 
 pub type LogResult<T> = Result<T, LogError>;

@@ -6,7 +6,8 @@
 //! recovery, appends, replication, epochs, truncation, the commit point);
 //! `read.rs` its read side and retention; `segment.rs` one segment file;
 //! `epochs.rs` the leader-epoch history; `restart.rs` a lagging copy
-//! restarting at its leader's horizon; `records.rs` and `error.rs` the
+//! restarting at its leader's horizon; `rebuild.rs` a damaged copy
+//! rebuilt from its peers; `records.rs` and `error.rs` the
 //! values and errors it takes and gives.
 //!
 //! # On disk
@@ -45,6 +46,7 @@
 mod epochs;
 mod error;
 mod read;
+mod rebuild;
 mod records;
 mod restart;
 mod segment;
@@ -59,6 +61,7 @@ use std::sync::{Arc, Mutex, RwLock};
 pub use epochs::{EpochHistory, EpochStart};
 use error::io_error;
 pub use error::{LogError, LogResult};
+pub use rebuild::{open_or_rebuild, Opened};
 pub use records::{batch_checksum, Appended, LogConfig, NewRecord, ReadBatch, StoredRecord};
 use segment::{Segment, FRAME_HEADER_LEN};
 
@@ -77,6 +80,8 @@ struct Writer {
     poisoned: bool,
     /// Which leader epoch wrote which records (persisted on every change).
     epochs: EpochHistory,
+    /// Set while this copy is rebuilt after damage (`rebuild.rs`).
+    rebuilding: Option<rebuild::Rebuilding>,
 }
 
 impl Writer {
@@ -195,6 +200,10 @@ impl ShardLog {
             arrival_floor_ms: i64::MIN,
             poisoned: false,
             epochs: EpochHistory::load(dir)?,
+            rebuilding: rebuild::read_rebuilding(dir)?.map(|needed_end| rebuild::Rebuilding {
+                needed_end,
+                heard_leader: false,
+            }),
         };
         let epochs_view = RwLock::new(writer.epochs.clone());
         // The checkpoint never passes the true commit point, so resuming
@@ -202,7 +211,16 @@ impl ShardLog {
         // uncommitted ones.
         // Nothing below the first stored offset is in this log to hide.
         let first_offset = segments.first().map_or(0, |s| s.base_offset());
-        let committed = read_commit_point(dir)?.min(next_offset).max(first_offset);
+        let saved_commit = read_commit_point(dir)?;
+        // Recovery never silently drops committed records: a log that ends
+        // below its saved commit point lost some (`rebuild.rs`).
+        if saved_commit > next_offset {
+            return Err(LogError::LostCommitted {
+                committed: saved_commit,
+                end: next_offset,
+            });
+        }
+        let committed = saved_commit.max(first_offset);
         Ok(ShardLog {
             dir: dir.to_owned(),
             config,
@@ -252,6 +270,7 @@ impl ShardLog {
         records: &[NewRecord],
     ) -> LogResult<Appended> {
         let mut writer = self.lock_writer();
+        ShardLog::refuse_leading_while_rebuilding(&writer)?;
         let current = writer.epochs.latest_epoch();
         if epoch != current {
             return Err(LogError::StaleEpoch {
@@ -267,6 +286,7 @@ impl ShardLog {
     /// place before any record of the epoch is written or replicated.
     pub fn begin_leading(&self, epoch: u64) -> LogResult<()> {
         let mut writer = self.lock_writer();
+        ShardLog::refuse_leading_while_rebuilding(&writer)?;
         let current = writer.refuse_older_than_latest(epoch)?;
         if epoch > current {
             let mut epochs = writer.epochs.clone();
@@ -336,7 +356,9 @@ impl ShardLog {
             }
         }
         let end = writer.next_offset;
+        let leader_end = first_offset + records.len() as u64;
         if first_offset > end {
+            self.note_leader(&mut writer, leader_end)?;
             return Ok(Replicated {
                 accepted: false,
                 next_offset: end,
@@ -351,6 +373,7 @@ impl ShardLog {
         if already_held < records.len() {
             self.write_batch(&mut writer, &records[already_held..], arrival_ms, Some(end))?;
         }
+        self.note_leader(&mut writer, leader_end)?;
         Ok(Replicated {
             accepted: true,
             next_offset: writer.next_offset,
@@ -702,3 +725,13 @@ fn segment_path(dir: &Path, base_offset: u64) -> PathBuf {
 
 #[cfg(test)]
 mod tests;
+
+/// Removes `path`; one that is already gone (retention or an interrupted removal got there first)
+/// is not an error.
+pub(crate) fn remove_if_present(path: &Path, action: &'static str) -> LogResult<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(io_error(action, path)(error)),
+    }
+}

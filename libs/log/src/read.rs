@@ -114,8 +114,7 @@ impl ShardLog {
             view.segments.drain(..count).collect()
         };
         for segment in &removable {
-            fs::remove_file(segment.path())
-                .map_err(io_error("remove expired segment", segment.path()))?;
+            remove_if_present(segment.path(), "remove expired segment")?;
         }
         Ok(removable.len())
     }

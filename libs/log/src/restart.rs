@@ -50,15 +50,47 @@ impl ShardLog {
             return Err(LogError::Poisoned);
         }
         let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
-        let dropped: Vec<Arc<Segment>> = view.segments.drain(..).collect();
-        for segment in &dropped {
-            remove_if_present(
-                segment.path(),
-                "remove a segment below the leader's horizon",
-            )?;
+        view.segments.clear();
+        // From here on a failure leaves no usable log in memory: poisoned
+        // until the worker reopens it from disk.
+        let restarted = self.replace_segments(&mut writer, start_offset);
+        match restarted {
+            Ok(segment) => {
+                view.segments.push(Arc::new(segment));
+                view.next_offset = start_offset;
+                view.committed = start_offset;
+            }
+            Err(error) => {
+                writer.poisoned = true;
+                return Err(error);
+            }
         }
-        // The removals are durable before the new segment exists: a crash
-        // must never leave old segments and the new one with a gap between.
+        drop(view);
+        if let Err(error) = leader_epochs.store(&self.dir) {
+            writer.poisoned = true;
+            return Err(error);
+        }
+        self.set_epochs(&mut writer, leader_epochs.clone());
+        Ok(Replicated {
+            accepted: true,
+            next_offset: start_offset,
+        })
+    }
+
+    /// Removes every segment file in the log's directory (those retention
+    /// is still removing too: a crash must never leave an old segment and
+    /// the new one with a gap between), makes that durable, then creates
+    /// the empty segment at `start_offset` and points the writer at it.
+    fn replace_segments(&self, writer: &mut Writer, start_offset: u64) -> LogResult<Segment> {
+        let listed = fs::read_dir(&self.dir).map_err(io_error("list log directory", &self.dir))?;
+        for entry in listed {
+            let path = entry
+                .map_err(io_error("list log directory", &self.dir))?
+                .path();
+            if path.extension().is_some_and(|e| e == "log") {
+                remove_if_present(&path, "remove a segment below the leader's horizon")?;
+            }
+        }
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_error("fsync log directory", &self.dir))?;
@@ -71,28 +103,9 @@ impl ShardLog {
         writer.active_path = path;
         writer.active_len = 0;
         writer.active_first_arrival_ms = None;
-        writer.next_offset = start_offset;
         // Arrival times keep rising: the leader's records from the horizon
         // on arrived after everything this copy held.
-        view.segments.push(Arc::new(segment));
-        view.next_offset = start_offset;
-        view.committed = start_offset;
-        drop(view);
-        leader_epochs.store(&self.dir)?;
-        self.set_epochs(&mut writer, leader_epochs.clone());
-        Ok(Replicated {
-            accepted: true,
-            next_offset: start_offset,
-        })
-    }
-}
-
-/// Removes `path`; one that is already gone (retention got there first)
-/// is not an error.
-pub(crate) fn remove_if_present(path: &Path, action: &'static str) -> LogResult<()> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(io_error(action, path)(error)),
+        writer.next_offset = start_offset;
+        Ok(segment)
     }
 }

@@ -123,12 +123,13 @@ fn a_torn_tail_is_truncated_not_served() {
 }
 
 #[test]
-fn a_tail_with_a_bad_checksum_is_truncated() {
+fn an_uncommitted_tail_with_a_bad_checksum_is_truncated() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
         log.append(&[record("a", "good")], 1).expect("append");
-        log.append(&[record("b", "flipped")], 2).expect("append");
+        log.append_uncommitted(&[record("b", "flipped")], 2)
+            .expect("append");
     }
     let segment = last_segment(dir.path());
     let mut bytes = fs::read(&segment).expect("read");
@@ -684,4 +685,104 @@ fn a_leader_at_the_same_epoch_with_another_history_is_refused() {
         "{replaced:?}"
     );
     assert_eq!(data_of(&log), ["e1-0", "e1-1", "e1-2", "e2-3"]);
+}
+
+/// A log of 20 committed records in small segments, closed.
+fn committed_log(dir: &Path) {
+    let log = ShardLog::open(dir, small_segments()).expect("open");
+    for i in 0..20 {
+        log.append(&[record("k", &format!("{i:040}"))], i)
+            .expect("append");
+    }
+}
+
+#[test]
+fn a_committed_tail_lost_on_disk_fails_loudly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    committed_log(dir.path());
+    let segment = last_segment(dir.path());
+    let mut bytes = fs::read(&segment).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&segment, &bytes).expect("write");
+    let opened = ShardLog::open(dir.path(), small_segments());
+    assert!(
+        matches!(
+            opened,
+            Err(LogError::LostCommitted {
+                committed: 20,
+                end: 19
+            })
+        ),
+        "{:?}",
+        opened.err()
+    );
+}
+
+#[test]
+fn a_damaged_copy_is_moved_aside_and_rebuilt_before_it_may_lead() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("log");
+    committed_log(&dir);
+    let mut paths: Vec<_> = fs::read_dir(&dir)
+        .expect("list")
+        .map(|e| e.expect("e").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    paths.sort();
+    // A flipped byte in the middle of a sealed segment.
+    let mut bytes = fs::read(&paths[1]).expect("read");
+    bytes[20] ^= 0x01;
+    fs::write(&paths[1], &bytes).expect("write");
+
+    let damaged_to = root.path().join("damaged").join("log-1");
+    let opened = open_or_rebuild(&dir, &damaged_to, small_segments(), 0).expect("open");
+    let Opened::Rebuilding { log, error, .. } = opened else {
+        panic!("a damaged log was opened as intact");
+    };
+    assert!(matches!(error, LogError::Corrupt { .. }), "{error:?}");
+    assert!(
+        damaged_to.join("commit-point").exists(),
+        "kept for inspection"
+    );
+    assert_eq!(log.next_offset(), 0);
+    assert_eq!(log.rebuilding_until(), Some(20));
+    assert!(matches!(
+        log.begin_leading(2),
+        Err(LogError::Rebuilding { .. })
+    ));
+
+    // The marker survives a restart; the leader (epoch 1, its log ending
+    // at 25) fills the copy; the marker goes once it holds all 25.
+    drop(log);
+    let log = ShardLog::open(&dir, small_segments()).expect("reopen");
+    assert_eq!(log.rebuilding_until(), Some(20));
+    let history = epochs(&[(1, 0)]);
+    let probe = log.replicate(1, &history, 25, 0, &[]).expect("probe");
+    assert_eq!((probe.accepted, probe.next_offset), (false, 0));
+    assert_eq!(log.rebuilding_until(), Some(25), "the leader's end counts");
+    let batch: Vec<NewRecord> = (0..24).map(|i| record("k", &format!("{i}"))).collect();
+    log.replicate(1, &history, 0, 1, &batch).expect("catch up");
+    assert_eq!(log.rebuilding_until(), Some(25));
+    log.replicate(1, &history, 24, 1, &[record("k", "24")])
+        .expect("catch up");
+    assert_eq!(log.rebuilding_until(), None);
+    drop(log);
+    let log = ShardLog::open(&dir, small_segments()).expect("reopen");
+    assert_eq!(log.rebuilding_until(), None, "the marker is gone for good");
+    log.begin_leading(2).expect("an ordinary copy again");
+}
+
+#[test]
+fn an_intact_log_opens_as_itself() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("log");
+    committed_log(&dir);
+    let opened =
+        open_or_rebuild(&dir, &root.path().join("damaged"), small_segments(), 0).expect("open");
+    let Opened::Intact(log) = opened else {
+        panic!("an intact log was rebuilt");
+    };
+    assert_eq!(log.next_offset(), 20);
+    assert!(!root.path().join("damaged").exists());
 }

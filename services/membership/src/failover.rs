@@ -78,6 +78,11 @@
 //!    failover that left a lagging copy C beside the new leader B, the
 //!    loss of B cannot elect C alone while the deposed A — holding what C
 //!    lacks — still has a vote.
+//!    A copy found damaged on disk and being rebuilt (`libs/log/src/rebuild.rs`)
+//!    may lack records it acknowledged: its answer is heard but is no vote
+//!    and it is no candidate ([`CopyAnswer::Rebuilding`]); a leader whose
+//!    copy is rebuilding commits nothing and asks to step down
+//!    ([`Deposition::SteppedDown`]).
 //! 4. **Orphans.** A worker removes its copy of a segment only once no
 //!    entry names it (`services/storage-worker/src/lib.rs`): after the
 //!    configuration without it is committed.
@@ -216,7 +221,7 @@ async fn check_once(service: &MembershipService) -> anyhow::Result<()> {
             .insert(worker.worker_id.clone());
         let shards = inner.store.shards_led_by(&worker.worker_id).await;
         for shard in shards.into_iter().flatten() {
-            if let Err(error) = fail_over(service, shard, &live).await {
+            if let Err(error) = fail_over(service, shard, &live, Deposition::Silent).await {
                 tracing::warn!("failover failed to {error:#}");
             }
         }
@@ -231,7 +236,16 @@ async fn check_once(service: &MembershipService) -> anyhow::Result<()> {
 
 /// How current a live replica's copy of the shard is — `(last_epoch,
 /// next_offset)`, compared in that order — or `None` if it did not say.
-async fn copy_position(inner: &Inner, address: &str, shard: &ShardRow) -> Option<(u64, u64)> {
+/// What a voter said of its copy when asked before an election.
+enum CopyAnswer {
+    /// Its (last epoch, end).
+    At(CopyPosition),
+    /// It is rebuilt after damage on disk and may lack records it once
+    /// acknowledged: heard, but no vote (and not a candidate).
+    Rebuilding,
+}
+
+async fn copy_position(inner: &Inner, address: &str, shard: &ShardRow) -> Option<CopyAnswer> {
     let mut client = inner.storage.get(address).ok()?;
     let request = freshet_server::request_with_deadline(
         DescribeShardRequest {
@@ -244,7 +258,11 @@ async fn copy_position(inner: &Inner, address: &str, shard: &ShardRow) -> Option
     );
     client.describe_shard(request).await.ok().map(|r| {
         let r = r.into_inner();
-        (r.last_epoch, r.next_offset)
+        if r.rebuilding {
+            CopyAnswer::Rebuilding
+        } else {
+            CopyAnswer::At((r.last_epoch, r.next_offset))
+        }
     })
 }
 
@@ -312,19 +330,31 @@ fn with_spare_learner(
     })
 }
 
-/// Promotes the most current voter, after hearing from every live one
-/// (see [`placement::elect`]).
-async fn fail_over(
+/// Why a shard's leader is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deposition {
+    /// It has been silent past the heartbeat timeout.
+    Silent,
+    /// It asked to step down: its copy is rebuilt after damage on disk, so
+    /// it cannot lead (and commits nothing while it stays leader).
+    SteppedDown,
+}
+
+/// Fails `shard` over from its leader: promotes the most current voter,
+/// after hearing from every live one (see [`placement::elect`]). Whether a
+/// new leader was published.
+pub(crate) async fn fail_over(
     service: &MembershipService,
     shard: ShardRow,
     live: &HashMap<String, WorkerRow>,
-) -> anyhow::Result<()> {
+    why: Deposition,
+) -> anyhow::Result<bool> {
     let inner = &service.inner;
     let Some(stream) = inner.store.get_stream_by_uid(shard.stream_uid).await? else {
-        return Ok(());
+        return Ok(false);
     };
     if stream.status == StreamStatus::Deleting {
-        return Ok(());
+        return Ok(false);
     }
     let mut candidates = Vec::new();
     let voters = shard
@@ -335,7 +365,14 @@ async fn fail_over(
         .filter_map(|id| live.get(id));
     for voter in voters {
         match copy_position(inner, &voter.address, &shard).await {
-            Some(position) => candidates.push((position, voter.clone())),
+            Some(CopyAnswer::At(position)) => candidates.push((position, voter.clone())),
+            Some(CopyAnswer::Rebuilding) => {
+                tracing::warn!(
+                    shard_id = shard.shard_id,
+                    replica = voter.worker_id,
+                    "a voter's copy is being rebuilt after damage on disk: it gets no vote"
+                );
+            }
             None => {
                 // A live voter that does not answer may hold the longest
                 // log (an acknowledged batch): never promote without it.
@@ -344,7 +381,7 @@ async fn fail_over(
                     replica = voter.worker_id,
                     "a live voter did not say how long its copy is; failover waits"
                 );
-                return Ok(());
+                return Ok(false);
             }
         }
     }
@@ -363,7 +400,7 @@ async fn fail_over(
         Election::Promote(promotion) => promotion,
         Election::Wait { answering, needed } => {
             if !first_wait_in_a_while(inner, &shard) {
-                return Ok(());
+                return Ok(false);
             }
             tracing::warn!(
                 shard_id = shard.shard_id,
@@ -373,7 +410,7 @@ async fn fail_over(
                 voters = ?shard.voters,
                 "leader is dead and too few of the committed voters answer to be sure of every acknowledged record: the shard waits"
             );
-            return Ok(());
+            return Ok(false);
         }
     };
     let (last_epoch, end) = promotion.position;
@@ -396,13 +433,13 @@ async fn fail_over(
         "failing over shard"
     );
     // The old leader may have spoken up while the replicas were asked.
-    if !surely_silent(inner, &shard.leader_worker_id) {
+    if why == Deposition::Silent && !surely_silent(inner, &shard.leader_worker_id) {
         tracing::info!(
             shard_id = shard.shard_id,
             leader = shard.leader_worker_id,
             "leader heard from again; failover stands down"
         );
-        return Ok(());
+        return Ok(false);
     }
     // Published only if nothing moved the shard on while its voters were
     // asked (a report, a repair, a re-registration): decided on that row.
@@ -423,10 +460,10 @@ async fn fail_over(
             shard_id = shard.shard_id,
             "shard changed while failing over; the next check decides again"
         );
-        return Ok(());
+        return Ok(false);
     }
     inner.metrics.failovers.inc();
-    Ok(())
+    Ok(true)
 }
 
 /// Whether two rows of a shard place and count its copies the same way.

@@ -376,6 +376,50 @@ impl Membership for MembershipService {
         Ok(Response::new(RepublishStreamResponse {}))
     }
 
+    async fn step_down(
+        &self,
+        request: Request<StepDownRequest>,
+    ) -> Result<Response<StepDownResponse>, Status> {
+        let request = request.into_inner();
+        let shard = request
+            .shard
+            .ok_or_else(|| ErrorCode::InvalidArgument.status("shard is required"))?;
+        let row = self
+            .inner
+            .store
+            .shards_led_by(&request.worker_id)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .find(|row| row.stream_uid == shard.stream_uid && row.shard_id == shard.shard_id)
+            .filter(|row| row.epoch == request.epoch)
+            .ok_or_else(|| {
+                ErrorCode::ResourceInUse.status(format!(
+                    "{} does not lead shard {} at epoch {}",
+                    request.worker_id, shard.shard_id, request.epoch
+                ))
+            })?;
+        let live: std::collections::HashMap<String, freshet_metastore::WorkerRow> = self
+            .alive_workers()
+            .await?
+            .into_iter()
+            .map(|w| (w.worker_id.clone(), w))
+            .collect();
+        tracing::warn!(
+            shard_id = shard.shard_id,
+            leader = request.worker_id,
+            epoch = request.epoch,
+            "a leader whose copy is being rebuilt asks to step down"
+        );
+        let moved =
+            crate::failover::fail_over(self, row, &live, crate::failover::Deposition::SteppedDown)
+                .await
+                .map_err(|error| {
+                    ErrorCode::Unavailable.status(format!("failover failed to {error:#}"))
+                })?;
+        Ok(Response::new(StepDownResponse { moved }))
+    }
+
     async fn report_replicas(
         &self,
         request: Request<ReportReplicasRequest>,

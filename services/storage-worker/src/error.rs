@@ -40,7 +40,11 @@ impl WriteError {
 
 impl From<freshet_log::LogError> for WriteError {
     fn from(error: freshet_log::LogError) -> WriteError {
-        WriteError::Disk(error.to_string())
+        match error {
+            // Checked before anything is written.
+            freshet_log::LogError::Rebuilding { .. } => WriteError::Refused(error.to_string()),
+            error => WriteError::Disk(error.to_string()),
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use freshet_log::{LogConfig, ShardLog};
+use freshet_log::{LogConfig, Opened, ShardLog};
 use tokio_util::task::TaskTracker;
 
 use crate::error::WriteError;
@@ -88,9 +88,31 @@ impl ShardRegistry {
         let data_dir = self.data_dir.clone();
         let dir = self.shard_dir(key);
         let config = self.log_config.clone();
+        let damaged_to = data_dir.join("damaged").join(format!(
+            "{}-{}-{}-{}",
+            key.stream_uid,
+            key.shard_id,
+            key.segment,
+            crate::writer::now_ms()
+        ));
         let log = tokio::task::spawn_blocking(move || {
             freshet_log::create_dir_durably(&data_dir, &dir)?;
-            let log = ShardLog::open_from(&dir, config, start_offset)?;
+            let log = match freshet_log::open_or_rebuild(&dir, &damaged_to, config, start_offset)? {
+                Opened::Intact(log) => log,
+                Opened::Rebuilding {
+                    log,
+                    damaged_to,
+                    error,
+                } => {
+                    tracing::error!(
+                        %error,
+                        dir = %dir.display(),
+                        moved_to = %damaged_to.display(),
+                        "a shard log is damaged: moved aside, this copy is rebuilt from its peers"
+                    );
+                    log
+                }
+            };
             log.raise_arrival_floor(arrival_floor_ms);
             Ok::<_, freshet_log::LogError>(log)
         })

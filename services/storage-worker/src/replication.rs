@@ -46,10 +46,10 @@ use std::time::Duration;
 use freshet_log::{NewRecord, ShardLog};
 use freshet_proto::v1::membership_client::MembershipClient;
 use freshet_proto::v1::storage_client::StorageClient;
-use freshet_proto::v1::ReportReplicasRequest;
 use freshet_proto::v1::{
     EpochStart, InstallSnapshotRequest, RecordToAppend, ReplicateRequest, ShardKey, ShardMapEntry,
 };
+use freshet_proto::v1::{ReportReplicasRequest, StepDownRequest};
 use freshet_server::TracedChannel;
 use freshet_shardmap::{voters_of, SharedShardMap};
 use freshet_types::Voters;
@@ -193,6 +193,9 @@ pub struct Replicator {
     /// The last `ReportReplicas` sent, and when: the same report is not
     /// repeated more often than [`REPORT_REPEAT`].
     last_report: Option<(ReportReplicasRequest, std::time::Instant)>,
+    /// When this leader last asked membership to let another voter lead
+    /// (its copy is rebuilding); asked again at most every [`REPORT_REPEAT`].
+    last_step_down: Option<std::time::Instant>,
 }
 
 /// How often the same report of which copies hold the log may be repeated.
@@ -220,6 +223,7 @@ impl Replicator {
             ends_epoch: 0,
             lag: HashMap::new(),
             last_report: None,
+            last_step_down: None,
         }
     }
 
@@ -509,6 +513,43 @@ impl Replicator {
         });
     }
 
+    /// Asks membership to let another voter lead: this copy is rebuilt
+    /// after damage on disk and refuses to lead until it holds what it
+    /// once held (`freshet_log::open_or_rebuild`). Sent in the background.
+    fn step_down(&mut self, entry: &ShardMapEntry) {
+        if self
+            .last_step_down
+            .is_some_and(|at| at.elapsed() < REPORT_REPEAT)
+        {
+            return;
+        }
+        self.last_step_down = Some(std::time::Instant::now());
+        let request = StepDownRequest {
+            shard: Some(self.shard.clone()),
+            epoch: entry.epoch,
+            worker_id: self.context.worker_id.clone(),
+        };
+        let mut membership = self.context.membership.clone();
+        let shard_id = self.shard.shard_id.clone();
+        tokio::spawn(async move {
+            match membership.step_down(request).await {
+                Ok(answer) if answer.get_ref().moved => {
+                    tracing::warn!(
+                        shard_id,
+                        "stepped down: another voter leads while this copy is rebuilt"
+                    )
+                }
+                Ok(_) => tracing::warn!(
+                    shard_id,
+                    "asked to step down; the shard waits for its voters"
+                ),
+                Err(status) => {
+                    tracing::warn!(shard_id, code = ?status.code(), message = status.message(), "step-down refused")
+                }
+            }
+        });
+    }
+
     /// While the shard is idle: brings every replica whose log end is not
     /// known to match the leader's up to date, passes on the commit point,
     /// and commits the leader's whole log once enough copies hold it.
@@ -523,6 +564,10 @@ impl Replicator {
             return;
         };
         self.forget_ends_of_other_epochs(&entry);
+        if log.rebuilding_until().is_some() {
+            self.step_down(&entry);
+            return;
+        }
         if let Err(error) = begin_leading(log, entry.epoch).await {
             tracing::warn!(shard_id = self.shard.shard_id, %error, "cannot take up leadership");
             return;
@@ -736,7 +781,8 @@ impl ReplicaTarget<'_> {
         .map_err(|e| WriteError::task("catch-up read", e))??;
         let Some(first) = missing.records.first().filter(|r| r.offset == from) else {
             // Retention trimmed it since the horizon was read: the next
-            // step restarts the replica at the new horizon.
+            // catch-up round (or batch) restarts the replica at the new
+            // horizon.
             return Err(WriteError::Replication(format!(
                 "the leader's log no longer holds offset {from}"
             )));

@@ -561,6 +561,7 @@ impl Storage for StorageService {
             last_epoch,
             epochs: crate::replication::epochs_to_wire(&open.log),
             trim_horizon_offset: open.log.trim_horizon(),
+            rebuilding: open.log.rebuilding_until().is_some(),
         }))
     }
 }

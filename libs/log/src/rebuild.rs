@@ -1,0 +1,172 @@
+//! A copy whose log was damaged on disk is rebuilt from its peers, never
+//! silently shortened.
+//!
+//! Opening a log finds damage two ways: a corrupt record in the middle of
+//! the log ([`LogError::Corrupt`]), or a log that ends below the commit
+//! point it saved ([`LogError::LostCommitted`]: committed records vanished
+//! — a disk that lied about an fsync, a flipped byte in the tail). Either
+//! way the copy no longer holds what it once acknowledged. Truncating to
+//! what survived would let it vote in a failover as if it still held those
+//! records, and elect a copy that lacks them.
+//!
+//! Instead [`open_or_rebuild`] moves the damaged directory aside (kept for
+//! an operator to inspect) and starts an empty log marked *rebuilding*
+//! (a `rebuilding` file holding the end it must reach). The leader fills it
+//! like any lagging replica. Until it holds everything up to the greater of
+//! the commit point it had saved and the end of the leader's log at first
+//! contact after the rebuild began — so every record it may once have
+//! acknowledged, under this leader or before — the copy says so
+//! ([`ShardLog::rebuilding_until`]): membership does not count its answer
+//! in an election, and it does not lead. Then the marker goes and it is an
+//! ordinary copy again.
+//!
+//! The limit: damage inside the last record of the log looks exactly like
+//! a torn write and is truncated as one; a copy can tell it lost committed
+//! records only below its saved commit point (or by corruption followed by
+//! intact records).
+
+use super::*;
+
+const REBUILDING_FILE: &str = "rebuilding";
+
+/// A copy being rebuilt from its peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rebuilding {
+    /// The copy holds everything it may have acknowledged once its log
+    /// reaches this end.
+    pub(crate) needed_end: u64,
+    /// Whether a leader has spoken to this copy since it opened (the end of
+    /// the leader's log at that moment is part of `needed_end`).
+    pub(crate) heard_leader: bool,
+}
+
+/// What [`open_or_rebuild`] found.
+pub enum Opened {
+    /// The log was intact (or only its unacknowledged tail was torn).
+    Intact(ShardLog),
+    /// The log was damaged: it was moved to `damaged_to`, and `log` is an
+    /// empty copy being rebuilt.
+    Rebuilding {
+        log: ShardLog,
+        damaged_to: PathBuf,
+        error: LogError,
+    },
+}
+
+impl Opened {
+    pub fn into_log(self) -> ShardLog {
+        match self {
+            Opened::Intact(log) | Opened::Rebuilding { log, .. } => log,
+        }
+    }
+}
+
+/// Opens the log in `dir` like [`ShardLog::open_from`]; if it is damaged,
+/// moves it to `damaged_to` (a path on the same file system, outside the
+/// directories scanned for logs) and starts a rebuilding copy in `dir`.
+pub fn open_or_rebuild(
+    dir: &Path,
+    damaged_to: &Path,
+    config: LogConfig,
+    start_offset: u64,
+) -> LogResult<Opened> {
+    let error = match ShardLog::open_from(dir, config.clone(), start_offset) {
+        Ok(log) => return Ok(Opened::Intact(log)),
+        Err(error @ (LogError::Corrupt { .. } | LogError::LostCommitted { .. })) => error,
+        Err(error) => return Err(error),
+    };
+    let saved_commit = read_commit_point(dir)?;
+    // A rebuild interrupted by a crash must not forget how far it had to go.
+    let needed_end = read_rebuilding(dir)?.map_or(saved_commit, |n| n.max(saved_commit));
+    if let Some(parent) = damaged_to.parent() {
+        fs::create_dir_all(parent).map_err(io_error("create directory", parent))?;
+    }
+    fs::rename(dir, damaged_to).map_err(io_error("move a damaged log aside", dir))?;
+    fs::create_dir(dir).map_err(io_error("create log directory", dir))?;
+    write_rebuilding(dir, needed_end)?;
+    for parent in [dir.parent(), damaged_to.parent()].into_iter().flatten() {
+        File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error("fsync directory", parent))?;
+    }
+    let log = ShardLog::open_from(dir, config, start_offset)?;
+    Ok(Opened::Rebuilding {
+        log,
+        damaged_to: damaged_to.to_owned(),
+        error,
+    })
+}
+
+impl ShardLog {
+    /// While this copy is being rebuilt: the end its log must reach before
+    /// it may vote or lead again.
+    pub fn rebuilding_until(&self) -> Option<u64> {
+        self.lock_writer().rebuilding.map(|r| r.needed_end)
+    }
+
+    /// Refuses to lead while this copy is rebuilt.
+    pub(super) fn refuse_leading_while_rebuilding(writer: &Writer) -> LogResult<()> {
+        match writer.rebuilding {
+            Some(rebuilding) => Err(LogError::Rebuilding {
+                end: writer.next_offset,
+                needed_end: rebuilding.needed_end,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Called under the writer's lock by every request from a leader that
+    /// this copy accepted: the first one since the copy opened raises the
+    /// end it must reach to the leader's end (`leader_end`); the marker
+    /// goes once the log reaches it.
+    pub(super) fn note_leader(&self, writer: &mut Writer, leader_end: u64) -> LogResult<()> {
+        let Some(mut rebuilding) = writer.rebuilding else {
+            return Ok(());
+        };
+        if !rebuilding.heard_leader {
+            rebuilding.heard_leader = true;
+            if leader_end > rebuilding.needed_end {
+                rebuilding.needed_end = leader_end;
+                write_rebuilding(&self.dir, leader_end)?;
+            }
+        }
+        if writer.next_offset >= rebuilding.needed_end {
+            remove_if_present(&self.dir.join(REBUILDING_FILE), "remove rebuilding marker")?;
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_error("fsync log directory", &self.dir))?;
+            tracing::info!(dir = %self.dir.display(), end = writer.next_offset, "a rebuilt copy holds everything it once held");
+            writer.rebuilding = None;
+        } else {
+            writer.rebuilding = Some(rebuilding);
+        }
+        Ok(())
+    }
+}
+
+/// The rebuilding marker of the log in `dir`, if any.
+pub(crate) fn read_rebuilding(dir: &Path) -> LogResult<Option<u64>> {
+    let path = dir.join(REBUILDING_FILE);
+    match fs::read_to_string(&path) {
+        // An unreadable marker still marks the copy, until it holds the
+        // end of the leader's log at first contact.
+        Ok(text) => Ok(Some(text.trim().parse().unwrap_or(0))),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(io_error("read rebuilding marker", &path)(error)),
+    }
+}
+
+fn write_rebuilding(dir: &Path, needed_end: u64) -> LogResult<()> {
+    let path = dir.join(REBUILDING_FILE);
+    let temporary = dir.join(format!("{REBUILDING_FILE}.new"));
+    File::create(&temporary)
+        .and_then(|mut file| {
+            file.write_all(needed_end.to_string().as_bytes())?;
+            file.sync_all()
+        })
+        .map_err(io_error("write", &temporary))?;
+    fs::rename(&temporary, &path).map_err(io_error("replace", &path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("fsync log directory", dir))
+}

@@ -28,8 +28,11 @@
 //!   extended after the fsync, and reads go through the index.
 //! - On open, the last segment is scanned; a torn or corrupt tail (a crash in
 //!   the middle of a write) is truncated away, never served. Corruption in an
-//!   earlier, sealed segment is an error: it would mean losing acknowledged
-//!   records, so the log refuses to open rather than hide it.
+//!   earlier, sealed segment, a bad frame with intact frames after it, and a
+//!   log ending below its saved commit point are errors: they would mean
+//!   losing acknowledged records, so the log refuses to open rather than
+//!   hide it, and [`open_or_rebuild`] moves it aside and rebuilds the copy
+//!   from its peers.
 //! - Retention removes whole sealed segments only.
 //! - Replication (see the storage worker): every record is labelled with
 //!   the leader epoch that wrote it through the [`EpochHistory`], and each

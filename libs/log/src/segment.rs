@@ -152,16 +152,16 @@ impl Segment {
         let bytes = Bytes::from(fs::read(path).map_err(io_error("read segment", path))?);
         let mut index = SegmentIndex::default();
         let mut position = 0usize;
-        // (why, whether the frame simply runs past the end of the file)
-        let mut problem: Option<(String, bool)> = None;
+        // Why recovery stopped before the end of the file, if it did.
+        let mut problem: Option<String> = None;
         while position < bytes.len() {
             match decode_record(&bytes, position) {
                 Decoded::Record { record, frame_len } => {
                     let expected = base_offset + index.positions.len() as u64;
                     if record.offset != expected {
-                        problem = Some((
-                            format!("record has offset {}, expected {expected}", record.offset),
-                            false,
+                        problem = Some(format!(
+                            "record has offset {}, expected {expected}",
+                            record.offset
                         ));
                         break;
                     }
@@ -170,21 +170,27 @@ impl Segment {
                     position += frame_len;
                 }
                 Decoded::Incomplete => {
-                    problem = Some(("incomplete frame".to_owned(), true));
+                    problem = Some("incomplete frame".to_owned());
                     break;
                 }
                 Decoded::Corrupt(reason) => {
-                    problem = Some((reason, false));
+                    problem = Some(reason);
                     break;
                 }
             }
         }
-        if let Some((reason, runs_past_end)) = problem {
+        if let Some(reason) = problem {
             // Only a torn *tail* may be cut: a bad frame followed by a good
             // one is corruption of acknowledged data, not a crashed write.
+            // That holds for a frame whose length runs past the end of the
+            // file too — a damaged length field, with intact records after
+            // it, must not pass for a torn write. (The checksum covers the
+            // body the length selects, so a length changed to anything that
+            // still fits the file fails it.) A copy found corrupt is
+            // rebuilt from its peers (`rebuild.rs`), so a torn write taken
+            // for damage costs a rebuild, never a record.
             let expected = base_offset + index.positions.len() as u64;
-            let is_torn_tail =
-                is_last && (runs_past_end || !valid_frame_after(&bytes, position + 1, expected));
+            let is_torn_tail = is_last && !valid_frame_after(&bytes, position + 1, expected);
             if !is_torn_tail {
                 return Err(LogError::Corrupt {
                     path: path.to_owned(),

@@ -786,3 +786,28 @@ fn an_intact_log_opens_as_itself() {
     assert_eq!(log.next_offset(), 20);
     assert!(!root.path().join("damaged").exists());
 }
+
+#[test]
+fn a_damaged_length_in_the_last_segment_is_corruption_not_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+        for i in 0..10 {
+            log.append_uncommitted(&[record("k", &format!("record-{i}"))], i)
+                .expect("append");
+        }
+    }
+    // The length of the third record now runs past the end of the file;
+    // seven intact records follow it.
+    let segment = last_segment(dir.path());
+    let mut bytes = fs::read(&segment).expect("read");
+    let frame = bytes.len() / 10;
+    bytes[2 * frame + 3] = 0x7f;
+    fs::write(&segment, &bytes).expect("write");
+    let opened = ShardLog::open(dir.path(), LogConfig::default());
+    assert!(
+        matches!(opened, Err(LogError::Corrupt { .. })),
+        "{:?}",
+        opened.map(|log| log.next_offset())
+    );
+}

@@ -279,8 +279,11 @@ async fn remove_orphaned_shards(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // A shard is removed only when two scans, `ORPHAN_GRACE` apart, both
-    // find it unplaced here: a placement briefly missing from a snapshot (or a
-    // move that is rolled back) does not cost a copy.
+    // find it unplaced here — not leader, replica or voter — in a map that
+    // membership's change log built, in commit order: what membership
+    // committed confirms the copy is no longer needed. A placement briefly
+    // missing from a snapshot (or a move that is rolled back) does not cost
+    // a copy.
     let mut unplaced_last_scan = std::collections::HashSet::new();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -318,8 +321,11 @@ fn places_segment_here(
     worker_id: &str,
 ) -> bool {
     if segment == entry.segment_index {
+        // A voter is always placed; counted on its own as well, so a copy
+        // that still has a vote is never removed whatever the lists say.
         return entry.leader_worker_id == worker_id
-            || entry.replica_worker_ids.iter().any(|id| id == worker_id);
+            || entry.replica_worker_ids.iter().any(|id| id == worker_id)
+            || freshet_shardmap::voters_of(entry).contains(worker_id);
     }
     entry
         .sealed_segments
@@ -514,4 +520,38 @@ pub async fn run(
     // A clean stop leaves every commit point on disk, so reads resume at once.
     checkpoint_logs(&logs).await;
     Ok(served?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::places_segment_here;
+    use freshet_proto::v1::{SealedSegment, ShardMapEntry};
+
+    fn entry() -> ShardMapEntry {
+        ShardMapEntry {
+            leader_worker_id: "b".to_owned(),
+            replica_worker_ids: vec!["c".to_owned()],
+            segment_index: 1,
+            sealed_segments: vec![SealedSegment {
+                index: 0,
+                worker_ids: vec!["a".to_owned(), "b".to_owned(), "c".to_owned()],
+                ..SealedSegment::default()
+            }],
+            ..ShardMapEntry::default()
+        }
+    }
+
+    #[test]
+    fn a_copy_is_kept_while_it_is_placed_or_still_has_a_vote() {
+        let mut entry = entry();
+        assert!(places_segment_here(&entry, 1, "b"), "the leader");
+        assert!(places_segment_here(&entry, 1, "c"), "a replica");
+        assert!(places_segment_here(&entry, 0, "a"), "a sealed copy");
+        assert!(!places_segment_here(&entry, 1, "a"), "no longer placed");
+        // A deposed leader that still votes (a joint configuration) keeps
+        // its copy even if no list places it.
+        entry.voter_ids = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        entry.next_voter_ids = vec!["b".to_owned(), "c".to_owned()];
+        assert!(places_segment_here(&entry, 1, "a"));
+    }
 }

@@ -227,8 +227,10 @@ impl ShardRegistry {
     }
 
     /// Closes a deleted (or no longer placed) shard segment and removes
-    /// its data.
+    /// its data. Under the lock that opening takes: a log is never opened
+    /// (or created again) while its files are being removed.
     pub async fn remove(&self, key: &SegmentKey) {
+        let _opening = self.opening.lock().await;
         self.open
             .lock()
             .unwrap_or_else(|p| p.into_inner())

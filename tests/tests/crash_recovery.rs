@@ -327,3 +327,53 @@ async fn flip_a_byte_of_one_copy(damaged: Copy) -> anyhow::Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+/// Only a leader whose copy is being rebuilt may step down: it commits
+/// nothing, while a healthy leader holds a lease under which it could
+/// still acknowledge writes at its epoch after another voter took over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_leader_cannot_step_down() -> anyhow::Result<()> {
+    use freshet_proto::v1::membership_client::MembershipClient;
+    use freshet_proto::v1::StepDownRequest;
+
+    let cluster = Cluster::start().await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "steady", 1).await?;
+    let map = cluster.frontend.router().map().clone();
+    let entry = || {
+        map.read(|m| m.stream_entries(&stream_arn("steady")))
+            .into_iter()
+            .next()
+    };
+    wait_until(Duration::from_secs(10), || async { entry().is_some() }).await?;
+    let before = entry().expect("the shard");
+    // The leader's copy must exist for it to say it is intact.
+    client
+        .put_record()
+        .stream_name("steady")
+        .partition_key("k")
+        .data(Blob::new("x"))
+        .send()
+        .await?;
+    let mut membership = MembershipClient::new(cluster.channel(&cluster.membership_addr)?);
+    let refused = membership
+        .step_down(StepDownRequest {
+            shard: before.key.clone(),
+            epoch: before.epoch,
+            worker_id: before.leader_worker_id.clone(),
+        })
+        .await
+        .expect_err("a healthy leader stepped down");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let after = entry().expect("the shard");
+    assert_eq!(
+        (after.leader_worker_id, after.epoch),
+        (before.leader_worker_id, before.epoch)
+    );
+    cluster.shutdown().await;
+    Ok(())
+}

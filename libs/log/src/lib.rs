@@ -205,7 +205,7 @@ impl ShardLog {
             epochs: EpochHistory::load(dir)?,
             rebuilding: rebuild::read_rebuilding(dir)?.map(|needed_end| rebuild::Rebuilding {
                 needed_end,
-                heard_leader: false,
+                heard_epoch: 0,
             }),
         };
         let epochs_view = RwLock::new(writer.epochs.clone());
@@ -361,7 +361,7 @@ impl ShardLog {
         let end = writer.next_offset;
         let leader_end = first_offset + records.len() as u64;
         if first_offset > end {
-            self.note_leader(&mut writer, leader_end)?;
+            self.note_leader(&mut writer, epoch, leader_end)?;
             return Ok(Replicated {
                 accepted: false,
                 next_offset: end,
@@ -376,7 +376,7 @@ impl ShardLog {
         if already_held < records.len() {
             self.write_batch(&mut writer, &records[already_held..], arrival_ms, Some(end))?;
         }
-        self.note_leader(&mut writer, leader_end)?;
+        self.note_leader(&mut writer, epoch, leader_end)?;
         Ok(Replicated {
             accepted: true,
             next_offset: writer.next_offset,
@@ -713,10 +713,13 @@ pub fn create_dir_durably(root: &Path, dir: &Path) -> LogResult<()> {
 fn read_commit_point(dir: &Path) -> LogResult<u64> {
     let path = dir.join(COMMIT_POINT_FILE);
     match fs::read_to_string(&path) {
-        Ok(text) => Ok(text.trim().parse().unwrap_or_else(|_| {
-            tracing::warn!(path = %path.display(), "unreadable commit point; starting from 0");
-            0
-        })),
+        // An unreadable checkpoint hides how much was committed: the copy
+        // cannot tell whether it lost committed records, so it is damaged.
+        Ok(text) => text.trim().parse().map_err(|_| LogError::Corrupt {
+            path: path.clone(),
+            position: 0,
+            reason: format!("unreadable commit point {:?}", text.trim()),
+        }),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(0),
         Err(error) => Err(io_error("read commit point", &path)(error)),
     }

@@ -35,9 +35,10 @@ pub(crate) struct Rebuilding {
     /// The copy holds everything it may have acknowledged once its log
     /// reaches this end.
     pub(crate) needed_end: u64,
-    /// Whether a leader has spoken to this copy since it opened (the end of
-    /// the leader's log at that moment is part of `needed_end`).
-    pub(crate) heard_leader: bool,
+    /// The newest epoch whose leader has spoken to this copy since it
+    /// opened: the end of each newer leader's log at first contact is part
+    /// of `needed_end` (a deposed leader may have spoken first).
+    pub(crate) heard_epoch: u64,
 }
 
 /// What [`open_or_rebuild`] found.
@@ -64,30 +65,49 @@ impl Opened {
 /// Opens the log in `dir` like [`ShardLog::open_from`]; if it is damaged,
 /// moves it to `damaged_to` (a path on the same file system, outside the
 /// directories scanned for logs) and starts a rebuilding copy in `dir`.
+///
+/// The swap never leaves `dir` empty and unmarked, which would let an
+/// empty copy vote: the replacement — marker and the damaged copy's epoch
+/// history (its fence against older leaders) — is made durable beside the
+/// log first (`<dir>.rebuilt`), then the damaged log is moved aside and the
+/// replacement moved in; an interrupted swap is finished on the next open.
 pub fn open_or_rebuild(
     dir: &Path,
     damaged_to: &Path,
     config: LogConfig,
     start_offset: u64,
 ) -> LogResult<Opened> {
+    let replacement = replacement_dir(dir);
+    finish_interrupted_swap(dir, &replacement)?;
     let error = match ShardLog::open_from(dir, config.clone(), start_offset) {
         Ok(log) => return Ok(Opened::Intact(log)),
         Err(error @ (LogError::Corrupt { .. } | LogError::LostCommitted { .. })) => error,
         Err(error) => return Err(error),
     };
-    let saved_commit = read_commit_point(dir)?;
-    // A rebuild interrupted by a crash must not forget how far it had to go.
-    let needed_end = read_rebuilding(dir)?.map_or(saved_commit, |n| n.max(saved_commit));
-    if let Some(parent) = damaged_to.parent() {
-        fs::create_dir_all(parent).map_err(io_error("create directory", parent))?;
+    // Unreadable files say nothing: the leader's end at first contact
+    // still bounds what the copy must reach.
+    let saved_commit = read_commit_point(dir).unwrap_or(0);
+    let needed_end = read_rebuilding(dir)
+        .unwrap_or(None)
+        .map_or(saved_commit, |n| n.max(saved_commit));
+    let history = EpochHistory::load(dir).unwrap_or_default();
+
+    remove_dir_if_present(&replacement)?;
+    fs::create_dir(&replacement).map_err(io_error("create directory", &replacement))?;
+    history.store(&replacement)?;
+    write_rebuilding(&replacement, needed_end)?;
+    let damaged_parent = damaged_to.parent().unwrap_or(dir);
+    fs::create_dir_all(damaged_parent).map_err(io_error("create directory", damaged_parent))?;
+    for parent in [dir.parent(), damaged_parent.parent()]
+        .into_iter()
+        .flatten()
+    {
+        sync_dir(parent)?;
     }
     fs::rename(dir, damaged_to).map_err(io_error("move a damaged log aside", dir))?;
-    fs::create_dir(dir).map_err(io_error("create log directory", dir))?;
-    write_rebuilding(dir, needed_end)?;
-    for parent in [dir.parent(), damaged_to.parent()].into_iter().flatten() {
-        File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(io_error("fsync directory", parent))?;
+    fs::rename(&replacement, dir).map_err(io_error("move a rebuilding log in", dir))?;
+    for parent in [dir.parent(), Some(damaged_parent)].into_iter().flatten() {
+        sync_dir(parent)?;
     }
     let log = ShardLog::open_from(dir, config, start_offset)?;
     Ok(Opened::Rebuilding {
@@ -95,6 +115,56 @@ pub fn open_or_rebuild(
         damaged_to: damaged_to.to_owned(),
         error,
     })
+}
+
+/// Where a rebuilding copy is prepared before it replaces `dir` (a name the
+/// worker's scan of segment directories ignores).
+fn replacement_dir(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".rebuilt");
+    dir.with_file_name(name)
+}
+
+/// After a crash in the middle of [`open_or_rebuild`]'s swap: if the
+/// damaged log is still in place, the prepared replacement is dropped (the
+/// damage is found again); if it was already moved aside, the replacement
+/// moves in.
+fn finish_interrupted_swap(dir: &Path, replacement: &Path) -> LogResult<()> {
+    if !replacement.exists() {
+        return Ok(());
+    }
+    let holds_log = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "log"))
+        })
+        .unwrap_or(false);
+    if holds_log {
+        return remove_dir_if_present(replacement);
+    }
+    if dir.exists() {
+        fs::remove_dir_all(dir).map_err(io_error("remove an unfinished log directory", dir))?;
+    }
+    fs::rename(replacement, dir).map_err(io_error("move a rebuilding log in", dir))?;
+    match dir.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
+fn remove_dir_if_present(dir: &Path) -> LogResult<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(io_error("remove directory", dir)(error)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> LogResult<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("fsync directory", dir))
 }
 
 impl ShardLog {
@@ -116,15 +186,20 @@ impl ShardLog {
     }
 
     /// Called under the writer's lock by every request from a leader that
-    /// this copy accepted: the first one since the copy opened raises the
-    /// end it must reach to the leader's end (`leader_end`); the marker
+    /// this copy accepted: the first one from each newer epoch raises the
+    /// end it must reach to that leader's end (`leader_end`); the marker
     /// goes once the log reaches it.
-    pub(super) fn note_leader(&self, writer: &mut Writer, leader_end: u64) -> LogResult<()> {
+    pub(super) fn note_leader(
+        &self,
+        writer: &mut Writer,
+        epoch: u64,
+        leader_end: u64,
+    ) -> LogResult<()> {
         let Some(mut rebuilding) = writer.rebuilding else {
             return Ok(());
         };
-        if !rebuilding.heard_leader {
-            rebuilding.heard_leader = true;
+        if epoch > rebuilding.heard_epoch {
+            rebuilding.heard_epoch = epoch;
             if leader_end > rebuilding.needed_end {
                 rebuilding.needed_end = leader_end;
                 write_rebuilding(&self.dir, leader_end)?;
@@ -132,9 +207,7 @@ impl ShardLog {
         }
         if writer.next_offset >= rebuilding.needed_end {
             remove_if_present(&self.dir.join(REBUILDING_FILE), "remove rebuilding marker")?;
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_error("fsync log directory", &self.dir))?;
+            sync_dir(&self.dir)?;
             tracing::info!(dir = %self.dir.display(), end = writer.next_offset, "a rebuilt copy holds everything it once held");
             writer.rebuilding = None;
         } else {

@@ -811,3 +811,58 @@ fn a_damaged_length_in_the_last_segment_is_corruption_not_a_torn_tail() {
         opened.map(|log| log.next_offset())
     );
 }
+
+#[test]
+fn a_rebuilt_copy_keeps_its_epoch_fence_and_heeds_each_newer_leader() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("log");
+    {
+        let log = ShardLog::open(&dir, small_segments()).expect("open");
+        let history = epochs(&[(3, 0)]);
+        let batch: Vec<NewRecord> = (0..20).map(|i| record("k", &format!("{i:040}"))).collect();
+        log.replicate(3, &history, 0, 1, &batch).expect("replicate");
+        log.commit(20);
+        log.persist_commit_point().expect("persist");
+    }
+    fs::write(dir.join("commit-point"), "not a number").expect("write");
+    let opened =
+        open_or_rebuild(&dir, &root.path().join("damaged/log"), small_segments(), 0).expect("open");
+    let Opened::Rebuilding { log, .. } = opened else {
+        panic!("an unreadable commit point was trusted");
+    };
+    assert!(
+        matches!(
+            log.replicate(2, &epochs(&[(2, 0)]), 0, 1, &[]),
+            Err(LogError::StaleEpoch { .. })
+        ),
+        "a deposed leader is still fenced off"
+    );
+    // A leader of epoch 3 (ending at 5) speaks first, then one of epoch 4
+    // whose log ends at 30: the copy must reach 30.
+    log.replicate(3, &epochs(&[(3, 0)]), 5, 1, &[])
+        .expect("probe");
+    assert_eq!(log.rebuilding_until(), Some(5));
+    log.replicate(4, &epochs(&[(3, 0), (4, 25)]), 30, 1, &[])
+        .expect("probe");
+    assert_eq!(log.rebuilding_until(), Some(30));
+}
+
+#[test]
+fn a_swap_interrupted_after_the_damaged_log_moved_aside_is_finished() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("log");
+    // The replacement was prepared and the damaged log moved aside; the
+    // crash came before the replacement moved in, and the worker then
+    // created an empty directory in its place.
+    let replacement = root.path().join("log.rebuilt");
+    fs::create_dir(&replacement).expect("mkdir");
+    fs::write(replacement.join("rebuilding"), "42").expect("write");
+    fs::create_dir(&dir).expect("mkdir");
+    let opened =
+        open_or_rebuild(&dir, &root.path().join("damaged/log"), small_segments(), 0).expect("open");
+    let Opened::Intact(log) = opened else {
+        panic!("nothing was damaged this time");
+    };
+    assert_eq!(log.rebuilding_until(), Some(42), "the empty copy is marked");
+    assert!(!replacement.exists());
+}

@@ -237,7 +237,7 @@ async fn check_once(service: &MembershipService) -> anyhow::Result<()> {
 /// How current a live replica's copy of the shard is — `(last_epoch,
 /// next_offset)`, compared in that order — or `None` if it did not say.
 /// What a voter said of its copy when asked before an election.
-enum CopyAnswer {
+pub(crate) enum CopyAnswer {
     /// Its (last epoch, end).
     At(CopyPosition),
     /// It is rebuilt after damage on disk and may lack records it once
@@ -245,7 +245,11 @@ enum CopyAnswer {
     Rebuilding,
 }
 
-async fn copy_position(inner: &Inner, address: &str, shard: &ShardRow) -> Option<CopyAnswer> {
+pub(crate) async fn copy_position(
+    inner: &Inner,
+    address: &str,
+    shard: &ShardRow,
+) -> Option<CopyAnswer> {
     let mut client = inner.storage.get(address).ok()?;
     let request = freshet_server::request_with_deadline(
         DescribeShardRequest {

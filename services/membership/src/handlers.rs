@@ -405,18 +405,35 @@ impl Membership for MembershipService {
             .into_iter()
             .map(|w| (w.worker_id.clone(), w))
             .collect();
+        // Only a leader that cannot commit may be replaced while it holds a
+        // lease: its copy must say so itself. A rebuilding copy leaves that
+        // state only through a leader of a newer epoch (it fences older
+        // ones), so it cannot lead at this epoch again.
+        let leader_address = live
+            .get(&request.worker_id)
+            .map(|w| w.address.clone())
+            .unwrap_or_default();
+        let rebuilding = matches!(
+            failover::copy_position(&self.inner, &leader_address, &row).await,
+            Some(failover::CopyAnswer::Rebuilding)
+        );
+        if !rebuilding {
+            return Err(ErrorCode::ResourceInUse.status(format!(
+                "{}'s copy of shard {} is not being rebuilt: a leader steps down only then",
+                request.worker_id, shard.shard_id
+            )));
+        }
         tracing::warn!(
             shard_id = shard.shard_id,
             leader = request.worker_id,
             epoch = request.epoch,
             "a leader whose copy is being rebuilt asks to step down"
         );
-        let moved =
-            crate::failover::fail_over(self, row, &live, crate::failover::Deposition::SteppedDown)
-                .await
-                .map_err(|error| {
-                    ErrorCode::Unavailable.status(format!("failover failed to {error:#}"))
-                })?;
+        let moved = failover::fail_over(self, row, &live, failover::Deposition::SteppedDown)
+            .await
+            .map_err(|error| {
+                ErrorCode::Unavailable.status(format!("failover failed to {error:#}"))
+            })?;
         Ok(Response::new(StepDownResponse { moved }))
     }
 

@@ -17,6 +17,8 @@
 #   FRESHET_DEV_DATABASE   Postgres database, created if missing (freshet)
 #   FRESHET_PG_SERVER      Postgres server URL without a database
 #                          (postgres://postgres@127.0.0.1:5432)
+#   FRESHET_DEV_RESTART    1: a service that exits is started again after
+#                          half a second, as Kubernetes restarts a pod (0)
 #   REDIS_URL, FRESHET_REDIS_PREFIX, OTEL_EXPORTER_OTLP_ENDPOINT, RUST_LOG
 # Secure mode (docs/security.md) passes through the environment as well:
 #   FRESHET_AUTH=sigv4 FRESHET_MASTER_KEY FRESHET_INTERNAL_TOKEN
@@ -63,10 +65,29 @@ stop_all() {
 trap 'stop_all; exit 0' INT TERM
 trap stop_all EXIT
 
-# start NAME COMMAND...: runs COMMAND with its output prefixed by [NAME].
+# supervise COMMAND...: runs COMMAND again whenever it exits, until this
+# shell is told to stop (then it stops COMMAND and waits for it).
+supervise() {
+  local child=""
+  trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; wait; exit 0' TERM INT
+  while true; do
+    "$@" &
+    child=$!
+    wait "$child" || true
+    echo "[dev] exited; starting it again" >&2
+    sleep 0.5
+  done
+}
+
+# start NAME COMMAND...: runs COMMAND with its output prefixed by [NAME]
+# (restarted when it exits, with FRESHET_DEV_RESTART=1).
 start() {
   local name=$1; shift
-  "$@" > >(sed -u "s/^/[$name] /") 2>&1 &
+  if [ "${FRESHET_DEV_RESTART:-0}" = 1 ]; then
+    supervise "$@" > >(sed -u "s/^/[$name] /") 2>&1 &
+  else
+    "$@" > >(sed -u "s/^/[$name] /") 2>&1 &
+  fi
   pids+=("$!")
 }
 

@@ -11,6 +11,16 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::{test_database_url, ProcessGroupGuard};
 
+/// A service of the topology other than the storage workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Frontend,
+    Membership,
+    Cache,
+    Timer,
+    ControlPlane,
+}
+
 /// A running `deploy/dev.sh`.
 pub struct DevTopology {
     /// The frontend's URL.
@@ -111,6 +121,46 @@ impl DevTopology {
             database,
             _group: group,
         })
+    }
+
+    /// The process id of `service`'s running process, found by its binary
+    /// and its listen address (topologies run side by side).
+    pub fn service_pid(&self, service: Service) -> Option<u32> {
+        let (binary, port) = match service {
+            Service::Timer => ("freshet-timer", self.grpc_port),
+            Service::Membership => ("freshet-membership", self.grpc_port + 1),
+            Service::Cache => ("freshet-cache", self.grpc_port + 2),
+            Service::ControlPlane => ("freshet-control-plane", self.grpc_port + 3),
+            Service::Frontend => ("freshet-frontend", self.grpc_port + 13),
+        };
+        let listen = format!("127.0.0.1:{port}");
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .find_map(|entry| {
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                let program = std::str::from_utf8(args.first()?).ok()?;
+                let listens_there = args
+                    .windows(2)
+                    .any(|w| w[0] == b"--listen" && w[1] == listen.as_bytes());
+                (program.ends_with(binary) && listens_there).then_some(pid)
+            })
+    }
+
+    /// kill -9 of one service's process (the topology must run with
+    /// `FRESHET_DEV_RESTART=1` for it to come back). Answers the pid killed.
+    pub fn kill_service(&self, service: Service) -> anyhow::Result<u32> {
+        let pid = self
+            .service_pid(service)
+            .with_context(|| format!("{service:?} is not running"))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .with_context(|| format!("kill -9 {service:?}"))?;
+        Ok(pid)
     }
 
     /// The process id of `deploy/dev.sh` (its services are its children).

@@ -18,7 +18,12 @@
 #   FRESHET_PG_SERVER      Postgres server URL without a database
 #                          (postgres://postgres@127.0.0.1:5432)
 #   FRESHET_DEV_RESTART    1: a service that exits is started again after
-#                          half a second, as Kubernetes restarts a pod (0)
+#                          FRESHET_DEV_RESTART_DELAY seconds (0.5), as
+#                          Kubernetes restarts a pod (0)
+#   FRESHET_DEV_CONTROL_PLANES  2: a second control plane on the port after
+#                          the first's, started once the first is active
+#                          and standing by while it is (1); the frontend
+#                          talks to the first
 #   REDIS_URL, FRESHET_REDIS_PREFIX, OTEL_EXPORTER_OTLP_ENDPOINT, RUST_LOG
 # Secure mode (docs/security.md) passes through the environment as well:
 #   FRESHET_AUTH=sigv4 FRESHET_MASTER_KEY FRESHET_INTERNAL_TOKEN
@@ -75,7 +80,7 @@ supervise() {
     child=$!
     wait "$child" || true
     echo "[dev] exited; starting it again" >&2
-    sleep 0.5
+    sleep "${FRESHET_DEV_RESTART_DELAY:-0.5}"
   done
 }
 
@@ -170,6 +175,12 @@ if command -v psql >/dev/null 2>&1; then
   fi
 else
   sleep 3
+fi
+# The second control plane starts once the first is active (and serving
+# the frontend), so it is the one standing by.
+if [ "${FRESHET_DEV_CONTROL_PLANES:-1}" = 2 ]; then
+  start control-plane-2 env FRESHET_METRICS_LISTEN="$(metrics 5)" \
+    "$bin_dir/freshet-control-plane" --listen "127.0.0.1:$((base + 4))"
 fi
 echo "[dev] Freshet is ready at $endpoint"
 echo "[dev]   AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws --region us-east-1 --endpoint-url $endpoint kinesis list-streams"

@@ -19,6 +19,8 @@ pub enum Service {
     Cache,
     Timer,
     ControlPlane,
+    /// The second control plane (`FRESHET_DEV_CONTROL_PLANES=2`).
+    SecondControlPlane,
 }
 
 /// A running `deploy/dev.sh`.
@@ -29,7 +31,7 @@ pub struct DevTopology {
     /// cache +3, control plane +4, workers +10..+12 (`deploy/dev.sh`).
     pub metrics_port: u16,
     /// The first internal gRPC port: timer +0, membership +1, cache +2,
-    /// control plane +3, workers +10..+12.
+    /// control plane +3 (a second one +4), workers +10..+12.
     pub grpc_port: u16,
     child: tokio::process::Child,
     database: String,
@@ -131,6 +133,7 @@ impl DevTopology {
             Service::Membership => ("freshet-membership", self.grpc_port + 1),
             Service::Cache => ("freshet-cache", self.grpc_port + 2),
             Service::ControlPlane => ("freshet-control-plane", self.grpc_port + 3),
+            Service::SecondControlPlane => ("freshet-control-plane", self.grpc_port + 4),
             Service::Frontend => ("freshet-frontend", self.grpc_port + 13),
         };
         let listen = format!("127.0.0.1:{port}");

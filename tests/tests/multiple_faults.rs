@@ -208,6 +208,74 @@ async fn a_lagging_copy_left_alone_after_two_failures_is_not_elected() -> anyhow
     Ok(())
 }
 
+/// Hole 5 of issue 13: a worker back with a replaced (empty) disk. X is
+/// acknowledged on A (the leader) and B while C is frozen; A and B are
+/// killed, B's data directory is wiped and B restarted, C thawed. B's copy
+/// is empty: it must not count as a vote, or B and C — neither holding X —
+/// would make a majority and elect C. The shard waits instead, until A is
+/// back; then X is read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_back_with_a_replaced_disk_does_not_vote_before_it_has_rebuilt(
+) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with(fast_failover()).await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "replaced", 1).await?;
+    wait_until(Duration::from_secs(10), || async {
+        only_entry(&cluster, "replaced").is_some()
+    })
+    .await?;
+    let first = only_entry(&cluster, "replaced").expect("an entry");
+    let a = worker_index(&cluster, &first.leader_worker_id);
+    let b = worker_index(&cluster, &first.replica_worker_ids[0]);
+    let c = worker_index(&cluster, &first.replica_worker_ids[1]);
+    let c_id = first.replica_worker_ids[1].clone();
+
+    let mut acked = HashSet::new();
+    let mut batch = 0;
+    for _ in 0..3 {
+        batch += 1;
+        anyhow::ensure!(put_batch(&client, "replaced", batch, 10, &mut acked).await?);
+    }
+    // X: on A and B only.
+    signal(&cluster, c, Signal::SIGSTOP)?;
+    for _ in 0..2 {
+        batch += 1;
+        anyhow::ensure!(put_batch(&client, "replaced", batch, 5, &mut acked).await?);
+    }
+    cluster.kill_worker(a).await?;
+    cluster.kill_worker(b).await?;
+    std::fs::remove_dir_all(&cluster.workers[b].data_dir)?;
+    cluster.start_worker(b).await?;
+    signal(&cluster, c, Signal::SIGCONT)?;
+
+    // Past three heartbeat timeouts the shard is still where it was: B's
+    // empty copy did not make C's a majority.
+    let window = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < window {
+        let entry = only_entry(&cluster, "replaced").expect("an entry");
+        anyhow::ensure!(
+            entry.epoch == first.epoch && entry.leader_worker_id != c_id,
+            "a copy without X was elected: {entry:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    cluster.start_worker(a).await?;
+    cluster.wait_for_workers_alive().await?;
+    let resumed = Instant::now() + Duration::from_secs(60);
+    loop {
+        batch += 1;
+        if put_batch(&client, "replaced", batch, 5, &mut acked).await? {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < resumed, "writes did not resume");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_acknowledged_readable_once(&client, "replaced", &acked).await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
 /// Hole 3 of issue 13: two control planes (a rolling update) interleave
 /// on one shard. The first closes and seals it at offset 5, then pauses;
 /// the second reopens it, 5 more records are acknowledged, and it closes

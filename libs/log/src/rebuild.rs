@@ -217,6 +217,17 @@ impl ShardLog {
     }
 }
 
+/// Marks the log in `dir` (created if missing) as a copy to rebuild from
+/// its peers, one that must reach at least `needed_end` (and each newer
+/// leader's end) before it votes or leads — a copy whose disk was replaced.
+/// A log already marked keeps its marker.
+pub fn mark_rebuilding(dir: &Path, needed_end: u64) -> LogResult<()> {
+    if read_rebuilding(dir)?.is_some() {
+        return Ok(());
+    }
+    write_rebuilding(dir, needed_end)
+}
+
 /// The rebuilding marker of the log in `dir`, if any.
 pub(crate) fn read_rebuilding(dir: &Path) -> LogResult<Option<u64>> {
     let path = dir.join(REBUILDING_FILE);

@@ -8,24 +8,32 @@ use crate::rows::WorkerRow;
 use crate::MetaStore;
 
 impl MetaStore {
+    /// Registers a worker (or updates it) with the disk its data lives on;
+    /// answers the disk it was registered with before (`None` for a new
+    /// worker, `Some("")` for one registered before disks had ids).
     pub async fn upsert_worker(
         &self,
         worker_id: &str,
         availability_zone: &str,
         address: &str,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO workers (worker_id, availability_zone, address) VALUES ($1, $2, $3) \
+        disk_id: &str,
+    ) -> Result<Option<String>> {
+        let previous: Option<Option<String>> = sqlx::query_scalar(
+            "WITH previous AS (SELECT disk_id FROM workers WHERE worker_id = $1) \
+             INSERT INTO workers (worker_id, availability_zone, address, disk_id) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (worker_id) DO UPDATE SET availability_zone = EXCLUDED.availability_zone, \
-             address = EXCLUDED.address, last_heartbeat_at = now()",
+             address = EXCLUDED.address, last_heartbeat_at = now(), \
+             disk_id = CASE WHEN EXCLUDED.disk_id = '' THEN workers.disk_id ELSE EXCLUDED.disk_id END \
+             RETURNING (SELECT disk_id FROM previous)",
         )
         .bind(worker_id)
         .bind(availability_zone)
         .bind(address)
-        .execute(&self.pool)
+        .bind(disk_id)
+        .fetch_optional(&self.pool)
         .await
         .db("register worker")?;
-        Ok(())
+        Ok(previous.flatten())
     }
 
     /// Records a heartbeat; false if the worker is unknown.

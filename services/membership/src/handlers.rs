@@ -32,12 +32,14 @@ impl Membership for MembershipService {
             return Err(ErrorCode::InvalidArgument
                 .status("worker_id, availability_zone and address are required"));
         }
-        self.inner
+        let previous_disk = self
+            .inner
             .store
             .upsert_worker(
                 &request.worker_id,
                 &request.availability_zone,
                 &request.address,
+                &request.disk_id,
             )
             .await
             .map_err(store_error)?;
@@ -47,6 +49,43 @@ impl Membership for MembershipService {
             address = request.address,
             "worker registered"
         );
+        // A replaced disk: every copy the worker held is gone. It is told
+        // which, and rebuilds them before they vote or lead. (Answered on
+        // every registration until one with this disk succeeds: the worker
+        // makes its disk id durable only after marking the copies.)
+        let replaced = previous_disk
+            .is_some_and(|previous| !previous.is_empty() && previous != request.disk_id)
+            && !request.disk_id.is_empty();
+        let lost_copies = if replaced {
+            let lost: Vec<LostCopy> = self
+                .inner
+                .store
+                .shards_on_worker(&request.worker_id)
+                .await
+                .map_err(store_error)?
+                .into_iter()
+                .filter(|row| {
+                    row.leader_worker_id == request.worker_id
+                        || row.replica_worker_ids.contains(&request.worker_id)
+                        || row.voters.contains(&request.worker_id)
+                })
+                .map(|row| LostCopy {
+                    shard: Some(ShardKey {
+                        stream_uid: row.stream_uid,
+                        shard_id: row.shard_id,
+                    }),
+                    segment: row.segment_index,
+                })
+                .collect();
+            tracing::warn!(
+                worker_id = request.worker_id,
+                lost = lost.len(),
+                "worker came back with another disk: its copies are rebuilt before they vote"
+            );
+            lost
+        } else {
+            Vec::new()
+        };
         failover::heard_from(&self.inner, &request.worker_id);
         // A restarted worker may come back on a new address: republish its
         // shards so routes follow it — and give the shards it leads a new
@@ -58,7 +97,7 @@ impl Membership for MembershipService {
         self.republish_worker_shards(&request.worker_id)
             .await
             .map_err(store_error)?;
-        Ok(Response::new(RegisterWorkerResponse {}))
+        Ok(Response::new(RegisterWorkerResponse { lost_copies }))
     }
 
     async fn heartbeat(

@@ -28,7 +28,10 @@
 //!   `load.rs` — what each shard is asked to take, for the scaler.
 //! - `lease.rs` — a leader commits only while its lease from membership
 //!   holds (the safety argument is in `services/membership/src/failover.rs`).
+//! - `disk.rs` — the data directory's id: a worker back with a replaced
+//!   disk rebuilds the copies it lost before they vote or lead.
 
+mod disk;
 mod error;
 mod layout;
 mod lease;
@@ -133,13 +136,19 @@ async fn stay_registered(
     interval: Duration,
     lease: Arc<lease::Lease>,
     metrics: Arc<metrics::WorkerMetrics>,
+    mut disk: Disk,
 ) {
     let mut must_register = true;
     loop {
         if must_register {
             match membership.register_worker(registration.clone()).await {
                 // Heartbeat at once: the lease comes with heartbeats.
-                Ok(_) => must_register = false,
+                Ok(answer) => match disk.confirm(answer.into_inner().lost_copies).await {
+                    Ok(()) => must_register = false,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot mark the copies lost with the old disk; registering again")
+                    }
+                },
                 Err(status) => {
                     tracing::warn!(code = ?status.code(), message = status.message(), "failed to register with membership")
                 }
@@ -170,6 +179,50 @@ async fn stay_registered(
             }
         }
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// The data directory's identity and what must happen once membership
+/// has answered a registration with it (`disk.rs`).
+struct Disk {
+    identity: disk::DiskIdentity,
+    data_dir: PathBuf,
+    shards: Arc<ShardRegistry>,
+}
+
+impl Disk {
+    /// Marks the copies lost with a replaced disk to be rebuilt, then makes
+    /// a new directory's id durable: from then on, logs are created as
+    /// ordinary empty copies.
+    async fn confirm(
+        &mut self,
+        lost_copies: Vec<freshet_proto::v1::LostCopy>,
+    ) -> Result<(), String> {
+        if !lost_copies.is_empty() {
+            tracing::warn!(
+                lost = lost_copies.len(),
+                "this worker's disk was replaced: its copies are rebuilt from their peers before they vote or lead"
+            );
+        }
+        for lost in lost_copies {
+            let Some(shard) = lost.shard else { continue };
+            let key = SegmentKey::new(shard.stream_uid, &shard.shard_id, lost.segment);
+            self.shards
+                .mark_lost(&key)
+                .await
+                .map_err(|error| format!("{}: {error}", shard.shard_id))?;
+        }
+        if self.identity.fresh {
+            let (mut identity, data_dir) = (self.identity.clone(), self.data_dir.clone());
+            self.identity = tokio::task::spawn_blocking(move || {
+                identity.make_durable(&data_dir).map(|()| identity)
+            })
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| format!("write the disk id: {error}"))?;
+            self.shards.set_unconfirmed_disk(false);
+        }
+        Ok(())
     }
 }
 
@@ -395,6 +448,8 @@ pub enum RunError {
     Serve(#[from] freshet_server::ServeError),
     #[error(transparent)]
     Metrics(std::io::Error),
+    #[error("read the data directory's disk id: {0}")]
+    DiskIdentity(#[source] std::io::Error),
 }
 
 /// Serves the worker on `listener` until `shutdown` resolves.
@@ -464,10 +519,17 @@ pub async fn run(
         writers.clone(),
     ));
 
+    let data_dir = config.data_dir.clone();
+    let identity = tokio::task::spawn_blocking(move || disk::DiskIdentity::load_or_make(&data_dir))
+        .await
+        .map_err(|error| RunError::DiskIdentity(std::io::Error::other(error)))?
+        .map_err(RunError::DiskIdentity)?;
+    shards.set_unconfirmed_disk(identity.fresh);
     let registration = RegisterWorkerRequest {
         worker_id: config.worker_id.clone(),
         availability_zone: config.availability_zone.clone(),
         address: address.clone(),
+        disk_id: identity.id.clone(),
     };
     background.spawn_loop(stay_registered(
         freshet_server::membership_client(membership_channel),
@@ -475,6 +537,11 @@ pub async fn run(
         config.heartbeat_interval,
         lease.clone(),
         worker_metrics.clone(),
+        Disk {
+            identity,
+            data_dir: config.data_dir.clone(),
+            shards: shards.clone(),
+        },
     ));
     background.spawn_loop(enforce_retention(
         map.clone(),

@@ -31,6 +31,10 @@ pub struct ShardRegistry {
     /// request outliving the drain can never recover a log whose writer is
     /// still finishing (two writers on one directory).
     closed: std::sync::atomic::AtomicBool,
+    /// Set while the data directory's id is new and not yet confirmed with
+    /// membership (`disk.rs`): every log created meanwhile is a copy to
+    /// rebuild, in case the disk replaced one that held it.
+    unconfirmed_disk: std::sync::atomic::AtomicBool,
 }
 
 impl ShardRegistry {
@@ -55,6 +59,7 @@ impl ShardRegistry {
             opening: tokio::sync::Mutex::new(()),
             tasks,
             closed: std::sync::atomic::AtomicBool::new(false),
+            unconfirmed_disk: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -95,7 +100,14 @@ impl ShardRegistry {
             key.segment,
             crate::writer::now_ms()
         ));
+        let unconfirmed_disk = self
+            .unconfirmed_disk
+            .load(std::sync::atomic::Ordering::Acquire);
         let log = tokio::task::spawn_blocking(move || {
+            if unconfirmed_disk && !dir.exists() {
+                freshet_log::create_dir_durably(&data_dir, &dir)?;
+                freshet_log::mark_rebuilding(&dir, 0)?;
+            }
             freshet_log::create_dir_durably(&data_dir, &dir)?;
             let log = match freshet_log::open_or_rebuild(&dir, &damaged_to, config, start_offset)? {
                 Opened::Intact(log) => log,
@@ -192,6 +204,35 @@ impl ShardRegistry {
         self.get_or_open(key, sequence_base, start_offset, arrival_floor_ms)
             .await
             .map(Some)
+    }
+
+    /// While the data directory is new and unconfirmed, every log created
+    /// is marked to be rebuilt (see `disk.rs`).
+    pub fn set_unconfirmed_disk(&self, unconfirmed: bool) {
+        self.unconfirmed_disk
+            .store(unconfirmed, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Marks a copy this worker lost with its old disk to be rebuilt from
+    /// its peers before it votes or leads. A copy already on this disk
+    /// (made since, and so marked, or rebuilt before a crash) is left as
+    /// it is.
+    pub async fn mark_lost(&self, key: &SegmentKey) -> Result<(), WriteError> {
+        let _opening = self.opening.lock().await;
+        if self.open_existing(key).is_some() {
+            return Ok(());
+        }
+        let (data_dir, dir) = (self.data_dir.clone(), self.shard_dir(key));
+        tokio::task::spawn_blocking(move || {
+            if dir.exists() {
+                return Ok(());
+            }
+            freshet_log::create_dir_durably(&data_dir, &dir)?;
+            freshet_log::mark_rebuilding(&dir, 0)
+        })
+        .await
+        .map_err(|e| WriteError::task("mark a lost copy", e))??;
+        Ok(())
     }
 
     /// Closes every open segment (at shutdown): each writer task ends once

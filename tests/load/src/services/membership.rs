@@ -469,6 +469,7 @@ async fn heartbeat(
                 availability_zone: "load-sim".into(),
                 // Never dialled: nothing is placed on a simulated worker.
                 address: "127.0.0.1:1".into(),
+                disk_id: String::new(),
             };
             let timeout = context.timeout;
             calls.spawn(async move {

@@ -89,6 +89,11 @@ pub struct ClusterOptions {
     /// Workers' retention: segment size, how long one hour of retention
     /// lasts and how often expired segments are looked for.
     pub worker_retention: WorkerRetention,
+    /// Process workers advertise a proxy the test owns in front of their
+    /// port: everything that dials a worker (its leader, membership, the
+    /// frontend) goes through it, and `Cluster::cut_worker` cuts it; the
+    /// worker's own calls (heartbeats to membership) do not.
+    pub worker_proxies: bool,
 }
 
 /// How workers roll and trim their logs.
@@ -150,6 +155,7 @@ impl Default for ClusterOptions {
             auth: freshet_server::AuthMode::Development,
             shard_level_metrics: false,
             worker_retention: WorkerRetention::default(),
+            worker_proxies: false,
         }
     }
 }
@@ -218,6 +224,10 @@ pub struct WorkerHandle {
     pub worker_id: String,
     pub zone: &'static str,
     pub data_dir: PathBuf,
+    /// Where the worker listens, when the test chose it (behind a proxy).
+    pub listen: Option<String>,
+    /// The proxy it advertises (`ClusterOptions::worker_proxies`).
+    pub proxy: Option<proxy::TcpProxy>,
     running: Option<RunningWorker>,
 }
 
@@ -423,6 +433,8 @@ impl Cluster {
                 worker_id: format!("worker-{index}-{zone}"),
                 zone,
                 data_dir: temp.path().join(format!("worker-{index}")),
+                listen: None,
+                proxy: None,
                 running: None,
             })
             .collect();
@@ -548,11 +560,26 @@ impl Cluster {
                 }))
             }
             WorkerMode::Process => {
+                // Behind a proxy: a port of the test's choosing, and the
+                // proxy advertised in front of it.
+                let (listen, advertise) = if self.options.worker_proxies {
+                    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                        .local_addr()?
+                        .port();
+                    let listen = format!("127.0.0.1:{port}");
+                    let proxy = proxy::TcpProxy::start(&listen).await?;
+                    let advertise = proxy.address.clone();
+                    worker.proxy = Some(proxy);
+                    worker.listen = Some(listen.clone());
+                    (listen, Some(advertise))
+                } else {
+                    ("127.0.0.1:0".to_owned(), None)
+                };
                 let child =
                     tokio::process::Command::new(workspace_binary("freshet-storage-worker")?)
+                        .args(["--listen", &listen])
+                        .args(advertise.iter().flat_map(|a| ["--advertise", a.as_str()]))
                         .args([
-                            "--listen",
-                            "127.0.0.1:0",
                             "--worker-id",
                             &worker.worker_id,
                             "--availability-zone",
@@ -655,6 +682,27 @@ impl Cluster {
     }
 
     /// The process id of a process worker.
+    /// Cuts worker `index` off from everyone who dials it (its proxy
+    /// refuses and drops connections); its own calls still go out.
+    pub fn cut_worker(&self, index: usize) -> anyhow::Result<()> {
+        self.workers[index]
+            .proxy
+            .as_ref()
+            .context("the worker has no proxy (ClusterOptions::worker_proxies)")?
+            .cut();
+        Ok(())
+    }
+
+    /// Heals `cut_worker`.
+    pub fn heal_worker(&self, index: usize) -> anyhow::Result<()> {
+        self.workers[index]
+            .proxy
+            .as_ref()
+            .context("the worker has no proxy (ClusterOptions::worker_proxies)")?
+            .restore();
+        Ok(())
+    }
+
     pub fn worker_pid(&self, index: usize) -> Option<u32> {
         match &self.workers[index].running {
             Some(RunningWorker::Process(child)) => child.id(),

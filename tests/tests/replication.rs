@@ -1,10 +1,13 @@
 //! Three copies in three zones: every acknowledged batch is on the leader
-//! and its replicas, and a replica killed with -9 catches up from the
-//! leader afterwards — no gap, no duplicate, identical logs.
+//! and its replicas, and a replica killed with -9 — or cut off from its
+//! leader by a partition — catches up from the leader afterwards (from its
+//! trim horizon, if its oldest records expired): no gap, no duplicate,
+//! identical logs.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use freshet_e2e::{create_active_stream, stream_arn, Cluster, ClusterOptions, WorkerMode};
@@ -403,6 +406,115 @@ async fn a_replacement_replica_catches_up_from_a_trimmed_log() -> anyhow::Result
         end >= tail.next_offset,
         "the spare ends at {end}, before the leader's committed {}",
         tail.next_offset
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Where a copy's log ends, asked at `address` (a worker's own port, not
+/// its proxy).
+async fn end_at(cluster: &Cluster, address: &str, entry: &ShardMapEntry) -> Option<u64> {
+    let mut copy = StorageClient::new(cluster.channel(address).ok()?);
+    let described = copy
+        .describe_shard(DescribeShardRequest {
+            shard: entry.key.clone(),
+        })
+        .await
+        .ok()?;
+    Some(described.into_inner().next_offset)
+}
+
+/// A real partition: one replica is cut off from everyone who dials it —
+/// its leader's replication included — while it keeps heartbeating to
+/// membership, under load from four producers. The two other copies go on
+/// acknowledging; the cut-off copy falls behind; healed, it catches up to
+/// exactly the leader's log, and every acknowledged record is read back
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_cut_off_from_its_leader_falls_behind_and_catches_up_when_healed(
+) -> anyhow::Result<()> {
+    use freshet_e2e::load::{assert_acknowledged_readable_once, Producers};
+
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        worker_mode: WorkerMode::Process,
+        worker_proxies: true,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "partitioned", 1).await?;
+    let map = cluster.frontend.router().map().clone();
+    let entry = || {
+        map.read(|m| m.stream_entries(&stream_arn("partitioned")))
+            .into_iter()
+            .next()
+    };
+    freshet_e2e::wait_until(Duration::from_secs(10), || async { entry().is_some() }).await?;
+    let first = entry().expect("the shard");
+    let cut_id = first.replica_worker_ids[1].clone();
+    let cut = worker_index(&cluster, &cut_id);
+    let cut_listen = cluster.workers[cut]
+        .listen
+        .clone()
+        .expect("a worker behind a proxy");
+    let leader_listen = cluster.workers[worker_index(&cluster, &first.leader_worker_id)]
+        .listen
+        .clone()
+        .expect("a worker behind a proxy");
+
+    let producers = Producers::start(&client, "partitioned", 4, 10);
+    freshet_e2e::wait_until(Duration::from_secs(60), || async {
+        producers.count() >= 200
+    })
+    .await?;
+    cluster.cut_worker(cut)?;
+    let at_cut = producers.count();
+    freshet_e2e::wait_until(Duration::from_secs(60), || async {
+        producers.count() >= at_cut + 400
+    })
+    .await
+    .context("writes stopped while one replica was cut off")?;
+    let (Some(behind), Some(leader_end)) = (
+        end_at(&cluster, &cut_listen, &first).await,
+        end_at(&cluster, &leader_listen, &first).await,
+    ) else {
+        anyhow::bail!("a copy did not answer on its own port");
+    };
+    assert!(
+        behind < leader_end,
+        "the cut-off copy kept up ({behind} of {leader_end})"
+    );
+    let still = entry().expect("the shard");
+    assert_eq!(
+        (still.epoch, still.leader_worker_id.as_str()),
+        (first.epoch, first.leader_worker_id.as_str()),
+        "no failover: the leader and membership still talk"
+    );
+
+    cluster.heal_worker(cut)?;
+    let at_heal = producers.count();
+    freshet_e2e::wait_until(Duration::from_secs(60), || async {
+        producers.count() >= at_heal + 200
+    })
+    .await?;
+    let acknowledged = producers.stop().await?;
+    freshet_e2e::wait_until(Duration::from_secs(60), || async {
+        let (copy, leader) = (
+            end_at(&cluster, &cut_listen, &first).await,
+            end_at(&cluster, &leader_listen, &first).await,
+        );
+        copy.is_some() && copy == leader
+    })
+    .await
+    .context("the healed copy did not catch up")?;
+    assert_acknowledged_readable_once(&client, "partitioned", &acknowledged).await?;
+    let last = entry().expect("the shard");
+    cluster.stop_workers().await;
+    let leader = shard_log(&cluster, &last.leader_worker_id, &last)?;
+    let healed = shard_log(&cluster, &cut_id, &last)?;
+    assert!(
+        healed == leader,
+        "the healed copy differs from the leader's"
     );
     cluster.shutdown().await;
     Ok(())

@@ -470,6 +470,7 @@ async fn internal_calls_without_the_deployment_token_are_refused_in_secure_mode(
             availability_zone: "az-a".into(),
             address: "127.0.0.1:1".into(),
             disk_id: String::new(),
+            disk_confirmed: false,
         })
         .await;
     assert_eq!(

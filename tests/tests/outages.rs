@@ -232,6 +232,7 @@ async fn a_change_whose_commit_answer_was_lost_is_read_back_and_broadcast() -> a
             availability_zone: leader.zone.to_owned(),
             address: before.leader_address.clone(),
             disk_id: String::new(),
+            disk_confirmed: false,
         })
         .await?;
     assert!(proxy.commit_trapped(), "the commit's answer was lost");

@@ -64,7 +64,7 @@ use std::sync::{Arc, Mutex, RwLock};
 pub use epochs::{EpochHistory, EpochStart};
 use error::io_error;
 pub use error::{LogError, LogResult};
-pub use rebuild::{mark_rebuilding, open_or_rebuild, Opened};
+pub use rebuild::{create_rebuilding, open_or_rebuild, Opened};
 pub use records::{batch_checksum, Appended, LogConfig, NewRecord, ReadBatch, StoredRecord};
 use segment::{Segment, FRAME_HEADER_LEN};
 

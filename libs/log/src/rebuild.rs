@@ -217,15 +217,24 @@ impl ShardLog {
     }
 }
 
-/// Marks the log in `dir` (created if missing) as a copy to rebuild from
-/// its peers, one that must reach at least `needed_end` (and each newer
-/// leader's end) before it votes or leads — a copy whose disk was replaced.
-/// A log already marked keeps its marker.
-pub fn mark_rebuilding(dir: &Path, needed_end: u64) -> LogResult<()> {
-    if read_rebuilding(dir)?.is_some() {
+/// Creates the log directory `dir` (its parent must exist) as a copy to
+/// rebuild from its peers before it votes or leads — one a replaced disk
+/// lost. Prepared beside it and renamed into place, so a crash never leaves
+/// it empty and unmarked. A directory that exists is left as it is.
+pub fn create_rebuilding(dir: &Path) -> LogResult<()> {
+    let replacement = replacement_dir(dir);
+    finish_interrupted_swap(dir, &replacement)?;
+    if dir.exists() {
         return Ok(());
     }
-    write_rebuilding(dir, needed_end)
+    remove_dir_if_present(&replacement)?;
+    fs::create_dir(&replacement).map_err(io_error("create directory", &replacement))?;
+    write_rebuilding(&replacement, 0)?;
+    fs::rename(&replacement, dir).map_err(io_error("move a rebuilding log in", dir))?;
+    match dir.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
 }
 
 /// The rebuilding marker of the log in `dir`, if any.

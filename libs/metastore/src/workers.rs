@@ -8,16 +8,20 @@ use crate::rows::WorkerRow;
 use crate::MetaStore;
 
 impl MetaStore {
-    /// Registers a worker (or updates it) with the disk its data lives on;
-    /// answers the disk it was registered with before (`None` for a new
-    /// worker, `Some("")` for one registered before disks had ids).
+    /// Registers a worker (or updates it) with the disk its data lives on
+    /// (kept only once `disk_confirmed`); answers the disk it was
+    /// registered with before (`None` for a new worker, `Some("")` for one
+    /// whose disk no registration confirmed yet).
     pub async fn upsert_worker(
         &self,
         worker_id: &str,
         availability_zone: &str,
         address: &str,
         disk_id: &str,
+        disk_confirmed: bool,
     ) -> Result<Option<String>> {
+        // An id is remembered only once the worker confirms it is durable.
+        let remembered = if disk_confirmed { disk_id } else { "" };
         let previous: Option<Option<String>> = sqlx::query_scalar(
             "WITH previous AS (SELECT disk_id FROM workers WHERE worker_id = $1) \
              INSERT INTO workers (worker_id, availability_zone, address, disk_id) VALUES ($1, $2, $3, $4) \
@@ -29,7 +33,7 @@ impl MetaStore {
         .bind(worker_id)
         .bind(availability_zone)
         .bind(address)
-        .bind(disk_id)
+        .bind(remembered)
         .fetch_optional(&self.pool)
         .await
         .db("register worker")?;

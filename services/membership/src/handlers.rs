@@ -40,6 +40,7 @@ impl Membership for MembershipService {
                 &request.availability_zone,
                 &request.address,
                 &request.disk_id,
+                request.disk_confirmed,
             )
             .await
             .map_err(store_error)?;
@@ -50,9 +51,10 @@ impl Membership for MembershipService {
             "worker registered"
         );
         // A replaced disk: every copy the worker held is gone. It is told
-        // which, and rebuilds them before they vote or lead. (Answered on
-        // every registration until one with this disk succeeds: the worker
-        // makes its disk id durable only after marking the copies.)
+        // which, and rebuilds them before they vote or lead. Answered on
+        // every registration with this disk until one confirms it (the
+        // worker makes its id durable only after marking the copies, then
+        // registers again), so a lost answer is answered again.
         let replaced = previous_disk
             .is_some_and(|previous| !previous.is_empty() && previous != request.disk_id)
             && !request.disk_id.is_empty();

@@ -4,12 +4,17 @@
 //! every copy it held is gone — its empty copies must not vote as if they
 //! still held what the old disk acknowledged. Membership answers which
 //! copies those were (`RegisterWorkerResponse.lost_copies`), and the worker
-//! rebuilds them from their peers (`freshet_log::mark_rebuilding`).
+//! rebuilds them from their peers (`freshet_log::create_rebuilding`).
 //!
-//! Order makes it crash-safe: the id of a fresh directory is written only
-//! after the lost copies are marked, and until then every log the worker
-//! creates is marked rebuilding too (`ShardRegistry`), so no empty copy
-//! made on a replaced disk ever answers an election as a voter.
+//! Order makes it crash-safe: membership remembers an id only from a
+//! registration that says it is durable; the worker writes a fresh id only
+//! after marking the copies membership named, then registers again with it
+//! confirmed; and until a confirmed registration has been answered (on
+//! every start), the worker creates no log at all (`ShardRegistry`). So no
+//! empty copy on a replaced disk ever answers an election as a voter: a
+//! lost answer, or a crash at any point, only means being told again.
+//! A worker whose earlier registrations named no disk (upgraded from a
+//! build without disk ids) is not checked until its id is confirmed once.
 
 use std::io::Write;
 use std::path::Path;

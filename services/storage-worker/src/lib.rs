@@ -132,7 +132,7 @@ pub struct Config {
 /// forever, registering again if membership forgot this worker.
 async fn stay_registered(
     mut membership: MembershipClient<TracedChannel>,
-    registration: RegisterWorkerRequest,
+    mut registration: RegisterWorkerRequest,
     interval: Duration,
     lease: Arc<lease::Lease>,
     metrics: Arc<metrics::WorkerMetrics>,
@@ -144,7 +144,18 @@ async fn stay_registered(
             match membership.register_worker(registration.clone()).await {
                 // Heartbeat at once: the lease comes with heartbeats.
                 Ok(answer) => match disk.confirm(answer.into_inner().lost_copies).await {
-                    Ok(()) => must_register = false,
+                    // A new disk id is durable now: registering again
+                    // with it confirmed makes membership remember it.
+                    Ok(()) if !registration.disk_confirmed => {
+                        registration.disk_confirmed = true;
+                        continue;
+                    }
+                    // Membership has this disk's id and every lost copy
+                    // is marked: logs may be created again.
+                    Ok(()) => {
+                        disk.shards.set_unconfirmed_disk(false);
+                        must_register = false;
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "cannot mark the copies lost with the old disk; registering again")
                     }
@@ -192,8 +203,7 @@ struct Disk {
 
 impl Disk {
     /// Marks the copies lost with a replaced disk to be rebuilt, then makes
-    /// a new directory's id durable: from then on, logs are created as
-    /// ordinary empty copies.
+    /// a new directory's id durable.
     async fn confirm(
         &mut self,
         lost_copies: Vec<freshet_proto::v1::LostCopy>,
@@ -220,7 +230,6 @@ impl Disk {
             .await
             .map_err(|error| error.to_string())?
             .map_err(|error| format!("write the disk id: {error}"))?;
-            self.shards.set_unconfirmed_disk(false);
         }
         Ok(())
     }
@@ -524,12 +533,16 @@ pub async fn run(
         .await
         .map_err(|error| RunError::DiskIdentity(std::io::Error::other(error)))?
         .map_err(RunError::DiskIdentity)?;
-    shards.set_unconfirmed_disk(identity.fresh);
+    // Until membership has answered a registration with this disk's id
+    // confirmed, no log is created: one that a replaced disk lost must be
+    // marked before anything could open it empty (`disk.rs`).
+    shards.set_unconfirmed_disk(true);
     let registration = RegisterWorkerRequest {
         worker_id: config.worker_id.clone(),
         availability_zone: config.availability_zone.clone(),
         address: address.clone(),
         disk_id: identity.id.clone(),
+        disk_confirmed: !identity.fresh,
     };
     background.spawn_loop(stay_registered(
         freshet_server::membership_client(membership_channel),

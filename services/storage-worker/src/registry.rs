@@ -32,8 +32,8 @@ pub struct ShardRegistry {
     /// still finishing (two writers on one directory).
     closed: std::sync::atomic::AtomicBool,
     /// Set while the data directory's id is new and not yet confirmed with
-    /// membership (`disk.rs`): every log created meanwhile is a copy to
-    /// rebuild, in case the disk replaced one that held it.
+    /// membership (`disk.rs`): no log is created meanwhile, in case the
+    /// disk replaced one that held it.
     unconfirmed_disk: std::sync::atomic::AtomicBool,
 }
 
@@ -100,14 +100,20 @@ impl ShardRegistry {
             key.segment,
             crate::writer::now_ms()
         ));
-        let unconfirmed_disk = self
+        // A new disk not yet confirmed may have replaced one that held this
+        // copy: nothing is created on it until membership has said which
+        // copies were lost (an election waits for a copy that cannot
+        // answer; it must never hear an empty one).
+        if self
             .unconfirmed_disk
-            .load(std::sync::atomic::Ordering::Acquire);
+            .load(std::sync::atomic::Ordering::Acquire)
+            && !tokio::fs::try_exists(&dir).await.unwrap_or(false)
+        {
+            return Err(WriteError::Refused(
+                "this worker's disk is new and not yet confirmed with membership".to_owned(),
+            ));
+        }
         let log = tokio::task::spawn_blocking(move || {
-            if unconfirmed_disk && !dir.exists() {
-                freshet_log::create_dir_durably(&data_dir, &dir)?;
-                freshet_log::mark_rebuilding(&dir, 0)?;
-            }
             freshet_log::create_dir_durably(&data_dir, &dir)?;
             let log = match freshet_log::open_or_rebuild(&dir, &damaged_to, config, start_offset)? {
                 Opened::Intact(log) => log,
@@ -206,8 +212,8 @@ impl ShardRegistry {
             .map(Some)
     }
 
-    /// While the data directory is new and unconfirmed, every log created
-    /// is marked to be rebuilt (see `disk.rs`).
+    /// While the data directory is new and unconfirmed, no log is created
+    /// (see `disk.rs`).
     pub fn set_unconfirmed_disk(&self, unconfirmed: bool) {
         self.unconfirmed_disk
             .store(unconfirmed, std::sync::atomic::Ordering::Release);
@@ -224,11 +230,10 @@ impl ShardRegistry {
         }
         let (data_dir, dir) = (self.data_dir.clone(), self.shard_dir(key));
         tokio::task::spawn_blocking(move || {
-            if dir.exists() {
-                return Ok(());
+            if let Some(parent) = dir.parent() {
+                freshet_log::create_dir_durably(&data_dir, parent)?;
             }
-            freshet_log::create_dir_durably(&data_dir, &dir)?;
-            freshet_log::mark_rebuilding(&dir, 0)
+            freshet_log::create_rebuilding(&dir)
         })
         .await
         .map_err(|e| WriteError::task("mark a lost copy", e))??;

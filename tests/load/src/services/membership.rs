@@ -470,6 +470,7 @@ async fn heartbeat(
                 // Never dialled: nothing is placed on a simulated worker.
                 address: "127.0.0.1:1".into(),
                 disk_id: String::new(),
+                disk_confirmed: false,
             };
             let timeout = context.timeout;
             calls.spawn(async move {

@@ -221,6 +221,7 @@ async fn a_leader_frozen_past_its_lease_acknowledges_nothing_when_it_wakes() -> 
                 first_offset: end_before.next_offset,
                 arrival_ms: 0,
                 records_crc32: freshet_log::batch_checksum([("stale", &data[..])]),
+                leader_next_offset: end_before.next_offset + 1,
                 records: vec![RecordToAppend {
                     partition_key: "stale".to_owned(),
                     data: data.clone(),

@@ -174,6 +174,20 @@ impl ShardLog {
         self.lock_writer().rebuilding.map(|r| r.needed_end)
     }
 
+    /// A request from the leader of `epoch`, whose log ends at
+    /// `leader_end`, reached this copy: while it is rebuilt, the first such
+    /// request from each newer leader raises the end it must reach (what
+    /// [`ShardLog::replicate`] does with the end of the batch itself, with
+    /// the leader's whole log instead). A request from an older epoch than
+    /// this copy knows counts for nothing (it is refused anyway).
+    pub fn hear_leader(&self, epoch: u64, leader_end: u64) -> LogResult<()> {
+        let mut writer = self.lock_writer();
+        if writer.refuse_older_than_latest(epoch).is_err() {
+            return Ok(());
+        }
+        self.note_leader(&mut writer, epoch, leader_end)
+    }
+
     /// Refuses to lead while this copy is rebuilt.
     pub(super) fn refuse_leading_while_rebuilding(writer: &Writer) -> LogResult<()> {
         match writer.rebuilding {

@@ -866,3 +866,21 @@ fn a_swap_interrupted_after_the_damaged_log_moved_aside_is_finished() {
     assert_eq!(log.rebuilding_until(), Some(42), "the empty copy is marked");
     assert!(!replacement.exists());
 }
+
+#[test]
+fn a_rebuilt_copy_must_reach_the_leaders_whole_log_not_only_the_first_batch_it_sees() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("log");
+    fs::create_dir(&dir).expect("mkdir");
+    create_rebuilding(&dir.join("copy")).expect("create");
+    let log = ShardLog::open(&dir.join("copy"), small_segments()).expect("open");
+    assert_eq!(log.rebuilding_until(), Some(0));
+    // The leader (log ending at 50) starts catching the copy up at 0.
+    log.hear_leader(2, 50).expect("heard");
+    log.replicate(2, &epochs(&[(2, 0)]), 0, 1, &[record("k", "0")])
+        .expect("catch up");
+    assert_eq!(log.rebuilding_until(), Some(50));
+    // A deposed leader's word counts for nothing.
+    log.hear_leader(1, 500).expect("heard");
+    assert_eq!(log.rebuilding_until(), Some(50));
+}

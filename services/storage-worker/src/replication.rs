@@ -336,6 +336,7 @@ impl Replicator {
         }
         let committed = log.committed_offset();
         let epochs = epochs_to_wire(log);
+        let leader_end = batch.first_offset + batch.records.len() as u64;
         let records: Vec<RecordToAppend> = batch
             .records
             .iter()
@@ -349,6 +350,7 @@ impl Replicator {
                 epoch: entry.epoch,
                 epochs: &epochs,
                 address,
+                leader_end,
             };
             let records = &records;
             let batch = &batch;
@@ -366,7 +368,6 @@ impl Replicator {
             }
         });
         let mut acknowledged: Vec<String> = Vec::new();
-        let leader_end = batch.first_offset + batch.records.len() as u64;
         let outcomes = futures::future::join_all(sends).await;
         for (worker_id, outcome) in outcomes {
             self.record_lag(&worker_id, leader_end, outcome.end);
@@ -589,6 +590,7 @@ impl Replicator {
                 epoch: entry.epoch,
                 epochs: &epochs,
                 address,
+                leader_end: target,
             };
             let known = self.replica_ends.get(worker_id).copied();
             let outcome =
@@ -621,6 +623,8 @@ struct ReplicaTarget<'a> {
     /// The leader's epoch history, sent with every request.
     epochs: &'a [EpochStart],
     address: &'a str,
+    /// Where the leader's log ends (with the batch being sent, if any).
+    leader_end: u64,
 }
 
 struct SendOutcome {
@@ -653,6 +657,7 @@ impl ReplicaTarget<'_> {
                 leader_committed_offset: committed,
                 leader_epochs: self.epochs.to_vec(),
                 records_crc32,
+                leader_next_offset: self.leader_end,
             })
             .await
             .map_err(|status| {

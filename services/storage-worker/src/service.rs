@@ -400,7 +400,9 @@ impl Storage for StorageService {
         // request before this one is written.
         let sent = records.len();
         let write_started = std::time::Instant::now();
+        let leader_end = request.leader_next_offset;
         let replicated = tokio::task::spawn_blocking(move || {
+            log.hear_leader(epoch, leader_end)?;
             let end_before = log.next_offset();
             let replicated =
                 log.replicate(epoch, &leader_epochs, first_offset, arrival_ms, &records)?;

@@ -562,6 +562,7 @@ async fn replicate(
             // nothing.
             leader_epochs: replica.epochs.clone(),
             records_crc32,
+            leader_next_offset: replica.end,
         };
         let mut client = replica.client;
         async move {

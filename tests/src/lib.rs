@@ -682,6 +682,14 @@ impl Cluster {
     }
 
     /// The process id of a process worker.
+    /// The index of the worker with this id.
+    pub fn worker_index(&self, worker_id: &str) -> anyhow::Result<usize> {
+        self.workers
+            .iter()
+            .position(|w| w.worker_id == worker_id)
+            .with_context(|| format!("no worker {worker_id} in the cluster"))
+    }
+
     /// Cuts worker `index` off from everyone who dials it (its proxy
     /// refuses and drops connections); its own calls still go out.
     pub fn cut_worker(&self, index: usize) -> anyhow::Result<()> {

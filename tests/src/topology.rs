@@ -38,6 +38,20 @@ pub struct DevTopology {
     _group: ProcessGroupGuard,
 }
 
+/// The workspace's root directory (where `deploy/dev.sh` is).
+pub fn workspace() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where the workspace's binaries were built (for `FRESHET_BIN_DIR`).
+pub fn bin_dir() -> anyhow::Result<String> {
+    Ok(crate::workspace_binary("freshet-frontend")?
+        .parent()
+        .context("bin dir")?
+        .to_string_lossy()
+        .into_owned())
+}
+
 /// The first of `count` consecutive free loopback ports.
 fn free_port_block(count: u16) -> anyhow::Result<u16> {
     // Topologies started by one test process (tests run in parallel) look

@@ -161,6 +161,22 @@ fn segment_dir(
         .join(entry.segment_index.to_string())
 }
 
+/// What the copy at `address` says of its segment of `entry`'s shard.
+async fn describe(
+    cluster: &Cluster,
+    address: &str,
+    entry: &freshet_shardmap::ShardMapEntry,
+) -> Option<freshet_proto::v1::DescribeShardResponse> {
+    let mut copy = StorageClient::new(cluster.channel(address).ok()?);
+    let described = copy
+        .describe_shard(DescribeShardRequest {
+            shard: entry.key.clone(),
+        })
+        .await
+        .ok()?;
+    Some(described.into_inner())
+}
+
 /// Where `worker_id`'s copy of the shard ends, and whether it is being
 /// rebuilt, if it answers.
 async fn copy_state(
@@ -172,29 +188,17 @@ async fn copy_state(
         .replica_worker_ids
         .iter()
         .position(|id| id == worker_id)?;
-    let address = entry.replica_addresses.get(index)?;
-    let mut copy = StorageClient::new(cluster.channel(address).ok()?);
-    let described = copy
-        .describe_shard(DescribeShardRequest {
-            shard: entry.key.clone(),
-        })
-        .await
-        .ok()?
-        .into_inner();
+    let described = describe(cluster, entry.replica_addresses.get(index)?, entry).await?;
     Some((described.next_offset, described.rebuilding))
 }
 
 /// Where the leader's log ends, if it answers.
 async fn leader_end(cluster: &Cluster, entry: &freshet_shardmap::ShardMapEntry) -> Option<u64> {
-    let mut leader = StorageClient::new(cluster.channel(&entry.leader_address).ok()?);
-    let described = leader
-        .describe_shard(DescribeShardRequest {
-            shard: entry.key.clone(),
-        })
-        .await
-        .ok()?
-        .into_inner();
-    Some(described.next_offset)
+    Some(
+        describe(cluster, &entry.leader_address, entry)
+            .await?
+            .next_offset,
+    )
 }
 
 /// Hole 5 of issue 13: a flipped byte in the middle of a committed,

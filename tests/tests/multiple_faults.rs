@@ -34,14 +34,6 @@ fn only_entry(cluster: &Cluster, stream: &str) -> Option<ShardMapEntry> {
         .next()
 }
 
-fn worker_index(cluster: &Cluster, worker_id: &str) -> usize {
-    cluster
-        .workers
-        .iter()
-        .position(|w| w.worker_id == worker_id)
-        .expect("a worker of the cluster")
-}
-
 fn signal(cluster: &Cluster, index: usize, signal: Signal) -> anyhow::Result<()> {
     let pid = cluster
         .worker_pid(index)
@@ -116,9 +108,9 @@ async fn a_lagging_copy_left_alone_after_two_failures_is_not_elected() -> anyhow
         })
         .await?;
         let first = only_entry(&cluster, &stream).expect("an entry");
-        let a = worker_index(&cluster, &first.leader_worker_id);
+        let a = cluster.worker_index(&first.leader_worker_id)?;
         let c_id = first.replica_worker_ids[1].clone();
-        let c = worker_index(&cluster, &c_id);
+        let c = cluster.worker_index(&c_id)?;
         let c_address = first.replica_addresses[1].clone();
 
         let mut acked = HashSet::new();
@@ -160,7 +152,7 @@ async fn a_lagging_copy_left_alone_after_two_failures_is_not_elected() -> anyhow
             !moved.next_voter_ids.is_empty() && moved.voter_ids.contains(&first.leader_worker_id),
             "{moved:?}"
         );
-        let b = worker_index(&cluster, &moved.leader_worker_id);
+        let b = cluster.worker_index(&moved.leader_worker_id)?;
         cluster.kill_worker(b).await?;
         signal(&cluster, c, Signal::SIGCONT)?;
         let c_end = copy_end(&cluster, &c_address, &first).await?;
@@ -225,9 +217,9 @@ async fn a_worker_back_with_a_replaced_disk_does_not_vote_before_it_has_rebuilt(
     })
     .await?;
     let first = only_entry(&cluster, "replaced").expect("an entry");
-    let a = worker_index(&cluster, &first.leader_worker_id);
-    let b = worker_index(&cluster, &first.replica_worker_ids[0]);
-    let c = worker_index(&cluster, &first.replica_worker_ids[1]);
+    let a = cluster.worker_index(&first.leader_worker_id)?;
+    let b = cluster.worker_index(&first.replica_worker_ids[0])?;
+    let c = cluster.worker_index(&first.replica_worker_ids[1])?;
     let c_id = first.replica_worker_ids[1].clone();
 
     let mut acked = HashSet::new();

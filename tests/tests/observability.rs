@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::ShardIteratorType;
-use freshet_e2e::topology::DevTopology;
+use freshet_e2e::topology::{bin_dir, workspace, DevTopology};
 use freshet_e2e::{create_active_stream, kinesis_client, wait_until, workspace_binary};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -127,18 +127,6 @@ impl Collector {
     fn spans(&self) -> Vec<Received> {
         self.spans.lock().map(|s| s.clone()).unwrap_or_default()
     }
-}
-
-fn workspace() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn bin_dir() -> anyhow::Result<String> {
-    Ok(workspace_binary("freshet-frontend")?
-        .parent()
-        .context("bin dir")?
-        .to_string_lossy()
-        .into_owned())
 }
 
 /// The spans of one trace, by span id.

@@ -272,14 +272,6 @@ async fn leader_tail(
     Some(tail.into_inner())
 }
 
-fn worker_index(cluster: &Cluster, worker_id: &str) -> usize {
-    cluster
-        .workers
-        .iter()
-        .position(|w| w.worker_id == worker_id)
-        .expect("a worker of the cluster")
-}
-
 /// Hole 4 of issue 13. Retention runs fast here (a retention hour lasts
 /// 100 ms, so a stream keeps records 2.4 s). A shard's leader in zone a is
 /// killed once every copy has trimmed its oldest records; the new leader's
@@ -316,7 +308,7 @@ async fn a_replacement_replica_catches_up_from_a_trimmed_log() -> anyhow::Result
             .find(|e| e.starting_hash_key == entry.starting_hash_key)
             .expect("the shard stays in the map")
     };
-    let old_leader = worker_index(&cluster, &entry.leader_worker_id);
+    let old_leader = cluster.worker_index(&entry.leader_worker_id)?;
     let spare_id = cluster
         .workers
         .iter()
@@ -375,7 +367,7 @@ async fn a_replacement_replica_catches_up_from_a_trimmed_log() -> anyhow::Result
         .find(|id| **id != spare_id)
         .cloned()
         .expect("a third copy");
-    cluster.kill_worker(worker_index(&cluster, &other)).await?;
+    cluster.kill_worker(cluster.worker_index(&other)?).await?;
     assert_eq!(
         fill_shard(&client, "expiring", &hash_key, 5).await?,
         50,
@@ -452,12 +444,12 @@ async fn a_replica_cut_off_from_its_leader_falls_behind_and_catches_up_when_heal
     freshet_e2e::wait_until(Duration::from_secs(10), || async { entry().is_some() }).await?;
     let first = entry().expect("the shard");
     let cut_id = first.replica_worker_ids[1].clone();
-    let cut = worker_index(&cluster, &cut_id);
+    let cut = cluster.worker_index(&cut_id)?;
     let cut_listen = cluster.workers[cut]
         .listen
         .clone()
         .expect("a worker behind a proxy");
-    let leader_listen = cluster.workers[worker_index(&cluster, &first.leader_worker_id)]
+    let leader_listen = cluster.workers[cluster.worker_index(&first.leader_worker_id)?]
         .listen
         .clone()
         .expect("a worker behind a proxy");

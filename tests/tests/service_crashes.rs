@@ -7,19 +7,29 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use freshet_e2e::load::{assert_acknowledged_readable_once, Producers};
-use freshet_e2e::topology::{DevTopology, Service};
-use freshet_e2e::{create_active_stream, kinesis_client, wait_until, workspace_binary};
+use freshet_e2e::topology::{bin_dir, workspace, DevTopology, Service};
+use freshet_e2e::{create_active_stream, kinesis_client, wait_until};
 
-fn workspace() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+/// Per-shard limits off: the producers write as fast as they can.
+const NO_SHARD_LIMITS: [(&str, &str); 4] = [
+    ("FRESHET_SHARD_WRITE_BYTES_PER_SEC", "0"),
+    ("FRESHET_SHARD_WRITE_RECORDS_PER_SEC", "0"),
+    ("FRESHET_SHARD_READ_BYTES_PER_SEC", "0"),
+    ("FRESHET_SHARD_READ_CALLS_PER_SEC", "0"),
+];
 
-fn bin_dir() -> anyhow::Result<String> {
-    Ok(workspace_binary("freshet-frontend")?
-        .parent()
-        .context("bin dir")?
-        .to_string_lossy()
-        .into_owned())
+/// `client` without the SDK's own retries: a PutRecords whose connection a
+/// killed service dropped may have been written, and sending it again
+/// would store its records twice — a duplicate the client makes, which
+/// Kinesis does not prevent either. Producers go on with new records.
+fn without_retries(client: &aws_sdk_kinesis::Client) -> aws_sdk_kinesis::Client {
+    aws_sdk_kinesis::Client::from_conf(
+        client
+            .config()
+            .to_builder()
+            .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
+            .build(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -31,31 +41,12 @@ async fn every_service_but_the_workers_can_be_killed_under_load_without_losing_a
         &bin_dir()?,
         data_dir.path(),
         "crashes",
-        &[
-            ("FRESHET_DEV_RESTART", "1"),
-            // Per-shard limits off: the producers write as fast as they can.
-            ("FRESHET_SHARD_WRITE_BYTES_PER_SEC", "0"),
-            ("FRESHET_SHARD_WRITE_RECORDS_PER_SEC", "0"),
-            ("FRESHET_SHARD_READ_BYTES_PER_SEC", "0"),
-            ("FRESHET_SHARD_READ_CALLS_PER_SEC", "0"),
-        ],
+        &[&[("FRESHET_DEV_RESTART", "1")][..], &NO_SHARD_LIMITS].concat(),
     )
     .await?;
     let client = kinesis_client(&topology.endpoint);
     create_active_stream(&client, "survivor", 4).await?;
-    // The producers' SDK does not retry on its own: a PutRecords whose
-    // connection a killed frontend dropped may have been written, and
-    // sending it again would store its records twice — a duplicate the
-    // client makes, which Kinesis does not prevent either. Each producer
-    // goes on with new records instead.
-    let producer_client = aws_sdk_kinesis::Client::from_conf(
-        client
-            .config()
-            .to_builder()
-            .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
-            .build(),
-    );
-    let producers = Producers::start(&producer_client, "survivor", 4, 10);
+    let producers = Producers::start(&without_retries(&client), "survivor", 4, 10);
     wait_until(Duration::from_secs(60), || async {
         producers.count() >= 200
     })
@@ -121,28 +112,21 @@ async fn two_control_planes_killed_in_turn_mid_split_reuse_no_sequence_number() 
         data_dir.path(),
         "standby",
         &[
-            ("FRESHET_DEV_RESTART", "1"),
-            // Longer than the standby's 1 s look at the lock: the killed
-            // control plane comes back after the other took over.
-            ("FRESHET_DEV_RESTART_DELAY", "3"),
-            ("FRESHET_DEV_CONTROL_PLANES", "2"),
-            ("FRESHET_SHARD_WRITE_BYTES_PER_SEC", "0"),
-            ("FRESHET_SHARD_WRITE_RECORDS_PER_SEC", "0"),
-            ("FRESHET_SHARD_READ_BYTES_PER_SEC", "0"),
-            ("FRESHET_SHARD_READ_CALLS_PER_SEC", "0"),
-        ],
+            &[
+                ("FRESHET_DEV_RESTART", "1"),
+                // Longer than the standby's 1 s look at the lock: the
+                // killed control plane comes back after the other took over.
+                ("FRESHET_DEV_RESTART_DELAY", "3"),
+                ("FRESHET_DEV_CONTROL_PLANES", "2"),
+            ][..],
+            &NO_SHARD_LIMITS,
+        ]
+        .concat(),
     )
     .await?;
     let client = kinesis_client(&topology.endpoint);
     create_active_stream(&client, "resharded", 2).await?;
-    let producer_client = aws_sdk_kinesis::Client::from_conf(
-        client
-            .config()
-            .to_builder()
-            .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
-            .build(),
-    );
-    let producers = Producers::start(&producer_client, "resharded", 4, 10);
+    let producers = Producers::start(&without_retries(&client), "resharded", 4, 10);
     wait_until(Duration::from_secs(60), || async {
         producers.count() >= 200
     })

@@ -37,7 +37,7 @@
 //!
 //! 1. **Commit.** A leader acknowledges a batch only once a majority of
 //!    every voter set holds it, and at least `min_ack_copies` voters
-//!    (`services/storage-worker/src/replication.rs`). It commits under the
+//!    (`services/storage-worker/src/replication/`). It commits under the
 //!    configuration in its own shard map: the row's, or — until it applies
 //!    a change it asked for itself — the one before (a joint configuration
 //!    being left, or a stable one gaining voters). Each of those quorums
@@ -274,7 +274,7 @@ pub(crate) async fn copy_position(
 /// worker in a zone the shard does not use yet (a worker that came back
 /// after its shards were failed over away, or a new one), as a *learner*.
 /// Same leader, epoch and voters: the leader sends it every batch and fills
-/// it from its log (`services/storage-worker/src/replication.rs`), and
+/// it from its log (`services/storage-worker/src/replication/`), and
 /// reports it once it holds the whole log; only then does it become a
 /// voter (`reconfigure.rs`).
 async fn repair(

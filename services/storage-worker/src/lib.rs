@@ -20,7 +20,7 @@
 //! - `freshet-log` (libs/log) — segments, checksums, torn-tail recovery,
 //!   indexes, retention.
 //!
-//! - `replication.rs` — the leader sends each batch to the shard's replicas
+//! - `replication/` — the leader sends each batch to the shard's replicas
 //!   (in other zones) and commits it once enough copies have fsynced it;
 //!   lagging replicas are caught up from the leader's log, and a replica
 //!   that missed an epoch change drops what the new leader never had.

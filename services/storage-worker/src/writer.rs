@@ -7,7 +7,7 @@
 //! 2. The writer task takes every append waiting in its channel (up to
 //!    [`GROUP_COMMIT_MAX_BYTES`]), appends them to the log as one batch with
 //!    one fsync (still invisible to readers) while sending the same batch to
-//!    the shard's replicas (`replication.rs`), which fsync it too.
+//!    the shard's replicas (`replication/`), which fsync it too.
 //! 3. Once enough copies hold it (a majority by default), the batch is
 //!    committed — readers may see it — and each caller is answered with
 //!    where its records landed. An acknowledged record is on disk in a

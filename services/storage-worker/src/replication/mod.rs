@@ -36,20 +36,25 @@
 //! rather than acknowledge them on a single disk. Once the batch commits,
 //! the leader tells membership which copies hold its log while the voters
 //! may move on (a joint configuration, learners: [`Replicator::report_replicas`]).
+//!
+//! Here: the batch's way out and the ack rule; `catch_up.rs` — bringing a
+//! lagging replica up (records from the leader's log, or a restart at the
+//! leader's trim horizon); `reports.rs` — what the leader tells membership.
 
-use crate::metrics::{CopyLabels, WorkerMetrics};
-use freshet_metrics::Gauge;
+mod catch_up;
+mod reports;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use freshet_log::{NewRecord, ShardLog};
+use freshet_metrics::Gauge;
 use freshet_proto::v1::membership_client::MembershipClient;
 use freshet_proto::v1::storage_client::StorageClient;
 use freshet_proto::v1::{
-    EpochStart, InstallSnapshotRequest, RecordToAppend, ReplicateRequest, ShardKey, ShardMapEntry,
+    EpochStart, RecordToAppend, ReportReplicasRequest, ShardKey, ShardMapEntry,
 };
-use freshet_proto::v1::{ReportReplicasRequest, StepDownRequest};
 use freshet_server::TracedChannel;
 use freshet_shardmap::{voters_of, SharedShardMap};
 use freshet_types::Voters;
@@ -57,6 +62,8 @@ use freshet_types::Voters;
 use crate::error::WriteError;
 use crate::layout::SegmentKey;
 use crate::lease::Lease;
+use crate::metrics::{CopyLabels, WorkerMetrics};
+use catch_up::{ReplicaTarget, SendOutcome};
 
 /// How long the leader waits for one replica's answer.
 const REPLICA_TIMEOUT: Duration = Duration::from_secs(2);
@@ -428,378 +435,6 @@ impl Replicator {
         self.quorum(&voters_of(&entry), |id| {
             id == leader || self.replica_ends.get(id) == Some(&end)
         })
-    }
-
-    /// Tells membership which copies hold this leader's whole log up to
-    /// its commit point, while the shard's voters may move on: its
-    /// configuration is joint, or it has learners. Membership decides what
-    /// follows (`services/membership/src/reconfigure.rs`). Sent in the
-    /// background; the same report is repeated at most every
-    /// [`REPORT_REPEAT`].
-    pub fn report_replicas(&mut self, log: &ShardLog) {
-        let Some(entry) = self
-            .entry()
-            .filter(|e| e.leader_worker_id == self.context.worker_id)
-        else {
-            return;
-        };
-        let voters = voters_of(&entry);
-        let has_learners = entry
-            .replica_worker_ids
-            .iter()
-            .any(|id| !voters.contains(id));
-        if !voters.is_joint() && !has_learners {
-            return;
-        }
-        // A copy holds every committed batch once it holds this leader's
-        // log through its commit point and through the start of its epoch:
-        // batches committed under earlier leaders all lie below that start
-        // (this copy was elected holding them), later ones below the commit
-        // point. Having answered at this epoch, the copy adopted this
-        // leader's history, so its records there are this leader's.
-        let Some(epoch_start) = log
-            .epoch_history()
-            .entries()
-            .last()
-            .filter(|e| e.epoch == entry.epoch)
-            .map(|e| e.start_offset)
-        else {
-            return;
-        };
-        if self.ends_epoch != entry.epoch || !self.holds_lease() {
-            return;
-        }
-        let needed_end = log.committed_offset().max(epoch_start);
-        let holding: Vec<String> = std::iter::once(self.context.worker_id.clone())
-            .chain(
-                entry
-                    .replica_worker_ids
-                    .iter()
-                    .filter(|id| {
-                        self.replica_ends
-                            .get(*id)
-                            .is_some_and(|end| *end >= needed_end)
-                    })
-                    .cloned(),
-            )
-            .collect();
-        let (voter_ids, next_voter_ids) = voters.to_lists();
-        let report = ReportReplicasRequest {
-            shard: Some(self.shard.clone()),
-            epoch: entry.epoch,
-            voter_ids,
-            next_voter_ids,
-            holding,
-        };
-        if self
-            .last_report
-            .as_ref()
-            .is_some_and(|(last, at)| *last == report && at.elapsed() < REPORT_REPEAT)
-        {
-            return;
-        }
-        self.last_report = Some((report.clone(), std::time::Instant::now()));
-        let mut membership = self.context.membership.clone();
-        let shard_id = self.shard.shard_id.clone();
-        tokio::spawn(async move {
-            match membership.report_replicas(report).await {
-                Ok(answer) if answer.get_ref().changed => {
-                    tracing::info!(shard_id, "membership moved the shard's voters on")
-                }
-                Ok(_) => {}
-                Err(status) => {
-                    tracing::debug!(shard_id, code = ?status.code(), message = status.message(), "replica report not taken")
-                }
-            }
-        });
-    }
-
-    /// Asks membership to let another voter lead: this copy is rebuilt
-    /// after damage on disk and refuses to lead until it holds what it
-    /// once held (`freshet_log::open_or_rebuild`). Sent in the background.
-    fn step_down(&mut self, entry: &ShardMapEntry) {
-        if self
-            .last_step_down
-            .is_some_and(|at| at.elapsed() < REPORT_REPEAT)
-        {
-            return;
-        }
-        self.last_step_down = Some(std::time::Instant::now());
-        let request = StepDownRequest {
-            shard: Some(self.shard.clone()),
-            epoch: entry.epoch,
-            worker_id: self.context.worker_id.clone(),
-        };
-        let mut membership = self.context.membership.clone();
-        let shard_id = self.shard.shard_id.clone();
-        tokio::spawn(async move {
-            match membership.step_down(request).await {
-                Ok(answer) if answer.get_ref().moved => {
-                    tracing::warn!(
-                        shard_id,
-                        "stepped down: another voter leads while this copy is rebuilt"
-                    )
-                }
-                Ok(_) => tracing::warn!(
-                    shard_id,
-                    "asked to step down; the shard waits for its voters"
-                ),
-                Err(status) => {
-                    tracing::warn!(shard_id, code = ?status.code(), message = status.message(), "step-down refused")
-                }
-            }
-        });
-    }
-
-    /// While the shard is idle: brings every replica whose log end is not
-    /// known to match the leader's up to date, passes on the commit point,
-    /// and commits the leader's whole log once enough copies hold it.
-    /// Bounded by `deadline` per replica.
-    pub async fn catch_up(&mut self, log: &Arc<ShardLog>, deadline: Duration) {
-        // A worker without a lease sends nothing: it may have been deposed.
-        let Some(entry) = self
-            .entry()
-            .filter(|e| e.leader_worker_id == self.context.worker_id)
-            .filter(|_| self.holds_lease())
-        else {
-            return;
-        };
-        self.forget_ends_of_other_epochs(&entry);
-        if log.rebuilding_until().is_some() {
-            self.step_down(&entry);
-            return;
-        }
-        if let Err(error) = begin_leading(log, entry.epoch).await {
-            tracing::warn!(shard_id = self.shard.shard_id, %error, "cannot take up leadership");
-            return;
-        }
-        let target = log.next_offset();
-        let committed = log.committed_offset();
-        let epochs = epochs_to_wire(log);
-        for (worker_id, address) in entry
-            .replica_worker_ids
-            .iter()
-            .zip(&entry.replica_addresses)
-        {
-            if self.replica_ends.get(worker_id) == Some(&target) {
-                continue;
-            }
-            let replica = ReplicaTarget {
-                context: &self.context,
-                shard: &self.shard,
-                epoch: entry.epoch,
-                epochs: &epochs,
-                address,
-                leader_end: target,
-            };
-            let known = self.replica_ends.get(worker_id).copied();
-            let outcome =
-                tokio::time::timeout(deadline, replica.bring_up_to(log, known, target, committed))
-                    .await;
-            match outcome {
-                Ok(Some(end)) => {
-                    self.replica_ends.insert(worker_id.clone(), end);
-                }
-                Ok(None) | Err(_) => {
-                    self.replica_ends.remove(worker_id);
-                }
-            }
-        }
-        // A new leader (after failover or restart) may hold records that
-        // were acknowledged under its predecessor but not yet marked
-        // committed here. Once enough replicas hold the whole log — and so,
-        // having answered this epoch, its start — all of it is committed.
-        if committed < target && self.enough_replicas_hold(target) && self.holds_lease() {
-            log.commit(target);
-        }
-        self.report_replicas(log);
-    }
-}
-
-struct ReplicaTarget<'a> {
-    context: &'a ReplicationContext,
-    shard: &'a ShardKey,
-    epoch: u64,
-    /// The leader's epoch history, sent with every request.
-    epochs: &'a [EpochStart],
-    address: &'a str,
-    /// Where the leader's log ends (with the batch being sent, if any).
-    leader_end: u64,
-}
-
-struct SendOutcome {
-    acknowledged: bool,
-    /// Where the replica's log ends now, if known.
-    end: Option<u64>,
-}
-
-impl ReplicaTarget<'_> {
-    async fn call(
-        &self,
-        first_offset: u64,
-        arrival_ms: i64,
-        records: Vec<RecordToAppend>,
-        committed: u64,
-    ) -> Result<(bool, u64), WriteError> {
-        let mut client = self.context.client(self.address)?;
-        let records_crc32 = freshet_log::batch_checksum(
-            records
-                .iter()
-                .map(|r| (r.partition_key.as_str(), &r.data[..])),
-        );
-        let response = client
-            .replicate(ReplicateRequest {
-                shard: Some(self.shard.clone()),
-                epoch: self.epoch,
-                first_offset,
-                arrival_ms,
-                records,
-                leader_committed_offset: committed,
-                leader_epochs: self.epochs.to_vec(),
-                records_crc32,
-                leader_next_offset: self.leader_end,
-            })
-            .await
-            .map_err(|status| {
-                WriteError::Replication(format!("{:?}: {}", status.code(), status.message()))
-            })?
-            .into_inner();
-        Ok((response.accepted, response.next_offset))
-    }
-
-    /// Restarts a replica whose log ends below `horizon` (what it misses
-    /// has expired here) at `horizon`; answers where its log ends.
-    async fn install_snapshot(&self, horizon: u64) -> Result<(bool, u64), WriteError> {
-        let mut client = self.context.client(self.address)?;
-        let response = client
-            .install_snapshot(InstallSnapshotRequest {
-                shard: Some(self.shard.clone()),
-                epoch: self.epoch,
-                start_offset: horizon,
-                leader_epochs: self.epochs.to_vec(),
-            })
-            .await
-            .map_err(|status| {
-                WriteError::Replication(format!("{:?}: {}", status.code(), status.message()))
-            })?
-            .into_inner();
-        Ok((response.accepted, response.next_offset))
-    }
-
-    /// Brings the replica up to `batch.first_offset` if needed, then sends
-    /// the batch.
-    async fn send(
-        &self,
-        log: &Arc<ShardLog>,
-        known_end: Option<u64>,
-        batch: &LocalBatch<'_>,
-        records: &[RecordToAppend],
-        committed: u64,
-    ) -> SendOutcome {
-        let mut end = known_end.unwrap_or(batch.first_offset);
-        for _ in 0..MAX_ROUNDS {
-            if end > batch.first_offset {
-                // The replica holds a tail this leader does not have (it
-                // was written under an earlier leader and never
-                // acknowledged): sending the batch makes it truncate.
-                end = batch.first_offset;
-            }
-            let result = if end == batch.first_offset {
-                self.call(
-                    batch.first_offset,
-                    batch.arrival_ms,
-                    records.to_vec(),
-                    committed,
-                )
-                .await
-            } else {
-                self.catch_up_step(log, end, batch.first_offset, committed)
-                    .await
-            };
-            match result {
-                Ok((true, new_end)) if end == batch.first_offset => {
-                    return SendOutcome {
-                        acknowledged: new_end >= batch.first_offset + records.len() as u64,
-                        end: Some(new_end),
-                    };
-                }
-                Ok((_, new_end)) => end = new_end,
-                Err(error) => {
-                    tracing::debug!(shard_id = self.shard.shard_id, replica = self.address, %error, "replication failed");
-                    return SendOutcome {
-                        acknowledged: false,
-                        end: None,
-                    };
-                }
-            }
-        }
-        SendOutcome {
-            acknowledged: false,
-            end: Some(end),
-        }
-    }
-
-    /// Probes the replica's log end if unknown, then sends what it misses
-    /// up to `target`. Returns where its log ends, if it answered.
-    async fn bring_up_to(
-        &self,
-        log: &Arc<ShardLog>,
-        known: Option<u64>,
-        target: u64,
-        committed: u64,
-    ) -> Option<u64> {
-        let mut end = match known {
-            Some(end) => end,
-            None => self.call(target, 0, Vec::new(), committed).await.ok()?.1,
-        };
-        for _ in 0..MAX_ROUNDS {
-            if end >= target {
-                break;
-            }
-            end = self
-                .catch_up_step(log, end, target, committed)
-                .await
-                .ok()?
-                .1;
-        }
-        Some(end)
-    }
-
-    /// Sends the replica the next run of records it misses (one run shares
-    /// one arrival time, as the leader's batch did).
-    async fn catch_up_step(
-        &self,
-        log: &Arc<ShardLog>,
-        from: u64,
-        until: u64,
-        committed: u64,
-    ) -> Result<(bool, u64), WriteError> {
-        let horizon = log.trim_horizon();
-        if from < horizon {
-            return self.install_snapshot(horizon).await;
-        }
-        let reader = log.clone();
-        let missing = tokio::task::spawn_blocking(move || {
-            reader.read_uncommitted(from, CATCH_UP_RECORDS, CATCH_UP_BYTES)
-        })
-        .await
-        .map_err(|e| WriteError::task("catch-up read", e))??;
-        let Some(first) = missing.records.first().filter(|r| r.offset == from) else {
-            // Retention trimmed it since the horizon was read: the next
-            // catch-up round (or batch) restarts the replica at the new
-            // horizon.
-            return Err(WriteError::Replication(format!(
-                "the leader's log no longer holds offset {from}"
-            )));
-        };
-        let arrival_ms = first.arrival_ms;
-        let run: Vec<RecordToAppend> = missing
-            .records
-            .iter()
-            .take_while(|r| r.arrival_ms == arrival_ms && r.offset < until)
-            .map(|r| to_wire(&r.partition_key, &r.data))
-            .collect();
-        self.call(from, arrival_ms, run, committed).await
     }
 }
 

@@ -54,14 +54,6 @@ pub enum Opened {
     },
 }
 
-impl Opened {
-    pub fn into_log(self) -> ShardLog {
-        match self {
-            Opened::Intact(log) | Opened::Rebuilding { log, .. } => log,
-        }
-    }
-}
-
 /// Opens the log in `dir` like [`ShardLog::open_from`]; if it is damaged,
 /// moves it to `damaged_to` (a path on the same file system, outside the
 /// directories scanned for logs) and starts a rebuilding copy in `dir`.

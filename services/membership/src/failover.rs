@@ -104,7 +104,7 @@ use freshet_proto::v1::{DescribeShardRequest, ShardKey};
 
 use crate::placement::{self, CopyPosition, Election};
 use crate::publish::Change;
-use crate::service::Inner;
+use crate::service::{Heard, Inner};
 use crate::MembershipService;
 use freshet_types::StreamStatus;
 
@@ -113,16 +113,6 @@ const DESCRIBE_SHARD_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Copies a shard keeps when enough zones are alive.
 const COPIES: usize = placement::COPIES;
-
-/// When membership last heard from a worker, by the timer's clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Heard {
-    /// At this timer time (its latest bound, in microseconds).
-    At(i64),
-    /// While the timer was unreachable: its silence is counted from the
-    /// timer's return, never across the outage.
-    DuringTimerOutage,
-}
 
 /// Records that a worker was heard from just now. Whether that time is
 /// known on the timer's clock (false while the timer is unreachable).

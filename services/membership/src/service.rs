@@ -30,6 +30,17 @@ pub(crate) struct Committed {
     pub at: std::time::Instant,
 }
 
+/// When membership last heard from a worker, by the timer's clock (kept
+/// in [`Inner::last_heard`]; `failover.rs` counts silences with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Heard {
+    /// At this timer time (its latest bound, in microseconds).
+    At(i64),
+    /// While the timer was unreachable: its silence is counted from the
+    /// timer's return, never across the outage.
+    DuringTimerOutage,
+}
+
 pub(crate) struct Inner {
     pub(crate) store: MetaStore,
     pub(crate) timer: TimerClient,
@@ -53,7 +64,7 @@ pub(crate) struct Inner {
     /// When failover last logged that a shard waits for its voters.
     pub(crate) waits_logged: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// When each worker was last heard from, on the timer's clock.
-    pub(crate) last_heard: std::sync::Mutex<HashMap<String, crate::failover::Heard>>,
+    pub(crate) last_heard: std::sync::Mutex<HashMap<String, Heard>>,
     /// Set when a change-log commit's outcome is unknown (it failed, but
     /// may have committed): until the head is read back from Postgres and
     /// whatever committed is broadcast, no lease is granted — a lease

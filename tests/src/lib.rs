@@ -682,6 +682,34 @@ impl Cluster {
     }
 
     /// The process id of a process worker.
+    /// The entry of a one-shard stream's shard, as the frontend's map has it.
+    pub fn only_entry(&self, stream: &str) -> Option<freshet_proto::v1::ShardMapEntry> {
+        self.frontend
+            .router()
+            .map()
+            .read(|m| m.stream_entries(&stream_arn(stream)))
+            .into_iter()
+            .next()
+    }
+
+    /// What the copy served at `address` says of its segment of `entry`'s
+    /// shard, if it answers.
+    pub async fn describe_copy(
+        &self,
+        address: &str,
+        entry: &freshet_proto::v1::ShardMapEntry,
+    ) -> Option<freshet_proto::v1::DescribeShardResponse> {
+        let mut copy =
+            freshet_proto::v1::storage_client::StorageClient::new(self.channel(address).ok()?);
+        let described = copy
+            .describe_shard(freshet_proto::v1::DescribeShardRequest {
+                shard: entry.key.clone(),
+            })
+            .await
+            .ok()?;
+        Some(described.into_inner())
+    }
+
     /// The index of the worker with this id.
     pub fn worker_index(&self, worker_id: &str) -> anyhow::Result<usize> {
         self.workers

@@ -10,8 +10,6 @@ use freshet_e2e::load::{assert_acknowledged_readable_once, Producers};
 use freshet_e2e::{
     create_active_stream, stream_arn, wait_until, Cluster, ClusterOptions, WorkerMode,
 };
-use freshet_proto::v1::storage_client::StorageClient;
-use freshet_proto::v1::DescribeShardRequest;
 
 /// Appends a half-written frame to the newest segment of every shard the
 /// worker holds, as a crash in the middle of a write leaves behind.
@@ -161,22 +159,6 @@ fn segment_dir(
         .join(entry.segment_index.to_string())
 }
 
-/// What the copy at `address` says of its segment of `entry`'s shard.
-async fn describe(
-    cluster: &Cluster,
-    address: &str,
-    entry: &freshet_shardmap::ShardMapEntry,
-) -> Option<freshet_proto::v1::DescribeShardResponse> {
-    let mut copy = StorageClient::new(cluster.channel(address).ok()?);
-    let described = copy
-        .describe_shard(DescribeShardRequest {
-            shard: entry.key.clone(),
-        })
-        .await
-        .ok()?;
-    Some(described.into_inner())
-}
-
 /// Where `worker_id`'s copy of the shard ends, and whether it is being
 /// rebuilt, if it answers.
 async fn copy_state(
@@ -188,14 +170,17 @@ async fn copy_state(
         .replica_worker_ids
         .iter()
         .position(|id| id == worker_id)?;
-    let described = describe(cluster, entry.replica_addresses.get(index)?, entry).await?;
+    let described = cluster
+        .describe_copy(entry.replica_addresses.get(index)?, entry)
+        .await?;
     Some((described.next_offset, described.rebuilding))
 }
 
 /// Where the leader's log ends, if it answers.
 async fn leader_end(cluster: &Cluster, entry: &freshet_shardmap::ShardMapEntry) -> Option<u64> {
     Some(
-        describe(cluster, &entry.leader_address, entry)
+        cluster
+            .describe_copy(&entry.leader_address, entry)
             .await?
             .next_offset,
     )
@@ -237,20 +222,17 @@ async fn flip_a_byte_of_one_copy(damaged: Copy) -> anyhow::Result<()> {
     .await?;
     let client = cluster.kinesis();
     create_active_stream(&client, "flipped", 1).await?;
-    let map = cluster.frontend.router().map().clone();
-    let entry = || {
-        map.read(|m| m.stream_entries(&stream_arn("flipped")))
-            .into_iter()
-            .next()
-    };
-    wait_until(Duration::from_secs(10), || async { entry().is_some() }).await?;
+    wait_until(Duration::from_secs(10), || async {
+        cluster.only_entry("flipped").is_some()
+    })
+    .await?;
     let producers = Producers::start(&client, "flipped", 4, 20);
     wait_until(Duration::from_secs(60), || async {
         producers.count() >= 600
     })
     .await?;
 
-    let first = entry().expect("the shard");
+    let first = cluster.only_entry("flipped").expect("the shard");
     let victim_id = match damaged {
         Copy::Leader => first.leader_worker_id.clone(),
         Copy::Replica => first.replica_worker_ids[0].clone(),
@@ -287,7 +269,7 @@ async fn flip_a_byte_of_one_copy(damaged: Copy) -> anyhow::Result<()> {
     let moved_aside: Vec<_> = std::fs::read_dir(data_dir.join("damaged"))?.collect();
     assert_eq!(moved_aside.len(), 1, "one damaged copy kept for inspection");
     if damaged == Copy::Leader {
-        let now = entry().expect("the shard");
+        let now = cluster.only_entry("flipped").expect("the shard");
         assert_ne!(
             now.leader_worker_id, victim_id,
             "the damaged leader stepped down"
@@ -295,7 +277,9 @@ async fn flip_a_byte_of_one_copy(damaged: Copy) -> anyhow::Result<()> {
     }
     // Rebuilt: the copy is no longer rebuilding and ends where the leader does.
     wait_until(Duration::from_secs(60), || async {
-        let Some(now) = entry() else { return false };
+        let Some(now) = cluster.only_entry("flipped") else {
+            return false;
+        };
         match (
             copy_state(&cluster, &now, &victim_id).await,
             leader_end(&cluster, &now).await,
@@ -307,7 +291,7 @@ async fn flip_a_byte_of_one_copy(damaged: Copy) -> anyhow::Result<()> {
     .await?;
     assert_acknowledged_readable_once(&client, "flipped", &acknowledged).await?;
 
-    let last = entry().expect("the shard");
+    let last = cluster.only_entry("flipped").expect("the shard");
     cluster.stop_workers().await;
     let read = |worker_id: &str| -> anyhow::Result<Vec<freshet_log::StoredRecord>> {
         let worker = cluster
@@ -343,12 +327,7 @@ async fn a_healthy_leader_cannot_step_down() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let client = cluster.kinesis();
     create_active_stream(&client, "steady", 1).await?;
-    let map = cluster.frontend.router().map().clone();
-    let entry = || {
-        map.read(|m| m.stream_entries(&stream_arn("steady")))
-            .into_iter()
-            .next()
-    };
+    let entry = || cluster.only_entry("steady");
     wait_until(Duration::from_secs(10), || async { entry().is_some() }).await?;
     let before = entry().expect("the shard");
     // The leader's copy must exist for it to say it is intact.

@@ -5,18 +5,17 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
 use freshet_e2e::load::{assert_acknowledged_readable_once, self_keyed_entries};
-use freshet_e2e::{
-    create_active_stream, stream_arn, wait_until, Cluster, ClusterOptions, WorkerMode,
-};
+use freshet_e2e::{create_active_stream, wait_until, Cluster, ClusterOptions, WorkerMode};
 use freshet_proto::v1::control_plane_client::ControlPlaneClient;
 use freshet_proto::v1::membership_client::MembershipClient;
 use freshet_proto::v1::storage_client::StorageClient;
 use freshet_proto::v1::{
-    CloseShardsRequest, CompleteReshardRequest, DescribeShardRequest, ListStreamsRequest,
-    RelocateShardRequest, ReopenShardsRequest, SealShardRequest, SealedShard,
+    CloseShardsRequest, CompleteReshardRequest, ListStreamsRequest, RelocateShardRequest,
+    ReopenShardsRequest, SealShardRequest, SealedShard,
 };
-use freshet_shardmap::ShardMapEntry;
 use nix::sys::signal::Signal;
 
 fn fast_failover() -> ClusterOptions {
@@ -24,14 +23,6 @@ fn fast_failover() -> ClusterOptions {
         worker_mode: WorkerMode::Process,
         ..ClusterOptions::short_leases()
     }
-}
-
-/// The entry of the stream's only shard, as the frontend's map has it.
-fn only_entry(cluster: &Cluster, stream: &str) -> Option<ShardMapEntry> {
-    let map = cluster.frontend.router().map().clone();
-    map.read(|m| m.stream_entries(&stream_arn(stream)))
-        .into_iter()
-        .next()
 }
 
 fn signal(cluster: &Cluster, index: usize, signal: Signal) -> anyhow::Result<()> {
@@ -74,18 +65,6 @@ async fn put_batch(
     Ok(all)
 }
 
-/// Where `worker`'s copy of the shard ends.
-async fn copy_end(cluster: &Cluster, address: &str, entry: &ShardMapEntry) -> anyhow::Result<u64> {
-    let mut copy = StorageClient::new(cluster.channel(address)?);
-    let described = copy
-        .describe_shard(DescribeShardRequest {
-            shard: entry.key.clone(),
-        })
-        .await?
-        .into_inner();
-    Ok(described.next_offset)
-}
-
 /// Hole 1 of issue 13, with real processes. Placement {A leader, B, C}:
 /// C is frozen, so batches X are acknowledged on A and B only; A is killed
 /// and B takes over, C thawed just long enough to answer the election;
@@ -104,10 +83,10 @@ async fn a_lagging_copy_left_alone_after_two_failures_is_not_elected() -> anyhow
         let stream = format!("lagging{attempt}");
         create_active_stream(&client, &stream, 1).await?;
         wait_until(Duration::from_secs(10), || async {
-            only_entry(&cluster, &stream).is_some()
+            cluster.only_entry(&stream).is_some()
         })
         .await?;
-        let first = only_entry(&cluster, &stream).expect("an entry");
+        let first = cluster.only_entry(&stream).expect("an entry");
         let a = cluster.worker_index(&first.leader_worker_id)?;
         let c_id = first.replica_worker_ids[1].clone();
         let c = cluster.worker_index(&c_id)?;
@@ -132,7 +111,8 @@ async fn a_lagging_copy_left_alone_after_two_failures_is_not_elected() -> anyhow
         signal(&cluster, c, Signal::SIGCONT)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         let moved = loop {
-            if let Some(entry) = only_entry(&cluster, &stream)
+            if let Some(entry) = cluster
+                .only_entry(&stream)
                 .filter(|e| e.leader_worker_id != first.leader_worker_id)
             {
                 break entry;
@@ -155,7 +135,11 @@ async fn a_lagging_copy_left_alone_after_two_failures_is_not_elected() -> anyhow
         let b = cluster.worker_index(&moved.leader_worker_id)?;
         cluster.kill_worker(b).await?;
         signal(&cluster, c, Signal::SIGCONT)?;
-        let c_end = copy_end(&cluster, &c_address, &first).await?;
+        let c_end = cluster
+            .describe_copy(&c_address, &first)
+            .await
+            .context("the lagging copy did not answer")?
+            .next_offset;
         eprintln!(
             "attempt {attempt}: the lagging copy ends at {c_end} of {acked_end} acknowledged"
         );
@@ -165,7 +149,7 @@ async fn a_lagging_copy_left_alone_after_two_failures_is_not_elected() -> anyhow
             // shard must stay as it is: no election.
             let window = Instant::now() + Duration::from_secs(6);
             while Instant::now() < window {
-                let entry = only_entry(&cluster, &stream).expect("an entry");
+                let entry = cluster.only_entry(&stream).expect("an entry");
                 anyhow::ensure!(
                     entry.epoch == moved.epoch && entry.leader_worker_id != c_id,
                     "the lagging copy was elected alone: {entry:?}"
@@ -213,10 +197,10 @@ async fn a_worker_back_with_a_replaced_disk_does_not_vote_before_it_has_rebuilt(
     let client = cluster.kinesis();
     create_active_stream(&client, "replaced", 1).await?;
     wait_until(Duration::from_secs(10), || async {
-        only_entry(&cluster, "replaced").is_some()
+        cluster.only_entry("replaced").is_some()
     })
     .await?;
-    let first = only_entry(&cluster, "replaced").expect("an entry");
+    let first = cluster.only_entry("replaced").expect("an entry");
     let a = cluster.worker_index(&first.leader_worker_id)?;
     let b = cluster.worker_index(&first.replica_worker_ids[0])?;
     let c = cluster.worker_index(&first.replica_worker_ids[1])?;
@@ -244,7 +228,7 @@ async fn a_worker_back_with_a_replaced_disk_does_not_vote_before_it_has_rebuilt(
     // empty copy did not make C's a majority.
     let window = Instant::now() + Duration::from_secs(6);
     while Instant::now() < window {
-        let entry = only_entry(&cluster, "replaced").expect("an entry");
+        let entry = cluster.only_entry("replaced").expect("an entry");
         anyhow::ensure!(
             entry.epoch == first.epoch && entry.leader_worker_id != c_id,
             "a copy without X was elected: {entry:?}"
@@ -279,10 +263,10 @@ async fn a_paused_control_plane_cannot_complete_a_seal_that_was_reopened() -> an
     let client = cluster.kinesis();
     create_active_stream(&client, "fenced", 1).await?;
     wait_until(Duration::from_secs(10), || async {
-        only_entry(&cluster, "fenced").is_some()
+        cluster.only_entry("fenced").is_some()
     })
     .await?;
-    let open = only_entry(&cluster, "fenced").expect("an entry");
+    let open = cluster.only_entry("fenced").expect("an entry");
     let key = open.key.clone().expect("a key");
     let mut acked = HashSet::new();
     anyhow::ensure!(put_batch(&client, "fenced", 0, 5, &mut acked).await?);

@@ -403,19 +403,6 @@ async fn a_replacement_replica_catches_up_from_a_trimmed_log() -> anyhow::Result
     Ok(())
 }
 
-/// Where a copy's log ends, asked at `address` (a worker's own port, not
-/// its proxy).
-async fn end_at(cluster: &Cluster, address: &str, entry: &ShardMapEntry) -> Option<u64> {
-    let mut copy = StorageClient::new(cluster.channel(address).ok()?);
-    let described = copy
-        .describe_shard(DescribeShardRequest {
-            shard: entry.key.clone(),
-        })
-        .await
-        .ok()?;
-    Some(described.into_inner().next_offset)
-}
-
 /// A real partition: one replica is cut off from everyone who dials it —
 /// its leader's replication included — while it keeps heartbeating to
 /// membership, under load from four producers. The two other copies go on
@@ -435,12 +422,7 @@ async fn a_replica_cut_off_from_its_leader_falls_behind_and_catches_up_when_heal
     .await?;
     let client = cluster.kinesis();
     create_active_stream(&client, "partitioned", 1).await?;
-    let map = cluster.frontend.router().map().clone();
-    let entry = || {
-        map.read(|m| m.stream_entries(&stream_arn("partitioned")))
-            .into_iter()
-            .next()
-    };
+    let entry = || cluster.only_entry("partitioned");
     freshet_e2e::wait_until(Duration::from_secs(10), || async { entry().is_some() }).await?;
     let first = entry().expect("the shard");
     let cut_id = first.replica_worker_ids[1].clone();
@@ -467,8 +449,14 @@ async fn a_replica_cut_off_from_its_leader_falls_behind_and_catches_up_when_heal
     .await
     .context("writes stopped while one replica was cut off")?;
     let (Some(behind), Some(leader_end)) = (
-        end_at(&cluster, &cut_listen, &first).await,
-        end_at(&cluster, &leader_listen, &first).await,
+        cluster
+            .describe_copy(&cut_listen, &first)
+            .await
+            .map(|d| d.next_offset),
+        cluster
+            .describe_copy(&leader_listen, &first)
+            .await
+            .map(|d| d.next_offset),
     ) else {
         anyhow::bail!("a copy did not answer on its own port");
     };
@@ -492,8 +480,14 @@ async fn a_replica_cut_off_from_its_leader_falls_behind_and_catches_up_when_heal
     let acknowledged = producers.stop().await?;
     freshet_e2e::wait_until(Duration::from_secs(60), || async {
         let (copy, leader) = (
-            end_at(&cluster, &cut_listen, &first).await,
-            end_at(&cluster, &leader_listen, &first).await,
+            cluster
+                .describe_copy(&cut_listen, &first)
+                .await
+                .map(|d| d.next_offset),
+            cluster
+                .describe_copy(&leader_listen, &first)
+                .await
+                .map(|d| d.next_offset),
         );
         copy.is_some() && copy == leader
     })

@@ -692,6 +692,16 @@ impl Cluster {
             .next()
     }
 
+    /// The entry of `stream`'s shard `shard_id`, as the frontend's map has it.
+    pub fn entry(&self, stream: &str, shard_id: &str) -> Option<freshet_proto::v1::ShardMapEntry> {
+        self.frontend
+            .router()
+            .map()
+            .read(|m| m.stream_entries(&stream_arn(stream)))
+            .into_iter()
+            .find(|e| e.key.as_ref().is_some_and(|k| k.shard_id == shard_id))
+    }
+
     /// What the copy served at `address` says of its segment of `entry`'s
     /// shard, if it answers.
     pub async fn describe_copy(

@@ -99,6 +99,20 @@ impl<T: Acknowledged> WriterLoops<T> {
     }
 }
 
+/// `client` without the SDK's own retries: a PutRecords whose connection a
+/// killed service dropped may have been written, and sending it again
+/// would store its records twice — a duplicate the client makes, which
+/// Kinesis does not prevent either. Producers go on with new records.
+pub fn without_sdk_retries(client: &aws_sdk_kinesis::Client) -> aws_sdk_kinesis::Client {
+    aws_sdk_kinesis::Client::from_conf(
+        client
+            .config()
+            .to_builder()
+            .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
+            .build(),
+    )
+}
+
 /// PutRecords entries whose data is the payload and whose partition key is
 /// the payload too.
 pub fn self_keyed_entries(payloads: &[String]) -> anyhow::Result<Vec<PutRecordsRequestEntry>> {
@@ -161,6 +175,118 @@ impl Producers {
             }
         })
     }
+}
+
+/// What producers that send failed records again came to: each payload
+/// is in exactly one set once they stop.
+#[derive(Debug, Default, Clone)]
+pub struct RetriedOutcomes {
+    /// Acknowledged, at some attempt.
+    pub acknowledged: HashSet<String>,
+    /// Reported as failed at its last attempt (the producer stopped).
+    pub failed: HashSet<String>,
+    /// In a request that got no PutRecords answer at all: may or may not
+    /// be written (never sent again, so never written twice).
+    pub unanswered: HashSet<String>,
+}
+
+impl Acknowledged for RetriedOutcomes {
+    fn count(&self) -> usize {
+        self.acknowledged.len()
+    }
+}
+
+/// PutRecords loops that send the records a response marked failed again,
+/// with new ones, until acknowledged — what the SDK docs ask a producer to
+/// do. A whole request that fails is not sent again (the client cannot
+/// know what became of it).
+pub type RetryingProducers = WriterLoops<RetriedOutcomes>;
+
+impl RetryingProducers {
+    /// Starts `count` producers sending `batch_size` records per request
+    /// (failed ones first), each stopping when told or after `MAX_BATCHES`
+    /// requests; a stopping producer sends its failed records a few more
+    /// times first.
+    pub fn start_retrying(
+        client: &aws_sdk_kinesis::Client,
+        stream: &str,
+        count: usize,
+        batch_size: usize,
+    ) -> RetryingProducers {
+        WriterLoops::spawn(count, |producer, writer| {
+            let (client, stream) = (client.clone(), stream.to_owned());
+            async move {
+                let mut failed: Vec<String> = Vec::new();
+                let mut next = 0usize;
+                let mut last_tries = 0;
+                for _ in 0..MAX_BATCHES {
+                    if writer.stopping() {
+                        if failed.is_empty() || last_tries == 5 {
+                            break;
+                        }
+                        last_tries += 1;
+                    }
+                    let mut payloads = std::mem::take(&mut failed);
+                    while payloads.len() < batch_size && !writer.stopping() {
+                        payloads.push(format!("{stream}-p{producer}-r{next}"));
+                        next += 1;
+                    }
+                    let entries = self_keyed_entries(&payloads)?;
+                    let sent = client
+                        .put_records()
+                        .stream_name(&stream)
+                        .set_records(Some(entries))
+                        .send();
+                    let Ok(Ok(output)) = tokio::time::timeout(Duration::from_secs(90), sent).await
+                    else {
+                        writer.acknowledge(|o: &mut RetriedOutcomes| o.unanswered.extend(payloads));
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    writer.acknowledge(|o: &mut RetriedOutcomes| {
+                        for (payload, result) in payloads.into_iter().zip(output.records) {
+                            if result.error_code.is_none() {
+                                o.failed.remove(&payload);
+                                o.acknowledged.insert(payload);
+                            } else {
+                                o.failed.insert(payload.clone());
+                                failed.push(payload);
+                            }
+                        }
+                    });
+                    if !failed.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                anyhow::Ok(())
+            }
+        })
+    }
+}
+
+/// Reads `stream` back after retrying producers stopped: every acknowledged
+/// payload once, no payload twice, and none that was reported as failed
+/// at its last attempt — a failure means not written.
+pub async fn assert_failures_were_not_written(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    outcomes: &RetriedOutcomes,
+) -> anyhow::Result<()> {
+    assert_acknowledged_readable_once(client, stream, &outcomes.acknowledged).await?;
+    let mut written_after_failing = Vec::new();
+    for record in crate::read_stream(client, stream).await? {
+        let payload = String::from_utf8(record.data.into_inner())?;
+        if outcomes.failed.contains(&payload) {
+            written_after_failing.push(payload);
+        }
+    }
+    anyhow::ensure!(
+        written_after_failing.is_empty(),
+        "{} records reported as failed were written, e.g. {:?}",
+        written_after_failing.len(),
+        written_after_failing.first()
+    );
+    Ok(())
 }
 
 /// Reads every shard of `stream` from TRIM_HORIZON: each acknowledged

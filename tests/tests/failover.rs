@@ -194,6 +194,7 @@ async fn a_leader_frozen_past_its_lease_acknowledges_nothing_when_it_wakes() -> 
                 data: bytes::Bytes::from_static(b"written through a deposed leader"),
                 ..RecordToAppend::default()
             }],
+            ..AppendRequest::default()
         };
         let outcome = old_leader.append(append).await;
         assert!(
@@ -220,7 +221,7 @@ async fn a_leader_frozen_past_its_lease_acknowledges_nothing_when_it_wakes() -> 
                 epoch: before.epoch,
                 first_offset: end_before.next_offset,
                 arrival_ms: 0,
-                records_crc32: freshet_log::batch_checksum([("stale", &data[..])]),
+                records_crc32: freshet_log::batch_checksum([("stale", &data[..], None)]),
                 leader_next_offset: end_before.next_offset + 1,
                 records: vec![RecordToAppend {
                     partition_key: "stale".to_owned(),

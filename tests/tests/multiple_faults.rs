@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use freshet_e2e::load::{assert_acknowledged_readable_once, self_keyed_entries};
+use freshet_e2e::load::{
+    assert_acknowledged_readable_once, assert_failures_were_not_written, self_keyed_entries,
+    without_sdk_retries, RetryingProducers,
+};
 use freshet_e2e::{create_active_stream, wait_until, Cluster, ClusterOptions, WorkerMode};
 use freshet_proto::v1::control_plane_client::ControlPlaneClient;
 use freshet_proto::v1::membership_client::MembershipClient;
@@ -180,6 +183,86 @@ async fn a_lagging_copy_left_alone_after_two_failures_is_not_elected() -> anyhow
         exercised,
         "in every attempt the new leader reached the lagging copy first"
     );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Hole 6 of issue 13: a record reported as failed must not have been
+/// written. Four producers send again exactly the records a response
+/// marked failed, while the shard's leader is killed twice (its third copy
+/// frozen each time, so the election waits for it). Appends in flight when
+/// a leader dies have an unknown outcome — some reached the next leader —
+/// and the frontend resolves each with the new leader under its key rather
+/// than report it failed. So: every acknowledged record once, nothing
+/// twice, nothing that was reported as failed, and no request without an
+/// answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_reported_as_failed_when_a_leader_dies_were_not_written() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with(fast_failover()).await?;
+    let client = without_sdk_retries(&cluster.kinesis());
+    create_active_stream(&client, "resolved", 1).await?;
+    wait_until(Duration::from_secs(10), || async {
+        cluster.only_entry("resolved").is_some()
+    })
+    .await?;
+    let producers = RetryingProducers::start_retrying(&client, "resolved", 4, 25);
+    let acknowledged_at_least = |count: usize| {
+        let producers = &producers;
+        async move {
+            wait_until(Duration::from_secs(90), || async {
+                producers.count() >= count
+            })
+            .await
+            .with_context(|| format!("{} of {count} acknowledged", producers.count()))
+        }
+    };
+    acknowledged_at_least(300).await?;
+    for round in 0..2 {
+        // Three voters again (the killed worker back as one), so freezing
+        // one leaves a quorum.
+        wait_until(Duration::from_secs(60), || async {
+            cluster
+                .only_entry("resolved")
+                .is_some_and(|e| e.voter_ids.len() == 3 && e.next_voter_ids.is_empty())
+        })
+        .await
+        .with_context(|| format!("round {round}: the shard has no three voters"))?;
+        let before = cluster.only_entry("resolved").expect("an entry");
+        let leader = cluster.worker_index(&before.leader_worker_id)?;
+        let lagging = before
+            .replica_worker_ids
+            .last()
+            .context("the shard has a replica")?;
+        let lagging = cluster.worker_index(lagging)?;
+        signal(&cluster, lagging, Signal::SIGSTOP)?;
+        acknowledged_at_least(producers.count() + 200).await?;
+        cluster.kill_worker(leader).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        signal(&cluster, lagging, Signal::SIGCONT)?;
+        wait_until(Duration::from_secs(60), || async {
+            cluster
+                .only_entry("resolved")
+                .is_some_and(|e| e.epoch > before.epoch)
+        })
+        .await
+        .with_context(|| format!("round {round}: no failover"))?;
+        acknowledged_at_least(producers.count() + 300).await?;
+        cluster.start_worker(leader).await?;
+        cluster.wait_for_workers_alive().await?;
+    }
+    acknowledged_at_least(producers.count() + 200).await?;
+    let outcomes = producers.stop().await?;
+    eprintln!(
+        "{} acknowledged, {} failed at their last attempt, {} in requests without an answer",
+        outcomes.acknowledged.len(),
+        outcomes.failed.len(),
+        outcomes.unanswered.len()
+    );
+    anyhow::ensure!(
+        outcomes.unanswered.is_empty(),
+        "every PutRecords is answered"
+    );
+    assert_failures_were_not_written(&client, "resolved", &outcomes).await?;
     cluster.shutdown().await;
     Ok(())
 }

@@ -10,10 +10,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use freshet_e2e::{create_active_stream, stream_arn, Cluster, ClusterOptions, WorkerMode};
+use freshet_e2e::{
+    create_active_stream, stream_arn, wait_until, Cluster, ClusterOptions, WorkerMode,
+};
 use freshet_log::{LogConfig, ShardLog, StoredRecord};
 use freshet_proto::v1::storage_client::StorageClient;
-use freshet_proto::v1::{DescribeShardRequest, GetShardTailRequest};
+use freshet_proto::v1::{
+    AppendKey, AppendRequest, AppendResponse, DescribeShardRequest, GetShardTailRequest,
+    RecordToAppend, ShardState,
+};
 use freshet_shardmap::ShardMapEntry;
 
 /// Writes `count` records to the shard that owns `hash_key`; returns the
@@ -501,6 +506,106 @@ async fn a_replica_cut_off_from_its_leader_falls_behind_and_catches_up_when_heal
     assert!(
         healed == leader,
         "the healed copy differs from the leader's"
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Hole 6 of issue 13, at the leader: an append sent again under its key
+/// (the frontend did not learn its outcome) is answered with where it
+/// landed the first time, and written once; a key the shard does not hold
+/// is written; and once a split has closed the shard, a resolving append
+/// whose key it does not hold is told it is absent — it never landed, and
+/// never will.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_sent_again_under_its_key_lands_once() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "keyed", 1).await?;
+    wait_until(Duration::from_secs(10), || async {
+        cluster.only_entry("keyed").is_some()
+    })
+    .await?;
+    let entry = cluster.only_entry("keyed").context("an entry")?;
+    let shard_id = entry.key.as_ref().context("a key")?.shard_id.clone();
+    let mut leader = StorageClient::new(cluster.channel(&entry.leader_address)?);
+    let request = |entry: &ShardMapEntry, call: u64, resolving: bool, tag: &str| AppendRequest {
+        shard: entry.key.clone(),
+        epoch: entry.epoch,
+        records: (0..3)
+            .map(|i| RecordToAppend {
+                partition_key: "k".to_owned(),
+                data: format!("{tag}-{i}").into_bytes().into(),
+                ..RecordToAppend::default()
+            })
+            .collect(),
+        key: Some(AppendKey { frontend: 7, call }),
+        resolving,
+    };
+    let landed = |answer: &AppendResponse| (answer.first_offset, answer.throttled, answer.absent);
+
+    let first = leader
+        .append(request(&entry, 1, false, "a"))
+        .await?
+        .into_inner();
+    for resolving in [true, false] {
+        let again = leader
+            .append(request(&entry, 1, resolving, "a"))
+            .await?
+            .into_inner();
+        assert_eq!(landed(&again), landed(&first), "resolving: {resolving}");
+    }
+    let fresh = leader
+        .append(request(&entry, 2, true, "b"))
+        .await?
+        .into_inner();
+    assert_eq!(landed(&fresh), (first.first_offset + 3, 0, false));
+    let unkeyed = AppendRequest {
+        key: None,
+        ..request(&entry, 0, true, "c")
+    };
+    let refused = leader.append(unkeyed).await.expect_err("no key");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let data: Vec<String> = freshet_e2e::read_stream(&client, "keyed")
+        .await?
+        .into_iter()
+        .map(|r| String::from_utf8_lossy(r.data.as_ref()).into_owned())
+        .collect();
+    assert_eq!(data, ["a-0", "a-1", "a-2", "b-0", "b-1", "b-2"]);
+
+    client
+        .split_shard()
+        .stream_name("keyed")
+        .shard_to_split(&shard_id)
+        .new_starting_hash_key((u128::MAX / 2).to_string())
+        .send()
+        .await?;
+    let closed = || {
+        cluster
+            .entry("keyed", &shard_id)
+            .filter(|e| e.state() == ShardState::Closed)
+    };
+    wait_until(Duration::from_secs(20), || async { closed().is_some() }).await?;
+    let closed = closed().context("closed")?;
+    let mut leader = StorageClient::new(cluster.channel(&closed.leader_address)?);
+    let absent = leader
+        .append(request(&closed, 3, true, "d"))
+        .await?
+        .into_inner();
+    assert!(absent.absent, "{absent:?}");
+    let held = leader
+        .append(request(&closed, 2, true, "b"))
+        .await?
+        .into_inner();
+    assert_eq!(landed(&held), landed(&fresh));
+    // Not resolving: a closed shard refuses it before anything is written.
+    let refused = leader
+        .append(request(&closed, 4, false, "e"))
+        .await
+        .expect_err("closed");
+    assert_eq!(
+        freshet_errors::ErrorCode::of_status(&refused),
+        freshet_errors::ErrorCode::NotWritten
     );
     cluster.shutdown().await;
     Ok(())

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use freshet_e2e::load::{assert_acknowledged_readable_once, Producers};
+use freshet_e2e::load::{assert_acknowledged_readable_once, without_sdk_retries, Producers};
 use freshet_e2e::topology::{bin_dir, workspace, DevTopology, Service};
 use freshet_e2e::{create_active_stream, kinesis_client, wait_until};
 
@@ -17,20 +17,6 @@ const NO_SHARD_LIMITS: [(&str, &str); 4] = [
     ("FRESHET_SHARD_READ_BYTES_PER_SEC", "0"),
     ("FRESHET_SHARD_READ_CALLS_PER_SEC", "0"),
 ];
-
-/// `client` without the SDK's own retries: a PutRecords whose connection a
-/// killed service dropped may have been written, and sending it again
-/// would store its records twice — a duplicate the client makes, which
-/// Kinesis does not prevent either. Producers go on with new records.
-fn without_retries(client: &aws_sdk_kinesis::Client) -> aws_sdk_kinesis::Client {
-    aws_sdk_kinesis::Client::from_conf(
-        client
-            .config()
-            .to_builder()
-            .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
-            .build(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_service_but_the_workers_can_be_killed_under_load_without_losing_a_record(
@@ -46,7 +32,7 @@ async fn every_service_but_the_workers_can_be_killed_under_load_without_losing_a
     .await?;
     let client = kinesis_client(&topology.endpoint);
     create_active_stream(&client, "survivor", 4).await?;
-    let producers = Producers::start(&without_retries(&client), "survivor", 4, 10);
+    let producers = Producers::start(&without_sdk_retries(&client), "survivor", 4, 10);
     wait_until(Duration::from_secs(60), || async {
         producers.count() >= 200
     })
@@ -126,7 +112,7 @@ async fn two_control_planes_killed_in_turn_mid_split_reuse_no_sequence_number() 
     .await?;
     let client = kinesis_client(&topology.endpoint);
     create_active_stream(&client, "resharded", 2).await?;
-    let producers = Producers::start(&without_retries(&client), "resharded", 4, 10);
+    let producers = Producers::start(&without_sdk_retries(&client), "resharded", 4, 10);
     wait_until(Duration::from_secs(60), || async {
         producers.count() >= 200
     })

@@ -14,8 +14,10 @@
 //!   stale epoch, a worker that does not lead or does not know the
 //!   placement yet, a closing shard). Safe to route again and retry.
 //! - [`ErrorCode::MaybeWritten`]: failed after the records may have reached
-//!   disk. Never retried by Freshet: unacknowledged is not absent, and the
-//!   client decides.
+//!   disk. Never simply retried: unacknowledged is not absent. The
+//!   frontend's coalescer resolves it by sending the append again under
+//!   its idempotency key (`services/frontend/src/coalescer.rs`); only an
+//!   outcome still unknown after that reaches the client.
 //!
 //! A write that succeeded is written with a known outcome: its answer
 //! carries where each record landed (or, for a throttled suffix, that

@@ -79,6 +79,7 @@ fn recover(dir: &std::path::Path) {
             &[NewRecord {
                 partition_key: "k".to_owned(),
                 data: Bytes::from_static(b"after recovery"),
+                ends_append: None,
             }],
             0,
         )

@@ -5,7 +5,8 @@
 //! Layout: this file holds [`ShardLog`] and its write side (open and
 //! recovery, appends, replication, epochs, truncation, the commit point);
 //! `read.rs` its read side and retention; `segment.rs` one segment file;
-//! `epochs.rs` the leader-epoch history; `restart.rs` a lagging copy
+//! `epochs.rs` the leader-epoch history; `appends.rs` the recent append
+//! keys; `restart.rs` a lagging copy
 //! restarting at its leader's horizon; `rebuild.rs` a damaged copy
 //! rebuilt from its peers; `records.rs` and `error.rs` the
 //! values and errors it takes and gives.
@@ -15,10 +16,12 @@
 //! first record (`00000000000000000000.log`). Each record is framed as
 //!
 //! ```text
-//! u32 body_len | u32 crc32(body) | body = u64 offset | i64 arrival_ms | u16 key_len | key | data
+//! u32 body_len | u32 crc32(body) | body = u64 offset | i64 arrival_ms | u16 key_len | [mark] | key | data
 //! ```
 //!
-//! all little-endian. Offsets are dense (0, 1, 2, ...) and arrival times never
+//! all little-endian. The last record of a keyed append (see `appends.rs`)
+//! sets the top bit of `key_len` and carries its mark:
+//! `u64 frontend | u64 call | u32 records`. Offsets are dense (0, 1, 2, ...) and arrival times never
 //! decrease, which makes both indexes below a binary search.
 //!
 //! # Invariants
@@ -46,6 +49,7 @@
 //!   the shard's leader commits them again, so a record that was never
 //!   committed is never served, and a replica can still drop it.
 
+mod appends;
 mod epochs;
 mod error;
 mod read;
@@ -61,12 +65,15 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+pub use appends::{HeldAppend, APPEND_KEYS_REMEMBERED};
 pub use epochs::{EpochHistory, EpochStart};
 use error::io_error;
 pub use error::{LogError, LogResult};
 pub use rebuild::{create_rebuilding, open_or_rebuild, Opened};
-pub use records::{batch_checksum, Appended, LogConfig, NewRecord, ReadBatch, StoredRecord};
-use segment::{Segment, FRAME_HEADER_LEN};
+pub use records::{
+    batch_checksum, AppendKey, AppendMark, Appended, LogConfig, NewRecord, ReadBatch, StoredRecord,
+};
+use segment::Segment;
 
 const COMMIT_POINT_FILE: &str = "commit-point";
 
@@ -85,6 +92,8 @@ struct Writer {
     epochs: EpochHistory,
     /// Set while this copy is rebuilt after damage (`rebuild.rs`).
     rebuilding: Option<rebuild::Rebuilding>,
+    /// The recent keyed appends (`appends.rs`).
+    appends: appends::AppendIndex,
 }
 
 impl Writer {
@@ -162,6 +171,7 @@ impl ShardLog {
         bases.sort_unstable();
 
         let mut segments = Vec::with_capacity(bases.len());
+        let mut appends = appends::AppendIndex::default();
         let mut expected_offset = bases.first().copied().unwrap_or(0);
         for (index, base) in bases.iter().copied().enumerate() {
             let path = segment_path(dir, base);
@@ -173,7 +183,7 @@ impl ShardLog {
                     reason: format!("segment starts at offset {base}, expected {expected_offset}"),
                 });
             }
-            let segment = Segment::recover(&path, base, is_last)?;
+            let segment = Segment::recover(&path, base, is_last, &mut appends)?;
             expected_offset = segment.next_offset();
             segments.push(Arc::new(segment));
         }
@@ -207,6 +217,7 @@ impl ShardLog {
                 needed_end,
                 heard_epoch: 0,
             }),
+            appends,
         };
         let epochs_view = RwLock::new(writer.epochs.clone());
         // The checkpoint never passes the true commit point, so resuming
@@ -399,7 +410,10 @@ impl ShardLog {
             else {
                 continue;
             };
-            if stored.partition_key != sent.partition_key || stored.data != sent.data {
+            if stored.partition_key != sent.partition_key
+                || stored.data != sent.data
+                || stored.ends_append != sent.ends_append
+            {
                 return Err(LogError::Diverged {
                     offset: stored.offset,
                     reason: "this copy holds a different record there from the same epoch"
@@ -408,6 +422,13 @@ impl ShardLog {
             }
         }
         Ok(())
+    }
+
+    /// Where the keyed append `key` landed, if this copy holds it (durable,
+    /// maybe not yet committed) and it is among the newest
+    /// [`APPEND_KEYS_REMEMBERED`].
+    pub fn find_append(&self, key: &AppendKey) -> Option<HeldAppend> {
+        self.lock_writer().appends.find(key)
     }
 
     /// This copy's epoch history (a leader sends it with every batch).
@@ -551,6 +572,7 @@ impl ShardLog {
         writer.active_len = length;
         writer.active_first_arrival_ms = segment.first_arrival_ms();
         writer.next_offset = offset;
+        writer.appends.forget_from(offset);
         writer.last_arrival_ms = view
             .segments
             .iter()
@@ -597,19 +619,15 @@ impl ShardLog {
         let mut buffer = Vec::with_capacity(
             records
                 .iter()
-                .map(|r| FRAME_HEADER_LEN + 18 + r.partition_key.len() + r.data.len())
+                .map(|r| {
+                    segment::frame_overhead(r.ends_append) + r.partition_key.len() + r.data.len()
+                })
                 .sum(),
         );
         let mut positions = Vec::with_capacity(records.len());
         for (index, record) in records.iter().enumerate() {
             positions.push(writer.active_len + buffer.len() as u64);
-            segment::encode_record(
-                &mut buffer,
-                first_offset + index as u64,
-                arrival_ms,
-                &record.partition_key,
-                &record.data,
-            )?;
+            segment::encode_record(&mut buffer, first_offset + index as u64, arrival_ms, record)?;
         }
 
         let write_result = writer
@@ -640,6 +658,13 @@ impl ShardLog {
         writer.next_offset += records.len() as u64;
         writer.last_arrival_ms = arrival_ms;
         writer.active_first_arrival_ms.get_or_insert(arrival_ms);
+        for (index, record) in records.iter().enumerate() {
+            if let Some(mark) = record.ends_append {
+                writer
+                    .appends
+                    .note(first_offset + index as u64, arrival_ms, mark);
+            }
+        }
 
         // Only now, after the fsync, do readers get to see the records.
         let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());

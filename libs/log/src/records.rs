@@ -21,23 +21,63 @@ impl Default for LogConfig {
     }
 }
 
+/// Names one append call of one frontend (its idempotency key): an append
+/// sent again under the same key is answered with where it landed the
+/// first time, if it did (see [`ShardLog::find_append`](crate::ShardLog::find_append)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AppendKey {
+    /// Drawn at random when the frontend starts.
+    pub frontend: u64,
+    /// Counts the frontend's calls.
+    pub call: u64,
+}
+
+/// Stored on the last record of a keyed append: the key, and how many
+/// records the append wrote — the offsets ending at that record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendMark {
+    pub key: AppendKey,
+    pub records: u32,
+}
+
 /// A record handed to [`ShardLog::append`](crate::ShardLog::append).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRecord {
     pub partition_key: String,
     pub data: Bytes,
+    /// Set on the last record of a keyed append.
+    pub ends_append: Option<AppendMark>,
+}
+
+impl NewRecord {
+    /// A record outside any keyed append.
+    pub fn new(partition_key: impl Into<String>, data: impl Into<Bytes>) -> NewRecord {
+        NewRecord {
+            partition_key: partition_key.into(),
+            data: data.into(),
+            ends_append: None,
+        }
+    }
 }
 
 /// A checksum over a batch's records, in order (each one's key and data,
-/// with their lengths): what a leader sends with a batch so a replica can
-/// refuse one that was damaged on the way.
-pub fn batch_checksum<'a>(records: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> u32 {
+/// with their lengths, and its append mark): what a leader sends with a
+/// batch so a replica can refuse one that was damaged on the way.
+pub fn batch_checksum<'a>(
+    records: impl IntoIterator<Item = (&'a str, &'a [u8], Option<AppendMark>)>,
+) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
-    for (partition_key, data) in records {
+    for (partition_key, data, mark) in records {
         hasher.update(&(partition_key.len() as u64).to_le_bytes());
         hasher.update(partition_key.as_bytes());
         hasher.update(&(data.len() as u64).to_le_bytes());
         hasher.update(data);
+        if let Some(mark) = mark {
+            hasher.update(&[1]);
+            hasher.update(&mark.key.frontend.to_le_bytes());
+            hasher.update(&mark.key.call.to_le_bytes());
+            hasher.update(&mark.records.to_le_bytes());
+        }
     }
     hasher.finalize()
 }
@@ -49,6 +89,8 @@ pub struct StoredRecord {
     pub arrival_ms: i64,
     pub partition_key: String,
     pub data: Bytes,
+    /// Set on the last record of a keyed append.
+    pub ends_append: Option<AppendMark>,
 }
 
 /// Where an appended batch landed.

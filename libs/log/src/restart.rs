@@ -49,6 +49,7 @@ impl ShardLog {
         if writer.poisoned {
             return Err(LogError::Poisoned);
         }
+        writer.appends.clear();
         let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
         view.segments.clear();
         // From here on a failure leaves no usable log in memory: poisoned

@@ -8,16 +8,28 @@ use std::sync::RwLock;
 
 use bytes::Bytes;
 
-use crate::{io_error, segment_path, LogError, LogResult, StoredRecord};
+use crate::appends::AppendIndex;
+use crate::{
+    io_error, segment_path, AppendKey, AppendMark, LogError, LogResult, NewRecord, StoredRecord,
+};
 
 /// `u32 body_len | u32 crc32`.
 pub(crate) const FRAME_HEADER_LEN: usize = 8;
 /// `u64 offset | i64 arrival_ms | u16 key_len`.
 const BODY_FIXED_LEN: usize = 18;
+/// Set in `key_len` when an append mark follows it.
+const MARKED: u16 = 0x8000;
+/// `u64 frontend | u64 call | u32 records`.
+const MARK_LEN: usize = 20;
+
+/// Bytes a record's frame takes beyond its key and data.
+pub(crate) fn frame_overhead(mark: Option<AppendMark>) -> usize {
+    FRAME_HEADER_LEN + BODY_FIXED_LEN + if mark.is_some() { MARK_LEN } else { 0 }
+}
 
 /// Bytes a record takes on disk, frame included.
 pub(crate) fn frame_len(record: &StoredRecord) -> usize {
-    FRAME_HEADER_LEN + BODY_FIXED_LEN + record.partition_key.len() + record.data.len()
+    frame_overhead(record.ends_append) + record.partition_key.len() + record.data.len()
 }
 
 /// Appends one framed record to `buffer`.
@@ -25,20 +37,36 @@ pub(crate) fn encode_record(
     buffer: &mut Vec<u8>,
     offset: u64,
     arrival_ms: i64,
-    partition_key: &str,
-    data: &[u8],
+    record: &NewRecord,
 ) -> LogResult<()> {
+    let (partition_key, data) = (&record.partition_key, &record.data);
+    let too_large = || LogError::RecordTooLarge(data.len(), partition_key.len());
     let key_len = u16::try_from(partition_key.len())
-        .map_err(|_| LogError::RecordTooLarge(data.len(), partition_key.len()))?;
-    let body_len = u32::try_from(BODY_FIXED_LEN + partition_key.len() + data.len())
-        .map_err(|_| LogError::RecordTooLarge(data.len(), partition_key.len()))?;
+        .ok()
+        .filter(|len| len & MARKED == 0)
+        .ok_or_else(too_large)?;
+    let mark_len = if record.ends_append.is_some() {
+        MARK_LEN
+    } else {
+        0
+    };
+    let body_len = u32::try_from(BODY_FIXED_LEN + mark_len + partition_key.len() + data.len())
+        .map_err(|_| too_large())?;
     let header_at = buffer.len();
     buffer.extend_from_slice(&body_len.to_le_bytes());
     buffer.extend_from_slice(&[0; 4]);
     let body_at = buffer.len();
     buffer.extend_from_slice(&offset.to_le_bytes());
     buffer.extend_from_slice(&arrival_ms.to_le_bytes());
-    buffer.extend_from_slice(&key_len.to_le_bytes());
+    match record.ends_append {
+        Some(mark) => {
+            buffer.extend_from_slice(&(key_len | MARKED).to_le_bytes());
+            buffer.extend_from_slice(&mark.key.frontend.to_le_bytes());
+            buffer.extend_from_slice(&mark.key.call.to_le_bytes());
+            buffer.extend_from_slice(&mark.records.to_le_bytes());
+        }
+        None => buffer.extend_from_slice(&key_len.to_le_bytes()),
+    }
     buffer.extend_from_slice(partition_key.as_bytes());
     buffer.extend_from_slice(data);
     let crc = crc32fast::hash(&buffer[body_at..]);
@@ -76,15 +104,27 @@ fn decode_record(bytes: &Bytes, at: usize) -> Decoded {
     }
     let offset = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
     let arrival_ms = i64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
-    let key_len = u16::from_le_bytes(body[16..18].try_into().expect("2 bytes")) as usize;
-    if BODY_FIXED_LEN + key_len > body_len {
+    let key_field = u16::from_le_bytes(body[16..18].try_into().expect("2 bytes"));
+    let key_len = usize::from(key_field & !MARKED);
+    let mark_len = if key_field & MARKED != 0 { MARK_LEN } else { 0 };
+    let key_start = BODY_FIXED_LEN + mark_len;
+    if key_start + key_len > body_len {
         return Decoded::Corrupt(format!("key length {key_len} exceeds the body"));
     }
-    let Ok(partition_key) = std::str::from_utf8(&body[BODY_FIXED_LEN..BODY_FIXED_LEN + key_len])
-    else {
+    let ends_append = (mark_len > 0).then(|| {
+        let mark = &body[BODY_FIXED_LEN..key_start];
+        AppendMark {
+            key: AppendKey {
+                frontend: u64::from_le_bytes(mark[0..8].try_into().expect("8 bytes")),
+                call: u64::from_le_bytes(mark[8..16].try_into().expect("8 bytes")),
+            },
+            records: u32::from_le_bytes(mark[16..20].try_into().expect("4 bytes")),
+        }
+    });
+    let Ok(partition_key) = std::str::from_utf8(&body[key_start..key_start + key_len]) else {
         return Decoded::Corrupt("partition key is not UTF-8".to_owned());
     };
-    let data_start = at + FRAME_HEADER_LEN + BODY_FIXED_LEN + key_len;
+    let data_start = at + FRAME_HEADER_LEN + key_start + key_len;
     let data_end = at + FRAME_HEADER_LEN + body_len;
     Decoded::Record {
         record: StoredRecord {
@@ -92,6 +132,7 @@ fn decode_record(bytes: &Bytes, at: usize) -> Decoded {
             arrival_ms,
             partition_key: partition_key.to_owned(),
             data: bytes.slice(data_start..data_end),
+            ends_append,
         },
         frame_len: FRAME_HEADER_LEN + body_len,
     }
@@ -148,7 +189,13 @@ impl Segment {
 
     /// Scans an existing segment and rebuilds its indexes. In the last
     /// segment a torn or corrupt tail is truncated; elsewhere it is an error.
-    pub(crate) fn recover(path: &Path, base_offset: u64, is_last: bool) -> LogResult<Segment> {
+    /// The append marks found are noted in `appends`, in log order.
+    pub(crate) fn recover(
+        path: &Path,
+        base_offset: u64,
+        is_last: bool,
+        appends: &mut AppendIndex,
+    ) -> LogResult<Segment> {
         let bytes = Bytes::from(fs::read(path).map_err(io_error("read segment", path))?);
         let mut index = SegmentIndex::default();
         let mut position = 0usize;
@@ -167,6 +214,9 @@ impl Segment {
                     }
                     index.positions.push(position as u64);
                     index.arrivals.push(record.arrival_ms);
+                    if let Some(mark) = record.ends_append {
+                        appends.note(record.offset, record.arrival_ms, mark);
+                    }
                     position += frame_len;
                 }
                 Decoded::Incomplete => {

@@ -28,14 +28,33 @@
 //! A call goes out from a task of its own, so a caller that goes away (a
 //! client hanging up) never strands the callers queued behind it.
 //!
+//! # Unknown outcomes are resolved, not reported
+//! Every call carries an idempotency key (this frontend's random number and
+//! the call's), which the leader stores with the call's last record and
+//! its replicas keep. When a call fails in a way that leaves its outcome
+//! unknown — its leader died mid-call, lost its lease, or the deadline
+//! passed — the call is sent again, the same records under the same key
+//! (`resolving`), to whichever worker leads the shard now, until one
+//! answers ([`RESOLVE_DEADLINE`]): where the records landed if the first
+//! attempt landed, or a fresh write if it did not; for a shard closed to
+//! writes meanwhile, that it is absent (then the callers route again). So
+//! a record reported as failed was not written. What is left: an outcome
+//! still unknown at the deadline (a shard without a leader that long), or
+//! a shard that moved to a new segment meanwhile, is reported as it was
+//! before — InternalFailure, perhaps written.
+//!
 //! Tracing: the call is a child of the first queued request's span and
 //! links to the spans of the others.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher as _, Hasher as _};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use freshet_proto::v1::{AppendRequest, AppendResponse, RecordToAppend, ShardMapEntry};
+use freshet_proto::v1::{AppendKey, AppendRequest, AppendResponse, RecordToAppend, ShardMapEntry};
+use freshet_types::StreamArn;
+use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
@@ -47,6 +66,37 @@ use crate::ops::StoragePool;
 /// data and keys (the leader's group commit takes up to 16 MiB; a single
 /// PutRecords carries up to 10 MiB, and always goes, alone if need be).
 const MAX_CALL_BYTES: usize = 8 * 1024 * 1024;
+
+/// How long a call whose outcome is unknown keeps being sent again to the
+/// shard's current leader (a failover takes a lease timeout and an
+/// election; the HTTP request's own limit is longer).
+pub const RESOLVE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Finds a shard's current entry afresh: (stream, shard id) → entry.
+pub type LocateShard =
+    Arc<dyn Fn(StreamArn, String) -> BoxFuture<'static, Option<ShardMapEntry>> + Send + Sync>;
+
+/// Whether a call that failed with `code` may have written its records.
+fn outcome_unknown(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::MaybeWritten | ErrorCode::Unavailable | ErrorCode::Internal
+    )
+}
+
+/// A random number for this frontend's keys (std's hasher keys are drawn
+/// from the OS at random).
+fn random_frontend_number() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
 
 /// What one caller's share of a call came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +138,7 @@ struct LaneKey {
     stream_uid: i64,
     shard_id: String,
     epoch: u64,
+    segment_index: u32,
 }
 
 struct Queued {
@@ -113,6 +164,12 @@ pub struct AppendCoalescer {
     lanes: Mutex<HashMap<LaneKey, Lane>>,
     /// The lanes' sending tasks: shutdown waits for them.
     tasks: freshet_server::Tasks,
+    /// This frontend's part of every call's key.
+    frontend_number: u64,
+    /// Numbers the calls.
+    calls: AtomicU64,
+    /// Where a call whose outcome is unknown is sent again.
+    locate: LocateShard,
 }
 
 fn size_of(records: &[RecordToAppend]) -> usize {
@@ -128,6 +185,7 @@ impl AppendCoalescer {
         timeout: Duration,
         max_in_flight: usize,
         tasks: freshet_server::Tasks,
+        locate: LocateShard,
     ) -> Arc<AppendCoalescer> {
         Arc::new(AppendCoalescer {
             storage,
@@ -135,13 +193,19 @@ impl AppendCoalescer {
             max_in_flight: max_in_flight.max(1),
             lanes: Mutex::default(),
             tasks,
+            frontend_number: random_frontend_number(),
+            calls: AtomicU64::new(0),
+            locate,
         })
     }
 
-    /// Appends `records` to the shard `entry` names, at its epoch, through
-    /// its leader; resolves once the leader answered the call carrying them.
+    /// Appends `records` to the shard `entry` (of `stream`) names, at its
+    /// epoch, through its leader; resolves once the leader answered the
+    /// call carrying them — or, if its outcome was unknown, once it is
+    /// resolved (see the module docs).
     pub async fn append(
         self: &Arc<Self>,
+        stream: &StreamArn,
         entry: &ShardMapEntry,
         records: Vec<RecordToAppend>,
     ) -> AppendOutcome {
@@ -156,6 +220,7 @@ impl AppendCoalescer {
             stream_uid: shard.stream_uid,
             shard_id: shard.shard_id,
             epoch: entry.epoch,
+            segment_index: entry.segment_index,
         };
         // Fails early (a bad address) rather than in the sending task.
         if let Err(error) = self.storage.client(&key.leader_address) {
@@ -178,7 +243,8 @@ impl AppendCoalescer {
             start
         };
         if start_sender {
-            self.tasks.spawn(self.clone().send_lane(key));
+            self.tasks
+                .spawn(self.clone().send_lane(key, stream.clone()));
         }
         answer.await.unwrap_or_else(|_| {
             AppendOutcome::Failed(
@@ -216,7 +282,7 @@ impl AppendCoalescer {
 
     /// One of a lane's senders: sends what is queued, answers its callers,
     /// and goes on until the lane's queue is empty.
-    async fn send_lane(self: Arc<Self>, key: LaneKey) {
+    async fn send_lane(self: Arc<Self>, key: LaneKey, stream: StreamArn) {
         let mut slot = SenderSlot {
             coalescer: &self,
             key: &key,
@@ -229,7 +295,7 @@ impl AppendCoalescer {
                 slot.released = true;
                 return;
             }
-            self.send_call(&key, call).await;
+            self.send_call(&key, &stream, call).await;
         }
     }
 
@@ -258,7 +324,7 @@ impl AppendCoalescer {
         }
     }
 
-    async fn send_call(&self, key: &LaneKey, call: Vec<Queued>) {
+    async fn send_call(self: &Arc<Self>, key: &LaneKey, stream: &StreamArn, call: Vec<Queued>) {
         let span = tracing::info_span!(
             parent: &call[0].span,
             "coalesced_append",
@@ -284,37 +350,123 @@ impl AppendCoalescer {
             }),
             epoch: key.epoch,
             records,
+            key: Some(AppendKey {
+                frontend: self.frontend_number,
+                call: self.calls.fetch_add(1, Ordering::Relaxed),
+            }),
+            resolving: false,
         };
-        let outcome = async {
-            let mut client = self
-                .storage
-                .client(&key.leader_address)
-                .map_err(|error| error.code.status(error.message))?;
-            client
-                .append(freshet_server::request_with_deadline(request, self.timeout))
-                .await
-                .map(tonic::Response::into_inner)
-        }
-        .instrument(span)
-        .await;
-        match outcome {
-            Ok(response) => {
-                for (reply, share) in replies.into_iter().zip(shares(&response, &counts)) {
-                    let _ = reply.send(AppendOutcome::Written(share));
-                }
-            }
+        // Kept to be sent again if the outcome is unknown (the data is
+        // shared, not copied).
+        let again = request.clone();
+        let outcome = self
+            .call(&key.leader_address, request)
+            .instrument(span.clone())
+            .await;
+        let outcome = match outcome {
+            Ok(response) => Ok(response),
             Err(status) => {
-                let outcome = AppendOutcome::from_status(&status);
-                for reply in replies {
-                    let _ = reply.send(outcome.clone());
-                }
                 // The leader refused, failed or did not answer in time: the
                 // appends queued behind this call go back unsent, to be
                 // routed again, rather than wait out another deadline on
                 // the same leader one call after another.
                 self.send_back_queued(key, &status);
+                if outcome_unknown(ErrorCode::of_status(&status)) {
+                    // Resolved in a task of its own, so the lane goes on.
+                    let (coalescer, key, stream) = (self.clone(), key.clone(), stream.clone());
+                    self.tasks.spawn(
+                        async move {
+                            let outcome = coalescer.resolve(&key, &stream, again, status).await;
+                            answer_callers(replies, &counts, outcome);
+                        }
+                        .instrument(span),
+                    );
+                    return;
+                }
+                Err(AppendOutcome::from_status(&status))
+            }
+        };
+        answer_callers(replies, &counts, outcome);
+    }
+
+    async fn call(
+        &self,
+        leader_address: &str,
+        request: AppendRequest,
+    ) -> Result<AppendResponse, tonic::Status> {
+        let mut client = self
+            .storage
+            .client(leader_address)
+            .map_err(|error| error.code.status(error.message))?;
+        client
+            .append(freshet_server::request_with_deadline(request, self.timeout))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Sends a call whose outcome is unknown again, under its key, to the
+    /// shard's current leader until one answers what became of it.
+    async fn resolve(
+        &self,
+        lane: &LaneKey,
+        stream: &StreamArn,
+        mut request: AppendRequest,
+        first_failure: tonic::Status,
+    ) -> Result<AppendResponse, AppendOutcome> {
+        let deadline = tokio::time::Instant::now() + RESOLVE_DEADLINE;
+        let mut last_failure = first_failure;
+        request.resolving = true;
+        for attempt in 1u64.. {
+            tokio::time::sleep(Duration::from_millis((attempt * 50).min(500))).await;
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            let Some(entry) = (self.locate)(stream.clone(), lane.shard_id.clone()).await else {
+                continue;
+            };
+            if entry.segment_index != lane.segment_index {
+                // Its first attempt went to a segment that is sealed now,
+                // whose copies only serve reads.
+                return Err(AppendOutcome::Failed(
+                    ErrorCode::MaybeWritten,
+                    format!(
+                        "the append's outcome is not known: shard {} moved to a new segment meanwhile ({})",
+                        lane.shard_id,
+                        last_failure.message()
+                    ),
+                ));
+            }
+            request.epoch = entry.epoch;
+            tracing::debug!(
+                shard_id = lane.shard_id,
+                epoch = entry.epoch,
+                attempt,
+                "resolving an append whose outcome is unknown"
+            );
+            match self.call(&entry.leader_address, request.clone()).await {
+                Ok(response) if response.absent => {
+                    return Err(AppendOutcome::NotWritten(format!(
+                        "shard {} was closed without the append",
+                        lane.shard_id
+                    )))
+                }
+                Ok(response) => return Ok(response),
+                Err(status) => {
+                    let code = ErrorCode::of_status(&status);
+                    if !(outcome_unknown(code) || code == ErrorCode::NotWritten) {
+                        return Err(AppendOutcome::Failed(code, status.message().to_owned()));
+                    }
+                    last_failure = status;
+                }
             }
         }
+        Err(AppendOutcome::Failed(
+            ErrorCode::MaybeWritten,
+            format!(
+                "the append's outcome is still not known after {RESOLVE_DEADLINE:?}: {}",
+                last_failure.message()
+            ),
+        ))
     }
 
     fn send_back_queued(&self, key: &LaneKey, cause: &tonic::Status) {
@@ -350,6 +502,26 @@ impl Drop for SenderSlot<'_> {
     }
 }
 
+/// Tells each caller of a call its share of the call's outcome.
+fn answer_callers(
+    replies: Vec<oneshot::Sender<AppendOutcome>>,
+    counts: &[usize],
+    outcome: Result<AppendResponse, AppendOutcome>,
+) {
+    match outcome {
+        Ok(response) => {
+            for (reply, share) in replies.into_iter().zip(shares(&response, counts)) {
+                let _ = reply.send(AppendOutcome::Written(share));
+            }
+        }
+        Err(outcome) => {
+            for reply in replies {
+                let _ = reply.send(outcome.clone());
+            }
+        }
+    }
+}
+
 /// Splits one call's answer among its callers, who sent `counts` records
 /// each, in order.
 fn shares(response: &AppendResponse, counts: &[usize]) -> Vec<AppendShare> {
@@ -381,6 +553,7 @@ mod tests {
             sequence_base: 9,
             arrival_ms: 0,
             throttled,
+            absent: false,
         }
     }
 
@@ -390,6 +563,7 @@ mod tests {
             stream_uid: 1,
             shard_id: "shardId-000000000000".to_owned(),
             epoch: 3,
+            segment_index: 0,
         }
     }
 
@@ -419,6 +593,7 @@ mod tests {
             Duration::from_secs(1),
             1,
             freshet_server::Tasks::new(),
+            Arc::new(|_, _| Box::pin(async { None })),
         )
     }
 

@@ -241,6 +241,7 @@ impl Frontend {
             freshet_server::grpc_channel(&config.cache.addr, &token)?,
             timer.clone(),
         );
+        let locate = locate_shard(router.clone());
         let storage = Arc::new(ops::StoragePool::new(&token));
         let tasks = freshet_server::Tasks::new();
         let registry = freshet_metrics::Registry::new();
@@ -269,6 +270,7 @@ impl Frontend {
                 config.storage_timeout,
                 config.append_calls_per_shard,
                 tasks.clone(),
+                locate,
             ),
             storage_timeout: config.storage_timeout,
             max_in_flight_requests: config.max_in_flight_requests,
@@ -392,4 +394,17 @@ pub async fn serve(
     .await;
     tasks.stop(freshet_server::TASK_STOP_DEADLINE).await;
     Ok(())
+}
+
+/// Finds a shard's current entry by asking for its stream's route afresh
+/// (the one it was routed by named a leader that failed).
+fn locate_shard(router: Router) -> coalescer::LocateShard {
+    Arc::new(move |stream: freshet_types::StreamArn, shard_id: String| {
+        let router = router.clone();
+        Box::pin(async move {
+            router.invalidate(&stream);
+            let route = router.stream_route(&stream).await.ok().flatten()?;
+            route.shard(&shard_id).cloned()
+        })
+    })
 }

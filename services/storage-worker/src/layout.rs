@@ -155,10 +155,7 @@ mod tests {
         let shard = data.path().join("shards/7/shardId-000000000000");
         let log = ShardLog::open(&shard, LogConfig::default()).expect("open");
         log.append(
-            &[NewRecord {
-                partition_key: "k".to_owned(),
-                data: bytes::Bytes::from_static(b"kept"),
-            }],
+            &[NewRecord::new("k", bytes::Bytes::from_static(b"kept"))],
             1,
         )
         .expect("append");

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tracing::Instrument as _;
 
 use freshet_errors::ErrorCode;
-use freshet_log::{EpochHistory, LogError, NewRecord};
+use freshet_log::{AppendMark, EpochHistory, LogError, NewRecord};
 use freshet_proto::v1::read_request::Start;
 use freshet_proto::v1::storage_server::Storage;
 use freshet_proto::v1::*;
@@ -16,7 +16,8 @@ use crate::layout::SegmentKey;
 use crate::lease::Lease;
 use crate::load::OfferedRecord;
 use crate::registry::ShardRegistry;
-use crate::writer::OpenShard;
+use crate::replication::{key_from_wire, mark_from_wire, wire_checksum};
+use crate::writer::{AppendAnswer, OpenShard};
 
 /// How long a request waits for this worker's snapshot to learn of a
 /// placement the caller already knows about.
@@ -33,6 +34,7 @@ fn into_log_records(records: Vec<RecordToAppend>) -> Vec<NewRecord> {
     records
         .into_iter()
         .map(|record| NewRecord {
+            ends_append: mark_from_wire(&record),
             partition_key: record.partition_key,
             data: record.data,
         })
@@ -52,6 +54,9 @@ pub struct StorageService {
 enum Access {
     /// Appends from the frontend: the leader of an open shard only.
     Write,
+    /// An append sent again to resolve an unknown outcome: the leader of
+    /// the shard, open or not (see `AppendRequest.resolving`).
+    Resolve,
     /// Reads of the current segment (`None`: the current one, whichever it
     /// is): the leader only (replicas serve reads after failover arrives).
     /// Reads of a sealed segment: any complete copy of it.
@@ -138,7 +143,7 @@ impl StorageService {
             }
         }
         let role_ok = match access {
-            Access::Write | Access::Read { .. } | Access::Seal => {
+            Access::Write | Access::Resolve | Access::Read { .. } | Access::Seal => {
                 entry.leader_worker_id == self.worker_id
             }
             Access::Replicate => entry.replica_worker_ids.contains(&self.worker_id),
@@ -149,7 +154,7 @@ impl StorageService {
                 shard.shard_id, entry.leader_worker_id
             )));
         }
-        if matches!(access, Access::Write | Access::Seal) {
+        if matches!(access, Access::Write | Access::Resolve | Access::Seal) {
             // Refused before anything is written, so the caller may retry.
             self.wait_for_lease(deadline).await?;
         }
@@ -157,6 +162,8 @@ impl StorageService {
             return Err(ErrorCode::NotWritten
                 .status(format!("shard {} is not being closed", shard.shard_id)));
         }
+        // (A resolving append may reach a closing or closed shard: its
+        // writer answers from the log, and writes nothing there.)
         if access == Access::Write && entry.state() != ShardState::Open {
             return Err(ErrorCode::NotWritten.status(format!("shard {} is closed", shard.shard_id)));
         }
@@ -239,43 +246,78 @@ impl Storage for StorageService {
                 record.partition_key.len()
             )));
         }
+        let key = request.key.as_ref().map(key_from_wire);
+        if request.resolving && key.is_none() {
+            return Err(ErrorCode::InvalidArgument.status("a resolving append needs its key"));
+        }
+        let access = if request.resolving {
+            Access::Resolve
+        } else {
+            Access::Write
+        };
         let shard = self
-            .authorize(request.shard.as_ref(), request.epoch, Access::Write)
+            .authorize(request.shard.as_ref(), request.epoch, access)
             .await?;
-        // Over the shard's write limit: a prefix is written, the rest refused.
-        let admitted = shard.throttle.admit_writes(
-            request
-                .records
-                .iter()
-                .map(|r| r.data.len() + r.partition_key.len()),
-        );
-        let throttled = request.records.len() - admitted;
-        shard.load.record(
-            request.records.iter().map(|r| OfferedRecord {
-                partition_key: &r.partition_key,
-                explicit_hash_key: &r.explicit_hash_key,
-                size: r.data.len() + r.partition_key.len(),
-            }),
-            throttled,
-        );
+        let requested = request.records.len();
+        // Over the shard's write limit: a prefix is written, the rest
+        // refused. Not for a resolving append: its first attempt passed
+        // the limit (an attempt refused whole is not resolved), and a
+        // refusal now would report as not written records that were.
+        let admitted = if request.resolving {
+            requested
+        } else {
+            let admitted = shard.throttle.admit_writes(
+                request
+                    .records
+                    .iter()
+                    .map(|r| r.data.len() + r.partition_key.len()),
+            );
+            shard.load.record(
+                request.records.iter().map(|r| OfferedRecord {
+                    partition_key: &r.partition_key,
+                    explicit_hash_key: &r.explicit_hash_key,
+                    size: r.data.len() + r.partition_key.len(),
+                }),
+                requested - admitted,
+            );
+            admitted
+        };
         if admitted == 0 {
             return Err(
                 ErrorCode::ProvisionedThroughputExceeded.status("the shard's write limit is spent")
             );
         }
-        let mut records = into_log_records(request.records);
-        records.truncate(admitted);
-        let appended = shard
-            .append(records, request.epoch)
+        let mut records: Vec<NewRecord> = request
+            .records
+            .into_iter()
+            .take(admitted)
+            .map(|r| NewRecord::new(r.partition_key, r.data))
+            .collect();
+        if let (Some(key), Some(last)) = (key, records.last_mut()) {
+            last.ends_append = Some(AppendMark {
+                key,
+                records: u32::try_from(admitted).unwrap_or(u32::MAX),
+            });
+        }
+        let answer = shard
+            .append(records, request.epoch, request.resolving)
             .await
             // NotWritten (the frontend routes again and retries) or
-            // MaybeWritten (the client decides).
+            // MaybeWritten (the frontend resolves it with the key).
             .map_err(|error| error.append_code().status(error.to_string()))?;
-        Ok(Response::new(AppendResponse {
-            first_offset: appended.first_offset,
-            sequence_base: shard.sequence_base,
-            arrival_ms: appended.arrival_ms,
-            throttled: u32::try_from(throttled).unwrap_or(u32::MAX),
+        Ok(Response::new(match answer {
+            AppendAnswer::Landed { appended, records } => AppendResponse {
+                first_offset: appended.first_offset,
+                sequence_base: shard.sequence_base,
+                arrival_ms: appended.arrival_ms,
+                throttled: u32::try_from(requested.saturating_sub(records as usize))
+                    .unwrap_or(u32::MAX),
+                absent: false,
+            },
+            AppendAnswer::Absent => AppendResponse {
+                absent: true,
+                ..AppendResponse::default()
+            },
         }))
     }
 
@@ -375,12 +417,7 @@ impl Storage for StorageService {
             .authorize(request.shard.as_ref(), request.epoch, Access::Replicate)
             .await?;
         let log = shard.log.clone();
-        let checksum = freshet_log::batch_checksum(
-            request
-                .records
-                .iter()
-                .map(|r| (r.partition_key.as_str(), &r.data[..])),
-        );
+        let checksum = wire_checksum(&request.records);
         if checksum != request.records_crc32 {
             return Err(ErrorCode::InvalidArgument.status(format!(
                 "the batch's checksum is {checksum:#010x}, the leader sent {:#010x}: damaged on the way, not written",

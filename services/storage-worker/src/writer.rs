@@ -5,7 +5,10 @@
 //!    the caller's epoch, then hands the records to the shard's writer task
 //!    through a channel and waits.
 //! 2. The writer task takes every append waiting in its channel (up to
-//!    [`GROUP_COMMIT_MAX_BYTES`]), appends them to the log as one batch with
+//!    [`GROUP_COMMIT_MAX_BYTES`]), sets aside those whose idempotency key
+//!    the log already holds ([`set_aside_known_keys`]: they are answered
+//!    with where they landed once that is committed, never written twice),
+//!    appends the rest to the log as one batch with
 //!    one fsync (still invisible to readers) while sending the same batch to
 //!    the shard's replicas (`replication/`), which fsync it too.
 //! 3. Once enough copies hold it (a majority by default), the batch is
@@ -24,7 +27,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use freshet_log::{Appended, NewRecord, ShardLog};
+use freshet_log::{AppendKey, Appended, HeldAppend, NewRecord, ShardLog};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -40,11 +43,14 @@ pub const GROUP_COMMIT_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// One caller's records waiting for the next group commit.
 struct AppendJob {
+    /// A keyed append's last record carries its mark (and key).
     records: Vec<NewRecord>,
     /// The leadership epoch the caller was authorized under: the job is
     /// written only while this worker still leads at exactly that epoch.
     epoch: u64,
-    reply: oneshot::Sender<Result<Appended, WriteError>>,
+    /// Sent again because the first attempt's outcome is unknown.
+    resolving: bool,
+    reply: oneshot::Sender<Result<AppendAnswer, WriteError>>,
     /// The Append call's span: the group commit that writes the job is
     /// its child (or, when it serves several calls, linked to it).
     span: tracing::Span,
@@ -59,6 +65,18 @@ enum WriterJob {
         epoch: u64,
         reply: oneshot::Sender<Result<Sealed, WriteError>>,
     },
+}
+
+/// How an append ended at the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendAnswer {
+    /// Committed: `records` records from `appended.first_offset` on. For
+    /// an append whose key the log already held, where it landed the
+    /// first time (nothing new was written).
+    Landed { appended: Appended, records: u32 },
+    /// A resolving append to a shard closed to writes, whose settled log
+    /// does not hold its key: it never landed, and never will.
+    Absent,
 }
 
 /// Where a sealed shard segment ends.
@@ -104,17 +122,22 @@ impl OpenShard {
         }
     }
 
-    /// Appends through the group-commit writer; resolves once durable.
+    /// Appends through the group-commit writer; resolves once committed.
+    /// A keyed append (its last record marked) whose key the log already
+    /// holds is not written again: it is answered with where it landed,
+    /// once that is committed. `resolving`: see [`AppendJob::resolving`].
     pub async fn append(
         &self,
         records: Vec<NewRecord>,
         epoch: u64,
-    ) -> Result<Appended, WriteError> {
+        resolving: bool,
+    ) -> Result<AppendAnswer, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.writer
             .send(WriterJob::Append(AppendJob {
                 records,
                 epoch,
+                resolving,
                 reply,
                 span: tracing::Span::current(),
             }))
@@ -194,6 +217,7 @@ async fn write_loop(
     mut jobs: mpsc::Receiver<WriterJob>,
 ) {
     let mut unwritten: Option<UnwrittenBatch> = None;
+    let mut awaiting = Awaiting::default();
     let mut last_catch_up = std::time::Instant::now();
     loop {
         let job = tokio::select! {
@@ -209,9 +233,12 @@ async fn write_loop(
                     continue;
                 }
                 // Idle: a replica that restarted catches up now, not only
-                // when the next write arrives.
+                // when the next write arrives. (A new leader's catch-up
+                // also commits what it held from before: appends awaiting
+                // that are answered then.)
                 replicator.catch_up(&log, IDLE_CATCH_UP_DEADLINE).await;
                 last_catch_up = std::time::Instant::now();
+                awaiting.answer(&log, &replicator);
                 continue;
             }
         };
@@ -219,6 +246,7 @@ async fn write_loop(
             WriterJob::Append(job) => job,
             WriterJob::Seal { epoch, reply } => {
                 let _ = reply.send(seal(&log, &mut replicator, &mut unwritten, epoch).await);
+                awaiting.answer(&log, &replicator);
                 continue;
             }
         };
@@ -240,7 +268,8 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        let committed = write_round(&log, &mut replicator, &mut unwritten, batch).await;
+        let committed =
+            write_round(&log, &mut replicator, &mut unwritten, &mut awaiting, batch).await;
         // Writes that keep failing (too few voters hold the log) never let
         // the writer idle: catch the replicas up now and then anyway, so a
         // learner can be filled and promoted and the shard write again.
@@ -251,6 +280,7 @@ async fn write_loop(
         if let Some((epoch, reply)) = seal_after {
             let _ = reply.send(seal(&log, &mut replicator, &mut unwritten, epoch).await);
         }
+        awaiting.answer(&log, &replicator);
     }
 }
 
@@ -261,6 +291,111 @@ impl AppendJob {
             .map(|r| r.data.len() + r.partition_key.len())
             .sum()
     }
+
+    /// The append's idempotency key, if it has one.
+    fn key(&self) -> Option<AppendKey> {
+        self.records
+            .last()
+            .and_then(|r| r.ends_append)
+            .map(|mark| mark.key)
+    }
+}
+
+/// Appends answered once the log is far enough along, and what each waits
+/// for.
+#[derive(Default)]
+struct Awaiting {
+    jobs: Vec<(AppendJob, WaitFor)>,
+}
+
+enum WaitFor {
+    /// The log held the job's key: answered once those records are
+    /// committed.
+    Held(HeldAppend),
+    /// An earlier job of the same round carried the key: held once that
+    /// one is written.
+    SameRoundWrite,
+    /// A resolving append to a shard closed to writes, its key not held:
+    /// answered once the log is settled.
+    Settled,
+}
+
+impl Awaiting {
+    fn push(&mut self, job: AppendJob, wait: WaitFor) {
+        self.jobs.push((job, wait));
+    }
+
+    /// Answers every job whose answer is now known; drops those whose
+    /// caller went away.
+    ///
+    /// Held records are answered once committed: committed records are
+    /// never truncated, so they are where the answer says, for good.
+    /// A missing key is answered [`AppendAnswer::Absent`] only once the
+    /// log is settled at this leader's epoch — its whole log committed and
+    /// held at this epoch by enough replicas, as a seal needs. Before that
+    /// a copy holding an older epoch's tail could still be elected and
+    /// commit it; after it, every future leader continues this log, and
+    /// nothing is written to a closing shard.
+    fn answer(&mut self, log: &ShardLog, replicator: &Replicator) {
+        if self.jobs.is_empty() {
+            return;
+        }
+        let leading = replicator.leading_epoch();
+        let committed = log.committed_offset();
+        let end = log.next_offset();
+        let settled = committed == end && replicator.enough_replicas_hold(end);
+        let mut waiting = Vec::new();
+        for (job, wait) in self.jobs.drain(..) {
+            if job.reply.is_closed() {
+                continue;
+            }
+            if leading != Some(job.epoch) {
+                let _ = job.reply.send(Err(lost_before_commit(job.epoch)));
+                continue;
+            }
+            // Looked up again each time: while this worker leads at the
+            // job's epoch its log is never truncated, so a held append
+            // stays where it was found.
+            let held = job.key().and_then(|key| log.find_append(&key));
+            let wait = match (wait, held) {
+                (WaitFor::Held(before), Some(now)) if before == now => WaitFor::Held(now),
+                (WaitFor::SameRoundWrite, Some(now)) => WaitFor::Held(now),
+                (WaitFor::Settled, None) => WaitFor::Settled,
+                // The same round's write of the key failed, or the log
+                // changed under the job: its outcome is not known here.
+                _ => {
+                    let _ = job.reply.send(Err(lost_before_commit(job.epoch)));
+                    continue;
+                }
+            };
+            let answer = match &wait {
+                WaitFor::Held(held) if held.end_offset() <= committed => {
+                    Some(AppendAnswer::Landed {
+                        appended: Appended {
+                            first_offset: held.first_offset,
+                            arrival_ms: held.arrival_ms,
+                        },
+                        records: held.records,
+                    })
+                }
+                WaitFor::Settled if settled => Some(AppendAnswer::Absent),
+                _ => None,
+            };
+            match answer {
+                Some(answer) => {
+                    let _ = job.reply.send(Ok(answer));
+                }
+                None => waiting.push((job, wait)),
+            }
+        }
+        self.jobs = waiting;
+    }
+}
+
+fn lost_before_commit(epoch: u64) -> WriteError {
+    WriteError::LostLeadership(format!(
+        "not known whether the append landed: leadership moved on from epoch {epoch}, or its first write failed"
+    ))
 }
 
 /// Writes one group commit's worth of appends and answers each caller.
@@ -269,19 +404,18 @@ async fn write_round(
     log: &Arc<ShardLog>,
     replicator: &mut Replicator,
     unwritten: &mut Option<UnwrittenBatch>,
+    awaiting: &mut Awaiting,
     batch: Vec<AppendJob>,
 ) -> bool {
     // Only jobs authorized under the epoch this worker leads now go on —
-    // a job queued before a failover must not be written afterwards — and
-    // only while the shard is open: once a split or merge starts closing
-    // it, a seal may come next, and nothing may land after the seal.
-    let leading = replicator.leading_epoch().filter(|_| replicator.is_open());
+    // a job queued before a failover must not be written afterwards.
+    let leading = replicator.leading_epoch();
     let (batch, stale): (Vec<AppendJob>, Vec<AppendJob>) = batch
         .into_iter()
         .partition(|job| Some(job.epoch) == leading);
     for job in stale {
         let _ = job.reply.send(Err(WriteError::Refused(format!(
-            "not leader of an open shard at epoch {} any more",
+            "not leader of the shard at epoch {} any more",
             job.epoch
         ))));
     }
@@ -292,12 +426,17 @@ async fn write_round(
         if let Err(error) = pending.write_again(log, leading).await {
             for job in batch {
                 // The batch queued before these could not be written
-                // again: nothing of these was written either.
+                // again: nothing of these was written either (and a key
+                // it holds is not found in the log yet).
                 let _ = job.reply.send(Err(WriteError::Refused(error.to_string())));
             }
             return false;
         }
         *unwritten = None;
+    }
+    let batch = set_aside_known_keys(log, replicator.is_open(), awaiting, batch);
+    if batch.is_empty() {
+        return true;
     }
     let counts: Vec<usize> = batch.iter().map(|job| job.records.len()).collect();
     let total: usize = counts.iter().sum();
@@ -335,9 +474,12 @@ async fn write_round(
         Ok(appended) => {
             let mut offset = appended.first_offset;
             for (reply, count) in replies.into_iter().zip(counts) {
-                let _ = reply.send(Ok(Appended {
-                    first_offset: offset,
-                    arrival_ms: appended.arrival_ms,
+                let _ = reply.send(Ok(AppendAnswer::Landed {
+                    appended: Appended {
+                        first_offset: offset,
+                        arrival_ms: appended.arrival_ms,
+                    },
+                    records: u32::try_from(count).unwrap_or(u32::MAX),
                 }));
                 offset += count as u64;
             }
@@ -360,6 +502,54 @@ async fn write_round(
             false
         }
     }
+}
+
+/// Sorts a round's jobs: those to write now are returned; the rest are
+/// answered or set aside in `awaiting`.
+/// - A keyed append whose key the log already holds is not written again
+///   (its first attempt landed, here or under an earlier leader): it waits
+///   for those records to be committed.
+/// - A key that two jobs of one round share (an attempt and its resolving
+///   retry, both queued): the first is written, the second waits for it.
+/// - On a shard closed to writes (once a split or merge starts closing it,
+///   a seal may come next, and nothing may land after the seal), the rest
+///   are refused — except resolving appends, which wait for the log to
+///   settle and learn that their key is absent.
+fn set_aside_known_keys(
+    log: &ShardLog,
+    open: bool,
+    awaiting: &mut Awaiting,
+    batch: Vec<AppendJob>,
+) -> Vec<AppendJob> {
+    let mut to_write: Vec<AppendJob> = Vec::with_capacity(batch.len());
+    let mut keys = std::collections::HashSet::new();
+    let mut repeats = Vec::new();
+    for job in batch {
+        if let Some(key) = job.key() {
+            if let Some(held) = log.find_append(&key) {
+                awaiting.push(job, WaitFor::Held(held));
+                continue;
+            }
+            if !keys.insert(key) {
+                repeats.push(job);
+                continue;
+            }
+        }
+        if open {
+            to_write.push(job);
+        } else if job.resolving {
+            awaiting.push(job, WaitFor::Settled);
+        } else {
+            let _ = job.reply.send(Err(WriteError::Refused(format!(
+                "not leader of an open shard at epoch {} any more",
+                job.epoch
+            ))));
+        }
+    }
+    for job in repeats {
+        awaiting.push(job, WaitFor::SameRoundWrite);
+    }
+    to_write
 }
 
 /// The writer's side of [`OpenShard::seal`].

@@ -282,6 +282,7 @@ pub fn records(
             partition_key: format!("load-{seq}-{i}"),
             data: payload.clone(),
             explicit_hash_key: String::new(),
+            ends_append: None,
         })
         .collect()
 }

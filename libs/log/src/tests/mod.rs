@@ -1,8 +1,10 @@
 //! The log's tests, by what they protect: `writes` (appends, reads,
 //! segments, retention), `recovery` (opening after a crash or damage),
 //! `replication` (a replica's side of its leader's requests, restarts at
-//! the leader's horizon) and `rebuild` (damaged and replaced copies).
+//! the leader's horizon), `rebuild` (damaged and replaced copies) and
+//! `appends` (keyed appends found again).
 
+mod appends;
 mod rebuild;
 mod recovery;
 mod replication;
@@ -18,10 +20,7 @@ use crate::{LogConfig, NewRecord, ShardLog, StoredRecord};
 pub(crate) use crate::epochs::history as epochs;
 
 pub(crate) fn record(key: &str, data: &str) -> NewRecord {
-    NewRecord {
-        partition_key: key.to_owned(),
-        data: Bytes::copy_from_slice(data.as_bytes()),
-    }
+    NewRecord::new(key, Bytes::copy_from_slice(data.as_bytes()))
 }
 
 pub(crate) fn small_segments() -> LogConfig {

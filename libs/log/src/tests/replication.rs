@@ -207,6 +207,7 @@ fn a_copy_behind_the_leaders_horizon_restarts_there_and_catches_up() {
                 &[NewRecord {
                     partition_key: stored.partition_key.clone(),
                     data: stored.data.clone(),
+                    ends_append: stored.ends_append,
                 }],
             )
             .expect("replicate");

@@ -109,11 +109,7 @@ impl ReplicaTarget<'_> {
         committed: u64,
     ) -> Result<(bool, u64), WriteError> {
         let mut client = self.context.client(self.address)?;
-        let records_crc32 = freshet_log::batch_checksum(
-            records
-                .iter()
-                .map(|r| (r.partition_key.as_str(), &r.data[..])),
-        );
+        let records_crc32 = super::wire_checksum(&records);
         let response = client
             .replicate(ReplicateRequest {
                 shard: Some(self.shard.clone()),
@@ -264,7 +260,7 @@ impl ReplicaTarget<'_> {
             .records
             .iter()
             .take_while(|r| r.arrival_ms == arrival_ms && r.offset < until)
-            .map(|r| to_wire(&r.partition_key, &r.data))
+            .map(|r| to_wire(&r.partition_key, &r.data, r.ends_append))
             .collect();
         self.call(from, arrival_ms, run, committed).await
     }

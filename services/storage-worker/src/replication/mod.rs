@@ -73,13 +73,55 @@ const CATCH_UP_BYTES: u64 = 4 * 1024 * 1024;
 /// Requests one replica may take to catch up before this batch gives up on it.
 const MAX_ROUNDS: usize = 64;
 
-/// A record as a `Replicate` request carries it (the data is shared, not copied).
-fn to_wire(partition_key: &str, data: &bytes::Bytes) -> RecordToAppend {
+/// A record as a `Replicate` request carries it (the data is shared, not
+/// copied), with its append mark.
+fn to_wire(
+    partition_key: &str,
+    data: &bytes::Bytes,
+    ends_append: Option<freshet_log::AppendMark>,
+) -> RecordToAppend {
     RecordToAppend {
         partition_key: partition_key.to_owned(),
         data: data.clone(),
         explicit_hash_key: String::new(),
+        ends_append: ends_append.map(|mark| freshet_proto::v1::AppendMark {
+            key: Some(key_to_wire(mark.key)),
+            records: mark.records,
+        }),
     }
+}
+
+pub(crate) fn key_to_wire(key: freshet_log::AppendKey) -> freshet_proto::v1::AppendKey {
+    freshet_proto::v1::AppendKey {
+        frontend: key.frontend,
+        call: key.call,
+    }
+}
+
+pub(crate) fn key_from_wire(key: &freshet_proto::v1::AppendKey) -> freshet_log::AppendKey {
+    freshet_log::AppendKey {
+        frontend: key.frontend,
+        call: key.call,
+    }
+}
+
+/// A `Replicate` record's append mark, as the log stores it (a mark
+/// without a key is no mark).
+pub(crate) fn mark_from_wire(record: &RecordToAppend) -> Option<freshet_log::AppendMark> {
+    let mark = record.ends_append.as_ref()?;
+    Some(freshet_log::AppendMark {
+        key: key_from_wire(mark.key.as_ref()?),
+        records: mark.records,
+    })
+}
+
+/// The checksum a `Replicate` request carries over its records.
+pub(crate) fn wire_checksum(records: &[RecordToAppend]) -> u32 {
+    freshet_log::batch_checksum(
+        records
+            .iter()
+            .map(|r| (r.partition_key.as_str(), &r.data[..], mark_from_wire(r))),
+    )
 }
 
 /// How many copies must hold a batch before it is acknowledged.
@@ -347,7 +389,7 @@ impl Replicator {
         let records: Vec<RecordToAppend> = batch
             .records
             .iter()
-            .map(|r| to_wire(&r.partition_key, &r.data))
+            .map(|r| to_wire(&r.partition_key, &r.data, r.ends_append))
             .collect();
         let sends = replicas.iter().map(|(worker_id, address)| {
             let known_end = self.replica_ends.get(worker_id).copied();

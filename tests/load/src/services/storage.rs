@@ -314,6 +314,8 @@ pub async fn prepare(
                 shard: Some(route.key.clone()),
                 epoch: route.epoch,
                 records: setup::records(seq, batch, &payload),
+                key: None,
+                resolving: false,
             };
             let mut leader = route.leader;
             async move {
@@ -405,6 +407,9 @@ async fn fill(route: &Route, count: u64, payload: &Bytes, timeout: Duration) -> 
                 .cycle()
                 .take(take)
                 .collect(),
+            // Unkeyed: no append mark, so every record is the same.
+            key: None,
+            resolving: false,
         };
         match leader.append(grpc::request(request, timeout)).await {
             Ok(answer) => {
@@ -543,7 +548,7 @@ async fn replicate(
     let records_crc32 = freshet_log::batch_checksum(
         records
             .iter()
-            .map(|r| (r.partition_key.as_str(), &r.data[..])),
+            .map(|r| (r.partition_key.as_str(), &r.data[..], None)),
     );
     let scenario = FnScenario(move |seq: u64| {
         let replica = replicas[seq as usize % replicas.len()].clone();

@@ -56,6 +56,7 @@ impl CheckedRecord {
                 partition_key: self.partition_key,
                 data: self.data,
                 explicit_hash_key,
+                ends_append: None,
             },
         )
     }

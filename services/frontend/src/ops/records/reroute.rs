@@ -61,7 +61,7 @@ pub(super) async fn append_records(
             let batch: Vec<RecordToAppend> =
                 indexes.iter().map(|&i| records[i].1.clone()).collect();
             async move {
-                let outcome = frontend.appends.append(&entry, batch).await;
+                let outcome = frontend.appends.append(stream, &entry, batch).await;
                 (entry, indexes, outcome)
             }
         });

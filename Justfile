@@ -7,10 +7,31 @@ export FRESHET_TEST_REDIS_URL := env_var_or_default("FRESHET_TEST_REDIS_URL", "r
 default:
     @just --list
 
-# Build everything once, then run the whole test suite against local Postgres and Redis.
+# Build everything once, then run the whole test suite against local Postgres and Redis, and 300 seeds of the simulation.
 test: infra
     cargo build --workspace --all-targets
     cargo test --workspace
+    target/debug/freshet-sim --seeds 300 --start 100000000
+
+# The deterministic simulation (docs/simulation.md): 1,000 seeds; `just sim SEEDS=100000 START=0`, `just sim SEED=42` replays one (FRESHET_SIM_TRACE=1 prints it), `HOLE_1=1` puts hole 1 back.
+sim *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    seeds=1000; start=0; seed=""; extra=()
+    for arg in {{ARGS}}; do
+        case "$arg" in
+            SEEDS=*) seeds="${arg#SEEDS=}" ;;
+            START=*) start="${arg#START=}" ;;
+            SEED=*) seed="${arg#SEED=}" ;;
+            HOLE_1=1) extra+=(--reintroduce-hole-1) ;;
+            *) echo "unknown argument $arg (SEEDS=, START=, SEED=, HOLE_1=1)" >&2; exit 2 ;;
+        esac
+    done
+    cargo build -p freshet-sim
+    if [ -n "$seed" ]; then
+        exec target/debug/freshet-sim --seed "$seed" "${extra[@]}"
+    fi
+    exec target/debug/freshet-sim --seeds "$seeds" --start "$start" "${extra[@]}"
 
 # Run the whole topology as local processes (frontend on 127.0.0.1:4567).
 dev: infra

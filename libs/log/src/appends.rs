@@ -37,14 +37,23 @@ pub(crate) struct AppendIndex {
     by_key: HashMap<AppendKey, HeldAppend>,
     /// Keys in log order, with their appends' ends.
     order: VecDeque<(AppendKey, u64)>,
+    /// The newest arrival time of an append forgotten to keep the index
+    /// small: a key not found may be one of those (see
+    /// [`ShardLog::remembers_appends_since`](crate::ShardLog::remembers_appends_since)).
+    forgotten_arrival_ms: Option<i64>,
 }
 
 impl AppendIndex {
-    /// Notes the mark found on the record at `last_offset`.
+    /// Notes the mark found on the record at `last_offset`. A mark that
+    /// claims more records than the log holds below it is damage, and is
+    /// not noted.
     pub(crate) fn note(&mut self, last_offset: u64, arrival_ms: i64, mark: AppendMark) {
         let end = last_offset + 1;
+        let Some(first_offset) = end.checked_sub(u64::from(mark.records)) else {
+            return;
+        };
         let held = HeldAppend {
-            first_offset: end.saturating_sub(u64::from(mark.records)),
+            first_offset,
             records: mark.records,
             arrival_ms,
         };
@@ -52,9 +61,21 @@ impl AppendIndex {
         self.order.push_back((mark.key, end));
         while self.order.len() > APPEND_KEYS_REMEMBERED {
             if let Some((key, end)) = self.order.pop_front() {
+                if let Some(forgotten) = self.by_key.get(&key).filter(|h| h.end_offset() == end) {
+                    self.forgotten_arrival_ms = Some(
+                        self.forgotten_arrival_ms
+                            .map_or(forgotten.arrival_ms, |t| t.max(forgotten.arrival_ms)),
+                    );
+                }
                 self.remove_if_ends_at(key, end);
             }
         }
+    }
+
+    /// Whether every append that arrived at or after `since_ms` is still
+    /// remembered.
+    pub(crate) fn remembers_since(&self, since_ms: i64) -> bool {
+        self.forgotten_arrival_ms.is_none_or(|t| t < since_ms)
     }
 
     pub(crate) fn find(&self, key: &AppendKey) -> Option<HeldAppend> {
@@ -73,9 +94,12 @@ impl AppendIndex {
         }
     }
 
+    /// Forgets everything (the log restarted empty at its leader's
+    /// horizon: what it held had expired).
     pub(crate) fn clear(&mut self) {
         self.by_key.clear();
         self.order.clear();
+        self.forgotten_arrival_ms = None;
     }
 
     fn remove_if_ends_at(&mut self, key: AppendKey, end: u64) {

@@ -21,7 +21,9 @@
 //!
 //! all little-endian. The last record of a keyed append (see `appends.rs`)
 //! sets the top bit of `key_len` and carries its mark:
-//! `u64 frontend | u64 call | u32 records`. Offsets are dense (0, 1, 2, ...) and arrival times never
+//! `u64 frontend | u64 call | u32 records`. Every record of one write but
+//! its last sets the next bit (*continues*): recovery drops a write whose
+//! last record is missing, so a write lands whole or not at all. Offsets are dense (0, 1, 2, ...) and arrival times never
 //! decrease, which makes both indexes below a binary search.
 //!
 //! # Invariants
@@ -431,6 +433,13 @@ impl ShardLog {
         self.lock_writer().appends.find(key)
     }
 
+    /// Whether every keyed append that arrived at or after `since_ms` is
+    /// still remembered: if not, a key [`ShardLog::find_append`] does not
+    /// find may be one it forgot, and a caller must not take it for absent.
+    pub fn remembers_appends_since(&self, since_ms: i64) -> bool {
+        self.lock_writer().appends.remembers_since(since_ms)
+    }
+
     /// This copy's epoch history (a leader sends it with every batch).
     pub fn epoch_history(&self) -> EpochHistory {
         self.epochs_view
@@ -555,12 +564,17 @@ impl ShardLog {
         let length = segment.truncate_index(offset);
         let path = segment.path().to_owned();
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .open(&path)
             .map_err(io_error("open segment for truncation", &path))?;
-        file.set_len(length)
-            .and_then(|()| file.sync_all())
-            .map_err(io_error("truncate", &path))?;
+        file.set_len(length).map_err(io_error("truncate", &path))?;
+        // The cut may fall inside a write: its first records, kept, must
+        // not look torn to the next recovery.
+        if let Some(last) = segment.last_frame_position() {
+            segment::end_write_at(&file, &path, last, length)?;
+        }
+        file.sync_all().map_err(io_error("truncate", &path))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_error("fsync log directory", &self.dir))?;
@@ -627,7 +641,14 @@ impl ShardLog {
         let mut positions = Vec::with_capacity(records.len());
         for (index, record) in records.iter().enumerate() {
             positions.push(writer.active_len + buffer.len() as u64);
-            segment::encode_record(&mut buffer, first_offset + index as u64, arrival_ms, record)?;
+            let continues = index + 1 < records.len();
+            segment::encode_record(
+                &mut buffer,
+                first_offset + index as u64,
+                arrival_ms,
+                record,
+                continues,
+            )?;
         }
 
         let write_result = writer

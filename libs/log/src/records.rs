@@ -91,6 +91,10 @@ pub struct StoredRecord {
     pub data: Bytes,
     /// Set on the last record of a keyed append.
     pub ends_append: Option<AppendMark>,
+    /// The write it was stored with goes on after it: writes land whole
+    /// (recovery drops a torn one), and a copy catching up is sent whole
+    /// writes, so it never holds an append in part.
+    pub write_continues: bool,
 }
 
 /// Where an appended batch landed.

@@ -19,6 +19,11 @@ pub(crate) const FRAME_HEADER_LEN: usize = 8;
 const BODY_FIXED_LEN: usize = 18;
 /// Set in `key_len` when an append mark follows it.
 const MARKED: u16 = 0x8000;
+/// Set in `key_len` on every record of a write but its last: a write whose
+/// last record is missing was torn, and recovery drops all of it.
+const CONTINUES: u16 = 0x4000;
+/// The bits of `key_len` that hold the key's length.
+const KEY_LEN_BITS: u16 = !(MARKED | CONTINUES);
 /// `u64 frontend | u64 call | u32 records`.
 const MARK_LEN: usize = 20;
 
@@ -33,18 +38,21 @@ pub(crate) fn frame_len(record: &StoredRecord) -> usize {
 }
 
 /// Appends one framed record to `buffer`.
+/// `continues`: the write goes on after this record.
 pub(crate) fn encode_record(
     buffer: &mut Vec<u8>,
     offset: u64,
     arrival_ms: i64,
     record: &NewRecord,
+    continues: bool,
 ) -> LogResult<()> {
     let (partition_key, data) = (&record.partition_key, &record.data);
     let too_large = || LogError::RecordTooLarge(data.len(), partition_key.len());
     let key_len = u16::try_from(partition_key.len())
         .ok()
-        .filter(|len| len & MARKED == 0)
-        .ok_or_else(too_large)?;
+        .filter(|len| len & !KEY_LEN_BITS == 0)
+        .ok_or_else(too_large)?
+        | if continues { CONTINUES } else { 0 };
     let mark_len = if record.ends_append.is_some() {
         MARK_LEN
     } else {
@@ -105,7 +113,8 @@ fn decode_record(bytes: &Bytes, at: usize) -> Decoded {
     let offset = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
     let arrival_ms = i64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
     let key_field = u16::from_le_bytes(body[16..18].try_into().expect("2 bytes"));
-    let key_len = usize::from(key_field & !MARKED);
+    let key_len = usize::from(key_field & KEY_LEN_BITS);
+    let continues = key_field & CONTINUES != 0;
     let mark_len = if key_field & MARKED != 0 { MARK_LEN } else { 0 };
     let key_start = BODY_FIXED_LEN + mark_len;
     if key_start + key_len > body_len {
@@ -133,6 +142,7 @@ fn decode_record(bytes: &Bytes, at: usize) -> Decoded {
             partition_key: partition_key.to_owned(),
             data: bytes.slice(data_start..data_end),
             ends_append,
+            write_continues: continues,
         },
         frame_len: FRAME_HEADER_LEN + body_len,
     }
@@ -201,9 +211,13 @@ impl Segment {
         let mut position = 0usize;
         // Why recovery stopped before the end of the file, if it did.
         let mut problem: Option<String> = None;
+        // Where the last whole write ends: its records and its bytes.
+        let (mut whole_records, mut whole_len) = (0usize, 0usize);
+        let mut marks = Vec::new();
         while position < bytes.len() {
             match decode_record(&bytes, position) {
                 Decoded::Record { record, frame_len } => {
+                    let continues = record.write_continues;
                     let expected = base_offset + index.positions.len() as u64;
                     if record.offset != expected {
                         problem = Some(format!(
@@ -215,9 +229,12 @@ impl Segment {
                     index.positions.push(position as u64);
                     index.arrivals.push(record.arrival_ms);
                     if let Some(mark) = record.ends_append {
-                        appends.note(record.offset, record.arrival_ms, mark);
+                        marks.push((record.offset, record.arrival_ms, mark));
                     }
                     position += frame_len;
+                    if !continues {
+                        (whole_records, whole_len) = (index.positions.len(), position);
+                    }
                 }
                 Decoded::Incomplete => {
                     problem = Some("incomplete frame".to_owned());
@@ -227,6 +244,26 @@ impl Segment {
                     problem = Some(reason);
                     break;
                 }
+            }
+        }
+        if problem.is_none() && whole_len < position {
+            // The file ends inside a write: its last record never reached
+            // the disk, so none of it was acknowledged. Drop all of it —
+            // a write lands whole or not at all (what makes an append's
+            // key, on its last record, stand for the whole append).
+            problem = Some("a write without its last record".to_owned());
+        }
+        // Where the scan stopped, for telling a torn tail from damage.
+        let (stopped_at, expected) = (position, base_offset + index.positions.len() as u64);
+        if problem.is_some() && whole_len < position {
+            index.positions.truncate(whole_records);
+            index.arrivals.truncate(whole_records);
+            position = whole_len;
+        }
+        let whole_end = base_offset + whole_records as u64;
+        for (offset, arrival_ms, mark) in marks {
+            if offset < whole_end {
+                appends.note(offset, arrival_ms, mark);
             }
         }
         if let Some(reason) = problem {
@@ -239,8 +276,7 @@ impl Segment {
             // still fits the file fails it.) A copy found corrupt is
             // rebuilt from its peers (`rebuild.rs`), so a torn write taken
             // for damage costs a rebuild, never a record.
-            let expected = base_offset + index.positions.len() as u64;
-            let is_torn_tail = is_last && !valid_frame_after(&bytes, position + 1, expected);
+            let is_torn_tail = is_last && !valid_frame_after(&bytes, stopped_at + 1, expected);
             if !is_torn_tail {
                 return Err(LogError::Corrupt {
                     path: path.to_owned(),
@@ -312,6 +348,11 @@ impl Segment {
             index.arrivals.truncate(keep);
         }
         index.committed_len
+    }
+
+    /// File position of the last record it holds, if any.
+    pub(crate) fn last_frame_position(&self) -> Option<u64> {
+        self.index().positions.last().copied()
     }
 
     /// Makes fsynced records visible to readers.
@@ -394,4 +435,28 @@ impl Segment {
         }
         Ok(records)
     }
+}
+
+/// Makes the frame at `position` (ending at `end`) in `file` the last of
+/// its write: clears its *continues* bit, if set, and its checksum with it.
+/// A truncation that cuts a write keeps its first records; without this,
+/// recovery would take them for a torn write and drop them.
+pub(crate) fn end_write_at(file: &File, path: &Path, position: u64, end: u64) -> LogResult<()> {
+    let length = usize::try_from(end.saturating_sub(position)).unwrap_or(0);
+    if length < FRAME_HEADER_LEN + BODY_FIXED_LEN {
+        return Ok(());
+    }
+    let mut frame = vec![0u8; length];
+    file.read_exact_at(&mut frame, position)
+        .map_err(io_error("read the last kept frame of", path))?;
+    let key_at = FRAME_HEADER_LEN + 16;
+    let key_field = u16::from_le_bytes([frame[key_at], frame[key_at + 1]]);
+    if key_field & CONTINUES == 0 {
+        return Ok(());
+    }
+    frame[key_at..key_at + 2].copy_from_slice(&(key_field & !CONTINUES).to_le_bytes());
+    let crc = crc32fast::hash(&frame[FRAME_HEADER_LEN..]);
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
+    file.write_all_at(&frame[..FRAME_HEADER_LEN + BODY_FIXED_LEN], position)
+        .map_err(io_error("end the write of the last kept frame of", path))
 }

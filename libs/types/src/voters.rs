@@ -127,7 +127,7 @@ impl Voters {
     /// elected: one more than any majority of it leaves out.
     pub fn election_answers_needed(&self) -> usize {
         let size = self.committed().len();
-        size - majority(size) + 1
+        (size + 1).saturating_sub(majority(size))
     }
 
     /// Whether the voters for which `answered` is true include a copy of

@@ -72,9 +72,10 @@ const MAX_CALL_BYTES: usize = 8 * 1024 * 1024;
 /// election; the HTTP request's own limit is longer).
 pub const RESOLVE_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Finds a shard's current entry afresh: (stream, shard id) → entry.
+/// Finds a shard's current entry: (stream, shard id, past the snapshot?)
+/// → entry.
 pub type LocateShard =
-    Arc<dyn Fn(StreamArn, String) -> BoxFuture<'static, Option<ShardMapEntry>> + Send + Sync>;
+    Arc<dyn Fn(StreamArn, String, bool) -> BoxFuture<'static, Option<ShardMapEntry>> + Send + Sync>;
 
 /// Whether a call that failed with `code` may have written its records.
 fn outcome_unknown(code: ErrorCode) -> bool {
@@ -421,7 +422,12 @@ impl AppendCoalescer {
             if tokio::time::Instant::now() >= deadline {
                 break;
             }
-            let Some(entry) = (self.locate)(stream.clone(), lane.shard_id.clone()).await else {
+            // The route is read afresh (past the frontend's snapshot) on
+            // every fourth attempt only: a failover reaches the snapshot
+            // through the change log anyway.
+            let afresh = attempt % 4 == 1;
+            let Some(entry) = (self.locate)(stream.clone(), lane.shard_id.clone(), afresh).await
+            else {
                 continue;
             };
             if entry.segment_index != lane.segment_index {
@@ -452,9 +458,15 @@ impl AppendCoalescer {
                 }
                 Ok(response) => return Ok(response),
                 Err(status) => {
-                    let code = ErrorCode::of_status(&status);
-                    if !(outcome_unknown(code) || code == ErrorCode::NotWritten) {
-                        return Err(AppendOutcome::Failed(code, status.message().to_owned()));
+                    // Only an answer settles it. A deleted stream's
+                    // records are gone whatever became of them; any other
+                    // refusal or failure leaves the outcome as unknown as
+                    // it was: ask again.
+                    if ErrorCode::of_status(&status) == ErrorCode::ResourceNotFound {
+                        return Err(AppendOutcome::Failed(
+                            ErrorCode::ResourceNotFound,
+                            status.message().to_owned(),
+                        ));
                     }
                     last_failure = status;
                 }
@@ -593,7 +605,7 @@ mod tests {
             Duration::from_secs(1),
             1,
             freshet_server::Tasks::new(),
-            Arc::new(|_, _| Box::pin(async { None })),
+            Arc::new(|_, _, _| Box::pin(async { None })),
         )
     }
 

@@ -399,12 +399,16 @@ pub async fn serve(
 /// Finds a shard's current entry by asking for its stream's route afresh
 /// (the one it was routed by named a leader that failed).
 fn locate_shard(router: Router) -> coalescer::LocateShard {
-    Arc::new(move |stream: freshet_types::StreamArn, shard_id: String| {
-        let router = router.clone();
-        Box::pin(async move {
-            router.invalidate(&stream);
-            let route = router.stream_route(&stream).await.ok().flatten()?;
-            route.shard(&shard_id).cloned()
-        })
-    })
+    Arc::new(
+        move |stream: freshet_types::StreamArn, shard_id: String, afresh: bool| {
+            let router = router.clone();
+            Box::pin(async move {
+                if afresh {
+                    router.invalidate(&stream);
+                }
+                let route = router.stream_route(&stream).await.ok().flatten()?;
+                route.shard(&shard_id).cloned()
+            })
+        },
+    )
 }

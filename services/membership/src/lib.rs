@@ -34,6 +34,14 @@ use tokio::net::TcpListener;
 pub use config::{Config, UnsafeLease};
 pub use service::MembershipService;
 
+/// Membership's decisions about a shard's copies, as pure functions of the
+/// shard's row and what its copies answer: the same code the service runs,
+/// also driven by the deterministic simulator (`tests/sim`).
+pub mod decisions {
+    pub use crate::placement::{elect, spare_replica, CopyPosition, Election, Promotion, COPIES};
+    pub use crate::reconfigure::after_report;
+}
+
 /// Where membership serves its metrics unless told otherwise.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9152";
 

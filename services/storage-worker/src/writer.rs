@@ -173,6 +173,11 @@ pub(crate) fn now_ms() -> i64 {
 
 /// How long the writer waits for work before it checks on its replicas.
 const IDLE_CATCH_UP_INTERVAL: Duration = Duration::from_millis(500);
+/// How far back a resolving append may ask about its key: well past the
+/// frontend's resolve deadline (30 s) and one call's own.
+const KEYS_NEEDED_FOR_MS: i64 = 120_000;
+/// How often a writer that never idles still catches its replicas up.
+const AWAITING_CATCH_UP_INTERVAL: Duration = Duration::from_millis(200);
 /// How long one idle check may spend on one replica.
 const IDLE_CATCH_UP_DEADLINE: Duration = Duration::from_millis(500);
 
@@ -273,7 +278,13 @@ async fn write_loop(
         // Writes that keep failing (too few voters hold the log) never let
         // the writer idle: catch the replicas up now and then anyway, so a
         // learner can be filled and promoted and the shard write again.
-        if !committed && last_catch_up.elapsed() >= IDLE_CATCH_UP_INTERVAL {
+        // So too while appends wait for records a new leader holds from
+        // before but has not committed: under a stream of retries the
+        // writer would never idle, and catch-up is what commits them.
+        let since = last_catch_up.elapsed();
+        let catch_up_due = (!committed && since >= IDLE_CATCH_UP_INTERVAL)
+            || (awaiting.waits_for_commit(&log) && since >= AWAITING_CATCH_UP_INTERVAL);
+        if catch_up_due {
             replicator.catch_up(&log, IDLE_CATCH_UP_DEADLINE).await;
             last_catch_up = std::time::Instant::now();
         }
@@ -325,6 +336,15 @@ impl Awaiting {
         self.jobs.push((job, wait));
     }
 
+    /// Whether a job waits for records the log holds but has not committed.
+    fn waits_for_commit(&self, log: &ShardLog) -> bool {
+        let committed = log.committed_offset();
+        self.jobs.iter().any(|(_, wait)| match wait {
+            WaitFor::Held(held) => held.end_offset() > committed,
+            WaitFor::SameRoundWrite | WaitFor::Settled => false,
+        })
+    }
+
     /// Answers every job whose answer is now known; drops those whose
     /// caller went away.
     ///
@@ -343,7 +363,10 @@ impl Awaiting {
         let leading = replicator.leading_epoch();
         let committed = log.committed_offset();
         let end = log.next_offset();
-        let settled = committed == end && replicator.enough_replicas_hold(end);
+        // A closing shard may be reopened (a move abandoned): then nothing
+        // is settled, and the key may yet be written.
+        let settled =
+            !replicator.is_open() && committed == end && replicator.enough_replicas_hold(end);
         let mut waiting = Vec::new();
         for (job, wait) in self.jobs.drain(..) {
             if job.reply.is_closed() {
@@ -360,7 +383,7 @@ impl Awaiting {
             let wait = match (wait, held) {
                 (WaitFor::Held(before), Some(now)) if before == now => WaitFor::Held(now),
                 (WaitFor::SameRoundWrite, Some(now)) => WaitFor::Held(now),
-                (WaitFor::Settled, None) => WaitFor::Settled,
+                (WaitFor::Settled, None) if !replicator.is_open() => WaitFor::Settled,
                 // The same round's write of the key failed, or the log
                 // changed under the job: its outcome is not known here.
                 _ => {
@@ -532,6 +555,16 @@ fn set_aside_known_keys(
             }
             if !keys.insert(key) {
                 repeats.push(job);
+                continue;
+            }
+            // A key not found may be one the log forgot (it remembers a
+            // bounded number): only while it remembers every append a
+            // resolving frontend could still be asking about is "not
+            // found" the same as "never landed".
+            if job.resolving && !log.remembers_appends_since(now_ms() - KEYS_NEEDED_FOR_MS) {
+                let _ = job.reply.send(Err(WriteError::LostLeadership(
+                    "not known whether the append landed: the shard no longer remembers every recent append key".to_owned(),
+                )));
                 continue;
             }
         }

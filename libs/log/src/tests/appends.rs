@@ -110,6 +110,9 @@ fn only_the_newest_keys_are_remembered() {
     assert_eq!(log.find_append(&key(9)), None, "the oldest are forgotten");
     assert!(log.find_append(&key(10)).is_some());
     assert!(log.find_append(&key(appends - 1)).is_some());
+    // ... and the log says so: a key not found may be a forgotten one.
+    assert!(!log.remembers_appends_since(0));
+    assert!(log.remembers_appends_since(1));
     drop(log);
     let log = ShardLog::open(dir.path(), crate::LogConfig::default()).expect("reopen");
     assert_eq!(log.find_append(&key(9)), None);

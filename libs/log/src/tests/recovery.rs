@@ -176,3 +176,71 @@ fn a_damaged_length_in_the_last_segment_is_corruption_not_a_torn_tail() {
         opened.map(|log| log.next_offset())
     );
 }
+
+/// A crash in the middle of a write can leave its first records whole on
+/// disk. None of the write was acknowledged, and an append's key sits on
+/// its last record: keeping the first records would let an append land in
+/// part, its key lost, and be written again whole. A write lands whole or
+/// not at all.
+#[test]
+fn a_write_torn_after_some_whole_records_is_dropped_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let segment;
+    let whole_len;
+    {
+        let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+        log.append(&[record("a", "kept")], 1).expect("append");
+        segment = last_segment(dir.path());
+        whole_len = fs::metadata(&segment).expect("stat").len();
+        let mut keyed = vec![
+            record("b", "torn-1"),
+            record("b", "torn-2"),
+            record("b", "torn-3"),
+        ];
+        keyed[2].ends_append = Some(AppendMark {
+            key: AppendKey {
+                frontend: 1,
+                call: 1,
+            },
+            records: 3,
+        });
+        log.append_uncommitted(&keyed, 2).expect("append");
+    }
+    // The crash: the last record's frame is cut short, the first two whole.
+    let full = fs::metadata(&segment).expect("stat").len();
+    OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .expect("open")
+        .set_len(full - 3)
+        .expect("tear");
+
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("reopen");
+    assert_eq!(log.next_offset(), 1, "nothing of the torn write is kept");
+    assert_eq!(fs::metadata(&segment).expect("stat").len(), whole_len);
+    let next = log.append(&[record("c", "next")], 3).expect("append");
+    assert_eq!(next.first_offset, 1);
+}
+
+/// A replica dropping the tail its new leader never had may cut a write in
+/// two: the records it keeps stay, across a restart too.
+#[test]
+fn records_kept_by_a_truncation_inside_a_write_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+        let batch: Vec<NewRecord> = (0..5).map(|i| record("k", &format!("r{i}"))).collect();
+        log.append_uncommitted(&batch, 1).expect("append");
+        log.truncate_to(3).expect("truncate");
+    }
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("reopen");
+    assert_eq!(log.next_offset(), 3);
+    let data: Vec<Bytes> = log
+        .read_uncommitted(0, 10, u64::MAX)
+        .expect("read")
+        .records
+        .into_iter()
+        .map(|r| r.data)
+        .collect();
+    assert_eq!(data, ["r0", "r1", "r2"].map(Bytes::from));
+}

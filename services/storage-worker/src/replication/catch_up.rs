@@ -15,6 +15,10 @@ use super::{
     begin_leading, epochs_to_wire, to_wire, LocalBatch, ReplicationContext, Replicator,
     CATCH_UP_BYTES, CATCH_UP_RECORDS, MAX_ROUNDS,
 };
+
+/// The most a catch-up read takes to reach the end of one write: a group
+/// commit's batch, with its frames.
+const WHOLE_WRITE_BYTES: u64 = 2 * crate::writer::GROUP_COMMIT_MAX_BYTES as u64;
 use crate::error::WriteError;
 
 impl Replicator {
@@ -243,7 +247,14 @@ impl ReplicaTarget<'_> {
         }
         let reader = log.clone();
         let missing = tokio::task::spawn_blocking(move || {
-            reader.read_uncommitted(from, CATCH_UP_RECORDS, CATCH_UP_BYTES)
+            let missing = reader.read_uncommitted(from, CATCH_UP_RECORDS, CATCH_UP_BYTES)?;
+            // A run ends at the end of a write, however large: a copy
+            // never holds part of an append, whose key is on its last
+            // record (it would be written again whole after a failover).
+            if missing.records.last().is_some_and(|r| r.write_continues) {
+                return reader.read_uncommitted(from, usize::MAX, WHOLE_WRITE_BYTES);
+            }
+            Ok(missing)
         })
         .await
         .map_err(|e| WriteError::task("catch-up read", e))??;
@@ -256,12 +267,29 @@ impl ReplicaTarget<'_> {
             )));
         };
         let arrival_ms = first.arrival_ms;
-        let run: Vec<RecordToAppend> = missing
+        // One arrival time: the records of one write share it.
+        let mut run: Vec<RecordToAppend> = Vec::new();
+        let mut whole = 0;
+        for record in missing
             .records
             .iter()
             .take_while(|r| r.arrival_ms == arrival_ms && r.offset < until)
-            .map(|r| to_wire(&r.partition_key, &r.data, r.ends_append))
-            .collect();
+        {
+            run.push(to_wire(
+                &record.partition_key,
+                &record.data,
+                record.ends_append,
+            ));
+            if !record.write_continues {
+                whole = run.len();
+            }
+        }
+        if whole == 0 {
+            return Err(WriteError::Replication(format!(
+                "the write at offset {from} does not end within {WHOLE_WRITE_BYTES} bytes"
+            )));
+        }
+        run.truncate(whole);
         self.call(from, arrival_ms, run, committed).await
     }
 }

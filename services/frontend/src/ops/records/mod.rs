@@ -13,8 +13,10 @@
 //! ([`freshet_errors::ErrorCode::NotWritten`]: a stale epoch, a worker that
 //! does not lead or does not know the placement yet, a closing shard) is
 //! routed again on a freshly read route and retried until a 5 s deadline
-//! (`reroute.rs`); no other failure is retried, since the write may have
-//! happened. A read refused the same way is retried once.
+//! (`reroute.rs`). A failure that leaves the outcome unknown is resolved
+//! under the append's idempotency key before anyone is answered
+//! (`coalescer.rs`), so a record reported as failed was not written. A
+//! read refused the same way is retried once.
 
 mod get;
 mod put;

@@ -30,9 +30,11 @@ pub(super) struct Landed {
 
 /// Appends records to the open shards that cover their hash keys, one
 /// append per shard. A group its worker refused before writing is routed
-/// again on a fresh route and retried until [`REROUTE_DEADLINE`]; nothing
-/// else is retried, since it may have been written (the client decides).
-/// Answers per record, in input order.
+/// again on a fresh route and retried until [`REROUTE_DEADLINE`]. An
+/// append whose outcome was unknown reaches here already resolved
+/// (`coalescer.rs`); one still unknown after that is reported as
+/// InternalFailure, perhaps written (the client decides). Answers per
+/// record, in input order.
 pub(super) async fn append_records(
     frontend: &Frontend,
     stream: &StreamArn,

@@ -1,0 +1,174 @@
+//! `freshet-sim`: the deterministic simulator of a shard's replication,
+//! failover and reconfiguration (`just sim`). Each seed fixes one run —
+//! every message delay, drop and duplicate, every crash, torn write,
+//! partition, membership outage and clock drift — and a failing seed
+//! replays exactly (`just sim SEED=<seed>`). `docs/simulation.md` says what
+//! runs for real and what is modelled.
+
+mod checks;
+mod rng;
+mod world;
+
+use std::sync::mpsc;
+use std::time::Instant;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    about = "Runs seeds of the deterministic simulation and reports any that break an invariant"
+)]
+struct Args {
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 1_000)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+    /// Replay this one seed and print what it did.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Put hole 1 of issue 13 back (elections sized by the answering
+    /// copies, the deposed leader's vote dropped at once), to show the
+    /// simulator catches it.
+    #[arg(long)]
+    reintroduce_hole_1: bool,
+}
+
+/// One seed's run; a panic (in the model or in the code it runs) fails it.
+fn run_seed(seed: u64, hole_1: bool) -> Result<world::Outcome, String> {
+    std::panic::catch_unwind(|| {
+        let world = world::World::new(seed, hole_1).map_err(|e| format!("setup failed: {e}"))?;
+        world.run()
+    })
+    .unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default();
+        Err(format!("panicked: {message}"))
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if let Some(seed) = args.seed {
+        return match run_seed(seed, args.reintroduce_hole_1) {
+            Ok(outcome) => {
+                println!(
+                    "seed {seed}: ok: {} calls acknowledged, {} records committed, {} failovers, {} crashes, {} unresolved, {} events",
+                    outcome.acknowledged, outcome.committed, outcome.failovers, outcome.crashes, outcome.unresolved, outcome.events
+                );
+                print!("{}", outcome.end_state);
+                std::process::ExitCode::SUCCESS
+            }
+            Err(violation) => {
+                println!("seed {seed}: FAILED: {violation}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1) as u64;
+    let started = Instant::now();
+    let (sender, results) = mpsc::channel();
+    let hole_1 = args.reintroduce_hole_1;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let sender = sender.clone();
+            let (start, seeds) = (args.start, args.seeds);
+            std::thread::spawn(move || {
+                let mut i = t;
+                while i < seeds {
+                    let seed = start + i;
+                    let _ = sender.send((seed, run_seed(seed, hole_1)));
+                    i += threads;
+                }
+            })
+        })
+        .collect();
+    drop(sender);
+    let mut total = world::Outcome::default();
+    let mut failed: Vec<(u64, String)> = Vec::new();
+    let mut done = 0u64;
+    for (seed, result) in results {
+        done += 1;
+        match result {
+            Ok(outcome) => {
+                total.acknowledged += outcome.acknowledged;
+                total.committed += outcome.committed;
+                total.failovers += outcome.failovers;
+                total.crashes += outcome.crashes;
+                total.unresolved += outcome.unresolved;
+                total.events += outcome.events;
+            }
+            Err(violation) => {
+                println!("seed {seed} FAILED: {violation}");
+                failed.push((seed, violation));
+            }
+        }
+        if done.is_multiple_of(1_000) {
+            let rate = done as f64 / started.elapsed().as_secs_f64();
+            eprintln!("{done} seeds, {rate:.1} seeds/s, {} failed", failed.len());
+        }
+    }
+    for handle in handles {
+        let _ = handle.join();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{} seeds ({}..{}) in {elapsed:.1} s: {:.1} seeds/s on {threads} threads; {} failed",
+        args.seeds,
+        args.start,
+        args.start + args.seeds,
+        args.seeds as f64 / elapsed,
+        failed.len()
+    );
+    println!(
+        "in all: {} calls acknowledged, {} records committed, {} failovers, {} crashes, {} calls unresolved at the end, {} events",
+        total.acknowledged, total.committed, total.failovers, total.crashes, total.unresolved, total.events
+    );
+    if failed.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        failed.sort();
+        println!(
+            "failing seeds (replay one with `just sim SEED=<seed>`): {:?}",
+            failed.iter().map(|(s, _)| s).collect::<Vec<_>>()
+        );
+        std::process::ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_seed;
+
+    #[test]
+    fn a_few_seeds_keep_every_invariant() {
+        for seed in 0..12 {
+            if let Err(violation) = run_seed(seed, false) {
+                panic!("seed {seed}: {violation}");
+            }
+        }
+    }
+
+    /// The simulator is not blind: with hole 1 of issue 13 put back
+    /// (elections sized by the copies that answer, the deposed leader's
+    /// vote dropped at once), seed 673 reuses an offset; with the fix it
+    /// does not.
+    #[test]
+    fn the_simulator_catches_hole_1_put_back() {
+        let caught = run_seed(673, true).expect_err("hole 1 is caught");
+        assert!(caught.contains("committed as"), "{caught}");
+        if let Err(violation) = run_seed(673, false) {
+            panic!("seed 673 with the fix: {violation}");
+        }
+    }
+}

@@ -1,0 +1,1713 @@
+//! One simulated shard: four storage workers in three zones, membership,
+//! a frontend, and the network between them, driven by one seed.
+//!
+//! Real code: every copy is a real [`ShardLog`] in its own directory (the
+//! log's epoch fence, truncation, recovery of a torn tail, append marks);
+//! membership's failover and reconfiguration are the service's own pure
+//! decisions ([`decisions::elect`], [`decisions::after_report`],
+//! [`decisions::spare_replica`]); the leader commits by the worker's own
+//! rule ([`AckRule`]). The protocol around them — the leader's group-commit
+//! round and catch-up, replicas answering `Replicate`, heartbeats and
+//! leases, broadcasts of the shard's entry, the frontend resolving unknown
+//! outcomes under append keys — is modelled here after
+//! `services/storage-worker/src/{writer.rs,replication/}` and
+//! `services/membership/src/failover.rs`, as messages on a seeded network.
+//!
+//! Time is virtual (ms); every event happens at a time the seed chose, in
+//! one thread, so a seed replays exactly.
+
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use freshet_log::{AppendKey, AppendMark, EpochHistory, HeldAppend, NewRecord, ShardLog};
+use freshet_membership::decisions::{self, Election};
+use freshet_metastore::{ShardRow, WorkerRow};
+use freshet_storage_worker::{AckCopies, AckRule};
+use freshet_types::{ShardState, Voters};
+
+use crate::checks::{Checker, Violation};
+use crate::rng::Rng;
+
+/// How long a lease lasts on the holder's clock (ms).
+const LEASE_MS: u64 = 2_000;
+/// Membership fails a leader over after this much silence.
+const HEARTBEAT_TIMEOUT_MS: u64 = 3_000;
+const HEARTBEAT_EVERY_MS: u64 = 300;
+const MEMBERSHIP_TICK_MS: u64 = 250;
+/// The idle leader's catch-up round.
+const CATCH_UP_EVERY_MS: u64 = 500;
+/// A group-commit round gives up after this long.
+const ROUND_DEADLINE_MS: u64 = 2_000;
+/// The frontend's deadline for one call.
+const CALL_DEADLINE_MS: u64 = 2_500;
+/// How long the frontend routes a refused call again before giving up.
+const REROUTE_MS: u64 = 5_000;
+/// Records per catch-up request.
+const CATCH_UP_RECORDS: usize = 50;
+
+const ZONES: [&str; 4] = ["a", "b", "c", "a"];
+const MEMBERSHIP: usize = 100;
+const FRONTEND: usize = 101;
+
+/// The faults a run may suffer, scaled by one intensity.
+#[derive(Debug, Clone, Copy)]
+pub struct Faults {
+    pub drop: f64,
+    pub duplicate: f64,
+    pub max_delay_ms: u64,
+    pub crashes: bool,
+    pub torn_writes: bool,
+    pub partitions: bool,
+    pub membership_outages: bool,
+}
+
+impl Faults {
+    pub fn from_seed(rng: &mut Rng) -> Faults {
+        Faults {
+            drop: [0.0, 0.01, 0.05][rng.range(0, 3) as usize],
+            duplicate: [0.0, 0.01][rng.range(0, 2) as usize],
+            max_delay_ms: [5, 30, 150][rng.range(0, 3) as usize],
+            crashes: rng.chance(0.9),
+            torn_writes: rng.chance(0.5),
+            partitions: rng.chance(0.5),
+            membership_outages: rng.chance(0.3),
+        }
+    }
+}
+
+/// What one run came to.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    pub acknowledged: usize,
+    pub committed: usize,
+    pub failovers: u64,
+    pub crashes: u64,
+    pub unresolved: usize,
+    pub events: u64,
+    /// The shard and its copies at the end, for a replayed seed.
+    pub end_state: String,
+}
+
+/// The shard's entry as a worker or the frontend last heard it.
+#[derive(Debug, Clone)]
+struct Entry {
+    version: u64,
+    row: ShardRow,
+}
+
+impl Entry {
+    fn is_copy(&self, worker: &str) -> bool {
+        self.row.leader_worker_id == worker
+            || self.row.replica_worker_ids.iter().any(|r| r == worker)
+    }
+}
+
+/// A call from the frontend, as the leader holds it.
+#[derive(Debug, Clone)]
+struct Job {
+    call: u64,
+    records: Vec<NewRecord>,
+    epoch: u64,
+}
+
+/// The leader's group commit in flight.
+struct Round {
+    epoch: u64,
+    end: u64,
+    jobs: Vec<(Job, u64)>,
+    deadline: u64,
+}
+
+enum Msg {
+    Replicate {
+        epoch: u64,
+        history: EpochHistory,
+        first_offset: u64,
+        arrival_ms: i64,
+        records: Vec<NewRecord>,
+        committed: u64,
+    },
+    ReplicateReply {
+        epoch: u64,
+        ok: bool,
+        next_offset: u64,
+    },
+    Heartbeat {
+        sent_local: u64,
+    },
+    HeartbeatReply {
+        sent_local: u64,
+        version: u64,
+    },
+    Entry(Box<Entry>),
+    Report {
+        epoch: u64,
+        voters: Voters,
+        holding: Vec<String>,
+    },
+    /// The frontend asks for the shard's entry (the cache's lookup).
+    Lookup,
+    Append(Job),
+    AppendReply {
+        call: u64,
+        answer: Answer,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Answer {
+    Landed(u64),
+    NotWritten,
+    Unknown,
+}
+
+enum Event {
+    Deliver {
+        from: usize,
+        to: usize,
+        /// The receiver's incarnation when sent: a restarted process has
+        /// new connections, and what was sent to the old one is gone.
+        incarnation: u64,
+        msg: Msg,
+    },
+    Heartbeat(usize),
+    MembershipTick,
+    CatchUp(usize),
+    Crash(usize),
+    Restart(usize),
+    Cut(usize, usize),
+    Heal(usize, usize),
+    MembershipDown,
+    MembershipUp,
+    NewCall,
+    CallTimeout {
+        call: u64,
+        attempt: u64,
+    },
+    RetryCall(u64),
+    Read,
+    Settle,
+}
+
+struct Worker {
+    id: String,
+    zone: &'static str,
+    dir: PathBuf,
+    up: bool,
+    /// Set while up and holding a copy.
+    log: Option<Arc<ShardLog>>,
+    view: Option<Entry>,
+    /// Until when (local clock) and from which entry version on.
+    lease: Option<(u64, u64)>,
+    /// Local clock rate, parts per million off.
+    drift_ppm: i64,
+    /// Tear the next local write and crash.
+    tear_next_write: bool,
+    /// Whether membership has heard it register since it (re)started.
+    registered: bool,
+    replica_ends: BTreeMap<String, u64>,
+    ends_epoch: u64,
+    queue: Vec<Job>,
+    round: Option<Round>,
+    awaiting: Vec<(Job, HeldAppend)>,
+    incarnation: u64,
+}
+
+/// The frontend's view of one call.
+struct Call {
+    records: Vec<Bytes>,
+    resolving: bool,
+    attempt: u64,
+    first_sent: u64,
+    done: bool,
+}
+
+pub struct World {
+    rng: Rng,
+    faults: Faults,
+    now: u64,
+    seq: u64,
+    events: BinaryHeap<std::cmp::Reverse<(u64, u64)>>,
+    pending: BTreeMap<u64, Event>,
+    workers: Vec<Worker>,
+    row: ShardRow,
+    version: u64,
+    last_heard: Vec<u64>,
+    membership_up: bool,
+    /// A failover committed whose broadcast is not out yet (a commit whose
+    /// outcome membership did not learn): no leases until it is.
+    unsettled_head: bool,
+    cut: BTreeSet<(usize, usize)>,
+    frontend_view: Option<Entry>,
+    calls: BTreeMap<u64, Call>,
+    next_call: u64,
+    checker: Checker,
+    outcome: Outcome,
+    settling: bool,
+    /// Whether membership may elect from fewer voters than the committed
+    /// configuration needs: hole 1 of issue 13, put back to show the
+    /// simulator catches it.
+    reintroduce_hole_1: bool,
+    /// Print what happens (a replayed seed, `FRESHET_SIM_TRACE=1`).
+    trace: bool,
+    _root: tempfile::TempDir,
+}
+
+fn worker_row(id: &str, zone: &str) -> WorkerRow {
+    WorkerRow {
+        worker_id: id.to_owned(),
+        availability_zone: zone.to_owned(),
+        address: id.to_owned(),
+        seconds_since_heartbeat: 0.0,
+    }
+}
+
+impl World {
+    pub fn new(seed: u64, reintroduce_hole_1: bool) -> anyhow::Result<World> {
+        let mut rng = Rng::new(seed);
+        let faults = Faults::from_seed(&mut rng);
+        let base = if std::path::Path::new("/dev/shm").is_dir() {
+            tempfile::Builder::new()
+                .prefix("freshet-sim")
+                .tempdir_in("/dev/shm")?
+        } else {
+            tempfile::tempdir()?
+        };
+        let workers: Vec<Worker> = ZONES
+            .iter()
+            .enumerate()
+            .map(|(i, zone)| Worker {
+                id: format!("w{i}"),
+                zone,
+                dir: base.path().join(format!("w{i}")),
+                up: true,
+                log: None,
+                view: None,
+                lease: None,
+                drift_ppm: rng.range(0, 2_001) as i64 - 1_000,
+                tear_next_write: false,
+                registered: true,
+                replica_ends: BTreeMap::new(),
+                ends_epoch: 0,
+                queue: Vec::new(),
+                round: None,
+                awaiting: Vec::new(),
+                incarnation: 0,
+            })
+            .collect();
+        let ids: Vec<String> = workers[..3].iter().map(|w| w.id.clone()).collect();
+        let row = ShardRow {
+            stream_uid: 1,
+            shard_id: "shardId-000000000000".to_owned(),
+            starting_hash_key: "0".to_owned(),
+            ending_hash_key: u128::MAX.to_string(),
+            parent_shard_id: None,
+            adjacent_parent_shard_id: None,
+            sequence_base: 1,
+            state: ShardState::Open,
+            ending_offset: None,
+            leader_worker_id: ids[0].clone(),
+            replica_worker_ids: ids[1..].to_vec(),
+            voters: Voters::Stable(ids.clone()),
+            epoch: 1,
+            close_generation: 0,
+            segment_index: 0,
+            segment_start_offset: 0,
+            sealed_segments: Vec::new(),
+        };
+        let mut world = World {
+            rng,
+            faults,
+            now: 0,
+            seq: 0,
+            events: BinaryHeap::new(),
+            pending: BTreeMap::new(),
+            last_heard: vec![0; workers.len()],
+            workers,
+            row,
+            version: 1,
+            membership_up: true,
+            unsettled_head: false,
+            cut: BTreeSet::new(),
+            frontend_view: None,
+            calls: BTreeMap::new(),
+            next_call: 0,
+            checker: Checker::default(),
+            outcome: Outcome::default(),
+            settling: false,
+            reintroduce_hole_1,
+            trace: std::env::var_os("FRESHET_SIM_TRACE").is_some(),
+            _root: base,
+        };
+        for w in 0..world.workers.len() {
+            let offset = world.rng.range(0, HEARTBEAT_EVERY_MS);
+            world.at(offset, Event::Heartbeat(w));
+            world.at(offset + 1, Event::CatchUp(w));
+        }
+        world.broadcast();
+        world.at(MEMBERSHIP_TICK_MS, Event::MembershipTick);
+        world.at(100, Event::NewCall);
+        world.at(500, Event::Read);
+        world.plan_faults();
+        world.at(20_000, Event::Settle);
+        Ok(world)
+    }
+
+    fn note(&self, what: impl FnOnce() -> String) {
+        if self.trace {
+            println!("{:>6} ms  {}", self.now, what());
+        }
+    }
+
+    fn at(&mut self, delay: u64, event: Event) {
+        self.seq += 1;
+        self.events
+            .push(std::cmp::Reverse((self.now + delay, self.seq)));
+        self.pending.insert(self.seq, event);
+    }
+
+    fn plan_faults(&mut self) {
+        let faults = self.faults;
+        if faults.crashes {
+            for _ in 0..self.rng.range(1, 5) {
+                let w = self.rng.range(0, self.workers.len() as u64) as usize;
+                let when = self.rng.range(500, 18_000);
+                self.at(when, Event::Crash(w));
+            }
+        }
+        if faults.partitions {
+            let nodes: Vec<usize> = (0..self.workers.len())
+                .chain([MEMBERSHIP, FRONTEND])
+                .collect();
+            for _ in 0..self.rng.range(1, 4) {
+                let a = *self.rng.pick(&nodes).unwrap_or(&0);
+                let b = *self.rng.pick(&nodes).unwrap_or(&1);
+                if a == b {
+                    continue;
+                }
+                let when = self.rng.range(0, 16_000);
+                self.at(when, Event::Cut(a, b));
+                let heal = when + self.rng.range(200, 6_000);
+                self.at(heal, Event::Heal(a, b));
+            }
+        }
+        if faults.membership_outages {
+            let when = self.rng.range(0, 15_000);
+            self.at(when, Event::MembershipDown);
+            let back = when + self.rng.range(200, 5_000);
+            self.at(back, Event::MembershipUp);
+        }
+    }
+
+    fn local_now(&self, w: usize) -> u64 {
+        let drift = self.workers[w].drift_ppm;
+        (self.now as i64 + self.now as i64 * drift / 1_000_000).max(0) as u64
+    }
+
+    fn linked(&self, a: usize, b: usize) -> bool {
+        !self.cut.contains(&(a.min(b), a.max(b)))
+    }
+
+    fn send(&mut self, from: usize, to: usize, msg: Msg) {
+        if self.rng.chance(self.faults.drop) && !self.settling {
+            return;
+        }
+        let delay = self.rng.range(1, self.faults.max_delay_ms + 1);
+        let duplicate = self.rng.chance(self.faults.duplicate) && !self.settling;
+        if duplicate {
+            let again = match &msg {
+                Msg::Replicate {
+                    epoch,
+                    history,
+                    first_offset,
+                    arrival_ms,
+                    records,
+                    committed,
+                } => Some(Msg::Replicate {
+                    epoch: *epoch,
+                    history: history.clone(),
+                    first_offset: *first_offset,
+                    arrival_ms: *arrival_ms,
+                    records: records.clone(),
+                    committed: *committed,
+                }),
+                // A frontend's call is not duplicated: gRPC over one TCP
+                // connection delivers it once or not at all (and its
+                // attempts go one after another).
+                _ => None,
+            };
+            if let Some(again) = again {
+                let later = self.rng.range(1, self.faults.max_delay_ms * 3 + 2);
+                let incarnation = self.incarnation(to);
+                self.at(
+                    later,
+                    Event::Deliver {
+                        from,
+                        to,
+                        incarnation,
+                        msg: again,
+                    },
+                );
+            }
+        }
+        let incarnation = self.incarnation(to);
+        self.at(
+            delay,
+            Event::Deliver {
+                from,
+                to,
+                incarnation,
+                msg,
+            },
+        );
+    }
+
+    fn incarnation(&self, node: usize) -> u64 {
+        self.workers.get(node).map_or(0, |w| w.incarnation)
+    }
+
+    /// Runs until settled; the first violation ends the run.
+    pub fn run(mut self) -> Result<Outcome, Violation> {
+        while let Some(std::cmp::Reverse((time, seq))) = self.events.pop() {
+            let Some(event) = self.pending.remove(&seq) else {
+                continue;
+            };
+            self.now = time;
+            self.outcome.events += 1;
+            if self.outcome.events > 2_000_000 {
+                return Err("the run did not settle within 2,000,000 events".to_owned());
+            }
+            if let Event::Settle = event {
+                if !self.settling {
+                    self.start_settling();
+                    continue;
+                }
+                return self.finish();
+            }
+            self.handle(event)?;
+        }
+        Err("the event queue ran dry".to_owned())
+    }
+
+    fn start_settling(&mut self) {
+        // Every fault heals: workers restart, links and membership return;
+        // only calls already made go on, until they are resolved.
+        self.settling = true;
+        self.cut.clear();
+        self.membership_up = true;
+        for w in 0..self.workers.len() {
+            if !self.workers[w].up {
+                self.restart(w);
+            }
+            self.workers[w].tear_next_write = false;
+        }
+        self.at(15_000, Event::Settle);
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), Violation> {
+        match event {
+            Event::Deliver {
+                from,
+                to,
+                incarnation,
+                msg,
+            } => {
+                if !self.linked(from, to) || self.incarnation(to) != incarnation {
+                    return Ok(());
+                }
+                if to == MEMBERSHIP {
+                    self.membership_receives(from, msg);
+                } else if to == FRONTEND {
+                    self.frontend_receives(msg)?;
+                } else if self.workers[to].up {
+                    self.worker_receives(to, from, msg)?;
+                }
+            }
+            Event::Heartbeat(w) => {
+                if self.workers[w].up {
+                    let sent_local = self.local_now(w);
+                    self.send(w, MEMBERSHIP, Msg::Heartbeat { sent_local });
+                }
+                self.at(HEARTBEAT_EVERY_MS, Event::Heartbeat(w));
+            }
+            Event::MembershipTick => {
+                self.membership_tick();
+                self.at(MEMBERSHIP_TICK_MS, Event::MembershipTick);
+            }
+            Event::CatchUp(w) => {
+                if self.workers[w].up {
+                    self.catch_up(w)?;
+                    self.expire_round(w);
+                    self.persist(w);
+                }
+                self.at(CATCH_UP_EVERY_MS, Event::CatchUp(w));
+            }
+            Event::Crash(w) => {
+                if self.settling || !self.workers[w].up {
+                    return Ok(());
+                }
+                if self.faults.torn_writes && self.rng.chance(0.5) {
+                    // It dies in the middle of its next write instead.
+                    self.workers[w].tear_next_write = true;
+                } else {
+                    self.crash(w);
+                }
+            }
+            Event::Restart(w) => {
+                if !self.workers[w].up {
+                    self.restart(w);
+                }
+            }
+            Event::Cut(a, b) => {
+                if !self.settling {
+                    self.cut.insert((a.min(b), a.max(b)));
+                }
+            }
+            Event::Heal(a, b) => {
+                self.cut.remove(&(a.min(b), a.max(b)));
+            }
+            Event::MembershipDown => {
+                if !self.settling {
+                    self.membership_up = false;
+                }
+            }
+            Event::MembershipUp => self.membership_up = true,
+            Event::NewCall => {
+                if !self.settling {
+                    self.new_call();
+                    let next = self.rng.range(5, 120);
+                    self.at(next, Event::NewCall);
+                }
+            }
+            Event::CallTimeout { call, attempt } => self.call_timed_out(call, attempt),
+            Event::RetryCall(call) => self.send_call(call),
+            Event::Read => {
+                self.read_from_leader()?;
+                let next = self.rng.range(100, 700);
+                self.at(next, Event::Read);
+            }
+            Event::Settle => {}
+        }
+        Ok(())
+    }
+
+    // ----- workers -----
+
+    fn crash(&mut self, w: usize) {
+        self.outcome.crashes += 1;
+        self.note(|| format!("w{w} crashes"));
+        let worker = &mut self.workers[w];
+        worker.up = false;
+        worker.log = None;
+        worker.view = None;
+        worker.lease = None;
+        worker.queue.clear();
+        worker.round = None;
+        worker.awaiting.clear();
+        worker.replica_ends.clear();
+        worker.tear_next_write = false;
+        worker.registered = false;
+        worker.incarnation += 1;
+        let back = self.rng.range(300, 6_000);
+        self.at(back, Event::Restart(w));
+    }
+
+    fn restart(&mut self, w: usize) {
+        let worker = &mut self.workers[w];
+        worker.up = true;
+        worker.log = None;
+        // The log is opened again when the worker learns it holds a copy;
+        // a copy found on disk is recovered then (a torn tail cut). Its
+        // next heartbeat registers it again.
+        worker.registered = false;
+    }
+
+    /// Membership hears a worker register: a leader that restarted gets a
+    /// new epoch (`republish_worker_shards`) — it has forgotten batches
+    /// its replicas may hold.
+    fn register(&mut self, w: usize) {
+        self.workers[w].registered = true;
+        if self.row.leader_worker_id == self.workers[w].id {
+            self.row.epoch += 1;
+            self.version += 1;
+            self.note(|| format!("w{w} registers again: epoch {}", self.row.epoch));
+            self.broadcast();
+        }
+    }
+
+    /// Opens (or creates) the worker's copy, if its view says it holds one.
+    fn open_log(&mut self, w: usize) -> Result<Option<Arc<ShardLog>>, Violation> {
+        if let Some(log) = &self.workers[w].log {
+            return Ok(Some(log.clone()));
+        }
+        let worker = &self.workers[w];
+        let holds = worker.view.as_ref().is_some_and(|v| v.is_copy(&worker.id));
+        if !holds {
+            return Ok(None);
+        }
+        let log = ShardLog::open(&worker.dir, freshet_log::LogConfig::default())
+            .map_err(|e| format!("worker {w} cannot open its copy: {e}"))?;
+        let log = Arc::new(log);
+        self.workers[w].log = Some(log.clone());
+        Ok(Some(log))
+    }
+
+    fn lease_ok(&self, w: usize) -> bool {
+        let worker = &self.workers[w];
+        match (&worker.lease, &worker.view) {
+            (Some((until, version)), Some(view)) => {
+                self.local_now(w) < *until && view.version >= *version
+            }
+            _ => false,
+        }
+    }
+
+    fn leading_epoch(&self, w: usize) -> Option<u64> {
+        let worker = &self.workers[w];
+        worker
+            .view
+            .as_ref()
+            .filter(|v| v.row.leader_worker_id == worker.id)
+            .map(|v| v.row.epoch)
+    }
+
+    fn worker_index(&self, id: &str) -> Option<usize> {
+        self.workers.iter().position(|w| w.id == id)
+    }
+
+    fn worker_receives(&mut self, w: usize, from: usize, msg: Msg) -> Result<(), Violation> {
+        match msg {
+            Msg::Entry(entry) => {
+                let newer = self.workers[w]
+                    .view
+                    .as_ref()
+                    .is_none_or(|v| entry.version > v.version);
+                if newer {
+                    let holds = entry.is_copy(&self.workers[w].id);
+                    let epoch_changed = self.workers[w]
+                        .view
+                        .as_ref()
+                        .is_none_or(|v| v.row.epoch != entry.row.epoch);
+                    self.workers[w].view = Some(*entry);
+                    if epoch_changed {
+                        self.workers[w].replica_ends.clear();
+                    }
+                    if !holds {
+                        // An orphan: no entry names it (after the
+                        // configuration without it was committed).
+                        self.workers[w].log = None;
+                        let _ = std::fs::remove_dir_all(&self.workers[w].dir);
+                    }
+                }
+            }
+            Msg::HeartbeatReply {
+                sent_local,
+                version,
+            } => {
+                self.workers[w].lease = Some((sent_local + LEASE_MS, version));
+            }
+            Msg::Replicate {
+                epoch,
+                history,
+                first_offset,
+                arrival_ms,
+                records,
+                committed,
+            } => self.replica_receives(
+                w,
+                from,
+                epoch,
+                &history,
+                first_offset,
+                arrival_ms,
+                records,
+                committed,
+            )?,
+            Msg::ReplicateReply {
+                epoch,
+                ok,
+                next_offset,
+            } => self.leader_hears_replica(w, from, epoch, ok, next_offset)?,
+            Msg::Append(job) => self.leader_receives(w, job)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Tears the write just made to `w`'s active segment at a random byte
+    /// and crashes `w`: what a crash between write and fsync leaves.
+    fn tear_and_crash(&mut self, w: usize, length_before: u64) {
+        if let Some(path) = last_segment(&self.workers[w].dir) {
+            if let Ok(meta) = std::fs::metadata(&path) {
+                let after = meta.len();
+                if after > length_before {
+                    let keep = self.rng.range(length_before, after);
+                    if let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) {
+                        let _ = file.set_len(keep);
+                    }
+                }
+            }
+        }
+        self.crash(w);
+    }
+
+    fn active_len(&self, w: usize) -> u64 {
+        last_segment(&self.workers[w].dir)
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn replica_receives(
+        &mut self,
+        w: usize,
+        leader: usize,
+        epoch: u64,
+        history: &EpochHistory,
+        first_offset: u64,
+        arrival_ms: i64,
+        records: Vec<NewRecord>,
+        committed: u64,
+    ) -> Result<(), Violation> {
+        // As `authorize`: the worker's own entry must name it a replica at
+        // exactly this epoch.
+        let id = self.workers[w].id.clone();
+        let placed = self.workers[w]
+            .view
+            .as_ref()
+            .is_some_and(|v| v.row.epoch == epoch && v.row.replica_worker_ids.contains(&id));
+        if !placed {
+            return Ok(());
+        }
+        let Some(log) = self.open_log(w)? else {
+            return Ok(());
+        };
+        let before = self.active_len(w);
+        let tear = self.workers[w].tear_next_write && !records.is_empty();
+        let result = log.replicate(epoch, history, first_offset, arrival_ms, &records);
+        if tear {
+            self.tear_and_crash(w, before);
+            return Ok(());
+        }
+        match result {
+            Ok(replicated) => {
+                self.note(|| {
+                    format!(
+                        "w{w} replicates {first_offset}+{} at epoch {epoch}: {replicated:?}",
+                        records.len()
+                    )
+                });
+                if replicated.accepted {
+                    log.commit(committed.min(first_offset + records.len() as u64));
+                }
+                self.send(
+                    w,
+                    leader,
+                    Msg::ReplicateReply {
+                        epoch,
+                        ok: true,
+                        next_offset: replicated.next_offset,
+                    },
+                );
+            }
+            Err(freshet_log::LogError::StaleEpoch { .. }) => {}
+            Err(error) => {
+                if matches!(
+                    error,
+                    freshet_log::LogError::TruncatesCommitted { .. }
+                        | freshet_log::LogError::Diverged { .. }
+                ) {
+                    return Err(format!(
+                        "worker {w} refused its leader's batch at epoch {epoch}: {error}"
+                    ));
+                }
+                return Err(format!("worker {w}'s log failed: {error}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn leader_receives(&mut self, w: usize, job: Job) -> Result<(), Violation> {
+        if self.leading_epoch(w) != Some(job.epoch) || !self.lease_ok(w) {
+            self.send(
+                w,
+                FRONTEND,
+                Msg::AppendReply {
+                    call: job.call,
+                    answer: Answer::NotWritten,
+                },
+            );
+            return Ok(());
+        }
+        self.workers[w].queue.push(job);
+        self.start_round(w)
+    }
+
+    fn job_key(job: &Job) -> Option<AppendKey> {
+        job.records
+            .last()
+            .and_then(|r| r.ends_append)
+            .map(|m| m.key)
+    }
+
+    /// The writer's round (`writer.rs`, `write_round`): held keys wait for
+    /// their commit, the rest are written as one batch and replicated.
+    fn start_round(&mut self, w: usize) -> Result<(), Violation> {
+        if self.workers[w].round.is_some() || self.workers[w].queue.is_empty() {
+            return Ok(());
+        }
+        let Some(epoch) = self.leading_epoch(w) else {
+            let jobs = std::mem::take(&mut self.workers[w].queue);
+            for job in jobs {
+                self.reply(w, job.call, Answer::NotWritten);
+            }
+            return Ok(());
+        };
+        let Some(log) = self.open_log(w)? else {
+            return Ok(());
+        };
+        let jobs = std::mem::take(&mut self.workers[w].queue);
+        let mut to_write: Vec<Job> = Vec::new();
+        let mut keys = BTreeSet::new();
+        for job in jobs {
+            if job.epoch != epoch {
+                self.reply(w, job.call, Answer::NotWritten);
+                continue;
+            }
+            let key = World::job_key(&job);
+            if let Some(held) = key.and_then(|k| log.find_append(&k)) {
+                self.note(|| format!("w{w} holds call {} at {}", job.call, held.first_offset));
+                self.workers[w].awaiting.push((job, held));
+                continue;
+            }
+            if let Some(key) = key {
+                if !keys.insert((key.frontend, key.call)) {
+                    // Its twin in this round is written; the leader answers
+                    // it from the log afterwards (an unknown here).
+                    self.reply(w, job.call, Answer::Unknown);
+                    continue;
+                }
+            }
+            to_write.push(job);
+        }
+        self.answer_awaiting(w, &log);
+        if to_write.is_empty() {
+            return Ok(());
+        }
+        if let Err(error) = log.begin_leading(epoch) {
+            for job in to_write {
+                self.reply(w, job.call, Answer::NotWritten);
+            }
+            if matches!(error, freshet_log::LogError::StaleEpoch { .. }) {
+                return Ok(());
+            }
+            return Err(format!("worker {w} cannot lead: {error}"));
+        }
+        let records: Vec<NewRecord> = to_write.iter().flat_map(|j| j.records.clone()).collect();
+        let now_ms = 1_700_000_000_000 + self.local_now(w) as i64;
+        let (first_offset, arrival_ms) = log.next_position(now_ms);
+        let before = self.active_len(w);
+        let tear = self.workers[w].tear_next_write;
+        let written = log.append_at(epoch, first_offset, arrival_ms, &records);
+        if tear {
+            self.note(|| format!("w{w} tears its write at {first_offset} (epoch {epoch})"));
+            // Dies mid-write: the batch may be on replicas but never was
+            // answered here; the frontend learns nothing.
+            self.send_replicate(w, &log, epoch, first_offset, arrival_ms, records);
+            self.tear_and_crash(w, before);
+            return Ok(());
+        }
+        if let Err(error) = written {
+            return Err(format!("worker {w}'s write failed: {error}"));
+        }
+        self.note(|| {
+            format!(
+                "w{w} writes calls {:?} at {first_offset} (epoch {epoch})",
+                to_write.iter().map(|j| j.call).collect::<Vec<_>>()
+            )
+        });
+        let mut jobs = Vec::new();
+        let mut offset = first_offset;
+        for job in to_write {
+            let count = job.records.len() as u64;
+            jobs.push((job, offset));
+            offset += count;
+        }
+        let end = offset;
+        self.workers[w].round = Some(Round {
+            epoch,
+            end,
+            jobs,
+            deadline: self.now + ROUND_DEADLINE_MS,
+        });
+        self.send_replicate(w, &log, epoch, first_offset, arrival_ms, records);
+        self.try_commit(w)
+    }
+
+    fn send_replicate(
+        &mut self,
+        w: usize,
+        log: &ShardLog,
+        epoch: u64,
+        first_offset: u64,
+        arrival_ms: i64,
+        records: Vec<NewRecord>,
+    ) {
+        let Some(view) = self.workers[w].view.clone() else {
+            return;
+        };
+        let history = log.epoch_history();
+        let committed = log.committed_offset();
+        for replica in &view.row.replica_worker_ids {
+            if let Some(r) = self.worker_index(replica) {
+                self.send(
+                    w,
+                    r,
+                    Msg::Replicate {
+                        epoch,
+                        history: history.clone(),
+                        first_offset,
+                        arrival_ms,
+                        records: records.clone(),
+                        committed,
+                    },
+                );
+            }
+        }
+    }
+
+    fn leader_hears_replica(
+        &mut self,
+        w: usize,
+        from: usize,
+        epoch: u64,
+        ok: bool,
+        next_offset: u64,
+    ) -> Result<(), Violation> {
+        if !ok || self.leading_epoch(w) != Some(epoch) {
+            return Ok(());
+        }
+        let Some(log) = self.open_log(w)? else {
+            return Ok(());
+        };
+        let replica = self.workers[from].id.clone();
+        self.workers[w].ends_epoch = epoch;
+        self.workers[w].replica_ends.insert(replica, next_offset);
+        if next_offset < log.next_offset() {
+            self.send_missing(w, from, &log, epoch, next_offset);
+        }
+        self.try_commit(w)
+    }
+
+    /// Sends replica `r` the leader's records from `from` (one arrival run).
+    /// Sends replica `r` the leader's records from `from`: one arrival run
+    /// of whole writes (`catch_up.rs`, `catch_up_step`).
+    fn send_missing(&mut self, w: usize, r: usize, log: &ShardLog, epoch: u64, from: u64) {
+        let Ok(mut batch) = log.read_uncommitted(from, CATCH_UP_RECORDS, u64::MAX) else {
+            return;
+        };
+        if batch.records.last().is_some_and(|s| s.write_continues) {
+            match log.read_uncommitted(from, usize::MAX, u64::MAX) {
+                Ok(whole) => batch = whole,
+                Err(_) => return,
+            }
+        }
+        let Some(first) = batch.records.first() else {
+            return;
+        };
+        let arrival_ms = first.arrival_ms;
+        let mut records: Vec<NewRecord> = Vec::new();
+        let mut whole = 0;
+        for s in batch
+            .records
+            .iter()
+            .take_while(|s| s.arrival_ms == arrival_ms)
+        {
+            records.push(NewRecord {
+                partition_key: s.partition_key.clone(),
+                data: s.data.clone(),
+                ends_append: s.ends_append,
+            });
+            if !s.write_continues {
+                whole = records.len();
+            }
+        }
+        records.truncate(whole);
+        if records.is_empty() {
+            return;
+        }
+        self.send(
+            w,
+            r,
+            Msg::Replicate {
+                epoch,
+                history: log.epoch_history(),
+                first_offset: from,
+                arrival_ms,
+                records,
+                committed: log.committed_offset(),
+            },
+        );
+    }
+
+    /// Whether the replicas that answered this epoch at `end` or beyond,
+    /// with the leader, may acknowledge (`AckRule`).
+    fn quorum_holds(&self, w: usize, end: u64) -> bool {
+        let worker = &self.workers[w];
+        let Some(view) = &worker.view else {
+            return false;
+        };
+        if worker.ends_epoch != view.row.epoch {
+            return false;
+        }
+        let rule = AckRule {
+            copies: AckCopies::Majority,
+            min_voters: 2,
+        };
+        rule.is_met(&view.row.voters, |id| {
+            id == worker.id || worker.replica_ends.get(id).is_some_and(|e| *e >= end)
+        })
+    }
+
+    fn try_commit(&mut self, w: usize) -> Result<(), Violation> {
+        let Some(round) = &self.workers[w].round else {
+            return Ok(());
+        };
+        let (epoch, end) = (round.epoch, round.end);
+        if self.leading_epoch(w) != Some(epoch) {
+            self.fail_round(w, Answer::Unknown);
+            return Ok(());
+        }
+        if !self.quorum_holds(w, end) || !self.lease_ok(w) {
+            return Ok(());
+        }
+        let Some(log) = self.open_log(w)? else {
+            return Ok(());
+        };
+        self.commit(w, &log, epoch, end)?;
+        if let Some(round) = self.workers[w].round.take() {
+            for (job, first) in round.jobs {
+                self.reply(w, job.call, Answer::Landed(first));
+            }
+        }
+        self.answer_awaiting(w, &log);
+        self.start_round(w)
+    }
+
+    fn commit(&mut self, w: usize, log: &ShardLog, epoch: u64, end: u64) -> Result<(), Violation> {
+        let before = log.committed_offset();
+        log.commit(end);
+        let after = log.committed_offset();
+        self.note(|| format!("w{w} commits {before}..{after} (epoch {epoch})"));
+        if after > before {
+            self.checker.committed(w, epoch, log, before, after)?;
+        }
+        Ok(())
+    }
+
+    fn fail_round(&mut self, w: usize, answer: Answer) {
+        if let Some(round) = self.workers[w].round.take() {
+            for (job, _) in round.jobs {
+                self.reply(w, job.call, answer.clone());
+            }
+        }
+    }
+
+    fn expire_round(&mut self, w: usize) {
+        if self.workers[w]
+            .round
+            .as_ref()
+            .is_some_and(|r| r.deadline <= self.now)
+        {
+            self.fail_round(w, Answer::Unknown);
+        }
+    }
+
+    /// `writer.rs`, `Awaiting::answer`: held keys answered once committed.
+    fn answer_awaiting(&mut self, w: usize, log: &ShardLog) {
+        let leading = self.leading_epoch(w);
+        let committed = log.committed_offset();
+        let waiting = std::mem::take(&mut self.workers[w].awaiting);
+        for (job, held) in waiting {
+            if leading != Some(job.epoch) {
+                self.reply(w, job.call, Answer::Unknown);
+                continue;
+            }
+            let again = World::job_key(&job).and_then(|k| log.find_append(&k));
+            if again != Some(held) {
+                self.reply(w, job.call, Answer::Unknown);
+            } else if held.end_offset() <= committed {
+                self.reply(w, job.call, Answer::Landed(held.first_offset));
+            } else {
+                self.workers[w].awaiting.push((job, held));
+            }
+        }
+    }
+
+    /// The idle leader's round (`catch_up.rs`): probes replicas not known
+    /// to be at its end, commits what a quorum at this epoch holds,
+    /// reports its replicas to membership.
+    fn catch_up(&mut self, w: usize) -> Result<(), Violation> {
+        let Some(epoch) = self.leading_epoch(w) else {
+            return Ok(());
+        };
+        if !self.lease_ok(w) {
+            return Ok(());
+        }
+        let Some(log) = self.open_log(w)? else {
+            return Ok(());
+        };
+        if log.begin_leading(epoch).is_err() {
+            return Ok(());
+        }
+        let target = log.next_offset();
+        let view = self.workers[w].view.clone().map(|v| v.row);
+        let Some(row) = view else {
+            return Ok(());
+        };
+        for replica in &row.replica_worker_ids {
+            let known = self.workers[w].replica_ends.get(replica).copied();
+            if known == Some(target) && self.workers[w].ends_epoch == epoch {
+                continue;
+            }
+            if let Some(r) = self.worker_index(replica) {
+                match known {
+                    Some(end) if end < target && self.workers[w].ends_epoch == epoch => {
+                        self.send_missing(w, r, &log, epoch, end)
+                    }
+                    _ => self.send(
+                        w,
+                        r,
+                        Msg::Replicate {
+                            epoch,
+                            history: log.epoch_history(),
+                            first_offset: target,
+                            arrival_ms: 0,
+                            records: Vec::new(),
+                            committed: log.committed_offset(),
+                        },
+                    ),
+                }
+            }
+        }
+        if log.committed_offset() < target && self.quorum_holds(w, target) {
+            self.commit(w, &log, epoch, target)?;
+        }
+        self.answer_awaiting(w, &log);
+        self.report(w, &log, &row);
+        Ok(())
+    }
+
+    /// `reports.rs`: which copies hold the leader's committed log at this
+    /// epoch, for membership to move the voters on.
+    fn report(&mut self, w: usize, log: &ShardLog, row: &ShardRow) {
+        let has_learners = !row.learners().is_empty();
+        if !row.voters.is_joint() && !has_learners {
+            return;
+        }
+        let Some(epoch_start) = log
+            .epoch_history()
+            .entries()
+            .last()
+            .filter(|e| e.epoch == row.epoch)
+            .map(|e| e.start_offset)
+        else {
+            return;
+        };
+        if self.workers[w].ends_epoch != row.epoch {
+            return;
+        }
+        let needed = log.committed_offset().max(epoch_start);
+        let mut holding = vec![self.workers[w].id.clone()];
+        for replica in &row.replica_worker_ids {
+            if self.workers[w]
+                .replica_ends
+                .get(replica)
+                .is_some_and(|e| *e >= needed)
+            {
+                holding.push(replica.clone());
+            }
+        }
+        self.send(
+            w,
+            MEMBERSHIP,
+            Msg::Report {
+                epoch: row.epoch,
+                voters: row.voters.clone(),
+                holding,
+            },
+        );
+    }
+
+    fn persist(&mut self, w: usize) {
+        if let Some(log) = &self.workers[w].log {
+            let _ = log.persist_commit_point();
+        }
+    }
+
+    fn reply(&mut self, w: usize, call: u64, answer: Answer) {
+        self.send(w, FRONTEND, Msg::AppendReply { call, answer });
+    }
+
+    // ----- membership -----
+
+    fn membership_receives(&mut self, from: usize, msg: Msg) {
+        if !self.membership_up {
+            return;
+        }
+        match msg {
+            Msg::Heartbeat { sent_local } => {
+                self.last_heard[from] = self.now;
+                if !self.workers[from].registered {
+                    self.register(from);
+                }
+                if !self.unsettled_head {
+                    let version = self.version;
+                    self.send(
+                        MEMBERSHIP,
+                        from,
+                        Msg::HeartbeatReply {
+                            sent_local,
+                            version,
+                        },
+                    );
+                }
+                // A worker that missed a broadcast hears the entry again.
+                let stale = self.workers[from]
+                    .view
+                    .as_ref()
+                    .is_none_or(|v| v.version < self.version);
+                if stale {
+                    self.send_entry(from);
+                }
+            }
+            Msg::Lookup if !self.unsettled_head => {
+                let entry = Entry {
+                    version: self.version,
+                    row: self.row.clone(),
+                };
+                self.send(MEMBERSHIP, FRONTEND, Msg::Entry(Box::new(entry)));
+            }
+            Msg::Report {
+                epoch,
+                voters,
+                holding,
+            } => {
+                if epoch != self.row.epoch
+                    || voters != self.row.voters
+                    || self.row.leader_worker_id != self.workers[from].id
+                {
+                    return;
+                }
+                let now = self.now;
+                let heard = self.last_heard.clone();
+                let workers: Vec<String> = self.workers.iter().map(|w| w.id.clone()).collect();
+                let alive = |id: &str| {
+                    workers
+                        .iter()
+                        .position(|w| w == id)
+                        .is_some_and(|i| now.saturating_sub(heard[i]) < HEARTBEAT_TIMEOUT_MS)
+                };
+                if let Some(row) = decisions::after_report(&self.row, &holding, alive) {
+                    self.row = row;
+                    self.version += 1;
+                    self.broadcast();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn alive(&self, w: usize) -> bool {
+        self.now.saturating_sub(self.last_heard[w]) < HEARTBEAT_TIMEOUT_MS
+    }
+
+    fn membership_tick(&mut self) {
+        if !self.membership_up {
+            return;
+        }
+        if self.unsettled_head {
+            // Read back: the head is known again, and broadcast.
+            self.unsettled_head = false;
+            self.broadcast();
+        }
+        let Some(leader) = self.worker_index(&self.row.leader_worker_id) else {
+            return;
+        };
+        if !self.alive(leader) {
+            self.fail_over(leader);
+            return;
+        }
+        // Placement repair: a shard on fewer than three copies gets a spare
+        // as a learner.
+        let copies: Vec<usize> = std::iter::once(self.row.leader_worker_id.clone())
+            .chain(self.row.replica_worker_ids.clone())
+            .filter_map(|id| self.worker_index(&id))
+            .collect();
+        if copies.len() < decisions::COPIES {
+            let placed: Vec<WorkerRow> = copies
+                .iter()
+                .map(|&i| worker_row(&self.workers[i].id, self.workers[i].zone))
+                .collect();
+            let live: Vec<WorkerRow> = (0..self.workers.len())
+                .filter(|&i| self.alive(i))
+                .map(|i| worker_row(&self.workers[i].id, self.workers[i].zone))
+                .collect();
+            let placed_refs: Vec<&WorkerRow> = placed.iter().collect();
+            let live_refs: Vec<&WorkerRow> = live.iter().collect();
+            if let Some(spare) = decisions::spare_replica(&placed_refs, &live_refs) {
+                self.row.replica_worker_ids.push(spare.worker_id.clone());
+                self.version += 1;
+                self.broadcast();
+            }
+        }
+    }
+
+    /// `failover.rs`: ask every voter that answers how current its copy
+    /// is, and let `elect` decide.
+    fn fail_over(&mut self, dead: usize) {
+        let voters = self.row.voters.clone();
+        let mut answers: Vec<((u64, u64), WorkerRow)> = Vec::new();
+        let mut silent_live_voter = false;
+        for id in voters.members() {
+            let Some(i) = self.worker_index(id) else {
+                continue;
+            };
+            if i == dead {
+                continue;
+            }
+            let reachable = self.workers[i].up && self.linked(i, MEMBERSHIP);
+            if !reachable {
+                silent_live_voter |= self.alive(i);
+                continue;
+            }
+            // The copy answers from its disk (opened if need be).
+            let position = match &self.workers[i].log {
+                Some(log) => log.election_position(),
+                None => {
+                    match ShardLog::open(&self.workers[i].dir, freshet_log::LogConfig::default()) {
+                        Ok(log) => log.election_position(),
+                        Err(_) => continue,
+                    }
+                }
+            };
+            answers.push((position, worker_row(id, self.workers[i].zone)));
+        }
+        // Membership waits for every live voter (`failover.rs`).
+        if silent_live_voter {
+            return;
+        }
+        let learners = self.row.learners();
+        let live: Vec<WorkerRow> = (0..self.workers.len())
+            .filter(|&i| self.alive(i) && i != dead)
+            .map(|i| worker_row(&self.workers[i].id, self.workers[i].zone))
+            .collect();
+        let answer_refs: Vec<((u64, u64), &WorkerRow)> =
+            answers.iter().map(|(p, w)| (*p, w)).collect();
+        let live_refs: Vec<&WorkerRow> = live.iter().collect();
+        let voters_for_election = if self.reintroduce_hole_1 && !answers.is_empty() {
+            // Hole 1: size the election by the answering copies alone.
+            Voters::Stable(answers.iter().map(|(_, w)| w.worker_id.clone()).collect())
+        } else {
+            voters.clone()
+        };
+        match decisions::elect(
+            &self.workers[dead].id,
+            &voters_for_election,
+            &learners,
+            &answer_refs,
+            &live_refs,
+        ) {
+            Election::Promote(promotion) => {
+                self.outcome.failovers += 1;
+                self.row.leader_worker_id = promotion.leader;
+                self.row.replica_worker_ids = promotion.replicas;
+                self.row.voters = if self.reintroduce_hole_1 {
+                    // ... and drop the deposed leader's vote at once.
+                    Voters::Stable(
+                        promotion
+                            .voters
+                            .members()
+                            .into_iter()
+                            .filter(|id| *id != self.workers[dead].id)
+                            .map(str::to_owned)
+                            .collect(),
+                    )
+                } else {
+                    promotion.voters
+                };
+                if self.reintroduce_hole_1 {
+                    let dead_id = self.workers[dead].id.clone();
+                    self.row.replica_worker_ids.retain(|id| *id != dead_id);
+                }
+                self.row.epoch += 1;
+                self.version += 1;
+                self.note(|| {
+                    format!(
+                        "failover: w{dead} -> {} at epoch {}, voters {:?}",
+                        self.row.leader_worker_id, self.row.epoch, self.row.voters
+                    )
+                });
+                // Sometimes the commit's answer is lost: the change is made
+                // but membership broadcasts it (and grants leases) only
+                // once it has read the head back.
+                if self.rng.chance(0.2) && !self.settling {
+                    self.unsettled_head = true;
+                } else {
+                    self.broadcast();
+                }
+            }
+            Election::Wait { .. } => {}
+        }
+    }
+
+    fn send_entry(&mut self, w: usize) {
+        let entry = Entry {
+            version: self.version,
+            row: self.row.clone(),
+        };
+        self.send(MEMBERSHIP, w, Msg::Entry(Box::new(entry)));
+    }
+
+    fn broadcast(&mut self) {
+        for w in 0..self.workers.len() {
+            self.send_entry(w);
+        }
+        let entry = Entry {
+            version: self.version,
+            row: self.row.clone(),
+        };
+        self.send(MEMBERSHIP, FRONTEND, Msg::Entry(Box::new(entry)));
+    }
+
+    // ----- the frontend -----
+
+    fn new_call(&mut self) {
+        let call = self.next_call;
+        self.next_call += 1;
+        let count = self.rng.range(1, 4);
+        let records = (0..count)
+            .map(|i| Bytes::from(format!("c{call}-r{i}")))
+            .collect();
+        self.calls.insert(
+            call,
+            Call {
+                records,
+                resolving: false,
+                attempt: 0,
+                first_sent: self.now,
+                done: false,
+            },
+        );
+        self.send_call(call);
+    }
+
+    fn send_call(&mut self, call: u64) {
+        let Some(view) = self.frontend_view.clone() else {
+            self.send(FRONTEND, MEMBERSHIP, Msg::Lookup);
+            self.at(100, Event::RetryCall(call));
+            return;
+        };
+        let Some(state) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if state.done {
+            return;
+        }
+        state.attempt += 1;
+        let attempt = state.attempt;
+        let count = state.records.len() as u32;
+        let mut records: Vec<NewRecord> = state
+            .records
+            .iter()
+            .map(|data| NewRecord::new("k", data.clone()))
+            .collect();
+        if let Some(last) = records.last_mut() {
+            last.ends_append = Some(AppendMark {
+                key: AppendKey { frontend: 7, call },
+                records: count,
+            });
+        }
+        let job = Job {
+            call,
+            records,
+            epoch: view.row.epoch,
+        };
+        if let Some(leader) = self.worker_index(&view.row.leader_worker_id) {
+            self.send(FRONTEND, leader, Msg::Append(job));
+        }
+        self.at(CALL_DEADLINE_MS, Event::CallTimeout { call, attempt });
+    }
+
+    fn call_timed_out(&mut self, call: u64, attempt: u64) {
+        let Some(state) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if state.done || state.attempt != attempt {
+            return;
+        }
+        // No answer: the outcome is unknown — resolve it from now on.
+        state.resolving = true;
+        self.send(FRONTEND, MEMBERSHIP, Msg::Lookup);
+        self.send_call(call);
+    }
+
+    fn frontend_receives(&mut self, msg: Msg) -> Result<(), Violation> {
+        match msg {
+            Msg::Entry(entry)
+                if self
+                    .frontend_view
+                    .as_ref()
+                    .is_none_or(|v| entry.version > v.version) =>
+            {
+                self.frontend_view = Some(*entry);
+            }
+            Msg::AppendReply { call, answer } => {
+                let now = self.now;
+                if !matches!(answer, Answer::Landed(_)) {
+                    self.send(FRONTEND, MEMBERSHIP, Msg::Lookup);
+                }
+                let Some(state) = self.calls.get_mut(&call) else {
+                    return Ok(());
+                };
+                if state.done {
+                    return Ok(());
+                }
+                match answer {
+                    Answer::Landed(first) => {
+                        if self.trace {
+                            println!("{:>6} ms  frontend: call {call} landed at {first}", now);
+                        }
+                        state.done = true;
+                        let records = state.records.clone();
+                        self.checker.acknowledged(call, first, records)?;
+                    }
+                    Answer::NotWritten => {
+                        if !state.resolving && now.saturating_sub(state.first_sent) > REROUTE_MS {
+                            // Reported as failed: it must never be written.
+                            state.done = true;
+                            self.checker.refused(call);
+                        } else {
+                            state.attempt += 1;
+                            self.at(50, Event::RetryCall(call));
+                        }
+                    }
+                    Answer::Unknown => {
+                        state.resolving = true;
+                        state.attempt += 1;
+                        self.at(50, Event::RetryCall(call));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A reader asks the leader (as the frontend sees it) for committed
+    /// records: each must be committed, as committed.
+    fn read_from_leader(&mut self) -> Result<(), Violation> {
+        let Some(view) = &self.frontend_view else {
+            return Ok(());
+        };
+        let Some(w) = self.worker_index(&view.row.leader_worker_id) else {
+            return Ok(());
+        };
+        if !self.workers[w].up || !self.lease_ok(w) || self.leading_epoch(w) != Some(view.row.epoch)
+        {
+            return Ok(());
+        }
+        let Some(log) = self.workers[w].log.clone() else {
+            return Ok(());
+        };
+        let from = self
+            .rng
+            .range(log.trim_horizon(), log.committed_offset() + 1);
+        if let Ok(batch) = log.read(from, 20, u64::MAX) {
+            self.checker.served(w, &batch.records)?;
+        }
+        Ok(())
+    }
+
+    // ----- the end -----
+
+    fn finish(mut self) -> Result<Outcome, Violation> {
+        self.outcome.acknowledged = self.checker.acknowledged_calls();
+        self.outcome.committed = self.checker.committed_records();
+        self.outcome.unresolved = self.calls.values().filter(|c| !c.done).count();
+        self.outcome.end_state = self.describe();
+        let Some(leader) = self.worker_index(&self.row.leader_worker_id) else {
+            return Err("no leader at the end".to_owned());
+        };
+        let log = match self.workers[leader].log.clone() {
+            Some(log) => log,
+            None => Arc::new(
+                ShardLog::open(&self.workers[leader].dir, freshet_log::LogConfig::default())
+                    .map_err(|e| format!("the final leader's copy does not open: {e}"))?,
+            ),
+        };
+        // The final leader must have committed its whole log by now, when
+        // it can: settle time is long; if it could not, the check below
+        // still holds for what it did commit (committed records must be
+        // there), and the unresolved count says so.
+        self.checker.settled(leader, &log)?;
+        for (w, worker) in self.workers.iter().enumerate() {
+            if w == leader {
+                continue;
+            }
+            if let Some(copy) = &worker.log {
+                self.checker.copy_agrees(w, copy, &log)?;
+            }
+        }
+        let _ = &mut self.rng;
+        Ok(self.outcome)
+    }
+}
+
+impl World {
+    /// The shard and each worker as they are now.
+    fn describe(&self) -> String {
+        let mut text = format!(
+            "faults {:?}\nrow v{} epoch {} leader {} replicas {:?} voters {:?}\n",
+            self.faults,
+            self.version,
+            self.row.epoch,
+            self.row.leader_worker_id,
+            self.row.replica_worker_ids,
+            self.row.voters
+        );
+        for (w, worker) in self.workers.iter().enumerate() {
+            let log = worker
+                .log
+                .as_ref()
+                .map(|l| (l.election_position(), l.committed_offset(), l.next_offset()));
+            text.push_str(&format!(
+                "{}: up {} view v{:?} lease {:?} (local now {}) log (position, committed, end) {:?} ends {:?}@{} round {} queue {} awaiting {}\n",
+                worker.id,
+                worker.up,
+                worker.view.as_ref().map(|v| v.version),
+                worker.lease,
+                self.local_now(w),
+                log,
+                worker.replica_ends,
+                worker.ends_epoch,
+                worker.round.is_some(),
+                worker.queue.len(),
+                worker.awaiting.len()
+            ));
+        }
+        text
+    }
+}
+
+fn last_segment(dir: &std::path::Path) -> Option<PathBuf> {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    segments.pop()
+}

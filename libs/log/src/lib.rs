@@ -172,6 +172,7 @@ impl ShardLog {
         }
         bases.sort_unstable();
 
+        let saved_commit = read_commit_point(dir)?;
         let mut segments = Vec::with_capacity(bases.len());
         let mut appends = appends::AppendIndex::default();
         let mut expected_offset = bases.first().copied().unwrap_or(0);
@@ -185,7 +186,7 @@ impl ShardLog {
                     reason: format!("segment starts at offset {base}, expected {expected_offset}"),
                 });
             }
-            let segment = Segment::recover(&path, base, is_last, &mut appends)?;
+            let segment = Segment::recover(&path, base, is_last, saved_commit, &mut appends)?;
             expected_offset = segment.next_offset();
             segments.push(Arc::new(segment));
         }
@@ -227,7 +228,6 @@ impl ShardLog {
         // uncommitted ones.
         // Nothing below the first stored offset is in this log to hide.
         let first_offset = segments.first().map_or(0, |s| s.base_offset());
-        let saved_commit = read_commit_point(dir)?;
         // Recovery never silently drops committed records: a log that ends
         // below its saved commit point lost some (`rebuild.rs`).
         if saved_commit > next_offset {
@@ -568,13 +568,19 @@ impl ShardLog {
             .write(true)
             .open(&path)
             .map_err(io_error("open segment for truncation", &path))?;
-        file.set_len(length).map_err(io_error("truncate", &path))?;
         // The cut may fall inside a write: its first records, kept, must
-        // not look torn to the next recovery.
+        // not look torn to the next recovery. The last kept record becomes
+        // the end of its write durably *before* the file is cut: a crash
+        // in between leaves two whole writes (the replica truncates again
+        // when its leader next calls), never kept records without an end.
         if let Some(last) = segment.last_frame_position() {
             segment::end_write_at(&file, &path, last, length)?;
+            file.sync_data()
+                .map_err(io_error("end the write of the last kept record of", &path))?;
         }
-        file.sync_all().map_err(io_error("truncate", &path))?;
+        file.set_len(length)
+            .and_then(|()| file.sync_all())
+            .map_err(io_error("truncate", &path))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_error("fsync log directory", &self.dir))?;

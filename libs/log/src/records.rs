@@ -82,8 +82,10 @@ pub fn batch_checksum<'a>(
     hasher.finalize()
 }
 
-/// A record as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A record as stored. Two are equal when they are the same record: where
+/// the write that stored it ended (`write_continues`) may differ between
+/// copies and does not count.
+#[derive(Debug, Clone)]
 pub struct StoredRecord {
     pub offset: u64,
     pub arrival_ms: i64,
@@ -96,6 +98,18 @@ pub struct StoredRecord {
     /// writes, so it never holds an append in part.
     pub write_continues: bool,
 }
+
+impl PartialEq for StoredRecord {
+    fn eq(&self, other: &StoredRecord) -> bool {
+        self.offset == other.offset
+            && self.arrival_ms == other.arrival_ms
+            && self.partition_key == other.partition_key
+            && self.data == other.data
+            && self.ends_append == other.ends_append
+    }
+}
+
+impl Eq for StoredRecord {}
 
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

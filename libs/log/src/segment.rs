@@ -200,10 +200,13 @@ impl Segment {
     /// Scans an existing segment and rebuilds its indexes. In the last
     /// segment a torn or corrupt tail is truncated; elsewhere it is an error.
     /// The append marks found are noted in `appends`, in log order.
+    /// Records below `committed_floor` (the saved commit point) are never
+    /// dropped as part of an unfinished write: they were committed.
     pub(crate) fn recover(
         path: &Path,
         base_offset: u64,
         is_last: bool,
+        committed_floor: u64,
         appends: &mut AppendIndex,
     ) -> LogResult<Segment> {
         let bytes = Bytes::from(fs::read(path).map_err(io_error("read segment", path))?);
@@ -255,6 +258,16 @@ impl Segment {
         }
         // Where the scan stopped, for telling a torn tail from damage.
         let (stopped_at, expected) = (position, base_offset + index.positions.len() as u64);
+        let floor = usize::try_from(committed_floor.saturating_sub(base_offset))
+            .unwrap_or(usize::MAX)
+            .min(index.positions.len());
+        if whole_records < floor {
+            whole_records = floor;
+            whole_len = index
+                .positions
+                .get(floor)
+                .map_or(stopped_at, |p| *p as usize);
+        }
         if problem.is_some() && whole_len < position {
             index.positions.truncate(whole_records);
             index.arrivals.truncate(whole_records);
@@ -280,7 +293,7 @@ impl Segment {
             if !is_torn_tail {
                 return Err(LogError::Corrupt {
                     path: path.to_owned(),
-                    position: position as u64,
+                    position: stopped_at as u64,
                     reason,
                 });
             }
@@ -449,6 +462,16 @@ pub(crate) fn end_write_at(file: &File, path: &Path, position: u64, end: u64) ->
     let mut frame = vec![0u8; length];
     file.read_exact_at(&mut frame, position)
         .map_err(io_error("read the last kept frame of", path))?;
+    // Only a sound frame is rewritten: never a valid checksum over damage.
+    let body_len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+    let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    if body_len != length - FRAME_HEADER_LEN || crc32fast::hash(&frame[FRAME_HEADER_LEN..]) != crc {
+        return Err(LogError::Corrupt {
+            path: path.to_owned(),
+            position,
+            reason: "the last record kept by a truncation does not check out".to_owned(),
+        });
+    }
     let key_at = FRAME_HEADER_LEN + 16;
     let key_field = u16::from_le_bytes([frame[key_at], frame[key_at + 1]]);
     if key_field & CONTINUES == 0 {

@@ -61,6 +61,7 @@ pub struct Faults {
     pub torn_writes: bool,
     pub partitions: bool,
     pub membership_outages: bool,
+    pub clock_jumps: bool,
 }
 
 impl Faults {
@@ -73,6 +74,7 @@ impl Faults {
             torn_writes: rng.chance(0.5),
             partitions: rng.chance(0.5),
             membership_outages: rng.chance(0.3),
+            clock_jumps: rng.chance(0.3),
         }
     }
 }
@@ -181,6 +183,7 @@ enum Event {
     Heal(usize, usize),
     MembershipDown,
     MembershipUp,
+    ClockJump(usize),
     NewCall,
     CallTimeout {
         call: u64,
@@ -203,6 +206,9 @@ struct Worker {
     lease: Option<(u64, u64)>,
     /// Local clock rate, parts per million off.
     drift_ppm: i64,
+    /// How far its wall clock (arrival times) is off: it jumps, forwards
+    /// and back; leases run on the monotonic clock and do not.
+    wall_offset_ms: i64,
     /// Tear the next local write and crash.
     tear_next_write: bool,
     /// Whether membership has heard it register since it (re)started.
@@ -287,6 +293,7 @@ impl World {
                 view: None,
                 lease: None,
                 drift_ppm: rng.range(0, 2_001) as i64 - 1_000,
+                wall_offset_ms: 0,
                 tear_next_write: false,
                 registered: true,
                 replica_ends: BTreeMap::new(),
@@ -391,6 +398,13 @@ impl World {
                 self.at(when, Event::Cut(a, b));
                 let heal = when + self.rng.range(200, 6_000);
                 self.at(heal, Event::Heal(a, b));
+            }
+        }
+        if faults.clock_jumps {
+            for _ in 0..self.rng.range(1, 4) {
+                let w = self.rng.range(0, self.workers.len() as u64) as usize;
+                let when = self.rng.range(0, 18_000);
+                self.at(when, Event::ClockJump(w));
             }
         }
         if faults.membership_outages {
@@ -574,6 +588,11 @@ impl World {
                 }
             }
             Event::MembershipUp => self.membership_up = true,
+            Event::ClockJump(w) => {
+                let jump = self.rng.range(0, 60_001) as i64 - 30_000;
+                self.workers[w].wall_offset_ms += jump;
+                self.note(|| format!("w{w}'s wall clock jumps {jump} ms"));
+            }
             Event::NewCall => {
                 if !self.settling {
                     self.new_call();
@@ -906,7 +925,7 @@ impl World {
             return Err(format!("worker {w} cannot lead: {error}"));
         }
         let records: Vec<NewRecord> = to_write.iter().flat_map(|j| j.records.clone()).collect();
-        let now_ms = 1_700_000_000_000 + self.local_now(w) as i64;
+        let now_ms = 1_700_000_000_000 + self.local_now(w) as i64 + self.workers[w].wall_offset_ms;
         let (first_offset, arrival_ms) = log.next_position(now_ms);
         let before = self.active_len(w);
         let tear = self.workers[w].tear_next_write;

@@ -244,3 +244,28 @@ fn records_kept_by_a_truncation_inside_a_write_survive_a_restart() {
         .collect();
     assert_eq!(data, ["r0", "r1", "r2"].map(Bytes::from));
 }
+
+/// Committed records are never dropped as part of an unfinished write,
+/// however the write's end was lost: the saved commit point is a floor.
+#[test]
+fn committed_records_of_an_unfinished_write_are_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = ShardLog::open(dir.path(), LogConfig::default()).expect("open");
+        let batch: Vec<NewRecord> = (0..3).map(|i| record("k", &format!("r{i}"))).collect();
+        log.append_uncommitted(&batch, 1).expect("append");
+        log.commit(2);
+        log.persist_commit_point().expect("persist");
+    }
+    let segment = last_segment(dir.path());
+    let full = fs::metadata(&segment).expect("stat").len();
+    OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .expect("open")
+        .set_len(full - 2)
+        .expect("tear");
+    let log = ShardLog::open(dir.path(), LogConfig::default()).expect("reopen");
+    assert_eq!(log.next_offset(), 2, "the committed two are kept");
+    assert_eq!(log.committed_offset(), 2);
+}

@@ -16,9 +16,6 @@ use super::{
     CATCH_UP_BYTES, CATCH_UP_RECORDS, MAX_ROUNDS,
 };
 
-/// The most a catch-up read takes to reach the end of one write: a group
-/// commit's batch, with its frames.
-const WHOLE_WRITE_BYTES: u64 = 2 * crate::writer::GROUP_COMMIT_MAX_BYTES as u64;
 use crate::error::WriteError;
 
 impl Replicator {
@@ -247,14 +244,24 @@ impl ReplicaTarget<'_> {
         }
         let reader = log.clone();
         let missing = tokio::task::spawn_blocking(move || {
-            let missing = reader.read_uncommitted(from, CATCH_UP_RECORDS, CATCH_UP_BYTES)?;
-            // A run ends at the end of a write, however large: a copy
-            // never holds part of an append, whose key is on its last
-            // record (it would be written again whole after a failover).
-            if missing.records.last().is_some_and(|r| r.write_continues) {
-                return reader.read_uncommitted(from, usize::MAX, WHOLE_WRITE_BYTES);
+            let mut missing = reader.read_uncommitted(from, CATCH_UP_RECORDS, CATCH_UP_BYTES)?;
+            // A run ends at the end of a write, however large (its batch
+            // went to replicas as one message once already): a copy never
+            // holds part of an append, whose key is on its last record (it
+            // would be written again whole after a failover).
+            while let Some(next) = missing
+                .records
+                .last()
+                .filter(|r| r.write_continues)
+                .map(|r| r.offset + 1)
+            {
+                let more = reader.read_uncommitted(next, CATCH_UP_RECORDS, CATCH_UP_BYTES)?;
+                if more.records.is_empty() {
+                    break;
+                }
+                missing.records.extend(more.records);
             }
-            Ok(missing)
+            Ok::<_, freshet_log::LogError>(missing)
         })
         .await
         .map_err(|e| WriteError::task("catch-up read", e))??;
@@ -286,7 +293,7 @@ impl ReplicaTarget<'_> {
         }
         if whole == 0 {
             return Err(WriteError::Replication(format!(
-                "the write at offset {from} does not end within {WHOLE_WRITE_BYTES} bytes"
+                "the write at offset {from} does not end in the leader's log"
             )));
         }
         run.truncate(whole);

@@ -377,7 +377,9 @@ impl AppendCoalescer {
                     let (coalescer, key, stream) = (self.clone(), key.clone(), stream.clone());
                     self.tasks.spawn(
                         async move {
-                            let outcome = coalescer.resolve(&key, &stream, again, status).await;
+                            let outcome = coalescer
+                                .resolve(&key, &stream, again, status, &replies)
+                                .await;
                             answer_callers(replies, &counts, outcome);
                         }
                         .instrument(span),
@@ -413,13 +415,15 @@ impl AppendCoalescer {
         stream: &StreamArn,
         mut request: AppendRequest,
         first_failure: tonic::Status,
+        callers: &[oneshot::Sender<AppendOutcome>],
     ) -> Result<AppendResponse, AppendOutcome> {
         let deadline = tokio::time::Instant::now() + RESOLVE_DEADLINE;
         let mut last_failure = first_failure;
         request.resolving = true;
         for attempt in 1u64.. {
             tokio::time::sleep(Duration::from_millis((attempt * 50).min(500))).await;
-            if tokio::time::Instant::now() >= deadline {
+            // Nobody left to tell (their requests ended): stop asking.
+            if tokio::time::Instant::now() >= deadline || callers.iter().all(|c| c.is_closed()) {
                 break;
             }
             // The route is read afresh (past the frontend's snapshot) on

@@ -818,9 +818,10 @@ impl World {
                         records.len()
                     )
                 });
-                if replicated.accepted {
-                    log.commit(committed.min(first_offset + records.len() as u64));
-                }
+                // As `service.rs`: the log is now a prefix of the
+                // leader's, so what the leader committed is committed here
+                // (clamped to this copy's end).
+                log.commit(committed);
                 self.send(
                     w,
                     leader,

@@ -101,6 +101,12 @@ fn main() -> std::process::ExitCode {
         done += 1;
         match result {
             Ok(outcome) => {
+                if outcome.unresolved > 0 {
+                    println!(
+                        "seed {seed}: {} calls still unresolved at the end",
+                        outcome.unresolved
+                    );
+                }
                 total.acknowledged += outcome.acknowledged;
                 total.committed += outcome.committed;
                 total.failovers += outcome.failovers;

@@ -52,7 +52,9 @@ pub fn bin_dir() -> anyhow::Result<String> {
         .into_owned())
 }
 
-/// The first of `count` consecutive free loopback ports.
+/// The first of `count` consecutive free loopback ports, below Linux's
+/// ephemeral range (32768 up): a port found free there can be taken by any
+/// outgoing connection before the topology binds it.
 fn free_port_block(count: u16) -> anyhow::Result<u16> {
     // Topologies started by one test process (tests run in parallel) look
     // in different places, not only ones from different processes.
@@ -60,7 +62,7 @@ fn free_port_block(count: u16) -> anyhow::Result<u16> {
     let started = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     for attempt in 0..200u32 {
         let spread = std::process::id() * 13 + started * 2_003 + attempt * 101;
-        let base = 21_000 + (spread % 28_000) as u16;
+        let base = 21_000 + (spread % 11_000) as u16;
         if (base..base + count).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
         {
             return Ok(base);

@@ -15,9 +15,12 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 /// The topology's metrics ports start this far above its gRPC ports.
 const METRICS_OFFSET: u16 = 14;
 
+/// A block of `count` free ports below Linux's ephemeral range (32768 up):
+/// a port found free there can be taken by any outgoing connection before
+/// the topology binds it.
 fn free_port_block(count: u16) -> anyhow::Result<u16> {
     for attempt in 0..200u32 {
-        let base = 20_000 + ((std::process::id() * 7 + attempt * 97) % 30_000) as u16;
+        let base = 20_000 + ((std::process::id() * 7 + attempt * 97) % 12_000) as u16;
         let all_free = (base..base + count)
             .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
         if all_free {

@@ -13,8 +13,9 @@
 //!   older epoch, or a worker that is not the leader, is refused), then
 //! - `registry.rs` — the shard segments open here (opened and recovered on
 //!   first use), each with
-//! - `writer.rs` — its group-commit writer: appends are batched, written and
-//!   fsynced together, and acknowledged only after the fsync.
+//! - `writer/` — its group-commit writer: appends are batched, written and
+//!   fsynced together, and acknowledged only after the fsync; `keys.rs`
+//!   there keeps an append sent twice under one key from landing twice.
 //! - `layout.rs` — where segments live on disk; `error.rs` — why a write
 //!   failed, and whether that means "nothing written".
 //! - `freshet-log` (libs/log) — segments, checksums, torn-tail recovery,
@@ -64,6 +65,24 @@ pub use replication::{AckCopies, AckRule};
 pub use service::StorageService;
 pub use throttle::ShardLimits;
 pub use writer::GROUP_COMMIT_MAX_BYTES;
+
+/// The worker's decisions, as pure functions of a shard's log and of what
+/// the worker has heard: which appends a round writes and when the others
+/// are answered (`writer/keys.rs`), which replicas count towards a commit
+/// (`replication/ends.rs`), what a lagging replica is sent next
+/// (`replication/catch_up.rs`) and what a replica does with a batch
+/// (`replication/replica.rs`). The service's tasks call them; so does the
+/// deterministic simulator (`tests/sim`), which runs them under seeded
+/// faults exactly as the service does.
+pub mod decisions {
+    pub use crate::error::WriteError;
+    pub use crate::replication::{
+        next_run, write_as_replica, CatchUpRun, ReplicaEnds, ReplicaWrite, ReplicaWrote,
+    };
+    pub use crate::writer::{
+        Answer, AppendAnswer, Awaiting, Leadership, PendingAppend, SortedRound, KEYS_NEEDED_FOR_MS,
+    };
+}
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "freshet-storage-worker", about = "Freshet storage worker")]

@@ -1,5 +1,5 @@
 //! The shard segments open on this worker: opened (and recovered) on first
-//! use, one recovery at a time, each with its writer task (`writer.rs`).
+//! use, one recovery at a time, each with its writer task (`writer/mod.rs`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;

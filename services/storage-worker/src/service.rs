@@ -16,7 +16,9 @@ use crate::layout::SegmentKey;
 use crate::lease::Lease;
 use crate::load::OfferedRecord;
 use crate::registry::ShardRegistry;
-use crate::replication::{key_from_wire, mark_from_wire, wire_checksum};
+use crate::replication::{
+    key_from_wire, mark_from_wire, wire_checksum, write_as_replica, ReplicaWrite, ReplicaWrote,
+};
 use crate::writer::{AppendAnswer, OpenShard};
 
 /// How long a request waits for this worker's snapshot to learn of a
@@ -439,15 +441,18 @@ impl Storage for StorageService {
         let write_started = std::time::Instant::now();
         let leader_end = request.leader_next_offset;
         let replicated = tokio::task::spawn_blocking(move || {
-            log.hear_leader(epoch, leader_end)?;
-            let end_before = log.next_offset();
-            let replicated =
-                log.replicate(epoch, &leader_epochs, first_offset, arrival_ms, &records)?;
-            // The log is now a prefix of the leader's: whatever of it the
-            // leader has committed is committed here too.
-            log.commit(committed);
-            let wrote = replicated.next_offset > end_before;
-            Ok::<_, LogError>((replicated, wrote))
+            write_as_replica(
+                &log,
+                &ReplicaWrite {
+                    epoch,
+                    leader_epochs: &leader_epochs,
+                    leader_end,
+                    first_offset,
+                    arrival_ms,
+                    records: &records,
+                    leader_committed: committed,
+                },
+            )
         })
         .instrument(tracing::info_span!(
             "write_fsync",
@@ -456,10 +461,9 @@ impl Storage for StorageService {
         ))
         .await;
         let write_time = write_started.elapsed();
-        let replicated = replicated
+        let ReplicaWrote { replicated, wrote } = replicated
             .map_err(|e| ErrorCode::Internal.status(format!("replicate task failed: {e}")))?
             .map_err(replica_write_status)?;
-        let (replicated, wrote) = replicated;
         // Probes, refusals and re-sends of records already held wrote
         // nothing to time.
         if sent > 0 && wrote {

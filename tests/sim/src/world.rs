@@ -2,16 +2,20 @@
 //! a frontend, and the network between them, driven by one seed.
 //!
 //! Real code: every copy is a real [`ShardLog`] in its own directory (the
-//! log's epoch fence, truncation, recovery of a torn tail, append marks);
-//! membership's failover and reconfiguration are the service's own pure
-//! decisions ([`decisions::elect`], [`decisions::after_report`],
-//! [`decisions::spare_replica`]); the leader commits by the worker's own
-//! rule ([`AckRule`]). The protocol around them — the leader's group-commit
-//! round and catch-up, replicas answering `Replicate`, heartbeats and
-//! leases, broadcasts of the shard's entry, the frontend resolving unknown
-//! outcomes under append keys — is modelled here after
-//! `services/storage-worker/src/{writer.rs,replication/}` and
-//! `services/membership/src/failover.rs`, as messages on a seeded network.
+//! log's epoch fence, truncation, recovery of a torn tail, append marks).
+//! The storage worker's decisions are its own functions
+//! ([`freshet_storage_worker::decisions`]): which appends a round writes
+//! and when the others are answered ([`Awaiting`]), which replicas count
+//! towards a commit ([`ReplicaEnds`], [`AckRule`]), what a lagging replica
+//! is sent next ([`next_run`]) and what a replica does with a batch
+//! ([`write_as_replica`]). Membership's failover and reconfiguration are
+//! its own decisions too ([`decisions::elect`], [`decisions::after_report`],
+//! [`decisions::spare_replica`]). What is modelled here is the plumbing
+//! around them, after `services/storage-worker/src/{writer/,replication/}`
+//! and `services/membership/src/failover.rs`: the tasks and timers that
+//! call those functions, the messages between processes on a seeded
+//! network, heartbeats and leases, broadcasts of the shard's entry, and the
+//! frontend resolving unknown outcomes under append keys.
 //!
 //! Time is virtual (ms); every event happens at a time the seed chose, in
 //! one thread, so a seed replays exactly.
@@ -21,9 +25,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use freshet_log::{AppendKey, AppendMark, EpochHistory, HeldAppend, NewRecord, ShardLog};
+use freshet_errors::ErrorCode;
+use freshet_log::{AppendKey, AppendMark, EpochHistory, NewRecord, ShardLog};
 use freshet_membership::decisions::{self, Election};
 use freshet_metastore::{ShardRow, WorkerRow};
+use freshet_storage_worker::decisions::{
+    self as writer, next_run, write_as_replica, AppendAnswer, Awaiting, Leadership, PendingAppend,
+    ReplicaEnds, ReplicaWrite,
+};
 use freshet_storage_worker::{AckCopies, AckRule};
 use freshet_types::{ShardState, Voters};
 
@@ -44,8 +53,12 @@ const ROUND_DEADLINE_MS: u64 = 2_000;
 const CALL_DEADLINE_MS: u64 = 2_500;
 /// How long the frontend routes a refused call again before giving up.
 const REROUTE_MS: u64 = 5_000;
-/// Records per catch-up request.
-const CATCH_UP_RECORDS: usize = 50;
+/// The worker's default acknowledgement rule: a majority of the voters,
+/// and never fewer than two copies.
+const ACK_RULE: AckRule = AckRule {
+    copies: AckCopies::Majority,
+    min_voters: 2,
+};
 
 const ZONES: [&str; 4] = ["a", "b", "c", "a"];
 const MEMBERSHIP: usize = 100;
@@ -112,6 +125,38 @@ struct Job {
     call: u64,
     records: Vec<NewRecord>,
     epoch: u64,
+    resolving: bool,
+}
+
+/// The worker's own key logic (`writer/keys.rs`) sorts and answers these.
+impl PendingAppend for Job {
+    fn records(&self) -> &[NewRecord] {
+        &self.records
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn resolving(&self) -> bool {
+        self.resolving
+    }
+
+    /// The frontend ignores answers to calls it has finished with.
+    fn caller_gone(&self) -> bool {
+        false
+    }
+}
+
+/// The frontend's reading of the writer's answer: only a refusal is known
+/// to have written nothing (`WriteError::append_code`).
+fn answer_of(answer: &writer::Answer) -> Answer {
+    match answer {
+        Ok(AppendAnswer::Landed { appended, .. }) => Answer::Landed(appended.first_offset),
+        Ok(AppendAnswer::Absent) => Answer::NotWritten,
+        Err(error) if error.append_code() == ErrorCode::NotWritten => Answer::NotWritten,
+        Err(_) => Answer::Unknown,
+    }
 }
 
 /// The leader's group commit in flight.
@@ -130,6 +175,8 @@ enum Msg {
         arrival_ms: i64,
         records: Vec<NewRecord>,
         committed: u64,
+        /// Where the leader's log ends, the batch included.
+        leader_end: u64,
     },
     ReplicateReply {
         epoch: u64,
@@ -213,11 +260,10 @@ struct Worker {
     tear_next_write: bool,
     /// Whether membership has heard it register since it (re)started.
     registered: bool,
-    replica_ends: BTreeMap<String, u64>,
-    ends_epoch: u64,
+    replica_ends: ReplicaEnds,
     queue: Vec<Job>,
     round: Option<Round>,
-    awaiting: Vec<(Job, HeldAppend)>,
+    awaiting: Awaiting<Job>,
     incarnation: u64,
 }
 
@@ -296,11 +342,10 @@ impl World {
                 wall_offset_ms: 0,
                 tear_next_write: false,
                 registered: true,
-                replica_ends: BTreeMap::new(),
-                ends_epoch: 0,
+                replica_ends: ReplicaEnds::default(),
                 queue: Vec::new(),
                 round: None,
-                awaiting: Vec::new(),
+                awaiting: Awaiting::default(),
                 incarnation: 0,
             })
             .collect();
@@ -439,6 +484,7 @@ impl World {
                     arrival_ms,
                     records,
                     committed,
+                    leader_end,
                 } => Some(Msg::Replicate {
                     epoch: *epoch,
                     history: history.clone(),
@@ -446,6 +492,7 @@ impl World {
                     arrival_ms: *arrival_ms,
                     records: records.clone(),
                     committed: *committed,
+                    leader_end: *leader_end,
                 }),
                 // A frontend's call is not duplicated: gRPC over one TCP
                 // connection delivers it once or not at all (and its
@@ -624,8 +671,8 @@ impl World {
         worker.lease = None;
         worker.queue.clear();
         worker.round = None;
-        worker.awaiting.clear();
-        worker.replica_ends.clear();
+        worker.awaiting = Awaiting::default();
+        worker.replica_ends = ReplicaEnds::default();
         worker.tear_next_write = false;
         worker.registered = false;
         worker.incarnation += 1;
@@ -673,6 +720,11 @@ impl World {
         Ok(Some(log))
     }
 
+    /// The worker's wall clock (arrival times, the age of append keys).
+    fn wall_ms(&self, w: usize) -> i64 {
+        1_700_000_000_000 + self.local_now(w) as i64 + self.workers[w].wall_offset_ms
+    }
+
     fn lease_ok(&self, w: usize) -> bool {
         let worker = &self.workers[w];
         match (&worker.lease, &worker.view) {
@@ -705,14 +757,10 @@ impl World {
                     .is_none_or(|v| entry.version > v.version);
                 if newer {
                     let holds = entry.is_copy(&self.workers[w].id);
-                    let epoch_changed = self.workers[w]
-                        .view
-                        .as_ref()
-                        .is_none_or(|v| v.row.epoch != entry.row.epoch);
+                    self.workers[w]
+                        .replica_ends
+                        .follow(entry.row.epoch, &entry.row.replica_worker_ids);
                     self.workers[w].view = Some(*entry);
-                    if epoch_changed {
-                        self.workers[w].replica_ends.clear();
-                    }
                     if !holds {
                         // An orphan: no entry names it (after the
                         // configuration without it was committed).
@@ -734,15 +782,19 @@ impl World {
                 arrival_ms,
                 records,
                 committed,
+                leader_end,
             } => self.replica_receives(
                 w,
                 from,
-                epoch,
-                &history,
-                first_offset,
-                arrival_ms,
-                records,
-                committed,
+                &ReplicaWrite {
+                    epoch,
+                    leader_epochs: &history,
+                    leader_end,
+                    first_offset,
+                    arrival_ms,
+                    records: &records,
+                    leader_committed: committed,
+                },
             )?,
             Msg::ReplicateReply {
                 epoch,
@@ -778,20 +830,17 @@ impl World {
             .map_or(0, |m| m.len())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A replica hears its leader's `Replicate`: `service.rs`'s check of
+    /// its own entry (modelled), then the worker's own `write_as_replica`.
     fn replica_receives(
         &mut self,
         w: usize,
         leader: usize,
-        epoch: u64,
-        history: &EpochHistory,
-        first_offset: u64,
-        arrival_ms: i64,
-        records: Vec<NewRecord>,
-        committed: u64,
+        write: &ReplicaWrite<'_>,
     ) -> Result<(), Violation> {
         // As `authorize`: the worker's own entry must name it a replica at
         // exactly this epoch.
+        let epoch = write.epoch;
         let id = self.workers[w].id.clone();
         let placed = self.workers[w]
             .view
@@ -804,31 +853,26 @@ impl World {
             return Ok(());
         };
         let before = self.active_len(w);
-        let tear = self.workers[w].tear_next_write && !records.is_empty();
-        let result = log.replicate(epoch, history, first_offset, arrival_ms, &records);
+        let tear = self.workers[w].tear_next_write && !write.records.is_empty();
+        let result = write_as_replica(&log, write);
         if tear {
             self.tear_and_crash(w, before);
             return Ok(());
         }
         match result {
-            Ok(replicated) => {
+            Ok(wrote) => {
+                let first_offset = write.first_offset;
+                let count = write.records.len();
                 self.note(|| {
-                    format!(
-                        "w{w} replicates {first_offset}+{} at epoch {epoch}: {replicated:?}",
-                        records.len()
-                    )
+                    format!("w{w} replicates {first_offset}+{count} at epoch {epoch}: {wrote:?}")
                 });
-                // As `service.rs`: the log is now a prefix of the
-                // leader's, so what the leader committed is committed here
-                // (clamped to this copy's end).
-                log.commit(committed);
                 self.send(
                     w,
                     leader,
                     Msg::ReplicateReply {
                         epoch,
                         ok: true,
-                        next_offset: replicated.next_offset,
+                        next_offset: wrote.replicated.next_offset,
                     },
                 );
             }
@@ -865,13 +909,6 @@ impl World {
         self.start_round(w)
     }
 
-    fn job_key(job: &Job) -> Option<AppendKey> {
-        job.records
-            .last()
-            .and_then(|r| r.ends_append)
-            .map(|m| m.key)
-    }
-
     /// The writer's round (`writer.rs`, `write_round`): held keys wait for
     /// their commit, the rest are written as one batch and replicated.
     fn start_round(&mut self, w: usize) -> Result<(), Violation> {
@@ -889,29 +926,21 @@ impl World {
             return Ok(());
         };
         let jobs = std::mem::take(&mut self.workers[w].queue);
-        let mut to_write: Vec<Job> = Vec::new();
-        let mut keys = BTreeSet::new();
-        for job in jobs {
-            if job.epoch != epoch {
-                self.reply(w, job.call, Answer::NotWritten);
-                continue;
-            }
-            let key = World::job_key(&job);
-            if let Some(held) = key.and_then(|k| log.find_append(&k)) {
-                self.note(|| format!("w{w} holds call {} at {}", job.call, held.first_offset));
-                self.workers[w].awaiting.push((job, held));
-                continue;
-            }
-            if let Some(key) = key {
-                if !keys.insert((key.frontend, key.call)) {
-                    // Its twin in this round is written; the leader answers
-                    // it from the log afterwards (an unknown here).
-                    self.reply(w, job.call, Answer::Unknown);
-                    continue;
-                }
-            }
-            to_write.push(job);
+        let (current, stale): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|job| job.epoch == epoch);
+        for job in stale {
+            self.reply(w, job.call, Answer::NotWritten);
         }
+        // The worker's own sorting: held keys wait for their commit, a key
+        // twice in one round is written once.
+        let now_ms = self.wall_ms(w);
+        let sorted = self.workers[w]
+            .awaiting
+            .sort_round(&log, true, now_ms, current);
+        for (job, answer) in sorted.answered {
+            self.reply(w, job.call, answer_of(&answer));
+        }
+        let to_write = sorted.to_write;
         self.answer_awaiting(w, &log);
         if to_write.is_empty() {
             return Ok(());
@@ -926,8 +955,7 @@ impl World {
             return Err(format!("worker {w} cannot lead: {error}"));
         }
         let records: Vec<NewRecord> = to_write.iter().flat_map(|j| j.records.clone()).collect();
-        let now_ms = 1_700_000_000_000 + self.local_now(w) as i64 + self.workers[w].wall_offset_ms;
-        let (first_offset, arrival_ms) = log.next_position(now_ms);
+        let (first_offset, arrival_ms) = log.next_position(self.wall_ms(w));
         let before = self.active_len(w);
         let tear = self.workers[w].tear_next_write;
         let written = log.append_at(epoch, first_offset, arrival_ms, &records);
@@ -980,6 +1008,7 @@ impl World {
         };
         let history = log.epoch_history();
         let committed = log.committed_offset();
+        let leader_end = first_offset + records.len() as u64;
         for replica in &view.row.replica_worker_ids {
             if let Some(r) = self.worker_index(replica) {
                 self.send(
@@ -992,6 +1021,7 @@ impl World {
                         arrival_ms,
                         records: records.clone(),
                         committed,
+                        leader_end,
                     },
                 );
             }
@@ -1013,61 +1043,38 @@ impl World {
             return Ok(());
         };
         let replica = self.workers[from].id.clone();
-        self.workers[w].ends_epoch = epoch;
-        self.workers[w].replica_ends.insert(replica, next_offset);
+        if let Some(view) = self.workers[w].view.clone() {
+            self.workers[w]
+                .replica_ends
+                .follow(epoch, &view.row.replica_worker_ids);
+        }
+        self.workers[w]
+            .replica_ends
+            .heard(&replica, Some(next_offset));
         if next_offset < log.next_offset() {
             self.send_missing(w, from, &log, epoch, next_offset);
         }
         self.try_commit(w)
     }
 
-    /// Sends replica `r` the leader's records from `from` (one arrival run).
-    /// Sends replica `r` the leader's records from `from`: one arrival run
-    /// of whole writes (`catch_up.rs`, `catch_up_step`).
+    /// Sends replica `r` the next run of records it misses from `from`,
+    /// as the worker's own `next_run` reads it (`catch_up.rs`).
     fn send_missing(&mut self, w: usize, r: usize, log: &ShardLog, epoch: u64, from: u64) {
-        let Ok(mut batch) = log.read_uncommitted(from, CATCH_UP_RECORDS, u64::MAX) else {
+        let until = log.next_offset();
+        let Ok(run) = next_run(log, from, until) else {
             return;
         };
-        if batch.records.last().is_some_and(|s| s.write_continues) {
-            match log.read_uncommitted(from, usize::MAX, u64::MAX) {
-                Ok(whole) => batch = whole,
-                Err(_) => return,
-            }
-        }
-        let Some(first) = batch.records.first() else {
-            return;
-        };
-        let arrival_ms = first.arrival_ms;
-        let mut records: Vec<NewRecord> = Vec::new();
-        let mut whole = 0;
-        for s in batch
-            .records
-            .iter()
-            .take_while(|s| s.arrival_ms == arrival_ms)
-        {
-            records.push(NewRecord {
-                partition_key: s.partition_key.clone(),
-                data: s.data.clone(),
-                ends_append: s.ends_append,
-            });
-            if !s.write_continues {
-                whole = records.len();
-            }
-        }
-        records.truncate(whole);
-        if records.is_empty() {
-            return;
-        }
         self.send(
             w,
             r,
             Msg::Replicate {
                 epoch,
                 history: log.epoch_history(),
-                first_offset: from,
-                arrival_ms,
-                records,
+                first_offset: run.first_offset,
+                arrival_ms: run.arrival_ms,
+                records: run.records,
                 committed: log.committed_offset(),
+                leader_end: until,
             },
         );
     }
@@ -1075,20 +1082,27 @@ impl World {
     /// Whether the replicas that answered this epoch at `end` or beyond,
     /// with the leader, may acknowledge (`AckRule`).
     fn quorum_holds(&self, w: usize, end: u64) -> bool {
+        self.replicas_hold(w, |held| held >= end)
+    }
+
+    /// `Replicator::enough_replicas_hold`: whether a quorum holds the log
+    /// exactly to `end`, at this epoch.
+    fn enough_replicas_hold(&self, w: usize, end: u64) -> bool {
+        self.replicas_hold(w, |held| held == end)
+    }
+
+    fn replicas_hold(&self, w: usize, holds: impl Fn(u64) -> bool) -> bool {
         let worker = &self.workers[w];
         let Some(view) = &worker.view else {
             return false;
         };
-        if worker.ends_epoch != view.row.epoch {
-            return false;
-        }
-        let rule = AckRule {
-            copies: AckCopies::Majority,
-            min_voters: 2,
-        };
-        rule.is_met(&view.row.voters, |id| {
-            id == worker.id || worker.replica_ends.get(id).is_some_and(|e| *e >= end)
-        })
+        worker.replica_ends.quorum(
+            ACK_RULE,
+            &view.row.voters,
+            &worker.id,
+            view.row.epoch,
+            holds,
+        )
     }
 
     fn try_commit(&mut self, w: usize) -> Result<(), Violation> {
@@ -1145,24 +1159,22 @@ impl World {
         }
     }
 
-    /// `writer.rs`, `Awaiting::answer`: held keys answered once committed.
+    /// The worker's own `Awaiting::answer` (`writer/keys.rs`): held keys
+    /// answered once committed, the rest once their outcome is known.
     fn answer_awaiting(&mut self, w: usize, log: &ShardLog) {
-        let leading = self.leading_epoch(w);
-        let committed = log.committed_offset();
-        let waiting = std::mem::take(&mut self.workers[w].awaiting);
-        for (job, held) in waiting {
-            if leading != Some(job.epoch) {
-                self.reply(w, job.call, Answer::Unknown);
-                continue;
-            }
-            let again = World::job_key(&job).and_then(|k| log.find_append(&k));
-            if again != Some(held) {
-                self.reply(w, job.call, Answer::Unknown);
-            } else if held.end_offset() <= committed {
-                self.reply(w, job.call, Answer::Landed(held.first_offset));
-            } else {
-                self.workers[w].awaiting.push((job, held));
-            }
+        let mut awaiting = std::mem::take(&mut self.workers[w].awaiting);
+        let answered = {
+            let replicas_hold = |end| self.enough_replicas_hold(w, end);
+            let leadership = Leadership {
+                epoch: self.leading_epoch(w),
+                open: true,
+                replicas_hold: &replicas_hold,
+            };
+            awaiting.answer(log, &leadership)
+        };
+        self.workers[w].awaiting = awaiting;
+        for (job, answer) in answered {
+            self.reply(w, job.call, answer_of(&answer));
         }
     }
 
@@ -1187,16 +1199,17 @@ impl World {
         let Some(row) = view else {
             return Ok(());
         };
+        self.workers[w]
+            .replica_ends
+            .follow(epoch, &row.replica_worker_ids);
         for replica in &row.replica_worker_ids {
-            let known = self.workers[w].replica_ends.get(replica).copied();
-            if known == Some(target) && self.workers[w].ends_epoch == epoch {
+            let known = self.workers[w].replica_ends.get(replica);
+            if known == Some(target) {
                 continue;
             }
             if let Some(r) = self.worker_index(replica) {
                 match known {
-                    Some(end) if end < target && self.workers[w].ends_epoch == epoch => {
-                        self.send_missing(w, r, &log, epoch, end)
-                    }
+                    Some(end) if end < target => self.send_missing(w, r, &log, epoch, end),
                     _ => self.send(
                         w,
                         r,
@@ -1207,12 +1220,13 @@ impl World {
                             arrival_ms: 0,
                             records: Vec::new(),
                             committed: log.committed_offset(),
+                            leader_end: target,
                         },
                     ),
                 }
             }
         }
-        if log.committed_offset() < target && self.quorum_holds(w, target) {
+        if log.committed_offset() < target && self.enough_replicas_hold(w, target) {
             self.commit(w, &log, epoch, target)?;
         }
         self.answer_awaiting(w, &log);
@@ -1236,19 +1250,15 @@ impl World {
         else {
             return;
         };
-        if self.workers[w].ends_epoch != row.epoch {
-            return;
-        }
         let needed = log.committed_offset().max(epoch_start);
-        let mut holding = vec![self.workers[w].id.clone()];
-        for replica in &row.replica_worker_ids {
-            if self.workers[w]
-                .replica_ends
-                .get(replica)
-                .is_some_and(|e| *e >= needed)
-            {
-                holding.push(replica.clone());
-            }
+        let holding = self.workers[w].replica_ends.holding(
+            &self.workers[w].id,
+            row.epoch,
+            &row.replica_worker_ids,
+            needed,
+        );
+        if holding.is_empty() {
+            return;
         }
         self.send(
             w,
@@ -1554,6 +1564,7 @@ impl World {
             call,
             records,
             epoch: view.row.epoch,
+            resolving: state.resolving,
         };
         if let Some(leader) = self.worker_index(&view.row.leader_worker_id) {
             self.send(FRONTEND, leader, Msg::Append(job));
@@ -1704,7 +1715,7 @@ impl World {
                 .as_ref()
                 .map(|l| (l.election_position(), l.committed_offset(), l.next_offset()));
             text.push_str(&format!(
-                "{}: up {} view v{:?} lease {:?} (local now {}) log (position, committed, end) {:?} ends {:?}@{} round {} queue {} awaiting {}\n",
+                "{}: up {} view v{:?} lease {:?} (local now {}) log (position, committed, end) {:?} ends {:?} round {} queue {} awaiting {}\n",
                 worker.id,
                 worker.up,
                 worker.view.as_ref().map(|v| v.version),
@@ -1712,7 +1723,6 @@ impl World {
                 self.local_now(w),
                 log,
                 worker.replica_ends,
-                worker.ends_epoch,
                 worker.round.is_some(),
                 worker.queue.len(),
                 worker.awaiting.len()

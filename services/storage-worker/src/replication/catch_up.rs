@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use freshet_log::ShardLog;
+use freshet_log::{NewRecord, ShardLog};
 use freshet_proto::v1::{
     EpochStart, InstallSnapshotRequest, RecordToAppend, ReplicateRequest, ShardKey,
 };
@@ -49,7 +49,7 @@ impl Replicator {
             .iter()
             .zip(&entry.replica_addresses)
         {
-            if self.replica_ends.get(worker_id) == Some(&target) {
+            if self.replica_ends.get(worker_id) == Some(target) {
                 continue;
             }
             let replica = ReplicaTarget {
@@ -60,18 +60,11 @@ impl Replicator {
                 address,
                 leader_end: target,
             };
-            let known = self.replica_ends.get(worker_id).copied();
+            let known = self.replica_ends.get(worker_id);
             let outcome =
                 tokio::time::timeout(deadline, replica.bring_up_to(log, known, target, committed))
                     .await;
-            match outcome {
-                Ok(Some(end)) => {
-                    self.replica_ends.insert(worker_id.clone(), end);
-                }
-                Ok(None) | Err(_) => {
-                    self.replica_ends.remove(worker_id);
-                }
-            }
+            self.replica_ends.heard(worker_id, outcome.ok().flatten());
         }
         // A new leader (after failover or restart) may hold records that
         // were acknowledged under its predecessor but not yet marked
@@ -243,60 +236,85 @@ impl ReplicaTarget<'_> {
             return self.install_snapshot(horizon).await;
         }
         let reader = log.clone();
-        let missing = tokio::task::spawn_blocking(move || {
-            let mut missing = reader.read_uncommitted(from, CATCH_UP_RECORDS, CATCH_UP_BYTES)?;
-            // A run ends at the end of a write, however large (its batch
-            // went to replicas as one message once already): a copy never
-            // holds part of an append, whose key is on its last record (it
-            // would be written again whole after a failover).
-            while let Some(next) = missing
-                .records
-                .last()
-                .filter(|r| r.write_continues)
-                .map(|r| r.offset + 1)
-            {
-                let more = reader.read_uncommitted(next, CATCH_UP_RECORDS, CATCH_UP_BYTES)?;
-                if more.records.is_empty() {
-                    break;
-                }
-                missing.records.extend(more.records);
-            }
-            Ok::<_, freshet_log::LogError>(missing)
-        })
-        .await
-        .map_err(|e| WriteError::task("catch-up read", e))??;
-        let Some(first) = missing.records.first().filter(|r| r.offset == from) else {
-            // Retention trimmed it since the horizon was read: the next
-            // catch-up round (or batch) restarts the replica at the new
-            // horizon.
-            return Err(WriteError::Replication(format!(
-                "the leader's log no longer holds offset {from}"
-            )));
-        };
-        let arrival_ms = first.arrival_ms;
-        // One arrival time: the records of one write share it.
-        let mut run: Vec<RecordToAppend> = Vec::new();
-        let mut whole = 0;
-        for record in missing
+        let run = tokio::task::spawn_blocking(move || next_run(&reader, from, until))
+            .await
+            .map_err(|e| WriteError::task("catch-up read", e))??;
+        let records = run
             .records
             .iter()
-            .take_while(|r| r.arrival_ms == arrival_ms && r.offset < until)
-        {
-            run.push(to_wire(
-                &record.partition_key,
-                &record.data,
-                record.ends_append,
-            ));
-            if !record.write_continues {
-                whole = run.len();
-            }
-        }
-        if whole == 0 {
-            return Err(WriteError::Replication(format!(
-                "the write at offset {from} does not end in the leader's log"
-            )));
-        }
-        run.truncate(whole);
-        self.call(from, arrival_ms, run, committed).await
+            .map(|r| to_wire(&r.partition_key, &r.data, r.ends_append))
+            .collect();
+        self.call(run.first_offset, run.arrival_ms, records, committed)
+            .await
     }
+}
+
+/// The next records a replica whose log ends at `from` is sent.
+#[derive(Debug)]
+pub struct CatchUpRun {
+    pub first_offset: u64,
+    /// One arrival time: the records of one write share it.
+    pub arrival_ms: i64,
+    pub records: Vec<NewRecord>,
+}
+
+/// Reads the next run of records a replica misses from `from` (below
+/// `until`, the leader's end when the catch-up began): records sharing one
+/// arrival time, as one leader's batch did, ending at the end of a write.
+///
+/// Invariant: a run ends at the end of a write, however large (its batch
+/// went to replicas as one message once already), so a copy never holds
+/// part of an append, whose key is on its last record (it would be written
+/// again whole after a failover). Pure over the log: the simulator
+/// (`tests/sim`) sends what this reads.
+pub fn next_run(log: &ShardLog, from: u64, until: u64) -> Result<CatchUpRun, WriteError> {
+    let mut missing = log.read_uncommitted(from, CATCH_UP_RECORDS, CATCH_UP_BYTES)?;
+    while let Some(next) = missing
+        .records
+        .last()
+        .filter(|r| r.write_continues)
+        .map(|r| r.offset + 1)
+    {
+        let more = log.read_uncommitted(next, CATCH_UP_RECORDS, CATCH_UP_BYTES)?;
+        if more.records.is_empty() {
+            break;
+        }
+        missing.records.extend(more.records);
+    }
+    let Some(first) = missing.records.first().filter(|r| r.offset == from) else {
+        // Retention trimmed it since the horizon was read: the next
+        // catch-up round (or batch) restarts the replica at the new
+        // horizon.
+        return Err(WriteError::Replication(format!(
+            "the leader's log no longer holds offset {from}"
+        )));
+    };
+    let arrival_ms = first.arrival_ms;
+    let mut records: Vec<NewRecord> = Vec::new();
+    let mut whole = 0;
+    for record in missing
+        .records
+        .iter()
+        .take_while(|r| r.arrival_ms == arrival_ms && r.offset < until)
+    {
+        records.push(NewRecord {
+            partition_key: record.partition_key.clone(),
+            data: record.data.clone(),
+            ends_append: record.ends_append,
+        });
+        if !record.write_continues {
+            whole = records.len();
+        }
+    }
+    if whole == 0 {
+        return Err(WriteError::Replication(format!(
+            "the write at offset {from} does not end in the leader's log"
+        )));
+    }
+    records.truncate(whole);
+    Ok(CatchUpRun {
+        first_offset: from,
+        arrival_ms,
+        records,
+    })
 }

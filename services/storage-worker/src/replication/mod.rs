@@ -3,7 +3,7 @@
 //! While the leader writes and fsyncs a batch (still invisible to readers),
 //! it sends the same batch to every replica named in its shard-map entry —
 //! the two overlap, since the writer task alone decides where the batch
-//! goes (`writer.rs`, `commit_batch`) — and waits until its own write and
+//! goes (`writer/mod.rs`, `commit_batch`) — and waits until its own write and
 //! enough replicas' fsyncs are done: a majority of the copies by default
 //! (the leader counts as one), or all of them. Only then is the batch
 //! committed (visible to readers) and acknowledged.
@@ -42,6 +42,8 @@
 //! leader's trim horizon); `reports.rs` — what the leader tells membership.
 
 mod catch_up;
+mod ends;
+mod replica;
 mod reports;
 
 use std::collections::HashMap;
@@ -63,7 +65,10 @@ use crate::error::WriteError;
 use crate::layout::SegmentKey;
 use crate::lease::Lease;
 use crate::metrics::{CopyLabels, WorkerMetrics};
+pub use catch_up::{next_run, CatchUpRun};
 use catch_up::{ReplicaTarget, SendOutcome};
+pub use ends::ReplicaEnds;
+pub use replica::{write_as_replica, ReplicaWrite, ReplicaWrote};
 
 /// How long the leader waits for one replica's answer.
 const REPLICA_TIMEOUT: Duration = Duration::from_secs(2);
@@ -230,11 +235,9 @@ pub struct Replicator {
     /// The segment of the shard's log this replicator writes: it acts only
     /// while that is the shard's current segment.
     segment: u32,
-    /// Where each replica's log ends, as far as the leader knows — learned
-    /// at `ends_epoch` (forgotten when the epoch changes, so a replica is
-    /// counted for a commit only once it has answered the current epoch).
-    replica_ends: HashMap<String, u64>,
-    ends_epoch: u64,
+    /// Where each replica's log ends, as far as the leader knows, at the
+    /// current epoch (`ends.rs`).
+    replica_ends: ReplicaEnds,
     /// Each replica's lag gauge, and where its log last ended (kept across
     /// epochs and silences: what the gauge measures from). Removed from
     /// the worker's metrics with the replicator.
@@ -268,8 +271,7 @@ impl Replicator {
                 shard_id: key.shard_id.clone(),
             },
             segment: key.segment,
-            replica_ends: HashMap::new(),
-            ends_epoch: 0,
+            replica_ends: ReplicaEnds::default(),
             lag: HashMap::new(),
             last_report: None,
             last_step_down: None,
@@ -332,12 +334,8 @@ impl Replicator {
     /// counts only once it has answered the current one), and forgets
     /// workers no longer placed (one placed again is asked afresh).
     fn forget_ends_of_other_epochs(&mut self, entry: &ShardMapEntry) {
-        if self.ends_epoch != entry.epoch {
-            self.replica_ends.clear();
-            self.ends_epoch = entry.epoch;
-        }
         self.replica_ends
-            .retain(|id, _| entry.replica_worker_ids.contains(id));
+            .follow(entry.epoch, &entry.replica_worker_ids);
     }
 
     /// The shard's entry while this replicator's segment is its current
@@ -392,7 +390,7 @@ impl Replicator {
             .map(|r| to_wire(&r.partition_key, &r.data, r.ends_append))
             .collect();
         let sends = replicas.iter().map(|(worker_id, address)| {
-            let known_end = self.replica_ends.get(worker_id).copied();
+            let known_end = self.replica_ends.get(worker_id);
             let replica = ReplicaTarget {
                 context: &self.context,
                 shard: &self.shard,
@@ -420,14 +418,7 @@ impl Replicator {
         let outcomes = futures::future::join_all(sends).await;
         for (worker_id, outcome) in outcomes {
             self.record_lag(&worker_id, leader_end, outcome.end);
-            match outcome.end {
-                Some(end) => {
-                    self.replica_ends.insert(worker_id.clone(), end);
-                }
-                None => {
-                    self.replica_ends.remove(&worker_id);
-                }
-            }
+            self.replica_ends.heard(&worker_id, outcome.end);
             if outcome.acknowledged {
                 acknowledged.push(worker_id);
             }
@@ -470,13 +461,13 @@ impl Replicator {
         let Some(entry) = self.entry() else {
             return false;
         };
-        if self.ends_epoch != entry.epoch {
-            return false;
-        }
-        let leader = self.context.worker_id.as_str();
-        self.quorum(&voters_of(&entry), |id| {
-            id == leader || self.replica_ends.get(id) == Some(&end)
-        })
+        self.replica_ends.quorum(
+            self.context.ack,
+            &voters_of(&entry),
+            &self.context.worker_id,
+            entry.epoch,
+            |held| held == end,
+        )
     }
 }
 

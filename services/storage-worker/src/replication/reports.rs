@@ -45,23 +45,20 @@ impl Replicator {
         else {
             return;
         };
-        if self.ends_epoch != entry.epoch || !self.holds_lease() {
+        if !self.holds_lease() {
             return;
         }
         let needed_end = log.committed_offset().max(epoch_start);
-        let holding: Vec<String> = std::iter::once(self.context.worker_id.clone())
-            .chain(
-                entry
-                    .replica_worker_ids
-                    .iter()
-                    .filter(|id| {
-                        self.replica_ends
-                            .get(*id)
-                            .is_some_and(|end| *end >= needed_end)
-                    })
-                    .cloned(),
-            )
-            .collect();
+        let holding = self.replica_ends.holding(
+            &self.context.worker_id,
+            entry.epoch,
+            &entry.replica_worker_ids,
+            needed_end,
+        );
+        if holding.is_empty() {
+            // Nothing heard at this epoch yet.
+            return;
+        }
         let (voter_ids, next_voter_ids) = voters.to_lists();
         let report = ReportReplicasRequest {
             shard: Some(self.shard.clone()),

@@ -6,7 +6,7 @@
 //!    through a channel and waits.
 //! 2. The writer task takes every append waiting in its channel (up to
 //!    [`GROUP_COMMIT_MAX_BYTES`]), sets aside those whose idempotency key
-//!    the log already holds ([`set_aside_known_keys`]: they are answered
+//!    the log already holds ([`Awaiting::sort_round`], `keys.rs`: they are answered
 //!    with where they landed once that is committed, never written twice),
 //!    appends the rest to the log as one batch with
 //!    one fsync (still invisible to readers) while sending the same batch to
@@ -27,7 +27,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use freshet_log::{AppendKey, Appended, HeldAppend, NewRecord, ShardLog};
+use freshet_log::{Appended, NewRecord, ShardLog};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -37,6 +37,9 @@ use crate::load::LoadMeter;
 use crate::metrics::RoleLabel;
 use crate::replication::{begin_leading, LocalBatch, Replicator};
 use crate::throttle::{ShardLimits, ShardThrottle};
+pub use keys::{Answer, Awaiting, Leadership, PendingAppend, SortedRound, KEYS_NEEDED_FOR_MS};
+
+mod keys;
 
 /// A batch stops collecting appends once it holds this many bytes.
 pub const GROUP_COMMIT_MAX_BYTES: usize = 16 * 1024 * 1024;
@@ -173,9 +176,6 @@ pub(crate) fn now_ms() -> i64 {
 
 /// How long the writer waits for work before it checks on its replicas.
 const IDLE_CATCH_UP_INTERVAL: Duration = Duration::from_millis(500);
-/// How far back a resolving append may ask about its key: well past the
-/// frontend's resolve deadline (30 s) and one call's own.
-const KEYS_NEEDED_FOR_MS: i64 = 120_000;
 /// How often a writer that never idles still catches its replicas up.
 const AWAITING_CATCH_UP_INTERVAL: Duration = Duration::from_millis(200);
 /// How long one idle check may spend on one replica.
@@ -222,7 +222,7 @@ async fn write_loop(
     mut jobs: mpsc::Receiver<WriterJob>,
 ) {
     let mut unwritten: Option<UnwrittenBatch> = None;
-    let mut awaiting = Awaiting::default();
+    let mut awaiting: Awaiting<AppendJob> = Awaiting::default();
     let mut last_catch_up = std::time::Instant::now();
     loop {
         let job = tokio::select! {
@@ -243,7 +243,7 @@ async fn write_loop(
                 // that are answered then.)
                 replicator.catch_up(&log, IDLE_CATCH_UP_DEADLINE).await;
                 last_catch_up = std::time::Instant::now();
-                awaiting.answer(&log, &replicator);
+                answer_awaiting(&mut awaiting, &log, &replicator);
                 continue;
             }
         };
@@ -251,7 +251,7 @@ async fn write_loop(
             WriterJob::Append(job) => job,
             WriterJob::Seal { epoch, reply } => {
                 let _ = reply.send(seal(&log, &mut replicator, &mut unwritten, epoch).await);
-                awaiting.answer(&log, &replicator);
+                answer_awaiting(&mut awaiting, &log, &replicator);
                 continue;
             }
         };
@@ -291,7 +291,7 @@ async fn write_loop(
         if let Some((epoch, reply)) = seal_after {
             let _ = reply.send(seal(&log, &mut replicator, &mut unwritten, epoch).await);
         }
-        awaiting.answer(&log, &replicator);
+        answer_awaiting(&mut awaiting, &log, &replicator);
     }
 }
 
@@ -302,123 +302,46 @@ impl AppendJob {
             .map(|r| r.data.len() + r.partition_key.len())
             .sum()
     }
+}
 
-    /// The append's idempotency key, if it has one.
-    fn key(&self) -> Option<AppendKey> {
-        self.records
-            .last()
-            .and_then(|r| r.ends_append)
-            .map(|mark| mark.key)
+impl PendingAppend for AppendJob {
+    fn records(&self) -> &[NewRecord] {
+        &self.records
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn resolving(&self) -> bool {
+        self.resolving
+    }
+
+    fn caller_gone(&self) -> bool {
+        self.reply.is_closed()
     }
 }
 
-/// Appends answered once the log is far enough along, and what each waits
-/// for.
-#[derive(Default)]
-struct Awaiting {
-    jobs: Vec<(AppendJob, WaitFor)>,
-}
-
-enum WaitFor {
-    /// The log held the job's key: answered once those records are
-    /// committed.
-    Held(HeldAppend),
-    /// An earlier job of the same round carried the key: held once that
-    /// one is written.
-    SameRoundWrite,
-    /// A resolving append to a shard closed to writes, its key not held:
-    /// answered once the log is settled.
-    Settled,
-}
-
-impl Awaiting {
-    fn push(&mut self, job: AppendJob, wait: WaitFor) {
-        self.jobs.push((job, wait));
-    }
-
-    /// Whether a job waits for records the log holds but has not committed.
-    fn waits_for_commit(&self, log: &ShardLog) -> bool {
-        let committed = log.committed_offset();
-        self.jobs.iter().any(|(_, wait)| match wait {
-            WaitFor::Held(held) => held.end_offset() > committed,
-            WaitFor::SameRoundWrite | WaitFor::Settled => false,
-        })
-    }
-
-    /// Answers every job whose answer is now known; drops those whose
-    /// caller went away.
-    ///
-    /// Held records are answered once committed: committed records are
-    /// never truncated, so they are where the answer says, for good.
-    /// A missing key is answered [`AppendAnswer::Absent`] only once the
-    /// log is settled at this leader's epoch — its whole log committed and
-    /// held at this epoch by enough replicas, as a seal needs. Before that
-    /// a copy holding an older epoch's tail could still be elected and
-    /// commit it; after it, every future leader continues this log, and
-    /// nothing is written to a closing shard.
-    fn answer(&mut self, log: &ShardLog, replicator: &Replicator) {
-        if self.jobs.is_empty() {
-            return;
-        }
-        let leading = replicator.leading_epoch();
-        let committed = log.committed_offset();
-        let end = log.next_offset();
-        // A closing shard may be reopened (a move abandoned): then nothing
-        // is settled, and the key may yet be written.
-        let settled =
-            !replicator.is_open() && committed == end && replicator.enough_replicas_hold(end);
-        let mut waiting = Vec::new();
-        for (job, wait) in self.jobs.drain(..) {
-            if job.reply.is_closed() {
-                continue;
-            }
-            if leading != Some(job.epoch) {
-                let _ = job.reply.send(Err(lost_before_commit(job.epoch)));
-                continue;
-            }
-            // Looked up again each time: while this worker leads at the
-            // job's epoch its log is never truncated, so a held append
-            // stays where it was found.
-            let held = job.key().and_then(|key| log.find_append(&key));
-            let wait = match (wait, held) {
-                (WaitFor::Held(before), Some(now)) if before == now => WaitFor::Held(now),
-                (WaitFor::SameRoundWrite, Some(now)) => WaitFor::Held(now),
-                (WaitFor::Settled, None) if !replicator.is_open() => WaitFor::Settled,
-                // The same round's write of the key failed, or the log
-                // changed under the job: its outcome is not known here.
-                _ => {
-                    let _ = job.reply.send(Err(lost_before_commit(job.epoch)));
-                    continue;
-                }
-            };
-            let answer = match &wait {
-                WaitFor::Held(held) if held.end_offset() <= committed => {
-                    Some(AppendAnswer::Landed {
-                        appended: Appended {
-                            first_offset: held.first_offset,
-                            arrival_ms: held.arrival_ms,
-                        },
-                        records: held.records,
-                    })
-                }
-                WaitFor::Settled if settled => Some(AppendAnswer::Absent),
-                _ => None,
-            };
-            match answer {
-                Some(answer) => {
-                    let _ = job.reply.send(Ok(answer));
-                }
-                None => waiting.push((job, wait)),
-            }
-        }
-        self.jobs = waiting;
+/// Sends each answered job its answer.
+fn send_answers(answered: Vec<(AppendJob, Answer)>) {
+    for (job, answer) in answered {
+        let _ = job.reply.send(answer);
     }
 }
 
-fn lost_before_commit(epoch: u64) -> WriteError {
-    WriteError::LostLeadership(format!(
-        "not known whether the append landed: leadership moved on from epoch {epoch}, or its first write failed"
-    ))
+/// Answers every waiting job whose answer is now known
+/// ([`Awaiting::answer`]).
+fn answer_awaiting(awaiting: &mut Awaiting<AppendJob>, log: &ShardLog, replicator: &Replicator) {
+    if awaiting.is_empty() {
+        return;
+    }
+    let replicas_hold = |end| replicator.enough_replicas_hold(end);
+    let leadership = Leadership {
+        epoch: replicator.leading_epoch(),
+        open: replicator.is_open(),
+        replicas_hold: &replicas_hold,
+    };
+    send_answers(awaiting.answer(log, &leadership));
 }
 
 /// Writes one group commit's worth of appends and answers each caller.
@@ -427,7 +350,7 @@ async fn write_round(
     log: &Arc<ShardLog>,
     replicator: &mut Replicator,
     unwritten: &mut Option<UnwrittenBatch>,
-    awaiting: &mut Awaiting,
+    awaiting: &mut Awaiting<AppendJob>,
     batch: Vec<AppendJob>,
 ) -> bool {
     // Only jobs authorized under the epoch this worker leads now go on —
@@ -457,7 +380,9 @@ async fn write_round(
         }
         *unwritten = None;
     }
-    let batch = set_aside_known_keys(log, replicator.is_open(), awaiting, batch);
+    let sorted = awaiting.sort_round(log, replicator.is_open(), now_ms(), batch);
+    send_answers(sorted.answered);
+    let batch = sorted.to_write;
     if batch.is_empty() {
         return true;
     }
@@ -525,64 +450,6 @@ async fn write_round(
             false
         }
     }
-}
-
-/// Sorts a round's jobs: those to write now are returned; the rest are
-/// answered or set aside in `awaiting`.
-/// - A keyed append whose key the log already holds is not written again
-///   (its first attempt landed, here or under an earlier leader): it waits
-///   for those records to be committed.
-/// - A key that two jobs of one round share (an attempt and its resolving
-///   retry, both queued): the first is written, the second waits for it.
-/// - On a shard closed to writes (once a split or merge starts closing it,
-///   a seal may come next, and nothing may land after the seal), the rest
-///   are refused — except resolving appends, which wait for the log to
-///   settle and learn that their key is absent.
-fn set_aside_known_keys(
-    log: &ShardLog,
-    open: bool,
-    awaiting: &mut Awaiting,
-    batch: Vec<AppendJob>,
-) -> Vec<AppendJob> {
-    let mut to_write: Vec<AppendJob> = Vec::with_capacity(batch.len());
-    let mut keys = std::collections::HashSet::new();
-    let mut repeats = Vec::new();
-    for job in batch {
-        if let Some(key) = job.key() {
-            if let Some(held) = log.find_append(&key) {
-                awaiting.push(job, WaitFor::Held(held));
-                continue;
-            }
-            if !keys.insert(key) {
-                repeats.push(job);
-                continue;
-            }
-            // A key not found may be one the log forgot (it remembers a
-            // bounded number): only while it remembers every append a
-            // resolving frontend could still be asking about is "not
-            // found" the same as "never landed".
-            if job.resolving && !log.remembers_appends_since(now_ms() - KEYS_NEEDED_FOR_MS) {
-                let _ = job.reply.send(Err(WriteError::LostLeadership(
-                    "not known whether the append landed: the shard no longer remembers every recent append key".to_owned(),
-                )));
-                continue;
-            }
-        }
-        if open {
-            to_write.push(job);
-        } else if job.resolving {
-            awaiting.push(job, WaitFor::Settled);
-        } else {
-            let _ = job.reply.send(Err(WriteError::Refused(format!(
-                "not leader of an open shard at epoch {} any more",
-                job.epoch
-            ))));
-        }
-    }
-    for job in repeats {
-        awaiting.push(job, WaitFor::SameRoundWrite);
-    }
-    to_write
 }
 
 /// The writer's side of [`OpenShard::seal`].

@@ -13,7 +13,7 @@ test: infra
     cargo test --workspace
     target/debug/freshet-sim --seeds 300 --start 100000000
 
-# The deterministic simulation (docs/simulation.md): 1,000 seeds; `just sim SEEDS=100000 START=0`, `just sim SEED=42` replays one (FRESHET_SIM_TRACE=1 prints it), `HOLE_1=1` puts hole 1 back.
+# The deterministic simulation (docs/simulation.md): 1,000 seeds; `just sim SEEDS=100000 START=0`, `just sim SEED=42` replays one (FRESHET_SIM_TRACE=1 prints it), `HOLE_1=1` / `HOLE_3=1` put hole 1 / hole 3 back.
 sim *ARGS:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -24,7 +24,8 @@ sim *ARGS:
             START=*) start="${arg#START=}" ;;
             SEED=*) seed="${arg#SEED=}" ;;
             HOLE_1=1) extra+=(--reintroduce-hole-1) ;;
-            *) echo "unknown argument $arg (SEEDS=, START=, SEED=, HOLE_1=1)" >&2; exit 2 ;;
+            HOLE_3=1) extra+=(--reintroduce-hole-3) ;;
+            *) echo "unknown argument $arg (SEEDS=, START=, SEED=, HOLE_1=1, HOLE_3=1)" >&2; exit 2 ;;
         esac
     done
     cargo build -p freshet-sim

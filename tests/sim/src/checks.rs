@@ -18,6 +18,8 @@ pub struct Checker {
     acknowledged: BTreeMap<u64, (u64, Vec<Bytes>)>,
     /// Calls answered "not written".
     refused: Vec<u64>,
+    /// Where the shard was sealed, once it was.
+    sealed_end: Option<u64>,
 }
 
 pub type Violation = String;
@@ -40,6 +42,11 @@ impl Checker {
                     "two leaders committed at epoch {epoch}: worker {other} and worker {worker}"
                 ));
             }
+        }
+        if let Some(end) = self.sealed_end.filter(|end| upto > *end) {
+            return Err(format!(
+                "worker {worker} committed up to {upto} at epoch {epoch}, beyond the shard's sealed end {end}"
+            ));
         }
         let mut at = from;
         while at < upto {
@@ -128,6 +135,24 @@ impl Checker {
                     before.0
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// The shard was sealed at `end` and closed: every record committed so
+    /// far lies below it, and nothing may be committed at or beyond it.
+    pub fn sealed(&mut self, end: u64) -> Result<(), Violation> {
+        if let Some((&last, _)) = self.committed.last_key_value() {
+            if last >= end {
+                return Err(format!(
+                    "the shard was sealed at {end}, but offset {last} was committed"
+                ));
+            }
+        }
+        if let Some(before) = self.sealed_end.replace(end) {
+            return Err(format!(
+                "the shard was sealed twice, at {before} and at {end}"
+            ));
         }
         Ok(())
     }

@@ -30,8 +30,8 @@ use freshet_log::{AppendKey, AppendMark, EpochHistory, NewRecord, ShardLog};
 use freshet_membership::decisions::{self, Election};
 use freshet_metastore::{ShardRow, WorkerRow};
 use freshet_storage_worker::decisions::{
-    self as writer, next_run, write_as_replica, AppendAnswer, Awaiting, Leadership, PendingAppend,
-    ReplicaEnds, ReplicaWrite,
+    self as writer, next_run, sealed_end, write_as_replica, AppendAnswer, Awaiting, Leadership,
+    PendingAppend, ReplicaEnds, ReplicaWrite,
 };
 use freshet_storage_worker::{AckCopies, AckRule};
 use freshet_types::{ShardState, Voters};
@@ -53,6 +53,9 @@ const ROUND_DEADLINE_MS: u64 = 2_000;
 const CALL_DEADLINE_MS: u64 = 2_500;
 /// How long the frontend routes a refused call again before giving up.
 const REROUTE_MS: u64 = 5_000;
+/// How often the control plane asks a closing shard's leader to seal it
+/// again (`reshard.rs`, `seal`).
+const SEAL_RETRY_MS: u64 = 300;
 /// The worker's default acknowledgement rule: a majority of the voters,
 /// and never fewer than two copies.
 const ACK_RULE: AckRule = AckRule {
@@ -75,6 +78,9 @@ pub struct Faults {
     pub partitions: bool,
     pub membership_outages: bool,
     pub clock_jumps: bool,
+    /// The control plane closes and seals the shard (a split, a merge or a
+    /// move), perhaps reopening it first.
+    pub closes: bool,
 }
 
 impl Faults {
@@ -88,8 +94,20 @@ impl Faults {
             partitions: rng.chance(0.5),
             membership_outages: rng.chance(0.3),
             clock_jumps: rng.chance(0.3),
+            closes: rng.chance(0.5),
         }
     }
+}
+
+/// Holes of issue 13 put back, to show the simulator catches them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Holes {
+    /// Elections sized by the copies that answer, the deposed leader's
+    /// vote dropped at once.
+    pub hole_1: bool,
+    /// A seal completed whatever the close generation (two control planes
+    /// reuse offsets).
+    pub hole_3: bool,
 }
 
 /// What one run came to.
@@ -99,6 +117,11 @@ pub struct Outcome {
     pub committed: usize,
     pub failovers: u64,
     pub crashes: u64,
+    /// Shards sealed and closed; seals refused for a stale close
+    /// generation; resolving appends answered "absent".
+    pub seals: u64,
+    pub seals_fenced: u64,
+    pub absent: u64,
     pub unresolved: usize,
     pub events: u64,
     /// The shard and its copies at the end, for a replayed seed.
@@ -153,7 +176,7 @@ impl PendingAppend for Job {
 fn answer_of(answer: &writer::Answer) -> Answer {
     match answer {
         Ok(AppendAnswer::Landed { appended, .. }) => Answer::Landed(appended.first_offset),
-        Ok(AppendAnswer::Absent) => Answer::NotWritten,
+        Ok(AppendAnswer::Absent) => Answer::Absent,
         Err(error) if error.append_code() == ErrorCode::NotWritten => Answer::NotWritten,
         Err(_) => Answer::Unknown,
     }
@@ -198,6 +221,18 @@ enum Msg {
     },
     /// The frontend asks for the shard's entry (the cache's lookup).
     Lookup,
+    /// The control plane asks the leader to seal the closing shard
+    /// (`SealShard`); `generation` is the close generation the control
+    /// plane holds, which completing the seal must present.
+    Seal {
+        epoch: u64,
+        generation: u64,
+    },
+    /// The leader's answer: its whole log, to `end`, is committed and held.
+    Sealed {
+        generation: u64,
+        end: u64,
+    },
     Append(Job),
     AppendReply {
         call: u64,
@@ -210,6 +245,9 @@ enum Answer {
     Landed(u64),
     NotWritten,
     Unknown,
+    /// A resolving append's key is not in the settled log of a closed
+    /// shard: it never landed, and never will.
+    Absent,
 }
 
 enum Event {
@@ -237,6 +275,15 @@ enum Event {
         attempt: u64,
     },
     RetryCall(u64),
+    BeginClosing,
+    Reopen,
+    SealAttempt(u64),
+    /// The control plane completes a seal (`complete_reshard`), perhaps
+    /// late: it may have paused after the leader answered.
+    CompleteSeal {
+        generation: u64,
+        end: u64,
+    },
     Read,
     Settle,
 }
@@ -264,6 +311,9 @@ struct Worker {
     queue: Vec<Job>,
     round: Option<Round>,
     awaiting: Awaiting<Job>,
+    /// A seal asked for at this epoch (and close generation), answered
+    /// once the log is settled.
+    pending_seal: Option<(u64, u64)>,
     incarnation: u64,
 }
 
@@ -301,7 +351,7 @@ pub struct World {
     /// Whether membership may elect from fewer voters than the committed
     /// configuration needs: hole 1 of issue 13, put back to show the
     /// simulator catches it.
-    reintroduce_hole_1: bool,
+    holes: Holes,
     /// Print what happens (a replayed seed, `FRESHET_SIM_TRACE=1`).
     trace: bool,
     _root: tempfile::TempDir,
@@ -317,7 +367,7 @@ fn worker_row(id: &str, zone: &str) -> WorkerRow {
 }
 
 impl World {
-    pub fn new(seed: u64, reintroduce_hole_1: bool) -> anyhow::Result<World> {
+    pub fn new(seed: u64, holes: Holes) -> anyhow::Result<World> {
         let mut rng = Rng::new(seed);
         let faults = Faults::from_seed(&mut rng);
         let base = if std::path::Path::new("/dev/shm").is_dir() {
@@ -346,6 +396,7 @@ impl World {
                 queue: Vec::new(),
                 round: None,
                 awaiting: Awaiting::default(),
+                pending_seal: None,
                 incarnation: 0,
             })
             .collect();
@@ -389,7 +440,7 @@ impl World {
             checker: Checker::default(),
             outcome: Outcome::default(),
             settling: false,
-            reintroduce_hole_1,
+            holes,
             trace: std::env::var_os("FRESHET_SIM_TRACE").is_some(),
             _root: base,
         };
@@ -457,6 +508,18 @@ impl World {
             self.at(when, Event::MembershipDown);
             let back = when + self.rng.range(200, 5_000);
             self.at(back, Event::MembershipUp);
+        }
+        if faults.closes {
+            let when = self.rng.range(2_000, 15_000);
+            self.at(when, Event::BeginClosing);
+            if self.rng.chance(0.5) {
+                // A move abandoned: reopened while being sealed, closed
+                // again later.
+                let reopen = when + self.rng.range(0, 1_500);
+                self.at(reopen, Event::Reopen);
+                let again = reopen + self.rng.range(500, 3_000);
+                self.at(again, Event::BeginClosing);
+            }
         }
     }
 
@@ -600,6 +663,7 @@ impl World {
             Event::CatchUp(w) => {
                 if self.workers[w].up {
                     self.catch_up(w)?;
+                    self.try_seal(w)?;
                     self.expire_round(w);
                     self.persist(w);
                 }
@@ -649,6 +713,10 @@ impl World {
             }
             Event::CallTimeout { call, attempt } => self.call_timed_out(call, attempt),
             Event::RetryCall(call) => self.send_call(call),
+            Event::BeginClosing => self.begin_closing(),
+            Event::Reopen => self.reopen(),
+            Event::SealAttempt(generation) => self.seal_attempt(generation),
+            Event::CompleteSeal { generation, end } => self.complete_seal(generation, end)?,
             Event::Read => {
                 self.read_from_leader()?;
                 let next = self.rng.range(100, 700);
@@ -672,6 +740,7 @@ impl World {
         worker.queue.clear();
         worker.round = None;
         worker.awaiting = Awaiting::default();
+        worker.pending_seal = None;
         worker.replica_ends = ReplicaEnds::default();
         worker.tear_next_write = false;
         worker.registered = false;
@@ -744,6 +813,14 @@ impl World {
             .map(|v| v.row.epoch)
     }
 
+    /// Whether the worker's entry says the shard is open for writes.
+    fn is_open(&self, w: usize) -> bool {
+        self.workers[w]
+            .view
+            .as_ref()
+            .is_some_and(|v| v.row.state == ShardState::Open)
+    }
+
     fn worker_index(&self, id: &str) -> Option<usize> {
         self.workers.iter().position(|w| w.id == id)
     }
@@ -757,9 +834,6 @@ impl World {
                     .is_none_or(|v| entry.version > v.version);
                 if newer {
                     let holds = entry.is_copy(&self.workers[w].id);
-                    self.workers[w]
-                        .replica_ends
-                        .follow(entry.row.epoch, &entry.row.replica_worker_ids);
                     self.workers[w].view = Some(*entry);
                     if !holds {
                         // An orphan: no entry names it (after the
@@ -802,6 +876,7 @@ impl World {
                 next_offset,
             } => self.leader_hears_replica(w, from, epoch, ok, next_offset)?,
             Msg::Append(job) => self.leader_receives(w, job)?,
+            Msg::Seal { epoch, generation } => self.leader_asked_to_seal(w, epoch, generation)?,
             _ => {}
         }
         Ok(())
@@ -894,7 +969,10 @@ impl World {
     }
 
     fn leader_receives(&mut self, w: usize, job: Job) -> Result<(), Violation> {
-        if self.leading_epoch(w) != Some(job.epoch) || !self.lease_ok(w) {
+        // As `authorize`: only a resolving append may reach a shard that is
+        // closing or closed (its writer answers from the log).
+        let closed_to_it = !self.is_open(w) && !job.resolving;
+        if self.leading_epoch(w) != Some(job.epoch) || !self.lease_ok(w) || closed_to_it {
             self.send(
                 w,
                 FRONTEND,
@@ -934,15 +1012,16 @@ impl World {
         // The worker's own sorting: held keys wait for their commit, a key
         // twice in one round is written once.
         let now_ms = self.wall_ms(w);
+        let open = self.is_open(w);
         let sorted = self.workers[w]
             .awaiting
-            .sort_round(&log, true, now_ms, current);
+            .sort_round(&log, open, now_ms, current);
         for (job, answer) in sorted.answered {
             self.reply(w, job.call, answer_of(&answer));
         }
         let to_write = sorted.to_write;
-        self.answer_awaiting(w, &log);
         if to_write.is_empty() {
+            self.answer_awaiting(w, &log);
             return Ok(());
         }
         if let Err(error) = log.begin_leading(epoch) {
@@ -1006,6 +1085,11 @@ impl World {
         let Some(view) = self.workers[w].view.clone() else {
             return;
         };
+        // As `Replicator::replicate`: the ends are of the entry's epoch and
+        // placement as the batch goes out.
+        self.workers[w]
+            .replica_ends
+            .follow(view.row.epoch, &view.row.replica_worker_ids);
         let history = log.epoch_history();
         let committed = log.committed_offset();
         let leader_end = first_offset + records.len() as u64;
@@ -1043,18 +1127,14 @@ impl World {
             return Ok(());
         };
         let replica = self.workers[from].id.clone();
-        if let Some(view) = self.workers[w].view.clone() {
-            self.workers[w]
-                .replica_ends
-                .follow(epoch, &view.row.replica_worker_ids);
-        }
         self.workers[w]
             .replica_ends
             .heard(&replica, Some(next_offset));
         if next_offset < log.next_offset() {
             self.send_missing(w, from, &log, epoch, next_offset);
         }
-        self.try_commit(w)
+        self.try_commit(w)?;
+        self.try_seal(w)
     }
 
     /// Sends replica `r` the next run of records it misses from `from`,
@@ -1147,6 +1227,11 @@ impl World {
                 self.reply(w, job.call, answer.clone());
             }
         }
+        // As the writer after every round: a job that waited for this
+        // round's write of its key now finds it held (or learns nothing).
+        if let Some(log) = self.workers[w].log.clone() {
+            self.answer_awaiting(w, &log);
+        }
     }
 
     fn expire_round(&mut self, w: usize) {
@@ -1159,6 +1244,61 @@ impl World {
         }
     }
 
+    /// The control plane asks this worker to seal the closing shard:
+    /// `authorize` (leading at that epoch, its lease held, its entry
+    /// closing), then the writer's seal — catch-up rounds until the log is
+    /// settled (`writer/mod.rs`, `seal`).
+    fn leader_asked_to_seal(
+        &mut self,
+        w: usize,
+        epoch: u64,
+        generation: u64,
+    ) -> Result<(), Violation> {
+        let closing = self.workers[w]
+            .view
+            .as_ref()
+            .is_some_and(|v| v.row.state == ShardState::Closing);
+        if self.leading_epoch(w) != Some(epoch) || !self.lease_ok(w) || !closing {
+            return Ok(());
+        }
+        self.workers[w].pending_seal = Some((epoch, generation));
+        self.catch_up(w)?;
+        self.try_seal(w)
+    }
+
+    /// Answers a pending seal once the worker's own `sealed_end` says the
+    /// log is settled. Behind a round in flight, as the seal waits in the
+    /// writer's queue behind the appends before it.
+    fn try_seal(&mut self, w: usize) -> Result<(), Violation> {
+        let Some((epoch, generation)) = self.workers[w].pending_seal else {
+            return Ok(());
+        };
+        if self.leading_epoch(w) != Some(epoch) {
+            self.workers[w].pending_seal = None;
+            return Ok(());
+        }
+        if self.workers[w].round.is_some() {
+            return Ok(());
+        }
+        let Some(log) = self.open_log(w)? else {
+            return Ok(());
+        };
+        let sealed = sealed_end(&log, epoch, &|end| self.enough_replicas_hold(w, end));
+        if let Some(sealed) = sealed {
+            self.workers[w].pending_seal = None;
+            self.note(|| format!("w{w} seals at {} (epoch {epoch})", sealed.ending_offset));
+            self.send(
+                w,
+                MEMBERSHIP,
+                Msg::Sealed {
+                    generation,
+                    end: sealed.ending_offset,
+                },
+            );
+        }
+        Ok(())
+    }
+
     /// The worker's own `Awaiting::answer` (`writer/keys.rs`): held keys
     /// answered once committed, the rest once their outcome is known.
     fn answer_awaiting(&mut self, w: usize, log: &ShardLog) {
@@ -1167,7 +1307,7 @@ impl World {
             let replicas_hold = |end| self.enough_replicas_hold(w, end);
             let leadership = Leadership {
                 epoch: self.leading_epoch(w),
-                open: true,
+                open: self.is_open(w),
                 replicas_hold: &replicas_hold,
             };
             awaiting.answer(log, &leadership)
@@ -1320,6 +1460,17 @@ impl World {
                 };
                 self.send(MEMBERSHIP, FRONTEND, Msg::Entry(Box::new(entry)));
             }
+            Msg::Sealed { generation, end } => {
+                // The control plane may pause before it completes the seal
+                // (a rolling update, a GC pause): the shard may be
+                // reopened and closed again meanwhile.
+                let pause = if self.rng.chance(0.3) {
+                    self.rng.range(0, 3_000)
+                } else {
+                    0
+                };
+                self.at(pause, Event::CompleteSeal { generation, end });
+            }
             Msg::Report {
                 epoch,
                 voters,
@@ -1348,6 +1499,82 @@ impl World {
             }
             _ => {}
         }
+    }
+
+    // ----- the control plane (through membership) -----
+
+    /// `close_shards`: CLOSING at a new close generation. From then on the
+    /// leader refuses appends; the control plane asks it to seal.
+    fn begin_closing(&mut self) {
+        if self.settling || self.row.state != ShardState::Open {
+            return;
+        }
+        if !self.membership_up {
+            self.at(SEAL_RETRY_MS, Event::BeginClosing);
+            return;
+        }
+        self.row.state = ShardState::Closing;
+        self.row.close_generation += 1;
+        self.version += 1;
+        let generation = self.row.close_generation;
+        self.note(|| format!("the shard is closing (generation {generation})"));
+        self.broadcast();
+        self.at(50, Event::SealAttempt(generation));
+    }
+
+    /// `reopen_shards`: a move abandoned while its shard was being sealed.
+    fn reopen(&mut self) {
+        if self.row.state != ShardState::Closing || !self.membership_up {
+            return;
+        }
+        self.row.state = ShardState::Open;
+        self.row.close_generation += 1;
+        self.version += 1;
+        self.note(|| {
+            format!(
+                "the shard is reopened (generation {})",
+                self.row.close_generation
+            )
+        });
+        self.broadcast();
+    }
+
+    /// `reshard.rs`, `seal`: asks the closing shard's current leader to
+    /// seal it, again and again (a failover may be under way), while the
+    /// close generation is the one this attempt began under.
+    fn seal_attempt(&mut self, generation: u64) {
+        if self.row.state != ShardState::Closing || self.row.close_generation != generation {
+            return;
+        }
+        if self.membership_up && !self.unsettled_head {
+            let epoch = self.row.epoch;
+            let leader = self.row.leader_worker_id.clone();
+            if let Some(leader) = self.worker_index(&leader) {
+                self.send(MEMBERSHIP, leader, Msg::Seal { epoch, generation });
+            }
+        }
+        self.at(SEAL_RETRY_MS, Event::SealAttempt(generation));
+    }
+
+    /// `complete_reshard`: CLOSED at the sealed end, only at the close
+    /// generation the seal began under (hole 3's fence).
+    fn complete_seal(&mut self, generation: u64, end: u64) -> Result<(), Violation> {
+        let fenced_off = self.row.close_generation != generation && !self.holes.hole_3;
+        if !self.membership_up || self.row.state != ShardState::Closing || fenced_off {
+            self.note(|| format!("a seal at {end} (generation {generation}) is refused"));
+            if self.row.close_generation != generation {
+                self.outcome.seals_fenced += 1;
+            }
+            return Ok(());
+        }
+        self.outcome.seals += 1;
+        self.row.state = ShardState::Closed;
+        self.row.ending_offset = Some(end);
+        self.version += 1;
+        self.note(|| format!("the shard is closed at {end}"));
+        self.checker.sealed(end)?;
+        self.broadcast();
+        Ok(())
     }
 
     fn alive(&self, w: usize) -> bool {
@@ -1437,7 +1664,7 @@ impl World {
         let answer_refs: Vec<((u64, u64), &WorkerRow)> =
             answers.iter().map(|(p, w)| (*p, w)).collect();
         let live_refs: Vec<&WorkerRow> = live.iter().collect();
-        let voters_for_election = if self.reintroduce_hole_1 && !answers.is_empty() {
+        let voters_for_election = if self.holes.hole_1 && !answers.is_empty() {
             // Hole 1: size the election by the answering copies alone.
             Voters::Stable(answers.iter().map(|(_, w)| w.worker_id.clone()).collect())
         } else {
@@ -1454,7 +1681,7 @@ impl World {
                 self.outcome.failovers += 1;
                 self.row.leader_worker_id = promotion.leader;
                 self.row.replica_worker_ids = promotion.replicas;
-                self.row.voters = if self.reintroduce_hole_1 {
+                self.row.voters = if self.holes.hole_1 {
                     // ... and drop the deposed leader's vote at once.
                     Voters::Stable(
                         promotion
@@ -1468,7 +1695,7 @@ impl World {
                 } else {
                     promotion.voters
                 };
-                if self.reintroduce_hole_1 {
+                if self.holes.hole_1 {
                     let dead_id = self.workers[dead].id.clone();
                     self.row.replica_worker_ids.retain(|id| *id != dead_id);
                 }
@@ -1627,6 +1854,21 @@ impl World {
                     }
                     Answer::Unknown => {
                         state.resolving = true;
+                        state.attempt += 1;
+                        self.at(50, Event::RetryCall(call));
+                    }
+                    Answer::Absent => {
+                        self.outcome.absent += 1;
+                        if self.trace {
+                            println!(
+                                "{:>6} ms  frontend: call {call} absent (attempt {})",
+                                now, state.attempt
+                            );
+                        }
+                        // Settled: it never landed. The coalescer routes
+                        // the records again as a new write, which a closed
+                        // shard refuses — reported as failed.
+                        state.resolving = false;
                         state.attempt += 1;
                         self.at(50, Event::RetryCall(call));
                     }

@@ -24,7 +24,10 @@ pub struct ReplicaEnds {
 impl ReplicaEnds {
     /// Takes up the shard's entry as it is now: ends learned at another
     /// epoch are forgotten, and so are workers no longer placed (one
-    /// placed again is asked afresh).
+    /// placed again is asked afresh). Called as each round and catch-up
+    /// begins. A replica unplaced and placed again at one epoch between
+    /// two calls keeps its end: its copy is kept at least 5 s after it is
+    /// unplaced (two orphan scans, `lib.rs`), longer than between rounds.
     pub fn follow(&mut self, epoch: u64, replicas: &[String]) {
         if self.epoch != epoch {
             self.ends.clear();

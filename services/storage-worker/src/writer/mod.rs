@@ -470,23 +470,37 @@ async fn seal(
     }
     for _ in 0..SEAL_ROUNDS {
         replicator.catch_up(log, IDLE_CATCH_UP_DEADLINE).await;
-        let end = log.next_offset();
-        // Committed here, and held whole at this epoch by enough replicas
-        // that they alone can serve the sealed segment.
-        if log.committed_offset() == end
-            && log.latest_epoch() == epoch
-            && replicator.enough_replicas_hold(end)
-        {
-            return Ok(Sealed {
-                ending_offset: end,
-                last_arrival_ms: log.last_arrival_ms(),
-            });
+        if let Some(sealed) = sealed_end(log, epoch, &|end| replicator.enough_replicas_hold(end)) {
+            return Ok(sealed);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(WriteError::Replication(
         "the shard's replicas did not confirm its whole log in time".to_owned(),
     ))
+}
+
+/// Where a closing shard's log ends, if it can be sealed there now: its
+/// whole log committed here, written last at `epoch`, and held whole at
+/// this epoch by enough replicas (`replicas_hold(end)`) that they alone
+/// can serve the sealed segment. Pure: the simulator seals by it too.
+///
+/// Invariant: every record this shard acknowledged lies below the end
+/// answered, and no future leader can commit beyond it — any quorum of
+/// voters includes a copy holding exactly this log at this epoch, which
+/// outranks every other in an election.
+pub fn sealed_end(
+    log: &ShardLog,
+    epoch: u64,
+    replicas_hold: &dyn Fn(u64) -> bool,
+) -> Option<Sealed> {
+    let end = log.next_offset();
+    let settled =
+        log.committed_offset() == end && log.latest_epoch() == epoch && replicas_hold(end);
+    settled.then(|| Sealed {
+        ending_offset: end,
+        last_arrival_ms: log.last_arrival_ms(),
+    })
 }
 
 /// Why a batch was not acknowledged.

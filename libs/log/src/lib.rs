@@ -65,6 +65,7 @@ pub mod fuzzing;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 pub use appends::{HeldAppend, APPEND_KEYS_REMEMBERED};
@@ -143,6 +144,8 @@ pub struct ShardLog {
     epochs_view: RwLock<EpochHistory>,
     /// The commit point last written to `commit-point`.
     persisted_commit: Mutex<u64>,
+    /// Set by [`ShardLog::fail_next_sync`]: the next write's fsync fails.
+    sync_fails_next: AtomicBool,
 }
 
 impl ShardLog {
@@ -247,6 +250,7 @@ impl ShardLog {
                 committed,
             }),
             persisted_commit: Mutex::new(committed),
+            sync_fails_next: AtomicBool::new(false),
             epochs_view,
         })
     }
@@ -604,6 +608,15 @@ impl ShardLog {
         Ok(())
     }
 
+    /// Makes the next write's fsync fail, as a failing disk's would: the
+    /// write is rolled back and reported as an I/O error. For the
+    /// deterministic simulator (`tests/sim`), which injects disk faults
+    /// into real logs; nothing else calls it.
+    #[doc(hidden)]
+    pub fn fail_next_sync(&self) {
+        self.sync_fails_next.store(true, Ordering::Relaxed);
+    }
+
     /// The end of the committed records.
     pub fn committed_offset(&self) -> u64 {
         self.view
@@ -657,10 +670,12 @@ impl ShardLog {
             )?;
         }
 
-        let write_result = writer
-            .active
-            .write_all(&buffer)
-            .and_then(|()| writer.active.sync_data());
+        let write_result = writer.active.write_all(&buffer).and_then(|()| {
+            if self.sync_fails_next.swap(false, Ordering::Relaxed) {
+                return Err(io::Error::other("fsync failed (injected)"));
+            }
+            writer.active.sync_data()
+        });
         if let Err(source) = write_result {
             // Roll back whatever part of the batch reached the file, so the
             // next append does not land after garbage.

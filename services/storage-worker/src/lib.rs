@@ -69,7 +69,8 @@ pub use writer::GROUP_COMMIT_MAX_BYTES;
 /// The worker's decisions, as pure functions of a shard's log and of what
 /// the worker has heard: which appends a round writes and when the others
 /// are answered (`writer/keys.rs`), where a closing shard can be sealed
-/// (`writer/mod.rs`, `sealed_end`), which replicas count towards a commit
+/// (`writer/mod.rs`, `sealed_end`), a batch written again after its fsync
+/// failed (`UnwrittenBatch`), which replicas count towards a commit
 /// (`replication/ends.rs`), what a lagging replica is sent next
 /// (`replication/catch_up.rs`) and what a replica does with a batch
 /// (`replication/replica.rs`). The service's tasks call them; so does the
@@ -82,7 +83,7 @@ pub mod decisions {
     };
     pub use crate::writer::{
         sealed_end, Answer, AppendAnswer, Awaiting, Leadership, PendingAppend, Sealed, SortedRound,
-        KEYS_NEEDED_FOR_MS,
+        UnwrittenBatch, KEYS_NEEDED_FOR_MS,
     };
 }
 

@@ -31,7 +31,7 @@ use freshet_membership::decisions::{self, Election};
 use freshet_metastore::{ShardRow, WorkerRow};
 use freshet_storage_worker::decisions::{
     self as writer, next_run, sealed_end, write_as_replica, AppendAnswer, Awaiting, Leadership,
-    PendingAppend, ReplicaEnds, ReplicaWrite,
+    PendingAppend, ReplicaEnds, ReplicaWrite, UnwrittenBatch,
 };
 use freshet_storage_worker::{AckCopies, AckRule};
 use freshet_types::{ShardState, Voters};
@@ -81,6 +81,8 @@ pub struct Faults {
     /// The control plane closes and seals the shard (a split, a merge or a
     /// move), perhaps reopening it first.
     pub closes: bool,
+    /// Workers' fsyncs fail now and then.
+    pub fsync_errors: bool,
 }
 
 impl Faults {
@@ -95,6 +97,7 @@ impl Faults {
             membership_outages: rng.chance(0.3),
             clock_jumps: rng.chance(0.3),
             closes: rng.chance(0.5),
+            fsync_errors: rng.chance(0.3),
         }
     }
 }
@@ -108,6 +111,9 @@ pub struct Holes {
     /// A seal completed whatever the close generation (two control planes
     /// reuse offsets).
     pub hole_3: bool,
+    /// A leader whose fsync failed forgets the batch it already sent to its
+    /// replicas, and fills its offsets with other records.
+    pub forget_unwritten: bool,
 }
 
 /// What one run came to.
@@ -275,6 +281,7 @@ enum Event {
         attempt: u64,
     },
     RetryCall(u64),
+    FailNextSync(usize),
     BeginClosing,
     Reopen,
     SealAttempt(u64),
@@ -314,6 +321,9 @@ struct Worker {
     /// A seal asked for at this epoch (and close generation), answered
     /// once the log is settled.
     pending_seal: Option<(u64, u64)>,
+    /// A batch sent to the replicas whose local write failed: written
+    /// again before anything else (`writer/mod.rs`).
+    unwritten: Option<UnwrittenBatch>,
     incarnation: u64,
 }
 
@@ -397,6 +407,7 @@ impl World {
                 round: None,
                 awaiting: Awaiting::default(),
                 pending_seal: None,
+                unwritten: None,
                 incarnation: 0,
             })
             .collect();
@@ -508,6 +519,13 @@ impl World {
             self.at(when, Event::MembershipDown);
             let back = when + self.rng.range(200, 5_000);
             self.at(back, Event::MembershipUp);
+        }
+        if faults.fsync_errors {
+            for _ in 0..self.rng.range(1, 6) {
+                let w = self.rng.range(0, self.workers.len() as u64) as usize;
+                let when = self.rng.range(500, 18_000);
+                self.at(when, Event::FailNextSync(w));
+            }
         }
         if faults.closes {
             let when = self.rng.range(2_000, 15_000);
@@ -661,7 +679,11 @@ impl World {
                 self.at(MEMBERSHIP_TICK_MS, Event::MembershipTick);
             }
             Event::CatchUp(w) => {
-                if self.workers[w].up {
+                if self.workers[w].up && self.workers[w].unwritten.is_some() {
+                    // The idle writer's first duty: the batch it failed to
+                    // write, written again.
+                    self.write_unwritten_again(w)?;
+                } else if self.workers[w].up {
                     self.catch_up(w)?;
                     self.try_seal(w)?;
                     self.expire_round(w);
@@ -713,6 +735,12 @@ impl World {
             }
             Event::CallTimeout { call, attempt } => self.call_timed_out(call, attempt),
             Event::RetryCall(call) => self.send_call(call),
+            Event::FailNextSync(w) => {
+                if let Some(log) = &self.workers[w].log {
+                    self.note(|| format!("w{w}'s next fsync fails"));
+                    log.fail_next_sync();
+                }
+            }
             Event::BeginClosing => self.begin_closing(),
             Event::Reopen => self.reopen(),
             Event::SealAttempt(generation) => self.seal_attempt(generation),
@@ -741,6 +769,7 @@ impl World {
         worker.round = None;
         worker.awaiting = Awaiting::default();
         worker.pending_seal = None;
+        worker.unwritten = None;
         worker.replica_ends = ReplicaEnds::default();
         worker.tear_next_write = false;
         worker.registered = false;
@@ -951,7 +980,8 @@ impl World {
                     },
                 );
             }
-            Err(freshet_log::LogError::StaleEpoch { .. }) => {}
+            // An error status: the leader hears no answer.
+            Err(freshet_log::LogError::StaleEpoch { .. } | freshet_log::LogError::Io { .. }) => {}
             Err(error) => {
                 if matches!(
                     error,
@@ -1009,6 +1039,16 @@ impl World {
         for job in stale {
             self.reply(w, job.call, Answer::NotWritten);
         }
+        if current.is_empty() {
+            return Ok(());
+        }
+        if !self.write_unwritten_again(w)? {
+            // Nothing of these was written (`write_round`): refused.
+            for job in current {
+                self.reply(w, job.call, Answer::NotWritten);
+            }
+            return Ok(());
+        }
         // The worker's own sorting: held keys wait for their commit, a key
         // twice in one round is written once.
         let now_ms = self.wall_ms(w);
@@ -1047,7 +1087,27 @@ impl World {
             return Ok(());
         }
         if let Err(error) = written {
-            return Err(format!("worker {w}'s write failed: {error}"));
+            if !matches!(error, freshet_log::LogError::Io { .. }) {
+                return Err(format!("worker {w}'s write failed: {error}"));
+            }
+            // The fsync failed after the batch went to the replicas too
+            // (the service sends it alongside its own write): the leader
+            // must fill those offsets with exactly these records.
+            self.note(|| format!("w{w}'s write at {first_offset} fails: {error}"));
+            self.send_replicate(w, &log, epoch, first_offset, arrival_ms, records.clone());
+            if !self.holes.forget_unwritten {
+                self.workers[w].unwritten = Some(UnwrittenBatch {
+                    epoch,
+                    first_offset,
+                    arrival_ms,
+                    records: Arc::new(records),
+                });
+            }
+            // A disk error: the outcome is unknown to the callers.
+            for job in to_write {
+                self.reply(w, job.call, Answer::Unknown);
+            }
+            return Ok(());
         }
         self.note(|| {
             format!(
@@ -1244,6 +1304,30 @@ impl World {
         }
     }
 
+    /// Writes the batch whose fsync failed again (the worker's own
+    /// `UnwrittenBatch::write_again_now`); whether nothing is left unwritten.
+    fn write_unwritten_again(&mut self, w: usize) -> Result<bool, Violation> {
+        let Some(batch) = self.workers[w].unwritten.clone() else {
+            return Ok(true);
+        };
+        let Some(log) = self.open_log(w)? else {
+            return Ok(false);
+        };
+        match batch.write_again_now(&log, self.leading_epoch(w)) {
+            Ok(()) => {
+                self.note(|| {
+                    format!(
+                        "w{w} writes its unwritten batch at {} again",
+                        batch.first_offset
+                    )
+                });
+                self.workers[w].unwritten = None;
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
     /// The control plane asks this worker to seal the closing shard:
     /// `authorize` (leading at that epoch, its lease held, its entry
     /// closing), then the writer's seal — catch-up rounds until the log is
@@ -1277,7 +1361,7 @@ impl World {
             self.workers[w].pending_seal = None;
             return Ok(());
         }
-        if self.workers[w].round.is_some() {
+        if self.workers[w].round.is_some() || !self.write_unwritten_again(w)? {
             return Ok(());
         }
         let Some(log) = self.open_log(w)? else {

@@ -183,36 +183,42 @@ const IDLE_CATCH_UP_DEADLINE: Duration = Duration::from_millis(500);
 
 /// A batch the leader sent to its replicas but failed to write locally. Its
 /// offsets are taken, under its epoch, by exactly these records.
-struct UnwrittenBatch {
-    epoch: u64,
-    first_offset: u64,
-    arrival_ms: i64,
-    records: Arc<Vec<NewRecord>>,
+#[derive(Debug, Clone)]
+pub struct UnwrittenBatch {
+    pub epoch: u64,
+    pub first_offset: u64,
+    pub arrival_ms: i64,
+    pub records: Arc<Vec<NewRecord>>,
 }
 
 impl UnwrittenBatch {
-    /// Writes the batch locally again. Ok once it is on disk (it stays
-    /// unacknowledged; a later commit makes it visible) or once this worker
-    /// no longer writes at its epoch, when the offsets are not its to fill.
+    /// Writes the batch locally again (blocking: it fsyncs). Ok once it is
+    /// on disk (it stays unacknowledged; a later commit makes it visible)
+    /// or once this worker no longer writes at its epoch, when the offsets
+    /// are not its to fill. Pure over the log: the simulator calls it too.
+    pub fn write_again_now(&self, log: &ShardLog, leading: Option<u64>) -> Result<(), WriteError> {
+        if leading != Some(self.epoch) || log.latest_epoch() != self.epoch {
+            return Ok(());
+        }
+        log.append_at(
+            self.epoch,
+            self.first_offset,
+            self.arrival_ms,
+            &self.records,
+        )?;
+        Ok(())
+    }
+
+    /// [`UnwrittenBatch::write_again_now`] off the async threads.
     async fn write_again(
         &self,
         log: &Arc<ShardLog>,
         leading: Option<u64>,
     ) -> Result<(), WriteError> {
-        if leading != Some(self.epoch) || log.latest_epoch() != self.epoch {
-            return Ok(());
-        }
-        let (log, epoch, first, arrival, records) = (
-            log.clone(),
-            self.epoch,
-            self.first_offset,
-            self.arrival_ms,
-            self.records.clone(),
-        );
-        tokio::task::spawn_blocking(move || log.append_at(epoch, first, arrival, &records))
+        let (log, batch) = (log.clone(), self.clone());
+        tokio::task::spawn_blocking(move || batch.write_again_now(&log, leading))
             .await
-            .map_err(|e| WriteError::task("append", e))??;
-        Ok(())
+            .map_err(|e| WriteError::task("append", e))?
     }
 }
 

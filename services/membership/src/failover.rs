@@ -91,7 +91,7 @@
 //! fails over: availability waits, safety does not. A heartbeat that can be
 //! recorded neither in Postgres nor against the timer gets no lease (a
 //! failover could follow that never saw it); one heard while the timer was
-//! away has its silence counted from the timer's return ([`Heard`]); and
+//! away has its silence counted from the timer's return (`silences.rs`); and
 //! while a change-log commit's outcome is unknown, no lease is granted
 //! until the head is read back and broadcast (`publish.rs`,
 //! `settle_head`) — a lease carries the head its holder must have applied.
@@ -104,7 +104,8 @@ use freshet_proto::v1::{DescribeShardRequest, ShardKey};
 
 use crate::placement::{self, CopyPosition, Election};
 use crate::publish::Change;
-use crate::service::{Heard, Inner};
+use crate::service::Inner;
+use crate::silences::Silences;
 use crate::MembershipService;
 use freshet_types::StreamStatus;
 
@@ -117,19 +118,12 @@ const COPIES: usize = placement::COPIES;
 /// Records that a worker was heard from just now. Whether that time is
 /// known on the timer's clock (false while the timer is unreachable).
 pub(crate) fn heard_from(inner: &Inner, worker_id: &str) -> bool {
-    let heard = match inner.timer.now() {
-        Some(now) => Heard::At(now.latest_micros),
-        None => Heard::DuringTimerOutage,
-    };
-    let mut last_heard = inner.last_heard.lock().unwrap_or_else(|p| p.into_inner());
-    let entry = last_heard.entry(worker_id.to_owned()).or_insert(heard);
-    // Concurrent heartbeats may land out of order: keep the latest time,
-    // and an outage mark until the timer's return converts it.
-    *entry = match (*entry, heard) {
-        (Heard::At(before), Heard::At(now)) => Heard::At(before.max(now)),
-        (Heard::DuringTimerOutage, _) | (_, Heard::DuringTimerOutage) => Heard::DuringTimerOutage,
-    };
-    heard != Heard::DuringTimerOutage
+    let now = inner.timer.now();
+    silences(inner).heard_from(worker_id, now)
+}
+
+fn silences(inner: &Inner) -> std::sync::MutexGuard<'_, Silences> {
+    inner.last_heard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Whether a failover of this worker's shards is in progress.
@@ -143,32 +137,14 @@ pub(crate) fn is_being_deposed(inner: &Inner, worker_id: &str) -> bool {
 
 /// Whether this process has heard from the worker since it started.
 pub(crate) fn was_heard(inner: &Inner, worker_id: &str) -> bool {
-    inner
-        .last_heard
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains_key(worker_id)
+    silences(inner).was_heard(worker_id)
 }
 
 /// Whether the timer proves `worker` has been silent longer than the timeout.
 fn surely_silent(inner: &Inner, worker_id: &str) -> bool {
-    let Some(now) = inner.timer.now() else {
-        return false;
-    };
+    let now = inner.timer.now();
     let timeout = i64::try_from(inner.heartbeat_timeout.as_micros()).unwrap_or(i64::MAX);
-    let mut last_heard = inner.last_heard.lock().unwrap_or_else(|p| p.into_inner());
-    // Never heard since this process started, or heard while the timer was
-    // away (and so perhaps given a lease then): start counting now.
-    let heard = last_heard
-        .entry(worker_id.to_owned())
-        .or_insert(Heard::At(now.latest_micros));
-    if *heard == Heard::DuringTimerOutage {
-        *heard = Heard::At(now.latest_micros);
-    }
-    match *heard {
-        Heard::At(at) => now.earliest_micros > at.saturating_add(timeout),
-        Heard::DuringTimerOutage => false,
-    }
+    silences(inner).surely_silent(worker_id, now, timeout)
 }
 
 /// Runs forever: looks for dead leaders and fails their shards over.

@@ -15,6 +15,7 @@ use crate::placement;
 use crate::publish::Change;
 use crate::reconfigure;
 use crate::service::store_error;
+use crate::silences::{lease_granted, HeartbeatRecord};
 use crate::subscribe::EventStream;
 use crate::MembershipService;
 
@@ -120,33 +121,23 @@ impl Membership for MembershipService {
             Err(error) => return Err(store_error(error)),
         };
         let on_timer = failover::heard_from(&self.inner, &worker_id);
-        let no_lease = || {
-            Ok(Response::new(HeartbeatResponse {
+        let record = HeartbeatRecord {
+            in_postgres,
+            on_timer,
+            being_deposed: failover::is_being_deposed(&self.inner, &worker_id),
+            // Every change committed so far — a failover of this worker's
+            // shards included — must reach the worker before its new lease
+            // counts; while a commit's outcome is unknown, so is that head.
+            head_uncertain: self
+                .inner
+                .head_uncertain
+                .load(std::sync::atomic::Ordering::Acquire),
+        };
+        if !lease_granted(record) {
+            return Ok(Response::new(HeartbeatResponse {
                 known: true,
                 ..HeartbeatResponse::default()
-            }))
-        };
-        // A lease is granted only for a heartbeat recorded somewhere
-        // failover looks: in Postgres, or against the timer's clock (a
-        // heartbeat recorded in neither could be followed by a failover that
-        // never saw it, while its lease still runs).
-        if !in_postgres && !on_timer {
-            return no_lease();
-        }
-        if failover::is_being_deposed(&self.inner, &worker_id) {
-            // Heard, so the failover will see it alive and stand down; but
-            // no lease until it has decided.
-            return no_lease();
-        }
-        // Every change committed so far — a failover of this worker's shards
-        // included — must reach the worker before its new lease counts; while
-        // a commit's outcome is unknown, so is that head.
-        if self
-            .inner
-            .head_uncertain
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
-            return no_lease();
+            }));
         }
         let lease_min_version = self
             .inner

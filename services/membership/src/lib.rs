@@ -22,6 +22,7 @@ mod placement;
 mod publish;
 mod reconfigure;
 mod service;
+mod silences;
 mod subscribe;
 
 use std::future::Future;
@@ -35,11 +36,13 @@ pub use config::{Config, UnsafeLease};
 pub use service::MembershipService;
 
 /// Membership's decisions about a shard's copies, as pure functions of the
-/// shard's row and what its copies answer: the same code the service runs,
-/// also driven by the deterministic simulator (`tests/sim`).
+/// shard's row and what its copies answer, and about silences and leases,
+/// as pure functions of the timer's reading: the same code the service
+/// runs, also driven by the deterministic simulator (`tests/sim`).
 pub mod decisions {
     pub use crate::placement::{elect, spare_replica, CopyPosition, Election, Promotion, COPIES};
     pub use crate::reconfigure::after_report;
+    pub use crate::silences::{lease_granted, Heard, HeartbeatRecord, Silences};
 }
 
 /// Where membership serves its metrics unless told otherwise.

@@ -30,17 +30,6 @@ pub(crate) struct Committed {
     pub at: std::time::Instant,
 }
 
-/// When membership last heard from a worker, by the timer's clock (kept
-/// in [`Inner::last_heard`]; `failover.rs` counts silences with it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Heard {
-    /// At this timer time (its latest bound, in microseconds).
-    At(i64),
-    /// While the timer was unreachable: its silence is counted from the
-    /// timer's return, never across the outage.
-    DuringTimerOutage,
-}
-
 pub(crate) struct Inner {
     pub(crate) store: MetaStore,
     pub(crate) timer: TimerClient,
@@ -64,7 +53,7 @@ pub(crate) struct Inner {
     /// When failover last logged that a shard waits for its voters.
     pub(crate) waits_logged: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// When each worker was last heard from, on the timer's clock.
-    pub(crate) last_heard: std::sync::Mutex<HashMap<String, Heard>>,
+    pub(crate) last_heard: std::sync::Mutex<crate::silences::Silences>,
     /// Set when a change-log commit's outcome is unknown (it failed, but
     /// may have committed): until the head is read back from Postgres and
     /// whatever committed is broadcast, no lease is granted — a lease
@@ -114,7 +103,7 @@ impl MembershipService {
                 head_version: std::sync::atomic::AtomicI64::new(0),
                 head_uncertain: std::sync::atomic::AtomicBool::new(false),
                 uncertain_backend: std::sync::Mutex::new(None),
-                last_heard: std::sync::Mutex::new(HashMap::new()),
+                last_heard: std::sync::Mutex::new(crate::silences::Silences::default()),
                 waits_logged: std::sync::Mutex::new(HashMap::new()),
                 deposing: std::sync::Mutex::new(std::collections::HashSet::new()),
                 storage: freshet_server::StorageClients::new(token),

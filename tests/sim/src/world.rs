@@ -27,13 +27,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use freshet_errors::ErrorCode;
 use freshet_log::{AppendKey, AppendMark, EpochHistory, NewRecord, ShardLog};
-use freshet_membership::decisions::{self, Election};
+use freshet_membership::decisions::{self, lease_granted, Election, HeartbeatRecord, Silences};
 use freshet_metastore::{ShardRow, WorkerRow};
 use freshet_storage_worker::decisions::{
     self as writer, next_run, sealed_end, write_as_replica, AppendAnswer, Awaiting, Leadership,
     PendingAppend, ReplicaEnds, ReplicaWrite, UnwrittenBatch,
 };
 use freshet_storage_worker::{AckCopies, AckRule};
+use freshet_timer_client::TimeInterval;
 use freshet_types::{ShardState, Voters};
 
 use crate::checks::{Checker, Violation};
@@ -83,6 +84,10 @@ pub struct Faults {
     pub closes: bool,
     /// Workers' fsyncs fail now and then.
     pub fsync_errors: bool,
+    /// Postgres is unreachable for a while (membership runs on).
+    pub postgres_outages: bool,
+    /// The timer service is unreachable for a while.
+    pub timer_outages: bool,
 }
 
 impl Faults {
@@ -98,6 +103,8 @@ impl Faults {
             clock_jumps: rng.chance(0.3),
             closes: rng.chance(0.5),
             fsync_errors: rng.chance(0.3),
+            postgres_outages: rng.chance(0.3),
+            timer_outages: rng.chance(0.3),
         }
     }
 }
@@ -274,6 +281,10 @@ enum Event {
     Heal(usize, usize),
     MembershipDown,
     MembershipUp,
+    PostgresDown,
+    PostgresUp,
+    TimerDown,
+    TimerUp,
     ClockJump(usize),
     NewCall,
     CallTimeout {
@@ -346,8 +357,14 @@ pub struct World {
     workers: Vec<Worker>,
     row: ShardRow,
     version: u64,
+    /// When Postgres last recorded a heartbeat from each worker.
     last_heard: Vec<u64>,
+    /// When membership last heard from each worker on the timer's clock:
+    /// membership's own `Silences` (in memory: a restart forgets it).
+    silences: Silences,
     membership_up: bool,
+    postgres_up: bool,
+    timer_up: bool,
     /// A failover committed whose broadcast is not out yet (a commit whose
     /// outcome membership did not learn): no leases until it is.
     unsettled_head: bool,
@@ -442,7 +459,10 @@ impl World {
             workers,
             row,
             version: 1,
+            silences: Silences::default(),
             membership_up: true,
+            postgres_up: true,
+            timer_up: true,
             unsettled_head: false,
             cut: BTreeSet::new(),
             frontend_view: None,
@@ -519,6 +539,18 @@ impl World {
             self.at(when, Event::MembershipDown);
             let back = when + self.rng.range(200, 5_000);
             self.at(back, Event::MembershipUp);
+        }
+        if faults.postgres_outages {
+            let when = self.rng.range(0, 15_000);
+            self.at(when, Event::PostgresDown);
+            let back = when + self.rng.range(200, 6_000);
+            self.at(back, Event::PostgresUp);
+        }
+        if faults.timer_outages {
+            let when = self.rng.range(0, 15_000);
+            self.at(when, Event::TimerDown);
+            let back = when + self.rng.range(200, 6_000);
+            self.at(back, Event::TimerUp);
         }
         if faults.fsync_errors {
             for _ in 0..self.rng.range(1, 6) {
@@ -639,6 +671,8 @@ impl World {
         self.settling = true;
         self.cut.clear();
         self.membership_up = true;
+        self.postgres_up = true;
+        self.timer_up = true;
         for w in 0..self.workers.len() {
             if !self.workers[w].up {
                 self.restart(w);
@@ -720,7 +754,23 @@ impl World {
                     self.membership_up = false;
                 }
             }
-            Event::MembershipUp => self.membership_up = true,
+            Event::MembershipUp => {
+                // A new process: it has heard from nobody yet.
+                self.membership_up = true;
+                self.silences = Silences::default();
+            }
+            Event::PostgresDown => {
+                if !self.settling {
+                    self.postgres_up = false;
+                }
+            }
+            Event::PostgresUp => self.postgres_up = true,
+            Event::TimerDown => {
+                if !self.settling {
+                    self.timer_up = false;
+                }
+            }
+            Event::TimerUp => self.timer_up = true,
             Event::ClockJump(w) => {
                 let jump = self.rng.range(0, 60_001) as i64 - 30_000;
                 self.workers[w].wall_offset_ms += jump;
@@ -1513,11 +1563,37 @@ impl World {
         }
         match msg {
             Msg::Heartbeat { sent_local } => {
-                self.last_heard[from] = self.now;
+                let id = self.workers[from].id.clone();
                 if !self.workers[from].registered {
+                    // A restarted worker registers first (here, with its
+                    // first heartbeat), and registering needs Postgres: it
+                    // gets nothing until it has.
+                    if !self.postgres_up {
+                        return;
+                    }
                     self.register(from);
                 }
-                if !self.unsettled_head {
+                let in_postgres = if self.postgres_up {
+                    self.last_heard[from] = self.now;
+                    true
+                } else if self.silences.was_heard(&id) {
+                    false
+                } else {
+                    // Recorded nowhere, by a process that never heard it:
+                    // an error answer (`handlers.rs`).
+                    return;
+                };
+                // Membership's own record of the heartbeat and its lease
+                // rule (`silences.rs`).
+                let on_timer = self.silences.heard_from(&id, self.timer_now());
+                let granted = lease_granted(HeartbeatRecord {
+                    in_postgres,
+                    on_timer,
+                    // A failover here is decided in one step.
+                    being_deposed: false,
+                    head_uncertain: self.unsettled_head,
+                });
+                if granted {
                     let version = self.version;
                     self.send(
                         MEMBERSHIP,
@@ -1563,6 +1639,7 @@ impl World {
                 if epoch != self.row.epoch
                     || voters != self.row.voters
                     || self.row.leader_worker_id != self.workers[from].id
+                    || !self.postgres_up
                 {
                     return;
                 }
@@ -1593,7 +1670,7 @@ impl World {
         if self.settling || self.row.state != ShardState::Open {
             return;
         }
-        if !self.membership_up {
+        if !self.store_up() {
             self.at(SEAL_RETRY_MS, Event::BeginClosing);
             return;
         }
@@ -1608,7 +1685,7 @@ impl World {
 
     /// `reopen_shards`: a move abandoned while its shard was being sealed.
     fn reopen(&mut self) {
-        if self.row.state != ShardState::Closing || !self.membership_up {
+        if self.row.state != ShardState::Closing || !self.store_up() {
             return;
         }
         self.row.state = ShardState::Open;
@@ -1630,7 +1707,7 @@ impl World {
         if self.row.state != ShardState::Closing || self.row.close_generation != generation {
             return;
         }
-        if self.membership_up && !self.unsettled_head {
+        if self.store_up() && !self.unsettled_head {
             let epoch = self.row.epoch;
             let leader = self.row.leader_worker_id.clone();
             if let Some(leader) = self.worker_index(&leader) {
@@ -1644,7 +1721,7 @@ impl World {
     /// generation the seal began under (hole 3's fence).
     fn complete_seal(&mut self, generation: u64, end: u64) -> Result<(), Violation> {
         let fenced_off = self.row.close_generation != generation && !self.holes.hole_3;
-        if !self.membership_up || self.row.state != ShardState::Closing || fenced_off {
+        if !self.store_up() || self.row.state != ShardState::Closing || fenced_off {
             self.note(|| format!("a seal at {end} (generation {generation}) is refused"));
             if self.row.close_generation != generation {
                 self.outcome.seals_fenced += 1;
@@ -1661,12 +1738,29 @@ impl World {
         Ok(())
     }
 
+    /// The timer service's clock, as membership reads it: the true time
+    /// within ±2 ms, or nothing while it is unreachable.
+    fn timer_now(&self) -> Option<TimeInterval> {
+        let micros = 1_700_000_000_000_000 + self.now as i64 * 1_000;
+        self.timer_up.then_some(TimeInterval {
+            earliest_micros: micros - 2_000,
+            latest_micros: micros + 2_000,
+        })
+    }
+
+    /// Whether membership can reach Postgres (every change-log commit and
+    /// every control-plane step needs it).
+    fn store_up(&self) -> bool {
+        self.membership_up && self.postgres_up
+    }
+
     fn alive(&self, w: usize) -> bool {
         self.now.saturating_sub(self.last_heard[w]) < HEARTBEAT_TIMEOUT_MS
     }
 
     fn membership_tick(&mut self) {
-        if !self.membership_up {
+        // Every step of the check reads or writes Postgres.
+        if !self.membership_up || !self.postgres_up {
             return;
         }
         if self.unsettled_head {
@@ -1678,7 +1772,14 @@ impl World {
             return;
         };
         if !self.alive(leader) {
-            self.fail_over(leader);
+            // ... and only when the timer proves the silence
+            // (membership's own `Silences`).
+            let id = self.workers[leader].id.clone();
+            let timer = self.timer_now();
+            let timeout_micros = HEARTBEAT_TIMEOUT_MS as i64 * 1_000;
+            if self.silences.surely_silent(&id, timer, timeout_micros) {
+                self.fail_over(leader);
+            }
             return;
         }
         // Placement repair: a shard on fewer than three copies gets a spare

@@ -671,7 +671,9 @@ impl ShardLog {
         }
 
         let write_result = writer.active.write_all(&buffer).and_then(|()| {
-            if self.sync_fails_next.swap(false, Ordering::Relaxed) {
+            if self.sync_fails_next.load(Ordering::Relaxed)
+                && self.sync_fails_next.swap(false, Ordering::Relaxed)
+            {
                 return Err(io::Error::other("fsync failed (injected)"));
             }
             writer.active.sync_data()

@@ -40,7 +40,9 @@ pub use service::MembershipService;
 /// as pure functions of the timer's reading: the same code the service
 /// runs, also driven by the deterministic simulator (`tests/sim`).
 pub mod decisions {
-    pub use crate::placement::{elect, spare_replica, CopyPosition, Election, Promotion, COPIES};
+    pub use crate::placement::{
+        elect, place_next_segment, spare_replica, CopyPosition, Election, Promotion, COPIES,
+    };
     pub use crate::reconfigure::after_report;
     pub use crate::silences::{lease_granted, Heard, HeartbeatRecord, Silences};
 }

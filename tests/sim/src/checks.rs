@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use freshet_log::ShardLog;
 
@@ -18,8 +20,8 @@ pub struct Checker {
     acknowledged: BTreeMap<u64, (u64, Vec<Bytes>)>,
     /// Calls answered "not written".
     refused: Vec<u64>,
-    /// Where the shard was sealed, once it was.
-    sealed_end: Option<u64>,
+    /// Where each sealed segment of the shard ends.
+    sealed_ends: BTreeMap<u32, u64>,
 }
 
 pub type Violation = String;
@@ -28,9 +30,11 @@ impl Checker {
     /// Worker `worker`, leading at `epoch`, committed its log below `upto`
     /// (from `from`): no two workers commit at one epoch, and an offset
     /// once committed never holds another record.
+    #[allow(clippy::too_many_arguments)]
     pub fn committed(
         &mut self,
         worker: usize,
+        segment: u32,
         epoch: u64,
         log: &ShardLog,
         from: u64,
@@ -43,9 +47,9 @@ impl Checker {
                 ));
             }
         }
-        if let Some(end) = self.sealed_end.filter(|end| upto > *end) {
+        if let Some(end) = self.sealed_ends.get(&segment).filter(|end| upto > **end) {
             return Err(format!(
-                "worker {worker} committed up to {upto} at epoch {epoch}, beyond the shard's sealed end {end}"
+                "worker {worker} committed up to {upto} at epoch {epoch}, beyond segment {segment}'s sealed end {end}"
             ));
         }
         let mut at = from;
@@ -139,9 +143,18 @@ impl Checker {
         Ok(())
     }
 
-    /// The shard was sealed at `end` and closed: every record committed so
-    /// far lies below it, and nothing may be committed at or beyond it.
-    pub fn sealed(&mut self, end: u64) -> Result<(), Violation> {
+    /// Segment `segment` of the shard was sealed at `end` (closed, or the
+    /// shard moved on to its next segment there): every record committed
+    /// so far lies below it, and nothing may be committed at or beyond it
+    /// in that segment.
+    pub fn sealed(&mut self, segment: u32, start: u64, end: u64) -> Result<(), Violation> {
+        // ... and everything in it was committed: a seal is no further
+        // than the log's commit point.
+        if let Some(gap) = (start..end).find(|offset| !self.committed.contains_key(offset)) {
+            return Err(format!(
+                "segment {segment} was sealed at {end}, but offset {gap} was never committed"
+            ));
+        }
         if let Some((&last, _)) = self.committed.last_key_value() {
             if last >= end {
                 return Err(format!(
@@ -149,9 +162,9 @@ impl Checker {
                 ));
             }
         }
-        if let Some(before) = self.sealed_end.replace(end) {
+        if let Some(before) = self.sealed_ends.insert(segment, end) {
             return Err(format!(
-                "the shard was sealed twice, at {before} and at {end}"
+                "segment {segment} was sealed twice, at {before} and at {end}"
             ));
         }
         Ok(())
@@ -169,10 +182,14 @@ impl Checker {
         self.committed.len()
     }
 
-    /// Once settled: `log`, the final leader's, holds every committed
-    /// record where it was committed, each call's records at most once, and
-    /// none of a call that was answered "not written".
-    pub fn settled(&self, leader: usize, log: &ShardLog) -> Result<(), Violation> {
+    /// Once settled: the shard's segments — each sealed one as the worker
+    /// that sealed it holds it, then the final leader's — hold every
+    /// committed record where it was committed, each call's records at
+    /// most once, and none of a call that was answered "not written".
+    pub fn settled(&self, segments: &[(usize, Arc<ShardLog>)]) -> Result<(), Violation> {
+        let Some((leader, log)) = segments.last() else {
+            return Err("no segment to check".to_owned());
+        };
         let end = log.committed_offset();
         if let Some((&last, _)) = self.committed.last_key_value() {
             if last >= end {
@@ -182,29 +199,33 @@ impl Checker {
             }
         }
         let mut calls_seen: BTreeMap<String, u64> = BTreeMap::new();
-        let mut at = log.trim_horizon();
-        while at < end {
-            let batch = log
-                .read(at, 10_000, u64::MAX)
-                .map_err(|e| format!("the final leader cannot read its log: {e}"))?;
-            if batch.records.is_empty() {
-                break;
-            }
-            self.served(leader, &batch.records)?;
-            for record in &batch.records {
-                // Data is `c<call>-r<i>`: one call's records once only.
-                let text = String::from_utf8_lossy(&record.data).into_owned();
-                if let Some((call, _)) = text.split_once('-') {
-                    if record.data.ends_with(b"-r0") {
-                        if let Some(before) = calls_seen.insert(call.to_owned(), record.offset) {
-                            return Err(format!(
-                                "call {call} is in the log twice, at {before} and at {}",
-                                record.offset
-                            ));
+        for (worker, log) in segments {
+            let end = log.committed_offset();
+            let mut at = log.trim_horizon();
+            while at < end {
+                let batch = log
+                    .read(at, 10_000, u64::MAX)
+                    .map_err(|e| format!("worker {worker} cannot read its log: {e}"))?;
+                if batch.records.is_empty() {
+                    break;
+                }
+                self.served(*worker, &batch.records)?;
+                for record in &batch.records {
+                    // Data is `c<call>-r<i>`: one call's records once only.
+                    let text = String::from_utf8_lossy(&record.data).into_owned();
+                    if let Some((call, _)) = text.split_once('-') {
+                        if record.data.ends_with(b"-r0") {
+                            if let Some(before) = calls_seen.insert(call.to_owned(), record.offset)
+                            {
+                                return Err(format!(
+                                    "call {call} is in the log twice, at {before} and at {}",
+                                    record.offset
+                                ));
+                            }
                         }
                     }
+                    at = record.offset + 1;
                 }
-                at = record.offset + 1;
             }
         }
         for call in &self.refused {

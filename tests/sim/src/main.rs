@@ -127,6 +127,8 @@ fn main() -> std::process::ExitCode {
                 total.seals += outcome.seals;
                 total.seals_fenced += outcome.seals_fenced;
                 total.absent += outcome.absent;
+                total.moves += outcome.moves;
+                total.unknown_after_move += outcome.unknown_after_move;
                 total.unresolved += outcome.unresolved;
                 total.events += outcome.events;
             }
@@ -153,8 +155,8 @@ fn main() -> std::process::ExitCode {
         failed.len()
     );
     println!(
-        "in all: {} calls acknowledged, {} records committed, {} failovers, {} crashes, {} seals ({} fenced off, {} appends found absent), {} calls unresolved at the end, {} events",
-        total.acknowledged, total.committed, total.failovers, total.crashes, total.seals, total.seals_fenced, total.absent, total.unresolved, total.events
+        "in all: {} calls acknowledged, {} records committed, {} failovers, {} crashes, {} seals ({} fenced off, {} appends found absent), {} moves ({} calls given up as perhaps written), {} calls unresolved at the end, {} events",
+        total.acknowledged, total.committed, total.failovers, total.crashes, total.seals, total.seals_fenced, total.absent, total.moves, total.unknown_after_move, total.unresolved, total.events
     );
     if failed.is_empty() {
         std::process::ExitCode::SUCCESS

@@ -20,7 +20,7 @@
 //! Time is virtual (ms); every event happens at a time the seed chose, in
 //! one thread, so a seed replays exactly.
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -57,6 +57,8 @@ const REROUTE_MS: u64 = 5_000;
 /// How often the control plane asks a closing shard's leader to seal it
 /// again (`reshard.rs`, `seal`).
 const SEAL_RETRY_MS: u64 = 300;
+/// How long membership's timer client carries a reading forward.
+const TIMER_MAX_UNSYNCED_MS: u64 = 5_000;
 /// The worker's default acknowledgement rule: a majority of the voters,
 /// and never fewer than two copies.
 const ACK_RULE: AckRule = AckRule {
@@ -135,6 +137,10 @@ pub struct Outcome {
     pub seals: u64,
     pub seals_fenced: u64,
     pub absent: u64,
+    /// Moves to a new segment, and calls given up as "perhaps written"
+    /// because the shard moved while they were being resolved.
+    pub moves: u64,
+    pub unknown_after_move: u64,
     pub unresolved: usize,
     pub events: u64,
     /// The shard and its copies at the end, for a replayed seed.
@@ -159,6 +165,7 @@ impl Entry {
 #[derive(Debug, Clone)]
 struct Job {
     call: u64,
+    attempt: u64,
     records: Vec<NewRecord>,
     epoch: u64,
     resolving: bool,
@@ -243,12 +250,16 @@ enum Msg {
     },
     /// The leader's answer: its whole log, to `end`, is committed and held.
     Sealed {
+        epoch: u64,
         generation: u64,
         end: u64,
     },
     Append(Job),
     AppendReply {
         call: u64,
+        /// The attempt answered: the frontend hears only its latest one
+        /// (an earlier attempt's RPC was given up on, and so is its answer).
+        attempt: u64,
         answer: Answer,
     },
 }
@@ -299,6 +310,7 @@ enum Event {
     /// The control plane completes a seal (`complete_reshard`), perhaps
     /// late: it may have paused after the leader answered.
     CompleteSeal {
+        epoch: u64,
         generation: u64,
         end: u64,
     },
@@ -341,6 +353,9 @@ struct Worker {
 /// The frontend's view of one call.
 struct Call {
     records: Vec<Bytes>,
+    /// The shard segment its last fresh attempt was sent to: resolving
+    /// asks only there (`coalescer.rs`).
+    segment: u32,
     resolving: bool,
     attempt: u64,
     first_sent: u64,
@@ -362,9 +377,12 @@ pub struct World {
     /// When membership last heard from each worker on the timer's clock:
     /// membership's own `Silences` (in memory: a restart forgets it).
     silences: Silences,
+    /// Segments sealed by a move: (index, the worker that sealed it).
+    sealed_segments: Vec<(u32, usize)>,
     membership_up: bool,
     postgres_up: bool,
-    timer_up: bool,
+    /// Since when the timer service has been unreachable, if it is.
+    timer_down_since: Option<u64>,
     /// A failover committed whose broadcast is not out yet (a commit whose
     /// outcome membership did not learn): no leases until it is.
     unsettled_head: bool,
@@ -460,9 +478,10 @@ impl World {
             row,
             version: 1,
             silences: Silences::default(),
+            sealed_segments: Vec::new(),
             membership_up: true,
             postgres_up: true,
-            timer_up: true,
+            timer_down_since: None,
             unsettled_head: false,
             cut: BTreeSet::new(),
             frontend_view: None,
@@ -549,7 +568,7 @@ impl World {
         if faults.timer_outages {
             let when = self.rng.range(0, 15_000);
             self.at(when, Event::TimerDown);
-            let back = when + self.rng.range(200, 6_000);
+            let back = when + self.rng.range(200, 12_000);
             self.at(back, Event::TimerUp);
         }
         if faults.fsync_errors {
@@ -672,7 +691,7 @@ impl World {
         self.cut.clear();
         self.membership_up = true;
         self.postgres_up = true;
-        self.timer_up = true;
+        self.timer_down_since = None;
         for w in 0..self.workers.len() {
             if !self.workers[w].up {
                 self.restart(w);
@@ -766,11 +785,11 @@ impl World {
             }
             Event::PostgresUp => self.postgres_up = true,
             Event::TimerDown => {
-                if !self.settling {
-                    self.timer_up = false;
+                if !self.settling && self.timer_down_since.is_none() {
+                    self.timer_down_since = Some(self.now);
                 }
             }
-            Event::TimerUp => self.timer_up = true,
+            Event::TimerUp => self.timer_down_since = None,
             Event::ClockJump(w) => {
                 let jump = self.rng.range(0, 60_001) as i64 - 30_000;
                 self.workers[w].wall_offset_ms += jump;
@@ -794,7 +813,11 @@ impl World {
             Event::BeginClosing => self.begin_closing(),
             Event::Reopen => self.reopen(),
             Event::SealAttempt(generation) => self.seal_attempt(generation),
-            Event::CompleteSeal { generation, end } => self.complete_seal(generation, end)?,
+            Event::CompleteSeal {
+                epoch,
+                generation,
+                end,
+            } => self.complete_seal(epoch, generation, end)?,
             Event::Read => {
                 self.read_from_leader()?;
                 let next = self.rng.range(100, 700);
@@ -852,16 +875,31 @@ impl World {
     }
 
     /// Opens (or creates) the worker's copy, if its view says it holds one.
+    /// Where worker `w` keeps its copy of segment `index`.
+    fn segment_dir(&self, w: usize, index: u32) -> PathBuf {
+        self.workers[w].dir.join(format!("segment-{index}"))
+    }
+
+    /// The directory of the segment `w`'s own entry names current.
+    fn current_dir(&self, w: usize) -> Option<PathBuf> {
+        let index = self.workers[w].view.as_ref()?.row.segment_index;
+        Some(self.segment_dir(w, index))
+    }
+
+    /// Opens (or creates) `w`'s copy of the segment its entry names, as
+    /// the registry does: a new copy of a later segment starts empty at
+    /// the segment's first offset.
     fn open_log(&mut self, w: usize) -> Result<Option<Arc<ShardLog>>, Violation> {
         if let Some(log) = &self.workers[w].log {
             return Ok(Some(log.clone()));
         }
         let worker = &self.workers[w];
-        let holds = worker.view.as_ref().is_some_and(|v| v.is_copy(&worker.id));
-        if !holds {
+        let Some(view) = worker.view.as_ref().filter(|v| v.is_copy(&worker.id)) else {
             return Ok(None);
-        }
-        let log = ShardLog::open(&worker.dir, freshet_log::LogConfig::default())
+        };
+        let (index, start) = (view.row.segment_index, view.row.segment_start_offset);
+        let dir = self.segment_dir(w, index);
+        let log = ShardLog::open_from(&dir, freshet_log::LogConfig::default(), start)
             .map_err(|e| format!("worker {w} cannot open its copy: {e}"))?;
         let log = Arc::new(log);
         self.workers[w].log = Some(log.clone());
@@ -913,12 +951,27 @@ impl World {
                     .is_none_or(|v| entry.version > v.version);
                 if newer {
                     let holds = entry.is_copy(&self.workers[w].id);
+                    let moved = self.workers[w]
+                        .view
+                        .as_ref()
+                        .is_some_and(|v| v.row.segment_index != entry.row.segment_index);
+                    if moved {
+                        self.leave_segment(w);
+                    }
+                    if entry.row.state != ShardState::Closing {
+                        // The real seal gives up after its rounds; a
+                        // reopened shard is not sealed at the old close.
+                        self.workers[w].pending_seal = None;
+                    }
                     self.workers[w].view = Some(*entry);
                     if !holds {
                         // An orphan: no entry names it (after the
-                        // configuration without it was committed).
+                        // configuration without it was committed). A
+                        // sealed segment's copy stays, read-only.
                         self.workers[w].log = None;
-                        let _ = std::fs::remove_dir_all(&self.workers[w].dir);
+                        if let Some(dir) = self.current_dir(w) {
+                            let _ = std::fs::remove_dir_all(dir);
+                        }
                     }
                 }
             }
@@ -961,10 +1014,39 @@ impl World {
         Ok(())
     }
 
+    /// The shard moved on to its next segment: the sealed one's writer
+    /// stops (what it held is answered as the service's dropped writer
+    /// answers) and its log closes.
+    fn leave_segment(&mut self, w: usize) {
+        self.fail_round(w, Answer::Unknown);
+        let queued = std::mem::take(&mut self.workers[w].queue);
+        for job in queued {
+            self.reply(w, &job, Answer::NotWritten);
+        }
+        let waiting = std::mem::take(&mut self.workers[w].awaiting);
+        if let Some(log) = self.workers[w].log.clone() {
+            let leadership = Leadership {
+                epoch: None,
+                open: false,
+                replicas_hold: &|_| false,
+            };
+            let mut waiting = waiting;
+            for (job, answer) in waiting.answer(&log, &leadership) {
+                self.reply(w, &job, answer_of(&answer));
+            }
+        }
+        let worker = &mut self.workers[w];
+        worker.log = None;
+        worker.pending_seal = None;
+        worker.unwritten = None;
+        worker.replica_ends = ReplicaEnds::default();
+    }
+
     /// Tears the write just made to `w`'s active segment at a random byte
     /// and crashes `w`: what a crash between write and fsync leaves.
     fn tear_and_crash(&mut self, w: usize, length_before: u64) {
-        if let Some(path) = last_segment(&self.workers[w].dir) {
+        let dir = self.current_dir(w);
+        if let Some(path) = dir.as_deref().and_then(last_segment) {
             if let Ok(meta) = std::fs::metadata(&path) {
                 let after = meta.len();
                 if after > length_before {
@@ -979,7 +1061,9 @@ impl World {
     }
 
     fn active_len(&self, w: usize) -> u64 {
-        last_segment(&self.workers[w].dir)
+        self.current_dir(w)
+            .as_deref()
+            .and_then(last_segment)
             .and_then(|p| std::fs::metadata(p).ok())
             .map_or(0, |m| m.len())
     }
@@ -1058,6 +1142,7 @@ impl World {
                 FRONTEND,
                 Msg::AppendReply {
                     call: job.call,
+                    attempt: job.attempt,
                     answer: Answer::NotWritten,
                 },
             );
@@ -1076,7 +1161,7 @@ impl World {
         let Some(epoch) = self.leading_epoch(w) else {
             let jobs = std::mem::take(&mut self.workers[w].queue);
             for job in jobs {
-                self.reply(w, job.call, Answer::NotWritten);
+                self.reply(w, &job, Answer::NotWritten);
             }
             return Ok(());
         };
@@ -1087,7 +1172,7 @@ impl World {
         let (current, stale): (Vec<Job>, Vec<Job>) =
             jobs.into_iter().partition(|job| job.epoch == epoch);
         for job in stale {
-            self.reply(w, job.call, Answer::NotWritten);
+            self.reply(w, &job, Answer::NotWritten);
         }
         if current.is_empty() {
             return Ok(());
@@ -1095,7 +1180,7 @@ impl World {
         if !self.write_unwritten_again(w)? {
             // Nothing of these was written (`write_round`): refused.
             for job in current {
-                self.reply(w, job.call, Answer::NotWritten);
+                self.reply(w, &job, Answer::NotWritten);
             }
             return Ok(());
         }
@@ -1107,7 +1192,7 @@ impl World {
             .awaiting
             .sort_round(&log, open, now_ms, current);
         for (job, answer) in sorted.answered {
-            self.reply(w, job.call, answer_of(&answer));
+            self.reply(w, &job, answer_of(&answer));
         }
         let to_write = sorted.to_write;
         if to_write.is_empty() {
@@ -1116,7 +1201,7 @@ impl World {
         }
         if let Err(error) = log.begin_leading(epoch) {
             for job in to_write {
-                self.reply(w, job.call, Answer::NotWritten);
+                self.reply(w, &job, Answer::NotWritten);
             }
             if matches!(error, freshet_log::LogError::StaleEpoch { .. }) {
                 return Ok(());
@@ -1155,7 +1240,7 @@ impl World {
             }
             // A disk error: the outcome is unknown to the callers.
             for job in to_write {
-                self.reply(w, job.call, Answer::Unknown);
+                self.reply(w, &job, Answer::Unknown);
             }
             return Ok(());
         }
@@ -1313,7 +1398,7 @@ impl World {
         self.commit(w, &log, epoch, end)?;
         if let Some(round) = self.workers[w].round.take() {
             for (job, first) in round.jobs {
-                self.reply(w, job.call, Answer::Landed(first));
+                self.reply(w, &job, Answer::Landed(first));
             }
         }
         self.answer_awaiting(w, &log);
@@ -1326,7 +1411,12 @@ impl World {
         let after = log.committed_offset();
         self.note(|| format!("w{w} commits {before}..{after} (epoch {epoch})"));
         if after > before {
-            self.checker.committed(w, epoch, log, before, after)?;
+            let segment = self.workers[w]
+                .view
+                .as_ref()
+                .map_or(0, |v| v.row.segment_index);
+            self.checker
+                .committed(w, segment, epoch, log, before, after)?;
         }
         Ok(())
     }
@@ -1334,7 +1424,7 @@ impl World {
     fn fail_round(&mut self, w: usize, answer: Answer) {
         if let Some(round) = self.workers[w].round.take() {
             for (job, _) in round.jobs {
-                self.reply(w, job.call, answer.clone());
+                self.reply(w, &job, answer.clone());
             }
         }
         // As the writer after every round: a job that waited for this
@@ -1425,6 +1515,7 @@ impl World {
                 w,
                 MEMBERSHIP,
                 Msg::Sealed {
+                    epoch,
                     generation,
                     end: sealed.ending_offset,
                 },
@@ -1448,7 +1539,7 @@ impl World {
         };
         self.workers[w].awaiting = awaiting;
         for (job, answer) in answered {
-            self.reply(w, job.call, answer_of(&answer));
+            self.reply(w, &job, answer_of(&answer));
         }
     }
 
@@ -1551,8 +1642,17 @@ impl World {
         }
     }
 
-    fn reply(&mut self, w: usize, call: u64, answer: Answer) {
-        self.send(w, FRONTEND, Msg::AppendReply { call, answer });
+    fn reply(&mut self, w: usize, job: &Job, answer: Answer) {
+        let (call, attempt) = (job.call, job.attempt);
+        self.send(
+            w,
+            FRONTEND,
+            Msg::AppendReply {
+                call,
+                attempt,
+                answer,
+            },
+        );
     }
 
     // ----- membership -----
@@ -1620,7 +1720,11 @@ impl World {
                 };
                 self.send(MEMBERSHIP, FRONTEND, Msg::Entry(Box::new(entry)));
             }
-            Msg::Sealed { generation, end } => {
+            Msg::Sealed {
+                epoch,
+                generation,
+                end,
+            } => {
                 // The control plane may pause before it completes the seal
                 // (a rolling update, a GC pause): the shard may be
                 // reopened and closed again meanwhile.
@@ -1629,7 +1733,14 @@ impl World {
                 } else {
                     0
                 };
-                self.at(pause, Event::CompleteSeal { generation, end });
+                self.at(
+                    pause,
+                    Event::CompleteSeal {
+                        epoch,
+                        generation,
+                        end,
+                    },
+                );
             }
             Msg::Report {
                 epoch,
@@ -1717,9 +1828,12 @@ impl World {
         self.at(SEAL_RETRY_MS, Event::SealAttempt(generation));
     }
 
-    /// `complete_reshard`: CLOSED at the sealed end, only at the close
-    /// generation the seal began under (hole 3's fence).
-    fn complete_seal(&mut self, generation: u64, end: u64) -> Result<(), Violation> {
+    /// The seal's completion: `complete_reshard` (CLOSED at the sealed end;
+    /// a split or a merge) or `relocate_shard` (a move: the next segment
+    /// opens at the sealed end on a new placement, at the next epoch) —
+    /// only at the close generation the seal began under (hole 3's fence),
+    /// and for a move only at the epoch it was sealed at.
+    fn complete_seal(&mut self, epoch: u64, generation: u64, end: u64) -> Result<(), Violation> {
         let fenced_off = self.row.close_generation != generation && !self.holes.hole_3;
         if !self.store_up() || self.row.state != ShardState::Closing || fenced_off {
             self.note(|| format!("a seal at {end} (generation {generation}) is refused"));
@@ -1728,23 +1842,89 @@ impl World {
             }
             return Ok(());
         }
+        let segment = self.row.segment_index;
+        if self.rng.chance(0.5) {
+            return self.relocate(epoch, end);
+        }
         self.outcome.seals += 1;
         self.row.state = ShardState::Closed;
         self.row.ending_offset = Some(end);
         self.version += 1;
         self.note(|| format!("the shard is closed at {end}"));
-        self.checker.sealed(end)?;
+        self.checker
+            .sealed(segment, self.row.segment_start_offset, end)?;
         self.broadcast();
         Ok(())
     }
 
-    /// The timer service's clock, as membership reads it: the true time
-    /// within ±2 ms, or nothing while it is unreachable.
+    /// `relocate_shard`: the sealed segment stays where it is (read-only);
+    /// the next one starts at `end` on the placement membership's own
+    /// `place_next_segment` chooses around a live worker, every copy a
+    /// voter.
+    fn relocate(&mut self, epoch: u64, end: u64) -> Result<(), Violation> {
+        if self.row.epoch != epoch {
+            self.note(|| format!("a move sealed at epoch {epoch} is refused"));
+            return Ok(());
+        }
+        let live: Vec<WorkerRow> = (0..self.workers.len())
+            .filter(|&i| self.alive(i))
+            .map(|i| worker_row(&self.workers[i].id, self.workers[i].zone))
+            .collect();
+        let Some(target) = self.rng.pick(&live).cloned() else {
+            return Ok(());
+        };
+        let Some(sealer) = self.worker_index(&self.row.leader_worker_id.clone()) else {
+            return Ok(());
+        };
+        let placement = decisions::place_next_segment(&live, &target, &HashMap::new());
+        let segment = self.row.segment_index;
+        self.checker
+            .sealed(segment, self.row.segment_start_offset, end)?;
+        self.sealed_segments.push((segment, sealer));
+        self.outcome.moves += 1;
+        let voters = Voters::Stable(
+            std::iter::once(placement.leader.clone())
+                .chain(placement.replicas.iter().cloned())
+                .collect(),
+        );
+        self.row.state = ShardState::Open;
+        self.row.leader_worker_id = placement.leader;
+        self.row.replica_worker_ids = placement.replicas;
+        self.row.voters = voters;
+        self.row.epoch += 1;
+        self.row.close_generation += 1;
+        self.row.segment_index += 1;
+        self.row.segment_start_offset = end;
+        self.version += 1;
+        self.note(|| {
+            format!(
+                "the shard moves at {end}: segment {} led by {} at epoch {}, replicas {:?}",
+                self.row.segment_index,
+                self.row.leader_worker_id,
+                self.row.epoch,
+                self.row.replica_worker_ids
+            )
+        });
+        self.broadcast();
+        Ok(())
+    }
+
+    /// The timer service's clock, as membership's timer client reads it
+    /// (`libs/timer-client`): the true time within ±2 ms; while the timer
+    /// is unreachable, its last reading carried forward with a 200 ppm
+    /// drift allowance — for 5 s, then nothing.
     fn timer_now(&self) -> Option<TimeInterval> {
+        let since_sync_ms = self
+            .timer_down_since
+            .map_or(0, |down| self.now.saturating_sub(down));
+        if since_sync_ms > TIMER_MAX_UNSYNCED_MS {
+            return None;
+        }
         let micros = 1_700_000_000_000_000 + self.now as i64 * 1_000;
-        self.timer_up.then_some(TimeInterval {
-            earliest_micros: micros - 2_000,
-            latest_micros: micros + 2_000,
+        let error = 2_000 + since_sync_ms as i64 * 1_000 * 200 / 1_000_000 + 1;
+        Some(TimeInterval {
+            earliest_micros: micros - error,
+            latest_micros: micros + error,
         })
     }
 
@@ -1771,13 +1951,22 @@ impl World {
         let Some(leader) = self.worker_index(&self.row.leader_worker_id) else {
             return;
         };
+        // `check_once`: every worker Postgres calls silent is checked
+        // against the timer (which starts counting one never heard); a
+        // leader proven silent is failed over.
+        let timer = self.timer_now();
+        let timeout_micros = HEARTBEAT_TIMEOUT_MS as i64 * 1_000;
+        let mut leader_silent = false;
+        for w in 0..self.workers.len() {
+            if self.alive(w) {
+                continue;
+            }
+            let id = self.workers[w].id.clone();
+            let silent = self.silences.surely_silent(&id, timer, timeout_micros);
+            leader_silent |= silent && w == leader;
+        }
         if !self.alive(leader) {
-            // ... and only when the timer proves the silence
-            // (membership's own `Silences`).
-            let id = self.workers[leader].id.clone();
-            let timer = self.timer_now();
-            let timeout_micros = HEARTBEAT_TIMEOUT_MS as i64 * 1_000;
-            if self.silences.surely_silent(&id, timer, timeout_micros) {
+            if leader_silent {
                 self.fail_over(leader);
             }
             return;
@@ -1829,7 +2018,9 @@ impl World {
             let position = match &self.workers[i].log {
                 Some(log) => log.election_position(),
                 None => {
-                    match ShardLog::open(&self.workers[i].dir, freshet_log::LogConfig::default()) {
+                    let dir = self.segment_dir(i, self.row.segment_index);
+                    let start = self.row.segment_start_offset;
+                    match ShardLog::open_from(&dir, freshet_log::LogConfig::default(), start) {
                         Ok(log) => log.election_position(),
                         Err(_) => continue,
                     }
@@ -1937,6 +2128,7 @@ impl World {
             call,
             Call {
                 records,
+                segment: 0,
                 resolving: false,
                 attempt: 0,
                 first_sent: self.now,
@@ -1958,6 +2150,17 @@ impl World {
         if state.done {
             return;
         }
+        let segment = view.row.segment_index;
+        if !state.resolving {
+            state.segment = segment;
+        } else if state.segment != segment {
+            // `coalescer.rs`: "the append's outcome is not known: shard
+            // moved to a new segment meanwhile" — reported as perhaps
+            // written, and not resolved further.
+            state.done = true;
+            self.outcome.unknown_after_move += 1;
+            return;
+        }
         state.attempt += 1;
         let attempt = state.attempt;
         let count = state.records.len() as u32;
@@ -1974,6 +2177,7 @@ impl World {
         }
         let job = Job {
             call,
+            attempt,
             records,
             epoch: view.row.epoch,
             resolving: state.resolving,
@@ -2007,7 +2211,11 @@ impl World {
             {
                 self.frontend_view = Some(*entry);
             }
-            Msg::AppendReply { call, answer } => {
+            Msg::AppendReply {
+                call,
+                attempt,
+                answer,
+            } => {
                 let now = self.now;
                 if !matches!(answer, Answer::Landed(_)) {
                     self.send(FRONTEND, MEMBERSHIP, Msg::Lookup);
@@ -2015,7 +2223,7 @@ impl World {
                 let Some(state) = self.calls.get_mut(&call) else {
                     return Ok(());
                 };
-                if state.done {
+                if state.done || state.attempt != attempt {
                     return Ok(());
                 }
                 match answer {
@@ -2101,16 +2309,41 @@ impl World {
         };
         let log = match self.workers[leader].log.clone() {
             Some(log) => log,
-            None => Arc::new(
-                ShardLog::open(&self.workers[leader].dir, freshet_log::LogConfig::default())
-                    .map_err(|e| format!("the final leader's copy does not open: {e}"))?,
-            ),
+            None => {
+                let dir = self.segment_dir(leader, self.row.segment_index);
+                let start = self.row.segment_start_offset;
+                Arc::new(
+                    ShardLog::open_from(&dir, freshet_log::LogConfig::default(), start)
+                        .map_err(|e| format!("the final leader's copy does not open: {e}"))?,
+                )
+            }
         };
         // The final leader must have committed its whole log by now, when
         // it can: settle time is long; if it could not, the check below
         // still holds for what it did commit (committed records must be
         // there), and the unresolved count says so.
-        self.checker.settled(leader, &log)?;
+        let mut segments: Vec<(usize, Arc<ShardLog>)> = Vec::new();
+        for &(index, sealer) in &self.sealed_segments {
+            let dir = self.segment_dir(sealer, index);
+            let copy = ShardLog::open(&dir, freshet_log::LogConfig::default()).map_err(|e| {
+                format!("worker {sealer}'s copy of sealed segment {index} does not open: {e}")
+            })?;
+            segments.push((sealer, Arc::new(copy)));
+        }
+        segments.push((leader, log.clone()));
+        self.checker.settled(&segments)?;
+        if let Some(end) = self
+            .row
+            .ending_offset
+            .filter(|_| self.row.state == ShardState::Closed)
+        {
+            if log.committed_offset() != end {
+                return Err(format!(
+                    "the shard was closed at {end}, its final leader commits to {}",
+                    log.committed_offset()
+                ));
+            }
+        }
         for (w, worker) in self.workers.iter().enumerate() {
             if w == leader {
                 continue;

@@ -103,13 +103,24 @@ impl ShardLog {
 
     /// Deletes sealed segments whose newest record arrived before
     /// `cutoff_ms`. Returns how many segments were removed.
+    ///
+    /// Invariant: only committed records expire. A segment holding a
+    /// record above the commit point stays, however old: that record may
+    /// yet be committed (by this copy's leadership or a later one) and
+    /// answered as landed, so it must still be here to be replicated.
+    /// (The deterministic simulator found a leader trimming a record it
+    /// had written but not committed, then acknowledging it.)
     pub fn trim_older_than(&self, cutoff_ms: i64) -> LogResult<usize> {
         let removable: Vec<Arc<Segment>> = {
             let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+            let committed = view.committed;
             let sealed = view.segments.len().saturating_sub(1);
             let count = view.segments[..sealed]
                 .iter()
-                .take_while(|s| s.last_arrival_ms().is_some_and(|last| last < cutoff_ms))
+                .take_while(|s| {
+                    s.next_offset() <= committed
+                        && s.last_arrival_ms().is_some_and(|last| last < cutoff_ms)
+                })
                 .count();
             view.segments.drain(..count).collect()
         };

@@ -57,6 +57,10 @@ const REROUTE_MS: u64 = 5_000;
 /// How often the control plane asks a closing shard's leader to seal it
 /// again (`reshard.rs`, `seal`).
 const SEAL_RETRY_MS: u64 = 300;
+/// A stream's retention, in seeds with retention, on each worker's own
+/// wall clock; and how often a worker trims (`lib.rs`, the retention task).
+const RETENTION_MS: i64 = 4_000;
+const TRIM_EVERY_MS: u64 = 1_000;
 /// How long membership's timer client carries a reading forward.
 const TIMER_MAX_UNSYNCED_MS: u64 = 5_000;
 /// The worker's default acknowledgement rule: a majority of the voters,
@@ -90,6 +94,10 @@ pub struct Faults {
     pub postgres_outages: bool,
     /// The timer service is unreachable for a while.
     pub timer_outages: bool,
+    /// Records expire after a few seconds: logs roll every second and
+    /// workers trim what expired, so lagging copies are restarted at the
+    /// leader's trim horizon (`InstallSnapshot`).
+    pub retention: bool,
 }
 
 impl Faults {
@@ -107,6 +115,7 @@ impl Faults {
             fsync_errors: rng.chance(0.3),
             postgres_outages: rng.chance(0.3),
             timer_outages: rng.chance(0.3),
+            retention: rng.chance(0.3),
         }
     }
 }
@@ -141,6 +150,8 @@ pub struct Outcome {
     /// because the shard moved while they were being resolved.
     pub moves: u64,
     pub unknown_after_move: u64,
+    /// Copies restarted at their leader's trim horizon.
+    pub snapshots: u64,
     pub unresolved: usize,
     pub events: u64,
     /// The shard and its copies at the end, for a replayed seed.
@@ -221,6 +232,13 @@ enum Msg {
         /// Where the leader's log ends, the batch included.
         leader_end: u64,
     },
+    /// The leader no longer holds what the replica misses: the replica
+    /// restarts its log at `start`, the leader's trim horizon.
+    InstallSnapshot {
+        epoch: u64,
+        history: EpochHistory,
+        start: u64,
+    },
     ReplicateReply {
         epoch: u64,
         ok: bool,
@@ -286,6 +304,7 @@ enum Event {
     Heartbeat(usize),
     MembershipTick,
     CatchUp(usize),
+    Trim(usize),
     Crash(usize),
     Restart(usize),
     Cut(usize, usize),
@@ -377,6 +396,9 @@ pub struct World {
     /// When membership last heard from each worker on the timer's clock:
     /// membership's own `Silences` (in memory: a restart forgets it).
     silences: Silences,
+    /// How every copy's log is configured (segments roll every second
+    /// when records expire).
+    log_config: freshet_log::LogConfig,
     /// Segments sealed by a move: (index, the worker that sealed it).
     sealed_segments: Vec<(u32, usize)>,
     membership_up: bool,
@@ -479,6 +501,14 @@ impl World {
             version: 1,
             silences: Silences::default(),
             sealed_segments: Vec::new(),
+            log_config: if faults.retention {
+                freshet_log::LogConfig {
+                    segment_max_age_ms: 1_000,
+                    ..freshet_log::LogConfig::default()
+                }
+            } else {
+                freshet_log::LogConfig::default()
+            },
             membership_up: true,
             postgres_up: true,
             timer_down_since: None,
@@ -498,6 +528,9 @@ impl World {
             let offset = world.rng.range(0, HEARTBEAT_EVERY_MS);
             world.at(offset, Event::Heartbeat(w));
             world.at(offset + 1, Event::CatchUp(w));
+            if world.faults.retention {
+                world.at(offset + 2, Event::Trim(w));
+            }
         }
         world.broadcast();
         world.at(MEMBERSHIP_TICK_MS, Event::MembershipTick);
@@ -744,6 +777,19 @@ impl World {
                 }
                 self.at(CATCH_UP_EVERY_MS, Event::CatchUp(w));
             }
+            Event::Trim(w) => {
+                // The retention task: sealed files whose newest record is
+                // older than the retention, by this worker's wall clock.
+                if let Some(log) = self.workers[w].log.clone().filter(|_| self.workers[w].up) {
+                    let cutoff = self.wall_ms(w) - RETENTION_MS;
+                    if let Ok(removed) = log.trim_older_than(cutoff) {
+                        if removed > 0 {
+                            self.note(|| format!("w{w} trims to {}", log.trim_horizon()));
+                        }
+                    }
+                }
+                self.at(TRIM_EVERY_MS, Event::Trim(w));
+            }
             Event::Crash(w) => {
                 if self.settling || !self.workers[w].up {
                     return Ok(());
@@ -847,7 +893,14 @@ impl World {
         worker.tear_next_write = false;
         worker.registered = false;
         worker.incarnation += 1;
-        let back = self.rng.range(300, 6_000);
+        // Now and then a worker stays down long enough that, where
+        // records expire, its copy comes back behind the leader's trim
+        // horizon.
+        let back = if self.faults.retention && self.rng.chance(0.3) {
+            self.rng.range(6_000, 12_000)
+        } else {
+            self.rng.range(300, 6_000)
+        };
         self.at(back, Event::Restart(w));
     }
 
@@ -899,7 +952,7 @@ impl World {
         };
         let (index, start) = (view.row.segment_index, view.row.segment_start_offset);
         let dir = self.segment_dir(w, index);
-        let log = ShardLog::open_from(&dir, freshet_log::LogConfig::default(), start)
+        let log = ShardLog::open_from(&dir, self.log_config.clone(), start)
             .map_err(|e| format!("worker {w} cannot open its copy: {e}"))?;
         let log = Arc::new(log);
         self.workers[w].log = Some(log.clone());
@@ -1009,6 +1062,11 @@ impl World {
             } => self.leader_hears_replica(w, from, epoch, ok, next_offset)?,
             Msg::Append(job) => self.leader_receives(w, job)?,
             Msg::Seal { epoch, generation } => self.leader_asked_to_seal(w, epoch, generation)?,
+            Msg::InstallSnapshot {
+                epoch,
+                history,
+                start,
+            } => self.replica_restarts(w, from, epoch, &history, start)?,
             _ => {}
         }
         Ok(())
@@ -1066,6 +1124,53 @@ impl World {
             .and_then(last_segment)
             .and_then(|p| std::fs::metadata(p).ok())
             .map_or(0, |m| m.len())
+    }
+
+    /// A replica told to restart at its leader's trim horizon: the log's
+    /// own `restart_at` (`service.rs`, `install_snapshot`).
+    fn replica_restarts(
+        &mut self,
+        w: usize,
+        leader: usize,
+        epoch: u64,
+        history: &EpochHistory,
+        start: u64,
+    ) -> Result<(), Violation> {
+        let id = self.workers[w].id.clone();
+        let placed = self.workers[w]
+            .view
+            .as_ref()
+            .is_some_and(|v| v.row.epoch == epoch && v.row.replica_worker_ids.contains(&id));
+        if !placed {
+            return Ok(());
+        }
+        let Some(log) = self.open_log(w)? else {
+            return Ok(());
+        };
+        match log.restart_at(epoch, history, start) {
+            Ok(restarted) => {
+                self.note(|| format!("w{w} restarts at {start} (epoch {epoch}): {restarted:?}"));
+                if restarted.accepted {
+                    self.outcome.snapshots += 1;
+                }
+                self.send(
+                    w,
+                    leader,
+                    Msg::ReplicateReply {
+                        epoch,
+                        ok: true,
+                        next_offset: restarted.next_offset,
+                    },
+                );
+                Ok(())
+            }
+            Err(freshet_log::LogError::StaleEpoch { .. } | freshet_log::LogError::Io { .. }) => {
+                Ok(())
+            }
+            Err(error) => Err(format!(
+                "worker {w} cannot restart its log at {start}: {error}"
+            )),
+        }
     }
 
     /// A replica hears its leader's `Replicate`: `service.rs`'s check of
@@ -1335,6 +1440,21 @@ impl World {
     /// Sends replica `r` the next run of records it misses from `from`,
     /// as the worker's own `next_run` reads it (`catch_up.rs`).
     fn send_missing(&mut self, w: usize, r: usize, log: &ShardLog, epoch: u64, from: u64) {
+        // `catch_up_step`: below the leader's trim horizon, the replica is
+        // restarted there.
+        let horizon = log.trim_horizon();
+        if from < horizon {
+            self.send(
+                w,
+                r,
+                Msg::InstallSnapshot {
+                    epoch,
+                    history: log.epoch_history(),
+                    start: horizon,
+                },
+            );
+            return;
+        }
         let until = log.next_offset();
         let Ok(run) = next_run(log, from, until) else {
             return;
@@ -2020,7 +2140,7 @@ impl World {
                 None => {
                     let dir = self.segment_dir(i, self.row.segment_index);
                     let start = self.row.segment_start_offset;
-                    match ShardLog::open_from(&dir, freshet_log::LogConfig::default(), start) {
+                    match ShardLog::open_from(&dir, self.log_config.clone(), start) {
                         Ok(log) => log.election_position(),
                         Err(_) => continue,
                     }
@@ -2313,7 +2433,7 @@ impl World {
                 let dir = self.segment_dir(leader, self.row.segment_index);
                 let start = self.row.segment_start_offset;
                 Arc::new(
-                    ShardLog::open_from(&dir, freshet_log::LogConfig::default(), start)
+                    ShardLog::open_from(&dir, self.log_config.clone(), start)
                         .map_err(|e| format!("the final leader's copy does not open: {e}"))?,
                 )
             }
@@ -2325,7 +2445,7 @@ impl World {
         let mut segments: Vec<(usize, Arc<ShardLog>)> = Vec::new();
         for &(index, sealer) in &self.sealed_segments {
             let dir = self.segment_dir(sealer, index);
-            let copy = ShardLog::open(&dir, freshet_log::LogConfig::default()).map_err(|e| {
+            let copy = ShardLog::open(&dir, self.log_config.clone()).map_err(|e| {
                 format!("worker {sealer}'s copy of sealed segment {index} does not open: {e}")
             })?;
             segments.push((sealer, Arc::new(copy)));

@@ -119,6 +119,26 @@ fn retention_removes_only_old_sealed_segments() {
 }
 
 #[test]
+fn retention_never_removes_records_above_the_commit_point() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), small_segments()).expect("open");
+    for i in 0..30 {
+        log.append_uncommitted(&[record("k", &format!("{i:040}"))], i * 1_000)
+            .expect("append");
+    }
+    log.commit(5);
+    // Old enough to expire, but only the committed part may go: the rest
+    // could still be committed and answered as landed.
+    log.trim_older_than(i64::MAX).expect("trim");
+    assert!(log.trim_horizon() <= 5, "horizon {}", log.trim_horizon());
+    let held = log.read_uncommitted(5, 100, u64::MAX).expect("read");
+    assert_eq!(held.records.first().map(|r| r.offset), Some(5));
+    log.commit(30);
+    assert!(log.trim_older_than(i64::MAX).expect("trim") > 0);
+    assert!(log.trim_horizon() > 5);
+}
+
+#[test]
 fn a_byte_limited_read_does_not_skip_into_the_next_segment() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = ShardLog::open(dir.path(), small_segments()).expect("open");

@@ -1,9 +1,10 @@
 //! `freshet-sim`: the deterministic simulator of a shard's replication,
-//! failover and reconfiguration (`just sim`). Each seed fixes one run —
-//! every message delay, drop and duplicate, every crash, torn write,
-//! partition, membership outage and clock drift — and a failing seed
-//! replays exactly (`just sim SEED=<seed>`). `docs/simulation.md` says what
-//! runs for real and what is modelled.
+//! failover, reconfiguration, sealing, moves and retention (`just sim`).
+//! Each seed fixes one run — every message delay, drop and duplicate,
+//! every crash, torn write and failed fsync, every partition, every
+//! membership, Postgres and timer outage, every clock drift and jump — and
+//! a failing seed replays exactly (`just sim SEED=<seed>`).
+//! `docs/simulation.md` says what runs for real and what is modelled.
 
 mod checks;
 mod rng;

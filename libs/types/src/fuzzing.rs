@@ -3,7 +3,7 @@
 //! each parser must agree with a simple reference implementation and
 //! round-trip through its text form.
 
-use crate::{HashKey, SequenceNumber, ShardId, StreamArn};
+use crate::{ConsumerArn, HashKey, SequenceNumber, ShardId, StreamArn};
 
 /// A decimal in `0..=max` without leading zeros, digit by digit.
 fn reference_decimal(text: &str, max_digits: usize) -> Option<u128> {
@@ -71,6 +71,15 @@ pub fn exercise(data: &[u8]) {
             StreamArn::parse(&arn.to_string()),
             Some(arn),
             "arn round trip"
+        );
+    }
+
+    if let Some(arn) = ConsumerArn::parse(text) {
+        assert!(text.len() <= crate::MAX_CONSUMER_ARN_LEN);
+        assert_eq!(
+            ConsumerArn::parse(&arn.to_string()),
+            Some(arn),
+            "consumer arn round trip"
         );
     }
 }

@@ -9,11 +9,13 @@
 use std::fmt;
 
 pub mod calendar;
+mod consumer;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
 pub mod state;
 pub mod voters;
+pub use consumer::{is_valid_consumer_name, ConsumerArn, MAX_CONSUMER_ARN_LEN};
 pub use identity::{AccessKeyId, AccountId, Principal};
 pub use state::{
     AccessKeyStatus, CommitmentStatus, ShardState, StreamMode, StreamStatus, UnknownState,

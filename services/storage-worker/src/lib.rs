@@ -71,7 +71,8 @@ pub use writer::GROUP_COMMIT_MAX_BYTES;
 /// are answered (`writer/keys.rs`), where a closing shard can be sealed
 /// (`writer/mod.rs`, `sealed_end`), a batch written again after its fsync
 /// failed (`UnwrittenBatch`), which replicas count towards a commit
-/// (`replication/ends.rs`), what a lagging replica is sent next
+/// (`replication/ends.rs`) and hold the log for a report
+/// (`replication/reports.rs`), what a lagging replica is sent next
 /// (`replication/catch_up.rs`) and what a replica does with a batch
 /// (`replication/replica.rs`). The service's tasks call them; so does the
 /// deterministic simulator (`tests/sim`), which runs them under seeded
@@ -79,7 +80,8 @@ pub use writer::GROUP_COMMIT_MAX_BYTES;
 pub mod decisions {
     pub use crate::error::WriteError;
     pub use crate::replication::{
-        next_run, write_as_replica, CatchUpRun, ReplicaEnds, ReplicaWrite, ReplicaWrote,
+        copies_holding_log, next_run, write_as_replica, CatchUpRun, ReplicaEnds, ReplicaWrite,
+        ReplicaWrote,
     };
     pub use crate::writer::{
         sealed_end, Answer, AppendAnswer, Awaiting, Leadership, PendingAppend, Sealed, SortedRound,

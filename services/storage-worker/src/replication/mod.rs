@@ -69,6 +69,7 @@ pub use catch_up::{next_run, CatchUpRun};
 use catch_up::{ReplicaTarget, SendOutcome};
 pub use ends::ReplicaEnds;
 pub use replica::{write_as_replica, ReplicaWrite, ReplicaWrote};
+pub use reports::copies_holding_log;
 
 /// How long the leader waits for one replica's answer.
 const REPLICA_TIMEOUT: Duration = Duration::from_secs(2);

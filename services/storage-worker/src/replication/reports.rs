@@ -6,7 +6,37 @@ use freshet_log::ShardLog;
 use freshet_proto::v1::{ReportReplicasRequest, ShardMapEntry, StepDownRequest};
 use freshet_shardmap::voters_of;
 
-use super::{Replicator, REPORT_REPEAT};
+use super::{ReplicaEnds, Replicator, REPORT_REPEAT};
+
+/// The copies that hold a leader's whole log at `epoch` — the leader,
+/// then each of `replicas` that answered this epoch with its log ending at
+/// or past what is needed — or `None` before the leader's log has begun
+/// this epoch or any replica has answered at it. Pure: the simulator
+/// reports by it too.
+///
+/// A copy holds every committed batch once it holds this leader's log
+/// through its commit point and through the start of its epoch: batches
+/// committed under earlier leaders all lie below that start (this copy was
+/// elected holding them), later ones below the commit point. Having
+/// answered at this epoch, the copy adopted this leader's history, so its
+/// records there are this leader's.
+pub fn copies_holding_log(
+    log: &ShardLog,
+    ends: &ReplicaEnds,
+    leader: &str,
+    epoch: u64,
+    replicas: &[String],
+) -> Option<Vec<String>> {
+    let epoch_start = log
+        .epoch_history()
+        .entries()
+        .last()
+        .filter(|e| e.epoch == epoch)
+        .map(|e| e.start_offset)?;
+    let needed_end = log.committed_offset().max(epoch_start);
+    let holding = ends.holding(leader, epoch, replicas, needed_end);
+    (!holding.is_empty()).then_some(holding)
+}
 
 impl Replicator {
     /// Tells membership which copies hold this leader's whole log up to
@@ -30,35 +60,18 @@ impl Replicator {
         if !voters.is_joint() && !has_learners {
             return;
         }
-        // A copy holds every committed batch once it holds this leader's
-        // log through its commit point and through the start of its epoch:
-        // batches committed under earlier leaders all lie below that start
-        // (this copy was elected holding them), later ones below the commit
-        // point. Having answered at this epoch, the copy adopted this
-        // leader's history, so its records there are this leader's.
-        let Some(epoch_start) = log
-            .epoch_history()
-            .entries()
-            .last()
-            .filter(|e| e.epoch == entry.epoch)
-            .map(|e| e.start_offset)
-        else {
-            return;
-        };
         if !self.holds_lease() {
             return;
         }
-        let needed_end = log.committed_offset().max(epoch_start);
-        let holding = self.replica_ends.holding(
+        let Some(holding) = copies_holding_log(
+            log,
+            &self.replica_ends,
             &self.context.worker_id,
             entry.epoch,
             &entry.replica_worker_ids,
-            needed_end,
-        );
-        if holding.is_empty() {
-            // Nothing heard at this epoch yet.
+        ) else {
             return;
-        }
+        };
         let (voter_ids, next_voter_ids) = voters.to_lists();
         let report = ReportReplicasRequest {
             shard: Some(self.shard.clone()),

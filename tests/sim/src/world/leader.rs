@@ -508,26 +508,17 @@ impl World {
         if !row.voters.is_joint() && !has_learners {
             return;
         }
-        let Some(epoch_start) = log
-            .epoch_history()
-            .entries()
-            .last()
-            .filter(|e| e.epoch == row.epoch)
-            .map(|e| e.start_offset)
-        else {
-            return;
-        };
-        let needed = log.committed_offset().max(epoch_start);
-        let holding = self.workers[w].replica_ends.holding(
+        // The worker's own `copies_holding_log` (`reports.rs`).
+        let Some(holding) = copies_holding_log(
+            log,
+            &self.workers[w].replica_ends,
             &self.workers[w].id,
             row.epoch,
             &row.replica_worker_ids,
-            needed,
-        );
-        if holding.is_empty() {
+        ) else {
             return;
-        }
-        self.note(|| format!("w{w} reports {holding:?} holding its log to {needed}"));
+        };
+        self.note(|| format!("w{w} reports {holding:?} holding its log"));
         self.send(
             w,
             MEMBERSHIP,

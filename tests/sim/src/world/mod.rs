@@ -30,8 +30,8 @@ use freshet_log::{AppendKey, AppendMark, EpochHistory, NewRecord, ShardLog};
 use freshet_membership::decisions::{self, lease_granted, Election, HeartbeatRecord, Silences};
 use freshet_metastore::{ShardRow, WorkerRow};
 use freshet_storage_worker::decisions::{
-    self as writer, next_run, sealed_end, write_as_replica, AppendAnswer, Awaiting, Leadership,
-    PendingAppend, ReplicaEnds, ReplicaWrite, UnwrittenBatch,
+    self as writer, copies_holding_log, next_run, sealed_end, write_as_replica, AppendAnswer,
+    Awaiting, Leadership, PendingAppend, ReplicaEnds, ReplicaWrite, UnwrittenBatch,
 };
 use freshet_storage_worker::{AckCopies, AckRule};
 use freshet_timer_client::TimeInterval;

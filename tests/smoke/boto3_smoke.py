@@ -4,6 +4,7 @@ Usage: python3 tests/smoke/boto3_smoke.py [ENDPOINT]   (default http://127.0.0.1
 Exits non-zero with a message on the first thing that does not work.
 """
 import sys
+import time
 import uuid
 
 import boto3
@@ -46,6 +47,32 @@ try:
     raise AssertionError("describing a missing stream must fail")
 except kinesis.exceptions.ResourceNotFoundException:
     pass
+
+# An enhanced fan-out consumer, as KCL registers one: CREATING, then ACTIVE
+# within its ten one-second polls.
+
+stream_arn = summary["StreamARN"]
+consumer = kinesis.register_stream_consumer(StreamARN=stream_arn, ConsumerName="smoke")["Consumer"]
+assert consumer["ConsumerStatus"] == "CREATING", consumer
+for _ in range(10):
+    described = kinesis.describe_stream_consumer(ConsumerARN=consumer["ConsumerARN"])["ConsumerDescription"]
+    if described["ConsumerStatus"] == "ACTIVE":
+        break
+    time.sleep(1)
+assert described["ConsumerStatus"] == "ACTIVE", described
+assert described["StreamARN"] == stream_arn, described
+listed = [
+    c["ConsumerName"]
+    for page in kinesis.get_paginator("list_stream_consumers").paginate(StreamARN=stream_arn)
+    for c in page["Consumers"]
+]
+assert listed == ["smoke"], listed
+try:
+    kinesis.delete_stream(StreamName=name)
+    raise AssertionError("a stream with consumers is deleted only with EnforceConsumerDeletion")
+except kinesis.exceptions.ResourceInUseException:
+    pass
+kinesis.deregister_stream_consumer(StreamARN=stream_arn, ConsumerName="smoke")
 
 kinesis.delete_stream(StreamName=name)
 print("boto3 smoke: ok (%s, first sequence number %s)" % (name, first["SequenceNumber"]))

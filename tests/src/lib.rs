@@ -81,6 +81,8 @@ pub struct ClusterOptions {
     /// Kinesis's control-plane call rates (off by default: tests poll
     /// DescribeStreamSummary faster than an account may).
     pub api_rate_limits: bool,
+    /// How long consumers stay CREATING and DELETING.
+    pub consumer_transition: Duration,
     /// Development (any key) or secure (SigV4 verified, with the
     /// [`SECURE_ACCESS_KEY`] bootstrap key) mode.
     pub auth: freshet_server::AuthMode,
@@ -152,6 +154,7 @@ impl Default for ClusterOptions {
                 ..freshet_control_plane::ScalerConfig::default()
             },
             api_rate_limits: false,
+            consumer_transition: Duration::from_millis(500),
             auth: freshet_server::AuthMode::Development,
             shard_level_metrics: false,
             worker_retention: WorkerRetention::default(),
@@ -947,6 +950,8 @@ fn control_plane_config(
         shard_limit: options.shard_limit,
         scaler: options.scaler.clone(),
         api_rate_limits: options.api_rate_limits,
+        consumer_transition_ms: u64::try_from(options.consumer_transition.as_millis())
+            .unwrap_or(500),
         auth: freshet_server::AuthFlags { mode: options.auth },
         master_key_file: None,
         master_key: secure.then(|| SECURE_MASTER_KEY.to_owned()),

@@ -7,7 +7,8 @@
 //! membership, the only writer, encodes them.
 //!
 //! Layout: `rows` (the rows as values), then one module per table group —
-//! `accounts`, `identities` (users and access keys), `streams`, `shards`, `workers` — each adding its queries to
+//! `accounts`, `identities` (users and access keys), `streams`, `consumers`
+//! (enhanced fan-out), `shards`, `workers` — each adding its queries to
 //! [`MetaStore`], and `changes` for the change log and every shard change
 //! (which only ever happens inside a change-log batch). Every call returns
 //! [`MetastoreError`], whose `Conflict` case marks a guarded update that lost
@@ -16,6 +17,7 @@
 mod accounts;
 mod active;
 mod changes;
+mod consumers;
 mod error;
 mod identities;
 mod rows;
@@ -28,6 +30,7 @@ use sqlx::PgPool;
 
 pub use active::{ActiveLock, ActiveRole};
 pub use changes::{ChangeBatch, EntryKey};
+pub use consumers::{ConsumerLimits, ConsumerRow, ConsumerTransitions, RegisterOutcome};
 pub use error::{MetastoreError, Result};
 pub use identities::{AccessKeyRow, NewKeyOutcome, UserPolicyRow, ACCESS_KEYS_PER_IDENTITY};
 pub use rows::{Commitment, SealedSegmentRow, ShardRow, StreamRow, WorkerRow};

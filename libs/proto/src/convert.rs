@@ -4,7 +4,8 @@
 //! an [`UnknownState`] error.
 
 use freshet_types::{
-    AccessKeyStatus, CommitmentStatus, ShardState, StreamMode, StreamStatus, UnknownState,
+    AccessKeyStatus, CommitmentStatus, ConsumerStatus, ShardState, StreamMode, StreamStatus,
+    UnknownState,
 };
 
 use crate::v1;
@@ -59,6 +60,29 @@ impl TryFrom<v1::StreamMode> for StreamMode {
             v1::StreamMode::Provisioned => Ok(StreamMode::Provisioned),
             v1::StreamMode::OnDemand => Ok(StreamMode::OnDemand),
             v1::StreamMode::Unspecified => Err(unknown("stream mode", mode)),
+        }
+    }
+}
+
+impl From<ConsumerStatus> for v1::ConsumerStatus {
+    fn from(status: ConsumerStatus) -> v1::ConsumerStatus {
+        match status {
+            ConsumerStatus::Creating => v1::ConsumerStatus::Creating,
+            ConsumerStatus::Active => v1::ConsumerStatus::Active,
+            ConsumerStatus::Deleting => v1::ConsumerStatus::Deleting,
+        }
+    }
+}
+
+impl TryFrom<v1::ConsumerStatus> for ConsumerStatus {
+    type Error = UnknownState;
+
+    fn try_from(status: v1::ConsumerStatus) -> Result<ConsumerStatus, UnknownState> {
+        match status {
+            v1::ConsumerStatus::Creating => Ok(ConsumerStatus::Creating),
+            v1::ConsumerStatus::Active => Ok(ConsumerStatus::Active),
+            v1::ConsumerStatus::Deleting => Ok(ConsumerStatus::Deleting),
+            v1::ConsumerStatus::Unspecified => Err(unknown("consumer status", status)),
         }
     }
 }

@@ -18,7 +18,8 @@ pub mod voters;
 pub use consumer::{is_valid_consumer_name, ConsumerArn, MAX_CONSUMER_ARN_LEN};
 pub use identity::{AccessKeyId, AccountId, Principal};
 pub use state::{
-    AccessKeyStatus, CommitmentStatus, ShardState, StreamMode, StreamStatus, UnknownState,
+    AccessKeyStatus, CommitmentStatus, ConsumerStatus, ShardState, StreamMode, StreamStatus,
+    UnknownState,
 };
 pub use voters::Voters;
 

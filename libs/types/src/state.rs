@@ -79,6 +79,19 @@ text_enum! {
 }
 
 text_enum! {
+    /// Where an enhanced fan-out consumer is in its life (Kinesis's
+    /// `ConsumerStatus`). Only an ACTIVE consumer may subscribe.
+    ConsumerStatus ("consumer status") {
+        /// Registered; ACTIVE shortly (the control plane's consumer loop).
+        Creating = "CREATING",
+        /// May call SubscribeToShard.
+        Active = "ACTIVE",
+        /// Deregistered; its subscriptions end and it is removed shortly.
+        Deleting = "DELETING",
+    }
+}
+
+text_enum! {
     /// How a stream's capacity is managed (Kinesis's `StreamMode`).
     StreamMode ("stream mode") {
         /// The owner sets the shard count.

@@ -155,7 +155,7 @@ async fn serve_while_active(
         config.auth.mode,
     );
     identities.bootstrap(&config.bootstrap).await?;
-    let service = ControlPlaneService::new(
+    let mut service = ControlPlaneService::new(
         MetaStore::new(pool),
         freshet_server::grpc_channel(&config.membership.addr, token)?,
         config.shard_limit,
@@ -163,6 +163,7 @@ async fn serve_while_active(
         config.api_rate_limits,
         token,
     );
+    service.consumer_transition = Duration::from_millis(config.consumer_transition_ms);
     // Before serving, so no new update can be mistaken for an interrupted
     // one. Membership may not answer yet: a few tries, then serve anyway.
     for attempt in 1..=10 {
@@ -184,6 +185,9 @@ async fn serve_while_active(
     service
         .tasks
         .spawn_loop(scaler::run_scaler(service.clone()));
+    service
+        .tasks
+        .spawn_loop(consumers::run_consumer_transitions(service.clone()));
     serve(service, identities, token, listener, metrics, stop).await
 }
 

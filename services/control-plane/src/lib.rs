@@ -2,7 +2,7 @@
 //! list), resharding (`reshard.rs`: SplitShard, MergeShards,
 //! UpdateShardCount), the scaler of on-demand streams (`scaler.rs`), worker
 //! balancing (`balancer.rs`), warm throughput and account settings
-//! (`capacity.rs`), and identities (`identities.rs`: users and access keys,
+//! (`capacity.rs`), enhanced fan-out consumers (`consumers.rs`), and identities (`identities.rs`: users and access keys,
 //! their secrets sealed under the master key by `sealing.rs`). `active.rs`
 //! runs it: one control plane acts at a time, the others stand by.
 //!
@@ -36,6 +36,7 @@ use tonic::{Request, Response, Status};
 mod active;
 mod balancer;
 mod capacity;
+mod consumers;
 pub mod identities;
 mod metrics;
 mod rate_limits;
@@ -109,6 +110,10 @@ pub struct Config {
     /// Enforce Kinesis's control-plane call rates (LimitExceededException).
     #[arg(long, env = "FRESHET_API_RATE_LIMITS", default_value_t = true, action = clap::ArgAction::Set)]
     pub api_rate_limits: bool,
+    /// How long a consumer stays CREATING after it registers (then
+    /// ACTIVE), and DELETING after it deregisters (then gone).
+    #[arg(long, env = "FRESHET_CONSUMER_TRANSITION_MS", default_value_t = 500)]
+    pub consumer_transition_ms: u64,
     #[command(flatten)]
     pub auth: freshet_server::AuthFlags,
     /// File holding the master key that seals access-key secrets (base64 of
@@ -145,6 +150,10 @@ pub struct ControlPlaneService {
     /// The scaler loop and the resharding steps under way.
     tasks: Tasks,
     metrics: std::sync::Arc<metrics::ControlPlaneMetrics>,
+    /// Wakes the consumer loop when a consumer starts a transition.
+    consumer_transitions: std::sync::Arc<tokio::sync::Notify>,
+    /// How long CREATING and DELETING last.
+    consumer_transition: Duration,
 }
 
 /// A failure of the control plane's own work as a gRPC status: a
@@ -205,6 +214,8 @@ impl ControlPlaneService {
             storage: std::sync::Arc::new(StorageClients::new(token)),
             tasks: Tasks::new(),
             metrics: Default::default(),
+            consumer_transitions: Default::default(),
+            consumer_transition: consumers::DEFAULT_TRANSITION,
         }
     }
 
@@ -228,11 +239,24 @@ impl ControlPlaneService {
             .ok_or_else(|| not_found(&arn.stream_name, &arn.account_id))
     }
 
+    /// Consumers registered on the stream (CREATING or ACTIVE).
+    async fn registered_consumers(&self, stream: &StreamRow) -> Result<u32, Status> {
+        Ok(self
+            .store
+            .registered_consumer_counts(&[stream.stream_uid])
+            .await
+            .map_err(internal)?
+            .get(&stream.stream_uid)
+            .copied()
+            .unwrap_or(0))
+    }
+
     fn stream_info(
         &self,
         row: &StreamRow,
         shards: Vec<ShardInfo>,
         open_shard_count: u32,
+        consumer_count: u32,
         warm_throughput: Option<WarmThroughput>,
     ) -> StreamInfo {
         StreamInfo {
@@ -245,7 +269,7 @@ impl ControlPlaneService {
             max_record_size_kib: u32::try_from(row.max_record_size_kib)
                 .unwrap_or(DEFAULT_MAX_RECORD_SIZE_KIB),
             open_shard_count,
-            consumer_count: 0,
+            consumer_count,
             shards,
             warm_throughput,
         }
@@ -254,6 +278,42 @@ impl ControlPlaneService {
 
 #[tonic::async_trait]
 impl ControlPlane for ControlPlaneService {
+    async fn register_stream_consumer(
+        &self,
+        request: Request<RegisterStreamConsumerRequest>,
+    ) -> Result<Response<ConsumerInfo>, Status> {
+        self.register_consumer_checked(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn describe_stream_consumer(
+        &self,
+        request: Request<ConsumerSelector>,
+    ) -> Result<Response<ConsumerInfo>, Status> {
+        self.describe_consumer_checked(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_stream_consumers(
+        &self,
+        request: Request<ListStreamConsumersRequest>,
+    ) -> Result<Response<ListStreamConsumersResponse>, Status> {
+        self.list_consumers_checked(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn deregister_stream_consumer(
+        &self,
+        request: Request<ConsumerSelector>,
+    ) -> Result<Response<ConsumerInfo>, Status> {
+        self.deregister_consumer_checked(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn put_resource_policy(
         &self,
         request: Request<PutResourcePolicyRequest>,
@@ -438,6 +498,12 @@ impl ControlPlane for ControlPlaneService {
         self.rate_limits
             .check("DeleteStream", &request.account_id, &request.stream_name)?;
         let stream = self.existing_stream(&request).await?;
+        if !request.enforce_consumer_deletion && self.registered_consumers(&stream).await? > 0 {
+            return Err(ErrorCode::ResourceInUse.status(format!(
+                "Stream {} has registered consumers; deregister them or set EnforceConsumerDeletion.",
+                stream.stream_arn
+            )));
+        }
         self.store
             .set_stream_status(stream.stream_uid, StreamStatus::Deleting)
             .await
@@ -512,8 +578,9 @@ impl ControlPlane for ControlPlaneService {
             })
             .collect();
         let warm = self.warm_throughput_of(&stream, open).await?;
+        let consumers = self.registered_consumers(&stream).await?;
         Ok(Response::new(DescribeStreamResponse {
-            stream: Some(self.stream_info(&stream, shards, open, warm)),
+            stream: Some(self.stream_info(&stream, shards, open, consumers, warm)),
         }))
     }
 
@@ -644,7 +711,7 @@ impl ControlPlane for ControlPlaneService {
         Ok(Response::new(ListStreamsResponse {
             streams: rows
                 .iter()
-                .map(|row| self.stream_info(row, Vec::new(), 0, None))
+                .map(|row| self.stream_info(row, Vec::new(), 0, 0, None))
                 .collect(),
         }))
     }

@@ -1,7 +1,8 @@
 //! Kinesis's control-plane call limits (LimitExceededException when over),
 //! as token buckets holding one second of each rate: per account for most
-//! operations, per stream for ListShards. Enforced here, in the one service
-//! every frontend's control-plane call passes through.
+//! operations, per stream for ListShards and most consumer operations.
+//! Enforced here, in the one service every frontend's control-plane call
+//! passes through.
 //!
 //! A full bucket is the same as no bucket, so full ones are swept away:
 //! the table holds only what was used in about the last second, however
@@ -31,6 +32,10 @@ fn limit_of(operation: &str) -> Option<(f64, PerStream)> {
         "DescribeStream" | "UpdateShardCount" => account(10.0),
         "DescribeStreamSummary" => account(20.0),
         "ListShards" => Some((1000.0, PerStream(true))),
+        // Enhanced fan-out consumers, as the current API model gives them.
+        "RegisterStreamConsumer" => account(5.0),
+        "DescribeStreamConsumer" => Some((20.0, PerStream(true))),
+        "ListStreamConsumers" | "DeregisterStreamConsumer" => Some((5.0, PerStream(true))),
         _ => None,
     }
 }

@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use freshet_errors::ErrorCode;
 use freshet_policy::{Context, Request};
 use freshet_types::calendar::iso8601;
-use freshet_types::{Principal, StreamArn};
+use freshet_types::{ConsumerArn, Principal, StreamArn};
 
 use crate::auth::Caller;
 use crate::error::{KinesisError, KinesisResult};
@@ -41,6 +41,35 @@ impl Caller {
     pub async fn authorize_stream(&self, stream: &StreamArn) -> KinesisResult<()> {
         self.authorize_in(&stream.to_string(), &stream.account_id)
             .await
+    }
+
+    /// Authorizes the caller's action on the consumer `arn`, whose stream
+    /// may belong to another account (then the consumer's resource policy
+    /// must allow the caller).
+    pub async fn authorize_consumer(&self, arn: &ConsumerArn) -> KinesisResult<()> {
+        self.authorize_in(&arn.to_string(), &arn.stream.account_id)
+            .await
+    }
+
+    /// A consumer ARN as this endpoint serves it: in the request's region
+    /// (another region's consumer is not found here), in this deployment's
+    /// partition.
+    pub fn consumer_in_region(&self, arn: ConsumerArn) -> KinesisResult<ConsumerArn> {
+        if arn.stream.region != self.region {
+            return Err(KinesisError::resource_not_found(format!(
+                "Consumer {arn} not found."
+            )));
+        }
+        let stream = StreamArn::new(
+            &arn.stream.region,
+            &arn.stream.account_id,
+            &arn.stream.stream_name,
+        );
+        Ok(ConsumerArn::new(
+            stream,
+            &arn.consumer_name,
+            arn.created_epoch_seconds,
+        ))
     }
 
     /// The caller's own stream called `name`, in the request's region.

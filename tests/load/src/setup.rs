@@ -167,6 +167,8 @@ pub async fn delete_stream(
             account_id: account.to_owned(),
             stream_name: name.to_owned(),
             region: region.to_owned(),
+            // A load test's stream goes, whatever reads it.
+            enforce_consumer_deletion: true,
         };
         match client
             .clone()

@@ -2,6 +2,7 @@
 //! stream addressing (StreamName or StreamARN), and storage clients.
 
 mod capacity;
+mod consumers;
 mod policies;
 mod records;
 mod replies;
@@ -118,6 +119,24 @@ pub async fn dispatch(
         "DeleteResourcePolicy" => policies::delete_resource_policy(frontend, caller, parse(body)?)
             .await
             .map(|()| None),
+        "RegisterStreamConsumer" => {
+            consumers::register_stream_consumer(frontend, caller, parse(body)?)
+                .await
+                .map(text_of)
+        }
+        "DescribeStreamConsumer" => {
+            consumers::describe_stream_consumer(frontend, caller, parse(body)?)
+                .await
+                .map(text_of)
+        }
+        "ListStreamConsumers" => consumers::list_stream_consumers(frontend, caller, parse(body)?)
+            .await
+            .map(text_of),
+        "DeregisterStreamConsumer" => {
+            consumers::deregister_stream_consumer(frontend, caller, parse(body)?)
+                .await
+                .map(|()| None)
+        }
         "DescribeAccountSettings" => {
             let _: serde_json::Map<String, Value> = parse(body)?;
             capacity::describe_account_settings(frontend, caller)
@@ -178,7 +197,8 @@ impl StreamTarget {
         Ok(stream)
     }
 
-    fn stream(&self, caller: &Caller) -> KinesisResult<StreamArn> {
+    /// The stream named, before any authorization.
+    pub(crate) fn stream(&self, caller: &Caller) -> KinesisResult<StreamArn> {
         let from_arn = self.stream_arn.as_deref().and_then(StreamArn::parse);
         match (&self.stream_name, from_arn) {
             (None, None) => Err(KinesisError::invalid_argument(
@@ -230,7 +250,7 @@ pub(crate) fn parse_any_input(selector: u8, body: &[u8]) -> bool {
             }
         }
     }
-    match selector % 18 {
+    match selector % 21 {
         0 => parses::<streams::CreateStreamInput>(body),
         1 => parses::<streams::DeleteStreamInput>(body),
         2 => parses::<streams::DescribeStreamInput>(body),
@@ -248,7 +268,10 @@ pub(crate) fn parse_any_input(selector: u8, body: &[u8]) -> bool {
         14 => parses::<capacity::UpdateStreamModeInput>(body),
         15 => parses::<capacity::UpdateStreamWarmThroughputInput>(body),
         16 => parses::<capacity::UpdateAccountSettingsInput>(body),
-        _ => parses::<policies::ResourcePolicyInput>(body),
+        17 => parses::<policies::ResourcePolicyInput>(body),
+        18 => parses::<consumers::RegisterStreamConsumerInput>(body),
+        19 => parses::<consumers::ConsumerTargetInput>(body),
+        _ => parses::<consumers::ListStreamConsumersInput>(body),
     }
 }
 
@@ -290,22 +313,18 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "DecreaseStreamRetentionPeriod",
     "DeleteChannel",
     "DeleteQueue",
-    "DeregisterStreamConsumer",
     "DescribeChannel",
     "DescribeLimits",
     "DescribeQueue",
-    "DescribeStreamConsumer",
     "DisableEnhancedMonitoring",
     "EnableEnhancedMonitoring",
     "IncreaseStreamRetentionPeriod",
     "ListChannels",
     "ListQueues",
-    "ListStreamConsumers",
     "ListTagsForResource",
     "ListTagsForStream",
     "ReceiveDeadLetterQueueRecords",
     "ReceiveQueueRecords",
-    "RegisterStreamConsumer",
     "RemoveTagsFromStream",
     "RestoreDeadLetterQueueRecords",
     "StartStreamEncryption",

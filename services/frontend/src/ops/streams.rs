@@ -155,9 +155,6 @@ pub async fn delete_stream(
     input.target.check(&mut violations);
     violations.into_result()?;
     let stream = input.target.resolve(caller).await?;
-    // Streams have no registered consumers yet, so EnforceConsumerDeletion
-    // changes nothing; it is still parsed so a wrongly typed value is refused.
-    let _ = input.enforce_consumer_deletion;
     frontend
         .control_plane
         .clone()
@@ -165,6 +162,7 @@ pub async fn delete_stream(
             account_id: stream.account_id,
             region: stream.region,
             stream_name: stream.stream_name,
+            enforce_consumer_deletion: input.enforce_consumer_deletion.unwrap_or(false),
         })
         .await
         .map_err(|status| KinesisError::from_status(&status))?;
@@ -356,26 +354,26 @@ pub(crate) fn normalize_shard_id(text: &str) -> String {
 
 /// What a NextToken carries.
 #[derive(Debug, serde::Serialize, Deserialize)]
-struct PageToken {
-    /// The stream's ARN (ListShards) — empty for ListStreams.
-    s: String,
-    /// Exclusive start: the last stream name or shard id returned.
-    a: String,
+pub(crate) struct PageToken {
+    /// The stream's ARN (ListShards, ListStreamConsumers) — empty for ListStreams.
+    pub s: String,
+    /// Exclusive start: the last stream name, shard id or consumer name returned.
+    pub a: String,
     /// Issued at, ms.
-    t: i64,
+    pub t: i64,
     /// ListShards: the shard filter type, if any (kept across pages).
     #[serde(default)]
-    f: Option<String>,
+    pub f: Option<String>,
 }
 
-fn seal_token(frontend: &Frontend, token: &PageToken) -> String {
+pub(crate) fn seal_token(frontend: &Frontend, token: &PageToken) -> String {
     frontend.signer.seal(
         Domain::NextToken,
         &serde_json::to_vec(token).unwrap_or_default(),
     )
 }
 
-fn open_token(frontend: &Frontend, text: &str) -> KinesisResult<PageToken> {
+pub(crate) fn open_token(frontend: &Frontend, text: &str) -> KinesisResult<PageToken> {
     let token: PageToken = frontend
         .signer
         .open(Domain::NextToken, text)

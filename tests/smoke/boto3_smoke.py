@@ -67,6 +67,24 @@ listed = [
     for c in page["Consumers"]
 ]
 assert listed == ["smoke"], listed
+
+# SubscribeToShard over HTTP/1.1 (botocore has no HTTP/2): the records
+# written above, pushed as events, with a continuation to resume from.
+pushed = []
+for shard in kinesis.list_shards(StreamName=name)["Shards"]:
+    subscription = kinesis.subscribe_to_shard(
+        ConsumerARN=consumer["ConsumerARN"],
+        ShardId=shard["ShardId"],
+        StartingPosition={"Type": "TRIM_HORIZON"},
+    )
+    for event in subscription["EventStream"]:
+        event = event["SubscribeToShardEvent"]
+        pushed.extend(r["Data"] for r in event["Records"])
+        assert event["ContinuationSequenceNumber"], event
+        if not event["Records"]:
+            break  # caught up: an idle heartbeat
+    subscription["EventStream"].close()
+assert sorted(pushed) == sorted(seen), (len(pushed), len(seen))
 try:
     kinesis.delete_stream(StreamName=name)
     raise AssertionError("a stream with consumers is deleted only with EnforceConsumerDeletion")

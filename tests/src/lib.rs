@@ -419,6 +419,7 @@ impl Cluster {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             http2_max_streams: 100,
+            max_subscriptions: 1000,
             internal: internal.clone(),
         };
         let frontend = Frontend::new(&frontend_config)?;

@@ -146,6 +146,9 @@ pub struct ShardLog {
     persisted_commit: Mutex<u64>,
     /// Set by [`ShardLog::fail_next_sync`]: the next write's fsync fails.
     sync_fails_next: AtomicBool,
+    /// The commit point, for readers that wait for it to move
+    /// ([`ShardLog::watch_commits`]).
+    commits: tokio::sync::watch::Sender<u64>,
 }
 
 impl ShardLog {
@@ -252,6 +255,7 @@ impl ShardLog {
             persisted_commit: Mutex::new(committed),
             sync_fails_next: AtomicBool::new(false),
             epochs_view,
+            commits: tokio::sync::watch::Sender::new(committed),
         })
     }
 
@@ -530,8 +534,22 @@ impl ShardLog {
 
     /// Makes records below `upto` visible to readers (clamped to what is durable).
     pub fn commit(&self, upto: u64) {
-        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
-        view.committed = view.committed.max(upto.min(view.next_offset));
+        let committed = {
+            let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+            view.committed = view.committed.max(upto.min(view.next_offset));
+            view.committed
+        };
+        self.commits.send_if_modified(|seen| {
+            let moved = *seen < committed;
+            *seen = (*seen).max(committed);
+            moved
+        });
+    }
+
+    /// The commit point as it moves: a reader waiting for new records
+    /// (a SubscribeToShard's upstream) waits on it instead of polling.
+    pub fn watch_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
     }
 
     /// Removes every record at or after `offset`: a replica dropping a tail

@@ -67,6 +67,7 @@ impl ShardLog {
             }
         }
         drop(view);
+        self.commits.send_replace(start_offset);
         if let Err(error) = leader_epochs.store(&self.dir) {
             writer.poisoned = true;
             return Err(error);

@@ -76,6 +76,21 @@ fn response(status: StatusCode, body: String, request_id: &str) -> Response {
     response
 }
 
+/// A SubscribeToShard answer: its events are written as they are made,
+/// chunked over HTTP/1.1, in DATA frames over HTTP/2.
+fn event_stream_response(body: axum::body::Body, request_id: &str) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::fan_out::event_stream::CONTENT_TYPE),
+    );
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert("x-amzn-RequestId", value);
+    }
+    response
+}
+
 async fn handle(State(frontend): State<Arc<Frontend>>, request: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     if request.method() == Method::GET && request.uri().path() == "/health" {
@@ -166,7 +181,7 @@ async fn handle(State(frontend): State<Arc<Frontend>>, request: Request) -> Resp
         // a dependency answers InternalFailure (which SDKs retry) rather
         // than holding its connection, its body and its places forever.
         let limit = frontend.request_timeout;
-        tokio::time::timeout(limit, ops::dispatch(&frontend, &operation, &caller, &body))
+        tokio::time::timeout(limit, ops::serve(&frontend, &operation, &caller, &body))
             .await
             .unwrap_or_else(|_| {
                 Err(KinesisError::internal(format!(
@@ -177,8 +192,9 @@ async fn handle(State(frontend): State<Arc<Frontend>>, request: Request) -> Resp
     .instrument(span.clone())
     .await;
     match result {
-        Ok(Some(text)) => response(StatusCode::OK, text, &request_id),
-        Ok(None) => response(StatusCode::OK, String::new(), &request_id),
+        Ok(ops::Reply::Json(Some(text))) => response(StatusCode::OK, text, &request_id),
+        Ok(ops::Reply::Json(None)) => response(StatusCode::OK, String::new(), &request_id),
+        Ok(ops::Reply::EventStream(body)) => event_stream_response(body, &request_id),
         Err(error) => {
             span.record("http.response.status_code", error.http_status().as_u16());
             span.record("error.type", error.exception());

@@ -25,6 +25,7 @@ mod auth;
 mod coalescer;
 pub mod connections;
 mod error;
+mod fan_out;
 pub mod fuzzing;
 mod http_api;
 pub mod iterator;
@@ -144,6 +145,11 @@ pub struct Config {
     /// How long a connection may carry nothing before it is closed.
     #[arg(long, env = "FRESHET_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// SubscribeToShard subscriptions this frontend holds at once; more get
+    /// LimitExceededException. Each holds at most about two events (a few
+    /// MiB) in memory.
+    #[arg(long, env = "FRESHET_MAX_SUBSCRIPTIONS", default_value_t = 1000)]
+    pub max_subscriptions: usize,
     /// Requests one HTTP/2 connection may have open at once.
     #[arg(long, env = "FRESHET_HTTP2_MAX_STREAMS", default_value_t = 100)]
     pub http2_max_streams: u32,
@@ -173,6 +179,8 @@ pub struct Frontend {
     pub(crate) signer: iterator::TokenSigner,
     pub(crate) storage: Arc<ops::StoragePool>,
     pub(crate) appends: Arc<coalescer::AppendCoalescer>,
+    /// The SubscribeToShard subscriptions held here.
+    pub(crate) subscriptions: Arc<fan_out::Subscriptions>,
     storage_timeout: Duration,
     max_in_flight_requests: usize,
     pub(crate) sources: admission::SourceLimits,
@@ -272,6 +280,7 @@ impl Frontend {
                 tasks.clone(),
                 locate,
             ),
+            subscriptions: fan_out::Subscriptions::new(config.max_subscriptions),
             storage_timeout: config.storage_timeout,
             max_in_flight_requests: config.max_in_flight_requests,
             sources: admission::SourceLimits::new(
@@ -308,6 +317,11 @@ impl Frontend {
     }
 
     /// A storage-worker request with the configured deadline.
+    /// The deadline of each call to a storage worker.
+    pub(crate) fn storage_timeout(&self) -> Duration {
+        self.storage_timeout
+    }
+
     pub(crate) fn storage_request<T>(&self, message: T) -> tonic::Request<T> {
         freshet_server::request_with_deadline(message, self.storage_timeout)
     }

@@ -25,6 +25,8 @@
 //!   (in other zones) and commits it once enough copies have fsynced it;
 //!   lagging replicas are caught up from the leader's log, and a replica
 //!   that missed an epoch change drops what the new leader never had.
+//! - `follow.rs` — pushes committed records to a frontend's SubscribeToShard
+//!   upstream as they commit (the commit point is a watch channel).
 //! - `throttle.rs` — per-shard write and read limits (token buckets);
 //!   `load.rs` — what each shard is asked to take, for the scaler.
 //! - `lease.rs` — a leader commits only while its lease from membership
@@ -34,6 +36,7 @@
 
 mod disk;
 mod error;
+mod follow;
 mod layout;
 mod lease;
 mod load;

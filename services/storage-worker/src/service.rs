@@ -53,7 +53,7 @@ pub struct StorageService {
 
 /// What a request may do with the shard.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Access {
+pub(crate) enum Access {
     /// Appends from the frontend: the leader of an open shard only.
     Write,
     /// An append sent again to resolve an unknown outcome: the leader of
@@ -88,7 +88,7 @@ impl StorageService {
     /// Checks the caller's epoch and this worker's role against this
     /// worker's own view of the shard map, waiting briefly if that view is
     /// behind the caller's, and opens the shard.
-    async fn authorize(
+    pub(crate) async fn authorize(
         &self,
         shard: Option<&freshet_proto::v1::ShardKey>,
         epoch: u64,
@@ -226,6 +226,58 @@ impl StorageService {
     }
 }
 
+/// Committed records of `shard`'s log from `start` (unset: its trim
+/// horizon), at most `max_records` (clamped to 1..10000) and about
+/// `max_bytes` (0 or above 10 MiB: 10 MiB), read off the async threads.
+pub(crate) async fn read_committed(
+    shard: &OpenShard,
+    start: Option<Start>,
+    max_records: u32,
+    max_bytes: u64,
+) -> Result<ReadResponse, Status> {
+    let log = shard.log.clone();
+    let max_records = max_records.clamp(1, 10_000) as usize;
+    let max_bytes = if max_bytes == 0 {
+        MAX_READ_BYTES
+    } else {
+        max_bytes.min(MAX_READ_BYTES)
+    };
+    let (batch, next_in_log) = tokio::task::spawn_blocking(move || {
+        let from = match start {
+            Some(Start::AtOffset(offset)) => offset,
+            Some(Start::AtTimestampMs(timestamp)) => log.offset_at_timestamp(timestamp),
+            None => log.trim_horizon(),
+        };
+        let next_in_log = log.committed_offset();
+        log.read(from, max_records, max_bytes)
+            .map(|batch| (batch, next_in_log))
+    })
+    .await
+    .map_err(|e| ErrorCode::Internal.status(format!("read task failed: {e}")))?
+    .map_err(|e| ErrorCode::Internal.status(e.to_string()))?;
+    let millis_behind_latest = match (batch.records.last(), batch.latest_arrival_ms) {
+        (Some(last), Some(latest)) if batch.next_offset < next_in_log => {
+            (latest - last.arrival_ms).max(0)
+        }
+        _ => 0,
+    };
+    Ok(ReadResponse {
+        records: batch
+            .records
+            .into_iter()
+            .map(|r| StoredRecord {
+                offset: r.offset,
+                arrival_ms: r.arrival_ms,
+                partition_key: r.partition_key,
+                data: r.data,
+            })
+            .collect(),
+        next_offset: batch.next_offset,
+        millis_behind_latest,
+        sequence_base: shard.sequence_base,
+    })
+}
+
 #[tonic::async_trait]
 impl Storage for StorageService {
     async fn append(
@@ -339,56 +391,32 @@ impl Storage for StorageService {
                 ErrorCode::ProvisionedThroughputExceeded.status("the shard's read limit is spent")
             );
         }
-        let log = shard.log.clone();
-        let max_records = request.max_records.clamp(1, 10_000) as usize;
-        let max_bytes = if request.max_bytes == 0 {
-            MAX_READ_BYTES
-        } else {
-            request.max_bytes.min(MAX_READ_BYTES)
-        };
-        let start = request.start;
-        let batch = tokio::task::spawn_blocking(move || {
-            let from = match start {
-                Some(Start::AtOffset(offset)) => offset,
-                Some(Start::AtTimestampMs(timestamp)) => log.offset_at_timestamp(timestamp),
-                None => log.trim_horizon(),
-            };
-            let next_in_log = log.committed_offset();
-            log.read(from, max_records, max_bytes)
-                .map(|batch| (batch, next_in_log))
-        })
-        .await
-        .map_err(|e| ErrorCode::Internal.status(format!("read task failed: {e}")))?
-        .map_err(|e| ErrorCode::Internal.status(e.to_string()))?;
-        let (batch, next_in_log) = batch;
+        let response = read_committed(
+            &shard,
+            request.start,
+            request.max_records,
+            request.max_bytes,
+        )
+        .await?;
         shard.throttle.charge_read(
-            batch
+            response
                 .records
                 .iter()
                 .map(|r| r.data.len() + r.partition_key.len())
                 .sum(),
         );
-        let millis_behind_latest = match (batch.records.last(), batch.latest_arrival_ms) {
-            (Some(last), Some(latest)) if batch.next_offset < next_in_log => {
-                (latest - last.arrival_ms).max(0)
-            }
-            _ => 0,
-        };
-        Ok(Response::new(ReadResponse {
-            records: batch
-                .records
-                .into_iter()
-                .map(|r| StoredRecord {
-                    offset: r.offset,
-                    arrival_ms: r.arrival_ms,
-                    partition_key: r.partition_key,
-                    data: r.data,
-                })
-                .collect(),
-            next_offset: batch.next_offset,
-            millis_behind_latest,
-            sequence_base: shard.sequence_base,
-        }))
+        Ok(Response::new(response))
+    }
+
+    type FollowStream = crate::follow::FollowStream;
+
+    async fn follow(
+        &self,
+        request: Request<FollowRequest>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        self.follow_segment(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn get_shard_tail(

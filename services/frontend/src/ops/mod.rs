@@ -46,8 +46,33 @@ pub(crate) fn to_json_text<T: serde::Serialize>(reply: &T) -> KinesisResult<Stri
         .map_err(|error| KinesisError::internal(format!("encode the reply: {error}")))
 }
 
-/// Runs one operation; the JSON text of its reply, `Ok(None)` for an
-/// empty 200 response.
+/// What an operation answers with.
+pub enum Reply {
+    /// The JSON text of its reply; `None` for an empty 200 response.
+    Json(Option<String>),
+    /// SubscribeToShard's event stream, produced as it is sent.
+    EventStream(axum::body::Body),
+}
+
+/// Runs one operation.
+pub async fn serve(
+    frontend: &std::sync::Arc<Frontend>,
+    operation: &str,
+    caller: &Caller,
+    body: &[u8],
+) -> KinesisResult<Reply> {
+    if operation == "SubscribeToShard" {
+        return records::subscribe_to_shard(frontend, caller, parse(body)?)
+            .await
+            .map(Reply::EventStream);
+    }
+    dispatch(frontend, operation, caller, body)
+        .await
+        .map(Reply::Json)
+}
+
+/// Runs one operation answered in JSON; the text of its reply, `Ok(None)`
+/// for an empty 200 response.
 pub async fn dispatch(
     frontend: &Frontend,
     operation: &str,
@@ -250,7 +275,7 @@ pub(crate) fn parse_any_input(selector: u8, body: &[u8]) -> bool {
             }
         }
     }
-    match selector % 21 {
+    match selector % 22 {
         0 => parses::<streams::CreateStreamInput>(body),
         1 => parses::<streams::DeleteStreamInput>(body),
         2 => parses::<streams::DescribeStreamInput>(body),
@@ -271,6 +296,7 @@ pub(crate) fn parse_any_input(selector: u8, body: &[u8]) -> bool {
         17 => parses::<policies::ResourcePolicyInput>(body),
         18 => parses::<consumers::RegisterStreamConsumerInput>(body),
         19 => parses::<consumers::ConsumerTargetInput>(body),
+        20 => parses::<records::SubscribeToShardInput>(body),
         _ => parses::<consumers::ListStreamConsumersInput>(body),
     }
 }
@@ -329,7 +355,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "RestoreDeadLetterQueueRecords",
     "StartStreamEncryption",
     "StopStreamEncryption",
-    "SubscribeToShard",
     "TagResource",
     "UntagResource",
     "UpdateChannel",

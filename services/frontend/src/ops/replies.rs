@@ -124,6 +124,21 @@ pub struct GetRecordsReply<'a> {
     pub child_shards: Option<Vec<Value>>,
 }
 
+/// The payload of one `SubscribeToShardEvent`: records with the
+/// continuation to resume after them; the end of a closed shard carries no
+/// continuation and the shards that continue its keys instead (KCL refuses
+/// any other combination).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SubscribeToShardEventReply<'a> {
+    pub records: ReadRecords<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub continuation_sequence_number: Option<String>,
+    pub millis_behind_latest: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child_shards: Option<Vec<Value>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ pub(super) struct SegmentRead {
 /// one whose records have all expired is skipped, as Kinesis trims them).
 /// A segment that does not know its newest arrival (0: sealed by an older
 /// version) is never skipped.
-fn sealed_segments_from(
+pub(super) fn sealed_segments_from(
     entry: &ShardMapEntry,
     from_ms: i64,
 ) -> impl Iterator<Item = &SealedSegment> {

@@ -27,7 +27,7 @@ use crate::Frontend;
 const ITERATOR_LIFETIME_MS: i64 = 300_000;
 
 /// The shards that continue a closed shard's keys, as GetRecords lists them.
-fn child_shards(route: &StreamRoute, parent: &str) -> Vec<Value> {
+pub(super) fn child_shards(route: &StreamRoute, parent: &str) -> Vec<Value> {
     route
         .entries
         .iter()

@@ -1,5 +1,6 @@
 //! Data-plane operations: PutRecord and PutRecords (`put.rs`, through
-//! `reroute.rs`), GetShardIterator and GetRecords (`get.rs`).
+//! `reroute.rs`), GetShardIterator and GetRecords (`get.rs`), and
+//! SubscribeToShard (`subscribe.rs`, records pushed by `push.rs`).
 //!
 //! # The write path
 //! validate every record → look up the stream's route (snapshot, else
@@ -19,13 +20,17 @@
 //! read refused the same way is retried once.
 
 mod get;
+mod push;
 mod put;
 mod reroute;
+mod subscribe;
 
 pub use get::{get_records, get_shard_iterator};
 pub(crate) use get::{GetRecordsInput, GetShardIteratorInput};
 pub use put::{put_record, put_records};
 pub(crate) use put::{PutRecordInput, PutRecordsInput};
+pub use subscribe::subscribe_to_shard;
+pub(crate) use subscribe::SubscribeToShardInput;
 
 use freshet_errors::ErrorCode;
 use freshet_proto::v1::{ShardKey, ShardMapEntry};

@@ -1,0 +1,566 @@
+//! The upstream of one SubscribeToShard subscription: records are pushed
+//! from the shard as they commit, not polled.
+//!
+//! A subscription follows its shard segment by segment (`Follow` on the
+//! worker holding it: a sealed segment's copy, or the current segment's
+//! leader), turns each message into a `SubscribeToShardEvent`, and keeps
+//! its place as the offset of the first record not yet delivered. When the
+//! upstream ends — a segment finished, leadership moved, a worker died —
+//! it follows again from that offset on a fresh route, so a failover or a
+//! move neither loses nor repeats a record. At a closed shard's end it
+//! sends the shards that continue its keys and ends.
+//!
+//! Back-pressure: the event channel holds one event and the worker's stream
+//! one message, so a slow subscriber (HTTP/2 flow control, a full TCP
+//! window) slows the reads on the worker; nothing piles up. Each
+//! subscription is paced to 2 MiB/s of record data on its own, apart from
+//! the shard's GetRecords budget and from other consumers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use freshet_errors::ErrorCode;
+use freshet_proto::v1::{
+    follow_request, ConsumerSelector, ConsumerStatus, FollowRequest, ReadResponse, ShardMapEntry,
+    ShardState,
+};
+use freshet_types::{ConsumerArn, SequenceNumber};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::super::replies::{ReadRecords, SubscribeToShardEventReply};
+use super::super::shard_reads::sealed_segments_from;
+use super::get::child_shards;
+use super::{route_stream, shard_key};
+use crate::fan_out::{event_stream, Held};
+use crate::Frontend;
+
+/// Kinesis ends every subscription after five minutes.
+pub const LIFETIME: Duration = Duration::from_secs(300);
+/// An idle subscription gets an empty event this often, its continuation
+/// still advancing with what was delivered.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often a subscription checks its consumer is still ACTIVE.
+const CONSUMER_CHECK: Duration = Duration::from_secs(5);
+/// How long a subscription may fail to reach its shard before it ends
+/// with InternalFailureException.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+/// Record data per event, about (a larger record travels alone): well
+/// under the 24 MiB an event-stream message may hold once base64 and JSON
+/// are added, 10 MiB records included.
+const EVENT_BYTES: u64 = 1024 * 1024;
+/// Each subscription's read rate, in bytes of record data per second.
+const BYTES_PER_SECOND: f64 = 2.0 * 1024.0 * 1024.0;
+
+/// Where a subscription stands: the first record not yet delivered, or
+/// (until the worker resolves it) a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    AtOffset(u64),
+    AtTimestampMs(i64),
+}
+
+/// Why a subscription ended.
+enum End {
+    /// Its five minutes are up: the stream ends normally.
+    Expired,
+    /// The subscriber went away.
+    Left,
+    /// The closed shard's last event was sent.
+    ShardEnded,
+    /// A newer subscription of the same consumer and shard took over.
+    TakenOver,
+    /// The consumer was deregistered (or is no longer ACTIVE).
+    ConsumerGone,
+    /// The stream or shard no longer exists.
+    Gone(String),
+    /// The shard could not be reached for [`GIVE_UP_AFTER`].
+    Failed(String),
+}
+
+/// One segment to follow, and where.
+struct Target {
+    segment: u32,
+    /// Workers to ask, in order: a sealed segment's copies (its last leader
+    /// first), or the shard's leader.
+    addresses: Vec<String>,
+    start: follow_request::Start,
+    /// A sealed segment: its "behind latest" is measured against now.
+    sealed: bool,
+}
+
+/// How one `Follow` call ended.
+enum Followed {
+    /// Its segment (or the closed shard) was delivered to the end.
+    SegmentEnded,
+    /// The route changed (leader, epoch or segment): follow again.
+    Moved,
+    /// The worker could not be reached or refused: follow again, later.
+    Failed(String),
+    Ended(End),
+}
+
+/// A token bucket of record bytes, full at one second's worth.
+struct Pace {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace {
+            tokens: BYTES_PER_SECOND,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Takes `bytes`; how long to wait before reading more.
+    fn take(&mut self, bytes: u64) -> Duration {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * BYTES_PER_SECOND).min(BYTES_PER_SECOND);
+        self.refilled = now;
+        self.tokens -= bytes as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / BYTES_PER_SECOND)
+        }
+    }
+}
+
+/// The continuation after the records below `next_offset`: the last
+/// delivered one's sequence number — or, before any, one below the
+/// shard's first — so AFTER_SEQUENCE_NUMBER of it resumes at `next_offset`.
+fn continuation(sequence_base: u64, next_offset: u64) -> String {
+    let next = SequenceNumber {
+        base: sequence_base,
+        offset: next_offset,
+    }
+    .to_u128();
+    next.saturating_sub(1).to_string()
+}
+
+/// What to follow from `position` in `entry`'s shard: the unexpired
+/// sealed segment holding it, else the current segment.
+fn target_of(entry: &ShardMapEntry, position: Position, now_ms: i64) -> Target {
+    let retention_ms = i64::from(entry.retention_hours.max(1)) * 3_600_000;
+    let unexpired_from = now_ms.saturating_sub(retention_ms);
+    let sealed = match position {
+        Position::AtOffset(offset) => sealed_segments_from(entry, unexpired_from)
+            .find(|segment| offset < segment.end_offset)
+            .map(|segment| {
+                (
+                    segment,
+                    follow_request::Start::AtOffset(offset.max(segment.start_offset)),
+                )
+            }),
+        Position::AtTimestampMs(ms) => sealed_segments_from(entry, ms.max(unexpired_from))
+            .next()
+            .map(|segment| (segment, follow_request::Start::AtTimestampMs(ms))),
+    };
+    match sealed {
+        Some((segment, start)) => Target {
+            segment: segment.index,
+            addresses: segment
+                .addresses
+                .iter()
+                .filter(|a| !a.is_empty())
+                .cloned()
+                .collect(),
+            start,
+            sealed: true,
+        },
+        None => Target {
+            segment: entry.segment_index,
+            addresses: vec![entry.leader_address.clone()],
+            start: match position {
+                Position::AtOffset(offset) => {
+                    follow_request::Start::AtOffset(offset.max(entry.segment_start_offset))
+                }
+                Position::AtTimestampMs(ms) => follow_request::Start::AtTimestampMs(ms),
+            },
+            sealed: false,
+        },
+    }
+}
+
+/// One subscription's upstream and its event output.
+pub struct Push {
+    frontend: Arc<Frontend>,
+    consumer: ConsumerArn,
+    stream_uid: i64,
+    shard_id: String,
+    position: Position,
+    out: mpsc::Sender<Bytes>,
+    pace: Pace,
+    sequence_base: u64,
+    /// How far behind the newest record the last event was.
+    millis_behind: i64,
+    last_event: Instant,
+    consumer_checked: Instant,
+}
+
+impl Push {
+    pub fn new(
+        frontend: Arc<Frontend>,
+        consumer: ConsumerArn,
+        stream_uid: i64,
+        shard_id: String,
+        position: Position,
+        out: mpsc::Sender<Bytes>,
+    ) -> Push {
+        Push {
+            frontend,
+            consumer,
+            stream_uid,
+            shard_id,
+            position,
+            out,
+            pace: Pace::new(),
+            sequence_base: 0,
+            millis_behind: 0,
+            last_event: Instant::now(),
+            consumer_checked: Instant::now(),
+        }
+    }
+
+    /// Runs the subscription to its end, holding its place in the
+    /// frontend's subscriptions; the last message says why it ended, if
+    /// it did not end normally.
+    pub async fn run(mut self, mut held: Held) {
+        let deadline = Instant::now() + LIFETIME;
+        let end = tokio::select! {
+            end = self.pump() => end,
+            () = tokio::time::sleep_until(deadline) => End::Expired,
+            _ = &mut held.taken_over => End::TakenOver,
+        };
+        let last = match &end {
+            End::Expired | End::Left | End::ShardEnded => None,
+            End::TakenOver => Some((
+                "ResourceInUseException",
+                format!(
+                    "Another subscription of consumer {} to shard {} took this one over.",
+                    self.consumer, self.shard_id
+                ),
+            )),
+            End::ConsumerGone => Some((
+                "ResourceInUseException",
+                format!("Consumer {} is no longer ACTIVE.", self.consumer),
+            )),
+            End::Gone(message) => Some(("ResourceNotFoundException", message.clone())),
+            End::Failed(message) => {
+                tracing::warn!(consumer = %self.consumer, shard = self.shard_id, message, "subscription failed");
+                Some((
+                    "InternalFailureException",
+                    crate::error::INTERNAL_FAILURE_MESSAGE.to_owned(),
+                ))
+            }
+        };
+        if let Some((exception, message)) = last {
+            let _ = self
+                .out
+                .send(event_stream::exception(exception, &message))
+                .await;
+        }
+        drop(held);
+    }
+
+    async fn pump(&mut self) -> End {
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let outcome = match self.entry().await {
+                Ok(Some(entry)) => self.follow_entry(&entry).await,
+                Ok(None) => {
+                    return End::Gone(format!(
+                        "Shard {} of the stream of consumer {} no longer exists.",
+                        self.shard_id, self.consumer
+                    ))
+                }
+                Err(message) => Followed::Failed(message),
+            };
+            match outcome {
+                Followed::Ended(end) => return end,
+                Followed::SegmentEnded | Followed::Moved => failing_since = None,
+                Followed::Failed(message) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= GIVE_UP_AFTER {
+                        return End::Failed(message);
+                    }
+                    tracing::debug!(shard = self.shard_id, message, "following the shard again");
+                    if let Err(end) = self.heartbeat_if_due(false).await {
+                        return end;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            self.frontend.router.invalidate(&self.consumer.stream);
+        }
+    }
+
+    /// The shard's entry as routed now; `None` once the stream or shard
+    /// is gone.
+    async fn entry(&self) -> Result<Option<ShardMapEntry>, String> {
+        match route_stream(&self.frontend, &self.consumer.stream).await {
+            Ok(route) => Ok(route
+                .shard(&self.shard_id)
+                .filter(|e| e.key.as_ref().map(|k| k.stream_uid) == Some(self.stream_uid))
+                .cloned()),
+            Err(error) if error.code == ErrorCode::ResourceNotFound => Ok(None),
+            Err(error) => Err(error.message),
+        }
+    }
+
+    /// Delivers what `entry` says comes next: the closed shard's end, or
+    /// the segment holding the position.
+    async fn follow_entry(&mut self, entry: &ShardMapEntry) -> Followed {
+        self.sequence_base = entry.sequence_base;
+        if let Position::AtOffset(next) = self.position {
+            if entry.state() == ShardState::Closed && next >= entry.ending_offset {
+                return self.shard_end().await;
+            }
+        }
+        let target = target_of(entry, self.position, self.frontend.now_ms());
+        let followed = self.follow(entry, &target).await;
+        if matches!(followed, Followed::SegmentEnded) && !target.sealed {
+            // The current segment ended before this route said so: the
+            // route is behind the worker's map. Give it a moment.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        followed
+    }
+
+    /// Follows one segment until it ends, the route moves on, or it fails.
+    async fn follow(&mut self, entry: &ShardMapEntry, target: &Target) -> Followed {
+        let request = FollowRequest {
+            shard: shard_key(entry),
+            epoch: entry.epoch,
+            segment: target.segment,
+            start: Some(target.start),
+            max_records: 10_000,
+            max_bytes: EVENT_BYTES,
+        };
+        let mut upstream = None;
+        let mut last_failure = format!("no worker holds segment {}", target.segment);
+        for address in &target.addresses {
+            let mut client = match self.frontend.storage.client(address) {
+                Ok(client) => client,
+                Err(error) => {
+                    last_failure = error.message;
+                    continue;
+                }
+            };
+            let call = client.follow(request.clone());
+            match tokio::time::timeout(self.frontend.storage_timeout(), call).await {
+                Ok(Ok(response)) => {
+                    upstream = Some(response.into_inner());
+                    break;
+                }
+                Ok(Err(status)) => last_failure = status.message().to_owned(),
+                Err(_) => last_failure = format!("{address} did not answer in time"),
+            }
+        }
+        let Some(mut upstream) = upstream else {
+            return Followed::Failed(last_failure);
+        };
+        let subscriber = self.out.clone();
+        let mut ticks = tokio::time::interval(HEARTBEAT / 2);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = upstream.message() => match message {
+                    Ok(Some(read)) => {
+                        if let Err(end) = self.deliver(read, target.sealed).await {
+                            return Followed::Ended(end);
+                        }
+                    }
+                    Ok(None) => return Followed::SegmentEnded,
+                    Err(status) if ErrorCode::of_status(&status) == ErrorCode::NotWritten => {
+                        return Followed::Moved
+                    }
+                    Err(status) => return Followed::Failed(status.message().to_owned()),
+                },
+                _ = ticks.tick() => {
+                    if let Err(end) = self.heartbeat_if_due(!target.sealed).await {
+                        return Followed::Ended(end);
+                    }
+                    if let Err(end) = self.check_consumer().await {
+                        return Followed::Ended(end);
+                    }
+                    // A partitioned leader may not learn it was deposed:
+                    // this frontend's own route decides too.
+                    if let Ok(Some(now)) = self.entry().await {
+                        let moved = now.epoch != entry.epoch
+                            || (!target.sealed && now.segment_index != entry.segment_index);
+                        if moved {
+                            return Followed::Moved;
+                        }
+                    }
+                }
+                () = subscriber.closed() => return Followed::Ended(End::Left),
+            }
+        }
+    }
+
+    /// Sends one message's records as an event (and learns where a
+    /// timestamp start resolved to), then waits out the pace.
+    async fn deliver(&mut self, read: ReadResponse, sealed: bool) -> Result<(), End> {
+        self.position = Position::AtOffset(read.next_offset);
+        self.sequence_base = read.sequence_base;
+        let Some(last) = read.records.last() else {
+            return Ok(());
+        };
+        self.millis_behind = if sealed {
+            (self.frontend.now_ms() - last.arrival_ms).max(0)
+        } else {
+            read.millis_behind_latest
+        };
+        let bytes: u64 = read
+            .records
+            .iter()
+            .map(|r| (r.data.len() + r.partition_key.len()) as u64)
+            .sum();
+        let event = SubscribeToShardEventReply {
+            records: ReadRecords {
+                sequence_base: read.sequence_base,
+                records: &read.records,
+            },
+            continuation_sequence_number: Some(continuation(read.sequence_base, read.next_offset)),
+            millis_behind_latest: self.millis_behind,
+            child_shards: None,
+        };
+        self.send(&event).await?;
+        let wait = self.pace.take(bytes);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
+    }
+
+    /// An empty event, if none went out for a heartbeat's time: the
+    /// continuation still says where the subscription stands. `at_tip`:
+    /// the current segment is being followed, so nothing is behind.
+    async fn heartbeat_if_due(&mut self, at_tip: bool) -> Result<(), End> {
+        let Position::AtOffset(next) = self.position else {
+            return Ok(());
+        };
+        if self.last_event.elapsed() < HEARTBEAT || self.sequence_base == 0 {
+            return Ok(());
+        }
+        if at_tip {
+            self.millis_behind = 0;
+        }
+        let event = SubscribeToShardEventReply {
+            records: ReadRecords {
+                sequence_base: self.sequence_base,
+                records: &[],
+            },
+            continuation_sequence_number: Some(continuation(self.sequence_base, next)),
+            millis_behind_latest: self.millis_behind,
+            child_shards: None,
+        };
+        self.send(&event).await
+    }
+
+    /// The closed shard's last event: no continuation, the shards that
+    /// continue its keys (once this frontend's route knows them).
+    async fn shard_end(&mut self) -> Followed {
+        let children = match route_stream(&self.frontend, &self.consumer.stream).await {
+            Ok(route) => child_shards(&route, &self.shard_id),
+            Err(error) => return Followed::Failed(error.message),
+        };
+        if children.is_empty() {
+            // The parent's closing arrived before its children did.
+            return Followed::Failed(format!(
+                "the shards continuing {} are not known yet",
+                self.shard_id
+            ));
+        }
+        let event = SubscribeToShardEventReply {
+            records: ReadRecords {
+                sequence_base: self.sequence_base,
+                records: &[],
+            },
+            continuation_sequence_number: None,
+            millis_behind_latest: 0,
+            child_shards: Some(children),
+        };
+        match self.send(&event).await {
+            Ok(()) => Followed::Ended(End::ShardEnded),
+            Err(end) => Followed::Ended(end),
+        }
+    }
+
+    /// Whether the consumer is still ACTIVE (asked every few seconds; an
+    /// unreachable control plane changes nothing).
+    async fn check_consumer(&mut self) -> Result<(), End> {
+        if self.consumer_checked.elapsed() < CONSUMER_CHECK {
+            return Ok(());
+        }
+        self.consumer_checked = Instant::now();
+        let arn = &self.consumer;
+        let answer = self
+            .frontend
+            .control_plane
+            .clone()
+            .describe_stream_consumer(ConsumerSelector {
+                account_id: arn.stream.account_id.clone(),
+                region: arn.stream.region.clone(),
+                stream_name: arn.stream.stream_name.clone(),
+                consumer_name: arn.consumer_name.clone(),
+                created_epoch_seconds: arn.created_epoch_seconds,
+                api_operation: "SubscribeToShard".to_owned(),
+            })
+            .await;
+        match answer {
+            Ok(info) if info.get_ref().status() == ConsumerStatus::Active => Ok(()),
+            Ok(_) => Err(End::ConsumerGone),
+            Err(status) if ErrorCode::of_status(&status) == ErrorCode::ResourceNotFound => {
+                Err(End::ConsumerGone)
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
+    async fn send(&mut self, event: &SubscribeToShardEventReply<'_>) -> Result<(), End> {
+        let payload = serde_json::to_vec(event).map_err(|error| End::Failed(error.to_string()))?;
+        self.out
+            .send(event_stream::event(payload))
+            .await
+            .map_err(|_| End::Left)?;
+        self.last_event = Instant::now();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_continuation_is_the_last_delivered_sequence_number() {
+        let base = 9;
+        assert_eq!(
+            continuation(base, 5),
+            SequenceNumber { base, offset: 4 }.to_string()
+        );
+        // Nothing delivered yet: one below the shard's first.
+        assert_eq!(
+            continuation(base, 0),
+            (SequenceNumber { base, offset: 0 }.to_u128() - 1).to_string()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscription_is_paced_to_two_mebibytes_a_second() {
+        let mut pace = Pace::new();
+        assert_eq!(pace.take(1024 * 1024), Duration::ZERO);
+        assert_eq!(pace.take(1024 * 1024), Duration::ZERO);
+        // Past the second's budget, one more MiB waits half a second.
+        let wait = pace.take(1024 * 1024);
+        assert!((wait.as_secs_f64() - 0.5).abs() < 0.01, "{wait:?}");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(pace.take(1024 * 1024), Duration::ZERO);
+    }
+}

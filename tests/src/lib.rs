@@ -11,6 +11,7 @@
 //! [`Cluster::kinesis`]) or raw HTTP for malformed requests.
 
 pub mod demo;
+pub mod h2c_client;
 pub mod load;
 pub mod proxy;
 pub mod raw_http;
@@ -974,6 +975,25 @@ pub fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
         "us-east-1",
         Credentials::new("test", "test", None, None, "freshet-tests"),
     )
+}
+
+/// Like [`kinesis_client`], speaking HTTP/2 only (prior knowledge), as
+/// the Java and JS SDKs do.
+pub fn kinesis_client_h2c(endpoint: &str) -> aws_sdk_kinesis::Client {
+    let config = aws_sdk_kinesis::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "freshet-tests",
+        ))
+        .http_client(h2c_client::h2c_http_client())
+        .build();
+    aws_sdk_kinesis::Client::from_conf(config)
 }
 
 /// The region test clients sign for (and so the region their streams live in).

@@ -13,7 +13,7 @@ use aws_sdk_kinesis::types::{
     SubscribeToShardEventStream,
 };
 use freshet_e2e::raw_http::kinesis_http1;
-use freshet_e2e::{create_active_stream, stream_arn, wait_until, Cluster};
+use freshet_e2e::{create_active_stream, kinesis_client_h2c, stream_arn, wait_until, Cluster};
 
 type Events = aws_sdk_kinesis::primitives::event_stream::EventReceiver<
     SubscribeToShardEventStream,
@@ -59,13 +59,17 @@ async fn subscribe(
     shard: &str,
     from: StartingPosition,
 ) -> anyhow::Result<Events> {
-    let output = client
+    // The SDK's send() returns once the initial-response event arrived:
+    // a server that never sends it leaves it waiting here.
+    let sent = client
         .subscribe_to_shard()
         .consumer_arn(consumer)
         .shard_id(shard)
         .starting_position(from)
-        .send()
-        .await?;
+        .send();
+    let output = tokio::time::timeout(Duration::from_secs(10), sent)
+        .await
+        .map_err(|_| anyhow::anyhow!("no initial-response within 10 s"))??;
     Ok(output.event_stream)
 }
 
@@ -125,10 +129,28 @@ fn names(range: std::ops::Range<usize>) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscriber_gets_every_record_once_in_order_and_resumes_from_its_continuation(
+async fn over_http1_a_subscriber_gets_every_record_once_in_order_and_resumes_from_its_continuation(
 ) -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
-    let client = cluster.kinesis();
+    every_record_once_and_resumed(&cluster.kinesis()).await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_a_subscriber_gets_every_record_once_in_order_and_resumes_from_its_continuation(
+) -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    every_record_once_and_resumed(&kinesis_client_h2c(&cluster.endpoint)).await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Records written before and during a subscription arrive once and in
+/// order; an idle subscription keeps sending its continuation; a new
+/// subscription after it resumes exactly; LATEST starts at the tip.
+async fn every_record_once_and_resumed(client: &aws_sdk_kinesis::Client) -> anyhow::Result<()> {
+    let client = client.clone();
     create_active_stream(&client, "pushed", 1).await?;
     let consumer = register_active(&client, "pushed").await?;
     put(&client, "pushed", 0..20).await?;
@@ -183,14 +205,14 @@ async fn a_subscriber_gets_every_record_once_in_order_and_resumes_from_its_conti
     let (newest, _) = read_records(&mut latest, 1).await?;
     assert_eq!(newest, names(45..46));
     drop(latest);
-    cluster.shutdown().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_subscription_is_refused_for_five_seconds_then_takes_over() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
-    let client = cluster.kinesis();
+    // Over HTTP/2, as KCL subscribes.
+    let client = kinesis_client_h2c(&cluster.endpoint);
     create_active_stream(&client, "taken", 1).await?;
     let consumer = register_active(&client, "taken").await?;
     let mut first = subscribe(
@@ -373,6 +395,125 @@ async fn bad_subscriptions_are_refused_before_any_event() -> anyhow::Result<()> 
         assert_eq!(answer.error_type(), expected, "{body}: {}", answer.body);
         assert_eq!(answer.status, 400, "{body}");
     }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// What a subscriber received: (sequence number, data) in arrival order.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(u128, String)>>>;
+
+/// Reads the shard from its start for as long as it runs, subscribing
+/// again after its continuation whenever a subscription ends (as KCL does).
+fn keep_reading(
+    client: aws_sdk_kinesis::Client,
+    consumer: String,
+    received: Received,
+    subscriptions: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        let mut from = position(ShardIteratorType::TrimHorizon, None)?;
+        loop {
+            let mut events = match subscribe(&client, &consumer, SHARD, from.clone()).await {
+                Ok(events) => {
+                    subscriptions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    events
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(1100)).await;
+                    continue;
+                }
+            };
+            while let Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event))) =
+                events.recv().await
+            {
+                let mut got = received.lock().unwrap_or_else(|p| p.into_inner());
+                for record in &event.records {
+                    got.push((
+                        record.sequence_number.parse()?,
+                        String::from_utf8(record.data.clone().into_inner())?,
+                    ));
+                }
+                drop(got);
+                from = position(
+                    ShardIteratorType::AfterSequenceNumber,
+                    Some(&event.continuation_sequence_number),
+                )?;
+            }
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_failover_during_a_subscription_loses_and_repeats_nothing() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with(freshet_e2e::ClusterOptions {
+        worker_mode: freshet_e2e::WorkerMode::Process,
+        ..freshet_e2e::ClusterOptions::short_leases()
+    })
+    .await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "failing", 1).await?;
+    let consumer = register_active(&client, "failing").await?;
+    let received = Received::default();
+    let subscriptions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = keep_reading(
+        client.clone(),
+        consumer,
+        received.clone(),
+        subscriptions.clone(),
+    );
+    let producers = freshet_e2e::load::Producers::start(&client, "failing", 3, 20);
+    wait_until(Duration::from_secs(60), || async {
+        producers.count() >= 300
+    })
+    .await?;
+
+    let leader = cluster
+        .only_entry("failing")
+        .ok_or_else(|| anyhow::anyhow!("no entry"))?
+        .leader_worker_id;
+    let victim = cluster.worker_index(&leader)?;
+    cluster.kill_worker(victim).await?;
+    wait_until(Duration::from_secs(60), || async {
+        cluster
+            .only_entry("failing")
+            .is_some_and(|e| e.leader_worker_id != leader)
+    })
+    .await?;
+    let resumed_from = producers.count();
+    wait_until(Duration::from_secs(60), || async {
+        producers.count() >= resumed_from + 300
+    })
+    .await?;
+    let acknowledged = producers.stop().await?;
+
+    // Everything acknowledged reaches the subscriber...
+    wait_until(Duration::from_secs(60), || async {
+        let got = received.lock().unwrap_or_else(|p| p.into_inner());
+        let seen: std::collections::HashSet<&String> = got.iter().map(|(_, d)| d).collect();
+        acknowledged.iter().all(|a| seen.contains(a))
+    })
+    .await?;
+    reader.abort();
+    // ...once, in the shard's order.
+    let got = received.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let distinct: std::collections::HashSet<&String> = got.iter().map(|(_, d)| d).collect();
+    assert_eq!(distinct.len(), got.len(), "a record was delivered twice");
+    assert!(
+        got.windows(2).all(|pair| pair[0].0 < pair[1].0),
+        "records arrived out of order"
+    );
+    // The subscription itself followed the new leader: it did not end.
+    assert_eq!(
+        subscriptions.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the subscription ended at the failover"
+    );
+    eprintln!(
+        "{} records acknowledged, {} delivered across the failover",
+        acknowledged.len(),
+        got.len()
+    );
     cluster.shutdown().await;
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! Tests drive it like a user would, through `aws-sdk-kinesis` (see
 //! [`Cluster::kinesis`]) or raw HTTP for malformed requests.
 
+pub mod cbor_client;
 pub mod demo;
 pub mod h2c_client;
 pub mod load;

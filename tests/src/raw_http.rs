@@ -11,7 +11,9 @@ use tokio::net::TcpStream;
 pub struct RawResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    /// The body as text (lossy for a binary one: see `body_bytes`).
     pub body: String,
+    pub body_bytes: Vec<u8>,
 }
 
 impl RawResponse {
@@ -61,10 +63,13 @@ pub async fn post_http1_to(
     stream.write_all(body).await?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
         .context("response has no header end")?;
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let body_bytes = raw[end + 4..].to_vec();
+    let body = String::from_utf8_lossy(&body_bytes).into_owned();
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -78,8 +83,29 @@ pub async fn post_http1_to(
     Ok(RawResponse {
         status,
         headers,
-        body: body.to_owned(),
+        body,
+        body_bytes,
     })
+}
+
+/// A Kinesis call in CBOR 1.1 over HTTP/1.1 with the dev credentials.
+pub async fn kinesis_cbor(
+    address: &str,
+    operation: &str,
+    body: &[u8],
+) -> anyhow::Result<RawResponse> {
+    let target = format!("Kinesis_20131202.{operation}");
+    post_http1(
+        address,
+        &[
+            ("Content-Type", "application/x-amz-cbor-1.1"),
+            ("X-Amz-Target", &target),
+            ("Authorization", DEV_AUTHORIZATION),
+            ("X-Amz-Date", DEV_AMZ_DATE),
+        ],
+        body,
+    )
+    .await
 }
 
 /// A Kinesis call over HTTP/1.1 with the dev credentials.
@@ -149,6 +175,7 @@ pub async fn kinesis_h2c(
         status,
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
+        body_bytes: body,
     })
 }
 

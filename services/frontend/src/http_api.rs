@@ -13,6 +13,7 @@ use tracing::Instrument as _;
 use freshet_errors::ErrorCode;
 
 use crate::auth::SignedParts;
+use crate::cbor::Protocol;
 use crate::error::{KinesisError, KinesisResult, INTERNAL_FAILURE_MESSAGE};
 use crate::{ops, Frontend};
 
@@ -25,7 +26,6 @@ const RECORDS_BODY_LIMIT: usize = 10 * MIB / 3 * 4 + MIB;
 /// The largest body of any other operation.
 const OTHER_BODY_LIMIT: usize = MIB;
 const TARGET_PREFIX: &str = "Kinesis_20131202.";
-const JSON_CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 
 /// How many bytes of body `operation` may send; the body is read only up
 /// to this, so a larger one costs no more memory than the limit.
@@ -52,23 +52,36 @@ pub fn router(frontend: Arc<Frontend>, max_in_flight: usize) -> axum::Router {
 /// A Kinesis error body. A server-side failure's own message stays in the
 /// logs (under the request id): clients never see worker ids, epochs or
 /// paths.
-fn error_response(error: &KinesisError, request_id: &str) -> Response {
+/// Its name is in `x-amzn-ErrorType` too (the Java SDK reads it first).
+fn error_response(error: &KinesisError, request_id: &str, protocol: Protocol) -> Response {
     let internal = error.http_status().is_server_error() && error.code != ErrorCode::NotImplemented;
     let message = if internal {
         INTERNAL_FAILURE_MESSAGE
     } else {
         error.message.as_str()
     };
-    let body = serde_json::json!({ "__type": error.exception(), "message": message }).to_string();
-    response(error.http_status(), body, request_id)
+    let body = serde_json::json!({ "__type": error.exception(), "message": message });
+    let encoded = match protocol {
+        Protocol::Json => Ok(body.to_string().into_bytes()),
+        Protocol::Cbor => crate::cbor::value_as_cbor(&body),
+    };
+    let mut response = match encoded {
+        Ok(bytes) => response(error.http_status(), bytes, request_id, protocol),
+        Err(_) => response(error.http_status(), Vec::new(), request_id, protocol),
+    };
+    response.headers_mut().insert(
+        "x-amzn-ErrorType",
+        HeaderValue::from_static(error.exception()),
+    );
+    response
 }
 
-fn response(status: StatusCode, body: String, request_id: &str) -> Response {
+fn response(status: StatusCode, body: Vec<u8>, request_id: &str, protocol: Protocol) -> Response {
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static(JSON_CONTENT_TYPE),
+        HeaderValue::from_static(protocol.content_type()),
     );
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert("x-amzn-RequestId", value);
@@ -76,8 +89,27 @@ fn response(status: StatusCode, body: String, request_id: &str) -> Response {
     response
 }
 
+/// A 200 reply the operation wrote as JSON (`None`: no output), in the
+/// request's protocol. A CBOR reply with no output is an empty map.
+fn reply(json: Option<String>, request_id: &str, protocol: Protocol) -> Response {
+    let encoded = match (json, protocol) {
+        (None, Protocol::Json) => Ok(Vec::new()),
+        (None, Protocol::Cbor) => Ok(vec![0xa0]),
+        (Some(text), protocol) => protocol.encode(text.into_bytes()),
+    };
+    match encoded {
+        Ok(bytes) => response(StatusCode::OK, bytes, request_id, protocol),
+        Err(failure) => error_response(
+            &KinesisError::internal(format!("encode the reply: {failure}")),
+            request_id,
+            protocol,
+        ),
+    }
+}
+
 /// A SubscribeToShard answer: its events are written as they are made,
-/// chunked over HTTP/1.1, in DATA frames over HTTP/2.
+/// chunked over HTTP/1.1, in DATA frames over HTTP/2 (their payloads in
+/// the request's protocol).
 fn event_stream_response(body: axum::body::Body, request_id: &str) -> Response {
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
@@ -96,6 +128,9 @@ async fn handle(State(frontend): State<Arc<Frontend>>, request: Request) -> Resp
     if request.method() == Method::GET && request.uri().path() == "/health" {
         return (StatusCode::OK, "ok").into_response();
     }
+    // The protocol the caller speaks, also for its errors (JSON when it
+    // names neither).
+    let protocol = protocol_of(request.headers());
     let source = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -173,7 +208,15 @@ async fn handle(State(frontend): State<Arc<Frontend>>, request: Request) -> Resp
             query: parts.uri.query(),
             authority: parts.uri.authority().map(|a| a.as_str()),
         };
+        // The signature covers the body as sent; CBOR is read into the
+        // JSON form the operations parse after it is checked.
         let caller = admitted.verify(&operation, &signed, &parts.headers, &body)?;
+        let body = match protocol {
+            Protocol::Json => body,
+            Protocol::Cbor => crate::cbor::request_as_json(&body)
+                .map(bytes::Bytes::from)
+                .map_err(|error| KinesisError::serialization(error.to_string()))?,
+        };
         let span = tracing::Span::current();
         span.record("principal", caller.principal.arn());
         span.record("region", caller.region.as_str());
@@ -181,19 +224,21 @@ async fn handle(State(frontend): State<Arc<Frontend>>, request: Request) -> Resp
         // a dependency answers InternalFailure (which SDKs retry) rather
         // than holding its connection, its body and its places forever.
         let limit = frontend.request_timeout;
-        tokio::time::timeout(limit, ops::serve(&frontend, &operation, &caller, &body))
-            .await
-            .unwrap_or_else(|_| {
-                Err(KinesisError::internal(format!(
-                    "{operation} did not finish within {limit:?}"
-                )))
-            })
+        tokio::time::timeout(
+            limit,
+            ops::serve(&frontend, &operation, &caller, &body, protocol),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(KinesisError::internal(format!(
+                "{operation} did not finish within {limit:?}"
+            )))
+        })
     }
     .instrument(span.clone())
     .await;
     match result {
-        Ok(ops::Reply::Json(Some(text))) => response(StatusCode::OK, text, &request_id),
-        Ok(ops::Reply::Json(None)) => response(StatusCode::OK, String::new(), &request_id),
+        Ok(ops::Reply::Json(json)) => reply(json, &request_id, protocol),
         Ok(ops::Reply::EventStream(body)) => event_stream_response(body, &request_id),
         Err(error) => {
             span.record("http.response.status_code", error.http_status().as_u16());
@@ -209,7 +254,7 @@ async fn handle(State(frontend): State<Arc<Frontend>>, request: Request) -> Resp
                     tracing::debug!(code = error.exception(), message = %error.message, "request rejected");
                 }
             });
-            error_response(&error, &request_id)
+            error_response(&error, &request_id, protocol)
         }
     }
 }
@@ -255,18 +300,31 @@ async fn reserve_body_budget<'a>(
         })
 }
 
-fn check_content_type(headers: &HeaderMap) -> KinesisResult<()> {
+/// The content type's essence (without parameters).
+fn content_type_of(headers: &HeaderMap) -> &str {
     let content_type = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    match essence {
-        "application/x-amz-json-1.1" | "application/json" | "" => Ok(()),
-        "application/x-amz-cbor-1.1" => Err(KinesisError::serialization(
-            "Freshet does not speak CBOR yet; disable it in the client (aws.cborEnabled=false or AWS_CBOR_DISABLE=1)",
-        )),
-        other => Err(KinesisError::serialization(format!("Unsupported content type {other}"))),
+    content_type.split(';').next().unwrap_or("").trim()
+}
+
+fn protocol_of(headers: &HeaderMap) -> Protocol {
+    if content_type_of(headers) == crate::cbor::CONTENT_TYPE {
+        Protocol::Cbor
+    } else {
+        Protocol::Json
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> KinesisResult<()> {
+    match content_type_of(headers) {
+        "application/x-amz-json-1.1" | "application/json" | "application/x-amz-cbor-1.1" | "" => {
+            Ok(())
+        }
+        other => Err(KinesisError::serialization(format!(
+            "Unsupported content type {other}"
+        ))),
     }
 }
 

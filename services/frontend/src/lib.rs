@@ -22,6 +22,7 @@
 mod access;
 mod admission;
 mod auth;
+mod cbor;
 mod coalescer;
 pub mod connections;
 mod error;

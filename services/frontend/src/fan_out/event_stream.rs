@@ -9,14 +9,30 @@
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 use bytes::Bytes;
 
+use crate::cbor::Protocol;
+
 /// The content type of a SubscribeToShard response.
 pub const CONTENT_TYPE: &str = "application/vnd.amazon.eventstream";
 
-/// The content type event payloads are written in.
-const PAYLOAD_CONTENT_TYPE: &str = "application/json";
-
 fn string_header(name: &'static str, value: &'static str) -> Header {
     Header::new(name, HeaderValue::String(value.into()))
+}
+
+/// The content type of payloads written in `protocol` (the request's, as
+/// the Java SDK decodes event payloads with its client's protocol).
+fn payload_type(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Json => "application/json",
+        Protocol::Cbor => crate::cbor::CONTENT_TYPE,
+    }
+}
+
+/// An empty structure: `{}`, or CBOR's empty map.
+fn empty_payload(protocol: Protocol) -> Bytes {
+    match protocol {
+        Protocol::Json => Bytes::from_static(b"{}"),
+        Protocol::Cbor => Bytes::from_static(&[0xa0]),
+    }
 }
 
 fn frame(message: &Message) -> Bytes {
@@ -34,24 +50,25 @@ fn frame(message: &Message) -> Bytes {
 /// The first message of every subscription, sent before any data is
 /// ready: botocore refuses a stream without it, and the Rust SDK's `send()`
 /// waits for it.
-pub fn initial_response() -> Bytes {
+pub fn initial_response(protocol: Protocol) -> Bytes {
     frame(&Message::new_from_parts(
         vec![
             string_header(":message-type", "event"),
             string_header(":event-type", "initial-response"),
-            string_header(":content-type", PAYLOAD_CONTENT_TYPE),
+            string_header(":content-type", payload_type(protocol)),
         ],
-        Bytes::from_static(b"{}"),
+        empty_payload(protocol),
     ))
 }
 
-/// A `SubscribeToShardEvent` whose payload is `payload` (its JSON).
-pub fn event(payload: Vec<u8>) -> Bytes {
+/// A `SubscribeToShardEvent` whose payload is `payload`, already in
+/// `protocol`.
+pub fn event(payload: Vec<u8>, protocol: Protocol) -> Bytes {
     frame(&Message::new_from_parts(
         vec![
             string_header(":message-type", "event"),
             string_header(":event-type", "SubscribeToShardEvent"),
-            string_header(":content-type", PAYLOAD_CONTENT_TYPE),
+            string_header(":content-type", payload_type(protocol)),
         ],
         payload,
     ))
@@ -60,13 +77,18 @@ pub fn event(payload: Vec<u8>) -> Bytes {
 /// A modelled exception of the event stream (`ResourceInUseException`,
 /// `ResourceNotFoundException`, `InternalFailureException`, ...): the
 /// subscription's last message.
-pub fn exception(exception_type: &'static str, message: &str) -> Bytes {
-    let payload = serde_json::json!({ "message": message }).to_string();
+pub fn exception(exception_type: &'static str, message: &str, protocol: Protocol) -> Bytes {
+    let payload = serde_json::json!({ "message": message });
+    let payload = match protocol {
+        Protocol::Json => Ok(payload.to_string().into_bytes()),
+        Protocol::Cbor => crate::cbor::value_as_cbor(&payload),
+    }
+    .unwrap_or_default();
     frame(&Message::new_from_parts(
         vec![
             string_header(":message-type", "exception"),
             string_header(":exception-type", exception_type),
-            string_header(":content-type", PAYLOAD_CONTENT_TYPE),
+            string_header(":content-type", payload_type(protocol)),
         ],
         payload,
     ))
@@ -91,7 +113,7 @@ mod tests {
 
     #[test]
     fn the_initial_response_is_an_event_the_sdks_recognise() {
-        let bytes = initial_response();
+        let bytes = initial_response(Protocol::Json);
         let message = decode(&bytes);
         assert_eq!(header(&message, ":message-type"), Some("event"));
         assert_eq!(header(&message, ":event-type"), Some("initial-response"));
@@ -103,13 +125,17 @@ mod tests {
 
     #[test]
     fn events_and_exceptions_carry_their_types_and_payloads() {
-        let message = decode(&event(br#"{"Records":[]}"#.to_vec()));
+        let message = decode(&event(br#"{"Records":[]}"#.to_vec(), Protocol::Json));
         assert_eq!(
             header(&message, ":event-type"),
             Some("SubscribeToShardEvent")
         );
         assert_eq!(header(&message, ":content-type"), Some("application/json"));
-        let failure = decode(&exception("ResourceInUseException", "taken over"));
+        let failure = decode(&exception(
+            "ResourceInUseException",
+            "taken over",
+            Protocol::Json,
+        ));
         assert_eq!(header(&failure, ":message-type"), Some("exception"));
         assert_eq!(
             header(&failure, ":exception-type"),
@@ -122,7 +148,7 @@ mod tests {
 
     #[test]
     fn a_corrupted_frame_is_refused_by_its_checksums() {
-        let mut bytes = event(br#"{"Records":[]}"#.to_vec()).to_vec();
+        let mut bytes = event(br#"{"Records":[]}"#.to_vec(), Protocol::Json).to_vec();
         let last = bytes.len() - 5;
         bytes[last] ^= 1;
         assert!(aws_smithy_eventstream::frame::read_message_from(Bytes::from(bytes)).is_err());

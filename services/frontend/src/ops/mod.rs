@@ -55,14 +55,17 @@ pub enum Reply {
 }
 
 /// Runs one operation.
+/// `body` is the request's JSON form (CBOR is read into it first); the
+/// protocol says how SubscribeToShard's events are written.
 pub async fn serve(
     frontend: &std::sync::Arc<Frontend>,
     operation: &str,
     caller: &Caller,
     body: &[u8],
+    protocol: crate::cbor::Protocol,
 ) -> KinesisResult<Reply> {
     if operation == "SubscribeToShard" {
-        return records::subscribe_to_shard(frontend, caller, parse(body)?)
+        return records::subscribe_to_shard(frontend, caller, parse(body)?, protocol)
             .await
             .map(Reply::EventStream);
     }

@@ -33,6 +33,7 @@ use super::super::replies::{ReadRecords, SubscribeToShardEventReply};
 use super::super::shard_reads::sealed_segments_from;
 use super::get::child_shards;
 use super::{route_stream, shard_key};
+use crate::cbor::Protocol;
 use crate::fan_out::{event_stream, Held};
 use crate::Frontend;
 
@@ -194,6 +195,8 @@ pub struct Push {
     shard_id: String,
     position: Position,
     out: mpsc::Sender<Bytes>,
+    /// What the event payloads are written in: the request's protocol.
+    protocol: Protocol,
     pace: Pace,
     sequence_base: u64,
     /// How far behind the newest record the last event was.
@@ -209,7 +212,7 @@ impl Push {
         stream_uid: i64,
         shard_id: String,
         position: Position,
-        out: mpsc::Sender<Bytes>,
+        (out, protocol): (mpsc::Sender<Bytes>, Protocol),
     ) -> Push {
         Push {
             frontend,
@@ -218,6 +221,7 @@ impl Push {
             shard_id,
             position,
             out,
+            protocol,
             pace: Pace::new(),
             sequence_base: 0,
             millis_behind: 0,
@@ -261,7 +265,7 @@ impl Push {
         if let Some((exception, message)) = last {
             let _ = self
                 .out
-                .send(event_stream::exception(exception, &message))
+                .send(event_stream::exception(exception, &message, self.protocol))
                 .await;
         }
         drop(held);
@@ -524,9 +528,12 @@ impl Push {
     }
 
     async fn send(&mut self, event: &SubscribeToShardEventReply<'_>) -> Result<(), End> {
-        let payload = serde_json::to_vec(event).map_err(|error| End::Failed(error.to_string()))?;
+        let payload = serde_json::to_vec(event)
+            .map_err(|error| error.to_string())
+            .and_then(|json| self.protocol.encode(json).map_err(|e| e.to_string()))
+            .map_err(End::Failed)?;
         self.out
-            .send(event_stream::event(payload))
+            .send(event_stream::event(payload, self.protocol))
             .await
             .map_err(|_| End::Left)?;
         self.last_event = Instant::now();

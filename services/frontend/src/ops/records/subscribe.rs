@@ -19,6 +19,7 @@ use super::super::streams::normalize_shard_id;
 use super::push::{Position, Push};
 use super::{route_stream, shard_key};
 use crate::auth::Caller;
+use crate::cbor::Protocol;
 use crate::error::{KinesisError, KinesisResult, Violations};
 use crate::fan_out::{event_stream, Refusal};
 use crate::Frontend;
@@ -146,6 +147,7 @@ pub async fn subscribe_to_shard(
     frontend: &Arc<Frontend>,
     caller: &Caller,
     input: SubscribeToShardInput,
+    protocol: Protocol,
 ) -> KinesisResult<axum::body::Body> {
     check(&input)?;
     let arn_text = input.consumer_arn.as_deref().unwrap_or_default();
@@ -247,14 +249,14 @@ pub async fn subscribe_to_shard(
         })?;
     // The initial response goes out first, whatever follows.
     let (out, events) = tokio::sync::mpsc::channel(1);
-    let _ = out.try_send(event_stream::initial_response());
+    let _ = out.try_send(event_stream::initial_response(protocol));
     let push = Push::new(
         frontend.clone(),
         arn,
         consumer.stream_uid,
         shard_id,
         position,
-        out,
+        (out, protocol),
     );
     tokio::spawn(push.run(held));
     let events = tokio_stream::wrappers::ReceiverStream::new(events);

@@ -517,3 +517,44 @@ async fn a_leader_failover_during_a_subscription_loses_and_repeats_nothing() -> 
     cluster.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deregistering_the_consumer_ends_its_subscriptions() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "leaving", 1).await?;
+    let consumer = register_active(&client, "leaving").await?;
+    let mut events = subscribe(
+        &client,
+        &consumer,
+        SHARD,
+        position(ShardIteratorType::Latest, None)?,
+    )
+    .await?;
+    client
+        .deregister_stream_consumer()
+        .consumer_arn(&consumer)
+        .send()
+        .await?;
+    // Heartbeats until the subscription learns it, then the reason.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match events.recv().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(error) => return Some(error),
+            }
+        }
+    })
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("the subscription ended without saying why"))?;
+    assert!(
+        matches!(
+            ended.as_service_error(),
+            Some(SubscribeToShardEventStreamError::ResourceInUseException(_))
+        ),
+        "{ended:?}"
+    );
+    cluster.shutdown().await;
+    Ok(())
+}

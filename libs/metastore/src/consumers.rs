@@ -3,11 +3,12 @@
 //! DELETING → gone steps the control plane's consumer loop takes.
 //!
 //! Invariant: a consumer's ARN is never handed out twice. It ends in the
-//! second the consumer was registered; a name is unique on its stream while
-//! its row exists, and a DELETING row is removed only once that second has
-//! passed, so a name registered again gets a later second.
+//! second the consumer was registered, and every registration of a name on
+//! a stream name (whatever incarnation of the stream) is in a later second
+//! than the one before it (`consumer_registrations`, by Postgres's clock,
+//! under the account's lock).
 
-use freshet_types::{ConsumerArn, ConsumerStatus};
+use freshet_types::{ConsumerArn, ConsumerStatus, StreamArn};
 use sqlx::Row;
 
 use crate::error::{DbContext as _, Result};
@@ -59,23 +60,43 @@ fn consumer_from_row(row: &sqlx::postgres::PgRow) -> Result<ConsumerRow> {
 }
 
 impl MetaStore {
-    /// Registers `arn`'s consumer on the stream `stream_uid` in CREATING,
-    /// registered at `created_at_ms` (whose whole seconds `arn` holds), if
-    /// the name is free and the limits allow. Checks and insert run under a
-    /// per-account lock, so concurrent registrations cannot overshoot.
+    /// Registers a consumer called `name` on the stream `stream_uid`
+    /// (`stream`) in CREATING, if the name is free and the limits allow.
+    /// It is registered now by Postgres's clock — or, if this name was
+    /// registered on this stream name in this second or later, in the
+    /// second after that one — and its ARN ends in that second. Checks and
+    /// insert run under a per-account lock, so concurrent registrations
+    /// cannot overshoot.
     pub async fn register_consumer(
         &self,
         stream_uid: i64,
-        arn: &ConsumerArn,
-        created_at_ms: i64,
+        stream: &StreamArn,
+        name: &str,
         limits: ConsumerLimits,
     ) -> Result<RegisterOutcome> {
         let mut transaction = self.pool.begin().await.db("begin consumer registration")?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('consumers:' || $1))")
-            .bind(&arn.stream.account_id)
+            .bind(&stream.account_id)
             .execute(&mut *transaction)
             .await
             .db("lock the account's consumers")?;
+        let created_at_ms: i64 = sqlx::query(
+            "SELECT GREATEST( \
+               (extract(epoch FROM clock_timestamp()) * 1000)::bigint, \
+               COALESCE((SELECT (last_second + 1) * 1000 FROM consumer_registrations \
+                 WHERE account_id = $1 AND region = $2 AND stream_name = $3 AND consumer_name = $4), 0) \
+             ) AS created_at_ms",
+        )
+        .bind(&stream.account_id)
+        .bind(&stream.region)
+        .bind(&stream.stream_name)
+        .bind(name)
+        .fetch_one(&mut *transaction)
+        .await
+        .db("read the registration time")?
+        .try_get("created_at_ms")?;
+        let seconds = created_at_ms.div_euclid(1000);
+        let arn = ConsumerArn::new(stream.clone(), name, u64::try_from(seconds).unwrap_or(0));
         let counts = sqlx::query(
             "SELECT \
                (SELECT count(*) FROM stream_consumers WHERE stream_uid = $1 AND consumer_name = $2) AS same_name, \
@@ -83,8 +104,8 @@ impl MetaStore {
                (SELECT count(*) FROM stream_consumers WHERE account_id = $3 AND status = 'CREATING') AS creating",
         )
         .bind(stream_uid)
-        .bind(&arn.consumer_name)
-        .bind(&arn.stream.account_id)
+        .bind(name)
+        .bind(&stream.account_id)
         .fetch_one(&mut *transaction)
         .await
         .db("count the stream's consumers")?;
@@ -108,6 +129,19 @@ impl MetaStore {
             .fetch_one(&mut *transaction)
             .await
             .db_with(|| format!("register consumer {}", arn.consumer_name))?;
+            sqlx::query(
+                "INSERT INTO consumer_registrations (account_id, region, stream_name, consumer_name, last_second) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id, region, stream_name, consumer_name) \
+                 DO UPDATE SET last_second = EXCLUDED.last_second",
+            )
+            .bind(&stream.account_id)
+            .bind(&stream.region)
+            .bind(&stream.stream_name)
+            .bind(name)
+            .bind(seconds)
+            .execute(&mut *transaction)
+            .await
+            .db("record the registration second")?;
             RegisterOutcome::Registered(consumer_from_row(&row)?)
         };
         transaction
@@ -167,33 +201,33 @@ impl MetaStore {
             .collect()
     }
 
-    /// Starts deregistering the consumer: DELETING from now (a consumer
-    /// already DELETING keeps its time). The row as it now is, or `None`
-    /// if there is no such consumer.
+    /// Starts deregistering the consumer whose ARN is `consumer_arn`:
+    /// DELETING from now (a consumer already DELETING keeps its time). The
+    /// row as it now is, or `None` if there is no such consumer.
     pub async fn deregister_consumer(
         &self,
         stream_uid: i64,
-        name: &str,
+        consumer_arn: &str,
         now_ms: i64,
     ) -> Result<Option<ConsumerRow>> {
         let row = sqlx::query(&format!(
             "UPDATE stream_consumers SET \
                status_since_ms = CASE WHEN status = 'DELETING' THEN status_since_ms ELSE $3 END, \
                status = 'DELETING' \
-             WHERE stream_uid = $1 AND consumer_name = $2 RETURNING {CONSUMER_COLUMNS}"
+             WHERE stream_uid = $1 AND consumer_arn = $2 RETURNING {CONSUMER_COLUMNS}"
         ))
         .bind(stream_uid)
-        .bind(name)
+        .bind(consumer_arn)
         .bind(now_ms)
         .fetch_optional(&self.pool)
         .await
-        .db_with(|| format!("deregister consumer {name}"))?;
+        .db_with(|| format!("deregister consumer {consumer_arn}"))?;
         row.as_ref().map(consumer_from_row).transpose()
     }
 
     /// Ends the transitions due at `now_ms`: consumers CREATING for
-    /// `delay_ms` become ACTIVE, and those DELETING for `delay_ms` (and
-    /// past the second they were registered in) are removed. Returns how
+    /// `delay_ms` become ACTIVE, and those DELETING for `delay_ms` are
+    /// removed. Returns how
     /// many of each, and when the next transition is due, if any is
     /// pending.
     pub async fn finish_consumer_transitions(
@@ -213,11 +247,9 @@ impl MetaStore {
         .db("activate consumers")?
         .rows_affected();
         let removed = sqlx::query(
-            "DELETE FROM stream_consumers WHERE status = 'DELETING' AND status_since_ms <= $1 \
-             AND created_at_ms / 1000 < $2 / 1000",
+            "DELETE FROM stream_consumers WHERE status = 'DELETING' AND status_since_ms <= $1",
         )
         .bind(due)
-        .bind(now_ms)
         .execute(&self.pool)
         .await
         .db("remove deregistered consumers")?

@@ -58,7 +58,19 @@ pub fn admin_channel(
     ))
 }
 
+/// Flow-control windows of a connection carrying long-lived streams
+/// (`Storage.Follow`): each stream may hold this much unread, and the
+/// connection as a whole never stops one stream for another's unread data.
+const FOLLOW_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const FOLLOW_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+
 fn lazy_channel(address: &str) -> Result<Channel, BadAddress> {
+    lazy_channel_with(address, false)
+}
+
+/// A lazily connected channel; `for_streams`: with the windows of a
+/// connection for long-lived streams, whose readers may stall one by one.
+fn lazy_channel_with(address: &str, for_streams: bool) -> Result<Channel, BadAddress> {
     let url = if address.contains("://") {
         address.to_owned()
     } else {
@@ -73,6 +85,14 @@ fn lazy_channel(address: &str) -> Result<Channel, BadAddress> {
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true);
+    let endpoint = if for_streams {
+        endpoint
+            .http2_adaptive_window(false)
+            .initial_stream_window_size(FOLLOW_STREAM_WINDOW)
+            .initial_connection_window_size(FOLLOW_CONNECTION_WINDOW)
+    } else {
+        endpoint
+    };
     Ok(endpoint.connect_lazy())
 }
 
@@ -119,6 +139,10 @@ pub fn request_with_deadline<T>(message: T, timeout: Duration) -> tonic::Request
 pub struct StorageClients {
     token: InternalToken,
     clients: Mutex<HashMap<String, StorageClient<TracedChannel>>>,
+    /// Connections for long-lived `Follow` streams, kept apart from those
+    /// of appends and reads: a subscriber that stops reading must never
+    /// hold up anyone's acknowledgement.
+    for_streams: bool,
 }
 
 impl StorageClients {
@@ -127,6 +151,17 @@ impl StorageClients {
         StorageClients {
             token: token.clone(),
             clients: Mutex::default(),
+            for_streams: false,
+        }
+    }
+
+    /// Clients for `Storage.Follow` streams only: on connections of their
+    /// own, whose flow control stops a stream whose reader stalls (at
+    /// 2 MiB unread) but never the connection.
+    pub fn for_streams(token: &InternalToken) -> StorageClients {
+        StorageClients {
+            for_streams: true,
+            ..StorageClients::new(token)
         }
     }
 
@@ -136,7 +171,14 @@ impl StorageClients {
         if let Some(client) = clients.get(address) {
             return Ok(client.clone());
         }
-        let client = storage_client(address, &self.token)?;
+        let channel = TracedChannel::new(
+            lazy_channel_with(address, self.for_streams)?,
+            OutgoingCall::new(&self.token),
+            address,
+        );
+        let client = StorageClient::new(channel)
+            .max_decoding_message_size(STORAGE_MESSAGE_LIMIT)
+            .max_encoding_message_size(STORAGE_MESSAGE_LIMIT);
         clients.insert(address.to_owned(), client.clone());
         Ok(client)
     }

@@ -102,15 +102,14 @@ impl ControlPlaneService {
             &request.stream_name,
         )?;
         let stream = self.existing_stream(&request).await?;
-        let created_at_ms = now_ms();
-        let arn = ConsumerArn::new(
-            request.stream_arn(),
-            &request.consumer_name,
-            u64::try_from(created_at_ms.div_euclid(1000)).unwrap_or(0),
-        );
         let outcome = self
             .store
-            .register_consumer(stream.stream_uid, &arn, created_at_ms, LIMITS)
+            .register_consumer(
+                stream.stream_uid,
+                &request.stream_arn(),
+                &request.consumer_name,
+                LIMITS,
+            )
             .await
             .map_err(internal)?;
         match outcome {
@@ -158,7 +157,12 @@ impl ControlPlaneService {
         &self,
         selector: ConsumerSelector,
     ) -> Result<ConsumerInfo, Status> {
-        if selector.api_operation != "SubscribeToShard" {
+        // A subscription's lookup is not a Describe, and a Deregister's is
+        // charged to Deregister's own rate when it acts.
+        if !matches!(
+            selector.api_operation.as_str(),
+            "SubscribeToShard" | "DeregisterStreamConsumer"
+        ) {
             self.rate_limits.check(
                 "DescribeStreamConsumer",
                 &selector.account_id,
@@ -210,7 +214,7 @@ impl ControlPlaneService {
         let (row, stream) = self.selected_consumer(&selector).await?;
         let row = self
             .store
-            .deregister_consumer(stream.stream_uid, &row.consumer_name, now_ms())
+            .deregister_consumer(stream.stream_uid, &row.consumer_arn, now_ms())
             .await
             .map_err(internal)?
             .ok_or_else(|| consumer_not_found(&selector))?;

@@ -147,8 +147,9 @@ pub struct Config {
     #[arg(long, env = "FRESHET_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
     /// SubscribeToShard subscriptions this frontend holds at once; more get
-    /// LimitExceededException. Each holds at most about two events (a few
-    /// MiB) in memory.
+    /// LimitExceededException. Each holds at most two events and 2 MiB of
+    /// unread upstream: a few MiB, up to about 50 MiB while 10 MiB
+    /// records pass through it.
     #[arg(long, env = "FRESHET_MAX_SUBSCRIPTIONS", default_value_t = 1000)]
     pub max_subscriptions: usize,
     /// Requests one HTTP/2 connection may have open at once.
@@ -179,9 +180,13 @@ pub struct Frontend {
     pub(crate) timer: TimerClient,
     pub(crate) signer: iterator::TokenSigner,
     pub(crate) storage: Arc<ops::StoragePool>,
+    /// Clients for SubscribeToShard's upstreams, on connections of their own.
+    pub(crate) follows: ops::StoragePool,
     pub(crate) appends: Arc<coalescer::AppendCoalescer>,
     /// The SubscribeToShard subscriptions held here.
     pub(crate) subscriptions: Arc<fan_out::Subscriptions>,
+    /// Whether consumers are ACTIVE, briefly cached.
+    pub(crate) consumers: fan_out::ConsumerLookups,
     storage_timeout: Duration,
     max_in_flight_requests: usize,
     pub(crate) sources: admission::SourceLimits,
@@ -257,6 +262,7 @@ impl Frontend {
         let metrics = metrics::FrontendMetrics::register(&registry, config.shard_level_metrics);
         let connection_counts = Arc::new(connections::ConnectionCounts::default());
         connection_counts.register_in(&registry);
+        let consumers = fan_out::ConsumerLookups::new(control_plane.clone());
         Ok(Arc::new(Frontend {
             registry,
             metrics,
@@ -274,6 +280,7 @@ impl Frontend {
                     .collect::<Vec<_>>(),
             ),
             storage: storage.clone(),
+            follows: ops::StoragePool::for_follows(&token),
             appends: coalescer::AppendCoalescer::new(
                 storage,
                 config.storage_timeout,
@@ -282,6 +289,7 @@ impl Frontend {
                 locate,
             ),
             subscriptions: fan_out::Subscriptions::new(config.max_subscriptions),
+            consumers,
             storage_timeout: config.storage_timeout,
             max_in_flight_requests: config.max_in_flight_requests,
             sources: admission::SourceLimits::new(

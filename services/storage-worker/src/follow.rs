@@ -60,7 +60,10 @@ impl StorageService {
         let service = self.clone();
         tokio::spawn(async move {
             if let Err(status) = service.push_commits(&shard, &request, &sender).await {
-                let _ = sender.send(Err(status)).await;
+                // Not waited for: a stalled reader must not keep this task.
+                // (Without it, the stream just ends; the caller sees it
+                // did not reach the segment's end and follows again.)
+                let _ = sender.try_send(Err(status));
             }
         });
         Ok(Box::pin(ReceiverStream::new(receiver)))
@@ -97,8 +100,18 @@ impl StorageService {
                 let first = next.is_none();
                 let advanced = next != Some(read.next_offset);
                 next = Some(read.next_offset);
-                if (first || !read.records.is_empty()) && sender.send(Ok(read)).await.is_err() {
-                    return Ok(());
+                if first || !read.records.is_empty() {
+                    // A reader that stalls holds this send, never a shutdown.
+                    tokio::select! {
+                        sent = sender.send(Ok(read)) => {
+                            if sent.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        () = self.follows_stop.cancelled() => {
+                            return Err(ErrorCode::Unavailable.status("the worker is shutting down"));
+                        }
+                    }
                 }
                 if advanced {
                     continue;
@@ -117,6 +130,9 @@ impl StorageService {
                 }
                 () = tokio::time::sleep(LEADERSHIP_CHECK) => {}
                 () = sender.closed() => return Ok(()),
+                () = self.follows_stop.cancelled() => {
+                    return Err(ErrorCode::Unavailable.status("the worker is shutting down"));
+                }
             }
         }
     }

@@ -597,11 +597,22 @@ pub async fn run(
         shards.clone(),
     ));
 
+    // Follow streams never end on their own: they end as shutdown begins,
+    // so the drain below waits for none of them.
+    let follows_stop = tokio_util::sync::CancellationToken::new();
+    let shutdown = {
+        let follows_stop = follows_stop.clone();
+        async move {
+            shutdown.await;
+            follows_stop.cancel();
+        }
+    };
     let service = StorageService {
         worker_id: config.worker_id.clone(),
         map,
         shards: shards.clone(),
         lease,
+        follows_stop,
     };
     tracing::info!(worker_id = config.worker_id, az = config.availability_zone, %address, "storage worker serving grpc");
     let router = freshet_server::grpc_server(&token, &metrics).add_service(

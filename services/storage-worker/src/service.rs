@@ -49,6 +49,8 @@ pub struct StorageService {
     pub(crate) map: SharedShardMap,
     pub(crate) shards: Arc<ShardRegistry>,
     pub(crate) lease: Arc<Lease>,
+    /// Cancelled as the worker starts shutting down: ends every `Follow`.
+    pub(crate) follows_stop: tokio_util::sync::CancellationToken,
 }
 
 /// What a request may do with the shard.
@@ -245,7 +247,12 @@ pub(crate) async fn read_committed(
     let (batch, next_in_log) = tokio::task::spawn_blocking(move || {
         let from = match start {
             Some(Start::AtOffset(offset)) => offset,
-            Some(Start::AtTimestampMs(timestamp)) => log.offset_at_timestamp(timestamp),
+            // Never past the commit point: a record above it may be
+            // replaced after a failover, and one that replaces it could
+            // match the time too.
+            Some(Start::AtTimestampMs(timestamp)) => log
+                .offset_at_timestamp(timestamp)
+                .min(log.committed_offset()),
             None => log.trim_horizon(),
         };
         let next_in_log = log.committed_offset();

@@ -15,7 +15,10 @@
 //! Subscriptions are held per frontend: two frontends each let one
 //! subscription of a (consumer, shard) run.
 
+mod consumers;
 pub mod event_stream;
+
+pub use consumers::ConsumerLookups;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,7 +70,9 @@ pub struct Held {
     id: u64,
     /// Resolves when a newer subscription took this one over.
     pub taken_over: oneshot::Receiver<()>,
-    _permit: OwnedSemaphorePermit,
+    /// None for one that took over a live subscription at the limit: the
+    /// place it takes is the one the old subscription gives up.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for Held {
@@ -128,11 +133,12 @@ impl Subscriptions {
                 return Err(Refusal::TooFrequent);
             }
         }
-        let permit = self
-            .live
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refusal::TooMany)?;
+        let takes_over = slots.get(&key).is_some_and(|slot| slot.takeover.is_some());
+        let permit = match self.live.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if takes_over => None,
+            Err(_) => return Err(Refusal::TooMany),
+        };
         let (takeover, taken_over) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let previous = slots.insert(

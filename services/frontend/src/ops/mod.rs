@@ -317,6 +317,14 @@ impl StoragePool {
         }
     }
 
+    /// Clients for SubscribeToShard's `Follow` streams, on connections of
+    /// their own (see `StorageClients::for_streams`).
+    pub fn for_follows(token: &freshet_server::InternalToken) -> StoragePool {
+        StoragePool {
+            clients: freshet_server::StorageClients::for_streams(token),
+        }
+    }
+
     pub fn client(&self, address: &str) -> KinesisResult<StorageClient<TracedChannel>> {
         self.clients
             .get(address)

@@ -22,8 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use freshet_errors::ErrorCode;
 use freshet_proto::v1::{
-    follow_request, ConsumerSelector, ConsumerStatus, FollowRequest, ReadResponse, ShardMapEntry,
-    ShardState,
+    follow_request, ConsumerStatus, FollowRequest, ReadResponse, ShardMapEntry, ShardState,
 };
 use freshet_types::{ConsumerArn, SequenceNumber};
 use tokio::sync::mpsc;
@@ -51,6 +50,9 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 /// under the 24 MiB an event-stream message may hold once base64 and JSON
 /// are added, 10 MiB records included.
 const EVENT_BYTES: u64 = 1024 * 1024;
+/// How long the event that says why a subscription ended may wait for
+/// room in a stalled subscriber's stream.
+const LAST_EVENT_WAIT: Duration = Duration::from_secs(1);
 /// Each subscription's read rate, in bytes of record data per second.
 const BYTES_PER_SECOND: f64 = 2.0 * 1024.0 * 1024.0;
 
@@ -89,6 +91,9 @@ struct Target {
     start: follow_request::Start,
     /// A sealed segment: its "behind latest" is measured against now.
     sealed: bool,
+    /// Where the segment ends, if this route knows: a sealed segment's
+    /// end, or a closed shard's.
+    end: Option<u64>,
 }
 
 /// How one `Follow` call ended.
@@ -172,6 +177,7 @@ fn target_of(entry: &ShardMapEntry, position: Position, now_ms: i64) -> Target {
                 .collect(),
             start,
             sealed: true,
+            end: Some(segment.end_offset),
         },
         None => Target {
             segment: entry.segment_index,
@@ -183,6 +189,7 @@ fn target_of(entry: &ShardMapEntry, position: Position, now_ms: i64) -> Target {
                 Position::AtTimestampMs(ms) => follow_request::Start::AtTimestampMs(ms),
             },
             sealed: false,
+            end: (entry.state() == ShardState::Closed).then_some(entry.ending_offset),
         },
     }
 }
@@ -263,17 +270,19 @@ impl Push {
             }
         };
         if let Some((exception, message)) = last {
-            let _ = self
-                .out
-                .send(event_stream::exception(exception, &message, self.protocol))
-                .await;
+            // Bounded: a subscriber that stopped reading must not keep
+            // this subscription's place.
+            let last_event = event_stream::exception(exception, &message, self.protocol);
+            let _ = tokio::time::timeout(LAST_EVENT_WAIT, self.out.send(last_event)).await;
         }
         drop(held);
     }
 
     async fn pump(&mut self) -> End {
+        // Since when nothing was delivered and following failed.
         let mut failing_since: Option<Instant> = None;
         loop {
+            let before = self.position;
             let outcome = match self.entry().await {
                 Ok(Some(entry)) => self.follow_entry(&entry).await,
                 Ok(None) => {
@@ -284,9 +293,20 @@ impl Push {
                 }
                 Err(message) => Followed::Failed(message),
             };
+            if self.position != before {
+                failing_since = None;
+            }
             match outcome {
                 Followed::Ended(end) => return end,
-                Followed::SegmentEnded | Followed::Moved => failing_since = None,
+                // On to the next segment, on the same route.
+                Followed::SegmentEnded => {}
+                Followed::Moved => {
+                    self.frontend.router.invalidate(&self.consumer.stream);
+                    if self.position == before {
+                        // The route may lag the worker's map: a moment.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
                 Followed::Failed(message) => {
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= GIVE_UP_AFTER {
@@ -297,9 +317,9 @@ impl Push {
                         return end;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                    self.frontend.router.invalidate(&self.consumer.stream);
                 }
             }
-            self.frontend.router.invalidate(&self.consumer.stream);
         }
     }
 
@@ -326,13 +346,7 @@ impl Push {
             }
         }
         let target = target_of(entry, self.position, self.frontend.now_ms());
-        let followed = self.follow(entry, &target).await;
-        if matches!(followed, Followed::SegmentEnded) && !target.sealed {
-            // The current segment ended before this route said so: the
-            // route is behind the worker's map. Give it a moment.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        followed
+        self.follow(entry, &target).await
     }
 
     /// Follows one segment until it ends, the route moves on, or it fails.
@@ -348,7 +362,7 @@ impl Push {
         let mut upstream = None;
         let mut last_failure = format!("no worker holds segment {}", target.segment);
         for address in &target.addresses {
-            let mut client = match self.frontend.storage.client(address) {
+            let mut client = match self.frontend.follows.client(address) {
                 Ok(client) => client,
                 Err(error) => {
                     last_failure = error.message;
@@ -379,7 +393,16 @@ impl Push {
                             return Followed::Ended(end);
                         }
                     }
-                    Ok(None) => return Followed::SegmentEnded,
+                    // Ended: at the segment's end, as far as this route
+                    // knows it; else the worker knows more (or its task
+                    // ended): route again.
+                    Ok(None) => {
+                        let reached = match (target.end, self.position) {
+                            (Some(end), Position::AtOffset(next)) => next >= end,
+                            _ => false,
+                        };
+                        return if reached { Followed::SegmentEnded } else { Followed::Moved };
+                    }
                     Err(status) if ErrorCode::of_status(&status) == ErrorCode::NotWritten => {
                         return Followed::Moved
                     }
@@ -503,26 +526,10 @@ impl Push {
             return Ok(());
         }
         self.consumer_checked = Instant::now();
-        let arn = &self.consumer;
-        let answer = self
-            .frontend
-            .control_plane
-            .clone()
-            .describe_stream_consumer(ConsumerSelector {
-                account_id: arn.stream.account_id.clone(),
-                region: arn.stream.region.clone(),
-                stream_name: arn.stream.stream_name.clone(),
-                consumer_name: arn.consumer_name.clone(),
-                created_epoch_seconds: arn.created_epoch_seconds,
-                api_operation: "SubscribeToShard".to_owned(),
-            })
-            .await;
-        match answer {
-            Ok(info) if info.get_ref().status() == ConsumerStatus::Active => Ok(()),
+        match self.frontend.consumers.look_up(&self.consumer).await {
+            Ok(info) if info.status() == ConsumerStatus::Active => Ok(()),
             Ok(_) => Err(End::ConsumerGone),
-            Err(status) if ErrorCode::of_status(&status) == ErrorCode::ResourceNotFound => {
-                Err(End::ConsumerGone)
-            }
+            Err(error) if error.code == ErrorCode::ResourceNotFound => Err(End::ConsumerGone),
             Err(_) => Ok(()),
         }
     }

@@ -11,7 +11,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use freshet_proto::v1::{ConsumerSelector, GetShardTailRequest};
+use freshet_proto::v1::GetShardTailRequest;
 use freshet_types::{ConsumerArn, SequenceNumber};
 use serde::Deserialize;
 
@@ -156,20 +156,7 @@ pub async fn subscribe_to_shard(
     })?;
     let arn = caller.consumer_in_region(arn)?;
     caller.authorize_consumer(&arn).await?;
-    let consumer = frontend
-        .control_plane
-        .clone()
-        .describe_stream_consumer(ConsumerSelector {
-            account_id: arn.stream.account_id.clone(),
-            region: arn.stream.region.clone(),
-            stream_name: arn.stream.stream_name.clone(),
-            consumer_name: arn.consumer_name.clone(),
-            created_epoch_seconds: arn.created_epoch_seconds,
-            api_operation: "SubscribeToShard".to_owned(),
-        })
-        .await
-        .map_err(|status| KinesisError::from_status(&status))?
-        .into_inner();
+    let consumer = frontend.consumers.look_up(&arn).await?;
     if consumer.status() != freshet_proto::v1::ConsumerStatus::Active {
         return Err(KinesisError::new(
             ErrorCode::ResourceInUse,
@@ -195,6 +182,10 @@ pub async fn subscribe_to_shard(
         "AT_TIMESTAMP" => Position::AtTimestampMs(
             (position_input.timestamp.unwrap_or_default() * 1000.0).round() as i64,
         ),
+        // A closed shard's tip is its end: its leader need not answer.
+        "LATEST" if entry.state() == freshet_proto::v1::ShardState::Closed => {
+            Position::AtOffset(entry.ending_offset)
+        }
         "LATEST" => {
             let mut client = frontend.storage.client(&entry.leader_address)?;
             let tail = client

@@ -3,7 +3,10 @@
 //! binaries on this machine, next to what the disk itself allows.
 //!
 //! Every scenario is bounded in time and stops by itself; all traffic stays
-//! on 127.0.0.1. Prints one Markdown table.
+//! on 127.0.0.1. Prints one Markdown table. In the SubscribeToShard rows,
+//! records/s and MB/s are what all subscribers together received, and the
+//! latencies run from a PutRecord's acknowledgement to the event carrying
+//! the record.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -254,6 +257,179 @@ async fn get_records(
     Ok((all, start.elapsed()))
 }
 
+/// Registers `count` consumers of `stream` (five at a time: no more may be
+/// CREATING at once) and waits until all are ACTIVE; their ARNs.
+async fn register_consumers(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let stream_arn = freshet_e2e::stream_arn(stream).to_string();
+    let mut arns = Vec::new();
+    for batch in (0..count).collect::<Vec<_>>().chunks(5) {
+        for i in batch {
+            let consumer = client
+                .register_stream_consumer()
+                .stream_arn(&stream_arn)
+                .consumer_name(format!("bench-{i}"))
+                .send()
+                .await?
+                .consumer
+                .context("no consumer")?;
+            arns.push(consumer.consumer_arn);
+        }
+        freshet_e2e::wait_until(Duration::from_secs(20), || async {
+            let listed = client
+                .list_stream_consumers()
+                .stream_arn(&stream_arn)
+                .send()
+                .await;
+            listed.is_ok_and(|l| {
+                l.consumers.unwrap_or_default().iter().all(|c| {
+                    c.consumer_status == aws_sdk_kinesis::types::ConsumerStatus::Active
+                })
+            })
+        })
+        .await?;
+    }
+    Ok(arns)
+}
+
+/// What the subscribers of a fan-out scenario saw: for each record id,
+/// when each subscriber got it.
+type Arrivals = Vec<Vec<(u64, Instant)>>;
+
+/// Subscribes every consumer to the stream's one shard at LATEST and
+/// records when each record (its id in its first 8 bytes) arrives, until
+/// `until`; also the bytes each received.
+async fn subscribe_all(
+    client: &aws_sdk_kinesis::Client,
+    consumers: &[String],
+    until: Instant,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<(Vec<(u64, Instant)>, u64)>>>> {
+    use aws_sdk_kinesis::types::{StartingPosition, SubscribeToShardEventStream};
+    let mut readers = Vec::new();
+    for consumer in consumers {
+        let mut events = client
+            .subscribe_to_shard()
+            .consumer_arn(consumer)
+            .shard_id("shardId-000000000000")
+            .starting_position(
+                StartingPosition::builder()
+                    .r#type(ShardIteratorType::Latest)
+                    .build()?,
+            )
+            .send()
+            .await?
+            .event_stream;
+        readers.push(tokio::spawn(async move {
+            let mut arrivals = Vec::new();
+            let mut bytes = 0u64;
+            while Instant::now() < until {
+                let remaining = until.saturating_duration_since(Instant::now());
+                let Ok(received) = tokio::time::timeout(remaining, events.recv()).await else {
+                    break;
+                };
+                let Some(SubscribeToShardEventStream::SubscribeToShardEvent(event)) = received?
+                else {
+                    break;
+                };
+                let at = Instant::now();
+                for record in &event.records {
+                    let data = record.data.as_ref();
+                    bytes += data.len() as u64;
+                    if let Some(id) = data.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                        arrivals.push((u64::from_be_bytes(id), at));
+                    }
+                }
+            }
+            anyhow::Ok((arrivals, bytes))
+        }));
+    }
+    Ok(readers)
+}
+
+/// Records written once every 2 ms (moderate load) to a one-shard stream
+/// read by `consumers` subscribers: from each PutRecord's acknowledgement
+/// to the event that carries the record, per subscriber.
+async fn fan_out_latency(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    consumers: &[String],
+) -> anyhow::Result<(Samples, Duration)> {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(SCENARIO_SECONDS);
+    let readers = subscribe_all(client, consumers, deadline + Duration::from_secs(2)).await?;
+    let mut acked = Vec::new();
+    let mut ticks = tokio::time::interval(Duration::from_millis(2));
+    let mut id = 0u64;
+    while Instant::now() < deadline {
+        ticks.tick().await;
+        let mut data = id.to_be_bytes().to_vec();
+        data.resize(100, b'f');
+        client
+            .put_record()
+            .stream_name(stream)
+            .partition_key(format!("k{id}"))
+            .data(Blob::new(data))
+            .send()
+            .await?;
+        acked.push(Instant::now());
+        id += 1;
+    }
+    let elapsed = start.elapsed();
+    let mut samples = Samples::default();
+    let mut arrivals: Arrivals = Vec::new();
+    for reader in readers {
+        let (seen, bytes) = reader.await??;
+        samples.bytes += bytes;
+        arrivals.push(seen);
+    }
+    for seen in &arrivals {
+        anyhow::ensure!(
+            seen.len() == acked.len(),
+            "a subscriber got {} of the {} records",
+            seen.len(),
+            acked.len()
+        );
+        for (id, at) in seen {
+            let acknowledged = acked[usize::try_from(*id)?];
+            // An event may arrive before the writer has its answer: 0.
+            samples
+                .latencies
+                .push(at.saturating_duration_since(acknowledged));
+            samples.records += 1;
+        }
+    }
+    Ok((samples, elapsed))
+}
+
+/// As many 100 × 1 KiB PutRecords as 4 writers manage, read by every
+/// subscriber: what all of them together receive (each is paced to
+/// 2 MiB/s, as in Kinesis).
+async fn fan_out_egress(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    consumers: &[String],
+) -> anyhow::Result<(Samples, Duration)> {
+    let start = Instant::now();
+    let readers = subscribe_all(
+        client,
+        consumers,
+        start + Duration::from_secs(SCENARIO_SECONDS),
+    )
+    .await?;
+    let (written, _) = put_records(client, stream, 4, 100, 1024).await?;
+    let mut samples = Samples::default();
+    samples.latencies = written.latencies;
+    for reader in readers {
+        let (seen, bytes) = reader.await??;
+        samples.records += seen.len() as u64;
+        samples.bytes += bytes;
+    }
+    Ok((samples, start.elapsed()))
+}
+
 /// The fields of `/proc/<pid>/stat` after the parenthesised command
 /// (state, ppid, pgrp, ..., utime at index 11, stime at 12).
 fn stat_fields(proc_dir: &std::path::Path) -> Option<Vec<String>> {
@@ -478,6 +654,29 @@ async fn run_scenarios(
         let before = cpu_seconds(group);
         let (samples, elapsed) = put_record_raw(&topology.endpoint, "bench-raw", 16, 100).await?;
         measure(raw, samples, elapsed, before);
+    }
+
+    for consumers in [1usize, 5, 20] {
+        let latency = format!("SubscribeToShard, {consumers} consumers of 1 shard: ack → event (PutRecord every 2 ms)");
+        let egress = format!("SubscribeToShard, {consumers} consumers of 1 shard: egress (4 × PutRecords 100 × 1 KiB)");
+        if !wanted(&latency) && !wanted(&egress) {
+            continue;
+        }
+        let stream = format!("bench-fanout-{consumers}");
+        create_active_stream(&client, &stream, 1).await?;
+        let arns = register_consumers(&client, &stream, consumers).await?;
+        if wanted(&latency) {
+            let before = cpu_seconds(group);
+            let (samples, elapsed) = fan_out_latency(&client, &stream, &arns).await?;
+            measure(&latency, samples, elapsed, before);
+        }
+        if wanted(&egress) {
+            // A consumer subscribes to a shard once a second at most.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let before = cpu_seconds(group);
+            let (samples, elapsed) = fan_out_egress(&client, &stream, &arns).await?;
+            measure(&egress, samples, elapsed, before);
+        }
     }
 
     println!();

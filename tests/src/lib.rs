@@ -261,6 +261,9 @@ pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
 /// A whole Freshet on loopback.
 pub struct Cluster {
     pub endpoint: String,
+    /// The frontend's configuration (another frontend may be started
+    /// beside it with [`Cluster::start_another_frontend`]).
+    frontend_config: freshet_frontend::Config,
     pub frontend: Arc<Frontend>,
     pub database_url: String,
     pub database_name: String,
@@ -446,6 +449,7 @@ impl Cluster {
             .collect();
         let mut cluster = Cluster {
             endpoint: format!("http://{frontend_addr}"),
+            frontend_config,
             control_plane_addr,
             frontend,
             database_url,
@@ -511,6 +515,18 @@ impl Cluster {
         Ok(freshet_proto::v1::identities_client::IdentitiesClient::new(
             channel,
         ))
+    }
+
+    /// Starts another frontend beside the first, as a deployment behind a
+    /// load balancer has; its endpoint.
+    pub async fn start_another_frontend(&mut self) -> anyhow::Result<String> {
+        let frontend = Frontend::new(&self.frontend_config)?;
+        let (listener, address) = bind().await?;
+        self.services
+            .push(spawn_service(listener, move |listener, shutdown| {
+                freshet_frontend::serve(frontend, listener, shutdown)
+            }));
+        Ok(format!("http://{address}"))
     }
 
     /// The configuration of a control plane for this cluster (a test may

@@ -69,7 +69,14 @@ async fn subscribe(
         .send();
     let output = tokio::time::timeout(Duration::from_secs(10), sent)
         .await
-        .map_err(|_| anyhow::anyhow!("no initial-response within 10 s"))??;
+        .map_err(|_| anyhow::anyhow!("no initial-response within 10 s"))?
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "SubscribeToShard failed: {:?} {:?}",
+                error.as_service_error().and_then(|e| e.code()),
+                error.as_service_error().and_then(|e| e.message())
+            )
+        })?;
     Ok(output.event_stream)
 }
 
@@ -245,13 +252,17 @@ async fn a_second_subscription_is_refused_for_five_seconds_then_takes_over() -> 
     )
     .await?;
     // The first ends with ResourceInUseException (after any heartbeats).
-    let ended = loop {
-        match tokio::time::timeout(Duration::from_secs(10), first.recv()).await? {
-            Ok(Some(_)) => continue,
-            Ok(None) => anyhow::bail!("the first ended without saying why"),
-            Err(error) => break error,
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match first.recv().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => anyhow::bail!("the first ended without saying why"),
+                Err(error) => break Ok(error),
+            }
         }
-    };
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the first was not ended within 20 s"))??;
     assert!(
         matches!(
             ended.as_service_error(),
@@ -554,6 +565,131 @@ async fn deregistering_the_consumer_ends_its_subscriptions() -> anyhow::Result<(
             Some(SubscribeToShardEventStreamError::ResourceInUseException(_))
         ),
         "{ended:?}"
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_takeover_rule_holds_across_frontends() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start().await?;
+    let client = cluster.kinesis();
+    let other = freshet_e2e::kinesis_client(&cluster.start_another_frontend().await?);
+    create_active_stream(&client, "balanced", 1).await?;
+    let consumer = register_active(&client, "balanced").await?;
+    let mut first = subscribe(
+        &client,
+        &consumer,
+        SHARD,
+        position(ShardIteratorType::TrimHorizon, None)?,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Through another frontend, as a load balancer would send it.
+    let refused = other
+        .subscribe_to_shard()
+        .consumer_arn(&consumer)
+        .shard_id(SHARD)
+        .starting_position(position(ShardIteratorType::TrimHorizon, None)?)
+        .send()
+        .await
+        .expect_err("the first is younger than 5 s, on another frontend");
+    assert_eq!(
+        refused.as_service_error().and_then(|e| e.code()),
+        Some("ResourceInUseException")
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut second = subscribe(
+        &other,
+        &consumer,
+        SHARD,
+        position(ShardIteratorType::TrimHorizon, None)?,
+    )
+    .await?;
+    // The first frontend learns it at its next report, and ends the first.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match first.recv().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => anyhow::bail!("the first ended without saying why"),
+                Err(error) => break Ok(error),
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the first was not ended within 20 s"))??;
+    assert!(
+        matches!(
+            ended.as_service_error(),
+            Some(SubscribeToShardEventStreamError::ResourceInUseException(_))
+        ),
+        "{ended:?}"
+    );
+    put(&client, "balanced", 0..1).await?;
+    let (data, _) = read_records(&mut second, 1).await?;
+    assert_eq!(data, names(0..1));
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_consumers_lag_is_measured_against_the_tip() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "lagging", 1).await?;
+    let consumer = register_active(&client, "lagging").await?;
+    client
+        .register_stream_consumer()
+        .stream_arn(stream_arn("lagging").to_string())
+        .consumer_name("idle")
+        .send()
+        .await?;
+    put(&client, "lagging", 0..10).await?;
+    let mut events = subscribe(
+        &client,
+        &consumer,
+        SHARD,
+        position(ShardIteratorType::TrimHorizon, None)?,
+    )
+    .await?;
+    read_records(&mut events, 10).await?;
+    drop(events);
+    // Written after the reader left: it is that far behind.
+    put(&client, "lagging", 10..25).await?;
+    let admin = |args: Vec<&str>| {
+        let control_plane = cluster.control_plane_addr.clone();
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        async move {
+            let output =
+                tokio::process::Command::new(freshet_e2e::workspace_binary("freshet-admin")?)
+                    .args(["--control-plane-addr", &control_plane])
+                    .args(&args)
+                    .output()
+                    .await?;
+            anyhow::ensure!(
+                output.status.success(),
+                "freshet-admin: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            anyhow::Ok(String::from_utf8(output.stdout)?)
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let table = loop {
+        let table = admin(vec!["consumers", "lag", "lagging"]).await?;
+        if table.contains("reader\tshardId-000000000000\tno\t15\t") {
+            break table;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "unexpected lag table:\n{table}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // A consumer that never read has no position.
+    assert!(
+        table.contains("idle\tshardId-000000000000\tno\t-\t-"),
+        "{table}"
     );
     cluster.shutdown().await;
     Ok(())

@@ -203,6 +203,7 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(RunError::Address)?;
     tracing::info!(%addr, "control plane serving grpc");
     service.metrics.register_in(metrics.registry());
+    service.subscription_claims.register_in(metrics.registry());
     let tasks = service.tasks.clone();
     let router = freshet_server::grpc_server(token, &metrics)
         .timeout(Duration::from_secs(30))

@@ -43,6 +43,7 @@ mod rate_limits;
 mod reshard;
 mod scaler;
 pub mod sealing;
+mod subscriptions;
 
 pub use active::{run, serve, RunError, DEFAULT_METRICS_ADDR};
 
@@ -154,6 +155,9 @@ pub struct ControlPlaneService {
     consumer_transitions: std::sync::Arc<tokio::sync::Notify>,
     /// How long CREATING and DELETING last.
     consumer_transition: Duration,
+    /// SubscribeToShard subscriptions across the frontends, and where
+    /// each consumer has got to.
+    subscription_claims: std::sync::Arc<subscriptions::SubscriptionClaims>,
 }
 
 /// A failure of the control plane's own work as a gRPC status: a
@@ -216,6 +220,7 @@ impl ControlPlaneService {
             metrics: Default::default(),
             consumer_transitions: Default::default(),
             consumer_transition: consumers::DEFAULT_TRANSITION,
+            subscription_claims: Default::default(),
         }
     }
 
@@ -310,6 +315,43 @@ impl ControlPlane for ControlPlaneService {
         request: Request<ConsumerSelector>,
     ) -> Result<Response<ConsumerInfo>, Status> {
         self.deregister_consumer_checked(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn claim_subscription(
+        &self,
+        request: Request<ClaimSubscriptionRequest>,
+    ) -> Result<Response<ClaimSubscriptionResponse>, Status> {
+        let request = request.into_inner();
+        let key = request
+            .key
+            .ok_or_else(|| ErrorCode::InvalidArgument.status("a claim names its subscription"))?;
+        let outcome = self.subscription_claims.claim(
+            &key,
+            &request.holder,
+            &request.ended_holder,
+            tokio::time::Instant::now(),
+        );
+        Ok(Response::new(ClaimSubscriptionResponse {
+            outcome: outcome as i32,
+        }))
+    }
+
+    async fn report_subscriptions(
+        &self,
+        request: Request<ReportSubscriptionsRequest>,
+    ) -> Result<Response<ReportSubscriptionsResponse>, Status> {
+        Ok(Response::new(
+            self.report_subscriptions_impl(request.into_inner()).await,
+        ))
+    }
+
+    async fn consumer_lag(
+        &self,
+        request: Request<ConsumerLagRequest>,
+    ) -> Result<Response<ConsumerLagResponse>, Status> {
+        self.consumer_lag_impl(request.into_inner())
             .await
             .map(Response::new)
     }

@@ -263,6 +263,11 @@ impl Frontend {
         let connection_counts = Arc::new(connections::ConnectionCounts::default());
         connection_counts.register_in(&registry);
         let consumers = fan_out::ConsumerLookups::new(control_plane.clone());
+        let subscriptions = fan_out::Subscriptions::new(config.max_subscriptions);
+        tasks.spawn_loop(fan_out::report_loop(
+            subscriptions.clone(),
+            control_plane.clone(),
+        ));
         Ok(Arc::new(Frontend {
             registry,
             metrics,
@@ -288,7 +293,7 @@ impl Frontend {
                 tasks.clone(),
                 locate,
             ),
-            subscriptions: fan_out::Subscriptions::new(config.max_subscriptions),
+            subscriptions,
             consumers,
             storage_timeout: config.storage_timeout,
             max_in_flight_requests: config.max_in_flight_requests,

@@ -282,6 +282,7 @@ pub(crate) async fn read_committed(
         next_offset: batch.next_offset,
         millis_behind_latest,
         sequence_base: shard.sequence_base,
+        committed_offset: next_in_log,
     })
 }
 

@@ -285,9 +285,10 @@ async fn register_consumers(
                 .send()
                 .await;
             listed.is_ok_and(|l| {
-                l.consumers.unwrap_or_default().iter().all(|c| {
-                    c.consumer_status == aws_sdk_kinesis::types::ConsumerStatus::Active
-                })
+                l.consumers
+                    .unwrap_or_default()
+                    .iter()
+                    .all(|c| c.consumer_status == aws_sdk_kinesis::types::ConsumerStatus::Active)
             })
         })
         .await?;
@@ -420,8 +421,10 @@ async fn fan_out_egress(
     )
     .await?;
     let (written, _) = put_records(client, stream, 4, 100, 1024).await?;
-    let mut samples = Samples::default();
-    samples.latencies = written.latencies;
+    let mut samples = Samples {
+        latencies: written.latencies,
+        ..Samples::default()
+    };
     for reader in readers {
         let (seen, bytes) = reader.await??;
         samples.records += seen.len() as u64;

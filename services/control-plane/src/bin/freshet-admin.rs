@@ -1,5 +1,6 @@
-//! `freshet-admin`: the operator's CLI for users and access keys. It talks
-//! to the control plane's Identities service over gRPC, presenting the
+//! `freshet-admin`: the operator's CLI for users and access keys (and a
+//! look at enhanced fan-out consumers' lag). It talks to the control
+//! plane's Identities and ControlPlane services over gRPC, presenting the
 //! deployment's internal token and the operator's admin token
 //! (`FRESHET_ADMIN_TOKEN`); it never touches Postgres.
 //!
@@ -13,6 +14,7 @@
 //!     --document file://writers.json
 //! freshet-admin policy list --account 111122223333 --user alice
 //! freshet-admin policy delete --account 111122223333 --user alice --name writers
+//! freshet-admin consumers lag orders --account 111122223333 --region us-east-1
 //! ```
 
 use std::process::ExitCode;
@@ -20,9 +22,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use freshet_proto::v1::identities_client::IdentitiesClient;
 use freshet_proto::v1::{
-    AccessKeyState, CreateAccessKeyRequest, CreateUserRequest, DeleteAccessKeyRequest,
-    DeleteUserPolicyRequest, ListAccessKeysRequest, ListUserPoliciesRequest, PutUserPolicyRequest,
-    UpdateAccessKeyRequest,
+    AccessKeyState, ConsumerLagRequest, CreateAccessKeyRequest, CreateUserRequest,
+    DeleteAccessKeyRequest, DeleteUserPolicyRequest, ListAccessKeysRequest,
+    ListUserPoliciesRequest, PutUserPolicyRequest, UpdateAccessKeyRequest,
 };
 use freshet_server::{AdminTokenFlag, ControlPlaneAddr, InternalTokenFlag, TracedChannel};
 
@@ -53,6 +55,24 @@ enum Command {
     /// Identity policies attached to a user.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Enhanced fan-out consumers of a stream.
+    #[command(subcommand)]
+    Consumers(ConsumersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConsumersCommand {
+    /// How far behind the tip each consumer of STREAM is, per shard: the
+    /// committed records not yet sent to it (against the tip its leader
+    /// reports now) and the MillisBehindLatest of its last event.
+    Lag {
+        /// The stream's name.
+        stream: String,
+        #[arg(long, default_value = "000000000000")]
+        account: String,
+        #[arg(long, default_value = "us-east-1")]
+        region: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,8 +195,40 @@ async fn run(cli: Cli) -> Result<(), AdminError> {
         .token_for(freshet_server::AuthMode::Development)?;
     let channel =
         freshet_server::admin_channel(&cli.control_plane.addr, &token, &cli.admin.token()?)?;
-    let mut identities: IdentitiesClient<TracedChannel> = IdentitiesClient::new(channel);
+    let mut identities: IdentitiesClient<TracedChannel> = IdentitiesClient::new(channel.clone());
     match cli.command {
+        Command::Consumers(ConsumersCommand::Lag {
+            stream,
+            account,
+            region,
+        }) => {
+            let lags = freshet_server::control_plane_client(channel)
+                .consumer_lag(ConsumerLagRequest {
+                    account_id: account,
+                    region,
+                    stream_name: stream,
+                })
+                .await?
+                .into_inner()
+                .lags;
+            println!("consumer\tshard\tsubscribed\trecords behind\tms behind");
+            for lag in lags {
+                let (records, millis) = if lag.known {
+                    (
+                        lag.records_behind.to_string(),
+                        lag.millis_behind.to_string(),
+                    )
+                } else {
+                    ("-".to_owned(), "-".to_owned())
+                };
+                println!(
+                    "{}\t{}\t{}\t{records}\t{millis}",
+                    lag.consumer_name,
+                    lag.shard_id,
+                    if lag.subscribed { "yes" } else { "no" },
+                );
+            }
+        }
         Command::User(UserCommand::Create { account, name }) => {
             let created = identities
                 .create_user(CreateUserRequest {

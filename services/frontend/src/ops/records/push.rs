@@ -25,7 +25,7 @@ use freshet_proto::v1::{
     follow_request, ConsumerStatus, FollowRequest, ReadResponse, ShardMapEntry, ShardState,
 };
 use freshet_types::{ConsumerArn, SequenceNumber};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::super::replies::{ReadRecords, SubscribeToShardEventReply};
@@ -33,7 +33,7 @@ use super::super::shard_reads::sealed_segments_from;
 use super::get::child_shards;
 use super::{route_stream, shard_key};
 use crate::cbor::Protocol;
-use crate::fan_out::{event_stream, Held};
+use crate::fan_out::{event_stream, Held, Progress};
 use crate::Frontend;
 
 /// Kinesis ends every subscription after five minutes.
@@ -50,9 +50,6 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 /// under the 24 MiB an event-stream message may hold once base64 and JSON
 /// are added, 10 MiB records included.
 const EVENT_BYTES: u64 = 1024 * 1024;
-/// How long the event that says why a subscription ended may wait for
-/// room in a stalled subscriber's stream.
-const LAST_EVENT_WAIT: Duration = Duration::from_secs(1);
 /// Each subscription's read rate, in bytes of record data per second.
 const BYTES_PER_SECOND: f64 = 2.0 * 1024.0 * 1024.0;
 
@@ -202,6 +199,8 @@ pub struct Push {
     shard_id: String,
     position: Position,
     out: mpsc::Sender<Bytes>,
+    /// Where the event that says why it ended goes (after every event).
+    last_out: Option<oneshot::Sender<Bytes>>,
     /// What the event payloads are written in: the request's protocol.
     protocol: Protocol,
     pace: Pace,
@@ -210,6 +209,8 @@ pub struct Push {
     millis_behind: i64,
     last_event: Instant,
     consumer_checked: Instant,
+    /// Where it is, for the frontend's reports (the consumer's lag).
+    progress: Option<Arc<Progress>>,
 }
 
 impl Push {
@@ -219,7 +220,7 @@ impl Push {
         stream_uid: i64,
         shard_id: String,
         position: Position,
-        (out, protocol): (mpsc::Sender<Bytes>, Protocol),
+        (out, last_out, protocol): (mpsc::Sender<Bytes>, oneshot::Sender<Bytes>, Protocol),
     ) -> Push {
         Push {
             frontend,
@@ -228,12 +229,14 @@ impl Push {
             shard_id,
             position,
             out,
+            last_out: Some(last_out),
             protocol,
             pace: Pace::new(),
             sequence_base: 0,
             millis_behind: 0,
             last_event: Instant::now(),
             consumer_checked: Instant::now(),
+            progress: None,
         }
     }
 
@@ -241,6 +244,7 @@ impl Push {
     /// frontend's subscriptions; the last message says why it ended, if
     /// it did not end normally.
     pub async fn run(mut self, mut held: Held) {
+        self.progress = Some(held.progress.clone());
         let deadline = Instant::now() + LIFETIME;
         let end = tokio::select! {
             end = self.pump() => end,
@@ -269,11 +273,8 @@ impl Push {
                 ))
             }
         };
-        if let Some((exception, message)) = last {
-            // Bounded: a subscriber that stopped reading must not keep
-            // this subscription's place.
-            let last_event = event_stream::exception(exception, &message, self.protocol);
-            let _ = tokio::time::timeout(LAST_EVENT_WAIT, self.out.send(last_event)).await;
+        if let (Some((exception, message)), Some(last_out)) = (last, self.last_out.take()) {
+            let _ = last_out.send(event_stream::exception(exception, &message, self.protocol));
         }
         drop(held);
     }
@@ -436,6 +437,7 @@ impl Push {
         self.position = Position::AtOffset(read.next_offset);
         self.sequence_base = read.sequence_base;
         let Some(last) = read.records.last() else {
+            self.note_progress(read.next_offset, read.committed_offset);
             return Ok(());
         };
         self.millis_behind = if sealed {
@@ -443,6 +445,7 @@ impl Push {
         } else {
             read.millis_behind_latest
         };
+        self.note_progress(read.next_offset, read.committed_offset);
         let bytes: u64 = read
             .records
             .iter()
@@ -477,6 +480,7 @@ impl Push {
         }
         if at_tip {
             self.millis_behind = 0;
+            self.note_progress(next, next);
         }
         let event = SubscribeToShardEventReply {
             records: ReadRecords {
@@ -531,6 +535,15 @@ impl Push {
             Ok(_) => Err(End::ConsumerGone),
             Err(error) if error.code == ErrorCode::ResourceNotFound => Err(End::ConsumerGone),
             Err(_) => Ok(()),
+        }
+    }
+
+    /// Where the subscription is, for the frontend's reports: the records
+    /// below `next_offset` delivered (or about to be), the committed log
+    /// reaching `tip_offset`.
+    fn note_progress(&self, next_offset: u64, tip_offset: u64) {
+        if let Some(progress) = &self.progress {
+            progress.delivered(next_offset, tip_offset, self.millis_behind);
         }
     }
 

@@ -9,9 +9,13 @@
 //! started, a subscription ends with an exception event instead.
 
 use std::convert::Infallible;
+
+use futures::StreamExt as _;
 use std::sync::Arc;
 
-use freshet_proto::v1::GetShardTailRequest;
+use freshet_proto::v1::{
+    ClaimOutcome, ClaimSubscriptionRequest, GetShardTailRequest, SubscriptionKey,
+};
 use freshet_types::{ConsumerArn, SequenceNumber};
 use serde::Deserialize;
 
@@ -219,7 +223,7 @@ pub async fn subscribe_to_shard(
     };
     let held = frontend
         .subscriptions
-        .admit(&arn.to_string(), &shard_id, tokio::time::Instant::now())
+        .admit(&arn, &shard_id, tokio::time::Instant::now())
         .map_err(|refusal| match refusal {
             Refusal::InUse => KinesisError::new(
                 ErrorCode::ResourceInUse,
@@ -238,23 +242,79 @@ pub async fn subscribe_to_shard(
                 "This endpoint holds as many subscriptions as it may; try again later.",
             ),
         })?;
+    claim_across_frontends(frontend, &arn, &shard_id, &held).await?;
     // The initial response goes out first, whatever follows.
     let (out, events) = tokio::sync::mpsc::channel(1);
     let _ = out.try_send(event_stream::initial_response(protocol));
+    // The event that says why a subscription ended follows the events
+    // already made, without waiting for room among them: a subscriber that
+    // stopped reading never keeps an ended subscription's place.
+    let (last_out, last) = tokio::sync::oneshot::channel();
     let push = Push::new(
         frontend.clone(),
         arn,
         consumer.stream_uid,
         shard_id,
         position,
-        (out, protocol),
+        (out, last_out, protocol),
     );
     tokio::spawn(push.run(held));
-    let events = tokio_stream::wrappers::ReceiverStream::new(events);
-    Ok(axum::body::Body::from_stream(futures::StreamExt::map(
-        events,
-        Ok::<_, Infallible>,
-    )))
+    let events = tokio_stream::wrappers::ReceiverStream::new(events)
+        .chain(futures::stream::once(last).filter_map(|last| async move { last.ok() }));
+    Ok(axum::body::Body::from_stream(
+        events.map(Ok::<_, Infallible>),
+    ))
+}
+
+/// Claims the (consumer, shard) at the control plane, so the takeover
+/// rule holds across frontends. A control plane that cannot be asked does
+/// not stop the subscription (this frontend's own rule still holds).
+async fn claim_across_frontends(
+    frontend: &Frontend,
+    arn: &ConsumerArn,
+    shard_id: &str,
+    held: &crate::fan_out::Held,
+) -> KinesisResult<()> {
+    let request = freshet_server::request_with_deadline(
+        ClaimSubscriptionRequest {
+            key: Some(SubscriptionKey {
+                consumer_arn: arn.to_string(),
+                shard_id: shard_id.to_owned(),
+            }),
+            holder: held.progress.holder.clone(),
+            ended_holder: held.ended_holder.clone().unwrap_or_default(),
+        },
+        std::time::Duration::from_secs(2),
+    );
+    let answer = frontend
+        .control_plane
+        .clone()
+        .claim_subscription(request)
+        .await;
+    held.progress.claimed();
+    let outcome = match answer {
+        Ok(answer) => answer.into_inner().outcome(),
+        Err(status) => {
+            tracing::warn!(
+                message = status.message(),
+                "subscription not claimed at the control plane"
+            );
+            return Ok(());
+        }
+    };
+    match outcome {
+        ClaimOutcome::InUse => Err(KinesisError::new(
+            ErrorCode::ResourceInUse,
+            format!(
+                "Another active subscription exists for consumer {arn} on shard {shard_id}; a new one may take it over once it is 5 seconds old."
+            ),
+        )),
+        ClaimOutcome::TooFrequent => Err(KinesisError::new(
+            ErrorCode::LimitExceeded,
+            format!("Consumer {arn} may subscribe to shard {shard_id} once per second."),
+        )),
+        ClaimOutcome::Claimed | ClaimOutcome::Unspecified => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -209,7 +209,8 @@ pub async fn serve(
         .timeout(Duration::from_secs(30))
         .add_service(
             ControlPlaneServer::new(service)
-                .max_encoding_message_size(freshet_server::CONTROL_PLANE_MESSAGE_LIMIT),
+                .max_encoding_message_size(freshet_server::CONTROL_PLANE_MESSAGE_LIMIT)
+                .max_decoding_message_size(freshet_server::CONTROL_PLANE_MESSAGE_LIMIT),
         )
         .add_service(IdentitiesServer::new(identities));
     let served = freshet_server::serve_grpc(

@@ -147,22 +147,36 @@ impl SubscriptionClaims {
         for report in reports {
             let Some(key) = &report.key else { continue };
             let id = (key.consumer_arn.clone(), key.shard_id.clone());
+            let started = now
+                .checked_sub(Duration::from_millis(report.age_ms))
+                .unwrap_or(now);
+            if report.ended && !claims.contains_key(&id) {
+                // Nothing to let go of.
+                continue;
+            }
             let claim = claims.entry(id).or_insert_with(|| Claim {
                 // A claim this control plane never saw (it took over
-                // since): the reporter holds it.
+                // since): the reporter holds it, from when it started.
                 holder: report.holder.clone(),
-                claimed_at: now,
+                claimed_at: started,
                 reported_at: now,
-                live: !report.ended,
+                live: true,
                 next_offset: None,
                 tip_offset: 0,
                 millis_behind: 0,
             });
             if claim.holder != report.holder {
-                if !report.ended {
-                    taken_over.push(report.holder.clone());
+                if report.ended {
+                    continue;
                 }
-                continue;
+                if claim.is_live(now) {
+                    taken_over.push(report.holder.clone());
+                    continue;
+                }
+                // The holder on record is gone: the reporter's is the one
+                // running.
+                claim.holder = report.holder.clone();
+                claim.claimed_at = started;
             }
             claim.reported_at = now;
             claim.live = !report.ended;
@@ -252,11 +266,15 @@ impl ControlPlaneService {
         let workers = self.store.list_workers().await.map_err(internal)?;
         let now = Instant::now();
         let mut lags = Vec::new();
-        for shard in &shards {
-            let tip = match shard.state {
+        // Every leader asked at once, each for 2 s at most.
+        let tips = futures::future::join_all(shards.iter().map(|shard| async {
+            match shard.state {
                 ShardState::Closed => shard.ending_offset,
                 _ => self.tip_of(stream.stream_uid, shard, &workers).await,
-            };
+            }
+        }))
+        .await;
+        for (shard, tip) in shards.iter().zip(tips) {
             for consumer in &consumers {
                 let position =
                     self.subscription_claims
@@ -332,7 +350,39 @@ mod tests {
             tip_offset: tip,
             millis_behind: 7,
             ended: false,
+            age_ms: 0,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_control_plane_that_took_over_learns_claims_from_reports_with_their_age() {
+        let claims = SubscriptionClaims::default();
+        let now = Instant::now() + Duration::from_secs(600);
+        // A subscription four minutes old, reported to a new control plane.
+        let mut old = report("a/1", 10, 15);
+        old.age_ms = 240_000;
+        assert!(claims.report(&[old], now).is_empty());
+        // Its age counts: it may be taken over at once.
+        assert_eq!(claims.claim(&key(), "b/1", "", now), ClaimOutcome::Claimed);
+        // An ended report of a claim never seen is nothing to keep.
+        let other = SubscriptionKey {
+            shard_id: "shardId-000000000001".into(),
+            ..key()
+        };
+        let mut ended = report("c/1", 1, 1);
+        ended.key = Some(other.clone());
+        ended.ended = true;
+        claims.report(&[ended], now);
+        assert_eq!(claims.position(&other.consumer_arn, &other.shard_id, now), None);
+        // A live report whose claim's holder has gone takes the claim.
+        let mut gone = report("b/1", 11, 15);
+        gone.ended = true;
+        claims.report(&[gone], now);
+        assert!(claims.report(&[report("d/1", 12, 15)], now).is_empty());
+        assert_eq!(
+            claims.position(&key().consumer_arn, &key().shard_id, now),
+            Some((true, Some(12), 15, 7))
+        );
     }
 
     #[tokio::test(start_paused = true)]

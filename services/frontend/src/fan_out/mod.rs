@@ -44,8 +44,14 @@ pub const CALL_INTERVAL: Duration = Duration::from_secs(1);
 const SWEEP_ABOVE: usize = 1024;
 /// How often the subscriptions are reported to the control plane.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How long an ended subscription waits for the control plane to hear it
+/// ended before its subscriber is told.
+const RELEASE_WAIT: Duration = Duration::from_millis(300);
 /// `next_offset` before the start is resolved.
 const UNKNOWN: u64 = u64::MAX;
+/// Ended subscriptions kept to report while the control plane cannot be
+/// reached; beyond this the oldest are not reported (their claims expire).
+const MAX_ENDED: usize = 10_000;
 
 /// Why a subscription was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,12 +77,14 @@ pub struct Progress {
     tip_offset: AtomicU64,
     millis_behind: AtomicI64,
     /// Set once its claim was answered: reported only from then on (a
-    /// report racing ahead of the claim would read as taken over).
+    /// report racing ahead of the claim would read as taken over; one
+    /// whose claim was never answered is not the control plane's to judge).
     claimed: AtomicBool,
+    started: Instant,
 }
 
 impl Progress {
-    /// Its claim at the control plane was answered (or could not be made).
+    /// Its claim at the control plane was answered.
     pub fn claimed(&self) {
         self.claimed.store(true, Ordering::Release);
     }
@@ -110,6 +118,7 @@ impl Progress {
             tip_offset: self.tip_offset.load(Ordering::Relaxed),
             millis_behind: self.millis_behind.load(Ordering::Relaxed),
             ended,
+            age_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -145,9 +154,6 @@ pub struct Held {
     pub taken_over: oneshot::Receiver<()>,
     /// Where it is (its upstream updates it).
     pub progress: Arc<Progress>,
-    /// The holder of this frontend's previous subscription of the same
-    /// (consumer, shard), which has ended: its claim is not in the way.
-    pub ended_holder: Option<String>,
     /// None for one that took over a live subscription at the limit: the
     /// place it takes is the one the old subscription gives up.
     _permit: Option<OwnedSemaphorePermit>,
@@ -162,13 +168,19 @@ impl Drop for Held {
             }
         }
         drop(slots);
-        self.registry
-            .ended
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(self.progress.clone());
-        self.registry.report_now.notify_one();
+        self.registry.give_back(&self.progress);
     }
+}
+
+/// A subscription allowed by this frontend's rules, not started yet.
+pub struct Ticket {
+    key: SlotKey,
+    id: u64,
+    /// Where it will be; its holder names its claim.
+    pub progress: Arc<Progress>,
+    /// The holder of this frontend's previous subscription of the same
+    /// (consumer, shard), which has ended: its claim is not in the way.
+    pub ended_holder: Option<String>,
 }
 
 impl Subscriptions {
@@ -196,23 +208,47 @@ impl Subscriptions {
             .count()
     }
 
-    /// Admits a subscription of `consumer` to `shard_id` at `now`, or says
-    /// why not. A live one at least 5 s old is told to end (taken over).
-    pub fn admit(
-        self: &Arc<Self>,
+    /// Whether a subscription of `consumer` to `shard_id` may start at
+    /// `now` by this frontend's rules; its ticket if so. Nothing changes
+    /// until [`Subscriptions::admit`] (after the control plane's claim).
+    pub fn check(
+        &self,
         consumer: &ConsumerArn,
         shard_id: &str,
         now: Instant,
-    ) -> Result<Held, Refusal> {
+    ) -> Result<Ticket, Refusal> {
         let key = (consumer.to_string(), shard_id.to_owned());
-        let mut slots = self.lock();
-        if slots.len() > SWEEP_ABOVE {
-            slots.retain(|_, slot| {
-                slot.takeover.is_some()
-                    || now.saturating_duration_since(slot.started) < TAKEOVER_AFTER
-            });
-        }
-        if let Some(slot) = slots.get(&key) {
+        let slots = self.lock();
+        let previous = slots.get(&key);
+        Self::refusal(previous, now, || self.live.available_permits() > 0)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Ok(Ticket {
+            ended_holder: previous
+                .filter(|slot| slot.takeover.is_none())
+                .map(|slot| slot.progress.holder.clone()),
+            progress: Arc::new(Progress {
+                holder: format!("{}/{id}", self.frontend_id),
+                consumer: consumer.clone(),
+                shard_id: shard_id.to_owned(),
+                next_offset: AtomicU64::new(UNKNOWN),
+                tip_offset: AtomicU64::new(0),
+                millis_behind: AtomicI64::new(0),
+                claimed: AtomicBool::new(false),
+                started: now,
+            }),
+            key,
+            id,
+        })
+    }
+
+    /// This frontend's rules for the slot `previous` at `now`; `room`:
+    /// whether a new subscription fits under the limit.
+    fn refusal(
+        previous: Option<&Slot>,
+        now: Instant,
+        room: impl Fn() -> bool,
+    ) -> Result<(), Refusal> {
+        if let Some(slot) = previous {
             let age = now.saturating_duration_since(slot.started);
             if slot.takeover.is_some() && age < TAKEOVER_AFTER {
                 return Err(Refusal::InUse);
@@ -221,34 +257,43 @@ impl Subscriptions {
                 return Err(Refusal::TooFrequent);
             }
         }
-        let takes_over = slots.get(&key).is_some_and(|slot| slot.takeover.is_some());
-        let ended_holder = slots
-            .get(&key)
-            .filter(|slot| slot.takeover.is_none())
-            .map(|slot| slot.progress.holder.clone());
-        let permit = match self.live.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) if takes_over => None,
-            Err(_) => return Err(Refusal::TooMany),
+        let takes_over = previous.is_some_and(|slot| slot.takeover.is_some());
+        if !takes_over && !room() {
+            return Err(Refusal::TooMany);
+        }
+        Ok(())
+    }
+
+    /// Starts the subscription `ticket` stands for, checking this
+    /// frontend's rules again (another call may have come first); a live
+    /// subscription it replaces is told to end (taken over). Refused, the
+    /// ticket's claim is given back at the next report.
+    pub fn admit(self: &Arc<Self>, ticket: Ticket, now: Instant) -> Result<Held, Refusal> {
+        let mut slots = self.lock();
+        if slots.len() > SWEEP_ABOVE {
+            slots.retain(|_, slot| {
+                slot.takeover.is_some()
+                    || now.saturating_duration_since(slot.started) < TAKEOVER_AFTER
+            });
+        }
+        let previous = slots.get(&ticket.key);
+        let checked = Self::refusal(previous, now, || self.live.available_permits() > 0);
+        let permit = match checked {
+            Ok(()) => self.live.clone().try_acquire_owned().ok(),
+            Err(refusal) => {
+                drop(slots);
+                self.give_back(&ticket.progress);
+                return Err(refusal);
+            }
         };
         let (takeover, taken_over) = oneshot::channel();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let progress = Arc::new(Progress {
-            holder: format!("{}/{id}", self.frontend_id),
-            consumer: consumer.clone(),
-            shard_id: shard_id.to_owned(),
-            next_offset: AtomicU64::new(UNKNOWN),
-            tip_offset: AtomicU64::new(0),
-            millis_behind: AtomicI64::new(0),
-            claimed: AtomicBool::new(false),
-        });
         let previous = slots.insert(
-            key.clone(),
+            ticket.key.clone(),
             Slot {
-                id,
+                id: ticket.id,
                 started: now,
                 takeover: Some(takeover),
-                progress: progress.clone(),
+                progress: ticket.progress.clone(),
             },
         );
         if let Some(ended) = previous.and_then(|slot| slot.takeover) {
@@ -256,32 +301,61 @@ impl Subscriptions {
         }
         Ok(Held {
             registry: self.clone(),
-            key,
-            id,
+            key: ticket.key,
+            id: ticket.id,
             taken_over,
-            progress,
-            ended_holder,
+            progress: ticket.progress,
             _permit: permit,
         })
     }
 
+    /// Reports `progress` as ended at the next report (a claim it may hold
+    /// is let go).
+    fn give_back(&self, progress: &Arc<Progress>) {
+        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        if ended.len() < MAX_ENDED {
+            ended.push(progress.clone());
+        }
+        drop(ended);
+        self.report_now.notify_one();
+    }
+
     /// What to report: every live subscription, and those that ended
-    /// since the last report.
-    fn reports(&self) -> Vec<SubscriptionReport> {
+    /// since the last report (also returned, to report again if this
+    /// report fails).
+    fn reports(&self) -> (Vec<SubscriptionReport>, Vec<Arc<Progress>>) {
         let ended: Vec<Arc<Progress>> =
             std::mem::take(&mut *self.ended.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut reports: Vec<SubscriptionReport> = ended
-            .iter()
-            .filter(|progress| progress.is_claimed())
-            .map(|progress| progress.report(true))
-            .collect();
+        let ended: Vec<Arc<Progress>> = ended.into_iter().filter(|p| p.is_claimed()).collect();
+        let mut reports: Vec<SubscriptionReport> =
+            ended.iter().map(|progress| progress.report(true)).collect();
         reports.extend(
             self.lock()
                 .values()
                 .filter(|slot| slot.takeover.is_some() && slot.progress.is_claimed())
                 .map(|slot| slot.progress.report(false)),
         );
-        reports
+        (reports, ended)
+    }
+
+    /// Tells the control plane at once that `progress` ended, so the
+    /// client, told next, may subscribe again anywhere straight away
+    /// (bounded: the next report says it anyway).
+    pub async fn release_now(
+        &self,
+        progress: &Progress,
+        control_plane: &ControlPlaneClient<TracedChannel>,
+    ) {
+        if !progress.is_claimed() {
+            return;
+        }
+        let request = freshet_server::request_with_deadline(
+            ReportSubscriptionsRequest {
+                subscriptions: vec![progress.report(true)],
+            },
+            RELEASE_WAIT,
+        );
+        let _ = control_plane.clone().report_subscriptions(request).await;
     }
 
     /// Ends the subscriptions `holders` names (another frontend took them
@@ -309,7 +383,7 @@ pub async fn report_loop(
             () = tokio::time::sleep(REPORT_EVERY) => {}
             () = subscriptions.report_now.notified() => {}
         }
-        let reports = subscriptions.reports();
+        let (reports, ended) = subscriptions.reports();
         if reports.is_empty() {
             continue;
         }
@@ -322,7 +396,11 @@ pub async fn report_loop(
         match control_plane.clone().report_subscriptions(request).await {
             Ok(answer) => subscriptions.take_over(&answer.into_inner().taken_over),
             Err(status) => {
-                tracing::debug!(message = status.message(), "subscriptions not reported");
+                tracing::warn!(message = status.message(), "subscriptions not reported");
+                // Ended ones are reported again next time.
+                for progress in ended {
+                    subscriptions.give_back(&progress);
+                }
             }
         }
     }
@@ -331,6 +409,16 @@ pub async fn report_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checks and admits at once (as if the control plane said yes).
+    fn begin(
+        subscriptions: &Arc<Subscriptions>,
+        shard: &str,
+        now: Instant,
+    ) -> Result<Held, Refusal> {
+        let ticket = subscriptions.check(&arn(), shard, now)?;
+        subscriptions.admit(ticket, now)
+    }
 
     fn arn() -> ConsumerArn {
         ConsumerArn::parse("arn:aws:kinesis:us-east-1:000000000000:stream/s/consumer/c:1")
@@ -342,28 +430,21 @@ mod tests {
     async fn a_second_subscription_within_five_seconds_is_refused_and_after_takes_over() {
         let subscriptions = Subscriptions::new(10);
         let start = Instant::now();
-        let mut first = subscriptions.admit(&arn(), SHARD, start).expect("admitted");
+        let mut first = begin(&subscriptions, SHARD, start).expect("admitted");
         assert_eq!(
-            subscriptions
-                .admit(&arn(), SHARD, start + Duration::from_secs(4))
-                .err(),
+            begin(&subscriptions, SHARD, start + Duration::from_secs(4)).err(),
             Some(Refusal::InUse)
         );
         // Another shard, or another consumer, is another subscription.
-        let _other = subscriptions
-            .admit(&arn(), "shardId-000000000001", start)
-            .expect("another shard");
+        let _other = begin(&subscriptions, "shardId-000000000001", start).expect("another shard");
         assert!(first.taken_over.try_recv().is_err(), "still running");
-        let second = subscriptions
-            .admit(&arn(), SHARD, start + Duration::from_secs(5))
-            .expect("takes over");
+        let second =
+            begin(&subscriptions, SHARD, start + Duration::from_secs(5)).expect("takes over");
         assert!(first.taken_over.try_recv().is_ok(), "told to end");
         drop(first);
         // The old one ending does not free the new one's place.
         assert_eq!(
-            subscriptions
-                .admit(&arn(), SHARD, start + Duration::from_secs(6))
-                .err(),
+            begin(&subscriptions, SHARD, start + Duration::from_secs(6)).err(),
             Some(Refusal::InUse)
         );
         drop(second);
@@ -373,30 +454,26 @@ mod tests {
     async fn a_consumer_may_subscribe_to_a_shard_once_a_second() {
         let subscriptions = Subscriptions::new(10);
         let start = Instant::now();
-        drop(subscriptions.admit(&arn(), SHARD, start).expect("admitted"));
+        drop(begin(&subscriptions, SHARD, start).expect("admitted"));
         assert_eq!(
-            subscriptions
-                .admit(&arn(), SHARD, start + Duration::from_millis(500))
-                .err(),
+            begin(&subscriptions, SHARD, start + Duration::from_millis(500)).err(),
             Some(Refusal::TooFrequent)
         );
-        assert!(subscriptions
-            .admit(&arn(), SHARD, start + Duration::from_secs(1))
-            .is_ok());
+        assert!(begin(&subscriptions, SHARD, start + Duration::from_secs(1)).is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_frontend_holds_at_most_its_limit_of_subscriptions() {
         let subscriptions = Subscriptions::new(2);
         let now = Instant::now();
-        let a = subscriptions.admit(&arn(), "a", now).expect("first");
-        let _b = subscriptions.admit(&arn(), "b", now).expect("second");
+        let a = begin(&subscriptions, "a", now).expect("first");
+        let _b = begin(&subscriptions, "b", now).expect("second");
         assert_eq!(
-            subscriptions.admit(&arn(), "c", now).err(),
+            begin(&subscriptions, "c", now).err(),
             Some(Refusal::TooMany)
         );
         assert_eq!(subscriptions.live(), 2);
         drop(a);
-        assert!(subscriptions.admit(&arn(), "c", now).is_ok());
+        assert!(begin(&subscriptions, "c", now).is_ok());
     }
 }

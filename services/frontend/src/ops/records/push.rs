@@ -273,6 +273,12 @@ impl Push {
                 ))
             }
         };
+        // The control plane hears it ended before the subscriber does, so
+        // the subscriber may subscribe again anywhere at once.
+        self.frontend
+            .subscriptions
+            .release_now(&held.progress, &self.frontend.control_plane)
+            .await;
         if let (Some((exception, message)), Some(last_out)) = (last, self.last_out.take()) {
             let _ = last_out.send(event_stream::exception(exception, &message, self.protocol));
         }
@@ -436,8 +442,10 @@ impl Push {
     async fn deliver(&mut self, read: ReadResponse, sealed: bool) -> Result<(), End> {
         self.position = Position::AtOffset(read.next_offset);
         self.sequence_base = read.sequence_base;
+        // A sealed segment's copy knows its own end, not the shard's tip.
+        let tip = if sealed { 0 } else { read.committed_offset };
         let Some(last) = read.records.last() else {
-            self.note_progress(read.next_offset, read.committed_offset);
+            self.note_progress(read.next_offset, tip);
             return Ok(());
         };
         self.millis_behind = if sealed {
@@ -445,7 +453,6 @@ impl Push {
         } else {
             read.millis_behind_latest
         };
-        self.note_progress(read.next_offset, read.committed_offset);
         let bytes: u64 = read
             .records
             .iter()
@@ -461,6 +468,8 @@ impl Push {
             child_shards: None,
         };
         self.send(&event).await?;
+        // Delivered once sent, not before: a stalled subscriber is behind.
+        self.note_progress(read.next_offset, tip);
         let wait = self.pace.take(bytes);
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;

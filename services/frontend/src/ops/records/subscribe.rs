@@ -221,10 +221,8 @@ pub async fn subscribe_to_shard(
             Position::AtOffset(offset)
         }
     };
-    let held = frontend
-        .subscriptions
-        .admit(&arn, &shard_id, tokio::time::Instant::now())
-        .map_err(|refusal| match refusal {
+    let refused = |refusal| {
+        match refusal {
             Refusal::InUse => KinesisError::new(
                 ErrorCode::ResourceInUse,
                 format!(
@@ -241,8 +239,19 @@ pub async fn subscribe_to_shard(
                 ErrorCode::LimitExceeded,
                 "This endpoint holds as many subscriptions as it may; try again later.",
             ),
-        })?;
-    claim_across_frontends(frontend, &arn, &shard_id, &held).await?;
+    }
+    };
+    // This frontend's rules first, then the control plane's claim across
+    // every frontend; only then does a live subscription it replaces end.
+    let ticket = frontend
+        .subscriptions
+        .check(&arn, &shard_id, tokio::time::Instant::now())
+        .map_err(refused)?;
+    claim_across_frontends(frontend, &arn, &shard_id, &ticket).await?;
+    let held = frontend
+        .subscriptions
+        .admit(ticket, tokio::time::Instant::now())
+        .map_err(refused)?;
     // The initial response goes out first, whatever follows.
     let (out, events) = tokio::sync::mpsc::channel(1);
     let _ = out.try_send(event_stream::initial_response(protocol));
@@ -273,7 +282,7 @@ async fn claim_across_frontends(
     frontend: &Frontend,
     arn: &ConsumerArn,
     shard_id: &str,
-    held: &crate::fan_out::Held,
+    ticket: &crate::fan_out::Ticket,
 ) -> KinesisResult<()> {
     let request = freshet_server::request_with_deadline(
         ClaimSubscriptionRequest {
@@ -281,19 +290,22 @@ async fn claim_across_frontends(
                 consumer_arn: arn.to_string(),
                 shard_id: shard_id.to_owned(),
             }),
-            holder: held.progress.holder.clone(),
-            ended_holder: held.ended_holder.clone().unwrap_or_default(),
+            holder: ticket.progress.holder.clone(),
+            ended_holder: ticket.ended_holder.clone().unwrap_or_default(),
         },
-        std::time::Duration::from_secs(2),
+        // Short: a control plane that cannot answer does not stop it.
+        std::time::Duration::from_secs(1),
     );
     let answer = frontend
         .control_plane
         .clone()
         .claim_subscription(request)
         .await;
-    held.progress.claimed();
     let outcome = match answer {
-        Ok(answer) => answer.into_inner().outcome(),
+        Ok(answer) => {
+            ticket.progress.claimed();
+            answer.into_inner().outcome()
+        }
         Err(status) => {
             tracing::warn!(
                 message = status.message(),

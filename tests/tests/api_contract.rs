@@ -90,18 +90,26 @@ async fn protocol_errors_match_kinesis() -> anyhow::Result<()> {
         (400, "IncompleteSignatureException")
     );
 
-    let cbor = post_http1(
+    // CBOR is spoken (tests/tests/cbor.rs); a body that is not CBOR is a
+    // SerializationException, said in CBOR.
+    let not_cbor = freshet_e2e::raw_http::kinesis_cbor(&address, "ListStreams", b"{}").await?;
+    assert_eq!(not_cbor.status, 400);
+    assert!(not_cbor
+        .headers
+        .iter()
+        .any(|(name, value)| name == "x-amzn-errortype" && value == "SerializationException"));
+    let unknown_type = post_http1(
         &address,
         &[
-            ("Content-Type", "application/x-amz-cbor-1.1"),
+            ("Content-Type", "application/xml"),
             ("X-Amz-Target", "Kinesis_20131202.ListStreams"),
             ("Authorization", freshet_e2e::raw_http::DEV_AUTHORIZATION),
             ("X-Amz-Date", freshet_e2e::raw_http::DEV_AMZ_DATE),
         ],
-        b"\xa0",
+        b"<ListStreams/>",
     )
     .await?;
-    assert_eq!(cbor.error_type(), "SerializationException");
+    assert_eq!(unknown_type.error_type(), "SerializationException");
 
     // Nothing above created anything.
     let listed = kinesis_http1(&address, "ListStreams", "{}").await?;

@@ -373,7 +373,10 @@ mod tests {
         ended.key = Some(other.clone());
         ended.ended = true;
         claims.report(&[ended], now);
-        assert_eq!(claims.position(&other.consumer_arn, &other.shard_id, now), None);
+        assert_eq!(
+            claims.position(&other.consumer_arn, &other.shard_id, now),
+            None
+        );
         // A live report whose claim's holder has gone takes the claim.
         let mut gone = report("b/1", 11, 15);
         gone.ended = true;

@@ -11,7 +11,6 @@
 //! then follows the new leader from where it got to, so a failover neither
 //! loses nor repeats a record.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,11 +21,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::service::{read_committed, Access, StorageService};
+use crate::service::{read_committed, Access, FollowStream, StorageService};
 use crate::writer::OpenShard;
-
-pub type FollowStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<ReadResponse, Status>> + Send>>;
 
 /// How often an idle follower checks that this worker still leads the
 /// segment (a commit wakes it sooner).

@@ -228,6 +228,11 @@ impl StorageService {
     }
 }
 
+/// What `Follow` answers with: committed records as they commit
+/// (`follow.rs`).
+pub(crate) type FollowStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<ReadResponse, Status>> + Send>>;
+
 /// Committed records of `shard`'s log from `start` (unset: its trim
 /// horizon), at most `max_records` (clamped to 1..10000) and about
 /// `max_bytes` (0 or above 10 MiB: 10 MiB), read off the async threads.
@@ -416,7 +421,7 @@ impl Storage for StorageService {
         Ok(Response::new(response))
     }
 
-    type FollowStream = crate::follow::FollowStream;
+    type FollowStream = FollowStream;
 
     async fn follow(
         &self,

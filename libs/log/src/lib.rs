@@ -52,6 +52,7 @@
 //!   committed is never served, and a replica can still drop it.
 
 mod appends;
+mod commits;
 mod epochs;
 mod error;
 mod read;
@@ -479,33 +480,6 @@ impl ShardLog {
         )
     }
 
-    /// Writes the commit point to disk if it moved since the last time.
-    /// Returns whether it wrote.
-    pub fn persist_commit_point(&self) -> LogResult<bool> {
-        let mut persisted = self
-            .persisted_commit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let committed = self.committed_offset();
-        if committed == *persisted {
-            return Ok(false);
-        }
-        let path = self.dir.join(COMMIT_POINT_FILE);
-        let temporary = self.dir.join(format!("{COMMIT_POINT_FILE}.new"));
-        File::create(&temporary)
-            .and_then(|mut file| {
-                file.write_all(committed.to_string().as_bytes())?;
-                file.sync_all()
-            })
-            .map_err(io_error("write", &temporary))?;
-        fs::rename(&temporary, &path).map_err(io_error("replace", &path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_error("fsync log directory", &self.dir))?;
-        *persisted = committed;
-        Ok(true)
-    }
-
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -530,26 +504,6 @@ impl ShardLog {
         let mut writer = self.lock_writer();
         writer.arrival_floor_ms = writer.arrival_floor_ms.max(floor_ms);
         writer.last_arrival_ms = writer.last_arrival_ms.max(floor_ms);
-    }
-
-    /// Makes records below `upto` visible to readers (clamped to what is durable).
-    pub fn commit(&self, upto: u64) {
-        let committed = {
-            let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
-            view.committed = view.committed.max(upto.min(view.next_offset));
-            view.committed
-        };
-        self.commits.send_if_modified(|seen| {
-            let moved = *seen < committed;
-            *seen = (*seen).max(committed);
-            moved
-        });
-    }
-
-    /// The commit point as it moves: a reader waiting for new records
-    /// (a SubscribeToShard's upstream) waits on it instead of polling.
-    pub fn watch_commits(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.commits.subscribe()
     }
 
     /// Removes every record at or after `offset`: a replica dropping a tail
@@ -633,14 +587,6 @@ impl ShardLog {
     #[doc(hidden)]
     pub fn fail_next_sync(&self) {
         self.sync_fails_next.store(true, Ordering::Relaxed);
-    }
-
-    /// The end of the committed records.
-    pub fn committed_offset(&self) -> u64 {
-        self.view
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .committed
     }
 
     fn write_batch(

@@ -4,7 +4,7 @@
 
 use freshet_errors::ErrorCode;
 use freshet_proto::v1::read_request::Start;
-use freshet_proto::v1::{GetShardTailRequest, ShardState};
+use freshet_proto::v1::ShardState;
 use freshet_shardmap::StreamRoute;
 use freshet_types::SequenceNumber;
 use serde::Deserialize;
@@ -15,7 +15,7 @@ use super::super::shard_reads::read_shard;
 use super::super::streams::normalize_shard_id;
 use super::super::{to_json_text, StreamTarget};
 use super::{
-    dry_run_error, rate_exceeded, refused_before_acting, route_stream, shard_id_of, shard_key,
+    dry_run_error, rate_exceeded, refused_before_acting, route_stream, shard_id_of, shard_tail,
 };
 use crate::auth::Caller;
 use crate::error::{KinesisError, KinesisResult, Violations};
@@ -130,23 +130,7 @@ pub async fn get_shard_iterator(
         "AT_TIMESTAMP" => {
             Position::AtTimestampMs((input.timestamp.unwrap_or_default() * 1000.0).round() as i64)
         }
-        "LATEST" => {
-            let mut client = frontend.storage.client(&entry.leader_address)?;
-            let tail = client
-                .get_shard_tail(frontend.storage_request(GetShardTailRequest {
-                    shard: shard_key(&entry),
-                    epoch: entry.epoch,
-                }))
-                .await
-                .map_err(|status| {
-                    KinesisError::internal(format!(
-                        "read the tail of {shard_id}: {}",
-                        status.message()
-                    ))
-                })?
-                .into_inner();
-            Position::AtOffset(tail.next_offset)
-        }
+        "LATEST" => Position::AtOffset(shard_tail(frontend, &entry).await?),
         _ => {
             let text = input
                 .starting_sequence_number

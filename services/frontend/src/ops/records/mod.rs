@@ -33,7 +33,7 @@ pub use subscribe::subscribe_to_shard;
 pub(crate) use subscribe::SubscribeToShardInput;
 
 use freshet_errors::ErrorCode;
-use freshet_proto::v1::{ShardKey, ShardMapEntry};
+use freshet_proto::v1::{GetShardTailRequest, ShardKey, ShardMapEntry};
 use freshet_shardmap::StreamRoute;
 use freshet_types::StreamArn;
 
@@ -57,6 +57,26 @@ async fn route_stream(frontend: &Frontend, stream: &StreamArn) -> KinesisResult<
         .await
         .map_err(|error| KinesisError::internal(error.to_string()))?
         .ok_or_else(|| KinesisError::stream_not_found(stream))
+}
+
+/// Where the shard's committed log ends (where LATEST starts), asked of
+/// its leader.
+async fn shard_tail(frontend: &Frontend, entry: &ShardMapEntry) -> KinesisResult<u64> {
+    let mut client = frontend.storage.client(&entry.leader_address)?;
+    let tail = client
+        .get_shard_tail(frontend.storage_request(GetShardTailRequest {
+            shard: shard_key(entry),
+            epoch: entry.epoch,
+        }))
+        .await
+        .map_err(|status| {
+            KinesisError::internal(format!(
+                "read the tail of {}: {}",
+                shard_id_of(entry),
+                status.message()
+            ))
+        })?;
+    Ok(tail.into_inner().next_offset)
 }
 
 fn shard_key(entry: &ShardMapEntry) -> Option<ShardKey> {

@@ -13,15 +13,13 @@ use std::convert::Infallible;
 use futures::StreamExt as _;
 use std::sync::Arc;
 
-use freshet_proto::v1::{
-    ClaimOutcome, ClaimSubscriptionRequest, GetShardTailRequest, SubscriptionKey,
-};
+use freshet_proto::v1::{ClaimOutcome, ClaimSubscriptionRequest, SubscriptionKey};
 use freshet_types::{ConsumerArn, SequenceNumber};
 use serde::Deserialize;
 
 use super::super::streams::normalize_shard_id;
 use super::push::{Position, Push};
-use super::{route_stream, shard_key};
+use super::{route_stream, shard_tail};
 use crate::auth::Caller;
 use crate::cbor::Protocol;
 use crate::error::{KinesisError, KinesisResult, Violations};
@@ -190,23 +188,7 @@ pub async fn subscribe_to_shard(
         "LATEST" if entry.state() == freshet_proto::v1::ShardState::Closed => {
             Position::AtOffset(entry.ending_offset)
         }
-        "LATEST" => {
-            let mut client = frontend.storage.client(&entry.leader_address)?;
-            let tail = client
-                .get_shard_tail(frontend.storage_request(GetShardTailRequest {
-                    shard: shard_key(&entry),
-                    epoch: entry.epoch,
-                }))
-                .await
-                .map_err(|status| {
-                    KinesisError::internal(format!(
-                        "read the tail of {shard_id}: {}",
-                        status.message()
-                    ))
-                })?
-                .into_inner();
-            Position::AtOffset(tail.next_offset)
-        }
+        "LATEST" => Position::AtOffset(shard_tail(frontend, &entry).await?),
         _ => {
             let text = position_input
                 .sequence_number

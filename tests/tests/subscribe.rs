@@ -114,6 +114,31 @@ async fn read_records(events: &mut Events, count: usize) -> anyhow::Result<(Vec<
     Ok((data, continuation))
 }
 
+/// Reads `events` (heartbeats, records) until the subscription ends; it
+/// must end with a ResourceInUseException event (taken over, or its
+/// consumer gone), within 20 s.
+async fn assert_taken_over(events: &mut Events) -> anyhow::Result<()> {
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match events.recv().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => anyhow::bail!("the subscription ended without saying why"),
+                Err(error) => break Ok(error),
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the subscription was not ended within 20 s"))??;
+    anyhow::ensure!(
+        matches!(
+            ended.as_service_error(),
+            Some(SubscribeToShardEventStreamError::ResourceInUseException(_))
+        ),
+        "{ended:?}"
+    );
+    Ok(())
+}
+
 async fn put(
     client: &aws_sdk_kinesis::Client,
     stream: &str,
@@ -252,24 +277,7 @@ async fn a_second_subscription_is_refused_for_five_seconds_then_takes_over() -> 
     )
     .await?;
     // The first ends with ResourceInUseException (after any heartbeats).
-    let ended = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match first.recv().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => anyhow::bail!("the first ended without saying why"),
-                Err(error) => break Ok(error),
-            }
-        }
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("the first was not ended within 20 s"))??;
-    assert!(
-        matches!(
-            ended.as_service_error(),
-            Some(SubscribeToShardEventStreamError::ResourceInUseException(_))
-        ),
-        "{ended:?}"
-    );
+    assert_taken_over(&mut first).await?;
     // The second runs on.
     put(&client, "taken", 0..1).await?;
     let (data, _) = read_records(&mut second, 1).await?;
@@ -548,24 +556,7 @@ async fn deregistering_the_consumer_ends_its_subscriptions() -> anyhow::Result<(
         .send()
         .await?;
     // Heartbeats until the subscription learns it, then the reason.
-    let ended = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match events.recv().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(error) => return Some(error),
-            }
-        }
-    })
-    .await?
-    .ok_or_else(|| anyhow::anyhow!("the subscription ended without saying why"))?;
-    assert!(
-        matches!(
-            ended.as_service_error(),
-            Some(SubscribeToShardEventStreamError::ResourceInUseException(_))
-        ),
-        "{ended:?}"
-    );
+    assert_taken_over(&mut events).await?;
     cluster.shutdown().await;
     Ok(())
 }
@@ -607,24 +598,7 @@ async fn the_takeover_rule_holds_across_frontends() -> anyhow::Result<()> {
     )
     .await?;
     // The first frontend learns it at its next report, and ends the first.
-    let ended = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match first.recv().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => anyhow::bail!("the first ended without saying why"),
-                Err(error) => break Ok(error),
-            }
-        }
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("the first was not ended within 20 s"))??;
-    assert!(
-        matches!(
-            ended.as_service_error(),
-            Some(SubscribeToShardEventStreamError::ResourceInUseException(_))
-        ),
-        "{ended:?}"
-    );
+    assert_taken_over(&mut first).await?;
     put(&client, "balanced", 0..1).await?;
     let (data, _) = read_records(&mut second, 1).await?;
     assert_eq!(data, names(0..1));

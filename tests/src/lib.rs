@@ -12,6 +12,7 @@
 
 pub mod cbor_client;
 pub mod demo;
+pub mod fan_out;
 pub mod h2c_client;
 pub mod load;
 pub mod proxy;

@@ -6,11 +6,14 @@
 //! each key in acknowledgement order, whichever segment they read.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
 use freshet_control_plane::ScalerConfig;
+use freshet_e2e::fan_out;
 use freshet_e2e::load::WriterLoops;
 use freshet_e2e::{
     create_active_stream, read_shard, stream_arn, wait_until, Cluster, ClusterOptions, WorkerMode,
@@ -337,6 +340,100 @@ async fn an_overloaded_worker_hands_a_shard_on_without_copying_its_records() -> 
         first_page.records.first().map(|r| &r.sequence_number),
         Some(&all[0].sequence_number)
     );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// A subscriber of a shard that moves keeps its subscription: it follows
+/// the sealed segment to its end and the new segment on from there, every
+/// acknowledged record once, each key in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_follows_its_shard_across_a_move() -> anyhow::Result<()> {
+    let zones = vec!["az-a", "az-b", "az-c", "az-a", "az-b", "az-c"];
+    let cluster = Cluster::start_with(balancing(zones, WorkerMode::InProcess)).await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "followed", 8).await?;
+    wait_until(Duration::from_secs(10), || async {
+        entries(&cluster, "followed").len() == 8
+    })
+    .await?;
+    let (_, first, second) = two_shards_of_one_worker(&entries(&cluster, "followed"));
+    let hot = [shard_id(&first), shard_id(&second)];
+    let consumer = fan_out::register_consumer(&client, "followed", "reader").await?;
+    let readers: Vec<_> = hot
+        .iter()
+        .map(|shard| {
+            let received = fan_out::Received::default();
+            let subscriptions = Arc::new(AtomicUsize::new(0));
+            let task = fan_out::keep_reading(
+                client.clone(),
+                consumer.clone(),
+                shard,
+                received.clone(),
+                subscriptions.clone(),
+            );
+            (shard.clone(), received, subscriptions, task)
+        })
+        .collect();
+    let writers = start_shard_writers(&client, "followed", &[first, second]);
+    let moved = wait_for_a_move(&cluster, "followed", &hot).await?;
+    let at_move = writers.count();
+    wait_until(Duration::from_secs(60), || async {
+        writers.count() >= at_move + 100
+    })
+    .await?;
+    let acknowledged = writers.stop().await?;
+
+    let moved_id = shard_id(&moved);
+    let (_, received, subscriptions, _) = readers
+        .iter()
+        .find(|(shard, ..)| *shard == moved_id)
+        .ok_or_else(|| anyhow::anyhow!("the moved shard had no reader"))?;
+    let expected: HashSet<(String, u64)> = acknowledged
+        .iter()
+        .filter(|(key, _)| key.starts_with(&format!("{moved_id}/")))
+        .flat_map(|(key, ns)| ns.iter().map(|n| (key.clone(), *n)))
+        .collect();
+    let delivered = || {
+        let got = received.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        got.into_iter()
+            .map(|(sequence, data)| {
+                let mut parts = data.splitn(3, ':');
+                let key = parts.next().unwrap_or_default().to_owned();
+                let n: u64 = parts
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(u64::MAX);
+                (sequence, key, n)
+            })
+            .collect::<Vec<_>>()
+    };
+    wait_until(Duration::from_secs(60), || async {
+        let got: HashSet<(String, u64)> = delivered().into_iter().map(|(_, k, n)| (k, n)).collect();
+        expected.is_subset(&got)
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("acknowledged records of {moved_id} were not delivered"))?;
+    let got = delivered();
+    let distinct: HashSet<(&String, u64)> = got.iter().map(|(_, k, n)| (k, *n)).collect();
+    assert_eq!(distinct.len(), got.len(), "a record was delivered twice");
+    assert!(
+        got.windows(2).all(|pair| pair[0].0 < pair[1].0),
+        "records arrived out of sequence order"
+    );
+    let mut last: HashMap<&String, u64> = HashMap::new();
+    for (_, key, n) in &got {
+        let previous = last.insert(key, *n);
+        assert!(previous.is_none_or(|p| p < *n), "{key} out of order");
+    }
+    assert_eq!(
+        subscriptions.load(Ordering::Relaxed),
+        1,
+        "the subscription ended at the move"
+    );
+    for (.., task) in &readers {
+        task.abort();
+    }
     cluster.shutdown().await;
     Ok(())
 }

@@ -9,76 +9,15 @@ use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError;
 use aws_sdk_kinesis::types::{
-    ConsumerStatus, ShardIteratorType, StartingPosition, SubscribeToShardEvent,
-    SubscribeToShardEventStream,
+    ShardIteratorType, SubscribeToShardEvent, SubscribeToShardEventStream,
+};
+use freshet_e2e::fan_out::{
+    keep_reading, position, register_consumer, subscribe, Events, Received,
 };
 use freshet_e2e::raw_http::kinesis_http1;
 use freshet_e2e::{create_active_stream, kinesis_client_h2c, stream_arn, wait_until, Cluster};
 
-type Events = aws_sdk_kinesis::primitives::event_stream::EventReceiver<
-    SubscribeToShardEventStream,
-    SubscribeToShardEventStreamError,
->;
-
 const SHARD: &str = "shardId-000000000000";
-
-async fn register_active(client: &aws_sdk_kinesis::Client, stream: &str) -> anyhow::Result<String> {
-    let arn = client
-        .register_stream_consumer()
-        .stream_arn(stream_arn(stream).to_string())
-        .consumer_name("reader")
-        .send()
-        .await?
-        .consumer
-        .map(|c| c.consumer_arn)
-        .ok_or_else(|| anyhow::anyhow!("no consumer"))?;
-    wait_until(Duration::from_secs(10), || async {
-        client
-            .describe_stream_consumer()
-            .consumer_arn(&arn)
-            .send()
-            .await
-            .ok()
-            .and_then(|d| d.consumer_description)
-            .is_some_and(|d| d.consumer_status == ConsumerStatus::Active)
-    })
-    .await?;
-    Ok(arn)
-}
-
-fn position(kind: ShardIteratorType, sequence: Option<&str>) -> anyhow::Result<StartingPosition> {
-    Ok(StartingPosition::builder()
-        .r#type(kind)
-        .set_sequence_number(sequence.map(str::to_owned))
-        .build()?)
-}
-
-async fn subscribe(
-    client: &aws_sdk_kinesis::Client,
-    consumer: &str,
-    shard: &str,
-    from: StartingPosition,
-) -> anyhow::Result<Events> {
-    // The SDK's send() returns once the initial-response event arrived:
-    // a server that never sends it leaves it waiting here.
-    let sent = client
-        .subscribe_to_shard()
-        .consumer_arn(consumer)
-        .shard_id(shard)
-        .starting_position(from)
-        .send();
-    let output = tokio::time::timeout(Duration::from_secs(10), sent)
-        .await
-        .map_err(|_| anyhow::anyhow!("no initial-response within 10 s"))?
-        .map_err(|error| {
-            anyhow::anyhow!(
-                "SubscribeToShard failed: {:?} {:?}",
-                error.as_service_error().and_then(|e| e.code()),
-                error.as_service_error().and_then(|e| e.message())
-            )
-        })?;
-    Ok(output.event_stream)
-}
 
 /// The next event, or `None` when the stream ended; an error event is an
 /// error.
@@ -184,7 +123,7 @@ async fn over_http2_a_subscriber_gets_every_record_once_in_order_and_resumes_fro
 async fn every_record_once_and_resumed(client: &aws_sdk_kinesis::Client) -> anyhow::Result<()> {
     let client = client.clone();
     create_active_stream(&client, "pushed", 1).await?;
-    let consumer = register_active(&client, "pushed").await?;
+    let consumer = register_consumer(&client, "pushed", "reader").await?;
     put(&client, "pushed", 0..20).await?;
 
     let mut events = subscribe(
@@ -246,7 +185,7 @@ async fn a_second_subscription_is_refused_for_five_seconds_then_takes_over() -> 
     // Over HTTP/2, as KCL subscribes.
     let client = kinesis_client_h2c(&cluster.endpoint);
     create_active_stream(&client, "taken", 1).await?;
-    let consumer = register_active(&client, "taken").await?;
+    let consumer = register_consumer(&client, "taken", "reader").await?;
     let mut first = subscribe(
         &client,
         &consumer,
@@ -291,7 +230,7 @@ async fn a_split_shard_ends_its_subscription_with_its_children() -> anyhow::Resu
     let cluster = Cluster::start().await?;
     let client = cluster.kinesis();
     create_active_stream(&client, "split", 1).await?;
-    let consumer = register_active(&client, "split").await?;
+    let consumer = register_consumer(&client, "split", "reader").await?;
     put(&client, "split", 0..10).await?;
     let mut events = subscribe(
         &client,
@@ -346,7 +285,7 @@ async fn bad_subscriptions_are_refused_before_any_event() -> anyhow::Result<()> 
     let address = cluster.endpoint.trim_start_matches("http://").to_owned();
     create_active_stream(&client, "guarded", 1).await?;
     create_active_stream(&client, "elsewhere", 1).await?;
-    let consumer = register_active(&client, "guarded").await?;
+    let consumer = register_consumer(&client, "guarded", "reader").await?;
     let foreign_sequence = client
         .put_record()
         .stream_name("elsewhere")
@@ -418,51 +357,6 @@ async fn bad_subscriptions_are_refused_before_any_event() -> anyhow::Result<()> 
     Ok(())
 }
 
-/// What a subscriber received: (sequence number, data) in arrival order.
-type Received = std::sync::Arc<std::sync::Mutex<Vec<(u128, String)>>>;
-
-/// Reads the shard from its start for as long as it runs, subscribing
-/// again after its continuation whenever a subscription ends (as KCL does).
-fn keep_reading(
-    client: aws_sdk_kinesis::Client,
-    consumer: String,
-    received: Received,
-    subscriptions: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    tokio::spawn(async move {
-        let mut from = position(ShardIteratorType::TrimHorizon, None)?;
-        loop {
-            let mut events = match subscribe(&client, &consumer, SHARD, from.clone()).await {
-                Ok(events) => {
-                    subscriptions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    events
-                }
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(1100)).await;
-                    continue;
-                }
-            };
-            while let Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event))) =
-                events.recv().await
-            {
-                let mut got = received.lock().unwrap_or_else(|p| p.into_inner());
-                for record in &event.records {
-                    got.push((
-                        record.sequence_number.parse()?,
-                        String::from_utf8(record.data.clone().into_inner())?,
-                    ));
-                }
-                drop(got);
-                from = position(
-                    ShardIteratorType::AfterSequenceNumber,
-                    Some(&event.continuation_sequence_number),
-                )?;
-            }
-            tokio::time::sleep(Duration::from_millis(1100)).await;
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_failover_during_a_subscription_loses_and_repeats_nothing() -> anyhow::Result<()> {
     let mut cluster = Cluster::start_with(freshet_e2e::ClusterOptions {
@@ -472,12 +366,13 @@ async fn a_leader_failover_during_a_subscription_loses_and_repeats_nothing() -> 
     .await?;
     let client = cluster.kinesis();
     create_active_stream(&client, "failing", 1).await?;
-    let consumer = register_active(&client, "failing").await?;
+    let consumer = register_consumer(&client, "failing", "reader").await?;
     let received = Received::default();
     let subscriptions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reader = keep_reading(
         client.clone(),
         consumer,
+        SHARD,
         received.clone(),
         subscriptions.clone(),
     );
@@ -542,7 +437,7 @@ async fn deregistering_the_consumer_ends_its_subscriptions() -> anyhow::Result<(
     let cluster = Cluster::start().await?;
     let client = cluster.kinesis();
     create_active_stream(&client, "leaving", 1).await?;
-    let consumer = register_active(&client, "leaving").await?;
+    let consumer = register_consumer(&client, "leaving", "reader").await?;
     let mut events = subscribe(
         &client,
         &consumer,
@@ -567,7 +462,7 @@ async fn the_takeover_rule_holds_across_frontends() -> anyhow::Result<()> {
     let client = cluster.kinesis();
     let other = freshet_e2e::kinesis_client(&cluster.start_another_frontend().await?);
     create_active_stream(&client, "balanced", 1).await?;
-    let consumer = register_active(&client, "balanced").await?;
+    let consumer = register_consumer(&client, "balanced", "reader").await?;
     let mut first = subscribe(
         &client,
         &consumer,
@@ -611,7 +506,7 @@ async fn each_consumers_lag_is_measured_against_the_tip() -> anyhow::Result<()> 
     let cluster = Cluster::start().await?;
     let client = cluster.kinesis();
     create_active_stream(&client, "lagging", 1).await?;
-    let consumer = register_active(&client, "lagging").await?;
+    let consumer = register_consumer(&client, "lagging", "reader").await?;
     client
         .register_stream_consumer()
         .stream_arn(stream_arn("lagging").to_string())
@@ -665,6 +560,224 @@ async fn each_consumers_lag_is_measured_against_the_tip() -> anyhow::Result<()> 
         table.contains("idle\tshardId-000000000000\tno\t-\t-"),
         "{table}"
     );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Writes `count` records of 100 KiB, ten per PutRecords, numbered from
+/// `first`, pausing `pause` after each PutRecords.
+async fn put_large(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    (first, count): (usize, usize),
+    pause: Duration,
+) -> anyhow::Result<()> {
+    for batch in (first..first + count).collect::<Vec<_>>().chunks(10) {
+        let entries = batch
+            .iter()
+            .map(|i| {
+                let mut data = format!("record-{i}|").into_bytes();
+                data.resize(100 * 1024, b'.');
+                aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                    .partition_key(format!("k{i}"))
+                    .data(Blob::new(data))
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = client
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(entries))
+            .send()
+            .await?;
+        anyhow::ensure!(out.failed_record_count == Some(0), "a record failed");
+        tokio::time::sleep(pause).await;
+    }
+    Ok(())
+}
+
+/// Reads `count` records of [`put_large`], returning their numbers.
+async fn read_large(events: &mut Events, count: usize) -> anyhow::Result<Vec<usize>> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let event = next_event(events)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the stream ended after {} records", got.len()))?;
+        for record in &event.records {
+            let data = record.data.as_ref();
+            let end = data.iter().position(|b| *b == b'|').unwrap_or(data.len());
+            let name = std::str::from_utf8(&data[..end])?;
+            got.push(name.trim_start_matches("record-").parse()?);
+        }
+    }
+    Ok(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_at_the_tip_share_one_upstream_and_a_slow_one_catches_up_alone(
+) -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "shared", 1).await?;
+    let mut consumers = Vec::new();
+    for name in ["fast-0", "fast-1", "fast-2", "slow"] {
+        consumers.push(register_consumer(&client, "shared", name).await?);
+    }
+    put_large(&client, "shared", (0, 10), Duration::ZERO).await?;
+    let mut subscriptions = Vec::new();
+    for consumer in &consumers {
+        let from = position(ShardIteratorType::TrimHorizon, None)?;
+        subscriptions.push(subscribe(&client, consumer, SHARD, from).await?);
+    }
+    // Everyone reads what was there (on upstreams of their own), then
+    // waits at the tip: on the one upstream they share.
+    for events in &mut subscriptions {
+        assert_eq!(read_large(events, 10).await?, (0..10).collect::<Vec<_>>());
+    }
+    let frontend = cluster.frontend.clone();
+    wait_until(Duration::from_secs(10), || async {
+        frontend.fan_out_upstreams() == (1, 0)
+    })
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "upstreams (shared, own): {:?}",
+            cluster.frontend.fan_out_upstreams()
+        )
+    })?;
+
+    // The slow subscriber stops reading while 20 MiB are written at about
+    // 1.6 MiB/s: more than the feed and the socket buffers on the way to
+    // the slow one hold, slower than each subscriber's 2 MiB/s. The others
+    // are not held back by it.
+    let mut slow = subscriptions
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no slow one"))?;
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            put_large(&client, "shared", (10, 200), Duration::from_millis(600)).await
+        })
+    };
+    // Each fast one reads at its own pace, all at once.
+    let fast: Vec<_> = subscriptions
+        .drain(..)
+        .map(|mut events| {
+            tokio::spawn(async move {
+                let got = read_large(&mut events, 200).await?;
+                anyhow::Ok((got, events))
+            })
+        })
+        .collect();
+    for reader in fast {
+        let (got, events) = reader.await??;
+        assert_eq!(got, (10..210).collect::<Vec<_>>());
+        subscriptions.push(events);
+    }
+    writer.await??;
+    assert_eq!(
+        cluster.frontend.fan_out_fell_behind(),
+        0,
+        "the slow one has not read yet; the fast ones kept up"
+    );
+    // Back, it catches up on an upstream of its own: every record once,
+    // in order.
+    assert_eq!(
+        read_large(&mut slow, 200).await?,
+        (10..210).collect::<Vec<_>>()
+    );
+    assert!(
+        cluster.frontend.fan_out_fell_behind() >= 1,
+        "the slow one fell out of the feed and caught up alone"
+    );
+    subscriptions.push(slow);
+    // And all of them share the tip again.
+    wait_until(Duration::from_secs(10), || async {
+        frontend.fan_out_upstreams() == (1, 0)
+    })
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "upstreams (shared, own) after catching up: {:?}",
+            cluster.frontend.fan_out_upstreams()
+        )
+    })?;
+    drop(subscriptions);
+    // Nobody left to read it: the feed closes.
+    wait_until(Duration::from_secs(10), || async {
+        frontend.fan_out_upstreams() == (0, 0)
+    })
+    .await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_shards_end_their_subscriptions_with_the_shard_continuing_both() -> anyhow::Result<()>
+{
+    let cluster = Cluster::start().await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "merged", 2).await?;
+    let consumer = register_consumer(&client, "merged", "reader").await?;
+    let parents = freshet_e2e::shard_ids(&client, "merged").await?;
+    let mut subscriptions = Vec::new();
+    for shard in &parents {
+        let from = position(ShardIteratorType::TrimHorizon, None)?;
+        subscriptions.push(subscribe(&client, &consumer, shard, from).await?);
+    }
+    put(&client, "merged", 0..20).await?;
+    client
+        .merge_shards()
+        .stream_name("merged")
+        .shard_to_merge(&parents[0])
+        .adjacent_shard_to_merge(&parents[1])
+        .send()
+        .await?;
+    // Each parent's subscriber gets its records, then the one child.
+    let mut delivered = Vec::new();
+    let mut children = Vec::new();
+    for events in &mut subscriptions {
+        let last = loop {
+            let event = next_event(events)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("ended without children"))?;
+            for record in &event.records {
+                delivered.push(String::from_utf8(record.data.clone().into_inner())?);
+            }
+            if event.child_shards.is_some() {
+                break event;
+            }
+        };
+        let [child] = last.child_shards.unwrap_or_default().try_into().map_err(
+            |other: Vec<aws_sdk_kinesis::types::ChildShard>| {
+                anyhow::anyhow!("one child expected: {other:?}")
+            },
+        )?;
+        assert_eq!(child.parent_shards, parents);
+        children.push(child.shard_id);
+        assert!(
+            next_event(events).await?.is_none(),
+            "ended at the shard's end"
+        );
+    }
+    assert_eq!(
+        children[0], children[1],
+        "both parents continue in one child"
+    );
+    delivered.sort();
+    let mut expected = names(0..20);
+    expected.sort();
+    assert_eq!(
+        delivered, expected,
+        "every record once, from one parent or the other"
+    );
+
+    // The child is subscribed to like any shard.
+    let from = position(ShardIteratorType::TrimHorizon, None)?;
+    let mut child = subscribe(&client, &consumer, &children[0], from).await?;
+    put(&client, "merged", 20..25).await?;
+    let (data, _) = read_records(&mut child, 5).await?;
+    assert_eq!(data, names(20..25));
     cluster.shutdown().await;
     Ok(())
 }

@@ -187,6 +187,8 @@ pub struct Frontend {
     pub(crate) subscriptions: Arc<fan_out::Subscriptions>,
     /// Whether consumers are ACTIVE, briefly cached.
     pub(crate) consumers: fan_out::ConsumerLookups,
+    /// The shared upstreams of the subscriptions at a shard's tip.
+    pub(crate) feeds: fan_out::Feeds,
     storage_timeout: Duration,
     max_in_flight_requests: usize,
     pub(crate) sources: admission::SourceLimits,
@@ -264,6 +266,7 @@ impl Frontend {
         connection_counts.register_in(&registry);
         let consumers = fan_out::ConsumerLookups::new(control_plane.clone());
         let subscriptions = fan_out::Subscriptions::new(config.max_subscriptions);
+        let feeds = fan_out::Feeds::new(&registry);
         tasks.spawn_loop(fan_out::report_loop(
             subscriptions.clone(),
             control_plane.clone(),
@@ -295,6 +298,7 @@ impl Frontend {
             ),
             subscriptions,
             consumers,
+            feeds,
             storage_timeout: config.storage_timeout,
             max_in_flight_requests: config.max_in_flight_requests,
             sources: admission::SourceLimits::new(
@@ -330,7 +334,17 @@ impl Frontend {
         &self.router
     }
 
-    /// A storage-worker request with the configured deadline.
+    /// SubscribeToShard's upstreams open now: (shared by the subscriptions
+    /// at a shard's tip, each subscription's own).
+    pub fn fan_out_upstreams(&self) -> (i64, i64) {
+        (self.feeds.shared.get(), self.feeds.own.get())
+    }
+
+    /// How often a subscription fell out of its shard's shared upstream.
+    pub fn fan_out_fell_behind(&self) -> u64 {
+        self.feeds.fell_behind.get()
+    }
+
     /// The deadline of each call to a storage worker.
     pub(crate) fn storage_timeout(&self) -> Duration {
         self.storage_timeout

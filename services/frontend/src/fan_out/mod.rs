@@ -21,8 +21,10 @@
 
 mod consumers;
 pub mod event_stream;
+pub mod feed;
 
 pub use consumers::ConsumerLookups;
+pub use feed::Feeds;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};

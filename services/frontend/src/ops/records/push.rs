@@ -27,12 +27,14 @@ use freshet_proto::v1::{
 use freshet_types::{ConsumerArn, SequenceNumber};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tonic::Streaming;
 
 use super::super::replies::{ReadRecords, SubscribeToShardEventReply};
 use super::super::shard_reads::sealed_segments_from;
 use super::get::child_shards;
 use super::{route_stream, shard_key};
 use crate::cbor::Protocol;
+use crate::fan_out::feed::{Cursor, FedMessage, FeedEnd, FeedItem, FeedKey, Tip, UpstreamCount};
 use crate::fan_out::{event_stream, Held, Progress};
 use crate::Frontend;
 
@@ -102,6 +104,51 @@ enum Followed {
     /// The worker could not be reached or refused: follow again, later.
     Failed(String),
     Ended(End),
+}
+
+/// Where a subscription's records come from while it follows a segment.
+enum Source {
+    /// An upstream of its own: a sealed segment, or catching up to the tip.
+    Own {
+        upstream: Box<Streaming<ReadResponse>>,
+        _open: UpstreamCount,
+    },
+    /// The shard's feed on this frontend, shared by the subscriptions at
+    /// its tip.
+    Shared(Cursor),
+}
+
+/// What a source gives next.
+enum Upstream {
+    /// A message, and (from a feed) the tip as the feed last heard it.
+    Message(Arc<FedMessage>, Option<Tip>),
+    /// The feed no longer holds this subscription's position.
+    Behind,
+    Ended(FeedEnd),
+}
+
+impl Source {
+    /// The next message from `position` on (cancel-safe: nothing is lost
+    /// when a tick wins the race).
+    async fn next(&mut self, position: Position) -> Upstream {
+        match self {
+            Source::Own { upstream, .. } => match upstream.message().await {
+                Ok(Some(read)) => Upstream::Message(Arc::new(FedMessage::new(read)), None),
+                Ok(None) => Upstream::Ended(FeedEnd::Finished),
+                Err(status) => Upstream::Ended(FeedEnd::of_status(&status)),
+            },
+            Source::Shared(cursor) => {
+                let Position::AtOffset(next) = position else {
+                    return Upstream::Behind;
+                };
+                match cursor.next(next).await {
+                    FeedItem::Message(message, tip) => Upstream::Message(message, Some(tip)),
+                    FeedItem::Behind => Upstream::Behind,
+                    FeedItem::Ended(end) => Upstream::Ended(end),
+                }
+            }
+        }
+    }
 }
 
 /// A token bucket of record bytes, full at one second's worth.
@@ -356,64 +403,71 @@ impl Push {
         self.follow(entry, &target).await
     }
 
-    /// Follows one segment until it ends, the route moves on, or it fails.
+    /// Follows one segment until it ends, the route moves on, or it fails:
+    /// from the shard's feed on this frontend when this subscription is at
+    /// the tip, else on an upstream of its own until it catches up.
     async fn follow(&mut self, entry: &ShardMapEntry, target: &Target) -> Followed {
-        let request = FollowRequest {
-            shard: shard_key(entry),
+        let key = FeedKey {
+            stream_uid: self.stream_uid,
+            shard_id: self.shard_id.clone(),
             epoch: entry.epoch,
             segment: target.segment,
-            start: Some(target.start),
-            max_records: 10_000,
-            max_bytes: EVENT_BYTES,
         };
-        let mut upstream = None;
-        let mut last_failure = format!("no worker holds segment {}", target.segment);
-        for address in &target.addresses {
-            let mut client = match self.frontend.follows.client(address) {
-                Ok(client) => client,
-                Err(error) => {
-                    last_failure = error.message;
-                    continue;
-                }
-            };
-            let call = client.follow(request.clone());
-            match tokio::time::timeout(self.frontend.storage_timeout(), call).await {
-                Ok(Ok(response)) => {
-                    upstream = Some(response.into_inner());
-                    break;
-                }
-                Ok(Err(status)) => last_failure = status.message().to_owned(),
-                Err(_) => last_failure = format!("{address} did not answer in time"),
-            }
-        }
-        let Some(mut upstream) = upstream else {
-            return Followed::Failed(last_failure);
+        // Only the current segment's tip is shared; a sealed segment is
+        // history, read at each subscription's own pace.
+        let shareable = !target.sealed;
+        let joined = match self.position {
+            Position::AtOffset(next) if shareable => self.frontend.feeds.join(&key, next),
+            _ => None,
+        };
+        let mut source = match joined {
+            Some(cursor) => Source::Shared(cursor),
+            None => match self.open_own(entry, target, target.start).await {
+                Ok(source) => source,
+                Err(followed) => return followed,
+            },
         };
         let subscriber = self.out.clone();
         let mut ticks = tokio::time::interval(HEARTBEAT / 2);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                message = upstream.message() => match message {
-                    Ok(Some(read)) => {
-                        if let Err(end) = self.deliver(read, target.sealed).await {
+                item = source.next(self.position) => match item {
+                    Upstream::Message(message, tip) => {
+                        if let Err(end) = self.deliver(&message, tip, target.sealed).await {
                             return Followed::Ended(end);
                         }
+                        let caught_up = message.read.next_offset >= message.read.committed_offset;
+                        if shareable && caught_up && matches!(source, Source::Own { .. }) {
+                            if let Some(cursor) = self.share(&key, entry) {
+                                source = Source::Shared(cursor);
+                            }
+                        }
+                    }
+                    // Too slow for the feed: catch up alone.
+                    Upstream::Behind => {
+                        self.frontend.feeds.fell_behind.inc();
+                        let Position::AtOffset(next) = self.position else {
+                            return Followed::Moved;
+                        };
+                        let start = follow_request::Start::AtOffset(next);
+                        source = match self.open_own(entry, target, start).await {
+                            Ok(source) => source,
+                            Err(followed) => return followed,
+                        };
                     }
                     // Ended: at the segment's end, as far as this route
                     // knows it; else the worker knows more (or its task
                     // ended): route again.
-                    Ok(None) => {
+                    Upstream::Ended(FeedEnd::Finished) => {
                         let reached = match (target.end, self.position) {
                             (Some(end), Position::AtOffset(next)) => next >= end,
                             _ => false,
                         };
                         return if reached { Followed::SegmentEnded } else { Followed::Moved };
                     }
-                    Err(status) if ErrorCode::of_status(&status) == ErrorCode::NotWritten => {
-                        return Followed::Moved
-                    }
-                    Err(status) => return Followed::Failed(status.message().to_owned()),
+                    Upstream::Ended(FeedEnd::Moved) => return Followed::Moved,
+                    Upstream::Ended(FeedEnd::Failed(message)) => return Followed::Failed(message),
                 },
                 _ = ticks.tick() => {
                     if let Err(end) = self.heartbeat_if_due(!target.sealed).await {
@@ -437,39 +491,137 @@ impl Push {
         }
     }
 
-    /// Sends one message's records as an event (and learns where a
-    /// timestamp start resolved to), then waits out the pace.
-    async fn deliver(&mut self, read: ReadResponse, sealed: bool) -> Result<(), End> {
+    /// An upstream of this subscription's own for `target`'s segment, from
+    /// `start`: from the first of its workers that answers.
+    async fn open_own(
+        &self,
+        entry: &ShardMapEntry,
+        target: &Target,
+        start: follow_request::Start,
+    ) -> Result<Source, Followed> {
+        let request = self.follow_request(entry, target.segment, start);
+        let mut last_failure = format!("no worker holds segment {}", target.segment);
+        for address in &target.addresses {
+            let mut client = match self.frontend.follows.client(address) {
+                Ok(client) => client,
+                Err(error) => {
+                    last_failure = error.message;
+                    continue;
+                }
+            };
+            let call = client.follow(request.clone());
+            match tokio::time::timeout(self.frontend.storage_timeout(), call).await {
+                Ok(Ok(response)) => {
+                    return Ok(Source::Own {
+                        upstream: Box::new(response.into_inner()),
+                        _open: UpstreamCount::new(&self.frontend.feeds.own),
+                    })
+                }
+                Ok(Err(status)) => last_failure = status.message().to_owned(),
+                Err(_) => last_failure = format!("{address} did not answer in time"),
+            }
+        }
+        Err(Followed::Failed(last_failure))
+    }
+
+    /// A cursor on the shard's feed at this subscription's position,
+    /// starting the feed (from the leader, at that position) if none runs.
+    fn share(&self, key: &FeedKey, entry: &ShardMapEntry) -> Option<Cursor> {
+        let Position::AtOffset(next) = self.position else {
+            return None;
+        };
+        let client = self.frontend.follows.client(&entry.leader_address).ok()?;
+        let request =
+            self.follow_request(entry, key.segment, follow_request::Start::AtOffset(next));
+        let timeout = self.frontend.storage_timeout();
+        self.frontend.feeds.join_or_start(key, next, move || {
+            Box::pin(async move {
+                let mut client = client;
+                match tokio::time::timeout(timeout, client.follow(request)).await {
+                    Ok(Ok(response)) => Ok(response.into_inner()),
+                    Ok(Err(status)) => Err(FeedEnd::of_status(&status)),
+                    Err(_) => Err(FeedEnd::Failed(
+                        "the shard's leader did not answer in time".to_owned(),
+                    )),
+                }
+            })
+        })
+    }
+
+    fn follow_request(
+        &self,
+        entry: &ShardMapEntry,
+        segment: u32,
+        start: follow_request::Start,
+    ) -> FollowRequest {
+        FollowRequest {
+            shard: shard_key(entry),
+            epoch: entry.epoch,
+            segment,
+            start: Some(start),
+            max_records: 10_000,
+            max_bytes: EVENT_BYTES,
+        }
+    }
+
+    /// Sends one message's records from the subscription's position on as
+    /// an event (and learns where a timestamp start resolved to), then
+    /// waits out the pace. `tip`: where a feed's tip stood when it gave
+    /// the message (else the message's own).
+    async fn deliver(
+        &mut self,
+        message: &FedMessage,
+        tip: Option<Tip>,
+        sealed: bool,
+    ) -> Result<(), End> {
+        let read = &message.read;
+        // A shared message may start before this subscription's position.
+        let from = match self.position {
+            Position::AtOffset(next) => read.records.partition_point(|r| r.offset < next),
+            Position::AtTimestampMs(_) => 0,
+        };
+        let records = &read.records[from..];
         self.position = Position::AtOffset(read.next_offset);
         self.sequence_base = read.sequence_base;
+        let tip = tip.unwrap_or(Tip {
+            committed_offset: read.committed_offset,
+            millis_behind: read.millis_behind_latest,
+        });
         // A sealed segment's copy knows its own end, not the shard's tip.
-        let tip = if sealed { 0 } else { read.committed_offset };
-        let Some(last) = read.records.last() else {
-            self.note_progress(read.next_offset, tip);
+        let tip_offset = if sealed { 0 } else { tip.committed_offset };
+        let Some(last) = records.last() else {
+            self.note_progress(read.next_offset, tip_offset);
             return Ok(());
         };
         self.millis_behind = if sealed {
             (self.frontend.now_ms() - last.arrival_ms).max(0)
         } else {
-            read.millis_behind_latest
+            tip.millis_behind
         };
-        let bytes: u64 = read
-            .records
+        let bytes: u64 = records
             .iter()
             .map(|r| (r.data.len() + r.partition_key.len()) as u64)
             .sum();
         let event = SubscribeToShardEventReply {
             records: ReadRecords {
                 sequence_base: read.sequence_base,
-                records: &read.records,
+                records,
             },
             continuation_sequence_number: Some(continuation(read.sequence_base, read.next_offset)),
             millis_behind_latest: self.millis_behind,
             child_shards: None,
         };
-        self.send(&event).await?;
+        // The whole message makes the same event for every subscriber of
+        // this protocol: encoded once.
+        let frame = if from == 0 {
+            message.frame(self.protocol, self.millis_behind, || self.encode(&event))
+        } else {
+            self.encode(&event)
+        }
+        .map_err(End::Failed)?;
+        self.send_frame(frame).await?;
         // Delivered once sent, not before: a stalled subscriber is behind.
-        self.note_progress(read.next_offset, tip);
+        self.note_progress(read.next_offset, tip_offset);
         let wait = self.pace.take(bytes);
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
@@ -557,14 +709,19 @@ impl Push {
     }
 
     async fn send(&mut self, event: &SubscribeToShardEventReply<'_>) -> Result<(), End> {
-        let payload = serde_json::to_vec(event)
-            .map_err(|error| error.to_string())
-            .and_then(|json| self.protocol.encode(json).map_err(|e| e.to_string()))
-            .map_err(End::Failed)?;
-        self.out
-            .send(event_stream::event(payload, self.protocol))
-            .await
-            .map_err(|_| End::Left)?;
+        let frame = self.encode(event).map_err(End::Failed)?;
+        self.send_frame(frame).await
+    }
+
+    /// `event` framed for the event stream, in the request's protocol.
+    fn encode(&self, event: &SubscribeToShardEventReply<'_>) -> Result<Bytes, String> {
+        let json = serde_json::to_vec(event).map_err(|error| error.to_string())?;
+        let payload = self.protocol.encode(json).map_err(|e| e.to_string())?;
+        Ok(event_stream::event(payload, self.protocol))
+    }
+
+    async fn send_frame(&mut self, frame: Bytes) -> Result<(), End> {
+        self.out.send(frame).await.map_err(|_| End::Left)?;
         self.last_event = Instant::now();
         Ok(())
     }

@@ -85,6 +85,55 @@ for shard in kinesis.list_shards(StreamName=name)["Shards"]:
             break  # caught up: an idle heartbeat
     subscription["EventStream"].close()
 assert sorted(pushed) == sorted(seen), (len(pushed), len(seen))
+
+# Resubscribing after the last continuation, as KCL does, loses and repeats
+# nothing; a split during a subscription ends it with the parent's children
+# and no continuation.
+parent = kinesis.list_shards(StreamName=name)["Shards"][0]
+
+
+def subscribe(position):
+    time.sleep(1.1)  # one SubscribeToShard per consumer and shard a second
+    return kinesis.subscribe_to_shard(
+        ConsumerARN=consumer["ConsumerARN"], ShardId=parent["ShardId"], StartingPosition=position
+    )["EventStream"]
+
+
+def read(events, count):
+    """Records until `count` arrived (or, with count 0, the first idle event)."""
+    got, continuation = [], None
+    for event in events:
+        event = event["SubscribeToShardEvent"]
+        got.extend(r["Data"] for r in event["Records"])
+        continuation = event["ContinuationSequenceNumber"]
+        if (count and len(got) >= count) or (not count and not event["Records"]):
+            return got, continuation
+    raise AssertionError("the subscription ended early")
+
+
+events = subscribe({"Type": "TRIM_HORIZON"})
+_, continuation = read(events, 0)
+events.close()
+keyed = [("efo-%d" % i).encode() for i in range(10)]
+for data in keyed:
+    kinesis.put_record(StreamName=name, PartitionKey="efo", ExplicitHashKey="0", Data=data)
+events = subscribe({"Type": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": continuation})
+resumed, _ = read(events, len(keyed))
+assert resumed == keyed, resumed
+middle = (int(parent["HashKeyRange"]["StartingHashKey"]) + int(parent["HashKeyRange"]["EndingHashKey"])) // 2
+kinesis.split_shard(StreamName=name, ShardToSplit=parent["ShardId"], NewStartingHashKey=str(middle))
+last = None
+for event in events:
+    event = event["SubscribeToShardEvent"]
+    assert not event["Records"], "nothing was written after the split began"
+    if event.get("ChildShards"):
+        last = event
+        break
+assert last is not None, "the parent's subscription ended without its children"
+assert last.get("ContinuationSequenceNumber") is None, last
+assert len(last["ChildShards"]) == 2, last
+assert list(events) == [], "the subscription ends after the children"
+kinesis.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
 try:
     kinesis.delete_stream(StreamName=name)
     raise AssertionError("a stream with consumers is deleted only with EnforceConsumerDeletion")

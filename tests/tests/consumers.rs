@@ -1,12 +1,14 @@
 //! Enhanced fan-out consumers' registry, driven with the AWS SDK for Rust:
 //! the CREATING → ACTIVE → DELETING → gone lifecycle KCL relies on, every
 //! way of naming a consumer, paging, Kinesis's limits and exceptions, and
-//! what consumers change about DeleteStream and DescribeStreamSummary.
+//! what consumers change about DeleteStream and DescribeStreamSummary —
+//! and every change reaching the frontends through the change log.
 
 use std::time::Duration;
 
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::types::ConsumerStatus;
+use freshet_e2e::fan_out::register_consumer;
 use freshet_e2e::raw_http::kinesis_http1;
 use freshet_e2e::{create_active_stream, stream_arn, wait_until, Cluster, ClusterOptions};
 
@@ -30,30 +32,6 @@ async fn status_of(client: &aws_sdk_kinesis::Client, consumer_arn: &str) -> Opti
         .ok()
         .and_then(|d| d.consumer_description)
         .map(|d| d.consumer_status)
-}
-
-/// Registers `name` on `stream` and waits (as KCL does, at most ten
-/// seconds) until it is ACTIVE; its ARN.
-async fn register_active(
-    client: &aws_sdk_kinesis::Client,
-    stream: &str,
-    name: &str,
-) -> anyhow::Result<String> {
-    let registered = client
-        .register_stream_consumer()
-        .stream_arn(stream_arn(stream).to_string())
-        .consumer_name(name)
-        .send()
-        .await?;
-    let arn = registered
-        .consumer
-        .map(|c| c.consumer_arn)
-        .ok_or_else(|| anyhow::anyhow!("no consumer in the answer"))?;
-    wait_until(Duration::from_secs(10), || async {
-        status_of(client, &arn).await == Some(ConsumerStatus::Active)
-    })
-    .await?;
-    Ok(arn)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +126,7 @@ async fn a_consumer_is_registered_described_listed_and_deregistered() -> anyhow:
     .await?;
 
     // Registered again, the name is another consumer with another ARN.
-    let second = register_active(&client, "orders", "billing").await?;
+    let second = register_consumer(&client, "orders", "billing").await?;
     assert_ne!(second, arn);
     let old = client
         .describe_stream_consumer()
@@ -182,7 +160,7 @@ async fn consumers_are_listed_by_name_in_pages() -> anyhow::Result<()> {
     create_active_stream(&client, "pages", 1).await?;
     let pages = stream_arn("pages").to_string();
     for name in ["c", "a", "b"] {
-        register_active(&client, "pages", name).await?;
+        register_consumer(&client, "pages", name).await?;
     }
 
     let mut names = Vec::new();
@@ -441,6 +419,109 @@ async fn bad_consumer_requests_get_kinesis_exceptions_and_change_nothing() -> an
         .send()
         .await?;
     assert!(listed.consumers.unwrap_or_default().is_empty());
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// The frontend's view of a consumer, from the change log alone.
+fn logged(cluster: &Cluster, arn: &str) -> Option<freshet_proto::v1::ConsumerStatus> {
+    cluster
+        .frontend
+        .router()
+        .map()
+        .read(|map| map.consumer(arn).map(|entry| entry.status()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_changes_reach_the_frontends_through_the_change_log() -> anyhow::Result<()> {
+    use freshet_proto::v1::shard_map_event::Event;
+    use freshet_proto::v1::ConsumerStatus as Logged;
+
+    let cluster = Cluster::start().await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "logged", 1).await?;
+    let arn = client
+        .register_stream_consumer()
+        .stream_arn(stream_arn("logged").to_string())
+        .consumer_name("reader")
+        .send()
+        .await?
+        .consumer
+        .map(|c| c.consumer_arn)
+        .ok_or_else(|| anyhow::anyhow!("no consumer"))?;
+    // Registered, then ACTIVE: each step as the log commits it.
+    wait_until(Duration::from_secs(10), || async {
+        logged(&cluster, &arn) == Some(Logged::Active)
+    })
+    .await?;
+    assert_eq!(status_of(&client, &arn).await, Some(ConsumerStatus::Active));
+
+    // A subscriber from the start gets the consumer in its snapshot.
+    let mut membership =
+        freshet_server::membership_client(cluster.channel(&cluster.membership_addr)?);
+    let mut events = membership
+        .subscribe(freshet_proto::v1::SubscribeRequest { from_version: 0 })
+        .await?
+        .into_inner();
+    let first = events.message().await?.and_then(|e| e.event);
+    let Some(Event::Snapshot(snapshot)) = first else {
+        anyhow::bail!("a snapshot first, got {first:?}");
+    };
+    assert!(
+        snapshot
+            .consumers
+            .iter()
+            .any(|c| c.consumer_arn == arn && c.status() == Logged::Active),
+        "{:?}",
+        snapshot.consumers
+    );
+
+    // Deregistered: DELETING, then gone.
+    client
+        .deregister_stream_consumer()
+        .consumer_arn(&arn)
+        .send()
+        .await?;
+    let deleting_or_gone = || async { logged(&cluster, &arn) != Some(Logged::Active) };
+    wait_until(Duration::from_secs(10), deleting_or_gone).await?;
+    wait_until(Duration::from_secs(10), || async {
+        logged(&cluster, &arn).is_none()
+    })
+    .await?;
+    // The live stream carried each of those changes, in version order.
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|(_, removed)| !removed) {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await??
+            .and_then(|e| e.event);
+        if let Some(Event::Consumer(entry)) = event {
+            if entry.consumer_arn == arn {
+                seen.push((entry.status(), entry.removed));
+            }
+        }
+    }
+    assert_eq!(
+        seen,
+        [(Logged::Deleting, false), (Logged::Deleting, true)],
+        "deregistered, then removed"
+    );
+
+    // A deleted stream's consumers go with it, in the deletion's batch.
+    let second = register_consumer(&client, "logged", "second").await?;
+    wait_until(Duration::from_secs(10), || async {
+        logged(&cluster, &second) == Some(Logged::Active)
+    })
+    .await?;
+    client
+        .delete_stream()
+        .stream_name("logged")
+        .enforce_consumer_deletion(true)
+        .send()
+        .await?;
+    wait_until(Duration::from_secs(10), || async {
+        logged(&cluster, &second).is_none()
+    })
+    .await?;
     cluster.shutdown().await;
     Ok(())
 }

@@ -265,8 +265,16 @@ async fn flip_a_byte_of_one_copy(damaged: Copy) -> anyhow::Result<()> {
     })
     .await?;
     let acknowledged = producers.stop().await?;
-    // Detected: the damaged copy was moved aside, not trimmed in place.
-    let moved_aside: Vec<_> = std::fs::read_dir(data_dir.join("damaged"))?.collect();
+    // Detected: the damaged copy was moved aside, not trimmed in place
+    // (once the restarted worker opened it: acknowledgements need only a
+    // majority, so they may come before).
+    let damaged_dir = data_dir.join("damaged");
+    wait_until(Duration::from_secs(60), || async {
+        std::fs::read_dir(&damaged_dir).is_ok_and(|entries| entries.count() >= 1)
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the damaged copy was not moved aside"))?;
+    let moved_aside: Vec<_> = std::fs::read_dir(&damaged_dir)?.collect();
     assert_eq!(moved_aside.len(), 1, "one damaged copy kept for inspection");
     if damaged == Copy::Leader {
         let now = cluster.only_entry("flipped").expect("the shard");

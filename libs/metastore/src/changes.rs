@@ -1,5 +1,6 @@
-//! The shard-map change log: versioned, gap-free batches of shard changes
-//! ([`ChangeBatch`]), and the reads subscribers build their maps from.
+//! The shard-map change log: versioned, gap-free batches of shard and
+//! consumer changes ([`ChangeBatch`]), and the reads subscribers build their
+//! maps from.
 //!
 //! Invariant: change-log versions are assigned under a transaction-scoped
 //! advisory lock, so they commit in increasing order with no gaps, and a
@@ -11,6 +12,54 @@ use sqlx::{Postgres, Row, Transaction};
 use crate::error::{DbContext as _, MetastoreError, Result};
 use crate::rows::ShardRow;
 use crate::MetaStore;
+
+/// What a change-log row is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoggedKind {
+    /// A shard: the entry is an encoded `ShardMapEntry`.
+    Shard,
+    /// An enhanced fan-out consumer: an encoded `ConsumerEntry`.
+    Consumer,
+}
+
+impl LoggedKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            LoggedKind::Shard => "shard",
+            LoggedKind::Consumer => "consumer",
+        }
+    }
+
+    fn parse(kind: &str) -> Result<LoggedKind> {
+        match kind {
+            "shard" => Ok(LoggedKind::Shard),
+            "consumer" => Ok(LoggedKind::Consumer),
+            other => Err(MetastoreError::Corrupt(format!(
+                "change-log row of unknown kind {other:?}"
+            ))),
+        }
+    }
+}
+
+/// One row of the change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedChange {
+    pub version: i64,
+    pub kind: LoggedKind,
+    pub entry: Vec<u8>,
+}
+
+fn logged_changes(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<LoggedChange>> {
+    rows.iter()
+        .map(|row| {
+            Ok(LoggedChange {
+                version: row.try_get("version")?,
+                kind: LoggedKind::parse(row.try_get("kind")?)?,
+                entry: row.try_get("entry")?,
+            })
+        })
+        .collect()
+}
 
 /// Advisory-lock key that serialises change-log writers ("fresh" in ASCII).
 const CHANGE_LOG_LOCK: i64 = 0x0066_7265_7368;
@@ -48,7 +97,7 @@ impl MetaStore {
         &self,
         after: i64,
         backend: Option<i32>,
-    ) -> Result<Vec<(i64, Vec<u8>)>> {
+    ) -> Result<Vec<LoggedChange>> {
         if let Some(backend) = backend {
             sqlx::query("SELECT pg_terminate_backend($1)")
                 .bind(backend)
@@ -63,17 +112,14 @@ impl MetaStore {
             .await
             .db("lock the change log")?;
         let rows = sqlx::query(
-            "SELECT version, entry FROM shard_map_changes WHERE version > $1 ORDER BY version",
+            "SELECT version, kind, entry FROM shard_map_changes WHERE version > $1 ORDER BY version",
         )
         .bind(after)
         .fetch_all(&mut *transaction)
         .await
         .db("read change log")?;
         transaction.commit().await.db("end change-log read")?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("version")?, row.try_get("entry")?)))
-            .collect::<sqlx::Result<_>>()
-            .db("decode change-log rows")
+        logged_changes(&rows)
     }
 
     /// The change-log head (0 when empty).
@@ -86,42 +132,14 @@ impl MetaStore {
     }
 
     /// Changes with version > `after`, oldest first, at most `limit`.
-    pub async fn changes_after(&self, after: i64, limit: i64) -> Result<Vec<(i64, Vec<u8>)>> {
-        let rows = sqlx::query("SELECT version, entry FROM shard_map_changes WHERE version > $1 ORDER BY version LIMIT $2")
+    pub async fn changes_after(&self, after: i64, limit: i64) -> Result<Vec<LoggedChange>> {
+        let rows = sqlx::query("SELECT version, kind, entry FROM shard_map_changes WHERE version > $1 ORDER BY version LIMIT $2")
             .bind(after)
             .bind(limit)
             .fetch_all(&self.pool)
             .await
             .db("read change log")?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("version")?, row.try_get("entry")?)))
-            .collect::<sqlx::Result<_>>()
-            .db("decode change-log rows")
-    }
-
-    /// Every live entry and the version they are current as of, read in one
-    /// repeatable-read transaction so the two agree.
-    pub async fn snapshot(&self) -> Result<(Vec<Vec<u8>>, i64)> {
-        let mut transaction = self.pool.begin().await.db("begin snapshot")?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            .execute(&mut *transaction)
-            .await
-            .db("set snapshot isolation")?;
-        let head: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM shard_map_changes")
-            .fetch_one(&mut *transaction)
-            .await
-            .db("read change-log head")?
-            .try_get("v")?;
-        let entries =
-            sqlx::query("SELECT entry FROM shard_map_entries ORDER BY stream_uid, shard_id")
-                .fetch_all(&mut *transaction)
-                .await
-                .db("read shard map")?
-                .iter()
-                .map(|row| row.try_get("entry"))
-                .collect::<sqlx::Result<Vec<Vec<u8>>>>()?;
-        transaction.commit().await.db("end snapshot")?;
-        Ok((entries, head))
+        logged_changes(&rows)
     }
 
     /// The live entries of the stream `arn` names.
@@ -146,7 +164,7 @@ impl MetaStore {
 /// One atomic group of shard-map changes. Versions are handed out in order
 /// with [`ChangeBatch::next_version`]; nothing is visible until `commit`.
 pub struct ChangeBatch {
-    transaction: Transaction<'static, Postgres>,
+    pub(crate) transaction: Transaction<'static, Postgres>,
     next_version: i64,
     /// The Postgres session (backend pid) the transaction runs in.
     backend: i32,
@@ -382,14 +400,8 @@ impl ChangeBatch {
         tombstone: bool,
     ) -> Result<i64> {
         let version = self.next_version;
-        sqlx::query("INSERT INTO shard_map_changes (version, stream_uid, shard_id, entry) VALUES ($1, $2, $3, $4)")
-            .bind(version)
-            .bind(key.stream_uid)
-            .bind(key.shard_id)
-            .bind(entry)
-            .execute(&mut *self.transaction)
-            .await
-            .db("append to change log")?;
+        self.append(LoggedKind::Shard, key.stream_uid, key.shard_id, entry)
+            .await?;
         if tombstone {
             sqlx::query("DELETE FROM shard_map_entries WHERE stream_uid = $1 AND shard_id = $2")
                 .bind(key.stream_uid)
@@ -416,6 +428,41 @@ impl ChangeBatch {
         }
         self.next_version += 1;
         Ok(version)
+    }
+
+    /// Records a change to the consumer `consumer_name` of the stream
+    /// `stream_uid`, whose encoded entry carries `next_version()`.
+    pub async fn record_consumer(
+        &mut self,
+        stream_uid: i64,
+        consumer_name: &str,
+        entry: &[u8],
+    ) -> Result<i64> {
+        let version = self.next_version;
+        self.append(LoggedKind::Consumer, stream_uid, consumer_name, entry)
+            .await?;
+        self.next_version += 1;
+        Ok(version)
+    }
+
+    /// Appends one row at `next_version()` (not advanced here).
+    async fn append(
+        &mut self,
+        kind: LoggedKind,
+        stream_uid: i64,
+        name: &str,
+        entry: &[u8],
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO shard_map_changes (version, stream_uid, shard_id, entry, kind) VALUES ($1, $2, $3, $4, $5)")
+            .bind(self.next_version)
+            .bind(stream_uid)
+            .bind(name)
+            .bind(entry)
+            .bind(kind.as_str())
+            .execute(&mut *self.transaction)
+            .await
+            .db("append to change log")?;
+        Ok(())
     }
 
     pub async fn commit(self) -> Result<()> {

@@ -1,6 +1,10 @@
 //! Enhanced fan-out consumers: registration under Kinesis's limits, the
 //! lookups, deregistration, and the timed CREATING → ACTIVE and
-//! DELETING → gone steps the control plane's consumer loop takes.
+//! DELETING → gone steps the control plane's consumer loop asks for.
+//!
+//! Every change is made inside a [`ChangeBatch`], so the rows and the
+//! change-log entries that announce them commit together (membership, the
+//! log's only writer, records one entry per row returned here).
 //!
 //! Invariant: a consumer's ARN is never handed out twice. It ends in the
 //! second the consumer was registered, and every registration of a name on
@@ -11,6 +15,7 @@
 use freshet_types::{ConsumerArn, ConsumerStatus, StreamArn};
 use sqlx::Row;
 
+use crate::changes::ChangeBatch;
 use crate::error::{DbContext as _, Result};
 use crate::MetaStore;
 
@@ -34,7 +39,7 @@ pub struct ConsumerLimits {
     pub creating_per_account: i64,
 }
 
-/// What [`MetaStore::register_consumer`] did.
+/// What [`ChangeBatch::register_consumer`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegisterOutcome {
     Registered(ConsumerRow),
@@ -59,25 +64,37 @@ fn consumer_from_row(row: &sqlx::postgres::PgRow) -> Result<ConsumerRow> {
     })
 }
 
-impl MetaStore {
+/// Every consumer, in one transaction's view (a snapshot's).
+pub(crate) async fn all_consumers(
+    transaction: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+) -> Result<Vec<ConsumerRow>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {CONSUMER_COLUMNS} FROM stream_consumers ORDER BY stream_uid, consumer_name"
+    ))
+    .fetch_all(&mut **transaction)
+    .await
+    .db("read consumers")?;
+    rows.iter().map(consumer_from_row).collect()
+}
+
+impl ChangeBatch {
     /// Registers a consumer called `name` on the stream `stream_uid`
     /// (`stream`) in CREATING, if the name is free and the limits allow.
     /// It is registered now by Postgres's clock — or, if this name was
     /// registered on this stream name in this second or later, in the
     /// second after that one — and its ARN ends in that second. Checks and
-    /// insert run under a per-account lock, so concurrent registrations
-    /// cannot overshoot.
+    /// insert run under a per-account lock (taken after the change log's,
+    /// as every batch does), so concurrent registrations cannot overshoot.
     pub async fn register_consumer(
-        &self,
+        &mut self,
         stream_uid: i64,
         stream: &StreamArn,
         name: &str,
         limits: ConsumerLimits,
     ) -> Result<RegisterOutcome> {
-        let mut transaction = self.pool.begin().await.db("begin consumer registration")?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('consumers:' || $1))")
             .bind(&stream.account_id)
-            .execute(&mut *transaction)
+            .execute(&mut *self.transaction)
             .await
             .db("lock the account's consumers")?;
         let created_at_ms: i64 = sqlx::query(
@@ -91,7 +108,7 @@ impl MetaStore {
         .bind(&stream.region)
         .bind(&stream.stream_name)
         .bind(name)
-        .fetch_one(&mut *transaction)
+        .fetch_one(&mut *self.transaction)
         .await
         .db("read the registration time")?
         .try_get("created_at_ms")?;
@@ -106,7 +123,7 @@ impl MetaStore {
         .bind(stream_uid)
         .bind(name)
         .bind(&stream.account_id)
-        .fetch_one(&mut *transaction)
+        .fetch_one(&mut *self.transaction)
         .await
         .db("count the stream's consumers")?;
         let outcome = if counts.try_get::<i64, _>("same_name")? > 0 {
@@ -126,7 +143,7 @@ impl MetaStore {
             .bind(&arn.consumer_name)
             .bind(arn.to_string())
             .bind(created_at_ms)
-            .fetch_one(&mut *transaction)
+            .fetch_one(&mut *self.transaction)
             .await
             .db_with(|| format!("register consumer {}", arn.consumer_name))?;
             sqlx::query(
@@ -139,18 +156,99 @@ impl MetaStore {
             .bind(&stream.stream_name)
             .bind(name)
             .bind(seconds)
-            .execute(&mut *transaction)
+            .execute(&mut *self.transaction)
             .await
             .db("record the registration second")?;
             RegisterOutcome::Registered(consumer_from_row(&row)?)
         };
-        transaction
-            .commit()
-            .await
-            .db("commit consumer registration")?;
         Ok(outcome)
     }
 
+    /// Starts deregistering the consumer whose ARN is `consumer_arn`:
+    /// DELETING from `now_ms` (a consumer already DELETING keeps its
+    /// time). The row as it now is, or `None` if there is no such consumer.
+    pub async fn deregister_consumer(
+        &mut self,
+        stream_uid: i64,
+        consumer_arn: &str,
+        now_ms: i64,
+    ) -> Result<Option<ConsumerRow>> {
+        let row = sqlx::query(&format!(
+            "UPDATE stream_consumers SET \
+               status_since_ms = CASE WHEN status = 'DELETING' THEN status_since_ms ELSE $3 END, \
+               status = 'DELETING' \
+             WHERE stream_uid = $1 AND consumer_arn = $2 RETURNING {CONSUMER_COLUMNS}"
+        ))
+        .bind(stream_uid)
+        .bind(consumer_arn)
+        .bind(now_ms)
+        .fetch_optional(&mut *self.transaction)
+        .await
+        .db_with(|| format!("deregister consumer {consumer_arn}"))?;
+        row.as_ref().map(consumer_from_row).transpose()
+    }
+
+    /// Ends the transitions due at `now_ms`: consumers CREATING for
+    /// `delay_ms` become ACTIVE, and those DELETING for `delay_ms` are
+    /// removed. The rows changed, and when the next transition is due.
+    pub async fn finish_consumer_transitions(
+        &mut self,
+        now_ms: i64,
+        delay_ms: i64,
+    ) -> Result<ConsumerTransitions> {
+        let due = now_ms - delay_ms;
+        let activated = sqlx::query(&format!(
+            "UPDATE stream_consumers SET status = 'ACTIVE', status_since_ms = $2 \
+             WHERE status = 'CREATING' AND status_since_ms <= $1 RETURNING {CONSUMER_COLUMNS}"
+        ))
+        .bind(due)
+        .bind(now_ms)
+        .fetch_all(&mut *self.transaction)
+        .await
+        .db("activate consumers")?;
+        let removed = sqlx::query(&format!(
+            "DELETE FROM stream_consumers WHERE status = 'DELETING' AND status_since_ms <= $1 \
+             RETURNING {CONSUMER_COLUMNS}"
+        ))
+        .bind(due)
+        .fetch_all(&mut *self.transaction)
+        .await
+        .db("remove deregistered consumers")?;
+        let next: Option<i64> = sqlx::query(
+            "SELECT min(status_since_ms) AS next FROM stream_consumers WHERE status <> 'ACTIVE'",
+        )
+        .fetch_one(&mut *self.transaction)
+        .await
+        .db("read pending consumer transitions")?
+        .try_get("next")?;
+        Ok(ConsumerTransitions {
+            activated: activated
+                .iter()
+                .map(consumer_from_row)
+                .collect::<Result<_>>()?,
+            removed: removed
+                .iter()
+                .map(consumer_from_row)
+                .collect::<Result<_>>()?,
+            next_due_ms: next.map(|since| (since + delay_ms).max(now_ms + 1)),
+        })
+    }
+
+    /// Removes every consumer of the stream `stream_uid` (it is being
+    /// deleted); the rows removed.
+    pub async fn remove_consumers_of(&mut self, stream_uid: i64) -> Result<Vec<ConsumerRow>> {
+        let rows = sqlx::query(&format!(
+            "DELETE FROM stream_consumers WHERE stream_uid = $1 RETURNING {CONSUMER_COLUMNS}"
+        ))
+        .bind(stream_uid)
+        .fetch_all(&mut *self.transaction)
+        .await
+        .db("remove the stream's consumers")?;
+        rows.iter().map(consumer_from_row).collect()
+    }
+}
+
+impl MetaStore {
     /// The stream's consumer called `name`, in any status.
     pub async fn consumer(&self, stream_uid: i64, name: &str) -> Result<Option<ConsumerRow>> {
         let row = sqlx::query(&format!(
@@ -200,80 +298,15 @@ impl MetaStore {
             })
             .collect()
     }
-
-    /// Starts deregistering the consumer whose ARN is `consumer_arn`:
-    /// DELETING from now (a consumer already DELETING keeps its time). The
-    /// row as it now is, or `None` if there is no such consumer.
-    pub async fn deregister_consumer(
-        &self,
-        stream_uid: i64,
-        consumer_arn: &str,
-        now_ms: i64,
-    ) -> Result<Option<ConsumerRow>> {
-        let row = sqlx::query(&format!(
-            "UPDATE stream_consumers SET \
-               status_since_ms = CASE WHEN status = 'DELETING' THEN status_since_ms ELSE $3 END, \
-               status = 'DELETING' \
-             WHERE stream_uid = $1 AND consumer_arn = $2 RETURNING {CONSUMER_COLUMNS}"
-        ))
-        .bind(stream_uid)
-        .bind(consumer_arn)
-        .bind(now_ms)
-        .fetch_optional(&self.pool)
-        .await
-        .db_with(|| format!("deregister consumer {consumer_arn}"))?;
-        row.as_ref().map(consumer_from_row).transpose()
-    }
-
-    /// Ends the transitions due at `now_ms`: consumers CREATING for
-    /// `delay_ms` become ACTIVE, and those DELETING for `delay_ms` are
-    /// removed. Returns how
-    /// many of each, and when the next transition is due, if any is
-    /// pending.
-    pub async fn finish_consumer_transitions(
-        &self,
-        now_ms: i64,
-        delay_ms: i64,
-    ) -> Result<ConsumerTransitions> {
-        let due = now_ms - delay_ms;
-        let activated = sqlx::query(
-            "UPDATE stream_consumers SET status = 'ACTIVE', status_since_ms = $2 \
-             WHERE status = 'CREATING' AND status_since_ms <= $1",
-        )
-        .bind(due)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await
-        .db("activate consumers")?
-        .rows_affected();
-        let removed = sqlx::query(
-            "DELETE FROM stream_consumers WHERE status = 'DELETING' AND status_since_ms <= $1",
-        )
-        .bind(due)
-        .execute(&self.pool)
-        .await
-        .db("remove deregistered consumers")?
-        .rows_affected();
-        let next: Option<i64> = sqlx::query(
-            "SELECT min(status_since_ms) AS next FROM stream_consumers WHERE status <> 'ACTIVE'",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .db("read pending consumer transitions")?
-        .try_get("next")?;
-        Ok(ConsumerTransitions {
-            activated,
-            removed,
-            next_due_ms: next.map(|since| (since + delay_ms).max(now_ms + 1)),
-        })
-    }
 }
 
-/// What one pass of [`MetaStore::finish_consumer_transitions`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What one pass of [`ChangeBatch::finish_consumer_transitions`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerTransitions {
-    pub activated: u64,
-    pub removed: u64,
+    /// The consumers now ACTIVE.
+    pub activated: Vec<ConsumerRow>,
+    /// The consumers removed.
+    pub removed: Vec<ConsumerRow>,
     /// When the next pending transition is due (ms); `None` if none is.
     pub next_due_ms: Option<i64>,
 }

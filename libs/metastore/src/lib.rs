@@ -22,6 +22,7 @@ mod error;
 mod identities;
 mod rows;
 mod shards;
+mod snapshot;
 mod streams;
 mod workers;
 
@@ -29,11 +30,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 pub use active::{ActiveLock, ActiveRole};
-pub use changes::{ChangeBatch, EntryKey};
+pub use changes::{ChangeBatch, EntryKey, LoggedChange, LoggedKind};
 pub use consumers::{ConsumerLimits, ConsumerRow, ConsumerTransitions, RegisterOutcome};
 pub use error::{MetastoreError, Result};
 pub use identities::{AccessKeyRow, NewKeyOutcome, UserPolicyRow, ACCESS_KEYS_PER_IDENTITY};
 pub use rows::{Commitment, SealedSegmentRow, ShardRow, StreamRow, WorkerRow};
+pub use snapshot::Snapshot;
 pub use streams::{NewStream, NewStreamOutcome};
 
 use error::DbContext as _;

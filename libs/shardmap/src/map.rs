@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
-use freshet_proto::v1::{ShardMapEntry, ShardState};
+use freshet_proto::v1::{ConsumerEntry, ShardMapEntry, ShardState};
 use freshet_types::StreamArn;
 
 /// `(stream_uid, shard_id)`.
@@ -46,6 +46,11 @@ pub struct ShardMap {
     tombstones: HashMap<EntryId, i64>,
     /// Every change-log version up to this one has been applied.
     applied_version: i64,
+    /// Enhanced fan-out consumers by ARN, as the change log says they are.
+    consumers: HashMap<String, ConsumerEntry>,
+    /// Versions of removed consumers, so a replayed older change cannot
+    /// bring one back.
+    removed_consumers: HashMap<String, i64>,
 }
 
 impl ShardMap {
@@ -109,6 +114,64 @@ impl ShardMap {
                 received: version,
             }
         }
+    }
+
+    /// Applies the next change of the change stream when it is a
+    /// consumer's: versions are counted as for shards.
+    pub fn apply_consumer(&mut self, entry: ConsumerEntry) -> ApplyOutcome {
+        let version = entry.version;
+        if version <= self.applied_version {
+            return ApplyOutcome::Duplicate;
+        }
+        let expected = self.applied_version + 1;
+        let held = self
+            .consumers
+            .get(&entry.consumer_arn)
+            .map(|e| e.version)
+            .or_else(|| self.removed_consumers.get(&entry.consumer_arn).copied());
+        if held.is_none_or(|held| held < version) {
+            if entry.removed {
+                self.consumers.remove(&entry.consumer_arn);
+                self.removed_consumers
+                    .insert(entry.consumer_arn.clone(), version);
+            } else {
+                self.removed_consumers.remove(&entry.consumer_arn);
+                self.consumers.insert(entry.consumer_arn.clone(), entry);
+            }
+        }
+        if version == expected {
+            self.applied_version = version;
+            ApplyOutcome::Applied
+        } else {
+            ApplyOutcome::Gap {
+                expected,
+                received: version,
+            }
+        }
+    }
+
+    /// Replaces every consumer with a snapshot's (taken at the version the
+    /// shards' snapshot was, now `applied_version`).
+    pub fn replace_consumers(&mut self, consumers: Vec<ConsumerEntry>) {
+        let version = self.applied_version;
+        self.removed_consumers
+            .retain(|_, removed_at| *removed_at > version);
+        self.consumers = consumers
+            .into_iter()
+            .filter(|c| !c.removed)
+            .map(|c| (c.consumer_arn.clone(), c))
+            .collect();
+    }
+
+    /// The consumer whose ARN is `arn`, as the change log last said; `None`
+    /// if it is not registered (or this map has not heard of it yet).
+    pub fn consumer(&self, arn: &str) -> Option<&ConsumerEntry> {
+        self.consumers.get(arn)
+    }
+
+    /// Whether the change log said the consumer `arn` was removed.
+    pub fn consumer_removed(&self, arn: &str) -> bool {
+        self.removed_consumers.contains_key(arn)
     }
 
     /// Forgets everything: the subscriber will notice the gap at the next
@@ -234,9 +297,76 @@ impl SharedShardMap {
 
 #[cfg(test)]
 mod tests {
-    use freshet_proto::v1::ShardKey;
+    use freshet_proto::v1::{ConsumerStatus, ShardKey};
 
     use super::*;
+
+    fn consumer(version: i64, status: ConsumerStatus, removed: bool) -> ConsumerEntry {
+        ConsumerEntry {
+            version,
+            stream_uid: 1,
+            consumer_name: "reader".to_owned(),
+            consumer_arn: "arn:aws:kinesis:us-east-1:000000000000:stream/s/consumer/reader:1"
+                .to_owned(),
+            status: status as i32,
+            created_at_ms: 1_000,
+            removed,
+        }
+    }
+
+    #[test]
+    fn consumer_changes_take_their_turn_in_the_change_log() {
+        let mut map = ShardMap::default();
+        map.replace_with_snapshot(Vec::new(), 3);
+        let arn = consumer(0, ConsumerStatus::Creating, false).consumer_arn;
+        assert_eq!(
+            map.apply_consumer(consumer(4, ConsumerStatus::Creating, false)),
+            ApplyOutcome::Applied
+        );
+        assert_eq!(map.applied_version(), 4);
+        // A shard's change and a consumer's share one sequence.
+        assert_eq!(map.apply_change(entry("a", 5, "w1")), ApplyOutcome::Applied);
+        assert_eq!(
+            map.apply_consumer(consumer(6, ConsumerStatus::Active, false)),
+            ApplyOutcome::Applied
+        );
+        assert_eq!(
+            map.consumer(&arn).map(|c| c.status()),
+            Some(ConsumerStatus::Active)
+        );
+        // A replay of an older change does not undo a newer one.
+        assert_eq!(
+            map.apply_consumer(consumer(4, ConsumerStatus::Creating, false)),
+            ApplyOutcome::Duplicate
+        );
+        assert_eq!(
+            map.consumer(&arn).map(|c| c.status()),
+            Some(ConsumerStatus::Active)
+        );
+        // A missed version is a gap, as for shards.
+        assert_eq!(
+            map.apply_consumer(consumer(9, ConsumerStatus::Deleting, true)),
+            ApplyOutcome::Gap {
+                expected: 7,
+                received: 9
+            }
+        );
+        assert!(map.consumer(&arn).is_none(), "removed");
+        assert!(map.consumer_removed(&arn));
+        // Replaying what came before the removal does not bring it back.
+        assert_eq!(
+            map.apply_consumer(consumer(7, ConsumerStatus::Active, false)),
+            ApplyOutcome::Applied
+        );
+        assert!(map.consumer(&arn).is_none(), "still removed");
+        // A snapshot replaces every consumer.
+        map.replace_with_snapshot(Vec::new(), 9);
+        map.replace_consumers(vec![consumer(0, ConsumerStatus::Active, false)]);
+        assert_eq!(
+            map.consumer(&arn).map(|c| c.status()),
+            Some(ConsumerStatus::Active)
+        );
+    }
 
     fn entry(shard: &str, version: i64, leader: &str) -> ShardMapEntry {
         ShardMapEntry {

@@ -80,7 +80,17 @@ async fn stream_until_gap(
         }
         match event.event {
             Some(Event::Snapshot(snapshot)) => {
-                map.write(|m| m.replace_with_snapshot(snapshot.entries, snapshot.version));
+                map.write(|m| {
+                    m.replace_with_snapshot(snapshot.entries, snapshot.version);
+                    m.replace_consumers(snapshot.consumers);
+                });
+            }
+            Some(Event::Consumer(entry)) => {
+                if let ApplyOutcome::Gap { expected, received } =
+                    map.write(|m| m.apply_consumer(entry))
+                {
+                    return Ok(StreamEnd::Gap { expected, received });
+                }
             }
             Some(Event::Change(entry)) => {
                 if let ApplyOutcome::Gap { expected, received } =

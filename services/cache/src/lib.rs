@@ -219,7 +219,8 @@ impl CacheService {
         let entries = match event.event {
             Some(Event::Change(entry)) => vec![entry],
             Some(Event::Snapshot(snapshot)) => snapshot.entries,
-            None => Vec::new(),
+            // Consumers are not routed through the cache.
+            Some(Event::Consumer(_)) | None => Vec::new(),
         };
         for entry in entries {
             if let Err(error) = self.upsert(&entry, true).await {

@@ -7,11 +7,16 @@
 //! long after it deregisters, then gone. The times
 //! live in Postgres, so a control plane that takes over finishes what its
 //! predecessor left (the loop runs first thing on takeover).
+//!
+//! This service decides (rates, limits, which consumer a request names);
+//! every change is made by membership, which records it in the change log
+//! with the rows (`services/membership/src/consumers.rs`), so frontends
+//! learn a consumer's status as it commits. Lookups read Postgres here.
 
 use std::time::Duration;
 
 use freshet_errors::ErrorCode;
-use freshet_metastore::{ConsumerLimits, ConsumerRow, RegisterOutcome, StreamRow};
+use freshet_metastore::{ConsumerLimits, ConsumerRow, StreamRow};
 use freshet_proto::v1::{self as proto, *};
 use freshet_types::{ConsumerArn, StreamArn};
 use tonic::Status;
@@ -62,6 +67,18 @@ fn consumer_info(row: &ConsumerRow, stream: &StreamRow) -> ConsumerInfo {
     }
 }
 
+/// A consumer as the change log carries it, answered as the row would be.
+fn consumer_info_of(entry: &ConsumerEntry, stream: &StreamRow) -> ConsumerInfo {
+    ConsumerInfo {
+        consumer_name: entry.consumer_name.clone(),
+        consumer_arn: entry.consumer_arn.clone(),
+        status: entry.status,
+        created_at_ms: entry.created_at_ms,
+        stream_arn: stream.stream_arn.clone(),
+        stream_uid: stream.stream_uid,
+    }
+}
+
 fn consumer_not_found(selector: &ConsumerSelector) -> Status {
     let stream = selector.stream_arn();
     let message = if selector.created_epoch_seconds == 0 {
@@ -102,33 +119,48 @@ impl ControlPlaneService {
             &request.stream_name,
         )?;
         let stream = self.existing_stream(&request).await?;
-        let outcome = self
-            .store
-            .register_consumer(
-                stream.stream_uid,
-                &request.stream_arn(),
-                &request.consumer_name,
-                LIMITS,
-            )
+        let registered = self
+            .membership
+            .clone()
+            .register_consumer(RegisterConsumerRequest {
+                stream_uid: stream.stream_uid,
+                consumer_name: request.consumer_name.clone(),
+                max_per_stream: LIMITS.per_stream,
+                max_creating_per_account: LIMITS.creating_per_account,
+            })
             .await
-            .map_err(internal)?;
-        match outcome {
-            RegisterOutcome::Registered(row) => {
-                tracing::info!(consumer = row.consumer_arn, "consumer registered");
+            .map_err(|status| {
+                // Deleted meanwhile: said with the stream's name.
+                if ErrorCode::of_status(&status) == ErrorCode::ResourceNotFound {
+                    ErrorCode::ResourceNotFound
+                        .status(format!("Stream {} not found.", stream.stream_arn))
+                } else {
+                    status
+                }
+            })?
+            .into_inner();
+        match (registered.outcome(), registered.consumer) {
+            (RegisterConsumerOutcome::Registered, Some(entry)) => {
+                tracing::info!(consumer = entry.consumer_arn, "consumer registered");
                 self.consumer_transitions.notify_one();
-                Ok(consumer_info(&row, &stream))
+                Ok(consumer_info_of(&entry, &stream))
             }
-            RegisterOutcome::NameTaken => Err(ErrorCode::ResourceInUse.status(format!(
+            (RegisterConsumerOutcome::NameTaken, _) => Err(ErrorCode::ResourceInUse.status(format!(
                 "Consumer {} under stream {} already exists.",
                 request.consumer_name, stream.stream_arn
             ))),
-            RegisterOutcome::StreamFull => Err(ErrorCode::LimitExceeded.status(format!(
+            (RegisterConsumerOutcome::StreamFull, _) => Err(ErrorCode::LimitExceeded.status(format!(
                 "Stream {} already has {} registered consumers, the most a stream may have.",
                 stream.stream_arn, LIMITS.per_stream
             ))),
-            RegisterOutcome::TooManyCreating => Err(ErrorCode::LimitExceeded.status(format!(
-                "Account {} already has {} consumers in CREATING status; wait for them to become ACTIVE.",
-                request.account_id, LIMITS.creating_per_account
+            (RegisterConsumerOutcome::TooManyCreating, _) => {
+                Err(ErrorCode::LimitExceeded.status(format!(
+                    "Account {} already has {} consumers in CREATING status; wait for them to become ACTIVE.",
+                    request.account_id, LIMITS.creating_per_account
+                )))
+            }
+            (outcome, _) => Err(internal(anyhow::anyhow!(
+                "membership answered a registration with {outcome:?}"
             ))),
         }
     }
@@ -212,15 +244,21 @@ impl ControlPlaneService {
             &selector.stream_name,
         )?;
         let (row, stream) = self.selected_consumer(&selector).await?;
-        let row = self
-            .store
-            .deregister_consumer(stream.stream_uid, &row.consumer_arn, now_ms())
-            .await
-            .map_err(internal)?
+        let entry = self
+            .membership
+            .clone()
+            .deregister_consumer(DeregisterConsumerRequest {
+                stream_uid: stream.stream_uid,
+                consumer_arn: row.consumer_arn.clone(),
+                now_ms: now_ms(),
+            })
+            .await?
+            .into_inner()
+            .consumer
             .ok_or_else(|| consumer_not_found(&selector))?;
-        tracing::info!(consumer = row.consumer_arn, "consumer deregistered");
+        tracing::info!(consumer = entry.consumer_arn, "consumer deregistered");
         self.consumer_transitions.notify_one();
-        Ok(consumer_info(&row, &stream))
+        Ok(consumer_info_of(&entry, &stream))
     }
 }
 
@@ -230,11 +268,15 @@ impl ControlPlaneService {
 pub(crate) async fn run_consumer_transitions(service: ControlPlaneService) {
     let delay_ms = i64::try_from(service.consumer_transition.as_millis()).unwrap_or(500);
     loop {
-        let wait = match service
-            .store
-            .finish_consumer_transitions(now_ms(), delay_ms)
-            .await
-        {
+        let finished = service
+            .membership
+            .clone()
+            .finish_consumer_transitions(FinishConsumerTransitionsRequest {
+                now_ms: now_ms(),
+                delay_ms,
+            })
+            .await;
+        let wait = match finished.map(tonic::Response::into_inner) {
             Ok(done) => {
                 if done.activated > 0 || done.removed > 0 {
                     tracing::debug!(
@@ -243,13 +285,19 @@ pub(crate) async fn run_consumer_transitions(service: ControlPlaneService) {
                         "consumer transitions finished"
                     );
                 }
-                done.next_due_ms.map_or(IDLE_POLL, |due| {
-                    Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0).max(10))
-                        .min(IDLE_POLL)
-                })
+                if done.next_due_ms == 0 {
+                    IDLE_POLL
+                } else {
+                    let until = u64::try_from(done.next_due_ms - now_ms()).unwrap_or(0);
+                    Duration::from_millis(until.max(10)).min(IDLE_POLL)
+                }
             }
-            Err(error) => {
-                tracing::warn!("consumer transitions failed to {error:#}");
+            Err(status) => {
+                tracing::warn!(
+                    code = ?status.code(),
+                    message = status.message(),
+                    "consumer transitions failed"
+                );
                 Duration::from_secs(1)
             }
         };

@@ -264,7 +264,7 @@ impl Frontend {
         let metrics = metrics::FrontendMetrics::register(&registry, config.shard_level_metrics);
         let connection_counts = Arc::new(connections::ConnectionCounts::default());
         connection_counts.register_in(&registry);
-        let consumers = fan_out::ConsumerLookups::new(control_plane.clone());
+        let consumers = fan_out::ConsumerLookups::new(router.map().clone(), control_plane.clone());
         let subscriptions = fan_out::Subscriptions::new(config.max_subscriptions);
         let feeds = fan_out::Feeds::new(&registry);
         tasks.spawn_loop(fan_out::report_loop(

@@ -214,9 +214,15 @@ impl Membership for MembershipService {
             .shards_of(stream_uid)
             .await
             .map_err(store_error)?;
-        self.publish(&stream, shards, Change::Remove)
-            .await
-            .map_err(store_error)?;
+        if shards.is_empty() {
+            self.remove_consumers_of_shardless(stream_uid)
+                .await
+                .map_err(store_error)?;
+        } else {
+            self.publish(&stream, shards, Change::Remove)
+                .await
+                .map_err(store_error)?;
+        }
         Ok(Response::new(RemoveStreamResponse {}))
     }
 
@@ -527,5 +533,32 @@ impl Membership for MembershipService {
         Ok(Response::new(
             self.subscribe_from(request.into_inner().from_version),
         ))
+    }
+
+    async fn register_consumer(
+        &self,
+        request: Request<RegisterConsumerRequest>,
+    ) -> Result<Response<RegisterConsumerResponse>, Status> {
+        self.register_consumer_logged(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn deregister_consumer(
+        &self,
+        request: Request<DeregisterConsumerRequest>,
+    ) -> Result<Response<DeregisterConsumerResponse>, Status> {
+        self.deregister_consumer_logged(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn finish_consumer_transitions(
+        &self,
+        request: Request<FinishConsumerTransitionsRequest>,
+    ) -> Result<Response<FinishConsumerTransitionsResponse>, Status> {
+        self.finish_consumer_transitions_logged(request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -7,6 +7,8 @@
 //!   written to the Postgres change log in one transaction with the shard
 //!   rows it describes, and only after the commit is it broadcast to
 //!   subscribers, in version order.
+//! - Enhanced fan-out consumers change through the same log
+//!   (`consumers.rs`): the control plane asks, membership records.
 //! - `Subscribe` streams the log from any version: the missing changes from
 //!   Postgres, then live ones; a snapshot first when the subscriber is new or
 //!   too far behind.
@@ -15,6 +17,7 @@
 //! service's clock (`route_ttl` from now); receivers must revalidate it after.
 
 mod config;
+mod consumers;
 mod failover;
 mod handlers;
 mod metrics;

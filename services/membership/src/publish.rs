@@ -1,18 +1,23 @@
 //! Publishing shard-map changes: shard rows and their change-log entries
 //! written in one transaction, then broadcast to subscribers in version
-//! order. Every change membership makes goes through
-//! [`MembershipService::publish_changes`].
+//! order. Every shard change membership makes goes through
+//! [`MembershipService::publish_changes`]; consumer changes
+//! (`consumers.rs`) share the commit and broadcast,
+//! [`MembershipService::commit_locked`].
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use freshet_errors::ErrorCode;
-use freshet_metastore::{EntryKey, MetastoreError, ShardRow, StreamRow, WorkerRow};
+use freshet_metastore::{
+    ChangeBatch, ConsumerRow, EntryKey, MetastoreError, ShardRow, StreamRow, WorkerRow,
+};
 use freshet_proto::prost::Message as _;
-use freshet_proto::v1::{self as proto, SealedSegment, ShardKey, ShardMapEntry};
+use freshet_proto::v1::{self as proto, ConsumerEntry, SealedSegment, ShardKey, ShardMapEntry};
 use freshet_types::{ShardState, StreamStatus};
 use tonic::Status;
 
+use crate::service::Logged;
 use crate::MembershipService;
 
 impl MembershipService {
@@ -151,9 +156,7 @@ impl MembershipService {
             .collect();
         // Whatever an earlier commit with an unknown outcome left is
         // broadcast first, so versions reach subscribers in order.
-        if self.inner.head_uncertain.load(Ordering::Acquire) {
-            self.settle_head_locked().await?;
-        }
+        self.settle_before_batch().await?;
         let mut batch = self.inner.store.begin_changes().await?;
         let mut entries = Vec::with_capacity(shards.len());
         for (shard, kind) in shards.iter().zip(kinds.iter().copied()) {
@@ -191,6 +194,30 @@ impl MembershipService {
                 .await?;
             entries.push(entry);
         }
+        let mut logged: Vec<Logged> = entries
+            .iter()
+            .map(|entry| Logged::Shard(Box::new(entry.clone())))
+            .collect();
+        if removing {
+            // The stream's consumers go with it, ordered with its
+            // tombstones (a frontend drops them as it drops the shards).
+            for row in batch.remove_consumers_of(stream.stream_uid).await? {
+                logged.push(record_consumer(&mut batch, &row, true).await?);
+            }
+        }
+        self.commit_locked(batch, logged).await?;
+        Ok(entries)
+    }
+
+    /// Commits `batch`, whose recorded entries are `logged`, and broadcasts
+    /// them; called under the publishing lock (`Inner::write_lock`), with
+    /// any uncertain head settled first. A commit whose outcome is unknown
+    /// is settled here: `Ok` if it committed after all.
+    pub(crate) async fn commit_locked(
+        &self,
+        batch: ChangeBatch,
+        logged: Vec<Logged>,
+    ) -> Result<(), MetastoreError> {
         let backend = batch.backend();
         if let Err(error) = batch.commit().await {
             // The COMMIT may have reached Postgres before the error did:
@@ -203,30 +230,39 @@ impl MembershipService {
                 .unwrap_or_else(|p| p.into_inner()) = Some(backend);
             tracing::warn!("change-log commit failed, outcome unknown: {error}");
             self.settle_head_locked().await?;
-            let committed = entries
+            let committed = logged
                 .last()
-                .is_some_and(|e| e.version <= self.inner.head_version.load(Ordering::Acquire));
+                .is_some_and(|e| e.version() <= self.inner.head_version.load(Ordering::Acquire));
             // Committed after all: broadcast by `settle_head_locked`.
-            return if committed { Ok(entries) } else { Err(error) };
+            return if committed { Ok(()) } else { Err(error) };
         }
-        if let Some(last) = entries.last() {
+        if let Some(last) = logged.last() {
             self.inner
                 .head_version
-                .fetch_max(last.version, Ordering::AcqRel);
+                .fetch_max(last.version(), Ordering::AcqRel);
         }
-        self.broadcast(&entries);
-        Ok(entries)
+        self.broadcast(logged);
+        Ok(())
+    }
+
+    /// Settles an uncertain head (see `settle_head`) before a batch
+    /// begins; called under the publishing lock.
+    pub(crate) async fn settle_before_batch(&self) -> Result<(), MetastoreError> {
+        if self.inner.head_uncertain.load(Ordering::Acquire) {
+            self.settle_head_locked().await?;
+        }
+        Ok(())
     }
 
     /// Sends committed entries to the subscribers, in version order.
-    fn broadcast(&self, entries: &[ShardMapEntry]) {
+    fn broadcast(&self, logged: Vec<Logged>) {
         let at = std::time::Instant::now();
-        for entry in entries {
+        for change in logged {
             // No receivers is fine: nobody is subscribed yet.
-            let _ = self.inner.changes.send(crate::service::Committed {
-                entry: entry.clone(),
-                at,
-            });
+            let _ = self
+                .inner
+                .changes
+                .send(crate::service::Committed { change, at });
         }
     }
 
@@ -255,16 +291,13 @@ impl MembershipService {
             .store
             .settled_changes_after(head, backend)
             .await?;
-        let mut entries = Vec::with_capacity(changes.len());
-        for (version, bytes) in changes {
-            let entry = ShardMapEntry::decode(bytes.as_slice()).map_err(|error| {
-                MetastoreError::Corrupt(format!("change-log entry {version}: {error}"))
-            })?;
-            entries.push(entry);
-            head = version;
+        let mut logged = Vec::with_capacity(changes.len());
+        for change in &changes {
+            logged.push(Logged::decode(change)?);
+            head = change.version;
         }
         self.inner.head_version.fetch_max(head, Ordering::AcqRel);
-        self.broadcast(&entries);
+        self.broadcast(logged);
         *self
             .inner
             .uncertain_backend
@@ -371,6 +404,36 @@ impl Change {
             self,
             Change::BeginClosing | Change::FinishClosing | Change::Reopen | Change::Relocate
         )
+    }
+}
+
+/// Records `row`'s change in `batch` (as `removed` when it is gone); the
+/// entry recorded.
+pub(crate) async fn record_consumer(
+    batch: &mut ChangeBatch,
+    row: &ConsumerRow,
+    removed: bool,
+) -> Result<Logged, MetastoreError> {
+    let entry = ConsumerEntry {
+        version: batch.next_version(),
+        ..consumer_entry(row, removed)
+    };
+    batch
+        .record_consumer(row.stream_uid, &row.consumer_name, &entry.encode_to_vec())
+        .await?;
+    Ok(Logged::Consumer(entry))
+}
+
+/// `row` as the change log carries it (version 0: a snapshot's).
+pub(crate) fn consumer_entry(row: &ConsumerRow, removed: bool) -> ConsumerEntry {
+    ConsumerEntry {
+        version: 0,
+        stream_uid: row.stream_uid,
+        consumer_name: row.consumer_name.clone(),
+        consumer_arn: row.consumer_arn.clone(),
+        status: proto::ConsumerStatus::from(row.status) as i32,
+        created_at_ms: row.created_at_ms,
+        removed,
     }
 }
 

@@ -6,8 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use freshet_errors::ErrorCode;
-use freshet_metastore::{MetaStore, MetastoreError, ShardRow, StreamRow, WorkerRow};
-use freshet_proto::v1::{ShardMapEntry, ShardToPlace};
+use freshet_metastore::{
+    LoggedChange, LoggedKind, MetaStore, MetastoreError, ShardRow, StreamRow, WorkerRow,
+};
+use freshet_proto::prost::Message as _;
+use freshet_proto::v1::{ConsumerEntry, ShardMapEntry, ShardToPlace};
 use freshet_timer_client::TimerClient;
 use freshet_types::{ShardState, StreamStatus};
 use tokio::sync::{broadcast, Mutex};
@@ -23,10 +26,41 @@ pub struct MembershipService {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// One committed change-log entry: a shard's or a consumer's.
+#[derive(Debug, Clone)]
+pub(crate) enum Logged {
+    Shard(Box<ShardMapEntry>),
+    Consumer(ConsumerEntry),
+}
+
+impl Logged {
+    pub(crate) fn version(&self) -> i64 {
+        match self {
+            Logged::Shard(entry) => entry.version,
+            Logged::Consumer(entry) => entry.version,
+        }
+    }
+
+    /// A change-log row, decoded by its kind.
+    pub(crate) fn decode(change: &LoggedChange) -> Result<Logged, MetastoreError> {
+        let corrupt = |error: freshet_proto::prost::DecodeError| {
+            MetastoreError::Corrupt(format!("change-log entry {}: {error}", change.version))
+        };
+        Ok(match change.kind {
+            LoggedKind::Shard => Logged::Shard(Box::new(
+                ShardMapEntry::decode(change.entry.as_slice()).map_err(corrupt)?,
+            )),
+            LoggedKind::Consumer => {
+                Logged::Consumer(ConsumerEntry::decode(change.entry.as_slice()).map_err(corrupt)?)
+            }
+        })
+    }
+}
+
 /// A change as it is broadcast: the entry, and when it committed.
 #[derive(Debug, Clone)]
 pub(crate) struct Committed {
-    pub entry: ShardMapEntry,
+    pub change: Logged,
     pub at: std::time::Instant,
 }
 

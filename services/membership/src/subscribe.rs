@@ -8,6 +8,9 @@ use freshet_errors::ErrorCode;
 use freshet_proto::prost::Message as _;
 use freshet_proto::v1::shard_map_event::Event;
 use freshet_proto::v1::{ShardMapEntry, ShardMapEvent, ShardMapSnapshot};
+
+use crate::publish::consumer_entry;
+use crate::service::Logged;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -47,12 +50,10 @@ impl MembershipService {
                     () = sender.closed() => return,
                 };
                 match received {
-                    Ok(change) if change.entry.version <= last_sent => {}
-                    Ok(change) => {
-                        last_sent = change.entry.version;
-                        let event = ShardMapEvent {
-                            event: Some(Event::Change(service.stamp(change.entry))),
-                        };
+                    Ok(committed) if committed.change.version() <= last_sent => {}
+                    Ok(committed) => {
+                        last_sent = committed.change.version();
+                        let event = service.event_of(committed.change);
                         if sender.send(Ok(event)).await.is_err() {
                             return;
                         }
@@ -60,7 +61,7 @@ impl MembershipService {
                             .inner
                             .metrics
                             .change_propagation
-                            .observe(change.at.elapsed().as_secs_f64());
+                            .observe(committed.at.elapsed().as_secs_f64());
                     }
                     Err(broadcast::error::RecvError::Lagged(skipped)) => {
                         // End the stream; the subscriber resubscribes from its
@@ -85,13 +86,24 @@ impl MembershipService {
         let store = &self.inner.store;
         let head = store.latest_version().await.map_err(store_error)?;
         if from_version == 0 || head - from_version > SNAPSHOT_THRESHOLD || from_version > head {
-            let (entries, version) = store.snapshot().await.map_err(store_error)?;
-            let entries = entries
+            let snapshot = store.snapshot().await.map_err(store_error)?;
+            let version = snapshot.version;
+            let entries = snapshot
+                .entries
                 .iter()
                 .map(|bytes| decode_entry(bytes).map(|e| self.stamp(e)))
                 .collect::<Result<_, _>>()?;
+            let consumers = snapshot
+                .consumers
+                .iter()
+                .map(|row| consumer_entry(row, false))
+                .collect();
             let event = ShardMapEvent {
-                event: Some(Event::Snapshot(ShardMapSnapshot { entries, version })),
+                event: Some(Event::Snapshot(ShardMapSnapshot {
+                    entries,
+                    version,
+                    consumers,
+                })),
             };
             sender
                 .send(Ok(event))
@@ -108,17 +120,25 @@ impl MembershipService {
             if changes.is_empty() {
                 return Ok(last_sent);
             }
-            for (version, bytes) in changes {
-                let event = ShardMapEvent {
-                    event: Some(Event::Change(self.stamp(decode_entry(&bytes)?))),
-                };
+            for change in changes {
+                let logged = Logged::decode(&change).map_err(store_error)?;
                 sender
-                    .send(Ok(event))
+                    .send(Ok(self.event_of(logged)))
                     .await
                     .map_err(|_| ErrorCode::Unavailable.status("subscriber left"))?;
-                last_sent = version;
+                last_sent = change.version;
             }
         }
+    }
+
+    /// A committed change as subscribers receive it (a shard's entry
+    /// stamped with how long it may be trusted).
+    fn event_of(&self, change: Logged) -> ShardMapEvent {
+        let event = match change {
+            Logged::Shard(entry) => Event::Change(self.stamp(*entry)),
+            Logged::Consumer(entry) => Event::Consumer(entry),
+        };
+        ShardMapEvent { event: Some(event) }
     }
 }
 

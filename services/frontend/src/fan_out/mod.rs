@@ -23,7 +23,7 @@ mod consumers;
 pub mod event_stream;
 pub mod feed;
 
-pub use consumers::ConsumerLookups;
+pub use consumers::{ConsumerLookups, Logged};
 pub use feed::Feeds;
 
 use std::collections::HashMap;

@@ -296,6 +296,7 @@ async fn follow(
                             });
                         }
                     }
+                    Some(Event::Consumer(entry)) => last = last.max(entry.version),
                     None => {}
                 }
             }

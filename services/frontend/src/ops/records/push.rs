@@ -35,7 +35,7 @@ use super::get::child_shards;
 use super::{route_stream, shard_key};
 use crate::cbor::Protocol;
 use crate::fan_out::feed::{Cursor, FedMessage, FeedEnd, FeedItem, FeedKey, Tip, UpstreamCount};
-use crate::fan_out::{event_stream, Held, Progress};
+use crate::fan_out::{event_stream, Held, Logged, Progress};
 use crate::Frontend;
 
 /// Kinesis ends every subscription after five minutes.
@@ -43,7 +43,9 @@ pub const LIFETIME: Duration = Duration::from_secs(300);
 /// An idle subscription gets an empty event this often, its continuation
 /// still advancing with what was delivered.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// How often a subscription checks its consumer is still ACTIVE.
+/// How often a subscription asks the control plane whether its consumer
+/// is still ACTIVE, while this frontend's map has not heard of it from the
+/// change log (once it has, the map is read at every tick).
 const CONSUMER_CHECK: Duration = Duration::from_secs(5);
 /// How long a subscription may fail to reach its shard before it ends
 /// with InternalFailureException.
@@ -256,6 +258,9 @@ pub struct Push {
     millis_behind: i64,
     last_event: Instant,
     consumer_checked: Instant,
+    /// The change log has told this frontend about the consumer: from now
+    /// on its absence there means it is gone.
+    consumer_logged: bool,
     /// Where it is, for the frontend's reports (the consumer's lag).
     progress: Option<Arc<Progress>>,
 }
@@ -283,6 +288,7 @@ impl Push {
             millis_behind: 0,
             last_event: Instant::now(),
             consumer_checked: Instant::now(),
+            consumer_logged: false,
             progress: None,
         }
     }
@@ -684,9 +690,28 @@ impl Push {
         }
     }
 
-    /// Whether the consumer is still ACTIVE (asked every few seconds; an
-    /// unreachable control plane changes nothing).
+    /// Whether the consumer is still ACTIVE: as the change log says, at
+    /// every tick, once this frontend's map holds it; until then asked of
+    /// the control plane every few seconds (an unreachable control plane
+    /// changes nothing).
     async fn check_consumer(&mut self) -> Result<(), End> {
+        match self.frontend.consumers.logged(&self.consumer) {
+            Logged::Status(ConsumerStatus::Active) => {
+                self.consumer_logged = true;
+                return Ok(());
+            }
+            // Deregistered, or gone: removed from the log (its stream
+            // deleted, too).
+            Logged::Status(ConsumerStatus::Deleting) | Logged::Removed => {
+                return Err(End::ConsumerGone)
+            }
+            // Seen ACTIVE in the map before, and no longer there (a
+            // snapshot without it): gone.
+            Logged::Unheard if self.consumer_logged => return Err(End::ConsumerGone),
+            // CREATING (the map lagging the control plane that admitted
+            // the subscription) or not heard of: ask the control plane.
+            Logged::Status(_) | Logged::Unheard => {}
+        }
         if self.consumer_checked.elapsed() < CONSUMER_CHECK {
             return Ok(());
         }

@@ -18,8 +18,15 @@ kinesis = boto3.client(
     aws_secret_access_key="test",
 )
 name = "smoke-" + uuid.uuid4().hex[:8]
-kinesis.create_stream(StreamName=name, ShardCount=2)
+kinesis.create_stream(StreamName=name, ShardCount=2, Tags={"suite": "smoke"})
 kinesis.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+
+# Tags, as infrastructure-as-code tools set them.
+kinesis.add_tags_to_stream(StreamName=name, Tags={"team": "data", "suite": "smoke-2"})
+kinesis.remove_tags_from_stream(StreamName=name, TagKeys=["team"])
+listed = kinesis.list_tags_for_stream(StreamName=name)
+assert listed["Tags"] == [{"Key": "suite", "Value": "smoke-2"}], listed
+assert listed["HasMoreTags"] is False, listed
 
 first = kinesis.put_record(StreamName=name, PartitionKey="alpha", Data=b"hello")
 batch = kinesis.put_records(

@@ -69,6 +69,8 @@ pub struct ClusterOptions {
     pub worker_heartbeat_interval: Duration,
     /// Open shards an account may have.
     pub shard_limit: u32,
+    /// On-demand streams an account may have.
+    pub on_demand_stream_limit: u32,
     /// Reach Postgres through a proxy the test can cut.
     pub postgres_proxy: bool,
     /// Reach Redis through a proxy the test can cut.
@@ -143,6 +145,7 @@ impl Default for ClusterOptions {
             lease_duration: Duration::from_secs(3),
             worker_heartbeat_interval: Duration::from_millis(500),
             shard_limit: 1000,
+            on_demand_stream_limit: 50,
             postgres_proxy: false,
             redis_proxy: false,
             membership_postgres_proxy: false,
@@ -972,6 +975,7 @@ fn control_plane_config(
         api_rate_limits: options.api_rate_limits,
         consumer_transition_ms: u64::try_from(options.consumer_transition.as_millis())
             .unwrap_or(500),
+        on_demand_stream_limit: options.on_demand_stream_limit,
         auth: freshet_server::AuthFlags { mode: options.auth },
         master_key_file: None,
         master_key: secure.then(|| SECURE_MASTER_KEY.to_owned()),

@@ -122,7 +122,7 @@ async fn every_operation_answers_cbor_as_it_answers_json() -> anyhow::Result<()>
         "CreateStream",
         &model.encode(
             "CreateStreamInput",
-            &json!({"StreamName": "binary", "ShardCount": 1}),
+            &json!({"StreamName": "binary", "ShardCount": 1, "Tags": {"lang": "java"}}),
         )?,
     )
     .await?;
@@ -164,11 +164,21 @@ async fn every_operation_answers_cbor_as_it_answers_json() -> anyhow::Result<()>
         "RegisterStreamConsumer",
         &model.encode(
             "RegisterStreamConsumerInput",
-            &json!({"StreamARN": arn, "ConsumerName": "java"}),
+            &json!({"StreamARN": arn, "ConsumerName": "java", "Tags": {"app": "kcl"}}),
         )?,
     )
     .await?;
     assert_eq!(registered.status, 200, "{}", registered.body);
+    let tagged = kinesis_cbor(
+        &address,
+        "AddTagsToStream",
+        &model.encode(
+            "AddTagsToStreamInput",
+            &json!({"StreamName": "binary", "Tags": {"team": "data", "empty": ""}}),
+        )?,
+    )
+    .await?;
+    assert_eq!(tagged.status, 200, "{}", tagged.body);
     let consumer = model.decode("RegisterStreamConsumerOutput", &registered.body_bytes)?;
     let consumer_arn = consumer["Consumer"]["ConsumerARN"]
         .as_str()
@@ -214,6 +224,12 @@ async fn every_operation_answers_cbor_as_it_answers_json() -> anyhow::Result<()>
             json!({"ConsumerARN": consumer_arn}),
         ),
         ("ListStreamConsumers", json!({"StreamARN": arn})),
+        (
+            "ListTagsForStream",
+            json!({"StreamName": "binary", "Limit": 2}),
+        ),
+        ("ListTagsForResource", json!({"ResourceARN": arn})),
+        ("ListTagsForResource", json!({"ResourceARN": consumer_arn})),
         ("DescribeAccountSettings", json!({})),
         ("DescribeStream", json!({"StreamName": "missing"})),
     ];

@@ -1129,3 +1129,74 @@ async fn boto3_in_secure_mode_signs_and_is_refused_as_aws_refuses() -> anyhow::R
     cluster.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagging_needs_its_own_permission_even_inside_create_stream() -> anyhow::Result<()> {
+    use freshet_proto::v1::PutUserPolicyRequest;
+
+    let cluster = secure_cluster().await?;
+    let (mut identities, bob) = new_user(&cluster, "000000000000", "bob").await?;
+    // Bob may create and describe streams and list tags, not add them.
+    identities
+        .put_user_policy(PutUserPolicyRequest {
+            account_id: "000000000000".into(),
+            user_name: "bob".into(),
+            policy_name: "no-tagging".into(),
+            document: r#"{"Statement":[
+                {"Effect":"Allow","Action":["kinesis:CreateStream","kinesis:DescribeStreamSummary","kinesis:ListTagsForStream","kinesis:ListTagsForResource"],"Resource":"*"}]}"#
+                .into(),
+        })
+        .await?;
+    let tagged_create = || {
+        bob.create_stream()
+            .stream_name("bobs")
+            .shard_count(1)
+            .tags("team", "bob")
+            .send()
+    };
+    freshet_e2e::wait_until(Duration::from_secs(10), || async {
+        tagged_create()
+            .await
+            .err()
+            .is_some_and(|e| denial(&e).0 == "AccessDeniedException")
+    })
+    .await?;
+    let (_, message) = denial(&tagged_create().await.expect_err("no AddTagsToStream"));
+    assert!(
+        message.contains("kinesis:AddTagsToStream"),
+        "denied for the tagging: {message}"
+    );
+    // Nothing was created; untagged, it is.
+    bob.create_stream()
+        .stream_name("bobs")
+        .shard_count(1)
+        .send()
+        .await?;
+    let added = bob
+        .add_tags_to_stream()
+        .stream_name("bobs")
+        .tags("team", "bob")
+        .send()
+        .await
+        .expect_err("no AddTagsToStream");
+    assert_eq!(denial(&added).0, "AccessDeniedException");
+    // The same stream through another partition's spelling of its ARN is
+    // the same resource, under the same rules.
+    let elsewhere = "arn:aws-cn:kinesis:us-east-1:000000000000:stream/bobs";
+    let tagged = bob
+        .tag_resource()
+        .resource_arn(elsewhere)
+        .tags("team", "bob")
+        .send()
+        .await
+        .expect_err("no TagResource");
+    assert_eq!(denial(&tagged).0, "AccessDeniedException");
+    let listed = bob
+        .list_tags_for_resource()
+        .resource_arn(elsewhere)
+        .send()
+        .await?;
+    assert!(listed.tags.unwrap_or_default().is_empty());
+    cluster.shutdown().await;
+    Ok(())
+}

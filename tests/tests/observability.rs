@@ -222,14 +222,17 @@ async fn one_put_record_is_one_trace_from_the_frontend_through_the_leader_to_bot
             Trace { spans }
         });
         // Complete once every process has exported its part: the three
-        // copies' writes, both replicas' Replicate spans, and the refused
-        // call's span.
+        // copies' writes, both replicas' Replicate spans, the leader's
+        // Append span (it ends after the replicas answer, so it may be
+        // exported after theirs), and the refused call's span.
         let refused_arrived = spans
             .iter()
             .any(|s| s.attributes.contains_key("error.type"));
         let complete = refused_arrived
             && found.as_ref().is_some_and(|t| {
                 t.named("storage.write_fsync").count() >= 3
+                    && t.named("freshet.v1.Storage/Append")
+                        .any(|s| s.kind == SpanKind::Server)
                     && t.named("freshet.v1.Storage/Replicate")
                         .filter(|s| s.kind == SpanKind::Server)
                         .count()

@@ -50,6 +50,8 @@ pub enum RegisterOutcome {
     /// The account has `ConsumerLimits::creating_per_account` consumers
     /// being created.
     TooManyCreating,
+    /// More tags than a consumer may hold (the batch must not commit).
+    TooManyTags,
 }
 
 const CONSUMER_COLUMNS: &str = "stream_uid, consumer_name, consumer_arn, status, created_at_ms";
@@ -91,6 +93,7 @@ impl ChangeBatch {
         stream: &StreamArn,
         name: &str,
         limits: ConsumerLimits,
+        tags: &[(String, String)],
     ) -> Result<RegisterOutcome> {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('consumers:' || $1))")
             .bind(&stream.account_id)
@@ -159,6 +162,18 @@ impl ChangeBatch {
             .execute(&mut *self.transaction)
             .await
             .db("record the registration second")?;
+            if !tags.is_empty() {
+                let tagged = crate::tags::add_tags(
+                    &mut self.transaction,
+                    stream_uid,
+                    &arn.to_string(),
+                    tags,
+                )
+                .await?;
+                if tagged == crate::tags::TagOutcome::TooMany {
+                    return Ok(RegisterOutcome::TooManyTags);
+                }
+            }
             RegisterOutcome::Registered(consumer_from_row(&row)?)
         };
         Ok(outcome)
@@ -214,6 +229,12 @@ impl ChangeBatch {
         .fetch_all(&mut *self.transaction)
         .await
         .db("remove deregistered consumers")?;
+        // Their tags go with them.
+        for row in &removed {
+            let stream_uid: i64 = row.try_get("stream_uid")?;
+            let arn: String = row.try_get("consumer_arn")?;
+            self.remove_tags_of(stream_uid, &arn).await?;
+        }
         let next: Option<i64> = sqlx::query(
             "SELECT min(status_since_ms) AS next FROM stream_consumers WHERE status <> 'ACTIVE'",
         )

@@ -20,10 +20,12 @@ mod changes;
 mod consumers;
 mod error;
 mod identities;
+mod limits;
 mod rows;
 mod shards;
 mod snapshot;
 mod streams;
+mod tags;
 mod workers;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -34,9 +36,11 @@ pub use changes::{ChangeBatch, EntryKey, LoggedChange, LoggedKind};
 pub use consumers::{ConsumerLimits, ConsumerRow, ConsumerTransitions, RegisterOutcome};
 pub use error::{MetastoreError, Result};
 pub use identities::{AccessKeyRow, NewKeyOutcome, UserPolicyRow, ACCESS_KEYS_PER_IDENTITY};
+pub use limits::{AccountLimits, AccountUsage};
 pub use rows::{Commitment, SealedSegmentRow, ShardRow, StreamRow, WorkerRow};
 pub use snapshot::Snapshot;
 pub use streams::{NewStream, NewStreamOutcome};
+pub use tags::{TagOutcome, TAGS_PER_RESOURCE};
 
 use error::DbContext as _;
 

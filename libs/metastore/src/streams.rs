@@ -5,6 +5,7 @@ use freshet_types::{StreamArn, StreamMode, StreamStatus};
 use sqlx::Row;
 
 use crate::error::{DbContext as _, Result};
+use crate::limits::{lock_account, on_demand_streams, AccountLimits};
 use crate::rows::{decode_all, stream_from_row, StreamRow, STREAM_COLUMNS};
 use crate::MetaStore;
 
@@ -18,6 +19,10 @@ pub enum NewStreamOutcome {
     OverShardLimit {
         used: i64,
     },
+    /// More tags than a resource may hold: nothing was created.
+    TooManyTags,
+    /// The account has as many on-demand streams as it may.
+    OverOnDemandLimit,
 }
 
 /// A new stream to insert; its ARN names its account, region and name.
@@ -28,6 +33,8 @@ pub struct NewStream<'a> {
     pub retention_hours: i32,
     pub max_record_size_kib: i32,
     pub created_at_ms: i64,
+    /// Set on the stream in the transaction that creates it.
+    pub tags: &'a [(String, String)],
 }
 
 impl MetaStore {
@@ -40,14 +47,16 @@ impl MetaStore {
         &self,
         stream: &NewStream<'_>,
         shard_count: u32,
-        shard_limit: u32,
+        limits: AccountLimits,
     ) -> Result<NewStreamOutcome> {
         let mut transaction = self.pool.begin().await.db("begin stream creation")?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(&stream.arn.account_id)
-            .execute(&mut *transaction)
-            .await
-            .db("lock the account's shard quota")?;
+        lock_account(&mut transaction, &stream.arn.account_id).await?;
+        if stream.stream_mode == StreamMode::OnDemand {
+            let on_demand = on_demand_streams(&mut transaction, stream.arn, None).await?;
+            if on_demand >= i64::from(limits.on_demand_streams) {
+                return Ok(NewStreamOutcome::OverOnDemandLimit);
+            }
+        }
         let used: i64 = sqlx::query(
             "SELECT (SELECT count(*) FROM shards JOIN streams USING (stream_uid) \
                      WHERE streams.account_id = $1 AND streams.region = $2 \
@@ -61,7 +70,7 @@ impl MetaStore {
         .await
         .db("count the account's shards")?
         .try_get("used")?;
-        if used + i64::from(shard_count) > i64::from(shard_limit) {
+        if used + i64::from(shard_count) > i64::from(limits.shards) {
             return Ok(NewStreamOutcome::OverShardLimit { used });
         }
         let row = sqlx::query(
@@ -81,11 +90,24 @@ impl MetaStore {
         .fetch_optional(&mut *transaction)
         .await
         .db("insert stream")?;
-        transaction.commit().await.db("commit stream creation")?;
-        match row {
-            Some(row) => Ok(NewStreamOutcome::Created(row.try_get("stream_uid")?)),
-            None => Ok(NewStreamOutcome::NameTaken),
+        let Some(row) = row else {
+            return Ok(NewStreamOutcome::NameTaken);
+        };
+        let stream_uid: i64 = row.try_get("stream_uid")?;
+        if !stream.tags.is_empty() {
+            let tagged = crate::tags::add_tags(
+                &mut transaction,
+                stream_uid,
+                &stream.arn.to_string(),
+                stream.tags,
+            )
+            .await?;
+            if tagged == crate::tags::TagOutcome::TooMany {
+                return Ok(NewStreamOutcome::TooManyTags);
+            }
         }
+        transaction.commit().await.db("commit stream creation")?;
+        Ok(NewStreamOutcome::Created(stream_uid))
     }
 
     /// Moves a stream from ACTIVE to UPDATING; false if it was not ACTIVE
@@ -131,21 +153,6 @@ impl MetaStore {
             .execute(&self.pool)
             .await
             .db("update the stream's warm throughput")?;
-        Ok(())
-    }
-
-    /// Sets a stream's capacity mode (clearing warm throughput for PROVISIONED).
-    pub async fn set_stream_mode(&self, stream_uid: i64, mode: StreamMode) -> Result<()> {
-        sqlx::query(
-            "UPDATE streams SET stream_mode = $2, \
-             warm_throughput_mibps = CASE WHEN $2 = 'ON_DEMAND' THEN warm_throughput_mibps END \
-             WHERE stream_uid = $1",
-        )
-        .bind(stream_uid)
-        .bind(mode.as_str())
-        .execute(&self.pool)
-        .await
-        .db("update the stream's mode")?;
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use freshet_types::{StreamMode, StreamStatus};
 use tonic::{Request, Response, Status};
 
 use crate::scaler::{decide, Decision, ShardView};
-use crate::{internal, requested_mode, reshard, ControlPlaneService};
+use crate::{internal, requested_mode, reshard, ControlPlaneService, NamesStream as _};
 
 /// Most warm throughput an on-demand stream may ask for (10 GiB/s).
 const MAX_WARM_MIBPS: u32 = 10 * 1024;
@@ -126,10 +126,23 @@ impl ControlPlaneService {
         let warm = self
             .check_warm_throughput(&request.account_id, mode, request.warm_throughput_mibps)
             .await?;
-        self.store
-            .set_stream_mode(stream.stream_uid, mode)
+        let changed = self
+            .store
+            .set_stream_mode(
+                &request.stream_arn(),
+                stream.stream_uid,
+                mode,
+                self.on_demand_stream_limit,
+            )
             .await
             .map_err(internal)?;
+        if !changed {
+            return Err(crate::limits::over_on_demand_limit(
+                &request.account_id,
+                &request.region,
+                self.on_demand_stream_limit,
+            ));
+        }
         if let Some(mibps) = warm {
             self.store
                 .set_warm_throughput(stream.stream_uid, i32::try_from(mibps).ok())

@@ -127,6 +127,7 @@ impl ControlPlaneService {
                 consumer_name: request.consumer_name.clone(),
                 max_per_stream: LIMITS.per_stream,
                 max_creating_per_account: LIMITS.creating_per_account,
+                tags: request.tags.clone(),
             })
             .await
             .map_err(|status| {

@@ -38,12 +38,14 @@ mod balancer;
 mod capacity;
 mod consumers;
 pub mod identities;
+mod limits;
 mod metrics;
 mod rate_limits;
 mod reshard;
 mod scaler;
 pub mod sealing;
 mod subscriptions;
+mod tags;
 
 pub use active::{run, serve, RunError, DEFAULT_METRICS_ADDR};
 
@@ -115,6 +117,10 @@ pub struct Config {
     /// ACTIVE), and DELETING after it deregisters (then gone).
     #[arg(long, env = "FRESHET_CONSUMER_TRANSITION_MS", default_value_t = 500)]
     pub consumer_transition_ms: u64,
+    /// On-demand streams an account may have in a region (Kinesis's
+    /// default quota: 50).
+    #[arg(long, env = "FRESHET_ON_DEMAND_STREAM_LIMIT", default_value_t = 50)]
+    pub on_demand_stream_limit: u32,
     #[command(flatten)]
     pub auth: freshet_server::AuthFlags,
     /// File holding the master key that seals access-key secrets (base64 of
@@ -155,6 +161,8 @@ pub struct ControlPlaneService {
     consumer_transitions: std::sync::Arc<tokio::sync::Notify>,
     /// How long CREATING and DELETING last.
     consumer_transition: Duration,
+    /// On-demand streams an account may have in a region.
+    on_demand_stream_limit: u32,
     /// SubscribeToShard subscriptions across the frontends, and where
     /// each consumer has got to.
     subscription_claims: std::sync::Arc<subscriptions::SubscriptionClaims>,
@@ -220,6 +228,7 @@ impl ControlPlaneService {
             metrics: Default::default(),
             consumer_transitions: Default::default(),
             consumer_transition: consumers::DEFAULT_TRANSITION,
+            on_demand_stream_limit: limits::DEFAULT_ON_DEMAND_STREAM_LIMIT,
             subscription_claims: Default::default(),
         }
     }
@@ -356,6 +365,40 @@ impl ControlPlane for ControlPlaneService {
             .map(Response::new)
     }
 
+    async fn describe_limits(
+        &self,
+        request: Request<DescribeLimitsRequest>,
+    ) -> Result<Response<DescribeLimitsResponse>, Status> {
+        self.describe_limits_checked(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn tag_resource(
+        &self,
+        request: Request<TagResourceRequest>,
+    ) -> Result<Response<TagResourceResponse>, Status> {
+        self.tag_resource_checked(request.into_inner()).await?;
+        Ok(Response::new(TagResourceResponse {}))
+    }
+
+    async fn untag_resource(
+        &self,
+        request: Request<UntagResourceRequest>,
+    ) -> Result<Response<UntagResourceResponse>, Status> {
+        self.untag_resource_checked(request.into_inner()).await?;
+        Ok(Response::new(UntagResourceResponse {}))
+    }
+
+    async fn list_tags(
+        &self,
+        request: Request<ListTagsRequest>,
+    ) -> Result<Response<ListTagsResponse>, Status> {
+        self.list_tags_checked(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn put_resource_policy(
         &self,
         request: Request<PutResourcePolicyRequest>,
@@ -444,14 +487,28 @@ impl ControlPlane for ControlPlaneService {
             retention_hours: DEFAULT_RETENTION_HOURS,
             max_record_size_kib: i32::try_from(max_record_size_kib).unwrap_or(1024),
             created_at_ms: now_ms(),
+            tags: &tags::tag_pairs(&request.tags),
         };
         let outcome = self
             .store
-            .insert_stream(&new_stream, shard_count, self.shard_limit)
+            .insert_stream(&new_stream, shard_count, self.account_limits())
             .await
             .map_err(internal)?;
         let stream_uid = match outcome {
             NewStreamOutcome::Created(stream_uid) => stream_uid,
+            NewStreamOutcome::OverOnDemandLimit => {
+                return Err(limits::over_on_demand_limit(
+                    &request.account_id,
+                    &request.region,
+                    self.on_demand_stream_limit,
+                ));
+            }
+            NewStreamOutcome::TooManyTags => {
+                return Err(ErrorCode::InvalidArgument.status(format!(
+                    "A stream may have at most {} tags.",
+                    freshet_metastore::TAGS_PER_RESOURCE
+                )));
+            }
             NewStreamOutcome::NameTaken => {
                 return Err(ErrorCode::ResourceInUse.status(format!(
                     "Stream {} under account {} already exists.",

@@ -28,7 +28,14 @@ fn limit_of(operation: &str) -> Option<(f64, PerStream)> {
         | "MergeShards"
         | "UpdateStreamWarmThroughput"
         | "UpdateAccountSettings"
-        | "UpdateStreamMode" => account(5.0),
+        | "UpdateStreamMode"
+        | "AddTagsToStream"
+        | "RemoveTagsFromStream"
+        | "ListTagsForStream"
+        | "TagResource"
+        | "UntagResource"
+        | "ListTagsForResource" => account(5.0),
+        "DescribeLimits" => account(1.0),
         "DescribeStream" | "UpdateShardCount" => account(10.0),
         "DescribeStreamSummary" => account(20.0),
         "ListShards" => Some((1000.0, PerStream(true))),

@@ -51,6 +51,18 @@ impl Caller {
             .await
     }
 
+    /// Authorizes `action` besides the caller's own on `stream` (an
+    /// operation that also does another's work: CreateStream with Tags
+    /// needs `kinesis:AddTagsToStream` too).
+    pub async fn authorize_stream_also(
+        &self,
+        action: &str,
+        stream: &StreamArn,
+    ) -> KinesisResult<()> {
+        self.authorize_as(action, &stream.to_string(), &stream.account_id)
+            .await
+    }
+
     /// A consumer ARN as this endpoint serves it: in the request's region
     /// (another region's consumer is not found here), in this deployment's
     /// partition.
@@ -78,6 +90,16 @@ impl Caller {
     }
 
     async fn authorize_in(&self, resource: &str, resource_account: &str) -> KinesisResult<()> {
+        self.authorize_as(&self.action, resource, resource_account)
+            .await
+    }
+
+    async fn authorize_as(
+        &self,
+        action: &str,
+        resource: &str,
+        resource_account: &str,
+    ) -> KinesisResult<()> {
         let resource_policy = if resource == "*" {
             None
         } else {
@@ -85,14 +107,13 @@ impl Caller {
         };
         let own_root =
             matches!(self.principal, Principal::Root { .. }) && resource_account == self.account_id;
-        if own_root && (resource_policy.is_none() || ROOT_RECOVERY.contains(&self.action.as_str()))
-        {
+        if own_root && (resource_policy.is_none() || ROOT_RECOVERY.contains(&action)) {
             return Ok(());
         }
         let context = self.context();
         let request = Request {
             principal: &self.principal,
-            action: &self.action,
+            action,
             resource,
             resource_account,
             context: &context,
@@ -102,7 +123,7 @@ impl Caller {
         match decision.message(&request) {
             None => Ok(()),
             Some(message) => {
-                tracing::info!(principal = %self.principal.arn(), action = %self.action, resource, ?decision, "access denied");
+                tracing::info!(principal = %self.principal.arn(), action, resource, ?decision, "access denied");
                 Err(KinesisError::new(ErrorCode::AccessDenied, message))
             }
         }

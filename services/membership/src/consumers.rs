@@ -63,12 +63,18 @@ impl MembershipService {
             per_stream: request.max_per_stream,
             creating_per_account: request.max_creating_per_account,
         };
+        let tags: Vec<(String, String)> = request
+            .tags
+            .iter()
+            .map(|tag| (tag.key.clone(), tag.value.clone()))
+            .collect();
         let outcome = batch
             .register_consumer(
                 stream.stream_uid,
                 &stream_arn,
                 &request.consumer_name,
                 limits,
+                &tags,
             )
             .await
             .map_err(store_error)?;
@@ -82,6 +88,13 @@ impl MembershipService {
             RegisterOutcome::NameTaken => (RegisterConsumerOutcome::NameTaken, None),
             RegisterOutcome::StreamFull => (RegisterConsumerOutcome::StreamFull, None),
             RegisterOutcome::TooManyCreating => (RegisterConsumerOutcome::TooManyCreating, None),
+            // Dropped uncommitted: the registration is rolled back.
+            RegisterOutcome::TooManyTags => {
+                return Err(ErrorCode::InvalidArgument.status(format!(
+                    "A consumer may have at most {} tags.",
+                    freshet_metastore::TAGS_PER_RESOURCE
+                )))
+            }
         };
         let consumer = match &logged {
             Some(Logged::Consumer(entry)) => Some(entry.clone()),

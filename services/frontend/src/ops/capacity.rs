@@ -189,3 +189,25 @@ pub async fn describe_account_settings(
         .into_inner();
     settings_json(settings)
 }
+
+/// DescribeLimits: the account's shard and on-demand stream limits in the
+/// request's region, and what it uses of them now.
+pub async fn describe_limits(frontend: &Frontend, caller: &Caller) -> KinesisResult<Value> {
+    caller.authorize("*").await?;
+    let limits = frontend
+        .control_plane
+        .clone()
+        .describe_limits(freshet_proto::v1::DescribeLimitsRequest {
+            account_id: caller.account_id.clone(),
+            region: caller.region.clone(),
+        })
+        .await
+        .map_err(|status| KinesisError::from_status(&status))?
+        .into_inner();
+    Ok(serde_json::json!({
+        "ShardLimit": limits.shard_limit,
+        "OpenShardCount": limits.open_shard_count,
+        "OnDemandStreamCount": limits.on_demand_stream_count,
+        "OnDemandStreamCountLimit": limits.on_demand_stream_count_limit,
+    }))
+}

@@ -152,23 +152,17 @@ pub async fn register_stream_consumer(
     );
     violations.check_required(input.consumer_name.as_ref(), "consumerName");
     check_consumer_name(input.consumer_name.as_deref(), &mut violations);
-    if let Some(tags) = &input.tags {
-        if tags.is_empty() || tags.len() > 200 {
-            violations.add(
-                Some(&tags.len().to_string()),
-                "tags",
-                "Member must have length less than or equal to 200 and greater than or equal to 1",
-            );
-        }
-    }
+    super::tags::check_tags(input.tags.as_ref(), &mut violations);
     violations.into_result()?;
-    if input.tags.is_some() {
-        return Err(KinesisError::invalid_argument(
-            "Tags are not supported by Freshet yet.",
-        ));
-    }
+    let tags = super::tags::checked_new_tags(input.tags.as_ref())?;
     let stream = stream_of(caller, input.stream_arn.as_deref().unwrap_or_default())?;
     caller.authorize_stream(&stream).await?;
+    if !tags.is_empty() {
+        // The consumer's ARN does not exist yet: its stream's stands in.
+        caller
+            .authorize_stream_also("kinesis:TagResource", &stream)
+            .await?;
+    }
     let info = frontend
         .control_plane
         .clone()
@@ -177,6 +171,7 @@ pub async fn register_stream_consumer(
             region: stream.region,
             stream_name: stream.stream_name,
             consumer_name: input.consumer_name.unwrap_or_default(),
+            tags,
         })
         .await
         .map_err(|status| KinesisError::from_status(&status))?

@@ -9,6 +9,7 @@ mod replies;
 mod reshard;
 mod shard_reads;
 mod streams;
+mod tags;
 
 use freshet_errors::ErrorCode;
 
@@ -165,6 +166,30 @@ pub async fn dispatch(
                 .await
                 .map(|()| None)
         }
+        "AddTagsToStream" => tags::add_tags_to_stream(frontend, caller, parse(body)?)
+            .await
+            .map(|()| None),
+        "RemoveTagsFromStream" => tags::remove_tags_from_stream(frontend, caller, parse(body)?)
+            .await
+            .map(|()| None),
+        "ListTagsForStream" => tags::list_tags_for_stream(frontend, caller, parse(body)?)
+            .await
+            .map(text_of),
+        "TagResource" => tags::tag_resource(frontend, caller, parse(body)?)
+            .await
+            .map(|()| None),
+        "UntagResource" => tags::untag_resource(frontend, caller, parse(body)?)
+            .await
+            .map(|()| None),
+        "ListTagsForResource" => tags::list_tags_for_resource(frontend, caller, parse(body)?)
+            .await
+            .map(text_of),
+        "DescribeLimits" => {
+            let _: serde_json::Map<String, Value> = parse(body)?;
+            capacity::describe_limits(frontend, caller)
+                .await
+                .map(text_of)
+        }
         "DescribeAccountSettings" => {
             let _: serde_json::Map<String, Value> = parse(body)?;
             capacity::describe_account_settings(frontend, caller)
@@ -172,6 +197,41 @@ pub async fn dispatch(
                 .map(text_of)
         }
         other => Err(unknown_operation(other)),
+    }
+}
+
+/// Checks a ResourceARN member (and the StreamId beside it) against the
+/// model: required, 1–2048 characters, a Kinesis stream, channel or queue
+/// ARN of a 12-digit account.
+pub(crate) fn check_resource_arn(
+    resource_arn: Option<&str>,
+    stream_id: Option<&str>,
+    violations: &mut Violations,
+) {
+    StreamTarget {
+        stream_name: None,
+        stream_arn: None,
+        stream_id: stream_id.map(str::to_owned),
+    }
+    .check(violations);
+    violations.check_required(resource_arn, "resourceARN");
+    violations.check_length(resource_arn, "resourceARN", 1, 2048);
+    let text = resource_arn.unwrap_or_default();
+    let well_formed = text.starts_with("arn:aws")
+        && text.split(':').nth(2) == Some("kinesis")
+        && text
+            .split(':')
+            .nth(4)
+            .is_some_and(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()))
+        && ["stream/", "channel/", "queue/"]
+            .iter()
+            .any(|kind| text.contains(kind));
+    if resource_arn.is_some() && !well_formed {
+        violations.add(
+            Some(text),
+            "resourceARN",
+            "Member must satisfy regular expression pattern: arn:aws.*:kinesis:.*:\\d{12}:.*(stream|channel|queue)/\\S+",
+        );
     }
 }
 
@@ -278,7 +338,7 @@ pub(crate) fn parse_any_input(selector: u8, body: &[u8]) -> bool {
             }
         }
     }
-    match selector % 22 {
+    match selector % 26 {
         0 => parses::<streams::CreateStreamInput>(body),
         1 => parses::<streams::DeleteStreamInput>(body),
         2 => parses::<streams::DescribeStreamInput>(body),
@@ -300,6 +360,10 @@ pub(crate) fn parse_any_input(selector: u8, body: &[u8]) -> bool {
         18 => parses::<consumers::RegisterStreamConsumerInput>(body),
         19 => parses::<consumers::ConsumerTargetInput>(body),
         20 => parses::<records::SubscribeToShardInput>(body),
+        21 => parses::<tags::AddTagsToStreamInput>(body),
+        22 => parses::<tags::RemoveTagsFromStreamInput>(body),
+        23 => parses::<tags::ListTagsForStreamInput>(body),
+        24 => parses::<tags::ResourceTagsInput>(body),
         _ => parses::<consumers::ListStreamConsumersInput>(body),
     }
 }
@@ -344,30 +408,23 @@ pub(crate) fn epoch_seconds(ms: i64) -> Value {
 const NOT_YET_IMPLEMENTED: &[&str] = &[
     "AcknowledgeDeadLetterQueueRecords",
     "AcknowledgeQueueRecords",
-    "AddTagsToStream",
     "CreateChannel",
     "CreateQueue",
     "DecreaseStreamRetentionPeriod",
     "DeleteChannel",
     "DeleteQueue",
     "DescribeChannel",
-    "DescribeLimits",
     "DescribeQueue",
     "DisableEnhancedMonitoring",
     "EnableEnhancedMonitoring",
     "IncreaseStreamRetentionPeriod",
     "ListChannels",
     "ListQueues",
-    "ListTagsForResource",
-    "ListTagsForStream",
     "ReceiveDeadLetterQueueRecords",
     "ReceiveQueueRecords",
-    "RemoveTagsFromStream",
     "RestoreDeadLetterQueueRecords",
     "StartStreamEncryption",
     "StopStreamEncryption",
-    "TagResource",
-    "UntagResource",
     "UpdateChannel",
     "UpdateDeadLetterQueueRecordsVisibility",
     "UpdateQueue",

@@ -39,31 +39,12 @@ async fn owned_stream(
     violations: Violations,
 ) -> KinesisResult<StreamArn> {
     let mut violations = violations;
-    super::StreamTarget {
-        stream_name: None,
-        stream_arn: None,
-        stream_id: input.stream_id.clone(),
-    }
-    .check(&mut violations);
-    violations.check_required(input.resource_arn.as_ref(), "resourceARN");
-    violations.check_length(input.resource_arn.as_deref(), "resourceARN", 1, 2048);
+    super::check_resource_arn(
+        input.resource_arn.as_deref(),
+        input.stream_id.as_deref(),
+        &mut violations,
+    );
     let arn_text = input.resource_arn.as_deref().unwrap_or_default();
-    let well_formed = arn_text.starts_with("arn:aws")
-        && arn_text.split(':').nth(2) == Some("kinesis")
-        && arn_text
-            .split(':')
-            .nth(4)
-            .is_some_and(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()))
-        && ["stream/", "channel/", "queue/"]
-            .iter()
-            .any(|kind| arn_text.contains(kind));
-    if input.resource_arn.is_some() && !well_formed {
-        violations.add(
-            Some(arn_text),
-            "resourceARN",
-            "Member must satisfy regular expression pattern: arn:aws.*:kinesis:.*:\\d{12}:.*(stream|channel|queue)/\\S+",
-        );
-    }
     violations.into_result()?;
     let Some(arn) = StreamArn::parse(arn_text).filter(|arn| {
         !arn.stream_name.contains('/') && freshet_types::is_valid_stream_name(&arn.stream_name)

@@ -92,6 +92,7 @@ pub async fn create_stream(
         i64::from(i32::MAX),
     );
     let mode = check_stream_mode(input.stream_mode_details.as_ref(), &mut violations);
+    super::tags::check_tags(input.tags.as_ref(), &mut violations);
     if let Some(strategy) = input.record_distribution_strategy.as_deref() {
         if strategy != "AUTO" && strategy != "USER_PARTITION_KEY" {
             violations.add(
@@ -115,10 +116,11 @@ pub async fn create_stream(
             "RecordDistributionStrategy AUTO is not supported by Freshet yet.",
         ));
     }
-    if input.tags.as_ref().is_some_and(|tags| !tags.is_empty()) {
-        return Err(KinesisError::invalid_argument(
-            "Tags are not supported by Freshet yet.",
-        ));
+    let tags = super::tags::checked_new_tags(input.tags.as_ref())?;
+    if !tags.is_empty() {
+        caller
+            .authorize_stream_also("kinesis:AddTagsToStream", &stream)
+            .await?;
     }
     let request = CreateStreamRequest {
         account_id: stream.account_id,
@@ -128,6 +130,7 @@ pub async fn create_stream(
         stream_mode: proto::StreamMode::from(mode) as i32,
         max_record_size_kib: input.max_record_size_in_kib.map(|n| n as u32).unwrap_or(0),
         warm_throughput_mibps: input.warm_throughput_mi_bps.map(|n| n as u32).unwrap_or(0),
+        tags,
     };
     frontend
         .control_plane

@@ -99,9 +99,20 @@ impl MetaStore {
         let mut transaction = self.pool.begin().await.db("begin a mode change")?;
         if mode == StreamMode::OnDemand {
             lock_account(&mut transaction, &stream.account_id).await?;
-            let others = on_demand_streams(&mut transaction, stream, Some(stream_uid)).await?;
-            if others >= i64::from(on_demand_limit) {
-                return Ok(false);
+            let already: Option<String> =
+                sqlx::query("SELECT stream_mode FROM streams WHERE stream_uid = $1")
+                    .bind(stream_uid)
+                    .fetch_optional(&mut *transaction)
+                    .await
+                    .db("read the stream's mode")?
+                    .map(|row| row.try_get("stream_mode"))
+                    .transpose()?;
+            // A stream already on-demand stays so, whatever the count.
+            if already.as_deref() != Some(StreamMode::OnDemand.as_str()) {
+                let others = on_demand_streams(&mut transaction, stream, Some(stream_uid)).await?;
+                if others >= i64::from(on_demand_limit) {
+                    return Ok(false);
+                }
             }
         }
         sqlx::query(

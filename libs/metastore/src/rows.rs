@@ -2,7 +2,9 @@
 //! enums ([`freshet_types::state`]); a stored text no variant names is an
 //! error here, not a surprise later.
 
-use freshet_types::{CommitmentStatus, ShardState, StreamMode, StreamStatus, Voters};
+use freshet_types::{
+    CommitmentStatus, ShardLevelMetrics, ShardState, StreamMode, StreamStatus, Voters,
+};
 use sqlx::Row;
 
 use crate::error::{MetastoreError, Result};
@@ -21,6 +23,8 @@ pub struct StreamRow {
     pub created_at_ms: i64,
     /// ON_DEMAND only: MiB/s of write capacity kept ready while set.
     pub warm_throughput_mibps: Option<i32>,
+    /// The shard-level metrics enhanced monitoring has on.
+    pub shard_level_metrics: ShardLevelMetrics,
 }
 
 /// An account's minimum-throughput billing commitment.
@@ -120,7 +124,7 @@ pub struct WorkerRow {
 
 pub(crate) const STREAM_COLUMNS: &str =
     "stream_uid, account_id, region, stream_name, stream_arn, status, stream_mode, \
-     retention_hours, max_record_size_kib, created_at_ms, warm_throughput_mibps";
+     retention_hours, max_record_size_kib, created_at_ms, warm_throughput_mibps, shard_level_metrics";
 
 pub(crate) const SHARD_SELECT: &str = "SELECT stream_uid, shard_id, starting_hash_key, ending_hash_key, parent_shard_id, \
      adjacent_parent_shard_id, sequence_base, ending_offset, state, leader_worker_id, replica_worker_ids, voter_ids, next_voter_ids, epoch, \
@@ -180,6 +184,9 @@ pub(crate) fn stream_from_row(row: &sqlx::postgres::PgRow) -> Result<StreamRow> 
         max_record_size_kib: row.try_get("max_record_size_kib")?,
         created_at_ms: row.try_get("created_at_ms")?,
         warm_throughput_mibps: row.try_get("warm_throughput_mibps")?,
+        shard_level_metrics: ShardLevelMetrics::from_bits(
+            u32::try_from(row.try_get::<i32, _>("shard_level_metrics")?).unwrap_or(0),
+        ),
     })
 }
 

@@ -1,7 +1,7 @@
 //! Streams: creation under the account's shard quota, status and
 //! settings, lookups, and the UpdateShardCount call record.
 
-use freshet_types::{StreamArn, StreamMode, StreamStatus};
+use freshet_types::{ShardLevelMetrics, StreamArn, StreamMode, StreamStatus};
 use sqlx::Row;
 
 use crate::error::{DbContext as _, Result};
@@ -154,6 +154,41 @@ impl MetaStore {
             .await
             .db("update the stream's warm throughput")?;
         Ok(())
+    }
+
+    /// Switches `metrics` on (`enable`) or off for the stream, in one
+    /// statement; the sets before and after, or `None` if the stream is
+    /// gone or not ACTIVE.
+    pub async fn update_shard_level_metrics(
+        &self,
+        stream_uid: i64,
+        enable: bool,
+        metrics: ShardLevelMetrics,
+    ) -> Result<Option<(ShardLevelMetrics, ShardLevelMetrics)>> {
+        let bits = i32::try_from(metrics.bits()).unwrap_or(0);
+        let row = sqlx::query(
+            "UPDATE streams AS s SET shard_level_metrics = \
+               CASE WHEN $2 THEN old.metrics | $3 ELSE old.metrics & ~$3 END \
+             FROM (SELECT shard_level_metrics AS metrics FROM streams \
+                   WHERE stream_uid = $1 FOR UPDATE) AS old \
+             WHERE s.stream_uid = $1 AND s.status = 'ACTIVE' \
+             RETURNING old.metrics AS before, s.shard_level_metrics AS after",
+        )
+        .bind(stream_uid)
+        .bind(enable)
+        .bind(bits)
+        .fetch_optional(&self.pool)
+        .await
+        .db("update the stream's shard-level metrics")?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let set = |column: &str| -> Result<ShardLevelMetrics> {
+            Ok(ShardLevelMetrics::from_bits(
+                u32::try_from(row.try_get::<i32, _>(column)?).unwrap_or(0),
+            ))
+        };
+        Ok(Some((set("before")?, set("after")?)))
     }
 
     /// Sets a stream's maximum record size (KiB).

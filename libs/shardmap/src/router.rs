@@ -58,6 +58,14 @@ impl StreamRoute {
         }
     }
 
+    /// The shard-level metrics the stream has switched on (every entry of
+    /// a stream carries the same set).
+    pub fn shard_level_metrics(&self) -> freshet_types::ShardLevelMetrics {
+        freshet_types::ShardLevelMetrics::from_bits(
+            self.entries.first().map_or(0, |e| e.shard_level_metrics),
+        )
+    }
+
     /// The open shard whose hash-key range holds `hash_key`.
     pub fn shard_for_hash_key(&self, hash_key: HashKey) -> Option<&ShardMapEntry> {
         // Open shards' ranges do not overlap: the one that may hold the key

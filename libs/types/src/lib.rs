@@ -13,10 +13,12 @@ mod consumer;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
+mod shard_metrics;
 pub mod state;
 pub mod voters;
 pub use consumer::{is_valid_consumer_name, ConsumerArn, MAX_CONSUMER_ARN_LEN};
 pub use identity::{AccessKeyId, AccountId, Principal};
+pub use shard_metrics::{ShardLevelMetric, ShardLevelMetrics};
 pub use state::{
     AccessKeyStatus, CommitmentStatus, ConsumerStatus, ShardState, StreamMode, StreamStatus,
     UnknownState,

@@ -40,6 +40,7 @@ mod consumers;
 pub mod identities;
 mod limits;
 mod metrics;
+mod monitoring;
 mod rate_limits;
 mod reshard;
 mod scaler;
@@ -286,6 +287,7 @@ impl ControlPlaneService {
             consumer_count,
             shards,
             warm_throughput,
+            shard_level_metrics: row.shard_level_metrics.bits(),
         }
     }
 }
@@ -370,6 +372,15 @@ impl ControlPlane for ControlPlaneService {
         request: Request<DescribeLimitsRequest>,
     ) -> Result<Response<DescribeLimitsResponse>, Status> {
         self.describe_limits_checked(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn update_shard_level_metrics(
+        &self,
+        request: Request<UpdateShardLevelMetricsRequest>,
+    ) -> Result<Response<UpdateShardLevelMetricsResponse>, Status> {
+        self.update_shard_level_metrics_checked(request.into_inner())
             .await
             .map(Response::new)
     }

@@ -34,7 +34,9 @@ fn limit_of(operation: &str) -> Option<(f64, PerStream)> {
         | "ListTagsForStream"
         | "TagResource"
         | "UntagResource"
-        | "ListTagsForResource" => account(5.0),
+        | "ListTagsForResource"
+        | "EnableEnhancedMonitoring"
+        | "DisableEnhancedMonitoring" => account(5.0),
         "DescribeLimits" => account(1.0),
         "DescribeStream" | "UpdateShardCount" => account(10.0),
         "DescribeStreamSummary" => account(20.0),

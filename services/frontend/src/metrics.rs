@@ -1,8 +1,9 @@
 //! The stream metrics Kinesis publishes to CloudWatch, with CloudWatch's
-//! names and units (`docs/metrics.md`): per stream always, per shard when
-//! shard-level metrics are on (`--shard-level-metrics`, the switch
-//! EnableEnhancedMonitoring will drive). Recorded where an operation knows
-//! its outcome: `ops/records/{put,get}.rs`.
+//! names and units (`docs/metrics.md`): per stream always, per shard for
+//! the shard-level metrics a stream has switched on with
+//! EnableEnhancedMonitoring (its shard-map entries carry the set; callers
+//! pass it), or for every stream with `--shard-level-metrics`. Recorded
+//! where an operation knows its outcome: `ops/records/{put,get}.rs`.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -10,7 +11,11 @@ use std::time::Instant;
 use freshet_metrics::{
     as_millis, Buckets, Counter, EncodeLabelSet, Family, HistogramFamily, Registry,
 };
-use freshet_types::StreamArn;
+use freshet_types::ShardLevelMetric::{
+    IncomingBytes, IncomingRecords, IteratorAgeMilliseconds, OutgoingBytes, OutgoingRecords,
+    ReadProvisionedThroughputExceeded, WriteProvisionedThroughputExceeded,
+};
+use freshet_types::{ShardLevelMetric, ShardLevelMetrics, StreamArn};
 
 /// CloudWatch's stream dimensions (plus the account and region a stream
 /// lives in: one Freshet serves many).
@@ -94,7 +99,9 @@ pub struct FrontendMetrics {
     get_records_iterator_age: HistogramFamily<StreamLabels>,
     read_exceeded: Counters,
     write_exceeded: Counters,
-    shard_level: Option<ShardLevel>,
+    shard_level: ShardLevel,
+    /// Every stream's shard-level metrics, whatever it switched on.
+    all_shard_level: bool,
 }
 
 fn kinesis(registry: &Registry, name: &str, help: &str) -> Counters {
@@ -106,8 +113,8 @@ fn latency(registry: &Registry, name: &str, help: &str) -> HistogramFamily<Strea
 }
 
 impl FrontendMetrics {
-    pub fn register(registry: &Registry, shard_level: bool) -> FrontendMetrics {
-        let shard_level = shard_level.then(|| ShardLevel {
+    pub fn register(registry: &Registry, all_shard_level: bool) -> FrontendMetrics {
+        let shard_level = ShardLevel {
             incoming_bytes: registry
                 .counter_family("kinesis_shard_IncomingBytes", "Bytes put to the shard."),
             incoming_records: registry
@@ -131,7 +138,7 @@ impl FrontendMetrics {
                 "kinesis_shard_ReadProvisionedThroughputExceeded",
                 "GetRecords calls refused for the shard's read limits.",
             ),
-        });
+        };
         FrontendMetrics {
             incoming_bytes: kinesis(
                 registry,
@@ -224,50 +231,77 @@ impl FrontendMetrics {
                 "Records refused for write limits.",
             ),
             shard_level,
+            all_shard_level,
         }
     }
 
-    fn shard(&self, stream: &StreamArn, shard_id: &str) -> Option<(&ShardLevel, ShardLabels)> {
-        self.shard_level.as_ref().map(|level| {
-            (
-                level,
-                ShardLabels {
-                    StreamName: stream.stream_name.to_string(),
-                    AccountId: stream.account_id.to_string(),
-                    Region: stream.region.to_string(),
-                    ShardId: shard_id.to_owned(),
-                },
-            )
+    /// The shard's labels when `metric` is kept per shard for the stream
+    /// (it has `enabled` on).
+    fn shard(
+        &self,
+        enabled: ShardLevelMetrics,
+        metric: ShardLevelMetric,
+        stream: &StreamArn,
+        shard_id: &str,
+    ) -> Option<ShardLabels> {
+        (self.all_shard_level || enabled.contains(metric)).then(|| ShardLabels {
+            StreamName: stream.stream_name.to_string(),
+            AccountId: stream.account_id.to_string(),
+            Region: stream.region.to_string(),
+            ShardId: shard_id.to_owned(),
         })
     }
 
-    fn incoming(&self, labels: &StreamLabels, stream: &StreamArn, shard_id: &str, bytes: u64) {
+    fn incoming(
+        &self,
+        labels: &StreamLabels,
+        (stream, enabled): (&StreamArn, ShardLevelMetrics),
+        shard_id: &str,
+        bytes: u64,
+    ) {
         self.incoming_bytes.get_or_create(labels).inc_by(bytes);
         self.incoming_records.get_or_create(labels).inc();
-        if let Some((level, shard)) = self.shard(stream, shard_id) {
+        let level = &self.shard_level;
+        if let Some(shard) = self.shard(enabled, IncomingBytes, stream, shard_id) {
             level.incoming_bytes.get_or_create(&shard).inc_by(bytes);
+        }
+        if let Some(shard) = self.shard(enabled, IncomingRecords, stream, shard_id) {
             level.incoming_records.get_or_create(&shard).inc();
         }
     }
 
-    fn write_refused(&self, labels: &StreamLabels, stream: &StreamArn, shard_id: Option<&str>) {
+    fn write_refused(
+        &self,
+        labels: &StreamLabels,
+        (stream, enabled): (&StreamArn, ShardLevelMetrics),
+        shard_id: Option<&str>,
+    ) {
         self.write_exceeded.get_or_create(labels).inc();
-        if let Some((level, shard)) = shard_id.and_then(|id| self.shard(stream, id)) {
-            level.write_exceeded.get_or_create(&shard).inc();
+        let exceeded = WriteProvisionedThroughputExceeded;
+        if let Some(shard) = shard_id.and_then(|id| self.shard(enabled, exceeded, stream, id)) {
+            self.shard_level.write_exceeded.get_or_create(&shard).inc();
         }
     }
 
-    /// Whether metrics are kept per shard too (then callers say which
-    /// shard a refused record was meant for).
-    pub fn per_shard(&self) -> bool {
-        self.shard_level.is_some()
+    /// Whether a write metric is kept per shard for a stream that has
+    /// `enabled` on (then callers say which shard each record was meant
+    /// for).
+    pub fn per_shard(&self, enabled: ShardLevelMetrics) -> bool {
+        self.all_shard_level
+            || [
+                IncomingBytes,
+                IncomingRecords,
+                WriteProvisionedThroughputExceeded,
+            ]
+            .into_iter()
+            .any(|metric| enabled.contains(metric))
     }
 
     /// A PutRecord of `bytes` that ended in `outcome`: the shard it landed
     /// on, or how it failed and the shard it was meant for.
     pub fn put_record(
         &self,
-        stream: &StreamArn,
+        (stream, enabled): (&StreamArn, ShardLevelMetrics),
         started: Instant,
         bytes: u64,
         outcome: Result<&str, (EntryOutcome, Option<&str>)>,
@@ -280,10 +314,10 @@ impl FrontendMetrics {
             Ok(shard_id) => {
                 self.put_record_success.get_or_create(&labels).inc();
                 self.put_record_bytes.get_or_create(&labels).inc_by(bytes);
-                self.incoming(&labels, stream, shard_id, bytes);
+                self.incoming(&labels, (stream, enabled), shard_id, bytes);
             }
             Err((EntryOutcome::Throttled, shard_id)) => {
-                self.write_refused(&labels, stream, shard_id)
+                self.write_refused(&labels, (stream, enabled), shard_id)
             }
             Err(_) => {}
         }
@@ -294,7 +328,7 @@ impl FrontendMetrics {
     /// (a call carries up to 500): each family is looked up once.
     pub fn put_records<'a>(
         &self,
-        stream: &StreamArn,
+        (stream, enabled): (&StreamArn, ShardLevelMetrics),
         started: Instant,
         entries: impl Iterator<Item = (EntryOutcome, u64, Option<&'a str>)>,
     ) {
@@ -304,6 +338,7 @@ impl FrontendMetrics {
             .observe(as_millis(started.elapsed()));
         let (mut total, mut landed, mut throttled, mut failed, mut bytes) = (0, 0, 0, 0, 0);
         // Per shard, only when shard-level metrics are on: (bytes, records).
+        let per_shard_on = self.per_shard(enabled);
         let mut per_shard: HashMap<&str, (u64, u64)> = HashMap::new();
         let mut throttled_per_shard: HashMap<&str, u64> = HashMap::new();
         for (outcome, size, shard_id) in entries {
@@ -312,7 +347,7 @@ impl FrontendMetrics {
                 EntryOutcome::Landed => {
                     landed += 1;
                     bytes += size;
-                    if let (Some(_), Some(shard_id)) = (&self.shard_level, shard_id) {
+                    if let (true, Some(shard_id)) = (per_shard_on, shard_id) {
                         let counts = per_shard.entry(shard_id).or_default();
                         counts.0 += size;
                         counts.1 += 1;
@@ -320,7 +355,7 @@ impl FrontendMetrics {
                 }
                 EntryOutcome::Throttled => {
                     throttled += 1;
-                    if let (Some(_), Some(shard_id)) = (&self.shard_level, shard_id) {
+                    if let (true, Some(shard_id)) = (per_shard_on, shard_id) {
                         *throttled_per_shard.entry(shard_id).or_default() += 1;
                     }
                 }
@@ -349,14 +384,18 @@ impl FrontendMetrics {
         if throttled > 0 {
             self.write_exceeded.get_or_create(&labels).inc_by(throttled);
         }
+        let level = &self.shard_level;
         for (shard_id, (bytes, records)) in per_shard {
-            if let Some((level, shard)) = self.shard(stream, shard_id) {
+            if let Some(shard) = self.shard(enabled, IncomingBytes, stream, shard_id) {
                 level.incoming_bytes.get_or_create(&shard).inc_by(bytes);
+            }
+            if let Some(shard) = self.shard(enabled, IncomingRecords, stream, shard_id) {
                 level.incoming_records.get_or_create(&shard).inc_by(records);
             }
         }
+        let exceeded = WriteProvisionedThroughputExceeded;
         for (shard_id, records) in throttled_per_shard {
-            if let Some((level, shard)) = self.shard(stream, shard_id) {
+            if let Some(shard) = self.shard(enabled, exceeded, stream, shard_id) {
                 level.write_exceeded.get_or_create(&shard).inc_by(records);
             }
         }
@@ -366,7 +405,7 @@ impl FrontendMetrics {
     /// throttled (`None`).
     pub fn get_records(
         &self,
-        stream: &StreamArn,
+        (stream, enabled): (&StreamArn, ShardLevelMetrics),
         shard_id: &str,
         started: Instant,
         outcome: Option<&ReadOutcome>,
@@ -375,10 +414,11 @@ impl FrontendMetrics {
         self.get_records_latency
             .get_or_create(&labels)
             .observe(as_millis(started.elapsed()));
-        let shard = self.shard(stream, shard_id);
+        let level = &self.shard_level;
         let Some(read) = outcome else {
             self.read_exceeded.get_or_create(&labels).inc();
-            if let Some((level, shard)) = shard {
+            let exceeded = ReadProvisionedThroughputExceeded;
+            if let Some(shard) = self.shard(enabled, exceeded, stream, shard_id) {
                 level.read_exceeded.get_or_create(&shard).inc();
             }
             return;
@@ -400,15 +440,19 @@ impl FrontendMetrics {
         self.get_records_iterator_age
             .get_or_create(&labels)
             .observe(age);
-        if let Some((level, shard)) = shard {
+        if let Some(shard) = self.shard(enabled, OutgoingRecords, stream, shard_id) {
             level
                 .outgoing_records
                 .get_or_create(&shard)
                 .inc_by(read.records);
+        }
+        if let Some(shard) = self.shard(enabled, OutgoingBytes, stream, shard_id) {
             level
                 .outgoing_bytes
                 .get_or_create(&shard)
                 .inc_by(read.bytes);
+        }
+        if let Some(shard) = self.shard(enabled, IteratorAgeMilliseconds, stream, shard_id) {
             level.iterator_age.get_or_create(&shard).observe(age);
         }
     }

@@ -3,6 +3,7 @@
 
 mod capacity;
 mod consumers;
+mod monitoring;
 mod policies;
 mod records;
 mod replies;
@@ -184,6 +185,16 @@ pub async fn dispatch(
         "ListTagsForResource" => tags::list_tags_for_resource(frontend, caller, parse(body)?)
             .await
             .map(text_of),
+        "EnableEnhancedMonitoring" => {
+            monitoring::enable_enhanced_monitoring(frontend, caller, parse(body)?)
+                .await
+                .map(text_of)
+        }
+        "DisableEnhancedMonitoring" => {
+            monitoring::disable_enhanced_monitoring(frontend, caller, parse(body)?)
+                .await
+                .map(text_of)
+        }
         "DescribeLimits" => {
             let _: serde_json::Map<String, Value> = parse(body)?;
             capacity::describe_limits(frontend, caller)
@@ -338,7 +349,7 @@ pub(crate) fn parse_any_input(selector: u8, body: &[u8]) -> bool {
             }
         }
     }
-    match selector % 26 {
+    match selector % 27 {
         0 => parses::<streams::CreateStreamInput>(body),
         1 => parses::<streams::DeleteStreamInput>(body),
         2 => parses::<streams::DescribeStreamInput>(body),
@@ -364,6 +375,7 @@ pub(crate) fn parse_any_input(selector: u8, body: &[u8]) -> bool {
         22 => parses::<tags::RemoveTagsFromStreamInput>(body),
         23 => parses::<tags::ListTagsForStreamInput>(body),
         24 => parses::<tags::ResourceTagsInput>(body),
+        25 => parses::<monitoring::EnhancedMonitoringInput>(body),
         _ => parses::<consumers::ListStreamConsumersInput>(body),
     }
 }
@@ -415,8 +427,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "DeleteQueue",
     "DescribeChannel",
     "DescribeQueue",
-    "DisableEnhancedMonitoring",
-    "EnableEnhancedMonitoring",
     "IncreaseStreamRetentionPeriod",
     "ListChannels",
     "ListQueues",

@@ -301,7 +301,7 @@ pub async fn describe_stream(
             "HasMoreShards": remaining.len() > limit,
             "RetentionPeriodHours": stream.retention_hours,
             "StreamCreationTimestamp": epoch_seconds(stream.created_at_ms),
-            "EnhancedMonitoring": [{ "ShardLevelMetrics": [] }],
+            "EnhancedMonitoring": super::monitoring::enhanced_monitoring(stream.shard_level_metrics),
             "EncryptionType": "NONE",
         }
     }))
@@ -329,7 +329,7 @@ pub async fn describe_stream_summary(
             "StreamModeDetails": { "StreamMode": mode_name(&stream)? },
             "RetentionPeriodHours": stream.retention_hours,
             "StreamCreationTimestamp": epoch_seconds(stream.created_at_ms),
-            "EnhancedMonitoring": [{ "ShardLevelMetrics": [] }],
+            "EnhancedMonitoring": super::monitoring::enhanced_monitoring(stream.shard_level_metrics),
             "EncryptionType": "NONE",
             "OpenShardCount": stream.open_shard_count,
             "ConsumerCount": stream.consumer_count,

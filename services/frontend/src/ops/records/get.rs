@@ -4,7 +4,7 @@
 
 use freshet_errors::ErrorCode;
 use freshet_proto::v1::read_request::Start;
-use freshet_proto::v1::ShardState;
+use freshet_proto::v1::{ShardMapEntry, ShardState};
 use freshet_shardmap::StreamRoute;
 use freshet_types::SequenceNumber;
 use serde::Deserialize;
@@ -256,9 +256,12 @@ pub async fn get_records(
             Err(status)
                 if ErrorCode::of_status(&status) == ErrorCode::ProvisionedThroughputExceeded =>
             {
-                frontend
-                    .metrics
-                    .get_records(&iterator.stream, &iterator.shard_id, started, None);
+                frontend.metrics.get_records(
+                    (&iterator.stream, enabled_metrics(&entry)),
+                    &iterator.shard_id,
+                    started,
+                    None,
+                );
                 return Err(rate_exceeded(&entry));
             }
             Err(status) if attempt == 0 && refused_before_acting(&status) => {
@@ -293,7 +296,7 @@ pub async fn get_records(
     span.record("aws.kinesis.shard_id", iterator.shard_id.as_str());
     span.record("messaging.batch.message_count", read.records.len());
     frontend.metrics.get_records(
-        &iterator.stream,
+        (&iterator.stream, enabled_metrics(&entry)),
         &iterator.shard_id,
         started,
         Some(&ReadOutcome {
@@ -346,4 +349,9 @@ pub async fn get_records(
         millis_behind_latest,
         child_shards: None,
     })
+}
+
+/// The shard-level metrics the entry's stream has switched on.
+fn enabled_metrics(entry: &ShardMapEntry) -> freshet_types::ShardLevelMetrics {
+    freshet_types::ShardLevelMetrics::from_bits(entry.shard_level_metrics)
 }

@@ -190,9 +190,10 @@ pub async fn put_record(
     // we assign is larger than any this stream has returned before on the
     // same shard (and children's are larger than their parents').
     let bytes = (record.data.len() + record.partition_key.len()) as u64;
+    let enabled = route.shard_level_metrics();
     let target = frontend
         .metrics
-        .per_shard()
+        .per_shard(enabled)
         .then(|| route.shard_for_hash_key(record.hash_key).map(shard_id_of))
         .flatten();
     let landed = append_records(frontend, &stream, route, vec![record.into_append()])
@@ -201,7 +202,7 @@ pub async fn put_record(
         .next()
         .unwrap_or_else(|| Err(KinesisError::internal("record was not written")));
     frontend.metrics.put_record(
-        &stream,
+        (&stream, enabled),
         started,
         bytes,
         match &landed {
@@ -376,7 +377,8 @@ pub async fn put_records(
         .map(|r| (r.data.len() + r.partition_key.len()) as u64)
         .collect();
     // The shard each record was meant for, for shard-level metrics.
-    let targets: Vec<Option<String>> = if frontend.metrics.per_shard() {
+    let enabled = route.shard_level_metrics();
+    let targets: Vec<Option<String>> = if frontend.metrics.per_shard(enabled) {
         records
             .iter()
             .map(|r| route.shard_for_hash_key(r.hash_key).map(shard_id_of))
@@ -391,7 +393,7 @@ pub async fn put_records(
     tracing::Span::current().record("messaging.batch.message_count", sizes.len());
     let outcomes = append_records(frontend, &stream, route, records).await;
     frontend.metrics.put_records(
-        &stream,
+        (&stream, enabled),
         started,
         outcomes
             .iter()

@@ -266,6 +266,21 @@ impl ControlPlaneService {
             .unwrap_or(0))
     }
 
+    /// Publishes the stream's shard-map entries again, built from its
+    /// rows as they are now (a stream-wide setting they carry changed):
+    /// `what` says which, if it fails.
+    pub(crate) async fn republish(&self, stream_uid: i64, what: &str) -> Result<(), Status> {
+        self.membership
+            .clone()
+            .republish_stream(RepublishStreamRequest { stream_uid })
+            .await
+            .map_err(|status| {
+                ErrorCode::Unavailable
+                    .status(format!("could not publish {what}: {}", status.message()))
+            })?;
+        Ok(())
+    }
+
     fn stream_info(
         &self,
         row: &StreamRow,
@@ -750,18 +765,8 @@ impl ControlPlane for ControlPlaneService {
             .await
             .map_err(internal)?;
         // Shard-map entries carry the limit the frontends check.
-        self.membership
-            .clone()
-            .republish_stream(RepublishStreamRequest {
-                stream_uid: stream.stream_uid,
-            })
-            .await
-            .map_err(|status| {
-                ErrorCode::Unavailable.status(format!(
-                    "could not publish the new record size: {}",
-                    status.message()
-                ))
-            })?;
+        self.republish(stream.stream_uid, "the new record size")
+            .await?;
         Ok(Response::new(UpdateMaxRecordSizeResponse {}))
     }
 

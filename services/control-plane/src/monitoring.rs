@@ -6,10 +6,7 @@
 //! with it; a frontend keeps per-shard metrics for what the entry says
 //! (`services/frontend/src/metrics.rs`).
 
-use freshet_errors::ErrorCode;
-use freshet_proto::v1::{
-    RepublishStreamRequest, UpdateShardLevelMetricsRequest, UpdateShardLevelMetricsResponse,
-};
+use freshet_proto::v1::{UpdateShardLevelMetricsRequest, UpdateShardLevelMetricsResponse};
 use freshet_types::{ShardLevelMetrics, StreamArn, StreamStatus};
 use tonic::Status;
 
@@ -53,18 +50,8 @@ impl ControlPlaneService {
         };
         // Always, even when nothing changed: a retry after a publish that
         // failed must still bring the frontends up to date.
-        self.membership
-            .clone()
-            .republish_stream(RepublishStreamRequest {
-                stream_uid: stream.stream_uid,
-            })
-            .await
-            .map_err(|status| {
-                ErrorCode::Unavailable.status(format!(
-                    "could not publish the stream's shard-level metrics: {}",
-                    status.message()
-                ))
-            })?;
+        self.republish(stream.stream_uid, "the stream's shard-level metrics")
+            .await?;
         Ok(UpdateShardLevelMetricsResponse {
             stream_name: stream.stream_name,
             stream_arn: stream.stream_arn,

@@ -184,10 +184,18 @@ pub(crate) fn stream_from_row(row: &sqlx::postgres::PgRow) -> Result<StreamRow> 
         max_record_size_kib: row.try_get("max_record_size_kib")?,
         created_at_ms: row.try_get("created_at_ms")?,
         warm_throughput_mibps: row.try_get("warm_throughput_mibps")?,
-        shard_level_metrics: ShardLevelMetrics::from_bits(
-            u32::try_from(row.try_get::<i32, _>("shard_level_metrics")?).unwrap_or(0),
-        ),
+        shard_level_metrics: metrics_set(row.try_get("shard_level_metrics")?)?,
     })
+}
+
+/// A stored set of shard-level metrics (the column's CHECK keeps it in
+/// 0..=127; anything else is corrupt).
+pub(crate) fn metrics_set(stored: i32) -> Result<ShardLevelMetrics> {
+    u32::try_from(stored)
+        .ok()
+        .filter(|bits| ShardLevelMetrics::from_bits(*bits).bits() == *bits)
+        .map(ShardLevelMetrics::from_bits)
+        .ok_or_else(|| MetastoreError::Corrupt(format!("shard-level metrics {stored}")))
 }
 
 /// Decodes every row with `decode`.

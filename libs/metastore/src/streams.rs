@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use crate::error::{DbContext as _, Result};
 use crate::limits::{lock_account, on_demand_streams, AccountLimits};
-use crate::rows::{decode_all, stream_from_row, StreamRow, STREAM_COLUMNS};
+use crate::rows::{decode_all, metrics_set, stream_from_row, StreamRow, STREAM_COLUMNS};
 use crate::MetaStore;
 
 /// What [`MetaStore::insert_stream`] did.
@@ -183,12 +183,10 @@ impl MetaStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let set = |column: &str| -> Result<ShardLevelMetrics> {
-            Ok(ShardLevelMetrics::from_bits(
-                u32::try_from(row.try_get::<i32, _>(column)?).unwrap_or(0),
-            ))
-        };
-        Ok(Some((set("before")?, set("after")?)))
+        Ok(Some((
+            metrics_set(row.try_get("before")?)?,
+            metrics_set(row.try_get("after")?)?,
+        )))
     }
 
     /// Sets a stream's maximum record size (KiB).

@@ -291,6 +291,27 @@ async fn resharding_requests_are_checked_as_kinesis_checks_them() -> anyhow::Res
         .expect_err("a key outside the shard");
     assert_eq!(code(&outside), "InvalidArgumentException");
 
+    // Of a hash key's form but past 2^128-1: Kinesis's own rule, not the
+    // model's; a key not of that form is the model's.
+    let past_the_end = client
+        .split_shard()
+        .stream_name("checked")
+        .shard_to_split(&all[2].shard_id)
+        .new_starting_hash_key("340282366920938463463374607431768211456")
+        .send()
+        .await
+        .expect_err("2^128");
+    assert_eq!(code(&past_the_end), "InvalidArgumentException");
+    let malformed = client
+        .split_shard()
+        .stream_name("checked")
+        .shard_to_split(&all[2].shard_id)
+        .new_starting_hash_key("012")
+        .send()
+        .await
+        .expect_err("a leading zero");
+    assert_eq!(code(&malformed), "ValidationException");
+
     let unknown = client
         .split_shard()
         .stream_name("checked")

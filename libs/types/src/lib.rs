@@ -47,12 +47,18 @@ impl HashKey {
     }
 
     /// Parses a decimal `ExplicitHashKey`; it must lie in 0..=2^128-1.
-    pub fn parse_decimal(text: &str) -> Result<HashKey, InvalidValue> {
-        let well_formed = !text.is_empty()
+    /// Whether `text` has a hash key's form in the API model
+    /// (`0|([1-9]\d{0,38})`): one that does not, is a ValidationException;
+    /// one that does but passes 2^128-1, an InvalidArgumentException.
+    pub fn matches_pattern(text: &str) -> bool {
+        !text.is_empty()
             && text.len() <= 39
             && text.bytes().all(|b| b.is_ascii_digit())
-            && (text == "0" || !text.starts_with('0'));
-        if !well_formed {
+            && (text == "0" || !text.starts_with('0'))
+    }
+
+    pub fn parse_decimal(text: &str) -> Result<HashKey, InvalidValue> {
+        if !Self::matches_pattern(text) {
             return Err(InvalidValue(format!(
                 "Value '{text}' is not a valid hash key: it must be a decimal integer in [0, 2^128-1]"
             )));

@@ -39,7 +39,7 @@ pub async fn split_shard(
     );
     violations.check_required(input.new_starting_hash_key.as_deref(), "newStartingHashKey");
     if let Some(key) = input.new_starting_hash_key.as_deref() {
-        if freshet_types::HashKey::parse_decimal(key).is_err() {
+        if !freshet_types::HashKey::matches_pattern(key) {
             violations.add(
                 Some(key),
                 "newStartingHashKey",
@@ -48,6 +48,14 @@ pub async fn split_shard(
         }
     }
     violations.into_result()?;
+    // The form is right; the value may still be past the last hash key.
+    if let Some(key) = input.new_starting_hash_key.as_deref() {
+        freshet_types::HashKey::parse_decimal(key).map_err(|_| {
+            KinesisError::invalid_argument(format!(
+                "Invalid NewStartingHashKey. NewStartingHashKey must be in the range: [0, 2^128-1]. Specified value was {key}"
+            ))
+        })?;
+    }
     let stream = input.target.resolve(caller).await?;
     frontend
         .control_plane

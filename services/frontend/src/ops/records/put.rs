@@ -90,11 +90,7 @@ fn check_record(
     }
     let explicit = match explicit_hash_key {
         Some(text) => {
-            let well_formed = !text.is_empty()
-                && text.len() <= 39
-                && text.bytes().all(|b| b.is_ascii_digit())
-                && (text == "0" || !text.starts_with('0'));
-            if !well_formed {
+            if !HashKey::matches_pattern(text) {
                 violations.add(
                     Some(text),
                     &field("explicitHashKey"),

@@ -334,3 +334,29 @@ async fn bad_tags_get_kinesis_exceptions_and_change_nothing() -> anyhow::Result<
     cluster.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_additions_never_pass_fifty_tags_together() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let client = cluster.kinesis();
+    create_active_stream(&client, "raced", 1).await?;
+    // Two callers add 30 different tags each at once: each alone fits,
+    // both together would make 60.
+    let add = |prefix: &'static str| {
+        let mut call = client.add_tags_to_stream().stream_name("raced");
+        for i in 0..30 {
+            call = call.tags(format!("{prefix}-{i:02}"), "v");
+        }
+        call.send()
+    };
+    let (first, second) = tokio::join!(add("left"), add("right"));
+    let refused: Vec<String> = [first.err(), second.err()]
+        .into_iter()
+        .flatten()
+        .map(|error| code(&error))
+        .collect();
+    assert_eq!(refused, ["InvalidArgumentException"], "exactly one fits");
+    assert_eq!(stream_tags(&client, "raced").await?.len(), 30);
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -19,7 +19,7 @@ use freshet_proto::v1::{
 use freshet_types::{StreamArn, StreamStatus};
 use tonic::Status;
 
-use crate::publish::{consumer_entry, record_consumer};
+use crate::publish::{consumer_entry, record_consumer, record_consumers};
 use crate::service::{store_error, Logged};
 use crate::MembershipService;
 
@@ -52,13 +52,7 @@ impl MembershipService {
         let stream_arn = StreamArn::parse(&stream.stream_arn).ok_or_else(|| {
             ErrorCode::Internal.status(format!("stream {} has a bad ARN", stream.stream_uid))
         })?;
-        self.settle_before_batch().await.map_err(store_error)?;
-        let mut batch = self
-            .inner
-            .store
-            .begin_changes()
-            .await
-            .map_err(store_error)?;
+        let mut batch = self.begin_batch().await.map_err(store_error)?;
         let limits = ConsumerLimits {
             per_stream: request.max_per_stream,
             creating_per_account: request.max_creating_per_account,
@@ -114,25 +108,14 @@ impl MembershipService {
         request: DeregisterConsumerRequest,
     ) -> Result<DeregisterConsumerResponse, Status> {
         let _serialised = self.inner.write_lock.lock().await;
-        self.settle_before_batch().await.map_err(store_error)?;
-        let mut batch = self
-            .inner
-            .store
-            .begin_changes()
-            .await
-            .map_err(store_error)?;
+        let mut batch = self.begin_batch().await.map_err(store_error)?;
         let row = batch
             .deregister_consumer(request.stream_uid, &request.consumer_arn, request.now_ms)
             .await
             .map_err(store_error)?;
-        let mut logged = Vec::new();
-        if let Some(row) = &row {
-            logged.push(
-                record_consumer(&mut batch, row, false)
-                    .await
-                    .map_err(store_error)?,
-            );
-        }
+        let logged = record_consumers(&mut batch, row.iter().map(|r| (r, false)).collect())
+            .await
+            .map_err(store_error)?;
         self.commit_locked(batch, logged)
             .await
             .map_err(store_error)?;
@@ -146,30 +129,17 @@ impl MembershipService {
         request: FinishConsumerTransitionsRequest,
     ) -> Result<FinishConsumerTransitionsResponse, Status> {
         let _serialised = self.inner.write_lock.lock().await;
-        self.settle_before_batch().await.map_err(store_error)?;
-        let mut batch = self
-            .inner
-            .store
-            .begin_changes()
-            .await
-            .map_err(store_error)?;
+        let mut batch = self.begin_batch().await.map_err(store_error)?;
         let done = batch
             .finish_consumer_transitions(request.now_ms, request.delay_ms)
             .await
             .map_err(store_error)?;
-        let mut logged = Vec::with_capacity(done.activated.len() + done.removed.len());
-        for (row, removed) in done
-            .activated
-            .iter()
-            .map(|row| (row, false))
+        let changed = (done.activated.iter().map(|row| (row, false)))
             .chain(done.removed.iter().map(|row| (row, true)))
-        {
-            logged.push(
-                record_consumer(&mut batch, row, removed)
-                    .await
-                    .map_err(store_error)?,
-            );
-        }
+            .collect();
+        let logged = record_consumers(&mut batch, changed)
+            .await
+            .map_err(store_error)?;
         self.commit_locked(batch, logged)
             .await
             .map_err(store_error)?;
@@ -189,12 +159,10 @@ impl MembershipService {
         stream_uid: i64,
     ) -> Result<(), MetastoreError> {
         let _serialised = self.inner.write_lock.lock().await;
-        self.settle_before_batch().await?;
-        let mut batch = self.inner.store.begin_changes().await?;
-        let mut logged = Vec::new();
-        for row in batch.remove_consumers_of(stream_uid).await? {
-            logged.push(record_consumer(&mut batch, &row, true).await?);
-        }
+        let mut batch = self.begin_batch().await?;
+        let removed = batch.remove_consumers_of(stream_uid).await?;
+        let logged =
+            record_consumers(&mut batch, removed.iter().map(|r| (r, true)).collect()).await?;
         self.commit_locked(batch, logged).await
     }
 }

@@ -154,10 +154,7 @@ impl MembershipService {
             .into_iter()
             .map(|w| (w.worker_id.clone(), w))
             .collect();
-        // Whatever an earlier commit with an unknown outcome left is
-        // broadcast first, so versions reach subscribers in order.
-        self.settle_before_batch().await?;
-        let mut batch = self.inner.store.begin_changes().await?;
+        let mut batch = self.begin_batch().await?;
         let mut entries = Vec::with_capacity(shards.len());
         for (shard, kind) in shards.iter().zip(kinds.iter().copied()) {
             match kind {
@@ -201,9 +198,10 @@ impl MembershipService {
         if removing {
             // The stream's consumers go with it, ordered with its
             // tombstones (a frontend drops them as it drops the shards).
-            for row in batch.remove_consumers_of(stream.stream_uid).await? {
-                logged.push(record_consumer(&mut batch, &row, true).await?);
-            }
+            let removed = batch.remove_consumers_of(stream.stream_uid).await?;
+            logged.extend(
+                record_consumers(&mut batch, removed.iter().map(|r| (r, true)).collect()).await?,
+            );
         }
         self.commit_locked(batch, logged).await?;
         Ok(entries)
@@ -245,13 +243,14 @@ impl MembershipService {
         Ok(())
     }
 
-    /// Settles an uncertain head (see `settle_head`) before a batch
-    /// begins; called under the publishing lock.
-    pub(crate) async fn settle_before_batch(&self) -> Result<(), MetastoreError> {
+    /// Begins a change batch under the publishing lock, once whatever an
+    /// earlier commit with an unknown outcome left is broadcast (so
+    /// versions reach subscribers in order).
+    pub(crate) async fn begin_batch(&self) -> Result<ChangeBatch, MetastoreError> {
         if self.inner.head_uncertain.load(Ordering::Acquire) {
             self.settle_head_locked().await?;
         }
-        Ok(())
+        self.inner.store.begin_changes().await
     }
 
     /// Sends committed entries to the subscribers, in version order.
@@ -422,6 +421,19 @@ pub(crate) async fn record_consumer(
         .record_consumer(row.stream_uid, &row.consumer_name, &entry.encode_to_vec())
         .await?;
     Ok(Logged::Consumer(entry))
+}
+
+/// Records each row's change in `batch` (`true`: it is gone); the entries
+/// recorded, in order.
+pub(crate) async fn record_consumers(
+    batch: &mut ChangeBatch,
+    rows: Vec<(&ConsumerRow, bool)>,
+) -> Result<Vec<Logged>, MetastoreError> {
+    let mut logged = Vec::new();
+    for (row, removed) in rows {
+        logged.push(record_consumer(batch, row, removed).await?);
+    }
+    Ok(logged)
 }
 
 /// `row` as the change log carries it (version 0: a snapshot's).

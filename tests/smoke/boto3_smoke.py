@@ -28,6 +28,18 @@ listed = kinesis.list_tags_for_stream(StreamName=name)
 assert listed["Tags"] == [{"Key": "suite", "Value": "smoke-2"}], listed
 assert listed["HasMoreTags"] is False, listed
 
+# Retention and shard-level metrics, as infrastructure-as-code tools set them.
+kinesis.increase_stream_retention_period(StreamName=name, RetentionPeriodHours=168)
+try:
+    kinesis.decrease_stream_retention_period(StreamName=name, RetentionPeriodHours=200)
+    raise AssertionError("a decrease to a longer period was accepted")
+except kinesis.exceptions.InvalidArgumentException:
+    pass
+kinesis.enable_enhanced_monitoring(StreamName=name, ShardLevelMetrics=["IncomingBytes"])
+summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+assert summary["RetentionPeriodHours"] == 168, summary
+assert summary["EnhancedMonitoring"] == [{"ShardLevelMetrics": ["IncomingBytes"]}], summary
+
 first = kinesis.put_record(StreamName=name, PartitionKey="alpha", Data=b"hello")
 batch = kinesis.put_records(
     StreamName=name,

@@ -95,7 +95,7 @@ pub struct ClusterOptions {
     pub shard_level_metrics: bool,
     /// Workers' retention: segment size, how long one hour of retention
     /// lasts and how often expired segments are looked for.
-    pub worker_retention: WorkerRetention,
+    pub retention: Retention,
     /// Process workers advertise a proxy the test owns in front of their
     /// port: everything that dials a worker (its leader, membership, the
     /// frontend) goes through it, and `Cluster::cut_worker` cuts it; the
@@ -103,17 +103,20 @@ pub struct ClusterOptions {
     pub worker_proxies: bool,
 }
 
-/// How workers roll and trim their logs.
+/// How workers roll their logs, and how fast retention runs: one
+/// retention hour lasts `hour` in every service (the control plane, the
+/// frontends and the workers agree on what has expired), and workers look
+/// for expired files every `check_interval`.
 #[derive(Debug, Clone, Copy)]
-pub struct WorkerRetention {
+pub struct Retention {
     pub segment_bytes: u64,
     pub hour: Duration,
     pub check_interval: Duration,
 }
 
-impl Default for WorkerRetention {
+impl Default for Retention {
     fn default() -> Self {
-        WorkerRetention {
+        Retention {
             segment_bytes: 64 * 1024 * 1024,
             hour: Duration::from_secs(3_600),
             check_interval: Duration::from_secs(60),
@@ -163,7 +166,7 @@ impl Default for ClusterOptions {
             consumer_transition: Duration::from_millis(500),
             auth: freshet_server::AuthMode::Development,
             shard_level_metrics: false,
-            worker_retention: WorkerRetention::default(),
+            retention: Retention::default(),
             worker_proxies: false,
         }
     }
@@ -430,6 +433,9 @@ impl Cluster {
             http2_max_streams: 100,
             max_subscriptions: 1000,
             internal: internal.clone(),
+            retention: freshet_server::RetentionHour {
+                hour: options.retention.hour,
+            },
         };
         let frontend = Frontend::new(&frontend_config)?;
         let (frontend_listener, frontend_addr) = bind().await?;
@@ -547,7 +553,7 @@ impl Cluster {
         let limits = self.options.shard_limits;
         let internal_token = self.internal_flag().internal_token;
         let auth = self.options.auth;
-        let retention = self.options.worker_retention;
+        let retention = self.options.retention;
         let worker = &mut self.workers[index];
         anyhow::ensure!(
             worker.running.is_none(),
@@ -568,7 +574,9 @@ impl Cluster {
                     },
                     heartbeat_interval,
                     retention_check_interval: retention.check_interval,
-                    retention_hour: retention.hour,
+                    retention: freshet_server::RetentionHour {
+                        hour: retention.hour,
+                    },
                     segment_bytes: retention.segment_bytes,
                     ack_copies: freshet_storage_worker::AckCopies::Majority,
                     min_ack_copies: 2,
@@ -987,6 +995,9 @@ fn control_plane_config(
         admin: freshet_server::AdminTokenFlag {
             admin_token: secure.then(|| SECURE_ADMIN_TOKEN.to_owned()),
         },
+        retention: freshet_server::RetentionHour {
+            hour: options.retention.hour,
+        },
     }
 }
 
@@ -1154,6 +1165,29 @@ pub async fn set_billing_commitment(
         .context("update account settings")?
         .minimum_throughput_billing_commitment
         .context("no commitment in the answer")
+}
+
+/// The exception name of an SDK error (`<no service error>` for a
+/// failure that never reached the service).
+pub fn error_code<E: aws_sdk_kinesis::error::ProvideErrorMetadata>(
+    error: &aws_sdk_kinesis::error::SdkError<E, aws_sdk_kinesis::config::http::HttpResponse>,
+) -> String {
+    error
+        .as_service_error()
+        .and_then(|e| e.code())
+        .unwrap_or("<no service error>")
+        .to_owned()
+}
+
+/// Where a worker keeps its copy of `entry`'s current segment: the
+/// directory of its log files, under the worker's `data_dir`.
+pub fn segment_dir(data_dir: &std::path::Path, entry: &freshet_shardmap::ShardMapEntry) -> PathBuf {
+    let key = entry.key.clone().unwrap_or_default();
+    data_dir
+        .join("shards")
+        .join(key.stream_uid.to_string())
+        .join(&key.shard_id)
+        .join(entry.segment_index.to_string())
 }
 
 /// Reads a whole shard from TRIM_HORIZON until a read returns nothing.

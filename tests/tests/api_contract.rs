@@ -53,7 +53,7 @@ async fn protocol_errors_match_kinesis() -> anyhow::Result<()> {
         (400, "UnknownOperationException")
     );
 
-    let not_built = kinesis_http1(&address, "IncreaseStreamRetentionPeriod", "{}").await?;
+    let not_built = kinesis_http1(&address, "CreateQueue", "{}").await?;
     assert_eq!(not_built.status, 501);
     assert_eq!(not_built.error_type(), "NotImplemented");
 

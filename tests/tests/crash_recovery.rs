@@ -8,7 +8,7 @@ use std::time::Duration;
 use aws_sdk_kinesis::primitives::Blob;
 use freshet_e2e::load::{assert_acknowledged_readable_once, Producers};
 use freshet_e2e::{
-    create_active_stream, stream_arn, wait_until, Cluster, ClusterOptions, WorkerMode,
+    create_active_stream, segment_dir, stream_arn, wait_until, Cluster, ClusterOptions, WorkerMode,
 };
 
 /// Appends a half-written frame to the newest segment of every shard the
@@ -147,18 +147,6 @@ async fn a_worker_that_was_down_while_its_stream_was_deleted_removes_the_data() 
 }
 
 /// The log directory of `entry`'s current segment on a worker.
-fn segment_dir(
-    data_dir: &std::path::Path,
-    entry: &freshet_shardmap::ShardMapEntry,
-) -> std::path::PathBuf {
-    let key = entry.key.clone().unwrap_or_default();
-    data_dir
-        .join("shards")
-        .join(key.stream_uid.to_string())
-        .join(&key.shard_id)
-        .join(entry.segment_index.to_string())
-}
-
 /// Where `worker_id`'s copy of the shard ends, and whether it is being
 /// rebuilt, if it answers.
 async fn copy_state(
@@ -213,9 +201,9 @@ enum Copy {
 async fn flip_a_byte_of_one_copy(damaged: Copy) -> anyhow::Result<()> {
     let mut cluster = Cluster::start_with(ClusterOptions {
         worker_mode: WorkerMode::Process,
-        worker_retention: freshet_e2e::WorkerRetention {
+        retention: freshet_e2e::Retention {
             segment_bytes: 4_096,
-            ..freshet_e2e::WorkerRetention::default()
+            ..freshet_e2e::Retention::default()
         },
         ..ClusterOptions::default()
     })

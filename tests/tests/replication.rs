@@ -290,7 +290,7 @@ async fn a_replacement_replica_catches_up_from_a_trimmed_log() -> anyhow::Result
     let mut cluster = Cluster::start_with(ClusterOptions {
         worker_mode: WorkerMode::Process,
         worker_zones: vec!["az-a", "az-b", "az-c", "az-a"],
-        worker_retention: freshet_e2e::WorkerRetention {
+        retention: freshet_e2e::Retention {
             segment_bytes: 2_048,
             hour: Duration::from_millis(100),
             check_interval: Duration::from_millis(200),

@@ -39,7 +39,7 @@ pub use identities::{AccessKeyRow, NewKeyOutcome, UserPolicyRow, ACCESS_KEYS_PER
 pub use limits::{AccountLimits, AccountUsage};
 pub use rows::{Commitment, SealedSegmentRow, ShardRow, StreamRow, WorkerRow};
 pub use snapshot::Snapshot;
-pub use streams::{NewStream, NewStreamOutcome};
+pub use streams::{NewStream, NewStreamOutcome, RetentionChange, RetentionUpdate};
 pub use tags::{TagOutcome, TAGS_PER_RESOURCE};
 
 use error::DbContext as _;

@@ -25,6 +25,30 @@ pub enum NewStreamOutcome {
     OverOnDemandLimit,
 }
 
+/// What [`MetaStore::update_retention`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetentionChange {
+    /// The period is now the one asked for (it may have been already).
+    Changed { previous_hours: i32 },
+    /// An increase below the current period, or a decrease above it:
+    /// nothing changed.
+    WrongDirection { current_hours: i32 },
+    /// The stream is gone or not ACTIVE: nothing changed.
+    NotActive,
+}
+
+/// A retention change to make: the new period, which way it may go, and
+/// what an increase needs to know to keep expired records expired.
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionUpdate {
+    pub hours: i32,
+    pub increase: bool,
+    /// Now, and one retention hour, in milliseconds: an increase raises
+    /// the stream's expired-before floor to `now_ms - previous hours`.
+    pub now_ms: i64,
+    pub hour_ms: i64,
+}
+
 /// A new stream to insert; its ARN names its account, region and name.
 #[derive(Debug, Clone)]
 pub struct NewStream<'a> {
@@ -187,6 +211,66 @@ impl MetaStore {
             metrics_set(row.try_get("before")?)?,
             metrics_set(row.try_get("after")?)?,
         )))
+    }
+
+    /// Changes an ACTIVE stream's retention period, under its row lock so
+    /// the direction is checked against the period it replaces.
+    ///
+    /// Invariant: an increase raises `expired_before_ms` to when records
+    /// were expiring under the old period, so nothing that had expired is
+    /// served again; a decrease needs no floor (the shorter period already
+    /// expires more).
+    pub async fn update_retention(
+        &self,
+        stream_uid: i64,
+        update: RetentionUpdate,
+    ) -> Result<RetentionChange> {
+        let mut tx = self.pool.begin().await.db("begin a retention change")?;
+        let row = sqlx::query(
+            "SELECT status, retention_hours FROM streams WHERE stream_uid = $1 FOR NO KEY UPDATE",
+        )
+        .bind(stream_uid)
+        .fetch_optional(&mut *tx)
+        .await
+        .db("lock the stream for a retention change")?;
+        let Some(row) = row else {
+            return Ok(RetentionChange::NotActive);
+        };
+        let status: String = row.try_get("status")?;
+        let current: i32 = row.try_get("retention_hours")?;
+        if status != StreamStatus::Active.as_str() {
+            return Ok(RetentionChange::NotActive);
+        }
+        let wrong_way = if update.increase {
+            update.hours < current
+        } else {
+            update.hours > current
+        };
+        if wrong_way {
+            return Ok(RetentionChange::WrongDirection {
+                current_hours: current,
+            });
+        }
+        let floor = (update.hours > current).then(|| {
+            update
+                .now_ms
+                .saturating_sub(i64::from(current).saturating_mul(update.hour_ms))
+        });
+        sqlx::query(
+            "UPDATE streams SET retention_hours = $2, \
+               expired_before_ms = GREATEST(expired_before_ms, COALESCE($3, expired_before_ms)) \
+             WHERE stream_uid = $1",
+        )
+        .bind(stream_uid)
+        .bind(update.hours)
+        .bind(floor)
+        .execute(&mut *tx)
+        .await
+        .db("update the stream's retention period")?;
+        tx.commit().await.db("commit a retention change")?;
+        Ok(RetentionChange::Changed {
+            previous_hours: current,
+        })
     }
 
     /// Sets a stream's maximum record size (KiB).

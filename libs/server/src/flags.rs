@@ -163,3 +163,38 @@ impl ObservabilityFlags {
         }
     }
 }
+
+/// How long one hour of a stream's retention period lasts. Always an hour
+/// in a deployment; tests and demos shorten it to watch retention work
+/// without waiting a day. Every service that decides what has expired —
+/// the control plane (a retention increase's floor), the frontends
+/// (reads) and the workers (trimming) — takes it from the same variable.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct RetentionHour {
+    #[arg(
+        id = "retention_hour",
+        long = "retention-hour",
+        env = "FRESHET_RETENTION_HOUR",
+        default_value = "1h",
+        value_parser = humantime::parse_duration,
+        hide = true
+    )]
+    pub hour: std::time::Duration,
+}
+
+impl RetentionHour {
+    /// One retention hour, in milliseconds.
+    pub fn millis(&self) -> i64 {
+        i64::try_from(self.hour.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1)
+    }
+}
+
+impl Default for RetentionHour {
+    fn default() -> Self {
+        RetentionHour {
+            hour: std::time::Duration::from_secs(3600),
+        }
+    }
+}

@@ -33,7 +33,7 @@ pub use clients::{
 };
 pub use flags::{
     AuthFlags, AuthMode, CacheAddr, ControlPlaneAddr, DatabaseUrl, MembershipAddr,
-    ObservabilityFlags, TimerAddr,
+    ObservabilityFlags, RetentionHour, TimerAddr,
 };
 pub use freshet_telemetry::LogFormat;
 pub use grpc::{grpc_server, serve_grpc, GrpcServer, Health, Router, ServeError};

@@ -38,3 +38,17 @@ pub fn voters_of(entry: &ShardMapEntry) -> freshet_types::Voters {
     }
     freshet_types::Voters::from_lists(&entry.voter_ids, &entry.next_voter_ids)
 }
+
+/// The arrival time (ms since the Unix epoch) from which `entry`'s records
+/// are still served at `now_ms`: those within the stream's retention
+/// period, and never one that had expired before a retention increase
+/// (`ShardMapEntry.expired_before_ms`). Readers start no earlier, and
+/// workers trim what arrived before it — one rule for both, so what is
+/// kept and what is served agree. `hour_ms` is one retention hour
+/// (shorter only in tests).
+pub fn unexpired_from(entry: &ShardMapEntry, now_ms: i64, hour_ms: i64) -> i64 {
+    let retention_ms = i64::from(entry.retention_hours.max(1)).saturating_mul(hour_ms);
+    now_ms
+        .saturating_sub(retention_ms)
+        .max(entry.expired_before_ms)
+}

@@ -165,6 +165,7 @@ async fn serve_while_active(
     );
     service.consumer_transition = Duration::from_millis(config.consumer_transition_ms);
     service.on_demand_stream_limit = config.on_demand_stream_limit;
+    service.retention_hour_ms = config.retention.millis();
     // Before serving, so no new update can be mistaken for an interrupted
     // one. Membership may not answer yet: a few tries, then serve anyway.
     for attempt in 1..=10 {

@@ -113,6 +113,15 @@ impl ControlPlane for ControlPlaneService {
             .map(Response::new)
     }
 
+    async fn update_retention_period(
+        &self,
+        request: Request<UpdateRetentionPeriodRequest>,
+    ) -> Result<Response<UpdateRetentionPeriodResponse>, Status> {
+        self.update_retention_period_checked(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn tag_resource(
         &self,
         request: Request<TagResourceRequest>,

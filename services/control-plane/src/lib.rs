@@ -43,6 +43,7 @@ mod metrics;
 mod monitoring;
 mod rate_limits;
 mod reshard;
+mod retention;
 mod scaler;
 pub mod sealing;
 mod subscriptions;
@@ -122,6 +123,10 @@ pub struct Config {
     /// default quota: 50).
     #[arg(long, env = "FRESHET_ON_DEMAND_STREAM_LIMIT", default_value_t = 50)]
     pub on_demand_stream_limit: u32,
+    /// How long one hour of a stream's retention period lasts (shorter
+    /// only in tests).
+    #[command(flatten)]
+    pub retention: freshet_server::RetentionHour,
     #[command(flatten)]
     pub auth: freshet_server::AuthFlags,
     /// File holding the master key that seals access-key secrets (base64 of
@@ -164,6 +169,8 @@ pub struct ControlPlaneService {
     consumer_transition: Duration,
     /// On-demand streams an account may have in a region.
     on_demand_stream_limit: u32,
+    /// One retention hour, in milliseconds (shorter only in tests).
+    retention_hour_ms: i64,
     /// SubscribeToShard subscriptions across the frontends, and where
     /// each consumer has got to.
     subscription_claims: std::sync::Arc<subscriptions::SubscriptionClaims>,
@@ -230,6 +237,7 @@ impl ControlPlaneService {
             consumer_transitions: Default::default(),
             consumer_transition: consumers::DEFAULT_TRANSITION,
             on_demand_stream_limit: limits::DEFAULT_ON_DEMAND_STREAM_LIMIT,
+            retention_hour_ms: freshet_server::RetentionHour::default().millis(),
             subscription_claims: Default::default(),
         }
     }

@@ -36,7 +36,9 @@ fn limit_of(operation: &str) -> Option<(f64, PerStream)> {
         | "UntagResource"
         | "ListTagsForResource"
         | "EnableEnhancedMonitoring"
-        | "DisableEnhancedMonitoring" => account(5.0),
+        | "DisableEnhancedMonitoring"
+        | "IncreaseStreamRetentionPeriod"
+        | "DecreaseStreamRetentionPeriod" => account(5.0),
         "DescribeLimits" => account(1.0),
         "DescribeStream" | "UpdateShardCount" => account(10.0),
         "DescribeStreamSummary" => account(20.0),

@@ -128,6 +128,10 @@ pub struct Config {
     /// longer ones answer InternalFailure (a dependency is stuck).
     #[arg(long, env = "FRESHET_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// How long one hour of a stream's retention period lasts (shorter
+    /// only in tests).
+    #[command(flatten)]
+    pub retention: freshet_server::RetentionHour,
     /// MiB of request bodies all requests together may be reading or
     /// holding at once; a request that finds no room within the body read
     /// timeout gets LimitExceededException (SDKs retry it).
@@ -190,6 +194,8 @@ pub struct Frontend {
     /// The shared upstreams of the subscriptions at a shard's tip.
     pub(crate) feeds: fan_out::Feeds,
     storage_timeout: Duration,
+    /// One retention hour, in milliseconds (shorter only in tests).
+    retention_hour_ms: i64,
     max_in_flight_requests: usize,
     pub(crate) sources: admission::SourceLimits,
     pub(crate) body_read_timeout: Duration,
@@ -300,6 +306,7 @@ impl Frontend {
             consumers,
             feeds,
             storage_timeout: config.storage_timeout,
+            retention_hour_ms: config.retention.millis(),
             max_in_flight_requests: config.max_in_flight_requests,
             sources: admission::SourceLimits::new(
                 config
@@ -356,6 +363,12 @@ impl Frontend {
 
     /// Milliseconds since the epoch by the timer service (the local clock
     /// only while the timer is unreachable).
+    /// The arrival time from which `entry`'s records are served now
+    /// (`freshet_shardmap::unexpired_from`; the workers apply the same rule).
+    pub(crate) fn unexpired_from(&self, entry: &freshet_shardmap::ShardMapEntry) -> i64 {
+        freshet_shardmap::unexpired_from(entry, self.now_ms(), self.retention_hour_ms)
+    }
+
     pub(crate) fn now_ms(&self) -> i64 {
         match self.timer.now() {
             Some(now) => now.earliest_micros / 1000,

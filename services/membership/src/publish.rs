@@ -517,5 +517,6 @@ fn entry_for(
         retention_hours: u32::try_from(stream.retention_hours).unwrap_or(24),
         max_record_size_kib: u32::try_from(stream.max_record_size_kib).unwrap_or(1024),
         shard_level_metrics: stream.shard_level_metrics.bits(),
+        expired_before_ms: stream.expired_before_ms,
     }
 }

@@ -87,6 +87,7 @@ impl StorageService {
                 let read = read_committed(
                     shard,
                     next.map(Start::AtOffset).or(start.take()),
+                    self.unexpired_from(request.shard.as_ref()),
                     request.max_records,
                     request.max_bytes,
                 )

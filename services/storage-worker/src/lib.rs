@@ -113,11 +113,11 @@ pub struct Config {
     /// How often expired segments are looked for.
     #[arg(long, env = "FRESHET_RETENTION_CHECK_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub retention_check_interval: Duration,
-    /// How long one hour of a stream's retention period lasts on this
-    /// worker's disk. Only tests and demos shorten it, to watch retention
-    /// (and replicas catching up from a trimmed log) without waiting a day.
-    #[arg(long, env = "FRESHET_RETENTION_HOUR", default_value = "1h", value_parser = humantime::parse_duration, hide = true)]
-    pub retention_hour: Duration,
+    /// How long one hour of a stream's retention period lasts. Only tests
+    /// and demos shorten it, to watch retention (and replicas catching up
+    /// from a trimmed log) without waiting a day.
+    #[command(flatten)]
+    pub retention: freshet_server::RetentionHour,
     /// Copies that must hold a batch before it is acknowledged.
     #[arg(
         long,
@@ -268,27 +268,28 @@ async fn enforce_retention(
     map: SharedShardMap,
     shards: Arc<ShardRegistry>,
     interval: Duration,
-    retention_hour: Duration,
+    retention: freshet_server::RetentionHour,
 ) {
-    let hour_ms = i64::try_from(retention_hour.as_millis()).unwrap_or(3_600_000);
+    let hour_ms = retention.millis();
     loop {
         tokio::time::sleep(interval).await;
         for key in shards.stored_shards().await {
             let (stream_uid, shard_id) = (key.stream_uid, key.shard_id.clone());
-            let Some((hours, sequence_base, start, floor)) = map.read(|m| {
+            let now_ms = writer::now_ms();
+            let Some((cutoff, sequence_base, start, floor)) = map.read(|m| {
                 m.get(stream_uid, &shard_id).and_then(|e| {
                     let floor = if key.segment == e.segment_index {
                         layout::arrival_floor(e)
                     } else {
                         i64::MIN
                     };
+                    let cutoff = freshet_shardmap::unexpired_from(e, now_ms, hour_ms);
                     layout::segment_start(e, key.segment)
-                        .map(|start| (e.retention_hours, e.sequence_base, start, floor))
+                        .map(|start| (cutoff, e.sequence_base, start, floor))
                 })
             }) else {
                 continue;
             };
-            let cutoff = writer::now_ms() - i64::from(hours.max(1)) * hour_ms;
             if sealed_segment_expired(&map, &key, cutoff - EXPIRED_SEGMENT_GRACE_MS) {
                 shards.remove(&key).await;
                 tracing::info!(
@@ -587,7 +588,7 @@ pub async fn run(
         map.clone(),
         shards.clone(),
         config.retention_check_interval,
-        config.retention_hour,
+        config.retention,
     ));
     background.spawn_loop(remove_deleted_shards(map.clone(), shards.clone()));
     background.spawn_loop(checkpoint_commit_points(shards.clone()));
@@ -613,6 +614,7 @@ pub async fn run(
         shards: shards.clone(),
         lease,
         follows_stop,
+        retention_hour_ms: config.retention.millis(),
     };
     tracing::info!(worker_id = config.worker_id, az = config.availability_zone, %address, "storage worker serving grpc");
     let router = freshet_server::grpc_server(&token, &metrics).add_service(

@@ -51,6 +51,25 @@ pub struct StorageService {
     pub(crate) lease: Arc<Lease>,
     /// Cancelled as the worker starts shutting down: ends every `Follow`.
     pub(crate) follows_stop: tokio_util::sync::CancellationToken,
+    /// One hour of retention, in milliseconds (shorter only in tests).
+    pub(crate) retention_hour_ms: i64,
+}
+
+impl StorageService {
+    /// The arrival time from which `key`'s records are served now (see
+    /// `freshet_shardmap::unexpired_from`): reads start no earlier, whether
+    /// or not the files holding older records have been trimmed yet.
+    pub(crate) fn unexpired_from(&self, key: Option<&ShardKey>) -> i64 {
+        let now_ms = crate::writer::now_ms();
+        key.and_then(|key| {
+            self.map.read(|map| {
+                map.get(key.stream_uid, &key.shard_id).map(|entry| {
+                    freshet_shardmap::unexpired_from(entry, now_ms, self.retention_hour_ms)
+                })
+            })
+        })
+        .unwrap_or(i64::MIN)
+    }
 }
 
 /// What a request may do with the shard.
@@ -236,9 +255,14 @@ pub(crate) type FollowStream =
 /// Committed records of `shard`'s log from `start` (unset: its trim
 /// horizon), at most `max_records` (clamped to 1..10000) and about
 /// `max_bytes` (0 or above 10 MiB: 10 MiB), read off the async threads.
+///
+/// Invariant (retention): no record that arrived before `unexpired_from`
+/// is served — the start moves past them, so records expire exactly when
+/// the stream's retention says, though files are trimmed whole and later.
 pub(crate) async fn read_committed(
     shard: &OpenShard,
     start: Option<Start>,
+    unexpired_from: i64,
     max_records: u32,
     max_bytes: u64,
 ) -> Result<ReadResponse, Status> {
@@ -261,6 +285,7 @@ pub(crate) async fn read_committed(
             None => log.trim_horizon(),
         };
         let next_in_log = log.committed_offset();
+        let from = from.max(log.offset_at_timestamp(unexpired_from).min(next_in_log));
         log.read(from, max_records, max_bytes)
             .map(|batch| (batch, next_in_log))
     })
@@ -407,6 +432,7 @@ impl Storage for StorageService {
         let response = read_committed(
             &shard,
             request.start,
+            self.unexpired_from(request.shard.as_ref()),
             request.max_records,
             request.max_bytes,
         )

@@ -8,6 +8,7 @@ mod policies;
 mod records;
 mod replies;
 mod reshard;
+mod retention;
 mod shard_reads;
 mod streams;
 mod tags;
@@ -194,6 +195,16 @@ pub async fn dispatch(
             monitoring::disable_enhanced_monitoring(frontend, caller, parse(body)?)
                 .await
                 .map(text_of)
+        }
+        "IncreaseStreamRetentionPeriod" => {
+            retention::increase_stream_retention_period(frontend, caller, parse(body)?)
+                .await
+                .map(|()| None)
+        }
+        "DecreaseStreamRetentionPeriod" => {
+            retention::decrease_stream_retention_period(frontend, caller, parse(body)?)
+                .await
+                .map(|()| None)
         }
         "DescribeLimits" => {
             let _: serde_json::Map<String, Value> = parse(body)?;
@@ -422,12 +433,10 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "AcknowledgeQueueRecords",
     "CreateChannel",
     "CreateQueue",
-    "DecreaseStreamRetentionPeriod",
     "DeleteChannel",
     "DeleteQueue",
     "DescribeChannel",
     "DescribeQueue",
-    "IncreaseStreamRetentionPeriod",
     "ListChannels",
     "ListQueues",
     "ReceiveDeadLetterQueueRecords",

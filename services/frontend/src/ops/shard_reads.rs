@@ -45,8 +45,7 @@ pub(super) async fn read_shard(
     start: Start,
     max_records: u32,
 ) -> Result<SegmentRead, tonic::Status> {
-    let retention_ms = i64::from(entry.retention_hours.max(1)) * 3_600_000;
-    let unexpired_from = frontend.now_ms().saturating_sub(retention_ms);
+    let unexpired_from = frontend.unexpired_from(entry);
     match start {
         Start::AtOffset(offset) => {
             let holding = sealed_segments_from(entry, unexpired_from)

@@ -196,9 +196,7 @@ fn continuation(sequence_base: u64, next_offset: u64) -> String {
 
 /// What to follow from `position` in `entry`'s shard: the unexpired
 /// sealed segment holding it, else the current segment.
-fn target_of(entry: &ShardMapEntry, position: Position, now_ms: i64) -> Target {
-    let retention_ms = i64::from(entry.retention_hours.max(1)) * 3_600_000;
-    let unexpired_from = now_ms.saturating_sub(retention_ms);
+fn target_of(entry: &ShardMapEntry, position: Position, unexpired_from: i64) -> Target {
     let sealed = match position {
         Position::AtOffset(offset) => sealed_segments_from(entry, unexpired_from)
             .find(|segment| offset < segment.end_offset)
@@ -405,7 +403,7 @@ impl Push {
                 return self.shard_end().await;
             }
         }
-        let target = target_of(entry, self.position, self.frontend.now_ms());
+        let target = target_of(entry, self.position, self.frontend.unexpired_from(entry));
         self.follow(entry, &target).await
     }
 

@@ -55,6 +55,7 @@ mod appends;
 mod commits;
 mod epochs;
 mod error;
+mod index;
 mod read;
 mod rebuild;
 mod records;
@@ -200,6 +201,10 @@ impl ShardLog {
         if segments.is_empty() {
             segments.push(Arc::new(Segment::create(dir, start_offset)?));
         }
+        remove_stray_indexes(
+            dir,
+            bases.split_last().map_or(&[][..], |(_, sealed)| sealed),
+        )?;
 
         let last = segments.last().expect("at least one segment").clone();
         let active_path = last.path().to_owned();
@@ -531,13 +536,17 @@ impl ShardLog {
             .iter()
             .rposition(|segment| segment.base_offset() <= offset)
             .unwrap_or(0);
+        // Before anything is removed: the kept segment, sealed or not,
+        // becomes the one written to, with its indexes in memory.
+        let kept = view.segments[keep].clone();
+        kept.unseal()?;
+        index::remove_index_file(kept.path());
         let dropped: Vec<Arc<Segment>> = view.segments.drain(keep + 1..).collect();
         for segment in &dropped {
-            fs::remove_file(segment.path())
-                .map_err(io_error("remove truncated segment", segment.path()))?;
+            segment.remove_files("remove truncated segment")?;
         }
         let segment = view.segments[keep].clone();
-        let length = segment.truncate_index(offset);
+        let length = segment.truncate_index(offset)?;
         let path = segment.path().to_owned();
         let file = OpenOptions::new()
             .read(true)
@@ -549,7 +558,7 @@ impl ShardLog {
         // the end of its write durably *before* the file is cut: a crash
         // in between leaves two whole writes (the replica truncates again
         // when its leader next calls), never kept records without an end.
-        if let Some(last) = segment.last_frame_position() {
+        if let Some(last) = segment.last_frame_position()? {
             segment::end_write_at(&file, &path, last, length)?;
             file.sync_data()
                 .map_err(io_error("end the write of the last kept record of", &path))?;
@@ -707,7 +716,15 @@ impl ShardLog {
         writer.active_len = 0;
         writer.active_first_arrival_ms = None;
         let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        let sealed = view.segments.last().cloned();
         view.segments.push(Arc::new(segment));
+        drop(view);
+        // The segment just finished keeps its indexes on disk from now on.
+        if let Some(sealed) = sealed {
+            if let Err(error) = sealed.seal() {
+                tracing::warn!(%error, "a sealed segment's indexes stay in memory");
+            }
+        }
         Ok(())
     }
 
@@ -760,6 +777,25 @@ fn read_commit_point(dir: &Path) -> LogResult<u64> {
 
 fn segment_path(dir: &Path, base_offset: u64) -> PathBuf {
     dir.join(format!("{base_offset:020}.log"))
+}
+
+/// Removes index files that belong to no sealed segment (`sealed` holds
+/// their base offsets): a crash between removing a segment and its index,
+/// or between a truncation reopening a sealed segment and removing its
+/// index, leaves one behind. Those of sealed segments were just rewritten.
+fn remove_stray_indexes(dir: &Path, sealed: &[u64]) -> LogResult<()> {
+    for entry in fs::read_dir(dir).map_err(io_error("list log directory", dir))? {
+        let path = entry.map_err(io_error("list log directory", dir))?.path();
+        let base = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_suffix(".index"))
+            .and_then(|stem| stem.parse::<u64>().ok());
+        if base.is_some_and(|base| sealed.binary_search(&base).is_err()) {
+            remove_if_present(&path, "remove a stray index file")?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

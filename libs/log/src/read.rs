@@ -16,14 +16,25 @@ impl ShardLog {
 
     /// The first offset whose arrival time is at or after `timestamp_ms`
     /// (the log's end if there is none).
-    pub fn offset_at_timestamp(&self, timestamp_ms: i64) -> u64 {
-        let view = self.view.read().unwrap_or_else(|p| p.into_inner());
-        for segment in &view.segments {
-            if let Some(offset) = segment.first_offset_at_or_after(timestamp_ms) {
-                return offset;
+    pub fn offset_at_timestamp(&self, timestamp_ms: i64) -> LogResult<u64> {
+        let (segments, next_offset) = {
+            let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+            (view.segments.clone(), view.next_offset)
+        };
+        for segment in &segments {
+            // Arrival times never decrease: the segments before the one
+            // holding the time end before it.
+            if segment
+                .last_arrival_ms()
+                .is_some_and(|last| last < timestamp_ms)
+            {
+                continue;
+            }
+            if let Some(offset) = segment.first_offset_at_or_after(timestamp_ms)? {
+                return Ok(offset);
             }
         }
-        view.next_offset
+        Ok(next_offset)
     }
 
     /// Reads committed records starting at `from_offset` (moved up to the
@@ -125,7 +136,7 @@ impl ShardLog {
             view.segments.drain(..count).collect()
         };
         for segment in &removable {
-            remove_if_present(segment.path(), "remove expired segment")?;
+            segment.remove_files("remove expired segment")?;
         }
         Ok(removable.len())
     }

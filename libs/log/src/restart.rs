@@ -89,7 +89,7 @@ impl ShardLog {
             let path = entry
                 .map_err(io_error("list log directory", &self.dir))?
                 .path();
-            if path.extension().is_some_and(|e| e == "log") {
+            if path.extension().is_some_and(|e| e == "log" || e == "index") {
                 remove_if_present(&path, "remove a segment below the leader's horizon")?;
             }
         }

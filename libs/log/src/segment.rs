@@ -2,6 +2,7 @@
 //! offset → arrival time). See the crate docs for the frame layout.
 
 use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, Read as _};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -9,8 +10,10 @@ use std::sync::RwLock;
 use bytes::Bytes;
 
 use crate::appends::AppendIndex;
+use crate::index::{self, MemoryIndex, SegmentIndex};
 use crate::{
-    io_error, segment_path, AppendKey, AppendMark, LogError, LogResult, NewRecord, StoredRecord,
+    io_error, remove_if_present, segment_path, AppendKey, AppendMark, LogError, LogResult,
+    NewRecord, StoredRecord,
 };
 
 /// `u32 body_len | u32 crc32`.
@@ -156,16 +159,6 @@ fn valid_frame_after(bytes: &Bytes, from: usize, expected: u64) -> bool {
     })
 }
 
-#[derive(Default)]
-struct SegmentIndex {
-    /// File position of each record, by `offset - base_offset`.
-    positions: Vec<u64>,
-    /// Arrival time of each record; never decreasing.
-    arrivals: Vec<i64>,
-    /// Bytes of the file that hold fsynced, published records.
-    committed_len: u64,
-}
-
 pub(crate) struct Segment {
     path: PathBuf,
     base_offset: u64,
@@ -193,12 +186,13 @@ impl Segment {
             path,
             base_offset,
             file,
-            index: RwLock::new(SegmentIndex::default()),
+            index: RwLock::new(SegmentIndex::Memory(MemoryIndex::default())),
         })
     }
 
-    /// Scans an existing segment and rebuilds its indexes. In the last
-    /// segment a torn or corrupt tail is truncated; elsewhere it is an error.
+    /// Scans an existing segment and rebuilds its indexes: in memory for
+    /// the last segment (where a torn or corrupt tail is truncated), in
+    /// its index file for a sealed one (where any damage is an error).
     /// The append marks found are noted in `appends`, in log order.
     /// Records below `committed_floor` (the saved commit point) are never
     /// dropped as part of an unfinished write: they were committed.
@@ -209,110 +203,20 @@ impl Segment {
         committed_floor: u64,
         appends: &mut AppendIndex,
     ) -> LogResult<Segment> {
-        let bytes = Bytes::from(fs::read(path).map_err(io_error("read segment", path))?);
-        let mut index = SegmentIndex::default();
-        let mut position = 0usize;
-        // Why recovery stopped before the end of the file, if it did.
-        let mut problem: Option<String> = None;
-        // Where the last whole write ends: its records and its bytes.
-        let (mut whole_records, mut whole_len) = (0usize, 0usize);
-        let mut marks = Vec::new();
-        while position < bytes.len() {
-            match decode_record(&bytes, position) {
-                Decoded::Record { record, frame_len } => {
-                    let continues = record.write_continues;
-                    let expected = base_offset + index.positions.len() as u64;
-                    if record.offset != expected {
-                        problem = Some(format!(
-                            "record has offset {}, expected {expected}",
-                            record.offset
-                        ));
-                        break;
-                    }
-                    index.positions.push(position as u64);
-                    index.arrivals.push(record.arrival_ms);
-                    if let Some(mark) = record.ends_append {
-                        marks.push((record.offset, record.arrival_ms, mark));
-                    }
-                    position += frame_len;
-                    if !continues {
-                        (whole_records, whole_len) = (index.positions.len(), position);
-                    }
-                }
-                Decoded::Incomplete => {
-                    problem = Some("incomplete frame".to_owned());
-                    break;
-                }
-                Decoded::Corrupt(reason) => {
-                    problem = Some(reason);
-                    break;
+        let index = if is_last {
+            SegmentIndex::Memory(recover_last(path, base_offset, committed_floor, appends)?)
+        } else {
+            // Derived data: if the index file cannot be written (a full
+            // disk), the indexes stay in memory rather than fail the open.
+            let memory = recover_sealed(path, base_offset, appends)?;
+            match memory.to_disk(index::index_path(path)) {
+                Ok(disk) => SegmentIndex::Disk(disk),
+                Err(error) => {
+                    tracing::warn!(%error, "a sealed segment's indexes stay in memory");
+                    SegmentIndex::Memory(memory)
                 }
             }
-        }
-        if problem.is_none() && whole_len < position {
-            // The file ends inside a write: its last record never reached
-            // the disk, so none of it was acknowledged. Drop all of it —
-            // a write lands whole or not at all (what makes an append's
-            // key, on its last record, stand for the whole append).
-            problem = Some("a write without its last record".to_owned());
-        }
-        // Where the scan stopped, for telling a torn tail from damage.
-        let (stopped_at, expected) = (position, base_offset + index.positions.len() as u64);
-        let floor = usize::try_from(committed_floor.saturating_sub(base_offset))
-            .unwrap_or(usize::MAX)
-            .min(index.positions.len());
-        if whole_records < floor {
-            whole_records = floor;
-            whole_len = index
-                .positions
-                .get(floor)
-                .map_or(stopped_at, |p| *p as usize);
-        }
-        if problem.is_some() && whole_len < position {
-            index.positions.truncate(whole_records);
-            index.arrivals.truncate(whole_records);
-            position = whole_len;
-        }
-        let whole_end = base_offset + whole_records as u64;
-        for (offset, arrival_ms, mark) in marks {
-            if offset < whole_end {
-                appends.note(offset, arrival_ms, mark);
-            }
-        }
-        if let Some(reason) = problem {
-            // Only a torn *tail* may be cut: a bad frame followed by a good
-            // one is corruption of acknowledged data, not a crashed write.
-            // That holds for a frame whose length runs past the end of the
-            // file too — a damaged length field, with intact records after
-            // it, must not pass for a torn write. (The checksum covers the
-            // body the length selects, so a length changed to anything that
-            // still fits the file fails it.) A copy found corrupt is
-            // rebuilt from its peers (`rebuild.rs`), so a torn write taken
-            // for damage costs a rebuild, never a record.
-            let is_torn_tail = is_last && !valid_frame_after(&bytes, stopped_at + 1, expected);
-            if !is_torn_tail {
-                return Err(LogError::Corrupt {
-                    path: path.to_owned(),
-                    position: stopped_at as u64,
-                    reason,
-                });
-            }
-            tracing::warn!(
-                path = %path.display(),
-                position,
-                dropped_bytes = bytes.len() - position,
-                %reason,
-                "truncating torn tail of segment"
-            );
-            let file = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(io_error("open segment for truncation", path))?;
-            file.set_len(position as u64)
-                .and_then(|()| file.sync_all())
-                .map_err(io_error("truncate torn tail of", path))?;
-        }
-        index.committed_len = position as u64;
+        };
         let file = File::open(path).map_err(io_error("open segment", path))?;
         Ok(Segment {
             path: path.to_owned(),
@@ -334,43 +238,92 @@ impl Segment {
         self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, SegmentIndex> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(crate) fn next_offset(&self) -> u64 {
-        self.base_offset + self.index().positions.len() as u64
+        self.base_offset + self.index().records()
     }
 
     pub(crate) fn committed_len(&self) -> u64 {
-        self.index().committed_len
+        self.index().committed_len()
     }
 
     pub(crate) fn first_arrival_ms(&self) -> Option<i64> {
-        self.index().arrivals.first().copied()
+        self.index().first_arrival_ms()
     }
 
     pub(crate) fn last_arrival_ms(&self) -> Option<i64> {
-        self.index().arrivals.last().copied()
+        self.index().last_arrival_ms()
+    }
+
+    /// Whether its indexes are in its index file (not in memory).
+    #[cfg(test)]
+    pub(crate) fn indexes_on_disk(&self) -> bool {
+        matches!(&*self.index(), SegmentIndex::Disk(_))
+    }
+
+    /// Moves a sealed segment's indexes to its index file: from now on
+    /// they cost no memory. On failure they stay in memory (nothing is
+    /// lost; the next open writes the file).
+    pub(crate) fn seal(&self) -> LogResult<()> {
+        let disk = match &*self.index() {
+            SegmentIndex::Memory(memory) => memory.to_disk(index::index_path(&self.path))?,
+            SegmentIndex::Disk(_) => return Ok(()),
+        };
+        *self.index_mut() = SegmentIndex::Disk(disk);
+        Ok(())
+    }
+
+    /// Removes the segment's files: the log, then its index (one left
+    /// behind by a crash in between is removed at the next open).
+    pub(crate) fn remove_files(&self, action: &'static str) -> LogResult<()> {
+        remove_if_present(&self.path, action)?;
+        index::remove_index_file(&self.path);
+        Ok(())
+    }
+
+    /// Brings a sealed segment's indexes back into memory (a truncation
+    /// is about to make it the segment written to).
+    pub(crate) fn unseal(&self) -> LogResult<()> {
+        self.index_mut().in_memory().map(|_| ())
     }
 
     /// Forgets every record at or after `offset` and returns the file length
-    /// that keeps the rest (the caller truncates the file).
-    pub(crate) fn truncate_index(&self, offset: u64) -> u64 {
-        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+    /// that keeps the rest (the caller truncates the file). A sealed
+    /// segment's indexes come back into memory: it is written to again.
+    pub(crate) fn truncate_index(&self, offset: u64) -> LogResult<u64> {
+        let mut guard = self.index_mut();
+        let index = guard.in_memory()?;
         let keep = offset.saturating_sub(self.base_offset) as usize;
         if keep < index.positions.len() {
             index.committed_len = index.positions[keep];
             index.positions.truncate(keep);
             index.arrivals.truncate(keep);
         }
-        index.committed_len
+        Ok(index.committed_len)
     }
 
     /// File position of the last record it holds, if any.
-    pub(crate) fn last_frame_position(&self) -> Option<u64> {
-        self.index().positions.last().copied()
+    pub(crate) fn last_frame_position(&self) -> LogResult<Option<u64>> {
+        let index = self.index();
+        match index.records().checked_sub(1) {
+            Some(last) => Ok(index.span(last, 1)?.positions.first().copied()),
+            None => Ok(None),
+        }
     }
 
     /// Makes fsynced records visible to readers.
+    ///
+    /// Invariant: records are published to the active segment only, whose
+    /// indexes are in memory (a segment's go to disk when it is sealed, and
+    /// come back before a truncation makes it active again).
     pub(crate) fn publish(&self, positions: &[u64], arrival_ms: i64, committed_len: u64) {
-        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.index_mut();
+        let SegmentIndex::Memory(index) = &mut *guard else {
+            unreachable!("records are published to the active segment only")
+        };
         index.positions.extend_from_slice(positions);
         index
             .arrivals
@@ -378,12 +331,11 @@ impl Segment {
         index.committed_len = committed_len;
     }
 
-    pub(crate) fn first_offset_at_or_after(&self, timestamp_ms: i64) -> Option<u64> {
-        let index = self.index();
-        let at = index
-            .arrivals
-            .partition_point(|arrival| *arrival < timestamp_ms);
-        (at < index.arrivals.len()).then(|| self.base_offset + at as u64)
+    pub(crate) fn first_offset_at_or_after(&self, timestamp_ms: i64) -> LogResult<Option<u64>> {
+        Ok(self
+            .index()
+            .first_at_or_after(timestamp_ms)?
+            .map(|at| self.base_offset + at))
     }
 
     /// Reads up to `max_records` records from `from_offset`, stopping before
@@ -395,35 +347,29 @@ impl Segment {
         max_bytes: u64,
         at_least_one: bool,
     ) -> LogResult<Vec<StoredRecord>> {
-        let (start, end) = {
-            let index = self.index();
-            let Some(first) = from_offset.checked_sub(self.base_offset) else {
-                return Ok(Vec::new());
-            };
-            let first = first as usize;
-            if first >= index.positions.len() {
-                return Ok(Vec::new());
-            }
-            let start = index.positions[first];
-            let frame_end = |i: usize| {
-                index
-                    .positions
-                    .get(i + 1)
-                    .copied()
-                    .unwrap_or(index.committed_len)
-            };
-            let mut last = first;
-            if !at_least_one && frame_end(first) - start > max_bytes {
-                return Ok(Vec::new());
-            }
-            while last + 1 < index.positions.len()
-                && last + 1 - first < max_records
-                && frame_end(last + 1) - start <= max_bytes
-            {
-                last += 1;
-            }
-            (start, frame_end(last))
+        let Some(first) = from_offset.checked_sub(self.base_offset) else {
+            return Ok(Vec::new());
         };
+        let span = {
+            let index = self.index();
+            if first >= index.records() {
+                return Ok(Vec::new());
+            }
+            index.span(first, max_records as u64)?
+        };
+        let positions = &span.positions;
+        let Some(&start) = positions.first() else {
+            return Ok(Vec::new());
+        };
+        let frame_end = |i: usize| positions.get(i + 1).copied().unwrap_or(span.end);
+        let mut last = 0;
+        if !at_least_one && frame_end(0) - start > max_bytes {
+            return Ok(Vec::new());
+        }
+        while last + 1 < positions.len() && frame_end(last + 1) - start <= max_bytes {
+            last += 1;
+        }
+        let end = frame_end(last);
         let mut buffer = vec![0u8; (end - start) as usize];
         self.file
             .read_exact_at(&mut buffer, start)
@@ -449,6 +395,201 @@ impl Segment {
         Ok(records)
     }
 }
+
+/// Scans the last segment — the one written to — into in-memory indexes.
+/// A torn tail (a crash in the middle of a write) is truncated away; a bad
+/// frame with intact frames after it is an error.
+fn recover_last(
+    path: &Path,
+    base_offset: u64,
+    committed_floor: u64,
+    appends: &mut AppendIndex,
+) -> LogResult<MemoryIndex> {
+    let bytes = Bytes::from(fs::read(path).map_err(io_error("read segment", path))?);
+    let mut index = MemoryIndex::default();
+    let mut position = 0usize;
+    // Why recovery stopped before the end of the file, if it did.
+    let mut problem: Option<String> = None;
+    // Where the last whole write ends: its records and its bytes.
+    let (mut whole_records, mut whole_len) = (0usize, 0usize);
+    let mut marks = Vec::new();
+    while position < bytes.len() {
+        match decode_record(&bytes, position) {
+            Decoded::Record { record, frame_len } => {
+                let continues = record.write_continues;
+                let expected = base_offset + index.positions.len() as u64;
+                if record.offset != expected {
+                    problem = Some(format!(
+                        "record has offset {}, expected {expected}",
+                        record.offset
+                    ));
+                    break;
+                }
+                index.positions.push(position as u64);
+                index.arrivals.push(record.arrival_ms);
+                if let Some(mark) = record.ends_append {
+                    marks.push((record.offset, record.arrival_ms, mark));
+                }
+                position += frame_len;
+                if !continues {
+                    (whole_records, whole_len) = (index.positions.len(), position);
+                }
+            }
+            Decoded::Incomplete => {
+                problem = Some("incomplete frame".to_owned());
+                break;
+            }
+            Decoded::Corrupt(reason) => {
+                problem = Some(reason);
+                break;
+            }
+        }
+    }
+    if problem.is_none() && whole_len < position {
+        // The file ends inside a write: its last record never reached
+        // the disk, so none of it was acknowledged. Drop all of it —
+        // a write lands whole or not at all (what makes an append's
+        // key, on its last record, stand for the whole append).
+        problem = Some("a write without its last record".to_owned());
+    }
+    // Where the scan stopped, for telling a torn tail from damage.
+    let (stopped_at, expected) = (position, base_offset + index.positions.len() as u64);
+    let floor = usize::try_from(committed_floor.saturating_sub(base_offset))
+        .unwrap_or(usize::MAX)
+        .min(index.positions.len());
+    if whole_records < floor {
+        whole_records = floor;
+        whole_len = index
+            .positions
+            .get(floor)
+            .map_or(stopped_at, |p| *p as usize);
+    }
+    if problem.is_some() && whole_len < position {
+        index.positions.truncate(whole_records);
+        index.arrivals.truncate(whole_records);
+        position = whole_len;
+    }
+    let whole_end = base_offset + whole_records as u64;
+    for (offset, arrival_ms, mark) in marks {
+        if offset < whole_end {
+            appends.note(offset, arrival_ms, mark);
+        }
+    }
+    if let Some(reason) = problem {
+        // Only a torn *tail* may be cut: a bad frame followed by a good
+        // one is corruption of acknowledged data, not a crashed write.
+        // That holds for a frame whose length runs past the end of the
+        // file too — a damaged length field, with intact records after
+        // it, must not pass for a torn write. (The checksum covers the
+        // body the length selects, so a length changed to anything that
+        // still fits the file fails it.) A copy found corrupt is
+        // rebuilt from its peers (`rebuild.rs`), so a torn write taken
+        // for damage costs a rebuild, never a record.
+        let is_torn_tail = !valid_frame_after(&bytes, stopped_at + 1, expected);
+        if !is_torn_tail {
+            return Err(LogError::Corrupt {
+                path: path.to_owned(),
+                position: stopped_at as u64,
+                reason,
+            });
+        }
+        tracing::warn!(
+            path = %path.display(),
+            position,
+            dropped_bytes = bytes.len() - position,
+            %reason,
+            "truncating torn tail of segment"
+        );
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_error("open segment for truncation", path))?;
+        file.set_len(position as u64)
+            .and_then(|()| file.sync_all())
+            .map_err(io_error("truncate torn tail of", path))?;
+    }
+    index.committed_len = position as u64;
+    Ok(index)
+}
+
+/// Scans a sealed segment frame by frame (never the whole file in memory)
+/// into its indexes, which its caller then moves to the index file.
+/// Any damage (a bad or incomplete frame, an offset out of order, a write
+/// without its last record) is an error: a sealed segment was whole when
+/// the next one began, so damage here is damage to acknowledged records.
+fn recover_sealed(
+    path: &Path,
+    base_offset: u64,
+    appends: &mut AppendIndex,
+) -> LogResult<MemoryIndex> {
+    let file = File::open(path).map_err(io_error("open sealed segment", path))?;
+    let file_len = file
+        .metadata()
+        .map_err(io_error("read the length of", path))?
+        .len();
+    let mut reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, file);
+    let mut index = MemoryIndex::default();
+    let corrupt = |position: u64, reason: String| LogError::Corrupt {
+        path: path.to_owned(),
+        position,
+        reason,
+    };
+    let (mut position, mut continues) = (0u64, false);
+    while position < file_len {
+        let remaining = file_len - position;
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        if remaining < FRAME_HEADER_LEN as u64 {
+            return Err(corrupt(position, "incomplete frame".to_owned()));
+        }
+        reader
+            .read_exact(&mut header)
+            .map_err(io_error("read sealed segment", path))?;
+        let body_len = u64::from(u32::from_le_bytes(
+            header[0..4].try_into().expect("4 bytes"),
+        ));
+        // Bounded by the file: a damaged length never allocates more.
+        if FRAME_HEADER_LEN as u64 + body_len > remaining {
+            return Err(corrupt(position, "incomplete frame".to_owned()));
+        }
+        let mut frame = vec![0u8; FRAME_HEADER_LEN + body_len as usize];
+        frame[..FRAME_HEADER_LEN].copy_from_slice(&header);
+        reader
+            .read_exact(&mut frame[FRAME_HEADER_LEN..])
+            .map_err(io_error("read sealed segment", path))?;
+        match decode_record(&Bytes::from(frame), 0) {
+            Decoded::Record { record, frame_len } => {
+                let expected = base_offset + index.positions.len() as u64;
+                if record.offset != expected {
+                    return Err(corrupt(
+                        position,
+                        format!("record has offset {}, expected {expected}", record.offset),
+                    ));
+                }
+                index.positions.push(position);
+                index.arrivals.push(record.arrival_ms);
+                if let Some(mark) = record.ends_append {
+                    // No torn tail to drop here: every mark counts.
+                    appends.note(record.offset, record.arrival_ms, mark);
+                }
+                continues = record.write_continues;
+                position += frame_len as u64;
+            }
+            Decoded::Incomplete => return Err(corrupt(position, "incomplete frame".to_owned())),
+            Decoded::Corrupt(reason) => return Err(corrupt(position, reason)),
+        }
+    }
+    if continues {
+        return Err(corrupt(
+            position,
+            "a write without its last record".to_owned(),
+        ));
+    }
+    index.committed_len = position;
+    Ok(index)
+}
+
+/// How much of a sealed segment recovery reads at a time.
+const SCAN_BUFFER_BYTES: usize = 256 * 1024;
 
 /// Makes the frame at `position` (ending at `end`) in `file` the last of
 /// its write: clears its *continues* bit, if set, and its checksum with it.

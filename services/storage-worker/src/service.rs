@@ -280,12 +280,12 @@ pub(crate) async fn read_committed(
             // replaced after a failover, and one that replaces it could
             // match the time too.
             Some(Start::AtTimestampMs(timestamp)) => log
-                .offset_at_timestamp(timestamp)
+                .offset_at_timestamp(timestamp)?
                 .min(log.committed_offset()),
             None => log.trim_horizon(),
         };
         let next_in_log = log.committed_offset();
-        let from = from.max(log.offset_at_timestamp(unexpired_from).min(next_in_log));
+        let from = from.max(log.offset_at_timestamp(unexpired_from)?.min(next_in_log));
         log.read(from, max_records, max_bytes)
             .map(|batch| (batch, next_in_log))
     })

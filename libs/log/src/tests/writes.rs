@@ -92,10 +92,10 @@ fn timestamps_find_the_first_record_at_or_after() {
         log.append(&[record("k", "0123456789")], i * 10)
             .expect("append");
     }
-    assert_eq!(log.offset_at_timestamp(0), 0);
-    assert_eq!(log.offset_at_timestamp(55), 6);
-    assert_eq!(log.offset_at_timestamp(60), 6);
-    assert_eq!(log.offset_at_timestamp(10_000), 20);
+    assert_eq!(log.offset_at_timestamp(0).expect("index"), 0);
+    assert_eq!(log.offset_at_timestamp(55).expect("index"), 6);
+    assert_eq!(log.offset_at_timestamp(60).expect("index"), 6);
+    assert_eq!(log.offset_at_timestamp(10_000).expect("index"), 20);
 }
 
 #[test]
@@ -232,4 +232,134 @@ fn a_later_segment_continues_the_arrival_times_of_the_one_before() {
         (10, 5_000),
         "dropping an uncommitted tail keeps the floor"
     );
+}
+
+/// The base offsets of the files in `dir` with extension `extension`.
+fn files_with(dir: &std::path::Path, extension: &str) -> Vec<u64> {
+    let mut bases: Vec<u64> = fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == extension))
+        .filter_map(|p| p.file_stem()?.to_str()?.parse().ok())
+        .collect();
+    bases.sort_unstable();
+    bases
+}
+
+#[test]
+fn sealed_segments_keep_their_indexes_on_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), small_segments()).expect("open");
+    for i in 0..40 {
+        log.append(&[record("k", &format!("{i:040}"))], i * 10)
+            .expect("append");
+    }
+    let segments = files_with(dir.path(), "log");
+    assert!(segments.len() >= 4, "{segments:?}");
+    // Every segment but the one written to has its index file; the active
+    // one's indexes are in memory.
+    assert_eq!(
+        files_with(dir.path(), "index"),
+        segments[..segments.len() - 1]
+    );
+    {
+        let view = log.view.read().expect("view");
+        let (active, sealed) = view.segments.split_last().expect("segments");
+        assert!(sealed.iter().all(|s| s.indexes_on_disk()));
+        assert!(!active.indexes_on_disk());
+    }
+
+    // Reads by offset, by size and by time answer from the files.
+    let all = read_all(&log);
+    assert_eq!(all.len(), 40);
+    assert!(all
+        .iter()
+        .enumerate()
+        .all(|(i, r)| r.offset == i as u64 && r.data == format!("{i:040}").as_bytes()));
+    let middle = log.read(7, 3, u64::MAX).expect("read");
+    assert_eq!(
+        middle.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        [7, 8, 9]
+    );
+    assert_eq!(log.read(7, 100, 1).expect("read").records.len(), 1);
+    for i in 0..40u64 {
+        assert_eq!(
+            log.offset_at_timestamp(i as i64 * 10 - 5).expect("index"),
+            i
+        );
+        assert_eq!(log.offset_at_timestamp(i as i64 * 10).expect("index"), i);
+    }
+    assert_eq!(log.offset_at_timestamp(1_000).expect("index"), 40);
+
+    // Reopened: the indexes are rebuilt from the segments, a stray index
+    // file (a crash between removing a segment and its index) goes.
+    drop(log);
+    fs::write(dir.path().join("99999999999999999999.index"), b"stray").expect("write");
+    let _ = fs::remove_file(dir.path().join(format!("{:020}.index", segments[1])));
+    let log = ShardLog::open(dir.path(), small_segments()).expect("reopen");
+    assert_eq!(read_all(&log), all);
+    assert_eq!(
+        files_with(dir.path(), "index"),
+        segments[..segments.len() - 1]
+    );
+
+    // Trimming removes a segment's index with it.
+    let removed = log.trim_older_than(100).expect("trim");
+    assert!(removed > 0);
+    let left = files_with(dir.path(), "log");
+    assert_eq!(files_with(dir.path(), "index"), left[..left.len() - 1]);
+}
+
+#[test]
+fn a_truncation_into_a_sealed_segment_brings_its_indexes_back_into_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), small_segments()).expect("open");
+    for i in 0..30 {
+        log.append_uncommitted(&[record("k", &format!("{i:040}"))], i)
+            .expect("append");
+    }
+    log.commit(2);
+    let segments = files_with(dir.path(), "log");
+    let holding_five = *segments.iter().rev().find(|b| **b <= 5).expect("segment");
+    log.truncate_to(5).expect("truncate");
+    assert_eq!(files_with(dir.path(), "log").last(), Some(&holding_five));
+    assert!(!files_with(dir.path(), "index").contains(&holding_five));
+    assert_eq!(data_of(&log).len(), 5);
+    // It is written to again, and rolls and seals as any other.
+    for i in 5..20 {
+        log.append(&[record("k", &format!("{i:040}"))], 100 + i)
+            .expect("append");
+    }
+    let segments = files_with(dir.path(), "log");
+    assert_eq!(
+        files_with(dir.path(), "index"),
+        segments[..segments.len() - 1]
+    );
+    assert_eq!(data_of(&log).len(), 20);
+    drop(log);
+    let log = ShardLog::open(dir.path(), small_segments()).expect("reopen");
+    assert_eq!(data_of(&log).len(), 20);
+}
+
+#[test]
+fn a_sealed_segment_whose_index_file_cannot_be_written_keeps_its_indexes_in_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ShardLog::open(dir.path(), small_segments()).expect("open");
+    for i in 0..20 {
+        log.append(&[record("k", &format!("{i:040}"))], i)
+            .expect("append");
+    }
+    let all = read_all(&log);
+    drop(log);
+    // A directory where the first segment's index file goes: it cannot be
+    // written (as on a full disk), and the open goes on regardless.
+    let first_index = dir.path().join(format!("{:020}.index", 0));
+    fs::remove_file(&first_index).expect("remove");
+    fs::create_dir(&first_index).expect("mkdir");
+    let log = ShardLog::open(dir.path(), small_segments()).expect("reopen");
+    assert_eq!(read_all(&log), all);
+    assert_eq!(log.offset_at_timestamp(5).expect("index"), 5);
+    let view = log.view.read().expect("view");
+    assert!(!view.segments[0].indexes_on_disk());
+    assert!(view.segments[1].indexes_on_disk());
 }

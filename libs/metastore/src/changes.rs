@@ -196,8 +196,10 @@ impl ChangeBatch {
         sqlx::query(
             "INSERT INTO shards (stream_uid, shard_id, starting_hash_key, ending_hash_key, parent_shard_id, \
              adjacent_parent_shard_id, sequence_base, ending_offset, state, leader_worker_id, replica_worker_ids, epoch, \
-             voter_ids, next_voter_ids) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             voter_ids, next_voter_ids, opened_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+             COALESCE((SELECT created_at_ms FROM streams WHERE stream_uid = $1 AND $5::TEXT IS NULL), \
+                      (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT))",
         )
         .bind(shard.stream_uid)
         .bind(&shard.shard_id)
@@ -326,7 +328,9 @@ impl ChangeBatch {
         }
         let changed = sqlx::query(
             "UPDATE shards SET state = $3, close_generation = $7, \
-             ending_offset = CASE WHEN $3 = 'CLOSED' THEN $6 ELSE ending_offset END \
+             ending_offset = CASE WHEN $3 = 'CLOSED' THEN $6 ELSE ending_offset END, \
+             closed_at_ms = CASE WHEN $3 = 'CLOSED' \
+               THEN (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT ELSE closed_at_ms END \
              WHERE stream_uid = $1 AND shard_id = $2 AND state = $4 AND epoch = $5 \
              AND close_generation = $8",
         )

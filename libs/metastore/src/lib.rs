@@ -38,6 +38,7 @@ pub use error::{MetastoreError, Result};
 pub use identities::{AccessKeyRow, NewKeyOutcome, UserPolicyRow, ACCESS_KEYS_PER_IDENTITY};
 pub use limits::{AccountLimits, AccountUsage};
 pub use rows::{Commitment, SealedSegmentRow, ShardRow, StreamRow, WorkerRow};
+pub use shards::ShardLifetime;
 pub use snapshot::Snapshot;
 pub use streams::{NewStream, NewStreamOutcome, RetentionChange, RetentionUpdate};
 pub use tags::{TagOutcome, TAGS_PER_RESOURCE};

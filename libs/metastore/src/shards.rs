@@ -4,9 +4,19 @@
 
 use std::collections::HashMap;
 
+use sqlx::Row as _;
+
 use crate::error::{DbContext as _, Result};
 use crate::rows::{decode_all, shard_from_row, ShardRow, SHARD_SELECT};
 use crate::MetaStore;
+
+/// When a shard opened and, once CLOSED, closed (ms since the Unix epoch,
+/// by Postgres's clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardLifetime {
+    pub opened_at_ms: i64,
+    pub closed_at_ms: Option<i64>,
+}
 
 impl MetaStore {
     /// A stream's shards in shard-id order.
@@ -19,6 +29,29 @@ impl MetaStore {
         .await
         .db("read shards")?;
         decode_all(&rows, shard_from_row)
+    }
+
+    /// When each of the stream's shards opened and closed, by shard id
+    /// (ListShards's ShardFilter).
+    pub async fn shard_lifetimes(&self, stream_uid: i64) -> Result<HashMap<String, ShardLifetime>> {
+        let rows = sqlx::query(
+            "SELECT shard_id, opened_at_ms, closed_at_ms FROM shards WHERE stream_uid = $1",
+        )
+        .bind(stream_uid)
+        .fetch_all(&self.pool)
+        .await
+        .db("read shard lifetimes")?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("shard_id")?,
+                    ShardLifetime {
+                        opened_at_ms: row.try_get("opened_at_ms")?,
+                        closed_at_ms: row.try_get("closed_at_ms")?,
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// The shards a worker leads, whatever their state (a closed shard

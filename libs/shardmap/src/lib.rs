@@ -47,8 +47,22 @@ pub fn voters_of(entry: &ShardMapEntry) -> freshet_types::Voters {
 /// kept and what is served agree. `hour_ms` is one retention hour
 /// (shorter only in tests).
 pub fn unexpired_from(entry: &ShardMapEntry, now_ms: i64, hour_ms: i64) -> i64 {
-    let retention_ms = i64::from(entry.retention_hours.max(1)).saturating_mul(hour_ms);
-    now_ms
-        .saturating_sub(retention_ms)
-        .max(entry.expired_before_ms)
+    unexpired_since(
+        entry.retention_hours,
+        entry.expired_before_ms,
+        now_ms,
+        hour_ms,
+    )
+}
+
+/// [`unexpired_from`] for a stream's retention period and expired-before
+/// floor: the stream's trim horizon, as a time.
+pub fn unexpired_since(
+    retention_hours: u32,
+    expired_before_ms: i64,
+    now_ms: i64,
+    hour_ms: i64,
+) -> i64 {
+    let retention_ms = i64::from(retention_hours.max(1)).saturating_mul(hour_ms);
+    now_ms.saturating_sub(retention_ms).max(expired_before_ms)
 }

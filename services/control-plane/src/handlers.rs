@@ -395,6 +395,11 @@ impl ControlPlane for ControlPlaneService {
             .shards_of(stream.stream_uid)
             .await
             .map_err(internal)?;
+        let lifetimes = self
+            .store
+            .shard_lifetimes(stream.stream_uid)
+            .await
+            .map_err(internal)?;
         let open = rows
             .iter()
             .filter(|s| s.state != ShardState::Closed)
@@ -402,6 +407,13 @@ impl ControlPlane for ControlPlaneService {
         let shards = rows
             .into_iter()
             .map(|row| ShardInfo {
+                opened_at_ms: lifetimes
+                    .get(&row.shard_id)
+                    .map_or(stream.created_at_ms, |l| l.opened_at_ms),
+                closed_at_ms: lifetimes
+                    .get(&row.shard_id)
+                    .and_then(|l| l.closed_at_ms)
+                    .unwrap_or_default(),
                 starting_sequence_number: SequenceNumber {
                     base: row.sequence_base,
                     offset: 0,

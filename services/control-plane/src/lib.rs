@@ -311,6 +311,7 @@ impl ControlPlaneService {
             shards,
             warm_throughput,
             shard_level_metrics: row.shard_level_metrics.bits(),
+            expired_before_ms: row.expired_before_ms,
         }
     }
 }

@@ -369,6 +369,18 @@ impl Frontend {
         freshet_shardmap::unexpired_from(entry, self.now_ms(), self.retention_hour_ms)
     }
 
+    /// A stream's trim horizon as a time: the oldest arrival still served,
+    /// and no earlier than the stream's creation.
+    pub(crate) fn trim_horizon_ms(&self, stream: &freshet_proto::v1::StreamInfo) -> i64 {
+        freshet_shardmap::unexpired_since(
+            stream.retention_hours,
+            stream.expired_before_ms,
+            self.now_ms(),
+            self.retention_hour_ms,
+        )
+        .max(stream.created_at_ms)
+    }
+
     pub(crate) fn now_ms(&self) -> i64 {
         match self.timer.now() {
             Some(now) => now.earliest_micros / 1000,

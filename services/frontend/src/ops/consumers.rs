@@ -364,6 +364,7 @@ pub async fn list_stream_consumers(
                 a: last.consumer_name.clone(),
                 t: frontend.now_ms(),
                 f: None,
+                ts: None,
             }
         ));
     }

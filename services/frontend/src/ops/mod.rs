@@ -9,6 +9,7 @@ mod records;
 mod replies;
 mod reshard;
 mod retention;
+mod shard_filter;
 mod shard_reads;
 mod streams;
 mod tags;

@@ -13,6 +13,7 @@ use freshet_types::{ShardId, StreamArn, StreamMode, StreamStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::shard_filter::Selection;
 use super::{epoch_seconds, StreamTarget};
 use crate::auth::Caller;
 use crate::error::{KinesisError, KinesisResult, Violations};
@@ -367,6 +368,9 @@ pub(crate) struct PageToken {
     /// ListShards: the shard filter type, if any (kept across pages).
     #[serde(default)]
     pub f: Option<String>,
+    /// ListShards: the shard filter's timestamp (ms), if any.
+    #[serde(default)]
+    pub ts: Option<i64>,
 }
 
 pub(crate) fn seal_token(frontend: &Frontend, token: &PageToken) -> String {
@@ -464,6 +468,7 @@ pub async fn list_streams(
                 a: last.stream_name.clone(),
                 t: frontend.now_ms(),
                 f: None,
+                ts: None,
             }
         ));
     }
@@ -552,10 +557,15 @@ pub async fn list_shards(
         }
         None => None,
     };
-    let filter_type = match (&token, &input.shard_filter) {
-        (Some(token), _) => token.f.clone(),
-        (None, Some(filter)) => filter.filter_type.clone(),
-        (None, None) => None,
+    let (filter_type, filter_timestamp_ms) = match (&token, &input.shard_filter) {
+        (Some(token), _) => (token.f.clone(), token.ts),
+        (None, Some(filter)) => (
+            filter.filter_type.clone(),
+            filter
+                .timestamp
+                .map(|seconds| (seconds * 1000.0).round() as i64),
+        ),
+        (None, None) => (None, None),
     };
     if let Some(filter) = &input.shard_filter {
         match filter.filter_type.as_deref() {
@@ -602,8 +612,8 @@ pub async fn list_shards(
         }
         _ => None,
     };
-    // No shard is ever closed or trimmed away in this version, so every
-    // filter but AT_LATEST (open shards only) selects all shards.
+    let selection = Selection::of(filter_type.as_deref(), filter_timestamp_ms);
+    let trim_horizon_ms = frontend.trim_horizon_ms(&stream);
     let remaining: Vec<&ShardInfo> = stream
         .shards
         .iter()
@@ -612,9 +622,7 @@ pub async fn list_shards(
                 .as_deref()
                 .is_none_or(|after| s.shard_id.as_str() > after)
         })
-        .filter(|s| {
-            filter_type.as_deref() != Some("AT_LATEST") || s.ending_sequence_number.is_empty()
-        })
+        .filter(|s| selection.selects(s, trim_horizon_ms))
         .collect();
     // The default is 1,000, and so is the most one call returns.
     let limit = input.max_results.unwrap_or(1000).min(1000) as usize;
@@ -628,6 +636,7 @@ pub async fn list_shards(
                 a: last.shard_id.clone(),
                 t: frontend.now_ms(),
                 f: filter_type,
+                ts: filter_timestamp_ms,
             }
         ));
     }

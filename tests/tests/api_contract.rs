@@ -13,16 +13,7 @@ fn address(cluster: &Cluster) -> String {
     cluster.endpoint.trim_start_matches("http://").to_owned()
 }
 
-/// The exception name of an SDK error.
-fn code<E: ProvideErrorMetadata>(
-    error: &aws_sdk_kinesis::error::SdkError<E, aws_sdk_kinesis::config::http::HttpResponse>,
-) -> String {
-    error
-        .as_service_error()
-        .and_then(|e| e.code())
-        .unwrap_or("<no service error>")
-        .to_owned()
-}
+use freshet_e2e::error_code as code;
 
 async fn total_records(client: &aws_sdk_kinesis::Client, stream: &str) -> anyhow::Result<usize> {
     Ok(freshet_e2e::read_stream(client, stream).await?.len())

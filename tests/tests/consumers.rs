@@ -6,22 +6,12 @@
 
 use std::time::Duration;
 
-use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::types::ConsumerStatus;
 use freshet_e2e::fan_out::register_consumer;
 use freshet_e2e::raw_http::kinesis_http1;
 use freshet_e2e::{create_active_stream, stream_arn, wait_until, Cluster, ClusterOptions};
 
-/// The exception name of an SDK error.
-fn code<E: ProvideErrorMetadata>(
-    error: &aws_sdk_kinesis::error::SdkError<E, aws_sdk_kinesis::config::http::HttpResponse>,
-) -> String {
-    error
-        .as_service_error()
-        .and_then(|e| e.code())
-        .unwrap_or("<no service error>")
-        .to_owned()
-}
+use freshet_e2e::error_code as code;
 
 async fn status_of(client: &aws_sdk_kinesis::Client, consumer_arn: &str) -> Option<ConsumerStatus> {
     client

@@ -6,20 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use freshet_e2e::fan_out::register_consumer;
 use freshet_e2e::{create_active_stream, stream_arn, wait_until, Cluster};
 
-/// The exception name of an SDK error.
-fn code<E: ProvideErrorMetadata>(
-    error: &aws_sdk_kinesis::error::SdkError<E, aws_sdk_kinesis::config::http::HttpResponse>,
-) -> String {
-    error
-        .as_service_error()
-        .and_then(|e| e.code())
-        .unwrap_or("<no service error>")
-        .to_owned()
-}
+use freshet_e2e::error_code as code;
 
 /// Every tag of the stream, by key, paging through ListTagsForStream.
 async fn stream_tags(

@@ -36,11 +36,13 @@ pub use changes::{ChangeBatch, EntryKey, LoggedChange, LoggedKind};
 pub use consumers::{ConsumerLimits, ConsumerRow, ConsumerTransitions, RegisterOutcome};
 pub use error::{MetastoreError, Result};
 pub use identities::{AccessKeyRow, NewKeyOutcome, UserPolicyRow, ACCESS_KEYS_PER_IDENTITY};
-pub use limits::{AccountLimits, AccountUsage};
+pub use limits::{AccountLimits, AccountUsage, ModeChange};
 pub use rows::{Commitment, SealedSegmentRow, ShardRow, StreamRow, WorkerRow};
 pub use shards::ShardLifetime;
 pub use snapshot::Snapshot;
-pub use streams::{NewStream, NewStreamOutcome, RetentionChange, RetentionUpdate};
+pub use streams::{
+    DistributionChange, NewStream, NewStreamOutcome, RetentionChange, RetentionUpdate,
+};
 pub use tags::{TagOutcome, TAGS_PER_RESOURCE};
 
 use error::DbContext as _;

@@ -87,16 +87,31 @@ impl MetaStore {
     }
 
     /// Sets a stream's mode (a stream leaving on-demand drops its warm
-    /// throughput); false, changing nothing, if it would become the
-    /// account's on-demand stream past `on_demand_limit`.
+    /// throughput). Changes nothing if it would become the account's
+    /// on-demand stream past `on_demand_limit`, or if it would leave
+    /// on-demand while using AUTO record distribution.
     pub async fn set_stream_mode(
         &self,
         stream: &StreamArn,
         stream_uid: i64,
         mode: StreamMode,
         on_demand_limit: u32,
-    ) -> Result<bool> {
+    ) -> Result<ModeChange> {
         let mut transaction = self.pool.begin().await.db("begin a mode change")?;
+        if mode == StreamMode::Provisioned {
+            let auto: Option<bool> = sqlx::query(
+                "SELECT auto_record_distribution FROM streams WHERE stream_uid = $1 FOR NO KEY UPDATE",
+            )
+            .bind(stream_uid)
+            .fetch_optional(&mut *transaction)
+            .await
+            .db("read the stream's record distribution")?
+            .map(|row| row.try_get("auto_record_distribution"))
+            .transpose()?;
+            if auto == Some(true) {
+                return Ok(ModeChange::UsesAutoDistribution);
+            }
+        }
         if mode == StreamMode::OnDemand {
             lock_account(&mut transaction, &stream.account_id).await?;
             let already: Option<String> =
@@ -111,7 +126,7 @@ impl MetaStore {
             if already.as_deref() != Some(StreamMode::OnDemand.as_str()) {
                 let others = on_demand_streams(&mut transaction, stream, Some(stream_uid)).await?;
                 if others >= i64::from(on_demand_limit) {
-                    return Ok(false);
+                    return Ok(ModeChange::OverOnDemandLimit);
                 }
             }
         }
@@ -126,6 +141,17 @@ impl MetaStore {
         .await
         .db("update the stream's mode")?;
         transaction.commit().await.db("commit the mode change")?;
-        Ok(true)
+        Ok(ModeChange::Changed)
     }
+}
+
+/// What [`MetaStore::set_stream_mode`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeChange {
+    Changed,
+    /// The account has as many on-demand streams as it may: unchanged.
+    OverOnDemandLimit,
+    /// A stream using AUTO record distribution may not become provisioned
+    /// (only on-demand streams support it): unchanged.
+    UsesAutoDistribution,
 }

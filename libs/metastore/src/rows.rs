@@ -28,6 +28,8 @@ pub struct StreamRow {
     /// Records that arrived before this (ms) stay expired, whatever the
     /// retention period becomes (raised by a retention increase).
     pub expired_before_ms: i64,
+    /// AUTO record distribution (on-demand streams only).
+    pub auto_record_distribution: bool,
 }
 
 /// An account's minimum-throughput billing commitment.
@@ -128,7 +130,7 @@ pub struct WorkerRow {
 pub(crate) const STREAM_COLUMNS: &str =
     "stream_uid, account_id, region, stream_name, stream_arn, status, stream_mode, \
      retention_hours, max_record_size_kib, created_at_ms, warm_throughput_mibps, shard_level_metrics, \
-     expired_before_ms";
+     expired_before_ms, auto_record_distribution";
 
 pub(crate) const SHARD_SELECT: &str = "SELECT stream_uid, shard_id, starting_hash_key, ending_hash_key, parent_shard_id, \
      adjacent_parent_shard_id, sequence_base, ending_offset, state, leader_worker_id, replica_worker_ids, voter_ids, next_voter_ids, epoch, \
@@ -190,6 +192,7 @@ pub(crate) fn stream_from_row(row: &sqlx::postgres::PgRow) -> Result<StreamRow> 
         warm_throughput_mibps: row.try_get("warm_throughput_mibps")?,
         shard_level_metrics: metrics_set(row.try_get("shard_level_metrics")?)?,
         expired_before_ms: row.try_get("expired_before_ms")?,
+        auto_record_distribution: row.try_get("auto_record_distribution")?,
     })
 }
 

@@ -25,6 +25,18 @@ pub enum NewStreamOutcome {
     OverOnDemandLimit,
 }
 
+/// What [`MetaStore::set_record_distribution`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DistributionChange {
+    /// The stream now uses the strategy asked for (it may have already).
+    Changed,
+    /// A provisioned stream: only on-demand streams may use AUTO, and
+    /// only they have a strategy to set.
+    NotOnDemand,
+    /// The stream is gone or not ACTIVE: nothing changed.
+    NotActive,
+}
+
 /// What [`MetaStore::update_retention`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetentionChange {
@@ -59,6 +71,8 @@ pub struct NewStream<'a> {
     pub created_at_ms: i64,
     /// Set on the stream in the transaction that creates it.
     pub tags: &'a [(String, String)],
+    /// AUTO record distribution (ON_DEMAND only; the table checks it).
+    pub auto_record_distribution: bool,
 }
 
 impl MetaStore {
@@ -98,8 +112,8 @@ impl MetaStore {
             return Ok(NewStreamOutcome::OverShardLimit { used });
         }
         let row = sqlx::query(
-            "INSERT INTO streams (account_id, region, stream_name, stream_arn, status, stream_mode, retention_hours, max_record_size_kib, created_at_ms, requested_shards) \
-             VALUES ($1, $2, $3, $4, 'CREATING', $5, $6, $7, $8, $9) \
+            "INSERT INTO streams (account_id, region, stream_name, stream_arn, status, stream_mode, retention_hours, max_record_size_kib, created_at_ms, requested_shards, auto_record_distribution) \
+             VALUES ($1, $2, $3, $4, 'CREATING', $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (account_id, region, stream_name) DO NOTHING RETURNING stream_uid",
         )
         .bind(&stream.arn.account_id)
@@ -111,6 +125,7 @@ impl MetaStore {
         .bind(stream.max_record_size_kib)
         .bind(stream.created_at_ms)
         .bind(i32::try_from(shard_count).unwrap_or(i32::MAX))
+        .bind(stream.auto_record_distribution)
         .fetch_optional(&mut *transaction)
         .await
         .db("insert stream")?;
@@ -271,6 +286,49 @@ impl MetaStore {
         Ok(RetentionChange::Changed {
             previous_hours: current,
         })
+    }
+
+    /// Sets an ACTIVE on-demand stream's record distribution strategy
+    /// (AUTO, or USER_PARTITION_KEY), checked under its row lock so a mode
+    /// change cannot slip in between.
+    pub async fn set_record_distribution(
+        &self,
+        stream_uid: i64,
+        auto: bool,
+    ) -> Result<DistributionChange> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .db("begin a record distribution change")?;
+        let row = sqlx::query(
+            "SELECT status, stream_mode FROM streams WHERE stream_uid = $1 FOR NO KEY UPDATE",
+        )
+        .bind(stream_uid)
+        .fetch_optional(&mut *tx)
+        .await
+        .db("lock the stream for a record distribution change")?;
+        let Some(row) = row else {
+            return Ok(DistributionChange::NotActive);
+        };
+        let status: String = row.try_get("status")?;
+        let mode: String = row.try_get("stream_mode")?;
+        if status != StreamStatus::Active.as_str() {
+            return Ok(DistributionChange::NotActive);
+        }
+        if mode != StreamMode::OnDemand.as_str() {
+            return Ok(DistributionChange::NotOnDemand);
+        }
+        sqlx::query("UPDATE streams SET auto_record_distribution = $2 WHERE stream_uid = $1")
+            .bind(stream_uid)
+            .bind(auto)
+            .execute(&mut *tx)
+            .await
+            .db("update the stream's record distribution")?;
+        tx.commit()
+            .await
+            .db("commit a record distribution change")?;
+        Ok(DistributionChange::Changed)
     }
 
     /// Sets a stream's maximum record size (KiB).

@@ -66,6 +66,25 @@ impl StreamRoute {
         )
     }
 
+    /// Whether the stream spreads records itself (AUTO record
+    /// distribution; every entry of a stream carries the same setting).
+    pub fn auto_record_distribution(&self) -> bool {
+        self.entries
+            .first()
+            .is_some_and(|e| e.auto_record_distribution)
+    }
+
+    /// A hash key of the `n`-th open shard (counting round, in hash-key
+    /// order): records given consecutive `n` go to every open shard in
+    /// turn — how AUTO record distribution spreads them evenly.
+    pub fn spread_hash_key(&self, n: u64) -> Option<HashKey> {
+        let count = u64::try_from(self.open_ranges.len())
+            .ok()
+            .filter(|c| *c > 0)?;
+        let index = usize::try_from(n % count).ok()?;
+        self.open_ranges.get(index).map(|(range, _)| range.start)
+    }
+
     /// The open shard whose hash-key range holds `hash_key`.
     pub fn shard_for_hash_key(&self, hash_key: HashKey) -> Option<&ShardMapEntry> {
         // Open shards' ranges do not overlap: the one that may hold the key

@@ -11,7 +11,7 @@
 //! cool-down.
 
 use freshet_errors::ErrorCode;
-use freshet_metastore::StreamRow;
+use freshet_metastore::{ModeChange, StreamRow};
 use freshet_proto::v1::*;
 use freshet_types::{StreamMode, StreamStatus};
 use tonic::{Request, Response, Status};
@@ -136,12 +136,22 @@ impl ControlPlaneService {
             )
             .await
             .map_err(internal)?;
-        if !changed {
-            return Err(crate::limits::over_on_demand_limit(
-                &request.account_id,
-                &request.region,
-                self.on_demand_stream_limit,
-            ));
+        match changed {
+            ModeChange::Changed => {}
+            ModeChange::OverOnDemandLimit => {
+                return Err(crate::limits::over_on_demand_limit(
+                    &request.account_id,
+                    &request.region,
+                    self.on_demand_stream_limit,
+                ));
+            }
+            ModeChange::UsesAutoDistribution => {
+                return Err(ErrorCode::InvalidArgument.status(format!(
+                    "Stream {} uses the AUTO record distribution strategy, which only on-demand streams support. \
+                     Set USER_PARTITION_KEY with UpdateStreamRecordDistributionStrategy before switching it to PROVISIONED.",
+                    request.stream_name
+                )));
+            }
         }
         if let Some(mibps) = warm {
             self.store

@@ -15,8 +15,8 @@ use freshet_types::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    api_operation, internal, limits, now_ms, requested_mode, reshard, sequence_base, tags,
-    ControlPlaneService, DEFAULT_MAX_RECORD_SIZE_KIB, DEFAULT_RETENTION_HOURS,
+    api_operation, distribution, internal, limits, now_ms, requested_mode, reshard, sequence_base,
+    tags, ControlPlaneService, DEFAULT_MAX_RECORD_SIZE_KIB, DEFAULT_RETENTION_HOURS,
     ON_DEMAND_INITIAL_SHARDS,
 };
 
@@ -109,6 +109,15 @@ impl ControlPlane for ControlPlaneService {
         request: Request<UpdateShardLevelMetricsRequest>,
     ) -> Result<Response<UpdateShardLevelMetricsResponse>, Status> {
         self.update_shard_level_metrics_checked(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn update_record_distribution(
+        &self,
+        request: Request<UpdateRecordDistributionRequest>,
+    ) -> Result<Response<UpdateRecordDistributionResponse>, Status> {
+        self.update_record_distribution_checked(request.into_inner())
             .await
             .map(Response::new)
     }
@@ -208,6 +217,9 @@ impl ControlPlane for ControlPlaneService {
         self.rate_limits
             .check("CreateStream", &request.account_id, &request.stream_name)?;
         let mode = requested_mode(request.stream_mode());
+        if request.auto_record_distribution && mode != StreamMode::OnDemand {
+            return Err(distribution::only_on_demand());
+        }
         let warm = self
             .check_warm_throughput(&request.account_id, mode, request.warm_throughput_mibps)
             .await?;
@@ -236,6 +248,7 @@ impl ControlPlane for ControlPlaneService {
             max_record_size_kib: i32::try_from(max_record_size_kib).unwrap_or(1024),
             created_at_ms: now_ms(),
             tags: &tags::tag_pairs(&request.tags),
+            auto_record_distribution: request.auto_record_distribution,
         };
         let outcome = self
             .store

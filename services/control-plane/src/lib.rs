@@ -36,6 +36,7 @@ mod active;
 mod balancer;
 mod capacity;
 mod consumers;
+mod distribution;
 mod handlers;
 pub mod identities;
 mod limits;
@@ -312,6 +313,7 @@ impl ControlPlaneService {
             warm_throughput,
             shard_level_metrics: row.shard_level_metrics.bits(),
             expired_before_ms: row.expired_before_ms,
+            auto_record_distribution: row.auto_record_distribution,
         }
     }
 }

@@ -38,7 +38,8 @@ fn limit_of(operation: &str) -> Option<(f64, PerStream)> {
         | "EnableEnhancedMonitoring"
         | "DisableEnhancedMonitoring"
         | "IncreaseStreamRetentionPeriod"
-        | "DecreaseStreamRetentionPeriod" => account(5.0),
+        | "DecreaseStreamRetentionPeriod"
+        | "UpdateStreamRecordDistributionStrategy" => account(5.0),
         "DescribeLimits" => account(1.0),
         "DescribeStream" | "UpdateShardCount" => account(10.0),
         "DescribeStreamSummary" => account(20.0),

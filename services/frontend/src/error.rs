@@ -151,7 +151,12 @@ impl Violations {
     pub fn check_stream_name(&mut self, value: Option<&str>, field: &str) {
         self.check_length(value, field, 1, 128);
         if let Some(name) = value {
-            if !name.is_empty() && name.len() <= 128 && !freshet_types::is_valid_stream_name(name) {
+            // Characters, as the length check counts them: a name of 128
+            // non-ASCII characters still fails the pattern.
+            if !name.is_empty()
+                && name.chars().count() <= 128
+                && !freshet_types::is_valid_stream_name(name)
+            {
                 self.add(
                     value,
                     field,
@@ -177,6 +182,21 @@ impl Violations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_of_non_ascii_characters_within_the_length_fails_the_pattern() {
+        // 100 characters, 200 bytes: the length passes, the pattern not.
+        let name = "é".repeat(100);
+        let mut violations = Violations::default();
+        violations.check_stream_name(Some(&name), "streamName");
+        let error = violations.into_result().expect_err("refused");
+        assert_eq!(error.exception(), "ValidationException");
+        assert!(
+            error.message.contains("regular expression pattern"),
+            "{}",
+            error.message
+        );
+    }
 
     #[test]
     fn violations_read_like_kinesis() {

@@ -196,6 +196,9 @@ pub struct Frontend {
     storage_timeout: Duration,
     /// One retention hour, in milliseconds (shorter only in tests).
     retention_hour_ms: i64,
+    /// Counts records placed by AUTO record distribution: the next goes to
+    /// the open shard this picks (`StreamRoute::spread_hash_key`).
+    spread: std::sync::atomic::AtomicU64,
     max_in_flight_requests: usize,
     pub(crate) sources: admission::SourceLimits,
     pub(crate) body_read_timeout: Duration,
@@ -307,6 +310,7 @@ impl Frontend {
             feeds,
             storage_timeout: config.storage_timeout,
             retention_hour_ms: config.retention.millis(),
+            spread: std::sync::atomic::AtomicU64::new(0),
             max_in_flight_requests: config.max_in_flight_requests,
             sources: admission::SourceLimits::new(
                 config
@@ -379,6 +383,14 @@ impl Frontend {
             self.retention_hour_ms,
         )
         .max(stream.created_at_ms)
+    }
+
+    /// The first of `records` consecutive spread positions (see `spread`).
+    pub(crate) fn next_spread(&self, records: usize) -> u64 {
+        self.spread.fetch_add(
+            u64::try_from(records).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        )
     }
 
     pub(crate) fn now_ms(&self) -> i64 {

@@ -518,5 +518,6 @@ fn entry_for(
         max_record_size_kib: u32::try_from(stream.max_record_size_kib).unwrap_or(1024),
         shard_level_metrics: stream.shard_level_metrics.bits(),
         expired_before_ms: stream.expired_before_ms,
+        auto_record_distribution: stream.auto_record_distribution,
     }
 }

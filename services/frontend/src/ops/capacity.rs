@@ -32,6 +32,7 @@ pub async fn update_stream_mode(
 ) -> KinesisResult<()> {
     let mut violations = Violations::default();
     input.target.check(&mut violations);
+    violations.check_required(input.target.stream_arn.as_deref(), "streamARN");
     violations.check_required(input.stream_mode_details.as_ref(), "streamModeDetails");
     let mode = check_stream_mode(input.stream_mode_details.as_ref(), &mut violations);
     violations.check_range(

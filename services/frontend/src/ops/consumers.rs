@@ -82,7 +82,7 @@ fn check_stream(
 
 fn check_consumer_name(name: Option<&str>, violations: &mut Violations) {
     violations.check_length(name, "consumerName", 1, 128);
-    if let Some(name) = name.filter(|name| !name.is_empty() && name.len() <= 128) {
+    if let Some(name) = name.filter(|name| !name.is_empty() && name.chars().count() <= 128) {
         if !freshet_types::is_valid_consumer_name(name) {
             violations.add(
                 Some(name),

@@ -3,6 +3,7 @@
 
 mod capacity;
 mod consumers;
+mod distribution;
 mod monitoring;
 mod policies;
 mod records;
@@ -204,6 +205,11 @@ pub async fn dispatch(
         }
         "DecreaseStreamRetentionPeriod" => {
             retention::decrease_stream_retention_period(frontend, caller, parse(body)?)
+                .await
+                .map(|()| None)
+        }
+        "UpdateStreamRecordDistributionStrategy" => {
+            distribution::update_stream_record_distribution_strategy(frontend, caller, parse(body)?)
                 .await
                 .map(|()| None)
         }
@@ -449,7 +455,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "UpdateDeadLetterQueueRecordsVisibility",
     "UpdateQueue",
     "UpdateQueueRecordsVisibility",
-    "UpdateStreamRecordDistributionStrategy",
 ];
 
 /// Decides what an `X-Amz-Target` names, for the dispatcher's fallback.

@@ -83,13 +83,15 @@ pub async fn put_resource_policy(
     let mut violations = Violations::default();
     violations.check_required(input.policy.as_ref(), "policy");
     let document = input.policy.clone().unwrap_or_default();
+    // The model's checks (ResourceARN's among them) come first: the size
+    // is a limit of the service, not of the model.
+    let arn = owned_stream(frontend, caller, &input, violations).await?;
     if document.len() > MAX_POLICY_BYTES {
         return Err(KinesisError::invalid_argument(format!(
             "The policy is {} bytes; a resource policy may have at most {MAX_POLICY_BYTES}.",
             document.len()
         )));
     }
-    let arn = owned_stream(frontend, caller, &input, violations).await?;
     Policy::parse(&document, PolicyKind::Resource)
         .map_err(|error| KinesisError::invalid_argument(format!("Invalid policy: {error}")))?;
     let resource_arn = arn.to_string();

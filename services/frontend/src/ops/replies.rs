@@ -108,6 +108,8 @@ struct RecordReply<'a> {
     sequence_number: Decimal,
     approximate_arrival_timestamp: f64,
     data: Base64<'a>,
+    /// Absent for a record written without one (AUTO record distribution).
+    #[serde(skip_serializing_if = "str::is_empty")]
     partition_key: &'a str,
 }
 

@@ -137,7 +137,9 @@ pub async fn update_shard_count(
     let mut violations = Violations::default();
     input.target.check(&mut violations);
     violations.check_required(input.target_shard_count.as_ref(), "targetShardCount");
-    violations.check_range(input.target_shard_count, "targetShardCount", 1, 100_000);
+    // The model's only bound is the minimum; the most shards a stream
+    // may have is the control plane's limit (LimitExceededException).
+    violations.check_range(input.target_shard_count, "targetShardCount", 1, i64::MAX);
     violations.check_required(input.scaling_type.as_deref(), "scalingType");
     if let Some(kind) = input.scaling_type.as_deref() {
         if kind != "UNIFORM_SCALING" {

@@ -112,11 +112,6 @@ pub async fn create_stream(
             "ShardCount is required for a stream in PROVISIONED mode.",
         ));
     }
-    if input.record_distribution_strategy.as_deref() == Some("AUTO") {
-        return Err(KinesisError::invalid_argument(
-            "RecordDistributionStrategy AUTO is not supported by Freshet yet.",
-        ));
-    }
     let tags = super::tags::checked_new_tags(input.tags.as_ref())?;
     if !tags.is_empty() {
         caller
@@ -132,6 +127,7 @@ pub async fn create_stream(
         max_record_size_kib: input.max_record_size_in_kib.map(|n| n as u32).unwrap_or(0),
         warm_throughput_mibps: input.warm_throughput_mi_bps.map(|n| n as u32).unwrap_or(0),
         tags,
+        auto_record_distribution: input.record_distribution_strategy.as_deref() == Some("AUTO"),
     };
     frontend
         .control_plane
@@ -335,11 +331,19 @@ pub async fn describe_stream_summary(
             "OpenShardCount": stream.open_shard_count,
             "ConsumerCount": stream.consumer_count,
             "MaxRecordSizeInKiB": stream.max_record_size_kib,
-            "RecordDistributionStrategy": "USER_PARTITION_KEY",
             "ChannelCount": 0,
             "QueueCount": 0,
         }
     });
+    // Only on-demand streams have a record distribution strategy.
+    if mode_name(&stream)? == "ON_DEMAND" {
+        summary["StreamDescriptionSummary"]["RecordDistributionStrategy"] =
+            json!(if stream.auto_record_distribution {
+                "AUTO"
+            } else {
+                "USER_PARTITION_KEY"
+            });
+    }
     if let Some(warm) = &stream.warm_throughput {
         summary["StreamDescriptionSummary"]["WarmThroughput"] = json!({
             "TargetMiBps": warm.target_mibps,

@@ -77,7 +77,7 @@ pub async fn get_shard_iterator(
     let mut violations = Violations::default();
     input.target.check(&mut violations);
     violations.check_required(input.shard_id.as_ref(), "shardId");
-    violations.check_length(input.shard_id.as_deref(), "shardId", 1, 128);
+    super::super::streams::check_shard_id(input.shard_id.as_deref(), "shardId", &mut violations);
     violations.check_required(input.shard_iterator_type.as_ref(), "shardIteratorType");
     if let Some(kind) = input.shard_iterator_type.as_deref() {
         if !ITERATOR_TYPES.contains(&kind) {

@@ -35,6 +35,8 @@ fn decode_data(data: Option<&str>) -> KinesisResult<Option<Bytes>> {
 
 /// A record after validation: which key it hashes to and what it carries.
 struct CheckedRecord {
+    /// Empty when the producer gave none (allowed only with AUTO record
+    /// distribution: see [`distribute`]).
     partition_key: String,
     hash_key: HashKey,
     /// Whether the producer chose `hash_key` (ExplicitHashKey).
@@ -74,9 +76,10 @@ fn check_record(
 ) -> KinesisResult<Option<CheckedRecord>> {
     // The checks below, without building a field name for a member that
     // passes them (PutRecords checks 500 records per call).
+    // Optional in the model: a stream with AUTO record distribution needs
+    // none (`distribute` requires it of the others).
     let key = partition_key.as_deref();
-    if !key.is_some_and(|key| (1..=256).contains(&key.chars().count())) {
-        violations.check_required(key, &field("partitionKey"));
+    if key.is_some_and(|key| !(1..=256).contains(&key.chars().count())) {
         violations.check_length(key, &field("partitionKey"), 1, 256);
     }
     match &data {
@@ -107,15 +110,49 @@ fn check_record(
         }
         None => None,
     };
-    let (Some(partition_key), Some(data)) = (partition_key, data) else {
+    let Some(data) = data else {
         return Ok(None);
     };
+    let partition_key = partition_key.unwrap_or_default();
     Ok(Some(CheckedRecord {
         hash_key: explicit.unwrap_or_else(|| HashKey::of_partition_key(&partition_key)),
         partition_key,
         explicit: explicit.is_some(),
         data,
     }))
+}
+
+/// Places records by the stream's record distribution strategy, once its
+/// route is known. AUTO: each record goes to the next open shard in turn
+/// (a counter this frontend keeps), whatever its partition key and
+/// explicit hash key — records are spread evenly, and a key is optional.
+/// USER_PARTITION_KEY: every record must carry a partition key (`field`
+/// names the member by record index in the error message).
+fn distribute(
+    frontend: &Frontend,
+    route: &StreamRoute,
+    records: &mut [CheckedRecord],
+    field: &dyn Fn(usize) -> String,
+) -> KinesisResult<()> {
+    if route.auto_record_distribution() {
+        let first = frontend.next_spread(records.len());
+        for (n, record) in (first..).zip(records.iter_mut()) {
+            if let Some(hash_key) = route.spread_hash_key(n) {
+                record.hash_key = hash_key;
+                record.explicit = false;
+            }
+        }
+        return Ok(());
+    }
+    // Optional in the model, so a missing key is the service's refusal,
+    // not a validation error.
+    match records.iter().position(|r| r.partition_key.is_empty()) {
+        Some(index) => Err(KinesisError::invalid_argument(format!(
+            "{} is required: the stream uses the USER_PARTITION_KEY record distribution strategy.",
+            field(index)
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Checks the stream's own maximum record size (MaxRecordSizeInKiB).
@@ -175,10 +212,18 @@ pub async fn put_record(
         }
     }
     violations.into_result()?;
-    let record = record.ok_or_else(|| KinesisError::validation("record is incomplete"))?;
+    let mut record = record.ok_or_else(|| KinesisError::validation("record is incomplete"))?;
     let stream = input.target.resolve(caller).await?;
     let route = route_stream(frontend, &stream).await?;
     check_stream_record_size(&route, &[&record])?;
+    if route.auto_record_distribution() && input.sequence_number_for_ordering.is_some() {
+        return Err(KinesisError::invalid_argument(
+            "SequenceNumberForOrdering is not supported for a stream that uses the AUTO record distribution strategy.",
+        ));
+    }
+    distribute(frontend, &route, std::slice::from_mut(&mut record), &|_| {
+        "The PartitionKey".to_owned()
+    })?;
     if input.dry_run == Some(true) {
         return Err(dry_run_error());
     }
@@ -351,7 +396,7 @@ pub async fn put_records(
         }
     }
     violations.into_result()?;
-    let records: Vec<CheckedRecord> = checked.into_iter().flatten().collect();
+    let mut records: Vec<CheckedRecord> = checked.into_iter().flatten().collect();
     let total: usize = records
         .iter()
         .map(|r| r.data.len() + r.partition_key.len())
@@ -364,6 +409,9 @@ pub async fn put_records(
     let stream = target.resolve(caller).await?;
     let route = route_stream(frontend, &stream).await?;
     check_stream_record_size(&route, &records.iter().collect::<Vec<_>>())?;
+    distribute(frontend, &route, &mut records, &|index| {
+        format!("The PartitionKey of Records[{index}]")
+    })?;
     if input.dry_run == Some(true) {
         return Err(dry_run_error());
     }

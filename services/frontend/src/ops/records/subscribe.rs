@@ -73,7 +73,7 @@ fn check(input: &SubscribeToShardInput) -> KinesisResult<()> {
         }
     }
     violations.check_required(input.shard_id.as_ref(), "shardId");
-    violations.check_length(input.shard_id.as_deref(), "shardId", 1, 128);
+    super::super::streams::check_shard_id(input.shard_id.as_deref(), "shardId", &mut violations);
     violations.check_required(input.starting_position.as_ref(), "startingPosition");
     if let Some(position) = &input.starting_position {
         violations.check_required(position.position_type.as_ref(), "startingPosition.type");

@@ -197,6 +197,15 @@ async fn shard_filters_list_what_the_api_reference_says_around_a_split_and_a_mer
         expired_after_merge_ms >= (HOUR * 24).as_millis() as i64 - 2_000,
         "shards expired {expired_after_merge_ms} ms after the merge, before the trim horizon passed them"
     );
+    let described: Vec<String> = client
+        .describe_stream()
+        .stream_name("filtered")
+        .send()
+        .await?
+        .stream_description
+        .map(|d| d.shards.into_iter().map(|s| s.shard_id).collect())
+        .unwrap_or_default();
+    assert_eq!(described, ids(&[2, 4]), "DescribeStream drops them too");
     assert_eq!(
         listed(&client, filter(ShardFilterType::AtTrimHorizon, None)).await?,
         ids(&[2, 4])

@@ -274,6 +274,8 @@ pub async fn describe_stream(
         .exclusive_start_shard_id
         .as_deref()
         .map(normalize_shard_id);
+    // As ListShards: a shard closed before the trim horizon has expired.
+    let trim_horizon_ms = frontend.trim_horizon_ms(&stream);
     let remaining: Vec<&ShardInfo> = stream
         .shards
         .iter()
@@ -282,6 +284,7 @@ pub async fn describe_stream(
                 .as_deref()
                 .is_none_or(|after| s.shard_id.as_str() > after)
         })
+        .filter(|s| Selection::FromTrimHorizon.selects(s, trim_horizon_ms))
         .collect();
     let shards: Vec<Value> = remaining
         .iter()

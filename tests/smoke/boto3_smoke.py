@@ -160,5 +160,25 @@ except kinesis.exceptions.ResourceInUseException:
     pass
 kinesis.deregister_stream_consumer(StreamARN=stream_arn, ConsumerName="smoke")
 
+# After the split: the parent is closed, its children open.
+latest = [s["ShardId"] for s in kinesis.list_shards(StreamName=name, ShardFilter={"Type": "AT_LATEST"})["Shards"]]
+at_start = [s["ShardId"] for s in kinesis.list_shards(StreamName=name, ShardFilter={"Type": "AT_TRIM_HORIZON"})["Shards"]]
+assert parent["ShardId"] not in latest and len(latest) == 3, latest
+assert parent["ShardId"] in at_start and len(at_start) == 2, at_start
+limits = kinesis.describe_limits()
+assert limits["ShardLimit"] >= limits["OpenShardCount"] >= 3, limits
+
+# AUTO record distribution, where this botocore knows the operation: one
+# partition key reaches every shard of an on-demand stream.
+if hasattr(kinesis, "update_stream_record_distribution_strategy"):
+    spread = name + "-auto"
+    kinesis.create_stream(StreamName=spread, StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    kinesis.get_waiter("stream_exists").wait(StreamName=spread, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    spread_arn = kinesis.describe_stream_summary(StreamName=spread)["StreamDescriptionSummary"]["StreamARN"]
+    kinesis.update_stream_record_distribution_strategy(StreamARN=spread_arn, RecordDistributionStrategy="AUTO")
+    shards = {kinesis.put_record(StreamName=spread, PartitionKey="same", Data=b"x")["ShardId"] for _ in range(8)}
+    assert len(shards) == 4, shards
+    kinesis.delete_stream(StreamName=spread)
+
 kinesis.delete_stream(StreamName=name)
 print("boto3 smoke: ok (%s, first sequence number %s)" % (name, first["SequenceNumber"]))

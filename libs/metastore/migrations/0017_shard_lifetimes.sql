@@ -7,10 +7,13 @@ ALTER TABLE shards
     ADD COLUMN opened_at_ms BIGINT,
     ADD COLUMN closed_at_ms BIGINT;
 -- Shards from before this migration: opened with their stream; closed
--- ones at an unknown time, taken as their opening.
+-- ones at an unknown time, taken as now, so they expire no earlier than
+-- their records (listing a shard too long is harmless; hiding one whose
+-- records can still be read would make consumers skip them).
 UPDATE shards SET opened_at_ms = streams.created_at_ms
     FROM streams WHERE streams.stream_uid = shards.stream_uid;
-UPDATE shards SET closed_at_ms = opened_at_ms WHERE state = 'CLOSED';
+UPDATE shards SET closed_at_ms = (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT
+    WHERE state = 'CLOSED';
 ALTER TABLE shards
     ALTER COLUMN opened_at_ms SET DEFAULT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT,
     ALTER COLUMN opened_at_ms SET NOT NULL;

@@ -192,6 +192,10 @@ impl ChangeBatch {
         self.backend
     }
 
+    /// Inserts a shard. It opened with its stream if it has no parent,
+    /// else at this batch's transaction time — the time its parents'
+    /// closing is stamped with in the same batch (`change_state`), so no
+    /// instant falls between a parent and its children.
     pub async fn insert_shard(&mut self, shard: &ShardRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO shards (stream_uid, shard_id, starting_hash_key, ending_hash_key, parent_shard_id, \
@@ -199,7 +203,7 @@ impl ChangeBatch {
              voter_ids, next_voter_ids, opened_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
              COALESCE((SELECT created_at_ms FROM streams WHERE stream_uid = $1 AND $5::TEXT IS NULL), \
-                      (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT))",
+                      (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT))",
         )
         .bind(shard.stream_uid)
         .bind(&shard.shard_id)
@@ -330,7 +334,7 @@ impl ChangeBatch {
             "UPDATE shards SET state = $3, close_generation = $7, \
              ending_offset = CASE WHEN $3 = 'CLOSED' THEN $6 ELSE ending_offset END, \
              closed_at_ms = CASE WHEN $3 = 'CLOSED' \
-               THEN (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT ELSE closed_at_ms END \
+               THEN (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT ELSE closed_at_ms END \
              WHERE stream_uid = $1 AND shard_id = $2 AND state = $4 AND epoch = $5 \
              AND close_generation = $8",
         )

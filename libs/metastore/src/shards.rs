@@ -31,20 +31,26 @@ impl MetaStore {
         decode_all(&rows, shard_from_row)
     }
 
-    /// When each of the stream's shards opened and closed, by shard id
-    /// (ListShards's ShardFilter).
-    pub async fn shard_lifetimes(&self, stream_uid: i64) -> Result<HashMap<String, ShardLifetime>> {
-        let rows = sqlx::query(
-            "SELECT shard_id, opened_at_ms, closed_at_ms FROM shards WHERE stream_uid = $1",
-        )
+    /// The stream's shards, by shard id, each with when it opened and
+    /// closed (ListShards's ShardFilter) — read in one statement, so a
+    /// reshard committing meanwhile cannot pair an old row with a new time.
+    pub async fn shards_with_lifetimes(
+        &self,
+        stream_uid: i64,
+    ) -> Result<Vec<(ShardRow, ShardLifetime)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT listed.*, times.opened_at_ms, times.closed_at_ms \
+             FROM ({SHARD_SELECT} WHERE stream_uid = $1) AS listed \
+             JOIN shards AS times USING (stream_uid, shard_id) ORDER BY shard_id"
+        ))
         .bind(stream_uid)
         .fetch_all(&self.pool)
         .await
-        .db("read shard lifetimes")?;
+        .db("read shards and their lifetimes")?;
         rows.iter()
             .map(|row| {
                 Ok((
-                    row.try_get("shard_id")?,
+                    shard_from_row(row)?,
                     ShardLifetime {
                         opened_at_ms: row.try_get("opened_at_ms")?,
                         closed_at_ms: row.try_get("closed_at_ms")?,

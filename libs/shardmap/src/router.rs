@@ -74,15 +74,24 @@ impl StreamRoute {
             .is_some_and(|e| e.auto_record_distribution)
     }
 
-    /// A hash key of the `n`-th open shard (counting round, in hash-key
-    /// order): records given consecutive `n` go to every open shard in
-    /// turn — how AUTO record distribution spreads them evenly.
-    pub fn spread_hash_key(&self, n: u64) -> Option<HashKey> {
+    /// A hash key in the `n`-th open shard (counting round, in hash-key
+    /// order), `salt` picking where in its range: records given
+    /// consecutive `n` go to every open shard in turn — how AUTO record
+    /// distribution spreads them evenly — and land all over each shard's
+    /// range, so a split of the shard (at its records' median key) halves
+    /// them, and a record routed again after a split lands in either child.
+    pub fn spread_hash_key(&self, n: u64, salt: u128) -> Option<HashKey> {
         let count = u64::try_from(self.open_ranges.len())
             .ok()
             .filter(|c| *c > 0)?;
         let index = usize::try_from(n % count).ok()?;
-        self.open_ranges.get(index).map(|(range, _)| range.start)
+        self.open_ranges.get(index).map(|(range, _)| {
+            // A range of every key is 2^128 wide: any salt is in it.
+            match range.end.0.saturating_sub(range.start.0).checked_add(1) {
+                Some(width) => HashKey(range.start.0 + salt % width),
+                None => HashKey(salt),
+            }
+        })
     }
 
     /// The open shard whose hash-key range holds `hash_key`.
@@ -261,6 +270,58 @@ mod tests {
             state: state as i32,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn spread_keys_take_every_open_shard_in_turn_anywhere_in_its_range() {
+        let route = StreamRoute::new(
+            vec![
+                entry("shardId-000000000000", 0, u128::MAX, ShardState::Closed),
+                entry(
+                    "shardId-000000000001",
+                    1 << 127,
+                    u128::MAX,
+                    ShardState::Open,
+                ),
+                entry("shardId-000000000002", 0, (1 << 127) - 1, ShardState::Open),
+            ],
+            RouteSource::FreshSnapshot,
+        );
+        let shard_of = |n: u64, salt: u128| {
+            let key = route.spread_hash_key(n, salt).expect("an open shard");
+            route
+                .shard_for_hash_key(key)
+                .map(|e| e.key.clone().unwrap_or_default().shard_id)
+        };
+        let turns: Vec<_> = (0..4).map(|n| shard_of(n, u128::MAX)).collect();
+        assert_eq!(
+            turns,
+            ["shardId-000000000002", "shardId-000000000001"]
+                .repeat(2)
+                .into_iter()
+                .map(|s| Some(s.to_owned()))
+                .collect::<Vec<_>>()
+        );
+        // The salt picks the place in the range, never outside it.
+        assert_eq!(route.spread_hash_key(1, 0), Some(HashKey(1 << 127)));
+        assert_eq!(route.spread_hash_key(1, 5), Some(HashKey((1 << 127) + 5)));
+        assert_eq!(
+            route.spread_hash_key(0, u128::MAX),
+            Some(HashKey((1 << 127) - 1))
+        );
+        // A full-range shard takes the salt as it is.
+        let whole = StreamRoute::new(
+            vec![entry(
+                "shardId-000000000000",
+                0,
+                u128::MAX,
+                ShardState::Open,
+            )],
+            RouteSource::FreshSnapshot,
+        );
+        assert_eq!(whole.spread_hash_key(7, u128::MAX), Some(HashKey::MAX));
+        let none = StreamRoute::new(Vec::new(), RouteSource::FreshSnapshot);
+        assert_eq!(none.spread_hash_key(0, 0), None);
     }
 
     #[test]

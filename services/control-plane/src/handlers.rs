@@ -405,28 +405,18 @@ impl ControlPlane for ControlPlaneService {
         let stream = self.existing_stream(&request).await?;
         let rows = self
             .store
-            .shards_of(stream.stream_uid)
-            .await
-            .map_err(internal)?;
-        let lifetimes = self
-            .store
-            .shard_lifetimes(stream.stream_uid)
+            .shards_with_lifetimes(stream.stream_uid)
             .await
             .map_err(internal)?;
         let open = rows
             .iter()
-            .filter(|s| s.state != ShardState::Closed)
+            .filter(|(s, _)| s.state != ShardState::Closed)
             .count() as u32;
         let shards = rows
             .into_iter()
-            .map(|row| ShardInfo {
-                opened_at_ms: lifetimes
-                    .get(&row.shard_id)
-                    .map_or(stream.created_at_ms, |l| l.opened_at_ms),
-                closed_at_ms: lifetimes
-                    .get(&row.shard_id)
-                    .and_then(|l| l.closed_at_ms)
-                    .unwrap_or_default(),
+            .map(|(row, lifetime)| ShardInfo {
+                opened_at_ms: lifetime.opened_at_ms,
+                closed_at_ms: lifetime.closed_at_ms.unwrap_or_default(),
                 starting_sequence_number: SequenceNumber {
                     base: row.sequence_base,
                     offset: 0,

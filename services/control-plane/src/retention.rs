@@ -14,6 +14,14 @@ use tonic::Status;
 
 use crate::{internal, now_ms, reshard, ControlPlaneService, NamesStream};
 
+/// How long a retention change may take to reach every frontend and
+/// worker: 30 s (a republish; the control plane's call to membership times
+/// out well before), scaled with the retention hour where tests shorten it
+/// — the shortest period (24 hours) always dwarfs it.
+fn publish_margin_ms(hour_ms: i64) -> i64 {
+    hour_ms / 120
+}
+
 impl NamesStream for UpdateRetentionPeriodRequest {
     fn stream_arn(&self) -> StreamArn {
         StreamArn::new(&self.region, &self.account_id, &self.stream_name)
@@ -45,7 +53,12 @@ impl ControlPlaneService {
                 RetentionUpdate {
                     hours,
                     increase: request.increase,
-                    now_ms: now_ms(),
+                    // Readers apply the new period only once its entries
+                    // reach them: until then they expire by the old one.
+                    // The floor is set that much later, so nothing they
+                    // hid meanwhile shows again (records that were about
+                    // to expire anyway may expire up to the margin early).
+                    now_ms: now_ms() + publish_margin_ms(self.retention_hour_ms),
                     hour_ms: self.retention_hour_ms,
                 },
             )

@@ -122,6 +122,18 @@ fn check_record(
     }))
 }
 
+/// Where in its shard's range the `n`-th spread record lands: 128 bits
+/// mixed from `n` (splitmix64 twice), so keys cover every range evenly.
+fn spread_salt(n: u64) -> u128 {
+    fn mix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    (u128::from(mix(n)) << 64) | u128::from(mix(n ^ 0xD1B5_4A32_D192_ED03))
+}
+
 /// Places records by the stream's record distribution strategy, once its
 /// route is known. AUTO: each record goes to the next open shard in turn
 /// (a counter this frontend keeps), whatever its partition key and
@@ -137,9 +149,17 @@ fn distribute(
     if route.auto_record_distribution() {
         let first = frontend.next_spread(records.len());
         for (n, record) in (first..).zip(records.iter_mut()) {
-            if let Some(hash_key) = route.spread_hash_key(n) {
-                record.hash_key = hash_key;
-                record.explicit = false;
+            // The key chosen travels as an explicit hash key: the leader
+            // samples load where records really went (the scaler splits
+            // there), and a record routed again stays on it.
+            match route.spread_hash_key(n, spread_salt(n)) {
+                Some(hash_key) => {
+                    record.hash_key = hash_key;
+                    record.explicit = true;
+                }
+                // No open shard on this route (a reshard under way): the
+                // record waits for one like any other (`reroute.rs`).
+                None => record.explicit = false,
             }
         }
         return Ok(());

@@ -252,9 +252,12 @@ pub(crate) fn check_resource_arn(
             .split(':')
             .nth(4)
             .is_some_and(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()))
-        && ["stream/", "channel/", "queue/"]
-            .iter()
-            .any(|kind| text.contains(kind));
+        && ["stream/", "channel/", "queue/"].iter().any(|kind| {
+            // `(stream|channel|queue)/\S+`: something after the slash, and
+            // no white space in it.
+            text.split_once(kind)
+                .is_some_and(|(_, rest)| !rest.is_empty() && !rest.chars().any(char::is_whitespace))
+        });
     if resource_arn.is_some() && !well_formed {
         violations.add(
             Some(text),
@@ -490,6 +493,23 @@ mod tests {
                 freshet_proto::v1::control_plane_client::ControlPlaneClient::new(nowhere),
             )),
         }
+    }
+
+    #[test]
+    fn a_resource_arn_names_something_after_its_kind() {
+        let refused = |arn: &str| {
+            let mut violations = Violations::default();
+            check_resource_arn(Some(arn), None, &mut violations);
+            violations.into_result().is_err()
+        };
+        assert!(!refused(
+            "arn:aws:kinesis:us-east-1:123456789012:stream/orders"
+        ));
+        assert!(refused("arn:aws:kinesis:us-east-1:123456789012:stream/"));
+        assert!(refused("arn:aws:kinesis:us-east-1:123456789012:stream/a b"));
+        assert!(refused(
+            "arn:aws:kinesis:us-east-1:123456789012:table/orders"
+        ));
     }
 
     fn by_arn(arn: &str) -> StreamTarget {

@@ -10,6 +10,9 @@
 #   FRESHET_BIN_DIR        where the binaries are        (target/debug)
 #   FRESHET_DEV_DIR        worker data directories        (.dev)
 #   FRESHET_DEV_PORT       frontend port                  (4567)
+#   FRESHET_DEV_TLS_PORT   frontend HTTPS port (4568; `off` for none): a
+#                          development CA and certificate for localhost are
+#                          made once in $FRESHET_DEV_DIR/tls (trust ca.pem)
 #   FRESHET_DEV_BASE_PORT  first internal gRPC port       (7051)
 #   FRESHET_DEV_METRICS_PORT  first metrics port (9150): GET /metrics on
 #                          frontend +0, timer +1, membership +2, cache +3,
@@ -34,6 +37,7 @@ set -euo pipefail
 bin_dir=${FRESHET_BIN_DIR:-target/debug}
 dev_dir=${FRESHET_DEV_DIR:-.dev}
 frontend_port=${FRESHET_DEV_PORT:-4567}
+tls_port=${FRESHET_DEV_TLS_PORT:-4568}
 base=${FRESHET_DEV_BASE_PORT:-7051}
 metrics_base=${FRESHET_DEV_METRICS_PORT:-9150}
 database=${FRESHET_DEV_DATABASE:-freshet}
@@ -120,8 +124,12 @@ for zone in az-a az-b az-c; do
     --data-dir "$dev_dir/data/worker-$zone"
   zone_index=$((zone_index + 1))
 done
+tls_args=()
+if [ "$tls_port" != off ]; then
+  tls_args=(--tls-listen "127.0.0.1:$tls_port" --tls-dev-dir "$dev_dir/tls")
+fi
 start frontend env FRESHET_METRICS_LISTEN="$(metrics 0)" \
-  "$bin_dir/freshet-frontend" --listen "127.0.0.1:$frontend_port"
+  "$bin_dir/freshet-frontend" --listen "127.0.0.1:$frontend_port" "${tls_args[@]}"
 
 endpoint="http://127.0.0.1:$frontend_port"
 ready=0
@@ -183,5 +191,10 @@ if [ "${FRESHET_DEV_CONTROL_PLANES:-1}" = 2 ]; then
     "$bin_dir/freshet-control-plane" --listen "127.0.0.1:$((base + 4))"
 fi
 echo "[dev] Freshet is ready at $endpoint"
+if [ "$tls_port" != off ]; then
+  ca="$(cd "$dev_dir/tls" && pwd)/ca.pem"
+  echo "[dev] and at https://localhost:$tls_port with the development CA $ca:"
+  echo "[dev]   AWS_CA_BUNDLE=$ca (AWS CLI, boto3), NODE_EXTRA_CA_CERTS=$ca (JS SDK)"
+fi
 echo "[dev]   AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws --region us-east-1 --endpoint-url $endpoint kinesis list-streams"
 wait

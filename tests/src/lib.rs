@@ -93,6 +93,9 @@ pub struct ClusterOptions {
     pub auth: freshet_server::AuthMode,
     /// The frontend's shard-level metrics (off, as by default).
     pub shard_level_metrics: bool,
+    /// Serve HTTPS too, with a development CA made for the cluster
+    /// (`Cluster::https_endpoint`, `Cluster::tls_ca`).
+    pub https: bool,
     /// Workers' retention: segment size, how long one hour of retention
     /// lasts and how often expired segments are looked for.
     pub retention: Retention,
@@ -166,6 +169,7 @@ impl Default for ClusterOptions {
             consumer_transition: Duration::from_millis(500),
             auth: freshet_server::AuthMode::Development,
             shard_level_metrics: false,
+            https: false,
             retention: Retention::default(),
             worker_proxies: false,
         }
@@ -268,6 +272,9 @@ pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
 /// A whole Freshet on loopback.
 pub struct Cluster {
     pub endpoint: String,
+    /// The frontend's HTTPS endpoint (`ClusterOptions::https`), named
+    /// `localhost` as its certificate is.
+    pub https_endpoint: Option<String>,
     /// The frontend's configuration (another frontend may be started
     /// beside it with [`Cluster::start_another_frontend`]).
     frontend_config: freshet_frontend::Config,
@@ -436,12 +443,28 @@ impl Cluster {
             retention: freshet_server::RetentionHour {
                 hour: options.retention.hour,
             },
+            tls: freshet_frontend::tls::TlsFlags {
+                listen: options.https.then(|| "127.0.0.1:0".to_owned()),
+                dev_dir: options.https.then(|| temp.path().join("tls")),
+                ..Default::default()
+            },
         };
         let frontend = Frontend::new(&frontend_config)?;
         let (frontend_listener, frontend_addr) = bind().await?;
+        let https = frontend_config.tls.bind().await?;
+        let https_endpoint = https
+            .as_ref()
+            .map(|h| {
+                h.listener
+                    .local_addr()
+                    .map(|a| format!("https://localhost:{}", a.port()))
+            })
+            .transpose()?;
         let frontend_service = spawn_service(frontend_listener, {
             let frontend = frontend.clone();
-            move |listener, shutdown| freshet_frontend::serve(frontend, listener, shutdown)
+            move |listener, shutdown| {
+                freshet_frontend::serve_with_https(frontend, listener, https, shutdown)
+            }
         });
 
         let workers = options
@@ -459,6 +482,7 @@ impl Cluster {
             .collect();
         let mut cluster = Cluster {
             endpoint: format!("http://{frontend_addr}"),
+            https_endpoint,
             frontend_config,
             control_plane_addr,
             frontend,
@@ -482,6 +506,12 @@ impl Cluster {
         }
         cluster.wait_for_workers_alive().await?;
         Ok(cluster)
+    }
+
+    /// The development CA the HTTPS endpoint's certificate chains to
+    /// (`ClusterOptions::https`).
+    pub fn tls_ca(&self) -> PathBuf {
+        self._temp.path().join("tls").join("ca.pem")
     }
 
     /// The token this cluster's services present to each other (none in

@@ -135,6 +135,17 @@ pub async fn kinesis_h2c(
     body: &str,
 ) -> anyhow::Result<RawResponse> {
     let stream = TcpStream::connect(address).await.context("connect")?;
+    kinesis_h2_over(stream, address, operation, body).await
+}
+
+/// A Kinesis call over HTTP/2 with prior knowledge on an open connection
+/// (`stream`: TCP, or TLS that negotiated nothing by ALPN), to `address`.
+pub async fn kinesis_h2_over(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    address: &str,
+    operation: &str,
+    body: &str,
+) -> anyhow::Result<RawResponse> {
     let (client, connection) = h2::client::handshake(stream)
         .await
         .context("h2 handshake")?;

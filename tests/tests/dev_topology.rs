@@ -57,6 +57,10 @@ impl Topology {
             .env("FRESHET_BIN_DIR", &settings.bin_dir)
             .env("FRESHET_DEV_DIR", &settings.data_dir)
             .env("FRESHET_DEV_PORT", settings.frontend_port.to_string())
+            .env(
+                "FRESHET_DEV_TLS_PORT",
+                (settings.base_port + METRICS_OFFSET + 13).to_string(),
+            )
             .env("FRESHET_DEV_BASE_PORT", settings.base_port.to_string())
             .env(
                 "FRESHET_DEV_METRICS_PORT",
@@ -229,7 +233,7 @@ async fn the_dev_topology_serves_real_clients_stops_cleanly_and_restarts_with_it
     let database_url = test_database_url();
     let (pg_server, _) = database_url.rsplit_once('/').context("database url")?;
     let data_dir = tempfile::tempdir()?;
-    let base_port = free_port_block(METRICS_OFFSET + 13)?;
+    let base_port = free_port_block(METRICS_OFFSET + 14)?;
     let settings = Settings {
         workspace: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
         bin_dir: workspace_binary("freshet-frontend")?
@@ -280,6 +284,22 @@ async fn the_dev_topology_serves_real_clients_stops_cleanly_and_restarts_with_it
             "boto3 smoke failed:\n{}\n{}",
             String::from_utf8_lossy(&smoke.stdout),
             String::from_utf8_lossy(&smoke.stderr)
+        );
+        // And over HTTPS, trusting the CA the topology made on first run.
+        let https = format!("https://localhost:{}", base_port + METRICS_OFFSET + 13);
+        let over_tls = tokio::process::Command::new("python3")
+            .args([
+                "-c",
+                "import boto3, sys; c = boto3.client('kinesis', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test'); assert 'dev-check' in c.list_streams()['StreamNames']",
+                &https,
+            ])
+            .env("AWS_CA_BUNDLE", settings.data_dir.join("tls/ca.pem"))
+            .output()
+            .await?;
+        assert!(
+            over_tls.status.success(),
+            "boto3 over https failed: {}",
+            String::from_utf8_lossy(&over_tls.stderr)
         );
     } else {
         eprintln!("boto3 is not installed: the boto3 smoke check was not run (pip install boto3)");

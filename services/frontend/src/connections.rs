@@ -1,8 +1,10 @@
 //! The front door's connections: a TCP accept loop that caps how many
 //! connections are open (one more is closed at once: load shedding rather
-//! than a growing backlog), serves HTTP/1.1 and h2c on each with a header
-//! read timeout, an idle timeout and a bounded number of concurrent HTTP/2
-//! streams, and on shutdown stops accepting and drains what is open.
+//! than a growing backlog), serves HTTP/1.1 and HTTP/2 on each — in the
+//! clear (h2c) or inside TLS, whose handshake has the header read timeout
+//! too — with a header read timeout, an idle timeout and a bounded number
+//! of concurrent HTTP/2 streams, and on shutdown stops accepting and
+//! drains what is open.
 
 use std::future::Future;
 use std::io;
@@ -82,11 +84,13 @@ impl ConnectionCounts {
     }
 }
 
-/// Serves `app` on every connection `listener` accepts, within `limits`,
-/// until `stop` is cancelled; then drains open connections for at most
-/// `drain`.
+/// Serves `app` on every connection `listener` accepts (inside TLS when
+/// `tls` is given), within `limits`, until `stop` is cancelled; then
+/// drains open connections for at most `drain`.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<freshet_tls::TlsAcceptor>,
     app: axum::Router,
     limits: ConnectionLimits,
     shed: Arc<ConnectionCounts>,
@@ -136,7 +140,6 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
-        let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
         let service = TowerToHyperService::new(tower::util::MapRequest::new(
             app.clone(),
             move |mut request: http::Request<hyper::body::Incoming>| {
@@ -144,14 +147,36 @@ pub async fn serve(
                 request
             },
         ));
-        let connection = builder
-            .serve_connection_with_upgrades(io, service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         let counts = shed.clone();
         counts.open.inc();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let served = match tls {
+                None => {
+                    let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+                    let connection = builder.serve_connection_with_upgrades(io, service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                Some(tls) => {
+                    match tokio::time::timeout(limits.header_read_timeout, tls.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => {
+                            let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+                            let connection = builder.serve_connection_with_upgrades(io, service);
+                            watcher.watch(connection.into_owned()).await
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "tls handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "tls handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(error) = served {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
             counts.open.dec();
@@ -312,6 +337,7 @@ mod tests {
         let stop = CancellationToken::new();
         tokio::spawn(serve(
             listener,
+            None,
             app,
             limits,
             shed.clone(),

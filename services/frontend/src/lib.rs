@@ -33,6 +33,7 @@ pub mod iterator;
 mod metrics;
 mod ops;
 mod resource_policies;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -132,6 +133,9 @@ pub struct Config {
     /// only in tests).
     #[command(flatten)]
     pub retention: freshet_server::RetentionHour,
+    /// HTTPS beside the plaintext listener.
+    #[command(flatten)]
+    pub tls: tls::TlsFlags,
     /// MiB of request bodies all requests together may be reading or
     /// holding at once; a request that finds no room within the body read
     /// timeout gets LimitExceededException (SDKs retry it).
@@ -421,6 +425,8 @@ pub enum RunError {
     DefaultAccount(#[source] freshet_types::identity::BadAccountId),
     #[error(transparent)]
     Metrics(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
 }
 
 /// Serves the Kinesis API on `listener` until `shutdown` resolves.
@@ -435,10 +441,11 @@ pub async fn run(
         .await
         .map_err(RunError::Metrics)?;
     let frontend = Frontend::new(&config)?;
+    let https = config.tls.bind().await?;
     let scrapes = tokio_util::sync::CancellationToken::new();
     endpoint.spawn(frontend.registry.clone(), scrapes.clone());
     let _stop_scrapes = scrapes.drop_guard();
-    serve(frontend, listener, shutdown).await
+    serve_with_https(frontend, listener, https, shutdown).await
 }
 
 /// Serves an already-built frontend (HTTP/1.1 and h2c on one port,
@@ -448,8 +455,23 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    serve_with_https(frontend, listener, None, shutdown).await
+}
+
+/// [`serve`], and HTTPS on `https` too if given (each listener within its
+/// own connection limits).
+pub async fn serve_with_https(
+    frontend: Arc<Frontend>,
+    listener: TcpListener,
+    https: Option<tls::HttpsListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let addr = listener.local_addr().map_err(RunError::Address)?;
     tracing::info!(%addr, "frontend serving the kinesis api");
+    if let Some(https) = &https {
+        let addr = https.listener.local_addr().map_err(RunError::Address)?;
+        tracing::info!(%addr, "frontend serving the kinesis api over https");
+    }
     let tasks = frontend.tasks.clone();
     // Stop accepting on `shutdown`, then drain the requests in flight for
     // at most the drain deadline, then wait for the coalescer's senders.
@@ -462,15 +484,30 @@ pub async fn serve(
         }
     });
     let router = http_api::router(frontend.clone(), frontend.max_in_flight_requests);
-    connections::serve(
+    let plaintext = connections::serve(
         listener,
-        router,
+        None,
+        router.clone(),
         frontend.connection_limits,
         frontend.connection_counts.clone(),
-        stop,
+        stop.clone(),
         freshet_server::DRAIN_DEADLINE,
-    )
-    .await;
+    );
+    let encrypted = async {
+        if let Some(https) = https {
+            connections::serve(
+                https.listener,
+                Some(https.acceptor),
+                router,
+                frontend.connection_limits,
+                frontend.connection_counts.clone(),
+                stop,
+                freshet_server::DRAIN_DEADLINE,
+            )
+            .await;
+        }
+    };
+    tokio::join!(plaintext, encrypted);
     tasks.stop(freshet_server::TASK_STOP_DEADLINE).await;
     Ok(())
 }

@@ -129,7 +129,7 @@ if [ "$tls_port" != off ]; then
   tls_args=(--tls-listen "127.0.0.1:$tls_port" --tls-dev-dir "$dev_dir/tls")
 fi
 start frontend env FRESHET_METRICS_LISTEN="$(metrics 0)" \
-  "$bin_dir/freshet-frontend" --listen "127.0.0.1:$frontend_port" "${tls_args[@]}"
+  "$bin_dir/freshet-frontend" --listen "127.0.0.1:$frontend_port" ${tls_args[@]+"${tls_args[@]}"}
 
 endpoint="http://127.0.0.1:$frontend_port"
 ready=0

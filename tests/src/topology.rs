@@ -96,6 +96,9 @@ impl DevTopology {
             .env("FRESHET_BIN_DIR", bin_dir)
             .env("FRESHET_DEV_DIR", data_dir)
             .env("FRESHET_DEV_PORT", frontend_port.to_string())
+            // Plaintext only: topologies run side by side, and HTTPS has a
+            // test of its own (`dev_topology.rs`, `tls.rs`).
+            .env("FRESHET_DEV_TLS_PORT", "off")
             .env("FRESHET_DEV_BASE_PORT", base.to_string())
             .env("FRESHET_DEV_METRICS_PORT", metrics_port.to_string())
             .env("FRESHET_DEV_DATABASE", &database)

@@ -46,12 +46,18 @@ pub fn ensure_dev_pki(dir: &Path, names: &[&str]) -> Result<DevPki, TlsError> {
     let ca_key = match fs::read_to_string(&ca_key_path) {
         Ok(pem) if pki.ca.exists() => KeyPair::from_pem(&pem).map_err(|e| failed(&e))?,
         _ => {
+            // A new CA: any server certificate of an old one is stale, and
+            // goes first, so a crash midway never leaves one behind.
+            for stale in [&pki.server.cert, &pki.server.key] {
+                match fs::remove_file(stale) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(failed(&e)),
+                    _ => {}
+                }
+            }
             let key = KeyPair::generate().map_err(|e| failed(&e))?;
             let ca = ca_params().self_signed(&key).map_err(|e| failed(&e))?;
             write_private(&ca_key_path, &key.serialize_pem())?;
             write_private(&pki.ca, &ca.pem())?;
-            // A new CA: any server certificate of an old one is stale.
-            let _ = fs::remove_file(&pki.server.cert);
             key
         }
     };

@@ -13,7 +13,7 @@ mod dev;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -48,8 +48,12 @@ pub struct CertFiles {
     pub key: PathBuf,
 }
 
-/// When the files were last changed, as far as reloading cares.
-type Stamp = Option<(SystemTime, u64, SystemTime, u64)>;
+/// When the files were last changed, as far as reloading cares: each
+/// file's inode, length, and modification and change times (a copy that
+/// keeps the modification time still changes the change time; a rename
+/// over the file changes the inode).
+type Stamp = Option<[FileStamp; 2]>;
+type FileStamp = (u64, u64, i64, i64, i64, i64);
 
 /// A server certificate that can be read again from its files.
 #[derive(Debug)]
@@ -77,7 +81,11 @@ impl ReloadingCert {
         if stamp == self.read().1 {
             return Ok(false);
         }
-        self.reload_with(stamp).map(|()| true)
+        self.reload_with(stamp).map(|()| true).inspect_err(|_| {
+            // Files that do not load are reported once, not at every
+            // look: they are tried again when they change.
+            self.current.write().unwrap_or_else(|p| p.into_inner()).1 = stamp;
+        })
     }
 
     /// Reads the files again, changed or not (SIGHUP).
@@ -165,13 +173,20 @@ pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
 }
 
 fn stamp_of(files: &CertFiles) -> Stamp {
+    use std::os::unix::fs::MetadataExt as _;
     let of = |path: &Path| {
-        fs::metadata(path)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len())))
+        fs::metadata(path).ok().map(|m| {
+            (
+                m.ino(),
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+            )
+        })
     };
-    let (cert, key) = (of(&files.cert)?, of(&files.key)?);
-    Some((cert.0, cert.1, key.0, key.1))
+    Some([of(&files.cert)?, of(&files.key)?])
 }
 
 /// Reads the chain and the key, and checks that they belong together.

@@ -31,7 +31,7 @@ pub struct TlsFlags {
         id = "tls_cert",
         long = "tls-cert",
         env = "FRESHET_TLS_CERT",
-        requires = "tls_key"
+        requires_all = ["tls_key", "tls_listen"]
     )]
     pub cert: Option<PathBuf>,
     /// Its private key (PEM).
@@ -48,6 +48,7 @@ pub struct TlsFlags {
         id = "tls_dev_dir",
         long = "tls-dev-dir",
         env = "FRESHET_TLS_DEV_DIR",
+        requires = "tls_listen",
         conflicts_with = "tls_cert"
     )]
     pub dev_dir: Option<PathBuf>,
